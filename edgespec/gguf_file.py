@@ -1,0 +1,108 @@
+"""Reading GGUF files with the ``gguf`` package: validation, metadata and architecture facts.
+
+Every reader of a user-supplied GGUF goes through :func:`open_gguf`, so a missing,
+truncated or corrupt file always becomes one clear :class:`ModelLoadError`.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgespec.errors import ModelLoadError
+from edgespec.model import ModelInfo
+
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass
+class GGUFFile:
+    """A validated GGUF file.
+
+    Attributes:
+        path: the file.
+        reader: the ``gguf.GGUFReader`` (memory-mapped; tensors are read lazily).
+        arch: ``general.architecture`` ("llama", "qwen2", "gemma3", ...).
+        info: architecture facts.
+    """
+
+    path: Path
+    reader: Any
+    arch: str
+    info: ModelInfo
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A metadata value (``contents()`` of the field), or ``default`` when absent."""
+        field = self.reader.fields.get(key)
+        if field is None:
+            return default
+        return field.contents()
+
+    def arch_get(self, key: str, default: Any = None) -> Any:
+        """An architecture-scoped value: ``get(f"{arch}.{key}")``."""
+        return self.get(f"{self.arch}.{key}", default)
+
+    def tokens(self) -> list[str]:
+        """The vocabulary as GGUF stores it, in id order (``tokenizer.ggml.tokens``)."""
+        return list(self.get("tokenizer.ggml.tokens", []))
+
+
+def _corrupt(path: Path, why: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"'{path}' is not a valid GGUF model ({why}); "
+        "re-download it (for zoo models: edgespec models pull NAME --force)"
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _open_cached(path: Path, size: int, mtime_ns: int) -> GGUFFile:
+    from gguf import GGUFReader
+
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise _corrupt(path, f"bad magic {magic!r}")
+    try:
+        reader = GGUFReader(path)
+    except Exception as exc:  # the gguf package raises ValueError/IndexError/struct errors
+        raise _corrupt(path, f"unreadable header: {type(exc).__name__}: {exc}") from None
+    end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    if end > size:
+        raise _corrupt(path, f"truncated: tensor data needs {end} bytes, file has {size}")
+    field = reader.fields.get("general.architecture")
+    if field is None:
+        raise _corrupt(path, "no general.architecture")
+    arch = str(field.contents())
+
+    def a(key: str, default: Any = 0) -> Any:
+        f = reader.fields.get(f"{arch}.{key}")
+        return default if f is None else f.contents()
+
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    n_vocab = int(a("vocab_size", 0)) or (len(tokens.data) if tokens is not None else 0)
+    info = ModelInfo(
+        arch=arch,
+        n_layers=int(a("block_count")),
+        hidden_size=int(a("embedding_length")),
+        vocab_size=n_vocab,
+        context_length=int(a("context_length")),
+        source=str(path),
+        extra={"file_type": int(reader.fields["general.file_type"].contents())
+               if "general.file_type" in reader.fields else -1},
+    )
+    return GGUFFile(path=path, reader=reader, arch=arch, info=info)
+
+
+def open_gguf(path: str | Path) -> GGUFFile:
+    """Open and validate a GGUF file (cached per path, size and mtime)."""
+    p = Path(path).expanduser().resolve()
+    if not p.exists():
+        raise ModelLoadError(f"model file '{p}' does not exist; check the path")
+    if not p.is_file():
+        raise ModelLoadError(f"'{p}' is not a file; pass a .gguf file")
+    st = p.stat()
+    if st.st_size < 32:
+        raise _corrupt(p, f"only {st.st_size} bytes")
+    return _open_cached(p, st.st_size, st.st_mtime_ns)

@@ -1,0 +1,103 @@
+"""The backend-neutral model interface every runtime implements.
+
+A :class:`Model` owns one KV cache. ``forward`` appends T tokens to the cache and returns the
+next-token logits for each of them; ``truncate`` drops cached positions so that speculative
+decoding can roll back rejected draft tokens.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Architecture facts about a loaded model.
+
+    Attributes:
+        arch: architecture family as GGUF names it ("llama", "qwen2", "gemma3").
+        n_layers: number of transformer blocks.
+        hidden_size: model width (embedding length).
+        vocab_size: number of logits per position (V).
+        context_length: the longest sequence the model supports, in tokens.
+        source: where the weights came from (path or zoo name), for stats and manifests.
+        extra: backend-specific facts (quantization, file type, ...).
+    """
+
+    arch: str
+    n_layers: int
+    hidden_size: int
+    vocab_size: int
+    context_length: int
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Model(ABC):
+    """One model instance with its own KV cache.
+
+    Subclasses implement :meth:`forward`, :meth:`truncate` and :attr:`n_past`.
+
+    Attributes:
+        info: architecture facts.
+        backend: registry name of the backend that made this model ("numpy", "llamacpp", ...).
+    """
+
+    info: ModelInfo
+    backend: str = ""
+
+    @property
+    @abstractmethod
+    def n_past(self) -> int:
+        """Number of positions currently held in the KV cache."""
+
+    @abstractmethod
+    def forward(self, tokens: Sequence[int], *, all_logits: bool = True) -> np.ndarray:
+        """Append ``tokens`` to the cache and score them.
+
+        Args:
+            tokens: T >= 1 new token ids, placed at positions ``n_past .. n_past+T-1``.
+            all_logits: if True, return logits for every new position; if False, only for
+                the last one (what plain decoding needs; some backends compute less).
+
+        Returns:
+            ``float32[T, V]`` (or ``float32[1, V]`` when ``all_logits`` is False): row i is
+            the distribution over the token that follows ``tokens[i]``.
+        """
+
+    @abstractmethod
+    def truncate(self, length: int) -> None:
+        """Keep only the first ``length`` cached positions (0 <= length <= n_past)."""
+
+    def rollback(self, n: int) -> None:
+        """Drop the last ``n`` cached positions."""
+        if n < 0 or n > self.n_past:
+            raise ValueError(f"cannot roll back {n} of {self.n_past} cached positions")
+        self.truncate(self.n_past - n)
+
+    def reset(self) -> None:
+        """Empty the cache."""
+        self.truncate(0)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release native resources. Safe to call twice."""
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_truncate(length: int, n_past: int) -> None:
+    """Shared argument check for :meth:`Model.truncate` implementations."""
+    if not 0 <= length <= n_past:
+        raise ValueError(f"truncate({length}) is outside the cache (0..{n_past})")

@@ -1,0 +1,69 @@
+"""The contract between the engine and a backend."""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from edgespec.model import Model
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model resolved to local files.
+
+    Attributes:
+        kind: "gguf" (one .gguf file) or "hf" (a folder with config.json + safetensors).
+        path: the file or folder.
+        name: what the user called it (zoo name, path or hub id), for messages and stats.
+    """
+
+    kind: str
+    path: Path
+    name: str
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to instantiate a model.
+
+    Attributes:
+        n_ctx: KV-cache capacity in tokens.
+        n_threads: CPU threads; None lets the backend pick (usually all physical cores).
+        dtype: compute dtype for the NumPy reference ("float32", or "float64" in tests).
+        progress: show progress bars for slow steps (conversion, dequantization).
+    """
+
+    n_ctx: int = 2048
+    n_threads: int | None = None
+    dtype: str = "float32"
+    progress: bool = True
+
+
+class Backend(ABC):
+    """Loads models of some source kinds into :class:`~edgespec.model.Model` instances.
+
+    Class attributes:
+        name: the registry name.
+        accepts: source kinds this backend can load ("gguf", "hf").
+        requires: importable module names this backend needs (checked by ``available``).
+        extra: the pip extra that installs them, for the error message.
+    """
+
+    name: ClassVar[str]
+    accepts: ClassVar[tuple[str, ...]]
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str] = ""
+
+    @classmethod
+    def available(cls) -> bool:
+        """True when every module in ``requires`` can be imported."""
+        return all(importlib.util.find_spec(m) is not None for m in cls.requires)
+
+    @classmethod
+    @abstractmethod
+    def load(cls, source: ModelSource, options: LoadOptions) -> Model:
+        """Instantiate a model with an empty KV cache."""

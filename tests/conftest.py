@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny random-weight HF models (built locally, no hub) and zoo models.
+
+Tiny models are saved once per session under a pytest temp folder. The zoo's default model
+is pulled into ``$EDGESPEC_HOME`` (the install command already did this; pulling again is a
+cheap checksum-stamp check).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _save_tiny(out: Path, arch: str) -> Path:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    common = dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    if arch == "llama":
+        cfg = transformers.LlamaConfig(**common)
+        model = transformers.LlamaForCausalLM(cfg)
+    else:
+        cfg = transformers.Qwen2Config(**common, use_sliding_window=False)
+        model = transformers.Qwen2ForCausalLM(cfg)
+    # random init is small; scale up so logits are not all near-ties
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0) if p.dim() > 1 else None
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An HF folder (config.json + model.safetensors) of a 3-layer random LlamaForCausalLM."""
+    return _save_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An HF folder of a 3-layer random Qwen2ForCausalLM (q/k/v biases)."""
+    return _save_tiny(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The zoo's default GGUF (smollm2-135m, Q4_1), pulled and checksummed."""
+    from edgespec import zoo
+
+    return zoo.pull("smollm2-135m", progress=False)
