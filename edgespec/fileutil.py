@@ -19,9 +19,12 @@ def sha256_file(path: Path, *, progress: bool = False, desc: str = "sha256") -> 
     """Hex sha256 of a file, read in 1 MiB chunks, with an optional progress bar."""
     h = hashlib.sha256()
     size = path.stat().st_size
-    with open(path, "rb") as f, tqdm(
-        total=size, unit="B", unit_scale=True, desc=desc, disable=not progress, leave=False
-    ) as bar:
+    with (
+        open(path, "rb") as f,
+        tqdm(
+            total=size, unit="B", unit_scale=True, desc=desc, disable=not progress, leave=False
+        ) as bar,
+    ):
         while chunk := f.read(CHUNK):
             h.update(chunk)
             bar.update(len(chunk))

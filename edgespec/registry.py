@@ -56,9 +56,7 @@ class Registry(Generic[T]):
         if name in self._loaded:
             return self._loaded[name]
         if name not in self._lazy:
-            raise EdgespecError(
-                f"unknown {self.kind} '{name}'; known: {', '.join(self.names())}"
-            )
+            raise EdgespecError(f"unknown {self.kind} '{name}'; known: {', '.join(self.names())}")
         module_name, _, attr = self._lazy[name].partition(":")
         module = importlib.import_module(module_name)
         obj = getattr(module, attr)

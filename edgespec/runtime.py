@@ -1,0 +1,183 @@
+"""The Python API: ``rt = edgespec.load(...)``, then ``rt.generate(...)`` / ``rt.stream(...)``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edgespec.engine import Generation, GenerationResult, make_context
+from edgespec.errors import EdgespecError, missing_extra
+from edgespec.model import Model
+from edgespec.runtimes import BACKENDS, PREFERRED, LoadOptions, ModelSource
+from edgespec.sampling import GenerationParams
+from edgespec.sources import resolve
+from edgespec.tokenizer import Tokenizer, load_tokenizer
+
+
+def make_params(base: GenerationParams | None = None, **overrides: Any) -> GenerationParams:
+    """``base`` (or the defaults) with ``overrides`` applied, validated."""
+    known = {f.name for f in fields(GenerationParams)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise EdgespecError(
+            f"unknown generation option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    if isinstance(overrides.get("stop"), str):
+        overrides["stop"] = (overrides["stop"],)
+    d = (base or GenerationParams()).to_dict()
+    d.update(overrides)
+    return GenerationParams.from_dict(d)
+
+
+def pick_backend(source: ModelSource, backend: str | None) -> str:
+    """The backend to use: the user's choice (checked), or the first available preference."""
+    if backend:
+        cls = BACKENDS.get(backend)
+        if source.kind not in cls.accepts:
+            raise EdgespecError(
+                f"backend '{backend}' cannot load a {source.kind} model "
+                f"(it accepts: {', '.join(cls.accepts)}); pick another --backend"
+            )
+        if not cls.available():
+            raise missing_extra(cls.requires[0], cls.extra or backend)
+        return backend
+    for name in PREFERRED[source.kind]:
+        if BACKENDS.get(name).available():
+            return name
+    raise EdgespecError(f"no installed backend can load a {source.kind} model; run ./install.sh")
+
+
+def load_model(source: ModelSource, backend: str, options: LoadOptions) -> Model:
+    """Instantiate ``source`` on ``backend``."""
+    return BACKENDS.get(backend).load(source, options)
+
+
+@dataclass
+class Runtime:
+    """A tokenizer, a target model and (optionally) a draft model, ready to generate.
+
+    Attributes:
+        tokenizer: the target's tokenizer.
+        target: the model whose output is the contract.
+        backend: the target's backend name.
+        source: where the target came from.
+        options: how models were loaded (n_ctx, threads).
+        draft: an optional smaller model with the same vocabulary.
+    """
+
+    tokenizer: Tokenizer
+    target: Model
+    backend: str
+    source: ModelSource
+    options: LoadOptions = field(default_factory=LoadOptions)
+    draft: Model | None = None
+
+    def encode_prompt(
+        self, prompt: str, *, chat: bool = False, system: str | None = None
+    ) -> list[int]:
+        """Token ids of ``prompt``; with ``chat``, wrapped in the model's chat template."""
+        if not prompt or not prompt.strip():
+            raise EdgespecError("the prompt is empty; pass some text to continue")
+        if chat:
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": prompt}
+            ]
+            prompt = self.tokenizer.apply_chat_template(messages)
+            ids = self.tokenizer.encode(prompt)
+            bos = self.tokenizer.bos_id
+            if bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos:
+                ids = ids[1:]  # the template already wrote the BOS
+            return ids
+        return self.tokenizer.encode(prompt)
+
+    def start(
+        self,
+        prompt: str | list[int],
+        *,
+        strategy: str = "autoregressive",
+        chat: bool = False,
+        config: Any = None,
+        params: GenerationParams | None = None,
+        **overrides: Any,
+    ) -> Generation:
+        """A :class:`Generation` for ``prompt`` (text, or token ids used as they are).
+
+        Sampling comes from ``params``, with ``overrides`` (any
+        :class:`~edgespec.sampling.GenerationParams` field) applied on top.
+        """
+        gp = make_params(params, **overrides)
+        ids = list(prompt) if isinstance(prompt, list) else self.encode_prompt(prompt, chat=chat)
+        ctx = make_context(
+            target=self.target,
+            params=gp,
+            backend=self.backend,
+            strategy=strategy,
+            n_ctx=self.options.n_ctx,
+            prompt_len=len(ids),
+            eos_ids=self.tokenizer.eos_ids,
+            draft=self.draft,
+            config=config,
+        )
+        return Generation(ctx, strategy, self.tokenizer, ids)
+
+    def generate(self, prompt: str | list[int], **kwargs: Any) -> GenerationResult:
+        """Generate to completion; see :meth:`start` for the arguments."""
+        return self.start(prompt, **kwargs).run()
+
+    def stream(self, prompt: str | list[int], **kwargs: Any) -> Iterator[str]:
+        """Yield text pieces as they are generated; see :meth:`start` for the arguments."""
+        yield from self.start(prompt, **kwargs)
+
+    def close(self) -> None:
+        for m in (self.target, self.draft):
+            if m is not None:
+                m.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load(
+    model: str | Path | None = None,
+    *,
+    backend: str | None = None,
+    draft: str | Path | None = None,
+    draft_backend: str | None = None,
+    n_ctx: int = 2048,
+    n_threads: int | None = None,
+    dtype: str = "float32",
+    progress: bool = True,
+) -> Runtime:
+    """Load a model (zoo name, .gguf, HF folder or hub id; default ``smollm2-135m``).
+
+    Args:
+        model: what to load; None means the default zoo model.
+        backend: "llamacpp", "onnx" or "numpy"; None picks the best installed one.
+        draft: an optional draft model with the same vocabulary (for speculation).
+        draft_backend: backend of the draft; defaults to the target's when it can load it.
+        n_ctx: KV-cache capacity in tokens.
+        n_threads: CPU threads; None lets the backend decide.
+        dtype: compute dtype of the NumPy reference.
+        progress: show progress bars for downloads and conversions.
+    """
+    if n_ctx < 16:
+        raise EdgespecError(f"n_ctx must be at least 16, got {n_ctx}")
+    source = resolve(model, progress=progress)
+    name = pick_backend(source, backend)
+    options = LoadOptions(n_ctx=n_ctx, n_threads=n_threads, dtype=dtype, progress=progress)
+    tokenizer = load_tokenizer(source)
+    target = load_model(source, name, options)
+    draft_model = None
+    if draft is not None:
+        from edgespec.vocab import check_same_vocab
+
+        dsource = resolve(draft, progress=progress)
+        check_same_vocab(tokenizer, load_tokenizer(dsource), source.name, dsource.name)
+        dname = draft_backend or (name if dsource.kind in BACKENDS.get(name).accepts else None)
+        draft_model = load_model(dsource, pick_backend(dsource, dname), options)
+    return Runtime(tokenizer, target, name, source, options, draft_model)

@@ -1,0 +1,137 @@
+"""Per-generation statistics: a mutable recorder during the run, a frozen :class:`Stats` after.
+
+Times are seconds (wall clock from ``time.perf_counter``, CPU from ``time.process_time``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What one generation cost and how speculation behaved.
+
+    Attributes:
+        backend: backend of the target model.
+        strategy: strategy name.
+        lossy: True when the output may differ from the target's own decoding.
+        prompt_tokens: tokens in the prompt.
+        new_tokens: tokens generated (returned to the caller).
+        wall_s: wall-clock seconds from the first forward to the last token.
+        cpu_s: process CPU seconds over the same span (all threads).
+        ttft_s: seconds to the first new token (includes prefill).
+        tokens_per_s: new_tokens / decode time, where decode time excludes prefill when
+            more than one token was generated (the llama.cpp convention).
+        prefill_s: seconds spent in the prompt forward.
+        target_forwards: forward calls on the target model, prefill included.
+        draft_forwards: forward calls on a draft model (0 without one).
+        draft_s: seconds spent proposing drafts.
+        verify_s: seconds in target forwards after prefill.
+        accept_hist: {accepted draft tokens in a step: number of steps}.
+        mean_accepted_per_forward: new tokens per target forward after prefill.
+        k_trace: the draft length chosen at each step (0 = plain decoding).
+        token_share: {"target": fraction, "draft": fraction} of new tokens by producer.
+        stop_reason: "eos", "stop_string", "max_new_tokens" or "context".
+        notes: human-readable events (fallbacks, warnings).
+    """
+
+    backend: str
+    strategy: str
+    lossy: bool
+    prompt_tokens: int
+    new_tokens: int
+    wall_s: float
+    cpu_s: float
+    ttft_s: float
+    tokens_per_s: float
+    prefill_s: float
+    target_forwards: int
+    draft_forwards: int
+    draft_s: float
+    verify_s: float
+    accept_hist: dict[int, int]
+    mean_accepted_per_forward: float
+    k_trace: list[int]
+    token_share: dict[str, float]
+    stop_reason: str
+    notes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["accept_hist"] = {str(k): v for k, v in sorted(self.accept_hist.items())}
+        return d
+
+    def summary(self) -> str:
+        """A few human-readable lines (what ``--stats`` prints)."""
+        hist = " ".join(f"{k}:{v}" for k, v in sorted(self.accept_hist.items())) or "-"
+        lines = [
+            f"backend={self.backend} strategy={self.strategy}" + (" (lossy)" if self.lossy else ""),
+            f"prompt {self.prompt_tokens} tok, new {self.new_tokens} tok, stop: {self.stop_reason}",
+            f"{self.tokens_per_s:.1f} tok/s, ttft {self.ttft_s * 1000:.0f} ms, "
+            f"wall {self.wall_s:.2f} s, cpu {self.cpu_s:.2f} s",
+            f"target forwards {self.target_forwards}, "
+            f"mean accepted/forward {self.mean_accepted_per_forward:.2f}, "
+            f"draft {self.draft_s * 1000:.0f} ms, verify {self.verify_s * 1000:.0f} ms",
+            f"acceptance histogram {hist}",
+        ]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+@dataclass
+class StatsRecorder:
+    """Mutable counters that strategies update while generating."""
+
+    backend: str
+    strategy: str
+    lossy: bool = False
+    prompt_tokens: int = 0
+    target_forwards: int = 0
+    draft_forwards: int = 0
+    prefill_s: float = 0.0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    accept_hist: Counter[int] = field(default_factory=Counter)
+    k_trace: list[int] = field(default_factory=list)
+    from_draft: int = 0
+    notes: list[str] = field(default_factory=list)
+    _t0: float = field(default_factory=time.perf_counter)
+    _c0: float = field(default_factory=time.process_time)
+
+    def restart_clock(self) -> None:
+        self._t0 = time.perf_counter()
+        self._c0 = time.process_time()
+
+    def finish(self, new_tokens: int, ttft_s: float, stop_reason: str) -> Stats:
+        wall = time.perf_counter() - self._t0
+        cpu = time.process_time() - self._c0
+        decode = wall - ttft_s if new_tokens > 1 else wall
+        rate_tokens = new_tokens - 1 if new_tokens > 1 else new_tokens
+        steps = max(self.target_forwards - 1, 0)
+        share_draft = self.from_draft / new_tokens if new_tokens else 0.0
+        return Stats(
+            backend=self.backend,
+            strategy=self.strategy,
+            lossy=self.lossy,
+            prompt_tokens=self.prompt_tokens,
+            new_tokens=new_tokens,
+            wall_s=wall,
+            cpu_s=cpu,
+            ttft_s=ttft_s,
+            tokens_per_s=rate_tokens / decode if decode > 0 else 0.0,
+            prefill_s=self.prefill_s,
+            target_forwards=self.target_forwards,
+            draft_forwards=self.draft_forwards,
+            draft_s=self.draft_s,
+            verify_s=self.verify_s,
+            accept_hist=dict(self.accept_hist),
+            mean_accepted_per_forward=(new_tokens - 1) / steps if steps else float(new_tokens),
+            k_trace=list(self.k_trace),
+            token_share={"target": 1.0 - share_draft, "draft": share_draft},
+            stop_reason=stop_reason,
+            notes=list(self.notes),
+        )
