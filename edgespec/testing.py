@@ -1,0 +1,87 @@
+"""Deterministic fakes for tests and examples (like ``numpy.testing``): no model files needed.
+
+:class:`PrefixModel` is a language model whose logits at each position are a pseudo-random
+function of the whole prefix, so batched and one-at-a-time forwards agree exactly, and
+rollback bugs show up as wrong logits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from edgespec.errors import EdgespecError
+from edgespec.model import Model, ModelInfo, check_truncate
+from edgespec.tokenizer import Tokenizer
+
+
+class PrefixModel(Model):
+    """A fake LM: ``logits(prefix) = scale * N(0, 1)[V]`` seeded by a hash of the prefix.
+
+    Args:
+        vocab_size: V.
+        seed: changes every distribution.
+        scale: logit spread; larger means peakier distributions.
+        n_ctx: cache capacity.
+    """
+
+    backend = "fake"
+
+    def __init__(
+        self, vocab_size: int = 16, seed: int = 0, scale: float = 3.0, n_ctx: int = 4096
+    ) -> None:
+        self.info = ModelInfo("fake", 1, 8, vocab_size, n_ctx, source=f"prefix-model:{seed}")
+        self.seed, self.scale, self.n_ctx = seed, scale, n_ctx
+        self.tokens: list[int] = []
+        self.forward_calls = 0
+        self.forward_sizes: list[int] = []
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    def logits_for(self, prefix: Sequence[int]) -> np.ndarray:
+        """``float32[V]``: the distribution after ``prefix``."""
+        h = hashlib.blake2b(repr((self.seed, *prefix)).encode(), digest_size=8).digest()
+        rng = np.random.default_rng(int.from_bytes(h, "little"))
+        return (rng.standard_normal(self.info.vocab_size) * self.scale).astype(np.float32)
+
+    def forward(self, tokens: Sequence[int], *, all_logits: bool = True) -> np.ndarray:
+        if not tokens:
+            raise ValueError("forward needs at least one token")
+        if self.n_past + len(tokens) > self.n_ctx:
+            raise EdgespecError(f"context full ({self.n_ctx} tokens)")
+        self.forward_calls += 1
+        self.forward_sizes.append(len(tokens))
+        rows = []
+        for t in tokens:
+            self.tokens.append(int(t))
+            rows.append(self.logits_for(self.tokens))
+        out = np.stack(rows)
+        return out if all_logits else out[-1:]
+
+    def truncate(self, length: int) -> None:
+        check_truncate(length, self.n_past)
+        del self.tokens[length:]
+
+
+class CharTokenizer(Tokenizer):
+    """Token i is the character ``alphabet[i]``; id ``eos`` ends generation."""
+
+    def __init__(self, alphabet: str = "abcdefghijklmnop", eos: int | None = None) -> None:
+        self.alphabet = alphabet
+        self.vocab_size = len(alphabet)
+        self.bos_id = None
+        self.eos_ids = frozenset() if eos is None else frozenset({eos})
+        self.chat_template = None
+
+    def encode(self, text: str) -> list[int]:
+        return [self.alphabet.index(c) for c in text]
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        return "".join(self.alphabet[i] for i in ids).encode()
+
+    def vocab(self) -> list[str]:
+        return list(self.alphabet)
