@@ -13,7 +13,6 @@ which is what speculative decoding's greedy-equality contract needs.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -215,8 +214,7 @@ def load_onnx_dir(folder: str | Path, options: LoadOptions, source_name: str = "
     if not model_file.exists():
         raise ModelLoadError(f"'{path}' has no model.onnx")
     info, _ = _info_from_config(path, source_name or str(path))
-    n_threads = options.n_threads or (os.cpu_count() or 1)
-    session = _make_session(model_file, n_threads)
+    session = _make_session(model_file, options.n_threads)
     model = OnnxModel(session, info, n_ctx=min(options.n_ctx, info.context_length))
     model.path = path
     return model

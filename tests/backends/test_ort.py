@@ -1,0 +1,256 @@
+"""The ONNX Runtime backend: export fidelity, batched/sequential agreement and KV rollback.
+
+Tolerances (measured, then given headroom):
+
+- ORT fp32 vs HF transformers (torch fp32) on the tiny random models: max |logit diff|
+  below ``HF_ATOL`` (graph fusions reorder float32 sums).
+- batched vs one-token-at-a-time ORT: below ``BATCH_ATOL``, and greedy argmax equal.
+- ORT fp32 vs the NumPy reference on smollm2 (both run the same dequantized Q4_1 weights in
+  float32): below ``REF_ATOL``; the 16 greedy tokens are equal.
+
+The tiny models are converted once per session into a temporary ``$EDGESPEC_HOME``; the
+smollm2 conversion goes to the real cache so that later runs reuse it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("optimum.exporters.onnx")
+
+from edgespec.errors import EdgespecError, ModelLoadError  # noqa: E402
+from edgespec.export import hf_onnx  # noqa: E402
+from edgespec.runtimes import BACKENDS, LoadOptions, ModelSource  # noqa: E402
+from edgespec.runtimes.ort import OnnxModel, load_onnx_dir  # noqa: E402
+
+pytestmark = [pytest.mark.backend]
+
+HF_ATOL = 1e-4
+BATCH_ATOL = 1e-4
+REF_ATOL = 5e-3
+
+PROMPT = [5, 17, 42, 99, 3, 250, 128, 7, 64, 200]
+
+
+@contextlib.contextmanager
+def _home(path: Path) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGESPEC_HOME", str(path))
+        yield
+
+
+@pytest.fixture(scope="session")
+def onnx_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway ``$EDGESPEC_HOME`` for the tiny models' conversions."""
+    return tmp_path_factory.mktemp("edgespec-home")
+
+
+def _convert(hf_dir: Path, name: str, home: Path) -> Path:
+    with _home(home):
+        return hf_onnx.ensure_onnx(ModelSource("hf", hf_dir, name), progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_onnx(tiny_llama_dir: Path, onnx_home: Path) -> Path:
+    return _convert(tiny_llama_dir, "tiny-llama", onnx_home)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_onnx(tiny_qwen2_dir: Path, onnx_home: Path) -> Path:
+    return _convert(tiny_qwen2_dir, "tiny-qwen2", onnx_home)
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def tiny(request: pytest.FixtureRequest) -> tuple[Path, Path]:
+    """(HF folder, converted ONNX folder) of one tiny random model."""
+    arch = request.param
+    return (
+        request.getfixturevalue(f"tiny_{arch}_dir"),
+        request.getfixturevalue(f"tiny_{arch}_onnx"),
+    )
+
+
+def _open(onnx_dir: Path, n_ctx: int = 512) -> OnnxModel:
+    return load_onnx_dir(onnx_dir, LoadOptions(n_ctx=n_ctx, n_threads=2, progress=False))
+
+
+def _hf_logits(hf_dir: Path, tokens: list[int]) -> np.ndarray:
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.tensor([tokens]), use_cache=False)
+    return out.logits[0].numpy()
+
+
+def test_graph_io(tiny_llama_onnx: Path) -> None:
+    inputs, outputs = hf_onnx.graph_io(tiny_llama_onnx / "model.onnx")
+    expected_in = ["input_ids", "attention_mask", "position_ids"]
+    expected_in += [f"past_key_values.{i}.{kv}" for i in range(3) for kv in ("key", "value")]
+    expected_out = ["logits"] + [f"present.{i}.{kv}" for i in range(3) for kv in ("key", "value")]
+    assert inputs == expected_in
+    assert outputs == expected_out
+
+
+def test_logits_match_transformers(tiny: tuple[Path, Path]) -> None:
+    hf_dir, onnx_dir = tiny
+    ref = _hf_logits(hf_dir, PROMPT)
+    model = _open(onnx_dir)
+    got = model.forward(PROMPT)
+    assert got.shape == ref.shape == (len(PROMPT), 256)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=0, atol=HF_ATOL)
+    assert model.n_past == len(PROMPT)
+
+
+def test_batched_equals_sequential(tiny: tuple[Path, Path]) -> None:
+    _, onnx_dir = tiny
+    tokens = PROMPT + [11, 12, 13]
+    batched = _open(onnx_dir).forward(tokens)
+    seq_model = _open(onnx_dir)
+    sequential = np.concatenate([seq_model.forward([t]) for t in tokens])
+    np.testing.assert_allclose(batched, sequential, rtol=0, atol=BATCH_ATOL)
+    assert (batched.argmax(-1) == sequential.argmax(-1)).all()
+    # a prefix, then a chunk, then single tokens: the mixed shape speculative decoding uses
+    mixed_model = _open(onnx_dir)
+    mixed = np.concatenate(
+        [mixed_model.forward(tokens[:4]), mixed_model.forward(tokens[4:9])]
+        + [mixed_model.forward([t]) for t in tokens[9:]]
+    )
+    np.testing.assert_allclose(mixed, batched, rtol=0, atol=BATCH_ATOL)
+
+
+def test_rollback_then_continue_matches_fresh(tiny: tuple[Path, Path]) -> None:
+    _, onnx_dir = tiny
+    a, b, c = PROMPT[:6], [77, 78, 79, 80], [150, 151, 152]
+    model = _open(onnx_dir)
+    model.forward(a)
+    model.forward(b)
+    assert model.n_past == len(a) + len(b)
+    model.rollback(len(b))
+    assert model.n_past == len(a)
+    after = model.forward(c)
+    fresh = _open(onnx_dir).forward(a + c)[len(a) :]
+    np.testing.assert_allclose(after, fresh, rtol=0, atol=BATCH_ATOL)
+    assert (after.argmax(-1) == fresh.argmax(-1)).all()
+    # reset empties the cache; the model is then as good as new
+    model.reset()
+    assert model.n_past == 0
+    np.testing.assert_allclose(model.forward(a + c)[len(a) :], fresh, rtol=0, atol=BATCH_ATOL)
+
+
+def test_all_logits_false_and_fork(tiny_llama_onnx: Path) -> None:
+    model = _open(tiny_llama_onnx)
+    full = _open(tiny_llama_onnx).forward(PROMPT)
+    last = model.forward(PROMPT, all_logits=False)
+    assert last.shape == (1, 256)
+    np.testing.assert_allclose(last[0], full[-1], rtol=0, atol=BATCH_ATOL)
+    twin = model.fork()
+    x = model.forward([9])
+    assert twin.n_past == len(PROMPT)
+    np.testing.assert_allclose(twin.forward([9]), x, rtol=0, atol=0)
+
+
+def test_bad_arguments(tiny_llama_onnx: Path) -> None:
+    model = _open(tiny_llama_onnx, n_ctx=12)
+    with pytest.raises(ValueError):
+        model.forward([])
+    with pytest.raises(ValueError, match="vocabulary"):
+        model.forward([256])
+    model.forward(PROMPT)
+    with pytest.raises(EdgespecError, match="n_ctx=12"):
+        model.forward([1, 2, 3])
+    assert model.n_past == len(PROMPT)  # a refused forward leaves the cache alone
+    model.forward([1, 2])
+    with pytest.raises(ValueError):
+        model.truncate(13)
+    with pytest.raises(ValueError):
+        model.rollback(-1)
+
+
+def test_backend_load_reuses_cache(
+    tiny_llama_dir: Path, tiny_llama_onnx: Path, onnx_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_export(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cached conversion should have been reused")
+
+    monkeypatch.setattr(hf_onnx, "hf_to_onnx", no_export)
+    backend = BACKENDS.get("onnx")
+    assert backend.name == "onnx" and backend.available()
+    with _home(onnx_home):
+        model = backend.load(
+            ModelSource("hf", tiny_llama_dir, "tiny-llama"), LoadOptions(n_ctx=64, progress=False)
+        )
+    assert model.backend == "onnx"
+    assert (model.info.arch, model.info.n_layers, model.info.hidden_size) == ("llama", 3, 64)
+    assert (model.info.vocab_size, model.info.context_length) == (256, 512)
+    assert model.info.source == "tiny-llama"
+    assert model.n_past == 0
+    assert model.forward(PROMPT[:3]).shape == (3, 256)
+
+
+def test_qwen2_info(tiny_qwen2_onnx: Path) -> None:
+    assert _open(tiny_qwen2_onnx).info.arch == "qwen2"
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom\nsecond line"), KeyboardInterrupt()])
+def test_interrupted_conversion_leaves_nothing(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: BaseException
+) -> None:
+    def broken(hf_dir: Path, out_dir: Path, *, progress: bool = False) -> Path:
+        (Path(out_dir) / "model.onnx").write_bytes(b"half")
+        raise exc
+
+    monkeypatch.setattr(hf_onnx, "hf_to_onnx", broken)
+    monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path))
+    source = ModelSource("hf", tiny_llama_dir, "tiny-llama")
+    expected = EdgespecError if isinstance(exc, Exception) else KeyboardInterrupt
+    with pytest.raises(expected) as info:
+        hf_onnx.ensure_onnx(source, progress=False)
+    if expected is EdgespecError:
+        assert "\n" not in str(info.value) and "boom" in str(info.value)
+    converted = tmp_path / "converted"
+    assert not converted.exists() or list(converted.rglob("*")) == []
+
+
+def test_bad_sources(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="config.json"):
+        hf_onnx.ensure_onnx(ModelSource("hf", tmp_path, "empty"), progress=False)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        hf_onnx.ensure_onnx(ModelSource("gguf", tmp_path / "x.gguf", "x"), progress=False)
+    with pytest.raises(EdgespecError):
+        BACKENDS.get("onnx").load(ModelSource("bundle", tmp_path, "b"), LoadOptions())
+
+
+def _greedy(model: object, prompt: list[int], n: int) -> tuple[list[int], np.ndarray]:
+    """Greedy-decode n tokens; return them and the logits that chose them, float32[n, V]."""
+    rows = [model.forward(prompt)[-1]]  # type: ignore[attr-defined]
+    tokens = [int(rows[-1].argmax())]
+    while len(tokens) < n:
+        rows.append(model.forward([tokens[-1]])[-1])  # type: ignore[attr-defined]
+        tokens.append(int(rows[-1].argmax()))
+    return tokens, np.stack(rows).astype(np.float32)
+
+
+@pytest.mark.slow
+def test_smollm2_matches_numpy_reference(smollm2_path: Path) -> None:
+    if not BACKENDS.get("numpy").available():
+        pytest.skip("the NumPy reference backend is not available")
+    source = ModelSource("gguf", smollm2_path, "smollm2-135m")
+    prompt = [1, 504, 3458, 282, 4649, 314, 253, 1345, 28, 357]
+    ort_model = BACKENDS.get("onnx").load(source, LoadOptions(n_ctx=64, progress=False))
+    assert ort_model.info.arch == "llama"
+    assert (ort_model.info.n_layers, ort_model.info.vocab_size) == (30, 49152)
+    ort_tokens, ort_logits = _greedy(ort_model, prompt, 16)
+    ref_model = BACKENDS.get("numpy").load(source, LoadOptions(n_ctx=64, progress=False))
+    ref_tokens, ref_logits = _greedy(ref_model, prompt, 16)
+    assert ort_tokens == ref_tokens
+    assert np.abs(ort_logits - ref_logits).max() < REF_ATOL
