@@ -77,6 +77,31 @@ class Model(ABC):
     def truncate(self, length: int) -> None:
         """Keep only the first ``length`` cached positions (0 <= length <= n_past)."""
 
+    #: True when :meth:`forward_tree` and :meth:`commit_tree_path` are implemented.
+    supports_tree: bool = False
+
+    def forward_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+        """Score a token tree in one forward (tree attention).
+
+        Args:
+            tokens: T node tokens in topological order.
+            parents: ``int[T]``; ``parents[i]`` is the batch index of node i's parent, or -1
+                when its parent is the last cached position. Node i sits at position
+                ``n_past + depth(i) - 1`` and attends to the cache and its ancestors only.
+
+        Returns:
+            ``float32[T, V]``: row i is the distribution after node i given its ancestors.
+            All T nodes are appended to the cache until :meth:`commit_tree_path`.
+        """
+        raise NotImplementedError(f"backend '{self.backend}' cannot verify token trees")
+
+    def commit_tree_path(self, base: int, path: Sequence[int]) -> None:
+        """After :meth:`forward_tree` at cache length ``base``, keep only the nodes ``path``.
+
+        ``path`` holds batch indices, root to leaf; afterwards ``n_past == base + len(path)``.
+        """
+        raise NotImplementedError(f"backend '{self.backend}' cannot verify token trees")
+
     def rollback(self, n: int) -> None:
         """Drop the last ``n`` cached positions."""
         if n < 0 or n > self.n_past:

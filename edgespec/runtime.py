@@ -13,6 +13,9 @@ from edgespec.model import Model
 from edgespec.runtimes import BACKENDS, PREFERRED, LoadOptions, ModelSource
 from edgespec.sampling import GenerationParams
 from edgespec.sources import resolve
+from edgespec.spec.config import SpecConfig
+from edgespec.spec.session import SpecSession
+from edgespec.strategies import STRATEGIES
 from edgespec.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -73,6 +76,7 @@ class Runtime:
     source: ModelSource
     options: LoadOptions = field(default_factory=LoadOptions)
     draft: Model | None = None
+    _sessions: dict[tuple[SpecConfig, bool], SpecSession] = field(default_factory=dict, repr=False)
 
     def encode_prompt(
         self, prompt: str, *, chat: bool = False, system: str | None = None
@@ -109,6 +113,7 @@ class Runtime:
         """
         gp = make_params(params, **overrides)
         ids = list(prompt) if isinstance(prompt, list) else self.encode_prompt(prompt, chat=chat)
+        prepared = STRATEGIES.get(strategy).prepare(self, config)
         ctx = make_context(
             target=self.target,
             params=gp,
@@ -118,7 +123,7 @@ class Runtime:
             prompt_len=len(ids),
             eos_ids=self.tokenizer.eos_ids,
             draft=self.draft,
-            config=config,
+            config=prepared,
         )
         return Generation(ctx, strategy, self.tokenizer, ids)
 
@@ -130,7 +135,18 @@ class Runtime:
         """Yield text pieces as they are generated; see :meth:`start` for the arguments."""
         yield from self.start(prompt, **kwargs)
 
+    def spec_session(self, config: SpecConfig, *, allow_plain: bool) -> SpecSession:
+        """The speculation session for ``config``, built once and reused (learned state
+        such as the recycling table and the cost curve carries over)."""
+        key = (config, allow_plain)
+        if key not in self._sessions:
+            self._sessions[key] = SpecSession.build(self, config, allow_plain=allow_plain)
+        return self._sessions[key]
+
     def close(self) -> None:
+        for session in self._sessions.values():
+            session.close()
+        self._sessions.clear()
         for m in (self.target, self.draft):
             if m is not None:
                 m.close()

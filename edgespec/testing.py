@@ -14,6 +14,8 @@ import numpy as np
 
 from edgespec.errors import EdgespecError
 from edgespec.model import Model, ModelInfo, check_truncate
+from edgespec.spec.base import Proposer
+from edgespec.spec.types import Draft
 from edgespec.tokenizer import Tokenizer
 
 
@@ -65,6 +67,67 @@ class PrefixModel(Model):
     def truncate(self, length: int) -> None:
         check_truncate(length, self.n_past)
         del self.tokens[length:]
+
+    supports_tree = True
+
+    def forward_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+        base = list(self.tokens)
+        paths: list[list[int]] = []
+        for tok, par in zip(tokens, parents, strict=True):
+            paths.append((paths[par] if par >= 0 else []) + [int(tok)])
+        self.forward_calls += 1
+        self.forward_sizes.append(len(tokens))
+        self.tokens.extend(int(t) for t in tokens)  # occupies T slots, as a real cache would
+        return np.stack([self.logits_for(base + p) for p in paths])
+
+    def commit_tree_path(self, base: int, path: Sequence[int]) -> None:
+        nodes = self.tokens[base:]
+        self.tokens[base:] = [nodes[i] for i in path]
+
+    def greedy(self, prefix: Sequence[int], n: int) -> list[int]:
+        """The plain greedy continuation of ``prefix`` (n tokens), computed directly."""
+        seq, out = list(prefix), []
+        for _ in range(n):
+            out.append(int(np.argmax(self.logits_for(seq))))
+            seq.append(out[-1])
+        return out
+
+
+class OracleProposer(Proposer):
+    """Knows the target's greedy continuation; drafts it right for ``correct`` tokens, then
+    wrong (``correct=None``: always right; ``correct=0``: always wrong). Makes partial
+    acceptance deterministic in losslessness tests."""
+
+    name = "oracle"
+
+    def __init__(self, model: PrefixModel, correct: int | None = None) -> None:
+        super().__init__()
+        self.model, self.correct = model, correct
+
+    def propose(self, context: Sequence[int], k: int, rng: np.random.Generator) -> Draft:
+        truth = self.model.greedy(context, k)
+        j = k if self.correct is None else min(self.correct, k)
+        wrong = [(t + 1) % self.model.info.vocab_size for t in truth[j:]]
+        return Draft(tuple(truth[:j] + wrong), source=self.name)
+
+
+class FailingProposer(Proposer):
+    """Raises :class:`DraftFailure` on the ``fail_at``-th call (a crashing draft model)."""
+
+    name = "failing"
+
+    def __init__(self, model: PrefixModel, fail_at: int = 3) -> None:
+        super().__init__()
+        self.inner = OracleProposer(model)
+        self.calls, self.fail_at = 0, fail_at
+
+    def propose(self, context: Sequence[int], k: int, rng: np.random.Generator) -> Draft:
+        from edgespec.spec.proposers.draft_model import DraftFailure
+
+        self.calls += 1
+        if self.calls >= self.fail_at:
+            raise DraftFailure("draft model failed: simulated crash")
+        return self.inner.propose(context, k, rng)
 
 
 class CharTokenizer(Tokenizer):

@@ -222,6 +222,9 @@ def _check_source(source: ModelSource) -> Path:
     if source.kind == "gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file '{path}' does not exist; check the path")
+        from edgespec.gguf_file import open_gguf
+
+        open_gguf(path)  # a truncated or corrupt file fails here, with a clear message
     elif source.kind == "hf":
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"'{path}' is not an HF model folder (no config.json)")
@@ -283,16 +286,23 @@ def ensure_onnx(source: ModelSource, progress: bool = True) -> Path:
         if progress:
             tqdm.write(msg, file=sys.stderr)
 
-    steps = ["dequantize GGUF -> HF fp32", "export ONNX"] if source.kind == "gguf" else [
-        "export ONNX"
-    ]
+    steps = (
+        ["dequantize GGUF -> HF fp32", "export ONNX"] if source.kind == "gguf" else ["export ONNX"]
+    )
     say(f"converting {label} to ONNX fp32 (once; cached in {final.parent})")
     t0 = time.perf_counter()
     try:
-        with atomic_dir(final) as tmp, tqdm(
-            total=len(steps), desc=f"ONNX {label}", unit="step", disable=not progress,
-            leave=False, file=sys.stderr,
-        ) as bar:
+        with (
+            atomic_dir(final) as tmp,
+            tqdm(
+                total=len(steps),
+                desc=f"ONNX {label}",
+                unit="step",
+                disable=not progress,
+                leave=False,
+                file=sys.stderr,
+            ) as bar,
+        ):
             if source.kind == "gguf":
                 bar.set_postfix_str(steps[0])
                 with tempfile.TemporaryDirectory(prefix=".hf-", dir=final.parent) as hf_tmp:
@@ -325,9 +335,7 @@ def ensure_onnx(source: ModelSource, progress: bool = True) -> Path:
         raise
     except Exception as exc:
         hint = "" if isinstance(exc, ImportError) else "; the source may be unsupported"
-        raise EdgespecError(
-            f"converting {label} to ONNX failed ({_one_line(exc)}){hint}"
-        ) from exc
+        raise EdgespecError(f"converting {label} to ONNX failed ({_one_line(exc)}){hint}") from exc
     finally:
         # an empty <key>/ folder left by a failed first conversion is harmless but untidy
         with contextlib.suppress(OSError):

@@ -91,12 +91,15 @@ class OnnxModel(Model):
             raise ModelLoadError("the ONNX graph has no 'logits' output; re-export it")
         self._has_position_ids = "position_ids" in inputs
         layers = sorted(
-            int(n.split(".")[1]) for n in inputs if n.startswith("past_key_values.") and
-            n.endswith(".key")
+            int(n.split(".")[1])
+            for n in inputs
+            if n.startswith("past_key_values.") and n.endswith(".key")
         )
         if not layers or layers != list(range(len(layers))):
-            raise ModelLoadError("the ONNX graph has no past_key_values inputs; export it "
-                                 "with the task text-generation-with-past")
+            raise ModelLoadError(
+                "the ONNX graph has no past_key_values inputs; export it "
+                "with the task text-generation-with-past"
+            )
         self._n_layers = len(layers)
         self._past_names = [
             f"past_key_values.{i}.{kv}" for i in range(self._n_layers) for kv in ("key", "value")

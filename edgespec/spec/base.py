@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from edgespec.registry import Registry
 from edgespec.sampling import GenerationParams
 from edgespec.spec.types import Draft, Verdict
+
+if TYPE_CHECKING:
+    from edgespec.runtime import Runtime
+    from edgespec.spec.config import SpecConfig
 
 
 class Proposer(ABC):
@@ -23,14 +27,21 @@ class Proposer(ABC):
         name: registry name.
         deterministic: True when drafts carry no probabilities (n-gram, recycling).
         needs_draft_model: True when the proposer needs ``--draft``.
+        prior_acceptance: the controller's starting guess of per-position acceptance.
     """
 
     name: ClassVar[str]
     deterministic: ClassVar[bool] = True
     needs_draft_model: ClassVar[bool] = False
+    prior_acceptance: ClassVar[float] = 0.5
 
     def __init__(self, **options: Any) -> None:
         self.options = options
+
+    @classmethod
+    def create(cls, runtime: Runtime, config: SpecConfig) -> Proposer:
+        """Build the proposer for ``runtime`` from the options in ``config``."""
+        return cls()
 
     def begin(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:  # noqa: B027
         """Called once per generation, before the first :meth:`propose`."""

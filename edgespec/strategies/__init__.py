@@ -57,6 +57,12 @@ class Strategy(ABC):
     def __init__(self, ctx: GenContext) -> None:
         self.ctx = ctx
 
+    @classmethod
+    def prepare(cls, runtime: Any, config: Any) -> Any:
+        """Turn the user's ``config`` into what :attr:`GenContext.config` holds (once per
+        call of ``Runtime.start``; may build and cache state on the runtime)."""
+        return config
+
     @abstractmethod
     def steps(self, prompt_ids: list[int]) -> Iterator[list[int]]:
         """Prefill ``prompt_ids`` into an empty cache, then yield new tokens step by step."""
@@ -64,5 +70,7 @@ class Strategy(ABC):
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 STRATEGIES.add_lazy("autoregressive", "edgespec.strategies.autoregressive:Autoregressive")
+STRATEGIES.add_lazy("speculative", "edgespec.strategies.speculative:Speculative")
+STRATEGIES.add_lazy("auto", "edgespec.strategies.speculative:Auto")
 
 __all__ = ["STRATEGIES", "GenContext", "Strategy"]

@@ -1,12 +1,14 @@
 """The ONNX Runtime backend: export fidelity, batched/sequential agreement and KV rollback.
 
-Tolerances (measured, then given headroom):
+Tolerances (measured with ORT 1.32 on 2 cores, then given about 10x headroom):
 
-- ORT fp32 vs HF transformers (torch fp32) on the tiny random models: max |logit diff|
-  below ``HF_ATOL`` (graph fusions reorder float32 sums).
-- batched vs one-token-at-a-time ORT: below ``BATCH_ATOL``, and greedy argmax equal.
-- ORT fp32 vs the NumPy reference on smollm2 (both run the same dequantized Q4_1 weights in
-  float32): below ``REF_ATOL``; the 16 greedy tokens are equal.
+- ORT fp32 vs HF transformers (torch fp32), tiny random models, 10 tokens: max |logit diff|
+  1.3e-6 (llama) and 1.1e-6 (qwen2), logits up to 2.4 -> ``HF_ATOL = 2e-5``. Graph fusions
+  reorder float32 sums, so the two are close but not bit-identical.
+- batched vs one-token-at-a-time ORT: max 1.4e-6 -> ``BATCH_ATOL = 2e-5``; greedy argmax equal.
+- ORT fp32 vs the NumPy reference on smollm2 (the same dequantized Q4_1 weights), 16 greedy
+  steps: max 4.6e-5 (float32 reference) and 5.0e-5 (float64), logits up to 31, smallest
+  top-1/top-2 margin 0.09 -> ``REF_ATOL = 5e-4``; the 16 greedy tokens are equal.
 
 The tiny models are converted once per session into a temporary ``$EDGESPEC_HOME``; the
 smollm2 conversion goes to the real cache so that later runs reuse it.
@@ -31,9 +33,9 @@ from edgespec.runtimes.ort import OnnxModel, load_onnx_dir  # noqa: E402
 
 pytestmark = [pytest.mark.backend]
 
-HF_ATOL = 1e-4
-BATCH_ATOL = 1e-4
-REF_ATOL = 5e-3
+HF_ATOL = 2e-5
+BATCH_ATOL = 2e-5
+REF_ATOL = 5e-4
 
 PROMPT = [5, 17, 42, 99, 3, 250, 128, 7, 64, 200]
 
@@ -226,6 +228,10 @@ def test_bad_sources(tmp_path: Path) -> None:
         hf_onnx.ensure_onnx(ModelSource("hf", tmp_path, "empty"), progress=False)
     with pytest.raises(ModelLoadError, match="does not exist"):
         hf_onnx.ensure_onnx(ModelSource("gguf", tmp_path / "x.gguf", "x"), progress=False)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + bytes(60))
+    with pytest.raises(ModelLoadError, match="not a valid GGUF"):
+        hf_onnx.ensure_onnx(ModelSource("gguf", bad, "bad"), progress=False)
     with pytest.raises(EdgespecError):
         BACKENDS.get("onnx").load(ModelSource("bundle", tmp_path, "b"), LoadOptions())
 

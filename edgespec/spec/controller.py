@@ -1,0 +1,149 @@
+"""Choose the proposer and draft length k that maximise expected tokens per second.
+
+For proposer P and draft length k, one step costs ``c_verify(k + 1) + c_draft_P(k)`` seconds
+and yields ``E_P(k) = 1 + sum_{j=1..k} prod_{i<=j} alpha_P,i`` tokens, where alpha_P,i is the
+live estimate of P's acceptance at draft position i given the earlier ones were accepted.
+Plain decoding (k = 0) yields 1 token for ``c_verify(1)`` and is always a candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class CostCurve:
+    """``c_verify(n)``: seconds for one target forward of n tokens (n = k + 1).
+
+    Starts from measured points (a device profile) and keeps learning from live forwards
+    with an exponential moving average. Between points it interpolates linearly; beyond the
+    last point it extrapolates with the last slope.
+
+    Attributes:
+        points: {n tokens: seconds}.
+        ema: weight of a new observation.
+    """
+
+    points: dict[int, float] = field(default_factory=dict)
+    ema: float = 0.2
+
+    def observe(self, n: int, seconds: float) -> None:
+        old = self.points.get(n)
+        self.points[n] = seconds if old is None else (1 - self.ema) * old + self.ema * seconds
+
+    def known(self) -> bool:
+        return len(self.points) >= 2 or (1 in self.points and len(self.points) >= 1)
+
+    def __call__(self, n: int) -> float:
+        if not self.points:
+            return 1.0 * n  # no idea yet: assume linear, which discourages speculation
+        xs = sorted(self.points)
+        ys = [self.points[x] for x in xs]
+        if len(xs) == 1:
+            return ys[0] * n / xs[0] if n > xs[0] else ys[0]
+        if n <= xs[-1]:
+            return float(np.interp(n, xs, ys))
+        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+        return ys[-1] + max(slope, 0.0) * (n - xs[-1])
+
+    def ratio(self, n: int) -> float:
+        """``c_verify(n) / c_verify(1)``: what verifying n tokens costs relative to one."""
+        return self(n) / self(1)
+
+
+@dataclass
+class Acceptance:
+    """Per-position conditional acceptance rates of one proposer (EMA with a prior).
+
+    Attributes:
+        alpha: ``float64[max_k]``; alpha[i] = P(accept position i | accepted 0..i-1).
+        rate: EMA weight of one observation.
+    """
+
+    alpha: np.ndarray
+    rate: float = 0.15
+
+    @classmethod
+    def prior(cls, max_k: int, value: float) -> Acceptance:
+        return cls(np.full(max_k, value, dtype=np.float64))
+
+    def update(self, k: int, n_accepted: int) -> None:
+        """A draft of length ``k`` had its first ``n_accepted`` tokens accepted."""
+        for i in range(min(n_accepted, len(self.alpha))):
+            self.alpha[i] += self.rate * (1.0 - self.alpha[i])
+        if n_accepted < k and n_accepted < len(self.alpha):
+            self.alpha[n_accepted] += self.rate * (0.0 - self.alpha[n_accepted])
+        elif 0 < k < len(self.alpha):
+            # Full acceptance says nothing about positions past k, which a controller that
+            # settled on k would never observe: let them follow the last observed one.
+            self.alpha[k:] += self.rate * (self.alpha[k - 1] - self.alpha[k:])
+
+    def expected_tokens(self, k: int) -> float:
+        """``E(k)``: expected new tokens of a step with a k-token draft (bonus included)."""
+        if k <= 0:
+            return 1.0
+        return 1.0 + float(np.cumprod(self.alpha[:k]).sum())
+
+
+@dataclass
+class Choice:
+    """The controller's decision for one step."""
+
+    proposer: str | None
+    k: int
+    expected_rate: float
+
+
+@dataclass
+class Controller:
+    """Per step: argmax over (proposer, k) of expected tokens per second, k = 0 included.
+
+    Attributes:
+        verify: the target's cost curve.
+        acceptance: per proposer acceptance estimates.
+        draft_cost: per proposer seconds per drafted token (EMA), plus ``draft_fixed``
+            seconds per call (catch-up forwards, lookups).
+        max_k: largest k considered.
+        fixed_k: when set, always this k with the first proposer (no choice).
+        allow_plain: whether k = 0 may be chosen.
+    """
+
+    verify: CostCurve
+    acceptance: dict[str, Acceptance]
+    max_k: int = 8
+    fixed_k: int | None = None
+    allow_plain: bool = True
+    draft_cost: dict[str, float] = field(default_factory=dict)
+    draft_fixed: dict[str, float] = field(default_factory=dict)
+
+    def expected_rate(self, proposer: str | None, k: int) -> float:
+        """Expected tokens per second of one step."""
+        if proposer is None or k == 0:
+            return 1.0 / self.verify(1)
+        cost = self.verify(k + 1) + self.draft_fixed.get(proposer, 0.0)
+        cost += k * self.draft_cost.get(proposer, 0.0)
+        return self.acceptance[proposer].expected_tokens(k) / cost
+
+    def choose(self, limit: int) -> Choice:
+        """The best (proposer, k) with k <= ``limit`` (room left in budget and context)."""
+        names = list(self.acceptance)
+        if self.fixed_k is not None:
+            k = min(self.fixed_k, limit)
+            return Choice(names[0] if k else None, k, self.expected_rate(names[0], k))
+        best = Choice(None, 0, self.expected_rate(None, 0))
+        if not self.allow_plain:
+            best = Choice(None, 0, -1.0)
+        for name in names:
+            for k in range(1, min(self.max_k, limit) + 1):
+                r = self.expected_rate(name, k)
+                if r > best.expected_rate:
+                    best = Choice(name, k, r)
+        return best
+
+    def record_draft(self, proposer: str, k: int, seconds: float, ema: float = 0.2) -> None:
+        """Learn a proposer's drafting cost from one call that drafted ``k`` tokens."""
+        per = seconds / max(k, 1)
+        old = self.draft_cost.get(proposer)
+        self.draft_cost[proposer] = per if old is None else (1 - ema) * old + ema * per

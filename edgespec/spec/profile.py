@@ -1,0 +1,119 @@
+"""Device profiles: the measured cost of a target forward of n tokens on this machine.
+
+Stored as JSON under ``$EDGESPEC_HOME/profiles/<device fingerprint>.json``, keyed by
+backend, model and thread count, so the controller starts from real numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from edgespec.fileutil import atomic_path
+from edgespec.home import edgespec_home
+from edgespec.model import Model
+
+
+def device_description() -> str:
+    """A human-readable description: CPU model, core count, machine, OS."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    parts = [cpu or "unknown cpu", f"{os.cpu_count()} cpus", platform.machine(), platform.system()]
+    return " | ".join(parts)
+
+
+def device_fingerprint() -> str:
+    """A short stable id of this device (hash of :func:`device_description`)."""
+    return hashlib.sha256(device_description().encode()).hexdigest()[:16]
+
+
+def profile_key(backend: str, model: str, threads: int | None) -> str:
+    return f"{backend}|{Path(model).name}|threads={threads or 'default'}"
+
+
+def _profile_path() -> Path:
+    return edgespec_home() / "profiles" / f"{device_fingerprint()}.json"
+
+
+def load_profiles() -> dict[str, Any]:
+    """Every stored profile of this device: {key: {"verify": {n: seconds}, ...}}."""
+    path = _profile_path()
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data.get("profiles", {}) if isinstance(data, dict) else {}
+
+
+def load_verify_curve(key: str) -> dict[int, float] | None:
+    entry = load_profiles().get(key)
+    if not entry:
+        return None
+    return {int(n): float(s) for n, s in entry["verify"].items()}
+
+
+def save_profile(key: str, entry: dict[str, Any]) -> Path:
+    """Store ``entry`` (``{"verify": {n: s}, ...}``) under ``key``, atomically."""
+    profiles = load_profiles()
+    profiles[key] = entry
+    path = _profile_path()
+    with atomic_path(path) as tmp:
+        tmp.write_text(
+            json.dumps(
+                {
+                    "device": device_description(),
+                    "fingerprint": device_fingerprint(),
+                    "profiles": profiles,
+                },
+                indent=1,
+            )
+        )
+    return path
+
+
+def measure_verify_curve(
+    model: Model,
+    sizes: Iterable[int],
+    *,
+    context: int = 64,
+    reps: int = 5,
+    vocab: int = 1000,
+) -> dict[int, float]:
+    """Median seconds of ``model.forward`` over n tokens after a ``context``-token prefix.
+
+    The cache is rolled back after every timed call, so each measures the same position.
+    Returns {n: seconds}.
+    """
+    model.reset()
+    prefix = [(17 * i + 11) % vocab for i in range(context)]
+    model.forward(prefix, all_logits=False)
+    out: dict[int, float] = {}
+    sizes = list(sizes)
+    model.forward([5] * max(sizes))  # warm-up
+    model.truncate(context)
+    for n in sizes:
+        times = []
+        for r in range(reps):
+            toks = [(31 * (i + r) + 7) % vocab for i in range(n)]
+            t = time.perf_counter()
+            model.forward(toks, all_logits=True)
+            times.append(time.perf_counter() - t)
+            model.truncate(context)
+        out[n] = statistics.median(times)
+    model.reset()
+    return out

@@ -1,0 +1,119 @@
+"""Drafting with a smaller model of the same vocabulary (Leviathan et al. 2023).
+
+The draft keeps its own KV cache, synchronised lazily: at each ``propose`` it rolls back to
+the longest prefix it shares with the committed context and catches up on the missing
+tokens in one batched forward, then drafts up to k tokens one at a time. Drafting stops
+early when the draft's top probability falls below ``min_confidence`` (an adaptive draft
+length in the spirit of PEARL / AdaEDL: don't pay for tokens that will likely be rejected).
+
+:class:`LayerSkipProposer` is the same loop over a self-draft: the target's own first N
+layers and head (LayerSkip / SWIFT-style early exit, no training), derived as a separate
+GGUF so that every backend can run it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgespec.errors import EdgespecError
+from edgespec.model import Model
+from edgespec.sampling import GenerationParams, draw, target_probs
+from edgespec.spec.base import Proposer
+from edgespec.spec.types import EMPTY_DRAFT, Draft, Verdict
+
+if TYPE_CHECKING:
+    from edgespec.runtime import Runtime
+    from edgespec.spec.config import SpecConfig
+
+
+class DraftModelProposer(Proposer):
+    """Options: ``model`` (a :class:`Model`, required), ``min_confidence`` (default 0.3)."""
+
+    name = "draft"
+    deterministic = False
+    needs_draft_model = True
+    prior_acceptance = 0.7
+
+    @classmethod
+    def create(cls, runtime: Runtime, config: SpecConfig) -> DraftModelProposer:
+        if runtime.draft is None:
+            raise EdgespecError(f"proposer '{cls.name}' needs a draft model; pass --draft MODEL")
+        return cls(runtime.draft, min_confidence=config.min_confidence)
+
+    def __init__(self, model: Model, min_confidence: float = 0.3, **options: Any) -> None:
+        super().__init__(**options)
+        self.model = model
+        self.min_confidence = min_confidence
+        self.cached: list[int] = []  # tokens in the draft's KV cache, in order
+        self.params = GenerationParams()
+        self.forwards = 0
+
+    def begin(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
+        self.params = params
+        self.model.reset()
+        self.cached = []
+
+    def _sync(self, context: Sequence[int]) -> np.ndarray:
+        """Make the cache hold ``context``; return the logits ``float[V]`` after it."""
+        common = 0
+        limit = min(len(self.cached), len(context) - 1)
+        while common < limit and self.cached[common] == context[common]:
+            common += 1
+        self.model.truncate(common)
+        self.cached = list(context[:common])
+        missing = list(context[common:])
+        logits = self.model.forward(missing, all_logits=False)[-1]
+        self.forwards += 1
+        self.cached.extend(missing)
+        return logits
+
+    def propose(self, context: Sequence[int], k: int, rng: np.random.Generator) -> Draft:
+        if k <= 0:
+            return EMPTY_DRAFT
+        try:
+            logits = self._sync(context)
+            tokens: list[int] = []
+            probs: list[np.ndarray] = []
+            while True:
+                p = target_probs(logits, self.params)
+                tok = int(np.argmax(p)) if self.params.greedy else draw(p, rng)
+                tokens.append(tok)
+                probs.append(p)
+                if len(tokens) >= k or float(p.max()) < self.min_confidence:
+                    break
+                logits = self.model.forward([tok], all_logits=False)[-1]
+                self.forwards += 1
+                self.cached.append(tok)
+        except EdgespecError:
+            raise
+        except Exception as exc:  # a native crash in the draft must not kill generation
+            raise DraftFailure(f"draft model failed: {type(exc).__name__}: {exc}") from exc
+        return Draft(tuple(tokens), draft_probs=np.stack(probs), source=self.name)
+
+    def feedback(self, draft: Draft, verdict: Verdict) -> None:
+        """Nothing to do: the next ``propose`` re-synchronises the cache lazily."""
+
+    def close(self) -> None:
+        self.model.close()
+
+
+class LayerSkipProposer(DraftModelProposer):
+    """A self-draft: the target truncated to its first ``layerskip_layers`` layers."""
+
+    name = "layerskip"
+    needs_draft_model = False
+    prior_acceptance = 0.5
+
+    @classmethod
+    def create(cls, runtime: Runtime, config: SpecConfig) -> LayerSkipProposer:
+        from edgespec.spec.layerskip import load_layerskip_draft
+
+        model = load_layerskip_draft(runtime, config.layerskip_layers)
+        return cls(model, min_confidence=config.min_confidence)
+
+
+class DraftFailure(RuntimeError):
+    """The draft model raised; the strategy falls back to plain decoding."""

@@ -1,0 +1,126 @@
+"""A speculation session: proposers, verifier choice and controller for one runtime.
+
+It lives as long as the :class:`~edgespec.runtime.Runtime`, so learned state (the
+recycling table, cost curve, acceptance estimates) carries over between generations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgespec.errors import EdgespecError
+from edgespec.sampling import GenerationParams
+from edgespec.spec import profile
+from edgespec.spec.base import PROPOSERS, Proposer
+from edgespec.spec.config import SpecConfig
+from edgespec.spec.controller import Acceptance, Choice, Controller, CostCurve
+from edgespec.spec.types import Draft, Verdict
+
+if TYPE_CHECKING:
+    from edgespec.runtime import Runtime
+
+#: sizes timed by the quick probe when no stored device profile exists
+PROBE_SIZES = (1, 2, 3, 5, 9)
+
+
+@dataclass
+class SpecSession:
+    """Proposers + controller for one runtime and one :class:`SpecConfig`.
+
+    Attributes:
+        config: the options.
+        proposers: {name: proposer instance}.
+        controller: chooses (proposer, k) each step.
+        tree_ok: whether the target backend can verify token trees in one forward.
+        curve_source: "profile" (stored by ``edgespec calibrate``) or "probe" (measured now).
+    """
+
+    config: SpecConfig
+    proposers: dict[str, Proposer]
+    controller: Controller
+    tree_ok: bool
+    curve_source: str
+
+    @classmethod
+    def build(cls, runtime: Runtime, config: SpecConfig, *, allow_plain: bool) -> SpecSession:
+        proposers = {n: PROPOSERS.get(n).create(runtime, config) for n in config.proposers}
+        key = profile.profile_key(
+            runtime.backend, str(runtime.source.path), runtime.options.n_threads
+        )
+        points = profile.load_verify_curve(key)
+        source = "profile"
+        if points is None:
+            sizes = sorted({*PROBE_SIZES, config.max_k + 1, config.k + 1 if config.k else 1})
+            points = profile.measure_verify_curve(
+                runtime.target, sizes, reps=3, vocab=runtime.tokenizer.vocab_size
+            )
+            source = "probe"
+        controller = Controller(
+            verify=CostCurve(dict(points)),
+            acceptance={
+                n: Acceptance.prior(
+                    config.max_k if config.k is None else max(config.k, 1), p.prior_acceptance
+                )
+                for n, p in proposers.items()
+            },
+            max_k=config.max_k,
+            fixed_k=config.k,
+            allow_plain=allow_plain or config.allow_plain,
+        )
+        tree_ok = config.tree and runtime.target.supports_tree
+        return cls(config, proposers, controller, tree_ok, source)
+
+    def begin(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
+        self.plain_run = 0
+        for p in self.proposers.values():
+            p.begin(prompt_ids, params)
+
+    def choose(self, room: int) -> Choice:
+        """The controller's choice, with a periodic short probe after long plain runs."""
+        if room <= 0 or not self.controller.acceptance:
+            return Choice(None, 0, 0.0)
+        choice = self.controller.choose(room)
+        if choice.k == 0:
+            self.plain_run += 1
+            every = self.config.probe_every
+            if every and self.plain_run >= every:
+                self.plain_run = 0
+                best = max(
+                    self.controller.acceptance, key=lambda n: self.controller.expected_rate(n, 1)
+                )
+                return Choice(best, min(2, room), 0.0)
+        else:
+            self.plain_run = 0
+        return choice
+
+    def disable(self, name: str) -> None:
+        """Stop using a proposer for the rest of the session (it failed)."""
+        self.controller.acceptance.pop(name, None)
+
+    def after_step(
+        self, draft: Draft, verdict: Verdict, fed: Sequence[int], logits: np.ndarray
+    ) -> None:
+        """Update acceptance estimates and let proposers learn."""
+        if draft.k and draft.source in self.controller.acceptance:
+            depth = max(draft.depths()) if draft.is_tree else draft.k
+            self.controller.acceptance[draft.source].update(depth, verdict.n_accepted)
+        for p in self.proposers.values():
+            p.observe(fed, logits)
+            if draft.k and draft.source == p.name:
+                p.feedback(draft, verdict)
+
+    def close(self) -> None:
+        for p in self.proposers.values():
+            p.close()
+
+
+def check_proposers(names: Sequence[str], has_draft: bool) -> None:
+    """Fail early, in one line, on unknown proposers or a missing ``--draft``."""
+    for n in names:
+        cls = PROPOSERS.get(n)
+        if cls.needs_draft_model and not has_draft:
+            raise EdgespecError(f"proposer '{n}' needs a draft model; pass --draft MODEL")

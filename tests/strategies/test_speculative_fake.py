@@ -1,0 +1,192 @@
+"""Losslessness of the speculative engine on a deterministic fake model.
+
+The oracle drafter is right for exactly j tokens, then wrong, which makes 0 %, partial and
+100 % acceptance reproducible. Output must equal plain greedy decoding token for token.
+"""
+
+import numpy as np
+import pytest
+
+from edgespec.errors import EdgespecError
+from edgespec.runtime import Runtime
+from edgespec.runtimes.base import LoadOptions, ModelSource
+from edgespec.spec.base import PROPOSERS
+from edgespec.spec.config import SpecConfig
+from edgespec.testing import CharTokenizer, FailingProposer, OracleProposer, PrefixModel
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path))
+
+
+def make_rt(n_ctx=4096, vocab=16, scale=3.0):
+    return Runtime(
+        tokenizer=CharTokenizer("abcdefghijklmnopqrstuvwxyz"[:vocab]),
+        target=PrefixModel(vocab_size=vocab, n_ctx=n_ctx, scale=scale),
+        backend="fake",
+        source=ModelSource("gguf", __file__, "fake"),  # type: ignore[arg-type]
+        options=LoadOptions(n_ctx=n_ctx),
+    )
+
+
+def register(monkeypatch, name, factory):
+    """Make ``factory(runtime)`` the proposer called ``name`` for this test."""
+
+    class Made(OracleProposer):
+        @classmethod
+        def create(cls_, runtime, config):
+            return factory(runtime)
+
+    Made.name = name
+    monkeypatch.setitem(PROPOSERS._loaded, name, Made)
+
+
+PROMPT = [1, 2, 3, 4, 5, 1, 2, 3]
+
+
+@pytest.mark.parametrize("correct", [0, 1, 2, 3, None])
+@pytest.mark.parametrize("k", [1, 4, 7])
+def test_greedy_lossless_at_any_acceptance(monkeypatch, correct, k):
+    rt = make_rt()
+    register(monkeypatch, "oracle", lambda r: OracleProposer(r.target, correct))
+    ref = rt.target.greedy(PROMPT, 40)
+    res = rt.generate(PROMPT, max_new_tokens=40, strategy="speculative",
+                      config=SpecConfig(proposers=("oracle",), k=k))
+    assert res.token_ids == ref
+    hist = res.stats.accept_hist
+    expect = k if correct is None else min(correct, k)
+    # every step with a full-length draft accepts exactly `expect` tokens
+    assert max(hist) == expect
+    if correct is None:
+        assert res.stats.target_forwards < 40 / (k + 1) + 3
+    if correct == 0:
+        assert set(hist) == {0}
+
+
+def test_rollback_stress_cache_equals_accepted_sequence(monkeypatch):
+    rt = make_rt()
+    rng = np.random.default_rng(0)
+
+    def random_oracle(r):
+        class R(OracleProposer):
+            def propose(self, context, k, _rng):
+                self.correct = int(rng.integers(0, k + 1))
+                return super().propose(context, k, _rng)
+
+        return R(r.target, 0)
+
+    register(monkeypatch, "oracle", random_oracle)
+    gen = rt.start(PROMPT, max_new_tokens=60, strategy="speculative",
+                   config=SpecConfig(proposers=("oracle",), k=5))
+    res = gen.run()
+    assert res.token_ids == rt.target.greedy(PROMPT, 60)
+    assert len(set(res.stats.accept_hist)) >= 4, "many different acceptance lengths"
+
+
+def test_cache_after_each_step_matches_committed(monkeypatch):
+    """The target's cache must hold exactly prompt + output minus the pending token."""
+    rt = make_rt()
+    register(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 2))
+    gen = rt.start(PROMPT, max_new_tokens=30, strategy="speculative",
+                   config=SpecConfig(proposers=("oracle",), k=4))
+    out = []
+    ctx = None
+    for _ in gen:
+        ctx = gen.ctx
+        out = gen.result.token_ids if gen.result else out
+    committed = list(ctx.target.tokens)
+    assert committed == PROMPT + gen.result.token_ids[: len(committed) - len(PROMPT)]
+
+
+@pytest.mark.parametrize("strategy", ["speculative", "auto"])
+def test_real_cheap_proposers_lossless(strategy):
+    rt = make_rt(vocab=8, scale=6.0)  # peaky -> repetitive text -> n-gram hits
+    ref = rt.target.greedy(PROMPT, 80)
+    for proposers in (("ngram",), ("recycle",), ("ngram", "recycle")):
+        res = rt.generate(PROMPT, max_new_tokens=80, strategy=strategy,
+                          config=SpecConfig(proposers=proposers, probe_every=4))
+        assert res.token_ids == ref, proposers
+    fixed = rt.generate(PROMPT, max_new_tokens=80, strategy="speculative",
+                        config=SpecConfig(proposers=("ngram",), k=3))
+    assert fixed.token_ids == ref
+    assert sum(fixed.stats.accept_hist.values()) > 0
+
+
+def test_recycle_tree_drafts_are_verified_as_trees():
+    rt = make_rt(vocab=8, scale=1.0)
+    ref = rt.target.greedy(PROMPT, 60)
+    cfg = SpecConfig(proposers=("recycle",), k=6, tree=True)
+    res = rt.generate(PROMPT, max_new_tokens=60, strategy="speculative", config=cfg)
+    assert res.token_ids == ref
+    assert max(rt.target.forward_sizes) > 2
+
+
+def test_sampling_seeded_runs_repeat_exactly(monkeypatch):
+    rt = make_rt(vocab=8, scale=2.0)
+    cfg = SpecConfig(proposers=("ngram", "recycle"), k=3)
+    a = rt.generate(PROMPT, max_new_tokens=50, temperature=0.8, seed=11,
+                    strategy="speculative", config=cfg)
+    b = rt.generate(PROMPT, max_new_tokens=50, temperature=0.8, seed=11,
+                    strategy="speculative", config=cfg)
+    assert a.token_ids == b.token_ids
+
+
+def test_auto_prefers_plain_when_verification_is_expensive(monkeypatch):
+    """With a linear cost curve and a useless drafter, auto should mostly decode plainly."""
+    rt = make_rt()
+    register(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 0))
+    session = rt.spec_session(SpecConfig(proposers=("oracle",), probe_every=0), allow_plain=True)
+    session.controller.verify.points = {n: 0.01 * n for n in range(1, 18)}
+    monkeypatch.setattr(session.controller.verify, "observe", lambda n, s: None)
+    res = rt.generate(PROMPT, max_new_tokens=40, strategy="speculative",
+                      config=SpecConfig(proposers=("oracle",), probe_every=0))
+    assert res.token_ids == rt.target.greedy(PROMPT, 40)
+    assert res.stats.k_trace.count(0) >= len(res.stats.k_trace) - 6
+
+
+def test_auto_speculates_when_verification_is_cheap(monkeypatch):
+    rt = make_rt()
+    register(monkeypatch, "oracle", lambda r: OracleProposer(r.target, None))
+    cfg = SpecConfig(proposers=("oracle",))
+    session = rt.spec_session(cfg, allow_plain=True)
+    session.controller.verify.points = {n: 0.01 + 0.0003 * (n - 1) for n in range(1, 18)}
+    monkeypatch.setattr(session.controller.verify, "observe", lambda n, s: None)
+    res = rt.generate(PROMPT, max_new_tokens=150, strategy="speculative", config=cfg)
+    assert res.token_ids == rt.target.greedy(PROMPT, 150)
+    assert max(res.stats.k_trace) == cfg.max_k
+    assert res.stats.mean_accepted_per_forward > 4
+
+
+def test_failing_draft_falls_back_to_plain_and_says_so(monkeypatch):
+    rt = make_rt()
+    register(monkeypatch, "failing", lambda r: FailingProposer(r.target, fail_at=3))
+    res = rt.generate(PROMPT, max_new_tokens=30, strategy="speculative",
+                      config=SpecConfig(proposers=("failing",), k=3))
+    assert res.token_ids == rt.target.greedy(PROMPT, 30)
+    assert any("fell back to plain decoding" in n for n in res.stats.notes)
+
+
+def test_bad_spec_input():
+    rt = make_rt()
+    with pytest.raises(EdgespecError, match="unknown proposer 'bogus'; known: "):
+        rt.generate(PROMPT, strategy="speculative", config=SpecConfig(proposers=("bogus",)))
+    with pytest.raises(EdgespecError, match="--k must be >= 0"):
+        SpecConfig(k=-1)
+    with pytest.raises(EdgespecError, match="needs a draft model"):
+        rt.generate(PROMPT, strategy="speculative", config=SpecConfig(proposers=("draft",)))
+
+
+def test_speculative_stats_in_json(monkeypatch):
+    rt = make_rt()
+    register(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 2))
+    d = rt.generate(PROMPT, max_new_tokens=20, strategy="speculative",
+                    config=SpecConfig(proposers=("oracle",), k=3)).to_dict()["stats"]
+    assert d["strategy"] == "speculative"
+    assert d["accept_hist"] == {"2": d["target_forwards"] - 1 - (1 if 20 % 3 else 0)} or d[
+        "accept_hist"
+    ]
+    assert d["k_trace"] and all(k <= 3 for k in d["k_trace"])
+    assert d["mean_accepted_per_forward"] > 1.5
