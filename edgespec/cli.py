@@ -39,7 +39,17 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_gen_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--strategy", default="autoregressive", help="decoding strategy")
+    p.add_argument("--strategy", default="autoregressive",
+                   help="autoregressive | speculative | auto (auto: the controller picks "
+                        "proposer and draft length, plain decoding included)")
+    p.add_argument("--proposer", action="append", default=[],
+                   help="draft source for speculation: ngram, recycle, draft, layerskip "
+                        "(repeatable; default ngram, or all cheap ones for auto)")
+    p.add_argument("--k", type=int, default=None,
+                   help="fixed draft length (auto: the largest one considered)")
+    p.add_argument("--max-k", type=int, default=8, help="largest draft length considered")
+    p.add_argument("--layerskip", default=None,
+                   help="layers of the layerskip self-draft: first:N, skip:A-B or keep:...")
     p.add_argument("--max-new-tokens", "-n", type=int, default=128)
     p.add_argument("--temperature", "-t", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
@@ -70,6 +80,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from edgespec.strategies import STRATEGIES
 
     STRATEGIES.get(a.strategy)  # fail on a typo before loading anything
+    config = spec_config_from_args(a)
     rt = load(
         a.model,
         backend=a.backend,
@@ -80,7 +91,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     )
     with rt:
         ids = rt.encode_prompt(a.prompt, chat=a.chat, system=a.system)
-        gen = rt.start(ids, strategy=a.strategy, params=params)
+        gen = rt.start(ids, strategy=a.strategy, params=params, config=config)
         if a.json:
             result = gen.run()
             print(json.dumps(result.to_dict()))
@@ -92,6 +103,54 @@ def cmd_generate(a: argparse.Namespace) -> int:
             result = gen.result
         if a.stats and result is not None:
             print(result.stats.summary(), file=sys.stderr)
+    return 0
+
+
+def spec_config_from_args(a: argparse.Namespace) -> dict[str, Any] | None:
+    """The speculative options the user gave, validated (None when they gave none)."""
+    from edgespec.spec.base import PROPOSERS
+    from edgespec.spec.config import SpecConfig
+    from edgespec.spec.session import check_proposers
+
+    d: dict[str, Any] = {"max_k": a.max_k}
+    if a.proposer:
+        d["proposers"] = tuple(a.proposer)
+        for name in a.proposer:
+            PROPOSERS.get(name)
+        check_proposers(a.proposer, has_draft=a.draft is not None)
+    if a.k is not None:
+        d["k"] = a.k
+    if a.layerskip is not None:
+        d["layerskip_layers"] = a.layerskip
+    SpecConfig.from_dict(d)  # validates k, max_k
+    return d
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from edgespec.runtime import load
+    from edgespec.spec import profile
+
+    if a.max_k < 1:
+        raise EdgespecError(f"--max-k must be >= 1, got {a.max_k}")
+    rt = load(a.model, backend=a.backend, n_ctx=a.n_ctx, n_threads=a.threads,
+              progress=not a.quiet)
+    with rt:
+        sizes = list(range(1, a.max_k + 2))
+        curve = profile.measure_verify_curve(
+            rt.target, sizes, context=a.context, reps=a.reps, vocab=rt.tokenizer.vocab_size
+        )
+        key = profile.profile_key(rt.backend, str(rt.source.path), a.threads)
+        entry = {"verify": {str(n): s for n, s in curve.items()}, "model": rt.source.name,
+                 "backend": rt.backend, "context": a.context, "reps": a.reps}
+        path = profile.save_profile(key, entry)
+    if a.json:
+        print(json.dumps({"key": key, "path": str(path), **entry}))
+        return 0
+    print(f"device: {profile.device_description()}")
+    print(f"profile: {key} -> {path}")
+    print(f"{'k+1':>4} {'ms':>9} {'x one token':>12}")
+    for n, sec in curve.items():
+        print(f"{n:>4} {sec * 1000:>9.2f} {sec / curve[1]:>12.2f}")
     return 0
 
 
@@ -141,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_load_args(g)
     _add_gen_args(g)
     g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("calibrate", help="measure this device's verify cost curve c_verify(k)")
+    _add_load_args(c)
+    c.add_argument("--max-k", type=int, default=16, help="measure forwards of 1..max-k+1 tokens")
+    c.add_argument("--context", type=int, default=128, help="cached tokens before each forward")
+    c.add_argument("--reps", type=int, default=7, help="timed repetitions per size (median)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_calibrate)
 
     m = sub.add_parser("models", help="the model zoo: list | pull | path | verify | rm")
     m.add_argument("action", choices=["list", "pull", "path", "verify", "rm"])

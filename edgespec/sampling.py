@@ -98,6 +98,20 @@ def target_probs(logits: np.ndarray, params: GenerationParams) -> np.ndarray:
     return p
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """``float64[V]`` softmax at temperature 1 (a draft's confidence, even when greedy)."""
+    z = logits.astype(np.float64)
+    z -= z.max()
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def confidence_probs(logits: np.ndarray, params: GenerationParams) -> np.ndarray:
+    """The distribution whose mass says how sure a draft is: the sampling distribution, or
+    the plain softmax when decoding greedily (where the sampling one is one-hot)."""
+    return softmax(logits) if params.greedy else target_probs(logits, params)
+
+
 def sample(logits: np.ndarray, params: GenerationParams, rng: np.random.Generator) -> int:
     """One token id from ``logits`` (``float[V]``)."""
     if params.greedy:

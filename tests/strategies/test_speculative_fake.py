@@ -190,3 +190,48 @@ def test_speculative_stats_in_json(monkeypatch):
     ]
     assert d["k_trace"] and all(k <= 3 for k in d["k_trace"])
     assert d["mean_accepted_per_forward"] > 1.5
+
+
+def make_rt_with_draft(draft_seed, vocab=16, scale=3.0):
+    rt = make_rt(vocab=vocab, scale=scale)
+    rt.draft = PrefixModel(vocab_size=vocab, seed=draft_seed, scale=scale)
+    return rt
+
+
+@pytest.mark.parametrize("proposer", ["draft", "tree"])
+@pytest.mark.parametrize("draft_seed", [0, 1])  # 0: the draft equals the target; 1: unrelated
+def test_model_drafts_greedy_lossless(proposer, draft_seed):
+    rt = make_rt_with_draft(draft_seed)
+    ref = rt.target.greedy(PROMPT, 50)
+    for k in (1, 3, 6):
+        cfg = SpecConfig(proposers=(proposer,), k=k, min_confidence=0.0)
+        res = rt.generate(PROMPT, max_new_tokens=50, strategy="speculative", config=cfg)
+        assert res.token_ids == ref, (proposer, k)
+        if draft_seed == 0:  # a perfect draft is always fully accepted
+            assert res.stats.mean_accepted_per_forward > k * 0.8
+    if proposer == "tree" and draft_seed == 1:
+        assert max(rt.target.forward_sizes) > 2
+
+
+def test_tree_proposer_builds_trees_when_unsure():
+    rt = make_rt_with_draft(1, vocab=16, scale=0.5)  # flat draft -> bushy trees
+    prop = None
+    cfg = SpecConfig(proposers=("tree",), k=6)
+    session = rt.spec_session(cfg, allow_plain=True)
+    prop = session.proposers["tree"]
+    prop.begin(PROMPT, __import__("edgespec").GenerationParams())
+    d = prop.propose(PROMPT, 6, np.random.default_rng(0))
+    assert d.is_tree and d.k == 6
+    assert len(d.children(-1)) > 1
+
+
+def test_draft_sampling_seeded_repeat():
+    rt = make_rt_with_draft(1, vocab=8, scale=2.0)
+    for proposer in ("draft", "tree"):
+        cfg = SpecConfig(proposers=(proposer,), k=3)
+        runs = [
+            rt.generate(PROMPT, max_new_tokens=40, temperature=0.9, seed=3,
+                        strategy="speculative", config=cfg).token_ids
+            for _ in range(2)
+        ]
+        assert runs[0] == runs[1]

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgespec.errors import EdgespecError
 from edgespec.model import Model
-from edgespec.sampling import GenerationParams, draw, target_probs
+from edgespec.sampling import GenerationParams, confidence_probs, draw, target_probs
 from edgespec.spec.base import Proposer
 from edgespec.spec.types import EMPTY_DRAFT, Draft, Verdict
 
@@ -82,7 +82,8 @@ class DraftModelProposer(Proposer):
                 tok = int(np.argmax(p)) if self.params.greedy else draw(p, rng)
                 tokens.append(tok)
                 probs.append(p)
-                if len(tokens) >= k or float(p.max()) < self.min_confidence:
+                sure = float(confidence_probs(logits, self.params)[tok])
+                if len(tokens) >= k or sure < self.min_confidence:
                     break
                 logits = self.model.forward([tok], all_logits=False)[-1]
                 self.forwards += 1
