@@ -111,6 +111,51 @@ class OracleProposer(Proposer):
         return Draft(tuple(truth[:j] + wrong), source=self.name)
 
 
+class SequenceOracle(Proposer):
+    """Knows a reference continuation (``prompt + output`` of plain decoding) and drafts it
+    right for ``correct`` tokens, then wrong (None: always right). Once the context has left
+    the reference, every draft is wrong. For losslessness tests on real models."""
+
+    name = "seq-oracle"
+
+    def __init__(self, reference: Sequence[int], vocab_size: int, correct: int | None) -> None:
+        super().__init__()
+        self.ref, self.vocab, self.correct = list(reference), vocab_size, correct
+
+    def propose(self, context: Sequence[int], k: int, rng: np.random.Generator) -> Draft:
+        n = len(context)
+        on_track = list(context) == self.ref[:n]
+        truth = self.ref[n : n + k] if on_track else []
+        j = len(truth) if self.correct is None else min(self.correct, len(truth))
+        toks = truth[:j] + [(t + 1) % self.vocab for t in truth[j:]]
+        toks += [(7 * (n + i)) % self.vocab for i in range(k - len(toks))]  # filler: wrong
+        return Draft(tuple(toks[:k]), source=self.name)
+
+
+def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """Index of the first differing token, or None when one is a prefix of the other."""
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None
+
+
+def plain_greedy_with_logits(
+    model: Model, prompt: Sequence[int], n: int
+) -> tuple[list[int], np.ndarray]:
+    """Plain greedy decoding the way the autoregressive strategy does it, keeping each
+    step's logits: returns (tokens ``int[n]``, logits ``float32[n, V]``)."""
+    model.reset()
+    logits = model.forward(list(prompt), all_logits=False)[-1]
+    out, rows = [], []
+    for _ in range(n):
+        rows.append(logits)
+        out.append(int(np.argmax(logits)))
+        logits = model.forward([out[-1]], all_logits=False)[-1]
+    model.reset()
+    return out, np.stack(rows)
+
+
 class FailingProposer(Proposer):
     """Raises :class:`DraftFailure` on the ``fail_at``-th call (a crashing draft model)."""
 

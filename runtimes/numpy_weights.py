@@ -72,8 +72,10 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
             raise ModelLoadError(f"'{path}': tensor {name} has unsupported dtype {meta['dtype']}")
         begin, end = (int(v) for v in meta["data_offsets"])
         shape = tuple(int(s) for s in meta["shape"])
-        if data is None or end > data.shape[0] or end - begin != np.dtype(dtype).itemsize * int(
-            np.prod(shape, dtype=np.int64)
+        if (
+            data is None
+            or end > data.shape[0]
+            or end - begin != np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
         ):
             raise ModelLoadError(
                 f"'{path}' is truncated or corrupt (tensor {name} bytes {begin}..{end}); "
@@ -90,21 +92,30 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def read_hf_folder(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Read an HF model folder: ``(config.json as a dict, {tensor name: float32 array})``.
-
-    Every ``*.safetensors`` file in the folder is read (sharded checkpoints included).
+def read_hf_config(folder: Path) -> dict[str, Any]:
+    """An HF model folder's ``config.json`` as a dict.
 
     Raises:
-        ModelLoadError: no config.json, no safetensors files, or an unreadable file.
+        ModelLoadError: no config.json, or it is not valid JSON.
     """
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise ModelLoadError(f"'{folder}' has no config.json; pass an HF model folder")
     try:
         config = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"'{cfg_path}' is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"'{cfg_path}' is not a JSON object")
+    return config
+
+
+def read_hf_tensors(folder: Path) -> dict[str, np.ndarray]:
+    """Every tensor of every ``*.safetensors`` file in ``folder`` (sharded checkpoints too).
+
+    Raises:
+        ModelLoadError: no safetensors files, or an unreadable one.
+    """
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ModelLoadError(
@@ -113,7 +124,7 @@ def read_hf_folder(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]
     tensors: dict[str, np.ndarray] = {}
     for f in files:
         tensors.update(read_safetensors(f))
-    return config, tensors
+    return tensors
 
 
 def iter_gguf_tensors(reader: Any) -> Iterator[tuple[str, np.ndarray]]:
