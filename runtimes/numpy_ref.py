@@ -575,6 +575,54 @@ class NumpyModel(Model):
         with self._thread_limit():
             return self._forward(ids, all_logits)
 
+    supports_tree = True
+
+    def forward_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+        """Score a token tree in one pass (tree attention); see :meth:`Model.forward_tree`.
+
+        Node i is stored in cache slot ``n_past + i`` but rotated for position
+        ``n_past + depth(i) - 1`` and attends to the cache and its own ancestors only, so a
+        path's logits equal a linear forward of that path. All T slots stay occupied until
+        :meth:`commit_tree_path`.
+
+        Returns:
+            ``[T, V]`` logits (the model's dtype).
+        """
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        T = int(ids.size)
+        par = [int(p) for p in parents]
+        if T == 0 or len(par) != T or any(not -1 <= p < i for i, p in enumerate(par)):
+            raise ValueError("parents must list, for each node, an earlier node or -1")
+        if self._n_past + T > self.n_ctx:
+            raise EdgespecError(
+                f"context overflow: {self._n_past} cached + {T} tree nodes > n_ctx {self.n_ctx}"
+            )
+        anc = np.eye(T, dtype=bool)  # anc[i, j]: j is i or an ancestor of i
+        depth = np.ones(T, dtype=np.int64)
+        for i, p in enumerate(par):
+            if p >= 0:
+                anc[i] |= anc[p]
+                depth[i] = depth[p] + 1
+        p0 = self._n_past
+        with self._thread_limit():
+            x = self.w.embed(ids)
+            if self.hp.embd_scale != 1.0:
+                x = x * self.dtype.type(self.hp.embd_scale)
+            for li, layer in enumerate(self.w.layers):
+                x = self._block(li, layer, x, p0, tree=(p0 + depth - 1, anc))
+            self._n_past = p0 + T
+            return _rms_norm(x, self.w.out_norm, self.hp.rms_eps) @ self.w.output
+
+    def commit_tree_path(self, base: int, path: Sequence[int]) -> None:
+        """Keep the tree nodes ``path`` (batch indices, root to leaf) after ``base``."""
+        idx = base + np.asarray(path, dtype=np.int64)
+        if idx.size and (idx.min() < base or idx.max() >= self._n_past):
+            raise ValueError(f"path {list(path)} is outside the pending tree")
+        n = int(idx.size)
+        self.k_cache[:, :, base : base + n] = self.k_cache[:, :, idx]
+        self.v_cache[:, :, base : base + n] = self.v_cache[:, :, idx]
+        self._n_past = base + n
+
     def _thread_limit(self) -> contextlib.AbstractContextManager[Any]:
         """Cap BLAS threads at ``n_threads`` for one forward (needs ``threadpoolctl``)."""
         ctl = _blas_controller() if self.n_threads else None
@@ -616,8 +664,31 @@ class NumpyModel(Model):
             return None
         return np.where(hidden, -np.inf, 0.0).astype(self.dtype)
 
-    def _block(self, li: int, L: LayerWeights, x: np.ndarray, p0: int) -> np.ndarray:
-        """One transformer block on ``x: [T, D]`` (positions ``p0..p0+T-1``) -> ``[T, D]``."""
+    def _tree_mask(
+        self, p0: int, k0: int, window: int, pos: np.ndarray, anc: np.ndarray
+    ) -> np.ndarray:
+        """Additive mask ``[T, p0 - k0 + T]``: every cached key (within the sliding window,
+        by position; 0 = no window) plus the node's own ancestors."""
+        if window > 0:
+            past = (pos[:, None] - np.arange(k0, p0)[None, :]) >= window
+        else:
+            past = np.zeros((len(pos), p0 - k0), dtype=bool)
+        hidden = np.concatenate([past, ~anc], axis=1)
+        return np.where(hidden, -np.inf, 0.0).astype(self.dtype)
+
+    def _block(
+        self,
+        li: int,
+        L: LayerWeights,
+        x: np.ndarray,
+        p0: int,
+        tree: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """One transformer block on ``x: [T, D]`` (cache slots ``p0..p0+T-1``) -> ``[T, D]``.
+
+        ``tree`` = (positions ``int[T]``, ancestor matrix ``bool[T, T]``) for tree attention;
+        None for a chain at positions ``p0..p0+T-1``.
+        """
         hp = self.hp
         T = x.shape[0]
         H, KV, hd = hp.n_head, hp.n_head_kv, hp.head_dim
@@ -635,7 +706,8 @@ class NumpyModel(Model):
             q = _rms_norm(q, L.q_norm, eps)
             k = _rms_norm(k, L.k_norm, eps)
         cos, sin = self._rope[L.swa]
-        cos, sin = cos[p0 : p0 + T], sin[p0 : p0 + T]
+        pos = np.arange(p0, p0 + T) if tree is None else tree[0]
+        cos, sin = cos[pos], sin[pos]
         q = _rope(q, cos, sin) * self.dtype.type(hp.attn_scale)
         k = _rope(k, cos, sin)
         S = p0 + T
@@ -649,7 +721,11 @@ class NumpyModel(Model):
         # query head h uses KV head h // G (HF repeat_kv order): group queries by KV head
         qg = q.reshape(T, KV, G, hd).transpose(1, 2, 0, 3).reshape(KV, G * T, hd)
         scores = (qg @ keys.transpose(0, 2, 1)).reshape(KV, G, T, S - k0)
-        mask = self._mask(p0, T, k0, window)
+        mask = (
+            self._mask(p0, T, k0, window)
+            if tree is None
+            else self._tree_mask(p0, k0, window, *tree)
+        )
         if mask is not None:
             scores += mask
         scores -= scores.max(axis=-1, keepdims=True)

@@ -414,3 +414,35 @@ def test_truncated_smollm2_gguf(smollm2_path: Path, tmp_path: Path) -> None:
         dst.write(src.read(smollm2_path.stat().st_size // 2))
     with pytest.raises(ModelLoadError, match="truncated"):
         _load(cut, kind="gguf")
+
+
+# --------------------------------------------------------------------------- tree attention
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_tree_forward_equals_linear_paths_and_commit(arch, tiny_llama_dir, tiny_qwen2_dir):
+    """Every root-to-node path of a tree scores exactly like a linear forward of that path,
+    and committing a path leaves the cache equal to a fresh forward of prefix + path."""
+    from edgespec.runtimes import BACKENDS, LoadOptions, ModelSource
+
+    folder = tiny_llama_dir if arch == "llama" else tiny_qwen2_dir
+    opts = LoadOptions(n_ctx=64, dtype="float64", progress=False)
+    load = BACKENDS.get("numpy").load
+    m = load(ModelSource("hf", folder, arch), opts)
+    prefix = [5, 17, 3, 99, 42]
+    tokens = [7, 8, 9, 10, 11, 12]
+    parents = [-1, 0, 0, 1, 3, 2]  # 7 -> (8 -> 10 -> 11), (9 -> 12)
+    m.forward(prefix)
+    tree_logits = m.forward_tree(tokens, parents)
+    paths = {0: [0], 1: [0, 1], 2: [0, 2], 3: [0, 1, 3], 4: [0, 1, 3, 4], 5: [0, 2, 5]}
+    ref = load(ModelSource("hf", folder, arch), opts)
+    for node, path in paths.items():
+        ref.reset()
+        lin = ref.forward(prefix + [tokens[i] for i in path])
+        np.testing.assert_allclose(tree_logits[node], lin[-1], atol=1e-10)
+    m.commit_tree_path(len(prefix), [0, 1, 3])
+    assert m.n_past == len(prefix) + 3
+    nxt = m.forward([55])
+    ref.reset()
+    lin = ref.forward(prefix + [7, 8, 10, 55])
+    np.testing.assert_allclose(nxt[-1], lin[-1], atol=1e-10)
