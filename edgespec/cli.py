@@ -216,7 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true")
     m.add_argument("--quiet", "-q", action="store_true")
     m.set_defaults(func=cmd_models)
+    _add_plugin_commands(sub)
     return parser
+
+
+#: modules that add their own subcommands: each defines ``add_commands(subparsers)`` and sets
+#: ``func`` on its parsers (imported lazily only when listed, so keep their top-level light).
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub)
 
 
 class _Parser(argparse.ArgumentParser):
