@@ -13,9 +13,9 @@ half of the stack (SWIFT and DEL found middle layers the most redundant).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -59,8 +59,18 @@ def parse_layers(spec: str | int | None, n_layers: int) -> list[int]:
     return layers
 
 
-def derive_gguf(src: Path, layers: Sequence[int], out: Path, *, progress: bool = True) -> Path:
-    """Write a GGUF holding only ``layers`` of ``src`` (renumbered 0..len-1), atomically."""
+def derive_gguf(
+    src: Path,
+    layers: Sequence[int],
+    out: Path,
+    *,
+    progress: bool = True,
+    metadata: dict[str, Callable[[Any], Any]] | None = None,
+) -> Path:
+    """Write a GGUF holding only ``layers`` of ``src`` (renumbered 0..len-1), atomically.
+
+    ``metadata`` maps keys to functions of the old value that give the new one.
+    """
     import gguf
 
     g = open_gguf(src)
@@ -76,6 +86,8 @@ def derive_gguf(src: Path, layers: Sequence[int], out: Path, *, progress: bool =
             value = field.contents()
             if field.name == f"{arch}.block_count":
                 value = len(layers)
+            if metadata and field.name in metadata:
+                value = metadata[field.name](value)
             writer.add_key_value(field.name, value, vtype, sub_type=sub)
         writer.add_key_value(
             "edgespec.layerskip.layers", ",".join(map(str, layers)), gguf.GGUFValueType.STRING

@@ -29,8 +29,9 @@ def build(backend, target_dir, draft_dir):
     load = BACKENDS.get(backend).load
     target = load(ModelSource("hf", target_dir, "tiny"), opts)
     draft = load(ModelSource("hf", draft_dir, "tiny-draft"), opts)
-    return Runtime(CharTokenizer(ALPHABET), target, backend,
-                   ModelSource("hf", target_dir, "tiny"), opts, draft)
+    return Runtime(
+        CharTokenizer(ALPHABET), target, backend, ModelSource("hf", target_dir, "tiny"), opts, draft
+    )
 
 
 @pytest.fixture(scope="module", params=["numpy", "onnx"])
@@ -47,17 +48,22 @@ def refs(rt):
     return [(p, plain_greedy_with_logits(rt.target, p, N)[0]) for p in PROMPTS]
 
 
-@pytest.mark.parametrize("proposers,k", [
-    (("ngram",), 3), (("recycle",), 5), (("draft",), 4), (("tree",), 5),
-    (("ngram", "recycle", "draft"), None),
-])
+@pytest.mark.parametrize(
+    "proposers,k",
+    [
+        (("ngram",), 3),
+        (("recycle",), 5),
+        (("draft",), 4),
+        (("tree",), 5),
+        (("ngram", "recycle", "draft"), None),
+    ],
+)
 @pytest.mark.parametrize("strategy", ["speculative", "auto"])
 def test_every_proposer_exact(rt, refs, proposers, k, strategy):
     rt._sessions.clear()
     for prompt, ref in refs:
         cfg = SpecConfig(proposers=proposers, k=k, probe_every=3, min_confidence=0.0)
-        res = rt.generate(prompt, max_new_tokens=N, strategy=strategy, config=cfg,
-                          ignore_eos=True)
+        res = rt.generate(prompt, max_new_tokens=N, strategy=strategy, config=cfg, ignore_eos=True)
         assert res.token_ids == ref, (proposers, prompt)
 
 
@@ -68,13 +74,18 @@ def test_oracle_acceptance_levels_exact(rt, refs, monkeypatch, correct):
 
         class Made(SequenceOracle):
             @classmethod
-            def create(cls, runtime, config):
-                return oracle
+            def create(cls, runtime, config, _oracle=oracle):
+                return _oracle
 
         monkeypatch.setitem(PROPOSERS._loaded, "seq-oracle", Made)
         rt._sessions.clear()
-        res = rt.generate(prompt, max_new_tokens=N, strategy="speculative", ignore_eos=True,
-                          config=SpecConfig(proposers=("seq-oracle",), k=3))
+        res = rt.generate(
+            prompt,
+            max_new_tokens=N,
+            strategy="speculative",
+            ignore_eos=True,
+            config=SpecConfig(proposers=("seq-oracle",), k=3),
+        )
         assert res.token_ids == ref
         assert max(res.stats.accept_hist) == (3 if correct is None else min(correct, 3))
 
@@ -82,17 +93,31 @@ def test_oracle_acceptance_levels_exact(rt, refs, monkeypatch, correct):
 def test_sampling_is_seeded_and_differs_by_seed(rt):
     rt._sessions.clear()
     cfg = SpecConfig(proposers=("draft", "ngram"), k=3)
-    runs = [rt.generate(PROMPTS[0], max_new_tokens=24, temperature=1.0, seed=s,
-                        strategy="speculative", config=cfg, ignore_eos=True).token_ids
-            for s in (1, 1, 2)]
+    runs = [
+        rt.generate(
+            PROMPTS[0],
+            max_new_tokens=24,
+            temperature=1.0,
+            seed=s,
+            strategy="speculative",
+            config=cfg,
+            ignore_eos=True,
+        ).token_ids
+        for s in (1, 1, 2)
+    ]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
 
 
 def test_tree_verification_used_where_supported(rt):
     rt._sessions.clear()
-    res = rt.generate(PROMPTS[1], max_new_tokens=N, strategy="speculative", ignore_eos=True,
-                      config=SpecConfig(proposers=("tree",), k=5))
+    res = rt.generate(
+        PROMPTS[1],
+        max_new_tokens=N,
+        strategy="speculative",
+        ignore_eos=True,
+        config=SpecConfig(proposers=("tree",), k=5),
+    )
     assert sum(res.stats.k_trace) > 0
     session = next(iter(rt._sessions.values()))
     assert session.tree_ok == rt.target.supports_tree

@@ -60,10 +60,16 @@ def test_plain_engine_equals_reference_loop(rt, refs):
         assert res.token_ids == toks
 
 
-@pytest.mark.parametrize("proposers,k", [
-    (("ngram",), 4), (("recycle",), 6), (("layerskip",), 3), (("tree",), 6),
-    (("ngram", "recycle"), None),
-])
+@pytest.mark.parametrize(
+    "proposers,k",
+    [
+        (("ngram",), 4),
+        (("recycle",), 6),
+        (("layerskip",), 3),
+        (("tree",), 6),
+        (("ngram", "recycle"), None),
+    ],
+)
 def test_real_proposers_lossless_up_to_near_ties(rt, refs, proposers, k):
     rt._sessions.clear()
     exact = 0
@@ -71,8 +77,7 @@ def test_real_proposers_lossless_up_to_near_ties(rt, refs, proposers, k):
     for ids, toks, logits in refs:
         for strategy in ("speculative", "auto"):
             cfg = SpecConfig(proposers=proposers, k=k, probe_every=4)
-            res = rt.generate(ids, max_new_tokens=N, ignore_eos=True, strategy=strategy,
-                              config=cfg)
+            res = rt.generate(ids, max_new_tokens=N, ignore_eos=True, strategy=strategy, config=cfg)
             exact += check(res.token_ids, toks, logits)
             drafted += sum(res.stats.k_trace)
     assert drafted > 0, "the proposers never drafted anything"
@@ -86,13 +91,18 @@ def test_oracle_acceptance_levels(rt, refs, monkeypatch, correct):
 
         class Made(SequenceOracle):
             @classmethod
-            def create(cls, runtime, config):
-                return oracle
+            def create(cls, runtime, config, _oracle=oracle):
+                return _oracle
 
         monkeypatch.setitem(PROPOSERS._loaded, "seq-oracle", Made)
         rt._sessions.clear()
-        res = rt.generate(ids, max_new_tokens=N, ignore_eos=True, strategy="speculative",
-                          config=SpecConfig(proposers=("seq-oracle",), k=4))
+        res = rt.generate(
+            ids,
+            max_new_tokens=N,
+            ignore_eos=True,
+            strategy="speculative",
+            config=SpecConfig(proposers=("seq-oracle",), k=4),
+        )
         if check(res.token_ids, toks, logits):
             hist = res.stats.accept_hist
             expect = 4 if correct is None else min(correct, 4)
@@ -104,8 +114,13 @@ def test_tree_commit_keeps_cache_consistent(rt, refs):
     forward of that sequence (within batch noise): rollback under stress."""
     ids, _, _ = refs[0]
     rt._sessions.clear()
-    res = rt.generate(ids, max_new_tokens=N, ignore_eos=True, strategy="speculative",
-                      config=SpecConfig(proposers=("recycle",), k=6))
+    res = rt.generate(
+        ids,
+        max_new_tokens=N,
+        ignore_eos=True,
+        strategy="speculative",
+        config=SpecConfig(proposers=("recycle",), k=6),
+    )
     seq = ids + res.token_ids
     fresh = edgespec.load(str(rt.source.path), backend="llamacpp", n_ctx=512, progress=False)
     a = fresh.target.forward(seq, all_logits=False)[-1]

@@ -53,8 +53,12 @@ def test_greedy_lossless_at_any_acceptance(monkeypatch, correct, k):
     rt = make_rt()
     register(monkeypatch, "oracle", lambda r: OracleProposer(r.target, correct))
     ref = rt.target.greedy(PROMPT, 40)
-    res = rt.generate(PROMPT, max_new_tokens=40, strategy="speculative",
-                      config=SpecConfig(proposers=("oracle",), k=k))
+    res = rt.generate(
+        PROMPT,
+        max_new_tokens=40,
+        strategy="speculative",
+        config=SpecConfig(proposers=("oracle",), k=k),
+    )
     assert res.token_ids == ref
     hist = res.stats.accept_hist
     expect = k if correct is None else min(correct, k)
@@ -79,8 +83,12 @@ def test_rollback_stress_cache_equals_accepted_sequence(monkeypatch):
         return R(r.target, 0)
 
     register(monkeypatch, "oracle", random_oracle)
-    gen = rt.start(PROMPT, max_new_tokens=60, strategy="speculative",
-                   config=SpecConfig(proposers=("oracle",), k=5))
+    gen = rt.start(
+        PROMPT,
+        max_new_tokens=60,
+        strategy="speculative",
+        config=SpecConfig(proposers=("oracle",), k=5),
+    )
     res = gen.run()
     assert res.token_ids == rt.target.greedy(PROMPT, 60)
     assert len(set(res.stats.accept_hist)) >= 4, "many different acceptance lengths"
@@ -90,8 +98,12 @@ def test_cache_after_each_step_matches_committed(monkeypatch):
     """The target's cache must hold exactly prompt + output minus the pending token."""
     rt = make_rt()
     register(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 2))
-    gen = rt.start(PROMPT, max_new_tokens=30, strategy="speculative",
-                   config=SpecConfig(proposers=("oracle",), k=4))
+    gen = rt.start(
+        PROMPT,
+        max_new_tokens=30,
+        strategy="speculative",
+        config=SpecConfig(proposers=("oracle",), k=4),
+    )
     out = []
     ctx = None
     for _ in gen:
@@ -106,11 +118,19 @@ def test_real_cheap_proposers_lossless(strategy):
     rt = make_rt(vocab=8, scale=6.0)  # peaky -> repetitive text -> n-gram hits
     ref = rt.target.greedy(PROMPT, 80)
     for proposers in (("ngram",), ("recycle",), ("ngram", "recycle")):
-        res = rt.generate(PROMPT, max_new_tokens=80, strategy=strategy,
-                          config=SpecConfig(proposers=proposers, probe_every=4))
+        res = rt.generate(
+            PROMPT,
+            max_new_tokens=80,
+            strategy=strategy,
+            config=SpecConfig(proposers=proposers, probe_every=4),
+        )
         assert res.token_ids == ref, proposers
-    fixed = rt.generate(PROMPT, max_new_tokens=80, strategy="speculative",
-                        config=SpecConfig(proposers=("ngram",), k=3))
+    fixed = rt.generate(
+        PROMPT,
+        max_new_tokens=80,
+        strategy="speculative",
+        config=SpecConfig(proposers=("ngram",), k=3),
+    )
     assert fixed.token_ids == ref
     assert sum(fixed.stats.accept_hist.values()) > 0
 
@@ -127,10 +147,12 @@ def test_recycle_tree_drafts_are_verified_as_trees():
 def test_sampling_seeded_runs_repeat_exactly(monkeypatch):
     rt = make_rt(vocab=8, scale=2.0)
     cfg = SpecConfig(proposers=("ngram", "recycle"), k=3)
-    a = rt.generate(PROMPT, max_new_tokens=50, temperature=0.8, seed=11,
-                    strategy="speculative", config=cfg)
-    b = rt.generate(PROMPT, max_new_tokens=50, temperature=0.8, seed=11,
-                    strategy="speculative", config=cfg)
+    a = rt.generate(
+        PROMPT, max_new_tokens=50, temperature=0.8, seed=11, strategy="speculative", config=cfg
+    )
+    b = rt.generate(
+        PROMPT, max_new_tokens=50, temperature=0.8, seed=11, strategy="speculative", config=cfg
+    )
     assert a.token_ids == b.token_ids
 
 
@@ -141,8 +163,12 @@ def test_auto_prefers_plain_when_verification_is_expensive(monkeypatch):
     session = rt.spec_session(SpecConfig(proposers=("oracle",), probe_every=0), allow_plain=True)
     session.controller.verify.points = {n: 0.01 * n for n in range(1, 18)}
     monkeypatch.setattr(session.controller.verify, "observe", lambda n, s: None)
-    res = rt.generate(PROMPT, max_new_tokens=40, strategy="speculative",
-                      config=SpecConfig(proposers=("oracle",), probe_every=0))
+    res = rt.generate(
+        PROMPT,
+        max_new_tokens=40,
+        strategy="speculative",
+        config=SpecConfig(proposers=("oracle",), probe_every=0),
+    )
     assert res.token_ids == rt.target.greedy(PROMPT, 40)
     assert res.stats.k_trace.count(0) >= len(res.stats.k_trace) - 6
 
@@ -163,8 +189,12 @@ def test_auto_speculates_when_verification_is_cheap(monkeypatch):
 def test_failing_draft_falls_back_to_plain_and_says_so(monkeypatch):
     rt = make_rt()
     register(monkeypatch, "failing", lambda r: FailingProposer(r.target, fail_at=3))
-    res = rt.generate(PROMPT, max_new_tokens=30, strategy="speculative",
-                      config=SpecConfig(proposers=("failing",), k=3))
+    res = rt.generate(
+        PROMPT,
+        max_new_tokens=30,
+        strategy="speculative",
+        config=SpecConfig(proposers=("failing",), k=3),
+    )
     assert res.token_ids == rt.target.greedy(PROMPT, 30)
     assert any("fell back to plain decoding" in n for n in res.stats.notes)
 
@@ -182,12 +212,17 @@ def test_bad_spec_input():
 def test_speculative_stats_in_json(monkeypatch):
     rt = make_rt()
     register(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 2))
-    d = rt.generate(PROMPT, max_new_tokens=20, strategy="speculative",
-                    config=SpecConfig(proposers=("oracle",), k=3)).to_dict()["stats"]
+    d = rt.generate(
+        PROMPT,
+        max_new_tokens=20,
+        strategy="speculative",
+        config=SpecConfig(proposers=("oracle",), k=3),
+    ).to_dict()["stats"]
     assert d["strategy"] == "speculative"
-    assert d["accept_hist"] == {"2": d["target_forwards"] - 1 - (1 if 20 % 3 else 0)} or d[
-        "accept_hist"
-    ]
+    assert (
+        d["accept_hist"] == {"2": d["target_forwards"] - 1 - (1 if 20 % 3 else 0)}
+        or d["accept_hist"]
+    )
     assert d["k_trace"] and all(k <= 3 for k in d["k_trace"])
     assert d["mean_accepted_per_forward"] > 1.5
 
@@ -230,8 +265,14 @@ def test_draft_sampling_seeded_repeat():
     for proposer in ("draft", "tree"):
         cfg = SpecConfig(proposers=(proposer,), k=3)
         runs = [
-            rt.generate(PROMPT, max_new_tokens=40, temperature=0.9, seed=3,
-                        strategy="speculative", config=cfg).token_ids
+            rt.generate(
+                PROMPT,
+                max_new_tokens=40,
+                temperature=0.9,
+                seed=3,
+                strategy="speculative",
+                config=cfg,
+            ).token_ids
             for _ in range(2)
         ]
         assert runs[0] == runs[1]

@@ -112,8 +112,15 @@ def test_stats_json_fields():
     d = make_rt().generate("abc", max_new_tokens=5).to_dict()
     for k in ("text", "token_ids", "prompt_token_ids", "stats"):
         assert k in d
-    for k in ("new_tokens", "wall_s", "ttft_s", "tokens_per_s", "target_forwards",
-              "backend", "strategy"):
+    for k in (
+        "new_tokens",
+        "wall_s",
+        "ttft_s",
+        "tokens_per_s",
+        "target_forwards",
+        "backend",
+        "strategy",
+    ):
         assert k in d["stats"]
     assert d["stats"]["strategy"] == "autoregressive"
     assert d["stats"]["lossy"] is False

@@ -88,7 +88,9 @@ def test_interrupted_download_leaves_nothing(fake_zoo, monkeypatch):
 
 def test_wrong_upstream_checksum_writes_nothing(fake_zoo, monkeypatch):
     entry, _ = fake_zoo
-    monkeypatch.setitem(zoo.ZOO, "fake-model", zoo.ZooEntry(**{**entry.__dict__, "sha256": "0" * 64}))
+    monkeypatch.setitem(
+        zoo.ZOO, "fake-model", zoo.ZooEntry(**{**entry.__dict__, "sha256": "0" * 64})
+    )
     with pytest.raises(ChecksumError, match="nothing was written"):
         zoo.pull("fake-model", progress=False)
     assert not entry.path.exists()
