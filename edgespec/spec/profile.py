@@ -117,3 +117,28 @@ def measure_verify_curve(
         out[n] = statistics.median(times)
     model.reset()
     return out
+
+
+def measure_tree_overhead(model: Model, n: int, *, context: int = 64, reps: int = 3) -> float:
+    """Median time of a bushy n-node tree forward (plus commit) / a chain forward of n tokens.
+
+    Some backends verify trees at nearly the cost of a chain (the NumPy reference); others
+    pay for extra bookkeeping (llama.cpp's per-leaf sequences). Returns the ratio.
+    """
+    model.reset()
+    model.forward([(13 * i + 5) % 97 for i in range(context)], all_logits=False)
+    parents = [-1] + [(i - 1) // 2 for i in range(1, n)]  # a binary tree
+    tokens = [(7 * i + 3) % 97 for i in range(n)]
+    chain, tree = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        model.forward(tokens, all_logits=True)
+        chain.append(time.perf_counter() - t)
+        model.truncate(context)
+        t = time.perf_counter()
+        model.forward_tree(tokens, parents)
+        model.commit_tree_path(context, [0])
+        tree.append(time.perf_counter() - t)
+        model.truncate(context)
+    model.reset()
+    return statistics.median(tree) / statistics.median(chain)

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 #: sizes timed by the quick probe when no stored device profile exists
 PROBE_SIZES = (1, 2, 3, 5, 9)
+#: trees are used only where a tree forward costs at most this much more than a chain
+TREE_OVERHEAD_LIMIT = 1.25
 
 
 @dataclass
@@ -37,6 +39,9 @@ class SpecSession:
         controller: chooses (proposer, k) each step.
         tree_ok: whether the target backend can verify token trees in one forward.
         curve_source: "profile" (stored by ``edgespec calibrate``) or "probe" (measured now).
+        tree_overhead: measured tree-forward / chain-forward time (None: not measured).
+            Drafted trees are cut to their main chain when trees cost more than
+            :data:`TREE_OVERHEAD_LIMIT` times a chain on this device and backend.
     """
 
     config: SpecConfig
@@ -44,6 +49,7 @@ class SpecSession:
     controller: Controller
     tree_ok: bool
     curve_source: str
+    tree_overhead: float | None = None
 
     @classmethod
     def build(cls, runtime: Runtime, config: SpecConfig, *, allow_plain: bool) -> SpecSession:
@@ -72,7 +78,11 @@ class SpecSession:
             allow_plain=allow_plain or config.allow_plain,
         )
         tree_ok = config.tree and runtime.target.supports_tree
-        return cls(config, proposers, controller, tree_ok, source)
+        tree_overhead = None
+        if tree_ok:
+            tree_overhead = profile.measure_tree_overhead(runtime.target, min(config.max_k + 1, 9))
+            tree_ok = tree_overhead <= TREE_OVERHEAD_LIMIT
+        return cls(config, proposers, controller, tree_ok, source, tree_overhead)
 
     def begin(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
         self.plain_run = 0

@@ -57,8 +57,10 @@ class Speculative(Strategy):
         t = time.perf_counter()
         logits = target.forward(prompt_ids, all_logits=False)
         rec.prefill_s += time.perf_counter() - t
+        rec.span("prefill", t, time.perf_counter() - t)
         rec.target_forwards += 1
-        pending = sample(logits[-1], params, rng)
+        with rec.phase("sample"):
+            pending = sample(logits[-1], params, rng)
         seq = list(prompt_ids) + [pending]
         produced = 1
         yield [pending]
@@ -76,6 +78,7 @@ class Speculative(Strategy):
                     draft = EMPTY_DRAFT
                 dt = time.perf_counter() - t
                 rec.draft_s += dt
+                rec.span("draft", t, dt)
                 session.controller.record_draft(choice.proposer, max(draft.k, 1), dt)
                 if draft.is_tree and not session.tree_ok:
                     draft = _main_chain(draft)
@@ -90,15 +93,19 @@ class Speculative(Strategy):
                 logits = target.forward(feed, all_logits=draft.k > 0)
             dt = time.perf_counter() - t
             rec.verify_s += dt
+            rec.span("verify", t, dt)
             rec.target_forwards += 1
-            session.controller.verify.observe(len(feed), dt)
-            verdict = VERIFIERS.get(VERIFIER_FOR[(params.greedy, draft.is_tree)])().verify(
-                draft, logits, params, rng
-            )
-            if draft.is_tree:
-                target.commit_tree_path(base, [0] + [i + 1 for i in verdict.path])
-            else:
-                target.truncate(base + 1 + verdict.n_accepted)
+            if not draft.is_tree:  # the cost curve describes chain forwards
+                session.controller.verify.observe(len(feed), dt)
+            with rec.phase("sample"):
+                verdict = VERIFIERS.get(VERIFIER_FOR[(params.greedy, draft.is_tree)])().verify(
+                    draft, logits, params, rng
+                )
+            with rec.phase("rollback"):
+                if draft.is_tree:
+                    target.commit_tree_path(base, [0] + [i + 1 for i in verdict.path])
+                else:
+                    target.truncate(base + 1 + verdict.n_accepted)
             session.after_step(draft, verdict, feed, logits)
             if draft.k:
                 rec.accept_hist[verdict.n_accepted] += 1
