@@ -50,6 +50,17 @@ def _add_gen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-k", type=int, default=8, help="largest draft length considered")
     p.add_argument("--layerskip", default=None,
                    help="layers of the layerskip self-draft: first:N, skip:A-B or keep:...")
+    p.add_argument("--tau", type=float, default=None,
+                   help="entropy-switch: entropy threshold in nats (inf: small model only)")
+    p.add_argument("--window", type=int, default=None,
+                   help="entropy-switch: tokens in the rolling entropy mean")
+    p.add_argument("--min-run", type=int, default=None,
+                   help="entropy-switch: tokens on a model before it may hand over")
+    p.add_argument("--lead-tokens", type=int, default=None,
+                   help="sentence-lead: tokens the large model writes at each sentence start")
+    p.add_argument("--lead-prob", type=float, default=None,
+                   help="sentence-lead: probability that the large model leads a sentence")
+    p.add_argument("--lead-seed", type=int, default=None, help="sentence-lead: gate seed")
     p.add_argument("--max-new-tokens", "-n", type=int, default=128)
     p.add_argument("--temperature", "-t", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
@@ -80,7 +91,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from edgespec.strategies import STRATEGIES
 
     STRATEGIES.get(a.strategy)  # fail on a typo before loading anything
-    config = spec_config_from_args(a)
+    config = config_from_args(a)
     rt = load(
         a.model,
         backend=a.backend,
@@ -104,6 +115,15 @@ def cmd_generate(a: argparse.Namespace) -> int:
         if a.stats and result is not None:
             print(result.stats.summary(), file=sys.stderr)
     return 0
+
+
+def config_from_args(a: argparse.Namespace) -> dict[str, Any] | None:
+    """The strategy's own options when its class defines ``config_from_args``, else the
+    speculative options."""
+    from edgespec.strategies import STRATEGIES
+
+    hook = getattr(STRATEGIES.get(a.strategy), "config_from_args", None)
+    return hook(a) if hook is not None else spec_config_from_args(a)
 
 
 def spec_config_from_args(a: argparse.Namespace) -> dict[str, Any] | None:
@@ -222,7 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: modules that add their own subcommands: each defines ``add_commands(subparsers)`` and sets
 #: ``func`` on its parsers (imported lazily only when listed, so keep their top-level light).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "edgespec.switch_calibration",
+    "edgespec.export.cli",
+    "edgespec.bench.cli",
+)
 
 
 def _add_plugin_commands(sub: Any) -> None:

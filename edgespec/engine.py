@@ -93,7 +93,8 @@ class Generation:
                         stop_reason, done = "eos", True
                         break
                     out.append(token)
-                    text = self.tokenizer.decode(out)
+                    with rec.phase("detokenize"):
+                        text = self.tokenizer.decode(out)
                     cut = _find_stop(text, stops, max(0, emitted - hold))
                     if cut is not None:
                         text, stop_reason, done = text[:cut], "stop_string", True
@@ -113,7 +114,7 @@ class Generation:
                 if done:
                     break
         finally:
-            steps.close()
+            getattr(steps, "close", lambda: None)()  # stop the strategy's generator
         if len(text) > emitted:
             yield text[emitted:]
         self.result = GenerationResult(

@@ -183,16 +183,19 @@ def load(
     """
     if n_ctx < 16:
         raise EdgespecError(f"n_ctx must be at least 16, got {n_ctx}")
-    source = resolve(model, progress=progress)
+    from edgespec.bundle import role_source, select
+
+    source = select(resolve(model, progress=progress), backend)  # bundles: per backend
     name = pick_backend(source, backend)
     options = LoadOptions(n_ctx=n_ctx, n_threads=n_threads, dtype=dtype, progress=progress)
     tokenizer = load_tokenizer(source)
     target = load_model(source, name, options)
     draft_model = None
-    if draft is not None:
+    # a bundle's draft role becomes the draft unless the caller names one
+    dsource = role_source(source, "draft") if draft is None else resolve(draft, progress=progress)
+    if dsource is not None:
         from edgespec.vocab import check_same_vocab
 
-        dsource = resolve(draft, progress=progress)
         check_same_vocab(tokenizer, load_tokenizer(dsource), source.name, dsource.name)
         dname = draft_backend or (name if dsource.kind in BACKENDS.get(name).accepts else None)
         draft_model = load_model(dsource, pick_backend(dsource, dname), options)

@@ -42,10 +42,9 @@ def resolve(spec: str | Path | None, *, progress: bool = True) -> ModelSource:
 
 def _resolve_dir(path: Path, spec: str) -> ModelSource:
     if (path / "edgespec.json").exists():
-        raise EdgespecError(
-            f"'{path}' is an edgespec bundle; loading bundles needs `edgespec export` support, "
-            "which this version does not have yet; pass the .gguf file or HF folder instead"
-        )
+        from edgespec.bundle import resolve_bundle
+
+        return resolve_bundle(path, spec)
     if (path / "config.json").exists():
         if not any(path.glob("*.safetensors")):
             raise ModelLoadError(f"HF folder '{path}' has no *.safetensors weights")

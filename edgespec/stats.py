@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,6 +39,10 @@ class Stats:
         token_share: {"target": fraction, "draft": fraction} of new tokens by producer.
         stop_reason: "eos", "stop_string", "max_new_tokens" or "context".
         notes: human-readable events (fallbacks, warnings).
+        switches: model switches of a two-model lossy strategy (entropy-switch, sentence-lead).
+        entropy_trace: per new token, the entropy (nats) of the distribution it came from.
+        model_trace: per new token, "d" when the small (draft) model was in charge, "t" when
+            the target was ("" for single-model strategies).
     """
 
     backend: str
@@ -59,6 +65,9 @@ class Stats:
     token_share: dict[str, float]
     stop_reason: str
     notes: list[str]
+    switches: int = 0
+    entropy_trace: list[float] = field(default_factory=list)
+    model_trace: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -78,6 +87,9 @@ class Stats:
             f"draft {self.draft_s * 1000:.0f} ms, verify {self.verify_s * 1000:.0f} ms",
             f"acceptance histogram {hist}",
         ]
+        if self.model_trace:
+            lines.append(f"switches {self.switches}, small model in charge for "
+                         f"{self.model_trace.count('d')}/{len(self.model_trace)} tokens")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -99,8 +111,31 @@ class StatsRecorder:
     k_trace: list[int] = field(default_factory=list)
     from_draft: int = 0
     notes: list[str] = field(default_factory=list)
+    switches: int = 0
+    entropy_trace: list[float] = field(default_factory=list)
+    model_trace: str = ""
+    #: when True, :meth:`phase` and :meth:`span` record (name, start offset s, seconds)
+    trace_phases: bool = False
+    phases: list[tuple[str, float, float]] = field(default_factory=list)
     _t0: float = field(default_factory=time.perf_counter)
     _c0: float = field(default_factory=time.process_time)
+
+    def span(self, name: str, start: float, seconds: float) -> None:
+        """Record a phase that began at ``start`` (perf_counter) and took ``seconds``."""
+        if self.trace_phases:
+            self.phases.append((name, start - self._t0, seconds))
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the block as phase ``name`` (tokenize, prefill, draft, verify, ...)."""
+        if not self.trace_phases:
+            yield
+            return
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.span(name, t, time.perf_counter() - t)
 
     def restart_clock(self) -> None:
         self._t0 = time.perf_counter()
@@ -134,4 +169,7 @@ class StatsRecorder:
             token_share={"target": 1.0 - share_draft, "draft": share_draft},
             stop_reason=stop_reason,
             notes=list(self.notes),
+            switches=self.switches,
+            entropy_trace=list(self.entropy_trace[:new_tokens]),
+            model_trace=self.model_trace[:new_tokens],
         )

@@ -8,7 +8,7 @@ rollback bugs show up as wrong logits.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -193,3 +193,54 @@ class CharTokenizer(Tokenizer):
 
     def vocab(self) -> list[str]:
         return list(self.alphabet)
+
+
+class ScriptedModel(Model):
+    """A fake LM whose next token and uncertainty are scripted by position.
+
+    ``script(prefix) -> (token, spread)``: the argmax token after ``prefix`` and a logit
+    spread. Logits are ``spread`` at ``token`` and 0 elsewhere, so the entropy is known in
+    closed form: with ``a = exp(spread)`` and V tokens, ``p = a / (a + V - 1)`` at the top and
+    ``H = -p ln p - (1 - p) ln((1 - p) / (V - 1))``; spread 0 is uniform (``ln V``), a large
+    spread is nearly certain (H near 0). Records ``forward_sizes`` like :class:`PrefixModel`.
+    """
+
+    backend = "fake"
+
+    def __init__(
+        self,
+        script: Callable[[list[int]], tuple[int, float]],
+        vocab_size: int = 16,
+        n_ctx: int = 4096,
+    ) -> None:
+        self.info = ModelInfo("fake", 1, 8, vocab_size, n_ctx, source="scripted")
+        self.script, self.n_ctx = script, n_ctx
+        self.tokens: list[int] = []
+        self.forward_sizes: list[int] = []
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    def logits_for(self, prefix: Sequence[int]) -> np.ndarray:
+        token, spread = self.script(list(prefix))
+        row = np.zeros(self.info.vocab_size, dtype=np.float32)
+        row[token] = spread
+        return row
+
+    def forward(self, tokens: Sequence[int], *, all_logits: bool = True) -> np.ndarray:
+        if not tokens:
+            raise ValueError("forward needs at least one token")
+        if self.n_past + len(tokens) > self.n_ctx:
+            raise EdgespecError(f"context full ({self.n_ctx} tokens)")
+        self.forward_sizes.append(len(tokens))
+        rows = []
+        for t in tokens:
+            self.tokens.append(int(t))
+            rows.append(self.logits_for(self.tokens))
+        out = np.stack(rows)
+        return out if all_logits else out[-1:]
+
+    def truncate(self, length: int) -> None:
+        check_truncate(length, self.n_past)
+        del self.tokens[length:]

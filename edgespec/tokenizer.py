@@ -196,7 +196,17 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-TOKENIZERS: dict[str, type[Tokenizer]] = {"gguf": LlamaCppTokenizer, "hf": HFTokenizer}
+def _onnx_tokenizer(folder: Path) -> Tokenizer:
+    from edgespec.bundle import onnx_tokenizer
+
+    return onnx_tokenizer(folder)  # type: ignore[no-any-return]
+
+
+TOKENIZERS: dict[str, Any] = {
+    "gguf": LlamaCppTokenizer,
+    "hf": HFTokenizer,
+    "onnx": _onnx_tokenizer,  # an exported ONNX artifact folder
+}
 
 
 def load_tokenizer(source: ModelSource) -> Tokenizer:

@@ -18,6 +18,7 @@ BACKENDS.add_lazy("onnx", "edgespec.runtimes.ort:OnnxBackend")
 PREFERRED: dict[str, tuple[str, ...]] = {
     "gguf": ("llamacpp", "numpy"),
     "hf": ("onnx", "numpy"),
+    "onnx": ("onnx",),
 }
 
 __all__ = ["BACKENDS", "PREFERRED", "Backend", "LoadOptions", "ModelSource"]

@@ -224,10 +224,11 @@ def load_onnx_dir(folder: str | Path, options: LoadOptions, source_name: str = "
 
 
 class OnnxBackend(Backend):
-    """Converts GGUF / HF sources to fp32 ONNX (cached) and runs them in onnxruntime."""
+    """Converts GGUF / HF sources to fp32 ONNX (cached) and runs them in onnxruntime; exported
+    ``onnx`` artifact folders (any quantization) load as they are."""
 
     name = "onnx"
-    accepts = ("gguf", "hf")
+    accepts = ("gguf", "hf", "onnx")
     requires = ("onnxruntime",)
     extra = "onnx"
 
@@ -239,6 +240,8 @@ class OnnxBackend(Backend):
             )
         if not cls.available():
             raise missing_extra("onnxruntime", cls.extra)
+        if source.kind == "onnx":  # an exported artifact folder (model.onnx + config.json)
+            return load_onnx_dir(source.path, options, source.name or str(source.path))
         from edgespec.export.hf_onnx import ensure_onnx
 
         folder = ensure_onnx(source, progress=options.progress)

@@ -72,5 +72,7 @@ STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 STRATEGIES.add_lazy("autoregressive", "edgespec.strategies.autoregressive:Autoregressive")
 STRATEGIES.add_lazy("speculative", "edgespec.strategies.speculative:Speculative")
 STRATEGIES.add_lazy("auto", "edgespec.strategies.speculative:Auto")
+STRATEGIES.add_lazy("entropy-switch", "edgespec.strategies.entropy_switch:EntropySwitch")
+STRATEGIES.add_lazy("sentence-lead", "edgespec.strategies.sentence_lead:SentenceLead")
 
 __all__ = ["STRATEGIES", "GenContext", "Strategy"]

@@ -19,11 +19,14 @@ class Autoregressive(Strategy):
         t = time.perf_counter()
         logits = ctx.target.forward(prompt_ids, all_logits=False)
         rec.prefill_s += time.perf_counter() - t
+        rec.span("prefill", t, time.perf_counter() - t)
         rec.target_forwards += 1
         while True:
-            token = sample(logits[-1], ctx.params, ctx.rng)
+            with rec.phase("sample"):
+                token = sample(logits[-1], ctx.params, ctx.rng)
             yield [token]
             t = time.perf_counter()
             logits = ctx.target.forward([token], all_logits=False)
             rec.verify_s += time.perf_counter() - t
+            rec.span("decode", t, time.perf_counter() - t)
             rec.target_forwards += 1

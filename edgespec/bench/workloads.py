@@ -1,0 +1,87 @@
+"""Workload files: JSON Lines of ``{"id", "kind", "prompt", "chat"}``, one prompt a line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgespec.errors import EdgespecError
+
+#: the folder of the shipped workloads (benchmarks/workloads in a source checkout)
+WORKLOAD_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "workloads"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One benchmark prompt.
+
+    Attributes:
+        id: unique id ("code-0").
+        kind: workload kind ("code", "summarize", "chat", "json").
+        prompt: the text.
+        chat: wrap in the model's chat template.
+        workload: the file it came from.
+    """
+
+    id: str
+    kind: str
+    prompt: str
+    chat: bool
+    workload: str
+
+
+def default_workloads() -> list[Path]:
+    """Every ``*.jsonl`` in the shipped workload folder."""
+    files = sorted(WORKLOAD_DIR.glob("*.jsonl"))
+    if not files:
+        raise EdgespecError(f"no workload files in {WORKLOAD_DIR}; pass --workloads FILES")
+    return files
+
+
+def resolve_workload(name: str | Path) -> Path:
+    """A path as given, or a shipped workload name ("code" -> benchmarks/workloads/code.jsonl)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    shipped = WORKLOAD_DIR / f"{name}.jsonl"
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(f.stem for f in sorted(WORKLOAD_DIR.glob("*.jsonl")))
+    raise EdgespecError(f"workload file '{name}' not found; pass a .jsonl path or one of: {known}")
+
+
+def load_workloads(names: list[str | Path], per_workload: int | None = None) -> list[Prompt]:
+    """Every prompt of the named workload files (the first ``per_workload`` of each)."""
+    prompts: list[Prompt] = []
+    for name in names:
+        path = resolve_workload(name)
+        rows: list[Prompt] = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                rows.append(
+                    Prompt(
+                        id=str(d.get("id", f"{path.stem}-{len(rows)}")),
+                        kind=str(d.get("kind", path.stem)),
+                        prompt=d["prompt"],
+                        chat=bool(d.get("chat", False)),
+                        workload=str(path),
+                    )
+                )
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise EdgespecError(
+                    f'{path}:{n}: not a workload line (need JSON with a "prompt"): {exc}'
+                ) from None
+            if not str(rows[-1].prompt).strip():
+                raise EdgespecError(f"{path}:{n}: the prompt is empty")
+        if not rows:
+            raise EdgespecError(f"workload file {path} is empty; it needs at least one prompt")
+        prompts += rows[:per_workload] if per_workload else rows
+    ids = [p.id for p in prompts]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise EdgespecError(f"duplicate prompt ids across workloads: {', '.join(dupes)}")
+    return prompts

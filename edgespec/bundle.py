@@ -1,0 +1,187 @@
+"""Reading edgespec bundles: the ``edgespec.json`` manifest, checksums, and artifact choice.
+
+A bundle is a folder written by ``edgespec export``::
+
+    edgespec.json                 the manifest (format_version, roles, tokenizer, ...)
+    target/onnx-int4/model.onnx   one folder per artifact: <format>-<quantization>
+    target/gguf-q8_0/model.gguf
+    draft/...  compressor/...     the other roles, same layout
+    tokenizer/                    tokenizer.json & co., or tokenizer.gguf (vocabulary only)
+
+Every file an artifact or the tokenizer consists of is listed with its sha256 and size.
+:func:`verify` re-checks them all; :func:`resolve_bundle` does so before handing the
+runtime a :class:`~edgespec.runtimes.base.ModelSource`, so a tampered bundle never loads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from edgespec.errors import ChecksumError, EdgespecError, ModelLoadError
+from edgespec.runtimes.base import ModelSource
+
+MANIFEST = "edgespec.json"
+FORMAT_VERSION = 1
+ROLES = ("target", "draft", "compressor")
+#: when the user names no backend: the first available one that the bundle holds wins
+BACKEND_ORDER = ("llamacpp", "onnx", "numpy")
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The parsed manifest of ``folder``; one-line errors for a missing or bad one."""
+    path = Path(folder) / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"'{folder}' is not an edgespec bundle (no {MANIFEST})") from None
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"bundle manifest '{path}' is unreadable ({exc})") from None
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION:
+        raise ModelLoadError(
+            f"bundle '{folder}' has format_version {version!r}; this edgespec reads "
+            f"{FORMAT_VERSION}: re-export it"
+        )
+    return data
+
+
+def file_entries(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every ``{path, sha256, size}`` the manifest pins (artifacts and tokenizer)."""
+    for role in manifest.get("roles", {}).values():
+        for art in role.get("artifacts", []):
+            yield from art.get("files", [])
+    yield from manifest.get("tokenizer", {}).get("files", [])
+
+
+def verify(folder: str | Path, *, progress: bool = False) -> int:
+    """Re-check the size and sha256 of every pinned file; returns how many were checked.
+
+    Raises:
+        ChecksumError: one line naming the first missing, resized or altered file.
+    """
+    from edgespec.fileutil import sha256_file
+
+    root = Path(folder)
+    manifest = read_manifest(root)
+    n = 0
+    for entry in file_entries(manifest):
+        rel = entry["path"]
+        path = root / rel
+        if ".." in Path(rel).parts or not path.is_file():
+            raise ChecksumError(f"bundle '{root}': {rel} is missing; re-export the bundle")
+        if path.stat().st_size != entry["size"]:
+            raise ChecksumError(
+                f"bundle '{root}': {rel} has {path.stat().st_size} bytes, the manifest says "
+                f"{entry['size']}; the file was changed or truncated: re-export the bundle"
+            )
+        digest = sha256_file(path, progress=progress, desc=f"sha256 {path.name}")
+        if digest != entry["sha256"]:
+            raise ChecksumError(
+                f"bundle '{root}': {rel} has sha256 {digest[:12]}…, the manifest says "
+                f"{entry['sha256'][:12]}…; the file was changed: re-export the bundle"
+            )
+        n += 1
+    return n
+
+
+def bundle_root(path: Path) -> Path | None:
+    """The bundle that holds ``path`` (an artifact file or folder), or None."""
+    for p in [path, *list(path.parents)[:3]]:
+        if (p / MANIFEST).is_file():
+            return p
+    return None
+
+
+def _source(root: Path, role: str, art: dict[str, Any], name: str) -> ModelSource:
+    return ModelSource(art["source_kind"], (root / art["path"]).resolve(), f"{name}:{role}")
+
+
+def pick(
+    root: Path,
+    manifest: dict[str, Any],
+    role: str,
+    *,
+    backend: str | None = None,
+    kind: str | None = None,
+    name: str = "",
+) -> ModelSource | None:
+    """The artifact of ``role`` to load: one that ``backend`` accepts, else one of ``kind``,
+    else the first whose backend is installed (in :data:`BACKEND_ORDER`)."""
+    from edgespec.runtimes import BACKENDS
+
+    arts = manifest.get("roles", {}).get(role, {}).get("artifacts", [])
+    if not arts:
+        return None
+    name = name or str(root)
+    if backend:
+        accepts = BACKENDS.get(backend).accepts
+        for art in arts:
+            if art["source_kind"] in accepts:
+                return _source(root, role, art, name)
+        held = ", ".join(sorted({a["format"] for a in arts}))
+        raise EdgespecError(
+            f"bundle '{root}' holds {held} artifacts for the {role}; backend '{backend}' "
+            f"loads {', '.join(accepts)}: pick another --backend or re-export"
+        )
+    if kind:
+        for art in arts:
+            if art["source_kind"] == kind:
+                return _source(root, role, art, name)
+    for b in BACKEND_ORDER:
+        if b in BACKENDS and BACKENDS.get(b).available():
+            for art in arts:
+                if art.get("backend") == b:
+                    return _source(root, role, art, name)
+    return _source(root, role, arts[0], name)
+
+
+def resolve_bundle(folder: Path, spec: str, *, progress: bool = False) -> ModelSource:
+    """Verify the bundle's checksums, then return its target artifact."""
+    manifest = read_manifest(folder)
+    verify(folder, progress=progress)
+    source = pick(folder, manifest, "target", name=spec)
+    if source is None:
+        raise ModelLoadError(f"bundle '{folder}' has no target artifacts; re-export it")
+    return source
+
+
+def select(source: ModelSource, backend: str | None) -> ModelSource:
+    """``source`` again, or the bundle's artifact of the same role that ``backend`` loads."""
+    root = bundle_root(source.path)
+    if root is None or not backend:
+        return source
+    from edgespec.runtimes import BACKENDS
+
+    if source.kind in BACKENDS.get(backend).accepts:
+        return source
+    name, _, role = source.name.rpartition(":")
+    picked = pick(root, read_manifest(root), role or "target", backend=backend, name=name)
+    return picked or source
+
+
+def role_source(source: ModelSource, role: str) -> ModelSource | None:
+    """The bundle's ``role`` artifact (same kind as ``source`` when it has one), or None
+    when ``source`` does not come from a bundle or the bundle has no such role."""
+    root = bundle_root(source.path)
+    if root is None:
+        return None
+    name = source.name.rpartition(":")[0] or str(root)
+    return pick(root, read_manifest(root), role, kind=source.kind, name=name)
+
+
+def onnx_tokenizer(folder: Path) -> Any:
+    """The tokenizer beside an exported ONNX graph: tokenizer.json, else tokenizer.gguf."""
+    from edgespec.tokenizer import HFTokenizer, LlamaCppTokenizer
+
+    folder = Path(folder)
+    if (folder / "tokenizer.json").exists():
+        return HFTokenizer(folder)
+    if (folder / "tokenizer.gguf").exists():
+        return LlamaCppTokenizer(folder / "tokenizer.gguf")
+    raise ModelLoadError(
+        f"'{folder}' has no tokenizer (tokenizer.json or tokenizer.gguf); "
+        "export from a source that has one, or pass token ids"
+    )

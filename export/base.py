@@ -1,0 +1,109 @@
+"""The exporter extension point: one registry, one small interface.
+
+An exporter turns a prepared source (an fp32 HF folder, see :mod:`edgespec.export.prepare`)
+into one artifact folder and returns what the manifest records about it. Formats register
+lazily, so ``import edgespec.export.base`` pulls no torch or onnx::
+
+    EXPORTERS.get("onnx").export(prepared, out_dir, "int4", options)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from edgespec.registry import Registry
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A source made ready for every exporter.
+
+    Attributes:
+        name: what the user called it (path, hub id, zoo name), for messages.
+        kind: the original kind, "hf" or "gguf".
+        hf_dir: an HF folder with config.json and float32 safetensors.
+        config: the parsed config.json (the text config for multimodal ones).
+        tokenizer_dir: a folder with tokenizer.json (+ tokenizer_config.json), or None.
+        tokenizer_gguf: a GGUF file whose metadata holds the vocabulary, or None.
+        source_entry: the manifest's ``source`` record (hub id + revision, or file + sha256).
+        gguf_path: the original GGUF file, for GGUF sources.
+    """
+
+    name: str
+    kind: str
+    hf_dir: Path
+    config: dict[str, Any]
+    tokenizer_dir: Path | None
+    tokenizer_gguf: Path | None
+    source_entry: dict[str, Any]
+    gguf_path: Path | None = None
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config.get("model_type", ""))
+
+
+@dataclass(frozen=True)
+class ArtifactOptions:
+    """Knobs that some exporters read.
+
+    Attributes:
+        block_size: int4 block size (MatMulNBits), in weights per scale; a power of two >= 16.
+        progress: show progress bars.
+        workdir: a scratch folder for intermediate files (removed after the export).
+    """
+
+    block_size: int = 32
+    progress: bool = True
+    workdir: Path | None = None
+
+
+@dataclass
+class Artifact:
+    """What an exporter produced (the manifest adds sha256 and size).
+
+    Attributes:
+        format: "onnx" or "gguf".
+        quantization: the quantization name ("fp32", "int4", "q8_0", ...).
+        path: the artifact inside the role folder: a folder for ONNX, a file for GGUF.
+        details: format-specific facts (block size, tensor types, ...).
+    """
+
+    format: str
+    quantization: str
+    path: Path
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Exporter(ABC):
+    """Writes one artifact of one format.
+
+    Class attributes:
+        name: the registry name, also the ``--format`` value.
+        quants: the quantizations it supports; the first is its default.
+        backend: the backend that runs its artifacts (for verification and loading).
+        source_kind: the :class:`~edgespec.runtimes.base.ModelSource` kind of its artifacts.
+    """
+
+    name: ClassVar[str]
+    quants: ClassVar[tuple[str, ...]]
+    backend: ClassVar[str]
+    source_kind: ClassVar[str]
+
+    @abstractmethod
+    def export(
+        self, src: Prepared, out_dir: Path, quant: str, options: ArtifactOptions
+    ) -> Artifact:
+        """Write the artifact under ``out_dir`` (a fresh folder) and describe it."""
+
+
+#: ``--format`` name -> exporter class. The "tvm" slot comes with the kernels work.
+EXPORTERS: Registry[type[Exporter]] = Registry("export format")
+EXPORTERS.add_lazy("onnx", "edgespec.export.onnx_export:OnnxExporter")
+EXPORTERS.add_lazy("gguf", "edgespec.export.gguf_export:GgufExporter")
+
+#: Model families the exporters can write (HF ``model_type``).
+SUPPORTED_ARCHS = ("llama", "qwen2")

@@ -1,0 +1,96 @@
+"""``edgespec export`` and ``edgespec bundle verify``: parsing only; the work is in
+:mod:`edgespec.export.pipeline` and :mod:`edgespec.bundle`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from edgespec.export.pipeline import ExportOptions, run_export, summary
+
+    o = ExportOptions(
+        target=a.target,
+        out=a.out,
+        draft=a.draft,
+        compressor=a.compressor,
+        formats=_csv(a.format),
+        quants=_csv(a.quant or ""),
+        block_size=a.block_size,
+        min_agreement=a.min_agreement,
+        verify=not a.no_verify,
+        force=a.force,
+        dry_run=a.dry_run,
+        progress=not a.quiet,
+    )
+    result = run_export(o)
+    if a.json:
+        print(json.dumps(result))
+    elif result.get("dry_run"):
+        print("\n".join(["plan (nothing written):", *result["plan"], f"out: {a.out}"]))
+    else:
+        print(summary(result))
+        print(f"bundle written: {a.out} ({result['seconds']} s)")
+    return 0
+
+
+def cmd_bundle_verify(a: argparse.Namespace) -> int:
+    from edgespec.bundle import verify
+
+    n = verify(a.dir, progress=not a.quiet)
+    print(f"ok {a.dir}: {n} files match their sha256")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``export`` and ``bundle`` to the ``edgespec`` parser."""
+    e = sub.add_parser("export", help="export models into a verified bundle (ONNX, GGUF)")
+    e.add_argument(
+        "--target", required=True, help="HF folder, hub id[@revision], .gguf file or zoo name"
+    )
+    e.add_argument(
+        "--draft",
+        default=None,
+        help="draft model (same kinds) or layerskip:SPEC (first:N, skip:A-B, keep:...)",
+    )
+    e.add_argument("--compressor", default=None, help="context-compressor model (same kinds)")
+    e.add_argument("--format", default="onnx", help="comma list: onnx, gguf (default onnx)")
+    e.add_argument(
+        "--quant",
+        default=None,
+        help="comma list: fp32, int8, int4 (onnx); f16, q8_0, q4_0, f32 (gguf)",
+    )
+    e.add_argument("--block-size", type=int, default=32, help="int4 block size (onnx)")
+    e.add_argument(
+        "--min-agreement",
+        type=float,
+        default=None,
+        help="greedy agreement required (default per quantization)",
+    )
+    e.add_argument("--no-verify", action="store_true", help="skip verification at export")
+    e.add_argument("--out", required=True, help="the bundle folder to write")
+    e.add_argument("--force", action="store_true", help="replace an existing --out")
+    e.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
+    e.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    e.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    e.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("bundle", help="bundle tools: verify")
+    bsub = b.add_subparsers(dest="bundle_action", required=True)
+    v = bsub.add_parser("verify", help="re-check every file's sha256 against edgespec.json")
+    v.add_argument("dir")
+    v.add_argument("--quiet", "-q", action="store_true")
+    v.set_defaults(func=cmd_bundle_verify)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from edgespec.cli import main
+
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""HF folder -> ONNX artifacts: fp32 (optimum, with past KV), dynamic int8 and int4 weight-only.
+
+Every artifact folder holds ``model.onnx`` (+ ``model.onnx_data`` when large), the model's
+``config.json`` and its tokenizer (``tokenizer.json`` & co., or ``tokenizer.gguf``: the
+source GGUF's metadata without tensors, read by llama.cpp's vocab-only loader). The graph's
+inputs and outputs are those of :mod:`edgespec.export.hf_onnx`, so the ``onnx`` backend
+runs every variant the same way.
+
+- ``int8``: ``onnxruntime.quantization.quantize_dynamic`` (QInt8 weights, activations
+  quantized per call: logits depend slightly on the batch, see stack.md).
+- ``int4``: ``MatMulNBitsQuantizer`` (symmetric 4-bit blocks of ``block_size`` weights,
+  ``accuracy_level=4``: int8 activations inside MatMulNBits on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from edgespec.export.base import Artifact, ArtifactOptions, Exporter, Prepared
+from edgespec.export.prepare import TOKENIZER_FILES
+
+#: total graph size above which weights go to model.onnx_data
+_LARGE = 1 << 31
+
+
+def write_vocab_gguf(src: Path, out: Path) -> Path:
+    """A GGUF with ``src``'s metadata and no tensors: a tokenizer for llama.cpp's vocab-only
+    loader (a few MB instead of the whole model)."""
+    import gguf
+
+    from edgespec.gguf_file import open_gguf
+
+    g = open_gguf(src)
+    w = gguf.GGUFWriter(out, g.arch)
+    for field in g.reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF."):
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    return out
+
+
+def copy_model_files(src: Prepared, out_dir: Path) -> None:
+    """config.json and the tokenizer beside the graph."""
+    shutil.copy2(src.hf_dir / "config.json", out_dir / "config.json")
+    if src.tokenizer_dir is not None:
+        for name in TOKENIZER_FILES:
+            if (src.tokenizer_dir / name).exists():
+                shutil.copy2(src.tokenizer_dir / name, out_dir / name)
+    elif src.tokenizer_gguf is not None:
+        write_vocab_gguf(src.tokenizer_gguf, out_dir / "tokenizer.gguf")
+
+
+class OnnxExporter(Exporter):
+    """ONNX graphs for the ``onnx`` backend; the fp32 export is made once per source."""
+
+    name = "onnx"
+    quants = ("fp32", "int8", "int4")
+    backend = "onnx"
+    source_kind = "onnx"
+
+    def __init__(self) -> None:
+        self._fp32: dict[Path, Path] = {}
+
+    def _fp32_graph(self, src: Prepared, options: ArtifactOptions) -> Path:
+        if src.hf_dir not in self._fp32:
+            from edgespec.export.hf_onnx import hf_to_onnx
+
+            work = Path(options.workdir or src.hf_dir.parent) / f"onnx-fp32-{len(self._fp32)}"
+            self._fp32[src.hf_dir] = hf_to_onnx(src.hf_dir, work, progress=options.progress)
+        return self._fp32[src.hf_dir]
+
+    def export(
+        self, src: Prepared, out_dir: Path, quant: str, options: ArtifactOptions
+    ) -> Artifact:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fp32 = self._fp32_graph(src, options)
+        target = out_dir / "model.onnx"
+        details: dict[str, object] = {}
+        if quant == "fp32":
+            for f in fp32.parent.glob("model.onnx*"):
+                shutil.copy2(f, out_dir / f.name)
+        elif quant == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+            quantize_dynamic(
+                str(fp32),
+                str(target),
+                weight_type=QuantType.QInt8,
+                use_external_data_format=_needs_external(fp32),
+            )
+            details["weight_type"] = "QInt8"
+        else:  # int4
+            import onnx
+            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+            logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(
+                logging.WARNING
+            )
+            q = MatMulNBitsQuantizer(
+                onnx.load(str(fp32)),
+                bits=4,
+                block_size=options.block_size,
+                is_symmetric=True,
+                accuracy_level=4,
+            )
+            q.process()
+            q.model.save_model_to_file(str(target), use_external_data_format=_needs_external(fp32))
+            details.update(block_size=options.block_size, op="MatMulNBits", accuracy_level=4)
+        copy_model_files(src, out_dir)
+        return Artifact("onnx", quant, out_dir, details)
+
+
+def _needs_external(model: Path) -> bool:
+    return sum(f.stat().st_size for f in model.parent.glob("model.onnx*")) >= _LARGE

@@ -1,0 +1,303 @@
+"""``edgespec export``: sources -> verified artifacts -> a bundle, written atomically.
+
+The whole bundle is built in a temporary folder beside ``out`` and renamed at the end
+(:func:`edgespec.fileutil.atomic_dir`), so any failure (a bad source, a vocabulary
+mismatch, a failed verification, Ctrl-C) leaves no folder behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from edgespec.errors import EdgespecError
+from edgespec.export.base import EXPORTERS, ArtifactOptions, Exporter, Prepared
+
+#: ``--quant`` spellings each format understands as one of its own
+ALIASES = {"gguf": {"fp16": "f16"}}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything ``edgespec export`` takes; the CLI flags mirror it one to one.
+
+    Attributes:
+        target: the target model: HF folder, hub id[@revision], .gguf file or zoo name.
+        out: the bundle folder to write.
+        draft: an optional draft model (same kinds), or ``layerskip:SPEC`` (first:N, ...).
+        compressor: an optional context-compressor model (same kinds).
+        formats: artifact formats (``onnx``, ``gguf``).
+        quants: quantizations; each format takes those it supports (empty: its default).
+        block_size: int4 block size for ONNX MatMulNBits.
+        min_agreement: greedy agreement every artifact must reach; None: per quantization.
+        verify: run each artifact against its source and record the result.
+        force: replace an existing ``out``.
+        dry_run: print the plan and write nothing.
+        progress: progress bars and messages on stderr.
+    """
+
+    target: str
+    out: str
+    draft: str | None = None
+    compressor: str | None = None
+    formats: tuple[str, ...] = ("onnx",)
+    quants: tuple[str, ...] = ()
+    block_size: int = 32
+    min_agreement: float | None = None
+    verify: bool = True
+    force: bool = False
+    dry_run: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Plan:
+    """Roles and (format, quantization) pairs to write."""
+
+    roles: dict[str, str]
+    artifacts: list[tuple[str, str]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"{role}: {spec}" for role, spec in self.roles.items()]
+        out += [f"  artifact: {fmt} {q}" for fmt, q in self.artifacts]
+        return out
+
+
+def make_plan(o: ExportOptions) -> Plan:
+    """Check the flags (formats, quantizations, output folder) before any work."""
+    roles = {"target": o.target}
+    if o.draft:
+        roles["draft"] = o.draft
+    if o.compressor:
+        roles["compressor"] = o.compressor
+    if not o.formats:
+        raise EdgespecError(f"pass --format; known: {', '.join(EXPORTERS.names())}")
+    if o.block_size < 16 or o.block_size & (o.block_size - 1):
+        raise EdgespecError(f"--block-size must be a power of two >= 16, got {o.block_size}")
+    plan = Plan(roles)
+    used: set[str] = set()
+    for fmt in o.formats:
+        exp = EXPORTERS.get(fmt)
+        alias = ALIASES.get(fmt, {})
+        mine = [alias.get(q, q) for q in o.quants if alias.get(q, q) in exp.quants]
+        used |= {q for q in o.quants if alias.get(q, q) in exp.quants}
+        if o.quants and not mine:
+            raise EdgespecError(
+                f"none of --quant {','.join(o.quants)} applies to {fmt}; "
+                f"{fmt} takes {', '.join(exp.quants)}"
+            )
+        plan.artifacts += [(fmt, q) for q in dict.fromkeys(mine or [exp.quants[0]])]
+    unused = [q for q in o.quants if q not in used]
+    if unused:
+        raise EdgespecError(
+            f"--quant {', '.join(unused)} applies to none of the formats {', '.join(o.formats)}"
+        )
+    out = Path(o.out).expanduser()
+    if out.exists() and not o.force:
+        raise EdgespecError(f"output folder '{out}' exists; pass --force to replace it")
+    return plan
+
+
+def _say(o: ExportOptions, msg: str) -> None:
+    if o.progress:
+        tqdm.write(msg, file=sys.stderr)
+
+
+def _file_entries(root: Path, path: Path) -> list[dict[str, Any]]:
+    from edgespec.fileutil import sha256_file
+
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [
+        {"path": p.relative_to(root).as_posix(), "sha256": sha256_file(p), "size": p.stat().st_size}
+        for p in files
+    ]
+
+
+def _tokenizer(p: Prepared) -> Any:
+    from edgespec.tokenizer import HFTokenizer, LlamaCppTokenizer
+
+    if p.tokenizer_gguf is not None:
+        return LlamaCppTokenizer(p.tokenizer_gguf)
+    if p.tokenizer_dir is not None:
+        return HFTokenizer(p.tokenizer_dir)
+    return None
+
+
+def _check_vocab(target: Prepared, other: Prepared, role: str, tok: Any) -> None:
+    tv, ov = int(target.config["vocab_size"]), int(other.config["vocab_size"])
+    if tv != ov:
+        raise EdgespecError(
+            f"{role} '{other.name}' has {ov} tokens but target '{target.name}' has {tv}; "
+            "use a model from the same family (same tokenizer)"
+        )
+    other_tok = _tokenizer(other)
+    if tok is not None and other_tok is not None and other_tok is not tok:
+        from edgespec.vocab import check_same_vocab
+
+        check_same_vocab(tok, other_tok, target.name, other.name)
+
+
+def _architecture(p: Prepared) -> dict[str, Any]:
+    c = p.config
+    return {
+        "arch": p.model_type,
+        "layers": int(c["num_hidden_layers"]),
+        "hidden_size": int(c["hidden_size"]),
+        "vocab_size": int(c["vocab_size"]),
+        "context_length": int(c.get("max_position_embeddings") or 0),
+    }
+
+
+def _write_tokenizer(root: Path, target: Prepared, tok: Any) -> dict[str, Any]:
+    from edgespec.export.onnx_export import write_vocab_gguf
+    from edgespec.export.prepare import TOKENIZER_FILES
+
+    folder = root / "tokenizer"
+    folder.mkdir()
+    if target.tokenizer_gguf is not None:
+        write_vocab_gguf(target.tokenizer_gguf, folder / "tokenizer.gguf")
+    elif target.tokenizer_dir is not None:
+        for name in TOKENIZER_FILES:
+            if (target.tokenizer_dir / name).exists():
+                shutil.copy2(target.tokenizer_dir / name, folder / name)
+    return {
+        "path": "tokenizer/",
+        "vocab_digest": tok.vocab_digest() if tok is not None else None,
+        "vocab_size": int(target.config["vocab_size"]),
+        "files": _file_entries(root, folder),
+    }
+
+
+def run_export(o: ExportOptions) -> dict[str, Any]:
+    """Export, verify and write the bundle; returns the manifest (the plan on a dry run)."""
+    from edgespec import __version__
+    from edgespec.export import prepare as prep
+    from edgespec.export import verify as ver
+    from edgespec.fileutil import atomic_dir
+
+    plan = make_plan(o)
+    if o.dry_run:
+        return {"dry_run": True, "plan": plan.lines(), "out": o.out}
+    out = Path(o.out).expanduser().resolve()
+    t0 = time.perf_counter()
+    exporters: dict[str, Exporter] = {f: EXPORTERS.get(f)() for f, _ in plan.artifacts}
+    with (
+        tempfile.TemporaryDirectory(prefix=".edgespec-export-", dir=out.parent) as scratch,
+        atomic_dir(out) as tmp,
+    ):
+        work = Path(scratch)
+        _say(o, f"preparing target {o.target}")
+        prepared = {"target": prep.prepare(o.target, work / "target", progress=o.progress)}
+        tok = _tokenizer(prepared["target"])
+        for role in ("draft", "compressor"):
+            spec = plan.roles.get(role)
+            if spec is None:
+                continue
+            _say(o, f"preparing {role} {spec}")
+            if role == "draft" and spec.startswith("layerskip:"):
+                p = prep.layerskip(prepared["target"], spec.partition(":")[2], work / role)
+            else:
+                p = prep.prepare(spec, work / role, progress=o.progress)
+            if role == "draft":
+                _check_vocab(prepared["target"], p, role, tok)
+            prepared[role] = p
+        roles: dict[str, Any] = {}
+        steps = len(prepared) * len(plan.artifacts)
+        bar = tqdm(
+            total=steps,
+            desc="export",
+            unit="artifact",
+            disable=not o.progress,
+            file=sys.stderr,
+            leave=False,
+        )
+        with bar:
+            for role, p in prepared.items():
+                ref = ver.reference(p.hf_dir, int(p.config["vocab_size"])) if o.verify else None
+                arts = []
+                for fmt, quant in plan.artifacts:
+                    bar.set_postfix_str(f"{role} {fmt} {quant}")
+                    exp = exporters[fmt]
+                    opts = ArtifactOptions(o.block_size, o.progress, work / "scratch" / role)
+                    art = exp.export(p, tmp / role / f"{fmt}-{quant}", quant, opts)
+                    entry: dict[str, Any] = {
+                        "format": fmt,
+                        "quantization": quant,
+                        "path": art.path.relative_to(tmp).as_posix(),
+                        "backend": exp.backend,
+                        "source_kind": exp.source_kind,
+                        **art.details,
+                    }
+                    files = _file_entries(tmp, art.path)
+                    entry["size"] = sum(f["size"] for f in files)
+                    entry["sha256"] = _tree_digest(files)
+                    entry["files"] = files
+                    if ref is not None:
+                        entry["verification"] = ver.verify_artifact(
+                            exp.backend,
+                            exp.source_kind,
+                            art.path,
+                            ref,
+                            label=f"{role} {fmt} {quant}",
+                            quant=quant,
+                            min_agreement=o.min_agreement,
+                        )
+                    arts.append(entry)
+                    bar.update(1)
+                roles[role] = {
+                    "source": p.source_entry,
+                    "architecture": _architecture(p),
+                    "artifacts": arts,
+                }
+        manifest = {
+            "format_version": 1,
+            "created_by": f"edgespec {__version__}",
+            "roles": roles,
+            "tokenizer": _write_tokenizer(tmp, prepared["target"], tok),
+            "device_profiles": {},
+            "calibration": {},
+            "export_options": {k: v for k, v in asdict(o).items() if k not in ("progress",)},
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        (tmp / "edgespec.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists() and not o.force:  # appeared while we worked
+            raise EdgespecError(f"output folder '{out}' exists; pass --force to replace it")
+    return manifest
+
+
+def _tree_digest(files: list[dict[str, Any]]) -> str:
+    """sha256 over the sorted ``path sha256`` lines of an artifact's files."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f["path"]):
+        h.update(f"{f['path']} {f['sha256']}\n".encode())
+    return h.hexdigest()
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    """The table printed at the end: one row per artifact."""
+    rows = [("role", "format", "quant", "size MB", "agreement", "max |dlogit|")]
+    for role, r in manifest.get("roles", {}).items():
+        for a in r["artifacts"]:
+            v = a.get("verification", {})
+            rows.append(
+                (
+                    role,
+                    a["format"],
+                    a["quantization"],
+                    f"{a['size'] / 1e6:.1f}",
+                    f"{v['greedy_agreement']:.3f}" if v else "-",
+                    f"{v['max_logit_diff']:.3g}" if v else "-",
+                )
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)

@@ -1,0 +1,229 @@
+"""Export pipeline: tiny random llama -> ONNX + GGUF bundles, verification, integrity, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgespec.errors import EdgespecError
+
+pytestmark = pytest.mark.backend
+pytest.importorskip("optimum.exporters.onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("llama_cpp")
+
+
+def _add_byte_tokenizer(folder: Path) -> None:
+    """A 256-token byte-level BPE tokenizer.json (255 bytes + one merge) for the tiny model."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())[:255] + ["Ġt"]
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("Ġ", "t")]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.save(str(folder / "tokenizer.json"))
+
+
+@pytest.fixture(scope="module")
+def tiny_tok_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-llama-tok") / "m"
+    shutil.copytree(tiny_llama_dir, out)
+    _add_byte_tokenizer(out)
+    return out
+
+
+def _export(**kw):
+    from edgespec.export.pipeline import ExportOptions, run_export
+
+    return run_export(ExportOptions(progress=False, **kw))
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_tok_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    _export(
+        target=str(tiny_tok_dir),
+        out=str(out),
+        draft="layerskip:first:2",
+        formats=("onnx", "gguf"),
+        quants=("fp32", "int8", "int4", "f16", "q8_0"),
+        block_size=16,
+    )
+    return out
+
+
+def _hf_greedy(folder: Path, prompt: list[int], n: int) -> list[int]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = m.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt) :].tolist()
+
+
+def _greedy(model, prompt: list[int], n: int) -> list[int]:
+    model.truncate(0)
+    logits = model.forward(prompt)
+    out = []
+    for _ in range(n):
+        out.append(int(np.argmax(logits[-1])))
+        logits = model.forward([out[-1]])
+    return out
+
+
+def test_manifest(bundle: Path) -> None:
+    m = json.loads((bundle / "edgespec.json").read_text())
+    assert m["format_version"] == 1
+    assert set(m["roles"]) == {"target", "draft"}
+    t = m["roles"]["target"]
+    assert t["architecture"] == {
+        "arch": "llama",
+        "layers": 3,
+        "hidden_size": 64,
+        "vocab_size": 256,
+        "context_length": 512,
+    }
+    assert m["roles"]["draft"]["architecture"]["layers"] == 2
+    got = {(a["format"], a["quantization"]) for a in t["artifacts"]}
+    assert got == {
+        ("onnx", "fp32"),
+        ("onnx", "int8"),
+        ("onnx", "int4"),
+        ("gguf", "f16"),
+        ("gguf", "q8_0"),
+    }
+    for a in t["artifacts"]:
+        assert len(a["sha256"]) == 64 and a["size"] > 0
+        v = a["verification"]
+        assert v["greedy_agreement"] >= v["min_agreement"]
+    by = {a["quantization"]: a["verification"] for a in t["artifacts"]}
+    assert by["fp32"]["greedy_agreement"] == 1.0 and by["fp32"]["max_logit_diff"] < 1e-3
+    assert by["f16"]["greedy_agreement"] == 1.0
+    assert m["tokenizer"]["vocab_digest"] and m["tokenizer"]["vocab_size"] == 256
+
+
+@pytest.mark.parametrize("backend", ["onnx", "llamacpp"])
+def test_bundle_loads_and_matches_hf(bundle: Path, tiny_tok_dir: Path, backend: str) -> None:
+    import edgespec
+
+    prompt, n = [1, 17, 99, 4, 250, 33], 12
+    want = _hf_greedy(tiny_tok_dir, prompt, n)
+    with edgespec.load(str(bundle), backend=backend, n_ctx=256, progress=False) as rt:
+        assert rt.backend == backend
+        assert _greedy(rt.target, prompt, n) == want
+        # the layerskip draft role becomes the runtime's draft, with the target's vocabulary
+        assert rt.draft is not None and rt.draft.info.n_layers == 2
+        assert rt.draft.info.vocab_size == rt.target.info.vocab_size
+
+
+def test_layerskip_vocab_equals_target(bundle: Path) -> None:
+    from edgespec.bundle import pick, read_manifest
+    from edgespec.tokenizer import load_tokenizer
+
+    m = read_manifest(bundle)
+    t = load_tokenizer(pick(bundle, m, "target", kind="onnx"))
+    d = load_tokenizer(pick(bundle, m, "draft", kind="onnx"))
+    assert t.vocab() == d.vocab() and t.vocab_digest() == m["tokenizer"]["vocab_digest"]
+
+
+def test_bundle_verify_and_tamper(bundle: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    import edgespec
+    from edgespec import cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("edgespec.export.cli",))
+    assert cli.main(["bundle", "verify", str(bundle), "-q"]) == 0
+    assert "ok" in capsys.readouterr().out
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    cfg = copy / "target" / "onnx-fp32" / "config.json"
+    cfg.write_text(cfg.read_text().replace("512", "513"))
+    assert cli.main(["bundle", "verify", str(copy), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "target/onnx-fp32/config.json" in err
+    with pytest.raises(EdgespecError, match="config.json"):
+        edgespec.load(str(copy), backend="onnx", progress=False)
+
+
+def _assert_nothing_left(parent: Path) -> None:
+    assert [p.name for p in parent.iterdir()] == []
+
+
+def test_dry_run_writes_nothing(tiny_tok_dir: Path, tmp_path: Path) -> None:
+    r = _export(
+        target=str(tiny_tok_dir),
+        out=str(tmp_path / "b"),
+        formats=("onnx", "gguf"),
+        quants=("int4", "q8_0"),
+        dry_run=True,
+    )
+    assert "  artifact: gguf q8_0" in r["plan"]
+    _assert_nothing_left(tmp_path)
+
+
+def test_bad_inputs(tiny_tok_dir: Path, tiny_llama_dir: Path, tmp_path: Path) -> None:
+    import torch
+    import transformers
+
+    out = tmp_path / "out" / "b"
+    (tmp_path / "out").mkdir()
+    # unsupported architecture
+    gpt2 = tmp_path / "gpt2"
+    transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)
+    ).save_pretrained(gpt2)
+    with pytest.raises(EdgespecError, match="supports llama, qwen2"):
+        _export(target=str(gpt2), out=str(out))
+    # corrupt source (truncated weights)
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_llama_dir, bad)
+    w = bad / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(EdgespecError, match="corrupt"):
+        _export(target=str(bad), out=str(out))
+    # draft/target vocabulary mismatch
+    torch.manual_seed(0)
+    other = tmp_path / "v300"
+    transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=300,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    ).save_pretrained(other)
+    with pytest.raises(EdgespecError, match="300 tokens"):
+        _export(target=str(tiny_tok_dir), draft=str(other), out=str(out))
+    # failed verification
+    with pytest.raises(EdgespecError, match="verification failed"):
+        _export(target=str(tiny_tok_dir), out=str(out), quants=("int4",), min_agreement=1.0)
+    # a quantization no format takes
+    with pytest.raises(EdgespecError, match="takes fp32, int8, int4"):
+        _export(target=str(tiny_tok_dir), out=str(out), quants=("q4_0",))
+    _assert_nothing_left(tmp_path / "out")
+    # an existing output folder without --force
+    out.mkdir()
+    with pytest.raises(EdgespecError, match="--force"):
+        _export(target=str(tiny_tok_dir), out=str(out))
+    assert list(out.iterdir()) == []
+
+
+def test_gguf_q4_0_and_qwen2(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
+    m = _export(
+        target=str(tiny_qwen2_dir),
+        out=str(tmp_path / "q"),
+        formats=("gguf",),
+        quants=("f16", "q4_0"),
+        min_agreement=0.2,
+    )
+    arts = {a["quantization"]: a for a in m["roles"]["target"]["artifacts"]}
+    assert arts["f16"]["verification"]["greedy_agreement"] == 1.0
+    assert arts["q4_0"]["tensor_types"].get("Q4_0", 0) > 0
