@@ -11,10 +11,14 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgespec import zoo
 from edgespec.errors import EdgespecError
+
+if TYPE_CHECKING:
+    from edgespec.runtime import Runtime
+    from edgespec.sampling import GenerationParams
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -39,27 +43,58 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_gen_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--strategy", default="autoregressive",
-                   help="autoregressive | speculative | auto (auto: the controller picks "
-                        "proposer and draft length, plain decoding included)")
-    p.add_argument("--proposer", action="append", default=[],
-                   help="draft source for speculation: ngram, recycle, draft, layerskip "
-                        "(repeatable; default ngram, or all cheap ones for auto)")
-    p.add_argument("--k", type=int, default=None,
-                   help="fixed draft length (auto: the largest one considered)")
+    p.add_argument(
+        "--strategy",
+        default="autoregressive",
+        help="autoregressive | speculative | auto (auto: the controller picks "
+        "proposer and draft length, plain decoding included)",
+    )
+    p.add_argument(
+        "--proposer",
+        action="append",
+        default=[],
+        help="draft source for speculation: ngram, recycle, draft, layerskip "
+        "(repeatable; default ngram, or all cheap ones for auto)",
+    )
+    p.add_argument(
+        "--k", type=int, default=None, help="fixed draft length (auto: the largest one considered)"
+    )
     p.add_argument("--max-k", type=int, default=8, help="largest draft length considered")
-    p.add_argument("--layerskip", default=None,
-                   help="layers of the layerskip self-draft: first:N, skip:A-B or keep:...")
-    p.add_argument("--tau", type=float, default=None,
-                   help="entropy-switch: entropy threshold in nats (inf: small model only)")
-    p.add_argument("--window", type=int, default=None,
-                   help="entropy-switch: tokens in the rolling entropy mean")
-    p.add_argument("--min-run", type=int, default=None,
-                   help="entropy-switch: tokens on a model before it may hand over")
-    p.add_argument("--lead-tokens", type=int, default=None,
-                   help="sentence-lead: tokens the large model writes at each sentence start")
-    p.add_argument("--lead-prob", type=float, default=None,
-                   help="sentence-lead: probability that the large model leads a sentence")
+    p.add_argument(
+        "--layerskip",
+        default=None,
+        help="layers of the layerskip self-draft: first:N, skip:A-B or keep:...",
+    )
+    p.add_argument(
+        "--tau",
+        type=float,
+        default=None,
+        help="entropy-switch: entropy threshold in nats (inf: small model only)",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="entropy-switch: tokens in the rolling entropy mean",
+    )
+    p.add_argument(
+        "--min-run",
+        type=int,
+        default=None,
+        help="entropy-switch: tokens on a model before it may hand over",
+    )
+    p.add_argument(
+        "--lead-tokens",
+        type=int,
+        default=None,
+        help="sentence-lead: tokens the large model writes at each sentence start",
+    )
+    p.add_argument(
+        "--lead-prob",
+        type=float,
+        default=None,
+        help="sentence-lead: probability that the large model leads a sentence",
+    )
     p.add_argument("--lead-seed", type=int, default=None, help="sentence-lead: gate seed")
     p.add_argument("--max-new-tokens", "-n", type=int, default=128)
     p.add_argument("--temperature", "-t", type=float, default=0.0, help="0 = greedy")
@@ -74,12 +109,13 @@ def _add_gen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
-def cmd_generate(a: argparse.Namespace) -> int:
-    from edgespec.runtime import load, make_params
+def params_from_args(a: argparse.Namespace) -> GenerationParams:
+    """The sampling parameters of the generation flags, validated (prompt included)."""
+    from edgespec.runtime import make_params
 
     if not a.prompt.strip():
         raise EdgespecError("the prompt is empty; pass some text to continue")
-    params = make_params(
+    return make_params(
         max_new_tokens=a.max_new_tokens,
         temperature=a.temperature,
         top_k=a.top_k,
@@ -88,11 +124,13 @@ def cmd_generate(a: argparse.Namespace) -> int:
         stop=tuple(a.stop),
         ignore_eos=a.ignore_eos,
     )
-    from edgespec.strategies import STRATEGIES
 
-    STRATEGIES.get(a.strategy)  # fail on a typo before loading anything
-    config = config_from_args(a)
-    rt = load(
+
+def load_from_args(a: argparse.Namespace) -> Runtime:
+    """``edgespec.load`` with the model-loading flags (``_add_load_args``)."""
+    from edgespec.runtime import load
+
+    return load(
         a.model,
         backend=a.backend,
         draft=a.draft,
@@ -100,6 +138,15 @@ def cmd_generate(a: argparse.Namespace) -> int:
         n_threads=a.threads,
         progress=not a.quiet,
     )
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from edgespec.strategies import STRATEGIES
+
+    params = params_from_args(a)
+    STRATEGIES.get(a.strategy)  # fail on a typo before loading anything
+    config = config_from_args(a)
+    rt = load_from_args(a)
     with rt:
         ids = rt.encode_prompt(a.prompt, chat=a.chat, system=a.system)
         gen = rt.start(ids, strategy=a.strategy, params=params, config=config)
@@ -152,16 +199,20 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 
     if a.max_k < 1:
         raise EdgespecError(f"--max-k must be >= 1, got {a.max_k}")
-    rt = load(a.model, backend=a.backend, n_ctx=a.n_ctx, n_threads=a.threads,
-              progress=not a.quiet)
+    rt = load(a.model, backend=a.backend, n_ctx=a.n_ctx, n_threads=a.threads, progress=not a.quiet)
     with rt:
         sizes = list(range(1, a.max_k + 2))
         curve = profile.measure_verify_curve(
             rt.target, sizes, context=a.context, reps=a.reps, vocab=rt.tokenizer.vocab_size
         )
         key = profile.profile_key(rt.backend, str(rt.source.path), a.threads)
-        entry = {"verify": {str(n): s for n, s in curve.items()}, "model": rt.source.name,
-                 "backend": rt.backend, "context": a.context, "reps": a.reps}
+        entry = {
+            "verify": {str(n): s for n, s in curve.items()},
+            "model": rt.source.name,
+            "backend": rt.backend,
+            "context": a.context,
+            "reps": a.reps,
+        }
         path = profile.save_profile(key, entry)
     if a.json:
         print(json.dumps({"key": key, "path": str(path), **entry}))
@@ -169,8 +220,10 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     print(f"device: {profile.device_description()}")
     print(f"profile: {key} -> {path}")
     print(f"{'k+1':>4} {'ms':>9} {'x one token':>12}")
-    for n, sec in curve.items():
-        print(f"{n:>4} {sec * 1000:>9.2f} {sec / curve[1]:>12.2f}")
+    for n, sec in sorted(curve.items()):
+        if n:
+            print(f"{n:>4} {sec * 1000:>9.2f} {sec / curve[1]:>12.2f}")
+    print(f"switch penalty (one-token forward after another size): {curve.get(0, 0) * 1000:.2f} ms")
     return 0
 
 

@@ -88,8 +88,10 @@ class Stats:
             f"acceptance histogram {hist}",
         ]
         if self.model_trace:
-            lines.append(f"switches {self.switches}, small model in charge for "
-                         f"{self.model_trace.count('d')}/{len(self.model_trace)} tokens")
+            lines.append(
+                f"switches {self.switches}, small model in charge for "
+                f"{self.model_trace.count('d')}/{len(self.model_trace)} tokens"
+            )
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 

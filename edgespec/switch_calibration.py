@@ -320,7 +320,6 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def cmd_calibrate_switch(a: argparse.Namespace) -> int:
-    from edgespec.runtime import load
 
     if a.draft is None:
         raise EdgespecError("calibrate-switch needs a small model; pass --draft SMALL")
@@ -328,15 +327,9 @@ def cmd_calibrate_switch(a: argparse.Namespace) -> int:
     taus = _floats(a.taus, "--taus") if a.taus else None
     windows = [int(w) for w in _floats(a.windows, "--windows")]
     rows = read_workload(Path(a.workload), a.limit)
-    rt = load(
-        a.model,
-        backend=a.backend,
-        draft=a.draft,
-        n_ctx=a.n_ctx,
-        n_threads=a.threads,
-        progress=not a.quiet,
-    )
-    with rt:
+    from edgespec.cli import load_from_args
+
+    with load_from_args(a) as rt:
         prompts = [rt.encode_prompt(r["prompt"], chat=r["chat"]) for r in rows]
         cal = calibrate(
             rt,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from edgespec.errors import EdgespecError
+from edgespec.losslessness import first_divergence  # noqa: F401 (re-exported for tests)
 from edgespec.model import Model, ModelInfo, check_truncate
 from edgespec.spec.base import Proposer
 from edgespec.spec.types import Draft
@@ -130,14 +131,6 @@ class SequenceOracle(Proposer):
         toks = truth[:j] + [(t + 1) % self.vocab for t in truth[j:]]
         toks += [(7 * (n + i)) % self.vocab for i in range(k - len(toks))]  # filler: wrong
         return Draft(tuple(toks[:k]), source=self.name)
-
-
-def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
-    """Index of the first differing token, or None when one is a prefix of the other."""
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return i
-    return None
 
 
 def plain_greedy_with_logits(

@@ -424,6 +424,7 @@ class LlamaCppModel(Model):
         self._n_past += k
 
     supports_tree = True
+    batch_noise = BATCH_NOISE
 
     def commit_tree_path(self, base: int, path: Sequence[int]) -> None:
         """:meth:`Model.commit_tree_path` over :meth:`keep_path` (the tree is pending, so

@@ -209,33 +209,15 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 def cmd_profile(a: argparse.Namespace) -> int:
     from edgespec.bench.profiler import format_table, profile_generation, write_profile
-    from edgespec.cli import spec_config_from_args
-    from edgespec.runtime import load, make_params
+    from edgespec.cli import config_from_args, load_from_args, params_from_args
     from edgespec.strategies import STRATEGIES
 
-    if not a.prompt.strip():
-        raise EdgespecError("the prompt is empty; pass some text to continue")
+    params = params_from_args(a)
     STRATEGIES.get(a.strategy)
     if a.warmup < 0:
         raise EdgespecError(f"--warmup must be >= 0, got {a.warmup}")
-    params = make_params(
-        max_new_tokens=a.max_new_tokens,
-        temperature=a.temperature,
-        top_k=a.top_k,
-        top_p=a.top_p,
-        seed=a.seed,
-        stop=tuple(a.stop),
-        ignore_eos=a.ignore_eos,
-    )
-    config = spec_config_from_args(a) if a.strategy != "autoregressive" else None
-    with load(
-        a.model,
-        backend=a.backend,
-        draft=a.draft,
-        n_ctx=a.n_ctx,
-        n_threads=a.threads,
-        progress=not a.quiet,
-    ) as rt:
+    config = config_from_args(a)
+    with load_from_args(a) as rt:
         prof = profile_generation(
             rt,
             a.prompt,

@@ -27,6 +27,7 @@ from edgespec.bench.energy import DEFAULT_WATTS, Meter, open_meter
 from edgespec.bench.workloads import Prompt, default_workloads, load_workloads
 from edgespec.errors import EdgespecError
 from edgespec.fileutil import atomic_path
+from edgespec.losslessness import PlainReference, check, plain_reference
 
 SCHEMA_ID = "edgespec-bench/1"
 BASELINE = "baseline"
@@ -410,11 +411,10 @@ class Bench:
             for c in self.combos:
                 self._generate(runtimes[c.backend], c, ids[first], min(WARMUP_TOKENS, n))
         # plain greedy on each backend, once per prompt (untimed): the losslessness reference
-        plain: dict[tuple[str | None, str], list[int]] = {}
+        plain: dict[tuple[str | None, str], PlainReference] = {}
         for backend, rt in runtimes.items():
             for p in self.prompts:
-                res = rt.generate(ids[p.id], max_new_tokens=n, ignore_eos=True)
-                plain[(backend, p.id)] = list(res.token_ids)
+                plain[(backend, p.id)] = plain_reference(rt.target, ids[p.id], n)
         total = opts.runs * len(self.prompts) * (1 + len(self.combos))
         with tqdm(total=total, desc="bench", unit="gen", disable=not opts.progress) as bar:
             for r in range(opts.runs):
@@ -427,8 +427,15 @@ class Bench:
                     for c in self.combos:
                         row = self._run_combo(runtimes[c.backend], c, ids[p.id], n)
                         row.update(run=r, prompt=p.id, kind=p.kind)
-                        row["agree_plain"] = metrics.agreement(
-                            row["_tokens"], plain[(c.backend, p.id)]
+                        ref = plain[(c.backend, p.id)]
+                        row["agree_plain"] = metrics.agreement(row["_tokens"], ref.tokens)
+                        noise = float(getattr(runtimes[c.backend].target, "batch_noise", 0.0))
+                        chk = check(row["_tokens"], ref, noise)
+                        row.update(
+                            first_divergence=chk.index,
+                            divergence_gap=chk.gap,
+                            near_tie=chk.near_tie,
+                            batch_noise=noise,
                         )
                         _versus(row, b)
                         del row["_tokens"]

@@ -37,10 +37,11 @@ class CostCurve:
         return len(self.points) >= 2 or (1 in self.points and len(self.points) >= 1)
 
     def __call__(self, n: int) -> float:
-        if not self.points:
+        points = {x: y for x, y in self.points.items() if x >= 1}
+        if not points:
             return 1.0 * n  # no idea yet: assume linear, which discourages speculation
-        xs = sorted(self.points)
-        ys = [self.points[x] for x in xs]
+        xs = sorted(points)
+        ys = [points[x] for x in xs]
         if len(xs) == 1:
             return ys[0] * n / xs[0] if n > xs[0] else ys[0]
         if n <= xs[-1]:
@@ -108,6 +109,9 @@ class Controller:
         max_k: largest k considered.
         fixed_k: when set, always this k with the first proposer (no choice).
         allow_plain: whether k = 0 may be chosen.
+        switch_penalty: seconds a speculative step costs on top of ``c_verify`` because the
+            backend changes batch shape (measured by the probe as ``c_verify(0)``); charged to
+            every k > 0 so that speculation must win by more than it costs to switch.
     """
 
     verify: CostCurve
@@ -117,12 +121,13 @@ class Controller:
     allow_plain: bool = True
     draft_cost: dict[str, float] = field(default_factory=dict)
     draft_fixed: dict[str, float] = field(default_factory=dict)
+    switch_penalty: float = 0.0
 
     def expected_rate(self, proposer: str | None, k: int) -> float:
         """Expected tokens per second of one step."""
         if proposer is None or k == 0:
             return 1.0 / self.verify(1)
-        cost = self.verify(k + 1) + self.draft_fixed.get(proposer, 0.0)
+        cost = self.verify(k + 1) + self.draft_fixed.get(proposer, 0.0) + self.switch_penalty
         cost += k * self.draft_cost.get(proposer, 0.0)
         return self.acceptance[proposer].expected_tokens(k) / cost
 

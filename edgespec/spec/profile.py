@@ -94,27 +94,47 @@ def measure_verify_curve(
     reps: int = 5,
     vocab: int = 1000,
 ) -> dict[int, float]:
-    """Median seconds of ``model.forward`` over n tokens after a ``context``-token prefix.
+    """Median seconds of ``model.forward`` over n tokens after a ``context``-token prefix,
+    timed the way speculation runs them: each n-token forward follows a one-token forward.
 
-    The cache is rolled back after every timed call, so each measures the same position.
-    Returns {n: seconds}.
+    Some backends pay for changing batch shape (llama.cpp rebuilds its graph and switches
+    between its single-token and batch thread counts), so an n-token forward measured in a
+    run of identical forwards would look cheaper than it is in a speculative loop. ``1`` is
+    timed in a run of one-token forwards (plain decoding). The cache is rolled back after
+    every timed call, so each measures the same position.
+
+    Returns:
+        {n: seconds}; also ``{0: seconds}``, the extra time a one-token forward takes right
+        after a forward of another size (the switch penalty, >= 0).
     """
     model.reset()
     prefix = [(17 * i + 11) % vocab for i in range(context)]
     model.forward(prefix, all_logits=False)
-    out: dict[int, float] = {}
-    sizes = list(sizes)
+    sizes = sorted(set(sizes) | {1})
     model.forward([5] * max(sizes))  # warm-up
     model.truncate(context)
+
+    def timed(toks: list[int]) -> float:
+        t = time.perf_counter()
+        model.forward(toks, all_logits=len(toks) > 1)
+        dt = time.perf_counter() - t
+        model.truncate(context)
+        return dt
+
+    plain = [timed([(31 * r + 7) % vocab]) for r in range(reps + 1)][1:]
+    out: dict[int, float] = {1: statistics.median(plain)}
+    after_switch: list[float] = []
     for n in sizes:
+        if n == 1:
+            continue
         times = []
         for r in range(reps):
-            toks = [(31 * (i + r) + 7) % vocab for i in range(n)]
-            t = time.perf_counter()
-            model.forward(toks, all_logits=True)
-            times.append(time.perf_counter() - t)
-            model.truncate(context)
+            timed([(29 * r + 3) % vocab])
+            times.append(timed([(31 * (i + r) + 7) % vocab for i in range(n)]))
+            after_switch.append(timed([(37 * r + 5) % vocab]))
         out[n] = statistics.median(times)
+    if after_switch:
+        out[0] = max(0.0, statistics.median(after_switch) - out[1])
     model.reset()
     return out
 

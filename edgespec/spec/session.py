@@ -65,8 +65,10 @@ class SpecSession:
                 runtime.target, sizes, reps=3, vocab=runtime.tokenizer.vocab_size
             )
             source = "probe"
+        penalty = points.pop(0, 0.0)
         controller = Controller(
             verify=CostCurve(dict(points)),
+            switch_penalty=penalty,
             acceptance={
                 n: Acceptance.prior(
                     config.max_k if config.k is None else max(config.k, 1), p.prior_acceptance

@@ -63,6 +63,7 @@ class Speculative(Strategy):
             pending = sample(logits[-1], params, rng)
         seq = list(prompt_ids) + [pending]
         produced = 1
+        prev_n = 1
         yield [pending]
         while True:
             room = min(ctx.n_ctx - target.n_past - 1, ctx.budget - produced - 1)
@@ -95,8 +96,11 @@ class Speculative(Strategy):
             rec.verify_s += dt
             rec.span("verify", t, dt)
             rec.target_forwards += 1
-            if not draft.is_tree:  # the cost curve describes chain forwards
+            # the curve describes chain forwards; a one-token forward right after another
+            # size carries the switch penalty, which the controller charges separately
+            if not draft.is_tree and (len(feed) > 1 or prev_n == 1):
                 session.controller.verify.observe(len(feed), dt)
+            prev_n = len(feed)
             with rec.phase("sample"):
                 verdict = VERIFIERS.get(VERIFIER_FOR[(params.greedy, draft.is_tree)])().verify(
                     draft, logits, params, rng
