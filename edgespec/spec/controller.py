@@ -28,6 +28,8 @@ class CostCurve:
 
     points: dict[int, float] = field(default_factory=dict)
     ema: float = 0.2
+    _table: np.ndarray | None = field(default=None, repr=False)
+    _table_of: dict[int, float] = field(default_factory=dict, repr=False)
 
     def observe(self, n: int, seconds: float) -> None:
         old = self.points.get(n)
@@ -48,6 +50,14 @@ class CostCurve:
             return float(np.interp(n, xs, ys))
         slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
         return ys[-1] + max(slope, 0.0) * (n - xs[-1])
+
+    def table(self, n_max: int) -> np.ndarray:
+        """``float64[n_max + 1]``: ``c_verify(n)`` for n = 0..n_max (entry 0 unused); cached
+        while ``points`` is unchanged."""
+        if self._table is None or len(self._table) <= n_max or self._table_of != self.points:
+            self._table_of = dict(self.points)
+            self._table = np.array([0.0] + [self(n) for n in range(1, n_max + 1)])
+        return self._table[: n_max + 1]
 
     def ratio(self, n: int) -> float:
         """``c_verify(n) / c_verify(1)``: what verifying n tokens costs relative to one."""
@@ -81,6 +91,12 @@ class Acceptance:
             # settled on k would never observe: let them follow the last observed one.
             self.alpha[k:] += self.rate * (self.alpha[k - 1] - self.alpha[k:])
 
+    def expected_tokens_all(self, k_max: int) -> np.ndarray:
+        """``float64[k_max + 1]``: ``E(k)`` for k = 0..k_max in one pass."""
+        e = np.ones(k_max + 1)
+        e[1:] += np.cumsum(np.cumprod(self.alpha[:k_max]))
+        return e
+
     def expected_tokens(self, k: int) -> float:
         """``E(k)``: expected new tokens of a step with a k-token draft (bonus included)."""
         if k <= 0:
@@ -112,6 +128,8 @@ class Controller:
         switch_penalty: seconds a speculative step costs on top of ``c_verify`` because the
             backend changes batch shape (measured by the probe as ``c_verify(0)``); charged to
             every k > 0 so that speculation must win by more than it costs to switch.
+        margin: speculation is chosen over plain decoding only when its expected rate is
+            at least this fraction higher (estimates are noisy; plain is the safe default).
     """
 
     verify: CostCurve
@@ -122,6 +140,7 @@ class Controller:
     draft_cost: dict[str, float] = field(default_factory=dict)
     draft_fixed: dict[str, float] = field(default_factory=dict)
     switch_penalty: float = 0.0
+    margin: float = 0.05
 
     def expected_rate(self, proposer: str | None, k: int) -> float:
         """Expected tokens per second of one step."""
@@ -137,14 +156,20 @@ class Controller:
         if self.fixed_k is not None:
             k = min(self.fixed_k, limit)
             return Choice(names[0] if k else None, k, self.expected_rate(names[0], k))
-        best = Choice(None, 0, self.expected_rate(None, 0))
-        if not self.allow_plain:
-            best = Choice(None, 0, -1.0)
-        for name in names:
-            for k in range(1, min(self.max_k, limit) + 1):
-                r = self.expected_rate(name, k)
-                if r > best.expected_rate:
-                    best = Choice(name, k, r)
+        plain = self.expected_rate(None, 0)
+        best = Choice(None, 0, plain)
+        bar = plain * (1.0 + self.margin) if self.allow_plain else -1.0
+        k_max = min(self.max_k, limit, *(len(a.alpha) for a in self.acceptance.values()))
+        if k_max < 1:
+            return best
+        ks = np.arange(1, k_max + 1)
+        verify = self.verify.table(k_max + 1)[ks + 1] + self.switch_penalty
+        for name in names:  # vectorised expected_rate over k = 1..k_max
+            cost = verify + self.draft_fixed.get(name, 0.0) + ks * self.draft_cost.get(name, 0.0)
+            rates = self.acceptance[name].expected_tokens_all(k_max)[1:] / cost
+            i = int(np.argmax(rates))
+            if rates[i] > bar and rates[i] > best.expected_rate:
+                best = Choice(name, int(ks[i]), float(rates[i]))
         return best
 
     def record_draft(self, proposer: str, k: int, seconds: float, ema: float = 0.2) -> None:

@@ -66,6 +66,8 @@ class Speculative(Strategy):
         prev_n = 1
         yield [pending]
         while True:
+            t_step = time.perf_counter()
+            draft_dt = 0.0
             room = min(ctx.n_ctx - target.n_past - 1, ctx.budget - produced - 1)
             choice = session.choose(max(room, 0))
             draft = EMPTY_DRAFT
@@ -77,10 +79,10 @@ class Speculative(Strategy):
                     rec.notes.append(f"{exc}; fell back to plain decoding")
                     session.disable(choice.proposer)
                     draft = EMPTY_DRAFT
-                dt = time.perf_counter() - t
-                rec.draft_s += dt
-                rec.span("draft", t, dt)
-                session.controller.record_draft(choice.proposer, max(draft.k, 1), dt)
+                draft_dt = time.perf_counter() - t
+                rec.draft_s += draft_dt
+                rec.span("draft", t, draft_dt)
+                session.controller.record_draft(choice.proposer, max(draft.k, 1), draft_dt)
                 if draft.is_tree and not session.tree_ok:
                     draft = _main_chain(draft)
             rec.k_trace.append(draft.k)
@@ -96,11 +98,6 @@ class Speculative(Strategy):
             rec.verify_s += dt
             rec.span("verify", t, dt)
             rec.target_forwards += 1
-            # the curve describes chain forwards; a one-token forward right after another
-            # size carries the switch penalty, which the controller charges separately
-            if not draft.is_tree and (len(feed) > 1 or prev_n == 1):
-                session.controller.verify.observe(len(feed), dt)
-            prev_n = len(feed)
             with rec.phase("sample"):
                 verdict = VERIFIERS.get(VERIFIER_FOR[(params.greedy, draft.is_tree)])().verify(
                     draft, logits, params, rng
@@ -111,6 +108,13 @@ class Speculative(Strategy):
                 else:
                     target.truncate(base + 1 + verdict.n_accepted)
             session.after_step(draft, verdict, feed, logits)
+            # The cost curve learns whole steps (forward + verify + commit + bookkeeping),
+            # drafting excluded (charged per proposer), chain steps only; a one-token step
+            # right after another size carries the switch penalty, charged separately.
+            if not draft.is_tree and (len(feed) > 1 or prev_n == 1):
+                step_dt = time.perf_counter() - t_step - draft_dt
+                session.controller.verify.observe(len(feed), step_dt)
+            prev_n = len(feed)
             if draft.k:
                 rec.accept_hist[verdict.n_accepted] += 1
                 rec.from_draft += verdict.n_accepted

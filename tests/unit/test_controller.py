@@ -1,0 +1,66 @@
+"""The controller's arithmetic: cost curve, acceptance estimates, choice of (proposer, k)."""
+
+import numpy as np
+import pytest
+
+from edgespec.spec.controller import Acceptance, Controller, CostCurve
+from edgespec.spec.proposers.recycle import top_k_rows
+
+pytestmark = pytest.mark.unit
+
+
+def brute_choice(c: Controller, limit: int):
+    plain = c.expected_rate(None, 0)
+    best = (None, 0, plain)
+    for name in c.acceptance:
+        for k in range(1, min(c.max_k, limit) + 1):
+            r = c.expected_rate(name, k)
+            if r > plain * (1 + c.margin) and r > best[2]:
+                best = (name, k, r)
+    return best
+
+
+def test_vectorised_choice_equals_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        curve = CostCurve(
+            {1: 1.0, 2: 1 + rng.random(), 5: 2 + 2 * rng.random(), 9: 3 + 3 * rng.random()}
+        )
+        acc = {n: Acceptance(rng.random(8)) for n in ("a", "b")}
+        c = Controller(
+            curve,
+            acc,
+            max_k=8,
+            switch_penalty=0.1 * rng.random(),
+            draft_cost={"b": 0.05 * rng.random()},
+        )
+        limit = int(rng.integers(0, 10))
+        got = c.choose(limit)
+        name, k, r = brute_choice(c, limit)
+        assert (got.proposer, got.k) == (name, k)
+        assert got.expected_rate == pytest.approx(r)
+
+
+def test_expected_tokens_geometric():
+    a = Acceptance(np.full(8, 0.5))
+    assert a.expected_tokens(0) == 1.0
+    assert a.expected_tokens(2) == pytest.approx(1 + 0.5 + 0.25)
+    np.testing.assert_allclose(a.expected_tokens_all(3), [1, 1.5, 1.75, 1.875])
+
+
+def test_plain_wins_when_verification_is_linear_and_margin_holds():
+    c = Controller(
+        CostCurve({n: float(n) for n in range(1, 10)}), {"a": Acceptance(np.full(8, 0.9))}
+    )
+    assert c.choose(8).k == 0
+    cheap = Controller(CostCurve({1: 1.0, 9: 1.2}), {"a": Acceptance(np.full(8, 0.9))})
+    assert cheap.choose(8).k == 8
+
+
+def test_top_k_rows_matches_argsort_and_restores():
+    rng = np.random.default_rng(1)
+    rows = rng.standard_normal((3, 1000)).astype(np.float32)
+    keep = rows.copy()
+    got = top_k_rows(rows, 4)
+    np.testing.assert_array_equal(got, np.argsort(-keep, axis=1, kind="stable")[:, :4])
+    np.testing.assert_array_equal(rows, keep)
