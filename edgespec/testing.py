@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from edgespec.errors import EdgespecError
-from edgespec.losslessness import first_divergence  # noqa: F401 (re-exported for tests)
 from edgespec.model import Model, ModelInfo, check_truncate
 from edgespec.spec.base import Proposer
 from edgespec.spec.types import Draft
@@ -131,22 +130,6 @@ class SequenceOracle(Proposer):
         toks = truth[:j] + [(t + 1) % self.vocab for t in truth[j:]]
         toks += [(7 * (n + i)) % self.vocab for i in range(k - len(toks))]  # filler: wrong
         return Draft(tuple(toks[:k]), source=self.name)
-
-
-def plain_greedy_with_logits(
-    model: Model, prompt: Sequence[int], n: int
-) -> tuple[list[int], np.ndarray]:
-    """Plain greedy decoding the way the autoregressive strategy does it, keeping each
-    step's logits: returns (tokens ``int[n]``, logits ``float32[n, V]``)."""
-    model.reset()
-    logits = model.forward(list(prompt), all_logits=False)[-1]
-    out, rows = [], []
-    for _ in range(n):
-        rows.append(logits)
-        out.append(int(np.argmax(logits)))
-        logits = model.forward([out[-1]], all_logits=False)[-1]
-    model.reset()
-    return out, np.stack(rows)
 
 
 class FailingProposer(Proposer):

@@ -88,19 +88,30 @@ class SpecSession:
 
     def begin(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
         self.plain_run = 0
+        self.probing = False
+        if not hasattr(self, "probe_interval"):  # learned across generations
+            self.probe_interval = self.config.probe_every
         for p in self.proposers.values():
             p.begin(prompt_ids, params)
 
     def choose(self, room: int) -> Choice:
-        """The controller's choice, with a periodic short probe after long plain runs."""
+        """The controller's choice, with a short probe after long plain runs.
+
+        Probes refresh the acceptance estimates, and cost a little when they fail; the
+        interval doubles after each fully rejected probe (up to 32x ``probe_every``) and
+        resets when a probe is accepted, so a device where speculation does not pay stops
+        paying to re-learn it.
+        """
+        self.probing = False
         if room <= 0 or not self.controller.acceptance:
             return Choice(None, 0, 0.0)
         choice = self.controller.choose(room)
         if choice.k == 0:
             self.plain_run += 1
-            every = self.config.probe_every
+            every = self.probe_interval
             if every and self.plain_run >= every:
                 self.plain_run = 0
+                self.probing = True
                 best = max(
                     self.controller.acceptance, key=lambda n: self.controller.expected_rate(n, 1)
                 )
@@ -117,6 +128,11 @@ class SpecSession:
         self, draft: Draft, verdict: Verdict, fed: Sequence[int], logits: np.ndarray
     ) -> None:
         """Update acceptance estimates and let proposers learn."""
+        if self.probing and draft.k:
+            base = self.config.probe_every
+            self.probe_interval = (
+                base if verdict.n_accepted else min(self.probe_interval * 2, 32 * base)
+            )
         if draft.k and draft.source in self.controller.acceptance:
             depth = max(draft.depths()) if draft.is_tree else draft.k
             self.controller.acceptance[draft.source].update(depth, verdict.n_accepted)

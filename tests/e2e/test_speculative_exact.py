@@ -3,11 +3,12 @@ the NumPy reference in float64 and ONNX Runtime fp32, on tiny random HF models."
 
 import pytest
 
+from edgespec.losslessness import plain_reference
 from edgespec.runtime import Runtime
 from edgespec.runtimes import BACKENDS, LoadOptions, ModelSource
 from edgespec.spec.base import PROPOSERS
 from edgespec.spec.config import SpecConfig
-from edgespec.testing import CharTokenizer, SequenceOracle, plain_greedy_with_logits
+from edgespec.testing import CharTokenizer, SequenceOracle
 
 pytestmark = [pytest.mark.backend]
 
@@ -45,7 +46,7 @@ def rt(request, tiny_llama_dir, tiny_qwen2_dir):
 
 @pytest.fixture(scope="module")
 def refs(rt):
-    return [(p, plain_greedy_with_logits(rt.target, p, N)[0]) for p in PROMPTS]
+    return [(p, plain_reference(rt.target, p, N).tokens) for p in PROMPTS]
 
 
 @pytest.mark.parametrize(

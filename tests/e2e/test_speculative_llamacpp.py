@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import edgespec
+from edgespec import losslessness
 from edgespec.spec.base import PROPOSERS
 from edgespec.spec.config import SpecConfig
-from edgespec.testing import SequenceOracle, first_divergence, plain_greedy_with_logits
+from edgespec.testing import SequenceOracle
 
 pytestmark = [pytest.mark.backend, pytest.mark.slow]
 llamacpp = pytest.importorskip("edgespec.runtimes.llamacpp")
@@ -38,26 +39,22 @@ def refs(rt):
     out = []
     for p in PROMPTS:
         ids = rt.encode_prompt(p, chat=True)
-        toks, logits = plain_greedy_with_logits(rt.target, ids, N)
-        out.append((ids, toks, logits))
+        out.append((ids, losslessness.plain_reference(rt.target, ids, N)))
     return out
 
 
-def check(out, ref_toks, ref_logits):
+def check(out, ref):
     """Exact, or a near-tie at the first divergence. Returns True when exact."""
-    i = first_divergence(out, ref_toks)
-    if i is None:
-        assert len(out) == len(ref_toks)
-        return True
-    gap = float(ref_logits[i, ref_toks[i]] - ref_logits[i, out[i]])
-    assert 0.0 <= gap < llamacpp.BATCH_NOISE, f"divergence at {i} is not a near-tie: gap {gap}"
-    return False
+    assert len(out) == len(ref.tokens)
+    c = losslessness.check(out, ref, llamacpp.BATCH_NOISE)
+    assert c.near_tie, f"divergence at {c.index} is not a near-tie: gap {c.gap}"
+    return c.index is None
 
 
 def test_plain_engine_equals_reference_loop(rt, refs):
-    for ids, toks, _ in refs:
+    for ids, ref in refs:
         res = rt.generate(ids, max_new_tokens=N, ignore_eos=True)
-        assert res.token_ids == toks
+        assert res.token_ids == ref.tokens
 
 
 @pytest.mark.parametrize(
@@ -74,11 +71,11 @@ def test_real_proposers_lossless_up_to_near_ties(rt, refs, proposers, k):
     rt._sessions.clear()
     exact = 0
     drafted = 0
-    for ids, toks, logits in refs:
+    for ids, ref in refs:
         for strategy in ("speculative", "auto"):
             cfg = SpecConfig(proposers=proposers, k=k, probe_every=4)
             res = rt.generate(ids, max_new_tokens=N, ignore_eos=True, strategy=strategy, config=cfg)
-            exact += check(res.token_ids, toks, logits)
+            exact += check(res.token_ids, ref)
             drafted += sum(res.stats.k_trace)
     assert drafted > 0, "the proposers never drafted anything"
     assert exact >= 1, "no run matched plain decoding exactly"
@@ -86,8 +83,8 @@ def test_real_proposers_lossless_up_to_near_ties(rt, refs, proposers, k):
 
 @pytest.mark.parametrize("correct", [0, 1, 3, None])
 def test_oracle_acceptance_levels(rt, refs, monkeypatch, correct):
-    for ids, toks, logits in refs:
-        oracle = SequenceOracle(ids + toks, rt.tokenizer.vocab_size, correct)
+    for ids, ref in refs:
+        oracle = SequenceOracle(ids + ref.tokens, rt.tokenizer.vocab_size, correct)
 
         class Made(SequenceOracle):
             @classmethod
@@ -103,7 +100,7 @@ def test_oracle_acceptance_levels(rt, refs, monkeypatch, correct):
             strategy="speculative",
             config=SpecConfig(proposers=("seq-oracle",), k=4),
         )
-        if check(res.token_ids, toks, logits):
+        if check(res.token_ids, ref):
             hist = res.stats.accept_hist
             expect = 4 if correct is None else min(correct, 4)
             assert max(hist) == expect
@@ -112,7 +109,7 @@ def test_oracle_acceptance_levels(rt, refs, monkeypatch, correct):
 def test_tree_commit_keeps_cache_consistent(rt, refs):
     """After tree steps, continuing plainly from the committed sequence matches a fresh
     forward of that sequence (within batch noise): rollback under stress."""
-    ids, _, _ = refs[0]
+    ids, _ = refs[0]
     rt._sessions.clear()
     res = rt.generate(
         ids,

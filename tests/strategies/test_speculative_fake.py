@@ -276,3 +276,19 @@ def test_draft_sampling_seeded_repeat():
             for _ in range(2)
         ]
         assert runs[0] == runs[1]
+
+
+def test_probe_interval_backs_off_when_probes_fail(monkeypatch):
+    """Plain decoding wins (linear costs); failed probes space out exponentially."""
+    rt = make_rt()
+    register(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 0))
+    cfg = SpecConfig(proposers=("oracle",), probe_every=4)
+    session = rt.spec_session(cfg, allow_plain=True)
+    session.controller.verify.points = {n: 0.01 * n for n in range(1, 18)}
+    monkeypatch.setattr(session.controller.verify, "observe", lambda n, s: None)
+    res = rt.generate(PROMPT, max_new_tokens=200, strategy="speculative", config=cfg)
+    assert res.token_ids == rt.target.greedy(PROMPT, 200)
+    probes = [i for i, k in enumerate(res.stats.k_trace) if k]
+    gaps = [b - a for a, b in zip(probes, probes[1:], strict=False)]
+    assert gaps[:4] == [8, 16, 32, 64]  # the probe takes the place of the n-th plain step
+    assert session.probe_interval == 128
