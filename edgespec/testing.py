@@ -171,7 +171,7 @@ class CharTokenizer(Tokenizer):
         return list(self.alphabet)
 
 
-class ScriptedModel(Model):
+class ScriptedModel(PrefixModel):
     """A fake LM whose next token and uncertainty are scripted by position.
 
     ``script(prefix) -> (token, spread)``: the argmax token after ``prefix`` and a logit
@@ -181,42 +181,18 @@ class ScriptedModel(Model):
     spread is nearly certain (H near 0). Records ``forward_sizes`` like :class:`PrefixModel`.
     """
 
-    backend = "fake"
-
     def __init__(
         self,
         script: Callable[[list[int]], tuple[int, float]],
         vocab_size: int = 16,
         n_ctx: int = 4096,
     ) -> None:
+        super().__init__(vocab_size=vocab_size, n_ctx=n_ctx)
         self.info = ModelInfo("fake", 1, 8, vocab_size, n_ctx, source="scripted")
-        self.script, self.n_ctx = script, n_ctx
-        self.tokens: list[int] = []
-        self.forward_sizes: list[int] = []
-
-    @property
-    def n_past(self) -> int:
-        return len(self.tokens)
+        self.script = script
 
     def logits_for(self, prefix: Sequence[int]) -> np.ndarray:
         token, spread = self.script(list(prefix))
         row = np.zeros(self.info.vocab_size, dtype=np.float32)
         row[token] = spread
         return row
-
-    def forward(self, tokens: Sequence[int], *, all_logits: bool = True) -> np.ndarray:
-        if not tokens:
-            raise ValueError("forward needs at least one token")
-        if self.n_past + len(tokens) > self.n_ctx:
-            raise EdgespecError(f"context full ({self.n_ctx} tokens)")
-        self.forward_sizes.append(len(tokens))
-        rows = []
-        for t in tokens:
-            self.tokens.append(int(t))
-            rows.append(self.logits_for(self.tokens))
-        out = np.stack(rows)
-        return out if all_logits else out[-1:]
-
-    def truncate(self, length: int) -> None:
-        check_truncate(length, self.n_past)
-        del self.tokens[length:]
