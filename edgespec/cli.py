@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from edgespec import zoo
 from edgespec.errors import EdgespecError
@@ -158,8 +158,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
+            assert gen.result is not None  # set once the generation is consumed
             result = gen.result
-        if a.stats and result is not None:
+        if a.stats:
             print(result.stats.summary(), file=sys.stderr)
     return 0
 
@@ -262,7 +263,7 @@ def _print_models(as_json: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgespec", description="On-device LLM inference with speculative decoding."
     )
     parser.add_argument("--version", action="store_true", help="print the version")
@@ -312,12 +313,11 @@ def _add_plugin_commands(sub: Any) -> None:
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors in one line (exit 2), like every other error."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise EdgespecError(f"{message}; see edgespec {self.prog.split()[-1]} --help")
+    def error(self, message: str) -> NoReturn:
+        raise EdgespecError(f"{message}; see {self.prog} --help")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argparse.ArgumentParser.error = _Parser.error  # type: ignore[method-assign]
     try:
         parser = build_parser()
         a = parser.parse_args(argv)
