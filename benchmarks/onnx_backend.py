@@ -44,6 +44,9 @@ def int4_dir(fp32: Path, block_size: int) -> Path:
     return out
 
 
+REFERENCE = "llama.cpp (GGUF)"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -56,14 +59,19 @@ def main() -> int:
     a = p.parse_args()
 
     from edgespec.export.hf_onnx import ensure_onnx
+    from edgespec.runtimes import BACKENDS
     from edgespec.runtimes.base import LoadOptions
     from edgespec.runtimes.ort import load_onnx_dir
     from edgespec.sources import resolve
 
-    fp32 = ensure_onnx(resolve(a.model, progress=False), progress=False)
-    dirs = {"fp32": fp32, f"int4 (b{a.block_size})": int4_dir(fp32, a.block_size)}
+    source = resolve(a.model, progress=False)
+    fp32 = ensure_onnx(source, progress=False)
+    dirs = {"onnx fp32": fp32, f"onnx int4 (b{a.block_size})": int4_dir(fp32, a.block_size)}
     opts = LoadOptions(n_ctx=a.context + a.decode + 16, n_threads=a.threads, progress=False)
-    models = {k: load_onnx_dir(d, opts) for k, d in dirs.items()}
+    # the reference a user would otherwise run: llama.cpp on the same GGUF, its default threads
+    ref_opts = LoadOptions(n_ctx=opts.n_ctx, progress=False)
+    models = {REFERENCE: BACKENDS.get("llamacpp").load(source, ref_opts)}
+    models.update({k: load_onnx_dir(d, opts) for k, d in dirs.items()})
     vocab = next(iter(models.values())).info.vocab_size
     prompt = [int(x) for x in np.random.default_rng(0).integers(100, min(vocab, 20000), a.context)]
     ks = (1, 2, 4, 8)
@@ -89,23 +97,28 @@ def main() -> int:
     med = statistics.median
     cmd = "python " + " ".join(shlex.quote(x) for x in sys.argv)
     lines = [
-        f"# ONNX backend: {a.model}, fp32 vs int4",
+        f"# ONNX backend: {a.model}, fp32 vs int4, against llama.cpp on the same GGUF",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {a.threads} threads; "
         f"context {a.context} cached tokens; medians of {a.reps} interleaved repetitions.",
         "",
         f"Command: `{cmd}`",
         "",
-        "| graph | decode tok/s | " + " | ".join(f"k={n} ms (x k=1)" for n in ks) + " |",
-        "|---|---|" + "---|" * len(ks),
+        "| graph | decode tok/s | x llama.cpp | "
+        + " | ".join(f"k={n} ms (x k=1)" for n in ks)
+        + " |",
+        "|---|---|---|" + "---|" * len(ks),
     ]
+    ref = med(decode[REFERENCE])
     for name in models:
         one = med(fwd[name][1])
         cells = [f"{med(fwd[name][n]) * 1e3:.1f} ({med(fwd[name][n]) / one:.2f}x)" for n in ks]
-        lines.append(f"| {name} | {med(decode[name]):.1f} | " + " | ".join(cells) + " |")
+        speed = med(decode[name])
+        lines.append(f"| {name} | {speed:.1f} | {speed / ref:.2f} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Both graphs are optimum exports (past KV copied in and out of every call); int4 is",
+        "All rows are measured in one process, repetitions interleaved. Both ONNX graphs are",
+        "optimum exports (past KV copied in and out of every call); int4 is",
         "MatMulNBits, symmetric, accuracy_level 4; tied embeddings keep lm_head in fp32.",
         "The build machine is shared, so absolute numbers vary between runs; compare rows.",
     ]
