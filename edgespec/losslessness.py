@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgespec.model import Model
+from edgespec.quality import exact_prefix
 
 #: candidates kept per position of a reference run
 TOP = 16
@@ -46,10 +47,8 @@ class PlainReference:
 
 def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
     """Index of the first differing token, or None when one is a prefix of the other."""
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return i
-    return None
+    n = exact_prefix(a, b)
+    return None if n == min(len(a), len(b)) else n
 
 
 def plain_reference(model: Model, prompt: Sequence[int], n: int) -> PlainReference:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from edgespec.errors import EdgespecError
 from edgespec.model import Model, ModelInfo, check_truncate
-from edgespec.spec.base import Proposer
+from edgespec.spec.base import PROPOSERS, Proposer
 from edgespec.spec.types import Draft
 from edgespec.tokenizer import Tokenizer
 
@@ -196,3 +197,19 @@ class ScriptedModel(PrefixModel):
         row = np.zeros(self.info.vocab_size, dtype=np.float32)
         row[token] = spread
         return row
+
+
+def serve_proposer(monkeypatch: Any, name: str, factory: Callable[[Any], Proposer]) -> None:
+    """For one test: make the proposer registered as ``name`` build ``factory(runtime)``
+    (``monkeypatch`` is pytest's fixture, so the registry is restored afterwards)."""
+
+    class Served(Proposer):
+        def propose(self, context: Sequence[int], k: int, rng: np.random.Generator) -> Draft:
+            raise NotImplementedError  # never instantiated: create returns the factory's
+
+        @classmethod
+        def create(cls, runtime: Any, config: Any) -> Proposer:
+            return factory(runtime)
+
+    Served.name = name
+    monkeypatch.setitem(PROPOSERS._loaded, name, Served)

@@ -144,10 +144,6 @@ def _stamp(path: Path) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def is_pulled(name: str) -> bool:
-    return get_entry(name).path.exists()
-
-
 def verify(name: str, *, progress: bool = True, force: bool = False) -> Path:
     """Check the cached file's size and sha256; return its path.
 

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgespec.quality import exact_prefix
+
 
 def reset_peak_rss() -> bool:
     """Reset this process's peak RSS (Linux: ``5`` into /proc/self/clear_refs).
@@ -36,12 +38,7 @@ def peak_rss_mb() -> float:
 
 def agreement(tokens: Sequence[int], reference: Sequence[int]) -> float:
     """Greedy agreement: length of the common prefix / the longer length (1.0 = identical)."""
-    n = 0
-    for x, y in zip(tokens, reference, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n / max(len(reference), len(tokens), 1)
+    return exact_prefix(tokens, reference) / max(len(reference), len(tokens), 1)
 
 
 def spread(values: Iterable[float | None]) -> dict[str, float | None]:

@@ -25,13 +25,11 @@ class Proposer(ABC):
 
     Class attributes:
         name: registry name.
-        deterministic: True when drafts carry no probabilities (n-gram, recycling).
         needs_draft_model: True when the proposer needs ``--draft``.
         prior_acceptance: the controller's starting guess of per-position acceptance.
     """
 
     name: ClassVar[str]
-    deterministic: ClassVar[bool] = True
     needs_draft_model: ClassVar[bool] = False
     prior_acceptance: ClassVar[float] = 0.5
 

@@ -35,9 +35,6 @@ class CostCurve:
         old = self.points.get(n)
         self.points[n] = seconds if old is None else (1 - self.ema) * old + self.ema * seconds
 
-    def known(self) -> bool:
-        return len(self.points) >= 2 or (1 in self.points and len(self.points) >= 1)
-
     def __call__(self, n: int) -> float:
         points = {x: y for x, y in self.points.items() if x >= 1}
         if not points:
@@ -58,10 +55,6 @@ class CostCurve:
             self._table_of = dict(self.points)
             self._table = np.array([0.0] + [self(n) for n in range(1, n_max + 1)])
         return self._table[: n_max + 1]
-
-    def ratio(self, n: int) -> float:
-        """``c_verify(n) / c_verify(1)``: what verifying n tokens costs relative to one."""
-        return self(n) / self(1)
 
 
 @dataclass
@@ -120,8 +113,8 @@ class Controller:
     Attributes:
         verify: the target's cost curve.
         acceptance: per proposer acceptance estimates.
-        draft_cost: per proposer seconds per drafted token (EMA), plus ``draft_fixed``
-            seconds per call (catch-up forwards, lookups).
+        draft_cost: per proposer seconds per drafted token (EMA over whole propose calls,
+            so catch-up forwards and lookups are included).
         max_k: largest k considered.
         fixed_k: when set, always this k with the first proposer (no choice).
         allow_plain: whether k = 0 may be chosen.
@@ -138,7 +131,6 @@ class Controller:
     fixed_k: int | None = None
     allow_plain: bool = True
     draft_cost: dict[str, float] = field(default_factory=dict)
-    draft_fixed: dict[str, float] = field(default_factory=dict)
     switch_penalty: float = 0.0
     margin: float = 0.05
 
@@ -146,7 +138,7 @@ class Controller:
         """Expected tokens per second of one step."""
         if proposer is None or k == 0:
             return 1.0 / self.verify(1)
-        cost = self.verify(k + 1) + self.draft_fixed.get(proposer, 0.0) + self.switch_penalty
+        cost = self.verify(k + 1) + self.switch_penalty
         cost += k * self.draft_cost.get(proposer, 0.0)
         return self.acceptance[proposer].expected_tokens(k) / cost
 
@@ -165,7 +157,7 @@ class Controller:
         ks = np.arange(1, k_max + 1)
         verify = self.verify.table(k_max + 1)[ks + 1] + self.switch_penalty
         for name in names:  # vectorised expected_rate over k = 1..k_max
-            cost = verify + self.draft_fixed.get(name, 0.0) + ks * self.draft_cost.get(name, 0.0)
+            cost = verify + ks * self.draft_cost.get(name, 0.0)
             rates = self.acceptance[name].expected_tokens_all(k_max)[1:] / cost
             i = int(np.argmax(rates))
             if rates[i] > bar and rates[i] > best.expected_rate:

@@ -6,9 +6,8 @@ import pytest
 from edgespec.losslessness import plain_reference
 from edgespec.runtime import Runtime
 from edgespec.runtimes import BACKENDS, LoadOptions, ModelSource
-from edgespec.spec.base import PROPOSERS
 from edgespec.spec.config import SpecConfig
-from edgespec.testing import CharTokenizer, SequenceOracle
+from edgespec.testing import CharTokenizer, SequenceOracle, serve_proposer
 
 pytestmark = [pytest.mark.backend]
 
@@ -73,12 +72,7 @@ def test_oracle_acceptance_levels_exact(rt, refs, monkeypatch, correct):
     for prompt, ref in refs:
         oracle = SequenceOracle(prompt + ref, 256, correct)
 
-        class Made(SequenceOracle):
-            @classmethod
-            def create(cls, runtime, config, _oracle=oracle):
-                return _oracle
-
-        monkeypatch.setitem(PROPOSERS._loaded, "seq-oracle", Made)
+        serve_proposer(monkeypatch, "seq-oracle", lambda runtime, o=oracle: o)
         rt._sessions.clear()
         res = rt.generate(
             prompt,

@@ -12,9 +12,8 @@ import pytest
 
 import edgespec
 from edgespec import losslessness
-from edgespec.spec.base import PROPOSERS
 from edgespec.spec.config import SpecConfig
-from edgespec.testing import SequenceOracle
+from edgespec.testing import SequenceOracle, serve_proposer
 
 pytestmark = [pytest.mark.backend, pytest.mark.slow]
 llamacpp = pytest.importorskip("edgespec.runtimes.llamacpp")
@@ -86,12 +85,7 @@ def test_oracle_acceptance_levels(rt, refs, monkeypatch, correct):
     for ids, ref in refs:
         oracle = SequenceOracle(ids + ref.tokens, rt.tokenizer.vocab_size, correct)
 
-        class Made(SequenceOracle):
-            @classmethod
-            def create(cls, runtime, config, _oracle=oracle):
-                return _oracle
-
-        monkeypatch.setitem(PROPOSERS._loaded, "seq-oracle", Made)
+        serve_proposer(monkeypatch, "seq-oracle", lambda runtime, o=oracle: o)
         rt._sessions.clear()
         res = rt.generate(
             ids,

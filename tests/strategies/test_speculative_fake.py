@@ -10,9 +10,14 @@ import pytest
 from edgespec.errors import EdgespecError
 from edgespec.runtime import Runtime
 from edgespec.runtimes.base import LoadOptions, ModelSource
-from edgespec.spec.base import PROPOSERS
 from edgespec.spec.config import SpecConfig
-from edgespec.testing import CharTokenizer, FailingProposer, OracleProposer, PrefixModel
+from edgespec.testing import (
+    CharTokenizer,
+    FailingProposer,
+    OracleProposer,
+    PrefixModel,
+    serve_proposer,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -32,18 +37,6 @@ def make_rt(n_ctx=4096, vocab=16, scale=3.0):
     )
 
 
-def register(monkeypatch, name, factory):
-    """Make ``factory(runtime)`` the proposer called ``name`` for this test."""
-
-    class Made(OracleProposer):
-        @classmethod
-        def create(cls_, runtime, config):
-            return factory(runtime)
-
-    Made.name = name
-    monkeypatch.setitem(PROPOSERS._loaded, name, Made)
-
-
 PROMPT = [1, 2, 3, 4, 5, 1, 2, 3]
 
 
@@ -51,7 +44,7 @@ PROMPT = [1, 2, 3, 4, 5, 1, 2, 3]
 @pytest.mark.parametrize("k", [1, 4, 7])
 def test_greedy_lossless_at_any_acceptance(monkeypatch, correct, k):
     rt = make_rt()
-    register(monkeypatch, "oracle", lambda r: OracleProposer(r.target, correct))
+    serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, correct))
     ref = rt.target.greedy(PROMPT, 40)
     res = rt.generate(
         PROMPT,
@@ -82,7 +75,7 @@ def test_rollback_stress_cache_equals_accepted_sequence(monkeypatch):
 
         return R(r.target, 0)
 
-    register(monkeypatch, "oracle", random_oracle)
+    serve_proposer(monkeypatch, "oracle", random_oracle)
     gen = rt.start(
         PROMPT,
         max_new_tokens=60,
@@ -97,7 +90,7 @@ def test_rollback_stress_cache_equals_accepted_sequence(monkeypatch):
 def test_cache_after_each_step_matches_committed(monkeypatch):
     """The target's cache must hold exactly prompt + output minus the pending token."""
     rt = make_rt()
-    register(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 2))
+    serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 2))
     gen = rt.start(
         PROMPT,
         max_new_tokens=30,
@@ -159,7 +152,7 @@ def test_sampling_seeded_runs_repeat_exactly(monkeypatch):
 def test_auto_prefers_plain_when_verification_is_expensive(monkeypatch):
     """With a linear cost curve and a useless drafter, auto should mostly decode plainly."""
     rt = make_rt()
-    register(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 0))
+    serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 0))
     session = rt.spec_session(SpecConfig(proposers=("oracle",), probe_every=0), allow_plain=True)
     session.controller.verify.points = {n: 0.01 * n for n in range(1, 18)}
     monkeypatch.setattr(session.controller.verify, "observe", lambda n, s: None)
@@ -175,7 +168,7 @@ def test_auto_prefers_plain_when_verification_is_expensive(monkeypatch):
 
 def test_auto_speculates_when_verification_is_cheap(monkeypatch):
     rt = make_rt()
-    register(monkeypatch, "oracle", lambda r: OracleProposer(r.target, None))
+    serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, None))
     cfg = SpecConfig(proposers=("oracle",))
     session = rt.spec_session(cfg, allow_plain=True)
     session.controller.verify.points = {n: 0.01 + 0.0003 * (n - 1) for n in range(1, 18)}
@@ -188,7 +181,7 @@ def test_auto_speculates_when_verification_is_cheap(monkeypatch):
 
 def test_failing_draft_falls_back_to_plain_and_says_so(monkeypatch):
     rt = make_rt()
-    register(monkeypatch, "failing", lambda r: FailingProposer(r.target, fail_at=3))
+    serve_proposer(monkeypatch, "failing", lambda r: FailingProposer(r.target, fail_at=3))
     res = rt.generate(
         PROMPT,
         max_new_tokens=30,
@@ -211,7 +204,7 @@ def test_bad_spec_input():
 
 def test_speculative_stats_in_json(monkeypatch):
     rt = make_rt()
-    register(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 2))
+    serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 2))
     d = rt.generate(
         PROMPT,
         max_new_tokens=20,
@@ -281,7 +274,7 @@ def test_draft_sampling_seeded_repeat():
 def test_probe_interval_backs_off_when_probes_fail(monkeypatch):
     """Plain decoding wins (linear costs); failed probes space out exponentially."""
     rt = make_rt()
-    register(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 0))
+    serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 0))
     cfg = SpecConfig(proposers=("oracle",), probe_every=4)
     session = rt.spec_session(cfg, allow_plain=True)
     session.controller.verify.points = {n: 0.01 * n for n in range(1, 18)}

@@ -33,7 +33,6 @@ class DraftModelProposer(Proposer):
     """Options: ``model`` (a :class:`Model`, required), ``min_confidence`` (default 0.3)."""
 
     name = "draft"
-    deterministic = False
     needs_draft_model = True
     prior_acceptance = 0.7
 
@@ -49,7 +48,6 @@ class DraftModelProposer(Proposer):
         self.min_confidence = min_confidence
         self.cached: list[int] = []  # tokens in the draft's KV cache, in order
         self.params = GenerationParams()
-        self.forwards = 0
 
     def begin(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
         self.params = params
@@ -66,7 +64,6 @@ class DraftModelProposer(Proposer):
         self.cached = list(context[:common])
         missing = list(context[common:])
         logits = self.model.forward(missing, all_logits=False)[-1]
-        self.forwards += 1
         self.cached.extend(missing)
         return logits
 
@@ -86,7 +83,6 @@ class DraftModelProposer(Proposer):
                 if len(tokens) >= k or sure < self.min_confidence:
                     break
                 logits = self.model.forward([tok], all_logits=False)[-1]
-                self.forwards += 1
                 self.cached.append(tok)
         except EdgespecError:
             raise

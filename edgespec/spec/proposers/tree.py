@@ -39,7 +39,6 @@ class DynamicTreeProposer(DraftModelProposer):
     """A tree of up to k nodes around the draft model's main path."""
 
     name = "tree"
-    deterministic = True
     needs_draft_model = False
     prior_acceptance = 0.6
 
@@ -77,7 +76,6 @@ class DynamicTreeProposer(DraftModelProposer):
                 if depth + 1 >= k or path_prob < MIN_PATH_PROB:
                     break
                 logits = self.model.forward([main], all_logits=False)[-1]
-                self.forwards += 1
                 self.cached.append(main)
         except EdgespecError:
             raise
