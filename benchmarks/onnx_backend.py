@@ -1,7 +1,10 @@
-"""ONNX backend: plain decode tok/s and k-token forward cost, fp32 vs int4 (MatMulNBits).
+"""ONNX backend: plain decode tok/s and k-token forward cost, per graph style and quantization.
 
-Both graphs are measured side by side in one process (repetitions interleaved), on the same
-model, threads and context. Writes a Markdown table (``--out``) with the command behind it.
+Rows: llama.cpp on the same GGUF (the reference), then each ONNX graph style of
+:data:`edgespec.export.hf_onnx.ONNX_GRAPHS` (``gqa``: shared KV buffer via IOBinding;
+``optimum``: KV copied in and out) in fp32 and int4 (MatMulNBits). Everything is measured
+side by side in one process (repetitions interleaved), on the same model, threads and
+context. Writes a Markdown table (``--out``) with the command behind it.
 
     python benchmarks/onnx_backend.py --model smollm2-135m --threads 2 \
         --out docs/benchmarks-onnx.md
@@ -27,7 +30,7 @@ def int4_dir(fp32: Path, block_size: int) -> Path:
 
     from edgespec.fileutil import atomic_dir
 
-    out = fp32.parent / f"onnx-int4-b{block_size}"
+    out = fp32.parent / f"{fp32.name}-int4-b{block_size}"
     if (out / "model.onnx").exists():
         return out
     with atomic_dir(out) as tmp:
@@ -39,8 +42,11 @@ def int4_dir(fp32: Path, block_size: int) -> Path:
             accuracy_level=4,
         )
         q.process()
-        q.model.save_model_to_file(str(tmp / "model.onnx"), use_external_data_format=False)
-        (tmp / "config.json").write_bytes((fp32 / "config.json").read_bytes())
+        q.model.save_model_to_file(str(tmp / "model.onnx"), use_external_data_format=True)
+        for name in ("config.json", "genai_config.json"):
+            if (fp32 / name).exists():
+                (tmp / name).write_bytes((fp32 / name).read_bytes())
+        (tmp / "edgespec-onnx.json").write_text('{"dtype": "int4"}\n')
     return out
 
 
@@ -58,15 +64,18 @@ def main() -> int:
     p.add_argument("--out", default=None)
     a = p.parse_args()
 
-    from edgespec.export.hf_onnx import ensure_onnx
+    from edgespec.export.hf_onnx import ONNX_GRAPHS, ensure_onnx
     from edgespec.runtimes import BACKENDS
     from edgespec.runtimes.base import LoadOptions
     from edgespec.runtimes.ort import load_onnx_dir
     from edgespec.sources import resolve
 
     source = resolve(a.model, progress=False)
-    fp32 = ensure_onnx(source, progress=False)
-    dirs = {"onnx fp32": fp32, f"onnx int4 (b{a.block_size})": int4_dir(fp32, a.block_size)}
+    dirs: dict[str, Path] = {}
+    for graph in sorted(ONNX_GRAPHS):
+        fp32 = ensure_onnx(source, progress=False, graph=graph)
+        dirs[f"onnx {graph} fp32"] = fp32
+        dirs[f"onnx {graph} int4 (b{a.block_size})"] = int4_dir(fp32, a.block_size)
     opts = LoadOptions(n_ctx=a.context + a.decode + 16, n_threads=a.threads, progress=False)
     # the reference a user would otherwise run: llama.cpp on the same GGUF, its default threads
     ref_opts = LoadOptions(n_ctx=opts.n_ctx, progress=False)
@@ -97,7 +106,7 @@ def main() -> int:
     med = statistics.median
     cmd = "python " + " ".join(shlex.quote(x) for x in sys.argv)
     lines = [
-        f"# ONNX backend: {a.model}, fp32 vs int4, against llama.cpp on the same GGUF",
+        f"# ONNX backend: {a.model}, graph styles and quantizations, against llama.cpp",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {a.threads} threads; "
         f"context {a.context} cached tokens; medians of {a.reps} interleaved repetitions.",
@@ -117,10 +126,12 @@ def main() -> int:
         lines.append(f"| {name} | {speed:.1f} | {speed / ref:.2f} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "All rows are measured in one process, repetitions interleaved. Both ONNX graphs are",
-        "optimum exports (past KV copied in and out of every call); int4 is",
-        "MatMulNBits, symmetric, accuracy_level 4; tied embeddings keep lm_head in fp32.",
-        "The build machine is shared, so absolute numbers vary between runs; compare rows.",
+        "All rows are measured in one process, repetitions interleaved. `gqa`:",
+        "onnxruntime-genai's model builder (GroupQueryAttention, one preallocated KV buffer",
+        "per layer bound as past and present through IOBinding); `optimum`: optimum-onnx's",
+        "export (past KV copied in and out of every call). int4 is MatMulNBits on that",
+        "graph, symmetric, accuracy_level 4. The build machine is shared, so absolute",
+        "numbers vary between runs; compare rows.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

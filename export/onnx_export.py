@@ -1,10 +1,15 @@
-"""HF folder -> ONNX artifacts: fp32 (optimum, with past KV), dynamic int8 and int4 weight-only.
+"""HF folder -> ONNX artifacts: fp32 (with past KV), dynamic int8 and int4 weight-only.
 
-Every artifact folder holds ``model.onnx`` (+ ``model.onnx_data`` when large), the model's
-``config.json`` and its tokenizer (``tokenizer.json`` & co., or ``tokenizer.gguf``: the
-source GGUF's metadata without tensors, read by llama.cpp's vocab-only loader). The graph's
-inputs and outputs are those of :mod:`edgespec.export.hf_onnx`, so the ``onnx`` backend
-runs every variant the same way.
+The fp32 graph is :data:`edgespec.export.hf_onnx.DEFAULT_GRAPH` (onnxruntime-genai's builder:
+GroupQueryAttention, shared KV buffer); int8 and int4 quantize that graph's MatMuls.
+
+Every artifact folder holds ``model.onnx`` (+ its external weights when large), the model's
+``config.json``, ``genai_config.json`` when the graph shares its KV buffer,
+``edgespec-onnx.json`` (graph style and quantization, read by the runtime) and its
+tokenizer (``tokenizer.json`` & co., or ``tokenizer.gguf``: the source GGUF's metadata
+without tensors, read by llama.cpp's vocab-only loader). The graph's inputs and outputs are
+those of :mod:`edgespec.export.hf_onnx`, so the ``onnx`` backend runs every variant the same
+way.
 
 - ``int8``: ``onnxruntime.quantization.quantize_dynamic`` (QInt8 weights, activations
   quantized per call: logits depend slightly on the batch, see stack.md).
@@ -14,6 +19,7 @@ runs every variant the same way.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -58,11 +64,53 @@ def copy_model_files(src: Prepared, out_dir: Path) -> None:
         write_vocab_gguf(src.tokenizer_gguf, out_dir / "tokenizer.gguf")
 
 
+def _copy_fp32(fp32: Path, out_dir: Path, options: ArtifactOptions) -> dict[str, object]:
+    for f in fp32.parent.glob("model.onnx*"):
+        shutil.copy2(f, out_dir / f.name)
+    return {}
+
+
+def _int8(fp32: Path, out_dir: Path, options: ArtifactOptions) -> dict[str, object]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+    quantize_dynamic(
+        str(fp32),
+        str(out_dir / "model.onnx"),
+        weight_type=QuantType.QInt8,
+        use_external_data_format=_needs_external(fp32),
+    )
+    return {"weight_type": "QInt8"}
+
+
+def _int4(fp32: Path, out_dir: Path, options: ArtifactOptions) -> dict[str, object]:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    q = MatMulNBitsQuantizer(
+        onnx.load(str(fp32)),
+        bits=4,
+        block_size=options.block_size,
+        is_symmetric=True,
+        accuracy_level=4,
+    )
+    q.process()
+    q.model.save_model_to_file(
+        str(out_dir / "model.onnx"), use_external_data_format=_needs_external(fp32)
+    )
+    return {"block_size": options.block_size, "op": "MatMulNBits", "accuracy_level": 4}
+
+
+#: quantization -> (fp32 model.onnx, artifact folder, options) -> details for the manifest
+QUANTIZERS = {"fp32": _copy_fp32, "int8": _int8, "int4": _int4}
+
+
 class OnnxExporter(Exporter):
     """ONNX graphs for the ``onnx`` backend; the fp32 export is made once per source."""
 
     name = "onnx"
-    quants = ("fp32", "int8", "int4")
+    quants = tuple(QUANTIZERS)
     backend = "onnx"
     source_kind = "onnx"
 
@@ -80,42 +128,17 @@ class OnnxExporter(Exporter):
     def export(
         self, src: Prepared, out_dir: Path, quant: str, options: ArtifactOptions
     ) -> Artifact:
+        from edgespec.export.hf_onnx import DEFAULT_GRAPH, MANIFEST
+
         out_dir.mkdir(parents=True, exist_ok=True)
         fp32 = self._fp32_graph(src, options)
-        target = out_dir / "model.onnx"
-        details: dict[str, object] = {}
-        if quant == "fp32":
-            for f in fp32.parent.glob("model.onnx*"):
-                shutil.copy2(f, out_dir / f.name)
-        elif quant == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
-            quantize_dynamic(
-                str(fp32),
-                str(target),
-                weight_type=QuantType.QInt8,
-                use_external_data_format=_needs_external(fp32),
-            )
-            details["weight_type"] = "QInt8"
-        else:  # int4
-            import onnx
-            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-            logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(
-                logging.WARNING
-            )
-            q = MatMulNBitsQuantizer(
-                onnx.load(str(fp32)),
-                bits=4,
-                block_size=options.block_size,
-                is_symmetric=True,
-                accuracy_level=4,
-            )
-            q.process()
-            q.model.save_model_to_file(str(target), use_external_data_format=_needs_external(fp32))
-            details.update(block_size=options.block_size, op="MatMulNBits", accuracy_level=4)
+        details = QUANTIZERS[quant](fp32, out_dir, options)
+        if (fp32.parent / "genai_config.json").exists():  # marks the shared-KV graph style
+            shutil.copy2(fp32.parent / "genai_config.json", out_dir / "genai_config.json")
         copy_model_files(src, out_dir)
+        meta = {"format_version": 1, "graph": DEFAULT_GRAPH, "dtype": quant, "model": "model.onnx"}
+        (out_dir / MANIFEST).write_text(json.dumps(meta, indent=2) + "\n")
+        details["graph"] = DEFAULT_GRAPH
         return Artifact("onnx", quant, out_dir, details)
 
 

@@ -1,21 +1,31 @@
-"""ONNX Runtime backend: an fp32 export of the model, run on the CPU execution provider.
+"""ONNX Runtime backend: decoder graphs with a KV cache, run on the CPU execution provider.
 
 GGUF files and HF folders are converted once by :func:`edgespec.export.hf_onnx.ensure_onnx`
-(cached under ``$EDGESPEC_HOME/converted``). The KV cache lives in NumPy arrays, one key and
-one value per layer, each ``float32[1, H_kv, n_past, D]``; every forward feeds them as
-``past_key_values.{i}.key/value`` and keeps the graph's ``present.{i}.key/value`` outputs.
-Truncation slices them along the sequence axis, so rollback is exact.
+(cached under ``$EDGESPEC_HOME/converted``). Two graph styles run here, and the folder says
+which (:func:`kv_layout`):
 
-fp32 ORT gives (nearly) the same logits for a batched forward as for one token at a time,
-which is what speculative decoding's greedy-equality contract needs.
+- ``shared`` (default conversion: onnxruntime-genai's model builder, ``GroupQueryAttention``).
+  One preallocated buffer per layer and key/value, ``float32[1, H_kv, n_ctx, D]``, is bound
+  through IOBinding as both ``past_key_values.{i}.*`` and ``present.{i}.*``, so ORT writes
+  the new positions in place and nothing is copied between calls. The graph finds the valid
+  length from ``attention_mask int64[1, n_past + T]``; truncation just lowers ``n_past``
+  (later forwards overwrite the stale positions), so rollback is exact and free.
+- ``copied`` (optimum's ``text-generation-with-past`` export). The cache lives in NumPy
+  arrays ``float32[1, H_kv, n_past, D]``; every forward feeds them in and keeps the
+  ``present.*`` outputs, which grow by T. Truncation slices them.
+
+fp32 graphs give (nearly) the same logits for a batched forward as for one token at a time
+(``batch_noise``), which is what speculative decoding's greedy-equality contract needs.
+Quantized graphs (MatMulNBits with int8 activations, dynamic int8) are batch-dependent.
 """
 
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -35,6 +45,13 @@ HF_TO_GGUF_ARCH = {
 }
 
 _NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+#: the sidecar that :mod:`edgespec.export` writes beside every graph it makes
+MANIFEST = "edgespec-onnx.json"
+#: fp32: batched vs one-token forwards differ by ~5e-5 (tests/backends/test_ort.py)
+FP32_BATCH_NOISE = 1e-4
+#: quantized graphs: MatMulNBits quantizes activations per call; measured up to ~1.1 on
+#: SmolLM2 int4 (docs/benchmarks-onnx.md), the same order as llama.cpp's
+QUANT_BATCH_NOISE = 2.0
 
 
 def _make_session(model_path: Path, n_threads: int | None) -> Any:
@@ -60,31 +77,159 @@ def _make_session(model_path: Path, n_threads: int | None) -> Any:
         ) from None
 
 
+class KVCache(ABC):
+    """How a graph's past KV is fed and kept. ``names``: the graph's input/output names.
+
+    Subclasses set ``layout`` (the registry key) and implement :meth:`run`.
+    """
+
+    layout: ClassVar[str]
+
+    def __init__(
+        self,
+        session: Any,
+        names: list[tuple[str, str]],
+        shape: tuple[int, ...],
+        dtype: Any,
+        n_ctx: int,
+    ) -> None:
+        self.session = session
+        self.names = names  # [(past input, present output)] per layer and key/value
+        self.shape = shape  # (H_kv, D)
+        self.dtype = dtype
+        self.n_ctx = n_ctx
+
+    @abstractmethod
+    def run(self, feed: dict[str, np.ndarray], past: int) -> np.ndarray:
+        """Run one forward over ``feed`` (ids, mask, ...) with ``past`` cached positions.
+
+        Returns:
+            ``logits float[1, T, V]``.
+        """
+
+    @abstractmethod
+    def truncate(self, length: int) -> None:
+        """Forget every position from ``length`` on."""
+
+    @abstractmethod
+    def copy(self) -> KVCache:
+        """An independent cache with the same contents, on the same session."""
+
+
+class CopiedKV(KVCache):
+    """optimum graphs: ``float[1, H_kv, P, D]`` arrays fed in, ``present`` (P + T) kept."""
+
+    layout = "copied"
+    _arrays: list[np.ndarray]
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._out = ["logits"] + [present for _, present in self.names]
+        self.truncate(0)
+
+    def run(self, feed: dict[str, np.ndarray], past: int) -> np.ndarray:
+        feed.update((name, a) for (name, _), a in zip(self.names, self._arrays, strict=True))
+        out = self.session.run(self._out, feed)
+        self._arrays = out[1:]
+        return out[0]
+
+    def truncate(self, length: int) -> None:
+        if length == 0:
+            empty = np.zeros((1, self.shape[0], 0, self.shape[1]), dtype=self.dtype)
+            self._arrays = [empty] * len(self.names)
+        else:
+            self._arrays = [np.ascontiguousarray(a[:, :, :length, :]) for a in self._arrays]
+
+    def copy(self) -> CopiedKV:
+        other = CopiedKV.__new__(CopiedKV)
+        other.__dict__.update(self.__dict__)
+        other._arrays = list(self._arrays)  # arrays are never written in place: sharing is safe
+        return other
+
+
+class SharedKV(KVCache):
+    """GroupQueryAttention graphs: one ``float[1, H_kv, n_ctx, D]`` buffer per past/present
+    pair, bound as both through IOBinding; ORT writes positions ``past .. past+T-1`` in place."""
+
+    layout = "shared"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        shape = (1, self.shape[0], self.n_ctx, self.shape[1])
+        self._buffers = [np.zeros(shape, dtype=self.dtype) for _ in self.names]
+        self._bind()
+
+    def _bind(self) -> None:
+        import onnxruntime as ort
+
+        self._io = self.session.io_binding()
+        self._io.bind_output("logits", "cpu")  # first, so it is get_outputs()[0]
+        # the OrtValues wrap the NumPy buffers' memory (CPU), so ORT writes into them
+        self._values = [ort.OrtValue.ortvalue_from_numpy(b) for b in self._buffers]
+        for (past, present), v in zip(self.names, self._values, strict=True):
+            self._io.bind_ortvalue_input(past, v)
+            self._io.bind_ortvalue_output(present, v)
+
+    def run(self, feed: dict[str, np.ndarray], past: int) -> np.ndarray:
+        for name, a in feed.items():
+            self._io.bind_cpu_input(name, a)
+        self._io.bind_output("logits", "cpu")  # T changes: let ORT allocate the output
+        self.session.run_with_iobinding(self._io)
+        return np.asarray(self._io.get_outputs()[0].numpy())
+
+    def truncate(self, length: int) -> None:
+        pass  # the mask length says what is valid; later forwards overwrite the rest
+
+    def copy(self) -> SharedKV:
+        other = SharedKV.__new__(SharedKV)
+        other.__dict__.update(self.__dict__)
+        other._buffers = [b.copy() for b in self._buffers]
+        other._bind()
+        return other
+
+
+#: graph style -> how its KV is kept (see :func:`kv_layout`)
+KV_LAYOUTS: dict[str, type[KVCache]] = {c.layout: c for c in (CopiedKV, SharedKV)}
+
+
+def kv_layout(folder: Path) -> str:
+    """``shared`` when the folder's ``genai_config.json`` asks for a shared past/present
+    buffer (onnxruntime-genai builder graphs), else ``copied``."""
+    try:
+        cfg = json.loads((folder / "genai_config.json").read_text())
+    except (OSError, ValueError):
+        return "copied"
+    return "shared" if cfg.get("search", {}).get("past_present_share_buffer") else "copied"
+
+
 class OnnxModel(Model):
-    """A causal LM in an ONNX Runtime session, with its KV cache in NumPy arrays.
+    """A causal LM in an ONNX Runtime session, with its KV cache kept by a :class:`KVCache`.
 
     Args:
-        session: an ``onnxruntime.InferenceSession`` of an optimum ``text-generation-with-past``
-            export (inputs ``input_ids``, ``attention_mask``, optional ``position_ids`` and
-            ``past_key_values.{i}.key/value``; outputs ``logits``, ``present.{i}.key/value``).
+        session: an ``onnxruntime.InferenceSession`` of a decoder graph with inputs
+            ``input_ids``, ``attention_mask``, optional ``position_ids`` and
+            ``past_key_values.{i}.key/value``, and outputs ``logits`` and
+            ``present.{i}.key/value``.
         info: architecture facts.
         n_ctx: KV-cache capacity in tokens (positions 0 .. n_ctx-1).
+        layout: a key of :data:`KV_LAYOUTS` (``copied`` or ``shared``).
 
     Attributes:
         n_ctx: the capacity; a forward that would exceed it raises :class:`EdgespecError`.
         path: the ONNX folder, when loaded from one.
+        layout: how the KV cache is kept.
+        batch_noise: how far batched logits may stray from one-token ones.
     """
 
     backend = "onnx"
-    #: fp32 batched vs one-token forwards differ by ~1.4e-6 (tests/backends/test_ort.py);
-    #: quantized (int8) graphs are batch-dependent and are not held to exactness
-    batch_noise = 1e-4
+    batch_noise = FP32_BATCH_NOISE
 
-    def __init__(self, session: Any, info: ModelInfo, n_ctx: int) -> None:
+    def __init__(self, session: Any, info: ModelInfo, n_ctx: int, layout: str = "copied") -> None:
         self.session = session
         self.info = info
         self.n_ctx = int(n_ctx)
         self.path: Path | None = None
+        self.layout = layout
         inputs = {i.name: i for i in session.get_inputs()}
         outputs = [o.name for o in session.get_outputs()]
         for name in ("input_ids", "attention_mask"):
@@ -103,25 +248,28 @@ class OnnxModel(Model):
                 "the ONNX graph has no past_key_values inputs; export it "
                 "with the task text-generation-with-past"
             )
-        self._n_layers = len(layers)
-        self._past_names = [
-            f"past_key_values.{i}.{kv}" for i in range(self._n_layers) for kv in ("key", "value")
+        names = [
+            (f"past_key_values.{i}.{kv}", f"present.{i}.{kv}")
+            for i in layers
+            for kv in ("key", "value")
         ]
-        self._out_names = ["logits"] + [
-            f"present.{i}.{kv}" for i in range(self._n_layers) for kv in ("key", "value")
-        ]
-        missing = [n for n in self._out_names if n not in outputs]
+        missing = [p for _, p in names if p not in outputs]
         if missing:
             raise ModelLoadError(f"the ONNX graph lacks outputs {', '.join(missing[:4])}")
         k0 = inputs["past_key_values.0.key"]
-        shape = k0.shape  # [batch, H_kv, past, D]
-        if len(shape) != 4 or not isinstance(shape[1], int) or not isinstance(shape[3], int):
+        shape = k0.shape  # [batch, H_kv, past, D]; builder graphs leave D symbolic
+        head_dim = shape[3] if len(shape) == 4 and isinstance(shape[3], int) else None
+        if head_dim is None and info.extra.get("head_dim"):
+            head_dim = int(info.extra["head_dim"])
+        if len(shape) != 4 or not isinstance(shape[1], int) or head_dim is None:
             raise ModelLoadError(f"unexpected past_key_values shape {shape} in the ONNX graph")
-        self._kv_heads, self._head_dim = int(shape[1]), int(shape[3])
-        self._kv_dtype = _NP_DTYPES.get(k0.type, np.float32)
-        self._kv: list[np.ndarray] = []
+        if layout not in KV_LAYOUTS:
+            raise ModelLoadError(
+                f"unknown KV layout '{layout}' (known: {', '.join(sorted(KV_LAYOUTS))})"
+            )
+        dtype = _NP_DTYPES.get(k0.type, np.float32)
+        self._kv = KV_LAYOUTS[layout](session, names, (int(shape[1]), head_dim), dtype, self.n_ctx)
         self._n_past = 0
-        self.truncate(0)
 
     # ------------------------------------------------------------------ Model API
 
@@ -134,7 +282,7 @@ class OnnxModel(Model):
 
         Feeds ``input_ids int64[1, T]``, ``attention_mask int64[1, n_past + T]`` (all ones),
         ``position_ids int64[1, T]`` (``n_past .. n_past+T-1``, if the graph takes them) and
-        the cached ``past_key_values``.
+        the cached past KV.
 
         Returns:
             ``float32[T, V]``, or ``float32[1, V]`` (last position) when ``all_logits`` is
@@ -160,35 +308,28 @@ class OnnxModel(Model):
         }
         if self._has_position_ids:
             feed["position_ids"] = np.arange(past, past + t, dtype=np.int64)[None, :]
-        feed.update(zip(self._past_names, self._kv, strict=True))
-        out = self.session.run(self._out_names, feed)
-        self._kv = out[1:]
+        logits = self._kv.run(feed, past)[0]  # [T, V]
         self._n_past = past + t
-        logits = out[0][0]  # [T, V]
         if not all_logits:
             logits = logits[-1:]
         return np.ascontiguousarray(logits, dtype=np.float32)
 
     def truncate(self, length: int) -> None:
-        """Keep the first ``length`` cached positions (slices every ``[1, H_kv, P, D]``)."""
+        """Keep the first ``length`` cached positions."""
         check_truncate(length, self._n_past)
-        if length == 0:
-            empty = np.zeros((1, self._kv_heads, 0, self._head_dim), dtype=self._kv_dtype)
-            self._kv = [empty] * (2 * self._n_layers)
-        elif length < self._n_past:
-            self._kv = [np.ascontiguousarray(a[:, :, :length, :]) for a in self._kv]
+        self._kv.truncate(length)
         self._n_past = length
 
     def fork(self) -> OnnxModel:
         """A second model sharing this session, starting from a copy of this cache."""
         other = OnnxModel.__new__(OnnxModel)
         other.__dict__.update(self.__dict__)
-        other._kv = list(self._kv)  # arrays are never written in place, so sharing is safe
+        other._kv = self._kv.copy()
         return other
 
     def close(self) -> None:
         self.session = None
-        self._kv = []
+        self._kv = None  # type: ignore[assignment]
 
 
 def _info_from_config(folder: Path, source_name: str) -> tuple[ModelInfo, dict[str, Any]]:
@@ -198,6 +339,11 @@ def _info_from_config(folder: Path, source_name: str) -> tuple[ModelInfo, dict[s
         raise ModelLoadError(f"'{folder}' has no readable config.json ({exc})") from None
     text = cfg.get("text_config", cfg)  # multimodal configs nest the language model
     model_type = str(text.get("model_type", cfg.get("model_type", "")))
+    head_dim = text.get("head_dim") or int(text["hidden_size"]) // int(text["num_attention_heads"])
+    try:
+        dtype = str(json.loads((folder / MANIFEST).read_text()).get("dtype", "float32"))
+    except (OSError, ValueError, AttributeError):
+        dtype = "float32"
     info = ModelInfo(
         arch=HF_TO_GGUF_ARCH.get(model_type, model_type),
         n_layers=int(text["num_hidden_layers"]),
@@ -205,7 +351,7 @@ def _info_from_config(folder: Path, source_name: str) -> tuple[ModelInfo, dict[s
         vocab_size=int(text["vocab_size"]),
         context_length=int(text.get("max_position_embeddings", 0)) or 2048,
         source=source_name,
-        extra={"format": "onnx", "dtype": "float32", "path": str(folder)},
+        extra={"format": "onnx", "dtype": dtype, "path": str(folder), "head_dim": head_dim},
     )
     return info, cfg
 
@@ -213,7 +359,9 @@ def _info_from_config(folder: Path, source_name: str) -> tuple[ModelInfo, dict[s
 def load_onnx_dir(folder: str | Path, options: LoadOptions, source_name: str = "") -> OnnxModel:
     """Open an already converted folder (``model.onnx`` + ``config.json``).
 
-    The KV capacity is ``min(options.n_ctx, context_length)``.
+    The KV capacity is ``min(options.n_ctx, context_length)``; the KV layout comes from
+    :func:`kv_layout`, and a quantized graph (``dtype`` in the folder's ``edgespec-onnx.json``)
+    gets :data:`QUANT_BATCH_NOISE`.
     """
     path = Path(folder)
     model_file = path / "model.onnx"
@@ -221,14 +369,18 @@ def load_onnx_dir(folder: str | Path, options: LoadOptions, source_name: str = "
         raise ModelLoadError(f"'{path}' has no model.onnx")
     info, _ = _info_from_config(path, source_name or str(path))
     session = _make_session(model_file, options.n_threads)
-    model = OnnxModel(session, info, n_ctx=min(options.n_ctx, info.context_length))
+    n_ctx = min(options.n_ctx, info.context_length)
+    model = OnnxModel(session, info, n_ctx=n_ctx, layout=kv_layout(path))
     model.path = path
+    if info.extra["dtype"] not in ("float32", "fp32"):
+        model.batch_noise = QUANT_BATCH_NOISE
     return model
 
 
 class OnnxBackend(Backend):
-    """Converts GGUF / HF sources to fp32 ONNX (cached) and runs them in onnxruntime; exported
-    ``onnx`` artifact folders (any quantization) load as they are."""
+    """Converts GGUF / HF sources to fp32 ONNX (cached; a GroupQueryAttention graph with a
+    shared KV buffer) and runs them in onnxruntime; exported ``onnx`` artifact folders (any
+    quantization, either graph style) load as they are."""
 
     name = "onnx"
     accepts = ("gguf", "hf", "onnx")

@@ -6,6 +6,9 @@ Tolerances (measured with ORT 1.32 on 2 cores, then given about 10x headroom):
   1.3e-6 (llama) and 1.1e-6 (qwen2), logits up to 2.4 -> ``HF_ATOL = 2e-5``. Graph fusions
   reorder float32 sums, so the two are close but not bit-identical.
 - batched vs one-token-at-a-time ORT: max 1.4e-6 -> ``BATCH_ATOL = 2e-5``; greedy argmax equal.
+
+Every test of the tiny models runs on both graph styles (``gqa``: onnxruntime-genai's builder
+with a shared KV buffer; ``optimum``: KV copied in and out).
 - ORT fp32 vs the NumPy reference on smollm2 (the same dequantized Q4_1 weights), 16 greedy
   steps: max 4.6e-5 (float32 reference) and 5.0e-5 (float64), logits up to 31, smallest
   top-1/top-2 margin 0.09 -> ``REF_ATOL = 5e-4``; the 16 greedy tokens are equal.
@@ -53,29 +56,33 @@ def onnx_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("edgespec-home")
 
 
-def _convert(hf_dir: Path, name: str, home: Path) -> Path:
+def _convert(hf_dir: Path, name: str, home: Path, graph: str) -> Path:
     with _home(home):
-        return hf_onnx.ensure_onnx(ModelSource("hf", hf_dir, name), progress=False)
+        return hf_onnx.ensure_onnx(ModelSource("hf", hf_dir, name), progress=False, graph=graph)
+
+
+@pytest.fixture(scope="session", params=sorted(hf_onnx.ONNX_GRAPHS))
+def graph(request: pytest.FixtureRequest) -> str:
+    """An ONNX graph style (a key of ONNX_GRAPHS)."""
+    return str(request.param)
 
 
 @pytest.fixture(scope="session")
-def tiny_llama_onnx(tiny_llama_dir: Path, onnx_home: Path) -> Path:
-    return _convert(tiny_llama_dir, "tiny-llama", onnx_home)
+def tiny_llama_onnx(tiny_llama_dir: Path, onnx_home: Path, graph: str) -> Path:
+    return _convert(tiny_llama_dir, "tiny-llama", onnx_home, graph)
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen2_onnx(tiny_qwen2_dir: Path, onnx_home: Path) -> Path:
-    return _convert(tiny_qwen2_dir, "tiny-qwen2", onnx_home)
+def tiny_qwen2_onnx(tiny_qwen2_dir: Path, onnx_home: Path, graph: str) -> Path:
+    return _convert(tiny_qwen2_dir, "tiny-qwen2", onnx_home, graph)
 
 
 @pytest.fixture(params=["llama", "qwen2"])
-def tiny(request: pytest.FixtureRequest) -> tuple[Path, Path]:
-    """(HF folder, converted ONNX folder) of one tiny random model."""
+def tiny(request: pytest.FixtureRequest, onnx_home: Path, graph: str) -> tuple[Path, Path]:
+    """(HF folder, converted ONNX folder) of one tiny random model, in one graph style."""
     arch = request.param
-    return (
-        request.getfixturevalue(f"tiny_{arch}_dir"),
-        request.getfixturevalue(f"tiny_{arch}_onnx"),
-    )
+    hf_dir = request.getfixturevalue(f"tiny_{arch}_dir")
+    return hf_dir, _convert(hf_dir, f"tiny-{arch}", onnx_home, graph)
 
 
 def _open(onnx_dir: Path, n_ctx: int = 512) -> OnnxModel:
@@ -93,13 +100,14 @@ def _hf_logits(hf_dir: Path, tokens: list[int]) -> np.ndarray:
     return out.logits[0].numpy()
 
 
-def test_graph_io(tiny_llama_onnx: Path) -> None:
+def test_graph_io(tiny_llama_onnx: Path, graph: str) -> None:
     inputs, outputs = hf_onnx.graph_io(tiny_llama_onnx / "model.onnx")
-    expected_in = ["input_ids", "attention_mask", "position_ids"]
+    expected_in = ["input_ids", "attention_mask"]
+    expected_in += ["position_ids"] if graph == "optimum" else []
     expected_in += [f"past_key_values.{i}.{kv}" for i in range(3) for kv in ("key", "value")]
     expected_out = ["logits"] + [f"present.{i}.{kv}" for i in range(3) for kv in ("key", "value")]
-    assert inputs == expected_in
-    assert outputs == expected_out
+    assert sorted(inputs) == sorted(expected_in)  # the builder groups keys before values
+    assert sorted(outputs) == sorted(expected_out)
 
 
 def test_logits_match_transformers(tiny: tuple[Path, Path]) -> None:
@@ -178,9 +186,16 @@ def test_bad_arguments(tiny_llama_onnx: Path) -> None:
         model.rollback(-1)
 
 
+def test_layout_follows_graph(tiny_llama_onnx: Path, graph: str) -> None:
+    expected = {"gqa": "shared", "optimum": "copied"}[graph]
+    assert _open(tiny_llama_onnx).layout == expected
+
+
 def test_backend_load_reuses_cache(
-    tiny_llama_dir: Path, tiny_llama_onnx: Path, onnx_home: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_llama_dir: Path, onnx_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    _convert(tiny_llama_dir, "tiny-llama", onnx_home, hf_onnx.DEFAULT_GRAPH)
+
     def no_export(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cached conversion should have been reused")
 
@@ -192,6 +207,7 @@ def test_backend_load_reuses_cache(
             ModelSource("hf", tiny_llama_dir, "tiny-llama"), LoadOptions(n_ctx=64, progress=False)
         )
     assert model.backend == "onnx"
+    assert isinstance(model, OnnxModel) and model.layout == "shared"  # the faster default
     assert (model.info.arch, model.info.n_layers, model.info.hidden_size) == ("llama", 3, 64)
     assert (model.info.vocab_size, model.info.context_length) == (256, 512)
     assert model.info.source == "tiny-llama"
@@ -207,7 +223,7 @@ def test_qwen2_info(tiny_qwen2_onnx: Path) -> None:
 def test_interrupted_conversion_leaves_nothing(
     tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: BaseException
 ) -> None:
-    def broken(hf_dir: Path, out_dir: Path, *, progress: bool = False) -> Path:
+    def broken(hf_dir: Path, out_dir: Path, *, progress: bool = False, graph: str = "") -> Path:
         (Path(out_dir) / "model.onnx").write_bytes(b"half")
         raise exc
 

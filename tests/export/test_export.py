@@ -227,3 +227,29 @@ def test_gguf_q4_0_and_qwen2(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
     arts = {a["quantization"]: a for a in m["roles"]["target"]["artifacts"]}
     assert arts["f16"]["verification"]["greedy_agreement"] == 1.0
     assert arts["q4_0"]["tensor_types"].get("Q4_0", 0) > 0
+
+
+@pytest.mark.slow
+def test_smollm2_onnx_bundle_matches_numpy_reference(smollm2_path: Path, tmp_path: Path) -> None:
+    """The zoo's GGUF -> HF -> ONNX bundle: greedy tokens equal the NumPy reference running
+    the same (dequantized) GGUF weights, on a few prompts."""
+    import edgespec
+    from edgespec.runtimes import BACKENDS, LoadOptions, ModelSource
+
+    out = tmp_path / "smollm2-bundle"
+    _export(target=str(smollm2_path), out=str(out), formats=("onnx",), quants=("fp32",))
+    m = json.loads((out / "edgespec.json").read_text())
+    (art,) = m["roles"]["target"]["artifacts"]
+    assert art["verification"]["greedy_agreement"] == 1.0
+    ref = BACKENDS.get("numpy").load(
+        ModelSource("gguf", smollm2_path, "smollm2-135m"), LoadOptions(n_ctx=64, progress=False)
+    )
+    prompts = [
+        [1, 504, 3458, 282, 4649, 314, 253, 1345, 28, 357],
+        [1, 2683, 253, 7263, 2030, 327, 23617, 260, 1345, 282],
+        [1, 1389, 2210, 28, 702, 3135, 30, 378],
+    ]
+    with edgespec.load(str(out), backend="onnx", n_ctx=64, progress=False) as rt:
+        assert rt.target.layout == "shared"  # the GroupQueryAttention graph, KV via IOBinding
+        for prompt in prompts:
+            assert _greedy(rt.target, prompt, 16) == _greedy(ref, prompt, 16)
