@@ -30,7 +30,8 @@ class Stats:
             more than one token was generated (the llama.cpp convention).
         prefill_s: seconds spent in the prompt forward.
         target_forwards: forward calls on the target model, prefill included.
-        draft_forwards: forward calls on a draft model (0 without one).
+        draft_forwards: forward calls on a draft model: the ``--draft`` model or a layer-skip
+            self-draft, while drafting or (two-model strategies) writing (0 without one).
         draft_s: seconds spent proposing drafts.
         verify_s: seconds in target forwards after prefill.
         accept_hist: {accepted draft tokens in a step: number of steps}.

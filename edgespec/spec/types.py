@@ -22,12 +22,16 @@ class Draft:
             None means the proposer is deterministic (n-gram lookup, recycling); verifiers
             then treat each token as a point mass, which is still lossless.
         source: the proposer's registry name.
+        forwards: forward calls the proposer ran on a draft model to make it (the
+            ``--draft`` model or a layer-skip self-draft; 0 for lookups such as n-gram).
+            Strategies add it to ``stats.draft_forwards``.
     """
 
     tokens: tuple[int, ...]
     parents: tuple[int, ...] | None = None
     draft_probs: np.ndarray | None = None
     source: str = ""
+    forwards: int = 0
 
     def __post_init__(self) -> None:
         if self.parents is not None and len(self.parents) != len(self.tokens):

@@ -49,6 +49,10 @@ class Speculative(Strategy):
         cfg = _config(config)
         return runtime.spec_session(cfg, allow_plain=cfg.allow_plain)
 
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        SpecConfig.from_dict(options)
+
     def steps(self, prompt_ids: list[int]) -> Iterator[list[int]]:
         ctx, rec = self.ctx, self.ctx.rec
         session: SpecSession = ctx.config
@@ -81,6 +85,7 @@ class Speculative(Strategy):
                     draft = EMPTY_DRAFT
                 draft_dt = time.perf_counter() - t
                 rec.draft_s += draft_dt
+                rec.draft_forwards += draft.forwards
                 rec.span("draft", t, draft_dt)
                 session.controller.record_draft(choice.proposer, max(draft.k, 1), draft_dt)
                 if draft.is_tree and not session.tree_ok:
@@ -171,4 +176,4 @@ def _main_chain(draft: Draft) -> Draft:
         node = kids[0]
         keep.append(node)
     probs = None if draft.draft_probs is None else draft.draft_probs[keep]
-    return Draft(tuple(draft.tokens[i] for i in keep), None, probs, draft.source)
+    return Draft(tuple(draft.tokens[i] for i in keep), None, probs, draft.source, draft.forwards)

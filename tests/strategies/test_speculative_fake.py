@@ -285,3 +285,21 @@ def test_probe_interval_backs_off_when_probes_fail(monkeypatch):
     gaps = [b - a for a, b in zip(probes, probes[1:], strict=False)]
     assert gaps[:4] == [8, 16, 32, 64]  # the probe takes the place of the n-th plain step
     assert session.probe_interval == 128
+
+
+@pytest.mark.parametrize("proposer", ["draft", "tree"])
+def test_draft_model_forwards_are_counted(proposer):
+    rt = make_rt_with_draft(1)
+    calls = rt.draft.forward_calls
+    res = rt.generate(
+        PROMPT,
+        max_new_tokens=30,
+        strategy="speculative",
+        config=SpecConfig(proposers=(proposer,), k=3, min_confidence=0.0),
+    )
+    ran = rt.draft.forward_calls - calls
+    assert ran > 0 and res.stats.draft_forwards == ran
+    # one sync forward per step, then one per further drafted token (depth, for trees)
+    assert ran >= res.stats.target_forwards - 1
+    lookup = rt.generate(PROMPT, max_new_tokens=30, strategy="speculative", config=SpecConfig(k=3))
+    assert lookup.stats.draft_forwards == 0 and rt.draft.forward_calls == calls + ran

@@ -54,6 +54,12 @@ class DraftModelProposer(Proposer):
         self.model.reset()
         self.cached = []
 
+    def adopt(self, cached: Sequence[int]) -> None:
+        """Someone else fed or cut the draft model: its cache now holds exactly ``cached``
+        (a two-model strategy that also lets the draft write, see
+        :mod:`edgespec.strategies.composition`)."""
+        self.cached = list(cached)
+
     def _sync(self, context: Sequence[int]) -> np.ndarray:
         """Make the cache hold ``context``; return the logits ``float[V]`` after it."""
         common = 0
@@ -72,6 +78,7 @@ class DraftModelProposer(Proposer):
             return EMPTY_DRAFT
         try:
             logits = self._sync(context)
+            forwards = 1
             tokens: list[int] = []
             probs: list[np.ndarray] = []
             while True:
@@ -83,12 +90,15 @@ class DraftModelProposer(Proposer):
                 if len(tokens) >= k or sure < self.min_confidence:
                     break
                 logits = self.model.forward([tok], all_logits=False)[-1]
+                forwards += 1
                 self.cached.append(tok)
         except EdgespecError:
             raise
         except Exception as exc:  # a native crash in the draft must not kill generation
             raise DraftFailure(f"draft model failed: {type(exc).__name__}: {exc}") from exc
-        return Draft(tuple(tokens), draft_probs=np.stack(probs), source=self.name)
+        return Draft(
+            tuple(tokens), draft_probs=np.stack(probs), source=self.name, forwards=forwards
+        )
 
     def feedback(self, draft: Draft, verdict: Verdict) -> None:
         """Nothing to do: the next ``propose`` re-synchronises the cache lazily."""

@@ -59,6 +59,7 @@ class DynamicTreeProposer(DraftModelProposer):
         chain_ids: list[int] = []
         try:
             logits = self._sync(context)
+            forwards = 1
             path_prob, parent = 1.0, -1
             for depth in range(k):
                 q = target_probs(logits, self.params)
@@ -76,6 +77,7 @@ class DynamicTreeProposer(DraftModelProposer):
                 if depth + 1 >= k or path_prob < MIN_PATH_PROB:
                     break
                 logits = self.model.forward([main], all_logits=False)[-1]
+                forwards += 1
                 self.cached.append(main)
         except EdgespecError:
             raise
@@ -98,4 +100,4 @@ class DynamicTreeProposer(DraftModelProposer):
         if not tokens:
             return EMPTY_DRAFT
         is_chain = parents == list(range(-1, len(tokens) - 1))
-        return Draft(tuple(tokens), None if is_chain else tuple(parents), None, self.name)
+        return Draft(tuple(tokens), None if is_chain else tuple(parents), None, self.name, forwards)
