@@ -57,7 +57,12 @@ def _add_gen_args(p: argparse.ArgumentParser) -> None:
         "(repeatable; default ngram, or all cheap ones for auto)",
     )
     p.add_argument(
-        "--k", type=int, default=None, help="fixed draft length (auto: the largest one considered)"
+        "--k",
+        type=int,
+        default=None,
+        help="fixed draft length (auto: the largest one considered; entropy-switch and "
+        "sentence-lead: draft length while the large model is in charge, 0 = no "
+        "speculation, default: the controller chooses each step)",
     )
     p.add_argument("--max-k", type=int, default=8, help="largest draft length considered")
     p.add_argument(

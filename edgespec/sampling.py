@@ -106,6 +106,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
+def entropy(logits: np.ndarray) -> float:
+    """Entropy in nats of ``softmax(logits)`` at temperature 1 (``logits``: ``float[V]``)."""
+    z = logits.astype(np.float64)
+    z = z - z.max()
+    e = np.exp(z)
+    s = e.sum()
+    p = e / s
+    # H = log(s) - sum(p * z), stable where p underflows to 0
+    return float(math.log(s) - float(np.dot(p, z)))
+
+
 def confidence_probs(logits: np.ndarray, params: GenerationParams) -> np.ndarray:
     """The distribution whose mass says how sure a draft is: the sampling distribution, or
     the plain softmax when decoding greedily (where the sampling one is one-hot)."""

@@ -157,12 +157,16 @@ def calibrate(
     windows: Sequence[int] = (1, 4, 8),
     min_run: int = 4,
     max_new_tokens: int = 48,
-    spec_k: int = 0,
+    spec_k: int | str = 0,
     nll: bool = False,
 ) -> Calibration:
     """Search ``taus`` x ``windows`` (greedy decoding) for the cheapest point meeting
     ``min_quality``. ``taus=None``: quantiles of the small model's entropy on the workload,
-    plus +inf and -inf."""
+    plus +inf and -inf.
+
+    ``spec_k`` (default 0) is the composition used while measuring each point. It does not
+    change greedy output (hand-overs happen at exact tokens), so quality and large-model
+    share are the same for every value; only the measured tokens/s differ."""
     from edgespec.quality import agreement
     from edgespec.strategies.entropy_switch import SwitchConfig
 

@@ -4,9 +4,10 @@
         --tau 1.0 --window 4 --min-run 4 --out docs/results/code_tasks_ead.json
 
 For every task, interleaved: the large model alone (autoregressive: the baseline), then each
-entropy-switch setting (``--tau`` may be repeated; ``--k`` adds speculation while the large
-model is in charge). Greedy, EOS honoured, completions cut at the first non-indented line and
-run against the task's tests in a subprocess with a timeout. Reported per configuration:
+entropy-switch setting (``--tau`` may be repeated; ``--k N`` or ``--k auto`` adds speculation
+while the large model is in charge; it changes speed, not the greedy output). Greedy, EOS
+honoured, completions cut at the first non-indented line and run against the task's tests in
+a subprocess with a timeout. Reported per configuration:
 pass rate, tokens/s and CPU-seconds per token (sums over tasks) and their ratios against the
 baseline, the large model's token share and mean switches. entropy-switch is lossy.
 """
@@ -37,7 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tau", type=float, action="append", default=[])
     ap.add_argument("--window", type=int, default=4)
     ap.add_argument("--min-run", type=int, default=4)
-    ap.add_argument("--k", type=int, default=0, help="speculation while the large model leads")
+    ap.add_argument(
+        "--k",
+        type=lambda v: v if v == "auto" else int(v),
+        default=0,
+        help="speculation while the large model is in charge: N draft tokens, or auto "
+        "(the speculative controller picks k each step); default 0 (off)",
+    )
     ap.add_argument("--max-new-tokens", type=int, default=160)
     ap.add_argument("--limit", type=int, default=None, help="first N tasks only")
     ap.add_argument("--threads", type=int, default=None)

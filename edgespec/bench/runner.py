@@ -43,7 +43,8 @@ class Combo:
         label: unique name in tables ("speculative:k=4@llamacpp").
         strategy: strategy registry name.
         backend: backend name as requested (None: the best installed one).
-        options: speculative options (a SpecConfig dict) or None.
+        options: the strategy's options (a SpecConfig dict for speculation, a SwitchConfig
+            dict for entropy-switch, ...) or None.
         lossy: whether the strategy declares itself lossy.
     """
 
@@ -58,13 +59,12 @@ def parse_strategy(spec: str) -> tuple[str, dict[str, Any] | None]:
     """``"name[:key=value...]"`` -> (name, options); proposers join with ``+``.
 
     Examples: ``auto``, ``speculative:proposers=ngram:k=4``,
-    ``speculative:proposers=draft+ngram:max_k=6``.
+    ``speculative:proposers=draft+ngram:max_k=6``, ``entropy-switch:tau=0.04:spec_k=auto``.
     """
-    from edgespec.spec.config import SpecConfig
     from edgespec.strategies import STRATEGIES
 
     name, *parts = spec.strip().split(":")
-    STRATEGIES.get(name)  # unknown names fail with the known ones
+    cls = STRATEGIES.get(name)  # unknown names fail with the known ones
     if not parts:
         return name, None
     opts: dict[str, Any] = {}
@@ -73,7 +73,7 @@ def parse_strategy(spec: str) -> tuple[str, dict[str, Any] | None]:
         if not eq or not key:
             raise EdgespecError(f"strategy option '{part}' in '{spec}' is not key=value")
         opts[key] = _parse_value(key, value)
-    SpecConfig.from_dict(opts)  # validates names and values
+    cls.check_options(opts)  # validates names and values
     return name, opts
 
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edgespec.errors import EdgespecError
 from edgespec.model import Model
 from edgespec.registry import Registry
 from edgespec.sampling import GenerationParams
@@ -62,6 +63,15 @@ class Strategy(ABC):
         """Turn the user's ``config`` into what :attr:`GenContext.config` holds (once per
         call of ``Runtime.start``; may build and cache state on the runtime)."""
         return config
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Validate user options (from the command line or a bench spec) before any model
+        is loaded; one-line :class:`EdgespecError` on a problem. Default: no options."""
+        if options:
+            raise EdgespecError(
+                f"strategy '{cls.name}' takes no options, got {', '.join(sorted(options))}"
+            )
 
     @abstractmethod
     def steps(self, prompt_ids: list[int]) -> Iterator[list[int]]:

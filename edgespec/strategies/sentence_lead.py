@@ -9,8 +9,9 @@ repeat exactly).
 
 A sentence ends after a token whose text, with trailing spaces removed, ends in one of
 ``SENTENCE_END`` (``.``, ``!``, ``?``, a newline); generation starts a sentence. Model
-switches, catch-up in one batched forward, composition with speculation (``spec_k``) and the
-stats work as in :mod:`edgespec.strategies.entropy_switch`.
+switches, catch-up in one batched forward, composition with speculation (``spec_k``,
+default ``"auto"``; a speculative step never drafts past the led tokens left) and the stats
+work as in :mod:`edgespec.strategies.two_model`.
 """
 
 from __future__ import annotations
@@ -22,21 +23,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgespec.errors import EdgespecError
-from edgespec.strategies.entropy_switch import (
+from edgespec.strategies.composition import AUTO
+from edgespec.strategies.two_model import (
     LARGE,
     SMALL,
     TwoModelStrategy,
-    _float,
-    _int,
-    _known,
-    check_pair,
-    need_draft_flag,
+    integer,
+    known_options,
+    number,
+    spec_k_option,
 )
 from edgespec.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
-    import argparse
-
     from edgespec.runtime import Runtime
 
 #: characters that end a sentence when a token's text (right-stripped of spaces) ends in one
@@ -66,25 +65,26 @@ class LeadConfig:
             0 = the small model writes everything).
         lead_prob: probability that the large model leads a given sentence (0..1).
         lead_seed: seed of the gate's own random generator.
-        spec_k: draft length when the large model speculates with the small one as draft
-            (0 = one token per forward).
+        spec_k: speculation while the large model leads, with the small one as draft:
+            "auto" (the controller picks k each step), N > 0 (always N draft tokens, fewer
+            at the end of the lead) or 0 (one token per large-model forward).
         sentence_ends: token ids that end a sentence; None = derived from the tokenizer.
     """
 
     lead_tokens: int = 4
     lead_prob: float = 1.0
     lead_seed: int = 0
-    spec_k: int = 0
+    spec_k: int | str = AUTO
     sentence_ends: frozenset[int] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "lead_tokens", _int(self.lead_tokens, "lead_tokens", 0))
-        p = _float(self.lead_prob, "lead_prob")
+        object.__setattr__(self, "lead_tokens", integer(self.lead_tokens, "lead_tokens", 0))
+        p = number(self.lead_prob, "lead_prob")
         if not 0.0 <= p <= 1.0:
             raise EdgespecError(f"lead_prob must be in [0, 1], got {self.lead_prob!r}")
         object.__setattr__(self, "lead_prob", p)
-        object.__setattr__(self, "lead_seed", _int(self.lead_seed, "lead_seed", 0))
-        object.__setattr__(self, "spec_k", _int(self.spec_k, "spec_k", 0))
+        object.__setattr__(self, "lead_seed", integer(self.lead_seed, "lead_seed", 0))
+        object.__setattr__(self, "spec_k", spec_k_option(self.spec_k))
         if self.sentence_ends is not None:
             object.__setattr__(self, "sentence_ends", frozenset(self.sentence_ends))
 
@@ -95,57 +95,50 @@ class LeadConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LeadConfig:
-        return cls(**_known(cls, d, "sentence-lead"))
+        return cls(**known_options(cls, d, "sentence-lead"))
 
 
 class SentenceLead(TwoModelStrategy):
     """FoReaL-style decoding: the large model leads each (gated) sentence for n tokens."""
 
     name = "sentence-lead"
+    options_class = LeadConfig
+    flags = {
+        "lead_tokens": "lead_tokens",
+        "lead_prob": "lead_prob",
+        "lead_seed": "lead_seed",
+        "k": "spec_k",
+    }
 
     @classmethod
-    def prepare(cls, runtime: Runtime, config: Any) -> LeadConfig:
-        cfg = config if isinstance(config, LeadConfig) else LeadConfig.from_dict(dict(config or {}))
-        check_pair(runtime, cls.name)
-        if cfg.sentence_ends is None:
-            cfg = LeadConfig(
-                **{**asdict(cfg), "sentence_ends": sentence_end_ids(runtime.tokenizer)}
-            )
-        return cfg
-
-    @classmethod
-    def config_from_args(cls, a: argparse.Namespace) -> dict[str, Any]:
-        """``--lead-tokens``, ``--lead-prob``, ``--lead-seed`` and ``--k`` (speculation while
-        the large model leads)."""
-        need_draft_flag(a, cls.name)
-        d: dict[str, Any] = {}
-        for flag, key in (
-            ("lead_tokens", "lead_tokens"),
-            ("lead_prob", "lead_prob"),
-            ("lead_seed", "lead_seed"),
-            ("k", "spec_k"),
-        ):
-            if getattr(a, flag, None) is not None:
-                d[key] = getattr(a, flag)
-        LeadConfig.from_dict(d)
-        return d
+    def complete(cls, runtime: Runtime, options: LeadConfig) -> LeadConfig:
+        """Derive the sentence-ending tokens from the tokenizer unless they were given."""
+        if options.sentence_ends is not None:
+            return options
+        return LeadConfig(
+            **{**asdict(options), "sentence_ends": sentence_end_ids(runtime.tokenizer)}
+        )
 
     def begin(self) -> None:
-        cfg: LeadConfig = self.ctx.config
+        cfg: LeadConfig = self.options
         self.gate = np.random.default_rng(cfg.lead_seed)
         self.in_sentence = 0  # tokens written in the current sentence
         self.led = self._draw_gate()
 
     def _draw_gate(self) -> bool:
-        p = self.ctx.config.lead_prob
+        p = self.options.lead_prob
         return bool(p >= 1.0 or (p > 0.0 and self.gate.random() < p))
 
     def choose(self, current: str | None) -> str:
-        cfg: LeadConfig = self.ctx.config
+        cfg: LeadConfig = self.options
         return LARGE if self.led and self.in_sentence < cfg.lead_tokens else SMALL
 
+    def stretch_limit(self) -> int | None:
+        """The led tokens left in this sentence (a new led sentence may follow)."""
+        return max(int(self.options.lead_tokens) - self.in_sentence, 1)
+
     def observe(self, token: int, h: float, role: str) -> None:
-        ends = self.ctx.config.sentence_ends or frozenset()
+        ends = self.options.sentence_ends or frozenset()
         if token in ends:
             self.in_sentence = 0
             self.led = self._draw_gate()

@@ -414,6 +414,21 @@ def test_strategy_specs():
         parse_strategy("speculative:kk=4")
     with pytest.raises(EdgespecError, match="not key=value"):
         parse_strategy("speculative:k4")
+    # each strategy validates its own options
+    assert parse_strategy("entropy-switch:tau=0.04:window=2:spec_k=auto") == (
+        "entropy-switch",
+        {"tau": 0.04, "window": 2, "spec_k": "auto"},
+    )
+    assert parse_strategy("sentence-lead:lead_tokens=3:spec_k=0")[1] == {
+        "lead_tokens": 3,
+        "spec_k": 0,
+    }
+    with pytest.raises(EdgespecError, match="unknown entropy-switch option"):
+        parse_strategy("entropy-switch:k=3")
+    with pytest.raises(EdgespecError, match="spec_k must be an integer >= 0 or 'auto'"):
+        parse_strategy("entropy-switch:spec_k=fast")
+    with pytest.raises(EdgespecError, match="strategy 'autoregressive' takes no options"):
+        parse_strategy("autoregressive:k=4")
 
 
 # -- profile ---------------------------------------------------------------------------

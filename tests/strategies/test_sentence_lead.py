@@ -13,6 +13,13 @@ from edgespec.testing import CharTokenizer, PrefixModel, ScriptedModel
 
 pytestmark = pytest.mark.unit
 
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    """No stored device profile: speculation sessions start from their probe."""
+    monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path))
+
+
 V = 16
 ALPHABET = "abcdefg.ijklmno!"  # 7 and 15 end a sentence
 PROMPT = [0, 1, 2]
@@ -55,7 +62,7 @@ def test_sentence_end_ids_from_the_tokenizer():
 
 def test_large_model_leads_each_sentence_for_n_tokens():
     small, large = ScriptedModel(small_script, V), ScriptedModel(large_script, V)
-    res = run(make_rt(large, small), n=18, lead_tokens=2)
+    res = run(make_rt(large, small), n=18, lead_tokens=2, spec_k=0)
     # each sentence: 2 large tokens, then the small model writes until its '.', 6 in all
     assert roles(res.token_ids) == "ttdddd" * 3
     assert [res.token_ids[i] for i in (5, 11, 17)] == [7, 7, 7]
@@ -74,12 +81,12 @@ def test_large_model_leads_each_sentence_for_n_tokens():
 @pytest.mark.parametrize("cfg", [{"lead_tokens": 0}, {"lead_prob": 0.0, "lead_tokens": 5}])
 def test_no_lead_is_the_small_models_greedy_output(cfg):
     small, large = PrefixModel(V, seed=1), PrefixModel(V, seed=2)
-    res = run(make_rt(large, small), n=30, **cfg)
+    res = run(make_rt(large, small), n=30, spec_k=0, **cfg)
     assert res.token_ids == small.greedy(PROMPT, 30)
     assert large.forward_sizes == []
 
 
-@pytest.mark.parametrize("k", [0, 3])
+@pytest.mark.parametrize("k", [0, 3, "auto"])
 def test_leading_everything_is_the_large_models_greedy_output(k):
     small, large = PrefixModel(V, seed=1), PrefixModel(V, seed=2)
     res = run(make_rt(large, small), n=30, lead_tokens=1000, spec_k=k)
@@ -91,9 +98,9 @@ def test_gate_is_seeded_and_respects_probability():
     small, large = ScriptedModel(small_script, V), ScriptedModel(large_script, V)
     rt = make_rt(large, small)
     n = 6 * 200
-    a = run(rt, n=n, lead_tokens=2, lead_prob=0.3, lead_seed=4)
-    b = run(rt, n=n, lead_tokens=2, lead_prob=0.3, lead_seed=4)
-    c = run(rt, n=n, lead_tokens=2, lead_prob=0.3, lead_seed=5)
+    a = run(rt, n=n, lead_tokens=2, lead_prob=0.3, lead_seed=4, spec_k=0)
+    b = run(rt, n=n, lead_tokens=2, lead_prob=0.3, lead_seed=4, spec_k=0)
+    c = run(rt, n=n, lead_tokens=2, lead_prob=0.3, lead_seed=5, spec_k=0)
     assert a.token_ids == b.token_ids
     assert a.stats.model_trace != c.stats.model_trace
     led = a.stats.model_trace.count("t") / 2  # each led sentence starts with 2 large tokens
@@ -131,3 +138,25 @@ def test_lossy_in_json_and_config_round_trip():
     assert json.loads(json.dumps(res.to_dict()))["stats"]["lossy"] is True
     cfg = LeadConfig(lead_tokens=3, lead_prob=0.5, sentence_ends=frozenset({1, 2}))
     assert LeadConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize("spec_k", [5, "auto"])
+def test_speculation_never_drafts_past_the_lead(monkeypatch, spec_k):
+    from edgespec.strategies import composition
+
+    def pair():  # the same model twice: every draft is accepted, the lead alone cuts it
+        return make_rt(PrefixModel(V, seed=3), PrefixModel(V, seed=3))
+
+    cfg = {"lead_tokens": 3, "sentence_ends": [15]}
+    plain = run(pair(), n=60, spec_k=0, **cfg)
+    rt = pair()
+    session = composition.session(rt, spec_k)
+    session.controller.verify.points = {n: 0.01 + 0.0003 * (n - 1) for n in range(1, 18)}
+    session.controller.switch_penalty = 0.0
+    monkeypatch.setattr(session.controller.verify, "observe", lambda n, s: None)
+    res = run(rt, n=60, spec_k=spec_k, **cfg)
+    assert res.token_ids == plain.token_ids == rt.target.greedy(PROMPT, 60)
+    assert res.stats.model_trace == plain.stats.model_trace
+    assert "t" in res.stats.model_trace and "d" in res.stats.model_trace
+    # a step after i led tokens may draft at most 3 - i - 1: never more than 2
+    assert max(res.stats.k_trace) == 2 and sum(res.stats.accept_hist.values()) > 0

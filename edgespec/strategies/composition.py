@@ -1,0 +1,149 @@
+"""Speculation inside the large model's stretches of a two-model strategy (lossless there).
+
+While the large model is in charge (entropy-switch, sentence-lead), each of its steps goes
+through the speculative engine's :class:`~edgespec.spec.session.SpecSession` with the small
+model as the ``draft`` proposer: the controller picks the draft length k that maximises
+
+    E(k) / (c_verify(k + 1) + k · c_draft),   E(k) = 1 + Σ_{j=1..k} Π_{i≤j} α_i
+
+from the large model's cost curve (a stored ``edgespec calibrate`` profile or the session's
+probe, then live forwards), the small model's live drafting cost and its live acceptance.
+k = 0, a plain large-model step, is always a candidate (with the engine's 5 % margin and its
+occasional probe), so composition does not make the large stretches slower than plain
+decoding beyond the controller's estimation error.
+
+``spec_k`` selects the mode:
+
+- ``"auto"`` (the default): the controller above; up to ``max_k`` (8) draft tokens, and the
+  draft stops early when its confidence falls below ``min_confidence`` (0.3), as in
+  ``edgespec generate --strategy speculative --proposer draft``.
+- ``N > 0``: always N draft tokens (no early stop), as before the controller existed.
+- ``0``: no speculation; the large model decodes one token per forward.
+
+The session lives on the runtime (``Runtime.spec_session``), so the cost curve and the
+acceptance estimates carry over between generations, exactly as for ``speculative``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from edgespec.sampling import entropy, sample
+from edgespec.spec.base import VERIFIERS
+from edgespec.spec.config import SpecConfig
+from edgespec.spec.proposers.draft_model import DraftModelProposer
+from edgespec.strategies.speculative import VERIFIER_FOR
+
+if TYPE_CHECKING:
+    from edgespec.runtime import Runtime
+    from edgespec.spec.session import SpecSession
+    from edgespec.strategies import GenContext
+    from edgespec.strategies.two_model import Seat
+
+#: ``spec_k`` value that lets the controller choose k each step
+AUTO = "auto"
+#: the speculative engine's proposer that drafts with ``--draft``
+PROPOSER = "draft"
+
+
+def spec_config(spec_k: int | str) -> SpecConfig | None:
+    """The speculative options for ``spec_k`` (None: no speculation)."""
+    if spec_k == 0:
+        return None
+    if spec_k == AUTO:
+        return SpecConfig(proposers=(PROPOSER,), tree=False)
+    return SpecConfig(proposers=(PROPOSER,), k=int(spec_k), min_confidence=0.0, tree=False)
+
+
+def session(runtime: Runtime, spec_k: int | str) -> SpecSession | None:
+    """The runtime's speculation session for ``spec_k`` (built once, then reused)."""
+    cfg = spec_config(spec_k)
+    return None if cfg is None else runtime.spec_session(cfg, allow_plain=True)
+
+
+class Stretch:
+    """The large model's steps for one generation: plain or speculative, as chosen.
+
+    Args:
+        ctx: the generation's context (params, rng, stats recorder).
+        session: the speculation session (its ``draft`` proposer drafts with ``small``).
+        small: the small model's seat (its cache is shared with the proposer).
+        large: the large model's seat.
+    """
+
+    def __init__(self, ctx: GenContext, session: SpecSession, small: Seat, large: Seat) -> None:
+        self.ctx, self.session, self.small, self.large = ctx, session, small, large
+        drafter = session.proposers[PROPOSER]
+        assert isinstance(drafter, DraftModelProposer)
+        self.drafter = drafter
+        self.prev_n = 1  # tokens fed by the large model's last forward
+
+    def begin(self, prompt_ids: list[int]) -> None:
+        """Per generation: reset the session's per-generation state (and the small model)."""
+        self.session.begin(prompt_ids, self.ctx.params)
+
+    def step(self, seq: list[int], room: int) -> tuple[list[int], list[float], int]:
+        """One large-model step after ``seq`` (the committed sequence, ``int[n]``, unchanged).
+
+        Args:
+            seq: prompt and output so far.
+            room: the most tokens this step may yield (>= 1).
+        Returns:
+            (new tokens ``int[m]``, 1 <= m <= room; the large model's entropy in nats at each;
+            how many of them, from the front, the small model drafted).
+        """
+        choice = self.session.choose(max(room - 1, 0))
+        if choice.proposer is None or choice.k == 0:
+            return self._plain(seq)
+        return self._speculate(seq, choice.k)
+
+    def _plain(self, seq: list[int]) -> tuple[list[int], list[float], int]:
+        ctx = self.ctx
+        missing = len(seq) - self.large.seen
+        t = time.perf_counter()
+        logits = self.large.write(seq, ctx.rec)
+        self._learn(missing, missing, time.perf_counter() - t)
+        ctx.rec.k_trace.append(0)
+        with ctx.rec.phase("sample"):
+            token = sample(logits, ctx.params, ctx.rng)
+        return [token], [entropy(logits)], 0
+
+    def _speculate(self, seq: list[int], k: int) -> tuple[list[int], list[float], int]:
+        ctx, rec, small, large = self.ctx, self.ctx.rec, self.small, self.large
+        t = time.perf_counter()
+        self.drafter.adopt(seq[: small.seen])
+        draft = self.drafter.propose(seq, k, ctx.rng)
+        small.seen, small.logits = len(self.drafter.cached), None
+        dt = time.perf_counter() - t
+        rec.draft_s += dt
+        rec.span("draft", t, dt)
+        rec.draft_forwards += draft.forwards
+        self.session.controller.record_draft(PROPOSER, max(draft.k, 1), dt)
+        missing = seq[large.seen :]
+        fed = missing + list(draft.tokens)
+        t = time.perf_counter()
+        rows = large.model.forward(fed, all_logits=True)[len(missing) - 1 :]
+        verifier = VERIFIERS.get(VERIFIER_FOR[(ctx.params.greedy, False)])()
+        verdict = verifier.verify(draft, rows, ctx.params, ctx.rng)
+        n = verdict.n_accepted
+        large.keep(len(seq) + n)  # the bonus token is fed by the next forward
+        small.keep(min(small.seen, len(seq) + n))
+        dt = time.perf_counter() - t
+        rec.verify_s += dt
+        rec.span("verify", t, dt)
+        rec.target_forwards += 1
+        self.session.after_step(draft, verdict, [seq[-1], *draft.tokens], rows)
+        self._learn(len(missing), len(fed), dt)
+        rec.accept_hist[n] += 1
+        rec.k_trace.append(draft.k)
+        return list(verdict.tokens), [entropy(rows[i]) for i in range(n + 1)], n
+
+    def _learn(self, missing: int, fed: int, seconds: float) -> None:
+        """Teach the cost curve from forwards shaped like speculation's (one pending token
+        plus the draft; catch-up forwards are not); like the engine, a one-token forward
+        right after another size carries the switch penalty and is not learned."""
+        if missing == 1 and (fed > 1 or self.prev_n == 1):
+            self.session.controller.verify.observe(fed, seconds)
+        if missing:
+            self.prev_n = fed
