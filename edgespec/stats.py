@@ -70,6 +70,14 @@ class Stats:
     entropy_trace: list[float] = field(default_factory=list)
     model_trace: str = ""
 
+    @property
+    def large_share(self) -> float | None:
+        """Share of new tokens written while the target (the large model) was in charge;
+        None for single-model strategies (no ``model_trace``)."""
+        if not self.model_trace:
+            return None
+        return self.model_trace.count("t") / len(self.model_trace)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["accept_hist"] = {str(k): v for k, v in sorted(self.accept_hist.items())}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgespec.bench.metrics import fmt, merge_hist, spread
+from edgespec.bench.schema import RUN_PROPERTIES
 from edgespec.errors import EdgespecError
 
 BASELINE = "baseline"
@@ -30,38 +31,11 @@ SPREAD_FIELDS = (
     "j_per_token",
     "j_per_accepted",
     "energy_ratio",
+    "large_share",
+    "switches",
 )
-CSV_FIELDS = (
-    "run",
-    "prompt",
-    "kind",
-    "label",
-    "backend",
-    "strategy",
-    "lossy",
-    "new_tokens",
-    "wall_s",
-    "ttft_s",
-    "cpu_s",
-    "tok_s",
-    "decode_tok_s",
-    "ratio",
-    "cpu_s_per_token",
-    "cpu_ratio",
-    "peak_rss_mb",
-    "energy_kind",
-    "energy_j",
-    "j_per_token",
-    "j_per_accepted",
-    "energy_ratio",
-    "target_forwards",
-    "accepted_draft_tokens",
-    "mean_accepted",
-    "agree_baseline",
-    "agree_plain",
-    "accept_hist",
-    "k_trace",
-)
+#: results.csv columns: every run-record field of the schema, in its order, but the notes
+CSV_FIELDS = tuple(f for f in RUN_PROPERTIES if f != "notes")
 PLOTS = {
     "tok_s.png": "tokens/s per configuration, median with min-max bars",
     "speed_energy.png": "speed vs energy per token",
@@ -249,6 +223,7 @@ def render_markdown(doc: dict[str, Any], plots: list[str] | None = None) -> str:
     for k, per in summ["by_kind"].items():
         cells = [_ratio(per[lb]["ratio"]) for lb in labels(doc)[1:]]
         lines.append(f"| {k} | {_cell(per[BASELINE]['tok_s'])} | " + " | ".join(cells) + " |")
+    lines += two_model_section(doc, ov)
     lines += [
         "",
         "## Acceptance",
@@ -279,6 +254,37 @@ def render_markdown(doc: dict[str, Any], plots: list[str] | None = None) -> str:
     else:
         lines += [f"![{PLOTS[p]}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def two_model_section(doc: dict[str, Any], ov: dict[str, Any]) -> list[str]:
+    """Markdown lines comparing two-model configurations (runs with ``large_share``) with
+    the large model alone; empty when there are none."""
+    rows = [lb for lb, s in ov.items() if s["large_share"]["median"] is not None]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Two-model strategies against the large model alone",
+        "",
+        "The baseline is the large model (`--model`) alone, "
+        f"{doc['baseline']['description'] or 'plain decoding'}, measured beside every run: "
+        "the ratios below are against the large model alone in the same run. These "
+        "strategies are lossy: quality is the greedy agreement with the baseline.",
+        "",
+        "| config | tok/s | tok/s vs large alone | CPU-s/token | CPU-s/token vs large alone "
+        "| large-model share | switches/run | greedy agreement |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for lb in rows:
+        s = ov[lb]
+        agree = "-" if s["agree_baseline_min"] is None else f"{s['agree_baseline_min']:.0%}"
+        lines.append(
+            f"| {lb}{' (lossy)' if s['lossy'] else ''} | {_cell(s['tok_s'])} | "
+            f"{_ratio(s['ratio'])} | {fmt(s['cpu_s_per_token']['median'], '.4f')} | "
+            f"{_ratio(s['cpu_ratio'])} | {fmt(s['large_share']['median'], '.0%')} | "
+            f"{fmt(s['switches']['median'], '.1f')} | {agree} |"
+        )
+    return lines
 
 
 def render_csv(doc: dict[str, Any]) -> str:

@@ -482,6 +482,8 @@ class Bench:
             "accepted_draft_tokens": 0,
             "accept_hist": {},
             "k_trace": [],
+            "large_share": None,
+            "switches": None,
             "notes": [],
             "_tokens": out.tokens,
         }
@@ -508,6 +510,8 @@ class Bench:
             "accepted_draft_tokens": draft_tokens,
             "accept_hist": {str(k): v for k, v in sorted(s.accept_hist.items())},
             "k_trace": list(s.k_trace),
+            "large_share": s.large_share,  # two-model strategies only, else None
+            "switches": s.switches if s.large_share is not None else None,
             "notes": list(s.notes),
             "_tokens": list(res.token_ids),
         }

@@ -202,6 +202,58 @@ def test_divergence_within_batch_noise_is_a_near_tie_not_a_bug(tmp_path, monkeyp
     assert summarize(doc)["overall"]["wrong"]["status"] == "NOT LOSSLESS"
 
 
+def make_pair_rt(backend: str | None = None) -> Runtime:
+    """The fake target as the large model, with a different fake as the small one."""
+    rt = make_rt(backend)
+    rt.draft = PrefixModel(vocab_size=len(ALPHABET), seed=7, scale=3.0)
+    return rt
+
+
+def test_two_model_runs_are_compared_with_the_large_model_alone(tmp_path):
+    small_only, large_only = "entropy-switch:tau=inf:spec_k=0", "entropy-switch:tau=-inf"
+    doc = bench(tmp_path, ["autoregressive", small_only, large_only], loader=make_pair_rt).run()
+    validate(json.loads((tmp_path / "out" / "results.json").read_text()))
+    runs = doc["runs"]
+    by = {lb: [r for r in runs if r["label"] == lb] for lb in ("baseline", small_only, large_only)}
+    assert all(r["large_share"] is None and r["switches"] is None for r in by["baseline"])
+    assert all(r["large_share"] == 0.0 and r["switches"] == 0 for r in by[small_only])
+    assert all(r["large_share"] == 1.0 and r["agree_baseline"] == 1.0 for r in by[large_only])
+    for i in range(0, len(runs), 4):  # baseline, then each config, per prompt and run
+        b = runs[i]
+        for r in runs[i + 1 : i + 4]:
+            assert r["ratio"] == pytest.approx(r["tok_s"] / b["tok_s"])
+            assert r["cpu_ratio"] == pytest.approx(r["cpu_s_per_token"] / b["cpu_s_per_token"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    section = report.split("## Two-model strategies against the large model alone")[1]
+    section = section.split("\n## ")[0]
+    assert "fake greedy baseline" in section
+    table = [line for line in section.splitlines() if line.startswith("| entropy-switch")]
+    assert [line.split(" | ")[0] for line in table] == [
+        f"| {small_only} (lossy)",
+        f"| {large_only} (lossy)",
+    ]
+    assert table[0].split(" | ")[5] == "0%" and table[1].split(" | ")[5] == "100%"
+    ov = summarize(doc)["overall"]
+    assert f"{ov[small_only]['ratio']['median']:.2f}x" in table[0]
+    header = (tmp_path / "out" / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"large_share", "switches", "ratio", "cpu_ratio"} <= set(header)
+    assert "notes" not in header
+
+
+def test_csv_columns_and_required_fields_come_from_one_list():
+    from edgespec.bench.report import CSV_FIELDS
+    from edgespec.bench.schema import RUN, RUN_OPTIONAL, RUN_PROPERTIES
+
+    assert list(CSV_FIELDS) == [f for f in RUN_PROPERTIES if f != "notes"]
+    assert RUN["required"] == [f for f in RUN_PROPERTIES if f not in RUN_OPTIONAL]
+    assert RUN_OPTIONAL < set(RUN_PROPERTIES)
+
+
+def test_single_model_reports_have_no_two_model_section(tmp_path):
+    bench(tmp_path, ["autoregressive"], runs=1).run()
+    assert "large model alone" not in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_report_rerenders_identically(tmp_path, capsys):
     bench(tmp_path, ["autoregressive", SPEC], plots=True).run()
     out = tmp_path / "out"
