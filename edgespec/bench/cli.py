@@ -92,7 +92,11 @@ def add_commands(sub: Any) -> None:
 
     from edgespec.cli import _add_gen_args, _add_load_args
 
-    p = sub.add_parser("profile", help="time one generation phase by phase (table + PNG)")
+    p = sub.add_parser(
+        "profile",
+        help="time one generation phase by phase (table + PNG; entropy plot for entropy-switch "
+        "and sentence-lead)",
+    )
     p.add_argument("prompt")
     _add_load_args(p)
     _add_gen_args(p)
@@ -101,7 +105,7 @@ def add_commands(sub: Any) -> None:
         "-o",
         type=Path,
         default=Path("edgespec-profile"),
-        help="folder for profile.json and profile.png",
+        help="folder for profile.json, profile.png and (two-model strategies) entropy.png",
     )
     p.add_argument(
         "--warmup",

@@ -181,3 +181,77 @@ def timeline_plot(
     ax.set_xlabel("ms since the start")
     ax.set_title(title)
     return _save(fig, path)
+
+
+#: what each letter of ``Stats.model_trace`` means, and its shading in the entropy plot
+ROLES = {"d": ("small model in charge", "tab:green"), "t": ("large model in charge", "tab:orange")}
+
+
+def role_spans(model_trace: str) -> list[tuple[str, int, int]]:
+    """Maximal runs of one role in ``model_trace``: (role, first token, one past the last)."""
+    spans: list[tuple[str, int, int]] = []
+    for i, role in enumerate(model_trace):
+        if spans and spans[-1][0] == role:
+            spans[-1] = (role, spans[-1][1], i + 1)
+        else:
+            spans.append((role, i, i + 1))
+    return spans
+
+
+def rolling_mean(values: list[float], window: int) -> list[float]:
+    """``float[n]``: the mean of the last ``window`` values at each position (fewer at the
+    start), the quantity entropy-switch compares with τ."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def entropy_plot(
+    entropy_trace: list[float],
+    model_trace: str,
+    title: str,
+    path: Path,
+    *,
+    tau: float | None = None,
+    window: int | None = None,
+) -> Path:
+    """``H_t`` per new token (nats), its rolling mean over ``window`` tokens, the threshold
+    τ (when finite), and shading for which model was in charge of each token."""
+    import math
+
+    fig = _figure(10.0, 4.2)
+    ax = fig.add_subplot()
+    labelled: set[str] = set()
+    for role, start, end in role_spans(model_trace):
+        label, color = ROLES.get(role, (role, "0.8"))
+        ax.axvspan(
+            start - 0.5,
+            end - 0.5,
+            color=color,
+            alpha=0.15,
+            lw=0,
+            label=None if role in labelled else label,
+        )
+        labelled.add(role)
+    xs = list(range(len(entropy_trace)))
+    ax.plot(xs, entropy_trace, ".-", lw=0.7, ms=3, color="tab:blue", label="H_t")
+    if window and window > 1:
+        ax.plot(
+            xs,
+            rolling_mean(entropy_trace, window),
+            lw=1.6,
+            color="tab:purple",
+            label=f"mean of the last {window}",
+        )
+    if tau is not None and math.isfinite(tau):
+        ax.axhline(tau, color="tab:red", ls="--", lw=1.2, label=f"tau = {tau:g}")
+    ax.set_xlim(-0.5, max(len(entropy_trace), 1) - 0.5)
+    ax.set_xlabel("new token")
+    ax.set_ylabel("entropy of its distribution (nats)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper right")
+    return _save(fig, path)

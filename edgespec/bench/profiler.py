@@ -1,10 +1,14 @@
 """``edgespec profile``: one generation, timed phase by phase, to show where the time goes.
 
 Phases: tokenize and setup (strategy preparation: speculation session, cost-curve probe) are
-timed here; prefill, draft, verify (decode for plain decoding), rollback, sample and
-detokenize are recorded by the engine and strategies through
-:meth:`~edgespec.stats.StatsRecorder.phase` when ``trace_phases`` is on. "other" is the
-wall time no phase covers (controller, bookkeeping, the generator hand-offs).
+timed here; prefill, draft, verify (decode for plain decoding; small and large for the
+forwards of a two-model strategy), rollback, sample and detokenize are recorded by the engine
+and strategies through :meth:`~edgespec.stats.StatsRecorder.phase` when ``trace_phases`` is
+on. "other" is the wall time no phase covers (controller, bookkeeping, the generator
+hand-offs).
+
+Strategies that record an entropy trace (entropy-switch, sentence-lead) also get
+entropy.png: ``H_t`` per token, τ, and which model was in charge.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ ORDER = (
     "draft",
     "verify",
     "decode",
+    "small",
+    "large",
     "rollback",
     "sample",
     "detokenize",
@@ -47,8 +53,10 @@ def profile_generation(
 
     Returns:
         ``{"phases": [[name, start_s, seconds], ...], "table": [{"phase", "calls",
-        "total_s", "share", "mean_ms"}, ...], "total_s", "text", "stats"}``; starts are
-        seconds since tokenization began.
+        "total_s", "share", "mean_ms"}, ...], "total_s", "text", "stats", "options"}``;
+        starts are seconds since tokenization began; ``options`` are the strategy's
+        prepared options when they have a ``to_dict`` (entropy-switch: tau, window, ...),
+        else None.
     """
     for _ in range(warmup):
         rt.generate(
@@ -75,7 +83,13 @@ def profile_generation(
         "warmup": warmup,
         "text": result.text,
         "stats": result.stats.to_dict(),
+        "options": _options(gen.ctx.config),
     }
+
+
+def _options(prepared: Any) -> dict[str, Any] | None:
+    to_dict = getattr(prepared, "to_dict", None)
+    return to_dict() if callable(to_dict) else None
 
 
 def phase_table(phases: list[tuple[str, float, float]], total: float) -> list[dict[str, Any]]:
@@ -119,14 +133,30 @@ def format_table(prof: dict[str, Any]) -> str:
 
 
 def write_profile(prof: dict[str, Any], out: Path, title: str, *, plot: bool = True) -> list[Path]:
-    """profile.json, and profile.png (the timeline) when matplotlib is installed."""
+    """profile.json; with matplotlib installed also profile.png (the timeline) and, when the
+    strategy recorded an entropy trace, entropy.png (an old entropy.png is removed)."""
     from edgespec.bench import plots
 
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "profile.json"]
     (out / "profile.json").write_text(json.dumps(prof, indent=1) + "\n")
+    (out / "entropy.png").unlink(missing_ok=True)  # never leave another run's trace
     if plot and plots.available():
         order = [r["phase"] for r in prof["table"] if r["phase"] != "other"]
         phases = [(n, s, d) for n, s, d in prof["phases"]]
         written.append(plots.timeline_plot(phases, order, title, out / "profile.png"))
+        stats = prof["stats"]
+        if stats.get("entropy_trace") and stats.get("model_trace"):
+            opts = prof.get("options") or {}
+            tau = opts.get("tau")
+            written.append(
+                plots.entropy_plot(
+                    stats["entropy_trace"],
+                    stats["model_trace"],
+                    f"{title.split(':')[0]}: entropy per token",
+                    out / "entropy.png",
+                    tau=None if tau is None else float(tau),
+                    window=opts.get("window"),
+                )
+            )
     return written

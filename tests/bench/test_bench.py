@@ -511,9 +511,51 @@ def test_profile_timeline(tmp_path, strategy, config, expect):
     assert sum(r["share"] for r in prof["table"]) == pytest.approx(1.0)
     starts = [s for _, s, _ in prof["phases"]]
     assert all(0 <= s <= prof["total_s"] for s in starts)
+    (tmp_path / "entropy.png").write_bytes(b"from an earlier profile")
     files = write_profile(prof, tmp_path, "fake")
     assert {f.name for f in files} == {"profile.json", "profile.png"}
+    assert not (tmp_path / "entropy.png").exists()  # no trace: no (stale) entropy plot
     # tracing is off by default: a normal generation records no phases
     gen = rt.start([1, 2, 3], max_new_tokens=4)
     gen.run()
     assert gen.ctx.rec.phases == []
+
+
+def test_profile_plots_the_entropy_trace_of_a_two_model_strategy(tmp_path, capsys):
+    from edgespec.bench import plots
+
+    rt = make_pair_rt()
+    cfg = {"tau": 2.0, "window": 2, "min_run": 2, "spec_k": 0}
+    prof = profile_generation(
+        rt,
+        "abcabcabcabc",
+        strategy="entropy-switch",
+        config=cfg,
+        max_new_tokens=24,
+        ignore_eos=True,
+    )
+    stats = prof["stats"]
+    assert prof["options"]["tau"] == 2.0 and prof["options"]["window"] == 2
+    assert len(stats["entropy_trace"]) == len(stats["model_trace"]) == 24
+    assert set(stats["model_trace"]) == {"d", "t"}  # both models wrote: shading of both
+    names = {r["phase"] for r in prof["table"]}
+    assert {"prefill", "small", "large", "sample"} <= names
+    files = write_profile(prof, tmp_path, "fake: where the time goes")
+    assert {f.name for f in files} == {"profile.json", "profile.png", "entropy.png"}
+    png = (tmp_path / "entropy.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+    # the plot follows the trace: another trace gives another picture
+    other = dict(prof, stats=dict(stats, model_trace="d" * 24))
+    write_profile(other, tmp_path / "other", "fake: where the time goes")
+    assert (tmp_path / "other" / "entropy.png").read_bytes() != png
+    assert json.loads((tmp_path / "profile.json").read_text())["options"]["tau"] == 2.0
+    assert plots.available()
+
+
+def test_role_spans_and_rolling_mean():
+    from edgespec.bench.plots import role_spans, rolling_mean
+
+    assert role_spans("ddtttd") == [("d", 0, 2), ("t", 2, 5), ("d", 5, 6)]
+    assert role_spans("") == []
+    assert rolling_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert rolling_mean([2.0, 4.0], 5) == [2.0, 3.0]
