@@ -130,3 +130,29 @@ def check_truncate(length: int, n_past: int) -> None:
     """Shared argument check for :meth:`Model.truncate` implementations."""
     if not 0 <= length <= n_past:
         raise ValueError(f"truncate({length}) is outside the cache (0..{n_past})")
+
+
+def tree_ancestors(parents: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a token tree's ``parents`` and return ``(anc, depth)``.
+
+    Args:
+        parents: ``int[T]``; node i's parent is an earlier node index, or -1 (the cache).
+
+    Returns:
+        ``anc bool[T, T]`` (``anc[i, j]``: j is i or an ancestor of i) and ``depth int64[T]``
+        (1 for children of the cache).
+
+    Raises:
+        ValueError: an empty tree, or a parent that is not an earlier node or -1.
+    """
+    par = [int(p) for p in parents]
+    t = len(par)
+    if t == 0 or any(not -1 <= p < i for i, p in enumerate(par)):
+        raise ValueError("parents must list, for each node, an earlier node or -1")
+    anc = np.eye(t, dtype=bool)
+    depth = np.ones(t, dtype=np.int64)
+    for i, p in enumerate(par):
+        if p >= 0:
+            anc[i] |= anc[p]
+            depth[i] = depth[p] + 1
+    return anc, depth

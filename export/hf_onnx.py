@@ -59,7 +59,7 @@ from edgespec.home import converted_dir
 from edgespec.runtimes.base import ModelSource
 
 #: Bump when the conversion changes in a way that invalidates cached artifacts.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 #: The manifest written beside ``model.onnx``; its presence marks a complete cache entry.
 MANIFEST = "edgespec-onnx.json"
 TASK = "text-generation-with-past"
@@ -183,7 +183,59 @@ def _genai_graph(hf_dir: Path, out: Path, progress: bool) -> Path:
         last = lines[-1][:300] if lines else f"exit status {proc.returncode}"
         raise EdgespecError(f"onnxruntime-genai's model builder failed ({last})")
     shutil.rmtree(out / ".cache", ignore_errors=True)
+    add_tree_inputs(out / "model.onnx")
     return out / "model.onnx"
+
+
+#: the graph inputs :func:`add_tree_inputs` adds, and their GroupQueryAttention input slots
+TREE_INPUTS = {"position_ids": 9, "attention_bias": 10}
+
+
+def add_tree_inputs(model_path: Path) -> int:
+    """Expose GroupQueryAttention's optional ``position_ids`` and ``attention_bias`` inputs as
+    graph inputs, so that one forward can score a token tree (in place; weights untouched).
+
+    Adds ``position_ids int64[B, T]`` (the rotary position of each new token) and
+    ``attention_bias float32[B, 1, T, P + T]`` (added to the attention scores; large negative
+    where node i may not see a position). Every GQA node of the graph gets both.
+
+    Returns:
+        the number of GroupQueryAttention nodes wired.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    proto = onnx.load(str(model_path), load_external_data=False)
+    graph = proto.graph
+    names = {i.name for i in graph.input}
+    if TREE_INPUTS.keys() & names:
+        raise EdgespecError(f"'{model_path}' already has tree inputs")
+    graph.input.append(
+        helper.make_tensor_value_info(
+            "position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]
+        )
+    )
+    graph.input.append(
+        helper.make_tensor_value_info(
+            "attention_bias",
+            TensorProto.FLOAT,
+            ["batch_size", 1, "sequence_length", "total_sequence_length"],
+        )
+    )
+    wired = 0
+    for node in graph.node:
+        if node.op_type != "GroupQueryAttention":
+            continue
+        ins = list(node.input) + [""] * (max(TREE_INPUTS.values()) + 1 - len(node.input))
+        for name, slot in TREE_INPUTS.items():
+            ins[slot] = name
+        del node.input[:]
+        node.input.extend(ins)
+        wired += 1
+    if not wired:
+        raise EdgespecError(f"'{model_path}' has no GroupQueryAttention node to wire")
+    onnx.save(proto, str(model_path))  # external weights stay where they are
+    return wired
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgespec.errors import EdgespecError, ModelLoadError
-from edgespec.model import Model, ModelInfo, check_truncate
+from edgespec.model import Model, ModelInfo, check_truncate, tree_ancestors
 from edgespec.runtimes.base import Backend, LoadOptions, ModelSource
 
 #: GGUF ``general.architecture`` values this backend runs.
@@ -592,19 +592,13 @@ class NumpyModel(Model):
         """
         ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
         T = int(ids.size)
-        par = [int(p) for p in parents]
-        if T == 0 or len(par) != T or any(not -1 <= p < i for i, p in enumerate(par)):
+        if len(parents) != T:
             raise ValueError("parents must list, for each node, an earlier node or -1")
+        anc, depth = tree_ancestors(parents)  # anc[i, j]: j is i or an ancestor of i
         if self._n_past + T > self.n_ctx:
             raise EdgespecError(
                 f"context overflow: {self._n_past} cached + {T} tree nodes > n_ctx {self.n_ctx}"
             )
-        anc = np.eye(T, dtype=bool)  # anc[i, j]: j is i or an ancestor of i
-        depth = np.ones(T, dtype=np.int64)
-        for i, p in enumerate(par):
-            if p >= 0:
-                anc[i] |= anc[p]
-                depth[i] = depth[p] + 1
         p0 = self._n_past
         with self._thread_limit():
             x = self.w.embed(ids)

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgespec.errors import EdgespecError, ModelLoadError, missing_extra
-from edgespec.model import Model, ModelInfo, check_truncate
+from edgespec.model import Model, ModelInfo, check_truncate, tree_ancestors
 from edgespec.runtimes.base import Backend, LoadOptions, ModelSource
 
 #: HF ``model_type`` -> the architecture name GGUF uses.
@@ -49,6 +49,8 @@ _NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 MANIFEST = "edgespec-onnx.json"
 #: fp32: batched vs one-token forwards differ by ~5e-5 (tests/backends/test_ort.py)
 FP32_BATCH_NOISE = 1e-4
+#: added to the attention scores of positions a tree node may not see
+MASKED = -1e9
 #: quantized graphs: MatMulNBits quantizes activations per call; measured up to ~1.1 on
 #: SmolLM2 int4 (docs/benchmarks-onnx.md), the same order as llama.cpp's
 QUANT_BATCH_NOISE = 2.0
@@ -115,6 +117,10 @@ class KVCache(ABC):
     def copy(self) -> KVCache:
         """An independent cache with the same contents, on the same session."""
 
+    def keep(self, base: int, rows: np.ndarray) -> None:
+        """Move cached positions ``rows`` (int64[n], ascending) to ``base .. base+n-1``."""
+        raise NotImplementedError(f"the '{self.layout}' KV layout cannot keep a tree path")
+
 
 class CopiedKV(KVCache):
     """optimum graphs: ``float[1, H_kv, P, D]`` arrays fed in, ``present`` (P + T) kept."""
@@ -180,6 +186,11 @@ class SharedKV(KVCache):
     def truncate(self, length: int) -> None:
         pass  # the mask length says what is valid; later forwards overwrite the rest
 
+    def keep(self, base: int, rows: np.ndarray) -> None:
+        n = int(rows.size)
+        for b in self._buffers:  # fancy indexing copies first, so overlaps are safe
+            b[:, :, base : base + n] = b[:, :, rows]
+
     def copy(self) -> SharedKV:
         other = SharedKV.__new__(SharedKV)
         other.__dict__.update(self.__dict__)
@@ -238,6 +249,7 @@ class OnnxModel(Model):
         if "logits" not in outputs:
             raise ModelLoadError("the ONNX graph has no 'logits' output; re-export it")
         self._has_position_ids = "position_ids" in inputs
+        self._has_bias = "attention_bias" in inputs
         layers = sorted(
             int(n.split(".")[1])
             for n in inputs
@@ -270,6 +282,9 @@ class OnnxModel(Model):
         dtype = _NP_DTYPES.get(k0.type, np.float32)
         self._kv = KV_LAYOUTS[layout](session, names, (int(shape[1]), head_dim), dtype, self.n_ctx)
         self._n_past = 0
+        #: trees need a per-node rotary position and mask (export.hf_onnx.add_tree_inputs)
+        #: and a cache that can keep a path in place
+        self.supports_tree = self._has_position_ids and self._has_bias and layout == "shared"
 
     # ------------------------------------------------------------------ Model API
 
@@ -288,6 +303,47 @@ class OnnxModel(Model):
             ``float32[T, V]``, or ``float32[1, V]`` (last position) when ``all_logits`` is
             False. Row i is the distribution over the token after ``tokens[i]``.
         """
+        ids = self._check(tokens)
+        past, t = self._n_past, int(ids.size)
+        positions = np.arange(past, past + t, dtype=np.int64)
+        bias = np.zeros((t, past + t), dtype=np.float32) if self._has_bias else None
+        logits = self._run(ids, positions, bias)
+        if not all_logits:
+            logits = logits[-1:]
+        return np.ascontiguousarray(logits, dtype=np.float32)
+
+    def forward_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+        """Score a token tree in one forward; see :meth:`Model.forward_tree`.
+
+        Node i goes to cache slot ``n_past + i`` with rotary position ``n_past + depth(i) - 1``
+        and ``attention_bias`` hiding every new slot that is not i or its ancestor.
+
+        Returns:
+            ``float32[T, V]``.
+        """
+        if not self.supports_tree:
+            raise NotImplementedError(
+                "this ONNX graph cannot verify token trees; re-convert it (gqa graph)"
+            )
+        ids = self._check(tokens)
+        if len(parents) != ids.size:
+            raise ValueError("parents must list, for each node, an earlier node or -1")
+        anc, depth = tree_ancestors(parents)
+        past = self._n_past
+        bias = np.zeros((ids.size, past + ids.size), dtype=np.float32)
+        bias[:, past:] = np.where(anc, 0.0, MASKED)
+        return np.ascontiguousarray(self._run(ids, past + depth - 1, bias), dtype=np.float32)
+
+    def commit_tree_path(self, base: int, path: Sequence[int]) -> None:
+        """Keep the tree nodes ``path`` (batch indices, root to leaf) after ``base``."""
+        rows = base + np.asarray(path, dtype=np.int64)
+        if rows.size and (rows.min() < base or rows.max() >= self._n_past):
+            raise ValueError(f"path {list(path)} is outside the pending tree")
+        self._kv.keep(base, rows)
+        self._n_past = base + int(rows.size)
+
+    def _check(self, tokens: Sequence[int]) -> np.ndarray:
+        """``tokens`` as ``int64[T]``, refused when empty, off-vocabulary or past n_ctx."""
         ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
         t = int(ids.size)
         if t == 0:
@@ -296,23 +352,28 @@ class OnnxModel(Model):
         if vocab and (ids.min() < 0 or ids.max() >= vocab):
             bad = int(ids[(ids < 0) | (ids >= vocab)][0])
             raise ValueError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})")
-        past = self._n_past
-        if past + t > self.n_ctx:
+        if self._n_past + t > self.n_ctx:
             raise EdgespecError(
-                f"context full: {past} cached + {t} new tokens exceed n_ctx={self.n_ctx}; "
-                "raise n_ctx or use a shorter prompt"
+                f"context full: {self._n_past} cached + {t} new tokens exceed "
+                f"n_ctx={self.n_ctx}; raise n_ctx or use a shorter prompt"
             )
+        return ids
+
+    def _run(self, ids: np.ndarray, positions: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        """One forward of ``ids int64[T]`` at rotary ``positions int64[T]``; ``bias
+        float32[T, n_past + T]`` or None. Appends T slots and returns ``logits [T, V]``."""
+        past, t = self._n_past, int(ids.size)
         feed: dict[str, np.ndarray] = {
             "input_ids": ids[None, :],
             "attention_mask": np.ones((1, past + t), dtype=np.int64),
         }
         if self._has_position_ids:
-            feed["position_ids"] = np.arange(past, past + t, dtype=np.int64)[None, :]
-        logits = self._kv.run(feed, past)[0]  # [T, V]
+            feed["position_ids"] = positions[None, :]
+        if bias is not None:
+            feed["attention_bias"] = bias[None, None]
+        logits = self._kv.run(feed, past)[0]
         self._n_past = past + t
-        if not all_logits:
-            logits = logits[-1:]
-        return np.ascontiguousarray(logits, dtype=np.float32)
+        return logits
 
     def truncate(self, length: int) -> None:
         """Keep the first ``length`` cached positions."""

@@ -102,8 +102,8 @@ def _hf_logits(hf_dir: Path, tokens: list[int]) -> np.ndarray:
 
 def test_graph_io(tiny_llama_onnx: Path, graph: str) -> None:
     inputs, outputs = hf_onnx.graph_io(tiny_llama_onnx / "model.onnx")
-    expected_in = ["input_ids", "attention_mask"]
-    expected_in += ["position_ids"] if graph == "optimum" else []
+    expected_in = ["input_ids", "attention_mask", "position_ids"]
+    expected_in += ["attention_bias"] if graph == "gqa" else []  # tree inputs (add_tree_inputs)
     expected_in += [f"past_key_values.{i}.{kv}" for i in range(3) for kv in ("key", "value")]
     expected_out = ["logits"] + [f"present.{i}.{kv}" for i in range(3) for kv in ("key", "value")]
     assert sorted(inputs) == sorted(expected_in)  # the builder groups keys before values
@@ -276,3 +276,38 @@ def test_smollm2_matches_numpy_reference(smollm2_path: Path) -> None:
     ref_tokens, ref_logits = _greedy(ref_model, prompt, 16)
     assert ort_tokens == ref_tokens
     assert np.abs(ort_logits - ref_logits).max() < REF_ATOL
+
+
+def test_tree_forward_and_commit(tiny: tuple[Path, Path], graph: str) -> None:
+    """Each tree node's logits equal a linear forward of its root-to-node path, and committing
+    a path leaves the cache equal to a fresh forward of prefix + path (gqa graphs only)."""
+    _, onnx_dir = tiny
+    m = _open(onnx_dir)
+    if graph == "optimum":  # no per-node positions or mask: trees are refused
+        assert not m.supports_tree
+        with pytest.raises(NotImplementedError, match="re-convert"):
+            m.forward_tree([7, 8], [-1, 0])
+        return
+    assert m.supports_tree
+    prefix = [5, 17, 3, 99, 42]
+    tokens = [7, 8, 9, 10, 11, 12]
+    parents = [-1, 0, 0, 1, 3, 2]  # 7 -> (8 -> 10 -> 11), (9 -> 12)
+    m.forward(prefix)
+    tree_logits = m.forward_tree(tokens, parents)
+    assert tree_logits.shape == (6, 256) and m.n_past == len(prefix) + 6
+    paths = {0: [0], 1: [0, 1], 2: [0, 2], 3: [0, 1, 3], 4: [0, 1, 3, 4], 5: [0, 2, 5]}
+    ref = _open(onnx_dir)
+    for node, path in paths.items():
+        ref.reset()
+        lin = ref.forward(prefix + [tokens[i] for i in path])
+        np.testing.assert_allclose(tree_logits[node], lin[-1], rtol=0, atol=BATCH_ATOL)
+    m.commit_tree_path(len(prefix), [0, 2, 5])
+    assert m.n_past == len(prefix) + 3
+    nxt = m.forward([55, 56])
+    ref.reset()
+    lin = ref.forward(prefix + [7, 9, 12, 55, 56])
+    np.testing.assert_allclose(nxt, lin[-2:], rtol=0, atol=BATCH_ATOL)
+    with pytest.raises(ValueError, match="earlier node"):
+        m.forward_tree([1, 2], [-1, 1])
+    with pytest.raises(ValueError, match="outside"):
+        m.commit_tree_path(m.n_past, [0])
