@@ -2,7 +2,8 @@
 
 Rows: llama.cpp on the same GGUF (the reference), then each ONNX graph style of
 :data:`edgespec.export.hf_onnx.ONNX_GRAPHS` (``gqa``: shared KV buffer via IOBinding;
-``optimum``: KV copied in and out) in fp32 and int4 (MatMulNBits). Everything is measured
+``optimum``: KV copied in and out) in fp32 and int4 (MatMulNBits), and for GGUF sources the
+``gqa`` graph with the file's own quantized weights (``gguf-exact``). Everything is measured
 side by side in one process (repetitions interleaved), on the same model, threads and
 context. Writes a Markdown table (``--out``) with the command behind it.
 
@@ -64,6 +65,7 @@ def main() -> int:
     p.add_argument("--out", default=None)
     a = p.parse_args()
 
+    from edgespec.export.gguf_exact import ensure_exact_onnx
     from edgespec.export.hf_onnx import ONNX_GRAPHS, ensure_onnx
     from edgespec.runtimes import BACKENDS
     from edgespec.runtimes.base import LoadOptions
@@ -76,6 +78,8 @@ def main() -> int:
         fp32 = ensure_onnx(source, progress=False, graph=graph)
         dirs[f"onnx {graph} fp32"] = fp32
         dirs[f"onnx {graph} int4 (b{a.block_size})"] = int4_dir(fp32, a.block_size)
+    if source.kind == "gguf":  # the GGUF's own quantized weights in MatMulNBits, not re-quantized
+        dirs["onnx gqa gguf-exact"] = ensure_exact_onnx(source, progress=False)
     opts = LoadOptions(n_ctx=a.context + a.decode + 16, n_threads=a.threads, progress=False)
     # the reference a user would otherwise run: llama.cpp on the same GGUF, its default threads
     ref_opts = LoadOptions(n_ctx=opts.n_ctx, progress=False)
@@ -130,8 +134,10 @@ def main() -> int:
         "onnxruntime-genai's model builder (GroupQueryAttention, one preallocated KV buffer",
         "per layer bound as past and present through IOBinding); `optimum`: optimum-onnx's",
         "export (past KV copied in and out of every call). int4 is MatMulNBits on that",
-        "graph, symmetric, accuracy_level 4. The build machine is shared, so absolute",
-        "numbers vary between runs; compare rows.",
+        "graph, symmetric, accuracy_level 4. `gguf-exact`: the gqa graph with the GGUF",
+        "file's own codes and scales in MatMulNBits (accuracy_level 4; affine blocks add a",
+        "block-sum residual MatMul), see edgespec/export/gguf_exact.py. The build machine",
+        "is shared, so absolute numbers vary between runs; compare rows.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
