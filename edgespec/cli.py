@@ -37,6 +37,12 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         help="llamacpp | onnx | numpy (default: best installed for the model)",
     )
     p.add_argument("--draft", default=None, help="draft model with the same vocabulary")
+    p.add_argument(
+        "--weights",
+        default="auto",
+        help="onnx backend, GGUF models: gguf-exact (the file's own quantized blocks, the "
+        "default) or fp32 (dequantized)",
+    )
     p.add_argument("--n-ctx", type=int, default=2048, help="KV-cache size in tokens")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: backend's)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -142,6 +148,7 @@ def load_from_args(a: argparse.Namespace) -> Runtime:
         n_ctx=a.n_ctx,
         n_threads=a.threads,
         progress=not a.quiet,
+        weights=a.weights,
     )
 
 
@@ -200,18 +207,18 @@ def spec_config_from_args(a: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
-    from edgespec.runtime import load
     from edgespec.spec import profile
 
     if a.max_k < 1:
         raise EdgespecError(f"--max-k must be >= 1, got {a.max_k}")
-    rt = load(a.model, backend=a.backend, n_ctx=a.n_ctx, n_threads=a.threads, progress=not a.quiet)
+    rt = load_from_args(a)
     with rt:
         sizes = list(range(1, a.max_k + 2))
         curve = profile.measure_verify_curve(
             rt.target, sizes, context=a.context, reps=a.reps, vocab=rt.tokenizer.vocab_size
         )
-        key = profile.profile_key(rt.backend, str(rt.source.path), a.threads)
+        variant = str(rt.target.info.extra.get("variant", ""))
+        key = profile.profile_key(rt.backend, str(rt.source.path), a.threads, variant)
         entry = {
             "verify": {str(n): s for n, s in curve.items()},
             "model": rt.source.name,

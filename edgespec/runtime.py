@@ -168,6 +168,7 @@ def load(
     n_threads: int | None = None,
     dtype: str = "float32",
     progress: bool = True,
+    weights: str = "auto",
 ) -> Runtime:
     """Load a model (zoo name, .gguf, HF folder or hub id; default ``smollm2-135m``).
 
@@ -180,6 +181,8 @@ def load(
         n_threads: CPU threads; None lets the backend decide.
         dtype: compute dtype of the NumPy reference.
         progress: show progress bars for downloads and conversions.
+        weights: onnx backend with a GGUF model: "gguf-exact" (the file's own quantized
+            blocks; what "auto" picks) or "fp32" (dequantized). See ``LoadOptions.weights``.
     """
     if n_ctx < 16:
         raise EdgespecError(f"n_ctx must be at least 16, got {n_ctx}")
@@ -187,7 +190,9 @@ def load(
 
     source = select(resolve(model, progress=progress), backend)  # bundles: per backend
     name = pick_backend(source, backend)
-    options = LoadOptions(n_ctx=n_ctx, n_threads=n_threads, dtype=dtype, progress=progress)
+    options = LoadOptions(
+        n_ctx=n_ctx, n_threads=n_threads, dtype=dtype, progress=progress, weights=weights
+    )
     tokenizer = load_tokenizer(source)
     target = load_model(source, name, options)
     draft_model = None

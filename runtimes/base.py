@@ -35,12 +35,16 @@ class LoadOptions:
         n_threads: CPU threads; None lets the backend pick (usually all physical cores).
         dtype: compute dtype for the NumPy reference ("float32", or "float64" in tests).
         progress: show progress bars for slow steps (conversion, dequantization).
+        weights: how a backend that converts GGUF files holds their weights: "auto" (its
+            default), "fp32" (dequantized) or "gguf-exact" (the file's own quantized
+            blocks). Only the ``onnx`` backend has a choice (``edgespec.runtimes.ort``).
     """
 
     n_ctx: int = 2048
     n_threads: int | None = None
     dtype: str = "float32"
     progress: bool = True
+    weights: str = "auto"
 
 
 class Backend(ABC):

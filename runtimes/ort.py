@@ -430,6 +430,7 @@ def load_onnx_dir(folder: str | Path, options: LoadOptions, source_name: str = "
         raise ModelLoadError(f"'{path}' has no model.onnx")
     info, _ = _info_from_config(path, source_name or str(path))
     session = _make_session(model_file, options.n_threads)
+    info.extra["variant"] = f"{kv_layout(path)}-{info.extra['dtype']}"
     n_ctx = min(options.n_ctx, info.context_length)
     model = OnnxModel(session, info, n_ctx=n_ctx, layout=kv_layout(path))
     model.path = path
@@ -438,10 +439,45 @@ def load_onnx_dir(folder: str | Path, options: LoadOptions, source_name: str = "
     return model
 
 
+def _fp32(source: ModelSource, progress: bool) -> Path:
+    from edgespec.export.hf_onnx import ensure_onnx
+
+    return ensure_onnx(source, progress=progress)
+
+
+def _gguf_exact(source: ModelSource, progress: bool) -> Path:
+    from edgespec.export.gguf_exact import ensure_exact_onnx
+
+    return ensure_exact_onnx(source, progress=progress)
+
+
+#: ``LoadOptions.weights`` -> (source kinds it serves, how to get the converted folder)
+WEIGHTS = {"fp32": (("gguf", "hf"), _fp32), "gguf-exact": (("gguf",), _gguf_exact)}
+#: what "auto" means per source kind: a GGUF keeps its own quantized weights (faster than
+#: fp32 and faithful to the file, docs/benchmarks-onnx.md); an HF folder is converted to fp32
+AUTO_WEIGHTS = {"gguf": "gguf-exact", "hf": "fp32"}
+
+
+def converted_folder(source: ModelSource, options: LoadOptions) -> Path:
+    """The converted ONNX folder of a GGUF or HF source, per ``options.weights``."""
+    choice = AUTO_WEIGHTS[source.kind] if options.weights == "auto" else options.weights
+    if choice not in WEIGHTS:
+        known = ", ".join(["auto", *WEIGHTS])
+        raise EdgespecError(f"unknown --weights '{options.weights}' (known: {known})")
+    kinds, convert = WEIGHTS[choice]
+    if source.kind not in kinds:
+        raise EdgespecError(
+            f"--weights {choice} needs a {' or '.join(kinds)} source, not '{source.kind}'; "
+            "use --weights fp32"
+        )
+    return convert(source, options.progress)
+
+
 class OnnxBackend(Backend):
-    """Converts GGUF / HF sources to fp32 ONNX (cached; a GroupQueryAttention graph with a
-    shared KV buffer) and runs them in onnxruntime; exported ``onnx`` artifact folders (any
-    quantization, either graph style) load as they are."""
+    """Converts GGUF / HF sources to ONNX (cached; a GroupQueryAttention graph with a shared
+    KV buffer, holding a GGUF's own quantized weights by default) and runs them in
+    onnxruntime; exported ``onnx`` artifact folders (any quantization, either graph style)
+    load as they are."""
 
     name = "onnx"
     accepts = ("gguf", "hf", "onnx")
@@ -458,7 +494,5 @@ class OnnxBackend(Backend):
             raise missing_extra("onnxruntime", cls.extra)
         if source.kind == "onnx":  # an exported artifact folder (model.onnx + config.json)
             return load_onnx_dir(source.path, options, source.name or str(source.path))
-        from edgespec.export.hf_onnx import ensure_onnx
-
-        folder = ensure_onnx(source, progress=options.progress)
+        folder = converted_folder(source, options)
         return load_onnx_dir(folder, options, source.name or str(source.path))

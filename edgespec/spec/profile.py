@@ -40,8 +40,11 @@ def device_fingerprint() -> str:
     return hashlib.sha256(device_description().encode()).hexdigest()[:16]
 
 
-def profile_key(backend: str, model: str, threads: int | None) -> str:
-    return f"{backend}|{Path(model).name}|threads={threads or 'default'}"
+def profile_key(backend: str, model: str, threads: int | None, variant: str = "") -> str:
+    """The key of a stored cost curve. ``variant`` tells apart what one backend can make of
+    one file (the onnx backend's graph and weights, e.g. ``shared-gguf-exact``)."""
+    label = f"{backend}:{variant}" if variant else backend
+    return f"{label}|{Path(model).name}|threads={threads or 'default'}"
 
 
 def _profile_path() -> Path:

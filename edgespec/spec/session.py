@@ -55,7 +55,10 @@ class SpecSession:
     def build(cls, runtime: Runtime, config: SpecConfig, *, allow_plain: bool) -> SpecSession:
         proposers = {n: PROPOSERS.get(n).create(runtime, config) for n in config.proposers}
         key = profile.profile_key(
-            runtime.backend, str(runtime.source.path), runtime.options.n_threads
+            runtime.backend,
+            str(runtime.source.path),
+            runtime.options.n_threads,
+            str(runtime.target.info.extra.get("variant", "")),
         )
         points = profile.load_verify_curve(key)
         source = "profile"

@@ -215,6 +215,20 @@ def test_backend_load_reuses_cache(
     assert model.forward(PROMPT[:3]).shape == (3, 256)
 
 
+def test_weights_choice(tiny_llama_dir: Path, onnx_home: Path) -> None:
+    """HF folders convert to fp32 (auto); gguf-exact needs a GGUF; unknown names are listed."""
+    backend = BACKENDS.get("onnx")
+    source = ModelSource("hf", tiny_llama_dir, "tiny-llama")
+    with _home(onnx_home):
+        model = backend.load(source, LoadOptions(n_ctx=64, progress=False, weights="auto"))
+        assert model.info.extra["variant"] == "shared-float32"
+        with pytest.raises(EdgespecError, match="needs a gguf source") as info:
+            backend.load(source, LoadOptions(n_ctx=64, progress=False, weights="gguf-exact"))
+        assert "\n" not in str(info.value)
+        with pytest.raises(EdgespecError, match="known: auto, fp32, gguf-exact"):
+            backend.load(source, LoadOptions(n_ctx=64, progress=False, weights="int3"))
+
+
 def test_qwen2_info(tiny_qwen2_onnx: Path) -> None:
     assert _open(tiny_qwen2_onnx).info.arch == "qwen2"
 
@@ -268,7 +282,8 @@ def test_smollm2_matches_numpy_reference(smollm2_path: Path) -> None:
         pytest.skip("the NumPy reference backend is not available")
     source = ModelSource("gguf", smollm2_path, "smollm2-135m")
     prompt = [1, 504, 3458, 282, 4649, 314, 253, 1345, 28, 357]
-    ort_model = BACKENDS.get("onnx").load(source, LoadOptions(n_ctx=64, progress=False))
+    opts = LoadOptions(n_ctx=64, progress=False, weights="fp32")  # the dequantized weights
+    ort_model = BACKENDS.get("onnx").load(source, opts)
     assert ort_model.info.arch == "llama"
     assert (ort_model.info.n_layers, ort_model.info.vocab_size) == (30, 49152)
     ort_tokens, ort_logits = _greedy(ort_model, prompt, 16)
