@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 import time
@@ -32,8 +33,11 @@ def int4_dir(fp32: Path, block_size: int) -> Path:
     from edgespec.fileutil import atomic_dir
 
     out = fp32.parent / f"{fp32.name}-int4-b{block_size}"
-    if (out / "model.onnx").exists():
+    stamp = (fp32 / "edgespec-onnx.json").read_text()  # names the fp32 conversion's version
+    made_from = out / "source-manifest.json"
+    if made_from.exists() and made_from.read_text() == stamp:
         return out
+    shutil.rmtree(out, ignore_errors=True)  # made from an older fp32 conversion
     with atomic_dir(out) as tmp:
         q = MatMulNBitsQuantizer(
             onnx.load(str(fp32 / "model.onnx")),
@@ -48,10 +52,12 @@ def int4_dir(fp32: Path, block_size: int) -> Path:
             if (fp32 / name).exists():
                 (tmp / name).write_bytes((fp32 / name).read_bytes())
         (tmp / "edgespec-onnx.json").write_text('{"dtype": "int4"}\n')
+        (tmp / "source-manifest.json").write_text(stamp)
     return out
 
 
 REFERENCE = "llama.cpp (GGUF)"
+FP32 = "onnx gqa fp32"
 
 
 def main() -> int:
@@ -67,6 +73,7 @@ def main() -> int:
 
     from edgespec.export.gguf_exact import ensure_exact_onnx
     from edgespec.export.hf_onnx import ONNX_GRAPHS, ensure_onnx
+    from edgespec.quality import exact_prefix
     from edgespec.runtimes import BACKENDS
     from edgespec.runtimes.base import LoadOptions
     from edgespec.runtimes.ort import load_onnx_dir
@@ -89,6 +96,7 @@ def main() -> int:
     prompt = [int(x) for x in np.random.default_rng(0).integers(100, min(vocab, 20000), a.context)]
     ks = (1, 2, 4, 8)
     decode: dict[str, list[float]] = {k: [] for k in models}
+    tokens: dict[str, list[int]] = {}
     fwd: dict[str, dict[int, list[float]]] = {k: {n: [] for n in ks} for k in models}
     for m in models.values():  # warm-up
         m.truncate(0)
@@ -98,10 +106,13 @@ def main() -> int:
         for name, m in models.items():
             m.truncate(0)
             logits = m.forward(prompt, all_logits=False)
+            out: list[int] = []
             t0 = time.perf_counter()
             for _ in range(a.decode):
-                logits = m.forward([int(np.argmax(logits[-1]))], all_logits=False)
+                out.append(int(np.argmax(logits[-1])))
+                logits = m.forward([out[-1]], all_logits=False)
             decode[name].append(a.decode / (time.perf_counter() - t0))
+            tokens[name] = out
             for n in ks:
                 m.truncate(a.context)
                 t0 = time.perf_counter()
@@ -119,15 +130,20 @@ def main() -> int:
         "",
         "| graph | decode tok/s | x llama.cpp | "
         + " | ".join(f"k={n} ms (x k=1)" for n in ks)
-        + " |",
-        "|---|---|---|" + "---|" * len(ks),
+        + f" | greedy = {FP32} |",
+        "|---|---|---|" + "---|" * len(ks) + "---|",
     ]
     ref = med(decode[REFERENCE])
     for name in models:
         one = med(fwd[name][1])
         cells = [f"{med(fwd[name][n]) * 1e3:.1f} ({med(fwd[name][n]) / one:.2f}x)" for n in ks]
         speed = med(decode[name])
-        lines.append(f"| {name} | {speed:.1f} | {speed / ref:.2f} | " + " | ".join(cells) + " |")
+        same = exact_prefix(tokens[name], tokens[FP32]) if FP32 in tokens else 0
+        lines.append(
+            f"| {name} | {speed:.1f} | {speed / ref:.2f} | "
+            + " | ".join(cells)
+            + f" | {same}/{a.decode} |"
+        )
     lines += [
         "",
         "All rows are measured in one process, repetitions interleaved. `gqa`:",
@@ -137,7 +153,9 @@ def main() -> int:
         "graph, symmetric, accuracy_level 4. `gguf-exact`: the gqa graph with the GGUF",
         "file's own codes and scales in MatMulNBits (accuracy_level 4; affine blocks add a",
         "block-sum residual MatMul), see edgespec/export/gguf_exact.py. The build machine",
-        "is shared, so absolute numbers vary between runs; compare rows.",
+        "is shared, so absolute numbers vary between runs; compare rows. The last column",
+        f"counts the decoded tokens equal to the `{FP32}` row's before the first",
+        "difference (the same dequantized weights in float32).",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
