@@ -65,7 +65,8 @@ def add_commands(sub: Any) -> None:
     e.add_argument(
         "--quant",
         default=None,
-        help="comma list: fp32, int8, int4 (onnx); f16, q8_0, q4_0, f32 (gguf)",
+        help="comma list: fp32, int8, int4, gguf-exact (onnx; gguf-exact needs a GGUF source); "
+        "f16, q8_0, q4_0, f32 (gguf)",
     )
     e.add_argument("--block-size", type=int, default=32, help="int4 block size (onnx)")
     e.add_argument(

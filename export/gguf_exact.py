@@ -70,6 +70,10 @@ _PROJ = {
 }
 
 
+class NoQuantizedWeights(EdgespecError):
+    """The GGUF holds no quantized MatMul weight (an f16/f32 file): fp32 is already exact."""
+
+
 @dataclass(frozen=True)
 class Part:
     """One GGUF tensor feeding a graph MatMul.
@@ -330,7 +334,7 @@ def build_exact_onnx(
         if not wv.uses():
             del graph.initializers[wv.name]
     if not counts:
-        raise EdgespecError(f"no MatMul of '{src}' maps onto a quantized GGUF tensor")
+        raise NoQuantizedWeights(f"no MatMul of '{src}' maps onto a quantized GGUF tensor")
     out.mkdir(parents=True, exist_ok=True)
     ir.save(model, out / "model.onnx", external_data="model.onnx.data")
     for name in ("config.json", "genai_config.json"):

@@ -15,6 +15,8 @@ way.
   quantized per call: logits depend slightly on the batch, see stack.md).
 - ``int4``: ``MatMulNBitsQuantizer`` (symmetric 4-bit blocks of ``block_size`` weights,
   ``accuracy_level=4``: int8 activations inside MatMulNBits on CPU).
+- ``gguf-exact`` (GGUF sources): the source file's own quantized blocks in MatMulNBits,
+  not re-quantized (:mod:`edgespec.export.gguf_exact`).
 """
 
 from __future__ import annotations
@@ -64,13 +66,15 @@ def copy_model_files(src: Prepared, out_dir: Path) -> None:
         write_vocab_gguf(src.tokenizer_gguf, out_dir / "tokenizer.gguf")
 
 
-def _copy_fp32(fp32: Path, out_dir: Path, options: ArtifactOptions) -> dict[str, object]:
+def _copy_fp32(
+    fp32: Path, out_dir: Path, options: ArtifactOptions, src: Prepared
+) -> dict[str, object]:
     for f in fp32.parent.glob("model.onnx*"):
         shutil.copy2(f, out_dir / f.name)
     return {}
 
 
-def _int8(fp32: Path, out_dir: Path, options: ArtifactOptions) -> dict[str, object]:
+def _int8(fp32: Path, out_dir: Path, options: ArtifactOptions, src: Prepared) -> dict[str, object]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
@@ -83,7 +87,7 @@ def _int8(fp32: Path, out_dir: Path, options: ArtifactOptions) -> dict[str, obje
     return {"weight_type": "QInt8"}
 
 
-def _int4(fp32: Path, out_dir: Path, options: ArtifactOptions) -> dict[str, object]:
+def _int4(fp32: Path, out_dir: Path, options: ArtifactOptions, src: Prepared) -> dict[str, object]:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -102,8 +106,23 @@ def _int4(fp32: Path, out_dir: Path, options: ArtifactOptions) -> dict[str, obje
     return {"block_size": options.block_size, "op": "MatMulNBits", "accuracy_level": 4}
 
 
-#: quantization -> (fp32 model.onnx, artifact folder, options) -> details for the manifest
-QUANTIZERS = {"fp32": _copy_fp32, "int8": _int8, "int4": _int4}
+def _gguf_exact(
+    fp32: Path, out_dir: Path, options: ArtifactOptions, src: Prepared
+) -> dict[str, object]:
+    from edgespec.errors import EdgespecError
+    from edgespec.export.gguf_exact import build_exact_onnx
+
+    if src.gguf_path is None:
+        raise EdgespecError(
+            f"--quant gguf-exact keeps a GGUF file's own quantized blocks, but '{src.name}' "
+            "is not a GGUF; use int4 or int8"
+        )
+    build_exact_onnx(src.gguf_path, fp32.parent, out_dir, progress=options.progress)
+    return {"op": "MatMulNBits", "weights": "the GGUF's own blocks", "accuracy_level": 4}
+
+
+#: quantization -> (fp32 model.onnx, artifact folder, options, source) -> manifest details
+QUANTIZERS = {"fp32": _copy_fp32, "int8": _int8, "int4": _int4, "gguf-exact": _gguf_exact}
 
 
 class OnnxExporter(Exporter):
@@ -132,7 +151,7 @@ class OnnxExporter(Exporter):
 
         out_dir.mkdir(parents=True, exist_ok=True)
         fp32 = self._fp32_graph(src, options)
-        details = QUANTIZERS[quant](fp32, out_dir, options)
+        details = QUANTIZERS[quant](fp32, out_dir, options, src)
         if (fp32.parent / "genai_config.json").exists():  # marks the shared-KV graph style
             shutil.copy2(fp32.parent / "genai_config.json", out_dir / "genai_config.json")
         copy_model_files(src, out_dir)

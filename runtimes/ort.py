@@ -459,8 +459,13 @@ AUTO_WEIGHTS = {"gguf": "gguf-exact", "hf": "fp32"}
 
 
 def converted_folder(source: ModelSource, options: LoadOptions) -> Path:
-    """The converted ONNX folder of a GGUF or HF source, per ``options.weights``."""
-    choice = AUTO_WEIGHTS[source.kind] if options.weights == "auto" else options.weights
+    """The converted ONNX folder of a GGUF or HF source, per ``options.weights``.
+
+    "auto" on a GGUF whose MatMul weights are all floating point (f16/f32 files) falls back
+    to fp32, which is then just as exact.
+    """
+    auto = options.weights == "auto"
+    choice = AUTO_WEIGHTS[source.kind] if auto else options.weights
     if choice not in WEIGHTS:
         known = ", ".join(["auto", *WEIGHTS])
         raise EdgespecError(f"unknown --weights '{options.weights}' (known: {known})")
@@ -470,7 +475,14 @@ def converted_folder(source: ModelSource, options: LoadOptions) -> Path:
             f"--weights {choice} needs a {' or '.join(kinds)} source, not '{source.kind}'; "
             "use --weights fp32"
         )
-    return convert(source, options.progress)
+    if not auto or choice == "fp32":
+        return convert(source, options.progress)
+    from edgespec.export.gguf_exact import NoQuantizedWeights
+
+    try:
+        return convert(source, options.progress)
+    except NoQuantizedWeights:
+        return _fp32(source, options.progress)
 
 
 class OnnxBackend(Backend):

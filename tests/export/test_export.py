@@ -205,6 +205,10 @@ def test_bad_inputs(tiny_tok_dir: Path, tiny_llama_dir: Path, tmp_path: Path) ->
     # failed verification
     with pytest.raises(EdgespecError, match="verification failed"):
         _export(target=str(tiny_tok_dir), out=str(out), quants=("int4",), min_agreement=1.0)
+    # gguf-exact needs a GGUF source
+    with pytest.raises(EdgespecError, match="is not a GGUF; use int4") as info:
+        _export(target=str(tiny_tok_dir), out=str(out), quants=("gguf-exact",))
+    assert "\n" not in str(info.value)
     # a quantization no format takes
     with pytest.raises(EdgespecError, match="takes fp32, int8, int4"):
         _export(target=str(tiny_tok_dir), out=str(out), quants=("q4_0",))
@@ -237,10 +241,15 @@ def test_smollm2_onnx_bundle_matches_numpy_reference(smollm2_path: Path, tmp_pat
     from edgespec.runtimes import BACKENDS, LoadOptions, ModelSource
 
     out = tmp_path / "smollm2-bundle"
-    _export(target=str(smollm2_path), out=str(out), formats=("onnx",), quants=("fp32",))
+    _export(
+        target=str(smollm2_path), out=str(out), formats=("onnx",), quants=("fp32", "gguf-exact")
+    )
     m = json.loads((out / "edgespec.json").read_text())
-    (art,) = m["roles"]["target"]["artifacts"]
-    assert art["verification"]["greedy_agreement"] == 1.0
+    fp32, exact = m["roles"]["target"]["artifacts"]
+    assert fp32["quantization"] == "fp32" and fp32["verification"]["greedy_agreement"] == 1.0
+    # the GGUF's own blocks vs their fp32 dequantization in transformers (measured 0.979)
+    assert exact["quantization"] == "gguf-exact"
+    assert exact["verification"]["greedy_agreement"] >= 0.9
     ref = BACKENDS.get("numpy").load(
         ModelSource("gguf", smollm2_path, "smollm2-135m"), LoadOptions(n_ctx=64, progress=False)
     )
