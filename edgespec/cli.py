@@ -223,6 +223,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             "verify": {str(n): s for n, s in curve.items()},
             "model": rt.source.name,
             "backend": rt.backend,
+            "weights": a.weights,
             "context": a.context,
             "reps": a.reps,
         }

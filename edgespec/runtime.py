@@ -34,8 +34,13 @@ def make_params(base: GenerationParams | None = None, **overrides: Any) -> Gener
     return GenerationParams.from_dict(d)
 
 
-def pick_backend(source: ModelSource, backend: str | None) -> str:
-    """The backend to use: the user's choice (checked), or the first available preference."""
+def pick_backend(
+    source: ModelSource, backend: str | None, options: LoadOptions | None = None
+) -> str:
+    """The backend to use: the user's choice (checked); else, among the installed backends
+    that can load ``source``, the one whose stored ``edgespec calibrate`` profile of this
+    model (same threads and weights in ``options``) decodes one token fastest on this device;
+    else the first installed one in ``PREFERRED`` order."""
     if backend:
         cls = BACKENDS.get(backend)
         if source.kind not in cls.accepts:
@@ -46,9 +51,24 @@ def pick_backend(source: ModelSource, backend: str | None) -> str:
         if not cls.available():
             raise missing_extra(cls.requires[0], cls.extra or backend)
         return backend
-    for name in PREFERRED[source.kind]:
-        if BACKENDS.get(name).available():
-            return name
+    installed = [n for n in PREFERRED[source.kind] if BACKENDS.get(n).available()]
+    if options is not None:
+        # any installed backend that loads this kind may win on measurements, including
+        # ones not preferred by default (onnx converts a GGUF once, on first use)
+        able = installed + [
+            n
+            for n in BACKENDS.names()
+            if n not in installed
+            and source.kind in BACKENDS.get(n).accepts
+            and BACKENDS.get(n).available()
+        ]
+        from edgespec.spec.profile import fastest_backend
+
+        fastest = fastest_backend(str(source.path), able, options.n_threads, options.weights)
+        if fastest is not None:
+            return fastest[0]
+    if installed:
+        return installed[0]
     raise EdgespecError(f"no installed backend can load a {source.kind} model; run ./install.sh")
 
 
@@ -189,10 +209,10 @@ def load(
     from edgespec.bundle import role_source, select
 
     source = select(resolve(model, progress=progress), backend)  # bundles: per backend
-    name = pick_backend(source, backend)
     options = LoadOptions(
         n_ctx=n_ctx, n_threads=n_threads, dtype=dtype, progress=progress, weights=weights
     )
+    name = pick_backend(source, backend, options)
     tokenizer = load_tokenizer(source)
     target = load_model(source, name, options)
     draft_model = None

@@ -12,7 +12,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,33 @@ def load_verify_curve(key: str) -> dict[int, float] | None:
     if not entry:
         return None
     return {int(n): float(s) for n, s in entry["verify"].items()}
+
+
+def fastest_backend(
+    model: str, candidates: Sequence[str], threads: int | None, weights: str = "auto"
+) -> tuple[str, float] | None:
+    """The backend whose stored profile of ``model`` has the cheapest one-token forward.
+
+    Only profiles of this device, with the same thread setting and the same ``weights``
+    choice (entries without one count as "auto"), are compared. Plain decoding runs one
+    token per forward, and every strategy falls back to it, so that cost decides.
+
+    Returns:
+        ``(backend, seconds per one-token forward)``, or None when fewer than two of the
+        ``candidates`` have such a profile (then nothing has been compared).
+    """
+    suffix = f"|{Path(model).name}|threads={threads or 'default'}"
+    best: dict[str, float] = {}
+    for key, entry in load_profiles().items():
+        if not key.endswith(suffix) or entry.get("weights", "auto") != weights:
+            continue
+        backend = str(entry.get("backend") or key.split("|")[0].split(":")[0])
+        one = entry.get("verify", {}).get("1")
+        if backend in candidates and one:
+            best[backend] = min(best.get(backend, float("inf")), float(one))
+    if len(best) < 2:
+        return None
+    return min(best.items(), key=lambda kv: kv[1])
 
 
 def save_profile(key: str, entry: dict[str, Any]) -> Path:
