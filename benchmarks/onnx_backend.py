@@ -92,10 +92,14 @@ def main() -> int:
     ref_opts = LoadOptions(n_ctx=opts.n_ctx, progress=False)
     models = {REFERENCE: BACKENDS.get("llamacpp").load(source, ref_opts)}
     models.update({k: load_onnx_dir(d, opts) for k, d in dirs.items()})
+    if "onnx gqa gguf-exact" in dirs:  # the energy setting: idle ORT threads sleep
+        quiet = LoadOptions(n_ctx=opts.n_ctx, n_threads=a.threads, progress=False, spin=False)
+        models["onnx gqa gguf-exact, --no-spin"] = load_onnx_dir(dirs["onnx gqa gguf-exact"], quiet)
     vocab = next(iter(models.values())).info.vocab_size
     prompt = [int(x) for x in np.random.default_rng(0).integers(100, min(vocab, 20000), a.context)]
     ks = (1, 2, 4, 8)
     decode: dict[str, list[float]] = {k: [] for k in models}
+    cpu: dict[str, list[float]] = {k: [] for k in models}  # CPU seconds per decoded token
     tokens: dict[str, list[int]] = {}
     fwd: dict[str, dict[int, list[float]]] = {k: {n: [] for n in ks} for k in models}
     for m in models.values():  # warm-up
@@ -107,11 +111,12 @@ def main() -> int:
             m.truncate(0)
             logits = m.forward(prompt, all_logits=False)
             out: list[int] = []
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(a.decode):
                 out.append(int(np.argmax(logits[-1])))
                 logits = m.forward([out[-1]], all_logits=False)
             decode[name].append(a.decode / (time.perf_counter() - t0))
+            cpu[name].append((time.process_time() - c0) / a.decode)
             tokens[name] = out
             for n in ks:
                 m.truncate(a.context)
@@ -128,10 +133,10 @@ def main() -> int:
         "",
         f"Command: `{cmd}`",
         "",
-        "| graph | decode tok/s | x llama.cpp | "
+        "| graph | decode tok/s | x llama.cpp | CPU ms/token | "
         + " | ".join(f"k={n} ms (x k=1)" for n in ks)
         + f" | greedy = {FP32} |",
-        "|---|---|---|" + "---|" * len(ks) + "---|",
+        "|---|---|---|---|" + "---|" * len(ks) + "---|",
     ]
     ref = med(decode[REFERENCE])
     for name in models:
@@ -140,7 +145,7 @@ def main() -> int:
         speed = med(decode[name])
         same = exact_prefix(tokens[name], tokens[FP32]) if FP32 in tokens else 0
         lines.append(
-            f"| {name} | {speed:.1f} | {speed / ref:.2f} | "
+            f"| {name} | {speed:.1f} | {speed / ref:.2f} | {med(cpu[name]) * 1e3:.1f} | "
             + " | ".join(cells)
             + f" | {same}/{a.decode} |"
         )
@@ -153,7 +158,9 @@ def main() -> int:
         "graph, symmetric, accuracy_level 4. `gguf-exact`: the gqa graph with the GGUF",
         "file's own codes and scales in MatMulNBits (accuracy_level 4; affine blocks add a",
         "block-sum residual MatMul), see edgespec/export/gguf_exact.py. The build machine",
-        "is shared, so absolute numbers vary between runs; compare rows. The last column",
+        "is shared, so absolute numbers vary between runs; compare rows. `--no-spin`: the",
+        "same graph with ORT's idle worker threads sleeping instead of spinning (the CPU",
+        "column is this process's CPU time per decoded token). The last column",
         f"counts the decoded tokens equal to the `{FP32}` row's before the first",
         "difference (the same dequantized weights in float32).",
     ]

@@ -43,6 +43,12 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         help="onnx backend, GGUF models: gguf-exact (the file's own quantized blocks, the "
         "default) or fp32 (dequantized)",
     )
+    p.add_argument(
+        "--no-spin",
+        action="store_true",
+        help="onnx backend: idle worker threads sleep instead of spinning (less CPU per "
+        "token, slower)",
+    )
     p.add_argument("--n-ctx", type=int, default=2048, help="KV-cache size in tokens")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: backend's)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -149,6 +155,7 @@ def load_from_args(a: argparse.Namespace) -> Runtime:
         n_threads=a.threads,
         progress=not a.quiet,
         weights=a.weights,
+        spin=not a.no_spin,
     )
 
 
@@ -224,6 +231,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             "model": rt.source.name,
             "backend": rt.backend,
             "weights": a.weights,
+            "spin": not a.no_spin,
             "context": a.context,
             "reps": a.reps,
         }

@@ -64,7 +64,9 @@ def pick_backend(
         ]
         from edgespec.spec.profile import fastest_backend
 
-        fastest = fastest_backend(str(source.path), able, options.n_threads, options.weights)
+        fastest = fastest_backend(
+            str(source.path), able, options.n_threads, options.weights, options.spin
+        )
         if fastest is not None:
             return fastest[0]
     if installed:
@@ -189,6 +191,7 @@ def load(
     dtype: str = "float32",
     progress: bool = True,
     weights: str = "auto",
+    spin: bool = True,
 ) -> Runtime:
     """Load a model (zoo name, .gguf, HF folder or hub id; default ``smollm2-135m``).
 
@@ -203,6 +206,8 @@ def load(
         progress: show progress bars for downloads and conversions.
         weights: onnx backend with a GGUF model: "gguf-exact" (the file's own quantized
             blocks; what "auto" picks) or "fp32" (dequantized). See ``LoadOptions.weights``.
+        spin: onnx backend: False lets idle worker threads sleep (less CPU per token,
+            slower). See ``LoadOptions.spin``.
     """
     if n_ctx < 16:
         raise EdgespecError(f"n_ctx must be at least 16, got {n_ctx}")
@@ -210,7 +215,12 @@ def load(
 
     source = select(resolve(model, progress=progress), backend)  # bundles: per backend
     options = LoadOptions(
-        n_ctx=n_ctx, n_threads=n_threads, dtype=dtype, progress=progress, weights=weights
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        dtype=dtype,
+        progress=progress,
+        weights=weights,
+        spin=spin,
     )
     name = pick_backend(source, backend, options)
     tokenizer = load_tokenizer(source)

@@ -38,6 +38,10 @@ class LoadOptions:
         weights: how a backend that converts GGUF files holds their weights: "auto" (its
             default), "fp32" (dequantized) or "gguf-exact" (the file's own quantized
             blocks). Only the ``onnx`` backend has a choice (``edgespec.runtimes.ort``).
+        spin: let idle worker threads spin between operators (onnx): faster, but more CPU
+            time per token. False lets them sleep (SmolLM2 on the 2-core build machine:
+            27 % slower for 3 % less CPU, ``benchmarks/onnx_backend.py``; devices with
+            more, slower cores may gain more).
     """
 
     n_ctx: int = 2048
@@ -45,6 +49,7 @@ class LoadOptions:
     dtype: str = "float32"
     progress: bool = True
     weights: str = "auto"
+    spin: bool = True
 
 
 class Backend(ABC):

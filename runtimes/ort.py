@@ -56,7 +56,7 @@ MASKED = -1e9
 QUANT_BATCH_NOISE = 2.0
 
 
-def _make_session(model_path: Path, n_threads: int | None) -> Any:
+def _make_session(model_path: Path, n_threads: int | None, spin: bool = True) -> Any:
     try:
         import onnxruntime as ort
     except ImportError:
@@ -67,6 +67,8 @@ def _make_session(model_path: Path, n_threads: int | None) -> Any:
     so.intra_op_num_threads = int(n_threads) if n_threads else 0  # 0: ORT picks (all cores)
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    # idle intra-op threads busy-wait by default; off, they sleep (less CPU, more latency)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     try:
         return ort.InferenceSession(
             str(model_path), sess_options=so, providers=["CPUExecutionProvider"]
@@ -429,8 +431,10 @@ def load_onnx_dir(folder: str | Path, options: LoadOptions, source_name: str = "
     if not model_file.exists():
         raise ModelLoadError(f"'{path}' has no model.onnx")
     info, _ = _info_from_config(path, source_name or str(path))
-    session = _make_session(model_file, options.n_threads)
-    info.extra["variant"] = f"{kv_layout(path)}-{info.extra['dtype']}"
+    session = _make_session(model_file, options.n_threads, options.spin)
+    info.extra["variant"] = f"{kv_layout(path)}-{info.extra['dtype']}" + (
+        "" if options.spin else "-nospin"
+    )
     n_ctx = min(options.n_ctx, info.context_length)
     model = OnnxModel(session, info, n_ctx=n_ctx, layout=kv_layout(path))
     model.path = path

@@ -71,12 +71,17 @@ def load_verify_curve(key: str) -> dict[int, float] | None:
 
 
 def fastest_backend(
-    model: str, candidates: Sequence[str], threads: int | None, weights: str = "auto"
+    model: str,
+    candidates: Sequence[str],
+    threads: int | None,
+    weights: str = "auto",
+    spin: bool = True,
 ) -> tuple[str, float] | None:
     """The backend whose stored profile of ``model`` has the cheapest one-token forward.
 
-    Only profiles of this device, with the same thread setting and the same ``weights``
-    choice (entries without one count as "auto"), are compared. Plain decoding runs one
+    Only profiles of this device, with the same thread setting, the same ``weights``
+    choice (entries without one count as "auto") and the same ``spin`` setting (default
+    True), are compared. Plain decoding runs one
     token per forward, and every strategy falls back to it, so that cost decides.
 
     Returns:
@@ -86,7 +91,8 @@ def fastest_backend(
     suffix = f"|{Path(model).name}|threads={threads or 'default'}"
     best: dict[str, float] = {}
     for key, entry in load_profiles().items():
-        if not key.endswith(suffix) or entry.get("weights", "auto") != weights:
+        same = (entry.get("weights", "auto"), entry.get("spin", True)) == (weights, spin)
+        if not key.endswith(suffix) or not same:
             continue
         backend = str(entry.get("backend") or key.split("|")[0].split(":")[0])
         one = entry.get("verify", {}).get("1")

@@ -229,6 +229,16 @@ def test_weights_choice(tiny_llama_dir: Path, onnx_home: Path) -> None:
             backend.load(source, LoadOptions(n_ctx=64, progress=False, weights="int3"))
 
 
+def test_spin_setting_reaches_the_session(tiny_llama_onnx: Path) -> None:
+    key = "session.intra_op.allow_spinning"
+    for spin, want in ((True, "1"), (False, "0")):
+        opts = LoadOptions(n_ctx=64, n_threads=2, progress=False, spin=spin)
+        model = load_onnx_dir(tiny_llama_onnx, opts)
+        assert model.session.get_session_options().get_session_config_entry(key) == want
+        assert model.info.extra["variant"].endswith("-nospin") is (not spin)
+        assert model.forward(PROMPT[:3]).shape == (3, 256)
+
+
 def test_qwen2_info(tiny_qwen2_onnx: Path) -> None:
     assert _open(tiny_qwen2_onnx).info.arch == "qwen2"
 

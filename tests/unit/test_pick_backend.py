@@ -44,6 +44,7 @@ def test_cheapest_one_token_forward_wins(llamacpp_s: float, onnx_s: float, want:
     assert pick_backend(SOURCE, "numpy", LoadOptions()) == "numpy"
     assert pick_backend(SOURCE, None, LoadOptions(n_threads=1)) == PREFERRED["gguf"][0]
     assert pick_backend(SOURCE, None, LoadOptions(weights="fp32")) == PREFERRED["gguf"][0]
+    assert pick_backend(SOURCE, None, LoadOptions(spin=False)) == PREFERRED["gguf"][0]
 
 
 def test_other_models_do_not_count() -> None:
