@@ -27,9 +27,7 @@ import numpy as np
 
 def int4_dir(fp32: Path, block_size: int) -> Path:
     """The int4 (MatMulNBits) variant of a cached fp32 export, made once beside it."""
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
+    from edgespec.export.onnx_export import quantize_int4
     from edgespec.fileutil import atomic_dir
 
     out = fp32.parent / f"{fp32.name}-int4-b{block_size}"
@@ -39,15 +37,7 @@ def int4_dir(fp32: Path, block_size: int) -> Path:
         return out
     shutil.rmtree(out, ignore_errors=True)  # made from an older fp32 conversion
     with atomic_dir(out) as tmp:
-        q = MatMulNBitsQuantizer(
-            onnx.load(str(fp32 / "model.onnx")),
-            bits=4,
-            block_size=block_size,
-            is_symmetric=True,
-            accuracy_level=4,
-        )
-        q.process()
-        q.model.save_model_to_file(str(tmp / "model.onnx"), use_external_data_format=True)
+        quantize_int4(fp32 / "model.onnx", tmp, block_size)  # as `edgespec export --quant int4`
         for name in ("config.json", "genai_config.json"):
             if (fp32 / name).exists():
                 (tmp / name).write_bytes((fp32 / name).read_bytes())

@@ -156,3 +156,16 @@ def tree_ancestors(parents: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
             anc[i] |= anc[p]
             depth[i] = depth[p] + 1
     return anc, depth
+
+
+def tree_path_rows(base: int, path: Sequence[int], n_past: int) -> np.ndarray:
+    """The cache slots ``int64[len(path)]`` of tree nodes ``path`` (batch indices) scored
+    after ``base``, for :meth:`Model.commit_tree_path`.
+
+    Raises:
+        ValueError: a node outside the pending tree (slots ``base .. n_past-1``).
+    """
+    rows = base + np.asarray(path, dtype=np.int64)
+    if rows.size and (rows.min() < base or rows.max() >= n_past):
+        raise ValueError(f"path {list(path)} is outside the pending tree")
+    return rows

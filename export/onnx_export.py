@@ -87,7 +87,9 @@ def _int8(fp32: Path, out_dir: Path, options: ArtifactOptions, src: Prepared) ->
     return {"weight_type": "QInt8"}
 
 
-def _int4(fp32: Path, out_dir: Path, options: ArtifactOptions, src: Prepared) -> dict[str, object]:
+def quantize_int4(fp32: Path, out_dir: Path, block_size: int) -> dict[str, object]:
+    """``fp32`` (a ``model.onnx``) -> ``out_dir/model.onnx`` with MatMulNBits weights
+    (symmetric int4 blocks of ``block_size``, accuracy_level 4). Returns manifest details."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -95,7 +97,7 @@ def _int4(fp32: Path, out_dir: Path, options: ArtifactOptions, src: Prepared) ->
     q = MatMulNBitsQuantizer(
         onnx.load(str(fp32)),
         bits=4,
-        block_size=options.block_size,
+        block_size=block_size,
         is_symmetric=True,
         accuracy_level=4,
     )
@@ -103,7 +105,11 @@ def _int4(fp32: Path, out_dir: Path, options: ArtifactOptions, src: Prepared) ->
     q.model.save_model_to_file(
         str(out_dir / "model.onnx"), use_external_data_format=_needs_external(fp32)
     )
-    return {"block_size": options.block_size, "op": "MatMulNBits", "accuracy_level": 4}
+    return {"block_size": block_size, "op": "MatMulNBits", "accuracy_level": 4}
+
+
+def _int4(fp32: Path, out_dir: Path, options: ArtifactOptions, src: Prepared) -> dict[str, object]:
+    return quantize_int4(fp32, out_dir, options.block_size)
 
 
 def _gguf_exact(

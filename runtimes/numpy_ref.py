@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgespec.errors import EdgespecError, ModelLoadError
-from edgespec.model import Model, ModelInfo, check_truncate, tree_ancestors
+from edgespec.model import Model, ModelInfo, check_truncate, tree_ancestors, tree_path_rows
 from edgespec.runtimes.base import Backend, LoadOptions, ModelSource
 
 #: GGUF ``general.architecture`` values this backend runs.
@@ -611,9 +611,7 @@ class NumpyModel(Model):
 
     def commit_tree_path(self, base: int, path: Sequence[int]) -> None:
         """Keep the tree nodes ``path`` (batch indices, root to leaf) after ``base``."""
-        idx = base + np.asarray(path, dtype=np.int64)
-        if idx.size and (idx.min() < base or idx.max() >= self._n_past):
-            raise ValueError(f"path {list(path)} is outside the pending tree")
+        idx = tree_path_rows(base, path, self._n_past)
         n = int(idx.size)
         self.k_cache[:, :, base : base + n] = self.k_cache[:, :, idx]
         self.v_cache[:, :, base : base + n] = self.v_cache[:, :, idx]

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgespec.errors import EdgespecError, ModelLoadError, missing_extra
-from edgespec.model import Model, ModelInfo, check_truncate, tree_ancestors
+from edgespec.model import Model, ModelInfo, check_truncate, tree_ancestors, tree_path_rows
 from edgespec.runtimes.base import Backend, LoadOptions, ModelSource
 
 #: HF ``model_type`` -> the architecture name GGUF uses.
@@ -104,8 +104,9 @@ class KVCache(ABC):
         self.n_ctx = n_ctx
 
     @abstractmethod
-    def run(self, feed: dict[str, np.ndarray], past: int) -> np.ndarray:
-        """Run one forward over ``feed`` (ids, mask, ...) with ``past`` cached positions.
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """Run one forward over ``feed`` (ids, mask, ...); the mask's length says how many
+        positions are cached.
 
         Returns:
             ``logits float[1, T, V]``.
@@ -135,7 +136,7 @@ class CopiedKV(KVCache):
         self._out = ["logits"] + [present for _, present in self.names]
         self.truncate(0)
 
-    def run(self, feed: dict[str, np.ndarray], past: int) -> np.ndarray:
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         feed.update((name, a) for (name, _), a in zip(self.names, self._arrays, strict=True))
         out = self.session.run(self._out, feed)
         self._arrays = out[1:]
@@ -178,7 +179,7 @@ class SharedKV(KVCache):
             self._io.bind_ortvalue_input(past, v)
             self._io.bind_ortvalue_output(present, v)
 
-    def run(self, feed: dict[str, np.ndarray], past: int) -> np.ndarray:
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         for name, a in feed.items():
             self._io.bind_cpu_input(name, a)
         self._io.bind_output("logits", "cpu")  # T changes: let ORT allocate the output
@@ -338,9 +339,7 @@ class OnnxModel(Model):
 
     def commit_tree_path(self, base: int, path: Sequence[int]) -> None:
         """Keep the tree nodes ``path`` (batch indices, root to leaf) after ``base``."""
-        rows = base + np.asarray(path, dtype=np.int64)
-        if rows.size and (rows.min() < base or rows.max() >= self._n_past):
-            raise ValueError(f"path {list(path)} is outside the pending tree")
+        rows = tree_path_rows(base, path, self._n_past)
         self._kv.keep(base, rows)
         self._n_past = base + int(rows.size)
 
@@ -373,7 +372,7 @@ class OnnxModel(Model):
             feed["position_ids"] = positions[None, :]
         if bias is not None:
             feed["attention_bias"] = bias[None, None]
-        logits = self._kv.run(feed, past)[0]
+        logits = self._kv.run(feed)[0]
         self._n_past = past + t
         return logits
 
@@ -432,11 +431,10 @@ def load_onnx_dir(folder: str | Path, options: LoadOptions, source_name: str = "
         raise ModelLoadError(f"'{path}' has no model.onnx")
     info, _ = _info_from_config(path, source_name or str(path))
     session = _make_session(model_file, options.n_threads, options.spin)
-    info.extra["variant"] = f"{kv_layout(path)}-{info.extra['dtype']}" + (
-        "" if options.spin else "-nospin"
-    )
+    layout = kv_layout(path)
+    info.extra["variant"] = f"{layout}-{info.extra['dtype']}" + ("" if options.spin else "-nospin")
     n_ctx = min(options.n_ctx, info.context_length)
-    model = OnnxModel(session, info, n_ctx=n_ctx, layout=kv_layout(path))
+    model = OnnxModel(session, info, n_ctx=n_ctx, layout=layout)
     model.path = path
     if info.extra["dtype"] not in ("float32", "fp32"):
         model.batch_noise = QUANT_BATCH_NOISE
