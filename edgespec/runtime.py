@@ -13,8 +13,8 @@ from edgespec.model import Model
 from edgespec.runtimes import BACKENDS, PREFERRED, LoadOptions, ModelSource
 from edgespec.sampling import GenerationParams
 from edgespec.sources import resolve
-from edgespec.spec.config import SpecConfig
-from edgespec.spec.session import SpecSession
+from edgespec.speculative.config import SpecConfig
+from edgespec.speculative.session import SpecSession
 from edgespec.strategies import STRATEGIES
 from edgespec.tokenizer import Tokenizer, load_tokenizer
 
@@ -62,7 +62,7 @@ def pick_backend(
             and source.kind in BACKENDS.get(n).accepts
             and BACKENDS.get(n).available()
         ]
-        from edgespec.spec.profile import fastest_backend
+        from edgespec.speculative.cost_curves import fastest_backend
 
         fastest = fastest_backend(
             str(source.path), able, options.n_threads, options.weights, options.spin

@@ -15,8 +15,8 @@ import numpy as np
 
 from edgespec.errors import EdgespecError
 from edgespec.model import Model, ModelInfo, check_truncate
-from edgespec.spec.base import PROPOSERS, Proposer
-from edgespec.spec.types import Draft
+from edgespec.speculative.base import PROPOSERS, Proposer
+from edgespec.speculative.types import Draft
 from edgespec.tokenizer import Tokenizer
 
 
@@ -144,7 +144,7 @@ class FailingProposer(Proposer):
         self.calls, self.fail_at = 0, fail_at
 
     def propose(self, context: Sequence[int], k: int, rng: np.random.Generator) -> Draft:
-        from edgespec.spec.proposers.draft_model import DraftFailure
+        from edgespec.speculative.proposers.draft_model import DraftFailure
 
         self.calls += 1
         if self.calls >= self.fail_at:

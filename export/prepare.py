@@ -120,10 +120,10 @@ def prepare(spec: str, workdir: Path, *, progress: bool = True) -> Prepared:
 def layerskip(target: Prepared, spec: str, workdir: Path) -> Prepared:
     """A draft made of a subset of ``target``'s layers (renumbered), with its embeddings,
     final norm and head: ``first:N``, ``skip:A-B`` or ``keep:A-B,C-D``
-    (:func:`edgespec.spec.layerskip.parse_layers`)."""
+    (:func:`edgespec.speculative.layerskip.parse_layers`)."""
     from safetensors.numpy import load_file, save_file
 
-    from edgespec.spec.layerskip import parse_layers
+    from edgespec.speculative.layerskip import parse_layers
 
     layers = parse_layers(spec or None, int(target.config["num_hidden_layers"]))
     new_index = {old: new for new, old in enumerate(layers)}

@@ -542,7 +542,7 @@ def _versus(row: dict[str, Any], base: dict[str, Any]) -> None:
 
 
 def machine_info() -> dict[str, Any]:
-    from edgespec.spec import profile
+    from edgespec.speculative import cost_curves
 
     mem_gb = None
     try:
@@ -554,8 +554,8 @@ def machine_info() -> dict[str, Any]:
     import os
 
     return {
-        "description": profile.device_description(),
-        "fingerprint": profile.device_fingerprint(),
+        "description": cost_curves.device_description(),
+        "fingerprint": cost_curves.device_fingerprint(),
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),

@@ -1,7 +1,7 @@
 """Speculation inside the large model's stretches of a two-model strategy (lossless there).
 
 While the large model is in charge (entropy-switch, sentence-lead), each of its steps goes
-through the speculative engine's :class:`~edgespec.spec.session.SpecSession` with the small
+through the speculative engine's :class:`~edgespec.speculative.session.SpecSession` with the small
 model as the ``draft`` proposer: the controller picks the draft length k that maximises
 
     E(k) / (c_verify(k + 1) + k · c_draft),   E(k) = 1 + Σ_{j=1..k} Π_{i≤j} α_i
@@ -30,14 +30,14 @@ import time
 from typing import TYPE_CHECKING
 
 from edgespec.sampling import entropy, sample
-from edgespec.spec.base import VERIFIERS
-from edgespec.spec.config import SpecConfig
-from edgespec.spec.proposers.draft_model import DraftModelProposer
+from edgespec.speculative.base import VERIFIERS
+from edgespec.speculative.config import SpecConfig
+from edgespec.speculative.proposers.draft_model import DraftModelProposer
 from edgespec.strategies.speculative import VERIFIER_FOR
 
 if TYPE_CHECKING:
     from edgespec.runtime import Runtime
-    from edgespec.spec.session import SpecSession
+    from edgespec.speculative.session import SpecSession
     from edgespec.strategies import GenContext
     from edgespec.strategies.two_model import Seat
 

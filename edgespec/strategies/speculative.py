@@ -19,11 +19,11 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from edgespec.sampling import sample
-from edgespec.spec.base import VERIFIERS
-from edgespec.spec.config import SpecConfig
-from edgespec.spec.proposers.draft_model import DraftFailure
-from edgespec.spec.session import SpecSession
-from edgespec.spec.types import EMPTY_DRAFT, Draft
+from edgespec.speculative.base import VERIFIERS
+from edgespec.speculative.config import SpecConfig
+from edgespec.speculative.proposers.draft_model import DraftFailure
+from edgespec.speculative.session import SpecSession
+from edgespec.speculative.types import EMPTY_DRAFT, Draft
 from edgespec.strategies import Strategy
 
 if TYPE_CHECKING:

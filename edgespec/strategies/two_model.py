@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import argparse
 
     from edgespec.runtime import Runtime
-    from edgespec.spec.session import SpecSession
+    from edgespec.speculative.session import SpecSession
     from edgespec.stats import StatsRecorder
 
 #: roles, as written in ``model_trace``

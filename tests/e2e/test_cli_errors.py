@@ -121,7 +121,7 @@ def test_draft_with_other_vocabulary(capsys, tmp_path, smollm2_path):
     """A draft whose vocabulary differs in one token is refused, naming the token."""
     import gguf
 
-    from edgespec.spec.layerskip import derive_gguf
+    from edgespec.speculative.layerskip import derive_gguf
 
     other = tmp_path / "other.gguf"
     derive_gguf(

@@ -6,7 +6,7 @@ import pytest
 from edgespec.losslessness import plain_reference
 from edgespec.runtime import Runtime
 from edgespec.runtimes import BACKENDS, LoadOptions, ModelSource
-from edgespec.spec.config import SpecConfig
+from edgespec.speculative.config import SpecConfig
 from edgespec.testing import CharTokenizer, SequenceOracle, serve_proposer
 
 pytestmark = [pytest.mark.backend]
@@ -107,7 +107,7 @@ def test_sampling_is_seeded_and_differs_by_seed(rt):
 def test_tree_verification_used_where_supported(rt, refs, monkeypatch):
     """Trees are verified in one forward wherever the backend can (the device-cost gate is
     lifted here: tiny models make timings meaningless), and the output stays lossless."""
-    from edgespec.spec import session as spec_session
+    from edgespec.speculative import session as spec_session
 
     monkeypatch.setattr(spec_session, "TREE_OVERHEAD_LIMIT", float("inf"))
     rt._sessions.clear()

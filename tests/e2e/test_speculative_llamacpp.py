@@ -12,7 +12,7 @@ import pytest
 
 import edgespec
 from edgespec import losslessness
-from edgespec.spec.config import SpecConfig
+from edgespec.speculative.config import SpecConfig
 from edgespec.testing import SequenceOracle, serve_proposer
 
 pytestmark = [pytest.mark.backend, pytest.mark.slow]

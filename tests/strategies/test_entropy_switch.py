@@ -24,7 +24,7 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture(autouse=True)
 def _home(tmp_path, monkeypatch):
-    """No stored device profile: speculation sessions start from their probe."""
+    """No stored cost curve: speculation sessions start from their probe."""
     monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path))
 
 

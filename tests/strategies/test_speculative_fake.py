@@ -10,7 +10,7 @@ import pytest
 from edgespec.errors import EdgespecError
 from edgespec.runtime import Runtime
 from edgespec.runtimes.base import LoadOptions, ModelSource
-from edgespec.spec.config import SpecConfig
+from edgespec.speculative.config import SpecConfig
 from edgespec.testing import (
     CharTokenizer,
     FailingProposer,

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from edgespec.sampling import GenerationParams, draw, target_probs
-from edgespec.spec.base import VERIFIERS, Verifier
-from edgespec.spec.types import Draft, Verdict
-from edgespec.spec.verify import ChainRejectionVerifier, GreedyVerifier, TreeRejectionVerifier
+from edgespec.speculative.base import VERIFIERS, Verifier
+from edgespec.speculative.types import Draft, Verdict
+from edgespec.speculative.verify import ChainRejectionVerifier, GreedyVerifier, TreeRejectionVerifier
 
 pytestmark = pytest.mark.unit
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from edgespec.spec.controller import Acceptance, Controller, CostCurve
-from edgespec.spec.proposers.recycle import top_k_rows
+from edgespec.speculative.controller import Acceptance, Controller, CostCurve
+from edgespec.speculative.proposers.recycle import top_k_rows
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""Backend choice from stored device profiles: the cheapest one-token forward wins."""
+"""Backend choice from stored cost curve: the cheapest one-token forward wins."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from edgespec.runtime import pick_backend
 from edgespec.runtimes import BACKENDS, PREFERRED, LoadOptions, ModelSource
-from edgespec.spec import profile
+from edgespec.speculative import cost_curves
 
 SOURCE = ModelSource("gguf", Path("/models/tiny.Q4_0.gguf"), "tiny")
 
@@ -21,8 +21,8 @@ def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _store(backend: str, one_token_s: float, *, variant: str = "", **extra: object) -> None:
-    key = profile.profile_key(backend, str(SOURCE.path), None, variant)
-    profile.save_profile(
+    key = cost_curves.curve_key(backend, str(SOURCE.path), None, variant)
+    cost_curves.save_curve(
         key, {"verify": {"1": one_token_s, "2": 2 * one_token_s}, "backend": backend, **extra}
     )
 
@@ -49,6 +49,6 @@ def test_cheapest_one_token_forward_wins(llamacpp_s: float, onnx_s: float, want:
 
 def test_other_models_do_not_count() -> None:
     _store("llamacpp", 0.02)
-    key = profile.profile_key("onnx", "/models/other.gguf", None)
-    profile.save_profile(key, {"verify": {"1": 0.001}, "backend": "onnx"})
+    key = cost_curves.curve_key("onnx", "/models/other.gguf", None)
+    cost_curves.save_curve(key, {"verify": {"1": 0.001}, "backend": "onnx"})
     assert pick_backend(SOURCE, None, LoadOptions()) == PREFERRED["gguf"][0]

@@ -21,12 +21,12 @@ import numpy as np
 from edgespec.errors import EdgespecError
 from edgespec.model import Model
 from edgespec.sampling import GenerationParams, confidence_probs, draw, target_probs
-from edgespec.spec.base import Proposer
-from edgespec.spec.types import EMPTY_DRAFT, Draft, Verdict
+from edgespec.speculative.base import Proposer
+from edgespec.speculative.types import EMPTY_DRAFT, Draft, Verdict
 
 if TYPE_CHECKING:
     from edgespec.runtime import Runtime
-    from edgespec.spec.config import SpecConfig
+    from edgespec.speculative.config import SpecConfig
 
 
 class DraftModelProposer(Proposer):
@@ -116,7 +116,7 @@ class LayerSkipProposer(DraftModelProposer):
 
     @classmethod
     def create(cls, runtime: Runtime, config: SpecConfig) -> LayerSkipProposer:
-        from edgespec.spec.layerskip import load_layerskip_draft
+        from edgespec.speculative.layerskip import load_layerskip_draft
 
         model = load_layerskip_draft(runtime, config.layerskip_layers)
         return cls(model, min_confidence=config.min_confidence)

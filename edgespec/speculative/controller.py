@@ -17,7 +17,7 @@ import numpy as np
 class CostCurve:
     """``c_verify(n)``: seconds for one target forward of n tokens (n = k + 1).
 
-    Starts from measured points (a device profile) and keeps learning from live forwards
+    Starts from measured points (a cost curve) and keeps learning from live forwards
     with an exponential moving average. Between points it interpolates linearly; beyond the
     last point it extrapolates with the last slope.
 

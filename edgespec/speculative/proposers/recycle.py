@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgespec.spec.base import Proposer
-from edgespec.spec.types import EMPTY_DRAFT, Draft
+from edgespec.speculative.base import Proposer
+from edgespec.speculative.types import EMPTY_DRAFT, Draft
 
 if TYPE_CHECKING:
     from edgespec.runtime import Runtime
-    from edgespec.spec.config import SpecConfig
+    from edgespec.speculative.config import SpecConfig
 
 #: children per node at each depth of the draft tree (depth 1 first).
 BREADTH = (3, 2, 1, 1, 1, 1, 1, 1)

@@ -1,6 +1,6 @@
-"""Device profiles: the measured cost of a target forward of n tokens on this machine.
+"""Cost curves: the measured cost of a target forward of n tokens on this machine.
 
-Stored as JSON under ``$EDGESPEC_HOME/profiles/<device fingerprint>.json``, keyed by
+Stored as JSON under ``$EDGESPEC_HOME/cost_curves/<device fingerprint>.json``, keyed by
 backend, model and thread count, so the controller starts from real numbers.
 """
 
@@ -40,20 +40,20 @@ def device_fingerprint() -> str:
     return hashlib.sha256(device_description().encode()).hexdigest()[:16]
 
 
-def profile_key(backend: str, model: str, threads: int | None, variant: str = "") -> str:
+def curve_key(backend: str, model: str, threads: int | None, variant: str = "") -> str:
     """The key of a stored cost curve. ``variant`` tells apart what one backend can make of
     one file (the onnx backend's graph and weights, e.g. ``shared-gguf-exact``)."""
     label = f"{backend}:{variant}" if variant else backend
     return f"{label}|{Path(model).name}|threads={threads or 'default'}"
 
 
-def _profile_path() -> Path:
-    return edgespec_home() / "profiles" / f"{device_fingerprint()}.json"
+def _curves_path() -> Path:
+    return edgespec_home() / "cost_curves" / f"{device_fingerprint()}.json"
 
 
-def load_profiles() -> dict[str, Any]:
-    """Every stored profile of this device: {key: {"verify": {n: seconds}, ...}}."""
-    path = _profile_path()
+def load_curves() -> dict[str, Any]:
+    """Every stored cost curve of this device: {key: {"verify": {n: seconds}, ...}}."""
+    path = _curves_path()
     if not path.exists():
         return {}
     try:
@@ -64,7 +64,7 @@ def load_profiles() -> dict[str, Any]:
 
 
 def load_verify_curve(key: str) -> dict[int, float] | None:
-    entry = load_profiles().get(key)
+    entry = load_curves().get(key)
     if not entry:
         return None
     return {int(n): float(s) for n, s in entry["verify"].items()}
@@ -77,7 +77,7 @@ def fastest_backend(
     weights: str = "auto",
     spin: bool = True,
 ) -> tuple[str, float] | None:
-    """The backend whose stored profile of ``model`` has the cheapest one-token forward.
+    """The backend whose stored cost curve of ``model`` has the cheapest one-token forward.
 
     Only profiles of this device, with the same thread setting, the same ``weights``
     choice (entries without one count as "auto") and the same ``spin`` setting (default
@@ -90,7 +90,7 @@ def fastest_backend(
     """
     suffix = f"|{Path(model).name}|threads={threads or 'default'}"
     best: dict[str, float] = {}
-    for key, entry in load_profiles().items():
+    for key, entry in load_curves().items():
         same = (entry.get("weights", "auto"), entry.get("spin", True)) == (weights, spin)
         if not key.endswith(suffix) or not same:
             continue
@@ -103,11 +103,11 @@ def fastest_backend(
     return min(best.items(), key=lambda kv: kv[1])
 
 
-def save_profile(key: str, entry: dict[str, Any]) -> Path:
+def save_curve(key: str, entry: dict[str, Any]) -> Path:
     """Store ``entry`` (``{"verify": {n: s}, ...}``) under ``key``, atomically."""
-    profiles = load_profiles()
+    profiles = load_curves()
     profiles[key] = entry
-    path = _profile_path()
+    path = _curves_path()
     with atomic_path(path) as tmp:
         tmp.write_text(
             json.dumps(

@@ -22,8 +22,8 @@ from typing import ClassVar
 import numpy as np
 
 from edgespec.sampling import GenerationParams, draw, target_probs
-from edgespec.spec.base import Verifier
-from edgespec.spec.types import Draft, Verdict
+from edgespec.speculative.base import Verifier
+from edgespec.speculative.types import Draft, Verdict
 
 # --- shared helpers -----------------------------------------------------------------------
 

@@ -10,11 +10,11 @@ import numpy as np
 
 from edgespec.registry import Registry
 from edgespec.sampling import GenerationParams
-from edgespec.spec.types import Draft, Verdict
+from edgespec.speculative.types import Draft, Verdict
 
 if TYPE_CHECKING:
     from edgespec.runtime import Runtime
-    from edgespec.spec.config import SpecConfig
+    from edgespec.speculative.config import SpecConfig
 
 
 class Proposer(ABC):
@@ -90,18 +90,18 @@ class Verifier(ABC):
 
 PROPOSERS: Registry[type[Proposer]] = Registry("proposer")
 for _name, _target in {
-    "ngram": "edgespec.spec.proposers.ngram:NGramProposer",
-    "recycle": "edgespec.spec.proposers.recycle:RecycleProposer",
-    "draft": "edgespec.spec.proposers.draft_model:DraftModelProposer",
-    "layerskip": "edgespec.spec.proposers.draft_model:LayerSkipProposer",
-    "tree": "edgespec.spec.proposers.tree:DynamicTreeProposer",
+    "ngram": "edgespec.speculative.proposers.ngram:NGramProposer",
+    "recycle": "edgespec.speculative.proposers.recycle:RecycleProposer",
+    "draft": "edgespec.speculative.proposers.draft_model:DraftModelProposer",
+    "layerskip": "edgespec.speculative.proposers.draft_model:LayerSkipProposer",
+    "tree": "edgespec.speculative.proposers.tree:DynamicTreeProposer",
 }.items():
     PROPOSERS.add_lazy(_name, _target)
 
 VERIFIERS: Registry[type[Verifier]] = Registry("verifier")
 for _name, _target in {
-    "greedy": "edgespec.spec.verify:GreedyVerifier",
-    "chain": "edgespec.spec.verify:ChainRejectionVerifier",
-    "tree": "edgespec.spec.verify:TreeRejectionVerifier",
+    "greedy": "edgespec.speculative.verify:GreedyVerifier",
+    "chain": "edgespec.speculative.verify:ChainRejectionVerifier",
+    "tree": "edgespec.speculative.verify:TreeRejectionVerifier",
 }.items():
     VERIFIERS.add_lazy(_name, _target)

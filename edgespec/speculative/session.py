@@ -14,16 +14,16 @@ import numpy as np
 
 from edgespec.errors import EdgespecError
 from edgespec.sampling import GenerationParams
-from edgespec.spec import profile
-from edgespec.spec.base import PROPOSERS, Proposer
-from edgespec.spec.config import SpecConfig
-from edgespec.spec.controller import Acceptance, Choice, Controller, CostCurve
-from edgespec.spec.types import Draft, Verdict
+from edgespec.speculative import cost_curves
+from edgespec.speculative.base import PROPOSERS, Proposer
+from edgespec.speculative.config import SpecConfig
+from edgespec.speculative.controller import Acceptance, Choice, Controller, CostCurve
+from edgespec.speculative.types import Draft, Verdict
 
 if TYPE_CHECKING:
     from edgespec.runtime import Runtime
 
-#: sizes timed by the quick probe when no stored device profile exists
+#: sizes timed by the quick probe when no stored cost curve exists
 PROBE_SIZES = (1, 2, 3, 5, 9)
 #: trees are used only where a tree forward costs at most this much more than a chain
 TREE_OVERHEAD_LIMIT = 1.25
@@ -54,17 +54,17 @@ class SpecSession:
     @classmethod
     def build(cls, runtime: Runtime, config: SpecConfig, *, allow_plain: bool) -> SpecSession:
         proposers = {n: PROPOSERS.get(n).create(runtime, config) for n in config.proposers}
-        key = profile.profile_key(
+        key = cost_curves.curve_key(
             runtime.backend,
             str(runtime.source.path),
             runtime.options.n_threads,
             str(runtime.target.info.extra.get("variant", "")),
         )
-        points = profile.load_verify_curve(key)
+        points = cost_curves.load_verify_curve(key)
         source = "profile"
         if points is None:
             sizes = sorted({*PROBE_SIZES, config.max_k + 1, config.k + 1 if config.k else 1})
-            points = profile.measure_verify_curve(
+            points = cost_curves.measure_verify_curve(
                 runtime.target, sizes, reps=3, vocab=runtime.tokenizer.vocab_size
             )
             source = "probe"
@@ -85,7 +85,7 @@ class SpecSession:
         tree_ok = config.tree and runtime.target.supports_tree
         tree_overhead = None
         if tree_ok:
-            tree_overhead = profile.measure_tree_overhead(runtime.target, min(config.max_k + 1, 9))
+            tree_overhead = cost_curves.measure_tree_overhead(runtime.target, min(config.max_k + 1, 9))
             tree_ok = tree_overhead <= TREE_OVERHEAD_LIMIT
         return cls(config, proposers, controller, tree_ok, source, tree_overhead)
 

@@ -9,7 +9,7 @@ highest path probability form the tree, so its width follows the draft's uncerta
 confident stretches give a deep chain, uncertain ones a bushy tree.
 
 Nodes carry no draft probabilities (``draft_probs=None``): the tree verifier treats them as
-point masses, which is lossless for any candidate set (see ``edgespec.spec.verify``).
+point masses, which is lossless for any candidate set (see ``edgespec.speculative.verify``).
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import numpy as np
 
 from edgespec.errors import EdgespecError
 from edgespec.sampling import confidence_probs, draw, target_probs
-from edgespec.spec.proposers.draft_model import DraftFailure, DraftModelProposer
-from edgespec.spec.types import EMPTY_DRAFT, Draft
+from edgespec.speculative.proposers.draft_model import DraftFailure, DraftModelProposer
+from edgespec.speculative.types import EMPTY_DRAFT, Draft
 
 if TYPE_CHECKING:
     from edgespec.runtime import Runtime
-    from edgespec.spec.config import SpecConfig
+    from edgespec.speculative.config import SpecConfig
 
 #: sibling candidates considered per expanded node
 SIBLINGS = 3
@@ -47,7 +47,7 @@ class DynamicTreeProposer(DraftModelProposer):
         """Uses ``--draft`` when given, else the layer-skip self-draft."""
         if runtime.draft is not None:
             return cls(runtime.draft, min_confidence=0.0)
-        from edgespec.spec.layerskip import load_layerskip_draft
+        from edgespec.speculative.layerskip import load_layerskip_draft
 
         return cls(load_layerskip_draft(runtime, config.layerskip_layers), min_confidence=0.0)
 

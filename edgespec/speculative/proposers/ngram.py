@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgespec.spec.base import Proposer
-from edgespec.spec.types import EMPTY_DRAFT, Draft
+from edgespec.speculative.base import Proposer
+from edgespec.speculative.types import EMPTY_DRAFT, Draft
 
 if TYPE_CHECKING:
     from edgespec.runtime import Runtime
-    from edgespec.spec.config import SpecConfig
+    from edgespec.speculative.config import SpecConfig
 
 
 class NGramProposer(Proposer):

@@ -1,1 +1,0 @@
-"""Proposer implementations, registered lazily in :data:`edgespec.spec.base.PROPOSERS`."""

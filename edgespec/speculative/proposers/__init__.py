@@ -1,0 +1,1 @@
+"""Proposer implementations, registered lazily in :data:`edgespec.speculative.base.PROPOSERS`."""
