@@ -14,7 +14,9 @@ class SpecConfig:
     """How to speculate.
 
     Attributes:
-        proposers: proposer names the controller may choose from each step.
+        proposers: proposer names the controller may choose from each step; None: the
+            strategy's default (``speculative``: ngram; ``auto``: ngram, recycle and, when
+            loaded, the draft model).
         k: fixed draft length; None lets the controller choose k in 0..max_k per step.
         max_k: the largest draft length (tree: node count) the controller considers.
         allow_plain: let the controller pick k = 0 (plain decoding) when it is faster.
@@ -31,7 +33,7 @@ class SpecConfig:
         tree: let proposers that can build token trees do so (needs a tree-capable backend).
     """
 
-    proposers: tuple[str, ...] = ("ngram",)
+    proposers: tuple[str, ...] | None = None
     k: int | None = None
     max_k: int = 8
     allow_plain: bool = True
@@ -54,13 +56,14 @@ class SpecConfig:
             )
         if not math.isfinite(self.min_confidence) or not 0 <= self.min_confidence < 1:
             raise EdgespecError(f"min_confidence must be in [0, 1), got {self.min_confidence}")
-        if not self.proposers:
-            raise EdgespecError("speculation needs at least one proposer")
-        object.__setattr__(self, "proposers", tuple(self.proposers))
+        if self.proposers is not None:
+            if not self.proposers:
+                raise EdgespecError("speculation needs at least one proposer")
+            object.__setattr__(self, "proposers", tuple(self.proposers))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["proposers"] = list(self.proposers)
+        d["proposers"] = None if self.proposers is None else list(self.proposers)
         return d
 
     @classmethod
@@ -69,4 +72,4 @@ class SpecConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise EdgespecError(f"unknown speculative option(s): {', '.join(unknown)}")
-        return cls(**{**d, "proposers": tuple(d.get("proposers", cls.proposers))})
+        return cls(**d)

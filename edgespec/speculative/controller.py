@@ -99,11 +99,21 @@ class Acceptance:
 
 @dataclass
 class Choice:
-    """The controller's decision for one step."""
+    """The controller's decision for one step.
+
+    Attributes:
+        proposer: who drafts (None: plain decoding).
+        k: the draft length (0: plain decoding).
+        expected_rate: the expected tokens per second of the step.
+        fallbacks: with a fixed k, the other proposers in order of expected rate at that k;
+            the step asks them in turn when ``proposer`` drafts nothing (an n-gram lookup
+            without a match), so every named proposer gets to draft.
+    """
 
     proposer: str | None
     k: int
     expected_rate: float
+    fallbacks: tuple[str, ...] = ()
 
 
 @dataclass
@@ -116,7 +126,9 @@ class Controller:
         draft_cost: per proposer seconds per drafted token (EMA over whole propose calls,
             so catch-up forwards and lookups are included).
         max_k: largest k considered.
-        fixed_k: when set, always this k with the first proposer (no choice).
+        fixed_k: when set, always this k (less when the room is smaller), drafted by the
+            proposer with the most expected tokens ``E(k)`` (live acceptance, not timings, so
+            seeded runs repeat); the others, in that order, are its fallbacks.
         allow_plain: whether k = 0 may be chosen.
         switch_penalty: seconds a speculative step costs on top of ``c_verify`` because the
             backend changes batch shape (measured by the probe as ``c_verify(0)``); charged to
@@ -147,7 +159,12 @@ class Controller:
         names = list(self.acceptance)
         if self.fixed_k is not None:
             k = min(self.fixed_k, limit)
-            return Choice(names[0] if k else None, k, self.expected_rate(names[0], k))
+            if k == 0:
+                return Choice(None, 0, self.expected_rate(None, 0))
+            # most expected tokens at k first (ties: the order named); not the rate, whose
+            # drafting costs are wall-clock timings, so that seeded runs repeat exactly
+            ranked = sorted(names, key=lambda n: -self.acceptance[n].expected_tokens(k))
+            return Choice(ranked[0], k, self.expected_rate(ranked[0], k), tuple(ranked[1:]))
         plain = self.expected_rate(None, 0)
         best = Choice(None, 0, plain)
         bar = plain * (1.0 + self.margin) if self.allow_plain else -1.0

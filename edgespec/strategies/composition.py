@@ -26,14 +26,12 @@ acceptance estimates carry over between generations, exactly as for ``speculativ
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
-from edgespec.sampling import entropy, sample
-from edgespec.speculative.base import VERIFIERS
+from edgespec.sampling import entropy
 from edgespec.speculative.config import SpecConfig
 from edgespec.speculative.proposers.draft_model import DraftModelProposer
-from edgespec.strategies.speculative import VERIFIER_FOR
+from edgespec.speculative.step import StepRecorder, speculative_step
 
 if TYPE_CHECKING:
     from edgespec.runtime import Runtime
@@ -77,14 +75,16 @@ class Stretch:
         drafter = session.proposers[PROPOSER]
         assert isinstance(drafter, DraftModelProposer)
         self.drafter = drafter
-        self.prev_n = 1  # tokens fed by the large model's last forward
+        self.hook = StepRecorder(ctx.rec, plain_span="large")
 
     def begin(self, prompt_ids: list[int]) -> None:
         """Per generation: reset the session's per-generation state (and the small model)."""
         self.session.begin(prompt_ids, self.ctx.params)
 
     def step(self, seq: list[int], room: int) -> tuple[list[int], list[float], int]:
-        """One large-model step after ``seq`` (the committed sequence, ``int[n]``, unchanged).
+        """One large-model step after ``seq`` (the committed sequence, ``int[n]``, unchanged):
+        :func:`~edgespec.speculative.step.speculative_step` with the large model's seat as
+        the scorer (it catches up on what the small model wrote in the same forward).
 
         Args:
             seq: prompt and output so far.
@@ -93,57 +93,14 @@ class Stretch:
             (new tokens ``int[m]``, 1 <= m <= room; the large model's entropy in nats at each;
             how many of them, from the front, the small model drafted).
         """
-        choice = self.session.choose(max(room - 1, 0))
-        if choice.proposer is None or choice.k == 0:
-            return self._plain(seq)
-        return self._speculate(seq, choice.k)
-
-    def _plain(self, seq: list[int]) -> tuple[list[int], list[float], int]:
-        ctx = self.ctx
-        missing = len(seq) - self.large.seen
-        t = time.perf_counter()
-        logits = self.large.write(seq, ctx.rec)
-        self._learn(missing, missing, time.perf_counter() - t)
-        ctx.rec.k_trace.append(0)
-        with ctx.rec.phase("sample"):
-            token = sample(logits, ctx.params, ctx.rng)
-        return [token], [entropy(logits)], 0
-
-    def _speculate(self, seq: list[int], k: int) -> tuple[list[int], list[float], int]:
-        ctx, rec, small, large = self.ctx, self.ctx.rec, self.small, self.large
-        t = time.perf_counter()
-        self.drafter.adopt(seq[: small.seen])
-        draft = self.drafter.propose(seq, k, ctx.rng)
-        small.seen, small.logits = len(self.drafter.cached), None
-        dt = time.perf_counter() - t
-        rec.draft_s += dt
-        rec.span("draft", t, dt)
-        rec.draft_forwards += draft.forwards
-        self.session.controller.record_draft(PROPOSER, max(draft.k, 1), dt)
-        missing = seq[large.seen :]
-        fed = missing + list(draft.tokens)
-        t = time.perf_counter()
-        rows = large.model.forward(fed, all_logits=True)[len(missing) - 1 :]
-        verifier = VERIFIERS.get(VERIFIER_FOR[(ctx.params.greedy, False)])()
-        verdict = verifier.verify(draft, rows, ctx.params, ctx.rng)
-        n = verdict.n_accepted
-        large.keep(len(seq) + n)  # the bonus token is fed by the next forward
-        small.keep(min(small.seen, len(seq) + n))
-        dt = time.perf_counter() - t
-        rec.verify_s += dt
-        rec.span("verify", t, dt)
-        rec.target_forwards += 1
-        self.session.after_step(draft, verdict, [seq[-1], *draft.tokens], rows)
-        self._learn(len(missing), len(fed), dt)
-        rec.accept_hist[n] += 1
-        rec.k_trace.append(draft.k)
-        return list(verdict.tokens), [entropy(rows[i]) for i in range(n + 1)], n
-
-    def _learn(self, missing: int, fed: int, seconds: float) -> None:
-        """Teach the cost curve from forwards shaped like speculation's (one pending token
-        plus the draft; catch-up forwards are not); like the engine, a one-token forward
-        right after another size carries the switch penalty and is not learned."""
-        if missing == 1 and (fed > 1 or self.prev_n == 1):
-            self.session.controller.verify.observe(fed, seconds)
-        if missing:
-            self.prev_n = fed
+        small, ctx = self.small, self.ctx
+        self.drafter.adopt(seq[: small.seen])  # the drafter shares the small model's cache
+        adopted = self.drafter.cached
+        step = speculative_step(
+            self.session, self.large, seq, max(room - 1, 0), ctx.params, ctx.rng, self.hook
+        )
+        n = step.verdict.n_accepted
+        if self.drafter.cached is not adopted:  # it drafted: cut what was rejected
+            small.seen, small.logits = len(self.drafter.cached), None
+            small.keep(min(small.seen, len(seq) + n))
+        return list(step.tokens), [entropy(step.rows[i]) for i in range(n + 1)], n

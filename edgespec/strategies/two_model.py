@@ -34,6 +34,7 @@ import numpy as np
 from edgespec.errors import EdgespecError
 from edgespec.model import Model
 from edgespec.sampling import entropy, sample
+from edgespec.speculative.step import Scorer
 from edgespec.strategies import Strategy, composition
 
 if TYPE_CHECKING:
@@ -128,32 +129,28 @@ class Prepared:
         return d
 
 
-class Seat:
+class Seat(Scorer):
     """One model, its role, and how many tokens of the shared sequence its cache holds.
 
-    Invariant: the model's cache holds ``seq[:seen]`` of the committed sequence ``seq``.
+    Invariant (of :class:`~edgespec.speculative.step.Scorer`): the model's cache holds
+    ``seq[:seen]`` of the committed sequence ``seq``. The large model's seat is the scorer of
+    its speculative steps, so catching up and scoring are one forward.
     """
 
     def __init__(self, model: Model, role: str) -> None:
-        self.model, self.role = model, role
-        self.seen = 0
-        self.logits: np.ndarray | None = None  # after the first ``seen`` tokens, when known
+        super().__init__(model)
+        self.role = role
 
     def next_logits(self, seq: list[int]) -> np.ndarray:
         """Feed the tokens of ``seq`` this model has not seen, in one forward, and return the
         logits ``float[V]`` after ``seq`` (no forward when it has seen them all)."""
-        missing = seq[self.seen :]
-        if not missing and self.logits is not None:
-            return self.logits
-        self.logits = self.model.forward(missing, all_logits=False)[-1]
-        self.seen = len(seq)
-        return self.logits
+        return self.catch_up(seq)
 
     def write(self, seq: list[int], rec: StatsRecorder) -> np.ndarray:
         """:meth:`next_logits`, timed and counted in ``rec`` by role (phase "small" or
         "large"; the large model's forwards are target forwards, the small one's draft
         forwards)."""
-        fresh = self.seen < len(seq)
+        fresh = self.seen < len(seq) or self.logits is None
         t = time.perf_counter()
         logits = self.next_logits(seq)
         dt = time.perf_counter() - t
@@ -168,11 +165,6 @@ class Seat:
             rec.draft_s += dt
             rec.span("small", t, dt)
         return logits
-
-    def keep(self, length: int) -> None:
-        """Drop cached positions past ``length``."""
-        self.model.truncate(length)
-        self.seen, self.logits = length, None
 
 
 class TwoModelStrategy(Strategy):

@@ -10,7 +10,9 @@ import pytest
 from edgespec.errors import EdgespecError
 from edgespec.runtime import Runtime
 from edgespec.runtimes.base import LoadOptions, ModelSource
+from edgespec.speculative.base import Proposer
 from edgespec.speculative.config import SpecConfig
+from edgespec.speculative.types import EMPTY_DRAFT
 from edgespec.testing import (
     CharTokenizer,
     FailingProposer,
@@ -138,15 +140,33 @@ def test_recycle_tree_drafts_are_verified_as_trees():
 
 
 def test_sampling_seeded_runs_repeat_exactly(monkeypatch):
-    rt = make_rt(vocab=8, scale=2.0)
+    """Same seed, same starting state (a fresh runtime, as two ``edgespec generate --seed``
+    runs): the same tokens. Within one runtime the session learns between generations (the
+    recycling table, acceptance), which changes the drafts and so the random draws; with
+    stateless n-gram drafts at a fixed k, repeated generations in one runtime repeat too."""
     cfg = SpecConfig(proposers=("ngram", "recycle"), k=3)
-    a = rt.generate(
-        PROMPT, max_new_tokens=50, temperature=0.8, seed=11, strategy="speculative", config=cfg
-    )
-    b = rt.generate(
-        PROMPT, max_new_tokens=50, temperature=0.8, seed=11, strategy="speculative", config=cfg
+    a, b = (
+        make_rt(vocab=8, scale=2.0).generate(
+            PROMPT, max_new_tokens=50, temperature=0.8, seed=11, strategy="speculative", config=cfg
+        )
+        for _ in range(2)
     )
     assert a.token_ids == b.token_ids
+    assert sum(a.stats.accept_hist.values()) > 0  # it did speculate
+    rt = make_rt(vocab=8, scale=2.0)
+    ngram = SpecConfig(proposers=("ngram",), k=3)
+    c, d = (
+        rt.generate(
+            PROMPT,
+            max_new_tokens=50,
+            temperature=0.8,
+            seed=11,
+            strategy="speculative",
+            config=ngram,
+        )
+        for _ in range(2)
+    )
+    assert c.token_ids == d.token_ids
 
 
 def test_auto_prefers_plain_when_verification_is_expensive(monkeypatch):
@@ -303,3 +323,68 @@ def test_draft_model_forwards_are_counted(proposer):
     assert ran >= res.stats.target_forwards - 1
     lookup = rt.generate(PROMPT, max_new_tokens=30, strategy="speculative", config=SpecConfig(k=3))
     assert lookup.stats.draft_forwards == 0 and rt.draft.forward_calls == calls + ran
+
+
+# --- bug 1 (issue 10): auto kept only the default proposer of any SpecConfig ---------------
+
+
+@pytest.mark.parametrize("config", [SpecConfig(max_k=4), {"max_k": 4}, SpecConfig(k=3)])
+def test_auto_without_named_proposers_uses_every_cheap_one_and_the_draft(config):
+    rt = make_rt_with_draft(1)
+    gen = rt.start(PROMPT, max_new_tokens=4, strategy="auto", config=config)
+    assert set(gen.ctx.config.proposers) == {"ngram", "recycle", "draft"}
+    assert gen.ctx.config.controller.allow_plain
+    gen.run()
+
+
+def test_auto_keeps_the_proposers_the_user_named():
+    rt = make_rt_with_draft(1)
+    gen = rt.start(PROMPT, strategy="auto", config=SpecConfig(proposers=("recycle",), max_k=4))
+    assert set(gen.ctx.config.proposers) == {"recycle"}
+    assert gen.ctx.config.controller.max_k == 4
+
+
+# --- bug 3 (issue 10): a fixed k used the first proposer only -------------------------------
+
+
+class Silent(Proposer):
+    """Never finds anything to draft (an n-gram lookup without a match)."""
+
+    name = "silent"
+
+    def propose(self, context, k, rng):
+        return EMPTY_DRAFT
+
+
+def test_fixed_k_falls_back_to_the_next_proposer_when_the_best_drafts_nothing(monkeypatch):
+    rt = make_rt()
+    serve_proposer(monkeypatch, "silent", lambda r: Silent())
+    serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, None))
+    cfg = SpecConfig(proposers=("silent", "oracle"), k=4)
+    res = rt.generate(PROMPT, max_new_tokens=40, strategy="speculative", config=cfg)
+    assert res.token_ids == rt.target.greedy(PROMPT, 40)
+    # every step drafts 4 tokens (the last may be shorter: room), all accepted
+    assert res.stats.k_trace[:-1] == [4] * (len(res.stats.k_trace) - 1)
+    assert res.stats.accept_hist[4] == len(res.stats.k_trace) - 1
+
+
+def test_fixed_k_runs_ngram_and_recycle(monkeypatch):
+    """``speculative:proposers=ngram+recycle:k=4`` drafts with both, not n-gram alone."""
+    rt = make_rt(vocab=8, scale=1.0)
+    gen = rt.start(
+        PROMPT,
+        max_new_tokens=60,
+        strategy="speculative",
+        config={"proposers": ["ngram", "recycle"], "k": 4},
+    )
+    calls = {"ngram": 0, "recycle": 0}
+    for name, prop in gen.ctx.config.proposers.items():
+
+        def counted(context, k, rng, _inner=prop.propose, _name=name):
+            calls[_name] += 1
+            return _inner(context, k, rng)
+
+        monkeypatch.setattr(prop, "propose", counted)
+    res = gen.run()
+    assert res.token_ids == rt.target.greedy(PROMPT, 60)
+    assert calls["ngram"] > 0 and calls["recycle"] > 0, calls

@@ -64,3 +64,21 @@ def test_top_k_rows_matches_argsort_and_restores():
     got = top_k_rows(rows, 4)
     np.testing.assert_array_equal(got, np.argsort(-keep, axis=1, kind="stable")[:, :4])
     np.testing.assert_array_equal(rows, keep)
+
+
+def test_fixed_k_chooses_among_proposers():
+    """Bug 3 (issue 10): with a fixed k the controller used the first proposer only."""
+    curve = CostCurve({1: 1.0, 5: 1.2})
+    acc = {"weak": Acceptance(np.full(8, 0.1)), "strong": Acceptance(np.full(8, 0.9))}
+    c = Controller(curve, acc, max_k=8, fixed_k=4)
+    got = c.choose(8)
+    assert (got.proposer, got.k) == ("strong", 4)
+    assert got.expected_rate == pytest.approx(c.expected_rate("strong", 4))
+    assert got.fallbacks == ("weak",)  # tried, in order, when the best one drafts nothing
+    # the ranking uses acceptance only, not measured drafting times (seeded runs repeat)
+    c.draft_cost["strong"] = 10.0
+    assert c.choose(8).proposer == "strong"
+    c.acceptance["weak"].alpha[:] = 0.95
+    assert c.choose(8).proposer == "weak"
+    # the room left caps k; no room means plain decoding
+    assert c.choose(2).k == 2 and c.choose(0).proposer is None
