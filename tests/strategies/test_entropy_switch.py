@@ -7,6 +7,7 @@ composition with speculation has its own tests below.
 
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -179,7 +180,10 @@ def test_large_stretches_can_speculate_losslessly(k):
     # identical small and large: every draft token is accepted
     same = run(rt, n=30, tau=-math.inf, spec_k=k)
     assert same.token_ids == large.greedy(PROMPT, 30)
-    assert set(same.stats.accept_hist) <= {k, min(k, 29) - 0} | set(range(k + 1))
+    # identical models accept every draft token: one histogram entry per draft, equal to
+    # its length (k, or less when the budget leaves less room)
+    drafts = Counter(n for n in same.stats.k_trace if n)
+    assert same.stats.accept_hist == drafts and max(drafts) == k
     assert same.stats.target_forwards <= 30 // (k + 1) + 2
 
 
