@@ -1,6 +1,29 @@
-"""TVM TensorIR kernels with their NumPy references and tuning records (``edgespec.kernels``).
+"""Compute kernels with their NumPy references and tuning records (``edgespec.kernels``).
 
-Empty for now: the TVM backend and tuned small-batch kernels are a later step (see
-docs/benchmarks.md, "What would reach the targets"). The package exists so that the layout
-of the design doc imports everywhere (``edgespec/kernels -> ../kernels``).
+Layout (docs/design.md, "kernels/"): ``reference.py`` holds the NumPy references; TensorIR
+builders (``qmatmul``, ``attention``, ``sparse_ffn``), MetaSchedule tuning (``tuning``) and the
+OpenCL launcher (``opencl``) are added by the TVM and chunk-sparse work, each registered in
+:data:`KERNELS` as ``"<op>:<impl>"`` (impl: ``numpy``, ``tvm`` or ``opencl``) and imported on
+first use. The package is reached through the committed symlink
+``edgespec/kernels -> ../kernels``.
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from edgespec.registry import Registry
+
+#: "<op>:<impl>" -> a callable kernel (or a builder of one), imported on first use
+KERNELS: Registry[Callable[..., Any]] = Registry("kernel")
+
+__all__ = ["KERNELS"]
+
+# NumPy references (kernels/reference.py): the FFN over a chunk's active rows and its dense twin
+KERNELS.add_lazy("sparse_ffn:numpy", "edgespec.kernels.reference:sparse_ffn")
+KERNELS.add_lazy("dense_ffn:numpy", "edgespec.kernels.reference:dense_ffn")
+
+# Block-quantized matmul on a GGUF tensor's own blocks (kernels/qmatmul.py, kernels/opencl.py)
+KERNELS.add_lazy("qmatmul:numpy", "edgespec.kernels.reference:qmatmul")
+KERNELS.add_lazy("qmatmul:tvm", "edgespec.kernels.qmatmul:QMatmul")

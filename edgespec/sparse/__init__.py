@@ -1,0 +1,12 @@
+"""Chunk-sparse feed-forward networks (``edgespec.sparse``).
+
+- :mod:`~edgespec.sparse.blockffn`: BlockFFN models (Song et al. 2025) read from their
+  authors' HF format (MiniCPM config + safetensors) into a NumPy forward whose FFN computes
+  only the union of the expert blocks a chunk activates.
+- :mod:`~edgespec.sparse.stats`: token-level and chunk-level sparsity, per layer and per
+  chunk size.
+- :mod:`~edgespec.sparse.tiny`: tiny random BlockFFN models in that exact format, with router
+  offsets fitted to a target token-level sparsity (tests and benchmarks).
+
+The kernels (``sparse_ffn``, ``dense_ffn``) come from :data:`edgespec.kernels.KERNELS`.
+"""

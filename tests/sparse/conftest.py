@@ -1,0 +1,42 @@
+"""Tiny BlockFFN models in the authors' HF format (config.json + model.safetensors), built
+once per session with router offsets fitted to a target token-level sparsity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgespec.sparse.tiny import make_tiny_blockffn
+
+#: the token-level sparsity the tiny models' routers are fitted to
+TARGET = 0.8
+
+
+@pytest.fixture(scope="session")
+def blockffn_target() -> float:
+    """The token-level sparsity the tiny models' routers are fitted to."""
+    return TARGET
+
+
+@pytest.fixture(scope="session")
+def blockffn_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Vanilla (GQA) attention, ``ffn_type`` "block" (up [E, S, D], down [E, D, S])."""
+    out = tmp_path_factory.mktemp("blockffn") / "vanilla-block"
+    return make_tiny_blockffn(out, target_sparsity=TARGET, seed=0, dtype="float64")
+
+
+@pytest.fixture(scope="session")
+def blockffn_mla_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MLA attention, ``ffn_type`` "block_linear" ([E*S, D], [D, E*S]), as the published
+    checkpoints use MLA."""
+    out = tmp_path_factory.mktemp("blockffn") / "mla-linear"
+    return make_tiny_blockffn(
+        out,
+        target_sparsity=TARGET,
+        seed=1,
+        dtype="float64",
+        attention_type="mla",
+        ffn_type="block_linear",
+        num_key_value_heads=4,
+    )
