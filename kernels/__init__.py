@@ -20,6 +20,10 @@ KERNELS: Registry[Callable[..., Any]] = Registry("kernel")
 
 __all__ = ["KERNELS"]
 
+# NumPy references (kernels/reference.py): the FFN over a chunk's active rows and its dense twin
+KERNELS.add_lazy("sparse_ffn:numpy", "edgespec.kernels.reference:sparse_ffn")
+KERNELS.add_lazy("dense_ffn:numpy", "edgespec.kernels.reference:dense_ffn")
+
 # Block-quantized matmul on a GGUF tensor's own blocks (kernels/qmatmul.py, kernels/opencl.py)
 KERNELS.add_lazy("qmatmul:numpy", "edgespec.kernels.reference:qmatmul")
 KERNELS.add_lazy("qmatmul:tvm", "edgespec.kernels.qmatmul:QMatmul")

@@ -10,7 +10,120 @@ count of a tree), d for the model width, F for the FFN width and A for the activ
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """``x * sigmoid(x)``, elementwise, in ``x``'s dtype."""
+    return x / (1.0 + np.exp(-x))
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    """``max(x, 0)``, elementwise."""
+    return np.maximum(x, 0)
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation (HF ``gelu_pytorch_tanh``), elementwise."""
+    c = np.sqrt(2.0 / np.pi).astype(x.dtype)
+    return 0.5 * x * (1.0 + np.tanh(c * (x + 0.044715 * x * x * x)))
+
+
+#: activation name (as HF configs spell it, shortened) -> elementwise function
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "silu": silu,
+    "relu": relu,
+    "gelu_tanh": gelu_tanh,
+}
+
+
+def _act(name: str) -> Callable[[np.ndarray], np.ndarray]:
+    fn = ACTIVATIONS.get(name)
+    if fn is None:
+        raise ValueError(f"unknown activation '{name}'; known: {', '.join(ACTIVATIONS)}")
+    return fn
+
+
+def dense_ffn(
+    x: np.ndarray,
+    gate: np.ndarray | None,
+    up: np.ndarray,
+    down: np.ndarray,
+    *,
+    act: str = "silu",
+    scale: np.ndarray | None = None,
+) -> np.ndarray:
+    """The dense FFN every sparse variant is checked against.
+
+    ``y = (act(x @ gate.T) * (x @ up.T) * scale) @ down.T``; without ``gate`` (BlockFFN's
+    experts are not gated) the hidden state is ``act(x @ up.T) * scale``.
+
+    Args:
+        x: ``float[M, d]`` the normed inputs of the chunk.
+        gate: ``float[F, d]`` gate projection (``nn.Linear`` layout), or None.
+        up: ``float[F, d]`` up projection.
+        down: ``float[d, F]`` down projection.
+        act: "silu", "relu" or "gelu_tanh".
+        scale: ``float[M, F]`` per-token weight of each neuron (BlockFFN's router weight of
+            the neuron's block; 0 switches a neuron off for that token), or None for 1.
+
+    Returns:
+        ``float[M, d]`` in ``x``'s dtype.
+    """
+    fn = _act(act)
+    h = fn(x @ gate.T) * (x @ up.T) if gate is not None else fn(x @ up.T)
+    if scale is not None:
+        h = h * scale
+    return h @ down.T
+
+
+def sparse_ffn(
+    x: np.ndarray,
+    rows: np.ndarray,
+    gate: np.ndarray | None,
+    up: np.ndarray,
+    down: np.ndarray,
+    *,
+    act: str = "silu",
+    scale: np.ndarray | None = None,
+) -> np.ndarray:
+    """The FFN over the active rows only: gather rows of gate/up and columns of down.
+
+    For a chunk, ``rows`` is the union of the neurons any of its tokens needs; the result
+    equals :func:`dense_ffn` of the FFN whose other neurons are masked to zero (exactly,
+    up to the summation order of the matmuls).
+
+    Args:
+        x: ``float[M, d]``.
+        rows: ``int[A]`` indices into the F neurons, ascending (any order works; ascending
+            reads memory in order).
+        gate: ``float[F, d]`` or None (ungated experts).
+        up: ``float[F, d]``.
+        down: ``float[d, F]``; pass ``down_t.T`` when the model keeps ``down_t: float[F, d]``
+            so that the column gather reads contiguous rows.
+        act: "silu", "relu" or "gelu_tanh".
+        scale: ``float[M, A]`` per-token weight of each *gathered* row, or None for 1.
+
+    Returns:
+        ``float[M, d]``; zeros when ``rows`` is empty.
+    """
+    if rows.size == 0:
+        return np.zeros((x.shape[0], down.shape[0]), dtype=x.dtype)
+    fn = _act(act)
+    u = up[rows]  # [A, d]
+    h = fn(x @ gate[rows].T) * (x @ u.T) if gate is not None else fn(x @ u.T)
+    if scale is not None:
+        h = h * scale
+    return h @ down[:, rows].T
+
+
+def block_rows(blocks: np.ndarray, block_size: int) -> np.ndarray:
+    """Neuron rows of whole blocks: ``int[B]`` block ids -> ``int[B * block_size]``, ascending
+    when ``blocks`` is (block b holds rows ``b*S .. b*S+S-1``)."""
+    offsets = np.arange(block_size, dtype=np.int64)
+    return (np.asarray(blocks, dtype=np.int64)[:, None] * block_size + offsets).reshape(-1)
 
 
 def qmatmul(x: np.ndarray, raw: np.ndarray, qtype: str) -> np.ndarray:
