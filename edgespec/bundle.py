@@ -96,7 +96,17 @@ def bundle_root(path: Path) -> Path | None:
 
 
 def _source(root: Path, role: str, art: dict[str, Any], name: str) -> ModelSource:
-    return ModelSource(art["source_kind"], (root / art["path"]).resolve(), f"{name}:{role}")
+    from edgespec.sources import folder_digest
+
+    # the manifest's checksums give the content digest cost curves are keyed by, unhashed
+    files = {Path(f["path"]).as_posix(): f["sha256"] for f in art.get("files", [])}
+    base = Path(art["path"]).as_posix()
+    if list(files) == [base]:  # a single-file artifact: the file's own sha256
+        digest = files[base]
+    else:
+        rel = {k[len(base) + 1 :] if k.startswith(base + "/") else k: v for k, v in files.items()}
+        digest = folder_digest(rel) if rel else ""
+    return ModelSource(art["source_kind"], (root / art["path"]).resolve(), f"{name}:{role}", digest)
 
 
 def pick(

@@ -220,12 +220,16 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         raise EdgespecError(f"--max-k must be >= 1, got {a.max_k}")
     rt = load_from_args(a)
     with rt:
+        if a.threads is None:  # every count from 1 to the CPUs, stored as the default
+            from edgespec import threads
+
+            threads.calibrate(rt, reps=max(a.reps, threads.CALIBRATE_REPS))
         sizes = list(range(1, a.max_k + 2))
         curve = cost_curves.measure_verify_curve(
             rt.target, sizes, context=a.context, reps=a.reps, vocab=rt.tokenizer.vocab_size
         )
         variant = str(rt.target.info.extra.get("variant", ""))
-        key = cost_curves.curve_key(rt.backend, str(rt.source.path), a.threads, variant)
+        key = cost_curves.curve_key(rt.backend, rt.source.digest(), a.threads, variant)
         entry = {
             "verify": {str(n): s for n, s in curve.items()},
             "model": rt.source.name,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from edgespec.sources import resolve
 from edgespec.speculative.config import SpecConfig
 from edgespec.speculative.session import SpecSession
 from edgespec.strategies import STRATEGIES
+from edgespec.threads import load_tuned
 from edgespec.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -38,9 +39,17 @@ def pick_backend(
     source: ModelSource, backend: str | None, options: LoadOptions | None = None
 ) -> str:
     """The backend to use: the user's choice (checked); else, among the installed backends
-    that can load ``source``, the one whose stored ``edgespec calibrate`` profile of this
-    model (same threads and weights in ``options``) decodes one token fastest on this device;
-    else the first installed one in ``PREFERRED`` order."""
+    that can load ``source``, the one that decodes one token of this model (by content)
+    fastest on this device, with the threads, weights and spin of ``options``; else the
+    first installed one in ``PREFERRED`` order.
+
+    Measurements come from the store (``edgespec calibrate``'s cost curves, else earlier
+    thread probes). When fewer than two backends have one, the candidates that are cheap to
+    load (``Backend.cheap_to_load``: not the onnx backend before its one-time conversion, nor
+    the NumPy reference, which dequantizes the model) are loaded and timed once
+    (:func:`edgespec.threads.tune`, at their best thread counts), the result is cached, and
+    the user is told the choice in one line. Without ``options`` nothing is compared.
+    """
     if backend:
         cls = BACKENDS.get(backend)
         if source.kind not in cls.accepts:
@@ -62,20 +71,64 @@ def pick_backend(
             and source.kind in BACKENDS.get(n).accepts
             and BACKENDS.get(n).available()
         ]
-        from edgespec.speculative.cost_curves import fastest_backend
-
-        fastest = fastest_backend(
-            str(source.path), able, options.n_threads, options.weights, options.spin
-        )
+        fastest = _fastest_measured(source, able, options)
         if fastest is not None:
-            return fastest[0]
+            return fastest
     if installed:
         return installed[0]
     raise EdgespecError(f"no installed backend can load a {source.kind} model; run ./install.sh")
 
 
+def _fastest_measured(source: ModelSource, able: list[str], options: LoadOptions) -> str | None:
+    """The stored winner among ``able``, probing the cheap ones first when needed."""
+    import sys
+
+    from edgespec import threads
+    from edgespec.speculative import cost_curves
+
+    if len(able) < 2:
+        return None
+    digest = source.digest()
+    args = (options.n_threads, options.weights, options.spin)
+    fastest = cost_curves.fastest_backend(digest, able, *args)
+    if fastest is not None:
+        return fastest[0]
+    cheap = [n for n in able if BACKENDS.get(n).cheap_to_load(source, options)]
+    if len(cheap) < 2:
+        return None
+    times: dict[str, tuple[float, int | None]] = {}
+    quiet = replace(options, progress=False)  # one line below says it all
+    for name in cheap:
+        key = threads.key_for(source, name, options)
+        if cost_curves.one_token_seconds(cost_curves.load_threads(key), options.n_threads) is None:
+            try:
+                with BACKENDS.get(name).load(source, quiet) as model:
+                    threads.tune(model, source, name, quiet)
+            except EdgespecError:
+                continue  # this backend cannot load this model: it is out of the running
+        entry = cost_curves.load_threads(key)
+        one = cost_curves.one_token_seconds(entry, options.n_threads)
+        if entry is not None and one is not None:
+            times[name] = (one, options.n_threads or entry.get("best"))
+    if len(times) < 2:
+        return None
+    best = min(times, key=lambda n: times[n][0])
+    if options.progress:
+        per = ", ".join(
+            f"{n} {s * 1000:.1f} ms ({t} threads)" for n, (s, t) in sorted(times.items())
+        )
+        print(
+            f"edgespec: {best} decodes {source.name or source.path.name} fastest on this "
+            f"device (one token: {per}); cached (edgespec calibrate re-measures, --backend "
+            "overrides)",
+            file=sys.stderr,
+        )
+    return best
+
+
 def load_model(source: ModelSource, backend: str, options: LoadOptions) -> Model:
-    """Instantiate ``source`` on ``backend``."""
+    """Instantiate ``source`` on ``backend`` with ``options`` as they are (``n_threads``
+    None: the library's default); :func:`load` uses :func:`edgespec.threads.load_tuned`."""
     return BACKENDS.get(backend).load(source, options)
 
 
@@ -201,7 +254,9 @@ def load(
         draft: an optional draft model with the same vocabulary (for speculation).
         draft_backend: backend of the draft; defaults to the target's when it can load it.
         n_ctx: KV-cache capacity in tokens.
-        n_threads: CPU threads; None lets the backend decide.
+        n_threads: CPU threads; None means the fastest count measured on this device for
+            this backend and model (stored by ``edgespec calibrate``, else measured by a
+            quick probe on first use and cached; see :mod:`edgespec.threads`).
         dtype: compute dtype of the NumPy reference.
         progress: show progress bars for downloads and conversions.
         weights: onnx backend with a GGUF model: "gguf-exact" (the file's own quantized
@@ -224,7 +279,7 @@ def load(
     )
     name = pick_backend(source, backend, options)
     tokenizer = load_tokenizer(source)
-    target = load_model(source, name, options)
+    target, _ = load_tuned(source, name, options)  # n_threads None: the fastest measured
     draft_model = None
     # a bundle's draft role becomes the draft unless the caller names one
     dsource = role_source(source, "draft") if draft is None else resolve(draft, progress=progress)
@@ -233,5 +288,5 @@ def load(
 
         check_same_vocab(tokenizer, load_tokenizer(dsource), source.name, dsource.name)
         dname = draft_backend or (name if dsource.kind in BACKENDS.get(name).accepts else None)
-        draft_model = load_model(dsource, pick_backend(dsource, dname), options)
+        draft_model, _ = load_tuned(dsource, pick_backend(dsource, dname), options)
     return Runtime(tokenizer, target, name, source, options, draft_model)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -24,7 +27,7 @@ def resolve(spec: str | Path | None, *, progress: bool = True) -> ModelSource:
     if not spec.strip():
         raise EdgespecError("the model name is empty; pass a zoo name, a path or a hub id")
     if spec in zoo.ZOO:
-        return ModelSource("gguf", zoo.pull(spec, progress=progress), spec)
+        return ModelSource("gguf", zoo.pull(spec, progress=progress), spec, zoo.ZOO[spec].sha256)
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":
@@ -91,3 +94,67 @@ def hub_download(spec: str, *, progress: bool = True) -> Path:
             ) from None
         raise EdgespecError(f"could not fetch '{spec}' from the hub: {kind}: {exc}") from None
     return Path(folder)
+
+
+def _digest_cache() -> Path:
+    from edgespec.home import edgespec_home
+
+    return edgespec_home() / "digests.json"
+
+
+def file_digest(path: Path, *, progress: bool = True) -> str:
+    """The hex sha256 of one file, hashed once per (path, size, mtime).
+
+    Reused from the zoo's verified stamp beside the file when it matches, else from
+    ``$EDGESPEC_HOME/digests.json``, else computed (a progress bar for large files) and
+    stored there, so a 1 GB model is not re-hashed on every load.
+    """
+    from edgespec.fileutil import atomic_path, sha256_file
+
+    path = Path(path).expanduser().resolve()
+    st = path.stat()
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        zoo_stamp = json.loads(path.with_name(path.name + ".verified.json").read_text())
+        if {k: zoo_stamp[k] for k in stamp} == stamp:
+            return str(zoo_stamp["sha256"])
+    cache_file = _digest_cache()
+    cache: dict[str, dict[str, object]] = {}
+    with contextlib.suppress(OSError, ValueError):
+        loaded = json.loads(cache_file.read_text())
+        cache = loaded if isinstance(loaded, dict) else {}
+    hit = cache.get(str(path))
+    if isinstance(hit, dict) and {k: hit.get(k) for k in stamp} == stamp:
+        return str(hit["sha256"])
+    digest = sha256_file(path, progress=progress and st.st_size > 2**26, desc=f"sha256 {path.name}")
+    cache[str(path)] = {**stamp, "sha256": digest}
+    with contextlib.suppress(OSError), atomic_path(cache_file) as tmp:
+        tmp.write_text(json.dumps(cache, indent=1))
+    return digest
+
+
+def folder_digest(files: dict[str, str]) -> str:
+    """One digest for a multi-file model: sha256 of its sorted ``"<relative path>:<sha256>"``
+    lines. ``files`` maps each file's path inside the model folder to its sha256 (the same
+    formula serves a folder on disk and a bundle artifact's manifest entries)."""
+    lines = "".join(f"{rel}:{files[rel]}\n" for rel in sorted(files))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def content_digest(path: str | Path, *, progress: bool = True) -> str:
+    """The content digest of a model file or folder (see :meth:`ModelSource.digest`).
+
+    A folder (HF, converted ONNX) combines the digests of every file in it, hidden files
+    excepted (:func:`folder_digest`); each file's digest is cached as in :func:`file_digest`.
+    """
+    path = Path(path).expanduser().resolve()
+    if path.is_file():
+        return file_digest(path, progress=progress)
+    if not path.is_dir():
+        raise ModelLoadError(f"model '{path}' does not exist; check the path")
+    files = {
+        f.relative_to(path).as_posix(): file_digest(f, progress=progress)
+        for f in sorted(path.rglob("*"))
+        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
+    }
+    return folder_digest(files)

@@ -6,7 +6,7 @@ import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol, runtime_checkable
 
 from edgespec.model import Model
 
@@ -19,11 +19,25 @@ class ModelSource:
         kind: "gguf" (one .gguf file) or "hf" (a folder with config.json + safetensors).
         path: the file or folder.
         name: what the user called it (zoo name, path or hub id), for messages and stats.
+        sha256: the content's hex sha256 when it is already known (a zoo entry's pin, a
+            bundle manifest's artifact checksum), else "" (:meth:`digest` computes it).
     """
 
     kind: str
     path: Path
     name: str
+    sha256: str = ""
+
+    def digest(self) -> str:
+        """The hex sha256 of the content: what cost curves and thread choices are keyed by,
+        so two files of one name never share a measurement and one file under two names
+        does. ``sha256`` when known, else computed once per (path, size, mtime) and cached
+        under ``$EDGESPEC_HOME`` (:func:`edgespec.sources.content_digest`)."""
+        if self.sha256:
+            return self.sha256
+        from edgespec.sources import content_digest
+
+        return content_digest(self.path)
 
 
 @dataclass(frozen=True)
@@ -32,7 +46,9 @@ class LoadOptions:
 
     Attributes:
         n_ctx: KV-cache capacity in tokens.
-        n_threads: CPU threads; None lets the backend pick (usually all physical cores).
+        n_threads: CPU threads; None means the fastest count measured on this device
+            (``edgespec.threads``: stored by ``edgespec calibrate`` or a quick probe on
+            first use); a backend given None on its own keeps its library's default.
         dtype: compute dtype for the NumPy reference ("float32", or "float64" in tests).
         progress: show progress bars for slow steps (conversion, dequantization).
         weights: how a backend that converts GGUF files holds their weights: "auto" (its
@@ -73,6 +89,24 @@ class Backend(ABC):
         return all(importlib.util.find_spec(m) is not None for m in cls.requires)
 
     @classmethod
+    def cheap_to_load(cls, source: ModelSource, options: LoadOptions) -> bool:
+        """Whether loading ``source`` takes seconds at most, so that an automatic backend
+        choice may load it just to time it (``runtime.pick_backend``). A backend that
+        converts or dequantizes the model first says False until its result is cached."""
+        return True
+
+    @classmethod
     @abstractmethod
     def load(cls, source: ModelSource, options: LoadOptions) -> Model:
         """Instantiate a model with an empty KV cache."""
+
+
+@runtime_checkable
+class ThreadTunable(Protocol):
+    """A model whose CPU thread count can change after loading (``edgespec.threads`` uses
+    it to time thread counts on one loaded model instead of loading one per count)."""
+
+    def set_threads(self, n: int) -> bool:
+        """Use ``n`` threads for later forwards (one-token and batched alike); may reset the
+        KV cache. Returns False when this model cannot change its count."""
+        ...

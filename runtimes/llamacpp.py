@@ -138,7 +138,8 @@ def _context_params(lib: Any, n_ctx: int, n_threads: int | None, n_seq_max: int)
     trees) with a unified KV cache, so that every sequence sees the whole ``n_ctx``; and
     ``n_threads`` (when given) applies to batch decoding too, where ``Llama`` would use every
     core. ``n_threads=None`` keeps ``Llama``'s defaults: half the cores for one-token decodes,
-    all of them for batches.
+    all of them for batches (``edgespec.load`` passes the fastest count measured on this
+    device instead, or switches to it with :meth:`LlamaCppModel.set_threads`).
     """
     n_batch = min(n_ctx, DEFAULT_N_BATCH)
     cpus = multiprocessing.cpu_count()
@@ -254,6 +255,14 @@ class LlamaCppModel(Model):
         self._linear_seq_ids()
         self._n_past = 0
         self._tree: _Tree | None = None
+
+    def set_threads(self, n: int) -> bool:
+        """Use ``n`` threads for one-token and batched decodes alike, on the live context
+        (``llama_set_n_threads``; the KV cache is kept). ``edgespec.threads`` picks ``n``."""
+        if n < 1:
+            raise EdgespecError(f"n_threads must be at least 1, not {n}")
+        self._lib.llama_set_n_threads(self._ctx, int(n), int(n))
+        return True
 
     # -- Model interface ---------------------------------------------------------------------
 

@@ -617,6 +617,17 @@ class NumpyModel(Model):
         self.v_cache[:, :, base : base + n] = self.v_cache[:, :, idx]
         self._n_past = base + n
 
+    def set_threads(self, n: int) -> bool:
+        """Cap BLAS threads at ``n`` for later forwards; False (nothing changes) when
+        ``threadpoolctl`` is missing and NumPy's BLAS keeps its own count."""
+        if _blas_controller() is None:
+            return False
+        if n < 1:
+            raise EdgespecError(f"n_threads must be at least 1, not {n}")
+        self.n_threads = int(n)
+        self.info.extra["n_threads"] = self.n_threads
+        return True
+
     def _thread_limit(self) -> contextlib.AbstractContextManager[Any]:
         """Cap BLAS threads at ``n_threads`` for one forward (needs ``threadpoolctl``)."""
         ctl = _blas_controller() if self.n_threads else None
@@ -757,6 +768,12 @@ class NumpyBackend(Backend):
     accepts: ClassVar[tuple[str, ...]] = ("gguf", "hf")
     requires: ClassVar[tuple[str, ...]] = ("numpy", "gguf")
     extra: ClassVar[str] = ""
+
+    @classmethod
+    def cheap_to_load(cls, source: ModelSource, options: LoadOptions) -> bool:
+        """False: loading dequantizes every weight (seconds to minutes), and the reference
+        is never the fast choice, so an automatic backend choice does not time it."""
+        return False
 
     @classmethod
     def load(cls, source: ModelSource, options: LoadOptions) -> NumpyModel:

@@ -393,6 +393,21 @@ class OnnxModel(Model):
         self.session = None
         self._kv = None  # type: ignore[assignment]
 
+    def set_threads(self, n: int) -> bool:
+        """Rebuild the ORT session with ``n`` intra-op threads (ORT fixes them per session:
+        as slow as loading the graph again). Empties the KV cache; forks keep the old
+        session. False for a model not loaded by :func:`load_onnx_dir`."""
+        factory = getattr(self, "_session_factory", None)
+        if factory is None:
+            return False
+        if n < 1:
+            raise EdgespecError(f"n_threads must be at least 1, not {n}")
+        kept = dict(self.__dict__)  # path, the factory, anything set after __init__
+        self.__init__(factory(int(n)), self.info, self.n_ctx, self.layout)  # type: ignore[misc]
+        for name, value in kept.items():
+            self.__dict__.setdefault(name, value)
+        return True
+
 
 def _info_from_config(folder: Path, source_name: str) -> tuple[ModelInfo, dict[str, Any]]:
     try:
@@ -436,6 +451,8 @@ def load_onnx_dir(folder: str | Path, options: LoadOptions, source_name: str = "
     n_ctx = min(options.n_ctx, info.context_length)
     model = OnnxModel(session, info, n_ctx=n_ctx, layout=layout)
     model.path = path
+    # the same session options with another thread count (OnnxModel.set_threads)
+    model._session_factory = lambda n: _make_session(model_file, n, options.spin)
     if info.extra["dtype"] not in ("float32", "fp32"):
         model.batch_noise = QUANT_BATCH_NOISE
     return model
@@ -487,6 +504,19 @@ def converted_folder(source: ModelSource, options: LoadOptions) -> Path:
         return _fp32(source, options.progress)
 
 
+def converted_folder_path(source: ModelSource, options: LoadOptions) -> Path:
+    """Where :func:`converted_folder` keeps the conversion per ``options.weights``, without
+    converting (it may not exist yet)."""
+    from edgespec.export.hf_onnx import cached_onnx_dir
+
+    choice = AUTO_WEIGHTS[source.kind] if options.weights == "auto" else options.weights
+    if choice == "gguf-exact":
+        from edgespec.export.gguf_exact import VARIANT
+
+        return cached_onnx_dir(source, graph="gqa").parent / VARIANT
+    return cached_onnx_dir(source)
+
+
 class OnnxBackend(Backend):
     """Converts GGUF / HF sources to ONNX (cached; a GroupQueryAttention graph with a shared
     KV buffer, holding a GGUF's own quantized weights by default) and runs them in
@@ -497,6 +527,18 @@ class OnnxBackend(Backend):
     accepts = ("gguf", "hf", "onnx")
     requires = ("onnxruntime",)
     extra = "onnx"
+
+    @classmethod
+    def cheap_to_load(cls, source: ModelSource, options: LoadOptions) -> bool:
+        """True for an exported folder or an already converted source; a first load of a
+        GGUF or HF source converts it (about a minute for SmolLM2-135M), so an automatic
+        backend choice does not time it until the user has loaded it once."""
+        if source.kind == "onnx":
+            return True
+        try:
+            return (converted_folder_path(source, options) / "model.onnx").exists()
+        except EdgespecError:
+            return False
 
     @classmethod
     def load(cls, source: ModelSource, options: LoadOptions) -> Model:

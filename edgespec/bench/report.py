@@ -140,6 +140,18 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
     return {"overall": overall, "by_kind": by_kind, "flags": flags}
 
 
+def baseline_threads_lines(doc: dict[str, Any]) -> list[str]:
+    """The report's line on the baseline's thread count (none for older results)."""
+    b = doc["baseline"]
+    if "threads" not in b:
+        return []
+    if b["threads"] is None:
+        return ["- baseline threads: llama-cpp-python's default (half the cores for one token)"]
+    extra = [c["label"] for c in doc["configs"] if c.get("strategy") == BASELINE]
+    also = f"; also measured: `{extra[0]}`" if extra else ""
+    return [f"- baseline threads: {b['threads']} ({b.get('threads_source', 'given')}){also}"]
+
+
 def _cell(s: dict[str, Any], spec: str = ".1f", scale: float = 1.0) -> str:
     if s["median"] is None:
         return "-"
@@ -179,6 +191,7 @@ def render_markdown(doc: dict[str, Any], plots: list[str] | None = None) -> str:
         f"- model: `{st['model'] or 'default'}`"
         + (f", draft `{st['draft']}`" if st["draft"] else ""),
         f"- baseline: {doc['baseline']['description'] or '-'}",
+        *baseline_threads_lines(doc),
         f"- {st['max_new_tokens']} new tokens per generation (EOS ignored); runs: {st['runs']}, "
         f"after {st['warmup']} warm-up round(s), interleaved; {len(prompts)} prompts "
         f"({', '.join(kinds)})",

@@ -1,8 +1,10 @@
 """The benchmark loop: every (backend, strategy) combination beside the baseline, interleaved.
 
 For each run r and each prompt p, in turn: the baseline (llama-cpp-python's plain greedy
-decoding of the same GGUF, what a user would otherwise run), then every combination. Ratios
-against the baseline are computed run by run, from the baseline measured right beside it.
+decoding of the same GGUF at the fastest thread count measured on this device, what a user
+who tuned llama.cpp would run), the baseline's extra rows (llama-cpp-python at its default
+thread count, when that differs), then every combination. Ratios against the baseline are
+computed run by run, from the baseline measured right beside it.
 EOS is ignored, so every configuration produces exactly ``max_new_tokens`` tokens.
 
 Every run record is written to ``results.json`` as soon as its prompt is done; when anything
@@ -12,6 +14,7 @@ fails, the records gathered so far stay there with ``"complete": false`` and the
 from __future__ import annotations
 
 import json
+import multiprocessing
 import platform
 import shlex
 import sys
@@ -120,7 +123,12 @@ class BaselineRun:
 
 
 class Baseline(Protocol):
-    """The reference every combination is compared with (pluggable for tests)."""
+    """The reference every combination is compared with (pluggable for tests).
+
+    ``description`` names it in the report. A baseline may also offer ``info`` (a dict
+    merged into results.json's ``baseline``, e.g. its thread count) and ``extras()``: more
+    ``(label, Baseline)`` rows measured beside it every run and reported like configurations.
+    """
 
     description: str
 
@@ -130,9 +138,19 @@ class Baseline(Protocol):
 
 
 class LlamaCppBaseline:
-    """llama-cpp-python's plain greedy decoding, driven the way its own generate() does."""
+    """llama-cpp-python's plain greedy decoding, driven the way its own generate() does.
 
-    def __init__(self, path: Path, n_ctx: int, threads: int | None) -> None:
+    Args:
+        path: the GGUF file.
+        n_ctx: context size.
+        threads: ``Llama(n_threads=...)``; None keeps llama-cpp-python's default (half the
+            cores for one-token decodes).
+        info: what results.json records about the choice of ``threads``.
+    """
+
+    def __init__(
+        self, path: Path, n_ctx: int, threads: int | None, info: dict[str, Any] | None = None
+    ) -> None:
         try:
             import llama_cpp
         except ImportError:
@@ -143,10 +161,30 @@ class LlamaCppBaseline:
 
         with quiet_stderr():
             self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=threads, verbose=False)
+        self.path, self.n_ctx, self.threads = Path(path), n_ctx, threads
+        self.info: dict[str, Any] = {"threads": threads, **(info or {})}
         self.description = (
             f"llama-cpp-python {getattr(llama_cpp, '__version__', '?')} plain greedy "
-            f"(Llama.generate, top_k=1) on {Path(path).name}"
+            f"(Llama.generate, top_k=1) on {Path(path).name}, "
+            + (
+                f"{threads} thread(s){': ' + info['why'] if info and info.get('why') else ''}"
+                if threads
+                else "llama-cpp-python's default threads"
+            )
         )
+        self._extras: list[tuple[str, Baseline]] | None = None
+
+    def extras(self) -> list[tuple[str, Baseline]]:
+        """llama-cpp-python at its default thread count (half the cores for one-token
+        decodes), when that differs from this baseline's: what a user who never set
+        ``n_threads`` gets."""
+        if self._extras is None:
+            default = max(multiprocessing.cpu_count() // 2, 1)
+            self._extras = []
+            if self.threads is not None and self.threads != default:
+                label = f"llama-cpp-python default threads ({default} for one-token decodes)"
+                self._extras.append((label, LlamaCppBaseline(self.path, self.n_ctx, None)))
+        return self._extras
 
     def run(self, ids: list[int], n: int) -> BaselineRun:
         self.llm.reset()
@@ -167,6 +205,8 @@ class LlamaCppBaseline:
         close = getattr(self.llm, "close", None)
         if close is not None:
             close()
+        for _, extra in self._extras or []:
+            extra.close()
 
 
 class StrategyBaseline:
@@ -189,15 +229,52 @@ class StrategyBaseline:
 
 
 def llamacpp_baseline(runtime: Any) -> Baseline:
-    """The default baseline: llama-cpp-python on the runtime's own GGUF."""
+    """The default baseline: llama-cpp-python on the runtime's own GGUF, at the thread count
+    the user gave, else at the fastest one measured on this device: stored by ``edgespec
+    calibrate`` or an earlier run, else timed now at every count from 1 to the CPUs
+    (:func:`edgespec.threads.calibrate`'s method, on edgespec's llama.cpp backend: the same
+    library and file; a few seconds)."""
     if runtime.source.kind != "gguf":
         raise EdgespecError(
             f"the llama.cpp baseline needs a GGUF model, got a {runtime.source.kind} model; "
             "pass --baseline autoregressive to compare with edgespec's plain decoding"
         )
-    return LlamaCppBaseline(
-        Path(runtime.source.path), runtime.options.n_ctx, runtime.options.n_threads
+    path, n_ctx = Path(runtime.source.path), runtime.options.n_ctx
+    if runtime.options.n_threads is not None:
+        n = runtime.options.n_threads
+        return LlamaCppBaseline(path, n_ctx, n, {"threads_source": "user", "why": "--threads"})
+    return LlamaCppBaseline(path, n_ctx, *best_llamacpp_threads(runtime.source, n_ctx))
+
+
+def best_llamacpp_threads(source: Any, n_ctx: int) -> tuple[int | None, dict[str, Any]]:
+    """The fastest thread count of llama.cpp on ``source`` here, and how it was found."""
+    from edgespec import threads
+    from edgespec.runtimes import BACKENDS, LoadOptions
+    from edgespec.speculative import cost_curves
+
+    options = LoadOptions(n_ctx=n_ctx, progress=False)
+    origin = "stored"
+    best = threads.stored_best(source, "llamacpp", options)
+    if best is None:
+        origin = "measured at the start of this run"
+        with BACKENDS.get("llamacpp").load(source, options) as model:
+            threads.tune(
+                model,
+                source,
+                "llamacpp",
+                options,
+                counts=threads.candidate_counts(every=True),
+                reps=threads.CALIBRATE_REPS,
+            )
+        best = threads.stored_best(source, "llamacpp", options)
+    entry = cost_curves.load_threads(threads.key_for(source, "llamacpp", options)) or {}
+    times = entry.get("one_token_s", {})
+    per = ", ".join(
+        f"{n}: {float(s) * 1000:.1f}" for n, s in sorted(times.items(), key=lambda kv: int(kv[0]))
     )
+    why = f"the fastest measured on this device ({origin}; ms per token by threads: {per})"
+    info = {"threads_source": origin, "one_token_s_by_threads": times, "why": why}
+    return best, info
 
 
 BASELINES: dict[str, Callable[[Any], Baseline]] = {
@@ -316,6 +393,8 @@ class Bench:
         self.argv = list(sys.argv[1:] if argv is None else argv)
         self.results = Path(opts.out) / "results.json"
         self.doc = self._new_doc()
+        #: the baseline's extra rows (Baseline.extras), measured beside it every run
+        self.extras: list[tuple[str, Baseline]] = []
 
     # -- results.json ---------------------------------------------------------------
 
@@ -372,6 +451,18 @@ class Bench:
                 p["prompt_tokens"] = len(ids[p["id"]])
             base = self.make_baseline(first)
             self.doc["baseline"]["description"] = base.description
+            self.doc["baseline"].update(getattr(base, "info", {}))
+            self.extras = list(getattr(base, "extras", list)())
+            self.doc["configs"][:0] = [
+                {
+                    "label": lb,
+                    "strategy": BASELINE,
+                    "backend": "llamacpp",
+                    "options": None,
+                    "lossy": False,
+                }
+                for lb, _ in self.extras
+            ]
             self.save()
             self._measure(runtimes, base, ids)
             self.doc["complete"] = True
@@ -408,6 +499,8 @@ class Bench:
         first = self.prompts[0].id
         for _ in range(opts.warmup):  # sessions, cost-curve probes, OS caches
             base.run(ids[first], min(WARMUP_TOKENS, n))
+            for _, extra in self.extras:
+                extra.run(ids[first], min(WARMUP_TOKENS, n))
             for c in self.combos:
                 self._generate(runtimes[c.backend], c, ids[first], min(WARMUP_TOKENS, n))
         # plain greedy on each backend, once per prompt (untimed): the losslessness reference
@@ -415,7 +508,7 @@ class Bench:
         for backend, rt in runtimes.items():
             for p in self.prompts:
                 plain[(backend, p.id)] = plain_reference(rt.target, ids[p.id], n)
-        total = opts.runs * len(self.prompts) * (1 + len(self.combos))
+        total = opts.runs * len(self.prompts) * (1 + len(self.extras) + len(self.combos))
         with tqdm(total=total, desc="bench", unit="gen", disable=not opts.progress) as bar:
             for r in range(opts.runs):
                 for p in self.prompts:
@@ -424,6 +517,14 @@ class Bench:
                     b.update(run=r, prompt=p.id, kind=p.kind)
                     bar.update()
                     rows = [b]
+                    for label, extra in self.extras:  # e.g. llama.cpp at its default threads
+                        row = self._run_baseline(extra, ids[p.id], n)
+                        row.update(label=label, backend="llamacpp", run=r, prompt=p.id)
+                        row["kind"] = p.kind
+                        _versus(row, b)
+                        del row["_tokens"]
+                        rows.append(row)
+                        bar.update()
                     for c in self.combos:
                         row = self._run_combo(runtimes[c.backend], c, ids[p.id], n)
                         row.update(run=r, prompt=p.id, kind=p.kind)

@@ -1,7 +1,9 @@
 """Cost curves: the measured cost of a target forward of n tokens on this machine.
 
 Stored as JSON under ``$EDGESPEC_HOME/cost_curves/<device fingerprint>.json``, keyed by
-backend, model and thread count, so the controller starts from real numbers.
+backend, model content (sha256) and thread count, so the controller starts from real numbers.
+The same file keeps the measured one-token time per thread count (section ``threads``),
+from which the default thread count and the automatic backend choice come.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +42,37 @@ def device_fingerprint() -> str:
     return hashlib.sha256(device_description().encode()).hexdigest()[:16]
 
 
-def curve_key(backend: str, model: str, threads: int | None, variant: str = "") -> str:
-    """The key of a stored cost curve. ``variant`` tells apart what one backend can make of
-    one file (the onnx backend's graph and weights, e.g. ``shared-gguf-exact``)."""
+def curve_key(backend: str, digest: str, threads: int | None, variant: str = "") -> str:
+    """The key of a stored cost curve.
+
+    Args:
+        backend: the backend name.
+        digest: the model's content sha256 (:meth:`ModelSource.digest`); keys hold its first
+            16 hex digits, so two files of one name never share a curve (entries stored by
+            older versions under the file's name are simply not found).
+        threads: the thread count asked for; None ("default") means the measured best.
+        variant: what one backend can make of one file (the onnx backend's graph and
+            weights, e.g. ``shared-gguf-exact``).
+    """
     label = f"{backend}:{variant}" if variant else backend
-    return f"{label}|{Path(model).name}|threads={threads or 'default'}"
+    return f"{label}|{digest[:16]}|threads={threads or 'default'}"
+
+
+def threads_key(backend: str, digest: str, weights: str = "auto", spin: bool = True) -> str:
+    """The key of a stored thread choice: backend, model content and the load options that
+    change what the backend builds (``weights``, ``spin``: the onnx backend's variant).
+
+    Unlike :func:`curve_key` it needs nothing from the loaded model, so the stored count can
+    be passed to the backend at load time (an ORT session is built once, with it).
+    """
+    return f"{backend}|{digest[:16]}|weights={weights}|spin={int(spin)}"
 
 
 def _curves_path() -> Path:
     return edgespec_home() / "cost_curves" / f"{device_fingerprint()}.json"
 
 
-def load_curves() -> dict[str, Any]:
-    """Every stored cost curve of this device: {key: {"verify": {n: seconds}, ...}}."""
+def _read_store() -> dict[str, Any]:
     path = _curves_path()
     if not path.exists():
         return {}
@@ -60,7 +80,79 @@ def load_curves() -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return data.get("profiles", {}) if isinstance(data, dict) else {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_store(section: str, key: str, entry: dict[str, Any]) -> Path:
+    """Set ``store[section][key] = entry``, keep every other section, write atomically."""
+    data = _read_store()
+    table = data.get(section)
+    table = table if isinstance(table, dict) else {}
+    table[key] = entry
+    data.update(
+        {"device": device_description(), "fingerprint": device_fingerprint(), section: table}
+    )
+    path = _curves_path()
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
+    return path
+
+
+def load_curves() -> dict[str, Any]:
+    """Every stored cost curve of this device: {key: {"verify": {n: seconds}, ...}}."""
+    curves = _read_store().get("profiles", {})
+    return curves if isinstance(curves, dict) else {}
+
+
+def load_threads(key: str) -> dict[str, Any] | None:
+    """The stored thread measurement under ``key`` (:func:`threads_key`), or None:
+    ``{"one_token_s": {"<threads>": seconds}, "best": threads (absent when only some counts
+    were timed), "source": "probe" | "calibrate", ...}``."""
+    table = _read_store().get("threads", {})
+    entry = table.get(key) if isinstance(table, dict) else None
+    return entry if isinstance(entry, dict) else None
+
+
+def save_threads(key: str, entry: dict[str, Any]) -> Path:
+    """Store a thread measurement under ``key``, atomically; returns the store's path."""
+    return _write_store("threads", key, entry)
+
+
+def measure_threads(
+    model: Model,
+    counts: Sequence[int],
+    set_threads: Callable[[int], object],
+    *,
+    reps: int = 5,
+    context: int = 32,
+    vocab: int = 1000,
+    on_count: Callable[[int], object] | None = None,
+) -> dict[int, float]:
+    """Median seconds of a one-token forward (plain decoding's step) at each thread count.
+
+    ``set_threads(n)`` switches the loaded model to ``n`` threads; each count gets one
+    untimed forward (the switch may rebuild a session or wake a thread pool), then ``reps``
+    timed ones at the same position after a ``context``-token prefix.
+
+    Returns:
+        {threads: seconds per one-token forward}.
+    """
+    out: dict[int, float] = {}
+    for n in counts:
+        set_threads(n)
+        model.reset()
+        model.forward([(17 * i + 11) % vocab for i in range(context)], all_logits=False)
+        times = []
+        for r in range(reps + 1):
+            t = time.perf_counter()
+            model.forward([(31 * r + 7) % vocab], all_logits=False)
+            times.append(time.perf_counter() - t)
+            model.truncate(context)
+        out[n] = statistics.median(times[1:])
+        if on_count is not None:
+            on_count(n)
+    model.reset()
+    return out
 
 
 def load_verify_curve(key: str) -> dict[int, float] | None:
@@ -71,24 +163,27 @@ def load_verify_curve(key: str) -> dict[int, float] | None:
 
 
 def fastest_backend(
-    model: str,
+    digest: str,
     candidates: Sequence[str],
     threads: int | None,
     weights: str = "auto",
     spin: bool = True,
 ) -> tuple[str, float] | None:
-    """The backend whose stored cost curve of ``model`` has the cheapest one-token forward.
+    """The backend that decodes one token of the model ``digest`` fastest on this device.
 
-    Only profiles of this device, with the same thread setting, the same ``weights``
-    choice (entries without one count as "auto") and the same ``spin`` setting (default
-    True), are compared. Plain decoding runs one
-    token per forward, and every strategy falls back to it, so that cost decides.
+    First the stored cost curves (``edgespec calibrate``) are compared: only those of this
+    device, with the same thread setting, the same ``weights`` choice (entries without one
+    count as "auto") and the same ``spin`` setting (default True). When fewer than two
+    ``candidates`` have one, the stored thread measurements (:func:`load_threads`: by
+    ``calibrate`` or a first-use probe) are compared instead, at ``threads`` or, for None,
+    at each backend's best count. Plain decoding runs one token per forward, and every
+    strategy falls back to it, so that cost decides.
 
     Returns:
         ``(backend, seconds per one-token forward)``, or None when fewer than two of the
-        ``candidates`` have such a profile (then nothing has been compared).
+        ``candidates`` have a measurement (then nothing has been compared).
     """
-    suffix = f"|{Path(model).name}|threads={threads or 'default'}"
+    suffix = f"|{digest[:16]}|threads={threads or 'default'}"
     best: dict[str, float] = {}
     for key, entry in load_curves().items():
         same = (entry.get("weights", "auto"), entry.get("spin", True)) == (weights, spin)
@@ -99,27 +194,30 @@ def fastest_backend(
         if backend in candidates and one:
             best[backend] = min(best.get(backend, float("inf")), float(one))
     if len(best) < 2:
+        best = {}
+        for backend in candidates:
+            one = one_token_seconds(
+                load_threads(threads_key(backend, digest, weights, spin)), threads
+            )
+            if one is not None:
+                best[backend] = one
+    if len(best) < 2:
         return None
     return min(best.items(), key=lambda kv: kv[1])
 
 
+def one_token_seconds(entry: dict[str, Any] | None, threads: int | None) -> float | None:
+    """A stored thread measurement's one-token time at ``threads`` (None: at its best)."""
+    if entry is None:
+        return None
+    n = threads if threads is not None else entry.get("best")
+    one = entry.get("one_token_s", {}).get(str(n)) if n is not None else None
+    return float(one) if one else None
+
+
 def save_curve(key: str, entry: dict[str, Any]) -> Path:
     """Store ``entry`` (``{"verify": {n: s}, ...}``) under ``key``, atomically."""
-    profiles = load_curves()
-    profiles[key] = entry
-    path = _curves_path()
-    with atomic_path(path) as tmp:
-        tmp.write_text(
-            json.dumps(
-                {
-                    "device": device_description(),
-                    "fingerprint": device_fingerprint(),
-                    "profiles": profiles,
-                },
-                indent=1,
-            )
-        )
-    return path
+    return _write_store("profiles", key, entry)
 
 
 def measure_verify_curve(

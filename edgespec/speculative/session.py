@@ -56,7 +56,7 @@ class SpecSession:
         proposers = {n: PROPOSERS.get(n).create(runtime, config) for n in config.proposers}
         key = cost_curves.curve_key(
             runtime.backend,
-            str(runtime.source.path),
+            runtime.source.digest(),
             runtime.options.n_threads,
             str(runtime.target.info.extra.get("variant", "")),
         )

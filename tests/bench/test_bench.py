@@ -559,3 +559,59 @@ def test_role_spans_and_rolling_mean():
     assert role_spans("") == []
     assert rolling_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert rolling_mean([2.0, 4.0], 5) == [2.0, 3.0]
+
+
+class TunedBaseline(FakeBaseline):
+    """A baseline at its best thread count, with a slower default-threads row beside it."""
+
+    description = "fake greedy baseline, 2 thread(s)"
+    info = {"threads": 2, "threads_source": "stored"}
+    DEFAULT = "llama-cpp-python default threads (1 for one-token decodes)"
+
+    def __init__(self, rt: Runtime, slowdown: float = 0.0) -> None:
+        super().__init__(rt)
+        self.slowdown = slowdown
+
+    def run(self, ids: list[int], n: int) -> BaselineRun:
+        out = super().run(ids, n)
+        time.sleep(self.slowdown)
+        return BaselineRun(out.tokens, out.wall_s + self.slowdown, out.ttft_s)
+
+    def extras(self):
+        return [(self.DEFAULT, TunedBaseline(None, slowdown=0.02))]  # type: ignore[arg-type]
+
+
+def test_the_baseline_says_its_threads_and_keeps_the_default_threads_row(tmp_path):
+    b = bench(tmp_path, ["autoregressive"], runs=2)
+    b.make_baseline = TunedBaseline
+    doc = b.run()
+    assert doc["baseline"]["threads"] == 2 and doc["baseline"]["threads_source"] == "stored"
+    assert [c["label"] for c in doc["configs"]] == [TunedBaseline.DEFAULT, "autoregressive"]
+    validate(json.loads((tmp_path / "out" / "results.json").read_text()))
+    rows = [r for r in doc["runs"] if r["label"] == TunedBaseline.DEFAULT]
+    assert len(rows) == 2 * 3  # every run and prompt, beside the baseline
+    # measured against the baseline beside it: 20 ms slower over ~0 ms, far below 1x
+    assert all(r["ratio"] < 0.5 and r["agree_baseline"] == 1.0 for r in rows)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "- baseline: fake greedy baseline, 2 thread(s)" in report
+    assert f"- baseline threads: 2 (stored); also measured: `{TunedBaseline.DEFAULT}`" in report
+    assert f"| {TunedBaseline.DEFAULT} |" in report  # its own row in the summary table
+
+
+def test_llamacpp_baseline_runs_at_the_stored_best_or_the_given_threads(tmp_path, monkeypatch):
+    from edgespec.bench import runner
+    from edgespec.speculative import cost_curves
+    from edgespec.threads import key_for
+
+    made = []
+    monkeypatch.setattr(runner, "LlamaCppBaseline", lambda *a: made.append(a) or a)
+    rt = make_rt()
+    key = key_for(rt.source, "llamacpp", LoadOptions())
+    cost_curves.save_threads(key, {"one_token_s": {"1": 0.02, "2": 0.012}, "best": 2})
+    runner.llamacpp_baseline(rt)
+    path, n_ctx, threads, info = made[-1]
+    assert (threads, info["threads_source"]) == (2, "stored")
+    assert "1: 20.0, 2: 12.0" in info["why"]
+    rt.options = LoadOptions(n_ctx=512, n_threads=1)
+    runner.llamacpp_baseline(rt)
+    assert made[-1][2] == 1 and made[-1][3]["threads_source"] == "user"

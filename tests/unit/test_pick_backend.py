@@ -1,27 +1,35 @@
-"""Backend choice from stored cost curve: the cheapest one-token forward wins."""
+"""Backend choice: the cheapest stored one-token forward wins; with none stored, the
+installed backends that are cheap to load are timed once (cached, and the user is told)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
+import numpy as np
 import pytest
 
+from edgespec import threads
+from edgespec.model import Model, ModelInfo
 from edgespec.runtime import pick_backend
-from edgespec.runtimes import BACKENDS, PREFERRED, LoadOptions, ModelSource
+from edgespec.runtimes import BACKENDS, PREFERRED, Backend, LoadOptions, ModelSource
 from edgespec.speculative import cost_curves
 
-SOURCE = ModelSource("gguf", Path("/models/tiny.Q4_0.gguf"), "tiny")
+SOURCE = ModelSource("gguf", Path("/models/tiny.Q4_0.gguf"), "tiny", "ab" * 32)
 
 
 @pytest.fixture(autouse=True)
 def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path))
-    for name in BACKENDS.names():  # every backend counts as installed here
+    for name in BACKENDS.names():  # every backend counts as installed, none is probed
         monkeypatch.setattr(BACKENDS.get(name), "available", classmethod(lambda cls: True))
+        monkeypatch.setattr(BACKENDS.get(name), "cheap_to_load", classmethod(lambda *a: False))
 
 
 def _store(backend: str, one_token_s: float, *, variant: str = "", **extra: object) -> None:
-    key = cost_curves.curve_key(backend, str(SOURCE.path), None, variant)
+    key = cost_curves.curve_key(backend, SOURCE.digest(), None, variant)
     cost_curves.save_curve(
         key, {"verify": {"1": one_token_s, "2": 2 * one_token_s}, "backend": backend, **extra}
     )
@@ -49,6 +57,115 @@ def test_cheapest_one_token_forward_wins(llamacpp_s: float, onnx_s: float, want:
 
 def test_other_models_do_not_count() -> None:
     _store("llamacpp", 0.02)
-    key = cost_curves.curve_key("onnx", "/models/other.gguf", None)
+    key = cost_curves.curve_key("onnx", "cd" * 32, None)
     cost_curves.save_curve(key, {"verify": {"1": 0.001}, "backend": "onnx"})
     assert pick_backend(SOURCE, None, LoadOptions()) == PREFERRED["gguf"][0]
+
+
+def test_curves_are_keyed_by_content_not_file_name(tmp_path: Path) -> None:
+    """Bug 2: two different files called model.gguf (two bundles) must not share a curve,
+    and one file under two names must."""
+    a, b = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
+    for path, body in ((a, b"GGUF one"), (b, b"GGUF two")):
+        path.parent.mkdir()
+        path.write_bytes(body)
+    copy = tmp_path / "renamed.gguf"
+    copy.write_bytes(a.read_bytes())
+    sa, sb, sc = (ModelSource("gguf", p, p.name) for p in (a, b, copy))
+    assert sa.digest() != sb.digest()
+    assert sa.digest() == sc.digest()
+    for backend, s in (("llamacpp", 0.02), ("onnx", 0.01)):
+        key = cost_curves.curve_key(backend, sa.digest(), None)
+        cost_curves.save_curve(key, {"verify": {"1": s}, "backend": backend})
+    assert pick_backend(sa, None, LoadOptions()) == "onnx"
+    assert pick_backend(sc, None, LoadOptions()) == "onnx"  # same content, other name
+    assert pick_backend(sb, None, LoadOptions()) == PREFERRED["gguf"][0]  # same name only
+
+
+class _Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CLOCK = _Clock()
+
+
+def _fake_backend(name: str, per_token_s: dict[int, float]) -> type[Backend]:
+    """A backend whose one-token forward costs ``per_token_s[threads]`` on a fake clock."""
+
+    class FakeModel(Model):
+        backend = name
+
+        def __init__(self, n_threads: int | None) -> None:
+            self.info = ModelInfo("llama", 1, 8, 50, 4096, name)
+            self.threads, self._n = n_threads or 1, 0
+
+        @property
+        def n_past(self) -> int:
+            return self._n
+
+        def forward(self, tokens: Sequence[int], *, all_logits: bool = True) -> np.ndarray:
+            CLOCK.now += per_token_s[self.threads] * len(tokens)
+            self._n += len(tokens)
+            return np.zeros((len(tokens) if all_logits else 1, 50), np.float32)
+
+        def truncate(self, length: int) -> None:
+            self._n = length
+
+        def set_threads(self, n: int) -> bool:
+            self.threads = n
+            return True
+
+    class FakeBackend(Backend):
+        accepts = ("gguf",)
+        loads: ClassVar[int] = 0
+
+        @classmethod
+        def load(cls, source: ModelSource, options: LoadOptions) -> Model:
+            cls.loads += 1
+            return FakeModel(options.n_threads)
+
+    FakeBackend.name = name
+    return FakeBackend
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, type[Backend]]:
+    """'halfcores' (preferred, fastest at 1 thread: 20 ms) and 'other' (12 ms at 2 threads,
+    slower than 'halfcores' at 1 thread), on a 2-CPU device."""
+    made = {
+        "halfcores": _fake_backend("halfcores", {1: 0.020, 2: 0.025}),
+        "other": _fake_backend("other", {1: 0.030, 2: 0.012}),
+    }
+    for name, cls in made.items():
+        monkeypatch.setitem(BACKENDS._loaded, name, cls)
+    monkeypatch.setattr(BACKENDS, "names", lambda: sorted(made))
+    monkeypatch.setitem(PREFERRED, "gguf", ("halfcores",))
+    monkeypatch.setattr(time, "perf_counter", CLOCK)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    return made
+
+
+def test_without_measurements_the_cheap_backends_are_timed_once(
+    fakes: dict[str, type[Backend]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert pick_backend(SOURCE, None, LoadOptions()) == "other"  # each at its best threads
+    err = capsys.readouterr().err
+    assert "edgespec: other decodes tiny fastest" in err and "2 threads" in err
+    assert len(err.strip().splitlines()) == 1
+    loads = {n: c.loads for n, c in fakes.items()}  # type: ignore[attr-defined]
+    assert pick_backend(SOURCE, None, LoadOptions()) == "other"  # cached: nothing reloaded
+    assert {n: c.loads for n, c in fakes.items()} == loads  # type: ignore[attr-defined]
+    assert capsys.readouterr().err == ""
+    # with one thread asked for, the preferred backend is the faster one
+    assert pick_backend(SOURCE, None, LoadOptions(n_threads=1, progress=False)) == "halfcores"
+
+
+def test_backends_that_are_slow_to_load_are_not_timed(
+    fakes: dict[str, type[Backend]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fakes["other"], "cheap_to_load", classmethod(lambda *a: False))
+    assert pick_backend(SOURCE, None, LoadOptions()) == "halfcores"  # nothing compared
+    assert fakes["other"].loads == 0  # type: ignore[attr-defined]
