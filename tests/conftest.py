@@ -62,9 +62,31 @@ def tiny_qwen2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _save_tiny(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
 
 
+#: zoo models the session's tests ran on: {name: (path, sha256)}, printed at the end
+REAL_MODELS: dict[str, tuple[Path, str]] = {}
+
+
+def real_model(name: str) -> Path:
+    """A zoo model, pulled and checksummed, recorded for the end-of-run summary."""
+    from edgespec import zoo
+
+    path = zoo.pull(name, progress=False)
+    REAL_MODELS[name] = (path, zoo.get_entry(name).sha256)
+    return path
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     """The zoo's default GGUF (smollm2-135m, Q4_1), pulled and checksummed."""
-    from edgespec import zoo
+    return real_model("smollm2-135m")
 
-    return zoo.pull("smollm2-135m", progress=False)
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which real (pretrained) models the run used, so a green run on tiny random
+    models alone is visible as such."""
+    tr = terminalreporter
+    tr.section("real models")
+    if not REAL_MODELS:
+        tr.write_line("none: only tiny random-weight models ran")
+    for name, (path, sha) in sorted(REAL_MODELS.items()):
+        tr.write_line(f"{name}: {path} (sha256 {sha[:16]}...)")
