@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from edgespec import zoo
@@ -23,20 +24,69 @@ if TYPE_CHECKING:
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _add_load_args(p: argparse.ArgumentParser) -> None:
+#: the one default of ``--max-new-tokens`` (generate, profile, bench, calibrate-switch);
+#: the same as ``GenerationParams.max_new_tokens`` (a unit test checks)
+DEFAULT_MAX_NEW_TOKENS = 128
+#: the default KV-cache size in tokens (``-c/--ctx-size``)
+DEFAULT_CTX_SIZE = 2048
+
+
+def add_model_arg(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    """``-m/--model``, spelled as in llama.cpp (dest ``model``)."""
     p.add_argument(
-        "--model",
         "-m",
+        "--model",
         default=None,
-        help=f"zoo name, .gguf file, HF folder or hub id (default {zoo.DEFAULT_MODEL})",
+        help=help or f"zoo name, .gguf file, HF folder or hub id (default {zoo.DEFAULT_MODEL})",
     )
+
+
+def add_draft_arg(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    """``--draft``, also ``-md``/``--model-draft`` as in llama.cpp (dest ``draft``)."""
+    p.add_argument(
+        "-md",
+        "--draft",
+        "--model-draft",
+        dest="draft",
+        metavar="DRAFT",
+        default=None,
+        help=help or "draft model with the same vocabulary",
+    )
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """``-c/--ctx-size`` (alias ``--n-ctx``; dest ``n_ctx``) and ``-t/--threads`` (dest
+    ``threads``), spelled as in llama.cpp."""
+    p.add_argument(
+        "-c",
+        "--ctx-size",
+        "--n-ctx",
+        dest="n_ctx",
+        metavar="TOKENS",
+        type=int,
+        default=DEFAULT_CTX_SIZE,
+        help=f"KV-cache size in tokens (default {DEFAULT_CTX_SIZE})",
+    )
+    p.add_argument(
+        "-t",
+        "--threads",
+        dest="threads",
+        metavar="N",
+        type=int,
+        default=None,
+        help="CPU threads (default: the backend's)",
+    )
+
+
+def _add_load_args(p: argparse.ArgumentParser) -> None:
+    add_model_arg(p)
     p.add_argument(
         "--backend",
         "-b",
         default=None,
         help="llamacpp | onnx | numpy (default: best installed for the model)",
     )
-    p.add_argument("--draft", default=None, help="draft model with the same vocabulary")
+    add_draft_arg(p)
     p.add_argument(
         "--weights",
         default="auto",
@@ -49,9 +99,60 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         help="onnx backend: idle worker threads sleep instead of spinning (less CPU per "
         "token, slower)",
     )
-    p.add_argument("--n-ctx", type=int, default=2048, help="KV-cache size in tokens")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: backend's)")
+    add_runtime_args(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def add_prompt_args(p: argparse.ArgumentParser) -> None:
+    """The prompt: text, ``-f/--file FILE``, or stdin (``-`` or nothing with a pipe)."""
+    p.add_argument(
+        "prompt",
+        nargs="?",
+        default=None,
+        help="the prompt text; '-' or omitted with a pipe: read it from stdin",
+    )
+    p.add_argument(
+        "-f",
+        "--file",
+        default=None,
+        metavar="FILE",
+        help="read the prompt from FILE ('-': stdin)",
+    )
+
+
+def read_prompt(a: argparse.Namespace) -> str:
+    """The prompt of :func:`add_prompt_args`: the text, ``--file``, or stdin.
+
+    Raises:
+        EdgespecError: both text and ``--file``, a missing or unreadable file, no prompt at
+            all on a terminal, or an empty prompt.
+    """
+    text, file = a.prompt, getattr(a, "file", None)
+    if text is not None and file is not None:
+        raise EdgespecError("pass the prompt as text or with -f FILE, not both")
+    if file is None and text is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise EdgespecError("no prompt; pass it as text, with -f FILE, or on stdin")
+        file = "-"
+    elif text == "-":
+        file = "-"
+    if file == "-":
+        try:
+            text = sys.stdin.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EdgespecError(f"cannot read the prompt from stdin: {exc}") from None
+    elif file is not None:
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise EdgespecError(f"prompt file '{file}' does not exist")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EdgespecError(f"cannot read prompt file '{file}': {exc}") from None
+    if not text or not text.strip():
+        where = "on stdin" if file == "-" else f"in '{file}'" if file else ""
+        raise EdgespecError(f"the prompt {where + ' ' if where else ''}is empty; pass some text")
+    return text
 
 
 def _add_gen_args(p: argparse.ArgumentParser) -> None:
@@ -113,8 +214,10 @@ def _add_gen_args(p: argparse.ArgumentParser) -> None:
         help="sentence-lead: probability that the large model leads a sentence",
     )
     p.add_argument("--lead-seed", type=int, default=None, help="sentence-lead: gate seed")
-    p.add_argument("--max-new-tokens", "-n", type=int, default=128)
-    p.add_argument("--temperature", "-t", type=float, default=0.0, help="0 = greedy")
+    p.add_argument(
+        "--max-new-tokens", "-n", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="token budget"
+    )
+    p.add_argument("--temperature", "--temp", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
     p.add_argument("--seed", type=int, default=None)
@@ -127,11 +230,11 @@ def _add_gen_args(p: argparse.ArgumentParser) -> None:
 
 
 def params_from_args(a: argparse.Namespace) -> GenerationParams:
-    """The sampling parameters of the generation flags, validated (prompt included)."""
+    """The sampling parameters of the generation flags, validated; also reads the prompt
+    (text, ``--file`` or stdin) into ``a.prompt``."""
     from edgespec.runtime import make_params
 
-    if not a.prompt.strip():
-        raise EdgespecError("the prompt is empty; pass some text to continue")
+    a.prompt = read_prompt(a)
     return make_params(
         max_new_tokens=a.max_new_tokens,
         temperature=a.temperature,
@@ -226,7 +329,12 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             threads.calibrate(rt, reps=max(a.reps, threads.CALIBRATE_REPS))
         sizes = list(range(1, a.max_k + 2))
         curve = cost_curves.measure_verify_curve(
-            rt.target, sizes, context=a.context, reps=a.reps, vocab=rt.tokenizer.vocab_size
+            rt.target,
+            sizes,
+            context=a.context,
+            reps=a.reps,
+            vocab=rt.tokenizer.vocab_size,
+            progress=not a.quiet,
         )
         variant = str(rt.target.info.extra.get("variant", ""))
         key = cost_curves.curve_key(rt.backend, rt.source.digest(), a.threads, variant)
@@ -294,26 +402,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version")
     sub = parser.add_subparsers(dest="command")
 
-    g = sub.add_parser("generate", help="generate text from a prompt")
-    g.add_argument("prompt")
+    g = sub.add_parser(
+        "generate",
+        help="generate text from a prompt",
+        description="Continue a prompt (text, -f FILE or stdin) with the chosen strategy; "
+        "flags follow llama.cpp (-m, -md, -t, -c, -n, -f, --temp).",
+    )
+    add_prompt_args(g)
     _add_load_args(g)
     _add_gen_args(g)
     g.set_defaults(func=cmd_generate)
 
-    c = sub.add_parser("calibrate", help="measure this device's verify cost curve c_verify(k)")
+    c = sub.add_parser(
+        "calibrate",
+        help="measure this device's verify cost curve c_verify(k)",
+        description="Time forwards of 1..max-k+1 tokens of the model on this device and "
+        "store the cost curve the speculative controller plans with (keyed by model, "
+        "backend, threads and weights). Without one, the first speculative run probes a "
+        "short curve itself.",
+    )
     _add_load_args(c)
     c.add_argument("--max-k", type=int, default=16, help="measure forwards of 1..max-k+1 tokens")
     c.add_argument("--context", type=int, default=128, help="cached tokens before each forward")
     c.add_argument("--reps", type=int, default=7, help="timed repetitions per size (median)")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="print the stored entry as JSON")
     c.set_defaults(func=cmd_calibrate)
 
     m = sub.add_parser("models", help="the model zoo: list | pull | path | verify | rm")
     m.add_argument("action", choices=["list", "pull", "path", "verify", "rm"])
     m.add_argument("name", nargs="?")
     m.add_argument("--force", action="store_true", help="pull again even if cached")
-    m.add_argument("--json", action="store_true")
-    m.add_argument("--quiet", "-q", action="store_true")
+    m.add_argument("--json", action="store_true", help="print JSON (list)")
+    m.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     m.set_defaults(func=cmd_models)
     _add_plugin_commands(sub)
     return parser

@@ -152,6 +152,8 @@ class Runtime:
     options: LoadOptions = field(default_factory=LoadOptions)
     draft: Model | None = None
     _sessions: dict[tuple[SpecConfig, bool], SpecSession] = field(default_factory=dict, repr=False)
+    #: probe seconds of sessions built since the last generation started (-> Stats.probe_s)
+    _probe_s: float = field(default=0.0, repr=False)
 
     def encode_prompt(
         self, prompt: str, *, chat: bool = False, system: str | None = None
@@ -200,6 +202,7 @@ class Runtime:
             draft=self.draft,
             config=prepared,
         )
+        ctx.rec.probe_s, self._probe_s = self._probe_s, 0.0
         return Generation(ctx, strategy, self.tokenizer, ids)
 
     def generate(self, prompt: str | list[int], **kwargs: Any) -> GenerationResult:
@@ -216,6 +219,7 @@ class Runtime:
         key = (config, allow_plain)
         if key not in self._sessions:
             self._sessions[key] = SpecSession.build(self, config, allow_plain=allow_plain)
+            self._probe_s += self._sessions[key].probe_s
         return self._sessions[key]
 
     def close(self) -> None:

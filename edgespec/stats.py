@@ -44,6 +44,9 @@ class Stats:
         entropy_trace: per new token, the entropy (nats) of the distribution it came from.
         model_trace: per new token, "d" when the small (draft) model was in charge, "t" when
             the target was ("" for single-model strategies).
+        probe_s: seconds spent timing this device's verify cost before the generation
+            started (the first speculative run of a runtime without a stored cost curve;
+            ``edgespec calibrate`` stores one). Not part of ``wall_s``.
     """
 
     backend: str
@@ -69,6 +72,7 @@ class Stats:
     switches: int = 0
     entropy_trace: list[float] = field(default_factory=list)
     model_trace: str = ""
+    probe_s: float = 0.0
 
     @property
     def large_share(self) -> float | None:
@@ -101,6 +105,11 @@ class Stats:
                 f"switches {self.switches}, small model in charge for "
                 f"{self.model_trace.count('d')}/{len(self.model_trace)} tokens"
             )
+        if self.probe_s:
+            lines.append(
+                f"probe {self.probe_s:.2f} s before the first token (no stored cost curve; "
+                "`edgespec calibrate` stores one)"
+            )
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -125,6 +134,8 @@ class StatsRecorder:
     switches: int = 0
     entropy_trace: list[float] = field(default_factory=list)
     model_trace: str = ""
+    #: seconds of device probing before this generation (see :attr:`Stats.probe_s`)
+    probe_s: float = 0.0
     #: when True, :meth:`phase` and :meth:`span` record (name, start offset s, seconds)
     trace_phases: bool = False
     phases: list[tuple[str, float, float]] = field(default_factory=list)
@@ -183,4 +194,5 @@ class StatsRecorder:
             switches=self.switches,
             entropy_trace=list(self.entropy_trace[:new_tokens]),
             model_trace=self.model_trace[:new_tokens],
+            probe_s=self.probe_s,
         )

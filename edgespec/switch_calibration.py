@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgespec.cli import DEFAULT_MAX_NEW_TOKENS
 from edgespec.errors import EdgespecError
 
 if TYPE_CHECKING:
@@ -156,9 +157,10 @@ def calibrate(
     taus: Sequence[float] | None = None,
     windows: Sequence[int] = (1, 4, 8),
     min_run: int = 4,
-    max_new_tokens: int = 48,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     spec_k: int | str = 0,
     nll: bool = False,
+    progress: bool = False,
 ) -> Calibration:
     """Search ``taus`` x ``windows`` (greedy decoding) for the cheapest point meeting
     ``min_quality``. ``taus=None``: quantiles of the small model's entropy on the workload,
@@ -166,7 +168,14 @@ def calibrate(
 
     ``spec_k`` (default 0) is the composition used while measuring each point. It does not
     change greedy output (hand-overs happen at exact tokens), so quality and large-model
-    share are the same for every value; only the measured tokens/s differ."""
+    share are the same for every value; only the measured tokens/s differ.
+
+    ``progress`` shows a tqdm bar on stderr: the two reference passes, then one step per
+    grid point."""
+    import sys
+
+    from tqdm.auto import tqdm
+
     from edgespec.quality import agreement
     from edgespec.strategies.entropy_switch import SwitchConfig
 
@@ -184,8 +193,21 @@ def calibrate(
         out = [rt.generate(list(p), **gen, **kw) for p in prompts]
         return out, time.perf_counter() - t0
 
+    n_taus = len(taus) if taus is not None else len(TAU_QUANTILES) + 2
+    bar = tqdm(
+        total=2 + len(windows) * n_taus,
+        desc="calibrate-switch",
+        unit="run",
+        disable=not progress,
+        file=sys.stderr,
+        leave=False,
+    )
+    bar.set_postfix_str("large model alone")
     refs, t_large = timed(strategy="autoregressive")
+    bar.update(1)
+    bar.set_postfix_str("small model alone")
     smalls, t_small = timed(strategy="entropy-switch", config={"tau": math.inf})
+    bar.update(1)
     n_large = sum(r.stats.new_tokens for r in refs)
     n_small = sum(r.stats.new_tokens for r in smalls)
     ratio = (t_small / max(n_small, 1)) / (t_large / max(n_large, 1)) if n_large else 0.0
@@ -195,11 +217,15 @@ def calibrate(
         trace = [h for r in smalls for h in r.stats.entropy_trace]
         qs = np.quantile(trace, TAU_QUANTILES) if trace else []
         taus = [math.inf, *sorted({round(float(q), 4) for q in qs}, reverse=True), -math.inf]
+        bar.total = 2 + len(windows) * len(taus)
+        bar.refresh()
     points = []
     for w in windows:
         for tau in taus:
             cfg = {"tau": tau, "window": w, "min_run": min_run, "spec_k": spec_k}
+            bar.set_postfix_str(f"tau={tau:.3g} w={w}")
             outs, wall = timed(strategy="entropy-switch", config=cfg)
+            bar.update(1)
             ags = [
                 agreement(o.token_ids, r.token_ids, model=rt.target if nll else None, prompt=p)
                 for o, r, p in zip(outs, refs, prompts, strict=True)
@@ -223,6 +249,7 @@ def calibrate(
                     nll=_mean(a.nll for a in ags if a.nll is not None) if nll else None,
                 )
             )
+    bar.close()
     return Calibration(
         metric=metric,
         min_quality=min_quality,
@@ -330,7 +357,9 @@ def cmd_calibrate_switch(a: argparse.Namespace) -> int:
     check_floor(a.min_quality, a.metric)
     taus = _floats(a.taus, "--taus") if a.taus else None
     windows = [int(w) for w in _floats(a.windows, "--windows")]
-    rows = read_workload(Path(a.workload), a.limit)
+    from edgespec.bench.workloads import resolve_workload
+
+    rows = read_workload(resolve_workload(a.workload), a.limit)
     from edgespec.cli import load_from_args
 
     with load_from_args(a) as rt:
@@ -346,6 +375,7 @@ def cmd_calibrate_switch(a: argparse.Namespace) -> int:
             max_new_tokens=a.max_new_tokens,
             spec_k=a.k,
             nll=a.nll,
+            progress=not a.quiet,
         )
         info = {
             "model": str(rt.source.name),
@@ -395,9 +425,17 @@ def add_commands(sub: Any) -> None:
     c = sub.add_parser(
         "calibrate-switch",
         help="find the cheapest entropy-switch tau/window meeting a quality floor (lossy)",
+        description="Run entropy-switch (lossy) over a grid of tau x window on a workload, "
+        "against the large model's own greedy output, and pick the cheapest point whose "
+        "quality meets --min-quality. -m is the large model, -md the small one.",
     )
     _add_load_args(c)
-    c.add_argument("--workload", required=True, help=".jsonl (prompt per object) or .txt file")
+    c.add_argument(
+        "--workload",
+        required=True,
+        help=".jsonl (prompt per object) or .txt file, or a shipped workload: code, "
+        "summarize, chat, json",
+    )
     c.add_argument(
         "--min-quality",
         type=float,
@@ -415,7 +453,13 @@ def add_commands(sub: Any) -> None:
     c.add_argument(
         "--k", type=int, default=0, help="draft length while the large model is in charge (0 = off)"
     )
-    c.add_argument("--max-new-tokens", "-n", type=int, default=48)
+    c.add_argument(
+        "--max-new-tokens",
+        "-n",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help=f"tokens per prompt and grid point (default {DEFAULT_MAX_NEW_TOKENS})",
+    )
     c.add_argument("--limit", type=int, default=None, help="use the first N prompts only")
     c.add_argument("--nll", action="store_true", help="also measure NLL under the large model")
     c.add_argument("--out", default="switch-calibration.json", help="result JSON")

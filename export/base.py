@@ -107,3 +107,73 @@ EXPORTERS.add_lazy("gguf", "edgespec.export.gguf_export:GgufExporter")
 
 #: Model families the exporters can write (HF ``model_type``).
 SUPPORTED_ARCHS = ("llama", "qwen2")
+
+#: The one ``--quant`` vocabulary: name -> {format: that format's own name for it}. A name
+#: applies to every ``--format`` that has it (``--format onnx,gguf --quant fp32`` writes ONNX
+#: fp32 and GGUF f32); a format missing from a row does not offer that quantization.
+QUANTS: dict[str, dict[str, str]] = {
+    "fp32": {"onnx": "fp32", "gguf": "f32"},
+    "fp16": {"gguf": "f16"},
+    "int8": {"onnx": "int8", "gguf": "q8_0"},
+    "int4": {"onnx": "int4", "gguf": "q4_0"},
+    "gguf-exact": {"onnx": "gguf-exact"},
+}
+#: other spellings users bring (GGUF's own names, numpy dtype names) -> the vocabulary's name
+QUANT_ALIASES = {
+    "f32": "fp32",
+    "float32": "fp32",
+    "f16": "fp16",
+    "float16": "fp16",
+    "q8_0": "int8",
+    "q4_0": "int4",
+}
+#: what each (format, name) is, for ``--help`` and the docs
+QUANT_NOTES = {
+    ("onnx", "int8"): "dynamic int8 (weights and activations)",
+    ("onnx", "int4"): "MatMulNBits, symmetric, --block-size",
+    ("onnx", "gguf-exact"): "the GGUF source's own blocks (GGUF sources only)",
+    ("gguf", "q8_0"): "8-bit blocks of 32",
+    ("gguf", "q4_0"): "4-bit blocks of 32",
+}
+
+
+def quant_name(text: str) -> str:
+    """The vocabulary's name for ``text`` (a name or an alias, any case).
+
+    Raises:
+        EdgespecError: ``text`` is neither, with the vocabulary in one line.
+    """
+    from edgespec.errors import EdgespecError
+
+    key = text.strip().lower()
+    name = QUANT_ALIASES.get(key, key)
+    if name not in QUANTS:
+        aliases = ", ".join(f"{a}={n}" for a, n in QUANT_ALIASES.items())
+        raise EdgespecError(
+            f"unknown --quant '{text}'; known: {', '.join(QUANTS)} (also {aliases}; "
+            "FORMAT:NAME applies a name to one format only)"
+        )
+    return name
+
+
+def format_quant(fmt: str, name: str, offered: tuple[str, ...]) -> str | None:
+    """Format ``fmt``'s own spelling of vocabulary name ``name``, or None when it has none.
+
+    Formats missing from :data:`QUANTS` spell the vocabulary as it is, when ``offered``
+    (the exporter's ``quants``) has the name.
+    """
+    own = QUANTS[name].get(fmt) if any(fmt in row for row in QUANTS.values()) else name
+    return own if own in offered else None
+
+
+def quant_table() -> str:
+    """The vocabulary as a plain-text table (``edgespec export --help``, docs/export.md)."""
+    formats = list(dict.fromkeys(f for row in QUANTS.values() for f in row))
+    rows = [("--quant", *formats, "also")]
+    for name, row in QUANTS.items():
+        also = ", ".join(a for a, n in QUANT_ALIASES.items() if n == name)
+        rows.append((name, *(row.get(f, "-") for f in formats), also or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    notes = [f"{f} {q}: {text}" for (f, q), text in QUANT_NOTES.items()]
+    return "\n".join(lines + notes)

@@ -51,12 +51,33 @@ def cmd_bundle_verify(a: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add ``export`` and ``bundle`` to the ``edgespec`` parser."""
-    e = sub.add_parser("export", help="export models into a verified bundle (ONNX, GGUF)")
-    e.add_argument(
-        "--target", required=True, help="HF folder, hub id[@revision], .gguf file or zoo name"
+    from edgespec.export.base import quant_table
+
+    e = sub.add_parser(
+        "export",
+        help="export models into a verified bundle (ONNX, GGUF)",
+        description="Export a target (and optionally a draft and a compressor) into a bundle "
+        "folder: every artifact is verified against its source, and the folder is written "
+        "atomically (complete or absent).",
+        epilog="--quant names, one per idea; each applies to every --format that offers it:\n\n"
+        + quant_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument(
+        "-m",
+        "--model",
+        "--target",
+        dest="target",
+        metavar="MODEL",
+        required=True,
+        help="the target model: HF folder, hub id[@revision], .gguf file or zoo name",
+    )
+    e.add_argument(
+        "-md",
         "--draft",
+        "--model-draft",
+        dest="draft",
+        metavar="DRAFT",
         default=None,
         help="draft model (same kinds) or layerskip:SPEC (first:N, skip:A-B, keep:...)",
     )
@@ -65,8 +86,9 @@ def add_commands(sub: Any) -> None:
     e.add_argument(
         "--quant",
         default=None,
-        help="comma list: fp32, int8, int4, gguf-exact (onnx; gguf-exact needs a GGUF source); "
-        "f16, q8_0, q4_0, f32 (gguf)",
+        help="comma list of names from the table below (fp32, fp16, int8, int4, gguf-exact; "
+        "GGUF spellings such as f32 or q8_0 accepted); FORMAT:NAME for one format only, "
+        "e.g. onnx:int4,gguf:int8 (default: fp32 for onnx, fp16 for gguf)",
     )
     e.add_argument("--block-size", type=int, default=32, help="int4 block size (onnx)")
     e.add_argument(
@@ -76,7 +98,7 @@ def add_commands(sub: Any) -> None:
         help="greedy agreement required (default per quantization)",
     )
     e.add_argument("--no-verify", action="store_true", help="skip verification at export")
-    e.add_argument("--out", required=True, help="the bundle folder to write")
+    e.add_argument("-o", "--out", required=True, help="the bundle folder to write")
     e.add_argument("--force", action="store_true", help="replace an existing --out")
     e.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     e.add_argument("--json", action="store_true", help="print the manifest as JSON")

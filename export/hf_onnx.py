@@ -177,14 +177,60 @@ def _optimum_graph(hf_dir: Path, out: Path, progress: bool) -> Path:
 def _genai_graph(hf_dir: Path, out: Path, progress: bool) -> Path:
     _need("onnxruntime_genai", "onnxruntime-genai")
     cmd = [sys.executable, "-m", "edgespec.export.genai_build", str(hf_dir), str(out), "fp32"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        last = lines[-1][:300] if lines else f"exit status {proc.returncode}"
+    layers = json.loads((hf_dir / "config.json").read_text()).get("num_hidden_layers")
+    code, lines = run_child(cmd, total=layers, desc="ONNX graph", progress=progress)
+    if code != 0:
+        last = lines[-1][:300] if lines else f"exit status {code}"
         raise EdgespecError(f"onnxruntime-genai's model builder failed ({last})")
     shutil.rmtree(out / ".cache", ignore_errors=True)
     add_tree_inputs(out / "model.onnx")
     return out / "model.onnx"
+
+
+#: a builder output line that says which decoder layer it has reached (0-based)
+_LAYER_LINE = re.compile(r"Reading decoder layer (\d+)")
+
+
+def run_child(
+    cmd: list[str], *, total: int | None, desc: str, progress: bool, keep: int = 40
+) -> tuple[int, list[str]]:
+    """Run ``cmd`` and stream its output (stdout and stderr merged) into a tqdm bar on
+    stderr: "Reading decoder layer N" lines advance it to N + 1 of ``total`` layers, and
+    the latest line is shown beside it. Nothing is printed when ``progress`` is False.
+
+    Returns:
+        (exit status, the last ``keep`` non-empty lines), for error messages.
+    """
+    import collections
+    import os
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # lines as they happen, not at exit
+    tail: collections.deque[str] = collections.deque(maxlen=keep)
+    bar = tqdm(
+        total=total, desc=desc, unit="layer", disable=not progress, file=sys.stderr, leave=False
+    )
+    with subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+        env=env,
+    ) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.strip()
+            if not line:
+                continue
+            tail.append(line)
+            m = _LAYER_LINE.search(line)
+            if m and int(m.group(1)) + 1 > bar.n:
+                bar.update(int(m.group(1)) + 1 - bar.n)
+            bar.set_postfix_str(line[:48], refresh=True)
+        code = proc.wait()
+    bar.close()
+    return code, list(tail)
 
 
 #: the graph inputs :func:`add_tree_inputs` adds, and their GroupQueryAttention input slots

@@ -19,10 +19,15 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from edgespec.errors import EdgespecError
-from edgespec.export.base import EXPORTERS, ArtifactOptions, Exporter, Prepared
-
-#: ``--quant`` spellings each format understands as one of its own
-ALIASES = {"gguf": {"fp16": "f16"}}
+from edgespec.export.base import (
+    EXPORTERS,
+    QUANTS,
+    ArtifactOptions,
+    Exporter,
+    Prepared,
+    format_quant,
+    quant_name,
+)
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,9 @@ class ExportOptions:
         draft: an optional draft model (same kinds), or ``layerskip:SPEC`` (first:N, ...).
         compressor: an optional context-compressor model (same kinds).
         formats: artifact formats (``onnx``, ``gguf``).
-        quants: quantizations; each format takes those it supports (empty: its default).
+        quants: quantizations in the one vocabulary (:data:`~edgespec.export.base.QUANTS`,
+            aliases such as ``f32`` or ``q8_0`` accepted); each applies to every format that
+            offers it, ``FORMAT:NAME`` to one format only (empty: each format's default).
         block_size: int4 block size for ONNX MatMulNBits.
         min_agreement: greedy agreement every artifact must reach; None: per quantization.
         verify: run each artifact against its source and record the result.
@@ -83,19 +90,24 @@ def make_plan(o: ExportOptions) -> Plan:
     if o.block_size < 16 or o.block_size & (o.block_size - 1):
         raise EdgespecError(f"--block-size must be a power of two >= 16, got {o.block_size}")
     plan = Plan(roles)
-    used: set[str] = set()
+    wanted = [_parse_quant(q, o.formats) for q in o.quants]
+    used: set[int] = set()
     for fmt in o.formats:
         exp = EXPORTERS.get(fmt)
-        alias = ALIASES.get(fmt, {})
-        mine = [alias.get(q, q) for q in o.quants if alias.get(q, q) in exp.quants]
-        used |= {q for q in o.quants if alias.get(q, q) in exp.quants}
+        mine: list[str] = []
+        for i, (only, name) in enumerate(wanted):
+            own = format_quant(fmt, name, exp.quants) if only in (None, fmt) else None
+            if own is not None:
+                mine.append(own)
+                used.add(i)
+            elif only == fmt:
+                raise EdgespecError(f"--quant {o.quants[i]}: {fmt} has no {name}; {_offers(fmt)}")
         if o.quants and not mine:
             raise EdgespecError(
-                f"none of --quant {','.join(o.quants)} applies to {fmt}; "
-                f"{fmt} takes {', '.join(exp.quants)}"
+                f"none of --quant {','.join(o.quants)} applies to {fmt}; {_offers(fmt)}"
             )
         plan.artifacts += [(fmt, q) for q in dict.fromkeys(mine or [exp.quants[0]])]
-    unused = [q for q in o.quants if q not in used]
+    unused = [q for i, q in enumerate(o.quants) if i not in used]
     if unused:
         raise EdgespecError(
             f"--quant {', '.join(unused)} applies to none of the formats {', '.join(o.formats)}"
@@ -104,6 +116,27 @@ def make_plan(o: ExportOptions) -> Plan:
     if out.exists() and not o.force:
         raise EdgespecError(f"output folder '{out}' exists; pass --force to replace it")
     return plan
+
+
+def _parse_quant(text: str, formats: tuple[str, ...]) -> tuple[str | None, str]:
+    """``NAME`` or ``FORMAT:NAME`` -> (the format it is limited to or None, vocabulary name)."""
+    only, _, name = text.rpartition(":")
+    if only and only not in formats:
+        raise EdgespecError(
+            f"--quant {text} names format '{only}', which is not in --format {','.join(formats)}"
+        )
+    return only or None, quant_name(name)
+
+
+def _offers(fmt: str) -> str:
+    """'onnx takes fp32, int8, ...' in the vocabulary's names (the format's own in brackets)."""
+    exp = EXPORTERS.get(fmt)
+    names = [
+        n if own == n else f"{n} ({own})"
+        for n in QUANTS
+        if (own := format_quant(fmt, n, exp.quants)) is not None
+    ]
+    return f"{fmt} takes {', '.join(names)}"
 
 
 def _say(o: ExportOptions, msg: str) -> None:

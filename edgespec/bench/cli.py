@@ -19,6 +19,15 @@ def _csv(value: str) -> list[str]:
 
 def add_commands(sub: Any) -> None:
     from edgespec.bench.energy import DEFAULT_WATTS, ENERGY_SOURCES
+    from edgespec.cli import (
+        DEFAULT_MAX_NEW_TOKENS,
+        _add_gen_args,
+        _add_load_args,
+        add_draft_arg,
+        add_model_arg,
+        add_prompt_args,
+        add_runtime_args,
+    )
 
     b = sub.add_parser(
         "bench",
@@ -27,8 +36,8 @@ def add_commands(sub: Any) -> None:
         "interleaved with the baseline (llama-cpp-python's plain greedy decoding of the same "
         "GGUF), and write results.json, results.csv, report.md and PNG plots to --out.",
     )
-    b.add_argument("--model", "-m", default=None, help="zoo name, .gguf, HF folder or hub id")
-    b.add_argument("--draft", default=None, help="draft model for strategies that use one")
+    add_model_arg(b)
+    add_draft_arg(b, "draft model for strategies that use one")
     b.add_argument(
         "--strategies",
         type=_csv,
@@ -46,7 +55,8 @@ def add_commands(sub: Any) -> None:
         "--workloads",
         nargs="+",
         default=None,
-        help="workload .jsonl files or names (default: all in benchmarks/workloads)",
+        help="workload .jsonl files or shipped names: code, summarize, chat, json "
+        "(default: all shipped ones)",
     )
     b.add_argument(
         "--per-workload",
@@ -56,9 +66,14 @@ def add_commands(sub: Any) -> None:
     )
     b.add_argument("--runs", type=int, default=3, help="measured rounds (medians over them)")
     b.add_argument("--warmup", type=int, default=1, help="untimed rounds before measuring")
-    b.add_argument("--max-new-tokens", "-n", type=int, default=64)
-    b.add_argument("--n-ctx", type=int, default=2048)
-    b.add_argument("--threads", type=int, default=None)
+    b.add_argument(
+        "--max-new-tokens",
+        "-n",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help=f"tokens per generation, EOS ignored (default {DEFAULT_MAX_NEW_TOKENS})",
+    )
+    add_runtime_args(b)
     b.add_argument(
         "--baseline",
         default="llamacpp",
@@ -79,7 +94,9 @@ def add_commands(sub: Any) -> None:
         help="the estimate's power model: watts per fully busy core",
     )
     b.add_argument("--out", "-o", type=Path, required=True, help="output folder")
-    b.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    b.add_argument(
+        "--no-plot", "--no-plots", dest="no_plot", action="store_true", help="skip the PNG plots"
+    )
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
 
@@ -90,14 +107,15 @@ def add_commands(sub: Any) -> None:
     r.add_argument("--schema", action="store_true", help="print the results.json schema")
     r.set_defaults(func=cmd_report)
 
-    from edgespec.cli import _add_gen_args, _add_load_args
-
     p = sub.add_parser(
         "profile",
         help="time one generation phase by phase (table + PNG; entropy plot for entropy-switch "
         "and sentence-lead)",
+        description="Generate once (after --warmup untimed runs) and write where the time "
+        "went, phase by phase: profile.json and profile.png in --out. The prompt is text, "
+        "-f FILE or stdin, as for generate.",
     )
-    p.add_argument("prompt")
+    add_prompt_args(p)
     _add_load_args(p)
     _add_gen_args(p)
     p.add_argument(
@@ -114,7 +132,9 @@ def add_commands(sub: Any) -> None:
         help="untimed generations first, so one-time setup is not profiled "
         "(0: profile the cold start)",
     )
-    p.add_argument("--no-plot", action="store_true")
+    p.add_argument(
+        "--no-plot", "--no-plots", dest="no_plot", action="store_true", help="skip the PNG plots"
+    )
     p.set_defaults(func=cmd_profile)
 
 
@@ -138,7 +158,7 @@ def options_from_args(a: argparse.Namespace) -> Any:
         energy=a.energy,
         watts=a.watts,
         progress=not a.quiet,
-        plots=not a.no_plots,
+        plots=not a.no_plot,
     )
 
 
@@ -163,7 +183,7 @@ def canonical_argv(opts: Any) -> list[str]:
         str(opts.warmup),
         "--max-new-tokens",
         str(opts.max_new_tokens),
-        "--n-ctx",
+        "--ctx-size",
         str(opts.n_ctx),
     ]
     if opts.threads:
@@ -172,7 +192,7 @@ def canonical_argv(opts: Any) -> list[str]:
     if opts.energy in ("auto", "estimate"):
         argv += ["--watts", str(opts.watts)]
     if not opts.plots:
-        argv.append("--no-plots")
+        argv.append("--no-plot")
     return argv
 
 

@@ -1,15 +1,21 @@
-"""Workload files: JSON Lines of ``{"id", "kind", "prompt", "chat"}``, one prompt a line."""
+"""Workload files: JSON Lines of ``{"id", "kind", "prompt", "chat"}``, one prompt a line.
+
+The shipped workloads are package data (``edgespec/bench/data/*.jsonl``, found through
+:mod:`importlib.resources`), so ``edgespec bench`` works from an installed wheel; in a source
+checkout ``benchmarks/workloads`` is a symlink to the same folder.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from edgespec.errors import EdgespecError
 
-#: the folder of the shipped workloads (benchmarks/workloads in a source checkout)
-WORKLOAD_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "workloads"
+#: the folder of the shipped workloads (package data; benchmarks/workloads links to it)
+WORKLOAD_DIR = Path(str(resources.files("edgespec.bench") / "data"))
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ def default_workloads() -> list[Path]:
 
 
 def resolve_workload(name: str | Path) -> Path:
-    """A path as given, or a shipped workload name ("code" -> benchmarks/workloads/code.jsonl)."""
+    """A path as given, or a shipped workload name ("code" -> the shipped code.jsonl)."""
     p = Path(name)
     if p.is_file():
         return p

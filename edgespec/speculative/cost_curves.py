@@ -227,6 +227,8 @@ def measure_verify_curve(
     context: int = 64,
     reps: int = 5,
     vocab: int = 1000,
+    progress: bool = False,
+    desc: str = "cost curve",
 ) -> dict[int, float]:
     """Median seconds of ``model.forward`` over n tokens after a ``context``-token prefix,
     timed the way speculation runs them: each n-token forward follows a one-token forward.
@@ -240,7 +242,13 @@ def measure_verify_curve(
     Returns:
         {n: seconds}; also ``{0: seconds}``, the extra time a one-token forward takes right
         after a forward of another size (the switch penalty, >= 0).
+
+    ``progress`` shows a tqdm bar on stderr (one step per size, labelled ``desc``).
     """
+    import sys
+
+    from tqdm.auto import tqdm
+
     model.reset()
     prefix = [(17 * i + 11) % vocab for i in range(context)]
     model.forward(prefix, all_logits=False)
@@ -255,18 +263,25 @@ def measure_verify_curve(
         model.truncate(context)
         return dt
 
+    bar = tqdm(
+        total=len(sizes), desc=desc, unit="size", disable=not progress, file=sys.stderr, leave=False
+    )
     plain = [timed([(31 * r + 7) % vocab]) for r in range(reps + 1)][1:]
     out: dict[int, float] = {1: statistics.median(plain)}
+    bar.update(1)
     after_switch: list[float] = []
     for n in sizes:
         if n == 1:
             continue
+        bar.set_postfix_str(f"{n} tokens")
         times = []
         for r in range(reps):
             timed([(29 * r + 3) % vocab])
             times.append(timed([(31 * (i + r) + 7) % vocab for i in range(n)]))
             after_switch.append(timed([(37 * r + 5) % vocab]))
         out[n] = statistics.median(times)
+        bar.update(1)
+    bar.close()
     if after_switch:
         out[0] = max(0.0, statistics.median(after_switch) - out[1])
     model.reset()

@@ -6,6 +6,7 @@ recycling table, cost curve, acceptance estimates) carries over between generati
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -42,6 +43,8 @@ class SpecSession:
         tree_overhead: measured tree-forward / chain-forward time (None: not measured).
             Drafted trees are cut to their main chain when trees cost more than
             :data:`TREE_OVERHEAD_LIMIT` times a chain on this device and backend.
+        probe_s: seconds the cost-curve probe took at build (0 with a stored curve); the
+            runtime adds it to the stats of the generation that built the session.
     """
 
     config: SpecConfig
@@ -50,6 +53,7 @@ class SpecSession:
     tree_ok: bool
     curve_source: str
     tree_overhead: float | None = None
+    probe_s: float = 0.0
 
     @classmethod
     def build(cls, runtime: Runtime, config: SpecConfig, *, allow_plain: bool) -> SpecSession:
@@ -62,11 +66,19 @@ class SpecSession:
         )
         points = cost_curves.load_verify_curve(key)
         source = "profile"
+        probe_s = 0.0
         if points is None:
             sizes = sorted({*PROBE_SIZES, config.max_k + 1, config.k + 1 if config.k else 1})
+            t_probe = time.perf_counter()
             points = cost_curves.measure_verify_curve(
-                runtime.target, sizes, reps=3, vocab=runtime.tokenizer.vocab_size
+                runtime.target,
+                sizes,
+                reps=3,
+                vocab=runtime.tokenizer.vocab_size,
+                progress=runtime.options.progress,
+                desc="probing verify cost (once; `edgespec calibrate` stores it)",
             )
+            probe_s = time.perf_counter() - t_probe
             source = "probe"
         penalty = points.pop(0, 0.0)
         controller = Controller(
@@ -87,7 +99,7 @@ class SpecSession:
         if tree_ok:
             tree_overhead = cost_curves.measure_tree_overhead(runtime.target, min(config.max_k + 1, 9))
             tree_ok = tree_overhead <= TREE_OVERHEAD_LIMIT
-        return cls(config, proposers, controller, tree_ok, source, tree_overhead)
+        return cls(config, proposers, controller, tree_ok, source, tree_overhead, probe_s)
 
     def begin(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
         self.plain_run = 0

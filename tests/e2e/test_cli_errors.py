@@ -72,7 +72,7 @@ def test_unknown_strategy_and_proposer(capsys):
         (["generate", "hi", "--proposer", "draft", "--strategy", "speculative"], "--draft"),
         (["generate", "hi", "--temperature", "-1"], "temperature"),
         (["models", "pull"], "needs a model name"),
-        (["generate"], "required"),
+        (["export", "--format", "onnx"], "required: -m/--model/--target, -o/--out"),
     ],
 )
 def test_argument_errors(capsys, args, needle):

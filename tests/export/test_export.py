@@ -51,7 +51,8 @@ def bundle(tiny_tok_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
         out=str(out),
         draft="layerskip:first:2",
         formats=("onnx", "gguf"),
-        quants=("fp32", "int8", "int4", "f16", "q8_0"),
+        # int8 goes to both formats (onnx int8, gguf q8_0); FORMAT:NAME pins the others
+        quants=("onnx:fp32", "int8", "onnx:int4", "fp16"),
         block_size=16,
     )
     return out
@@ -209,9 +210,9 @@ def test_bad_inputs(tiny_tok_dir: Path, tiny_llama_dir: Path, tmp_path: Path) ->
     with pytest.raises(EdgespecError, match="is not a GGUF; use int4") as info:
         _export(target=str(tiny_tok_dir), out=str(out), quants=("gguf-exact",))
     assert "\n" not in str(info.value)
-    # a quantization no format takes
+    # a quantization no format takes (GGUF spellings such as q4_0 name int4, which onnx has)
     with pytest.raises(EdgespecError, match="takes fp32, int8, int4"):
-        _export(target=str(tiny_tok_dir), out=str(out), quants=("q4_0",))
+        _export(target=str(tiny_tok_dir), out=str(out), quants=("fp16",))
     _assert_nothing_left(tmp_path / "out")
     # an existing output folder without --force
     out.mkdir()
