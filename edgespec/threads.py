@@ -29,7 +29,7 @@ from edgespec.runtimes.base import ThreadTunable
 from edgespec.speculative import cost_curves
 
 #: timed one-token forwards per thread count: the first-use probe / ``edgespec calibrate``
-PROBE_REPS = 3
+PROBE_REPS = 5
 CALIBRATE_REPS = 7
 #: above this many CPUs the first-use probe times a spread of counts, not every one
 PROBE_ALL_UP_TO = 8

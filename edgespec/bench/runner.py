@@ -253,7 +253,8 @@ def best_llamacpp_threads(source: Any, n_ctx: int) -> tuple[int | None, dict[str
     from edgespec.speculative import cost_curves
 
     options = LoadOptions(n_ctx=n_ctx, progress=False)
-    origin = "stored"
+    key = threads.key_for(source, "llamacpp", options)
+    origin = f"stored by {(cost_curves.load_threads(key) or {}).get('source', 'an earlier run')}"
     best = threads.stored_best(source, "llamacpp", options)
     if best is None:
         origin = "measured at the start of this run"
@@ -267,7 +268,7 @@ def best_llamacpp_threads(source: Any, n_ctx: int) -> tuple[int | None, dict[str
                 reps=threads.CALIBRATE_REPS,
             )
         best = threads.stored_best(source, "llamacpp", options)
-    entry = cost_curves.load_threads(threads.key_for(source, "llamacpp", options)) or {}
+    entry = cost_curves.load_threads(key) or {}
     times = entry.get("one_token_s", {})
     per = ", ".join(
         f"{n}: {float(s) * 1000:.1f}" for n, s in sorted(times.items(), key=lambda kv: int(kv[0]))
