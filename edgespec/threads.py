@@ -31,6 +31,8 @@ from edgespec.speculative import cost_curves
 #: timed one-token forwards per thread count: the first-use probe / ``edgespec calibrate``
 PROBE_REPS = 5
 CALIBRATE_REPS = 7
+#: turns each count takes (interleaved, so that a burst of background load hits all alike)
+PROBE_ROUNDS = 2
 #: above this many CPUs the first-use probe times a spread of counts, not every one
 PROBE_ALL_UP_TO = 8
 
@@ -110,7 +112,7 @@ def tune(
         return ThreadChoice(None, "fixed")
     label = source.name or source.path.name
     with tqdm(
-        total=len(counts),
+        total=len(counts) * PROBE_ROUNDS,
         desc=f"timing {backend} threads",
         unit="count",
         disable=not options.progress or explicit,
@@ -123,7 +125,8 @@ def tune(
             model.set_threads,
             reps=reps,
             vocab=max(2, min(1000, model.info.vocab_size)),
-            on_count=lambda n: bar.update(),
+            rounds=PROBE_ROUNDS,
+            on_step=lambda n: bar.update(),
         )
     best = min(times, key=lambda n: (times[n], n))
     model.set_threads(best)

@@ -124,35 +124,39 @@ def measure_threads(
     set_threads: Callable[[int], object],
     *,
     reps: int = 5,
+    rounds: int = 2,
     context: int = 32,
     vocab: int = 1000,
-    on_count: Callable[[int], object] | None = None,
+    on_step: Callable[[int], object] | None = None,
 ) -> dict[int, float]:
     """Median seconds of a one-token forward (plain decoding's step) at each thread count.
 
-    ``set_threads(n)`` switches the loaded model to ``n`` threads; each count gets one
-    untimed forward (the switch may rebuild a session or wake a thread pool), then ``reps``
-    timed ones at the same position after a ``context``-token prefix.
+    The counts take turns over ``rounds`` rounds (1 2 3 1 2 3 ...), so that a burst of
+    background load hits them alike. In each turn ``set_threads(n)`` switches the loaded
+    model to ``n`` threads, one untimed forward follows (the switch may rebuild a session or
+    wake a thread pool), then about ``reps / rounds`` timed ones at the same position after
+    a ``context``-token prefix. ``on_step(n)`` is called after each turn.
 
     Returns:
-        {threads: seconds per one-token forward}.
+        {threads: median seconds per one-token forward over ``reps`` (at least) forwards}.
     """
-    out: dict[int, float] = {}
-    for n in counts:
-        set_threads(n)
-        model.reset()
-        model.forward([(17 * i + 11) % vocab for i in range(context)], all_logits=False)
-        times = []
-        for r in range(reps + 1):
-            t = time.perf_counter()
-            model.forward([(31 * r + 7) % vocab], all_logits=False)
-            times.append(time.perf_counter() - t)
-            model.truncate(context)
-        out[n] = statistics.median(times[1:])
-        if on_count is not None:
-            on_count(n)
+    times: dict[int, list[float]] = {n: [] for n in counts}
+    per_turn = max(1, -(-reps // max(1, rounds)))
+    for _ in range(max(1, rounds)):
+        for n in counts:
+            set_threads(n)
+            model.reset()
+            model.forward([(17 * i + 11) % vocab for i in range(context)], all_logits=False)
+            for r in range(per_turn + 1):
+                t = time.perf_counter()
+                model.forward([(31 * r + 7) % vocab], all_logits=False)
+                if r:
+                    times[n].append(time.perf_counter() - t)
+                model.truncate(context)
+            if on_step is not None:
+                on_step(n)
     model.reset()
-    return out
+    return {n: statistics.median(ts) for n, ts in times.items()}
 
 
 def load_verify_curve(key: str) -> dict[int, float] | None:
