@@ -187,16 +187,17 @@ def _genai_graph(hf_dir: Path, out: Path, progress: bool) -> Path:
     return out / "model.onnx"
 
 
-#: a builder output line that says which decoder layer it has reached (0-based)
-_LAYER_LINE = re.compile(r"Reading decoder layer (\d+)")
+#: a builder output line that says which decoder layer it has reached (0-based):
+#: "Reading layer N" (onnxruntime-genai 0.15), "Reading decoder layer N" (other versions)
+_LAYER_LINE = re.compile(r"Reading (?:decoder )?layer (\d+)")
 
 
 def run_child(
     cmd: list[str], *, total: int | None, desc: str, progress: bool, keep: int = 40
 ) -> tuple[int, list[str]]:
     """Run ``cmd`` and stream its output (stdout and stderr merged) into a tqdm bar on
-    stderr: "Reading decoder layer N" lines advance it to N + 1 of ``total`` layers, and
-    the latest line is shown beside it. Nothing is printed when ``progress`` is False.
+    stderr: "Reading layer N" lines advance it to N + 1 of ``total`` layers, and the
+    latest line is shown beside it. Nothing is printed when ``progress`` is False.
 
     Returns:
         (exit status, the last ``keep`` non-empty lines), for error messages.
@@ -209,6 +210,7 @@ def run_child(
     bar = tqdm(
         total=total, desc=desc, unit="layer", disable=not progress, file=sys.stderr, leave=False
     )
+    bar.set_postfix_str("starting (imports torch)", refresh=True)
     with subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
