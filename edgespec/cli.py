@@ -155,65 +155,29 @@ def read_prompt(a: argparse.Namespace) -> str:
     return text
 
 
-def _add_gen_args(p: argparse.ArgumentParser) -> None:
+def _add_strategy_args(p: argparse.ArgumentParser) -> None:
+    """``--strategy`` and the options of every registered strategy, generated from their
+    option classes (:mod:`edgespec.options`); strategies and proposers come from the
+    registries."""
+    from edgespec.options import add_flags
+    from edgespec.speculative.base import PROPOSERS
+    from edgespec.strategies import STRATEGIES, option_flags
+
+    lines = [f"{n}: {STRATEGIES.get(n).summary}" for n in STRATEGIES.names()]
     p.add_argument(
         "--strategy",
         default="autoregressive",
-        help="autoregressive | speculative | auto (auto: the controller picks "
-        "proposer and draft length, plain decoding included)",
+        metavar="NAME",
+        help="; ".join(lines) + ". speculative and auto differ only in whether plain "
+        "decoding (k = 0) is always a candidate (auto) and in their defaults. Proposers: "
+        + ", ".join(PROPOSERS.names()),
     )
-    p.add_argument(
-        "--proposer",
-        action="append",
-        default=[],
-        help="draft source for speculation: ngram, recycle, draft, layerskip "
-        "(repeatable; default ngram, or all cheap ones for auto)",
-    )
-    p.add_argument(
-        "--k",
-        type=int,
-        default=None,
-        help="fixed draft length (auto: the largest one considered; entropy-switch and "
-        "sentence-lead: draft length while the large model is in charge, 0 = no "
-        "speculation, default: the controller chooses each step)",
-    )
-    p.add_argument("--max-k", type=int, default=8, help="largest draft length considered")
-    p.add_argument(
-        "--layerskip",
-        default=None,
-        help="layers of the layerskip self-draft: first:N, skip:A-B or keep:...",
-    )
-    p.add_argument(
-        "--tau",
-        type=float,
-        default=None,
-        help="entropy-switch: entropy threshold in nats (inf: small model only)",
-    )
-    p.add_argument(
-        "--window",
-        type=int,
-        default=None,
-        help="entropy-switch: tokens in the rolling entropy mean",
-    )
-    p.add_argument(
-        "--min-run",
-        type=int,
-        default=None,
-        help="entropy-switch: tokens on a model before it may hand over",
-    )
-    p.add_argument(
-        "--lead-tokens",
-        type=int,
-        default=None,
-        help="sentence-lead: tokens the large model writes at each sentence start",
-    )
-    p.add_argument(
-        "--lead-prob",
-        type=float,
-        default=None,
-        help="sentence-lead: probability that the large model leads a sentence",
-    )
-    p.add_argument("--lead-seed", type=int, default=None, help="sentence-lead: gate seed")
+    group = p.add_argument_group("strategy options (each applies only to the strategies named)")
+    add_flags(group, option_flags())
+
+
+def _add_gen_args(p: argparse.ArgumentParser) -> None:
+    _add_strategy_args(p)
     p.add_argument(
         "--max-new-tokens", "-n", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="token budget"
     )
@@ -288,32 +252,15 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 
 def config_from_args(a: argparse.Namespace) -> dict[str, Any] | None:
-    """The strategy's own options when its class defines ``config_from_args``, else the
-    speculative options."""
-    from edgespec.strategies import STRATEGIES
+    """The options of ``--strategy`` that the user gave (None: none), validated before any
+    model is loaded; a flag that the strategy does not use is a one-line error."""
+    from edgespec.options import options_from_args
+    from edgespec.strategies import STRATEGIES, option_flags
 
-    hook = getattr(STRATEGIES.get(a.strategy), "config_from_args", None)
-    return hook(a) if hook is not None else spec_config_from_args(a)
-
-
-def spec_config_from_args(a: argparse.Namespace) -> dict[str, Any] | None:
-    """The speculative options the user gave, validated (None when they gave none)."""
-    from edgespec.speculative.base import PROPOSERS
-    from edgespec.speculative.config import SpecConfig
-    from edgespec.speculative.session import check_proposers
-
-    d: dict[str, Any] = {"max_k": a.max_k}
-    if a.proposer:
-        d["proposers"] = tuple(a.proposer)
-        for name in a.proposer:
-            PROPOSERS.get(name)
-        check_proposers(a.proposer, has_draft=a.draft is not None)
-    if a.k is not None:
-        d["k"] = a.k
-    if a.layerskip is not None:
-        d["layerskip_layers"] = a.layerskip
-    SpecConfig.from_dict(d)  # validates k, max_k
-    return d
+    cls = STRATEGIES.get(a.strategy)
+    options = options_from_args(a, a.strategy, cls.options_class, option_flags())
+    cls.check_args(a, options)
+    return options or None
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:

@@ -64,35 +64,12 @@ def parse_strategy(spec: str) -> tuple[str, dict[str, Any] | None]:
     Examples: ``auto``, ``speculative:proposers=ngram:k=4``,
     ``speculative:proposers=draft+ngram:max_k=6``, ``entropy-switch:tau=0.04:spec_k=auto``.
     """
+    from edgespec.options import parse_spec
     from edgespec.strategies import STRATEGIES
 
-    name, *parts = spec.strip().split(":")
-    cls = STRATEGIES.get(name)  # unknown names fail with the known ones
-    if not parts:
-        return name, None
-    opts: dict[str, Any] = {}
-    for part in parts:
-        key, eq, value = part.partition("=")
-        if not eq or not key:
-            raise EdgespecError(f"strategy option '{part}' in '{spec}' is not key=value")
-        opts[key] = _parse_value(key, value)
-    cls.check_options(opts)  # validates names and values
-    return name, opts
-
-
-def _parse_value(key: str, value: str) -> Any:
-    if key == "proposers":
-        return [v for v in value.split("+") if v]
-    if value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if value.lower() == "none":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
+    cls = STRATEGIES.get(spec.strip().split(":")[0])  # unknown names fail with the known ones
+    name, opts = parse_spec(spec, cls.options_class)  # the options' own parsing and checks
+    return name, opts or None
 
 
 def make_combos(strategies: Sequence[str], backends: Sequence[str | None]) -> list[Combo]:

@@ -1,17 +1,49 @@
-"""Speculative-decoding options, one dataclass that round-trips through JSON."""
+"""Speculative-decoding options: one declaration per option (:mod:`edgespec.options`) gives
+validation, the JSON round trip, the command-line flags and the bench spec syntax."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from edgespec.errors import EdgespecError
+from edgespec.options import Options, at_least, names, option
+
+
+def _k(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EdgespecError(f"--k must be an integer >= 0 or none, got {value!r}")
+    if value < 0:
+        raise EdgespecError(f"--k must be >= 0, got {value}")
+    return value
+
+
+def _layers(value: Any, name: str) -> str | int | None:
+    if value is None or isinstance(value, (str, int)) and not isinstance(value, bool):
+        return value
+    raise EdgespecError(f"{name} must be a layer spec (first:N, skip:A-B, keep:...), got {value!r}")
+
+
+def _fraction(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise EdgespecError(f"{name} must be a number in [0, 1), got {value!r}")
+    if not math.isfinite(value) or not 0 <= value < 1:
+        raise EdgespecError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise EdgespecError(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
-class SpecConfig:
-    """How to speculate.
+class SpecConfig(Options):
+    """How to speculate (strategies ``speculative`` and ``auto``).
 
     Attributes:
         proposers: proposer names the controller may choose from each step; None: the
@@ -33,43 +65,57 @@ class SpecConfig:
         tree: let proposers that can build token trees do so (needs a tree-capable backend).
     """
 
-    proposers: tuple[str, ...] | None = None
-    k: int | None = None
-    max_k: int = 8
-    allow_plain: bool = True
-    ngram_min: int = 1
-    ngram_max: int = 4
-    recycle_topk: int = 4
-    layerskip_layers: str | int | None = None
-    min_confidence: float = 0.3
-    probe_every: int = 24
-    tree: bool = True
+    kind = "speculative"
 
-    def __post_init__(self) -> None:
-        if self.k is not None and self.k < 0:
-            raise EdgespecError(f"--k must be >= 0, got {self.k}")
-        if self.max_k < 1 or self.max_k > 64:
+    proposers: tuple[str, ...] | None = option(
+        None,
+        "draft sources the controller chooses from (repeatable, or joined by '+'; default: "
+        "ngram for speculative; ngram, recycle and --draft for auto)",
+        flags=("--proposer",),
+        check=names,
+        many=True,
+        metavar="NAME",
+    )
+    k: int | None = option(
+        None,
+        "fixed draft length (auto: the largest one considered); default: the controller "
+        "chooses each step",
+        flags=("--k",),
+        check=_k,
+    )
+    max_k: int = option(8, "largest draft length the controller considers", check=at_least(1))
+    allow_plain: bool = option(
+        True, "the controller may choose plain decoding (k = 0)", flags=(), check=_flag
+    )
+    ngram_min: int = option(1, "shortest suffix the ngram proposer matches", check=at_least(1))
+    ngram_max: int = option(4, "longest suffix the ngram proposer tries", check=at_least(1))
+    recycle_topk: int = option(
+        4, "candidates per token in the recycle proposer's table", check=at_least(1)
+    )
+    layerskip_layers: str | int | None = option(
+        None,
+        "layers of the layerskip self-draft: first:N, skip:A-B or keep:... (default: skip "
+        "the middle half)",
+        flags=("--layerskip",),
+        check=_layers,
+        metavar="LAYERS",
+    )
+    min_confidence: float = option(
+        0.3, "a model draft stops when its top probability falls below this", check=_fraction
+    )
+    probe_every: int = option(
+        24,
+        "after this many plain steps, probe the best proposer once (0: never)",
+        check=at_least(0),
+    )
+    tree: bool = option(
+        True, "let proposers build token trees (tree-capable backends)", check=_flag
+    )
+
+    def validate(self) -> None:
+        if self.max_k > 64:
             raise EdgespecError(f"max_k must be in 1..64, got {self.max_k}")
-        if not 1 <= self.ngram_min <= self.ngram_max:
+        if self.ngram_min > self.ngram_max:
             raise EdgespecError(
                 f"need 1 <= ngram_min <= ngram_max, got {self.ngram_min}, {self.ngram_max}"
             )
-        if not math.isfinite(self.min_confidence) or not 0 <= self.min_confidence < 1:
-            raise EdgespecError(f"min_confidence must be in [0, 1), got {self.min_confidence}")
-        if self.proposers is not None:
-            if not self.proposers:
-                raise EdgespecError("speculation needs at least one proposer")
-            object.__setattr__(self, "proposers", tuple(self.proposers))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["proposers"] = None if self.proposers is None else list(self.proposers)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SpecConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise EdgespecError(f"unknown speculative option(s): {', '.join(unknown)}")
-        return cls(**d)

@@ -8,6 +8,7 @@ generator when done, so a strategy never does work past what is consumed.
 
 from __future__ import annotations
 
+import argparse
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import numpy as np
 
 from edgespec.errors import EdgespecError
 from edgespec.model import Model
+from edgespec.options import Flag, Options, collect_flags
 from edgespec.registry import Registry
 from edgespec.sampling import GenerationParams
 from edgespec.stats import StatsRecorder
@@ -50,10 +52,16 @@ class GenContext:
 
 
 class Strategy(ABC):
-    """Base class. Subclasses set ``name`` (and ``lossy``) and implement :meth:`steps`."""
+    """Base class. Subclasses set ``name`` (and ``lossy``, ``options_class``) and implement
+    :meth:`steps`."""
 
     name: ClassVar[str]
     lossy: ClassVar[bool] = False
+    #: the strategy's options (None: it takes none); their fields make the CLI flags and
+    #: the bench spec syntax (:mod:`edgespec.options`)
+    options_class: ClassVar[type[Options] | None] = None
+    #: one line for ``--help``
+    summary: ClassVar[str] = ""
 
     def __init__(self, ctx: GenContext) -> None:
         self.ctx = ctx
@@ -67,15 +75,33 @@ class Strategy(ABC):
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
         """Validate user options (from the command line or a bench spec) before any model
-        is loaded; one-line :class:`EdgespecError` on a problem. Default: no options."""
-        if options:
+        is loaded; one-line :class:`EdgespecError` on a problem."""
+        if cls.options_class is not None:
+            cls.options_class.from_dict(options)
+        elif options:
             raise EdgespecError(
                 f"strategy '{cls.name}' takes no options, got {', '.join(sorted(options))}"
             )
 
+    @classmethod
+    def check_args(cls, a: argparse.Namespace, options: dict[str, Any]) -> None:
+        """Checks of the command line beyond the options themselves (a needed ``--draft``),
+        before any model is loaded. Default: none."""
+        return None
+
     @abstractmethod
     def steps(self, prompt_ids: list[int]) -> Iterator[list[int]]:
         """Prefill ``prompt_ids`` into an empty cache, then yield new tokens step by step."""
+
+
+def option_classes() -> dict[str, type[Options] | None]:
+    """{strategy name: its options class} for every registered strategy (imports them)."""
+    return {name: STRATEGIES.get(name).options_class for name in STRATEGIES.names()}
+
+
+def option_flags() -> list[Flag]:
+    """The command-line flags of every registered strategy's options, merged by spelling."""
+    return collect_flags(option_classes())
 
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
@@ -85,4 +111,4 @@ STRATEGIES.add_lazy("auto", "edgespec.strategies.speculative:Auto")
 STRATEGIES.add_lazy("entropy-switch", "edgespec.strategies.entropy_switch:EntropySwitch")
 STRATEGIES.add_lazy("sentence-lead", "edgespec.strategies.sentence_lead:SentenceLead")
 
-__all__ = ["STRATEGIES", "GenContext", "Strategy"]
+__all__ = ["STRATEGIES", "GenContext", "Strategy", "option_classes", "option_flags"]

@@ -13,6 +13,7 @@ class Autoregressive(Strategy):
     """Prefill the prompt in one forward, then feed back one sampled token at a time."""
 
     name = "autoregressive"
+    summary = "plain decoding, one target forward per token (the default)"
 
     def steps(self, prompt_ids: list[int]) -> Iterator[list[int]]:
         ctx, rec = self.ctx, self.ctx.rec

@@ -22,24 +22,16 @@ Details that make the rule exact and cheap:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
+from edgespec.options import Options, at_least, number, option
 from edgespec.sampling import entropy
 from edgespec.strategies.composition import AUTO
-from edgespec.strategies.two_model import (
-    LARGE,
-    SMALL,
-    TwoModelStrategy,
-    integer,
-    known_options,
-    number,
-    spec_k_option,
-)
+from edgespec.strategies.two_model import LARGE, SMALL, TwoModelStrategy, spec_k_option
 
 
 @dataclass(frozen=True)
-class SwitchConfig:
+class SwitchConfig(Options):
     """How ``entropy-switch`` decides which model writes the next token.
 
     Attributes:
@@ -51,35 +43,31 @@ class SwitchConfig:
             or 0 (one token per large-model forward).
     """
 
-    tau: float = 1.5
-    window: int = 4
-    min_run: int = 4
-    spec_k: int | str = AUTO
+    kind = "entropy-switch"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "tau", number(self.tau, "tau"))
-        object.__setattr__(self, "window", integer(self.window, "window", 1))
-        object.__setattr__(self, "min_run", integer(self.min_run, "min_run", 1))
-        object.__setattr__(self, "spec_k", spec_k_option(self.spec_k))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe: an infinite τ becomes the string "inf" or "-inf"."""
-        d = asdict(self)
-        if math.isinf(self.tau):
-            d["tau"] = str(self.tau)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SwitchConfig:
-        return cls(**known_options(cls, d, "entropy-switch"))
+    tau: float = option(
+        1.5,
+        "entropy threshold in nats (inf: small model only, -inf: large model only)",
+        check=number,
+        dump=lambda t: str(t) if math.isinf(t) else t,  # JSON has no infinity
+    )
+    window: int = option(4, "tokens in the rolling entropy mean", check=at_least(1))
+    min_run: int = option(4, "tokens on a model before it may hand over", check=at_least(1))
+    spec_k: int | str = option(
+        AUTO,
+        "draft length while the large model is in charge (small model drafts; 0: no "
+        "speculation; default auto: the controller chooses each step)",
+        flags=("--k",),
+        check=spec_k_option,
+    )
 
 
 class EntropySwitch(TwoModelStrategy):
     """EAD: the small model writes while the window's mean entropy stays <= τ."""
 
     name = "entropy-switch"
+    summary = "lossy; the small --draft model writes while its entropy stays <= --tau"
     options_class = SwitchConfig
-    flags = {"tau": "tau", "window": "window", "min_run": "min_run", "k": "spec_k"}
 
     def begin(self) -> None:
         self.run = 0

@@ -23,16 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgespec.errors import EdgespecError
+from edgespec.options import Options, at_least, number, option
 from edgespec.strategies.composition import AUTO
-from edgespec.strategies.two_model import (
-    LARGE,
-    SMALL,
-    TwoModelStrategy,
-    integer,
-    known_options,
-    number,
-    spec_k_option,
-)
+from edgespec.strategies.two_model import LARGE, SMALL, TwoModelStrategy, spec_k_option
 from edgespec.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -56,8 +49,19 @@ def sentence_end_ids(tokenizer: Tokenizer) -> frozenset[int]:
     return _ENDS[tokenizer]
 
 
+def _token_set(value: Any, name: str) -> frozenset[int] | None:
+    return None if value is None else frozenset(int(t) for t in value)
+
+
+def _probability(value: Any, name: str) -> float:
+    p = number(value, name)
+    if not 0.0 <= p <= 1.0:
+        raise EdgespecError(f"{name} must be in [0, 1], got {value!r}")
+    return p
+
+
 @dataclass(frozen=True)
-class LeadConfig:
+class LeadConfig(Options):
     """How ``sentence-lead`` shares each sentence between the models.
 
     Attributes:
@@ -71,44 +75,36 @@ class LeadConfig:
         sentence_ends: token ids that end a sentence; None = derived from the tokenizer.
     """
 
-    lead_tokens: int = 4
-    lead_prob: float = 1.0
-    lead_seed: int = 0
-    spec_k: int | str = AUTO
-    sentence_ends: frozenset[int] | None = None
+    kind = "sentence-lead"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "lead_tokens", integer(self.lead_tokens, "lead_tokens", 0))
-        p = number(self.lead_prob, "lead_prob")
-        if not 0.0 <= p <= 1.0:
-            raise EdgespecError(f"lead_prob must be in [0, 1], got {self.lead_prob!r}")
-        object.__setattr__(self, "lead_prob", p)
-        object.__setattr__(self, "lead_seed", integer(self.lead_seed, "lead_seed", 0))
-        object.__setattr__(self, "spec_k", spec_k_option(self.spec_k))
-        if self.sentence_ends is not None:
-            object.__setattr__(self, "sentence_ends", frozenset(self.sentence_ends))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["sentence_ends"] = None if self.sentence_ends is None else sorted(self.sentence_ends)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LeadConfig:
-        return cls(**known_options(cls, d, "sentence-lead"))
+    lead_tokens: int = option(
+        4, "tokens the large model writes at each sentence start", check=at_least(0)
+    )
+    lead_prob: float = option(
+        1.0, "probability that the large model leads a sentence", check=_probability
+    )
+    lead_seed: int = option(0, "seed of the lead gate", check=at_least(0))
+    spec_k: int | str = option(
+        AUTO,
+        "draft length while the large model is in charge (small model drafts; 0: no "
+        "speculation; default auto: the controller chooses each step)",
+        flags=("--k",),
+        check=spec_k_option,
+    )
+    sentence_ends: frozenset[int] | None = option(
+        None,
+        "token ids that end a sentence (default: from the tokenizer)",
+        flags=(),
+        check=_token_set,
+    )
 
 
 class SentenceLead(TwoModelStrategy):
     """FoReaL-style decoding: the large model leads each (gated) sentence for n tokens."""
 
     name = "sentence-lead"
+    summary = "lossy; the large model writes the first --lead-tokens of each sentence"
     options_class = LeadConfig
-    flags = {
-        "lead_tokens": "lead_tokens",
-        "lead_prob": "lead_prob",
-        "lead_seed": "lead_seed",
-        "k": "spec_k",
-    }
 
     @classmethod
     def complete(cls, runtime: Runtime, options: LeadConfig) -> LeadConfig:

@@ -13,14 +13,17 @@ Cache discipline: the target's cache holds every committed token except the last
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from edgespec.errors import EdgespecError
 from edgespec.sampling import sample
+from edgespec.speculative.base import PROPOSERS
 from edgespec.speculative.config import SpecConfig
-from edgespec.speculative.session import SpecSession
+from edgespec.speculative.session import SpecSession, check_proposers
 from edgespec.speculative.step import VERIFIER_FOR, Scorer, StepRecorder, speculative_step
 from edgespec.strategies import Strategy
 
@@ -34,6 +37,11 @@ class Speculative(Strategy):
     """Speculation with the proposers and (optional) fixed k of the session's config."""
 
     name = "speculative"
+    options_class = SpecConfig
+    summary = (
+        "lossless; the proposers you name (default ngram) draft, --k fixes the draft "
+        "length, else the controller picks it each step"
+    )
 
     @classmethod
     def prepare(cls, runtime: Runtime, config: Any) -> SpecSession:
@@ -44,8 +52,12 @@ class Speculative(Strategy):
         return runtime.spec_session(cfg, allow_plain=cfg.allow_plain)
 
     @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        SpecConfig.from_dict(options)
+    def check_args(cls, a: argparse.Namespace, options: dict[str, Any]) -> None:
+        """Before loading: every named proposer exists and has the model it needs."""
+        names = options.get("proposers") or ()
+        for name in names:
+            PROPOSERS.get(name)
+        check_proposers(names, has_draft=getattr(a, "draft", None) is not None)
 
     def steps(self, prompt_ids: list[int]) -> Iterator[list[int]]:
         ctx, rec = self.ctx, self.ctx.rec
@@ -74,6 +86,10 @@ class Auto(Speculative):
     """Speculation where plain decoding is always a candidate (the default for users)."""
 
     name = "auto"
+    summary = (
+        "speculative with plain decoding (k = 0) always allowed; --k is only the largest "
+        "draft length, and by default ngram, recycle and --draft are all tried"
+    )
 
     @classmethod
     def prepare(cls, runtime: Runtime, config: Any) -> SpecSession:
@@ -82,6 +98,11 @@ class Auto(Speculative):
         A user-given ``k`` becomes the upper bound ``max_k``.
         """
         cfg = _config(config)
+        if not cfg.allow_plain:
+            raise EdgespecError(
+                "strategy 'auto' always allows plain decoding; for allow_plain=false use "
+                "strategy 'speculative'"
+            )
         names = cfg.proposers or AUTO_PROPOSERS + (("draft",) if runtime.draft is not None else ())
         cfg = replace(
             cfg, proposers=names, allow_plain=True, k=None, max_k=cfg.k if cfg.k else cfg.max_k

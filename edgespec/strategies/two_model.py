@@ -23,16 +23,16 @@ was). The output may differ from the large model's, so these strategies are ``lo
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from edgespec.errors import EdgespecError
 from edgespec.model import Model
+from edgespec.options import integer, number
 from edgespec.sampling import entropy, sample
 from edgespec.speculative.step import Scorer
 from edgespec.strategies import Strategy, composition
@@ -48,25 +48,7 @@ if TYPE_CHECKING:
 SMALL, LARGE = "d", "t"
 
 
-def number(value: Any, name: str) -> float:
-    """``value`` as a float (+inf and -inf allowed); one-line error for NaN or non-numbers."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise EdgespecError(f"{name} must be a number, got {value!r}") from None
-    if math.isnan(x):
-        raise EdgespecError(f"{name} must be a number (or +inf/-inf), got NaN")
-    return x
-
-
-def integer(value: Any, name: str, low: int) -> int:
-    """``value`` as an int >= ``low``; one-line error otherwise (bools are refused)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise EdgespecError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def spec_k_option(value: Any) -> int | str:
+def spec_k_option(value: Any, name: str = "spec_k") -> int | str:
     """``spec_k``: ``"auto"`` (the controller picks k each step) or an integer >= 0."""
     if value == composition.AUTO:
         return composition.AUTO
@@ -75,17 +57,6 @@ def spec_k_option(value: Any) -> int | str:
             f"spec_k must be an integer >= 0 or '{composition.AUTO}', got {value!r}"
         )
     return int(value)
-
-
-def known_options(cls: Any, d: dict[str, Any], strategy: str) -> dict[str, Any]:
-    """``d`` when every key is a field of the dataclass ``cls``; else a one-line error."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise EdgespecError(
-            f"unknown {strategy} option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-    return dict(d)
 
 
 def check_pair(runtime: Runtime, strategy: str) -> None:
@@ -170,24 +141,18 @@ class Seat(Scorer):
 class TwoModelStrategy(Strategy):
     """The loop shared by the lossy two-model strategies.
 
-    Subclasses set ``options_class`` (a frozen dataclass with ``from_dict``/``to_dict`` and a
-    ``spec_k`` field) and ``flags``, say who writes the next token (:meth:`choose`) and see
-    every committed token (:meth:`observe`).
+    Subclasses set ``options_class`` (an :class:`~edgespec.options.Options` with a
+    ``spec_k`` field), say who writes the next token (:meth:`choose`) and see every committed
+    token (:meth:`observe`).
     """
 
     lossy: ClassVar[bool] = True
-    options_class: ClassVar[Any]
-    #: command-line flag (argparse dest) -> option name
-    flags: ClassVar[dict[str, str]] = {}
-
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        cls.options_class.from_dict(options)
 
     @classmethod
     def prepare(cls, runtime: Runtime, config: Any) -> Prepared:
         """The options (from an options object, a dict or None), checked against the loaded
         pair, and the speculation session for ``spec_k``."""
+        assert cls.options_class is not None
         opts = (
             config
             if isinstance(config, cls.options_class)
@@ -203,16 +168,9 @@ class TwoModelStrategy(Strategy):
         return options
 
     @classmethod
-    def config_from_args(cls, a: argparse.Namespace) -> dict[str, Any]:
-        """The options given on the command line (``flags``), validated before loading."""
+    def check_args(cls, a: argparse.Namespace, options: dict[str, Any]) -> None:
+        """Before loading: the command line must name the small model."""
         need_draft_flag(a, cls.name)
-        d = {
-            key: getattr(a, flag)
-            for flag, key in cls.flags.items()
-            if getattr(a, flag, None) is not None
-        }
-        cls.check_options(d)
-        return d
 
     @property
     def options(self) -> Any:
@@ -295,7 +253,6 @@ __all__ = [
     "check_pair",
     "entropy",
     "integer",
-    "known_options",
     "need_draft_flag",
     "number",
     "spec_k_option",

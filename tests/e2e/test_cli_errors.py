@@ -68,7 +68,7 @@ def test_unknown_strategy_and_proposer(capsys):
         (["generate", ""], "prompt is empty"),
         (["generate", "hi", "-n", "0"], "max_new_tokens must be a positive integer"),
         (["generate", "hi", "-n", "-5"], "max_new_tokens"),
-        (["generate", "hi", "--k", "-1"], "--k must be >= 0"),
+        (["generate", "hi", "--strategy", "speculative", "--k", "-1"], "--k must be >= 0"),
         (["generate", "hi", "--proposer", "draft", "--strategy", "speculative"], "--draft"),
         (["generate", "hi", "--temperature", "-1"], "temperature"),
         (["models", "pull"], "needs a model name"),
