@@ -169,3 +169,37 @@ def test_backends_that_are_slow_to_load_are_not_timed(
     monkeypatch.setattr(fakes["other"], "cheap_to_load", classmethod(lambda *a: False))
     assert pick_backend(SOURCE, None, LoadOptions()) == "halfcores"  # nothing compared
     assert fakes["other"].loads == 0  # type: ignore[attr-defined]
+
+
+def test_bundle_artifacts_take_their_digest_from_the_manifest(tmp_path: Path) -> None:
+    """A bundle's checksums give the same digest as hashing the files, without hashing."""
+    from edgespec.bundle import _source
+    from edgespec.fileutil import sha256_file
+    from edgespec.sources import content_digest
+
+    gguf = tmp_path / "target" / "gguf-q8_0" / "model.gguf"
+    onnx = tmp_path / "target" / "onnx-int4"
+    gguf.parent.mkdir(parents=True)
+    (onnx / "sub").mkdir(parents=True)
+    gguf.write_bytes(b"GGUF weights")
+    for rel, body in (("model.onnx", b"graph"), ("sub/model.onnx.data", b"tensors")):
+        (onnx / rel).write_bytes(body)
+
+    def art(path: Path, kind: str) -> dict[str, object]:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        entries = [
+            {"path": f.relative_to(tmp_path).as_posix(), "sha256": sha256_file(f)} for f in files
+        ]
+        return {
+            "source_kind": kind,
+            "path": path.relative_to(tmp_path).as_posix(),
+            "files": entries,
+        }
+
+    sources = {
+        p: _source(tmp_path, "target", art(p, k), "b") for p, k in ((gguf, "gguf"), (onnx, "onnx"))
+    }
+    assert not (tmp_path / "digests.json").exists()  # $EDGESPEC_HOME: nothing was hashed
+    for path, source in sources.items():
+        assert source.digest() == content_digest(path)  # which does hash, and caches
+    assert (tmp_path / "digests.json").exists()
