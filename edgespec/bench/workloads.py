@@ -54,7 +54,10 @@ def resolve_workload(name: str | Path) -> Path:
     if shipped.is_file():
         return shipped
     known = ", ".join(f.stem for f in sorted(WORKLOAD_DIR.glob("*.jsonl")))
-    raise EdgespecError(f"workload file '{name}' not found; pass a .jsonl path or one of: {known}")
+    raise EdgespecError(
+        f"workload file '{name}' not found (it does not exist and is not a shipped name); "
+        f"pass a .jsonl path or one of: {known}"
+    )
 
 
 def load_workloads(names: list[str | Path], per_workload: int | None = None) -> list[Prompt]:
