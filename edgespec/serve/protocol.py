@@ -156,6 +156,7 @@ def parse_request(body: dict[str, Any], *, chat: bool) -> CompletionRequest:
             max_new_tokens=1,
             temperature=float(_typed(body, "temperature", "number", 1.0)),
             top_p=float(_typed(body, "top_p", "number", 1.0)),
+            top_k=_typed(body, "top_k", "integer", 0),  # an extension, as llama.cpp's server
             seed=_typed(body, "seed", "integer"),
             stop=_stop(body),
         )

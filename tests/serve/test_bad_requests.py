@@ -40,6 +40,8 @@ def error_of(r: httpx.Response, status: int) -> dict:
         ('{"prompt": "abc", "temperature": "hot"}', 400, ["'temperature'", "number"]),
         ('{"prompt": "abc", "temperature": -1}', 400, ["temperature", ">= 0"]),
         ('{"prompt": "abc", "top_p": 0}', 400, ["top_p"]),
+        ('{"prompt": "abc", "top_k": -2}', 400, ["top_k", ">= 0"]),
+        ('{"prompt": "abc", "top_k": 1.5}', 400, ["'top_k'", "integer", "number"]),
         ('{"prompt": "abc", "stream": "yes"}', 400, ["'stream'", "boolean"]),
         ('{"prompt": "abc", "stop": 5}', 400, ["'stop'"]),
         ('{"prompt": "abc", "n": 2}', 400, ["n=1"]),

@@ -111,6 +111,9 @@ def test_seeded_sampling_repeats_and_follows_the_api(fake_server, make_client):
     assert a == c.completions.create(seed=7, **kw).choices[0].text
     ref = fake_runtime().generate(PROMPT, max_new_tokens=20, temperature=0.9, top_p=0.95, seed=7)
     assert a == ref.text
+    # top_k (an extension field) applies: top_k=1 samples the argmax, i.e. greedy
+    top1 = c.completions.create(seed=3, extra_body={"top_k": 1}, **kw).choices[0].text
+    assert top1 == reference(PROMPT, 20).text != a
 
 
 def test_auto_strategy_is_greedy_exact_and_reports_acceptance(make_client):
