@@ -392,6 +392,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edgespec.switch_calibration",
     "edgespec.export.cli",
     "edgespec.bench.cli",
+    "edgespec.serve.cli",
 )
 
 

@@ -15,31 +15,20 @@ ENV_API_KEY = "EDGESPEC_API_KEY"
 
 def add_commands(sub: Any) -> None:
     """Add ``serve`` to the ``edgespec`` command."""
-    from edgespec.cli import _add_load_args
+    from edgespec.cli import _add_load_args, _add_strategy_args
 
     p = sub.add_parser(
         "serve",
         help="serve a model over an OpenAI-compatible HTTP API",
         description="An OpenAI-compatible server: /v1/models, /v1/completions, "
         "/v1/chat/completions (streaming), /health and /metrics. One generation at a time "
-        "per model; others wait in a queue of --max-queue. Binds to 127.0.0.1 by default.",
+        "per model; others wait in a queue of --max-queue. Binds to 127.0.0.1 by default; "
+        "the strategy is auto unless --strategy says otherwise.",
     )
     _add_load_args(p)
-    p.add_argument(
-        "--strategy",
-        default="auto",
-        help="decoding strategy of every request: auto (the controller picks proposer and "
-        "draft length, plain decoding included; lossless) | autoregressive | speculative | ...",
-    )
-    p.add_argument(
-        "--proposer",
-        action="append",
-        default=[],
-        help="draft source for speculation (repeatable), as in edgespec generate",
-    )
-    p.add_argument("--k", type=int, default=None, help="fixed draft length (auto: upper bound)")
-    p.add_argument("--max-k", type=int, default=8, help="largest draft length considered")
-    p.add_argument("--layerskip", default=None, help="layers of the layerskip self-draft")
+    # --strategy and every strategy's options, as in `edgespec generate`; auto by default
+    _add_strategy_args(p)
+    p.set_defaults(strategy="auto")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
     p.add_argument(
