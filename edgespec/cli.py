@@ -393,6 +393,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edgespec.export.cli",
     "edgespec.bench.cli",
     "edgespec.serve.cli",
+    "edgespec.sparse.cli",
 )
 
 

@@ -53,10 +53,6 @@ class Model(ABC):
 
     info: ModelInfo
     backend: str = ""
-    #: the largest logit difference measured between a batched forward and the same tokens
-    #: fed one at a time; lossless strategies may diverge from plain decoding only at
-    #: near-ties below it (see :mod:`edgespec.losslessness`)
-    batch_noise: float = 0.0
 
     @property
     @abstractmethod

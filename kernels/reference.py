@@ -97,8 +97,9 @@ def sparse_ffn(
 
     Args:
         x: ``float[M, d]``.
-        rows: ``int[A]`` indices into the F neurons, ascending (any order works; ascending
-            reads memory in order).
+        rows: ``int[A]`` indices into the F neurons, ascending. Up to :data:`MAX_RUNS`
+            contiguous runs (whole blocks) are computed on slices of the weights in place;
+            more scattered rows are gathered (copied) first.
         gate: ``float[F, d]`` or None (ungated experts).
         up: ``float[F, d]``.
         down: ``float[d, F]``; pass ``down_t.T`` when the model keeps ``down_t: float[F, d]``
@@ -112,11 +113,43 @@ def sparse_ffn(
     if rows.size == 0:
         return np.zeros((x.shape[0], down.shape[0]), dtype=x.dtype)
     fn = _act(act)
-    u = up[rows]  # [A, d]
-    h = fn(x @ gate[rows].T) * (x @ u.T) if gate is not None else fn(x @ u.T)
+    runs = row_runs(rows)
+    if len(runs) > MAX_RUNS:  # scattered neurons: gather once (copies A rows of each matrix)
+        u = up[rows]  # [A, d]
+        h = fn(x @ gate[rows].T) * (x @ u.T) if gate is not None else fn(x @ u.T)
+        if scale is not None:
+            h = h * scale
+        return h @ down[:, rows].T
+    # whole blocks: contiguous runs of rows are read in place (slices, no copy)
+    parts = []
+    for a, b in runs:
+        u = x @ up[a:b].T
+        parts.append(fn(x @ gate[a:b].T) * u if gate is not None else fn(u))
+    h = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]  # [M, A]
     if scale is not None:
         h = h * scale
-    return h @ down[:, rows].T
+    y = np.zeros((x.shape[0], down.shape[0]), dtype=np.result_type(x, down))
+    off = 0
+    for a, b in runs:
+        y += h[:, off : off + b - a] @ down[:, a:b].T
+        off += b - a
+    return y
+
+
+#: above this many contiguous runs of rows, :func:`sparse_ffn` gathers instead of slicing
+MAX_RUNS = 32
+
+
+def row_runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """Contiguous runs of ascending ``rows`` as half-open ``(start, stop)`` pairs:
+    ``[0, 1, 2, 6, 7] -> [(0, 3), (6, 8)]``."""
+    rows = np.asarray(rows)
+    if rows.size == 0:
+        return []
+    cut = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([rows[:1], rows[cut]])
+    stops = np.concatenate([rows[cut - 1], rows[-1:]]) + 1
+    return list(zip(starts.tolist(), stops.tolist(), strict=True))
 
 
 def block_rows(blocks: np.ndarray, block_size: int) -> np.ndarray:

@@ -25,7 +25,8 @@ for bit. Measured on smollm2-135m Q4_1 (see tests/backends/test_llamacpp.py):
   rollback followed by new tokens equals a fresh cache given the same tokens (0.0), but a
   one-token decode differs from the same position inside a multi-token batch by up to about
   1.5 logits at some positions (quantized activations take another path). The shape of the
-  evaluation matters; :data:`BATCH_NOISE` bounds it;
+  evaluation matters; the near-tie bound that ``edgespec calibrate`` measures
+  (:func:`edgespec.losslessness.measure_near_tie_bound`) says how much for losslessness;
 - the KV-cache layout matters at the same scale: after a tree commit the kept cells are
   interleaved with freed ones, and later logits move by up to about 0.5;
 - the extra sequence ids reserved for trees (``n_seq_max > 1`` with a unified KV cache) do not
@@ -50,12 +51,6 @@ from edgespec.runtimes.base import Backend, LoadOptions, ModelSource
 
 #: llama-cpp-python's default ``n_batch`` and ``n_ubatch`` (``Llama(n_batch=512, n_ubatch=512)``).
 DEFAULT_N_BATCH = 512
-#: A generous bound on how far one logit moves when the same position is decoded inside a
-#: multi-token batch instead of alone (llama.cpp, quantized weights). Measured on smollm2-135m
-#: Q4_1: max |difference| 1.45 over 750 positions of English/Markdown text (99th percentile
-#: 1.2), and 1.0 to 1.3 on short prompts (tests/backends/test_llamacpp.py); where the argmax
-#: flipped, the top-2 gap was at most 0.40. Speculative tests use it to decide near-ties.
-BATCH_NOISE = 2.0
 #: Most leaves a tree given to :meth:`LlamaCppModel.forward_tree` may have by default: each
 #: leaf is one llama.cpp sequence id (the committed sequence is id 0 and doubles as leaf 0).
 MAX_TREE_LEAVES = 64
@@ -433,7 +428,6 @@ class LlamaCppModel(Model):
         self._n_past += k
 
     supports_tree = True
-    batch_noise = BATCH_NOISE
 
     def commit_tree_path(self, base: int, path: Sequence[int]) -> None:
         """:meth:`Model.commit_tree_path` over :meth:`keep_path` (the tree is pending, so

@@ -491,8 +491,6 @@ class NumpyModel(Model):
     """
 
     backend = "numpy"
-    #: batched vs one-token forwards: <= 5e-15 in float64, ~1e-6 in float32
-    batch_noise = 1e-4
     #: longest run of tokens pushed through the layers at once; longer inputs are split so
     #: that attention scores (``[H, chunk, n_past + chunk]``) stay small.
     max_chunk: int = 256

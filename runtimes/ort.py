@@ -14,9 +14,10 @@ which (:func:`kv_layout`):
   arrays ``float32[1, H_kv, n_past, D]``; every forward feeds them in and keeps the
   ``present.*`` outputs, which grow by T. Truncation slices them.
 
-fp32 graphs give (nearly) the same logits for a batched forward as for one token at a time
-(``batch_noise``), which is what speculative decoding's greedy-equality contract needs.
-Quantized graphs (MatMulNBits with int8 activations, dynamic int8) are batch-dependent.
+fp32 graphs give the same logits for a batched forward as for one token at a time, which is
+what speculative decoding's greedy-equality contract needs. Quantized graphs (MatMulNBits with
+int8 activations, dynamic int8) are batch-dependent; how much is measured per model by
+``edgespec calibrate`` (:func:`edgespec.losslessness.measure_near_tie_bound`).
 """
 
 from __future__ import annotations
@@ -47,13 +48,8 @@ HF_TO_GGUF_ARCH = {
 _NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 #: the sidecar that :mod:`edgespec.export` writes beside every graph it makes
 MANIFEST = "edgespec-onnx.json"
-#: fp32: batched vs one-token forwards differ by ~5e-5 (tests/backends/test_ort.py)
-FP32_BATCH_NOISE = 1e-4
 #: added to the attention scores of positions a tree node may not see
 MASKED = -1e9
-#: quantized graphs: MatMulNBits quantizes activations per call; measured up to ~1.1 on
-#: SmolLM2 int4 (docs/benchmarks-onnx.md), the same order as llama.cpp's
-QUANT_BATCH_NOISE = 2.0
 
 
 def _make_session(model_path: Path, n_threads: int | None, spin: bool = True) -> Any:
@@ -232,11 +228,9 @@ class OnnxModel(Model):
         n_ctx: the capacity; a forward that would exceed it raises :class:`EdgespecError`.
         path: the ONNX folder, when loaded from one.
         layout: how the KV cache is kept.
-        batch_noise: how far batched logits may stray from one-token ones.
     """
 
     backend = "onnx"
-    batch_noise = FP32_BATCH_NOISE
 
     def __init__(self, session: Any, info: ModelInfo, n_ctx: int, layout: str = "copied") -> None:
         self.session = session
@@ -437,8 +431,7 @@ def load_onnx_dir(folder: str | Path, options: LoadOptions, source_name: str = "
     """Open an already converted folder (``model.onnx`` + ``config.json``).
 
     The KV capacity is ``min(options.n_ctx, context_length)``; the KV layout comes from
-    :func:`kv_layout`, and a quantized graph (``dtype`` in the folder's ``edgespec-onnx.json``)
-    gets :data:`QUANT_BATCH_NOISE`.
+    :func:`kv_layout`.
     """
     path = Path(folder)
     model_file = path / "model.onnx"
@@ -453,8 +446,6 @@ def load_onnx_dir(folder: str | Path, options: LoadOptions, source_name: str = "
     model.path = path
     # the same session options with another thread count (OnnxModel.set_threads)
     model._session_factory = lambda n: _make_session(model_file, n, options.spin)
-    if info.extra["dtype"] not in ("float32", "fp32"):
-        model.batch_noise = QUANT_BATCH_NOISE
     return model
 
 

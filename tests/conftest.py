@@ -81,6 +81,22 @@ def smollm2_path() -> Path:
     return real_model("smollm2-135m")
 
 
+@pytest.fixture(scope="session")
+def smollm2_near_tie_bound(smollm2_path: Path) -> float:
+    """smollm2-135m's near-tie bound on llama.cpp, measured as ``edgespec calibrate`` does
+    (``edgespec.losslessness.calibrate_near_tie_bound``: the largest change of the top-2 logit
+    gap between one-token and verify-shaped forwards, chunks of up to 8 draft tokens)."""
+    pytest.importorskip("llama_cpp")
+    from edgespec.losslessness import calibrate_near_tie_bound
+    from edgespec.runtimes import ModelSource
+    from edgespec.runtimes.llamacpp import LlamaCppModel
+    from edgespec.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(ModelSource("gguf", smollm2_path, "smollm2-135m"))
+    with LlamaCppModel(smollm2_path, n_ctx=512) as m:
+        return calibrate_near_tie_bound(m, tok)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Say which real (pretrained) models the run used, so a green run on tiny random
     models alone is visible as such."""

@@ -67,11 +67,23 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     diverged = [r for r in rows if r.get("agree_plain") is not None and r["agree_plain"] < 1]
     s["non_tie_divergences"] = sum(1 for r in diverged if not r.get("near_tie", False))
     s["near_tie_divergences"] = len(diverged) - s["non_tie_divergences"]
+    bounds = [r for r in rows if r.get("near_tie_bound") is not None]
+    s["near_tie_bound"] = max((r["near_tie_bound"] for r in bounds), default=None)
+    s["near_tie_bound_source"] = (
+        "+".join(sorted({str(r.get("near_tie_bound_source")) for r in bounds})) or None
+    )
     s["accept_hist"] = merge_hist(r["accept_hist"] for r in rows)
     ks = [k for r in rows for k in r["k_trace"]]
     s["mean_k"] = sum(ks) / len(ks) if ks else None
     s["runs"] = len(rows)
     return s
+
+
+def _bound_text(s: dict[str, Any]) -> str:
+    """The near-tie bound a configuration was judged by, and where it came from."""
+    if s.get("near_tie_bound") is None:
+        return "(none recorded)"
+    return f"(bound {s['near_tie_bound']:.3g} logits, {s['near_tie_bound_source']})"
 
 
 def status(label: str, lossy: bool, s: dict[str, Any]) -> str:
@@ -116,15 +128,15 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
             flags.append(
                 f"`{lb}` is declared lossless but {s['non_tie_divergences']} run(s) left plain "
                 "greedy decoding on the same backend at a position that was not a near-tie "
-                f"(worst agreement {s['agree_plain_min']:.0%}): a bug"
+                f"{_bound_text(s)} (worst agreement {s['agree_plain_min']:.0%}): a bug"
             )
         elif s["status"] == "exact up to near-ties":
             flags.append(
                 f"`{lb}`: {s['near_tie_divergences']} run(s) left plain greedy decoding at a "
-                "near-tie (plain decoding's top two logits closer than the backend's measured "
-                "batch noise, which quantized kernels make batch-dependent); the first "
-                f"divergence decides the rest, so prefix agreement can be low "
-                f"(worst {s['agree_plain_min']:.0%})"
+                "near-tie (plain decoding's top two logits no further apart than the "
+                "largest top-2 gap change measured between batched and one-token forwards "
+                f"{_bound_text(s)}); the first divergence decides the rest, so prefix "
+                f"agreement can be low (worst {s['agree_plain_min']:.0%})"
             )
         elif s["status"] == "differs from baseline":
             flags.append(

@@ -30,7 +30,14 @@ from edgespec.bench.energy import DEFAULT_WATTS, Meter, open_meter
 from edgespec.bench.workloads import Prompt, default_workloads, load_workloads
 from edgespec.errors import EdgespecError
 from edgespec.fileutil import atomic_path
-from edgespec.losslessness import PlainReference, check, plain_reference
+from edgespec.losslessness import (
+    NearTieBound,
+    PlainReference,
+    check,
+    near_tie_bound,
+    plain_reference,
+)
+from edgespec.speculative.cost_curves import curve_key
 
 SCHEMA_ID = "edgespec-bench/1"
 BASELINE = "baseline"
@@ -483,9 +490,14 @@ class Bench:
                 self._generate(runtimes[c.backend], c, ids[first], min(WARMUP_TOKENS, n))
         # plain greedy on each backend, once per prompt (untimed): the losslessness reference
         plain: dict[tuple[str | None, str], PlainReference] = {}
+        # and each backend's near-tie bound: stored by `edgespec calibrate`, else measured now
+        bounds: dict[str | None, NearTieBound] = {}
         for backend, rt in runtimes.items():
             for p in self.prompts:
                 plain[(backend, p.id)] = plain_reference(rt.target, ids[p.id], n)
+            variant = str(rt.target.info.extra.get("variant", ""))
+            key = curve_key(rt.backend, rt.source.digest(), rt.options.n_threads, variant)
+            bounds[backend] = near_tie_bound(rt.target, rt.tokenizer, key)
         total = opts.runs * len(self.prompts) * (1 + len(self.extras) + len(self.combos))
         with tqdm(total=total, desc="bench", unit="gen", disable=not opts.progress) as bar:
             for r in range(opts.runs):
@@ -508,13 +520,14 @@ class Bench:
                         row.update(run=r, prompt=p.id, kind=p.kind)
                         ref = plain[(c.backend, p.id)]
                         row["agree_plain"] = metrics.agreement(row["_tokens"], ref.tokens)
-                        noise = float(getattr(runtimes[c.backend].target, "batch_noise", 0.0))
-                        chk = check(row["_tokens"], ref, noise)
+                        bound = bounds[c.backend]
+                        chk = check(row["_tokens"], ref, bound.value)
                         row.update(
                             first_divergence=chk.index,
                             divergence_gap=chk.gap,
                             near_tie=chk.near_tie,
-                            batch_noise=noise,
+                            near_tie_bound=bound.value,
+                            near_tie_bound_source=bound.source,
                         )
                         _versus(row, b)
                         del row["_tokens"]

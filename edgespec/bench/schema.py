@@ -55,12 +55,23 @@ RUN_PROPERTIES: dict[str, Any] = {
     "first_divergence": {"type": ["integer", "null"], "minimum": 0},
     "divergence_gap": _NUM_OR_NULL,
     "near_tie": {"type": ["boolean", "null"]},
-    "batch_noise": {"type": "number", "minimum": 0},
+    # the near-tie bound the divergence was judged by (logits) and where it came from:
+    # "calibrate" (stored with the cost curve) or "measured" (measured in this run)
+    "near_tie_bound": {"type": "number", "minimum": 0},
+    "near_tie_bound_source": {"enum": ["calibrate", "measured"]},
     "notes": {"type": "array", "items": {"type": "string"}},
 }
 #: run-record fields that results.json files written before them may lack
 RUN_OPTIONAL = frozenset(
-    {"large_share", "switches", "first_divergence", "divergence_gap", "near_tie", "batch_noise"}
+    {
+        "large_share",
+        "switches",
+        "first_divergence",
+        "divergence_gap",
+        "near_tie",
+        "near_tie_bound",
+        "near_tie_bound_source",
+    }
 )
 
 RUN = {

@@ -166,6 +166,14 @@ def load_verify_curve(key: str) -> dict[int, float] | None:
     return {int(n): float(s) for n, s in entry["verify"].items()}
 
 
+def load_near_tie_bound(key: str) -> float | None:
+    """The near-tie bound (logits) that ``edgespec calibrate`` measured and stored with the
+    cost curve ``key`` (:func:`edgespec.losslessness.measure_near_tie_bound`), or None when
+    there is none (no curve, or one stored before bounds were measured)."""
+    bound = (load_curves().get(key) or {}).get("near_tie_bound")
+    return None if bound is None else float(bound)
+
+
 def fastest_backend(
     digest: str,
     candidates: Sequence[str],

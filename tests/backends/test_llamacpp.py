@@ -9,8 +9,10 @@ Measured on smollm2-135m Q4_1 (x86-64, AVX-512), for the record:
 - last row of ``all_logits=True`` vs ``all_logits=False``: 0.0;
 - rollback then new tokens vs a fresh cache with the same tokens: 0.0;
 - one batched forward vs one token at a time: up to 1.02 on these prompts, 1.28 on other
-  short prompts, 1.45 over 750 positions of longer text; argmax flips only at top-2 gaps
-  <= 0.40 (``BATCH_NOISE`` = 2.0, defined in edgespec.runtimes.llamacpp and re-exported here).
+  short prompts, 1.45 over 750 positions of longer text (absolute logit differences); what
+  matters for losslessness is how far the top-2 gap moves, which the near-tie bound measures
+  (``smollm2_near_tie_bound`` in conftest.py, what ``edgespec calibrate`` stores); argmax
+  flips must happen within it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from edgespec.runtimes import BACKENDS, LoadOptions, ModelSource
 llama_cpp = pytest.importorskip("llama_cpp")
 
 from edgespec.runtimes.llamacpp import (  # noqa: E402 - after the importorskip
-    BATCH_NOISE,
     MAX_TREE_LEAVES,
     LlamaCppBackend,
     LlamaCppModel,
@@ -37,8 +38,6 @@ from edgespec.runtimes.llamacpp import (  # noqa: E402 - after the importorskip
 )
 
 pytestmark = [pytest.mark.backend]
-
-__all__ = ["BATCH_NOISE"]
 
 N_CTX = 1024
 N_NEW = 40
@@ -107,8 +106,15 @@ def our_greedy(model: LlamaCppModel, prompt_ids: list[int], n: int) -> list[int]
         logits = model.forward([out[-1]], all_logits=False)
 
 
-def near_tie(row: np.ndarray, a: int, b: int) -> bool:
-    return abs(float(row[a]) - float(row[b])) <= BATCH_NOISE
+def near_tie(row: np.ndarray, a: int, b: int, bound: float) -> bool:
+    """Tokens a and b are within the measured near-tie bound of each other in ``row``."""
+    return abs(float(row[a]) - float(row[b])) <= bound
+
+
+def gap_change(ref_row: np.ndarray, row: np.ndarray) -> float:
+    """How far ``row`` moves the top-2 gap of ``ref_row`` (the quantity the bound bounds)."""
+    a, b = np.argsort(-ref_row, kind="stable")[:2]
+    return abs(float(ref_row[a] - ref_row[b]) - float(row[a] - row[b]))
 
 
 # -- registry and parameters ------------------------------------------------------------------
@@ -204,20 +210,27 @@ def test_long_input_is_chunked_like_llama_eval(fresh: LlamaCppModel, ref):
 
 
 @pytest.mark.slow
-def test_batched_vs_one_by_one(fresh: LlamaCppModel, ref):
-    worst = 0.0
+def test_batched_vs_one_by_one(fresh: LlamaCppModel, ref, smollm2_near_tie_bound: float):
+    bound = smollm2_near_tie_bound
+    worst = worst_gap = 0.0
     for prompt in PROMPTS:
         ids = tok(ref, prompt)
         fresh.reset()
         batched = fresh.forward(ids)
         fresh.reset()
         single = np.concatenate([fresh.forward([t]) for t in ids])
-        diff = float(np.abs(batched - single).max())
-        worst = max(worst, diff)
+        worst = max(worst, float(np.abs(batched - single).max()))
+        worst_gap = max(
+            worst_gap, *(gap_change(s, b) for s, b in zip(single, batched, strict=True))
+        )
         for i in np.nonzero(batched.argmax(1) != single.argmax(1))[0]:
-            assert near_tie(batched[i], batched[i].argmax(), single[i].argmax())
-    print(f"max |batched - one-by-one| logit difference: {worst:.3f} (BATCH_NOISE={BATCH_NOISE})")
-    assert 0.0 < worst <= BATCH_NOISE  # 1.02 measured; 0.0 would mean a backend change
+            assert near_tie(single[i], batched[i].argmax(), single[i].argmax(), bound)
+    print(
+        f"max |batched - one-by-one| logit difference: {worst:.3f}; top-2 gap change "
+        f"{worst_gap:.3f} (measured near-tie bound {bound:.3f})"
+    )
+    assert worst > 0.0  # 1.02 measured; 0.0 would mean a backend change
+    assert worst_gap <= bound
 
 
 @pytest.mark.slow
@@ -309,7 +322,10 @@ def path_to(i: int, parents: list[int]) -> list[int]:
 
 
 @pytest.mark.slow
-def test_tree_matches_linear_paths(fresh: LlamaCppModel, smollm2_path: Path, ref):
+def test_tree_matches_linear_paths(
+    fresh: LlamaCppModel, smollm2_path: Path, ref, smollm2_near_tie_bound: float
+):
+    bound = smollm2_near_tie_bound
     prefix = tok(ref, PROMPTS[2])
     fresh.forward(prefix, all_logits=False)
     tree = fresh.forward_tree(TREE_TOKENS, TREE_PARENTS)
@@ -320,9 +336,9 @@ def test_tree_matches_linear_paths(fresh: LlamaCppModel, smollm2_path: Path, ref
             lin.reset()
             lin.forward(prefix, all_logits=False)
             row = lin.forward([TREE_TOKENS[j] for j in path_to(i, TREE_PARENTS)])[-1]
-            assert np.abs(row - tree[i]).max() <= BATCH_NOISE
+            assert gap_change(row, tree[i]) <= bound
             if row.argmax() != tree[i].argmax():
-                assert near_tie(row, row.argmax(), tree[i].argmax())
+                assert near_tie(row, row.argmax(), tree[i].argmax(), bound)
 
         chosen = path_to(6, TREE_PARENTS)
         fresh.keep_path(chosen)
@@ -335,9 +351,10 @@ def test_tree_matches_linear_paths(fresh: LlamaCppModel, smollm2_path: Path, ref
         lin.forward(prefix + [TREE_TOKENS[j] for j in chosen], all_logits=False)
         nxt = [5081, 1194, 1041]
         a, b = fresh.forward(nxt), lin.forward(nxt)
-        assert np.abs(a - b).max() <= BATCH_NOISE  # KV layout differs: measured 0.5
+        # the KV layout differs (interleaved tree cells): measured up to 0.5 per logit
+        assert max(gap_change(y, x) for x, y in zip(a, b, strict=True)) <= bound
         for i in np.nonzero(a.argmax(1) != b.argmax(1))[0]:
-            assert near_tie(b[i], b[i].argmax(), a[i].argmax())
+            assert near_tie(b[i], b[i].argmax(), a[i].argmax(), bound)
 
 
 @pytest.mark.slow
@@ -441,15 +458,13 @@ def test_close_is_idempotent(smollm2_path: Path):
 def test_silent_on_stderr(smollm2_path: Path):
     """Loading, decoding, failing and freeing print nothing (fresh process: no Llama yet)."""
     code = f"""
-import sys
+import pytest
 from edgespec.errors import EdgespecError
 from edgespec.runtimes.llamacpp import LlamaCppModel
 m = LlamaCppModel({str(smollm2_path)!r}, n_ctx=64)
 m.forward([1, 2, 3], all_logits=False)
-try:
+with pytest.raises(EdgespecError, match="context is full.*n_ctx=64"):
     m.forward(list(range(100)))
-except EdgespecError:
-    pass
 m.close()
 m2 = LlamaCppModel({str(smollm2_path)!r}, n_ctx=64)
 m2.forward([4])

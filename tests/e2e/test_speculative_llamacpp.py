@@ -1,24 +1,30 @@
 """Speculative decoding on the real smollm2-135m through llama.cpp.
 
-Quantized batched forwards differ from one-token forwards (up to ~1.5 in logits, see
-``edgespec.runtimes.llamacpp.BATCH_NOISE``), so the contract here is: the output equals plain
-greedy decoding, or the first divergence happens where plain decoding's top two candidates
-were closer than the batch noise (a near-tie). Everything after that point is a different,
-equally valid continuation and is not compared.
+Quantized batched forwards differ from one-token forwards, so the contract here is: the
+output equals plain greedy decoding, or it leaves it only at near-ties, where plain
+decoding's top two candidates are no further apart than the near-tie bound measured for this
+model on this backend (``smollm2_near_tie_bound`` in conftest.py: what ``edgespec calibrate``
+stores). Every divergence is checked, not only the first: after one, the rest of the output
+is compared with plain greedy decoding from the diverged prefix.
 """
+
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
 import edgespec
 from edgespec import losslessness
+from edgespec.speculative.base import VERIFIERS
 from edgespec.speculative.config import SpecConfig
+from edgespec.speculative.verify import GreedyVerifier
 from edgespec.testing import SequenceOracle, serve_proposer
 
 pytestmark = [pytest.mark.backend, pytest.mark.slow]
 llamacpp = pytest.importorskip("edgespec.runtimes.llamacpp")
 
 N = 40
+K = 4
 PROMPTS = [
     "Repeat exactly: the cat sat on the mat, the cat sat on the mat.",
     "Write a Python function that returns the square of a number.",
@@ -34,6 +40,12 @@ def rt(smollm2_path):
 
 
 @pytest.fixture(scope="module")
+def bound(smollm2_near_tie_bound):
+    print(f"measured near-tie bound of smollm2-135m on llama.cpp: {smollm2_near_tie_bound:.4f}")
+    return smollm2_near_tie_bound
+
+
+@pytest.fixture(scope="module")
 def refs(rt):
     out = []
     for p in PROMPTS:
@@ -42,18 +54,35 @@ def refs(rt):
     return out
 
 
-def check(out, ref):
-    """Exact, or a near-tie at the first divergence. Returns True when exact."""
-    assert len(out) == len(ref.tokens)
-    c = losslessness.check(out, ref, llamacpp.BATCH_NOISE)
-    assert c.near_tie, f"divergence at {c.index} is not a near-tie: gap {c.gap}"
-    return c.index is None
+def divergences(rt, ids, out, bound) -> list[losslessness.Check]:
+    """Every place where ``out`` leaves plain greedy decoding, each asserted to be a near-tie.
+
+    After a divergence at i, plain greedy decoding restarts from ``ids + out[:i + 1]`` and the
+    rest of ``out`` is compared with it, so no token goes unchecked."""
+    found = []
+    pos = 0
+    while pos < len(out):
+        ref = losslessness.plain_reference(rt.target, ids + out[:pos], len(out) - pos)
+        c = losslessness.check(out[pos:], ref, bound)
+        assert c.near_tie, f"divergence at {pos + (c.index or 0)} is not a near-tie: gap {c.gap}"
+        if c.index is None:
+            return found
+        found.append(c)
+        pos += c.index + 1
+    return found
 
 
 def test_plain_engine_equals_reference_loop(rt, refs):
     for ids, ref in refs:
         res = rt.generate(ids, max_new_tokens=N, ignore_eos=True)
         assert res.token_ids == ref.tokens
+
+
+def test_bound_is_measured_and_small(bound):
+    """Quantized kernels make batching change logits (0 would mean an exact backend: then
+    near-ties are not needed at all); a bound near the old constant 2.0 would let a verifier
+    that picks the runner-up pass."""
+    assert 0.0 < bound < 1.0
 
 
 @pytest.mark.parametrize(
@@ -66,25 +95,35 @@ def test_plain_engine_equals_reference_loop(rt, refs):
         (("ngram", "recycle"), None),
     ],
 )
-def test_real_proposers_lossless_up_to_near_ties(rt, refs, proposers, k):
+def test_real_proposers_lossless_up_to_near_ties(rt, refs, bound, proposers, k):
     rt._sessions.clear()
-    exact = 0
     drafted = 0
-    for ids, ref in refs:
+    for ids, _ in refs:
         for strategy in ("speculative", "auto"):
             cfg = SpecConfig(proposers=proposers, k=k, probe_every=4)
             res = rt.generate(ids, max_new_tokens=N, ignore_eos=True, strategy=strategy, config=cfg)
-            exact += check(res.token_ids, ref)
+            assert len(res.token_ids) == N
+            divergences(rt, ids, res.token_ids, bound)
             drafted += sum(res.stats.k_trace)
     assert drafted > 0, "the proposers never drafted anything"
-    assert exact >= 1, "no run matched plain decoding exactly"
+
+
+def near_tie_in(ref, bound, stop: int) -> bool:
+    """Whether plain decoding had a near-tie (top-2 gap within the bound) before ``stop``."""
+    gaps = ref.top_logits[:stop, 0] - ref.top_logits[:stop, 1]
+    return bool((gaps <= bound).any())
 
 
 @pytest.mark.parametrize("correct", [0, 1, 3, None])
-def test_oracle_acceptance_levels(rt, refs, monkeypatch, correct):
+def test_oracle_acceptance_levels(rt, refs, bound, monkeypatch, correct):
+    """An oracle right for ``correct`` tokens, then wrong: every step accepts exactly
+    ``min(correct, K)``. That is certain wherever plain decoding had no near-tie (there the
+    batched argmax must equal it), and every prompt without one in the whole output is held
+    to it; at least one such prompt exists."""
+    expect = K if correct is None else min(correct, K)
+    held = 0
     for ids, ref in refs:
         oracle = SequenceOracle(ids + ref.tokens, rt.tokenizer.vocab_size, correct)
-
         serve_proposer(monkeypatch, "seq-oracle", lambda runtime, o=oracle: o)
         rt._sessions.clear()
         res = rt.generate(
@@ -92,17 +131,33 @@ def test_oracle_acceptance_levels(rt, refs, monkeypatch, correct):
             max_new_tokens=N,
             ignore_eos=True,
             strategy="speculative",
-            config=SpecConfig(proposers=("seq-oracle",), k=4),
+            config=SpecConfig(proposers=("seq-oracle",), k=K),
         )
-        if check(res.token_ids, ref):
-            hist = res.stats.accept_hist
-            expect = 4 if correct is None else min(correct, 4)
-            assert max(hist) == expect
+        divergences(rt, ids, res.token_ids, bound)
+        if near_tie_in(ref, bound, N):
+            continue
+        held += 1
+        assert res.token_ids == ref.tokens  # no near-tie: exact
+        hist = res.stats.accept_hist
+        # the last step may be cut by the token budget; every other one accepts `expect`
+        assert max(hist) == expect and sum(hist.values()) - hist.get(expect, 0) <= 1, hist
+    assert held >= 1, "every prompt had a near-tie: choose prompts that test acceptance"
 
 
-def test_tree_commit_keeps_cache_consistent(rt, refs):
-    """After tree steps, continuing plainly from the committed sequence matches a fresh
-    forward of that sequence (within batch noise): rollback under stress."""
+def test_tree_commit_keeps_cache_consistent(rt, refs, bound, monkeypatch):
+    """After tree steps, the cache the generation left behind (not a fresh one) scores the
+    next token like a fresh forward of the same sequence, up to a near-tie: tree commits
+    under stress keep the right positions."""
+    from edgespec.speculative import session as spec_session
+
+    monkeypatch.setattr(spec_session, "TREE_OVERHEAD_LIMIT", float("inf"))
+    commits = []
+    real_commit = rt.target.commit_tree_path
+    monkeypatch.setattr(
+        rt.target,
+        "commit_tree_path",
+        lambda base, path: (commits.append(path), real_commit(base, path)),
+    )
     ids, _ = refs[0]
     rt._sessions.clear()
     res = rt.generate(
@@ -110,12 +165,59 @@ def test_tree_commit_keeps_cache_consistent(rt, refs):
         max_new_tokens=N,
         ignore_eos=True,
         strategy="speculative",
-        config=SpecConfig(proposers=("recycle",), k=6),
+        config=SpecConfig(proposers=("tree",), k=6),
     )
+    rt._sessions.clear()
+    assert any(len(p) > 1 for p in commits), "no tree step kept a drafted node"
     seq = ids + res.token_ids
+    # the cache holds the committed tokens but the last (pending) one, maybe more from the
+    # last step; cut it (a rollback, tested exact elsewhere) at the end of the output
+    assert rt.target.n_past >= len(seq) - 1
+    rt.target.truncate(len(seq) - 1)
+    b = rt.target.forward([seq[-1]], all_logits=False)[-1]
     fresh = edgespec.load(str(rt.source.path), backend="llamacpp", n_ctx=512, progress=False)
     a = fresh.target.forward(seq, all_logits=False)[-1]
     fresh.close()
-    rt.target.reset()
-    b = rt.target.forward(seq, all_logits=False)[-1]
-    assert int(np.argmax(a)) == int(np.argmax(b))
+    top, second = np.argsort(-a, kind="stable")[:2]
+    gap_change = abs(float(a[top] - a[second]) - float(b[top] - b[second]))
+    assert gap_change <= bound, f"top-2 gap moved by {gap_change:.3f} (bound {bound:.3f})"
+    if int(np.argmax(b)) != int(top):
+        assert float(a[top] - a[int(np.argmax(b))]) <= bound
+
+
+class RunnerUpWithinTwo(GreedyVerifier):
+    """A broken greedy verifier: takes the second-best token whenever the top two logits
+    are within 2.0 (the old hard-coded ``BATCH_NOISE``) of each other."""
+
+    name: ClassVar[str] = "greedy"
+
+    def verify(self, draft, target_logits, params, rng):
+        rows = np.array(target_logits, dtype=np.float64, copy=True)
+        for row in rows:
+            a, b = np.argsort(-row, kind="stable")[:2]
+            if row[a] - row[b] < 2.0:
+                row[b] = row[a] + 1.0
+        return super().verify(draft, rows, params, rng)
+
+
+def test_runner_up_verifier_is_caught_by_the_measured_bound(rt, refs, bound, monkeypatch):
+    """The failure mode the old constant hid: with a bound of 2.0 every divergence of this
+    broken verifier counted as a near-tie; the measured bound flags it."""
+    monkeypatch.setitem(VERIFIERS._loaded, "greedy", RunnerUpWithinTwo)
+    hidden = 0
+    for ids, ref in refs:
+        rt._sessions.clear()
+        res = rt.generate(
+            ids,
+            max_new_tokens=N,
+            ignore_eos=True,
+            strategy="speculative",
+            config=SpecConfig(proposers=("ngram",), k=K),
+        )
+        c = losslessness.check(res.token_ids, ref, bound)
+        old = losslessness.check(res.token_ids, ref, 2.0)
+        assert c.index is not None, "the runner-up verifier never diverged: pick other prompts"
+        assert not c.near_tie, f"the measured bound let a runner-up pass (gap {c.gap:.3f})"
+        hidden += old.near_tie
+    rt._sessions.clear()
+    assert hidden >= 1, "the old constant 2.0 would have hidden none of them"

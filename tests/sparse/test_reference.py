@@ -83,3 +83,23 @@ def test_block_rows_and_registry() -> None:
     assert KERNELS.get("dense_ffn:numpy") is dense_ffn
     with pytest.raises(ValueError, match="unknown activation"):
         dense_ffn(np.ones((1, 2)), None, np.ones((2, 2)), np.ones((2, 2)), act="tanh")
+
+
+@pytest.mark.parametrize("n_runs", [3, 80])
+def test_runs_and_gather_paths_agree(n_runs: int) -> None:
+    """Whole-block rows (sliced in place) and scattered rows (gathered) give the dense
+    masked FFN; both paths of sparse_ffn are exercised."""
+    from edgespec.kernels.reference import MAX_RUNS, row_runs
+
+    rng = np.random.default_rng(n_runs)
+    F = 400
+    x, gate, up, down = _ffn(rng, 4, 16, F, True)
+    starts = np.sort(rng.choice(F // 4, n_runs, replace=False)) * 4
+    rows = np.unique(np.concatenate([np.arange(s, s + 2) for s in starts]))
+    assert (len(row_runs(rows)) > MAX_RUNS) == (n_runs > MAX_RUNS)
+    keep = np.zeros(F, dtype=bool)
+    keep[rows] = True
+    ref = dense_ffn(x, gate, up, down, scale=np.broadcast_to(keep, (4, F)).astype(float))
+    y = sparse_ffn(x, rows, gate, up, down)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=ATOL)
+    assert row_runs(np.array([0, 1, 2, 6, 7])) == [(0, 3), (6, 8)]

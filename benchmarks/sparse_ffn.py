@@ -1,0 +1,198 @@
+"""Chunk-sparse FFN in NumPy: kernel time against dense and the verify cost curve c(T)/c(1).
+
+Two tables, measured side by side in one process (repetitions interleaved, medians):
+
+1. **FFN kernel.** ``sparse_ffn`` (gathered rows of up, columns of down) against
+   ``dense_ffn`` of the same weights, for token-level sparsity s and chunk size T, with
+   tokens routed independently (each block active with probability 1 - s, so the chunk's
+   union holds about 1 - s^T of the blocks). "ideal" is dense time x the union's active
+   fraction; "vs ideal" = sparse / ideal (1.0 = perfect scaling).
+2. **Verify cost curve of a BlockFFN model.** A random BlockFFN model in the authors' format
+   (router offsets fitted to ``--sparsity``), a forward of T tokens after a context, in
+   sparse mode (union of the chunk's active blocks) and dense mode (all blocks). Reported:
+   c(T) in ms, c(T)/c(1) for each, the chunk union's active fraction, and the flatness
+   ratio (dense c(T)/c(1)) / (sparse c(T)/c(1)) (>1: sparse is flatter).
+
+    python benchmarks/sparse_ffn.py --threads 1 --out docs/results/sparse_ffn.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+
+def _median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time (ms) of each callable, repetitions interleaved."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def kernel_table(
+    d: int, n_blocks: int, block: int, repeats: int, rng: np.random.Generator
+) -> list[str]:
+    from edgespec.kernels import KERNELS
+    from edgespec.kernels.reference import block_rows
+
+    sparse, dense = KERNELS.get("sparse_ffn:numpy"), KERNELS.get("dense_ffn:numpy")
+    F = n_blocks * block
+    up = rng.normal(size=(F, d)).astype(np.float32) * d**-0.5
+    down_t = rng.normal(size=(F, d)).astype(np.float32) * F**-0.5
+    rows_out = [
+        "| s | T | union active | dense ms | sparse ms | sparse/dense | ideal ms | vs ideal |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in (0.5, 0.7, 0.9):
+        for T in (1, 2, 4, 8):
+            x = rng.normal(size=(T, d)).astype(np.float32)
+            # several routings per cell, so the union fraction is an average, not one draw
+            draws = [rng.random((T, n_blocks)) >= s for _ in range(8)]
+            d_ms, s_ms, fracs = [], [], []
+            for active in draws:
+                r = (active * rng.random((T, n_blocks))).astype(np.float32)
+                union = np.flatnonzero(active.any(axis=0))
+                rows = block_rows(union, block)
+                scale_full = np.repeat(r, block, axis=1)
+                scale = np.repeat(r[:, union], block, axis=1)
+                m = _median_ms(
+                    {
+                        "dense": partial(dense, x, None, up, down_t.T, scale=scale_full),
+                        "sparse": partial(sparse, x, rows, None, up, down_t.T, scale=scale),
+                    },
+                    repeats,
+                )
+                d_ms.append(m["dense"])
+                s_ms.append(m["sparse"])
+                fracs.append(union.size / n_blocks)
+            dm, sm, fr = statistics.median(d_ms), statistics.median(s_ms), float(np.mean(fracs))
+            ideal = dm * fr
+            rows_out.append(
+                f"| {s:.1f} | {T} | {fr:.2f} | {dm:.3f} | {sm:.3f} | {sm / dm:.2f} | "
+                f"{ideal:.3f} | {sm / ideal:.2f} |"
+            )
+    return rows_out
+
+
+def curve_table(args: argparse.Namespace, rng: np.random.Generator) -> list[str]:
+    from edgespec.sparse.blockffn import load_blockffn
+    from edgespec.sparse.tiny import make_tiny_blockffn
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_tiny_blockffn(
+            Path(tmp) / "m",
+            target_sparsity=args.sparsity,
+            seed=args.seed,
+            hidden_size=args.d,
+            num_experts=args.experts,
+            expert_size=args.expert_size,
+            num_hidden_layers=args.layers,
+            num_attention_heads=args.d // 64,
+            num_key_value_heads=args.d // 64,
+            vocab_size=args.vocab,
+        )
+        n_ctx = args.context + 16
+        sparse = load_blockffn(folder, n_ctx=n_ctx)
+        dense = load_blockffn(folder, n_ctx=n_ctx)
+    dense.ffn_mode = "dense"
+    ctx = rng.integers(0, args.vocab, args.context)
+    for m in (sparse, dense):
+        m.forward(ctx)
+    sizes = list(range(1, args.max_chunk + 1))
+    times: dict[tuple[str, int], list[float]] = {}
+    for rep in range(args.repeats):
+        for T in sizes:
+            chunk = rng.integers(0, args.vocab, T)  # new tokens each repetition
+            for name, m in (("sparse", sparse), ("dense", dense)):
+                t0 = time.perf_counter()
+                m.forward(chunk)
+                times.setdefault((name, T), []).append((time.perf_counter() - t0) * 1e3)
+                m.truncate(args.context)
+        if rep == 0:
+            sparse.sparsity.reset()  # first pass warms caches; count sparsity from the rest
+    stats = sparse.sparsity.to_dict()["by_chunk"]
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out = [
+        "| T | chunk union active | sparse ms | dense ms | sparse c(T)/c(1) | "
+        "dense c(T)/c(1) | flatness (dense/sparse ratio) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for T in sizes:
+        rs = med[("sparse", T)] / med[("sparse", 1)]
+        rd = med[("dense", T)] / med[("dense", 1)]
+        active = 1.0 - stats[str(T)]["chunk_sparsity"]
+        out.append(
+            f"| {T} | {active:.2f} | {med[('sparse', T)]:.3f} | {med[('dense', T)]:.3f} | "
+            f"{rs:.2f} | {rd:.2f} | {rd / rs:.2f} |"
+        )
+    tls = stats["1"]["token_sparsity"]
+    out.append("")
+    out.append(f"Token-level block sparsity measured during the run: {tls:.3f}.")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--d", type=int, default=768, help="model width (BlockFFN Small: 768)")
+    ap.add_argument("--experts", type=int, default=48, help="blocks per layer (Small: 48)")
+    ap.add_argument("--expert-size", type=int, default=64, help="neurons per block (Small: 64)")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--sparsity", type=float, default=0.8, help="token-level target")
+    ap.add_argument("--context", type=int, default=64, help="tokens cached before each chunk")
+    ap.add_argument("--max-chunk", type=int, default=9, help="largest T (k+1 of a verify)")
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=1, help="BLAS threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, help="write the tables as Markdown here too")
+    args = ap.parse_args(argv)
+
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(args.seed)
+    lines = [
+        f"Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`",
+        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
+        f"NumPy {np.__version__}, {args.threads} BLAS thread(s)",
+        "",
+    ]
+    with threadpool_limits(limits=args.threads, user_api="blas"):
+        F = args.experts * args.expert_size
+        lines += [
+            f"### FFN kernel, d={args.d}, F={F} ({args.experts} blocks of {args.expert_size}), "
+            "float32, independent routing",
+            "",
+            *kernel_table(args.d, args.experts, args.expert_size, args.repeats, rng),
+            "",
+            f"### Verify cost curve, random BlockFFN model (d={args.d}, {args.layers} layers, "
+            f"{args.experts}x{args.expert_size} FFN blocks, vocab {args.vocab}), target "
+            f"token sparsity {args.sparsity}, context {args.context}",
+            "",
+            *curve_table(args, rng),
+        ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        from edgespec.fileutil import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

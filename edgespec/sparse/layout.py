@@ -1,0 +1,122 @@
+"""The sparsity layout in a bundle: ``calibration.sparsity`` of ``edgespec.json`` plus its file.
+
+``edgespec sparsify --out DIR`` writes::
+
+    DIR/edgespec.json                         format_version 1; calibration.sparsity = {
+                                                method, lossy: true, target_sparsity,
+                                                layout: {granularity, n_layers, n_ff},
+                                                model: {name, sha256}, quality, files: [...]}
+    DIR/sparsity/neuron-thresholds.json       {"thresholds": [t_0, ..., t_{L-1}]}
+
+into a new folder (built under a temporary name and renamed), or into an existing bundle
+(the file and the manifest each replaced atomically). Every file is listed with its sha256
+and size; :func:`read_sparsity` checks them and that the layout fits the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgespec.errors import ChecksumError, EdgespecError, ModelLoadError
+from edgespec.sparse.neuron import METHOD, NeuronThresholds
+
+MANIFEST = "edgespec.json"
+THRESHOLDS = "sparsity/neuron-thresholds.json"
+
+
+def _entry(root: Path, rel: str) -> dict[str, Any]:
+    from edgespec.fileutil import sha256_file
+
+    p = root / rel
+    return {"path": rel, "sha256": sha256_file(p), "size": p.stat().st_size}
+
+
+def sparsity_entry(
+    th: NeuronThresholds, *, n_layers: int, model: dict[str, str], quality: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``calibration.sparsity`` manifest entry, without ``files``."""
+    return {
+        "method": METHOD,
+        "lossy": True,
+        "target_sparsity": th.target_sparsity,
+        "layout": {"granularity": "neuron", "n_layers": n_layers, "n_ff": th.n_ff},
+        "model": model,
+        "quality": quality,
+    }
+
+
+def write_sparsity(out: Path, th: NeuronThresholds, entry: dict[str, Any]) -> Path:
+    """Write the thresholds and the manifest entry into ``out`` (new folder or a bundle).
+
+    Raises:
+        EdgespecError: ``out`` exists and is neither an edgespec bundle nor empty.
+    """
+    from edgespec.fileutil import atomic_dir, atomic_path
+
+    body = json.dumps({"thresholds": [float(t) for t in th.thresholds]}, indent=1) + "\n"
+    out = Path(out)
+    if (out / MANIFEST).is_file():
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        with atomic_path(out / THRESHOLDS) as tmp:
+            tmp.write_text(body, encoding="utf-8")
+        manifest.setdefault("calibration", {})["sparsity"] = {
+            **entry,
+            "files": [_entry(out, THRESHOLDS)],
+        }
+        with atomic_path(out / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        return out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EdgespecError(
+            f"--out '{out}' exists and is not an edgespec bundle; pass a new folder or a bundle"
+        )
+    with atomic_dir(out) as tmp:
+        (tmp / THRESHOLDS).parent.mkdir(parents=True)
+        (tmp / THRESHOLDS).write_text(body, encoding="utf-8")
+        manifest = {
+            "format_version": 1,
+            "roles": {},
+            "calibration": {"sparsity": {**entry, "files": [_entry(tmp, THRESHOLDS)]}},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def read_sparsity(folder: Path, *, n_layers: int, n_ff: int) -> NeuronThresholds:
+    """The thresholds of a bundle, checked against its checksums and the model's shape.
+
+    Raises:
+        ModelLoadError: no sparsity entry; ChecksumError: a changed file; EdgespecError: a
+            layout for another shape of model (one line each).
+    """
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        entry = manifest["calibration"]["sparsity"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ModelLoadError(
+            f"'{folder}' holds no sparsity layout; make one with edgespec sparsify"
+        ) from None
+    from edgespec.fileutil import sha256_file
+
+    for f in entry.get("files", []):
+        p = folder / f["path"]
+        if not p.is_file() or sha256_file(p) != f["sha256"]:
+            raise ChecksumError(
+                f"bundle '{folder}': {f['path']} is missing or changed; rerun edgespec sparsify"
+            )
+    lay = entry.get("layout", {})
+    if (lay.get("n_layers"), lay.get("n_ff")) != (n_layers, n_ff):
+        raise EdgespecError(
+            f"bundle '{folder}': the sparsity layout is for {lay.get('n_layers')} layers x "
+            f"{lay.get('n_ff')} neurons, the model has {n_layers} x {n_ff}; "
+            "sparsify this model again"
+        )
+    t = json.loads((folder / THRESHOLDS).read_text(encoding="utf-8"))["thresholds"]
+    if len(t) != n_layers:
+        raise EdgespecError(f"bundle '{folder}': {len(t)} thresholds for {n_layers} layers")
+    return NeuronThresholds(np.asarray(t, dtype=np.float32), n_ff, entry["target_sparsity"])
