@@ -283,6 +283,12 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             vocab=rt.tokenizer.vocab_size,
             progress=not a.quiet,
         )
+        from edgespec import losslessness as ll
+
+        n_pos = ll.CALIBRATE_POSITIONS
+        bound = ll.calibrate_near_tie_bound(
+            rt.target, rt.tokenizer, max_k=a.max_k, positions=n_pos, progress=not a.quiet
+        )
         variant = str(rt.target.info.extra.get("variant", ""))
         key = cost_curves.curve_key(rt.backend, rt.source.digest(), a.threads, variant)
         entry = {
@@ -293,6 +299,8 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             "spin": not a.no_spin,
             "context": a.context,
             "reps": a.reps,
+            "near_tie_bound": bound,
+            "near_tie_positions": n_pos,
         }
         path = cost_curves.save_curve(key, entry)
     if a.json:
@@ -305,6 +313,10 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         if n:
             print(f"{n:>4} {sec * 1000:>9.2f} {sec / curve[1]:>12.2f}")
     print(f"switch penalty (one-token forward after another size): {curve.get(0, 0) * 1000:.2f} ms")
+    print(
+        f"near-tie bound: {bound:.4g} logits (largest top-2 gap change, batched vs one-token, "
+        f"{n_pos} positions)"
+    )
     return 0
 
 
