@@ -29,7 +29,7 @@ import contextlib
 import copy
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -576,6 +576,10 @@ class NumpyModel(Model):
             return self._forward(ids, all_logits)
 
     supports_tree = True
+    #: None, or ``hook(layer, act(gate) [T, F], up [T, F]) -> [T, F]``: the input of
+    #: down_proj (default ``act(gate) * up``). Training-free neuron sparsity
+    #: (:mod:`edgespec.sparse.neuron`) records activations and masks neurons through it.
+    ffn_hook: Callable[[int, np.ndarray, np.ndarray], np.ndarray] | None = None
 
     def forward_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
         """Score a token tree in one pass (tree attention); see :meth:`Model.forward_tree`.
@@ -745,7 +749,8 @@ class NumpyModel(Model):
         gu = h @ L.w_gate_up
         F = hp.n_ff
         act = _silu(gu[:, :F]) if hp.act == "silu" else _gelu_tanh(gu[:, :F])
-        m = (act * gu[:, F:]) @ L.w_down
+        a = act * gu[:, F:] if self.ffn_hook is None else self.ffn_hook(li, act, gu[:, F:])
+        m = a @ L.w_down
         if L.post_ffn_norm is not None:
             m = _rms_norm(m, L.post_ffn_norm, eps)
         return x + m
