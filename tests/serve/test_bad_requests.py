@@ -140,7 +140,7 @@ def test_full_queue_is_429_and_the_server_keeps_serving(make_client):
         results: list[str] = []
 
         def slow() -> None:
-            r = c.completions.create(model="fake-model", prompt="ab", max_tokens=40)
+            r = c.completions.create(model="fake-model", prompt="ab", max_tokens=80)  # 1.6 s
             results.append(r.choices[0].finish_reason)
 
         threads = [threading.Thread(target=slow) for _ in range(2)]
