@@ -57,6 +57,7 @@ class SpecSession:
 
     @classmethod
     def build(cls, runtime: Runtime, config: SpecConfig, *, allow_plain: bool) -> SpecSession:
+        assert config.proposers is not None, "the strategy's prepare() names the proposers"
         proposers = {n: PROPOSERS.get(n).create(runtime, config) for n in config.proposers}
         key = cost_curves.curve_key(
             runtime.backend,
@@ -97,7 +98,9 @@ class SpecSession:
         tree_ok = config.tree and runtime.target.supports_tree
         tree_overhead = None
         if tree_ok:
-            tree_overhead = cost_curves.measure_tree_overhead(runtime.target, min(config.max_k + 1, 9))
+            tree_overhead = cost_curves.measure_tree_overhead(
+                runtime.target, min(config.max_k + 1, 9)
+            )
             tree_ok = tree_overhead <= TREE_OVERHEAD_LIMIT
         return cls(config, proposers, controller, tree_ok, source, tree_overhead, probe_s)
 
