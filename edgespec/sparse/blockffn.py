@@ -541,6 +541,7 @@ class BlockFFNModel(Model):
         cos, sin = self._cos[p0 : p0 + T], self._sin[p0 : p0 + T]
         if cfg.attention_type == "mla":
             nope, rope = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim
+            assert a.q_a_norm is not None and a.kv_a_norm is not None
             qa = _affine(h, a.q_a, a.q_a_b)
             q = (rms_norm(qa, a.q_a_norm, _MLA_NORM_EPS) @ a.q_b).reshape(T, H, dk)
             ckv = _affine(h, a.kv_a, a.kv_a_b)

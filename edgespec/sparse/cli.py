@@ -70,7 +70,7 @@ def sparsify(
     from edgespec.runtime import load
 
     with load(model, backend="numpy", n_ctx=512, n_threads=1, progress=progress) as rt:
-        m = rt.target
+        m: Any = rt.target  # a NumpyModel (backend="numpy")
         ids = rt.tokenizer.encode(text)[: 2 * max_tokens]
         if held_text is None:
             half = len(ids) // 2

@@ -181,8 +181,8 @@ def measure_quality(
             model.ffn_hook = th.hook(rec)
             model.reset()
             sparse = model.forward(x)
-            for li, on in enumerate(rec):
-                per_layer[li % L].append(on)
+            for li, mask in enumerate(rec):
+                per_layer[li % L].append(mask)
             agree += int((dense.argmax(-1) == sparse.argmax(-1)).sum())
             n += len(y)
             nll_d.append(_nll(dense, y))

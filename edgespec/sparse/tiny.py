@@ -157,7 +157,7 @@ def _fit_offsets(
         m = BlockFFNModel(cfg, w, info, len(tokens), np.float64)
         m.ffn_mode = "dense"
         m.trace = []
-        m.forward(tokens)
+        m.forward(tokens.tolist())
         _, h, z = next(x for x in m.trace if x[0] == li)
         h0 = float(np.mean(h[:, 0]))
         shift = np.quantile(z, target, axis=0)  # [E]: z - shift > 0 for 1 - target of tokens
