@@ -23,7 +23,7 @@ the reduction inside) and :func:`schedule_gpu` (one work item per output feature
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from tvm.ir import IRModule
     from tvm.target import Target
     from tvm.tirx import PrimFunc
+
+    from edgespec.kernels.tuning import Scheduler
 
 #: weights per GGUF block for every format here
 BLOCK = 32
@@ -152,8 +154,15 @@ def _tvm() -> Any:
     return tvm
 
 
+def qmatmul_key(fmt: QFormat, m_rows: int, n: int, k: int) -> str:
+    """The kernel-and-shape key of tuning records: ``qmatmul-Q4_1-m4-n1536-k576``."""
+    return f"{FUNC_NAME}-{fmt.name}-m{m_rows}-n{n}-k{k}"
+
+
 def qmatmul_func(fmt: QFormat, m_rows: int, n: int, k: int) -> PrimFunc:
-    """The TensorIR function ``qmatmul(x, qs, d[, m], y)`` for one shape, unscheduled.
+    """The TensorIR function ``qmatmul(x, qs, d[, m], y)`` for one shape, unscheduled but for
+    the dequantization, which is inlined into the reduction block ``y`` (so MetaSchedule and
+    the hand schedules start from one block that reads the codes).
 
     Args:
         fmt: the block format.
@@ -162,7 +171,7 @@ def qmatmul_func(fmt: QFormat, m_rows: int, n: int, k: int) -> PrimFunc:
         k: K, input features (a multiple of 32).
     """
     _tvm()
-    from tvm import te, tirx
+    from tvm import s_tir, te, tirx
 
     if k % BLOCK:
         raise EdgespecError(f"K must be a multiple of {BLOCK} for GGUF blocks; got {k}")
@@ -189,16 +198,18 @@ def qmatmul_func(fmt: QFormat, m_rows: int, n: int, k: int) -> PrimFunc:
     r = te.reduce_axis((0, k), name="k")
     y = te.compute((m_rows, n), lambda i, j: te.sum(x[i, r] * w[j, r], axis=r), name="y")
     args = [x, qs, d] + ([mins] if mins is not None else []) + [y]
-    return te.create_prim_func(args).with_attr("global_symbol", FUNC_NAME)
+    func = te.create_prim_func(args).with_attr("global_symbol", FUNC_NAME)
+    sch = s_tir.Schedule(func)
+    sch.compute_inline(sch.get_sblock("w"))
+    return sch.mod["main"]
 
 
 def schedule_cpu(func: PrimFunc, tile: int = 16) -> IRModule:
-    """The untuned CPU schedule: dequantization inlined, ``tile`` outputs per parallel task,
+    """The untuned CPU schedule: ``tile`` outputs per parallel task,
     the K loop outside the M rows so each weight is decoded once for all rows."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
-    sch.compute_inline(sch.get_sblock("w"))
     blk = sch.get_sblock("y")
     i, j, r = sch.get_loops(blk)
     jo, ji = sch.split(j, [None, tile])
@@ -216,7 +227,6 @@ def schedule_gpu(func: PrimFunc, threads: int = 64) -> IRModule:
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
-    sch.compute_inline(sch.get_sblock("w"))
     blk = sch.get_sblock("y")
     i, j, r = sch.get_loops(blk)
     bx, tx = sch.split(j, [None, threads])
@@ -234,8 +244,9 @@ def bucket_for(m_rows: int, buckets: Sequence[int] = BUCKETS) -> int:
     raise EdgespecError(f"{m_rows} rows exceed the largest kernel bucket ({max(buckets)})")
 
 
-#: (func, target) -> a scheduled module; the default is :func:`schedule_cpu`
-Scheduler = Callable[["PrimFunc", "Target"], "IRModule"]
+def cpu_scheduler(func: PrimFunc, target: Target, key: str) -> IRModule:
+    """The untuned :data:`Scheduler`: :func:`schedule_cpu` for every key."""
+    return schedule_cpu(func)
 
 
 class QMatmul:
@@ -244,8 +255,8 @@ class QMatmul:
     Args:
         weight: the tensor's operands.
         target: a ``tvm.target.Target`` (default :func:`edgespec.kernels.tuning.host_target`).
-        scheduler: makes the scheduled module of each bucket's function (default: tuned
-            records when given by the caller, else :func:`schedule_cpu`).
+        scheduler: makes the scheduled module of each bucket's function (default
+            :func:`cpu_scheduler`; tuned: ``tuning.tuned_scheduler(cpu_scheduler)``).
         buckets: the row counts compiled (lazily, on first use).
     """
 
@@ -262,7 +273,7 @@ class QMatmul:
 
         self.weight = weight
         self.target = target if target is not None else host_target()
-        self.scheduler: Scheduler = scheduler or (lambda f, _t: schedule_cpu(f))
+        self.scheduler: Scheduler = scheduler or cpu_scheduler
         self.buckets = tuple(sorted(buckets))
         self.device = tvm.cpu(0)
         self._ops = [tvm.runtime.tensor(a, self.device) for a in weight.operands()]
@@ -274,7 +285,9 @@ class QMatmul:
         if fn is None:
             tvm = _tvm()
             n, k = self.weight.shape
-            mod = self.scheduler(qmatmul_func(self.weight.fmt, bucket, n, k), self.target)
+            fmt = self.weight.fmt
+            key = qmatmul_key(fmt, bucket, n, k)
+            mod = self.scheduler(qmatmul_func(fmt, bucket, n, k), self.target, key)
             fn = tvm.compile(mod, target=self.target)[FUNC_NAME]
             self._built[bucket] = fn
         return fn

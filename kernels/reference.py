@@ -175,3 +175,19 @@ def qmatmul(x: np.ndarray, raw: np.ndarray, qtype: str) -> np.ndarray:
 
     w = quants.dequantize(raw, GGMLQuantizationType[qtype]).astype(np.float64)
     return np.asarray(x, dtype=np.float64) @ w.T
+
+
+def qmatmul_bound(x: np.ndarray, raw: np.ndarray, qtype: str) -> np.ndarray:
+    """The float32 error bound every :func:`qmatmul` implementation must meet, ``float64[M, N]``.
+
+    A float32 sum of K products is within ``gamma_K * (|x| @ |W|^T)`` of the exact result,
+    ``gamma_K = K u / (1 - K u)``, ``u = 2^-24`` (Higham, *Accuracy and Stability of Numerical
+    Algorithms*, eq. 3.5). One more ``u`` covers the affine ``d*q + m`` of Q4_1/Q4_K (``d*q``
+    itself is exact: an 11-bit float16 mantissa times a code of at most 8 bits).
+    """
+    from gguf import GGMLQuantizationType, quants
+
+    w = np.abs(quants.dequantize(raw, GGMLQuantizationType[qtype]).astype(np.float64))
+    k = np.asarray(x).shape[1] + 1
+    u = 2.0**-24
+    return k * u / (1 - k * u) * (np.abs(np.asarray(x, dtype=np.float64)) @ w.T)

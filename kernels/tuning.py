@@ -1,13 +1,54 @@
-"""TVM targets for this device, and MetaSchedule tuning of the kernels (records cached per
-device under ``$EDGESPEC_HOME/tvm/<device fingerprint>/``)."""
+"""TVM targets for this device, and MetaSchedule tuning of the kernels, cached per device.
+
+A tuned schedule is stored as one JSON record per kernel and shape::
+
+    $EDGESPEC_HOME/tvm/<device fingerprint>/<kernel key>.json
+    {"format": 1, "key": "qmatmul-Q4_1-m4-n1536-k576", "device": <fingerprint>,
+     "device_description": ..., "target": ..., "tvm_version": ..., "trials": 16,
+     "tuning_seconds": 61.2, "best_us": 143.0, "trace": <MetaSchedule trace JSON>}
+
+(the fingerprint is :func:`edgespec.speculative.cost_curves.device_fingerprint`). Loading is
+forgiving: a missing record means the untuned schedule; a corrupt record, one tuned on another
+device or with another TVM version, or one whose trace no longer applies prints one warning
+line and falls back to the untuned schedule.
+
+Tuning (:func:`tune`) builds and times the candidates in this process (no worker pools: on a
+loaded 2-core machine MetaSchedule's subprocess builder hit its 30 s timeout on every
+candidate). The cost model is XGBoost when ``xgboost`` is installed, else random (with the
+replay-trace search, which then samples the design space at random), as noted in the record.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
-from typing import TYPE_CHECKING
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from edgespec.errors import EdgespecError
+from edgespec.fileutil import atomic_path
+from edgespec.home import edgespec_home
+from edgespec.speculative.cost_curves import device_description, device_fingerprint
 
 if TYPE_CHECKING:
+    from tvm.ir import IRModule
     from tvm.target import Target
+    from tvm.tirx import PrimFunc
+
+#: bump when the record layout changes
+RECORD_FORMAT = 1
+#: the MetaSchedule loggers, kept off the console while tuning (the progress bar says enough)
+_MS_LOGGER = "tvm.s_tir.meta_schedule"
 
 
 def host_cpu() -> str:
@@ -27,3 +68,342 @@ def host_target(num_cores: int | None = None) -> Target:
 
     cores = num_cores or os.cpu_count() or 1
     return Target({"kind": "llvm", "mcpu": host_cpu(), "num-cores": cores})
+
+
+def records_dir() -> Path:
+    """``$EDGESPEC_HOME/tvm/<device fingerprint>/``: this device's tuning records."""
+    return edgespec_home() / "tvm" / device_fingerprint()
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (``edgespec: warning: ...``)."""
+    print(f"edgespec: warning: {' '.join(message.split())}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class TuningRecord:
+    """The best schedule MetaSchedule found for one kernel shape on one device.
+
+    Attributes:
+        key: the kernel and shape (``qmatmul-Q4_1-m4-n1536-k576``).
+        device: the device fingerprint it was tuned on.
+        device_description: CPU model, cores, machine, OS (for people).
+        target: the TVM target, as its string.
+        tvm_version: ``tvm.__version__`` at tuning time.
+        trials: the trial budget.
+        tuning_seconds: wall time of the tuning run.
+        best_us: median run time of the best candidate, microseconds.
+        untuned_us: median run time of the untuned schedule, timed right after the search
+            the same way; :func:`tuned_scheduler` keeps the untuned schedule when it is the
+            faster one (a small trial budget may find nothing better).
+        cost_model: "xgb" or "random".
+        trace: the schedule's MetaSchedule trace (``Trace.as_json``), replayed by
+            :func:`apply_record` onto the unscheduled function.
+    """
+
+    key: str
+    device: str
+    device_description: str
+    target: str
+    tvm_version: str
+    trials: int
+    tuning_seconds: float
+    best_us: float
+    untuned_us: float
+    cost_model: str
+    trace: Any
+
+    def save(self, path: Path) -> None:
+        """Write the record atomically."""
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"format": RECORD_FORMAT, **asdict(self)}, indent=1))
+
+    @classmethod
+    def read(cls, path: Path) -> TuningRecord:
+        """Parse a record; raises :class:`EdgespecError` naming what is wrong."""
+        try:
+            data = json.loads(path.read_text())
+            if data.pop("format") != RECORD_FORMAT:
+                raise ValueError("unknown record format")
+            return cls(**data)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            raise EdgespecError(f"corrupt tuning record {path} ({e})") from e
+
+
+def _tvm_version() -> str:
+    import tvm
+
+    return str(tvm.__version__)
+
+
+def load_record(path: Path) -> TuningRecord | None:
+    """The record at ``path`` if it is usable on this device, else None.
+
+    Missing: None, silently (untuned). Corrupt, another device, another TVM version: one
+    warning line, then None.
+    """
+    if not path.exists():
+        return None
+    try:
+        record = TuningRecord.read(path)
+    except EdgespecError as e:
+        warn(f"{e}; using the untuned schedule (delete it or tune again)")
+        return None
+    if record.device != device_fingerprint():
+        warn(
+            f"tuning record {path.name} was tuned on another device ({record.device_description});"
+            f" using the untuned schedule here (tune on this device to get a tuned one)"
+        )
+        return None
+    if record.tvm_version != _tvm_version():
+        warn(
+            f"tuning record {path.name} was made with TVM {record.tvm_version}, this is "
+            f"{_tvm_version()}; using the untuned schedule (tune again)"
+        )
+        return None
+    return record
+
+
+def apply_record(func: PrimFunc, record: TuningRecord) -> IRModule:
+    """Replay ``record``'s trace on ``func``; raises :class:`EdgespecError` if it fails."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    try:
+        s_tir.schedule.Trace.apply_json_to_schedule(record.trace, sch)
+    except Exception as e:  # TVM raises its own error types for a trace that does not apply
+        raise EdgespecError(
+            f"tuning record {record.key} does not apply to this kernel ({type(e).__name__})"
+        ) from e
+    return sch.mod
+
+
+#: (unscheduled func, target, kernel key) -> scheduled module
+Scheduler = Callable[["PrimFunc", "Target", str], "IRModule"]
+
+
+def tuned_scheduler(fallback: Scheduler, directory: Path | None = None) -> Scheduler:
+    """A scheduler that uses this device's record of each key, else ``fallback``.
+
+    Args:
+        fallback: the untuned schedule (e.g. :func:`edgespec.kernels.qmatmul.schedule_cpu`).
+        directory: where the records are (default :func:`records_dir`; a bundle's folder).
+    """
+
+    def schedule(func: PrimFunc, target: Target, key: str) -> IRModule:
+        record = load_record((directory or records_dir()) / f"{key}.json")
+        if record is not None and record.best_us < record.untuned_us:
+            try:
+                return apply_record(func, record)
+            except EdgespecError as e:
+                warn(f"{e}; using the untuned schedule")
+        return fallback(func, target, key)
+
+    return schedule
+
+
+def _has_xgboost() -> bool:
+    try:
+        import xgboost  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _quiet_meta_schedule() -> Iterator[None]:
+    """MetaSchedule prints its task tables to stdout; keep them in its log files only."""
+    logger = logging.getLogger(_MS_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _random_arg(info: Any, rng: np.random.Generator, dev: Any) -> Any:
+    """A random tensor for MetaSchedule's ``["TENSOR", dtype, shape]`` argument info."""
+    import tvm
+
+    _, dtype, shape = info
+    shape, dtype = tuple(int(s) for s in shape), str(dtype)
+    if "float" in dtype:
+        data = rng.standard_normal(shape).astype(dtype)
+    else:
+        data = rng.integers(-8, 8, shape).astype(dtype)
+    return tvm.runtime.tensor(data, dev)
+
+
+def _in_process(target: Target, number: int, repeat: int, bar: tqdm) -> tuple[Any, Any, list[Any]]:
+    """A MetaSchedule builder, runner and progress callback that work in this process."""
+    import tvm
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.measure_callback import (
+        AddToDatabase,
+        PyMeasureCallback,
+        UpdateCostModel,
+    )
+    from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerResult
+
+    built: dict[str, Any] = {}
+    rng = np.random.default_rng(0)
+
+    @derived_object
+    class Builder(PyBuilder):
+        def build(self, build_inputs: list[Any]) -> list[Any]:
+            out = []
+            for inp in build_inputs:
+                try:
+                    lib = tvm.compile(inp.mod, target=inp.target)
+                except Exception as e:  # a candidate that does not compile is a result
+                    out.append(BuilderResult(None, f"{type(e).__name__}: {e}"))
+                    continue
+                name = f"candidate-{len(built)}"
+                built[name] = lib
+                out.append(BuilderResult(name, None))
+            return out
+
+    @derived_object
+    class Done(PyRunnerFuture):
+        def __init__(self, result: Any) -> None:
+            super().__init__()
+            self.res = result
+
+        def done(self) -> bool:
+            return True
+
+        def result(self) -> Any:
+            return self.res
+
+    @derived_object
+    class Runner(PyRunner):
+        def run(self, runner_inputs: list[Any]) -> list[Any]:
+            dev = tvm.cpu(0)
+            futures = []
+            for inp in runner_inputs:
+                lib = built.pop(inp.artifact_path)
+                try:
+                    args = [_random_arg(a.as_json(), rng, dev) for a in inp.args_info]
+                    timer = lib.mod.time_evaluator(
+                        lib.mod.entry_name, dev, number=number, repeat=repeat
+                    )
+                    res = RunnerResult([float(t) for t in timer(*args).results], None)
+                except Exception as e:  # a candidate that crashes is a result
+                    res = RunnerResult(None, f"{type(e).__name__}: {e}")
+                futures.append(Done(res))
+            return futures
+
+    @derived_object
+    class Progress(PyMeasureCallback):
+        def apply(self, task_scheduler: Any, task_id: int, cands: Any, b: Any, r: Any) -> None:
+            bar.update(len(cands))
+
+    # MetaSchedule's default list also removes build folders, which in-process builds lack
+    callbacks = [AddToDatabase(), UpdateCostModel(), Progress()]
+    return Builder(), Runner(), callbacks
+
+
+def time_module(mod: IRModule, target: Target, number: int = 20, repeat: int = 3) -> float:
+    """Median seconds of one call of ``mod``'s ``main`` on random arguments (CPU)."""
+    import tvm
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    rng = np.random.default_rng(0)
+    dev = tvm.cpu(0)
+    args = [_random_arg(info.as_json(), rng, dev) for info in ArgInfo.from_prim_func(mod["main"])]
+    lib = tvm.compile(mod, target=target)
+    timer = lib.mod.time_evaluator(lib.mod.entry_name, dev, number=number, repeat=repeat)
+    return float(np.median([float(t) for t in timer(*args).results]))
+
+
+def tune(
+    func: PrimFunc,
+    key: str,
+    untuned: Scheduler,
+    *,
+    target: Target | None = None,
+    trials: int = 16,
+    directory: Path | None = None,
+    progress: bool = True,
+    number: int = 20,
+    repeat: int = 3,
+    seed: int = 0,
+) -> TuningRecord:
+    """Tune ``func`` with MetaSchedule and store the best schedule as a record.
+
+    Args:
+        func: the unscheduled kernel (e.g. :func:`edgespec.kernels.qmatmul.qmatmul_func`).
+        key: the kernel and shape; the record is ``<directory>/<key>.json``.
+        untuned: the schedule used without a record, timed against the best one found.
+        target: default :func:`host_target`.
+        trials: the trial budget (candidates built and timed).
+        directory: default :func:`records_dir`.
+        progress: show a tqdm bar of the trials.
+        number, repeat: timing of each candidate (``repeat`` medians of ``number`` runs).
+        seed: the search's random seed.
+    """
+    import tvm
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    if trials < 1:
+        raise EdgespecError(f"the trial budget must be at least 1; got {trials}")
+    target = target or host_target()
+    cost_model = "xgb" if _has_xgboost() else "random"
+    mod = tvm.IRModule({"main": func})
+    t0 = time.perf_counter()
+    with (
+        tqdm(total=trials, desc=f"tune {key}", unit="trial", disable=not progress) as bar,
+        tempfile.TemporaryDirectory(prefix="edgespec-tune-") as work,
+        _quiet_meta_schedule(),
+    ):
+        builder, runner, callbacks = _in_process(target, number, repeat, bar)
+        db = ms.tune_tir(
+            mod,
+            target,
+            work,
+            max_trials_global=trials,
+            num_trials_per_iter=min(trials, 8),
+            builder=builder,
+            runner=runner,
+            cost_model=cost_model,
+            strategy="evolutionary" if cost_model == "xgb" else "replay-trace",
+            measure_callbacks=callbacks,
+            num_tuning_cores=1,
+            seed=seed,
+        )
+        best = db.query_tuning_record(mod, target, workload_name="main")
+    if best is None or not best.run_secs:
+        raise EdgespecError(f"tuning {key} found no valid schedule in {trials} trials")
+    sch = s_tir.Schedule(func)
+    best.trace.apply_to_schedule(sch, remove_postproc=False)
+    best_s = time_module(sch.mod, target, number, repeat)
+    untuned_s = time_module(untuned(func, target, key), target, number, repeat)
+    record = TuningRecord(
+        key=key,
+        device=device_fingerprint(),
+        device_description=device_description(),
+        target=str(target),
+        tvm_version=_tvm_version(),
+        trials=trials,
+        tuning_seconds=round(time.perf_counter() - t0, 2),
+        best_us=round(best_s * 1e6, 2),
+        untuned_us=round(untuned_s * 1e6, 2),
+        cost_model=cost_model,
+        trace=json.loads(json.dumps(best.trace.as_json(remove_postproc=False), default=_jsonable)),
+    )
+    record.save((directory or records_dir()) / f"{key}.json")
+    return record
+
+
+def _jsonable(obj: Any) -> Any:
+    """TVM containers and scalars in a trace's JSON -> plain Python."""
+    if hasattr(obj, "items"):
+        return dict(obj.items())
+    if hasattr(obj, "__iter__") and not isinstance(obj, str):
+        return list(obj)
+    if hasattr(obj, "value"):
+        return obj.value
+    return str(obj)
