@@ -23,6 +23,10 @@ missing=()
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
+# OpenCL on the CPU (PoCL) with the ICD loader: the tvm backend's OpenCL (mobile-GPU) path
+# is executed on it in the tests (kernels/opencl.py)
+[[ -e /etc/OpenCL/vendors/pocl.icd ]] || missing+=(pocl-opencl-icd)
+compgen -G "/usr/lib/*/libOpenCL.so.1" >/dev/null || missing+=(ocl-icd-libopencl1)
 if ((${#missing[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         echo "installing Debian packages: ${missing[*]}"

@@ -1,0 +1,85 @@
+"""The OpenCL path executed: TVM's OpenCL C for qmatmul, launched with pyopencl (PoCL on the
+CPU here), against the NumPy reference and the llvm build.
+
+Tolerance: each build is within :func:`edgespec.kernels.reference.qmatmul_bound` of the exact
+product, so the two builds are within twice that bound of each other.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+pytest.importorskip("pyopencl")
+
+from edgespec.errors import EdgespecError  # noqa: E402
+from edgespec.kernels import KERNELS, reference  # noqa: E402
+from edgespec.kernels.opencl import OpenCLQMatmul, cl_device, generate  # noqa: E402
+from edgespec.kernels.qmatmul import FORMATS, QMatmul, QWeight  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def device() -> object:
+    try:
+        return cl_device()
+    except EdgespecError as e:
+        pytest.skip(str(e))
+
+
+def _raw(qtype: str, n: int, k: int, seed: int) -> np.ndarray:
+    fmt = FORMATS[qtype]
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (n, k // 32, fmt.type_size), dtype=np.uint8)
+    blocks[:, :, 0:2] = (
+        (rng.standard_normal((n, k // 32)) * 0.01).astype(np.float16)[..., None].view(np.uint8)
+    )
+    if fmt.affine:
+        blocks[:, :, 2:4] = (
+            (rng.standard_normal((n, k // 32)) * 0.05).astype(np.float16)[..., None].view(np.uint8)
+        )
+    return blocks.reshape(n, -1)
+
+
+@pytest.mark.parametrize("qtype", sorted(FORMATS))
+def test_opencl_matches_reference_and_llvm(device: object, qtype: str) -> None:
+    n, k = 100, 128  # N not a multiple of the 64-thread groups: the bounds check runs too
+    raw = _raw(qtype, n, k, 0)
+    weight = QWeight.from_gguf(raw, qtype)
+    ocl = OpenCLQMatmul(weight, buckets=(1, 16), device=device)
+    cpu = QMatmul(weight, buckets=(1, 16))
+    rng = np.random.default_rng(1)
+    for m_rows in (1, 9):
+        x = rng.standard_normal((m_rows, k)).astype(np.float32)
+        y_ocl, y_cpu = ocl(x), cpu(x)
+        bound = reference.qmatmul_bound(x, raw, qtype)
+        assert (np.abs(y_ocl - reference.qmatmul(x, raw, qtype)) <= bound).all()
+        assert (np.abs(y_ocl - y_cpu) <= 2 * bound).all()
+
+
+def test_generated_source_is_opencl(device: object) -> None:
+    gen = generate(QWeight.from_gguf(_raw("Q4_1", 64, 64, 2), "Q4_1"), 2)
+    assert "__kernel void" in gen.source and "get_local_id(0)" in gen.source
+    assert sorted(gen.params) == ["d", "m", "qs", "x", "y"]
+    assert (gen.global_size, gen.local_size) == (64, 64)
+    assert KERNELS.get("qmatmul:opencl") is OpenCLQMatmul
+
+
+def test_missing_icd_is_one_clear_line(tmp_path: Path) -> None:
+    """With no ICD registered (an empty vendors folder), one line names what is missing."""
+    code = (
+        "from edgespec.errors import EdgespecError\n"
+        "from edgespec.kernels.opencl import cl_device\n"
+        "try:\n    cl_device()\nexcept EdgespecError as e:\n    print(e)\n"
+    )
+    env = {**os.environ, "OCL_ICD_VENDORS": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1 and "no OpenCL device" in lines[0] and "pocl-opencl-icd" in lines[0]
