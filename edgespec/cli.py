@@ -406,6 +406,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edgespec.bench.cli",
     "edgespec.serve.cli",
     "edgespec.sparse.cli",
+    "edgespec.demo.cli",
 )
 
 
