@@ -99,6 +99,12 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         help="onnx backend: idle worker threads sleep instead of spinning (less CPU per "
         "token, slower)",
     )
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="llamacpp/onnx: plain decoding through the verification kernels, so that "
+        "speculation matches it token for token (slower one-token steps; docs/speculative.md)",
+    )
     add_runtime_args(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
@@ -223,6 +229,7 @@ def load_from_args(a: argparse.Namespace) -> Runtime:
         progress=not a.quiet,
         weights=a.weights,
         spin=not a.no_spin,
+        exact=a.exact,
     )
 
 

@@ -249,6 +249,7 @@ def load(
     progress: bool = True,
     weights: str = "auto",
     spin: bool = True,
+    exact: bool = False,
 ) -> Runtime:
     """Load a model (zoo name, .gguf, HF folder or hub id; default ``smollm2-135m``).
 
@@ -267,6 +268,8 @@ def load(
             blocks; what "auto" picks) or "fp32" (dequantized). See ``LoadOptions.weights``.
         spin: onnx backend: False lets idle worker threads sleep (less CPU per token,
             slower). See ``LoadOptions.spin``.
+        exact: plain decoding through the verification kernels, so that lossless strategies
+            match it bit for bit (llamacpp, onnx). See ``LoadOptions.exact``.
     """
     if n_ctx < 16:
         raise EdgespecError(f"n_ctx must be at least 16, got {n_ctx}")
@@ -280,8 +283,14 @@ def load(
         progress=progress,
         weights=weights,
         spin=spin,
+        exact=exact,
     )
     name = pick_backend(source, backend, options)
+    if exact and not BACKENDS.get(name).supports_exact:
+        exact_ok = ", ".join(n for n in BACKENDS.names() if BACKENDS.get(n).supports_exact)
+        raise EdgespecError(
+            f"backend '{name}' has no exact mode; drop --exact or use --backend {exact_ok}"
+        )
     tokenizer = load_tokenizer(source)
     target, _ = load_tuned(source, name, options)  # n_threads None: the fastest measured
     draft_model = None

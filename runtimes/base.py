@@ -58,6 +58,10 @@ class LoadOptions:
             time per token. False lets them sleep (SmolLM2 on the 2-core build machine:
             27 % slower for 3 % less CPU, ``benchmarks/onnx_backend.py``; devices with
             more, slower cores may gain more).
+        exact: plain decoding computes each row exactly as verification does (llamacpp and
+            onnx: one-token forwards run padded to two tokens), so lossless strategies equal
+            plain greedy decoding token for token; costs some one-token speed
+            (docs/speculative.md). Backends without ``supports_exact`` refuse it.
     """
 
     n_ctx: int = 2048
@@ -66,6 +70,7 @@ class LoadOptions:
     progress: bool = True
     weights: str = "auto"
     spin: bool = True
+    exact: bool = False
 
 
 class Backend(ABC):
@@ -82,6 +87,8 @@ class Backend(ABC):
     accepts: ClassVar[tuple[str, ...]]
     requires: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str] = ""
+    #: whether ``LoadOptions.exact`` is implemented (``edgespec.load`` refuses it otherwise)
+    supports_exact: ClassVar[bool] = False
 
     @classmethod
     def available(cls) -> bool:

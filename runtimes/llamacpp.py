@@ -177,6 +177,9 @@ class LlamaCppModel(Model):
         n_threads: CPU threads for every decode; None keeps llama-cpp-python's defaults.
         max_tree_leaves: most leaves a tree may have (llama.cpp sequence ids reserved).
         info: architecture facts; read from the file when None.
+        exact: decode one token as two (the token and a dummy copy, dropped at once), so that
+            plain decoding takes the multi-token kernel path that verification takes (see
+            docs/speculative.md, "--exact"); the context gets one spare cell for the dummy.
 
     Attributes:
         n_ctx: the usable context in tokens: the one asked for (llama.cpp may allocate more).
@@ -194,7 +197,9 @@ class LlamaCppModel(Model):
         n_threads: int | None = None,
         max_tree_leaves: int = MAX_TREE_LEAVES,
         info: ModelInfo | None = None,
+        exact: bool = False,
     ) -> None:
+        self.exact = exact
         self._ctx: Any = None
         self._model: Any = None
         self._batch: Any = None
@@ -220,9 +225,9 @@ class LlamaCppModel(Model):
         if n_ctx <= 0:
             n_ctx = int(lib.llama_model_n_ctx_train(self._model))
         with self._log.active():
-            self._ctx = lib.llama_init_from_model(
-                self._model, _context_params(lib, n_ctx, n_threads, max_tree_leaves)
-            )
+            params = _context_params(lib, n_ctx, n_threads, max_tree_leaves)
+            params.n_ctx += int(exact)  # the dummy of a padded step after the last position
+            self._ctx = lib.llama_init_from_model(self._model, params)
         if not self._ctx:
             self._ctx = None
             why = self._log.last_error() or "out of memory?"
@@ -240,6 +245,8 @@ class LlamaCppModel(Model):
         if info.vocab_size != self.n_vocab:
             info = ModelInfo(**{**info.to_dict(), "vocab_size": self.n_vocab})
         self.info = info
+        if exact:  # its own cost curve and near-tie bound
+            self.info.extra["variant"] = "exact"
 
         self._batch = lib.llama_batch_init(self.n_batch, 0, max_tree_leaves)
         b = self._batch
@@ -279,6 +286,8 @@ class LlamaCppModel(Model):
         ids = self._check_tokens(tokens)
         self._discard_tree()
         self._check_room(len(ids))
+        if self.exact and len(ids) == 1:
+            return self._padded(ids)
         start = self._n_past
         rows: list[np.ndarray] = []
         try:
@@ -301,6 +310,26 @@ class LlamaCppModel(Model):
             self._n_past = start
             raise
         return rows[0] if len(rows) == 1 else np.concatenate(rows)
+
+    def _padded(self, ids: np.ndarray) -> np.ndarray:
+        """Exact mode: decode ``[token, token]`` and drop the dummy's cell at once.
+
+        Returns:
+            ``float32[1, V]``: the token's row of the two-token decode.
+        """
+        p = self._n_past
+        n = 2
+        self._b_token[:n] = ids[0]
+        self._b_pos[:n] = (p, p + 1)
+        self._b_n_seq[:n] = 1
+        self._b_flags[:n] = (1, 0)
+        try:
+            self._decode(n)
+            row = self._logits([0])
+        finally:
+            self._lib.llama_memory_seq_rm(self._mem, -1, p + 1, -1)
+        self._n_past = p + 1
+        return row
 
     def truncate(self, length: int) -> None:
         """Keep the first ``length`` positions (``llama_memory_seq_rm`` on the rest)."""
@@ -552,6 +581,7 @@ class LlamaCppBackend(Backend):
     accepts: ClassVar[tuple[str, ...]] = ("gguf",)
     requires: ClassVar[tuple[str, ...]] = ("llama_cpp",)
     extra: ClassVar[str] = "llamacpp"
+    supports_exact: ClassVar[bool] = True
 
     @classmethod
     def load(cls, source: ModelSource, options: LoadOptions) -> LlamaCppModel:
@@ -560,4 +590,6 @@ class LlamaCppBackend(Backend):
                 f"the llamacpp backend loads GGUF files, not '{source.kind}' sources "
                 f"('{source.name}'); export it to GGUF first or pick another backend"
             )
-        return LlamaCppModel(source.path, n_ctx=options.n_ctx, n_threads=options.n_threads)
+        return LlamaCppModel(
+            source.path, n_ctx=options.n_ctx, n_threads=options.n_threads, exact=options.exact
+        )

@@ -223,19 +223,33 @@ class OnnxModel(Model):
         info: architecture facts.
         n_ctx: KV-cache capacity in tokens (positions 0 .. n_ctx-1).
         layout: a key of :data:`KV_LAYOUTS` (``copied`` or ``shared``).
+        exact: run one-token forwards as two-token ones (the token and a dummy copy of it,
+            dropped at once), so that plain decoding takes the kernel path of verification.
+            MatMulNBits computes each row of an M >= 2 batch bit for bit alike whatever M is,
+            but a one-token forward differently (docs/speculative.md: "--exact").
 
     Attributes:
         n_ctx: the capacity; a forward that would exceed it raises :class:`EdgespecError`.
         path: the ONNX folder, when loaded from one.
         layout: how the KV cache is kept.
+        exact: whether one-token forwards are padded (see Args).
     """
 
     backend = "onnx"
 
-    def __init__(self, session: Any, info: ModelInfo, n_ctx: int, layout: str = "copied") -> None:
+    def __init__(
+        self,
+        session: Any,
+        info: ModelInfo,
+        n_ctx: int,
+        layout: str = "copied",
+        *,
+        exact: bool = False,
+    ) -> None:
         self.session = session
         self.info = info
         self.n_ctx = int(n_ctx)
+        self.exact = exact
         self.path: Path | None = None
         self.layout = layout
         inputs = {i.name: i for i in session.get_inputs()}
@@ -277,7 +291,8 @@ class OnnxModel(Model):
                 f"unknown KV layout '{layout}' (known: {', '.join(sorted(KV_LAYOUTS))})"
             )
         dtype = _NP_DTYPES.get(k0.type, np.float32)
-        self._kv = KV_LAYOUTS[layout](session, names, (int(shape[1]), head_dim), dtype, self.n_ctx)
+        capacity = self.n_ctx + int(exact)  # exact: room for the dummy after the last token
+        self._kv = KV_LAYOUTS[layout](session, names, (int(shape[1]), head_dim), dtype, capacity)
         self._n_past = 0
         #: trees need a per-node rotary position and mask (export.hf_onnx.add_tree_inputs)
         #: and a cache that can keep a path in place
@@ -301,6 +316,8 @@ class OnnxModel(Model):
             False. Row i is the distribution over the token after ``tokens[i]``.
         """
         ids = self._check(tokens)
+        if self.exact and ids.size == 1:
+            return self._padded(ids)
         past, t = self._n_past, int(ids.size)
         positions = np.arange(past, past + t, dtype=np.int64)
         bias = np.zeros((t, past + t), dtype=np.float32) if self._has_bias else None
@@ -308,6 +325,16 @@ class OnnxModel(Model):
         if not all_logits:
             logits = logits[-1:]
         return np.ascontiguousarray(logits, dtype=np.float32)
+
+    def _padded(self, ids: np.ndarray) -> np.ndarray:
+        """Exact mode: one token as ``[token, token]``; the dummy's slot is dropped at once.
+        Returns ``float32[1, V]``, the token's row of the two-token forward."""
+        past = self._n_past
+        pair = np.repeat(ids, 2)
+        bias = np.zeros((2, past + 2), dtype=np.float32) if self._has_bias else None
+        logits = self._run(pair, np.arange(past, past + 2, dtype=np.int64), bias)
+        self.truncate(past + 1)
+        return np.ascontiguousarray(logits[:1], dtype=np.float32)
 
     def forward_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
         """Score a token tree in one forward; see :meth:`Model.forward_tree`.
@@ -397,7 +424,7 @@ class OnnxModel(Model):
         if n < 1:
             raise EdgespecError(f"n_threads must be at least 1, not {n}")
         kept = dict(self.__dict__)  # path, the factory, anything set after __init__
-        self.__init__(factory(int(n)), self.info, self.n_ctx, self.layout)  # type: ignore[misc]
+        self.__init__(factory(int(n)), self.info, self.n_ctx, self.layout, exact=self.exact)  # type: ignore[misc]
         for name, value in kept.items():
             self.__dict__.setdefault(name, value)
         return True
@@ -440,9 +467,13 @@ def load_onnx_dir(folder: str | Path, options: LoadOptions, source_name: str = "
     info, _ = _info_from_config(path, source_name or str(path))
     session = _make_session(model_file, options.n_threads, options.spin)
     layout = kv_layout(path)
-    info.extra["variant"] = f"{layout}-{info.extra['dtype']}" + ("" if options.spin else "-nospin")
+    info.extra["variant"] = (
+        f"{layout}-{info.extra['dtype']}"
+        + ("" if options.spin else "-nospin")
+        + ("-exact" if options.exact else "")
+    )
     n_ctx = min(options.n_ctx, info.context_length)
-    model = OnnxModel(session, info, n_ctx=n_ctx, layout=layout)
+    model = OnnxModel(session, info, n_ctx=n_ctx, layout=layout, exact=options.exact)
     model.path = path
     # the same session options with another thread count (OnnxModel.set_threads)
     model._session_factory = lambda n: _make_session(model_file, n, options.spin)
@@ -516,6 +547,7 @@ class OnnxBackend(Backend):
 
     name = "onnx"
     accepts = ("gguf", "hf", "onnx")
+    supports_exact = True
     requires = ("onnxruntime",)
     extra = "onnx"
 

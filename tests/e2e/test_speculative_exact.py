@@ -124,3 +124,39 @@ def test_tree_verification_used_where_supported(rt, refs, monkeypatch):
     assert session.tree_ok == rt.target.supports_tree
     assert res.token_ids == want
     rt._sessions.clear()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "backend,weights", [("onnx", "gguf-exact"), ("llamacpp", "auto")], ids=["onnx", "llamacpp"]
+)
+def test_exact_mode_makes_quantized_speculation_equal_plain(smollm2_path, backend, weights):
+    """--exact: one-token forwards run padded to two tokens, so plain decoding and
+    verification share the kernel path. Measured: the near-tie bound drops to 0 (chains and
+    trees; it is > 0 without --exact, tests/backends), so speculation must equal plain greedy
+    decoding token for token, with no near-tie allowance."""
+    import edgespec
+    from edgespec.losslessness import calibrate_near_tie_bound
+
+    if not BACKENDS.get(backend).available():
+        pytest.skip(f"the {backend} backend is not installed")
+    rt = edgespec.load(
+        str(smollm2_path), backend=backend, weights=weights, n_ctx=512, progress=False, exact=True
+    )
+    try:
+        assert calibrate_near_tie_bound(rt.target, rt.tokenizer, positions=48) == 0.0
+        for text in ("List three colours of the rainbow.", "def fibonacci(n):\n    "):
+            ids = rt.encode_prompt(text)
+            ref = plain_reference(rt.target, ids, N).tokens
+            for proposers in (("ngram", "recycle"), ("tree",)):
+                rt._sessions.clear()
+                res = rt.generate(
+                    ids,
+                    max_new_tokens=N,
+                    ignore_eos=True,
+                    strategy="speculative",
+                    config=SpecConfig(proposers=proposers, k=4),
+                )
+                assert res.token_ids == ref, (text, proposers)
+    finally:
+        rt.close()
