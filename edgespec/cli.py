@@ -230,19 +230,30 @@ def load_from_args(a: argparse.Namespace) -> Runtime:
         weights=a.weights,
         spin=not a.no_spin,
         exact=a.exact,
+        compressor=getattr(a, "compressor", None),
     )
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
+    from edgespec.compress.cli import compress_from_args
     from edgespec.strategies import STRATEGIES
 
     params = params_from_args(a)
     STRATEGIES.get(a.strategy)  # fail on a typo before loading anything
     config = config_from_args(a)
+    compress_from_args(a)  # bad compression flags fail before any model loads
     rt = load_from_args(a)
     with rt:
-        ids = rt.encode_prompt(a.prompt, chat=a.chat, system=a.system)
-        gen = rt.start(ids, strategy=a.strategy, params=params, config=config)
+        compress = compress_from_args(a, rt.compress_ratio)
+        gen = rt.start(
+            a.prompt,
+            strategy=a.strategy,
+            params=params,
+            config=config,
+            chat=a.chat,
+            system=a.system,
+            compress=compress,
+        )
         if a.json:
             result = gen.run()
             print(json.dumps(result.to_dict()))
@@ -362,6 +373,8 @@ def _print_models(as_json: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edgespec.compress.cli import add_compress_args
+
     parser = _Parser(
         prog="edgespec", description="On-device LLM inference with speculative decoding."
     )
@@ -377,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_prompt_args(g)
     _add_load_args(g)
     _add_gen_args(g)
+    add_compress_args(g)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser(

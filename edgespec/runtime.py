@@ -143,6 +143,9 @@ class Runtime:
         source: where the target came from.
         options: how models were loaded (n_ctx, threads).
         draft: an optional smaller model with the same vocabulary.
+        compressor_source: the context compressor to load on first use (``compressor=`` of
+            :func:`load` or a bundle's role); None: the draft, else the target, compresses.
+        compress_ratio: the bundle's default ``--compress`` ratio (None: none named).
     """
 
     tokenizer: Tokenizer
@@ -151,6 +154,9 @@ class Runtime:
     source: ModelSource
     options: LoadOptions = field(default_factory=LoadOptions)
     draft: Model | None = None
+    compressor_source: ModelSource | None = None
+    compress_ratio: float | None = None
+    _compressor: Any = field(default=None, repr=False)  # edgespec.compress.Compressor
     _sessions: dict[tuple[SpecConfig, bool], SpecSession] = field(default_factory=dict, repr=False)
     #: probe seconds of sessions built since the last generation started (-> Stats.probe_s)
     _probe_s: float = field(default=0.0, repr=False)
@@ -181,15 +187,32 @@ class Runtime:
         chat: bool = False,
         config: Any = None,
         params: GenerationParams | None = None,
+        compress: Any = None,
+        context_budget: int | None = None,
+        system: str | None = None,
         **overrides: Any,
     ) -> Generation:
         """A :class:`Generation` for ``prompt`` (text, or token ids used as they are).
 
         Sampling comes from ``params``, with ``overrides`` (any
         :class:`~edgespec.sampling.GenerationParams` field) applied on top.
+        ``compress`` (a ratio in (0, 1], True for the bundle's default, or
+        :class:`~edgespec.compress.CompressOptions`) or ``context_budget`` (tokens) shortens
+        the prompt's context with the compressor first, for every strategy (lossy; see
+        :mod:`edgespec.compress`). ``system``: the system message with ``chat``.
         """
         gp = make_params(params, **overrides)
-        ids = list(prompt) if isinstance(prompt, list) else self.encode_prompt(prompt, chat=chat)
+        compression = None
+        if compress is not None or context_budget is not None:
+            from edgespec.compress import prompt as cp
+
+            opts = cp.options_for(self, compress, context_budget)
+            assert opts is not None
+            ids, compression = cp.compress_for(self, prompt, opts, chat=chat, system=system)
+        elif isinstance(prompt, list):
+            ids = list(prompt)
+        else:
+            ids = self.encode_prompt(prompt, chat=chat, system=system)
         prepared = STRATEGIES.get(strategy).prepare(self, config)
         ctx = make_context(
             target=self.target,
@@ -203,7 +226,10 @@ class Runtime:
             config=prepared,
         )
         ctx.rec.probe_s, self._probe_s = self._probe_s, 0.0
-        return Generation(ctx, strategy, self.tokenizer, ids)
+        gen = Generation(ctx, strategy, self.tokenizer, ids)
+        if compression is not None:
+            compression.record(ctx.rec)
+        return gen
 
     def generate(self, prompt: str | list[int], **kwargs: Any) -> GenerationResult:
         """Generate to completion; see :meth:`start` for the arguments."""
@@ -226,6 +252,9 @@ class Runtime:
         for session in self._sessions.values():
             session.close()
         self._sessions.clear()
+        if self._compressor is not None:
+            self._compressor.close()
+            self._compressor = None
         for m in (self.target, self.draft):
             if m is not None:
                 m.close()
@@ -250,6 +279,7 @@ def load(
     weights: str = "auto",
     spin: bool = True,
     exact: bool = False,
+    compressor: str | Path | None = None,
 ) -> Runtime:
     """Load a model (zoo name, .gguf, HF folder or hub id; default ``smollm2-135m``).
 
@@ -270,6 +300,9 @@ def load(
             slower). See ``LoadOptions.spin``.
         exact: plain decoding through the verification kernels, so that lossless strategies
             match it bit for bit (llamacpp, onnx). See ``LoadOptions.exact``.
+        compressor: the context-compressor model (any vocabulary), loaded on the first
+            compressed generation; None: a bundle's compressor role, else the draft, else
+            the target (see :mod:`edgespec.compress`).
     """
     if n_ctx < 16:
         raise EdgespecError(f"n_ctx must be at least 16, got {n_ctx}")
@@ -302,4 +335,7 @@ def load(
         check_same_vocab(tokenizer, load_tokenizer(dsource), source.name, dsource.name)
         dname = draft_backend or (name if dsource.kind in BACKENDS.get(name).accepts else None)
         draft_model, _ = load_tuned(dsource, pick_backend(dsource, dname), options)
-    return Runtime(tokenizer, target, name, source, options, draft_model)
+    from edgespec.compress.prompt import compressor_source_of
+
+    csource, ratio = compressor_source_of(source, compressor, progress)
+    return Runtime(tokenizer, target, name, source, options, draft_model, csource, ratio)

@@ -47,6 +47,11 @@ class Stats:
         probe_s: seconds spent timing this device's verify cost before the generation
             started (the first speculative run of a runtime without a stored cost curve;
             ``edgespec calibrate`` stores one). Not part of ``wall_s``.
+        compressed_from: target tokens of the prompt before context compression (0: the
+            prompt was not compressed; see :mod:`edgespec.compress`).
+        compressed_to: target tokens the target received after compression.
+        compress_s: wall seconds the compressor spent; part of ``ttft_s`` and ``wall_s``.
+        compressor: the compressor model's name ("" without compression).
     """
 
     backend: str
@@ -73,6 +78,10 @@ class Stats:
     entropy_trace: list[float] = field(default_factory=list)
     model_trace: str = ""
     probe_s: float = 0.0
+    compressed_from: int = 0
+    compressed_to: int = 0
+    compress_s: float = 0.0
+    compressor: str = ""
 
     @property
     def large_share(self) -> float | None:
@@ -110,6 +119,12 @@ class Stats:
                 f"probe {self.probe_s:.2f} s before the first token (no stored cost curve; "
                 "`edgespec calibrate` stores one)"
             )
+        if self.compressed_from:
+            lines.append(
+                f"context compressed (lossy) by {self.compressor}: prompt "
+                f"{self.compressed_from} -> {self.compressed_to} tok in "
+                f"{self.compress_s * 1000:.0f} ms (included in ttft)"
+            )
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -136,6 +151,12 @@ class StatsRecorder:
     model_trace: str = ""
     #: seconds of device probing before this generation (see :attr:`Stats.probe_s`)
     probe_s: float = 0.0
+    #: context compression before this generation (see :class:`Stats`)
+    compressed_from: int = 0
+    compressed_to: int = 0
+    compress_s: float = 0.0
+    compress_cpu_s: float = 0.0
+    compressor: str = ""
     #: when True, :meth:`phase` and :meth:`span` record (name, start offset s, seconds)
     trace_phases: bool = False
     phases: list[tuple[str, float, float]] = field(default_factory=list)
@@ -164,8 +185,10 @@ class StatsRecorder:
         self._c0 = time.process_time()
 
     def finish(self, new_tokens: int, ttft_s: float, stop_reason: str) -> Stats:
-        wall = time.perf_counter() - self._t0
-        cpu = time.process_time() - self._c0
+        # the compressor ran before the clock started: its time is part of the answer's
+        wall = time.perf_counter() - self._t0 + self.compress_s
+        cpu = time.process_time() - self._c0 + self.compress_cpu_s
+        ttft_s = ttft_s + self.compress_s if new_tokens else ttft_s
         decode = wall - ttft_s if new_tokens > 1 else wall
         rate_tokens = new_tokens - 1 if new_tokens > 1 else new_tokens
         steps = max(self.target_forwards - 1, 0)
@@ -195,4 +218,8 @@ class StatsRecorder:
             entropy_trace=list(self.entropy_trace[:new_tokens]),
             model_trace=self.model_trace[:new_tokens],
             probe_s=self.probe_s,
+            compressed_from=self.compressed_from,
+            compressed_to=self.compressed_to,
+            compress_s=self.compress_s,
+            compressor=self.compressor,
         )

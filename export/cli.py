@@ -21,6 +21,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         out=a.out,
         draft=a.draft,
         compressor=a.compressor,
+        compress_ratio=a.compress_ratio,
         formats=_csv(a.format),
         quants=_csv(a.quant or ""),
         block_size=a.block_size,
@@ -82,6 +83,13 @@ def add_commands(sub: Any) -> None:
         help="draft model (same kinds) or layerskip:SPEC (first:N, skip:A-B, keep:...)",
     )
     e.add_argument("--compressor", default=None, help="context-compressor model (same kinds)")
+    e.add_argument(
+        "--compress-ratio",
+        type=float,
+        default=None,
+        metavar="RATIO",
+        help="the compressor's default --compress ratio, in (0, 1] (docs/compression.md)",
+    )
     e.add_argument("--format", default="onnx", help="comma list: onnx, gguf (default onnx)")
     e.add_argument(
         "--quant",

@@ -39,6 +39,8 @@ class ExportOptions:
         out: the bundle folder to write.
         draft: an optional draft model (same kinds), or ``layerskip:SPEC`` (first:N, ...).
         compressor: an optional context-compressor model (same kinds).
+        compress_ratio: the compressor's default ``--compress`` ratio, in (0, 1], stored as
+            the role's ``default_ratio`` (None: none stored; ``--compress`` then uses 0.5).
         formats: artifact formats (``onnx``, ``gguf``).
         quants: quantizations in the one vocabulary (:data:`~edgespec.export.base.QUANTS`,
             aliases such as ``f32`` or ``q8_0`` accepted); each applies to every format that
@@ -55,6 +57,7 @@ class ExportOptions:
     out: str
     draft: str | None = None
     compressor: str | None = None
+    compress_ratio: float | None = None
     formats: tuple[str, ...] = ("onnx",)
     quants: tuple[str, ...] = ()
     block_size: int = 32
@@ -85,6 +88,12 @@ def make_plan(o: ExportOptions) -> Plan:
         roles["draft"] = o.draft
     if o.compressor:
         roles["compressor"] = o.compressor
+    if o.compress_ratio is not None:
+        if not o.compressor:
+            raise EdgespecError("--compress-ratio needs --compressor MODEL")
+        from edgespec.compress.core import CompressOptions
+
+        CompressOptions(ratio=o.compress_ratio)  # (0, 1], else one line
     if not o.formats:
         raise EdgespecError(f"pass --format; known: {', '.join(EXPORTERS.names())}")
     if o.block_size < 16 or o.block_size & (o.block_size - 1):
@@ -290,6 +299,8 @@ def run_export(o: ExportOptions) -> dict[str, Any]:
                     "architecture": _architecture(p),
                     "artifacts": arts,
                 }
+                if role == "compressor" and o.compress_ratio is not None:
+                    roles[role]["default_ratio"] = o.compress_ratio
         manifest = {
             "format_version": 1,
             "created_by": f"edgespec {__version__}",

@@ -1,0 +1,90 @@
+"""The context-compression flags of ``edgespec generate`` (parsing only)."""
+
+from __future__ import annotations
+
+import argparse
+
+from edgespec.compress.core import CompressOptions
+from edgespec.errors import EdgespecError
+
+
+def _ratio(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def add_compress_args(p: argparse.ArgumentParser) -> None:
+    """``--compress [RATIO]``, ``--context-budget TOKENS``, ``--compressor MODEL``,
+    ``--keep-last TOKENS`` and ``--question-sep TEXT``."""
+    g = p.add_argument_group(
+        "context compression (lossy: the compressor drops the least informative context "
+        "tokens; docs/compression.md)"
+    )
+    g.add_argument(
+        "--compress",
+        nargs="?",
+        const=True,
+        type=_ratio,
+        default=None,
+        metavar="RATIO",
+        help="keep this share of the context tokens, in (0, 1] (no value: the bundle's "
+        "default ratio, else 0.5)",
+    )
+    g.add_argument(
+        "--context-budget",
+        type=int,
+        default=None,
+        metavar="TOKENS",
+        help="compress the whole prompt to at most TOKENS tokens (the question stays whole)",
+    )
+    g.add_argument(
+        "--compressor",
+        default=None,
+        metavar="MODEL",
+        help="the compressor model (default: the bundle's compressor, else the draft, else "
+        "the target)",
+    )
+    g.add_argument(
+        "--keep-last",
+        type=int,
+        default=None,
+        metavar="TOKENS",
+        help="the question is the prompt's last TOKENS tokens (default: the last paragraph)",
+    )
+    g.add_argument(
+        "--question-sep",
+        default=None,
+        metavar="TEXT",
+        help="the question is the text after the last TEXT (the marker is removed)",
+    )
+
+
+def compress_from_args(
+    a: argparse.Namespace, default_ratio: float | None = None
+) -> CompressOptions | None:
+    """The compression the flags ask for, validated (call it before loading any model to
+    fail early); ``--compress`` without a value takes ``default_ratio`` (the bundle's),
+    else :data:`~edgespec.compress.prompt.DEFAULT_RATIO`. None: no compression."""
+    from edgespec.compress.prompt import DEFAULT_RATIO
+
+    compress, budget = getattr(a, "compress", None), getattr(a, "context_budget", None)
+    keep_last, separator = getattr(a, "keep_last", None), getattr(a, "question_sep", None)
+    if compress is None and budget is None:
+        named = (
+            ("--keep-last", keep_last),
+            ("--question-sep", separator),
+            ("--compressor", getattr(a, "compressor", None)),
+        )
+        given = [flag for flag, value in named if value is not None]
+        if given:
+            raise EdgespecError(
+                f"{', '.join(given)} applies only with --compress or --context-budget"
+            )
+        return None
+    if compress is not None and budget is not None:
+        raise EdgespecError("pass --compress or --context-budget, not both")
+    if compress is True:
+        compress = default_ratio or DEFAULT_RATIO
+    return CompressOptions(ratio=compress, budget=budget, keep_last=keep_last, separator=separator)

@@ -1,0 +1,261 @@
+"""Prompt compression by self-information (Selective-Context, Li et al. 2023; the
+coarse-to-fine budget of LLMLingua, Jiang et al. 2023), training-free.
+
+A small causal LM (the *compressor*) reads the context once and scores every token by its
+self-information ``I(x_i) = -log p(x_i | x_<i)`` (nats). Tokens the compressor predicted
+well carry little information and are dropped first. Selection is coarse to fine:
+
+1. coarse: whole segments (sentences and lines) with the lowest mean self-information are
+   dropped while what remains is still at least ``keep * (1 + coarse_slack)`` tokens;
+2. fine: within the remaining segments, single tokens with the lowest self-information are
+   dropped until exactly ``keep`` remain.
+
+The question (the instruction at the end of the prompt) is never scored nor dropped; the
+caller splits it off (:func:`split_question`). Order is preserved and ties break by
+position, so the result is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgespec.errors import EdgespecError
+from edgespec.model import Model
+
+#: characters that end a coarse segment when a token's text ends with one (after strip)
+SEGMENT_ENDS = (".", "!", "?", ";", ":")
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    """How much of a prompt to keep, and what must survive whole.
+
+    Exactly one of ``ratio`` and ``budget`` is set.
+
+    Attributes:
+        ratio: keep this share of the context tokens, in (0, 1] (1: nothing dropped).
+        budget: the whole prompt (context + question) in at most this many tokens of the
+            compressor's vocabulary; a prompt already within it is left as it is.
+        keep_last: the question is the prompt's last ``keep_last`` tokens; None: the text
+            after ``separator``, else the last paragraph (after the last blank line, else
+            the last line).
+        separator: the question is the text after the last occurrence of this marker
+            (the marker itself is removed); None: see ``keep_last``.
+        coarse_slack: the coarse stage stops dropping whole segments at
+            ``keep * (1 + coarse_slack)`` tokens; the fine stage drops single tokens.
+        chunk: tokens per batched scoring forward.
+        question_aware: rank segments in the coarse stage by how much more predictable the
+            question makes them (LongLLMLingua's contrastive perplexity, Jiang et al. 2024):
+            a second scoring pass with the question placed before the context.
+    """
+
+    ratio: float | None = None
+    budget: int | None = None
+    keep_last: int | None = None
+    separator: str | None = None
+    coarse_slack: float = 0.25
+    chunk: int = 512
+    question_aware: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.ratio is None) == (self.budget is None):
+            raise EdgespecError("pass one of --compress RATIO and --context-budget TOKENS")
+        if self.ratio is not None and not (0.0 < self.ratio <= 1.0):
+            raise EdgespecError(
+                f"--compress must be in (0, 1] (the share of the context to keep), got {self.ratio}"
+            )
+        if self.budget is not None and self.budget < 1:
+            raise EdgespecError(f"--context-budget must be >= 1 token, got {self.budget}")
+        if self.keep_last is not None and self.keep_last < 1:
+            raise EdgespecError(f"--keep-last must be >= 1 token, got {self.keep_last}")
+        if self.separator is not None and not self.separator:
+            raise EdgespecError("--question-sep must not be empty")
+        if self.coarse_slack < 0 or self.chunk < 2:
+            raise EdgespecError("coarse_slack must be >= 0 and chunk >= 2")
+
+    def kept_context(self, n_context: int, n_question: int) -> int:
+        """How many of ``n_context`` context tokens to keep (the question: ``n_question``).
+
+        Raises:
+            EdgespecError: a budget that cannot hold the question and one context token.
+        """
+        if self.ratio is not None:
+            return max(1, min(n_context, round(self.ratio * n_context)))
+        assert self.budget is not None
+        if self.budget <= n_question:
+            raise EdgespecError(
+                f"--context-budget {self.budget} cannot hold the question ({n_question} "
+                "tokens kept whole) and any context; raise the budget or shorten the question"
+            )
+        return min(n_context, self.budget - n_question)
+
+
+def split_question(text: str, separator: str | None) -> tuple[str, str]:
+    """``text`` as (context, question): the question is kept whole, the context is scored.
+
+    With ``separator``: the text after its last occurrence (the marker is removed).
+    Otherwise: the last paragraph (from the last blank line), else the last line; a
+    single-line prompt is all question (context ``""``).
+
+    Raises:
+        EdgespecError: ``separator`` does not occur in ``text``.
+    """
+    if separator is not None:
+        context, sep, question = text.rpartition(separator)
+        if not sep:
+            raise EdgespecError(
+                f"the question separator {separator!r} is not in the prompt; mark where the "
+                "question starts or drop --question-sep"
+            )
+        return context, question
+    body = text.rstrip()
+    for mark in ("\n\n", "\n"):
+        i = body.rfind(mark)
+        if i > 0:
+            return text[:i], text[i:]
+    return "", text
+
+
+def segment_ids(pieces: Sequence[str]) -> np.ndarray:
+    """``int64[T]``: the coarse segment of each token, given each token's text.
+
+    A segment ends with a token that holds a newline or ends a sentence
+    (:data:`SEGMENT_ENDS`).
+    """
+    out = np.zeros(len(pieces), dtype=np.int64)
+    seg = 0
+    for i, piece in enumerate(pieces):
+        out[i] = seg
+        stripped = piece.rstrip(" \t")
+        if "\n" in piece or stripped.endswith(SEGMENT_ENDS):
+            seg += 1
+    return out
+
+
+def self_information(
+    model: Model,
+    ids: Sequence[int],
+    *,
+    chunk: int = 512,
+    first: float = math.inf,
+    progress: bool = False,
+) -> np.ndarray:
+    """``float64[T]``: ``-log p(ids[i] | ids[:i])`` in nats, from batched forwards.
+
+    ``ids`` are fed in chunks of ``chunk`` tokens over one growing cache, so each token is
+    conditioned on everything before it. When the next chunk would overflow the model's
+    context, the cache is reset and refilled with the last quarter of the context before
+    going on. Token 0 has no prefix and gets ``first`` (infinite: always kept). The model is
+    reset before and after.
+    """
+    from tqdm.auto import tqdm
+
+    n = len(ids)
+    info = np.full(n, first, dtype=np.float64)
+    if n < 2:
+        return info
+    n_ctx = int(getattr(model, "n_ctx", 0) or model.info.context_length or n)
+    chunk = max(2, min(chunk, n_ctx // 2))
+    model.reset()
+    prev_row: np.ndarray | None = None  # logits after the last fed token
+    start = 0
+    bar = tqdm(
+        total=n,
+        desc="compress: scoring",
+        unit="tok",
+        disable=not progress or n <= 4 * chunk,
+        file=sys.stderr,
+        leave=False,
+    )
+    try:
+        while start < n:
+            end = min(n, start + chunk)
+            if model.n_past + (end - start) > n_ctx:
+                overlap = list(ids[max(0, start - n_ctx // 4) : start])
+                model.reset()
+                prev_row = model.forward(overlap, all_logits=False)[-1] if overlap else None
+            rows = np.asarray(model.forward(list(ids[start:end]), all_logits=True), np.float64)
+            # row r predicts ids[start + r + 1]; prev_row predicts ids[start]
+            logp = rows - _logsumexp(rows)[:, None]
+            nxt = np.asarray(ids[start + 1 : end + 1], dtype=np.int64)
+            info[start + 1 : start + 1 + len(nxt)] = -logp[np.arange(len(nxt)), nxt]
+            if prev_row is not None and start > 0:
+                p0 = prev_row - _logsumexp(prev_row[None, :])[0]
+                info[start] = -p0[ids[start]]
+            prev_row = rows[-1]
+            bar.update(end - start)
+            start = end
+    finally:
+        bar.close()
+        model.reset()
+    return info
+
+
+def _logsumexp(rows: np.ndarray) -> np.ndarray:
+    m = rows.max(axis=-1)
+    return m + np.log(np.exp(rows - m[:, None]).sum(axis=-1))
+
+
+def select(
+    info: np.ndarray,
+    segments: np.ndarray,
+    keep: int,
+    *,
+    coarse_slack: float = 0.25,
+    relevance: np.ndarray | None = None,
+) -> np.ndarray:
+    """The indices of the ``keep`` tokens to keep, in order.
+
+    Args:
+        info: ``float[T]`` self-information per token (``inf``: must stay).
+        segments: ``int[T]`` coarse segment per token (non-decreasing).
+        keep: how many tokens to keep, ``1 <= keep <= T``; at least the number of ``inf``.
+        coarse_slack: see :class:`CompressOptions`.
+        relevance: ``float[T]`` per-token score that ranks segments in the coarse stage
+            (lowest mean dropped first); None: ``info``. :func:`question_gain` gives the
+            question-aware one.
+
+    Returns:
+        ``int64[keep]`` sorted positions.
+    """
+    n = len(info)
+    forced = np.isinf(info)
+    if not 1 <= keep <= n or keep < int(forced.sum()):
+        raise ValueError(f"cannot keep {keep} of {n} tokens ({int(forced.sum())} forced)")
+    alive = np.ones(n, dtype=bool)
+    # coarse: whole segments, lowest mean information first (ties: earlier first)
+    floor = keep * (1.0 + coarse_slack)
+    seg_ids = np.unique(segments)
+    rank = info if relevance is None else relevance
+    means = []
+    for s in seg_ids:
+        member = segments == s
+        if forced[member].any():
+            continue
+        means.append((float(rank[member].mean()), int(s), int(member.sum())))
+    remaining = n
+    for _, s, size in sorted(means):
+        if remaining - size < floor:
+            continue  # a smaller segment further on may still fit
+        alive[segments == s] = False
+        remaining -= size
+    # fine: single tokens, lowest information first (ties: earlier first)
+    candidates = np.flatnonzero(alive & ~forced)
+    order = candidates[np.lexsort((candidates, info[candidates]))]
+    drop = remaining - keep
+    alive[order[:drop]] = False
+    return np.flatnonzero(alive)
+
+
+def question_gain(info: np.ndarray, info_given_question: np.ndarray) -> np.ndarray:
+    """``float[T]``: how much the question lowers each token's self-information (nats;
+    positive: the question makes the token expected, so it is likely relevant). Forced
+    tokens (``inf``) get 0."""
+    gain = info - info_given_question
+    gain[~np.isfinite(gain)] = 0.0
+    return gain
