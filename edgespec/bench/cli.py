@@ -93,6 +93,16 @@ def add_commands(sub: Any) -> None:
         default=DEFAULT_WATTS,
         help="the estimate's power model: watts per fully busy core",
     )
+    b.add_argument(
+        "--compress",
+        type=_csv,
+        default=[],
+        metavar="CONFIGS",
+        help="context compression (lossy), comma-separated: RATIO or budget=TOKENS; each "
+        "strategy also runs once per configuration on the compressed prompt, e.g. "
+        "--compress 0.5,budget=1024 (long-context workloads: long/needle, long/multifact, "
+        "long/code_long; docs/compression.md)",
+    )
     b.add_argument("--out", "-o", type=Path, required=True, help="output folder")
     b.add_argument(
         "--no-plot", "--no-plots", dest="no_plot", action="store_true", help="skip the PNG plots"
@@ -159,6 +169,7 @@ def options_from_args(a: argparse.Namespace) -> Any:
         watts=a.watts,
         progress=not a.quiet,
         plots=not a.no_plot,
+        compress=a.compress,
     )
 
 
@@ -193,6 +204,8 @@ def canonical_argv(opts: Any) -> list[str]:
         argv += ["--watts", str(opts.watts)]
     if not opts.plots:
         argv.append("--no-plot")
+    if opts.compress:
+        argv += ["--compress", ",".join(opts.compress)]
     return argv
 
 

@@ -55,7 +55,9 @@ class Combo:
         backend: backend name as requested (None: the best installed one).
         options: the strategy's options (a SpecConfig dict for speculation, a SwitchConfig
             dict for entropy-switch, ...) or None.
-        lossy: whether the strategy declares itself lossy.
+        lossy: whether the strategy declares itself lossy (or the prompt is compressed).
+        compress: ``Runtime.start`` keywords of a context compression (``{"compress": 0.5}``
+            or ``{"context_budget": 1024}``), or None.
     """
 
     label: str
@@ -63,6 +65,7 @@ class Combo:
     backend: str | None
     options: dict[str, Any] | None
     lossy: bool
+    compress: dict[str, Any] | None = None
 
 
 def parse_strategy(spec: str) -> tuple[str, dict[str, Any] | None]:
@@ -79,8 +82,30 @@ def parse_strategy(spec: str) -> tuple[str, dict[str, Any] | None]:
     return name, opts or None
 
 
-def make_combos(strategies: Sequence[str], backends: Sequence[str | None]) -> list[Combo]:
-    """Every (backend, strategy) pair, backends outermost, with unique labels."""
+def parse_compress(spec: str) -> dict[str, Any]:
+    """A ``--compress`` configuration: ``RATIO`` or ``budget=TOKENS`` -> ``Runtime.start``
+    keywords, validated (one line for a ratio outside (0, 1] or a bad budget)."""
+    from edgespec.compress.core import CompressOptions
+
+    key, _, value = spec.strip().rpartition("=")
+    try:
+        if key == "budget":
+            CompressOptions(budget=int(value))
+            return {"context_budget": int(value)}
+        if not key:
+            CompressOptions(ratio=float(value))
+            return {"compress": float(value)}
+    except ValueError:
+        pass
+    raise EdgespecError(f"--compress {spec!r}: pass a ratio in (0, 1] or budget=TOKENS")
+
+
+def make_combos(
+    strategies: Sequence[str], backends: Sequence[str | None], compress: Sequence[str] = ()
+) -> list[Combo]:
+    """Every (backend, strategy) pair, backends outermost, with unique labels; each
+    ``compress`` configuration adds the pair once more on the compressed prompt
+    (label ``strategy+compress=0.5``)."""
     from edgespec.strategies import STRATEGIES
 
     if not strategies:
@@ -90,7 +115,11 @@ def make_combos(strategies: Sequence[str], backends: Sequence[str | None]) -> li
         for s in strategies:
             name, opts = parse_strategy(s)
             label = s.strip() + (f"@{b}" if b else "")
-            combos.append(Combo(label, name, b, opts, bool(STRATEGIES.get(name).lossy)))
+            lossy = bool(STRATEGIES.get(name).lossy)
+            combos.append(Combo(label, name, b, opts, lossy))
+            for cfg in compress:
+                kw = parse_compress(cfg)
+                combos.append(Combo(f"{label}+compress={cfg.strip()}", name, b, opts, True, kw))
     labels = [c.label for c in combos]
     if len(set(labels)) != len(labels):
         raise EdgespecError(f"the same strategy/backend is listed twice: {', '.join(labels)}")
@@ -290,6 +319,8 @@ class BenchOptions:
         watts: the estimate's watts per busy core.
         progress: show a progress bar with ETA.
         plots: write the PNG plots.
+        compress: context-compression configurations ("0.5", "budget=1024"); each strategy
+            also runs once per configuration on the compressed prompt (lossy rows).
     """
 
     out: Path
@@ -309,6 +340,7 @@ class BenchOptions:
     watts: float = DEFAULT_WATTS
     progress: bool = True
     plots: bool = True
+    compress: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -366,7 +398,7 @@ class Bench:
                 f"unknown baseline '{opts.baseline}'; known: {', '.join(BASELINES)}"
             )
         self.opts = opts
-        self.combos = make_combos(opts.strategies, opts.backends)
+        self.combos = make_combos(opts.strategies, opts.backends, opts.compress)
         names = opts.workloads or default_workloads()
         self.prompts: list[Prompt] = load_workloads(list(names), opts.per_workload)
         self.meter_notes: list[str] = []
@@ -505,6 +537,7 @@ class Bench:
                     bar.set_postfix_str(f"run {r + 1}/{opts.runs} {p.id}")
                     b = self._run_baseline(base, ids[p.id], n)
                     b.update(run=r, prompt=p.id, kind=p.kind)
+                    _check_answer(b, p, runtimes)
                     bar.update()
                     rows = [b]
                     for label, extra in self.extras:  # e.g. llama.cpp at its default threads
@@ -530,6 +563,7 @@ class Bench:
                             near_tie_bound_source=bound.source,
                         )
                         _versus(row, b)
+                        _check_answer(row, p, runtimes)
                         del row["_tokens"]
                         rows.append(row)
                         bar.update()
@@ -539,7 +573,12 @@ class Bench:
 
     def _generate(self, rt: Any, c: Combo, ids: list[int], n: int) -> Any:
         gen = rt.start(
-            ids, strategy=c.strategy, config=c.options, max_new_tokens=n, ignore_eos=True
+            ids,
+            strategy=c.strategy,
+            config=c.options,
+            max_new_tokens=n,
+            ignore_eos=True,
+            **(c.compress or {}),
         )
         return gen, gen.run()
 
@@ -607,6 +646,12 @@ class Bench:
             "notes": list(s.notes),
             "_tokens": list(res.token_ids),
         }
+        if s.compressed_from:  # context compression: what the target saw, and its cost
+            row.update(
+                compressed_from=s.compressed_from,
+                compressed_to=s.compressed_to,
+                compress_s=s.compress_s,
+            )
         return _derive(row)
 
 
@@ -623,6 +668,17 @@ def _derive(row: dict[str, Any]) -> dict[str, Any]:
     if row["label"] == BASELINE:
         row["mean_accepted"] = 1.0
     return row
+
+
+def _check_answer(row: dict[str, Any], p: Prompt, runtimes: dict[str | None, Any]) -> None:
+    """``row["correct"]``: whether the generated text holds every part of the prompt's
+    answer (only for prompts with one, e.g. the long-context workloads)."""
+    if not p.answer:
+        return
+    from edgespec.bench.workloads import is_correct
+
+    tok = next(iter(runtimes.values())).tokenizer
+    row["correct"] = is_correct(tok.decode(row["_tokens"]), p.answer)
 
 
 def _versus(row: dict[str, Any], base: dict[str, Any]) -> None:

@@ -28,6 +28,8 @@ class Prompt:
         prompt: the text.
         chat: wrap in the model's chat template.
         workload: the file it came from.
+        answer: text parts a correct answer contains, all of them (case-insensitive);
+            empty: the prompt has no checked answer (the long-context workloads have one).
     """
 
     id: str
@@ -35,6 +37,7 @@ class Prompt:
     prompt: str
     chat: bool
     workload: str
+    answer: tuple[str, ...] = ()
 
 
 def default_workloads() -> list[Path]:
@@ -60,6 +63,23 @@ def resolve_workload(name: str | Path) -> Path:
     )
 
 
+def _answer(value: object) -> tuple[str, ...]:
+    """A workload line's ``answer``: a string or a list of strings (all must appear)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise TypeError(f"answer must be a string or a list of strings, got {value!r}")
+
+
+def is_correct(text: str, answer: tuple[str, ...]) -> bool:
+    """Whether ``text`` contains every part of ``answer`` (case-insensitive)."""
+    low = text.lower()
+    return all(part.lower() in low for part in answer)
+
+
 def load_workloads(names: list[str | Path], per_workload: int | None = None) -> list[Prompt]:
     """Every prompt of the named workload files (the first ``per_workload`` of each)."""
     prompts: list[Prompt] = []
@@ -78,6 +98,7 @@ def load_workloads(names: list[str | Path], per_workload: int | None = None) -> 
                         prompt=d["prompt"],
                         chat=bool(d.get("chat", False)),
                         workload=str(path),
+                        answer=_answer(d.get("answer")),
                     )
                 )
             except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -1,0 +1,165 @@
+"""Write the long-context workloads (edgespec/bench/data/long/*.jsonl) with a fixed seed.
+
+    python benchmarks/make_long_workloads.py            # rewrites the three files
+
+- ``needle``: a four-digit vault code hidden at a given depth in 1k-8k tokens of fluent,
+  repetitive filler (a town's chronicle); the answer is the code.
+- ``multifact``: a generated staff directory (name, city, job, age per person); each question
+  asks two facts about two people; every answer part must appear.
+- ``code_long``: a long Python module of generated helpers whose constants are defined near
+  the top; the prompt ends in a function that must use one of them (answer: its name).
+
+Each line: ``{"id", "kind", "prompt", "chat": false, "answer": [parts...], "tokens"}``;
+``tokens`` is the approximate length the generator aimed for (SmolLM2's tokenizer). The
+question is the prompt's last paragraph, so ``--compress`` keeps it whole.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "edgespec" / "bench" / "data" / "long"
+SEED = 20240614
+#: characters per token of the filler under SmolLM2's tokenizer (measured: 4.6-4.9)
+CHARS_PER_TOKEN = 4.7
+
+TOWN = ["Ashford", "Bramley", "Corvale", "Dunmore", "Elmstead"]
+THINGS = ["the mill", "the bridge", "the market", "the old school", "the harbour", "the chapel"]
+PEOPLE = ["the farmers", "the fishermen", "the weavers", "the teachers", "the bakers"]
+DONE = ["repaired", "painted", "cleaned", "rebuilt", "visited", "decorated"]
+WHEN = ["in spring", "in early summer", "after the harvest", "before the winter", "in autumn"]
+
+
+def filler_sentence(rng: random.Random) -> str:
+    return (
+        f"In {rng.choice(TOWN)}, {rng.choice(PEOPLE)} {rng.choice(DONE)} "
+        f"{rng.choice(THINGS)} {rng.choice(WHEN)}, as they did every year."
+    )
+
+
+def needle_rows(rng: random.Random) -> list[dict]:
+    rows = []
+    for tokens in (1000, 2000, 4000, 8000):
+        for depth in (0.25, 0.5, 0.75):
+            code = str(rng.randint(1000, 9999))
+            sents = []
+            while sum(len(s) + 1 for s in sents) < tokens * CHARS_PER_TOKEN:
+                sents.append(filler_sentence(rng))
+            sents.insert(int(depth * len(sents)), f"The secret code for the vault is {code}.")
+            prompt = (
+                " ".join(sents)
+                + "\n\nQuestion: What is the secret code for the vault? Answer: The secret code"
+                " for the vault is"
+            )
+            rows.append(
+                {
+                    "id": f"needle-{tokens // 1000}k-{int(depth * 100)}",
+                    "kind": "needle",
+                    "prompt": prompt,
+                    "chat": False,
+                    "answer": [code],
+                    "tokens": tokens,
+                }
+            )
+    return rows
+
+
+FIRST = ["Alice", "Bruno", "Chen", "Dara", "Emil", "Farah", "Goran", "Hana", "Ivo", "Jana"]
+LAST = ["Moreau", "Okafor", "Lindqvist", "Tanaka", "Novak", "Rossi", "Haddad", "Kowalski"]
+CITY = ["Lisbon", "Osaka", "Nairobi", "Quito", "Tromso", "Perth", "Krakow", "Dakar", "Lima"]
+HOBBY = ["chess", "hiking", "music", "cooking"]
+JOB = ["pilot", "chemist", "carpenter", "librarian", "surgeon", "architect", "baker", "judge"]
+
+
+def multifact_rows(rng: random.Random) -> list[dict]:
+    rows = []
+    for i, n_people in enumerate((20, 40, 80)):
+        names = rng.sample([f"{f} {s}" for f in FIRST for s in LAST], n_people)
+        facts = {n: (rng.choice(CITY), rng.choice(JOB), rng.randint(24, 70)) for n in names}
+        lines = [
+            f"{n} lives in {c}, works as a {j} and is {a} years old. {n.split()[0]} joined the "
+            f"company in {rng.randint(1995, 2022)} and enjoys {rng.choice(HOBBY)}."
+            for n, (c, j, a) in facts.items()
+        ]
+        doc = "Staff directory.\n" + "\n".join(lines)
+        for q in range(2):
+            a, b = rng.sample(names, 2)
+            question = (
+                f"\n\nQuestion: In which city does {a} live, and what is {b}'s job? "
+                f"Answer: {a} lives in"
+            )
+            rows.append(
+                {
+                    "id": f"multifact-{n_people}-{q}",
+                    "kind": "multifact",
+                    "prompt": doc + question,
+                    "chat": False,
+                    "answer": [facts[a][0], facts[b][1]],
+                    "tokens": round(len(doc) / CHARS_PER_TOKEN),
+                }
+            )
+        del i
+    return rows
+
+
+VERBS = ["load", "parse", "merge", "scale", "clean", "index", "render", "flush", "check"]
+PREFIX = ["MAX", "DEFAULT", "BASE"]
+NOUNS = ["record", "table", "frame", "batch", "entry", "block", "packet", "row", "field"]
+
+
+def code_rows(rng: random.Random) -> list[dict]:
+    rows = []
+    for n_funcs in (30, 60, 120):
+        consts = {
+            f"{rng.choice(PREFIX)}_{rng.choice(NOUNS).upper()}_{k}": rng.randint(2, 999)
+            for k in range(6)
+        }
+        head = ['"""Generated helpers for a data pipeline."""', "", "import math", ""]
+        head += [f"{k} = {v}" for k, v in consts.items()] + [""]
+        body = []
+        for f in range(n_funcs):
+            v, n = rng.choice(VERBS), rng.choice(NOUNS)
+            body += [
+                "",
+                f"def {v}_{n}_{f}(items, limit=10):",
+                f'    """{v.capitalize()} each {n} in ``items`` up to ``limit``."""',
+                "    out = []",
+                "    for i, item in enumerate(items):",
+                "        if i >= limit:",
+                "            break",
+                f"        out.append(math.floor(item * {rng.randint(2, 9)}))",
+                "    return out",
+            ]
+        target = rng.choice(list(consts))
+        tail = (
+            "\n\n\ndef clamp_to_limit(value):\n"
+            f'    """Clamp ``value`` to the module\'s {target.lower().replace("_", " ")}'
+            f' ({target})."""\n    return min(value,'
+        )
+        rows.append(
+            {
+                "id": f"code-long-{n_funcs}",
+                "kind": "code-long",
+                "prompt": "\n".join(head + body) + tail,
+                "chat": False,
+                "answer": [target],
+                "tokens": n_funcs * 60,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    makers = {"needle": needle_rows, "multifact": multifact_rows, "code_long": code_rows}
+    for name, make in makers.items():
+        rows = make(random.Random(f"{SEED}-{name}"))
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        (OUT / f"{name}.jsonl").write_text(text)
+        print(f"{OUT / name}.jsonl: {len(rows)} prompts")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""``edgespec bench --compress`` on a fake runtime, and the shipped long-context workloads."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from edgespec.bench import energy
+from edgespec.bench.runner import BaselineRun, Bench, BenchOptions, make_combos
+from edgespec.bench.workloads import is_correct, load_workloads
+from edgespec.errors import EdgespecError
+from edgespec.runtime import Runtime
+from edgespec.runtimes.base import LoadOptions, ModelSource
+from edgespec.testing import CharTokenizer, PrefixModel
+
+pytestmark = pytest.mark.unit
+
+ALPHABET = "abcdefghijklmnop .\n"
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path / "home"))
+
+
+def make_rt(backend: str | None = None) -> Runtime:
+    return Runtime(
+        tokenizer=CharTokenizer(ALPHABET),
+        target=PrefixModel(vocab_size=len(ALPHABET), scale=3.0),
+        backend="fake",
+        source=ModelSource("gguf", __file__, "fake"),  # type: ignore[arg-type]
+        options=LoadOptions(n_ctx=512, progress=False),
+    )
+
+
+class FakeBaseline:
+    description = "fake greedy baseline"
+
+    def __init__(self, rt: Runtime) -> None:
+        self.model = PrefixModel(vocab_size=len(ALPHABET), scale=3.0)
+
+    def run(self, ids: list[int], n: int) -> BaselineRun:
+        t = time.perf_counter()
+        out = self.model.greedy(ids, n)
+        return BaselineRun(out, time.perf_counter() - t + 1e-6, 1e-7)
+
+    def close(self) -> None:
+        pass
+
+
+def test_compress_configurations_run_beside_the_full_prompt(tmp_path):
+    context = "abc def. ghi jkl. mno pab. cde fgh. ijk lmn. opa bcd. " * 4
+    w = tmp_path / "w.jsonl"
+    rows = [{"id": "w-0", "prompt": context + "\n\nab cd", "answer": ["zz"]}]
+    w.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    opts = BenchOptions(
+        out=tmp_path / "out",
+        strategies=["autoregressive"],
+        runs=1,
+        warmup=0,
+        max_new_tokens=6,
+        workloads=[str(w)],
+        progress=False,
+        plots=False,
+        compress=["0.5", "budget=40"],
+    )
+    doc = Bench(
+        opts, loader=make_rt, baseline=FakeBaseline, meter=energy.EstimateMeter(4.0), argv=[]
+    ).run()
+    by = {r["label"]: r for r in doc["runs"]}
+    assert set(by) >= {"autoregressive", "autoregressive+compress=0.5"}
+    full, half = by["autoregressive"], by["autoregressive+compress=0.5"]
+    assert not full["lossy"] and half["lossy"]
+    n_prompt = len(context) + len("\n\nab cd")
+    assert half["compressed_from"] == n_prompt
+    assert half["compressed_to"] == round(0.5 * len(context)) + len("\n\nab cd")
+    assert by["autoregressive+compress=budget=40"]["compressed_to"] == 40
+    assert "compressed_from" not in full
+    assert full["correct"] is False and half["correct"] is False  # "zz" is never generated
+    assert half["ttft_s"] >= half["compress_s"] > 0
+
+
+@pytest.mark.parametrize("bad", ["1.5", "0", "budget=0", "budget=x", "half"])
+def test_bad_compress_configuration_is_one_line(bad):
+    with pytest.raises(EdgespecError, match="--compress|--context-budget"):
+        make_combos(["autoregressive"], [None], [bad])
+
+
+def test_shipped_long_workloads_have_answers_and_the_question_last():
+    prompts = load_workloads(["long/needle", "long/multifact", "long/code_long"])
+    kinds = {p.kind for p in prompts}
+    assert kinds == {"needle", "multifact", "code-long"}
+    for p in prompts:
+        assert p.answer and not p.chat
+        if p.kind == "needle":  # the answer is in the context, not in the question
+            context, _, question = p.prompt.rpartition("\n\n")
+            assert all(a in context and a not in question for a in p.answer)
+    assert is_correct("Alice lives in Lima; Bob is a Judge", ("lima", "judge"))
+    assert not is_correct("Alice lives in Lima", ("lima", "judge"))
