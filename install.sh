@@ -27,6 +27,15 @@ command -v make >/dev/null 2>&1 || missing+=(make)
 # is executed on it in the tests (kernels/opencl.py)
 [[ -e /etc/OpenCL/vendors/pocl.icd ]] || missing+=(pocl-opencl-icd)
 compgen -G "/usr/lib/*/libOpenCL.so.1" >/dev/null || missing+=(ocl-icd-libopencl1)
+# the Android demo (android_demo/): Chromium for its browser tests, Node for its npm packages,
+# and the APK tools (build.sh: aapt, zipalign, apksigner, javac; dexdump for its tests)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v aapt >/dev/null 2>&1 || missing+=(aapt)
+command -v zipalign >/dev/null 2>&1 || missing+=(zipalign)
+command -v apksigner >/dev/null 2>&1 || missing+=(apksigner)
+command -v dexdump >/dev/null 2>&1 || missing+=(dexdump)
+command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
 if ((${#missing[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         echo "installing Debian packages: ${missing[*]}"
@@ -49,6 +58,13 @@ PIP=("$VPY" -m pip install --disable-pip-version-check --progress-bar off -q)
 "${PIP[@]}" "torch==2.13.0"
 # LLAVA (multimodal) is not used; skipping it saves build time.
 CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" "${PIP[@]}" -e ".[all,dev]"
+
+# the demo's npm packages (onnxruntime-web, transformers.js, playwright-core), again only when
+# package-lock.json changed; --ignore-scripts: onnxruntime-node's post-install downloads from
+# api.nuget.org, and nothing here needs it
+if [[ android_demo/package-lock.json -nt android_demo/node_modules/.package-lock.json ]]; then
+    (cd android_demo && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+fi
 
 # --- 4. the default model -------------------------------------------------------------------
 "$VPY" -m edgespec models pull smollm2-135m
