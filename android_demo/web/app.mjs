@@ -61,7 +61,8 @@ async function loadTokenizer(base, manifest) {
     tokenizer = await AutoTokenizer.from_pretrained(tok.path.replace(/\/$/, ''));
   } else {
     // no tokenizer_config.json (AutoTokenizer needs one): the generic class over tokenizer.json
-    if (!files['tokenizer.json']) throw new DemoError('the bundle\'s tokenizer has no tokenizer.json; this demo needs one (a GGUF-only vocabulary is not enough)');
+    // a bundle exported from a GGUF file carries only tokenizer.gguf: token ids work, text not
+    if (!files['tokenizer.json']) return { tokenizer: null, cfg: json('tokenizer_config.json'), gen: json('generation_config.json'), idOf: () => undefined };
     tokenizer = new PreTrainedTokenizer(json('tokenizer.json'), {});
   }
   // the same rules as edgespec.tokenizer.HFTokenizer: special tokens as tokenizer.json adds
@@ -80,7 +81,12 @@ function eosIds(tok, config) {
   return ids;
 }
 
+const NO_TEXT = 'this bundle has no tokenizer.json (exported from a GGUF file: tokenizer.gguf only), so the page takes token ids only; export from the HF model for text prompts';
+
+function decodeIds(tok, ids) { return tok.tokenizer ? tok.tokenizer.decode(ids) : `[${ids.join(', ')}]`; }
+
 function encode(tok, config, text) {
+  if (!tok.tokenizer) throw new DemoError(NO_TEXT);
   const ids = Array.from(tok.tokenizer.encode(text, { add_special_tokens: true }));
   const bos = tok.idOf(tok.cfg.bos_token) ?? config.bos_token_id;
   if (tok.cfg.add_bos_token && Number.isInteger(bos) && ids[0] !== bos) ids.unshift(bos);
@@ -163,8 +169,8 @@ async function main() {
       const ctx = config.max_position_embeddings ?? 2048;
       if (promptIds.length + (opts.maxNewTokens ?? 32) > ctx) throw new DemoError(`prompt (${promptIds.length} tokens) plus max new tokens exceed the model's context of ${ctx}`);
       status(`generating (${opts.strategy ?? 'plain'})`);
-      const r = await generate(lm, promptIds, opts, eos, (ids) => { $('output').textContent = tok.tokenizer.decode(ids); });
-      const text = tok.tokenizer.decode(r.tokens);
+      const r = await generate(lm, promptIds, opts, eos, (ids) => { $('output').textContent = decodeIds(tok, ids); });
+      const text = decodeIds(tok, r.tokens);
       $('output').textContent = text;
       status('done');
       return { promptIds, tokens: r.tokens, text, stats: r.stats };
@@ -198,7 +204,7 @@ async function main() {
   $('go').onclick = () => clicked([$('strategy').value]);
   $('compare').onclick = () => clicked(['plain', 'ngram']);
   $('go').disabled = $('compare').disabled = false;
-  status('ready');
+  status(tok.tokenizer ? 'ready' : `ready (token ids only: ${NO_TEXT})`);
   return { info, run, renderStats: (title, s) => renderStats($('stats'), title, s) };
 }
 
