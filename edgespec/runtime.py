@@ -99,17 +99,18 @@ def _fastest_measured(source: ModelSource, able: list[str], options: LoadOptions
     times: dict[str, tuple[float, int | None]] = {}
     quiet = replace(options, progress=False)  # one line below says it all
     for name in cheap:
-        key = threads.key_for(source, name, options)
-        if cost_curves.one_token_seconds(cost_curves.load_threads(key), options.n_threads) is None:
-            try:
-                with BACKENDS.get(name).load(source, quiet) as model:
-                    threads.tune(model, source, name, quiet)
-            except EdgespecError:
-                continue  # this backend cannot load this model: it is out of the running
-        entry = cost_curves.load_threads(key)
+        entry = cost_curves.load_threads(threads.key_for(source, name, options))
         one = cost_curves.one_token_seconds(entry, options.n_threads)
         if entry is not None and one is not None:
             times[name] = (one, options.n_threads or entry.get("best"))
+            continue
+        try:
+            with BACKENDS.get(name).load(source, quiet) as model:
+                choice = threads.tune(model, source, name, quiet)  # cached unless busy
+        except EdgespecError:
+            continue  # this backend cannot load this model: it is out of the running
+        if choice.threads is not None and choice.one_token_s:
+            times[name] = (choice.one_token_s[choice.threads], choice.threads)
     if len(times) < 2:
         return None
     best = min(times, key=lambda n: times[n][0])

@@ -33,6 +33,10 @@ PROBE_REPS = 5
 CALIBRATE_REPS = 7
 #: turns each count takes (interleaved, so that a burst of background load hits all alike)
 PROBE_ROUNDS = 2
+#: a first-use probe is not cached when the 1-minute load average was at least this many
+#: times the CPU count: other work then decided the result (on the 2-core build machine,
+#: with 4 busy processes, llama.cpp ran 52 ms per token with 1 thread and 373 ms with 2)
+BUSY_LOAD = 1.0
 #: above this many CPUs the first-use probe times a spread of counts, not every one
 PROBE_ALL_UP_TO = 8
 
@@ -107,7 +111,7 @@ def tune(
     from tqdm.auto import tqdm
 
     explicit = options.n_threads is not None
-    counts = [int(options.n_threads)] if explicit else counts or candidate_counts()  # type: ignore[arg-type]
+    counts = [options.n_threads] if options.n_threads is not None else counts or candidate_counts()
     if not isinstance(model, ThreadTunable) or not model.set_threads(counts[0]):
         return ThreadChoice(None, "fixed")
     label = source.name or source.path.name
@@ -130,6 +134,9 @@ def tune(
         )
     best = min(times, key=lambda n: (times[n], n))
     model.set_threads(best)
+    load = load_average()
+    cpus = os.cpu_count() or 1
+    busy = origin == "probe" and load is not None and load >= BUSY_LOAD * cpus
     key = key_for(source, backend, options)
     old = cost_curves.load_threads(key) or {}
     entry: dict[str, Any] = {
@@ -140,21 +147,36 @@ def tune(
         "one_token_s": {**old.get("one_token_s", {}), **{str(n): s for n, s in times.items()}},
         "source": origin,
         "reps": reps,
+        "load_average": load,
     }
     if explicit:
         entry.update({k: old[k] for k in ("best",) if k in old})
     else:
         entry["best"] = best
-    path = cost_curves.save_threads(key, entry)
+    if busy:  # used now, measured again next time
+        where = (
+            f"not cached: the machine was busy (load average {load:.1f} on {cpus} CPUs), "
+            "so the next run measures again"
+        )
+    else:
+        where = f"cached in {cost_curves.save_threads(key, entry)}"
     if options.progress and not explicit:
         per = ", ".join(f"{n}: {s * 1000:.1f}" for n, s in sorted(times.items()))
         print(
             f"edgespec: {backend} decodes {label} fastest with {best} thread(s) on this device "
-            f"(ms per token: {per}); cached in {path} (edgespec calibrate re-measures, "
+            f"(ms per token: {per}); {where} (edgespec calibrate re-measures, "
             "--threads overrides)",
             file=sys.stderr,
         )
     return ThreadChoice(best, origin, times)
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the platform has none."""
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return None
 
 
 def load_tuned(

@@ -269,10 +269,11 @@ def best_llamacpp_threads(source: Any, n_ctx: int) -> tuple[int | None, dict[str
     key = threads.key_for(source, "llamacpp", options)
     origin = f"stored by {(cost_curves.load_threads(key) or {}).get('source', 'an earlier run')}"
     best = threads.stored_best(source, "llamacpp", options)
+    times = (cost_curves.load_threads(key) or {}).get("one_token_s", {})
     if best is None:
         origin = "measured at the start of this run"
         with BACKENDS.get("llamacpp").load(source, options) as model:
-            threads.tune(
+            choice = threads.tune(
                 model,
                 source,
                 "llamacpp",
@@ -280,9 +281,7 @@ def best_llamacpp_threads(source: Any, n_ctx: int) -> tuple[int | None, dict[str
                 counts=threads.candidate_counts(every=True),
                 reps=threads.CALIBRATE_REPS,
             )
-        best = threads.stored_best(source, "llamacpp", options)
-    entry = cost_curves.load_threads(key) or {}
-    times = entry.get("one_token_s", {})
+        best, times = choice.threads, {str(n): s for n, s in choice.one_token_s.items()}
     per = ", ".join(
         f"{n}: {float(s) * 1000:.1f}" for n, s in sorted(times.items(), key=lambda kv: int(kv[0]))
     )

@@ -145,6 +145,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, type[Backend]]:
     monkeypatch.setitem(PREFERRED, "gguf", ("halfcores",))
     monkeypatch.setattr(time, "perf_counter", CLOCK)
     monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.5, 0.5, 0.5))  # a quiet machine
     return made
 
 
@@ -203,3 +204,11 @@ def test_bundle_artifacts_take_their_digest_from_the_manifest(tmp_path: Path) ->
     for path, source in sources.items():
         assert source.digest() == content_digest(path)  # which does hash, and caches
     assert (tmp_path / "digests.json").exists()
+
+
+def test_on_a_busy_machine_the_probe_still_decides(
+    fakes: dict[str, type[Backend]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    assert pick_backend(SOURCE, None, LoadOptions(progress=False)) == "other"
+    assert cost_curves.load_threads(threads.key_for(SOURCE, "other", LoadOptions())) is None

@@ -81,6 +81,7 @@ def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(FakeBackend, "tunable", True)
     monkeypatch.setattr(time, "perf_counter", FakeBackend.clock)
     monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.5, 0.5, 0.5))  # a quiet machine
 
 
 def test_first_use_probes_picks_the_fastest_and_tells_the_user(
@@ -156,3 +157,20 @@ def test_candidate_counts() -> None:
     assert threads.candidate_counts(2) == [1, 2]
     assert threads.candidate_counts(12, every=True) == list(range(1, 13))
     assert threads.candidate_counts(12) == [1, 2, 4, 6, 8, 9, 12]
+
+
+def test_a_probe_on_a_busy_machine_is_used_but_not_cached(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (4.0, 4.0, 4.0))  # 4 on 4 CPUs
+    model, choice = threads.load_tuned(SOURCE, "fake", LoadOptions())
+    assert (choice.threads, model.threads) == (3, 3)  # type: ignore[attr-defined]
+    assert (
+        "not cached: the machine was busy (load average 4.0 on 4 CPUs)" in capsys.readouterr().err
+    )
+    assert threads.stored_best(SOURCE, "fake", LoadOptions()) is None
+    rt: Any = type("RT", (), {})()  # calibrate stores whatever the load
+    rt.target, rt.source, rt.backend = model, SOURCE, "fake"
+    rt.options = LoadOptions(progress=False)
+    threads.calibrate(rt, reps=3)
+    assert threads.stored_best(SOURCE, "fake", LoadOptions()) == 3
