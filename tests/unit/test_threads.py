@@ -174,3 +174,21 @@ def test_a_probe_on_a_busy_machine_is_used_but_not_cached(
     rt.options = LoadOptions(progress=False)
     threads.calibrate(rt, reps=3)
     assert threads.stored_best(SOURCE, "fake", LoadOptions()) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.backend
+def test_llamacpp_changes_threads_on_the_live_context(smollm2_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    from edgespec.runtimes.llamacpp import LlamaCppModel, _lib
+
+    with LlamaCppModel(smollm2_path, n_ctx=64, n_threads=1) as m:
+        m.forward([1, 2], all_logits=False)
+        before = m.forward([3], all_logits=False)  # one-token, as after the switch
+        m.truncate(2)
+        assert m.set_threads(2)
+        lib = _lib()
+        assert lib.llama_n_threads(m._ctx) == lib.llama_n_threads_batch(m._ctx) == 2
+        assert m.n_past == 2  # the cache is kept
+        after = m.forward([3], all_logits=False)
+        assert int(np.argmax(after)) == int(np.argmax(before))
