@@ -105,6 +105,13 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         help="llamacpp/onnx: plain decoding through the verification kernels, so that "
         "speculation matches it token for token (slower one-token steps; docs/speculative.md)",
     )
+    p.add_argument(
+        "--kv-cache",
+        default=None,
+        metavar="TYPE",
+        help="KV-cache element type: f32, f16, q8 or q4 (llamacpp; q8/q4 are lossy and save "
+        "memory, --stats says how much; default: the backend's, f16 on llama.cpp)",
+    )
     add_runtime_args(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
@@ -231,6 +238,7 @@ def load_from_args(a: argparse.Namespace) -> Runtime:
         spin=not a.no_spin,
         exact=a.exact,
         compressor=getattr(a, "compressor", None),
+        kv_cache=a.kv_cache,
     )
 
 

@@ -228,6 +228,12 @@ class Runtime:
         )
         ctx.rec.probe_s, self._probe_s = self._probe_s, 0.0
         gen = Generation(ctx, strategy, self.tokenizer, ids)
+        extra = self.target.info.extra
+        if "kv_cache" in extra:
+            ctx.rec.kv_cache = str(extra["kv_cache"])
+            ctx.rec.kv_cache_mb = extra["kv_cache_bytes"] / 1e6
+            ctx.rec.kv_cache_f16_mb = extra["kv_cache_f16_bytes"] / 1e6
+            ctx.rec.lossy = ctx.rec.lossy or extra["kv_cache"] in ("q8", "q4")
         if compression is not None:
             compression.record(ctx.rec)
         return gen
@@ -281,6 +287,7 @@ def load(
     spin: bool = True,
     exact: bool = False,
     compressor: str | Path | None = None,
+    kv_cache: str | None = None,
 ) -> Runtime:
     """Load a model (zoo name, .gguf, HF folder or hub id; default ``smollm2-135m``).
 
@@ -304,6 +311,8 @@ def load(
         compressor: the context-compressor model (any vocabulary), loaded on the first
             compressed generation; None: a bundle's compressor role, else the draft, else
             the target (see :mod:`edgespec.compress`).
+        kv_cache: the KV cache's element type: f32, f16, q8 or q4 (lossy below the
+            backend's default); None: the backend's default. See ``LoadOptions.kv_cache``.
     """
     if n_ctx < 16:
         raise EdgespecError(f"n_ctx must be at least 16, got {n_ctx}")
@@ -318,8 +327,25 @@ def load(
         weights=weights,
         spin=spin,
         exact=exact,
+        kv_cache=kv_cache,
     )
     name = pick_backend(source, backend, options)
+    if kv_cache is not None:
+        from edgespec.runtimes.base import KV_CACHE_TYPES
+
+        if kv_cache not in KV_CACHE_TYPES:
+            raise EdgespecError(
+                f"unknown KV-cache type '{kv_cache}'; known: {', '.join(KV_CACHE_TYPES)}"
+            )
+        able = BACKENDS.get(name).kv_cache_types
+        if kv_cache not in able:
+            kv_ok = ", ".join(
+                n for n in BACKENDS.names() if kv_cache in BACKENDS.get(n).kv_cache_types
+            )
+            raise EdgespecError(
+                f"backend '{name}' has no {kv_cache} KV cache; drop --kv-cache or use "
+                f"--backend {kv_ok or 'llamacpp'}"
+            )
     if exact and not BACKENDS.get(name).supports_exact:
         exact_ok = ", ".join(n for n in BACKENDS.names() if BACKENDS.get(n).supports_exact)
         raise EdgespecError(

@@ -52,6 +52,10 @@ class Stats:
         compressed_to: target tokens the target received after compression.
         compress_s: wall seconds the compressor spent; part of ``ttft_s`` and ``wall_s``.
         compressor: the compressor model's name ("" without compression).
+        kv_cache: the target's KV-cache type ("f16", "q8", ...; "" when the backend does
+            not say). q8 and q4 are lossy.
+        kv_cache_mb: the target's KV cache for its whole context, in MB (1e6 bytes).
+        kv_cache_f16_mb: the same cache in f16 (llama.cpp's default), for comparison.
     """
 
     backend: str
@@ -82,6 +86,9 @@ class Stats:
     compressed_to: int = 0
     compress_s: float = 0.0
     compressor: str = ""
+    kv_cache: str = ""
+    kv_cache_mb: float = 0.0
+    kv_cache_f16_mb: float = 0.0
 
     @property
     def large_share(self) -> float | None:
@@ -125,6 +132,19 @@ class Stats:
                 f"{self.compressed_from} -> {self.compressed_to} tok in "
                 f"{self.compress_s * 1000:.0f} ms (included in ttft)"
             )
+        if self.kv_cache:
+            f16 = self.kv_cache_f16_mb
+            lines.append(
+                f"KV cache {self.kv_cache}"
+                + (" (lossy)" if self.kv_cache in ("q8", "q4") else "")
+                + f": {self.kv_cache_mb:.1f} MB for the context"
+                + (
+                    f" ({self.kv_cache_mb / f16:.2f}x of f16, "
+                    f"{f16 - self.kv_cache_mb:.1f} MB saved)"
+                    if f16 and self.kv_cache != "f16"
+                    else ""
+                )
+            )
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -157,6 +177,10 @@ class StatsRecorder:
     compress_s: float = 0.0
     compress_cpu_s: float = 0.0
     compressor: str = ""
+    #: the target's KV cache (see :class:`Stats`)
+    kv_cache: str = ""
+    kv_cache_mb: float = 0.0
+    kv_cache_f16_mb: float = 0.0
     #: when True, :meth:`phase` and :meth:`span` record (name, start offset s, seconds)
     trace_phases: bool = False
     phases: list[tuple[str, float, float]] = field(default_factory=list)
@@ -222,4 +246,7 @@ class StatsRecorder:
             compressed_to=self.compressed_to,
             compress_s=self.compress_s,
             compressor=self.compressor,
+            kv_cache=self.kv_cache,
+            kv_cache_mb=self.kv_cache_mb,
+            kv_cache_f16_mb=self.kv_cache_f16_mb,
         )

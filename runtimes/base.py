@@ -40,6 +40,10 @@ class ModelSource:
         return content_digest(self.path)
 
 
+#: KV-cache element types a user can ask for (``--kv-cache``); backends list what they do
+KV_CACHE_TYPES = ("f32", "f16", "q8", "q4")
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """How to instantiate a model.
@@ -62,6 +66,10 @@ class LoadOptions:
             onnx: one-token forwards run padded to two tokens), so lossless strategies equal
             plain greedy decoding token for token; costs some one-token speed
             (docs/speculative.md). Backends without ``supports_exact`` refuse it.
+        kv_cache: the KV cache's element type, one of :data:`KV_CACHE_TYPES` (``f32``,
+            ``f16``, ``q8``, ``q4``: lossy below the backend's default); None: the backend's
+            default (llama.cpp: f16; onnx and numpy: f32). Backends refuse types not in their
+            ``kv_cache_types``.
     """
 
     n_ctx: int = 2048
@@ -71,6 +79,7 @@ class LoadOptions:
     weights: str = "auto"
     spin: bool = True
     exact: bool = False
+    kv_cache: str | None = None
 
 
 class Backend(ABC):
@@ -89,6 +98,8 @@ class Backend(ABC):
     extra: ClassVar[str] = ""
     #: whether ``LoadOptions.exact`` is implemented (``edgespec.load`` refuses it otherwise)
     supports_exact: ClassVar[bool] = False
+    #: ``LoadOptions.kv_cache`` values this backend implements (empty: only its default)
+    kv_cache_types: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def available(cls) -> bool:

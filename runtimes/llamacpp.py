@@ -126,7 +126,18 @@ def _model_params(lib: Any) -> Any:
     return p
 
 
-def _context_params(lib: Any, n_ctx: int, n_threads: int | None, n_seq_max: int) -> Any:
+#: ``--kv-cache`` name -> ggml type of llama.cpp's K and V caches, and bytes per element
+KV_TYPES: dict[str, tuple[str, float]] = {
+    "f32": ("GGML_TYPE_F32", 4.0),
+    "f16": ("GGML_TYPE_F16", 2.0),
+    "q8": ("GGML_TYPE_Q8_0", 34 / 32),  # blocks of 32: 32 int8 + an f16 scale
+    "q4": ("GGML_TYPE_Q4_0", 18 / 32),  # blocks of 32: 16 bytes of nibbles + an f16 scale
+}
+
+
+def _context_params(
+    lib: Any, n_ctx: int, n_threads: int | None, n_seq_max: int, kv_cache: str = "f16"
+) -> Any:
     """``llama_context_params`` as ``llama_cpp.Llama(path, n_ctx=n_ctx)`` builds them.
 
     Two differences, both measured not to change any logit: ``n_seq_max`` sequence ids (for
@@ -135,6 +146,10 @@ def _context_params(lib: Any, n_ctx: int, n_threads: int | None, n_seq_max: int)
     core. ``n_threads=None`` keeps ``Llama``'s defaults: half the cores for one-token decodes,
     all of them for batches (``edgespec.load`` passes the fastest count measured on this
     device instead, or switches to it with :meth:`LlamaCppModel.set_threads`).
+
+    ``kv_cache`` (:data:`KV_TYPES`) sets ``type_k`` and ``type_v``; the quantized types need
+    flash attention in llama.cpp (a quantized V cache is only read by its flash kernel), so
+    they turn it on: their quality is measured against the default f16 without it.
     """
     n_batch = min(n_ctx, DEFAULT_N_BATCH)
     cpus = multiprocessing.cpu_count()
@@ -160,6 +175,10 @@ def _context_params(lib: Any, n_ctx: int, n_threads: int | None, n_seq_max: int)
     p.no_perf = False
     p.n_seq_max = n_seq_max
     p.kv_unified = True
+    ggml_type = getattr(lib, KV_TYPES[kv_cache][0])
+    p.type_k = p.type_v = ggml_type
+    if kv_cache in ("q8", "q4"):
+        p.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
     return p
 
 
@@ -180,6 +199,8 @@ class LlamaCppModel(Model):
         exact: decode one token as two (the token and a dummy copy, dropped at once), so that
             plain decoding takes the multi-token kernel path that verification takes (see
             docs/speculative.md, "--exact"); the context gets one spare cell for the dummy.
+        kv_cache: K and V element type, a :data:`KV_TYPES` name (None: f16, llama.cpp's
+            default); ``info.extra`` records it and the cache's bytes (and f16's).
 
     Attributes:
         n_ctx: the usable context in tokens: the one asked for (llama.cpp may allocate more).
@@ -198,8 +219,10 @@ class LlamaCppModel(Model):
         max_tree_leaves: int = MAX_TREE_LEAVES,
         info: ModelInfo | None = None,
         exact: bool = False,
+        kv_cache: str | None = None,
     ) -> None:
         self.exact = exact
+        kv = kv_cache or "f16"
         self._ctx: Any = None
         self._model: Any = None
         self._batch: Any = None
@@ -225,7 +248,7 @@ class LlamaCppModel(Model):
         if n_ctx <= 0:
             n_ctx = int(lib.llama_model_n_ctx_train(self._model))
         with self._log.active():
-            params = _context_params(lib, n_ctx, n_threads, max_tree_leaves)
+            params = _context_params(lib, n_ctx, n_threads, max_tree_leaves, kv)
             params.n_ctx += int(exact)  # the dummy of a padded step after the last position
             self._ctx = lib.llama_init_from_model(self._model, params)
         if not self._ctx:
@@ -247,6 +270,20 @@ class LlamaCppModel(Model):
         self.info = info
         if exact:  # its own cost curve and near-tie bound
             self.info.extra["variant"] = "exact"
+        if kv != "f16":  # another cache type: its own cost curve and near-tie bound
+            self.info.extra["variant"] = "+".join(
+                v for v in (str(self.info.extra.get("variant", "")), f"kv-{kv}") if v
+            )
+        # K and V of every layer for the whole context (llama.cpp allocates it up front)
+        n_layer = int(lib.llama_model_n_layer(self._model))
+        head_dim = int(lib.llama_model_n_embd(self._model)) // int(
+            lib.llama_model_n_head(self._model)
+        )
+        per_token = 2 * n_layer * int(lib.llama_model_n_head_kv(self._model)) * head_dim
+        self.info.extra["kv_cache"] = kv
+        cells = int(lib.llama_n_ctx(self._ctx))  # as allocated (llama.cpp pads to 256)
+        self.info.extra["kv_cache_bytes"] = int(per_token * cells * KV_TYPES[kv][1])
+        self.info.extra["kv_cache_f16_bytes"] = int(per_token * cells * 2)
 
         self._batch = lib.llama_batch_init(self.n_batch, 0, max_tree_leaves)
         b = self._batch
@@ -582,6 +619,7 @@ class LlamaCppBackend(Backend):
     requires: ClassVar[tuple[str, ...]] = ("llama_cpp",)
     extra: ClassVar[str] = "llamacpp"
     supports_exact: ClassVar[bool] = True
+    kv_cache_types: ClassVar[tuple[str, ...]] = tuple(KV_TYPES)
 
     @classmethod
     def load(cls, source: ModelSource, options: LoadOptions) -> LlamaCppModel:
@@ -591,5 +629,9 @@ class LlamaCppBackend(Backend):
                 f"('{source.name}'); export it to GGUF first or pick another backend"
             )
         return LlamaCppModel(
-            source.path, n_ctx=options.n_ctx, n_threads=options.n_threads, exact=options.exact
+            source.path,
+            n_ctx=options.n_ctx,
+            n_threads=options.n_threads,
+            exact=options.exact,
+            kv_cache=options.kv_cache,
         )

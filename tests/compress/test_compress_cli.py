@@ -1,6 +1,8 @@
 """Context compression through the CLI and on a real model (smollm2-135m)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -78,6 +80,10 @@ def test_real_model_generate_compressed(capsys, smollm2_path, smollm2_prompt):
     assert code == 0, err
     s = json.loads(out)["stats"]
     assert s["compressed_from"] > s["compressed_to"] and s["compress_s"] > 0
-    # a budget smaller than the question: one line, exit 2
-    code, _, err = run(capsys, *args, "--context-budget", "3")
-    assert_one_line(code, err, "cannot hold the question")
+    # a budget smaller than the question: one line, exit 2 (in a process: what a user sees)
+    p = subprocess.run(
+        [sys.executable, "-m", "edgespec", *args, "--context-budget", "3"],
+        capture_output=True,
+        text=True,
+    )
+    assert_one_line(p.returncode, p.stderr, "cannot hold the question")
