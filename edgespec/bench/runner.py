@@ -156,8 +156,10 @@ class LlamaCppBaseline:
     Args:
         path: the GGUF file.
         n_ctx: context size.
-        threads: ``Llama(n_threads=...)``; None keeps llama-cpp-python's default (half the
-            cores for one-token decodes).
+        threads: ``Llama(n_threads=..., n_threads_batch=...)``, one count for one-token and
+            batched decodes as llama.cpp's ``-t`` sets both (and as edgespec runs); None keeps
+            llama-cpp-python's defaults (half the cores for one-token decodes, all of them for
+            prompts).
         info: what results.json records about the choice of ``threads``.
     """
 
@@ -173,7 +175,13 @@ class LlamaCppBaseline:
         from edgespec.native import quiet_stderr
 
         with quiet_stderr():
-            self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=threads, verbose=False)
+            self.llm = llama_cpp.Llama(
+                str(path),
+                n_ctx=n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,  # None: all cores; as llama.cpp's -t sets -tb
+                verbose=False,
+            )
         self.path, self.n_ctx, self.threads = Path(path), n_ctx, threads
         self.info: dict[str, Any] = {"threads": threads, **(info or {})}
         self.description = (
