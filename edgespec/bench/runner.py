@@ -196,14 +196,18 @@ class LlamaCppBaseline:
         self._extras: list[tuple[str, Baseline]] | None = None
 
     def extras(self) -> list[tuple[str, Baseline]]:
-        """llama-cpp-python at its default thread count (half the cores for one-token
-        decodes), when that differs from this baseline's: what a user who never set
-        ``n_threads`` gets."""
+        """llama-cpp-python at its default thread counts (half the cores for one-token
+        decodes, all of them for prompts), when they differ from this baseline's: what a
+        user who never set ``n_threads`` gets."""
         if self._extras is None:
-            default = max(multiprocessing.cpu_count() // 2, 1)
+            cpus = multiprocessing.cpu_count()
+            default = max(cpus // 2, 1)
             self._extras = []
-            if self.threads is not None and self.threads != default:
-                label = f"llama-cpp-python default threads ({default} for one-token decodes)"
+            if self.threads is not None and (self.threads, self.threads) != (default, cpus):
+                label = (
+                    f"llama-cpp-python default threads ({default} for one-token decodes, "
+                    f"{cpus} for prompts)"
+                )
                 self._extras.append((label, LlamaCppBaseline(self.path, self.n_ctx, None)))
         return self._extras
 
