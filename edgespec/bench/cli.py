@@ -103,6 +103,12 @@ def add_commands(sub: Any) -> None:
         "--compress 0.5,budget=1024 (long-context workloads: long/needle, long/multifact, "
         "long/code_long; docs/compression.md)",
     )
+    b.add_argument(
+        "--compressor",
+        default=None,
+        metavar="MODEL",
+        help="the compressor model for --compress (default: the draft, else the target)",
+    )
     b.add_argument("--out", "-o", type=Path, required=True, help="output folder")
     b.add_argument(
         "--no-plot", "--no-plots", dest="no_plot", action="store_true", help="skip the PNG plots"
@@ -170,6 +176,7 @@ def options_from_args(a: argparse.Namespace) -> Any:
         progress=not a.quiet,
         plots=not a.no_plot,
         compress=a.compress,
+        compressor=a.compressor,
     )
 
 
@@ -206,6 +213,8 @@ def canonical_argv(opts: Any) -> list[str]:
         argv.append("--no-plot")
     if opts.compress:
         argv += ["--compress", ",".join(opts.compress)]
+    if opts.compressor:
+        argv += ["--compressor", opts.compressor]
     return argv
 
 

@@ -332,6 +332,7 @@ class BenchOptions:
         plots: write the PNG plots.
         compress: context-compression configurations ("0.5", "budget=1024"); each strategy
             also runs once per configuration on the compressed prompt (lossy rows).
+        compressor: the compressor model for ``compress`` (None: the draft, else the target).
     """
 
     out: Path
@@ -352,6 +353,7 @@ class BenchOptions:
     progress: bool = True
     plots: bool = True
     compress: list[str] = field(default_factory=list)
+    compressor: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -373,6 +375,7 @@ def default_loader(opts: BenchOptions) -> Loader:
             n_ctx=opts.n_ctx,
             n_threads=opts.threads,
             progress=False,
+            compressor=opts.compressor,
         )
 
     return loader
