@@ -212,16 +212,18 @@ def cpu_tile(m_rows: int) -> int:
 
 
 def schedule_cpu(func: PrimFunc, tile: int | None = None) -> IRModule:
-    """The untuned CPU schedule: ``tile`` outputs per parallel task (default
-    :func:`cpu_tile`), the K loop outside the M rows so each weight is decoded once for all
-    rows, and the rows and outputs unrolled (with the row loop left rolled, M = 8 and 16 ran
-    7 to 9 times slower than M = 9 here)."""
+    """The untuned CPU schedule. One row (plain decoding): :func:`schedule_cpu_lanes`. More
+    rows: ``tile`` outputs per parallel task (default :func:`cpu_tile`), the K loop outside
+    the M rows so each weight is decoded once for all rows, and the rows and outputs unrolled
+    (with the row loop left rolled, M = 8 and 16 ran 7 to 9 times slower than M = 9 here)."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
     blk = sch.get_sblock("y")
     i, j, r = sch.get_loops(blk)
     m_rows = int(sch.get(i).extent)
+    if m_rows == 1:
+        return schedule_cpu_lanes(func)
     jo, ji = sch.split(j, [None, tile or cpu_tile(m_rows)])
     ro, ri = sch.split(r, [None, BLOCK])
     sch.reorder(jo, ro, ri, i, ji)
@@ -229,6 +231,33 @@ def schedule_cpu(func: PrimFunc, tile: int | None = None) -> IRModule:
     sch.decompose_reduction(blk, ro)
     sch.unroll(ji)
     sch.unroll(i)
+    return sch.mod
+
+
+def schedule_cpu_lanes(func: PrimFunc, lanes: int = 16, tile: int = 8) -> IRModule:
+    """K split into ``lanes`` partial sums (``rfactor``) kept in a local buffer, so the inner
+    loop runs over 16 consecutive codes (one block half: contiguous bytes) and LLVM vectorizes
+    it; ``tile`` outputs per parallel task. Measured on one core, Q4_1 1536 x 576: M = 1 in
+    0.34 ms against 1.0 ms for the row-unrolled schedule, but the codes are decoded again for
+    every row (M = 9: 2.9 ms against 1.0 ms), so :func:`schedule_cpu` uses it for M = 1 only.
+    A different summation order than the others, inside the same float32 bound."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    blk = sch.get_sblock("y")
+    i, j, r = sch.get_loops(blk)
+    m_rows = int(sch.get(i).extent)
+    _, rv = sch.split(r, [None, lanes])
+    rf = sch.rfactor(rv, factor_axis=2)  # y_rf[i, j, lane]
+    i2, j2, ro2, rv2 = sch.get_loops(rf)
+    jo, ji = sch.split(j2, [None, tile])
+    sch.reorder(jo, ro2, ji, i2, rv2)
+    sch.parallel(jo)
+    sch.decompose_reduction(rf, ro2)
+    sch.reverse_compute_at(sch.get_sblock("y"), jo)
+    sch.set_scope(rf, 0, "local")
+    if m_rows > 1:
+        sch.unroll(i2)
     return sch.mod
 
 

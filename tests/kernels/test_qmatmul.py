@@ -17,7 +17,13 @@ pytest.importorskip("tvm")
 
 from edgespec.errors import EdgespecError  # noqa: E402
 from edgespec.kernels import KERNELS, reference  # noqa: E402
-from edgespec.kernels.qmatmul import FORMATS, QMatmul, QWeight, bucket_for  # noqa: E402
+from edgespec.kernels.qmatmul import (  # noqa: E402
+    FORMATS,
+    QMatmul,
+    QWeight,
+    bucket_for,
+    schedule_cpu_lanes,
+)
 
 
 def random_blocks(qtype: str, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -44,6 +50,21 @@ def test_random_blocks_match_reference(qtype: str) -> None:
         assert y.shape == (m_rows, n) and y.dtype == np.float32
         err = np.abs(y - reference.qmatmul(x, raw, qtype))
         assert (err <= reference.qmatmul_bound(x, raw, qtype)).all(), (qtype, m_rows, err.max())
+
+
+def test_lanes_schedule_for_several_rows() -> None:
+    """schedule_cpu_lanes (the M = 1 default) is also correct with several rows."""
+    rng = np.random.default_rng(4)
+    raw = random_blocks("Q4_1", 40, 96, rng)
+    kernel = QMatmul(
+        QWeight.from_gguf(raw, "Q4_1"),
+        scheduler=lambda f, t, k: schedule_cpu_lanes(f),
+        buckets=(1, 3),
+    )
+    for m_rows in (1, 3):
+        x = rng.standard_normal((m_rows, 96)).astype(np.float32)
+        err = np.abs(kernel(x) - reference.qmatmul(x, raw, "Q4_1"))
+        assert (err <= reference.qmatmul_bound(x, raw, "Q4_1")).all()
 
 
 def test_wrong_nibble_order_is_caught() -> None:
