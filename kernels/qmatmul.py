@@ -16,9 +16,10 @@ the kernel needs no half-precision support (OpenCL devices without ``cl_khr_fp16
 
 M is the number of rows of a chunk: 1 for plain decoding, k+1 to verify k drafts. One kernel
 is compiled per row bucket (:data:`BUCKETS`); a call pads its rows up to the next bucket.
-Schedules: :func:`schedule_cpu` (the untuned default: parallel over N, 16 outputs per task,
-the reduction inside) and :func:`schedule_gpu` (one work item per output feature, for the
-``opencl`` target); tuned schedules come from :mod:`edgespec.kernels.tuning`.
+Schedules: :func:`schedule_cpu` (the untuned default: parallel over N; one row uses
+:func:`schedule_cpu_lanes`, vectorized along K; more rows decode each weight once for all
+rows), :func:`schedule_gpu` (one work item per output feature, for the ``opencl`` target);
+tuned schedules come from :mod:`edgespec.kernels.tuning`.
 """
 
 from __future__ import annotations
