@@ -1,6 +1,7 @@
 """KV-cache types on llama.cpp: memory for the context and greedy agreement with f16.
 
-    python benchmarks/kv_cache.py [-m smollm2-135m] [-c 4096] [-n 64] [--workloads code summarize]
+    python benchmarks/kv_cache.py [-m smollm2-135m] [-c 4096] [-n 64] [-t N]
+        [--workloads code summarize] [--per-workload N]
 
 Loads the model once per ``--kv-cache`` type (f32, f16, q8, q4), decodes every prompt of the
 workloads greedily for ``-n`` tokens, and prints the KV cache's size and the share of tokens
@@ -23,8 +24,9 @@ def main() -> None:
     ap.add_argument("-n", "--max-new-tokens", type=int, default=64)
     ap.add_argument("-t", "--threads", type=int, default=None)
     ap.add_argument("--workloads", nargs="+", default=["code", "summarize"])
+    ap.add_argument("--per-workload", type=int, default=None, help="first N prompts of each")
     a = ap.parse_args()
-    prompts = load_workloads(a.workloads)
+    prompts = load_workloads(a.workloads, a.per_workload)
     outputs: dict[str, list[list[int]]] = {}
     sizes: dict[str, float] = {}
     for kv in ("f16", "f32", "q8", "q4"):
