@@ -74,7 +74,7 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
         metavar="N",
         type=int,
         default=None,
-        help="CPU threads (default: the backend's)",
+        help="CPU threads (default: the fastest count measured on this device, cached)",
     )
 
 
