@@ -128,7 +128,8 @@ def pick(
     name = name or str(root)
     if backend:
         accepts = BACKENDS.get(backend).accepts
-        for art in arts:
+        # the artifact made for this backend (onnx: the exported graph), else any it loads
+        for art in [a for a in arts if a.get("backend") == backend] + arts:
             if art["source_kind"] in accepts:
                 return _source(root, role, art, name)
         held = ", ".join(sorted({a["format"] for a in arts}))
@@ -159,16 +160,23 @@ def resolve_bundle(folder: Path, spec: str, *, progress: bool = False) -> ModelS
 
 
 def select(source: ModelSource, backend: str | None) -> ModelSource:
-    """``source`` again, or the bundle's artifact of the same role that ``backend`` loads."""
+    """``source`` again, or the bundle's artifact of the same role that ``backend`` loads.
+
+    A bundle resolved without a backend gives its default artifact (llama.cpp's GGUF first);
+    with ``backend`` the artifact made for that backend wins (the onnx backend gets the
+    exported ONNX graph, not a GGUF it could also convert). An artifact the user named by its
+    own path is kept when the backend loads it."""
     root = bundle_root(source.path)
     if root is None or not backend:
         return source
     from edgespec.runtimes import BACKENDS
 
-    if source.kind in BACKENDS.get(backend).accepts:
-        return source
     name, _, role = source.name.rpartition(":")
-    picked = pick(root, read_manifest(root), role or "target", backend=backend, name=name)
+    manifest = read_manifest(root)
+    default = pick(root, manifest, role or "target", name=name)
+    if source.kind in BACKENDS.get(backend).accepts and source != default:
+        return source  # the user named this artifact: keep it
+    picked = pick(root, manifest, role or "target", backend=backend, name=name)
     return picked or source
 
 
