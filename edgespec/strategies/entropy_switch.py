@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 from edgespec.options import Options, at_least, number, option
 from edgespec.sampling import entropy
-from edgespec.strategies.composition import AUTO
-from edgespec.strategies.two_model import LARGE, SMALL, TwoModelStrategy, spec_k_option
+from edgespec.strategies.two_model import LARGE, SMALL, TwoModelStrategy, spec_k_field
 
 
 @dataclass(frozen=True)
@@ -53,13 +52,7 @@ class SwitchConfig(Options):
     )
     window: int = option(4, "tokens in the rolling entropy mean", check=at_least(1))
     min_run: int = option(4, "tokens on a model before it may hand over", check=at_least(1))
-    spec_k: int | str = option(
-        AUTO,
-        "draft length while the large model is in charge (small model drafts; 0: no "
-        "speculation; default auto: the controller chooses each step)",
-        flags=("--k",),
-        check=spec_k_option,
-    )
+    spec_k: int | str = spec_k_field()
 
 
 class EntropySwitch(TwoModelStrategy):

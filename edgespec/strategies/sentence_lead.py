@@ -24,8 +24,7 @@ import numpy as np
 
 from edgespec.errors import EdgespecError
 from edgespec.options import Options, at_least, number, option
-from edgespec.strategies.composition import AUTO
-from edgespec.strategies.two_model import LARGE, SMALL, TwoModelStrategy, spec_k_option
+from edgespec.strategies.two_model import LARGE, SMALL, TwoModelStrategy, spec_k_field
 from edgespec.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -84,13 +83,7 @@ class LeadConfig(Options):
         1.0, "probability that the large model leads a sentence", check=_probability
     )
     lead_seed: int = option(0, "seed of the lead gate", check=at_least(0))
-    spec_k: int | str = option(
-        AUTO,
-        "draft length while the large model is in charge (small model drafts; 0: no "
-        "speculation; default auto: the controller chooses each step)",
-        flags=("--k",),
-        check=spec_k_option,
-    )
+    spec_k: int | str = spec_k_field()
     sentence_ends: frozenset[int] | None = option(
         None,
         "token ids that end a sentence (default: from the tokenizer)",

@@ -32,7 +32,7 @@ import numpy as np
 
 from edgespec.errors import EdgespecError
 from edgespec.model import Model
-from edgespec.options import integer, number
+from edgespec.options import integer, number, option
 from edgespec.sampling import entropy, sample
 from edgespec.speculative.step import Scorer
 from edgespec.strategies import Strategy, composition
@@ -57,6 +57,17 @@ def spec_k_option(value: Any, name: str = "spec_k") -> int | str:
             f"spec_k must be an integer >= 0 or '{composition.AUTO}', got {value!r}"
         )
     return int(value)
+
+
+def spec_k_field() -> Any:
+    """The ``spec_k`` option both two-model strategies declare (a fresh field each call)."""
+    return option(
+        composition.AUTO,
+        "draft length while the large model is in charge (small model drafts; 0: no "
+        "speculation; default auto: the controller chooses each step)",
+        flags=("--k",),
+        check=spec_k_option,
+    )
 
 
 def check_pair(runtime: Runtime, strategy: str) -> None:
@@ -255,5 +266,6 @@ __all__ = [
     "integer",
     "need_draft_flag",
     "number",
+    "spec_k_field",
     "spec_k_option",
 ]
