@@ -333,7 +333,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         print(json.dumps({"key": key, "path": str(path), **entry}))
         return 0
     print(f"device: {cost_curves.device_description()}")
-    print(f"profile: {key} -> {path}")
+    print(f"cost curve: {key} -> {path}")
     print(f"{'k+1':>4} {'ms':>9} {'x one token':>12}")
     for n, sec in sorted(curve.items()):
         if n:
