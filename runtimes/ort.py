@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -236,6 +236,8 @@ class OnnxModel(Model):
     """
 
     backend = "onnx"
+    #: builds a session of the same graph and options with n threads (set by the loader)
+    _session_factory: Callable[[int], Any] | None = None
 
     def __init__(
         self,

@@ -150,10 +150,10 @@ def compress_prompt(
     relevance = None
     if options.question_aware and question:
         # the same context scored after the question: what the question makes expected
-        head = ctx[:n_bos] + question
+        q_first = ctx[:n_bos] + question
         given = self_information(
-            compressor.model, head + ctx[n_bos:], chunk=options.chunk, progress=progress
-        )[len(head) :]
+            compressor.model, q_first + ctx[n_bos:], chunk=options.chunk, progress=progress
+        )[len(q_first) :]
         relevance = question_gain(info[n_bos:], given)
         relevance = np.concatenate([np.zeros(n_bos), relevance])
     pieces = [tok.decode([t]) for t in ctx]

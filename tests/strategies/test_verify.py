@@ -19,7 +19,11 @@ import pytest
 from edgespec.sampling import GenerationParams, draw, target_probs
 from edgespec.speculative.base import VERIFIERS, Verifier
 from edgespec.speculative.types import Draft, Verdict
-from edgespec.speculative.verify import ChainRejectionVerifier, GreedyVerifier, TreeRejectionVerifier
+from edgespec.speculative.verify import (
+    ChainRejectionVerifier,
+    GreedyVerifier,
+    TreeRejectionVerifier,
+)
 
 pytestmark = pytest.mark.unit
 
