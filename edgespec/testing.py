@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -213,3 +214,16 @@ def serve_proposer(monkeypatch: Any, name: str, factory: Callable[[Any], Propose
 
     Served.name = name
     monkeypatch.setitem(PROPOSERS._loaded, name, Served)
+
+
+def add_byte_tokenizer(folder: Path) -> None:
+    """Write a 256-token byte-level BPE ``tokenizer.json`` (255 bytes + one merge) into
+    ``folder``: the tokenizer of the tests' tiny random models (needs ``tokenizers``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())[:255] + ["Ġt"]
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("Ġ", "t")]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.save(str(folder / "tokenizer.json"))

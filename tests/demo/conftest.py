@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from edgespec.demo.server import DEMO_DIR
+from edgespec.testing import add_byte_tokenizer
 
 CHROMIUM = os.environ.get("EDGESPEC_CHROMIUM", "/usr/bin/chromium")
 DRIVER = DEMO_DIR / "tests" / "drive.mjs"
@@ -110,19 +111,6 @@ def drive_page(
     )
     assert p.returncode == 0, p.stderr[-2000:]
     return json.loads(p.stdout)
-
-
-def add_byte_tokenizer(folder: Path) -> None:
-    """A 256-token byte-level BPE tokenizer.json (255 bytes + one merge), as the export tests'
-    tiny model uses."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())[:255] + ["Ġt"]
-    vocab = {c: i for i, c in enumerate(alphabet)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("Ġ", "t")]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.save(str(folder / "tokenizer.json"))
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from edgespec.errors import EdgespecError
+from edgespec.testing import add_byte_tokenizer
 
 pytestmark = pytest.mark.backend
 pytest.importorskip("optimum.exporters.onnx")
@@ -17,23 +18,11 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("llama_cpp")
 
 
-def _add_byte_tokenizer(folder: Path) -> None:
-    """A 256-token byte-level BPE tokenizer.json (255 bytes + one merge) for the tiny model."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())[:255] + ["Ġt"]
-    vocab = {c: i for i, c in enumerate(alphabet)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("Ġ", "t")]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.save(str(folder / "tokenizer.json"))
-
-
 @pytest.fixture(scope="module")
 def tiny_tok_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-llama-tok") / "m"
     shutil.copytree(tiny_llama_dir, out)
-    _add_byte_tokenizer(out)
+    add_byte_tokenizer(out)
     return out
 
 
