@@ -315,8 +315,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         bound = ll.calibrate_near_tie_bound(
             rt.target, rt.tokenizer, max_k=a.max_k, positions=n_pos, progress=not a.quiet
         )
-        variant = str(rt.target.info.extra.get("variant", ""))
-        key = cost_curves.curve_key(rt.backend, rt.source.digest(), a.threads, variant)
+        key = rt.curve_key()  # the key the controller and the bench look up
         entry = {
             "verify": {str(n): s for n, s in curve.items()},
             "model": rt.source.name,

@@ -172,13 +172,29 @@ class Runtime:
             messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": prompt}
             ]
-            prompt = self.tokenizer.apply_chat_template(messages)
-            ids = self.tokenizer.encode(prompt)
-            bos = self.tokenizer.bos_id
-            if bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos:
-                ids = ids[1:]  # the template already wrote the BOS
-            return ids
+            return self.encode_messages(messages)
         return self.tokenizer.encode(prompt)
+
+    def encode_messages(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of chat ``messages`` (``{"role", "content"}`` dicts) through the model's
+        chat template, with one BOS even when the template writes its own."""
+        ids = self.tokenizer.encode(self.tokenizer.apply_chat_template(messages))
+        bos = self.tokenizer.bos_id
+        if bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos:
+            ids = ids[1:]  # the template already wrote the BOS
+        return ids
+
+    def curve_key(self) -> str:
+        """The key under which ``edgespec calibrate`` stores this runtime's cost curve and
+        near-tie bound, and under which the controller and the bench look them up."""
+        from edgespec.speculative import cost_curves
+
+        return cost_curves.curve_key(
+            self.backend,
+            self.source.digest(),
+            self.options.n_threads,
+            str(self.target.info.extra.get("variant", "")),
+        )
 
     def start(
         self,

@@ -37,7 +37,6 @@ from edgespec.losslessness import (
     near_tie_bound,
     plain_reference,
 )
-from edgespec.speculative.cost_curves import curve_key
 
 SCHEMA_ID = "edgespec-bench/1"
 BASELINE = "baseline"
@@ -541,9 +540,7 @@ class Bench:
         for backend, rt in runtimes.items():
             for p in self.prompts:
                 plain[(backend, p.id)] = plain_reference(rt.target, ids[p.id], n)
-            variant = str(rt.target.info.extra.get("variant", ""))
-            key = curve_key(rt.backend, rt.source.digest(), rt.options.n_threads, variant)
-            bounds[backend] = near_tie_bound(rt.target, rt.tokenizer, key)
+            bounds[backend] = near_tie_bound(rt.target, rt.tokenizer, rt.curve_key())
         total = opts.runs * len(self.prompts) * (1 + len(self.extras) + len(self.combos))
         with tqdm(total=total, desc="bench", unit="gen", disable=not opts.progress) as bar:
             for r in range(opts.runs):

@@ -175,11 +175,7 @@ class ModelWorker:
             raise bad_request(
                 f"model '{self.name}' has no chat template; use /v1/completions", "messages"
             )
-        ids = tok.encode(tok.apply_chat_template(messages))
-        bos = tok.bos_id
-        if bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos:
-            ids = ids[1:]  # the template already wrote the BOS (as Runtime.encode_prompt)
-        return ids
+        return self.runtime.encode_messages(messages)
 
     def max_new_tokens(self, req: CompletionRequest, prompt_len: int, default: int | None) -> int:
         """The request's ``max_tokens``; else ``default``; else up to the context's end."""

@@ -59,12 +59,7 @@ class SpecSession:
     def build(cls, runtime: Runtime, config: SpecConfig, *, allow_plain: bool) -> SpecSession:
         assert config.proposers is not None, "the strategy's prepare() names the proposers"
         proposers = {n: PROPOSERS.get(n).create(runtime, config) for n in config.proposers}
-        key = cost_curves.curve_key(
-            runtime.backend,
-            runtime.source.digest(),
-            runtime.options.n_threads,
-            str(runtime.target.info.extra.get("variant", "")),
-        )
+        key = runtime.curve_key()
         points = cost_curves.load_verify_curve(key)
         source = "profile"
         probe_s = 0.0
