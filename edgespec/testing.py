@@ -227,3 +227,41 @@ def add_byte_tokenizer(folder: Path) -> None:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.save(str(folder / "tokenizer.json"))
+
+
+def fake_runtime(alphabet: str, *, n_ctx: int = 512, progress: bool = True) -> Any:
+    """A :class:`~edgespec.runtime.Runtime` over a :class:`PrefixModel` whose vocabulary is
+    ``alphabet`` (one character a token): what bench and server tests load instead of a model.
+    """
+    from edgespec.runtime import Runtime
+    from edgespec.runtimes.base import LoadOptions, ModelSource
+
+    return Runtime(
+        tokenizer=CharTokenizer(alphabet),
+        target=PrefixModel(vocab_size=len(alphabet), scale=3.0),
+        backend="fake",
+        source=ModelSource("gguf", __file__, "fake"),  # type: ignore[arg-type]
+        options=LoadOptions(n_ctx=n_ctx, progress=progress),
+    )
+
+
+class FakeBaseline:
+    """The bench's baseline for a :func:`fake_runtime`: plain greedy decoding of the same
+    fake model, computed directly (:class:`edgespec.bench.runner.Baseline`)."""
+
+    description = "fake greedy baseline"
+
+    def __init__(self, rt: Any) -> None:
+        self.model = PrefixModel(vocab_size=rt.tokenizer.vocab_size, scale=3.0)
+
+    def run(self, ids: list[int], n: int) -> Any:
+        import time
+
+        from edgespec.bench.runner import BaselineRun
+
+        t = time.perf_counter()
+        out = self.model.greedy(ids, n)
+        return BaselineRun(out, time.perf_counter() - t + 1e-6, 1e-7)
+
+    def close(self) -> None:
+        pass

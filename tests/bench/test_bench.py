@@ -16,10 +16,10 @@ from edgespec.bench.runner import BaselineRun, Bench, BenchOptions, parse_strate
 from edgespec.bench.schema import SCHEMA, check, validate
 from edgespec.errors import EdgespecError, ModelLoadError
 from edgespec.runtime import Runtime
-from edgespec.runtimes.base import LoadOptions, ModelSource
+from edgespec.runtimes.base import LoadOptions
 from edgespec.strategies import STRATEGIES
 from edgespec.strategies.autoregressive import Autoregressive
-from edgespec.testing import CharTokenizer, PrefixModel
+from edgespec.testing import FakeBaseline, PrefixModel, fake_runtime
 
 pytestmark = pytest.mark.unit
 
@@ -42,30 +42,8 @@ def _home(tmp_path, monkeypatch):
 
 
 def make_rt(backend: str | None = None) -> Runtime:
-    return Runtime(
-        tokenizer=CharTokenizer(ALPHABET),
-        target=PrefixModel(vocab_size=len(ALPHABET), scale=3.0),
-        backend="fake",
-        source=ModelSource("gguf", __file__, "fake"),  # type: ignore[arg-type]
-        options=LoadOptions(n_ctx=512),
-    )
-
-
-class FakeBaseline:
-    """Plain greedy decoding of the same fake model, computed directly."""
-
-    description = "fake greedy baseline"
-
-    def __init__(self, rt: Runtime) -> None:
-        self.model = PrefixModel(vocab_size=len(ALPHABET), scale=3.0)
-
-    def run(self, ids: list[int], n: int) -> BaselineRun:
-        t = time.perf_counter()
-        out = self.model.greedy(ids, n)
-        return BaselineRun(out, time.perf_counter() - t + 1e-6, 1e-7)
-
-    def close(self) -> None:
-        pass
+    rt: Runtime = fake_runtime(ALPHABET)
+    return rt
 
 
 class WrongEveryThird(Autoregressive):
@@ -587,7 +565,7 @@ class TunedBaseline(FakeBaseline):
         return BaselineRun(out.tokens, out.wall_s + self.slowdown, out.ttft_s)
 
     def extras(self):
-        return [(self.DEFAULT, TunedBaseline(None, slowdown=0.02))]  # type: ignore[arg-type]
+        return [(self.DEFAULT, TunedBaseline(make_rt(), slowdown=0.02))]
 
 
 def test_the_baseline_says_its_threads_and_keeps_the_default_threads_row(tmp_path):

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from edgespec.bench import energy
-from edgespec.bench.runner import BaselineRun, Bench, BenchOptions, make_combos
+from edgespec.bench.runner import Bench, BenchOptions, make_combos
 from edgespec.bench.workloads import is_correct, load_workloads
 from edgespec.errors import EdgespecError
 from edgespec.runtime import Runtime
-from edgespec.runtimes.base import LoadOptions, ModelSource
-from edgespec.testing import CharTokenizer, PrefixModel
+from edgespec.testing import FakeBaseline, fake_runtime
 
 pytestmark = pytest.mark.unit
 
@@ -26,28 +24,8 @@ def _home(tmp_path, monkeypatch):
 
 
 def make_rt(backend: str | None = None) -> Runtime:
-    return Runtime(
-        tokenizer=CharTokenizer(ALPHABET),
-        target=PrefixModel(vocab_size=len(ALPHABET), scale=3.0),
-        backend="fake",
-        source=ModelSource("gguf", __file__, "fake"),  # type: ignore[arg-type]
-        options=LoadOptions(n_ctx=512, progress=False),
-    )
-
-
-class FakeBaseline:
-    description = "fake greedy baseline"
-
-    def __init__(self, rt: Runtime) -> None:
-        self.model = PrefixModel(vocab_size=len(ALPHABET), scale=3.0)
-
-    def run(self, ids: list[int], n: int) -> BaselineRun:
-        t = time.perf_counter()
-        out = self.model.greedy(ids, n)
-        return BaselineRun(out, time.perf_counter() - t + 1e-6, 1e-7)
-
-    def close(self) -> None:
-        pass
+    rt: Runtime = fake_runtime(ALPHABET, progress=False)
+    return rt
 
 
 def test_compress_configurations_run_beside_the_full_prompt(tmp_path):
