@@ -23,6 +23,9 @@ __all__ = ["KERNELS"]
 # NumPy references (kernels/reference.py): the FFN over a chunk's active rows and its dense twin
 KERNELS.add_lazy("sparse_ffn:numpy", "edgespec.kernels.reference:sparse_ffn")
 KERNELS.add_lazy("dense_ffn:numpy", "edgespec.kernels.reference:dense_ffn")
+# ... compiled with TVM for this CPU: gathered rows read in place (kernels/sparse_ffn.py)
+KERNELS.add_lazy("sparse_ffn:tvm", "edgespec.kernels.sparse_ffn:sparse_ffn")
+KERNELS.add_lazy("dense_ffn:tvm", "edgespec.kernels.sparse_ffn:dense_ffn")
 
 # Block-quantized matmul on a GGUF tensor's own blocks (kernels/qmatmul.py, kernels/opencl.py)
 KERNELS.add_lazy("qmatmul:numpy", "edgespec.kernels.reference:qmatmul")

@@ -1,0 +1,489 @@
+"""The chunk-sparse FFN over the union of a chunk's active rows, as TensorIR (TVM, CPU).
+
+For a chunk of M tokens (1 for plain decoding, k+1 for a verify, the nodes of a tree) and the
+ascending union ``rows int64[A]`` of the FFN neurons any of them needs (whole BlockFFN expert
+blocks, or thresholded neurons)::
+
+    u[m, a] = x[m, :] . up[rows[a], :]            g[m, a] = x[m, :] . gate[rows[a], :]
+    h[m, a] = act(g) * u * scale[m, a]            (ungated: act(u) * scale[m, a])
+    y[m, :] = sum_a h[m, a] * down_t[rows[a], :]
+
+Both weight reads are whole contiguous rows of ``[F, d]`` matrices (``down_t = down.T``, the
+layout BlockFFN keeps), indexed through ``rows`` inside the kernel: nothing is gathered or
+copied, and rows outside the list are never read. The dense twin (``dense_ffn:tvm``) is the
+same function with ``rows[a] = a`` written in (no index load), scheduled the same way, so the
+pair measures the sparse indirection against the best dense code of the same backend.
+
+A is a ``tir.Var``: one kernel per row bucket M (:data:`BUCKETS`, a call pads its rows up)
+serves every union size. Schedules: :func:`schedule_cpu` (untuned default: the two
+reductions over d split into 16 partial-sum lanes by ``rfactor`` so LLVM vectorizes along a
+contiguous weight row, parallel over the active rows; the down product parallel over tiles of
+the output, vectorized). MetaSchedule tuning (:func:`tune`) runs on a fixed A (the records
+key names it) and its trace is replayed onto the dynamic-A function.
+
+The entry points :func:`sparse_ffn` and :func:`dense_ffn` take exactly the arguments of
+:func:`edgespec.kernels.reference.sparse_ffn` / ``dense_ffn`` and compute in float32. Float32
+C-contiguous weights (and ``down`` given as ``down_t.T``) are used in place through DLPack;
+other layouts or dtypes are converted once and cached by the source array's address.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgespec.errors import EdgespecError, missing_extra
+from edgespec.kernels import reference
+
+if TYPE_CHECKING:
+    from tvm.ir import IRModule
+    from tvm.target import Target
+    from tvm.tirx import PrimFunc
+
+    from edgespec.kernels.tuning import Scheduler, TuningRecord
+
+#: the row counts a kernel is compiled for; M rows run in the smallest bucket >= M
+BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
+#: name of the compiled TVM function
+FUNC_NAME = "ffn"
+#: partial-sum lanes of the reductions over d (16 float32 = one AVX-512 register)
+LANES = 16
+#: the data alignment TVM's compiled code assumes of every operand (``from_dlpack`` checks it)
+ALIGN = 64
+
+
+def aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Zeros whose data starts on an :data:`ALIGN`-byte boundary (NumPy guarantees 16)."""
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape)) * dt.itemsize
+    raw = np.zeros(n + ALIGN, np.uint8)
+    at = -raw.ctypes.data % ALIGN
+    return raw[at : at + n].view(dt).reshape(shape)
+
+
+def is_aligned(a: np.ndarray) -> bool:
+    """True when ``a`` can be handed to a kernel in place: C-contiguous, :data:`ALIGN`-aligned."""
+    return bool(a.flags.c_contiguous) and a.ctypes.data % ALIGN == 0
+
+
+def _tvm() -> Any:
+    try:
+        import tvm
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise missing_extra("apache-tvm", "tvm") from e
+    return tvm
+
+
+@dataclass(frozen=True)
+class FFNShape:
+    """What one compiled kernel is specialised for.
+
+    Attributes:
+        m_rows: M, the row bucket.
+        d: model width.
+        f: FFN width (all neurons).
+        act: "silu", "relu" or "gelu_tanh".
+        gated: with a gate projection (SwiGLU) or not (BlockFFN experts).
+        scaled: with a per-token weight ``scale[M, A]`` of each row.
+        sparse: rows through the ``rows`` list (True) or all F rows in order (dense).
+        n_rows: a fixed A (tuning), or None for a dynamic A (the kernels that run).
+    """
+
+    m_rows: int
+    d: int
+    f: int
+    act: str = "silu"
+    gated: bool = True
+    scaled: bool = False
+    sparse: bool = True
+    n_rows: int | None = None
+
+    @property
+    def key(self) -> str:
+        """The kernel-and-shape key of tuning records (A excluded: the dynamic kernel replays
+        the trace found at a fixed A): ``sparse_ffn-silu-gated-m4-d576-f1536``."""
+        op = "sparse_ffn" if self.sparse else "dense_ffn"
+        kind = ("gated" if self.gated else "plain") + ("-scaled" if self.scaled else "")
+        return f"{op}-{self.act}-{kind}-m{self.m_rows}-d{self.d}-f{self.f}"
+
+
+def _act_expr(name: str, v: Any) -> Any:
+    from tvm import tirx
+
+    one = tirx.const(1.0, "float32")
+    if name == "silu":
+        return v / (one + tirx.exp(-v))
+    if name == "relu":
+        return tirx.max(v, tirx.const(0.0, "float32"))
+    if name == "gelu_tanh":
+        c = tirx.const(float(np.sqrt(2.0 / np.pi)), "float32")
+        inner = c * (v + tirx.const(0.044715, "float32") * v * v * v)
+        return tirx.const(0.5, "float32") * v * (one + tirx.tanh(inner))
+    raise EdgespecError(f"unknown activation '{name}'; known: silu, relu, gelu_tanh")
+
+
+def ffn_func(shape: FFNShape) -> PrimFunc:
+    """The unscheduled TensorIR function ``ffn(x, [rows], [gate], up, down_t, [scale], y)``.
+
+    Blocks: ``u`` (and ``g``) the reductions over d, ``h`` the activation, ``y`` the
+    reduction over the A rows. Operands: ``x f32[M, d]``, ``rows int64[A]`` (sparse),
+    ``gate/up/down_t f32[F, d]``, ``scale f32[M, A]`` (scaled), ``y f32[M, d]``; A is
+    ``shape.n_rows`` or a variable (F for the dense function).
+    """
+    _tvm()
+    from tvm import te
+
+    m, d, f = shape.m_rows, shape.d, shape.f
+    if shape.sparse:
+        n_rows: Any = shape.n_rows if shape.n_rows is not None else te.var("n_rows", "int64")
+    else:
+        n_rows = f
+    x = te.placeholder((m, d), "float32", name="x")
+    rows = te.placeholder((n_rows,), "int64", name="rows") if shape.sparse else None
+    gate = te.placeholder((f, d), "float32", name="gate") if shape.gated else None
+    up = te.placeholder((f, d), "float32", name="up")
+    down_t = te.placeholder((f, d), "float32", name="down_t")
+    scale = te.placeholder((m, n_rows), "float32", name="scale") if shape.scaled else None
+
+    def row(a: Any) -> Any:
+        return rows[a] if rows is not None else a
+
+    k = te.reduce_axis((0, d), name="k")
+    u = te.compute((m, n_rows), lambda i, a: te.sum(x[i, k] * up[row(a), k], axis=k), name="u")
+    g = None
+    if gate is not None:
+        kg = te.reduce_axis((0, d), name="kg")
+        g = te.compute(
+            (m, n_rows), lambda i, a: te.sum(x[i, kg] * gate[row(a), kg], axis=kg), name="g"
+        )
+
+    def hidden(i: Any, a: Any) -> Any:
+        v = (
+            _act_expr(shape.act, g[i, a]) * u[i, a]
+            if g is not None
+            else _act_expr(shape.act, u[i, a])
+        )
+        return v * scale[i, a] if scale is not None else v
+
+    h = te.compute((m, n_rows), hidden, name="h")
+    r = te.reduce_axis((0, n_rows), name="r")
+    y = te.compute((m, d), lambda i, j: te.sum(h[i, r] * down_t[row(r), j], axis=r), name="y")
+    args = [x] + [t for t in (rows, gate) if t is not None] + [up, down_t]
+    args += ([scale] if scale is not None else []) + [y]
+    return te.create_prim_func(args).with_attr("global_symbol", FUNC_NAME)
+
+
+def y_tile(m_rows: int) -> int:
+    """Output columns per parallel task of the down product: M * tile accumulators within
+    16 AVX-512 registers' worth (256 floats), at most 64."""
+    return max(16, min(64, 256 // m_rows))
+
+
+def schedule_cpu(func: PrimFunc, row_tile: int = 8) -> IRModule:
+    """The untuned CPU schedule.
+
+    ``u``/``g``: d split into :data:`LANES` partial sums (``rfactor``), so the inner loop runs
+    over consecutive weights of one row and vectorizes; parallel over tiles of ``row_tile``
+    active rows, the M token rows inside (a weight row is read from memory once, then from
+    L1 for the other tokens). ``y``: parallel over tiles of :func:`y_tile` output columns,
+    the active rows outside the M rows, the columns vectorized.
+    """
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    for name in ("u", "g"):
+        try:
+            blk = sch.get_sblock(name)
+        except Exception:  # no gate: an ungated FFN
+            continue
+        i, a, k = sch.get_loops(blk)
+        _, kv = sch.split(k, [None, LANES])
+        rf = sch.rfactor(kv, factor_axis=2)  # <name>_rf[i, a, lane]
+        i2, a2, ko2, kv2 = sch.get_loops(rf)
+        ao, ai = sch.split(a2, [None, row_tile])
+        sch.reorder(ao, ai, i2, ko2, kv2)
+        sch.parallel(ao)
+        sch.decompose_reduction(rf, ko2)
+        sch.reverse_compute_at(sch.get_sblock(name), ai)
+        sch.set_scope(rf, 0, "local")
+    blk = sch.get_sblock("y")
+    i, j, r = sch.get_loops(blk)
+    m_rows = int(sch.get(i).extent)
+    jo, ji = sch.split(j, [None, y_tile(m_rows)])
+    sch.reorder(jo, r, i, ji)
+    sch.parallel(jo)
+    acc = sch.cache_write(blk, 0, "local")
+    sch.reverse_compute_at(acc, jo)
+    sch.decompose_reduction(blk, r)
+
+    sch.unroll(i)
+    return sch.mod
+
+
+def cpu_scheduler(func: PrimFunc, target: Target, key: str) -> IRModule:
+    """The untuned :data:`~edgespec.kernels.tuning.Scheduler`: :func:`schedule_cpu`."""
+    return schedule_cpu(func)
+
+
+def bucket_for(m_rows: int, buckets: Sequence[int] = BUCKETS) -> int:
+    """The smallest bucket that holds ``m_rows`` rows."""
+    for b in sorted(buckets):
+        if b >= m_rows:
+            return b
+    raise EdgespecError(
+        f"{m_rows} rows exceed the largest sparse FFN bucket ({max(buckets)}); "
+        "split the chunk or add a bucket"
+    )
+
+
+def tune(
+    shape: FFNShape, n_rows: int, *, trials: int = 16, target: Target | None = None
+) -> TuningRecord:
+    """Tune ``shape``'s kernel with MetaSchedule at a fixed A = ``n_rows`` and store the record
+    under ``shape.key`` (:func:`edgespec.kernels.tuning.tune`); :class:`FFNKernels` with
+    ``tuning.tuned_scheduler(cpu_scheduler)`` replays it on the dynamic-A kernel."""
+    from edgespec.kernels import tuning
+
+    fixed = replace(shape, n_rows=n_rows if shape.sparse else None)
+    return tuning.tune(ffn_func(fixed), shape.key, cpu_scheduler, target=target, trials=trials)
+
+
+#: the largest slope of each activation, sup |act'(v)| (float64 grid, step 1e-4 on [-20, 20])
+ACT_SLOPE: dict[str, float] = {"silu": 1.0999, "relu": 1.0, "gelu_tanh": 1.1290}
+#: float32 roundings in evaluating ``h`` from the two dot products, per activation, each at
+#: most one unit roundoff relative (``exp``/``tanh`` counted as 2: within 1 ulp in LLVM's libm):
+#: silu: exp, add, divide, times u, times scale; gelu_tanh: v*v*v (2), times 0.044715, add,
+#: times c, tanh, add, times 0.5, times v, times u, times scale; relu: times scale
+ACT_ROUNDINGS: dict[str, int] = {"silu": 6, "relu": 1, "gelu_tanh": 13}
+
+
+def ffn_bound(
+    x: np.ndarray,
+    rows: np.ndarray,
+    gate: np.ndarray | None,
+    up: np.ndarray,
+    down: np.ndarray,
+    *,
+    act: str = "silu",
+    scale: np.ndarray | None = None,
+) -> np.ndarray:
+    """A first-order forward error bound of the float32 kernel, ``float64[M, d]``.
+
+    With ``gamma_n = n u / (1 - n u)``, ``u = 2^-24`` (Higham, eq. 3.5) and ``L`` the
+    activation's largest slope (:data:`ACT_SLOPE`)::
+
+        E_u = gamma_d |x| @ |up_r|^T        E_g = gamma_d |x| @ |gate_r|^T
+        E_h = (L E_g |u| + |act(g)| E_u) |scale| + ACT_ROUNDINGS u |h|
+        E_y = gamma_A |h| @ |down_r|^T + E_h @ |down_r|^T
+
+    (ungated: ``E_h = L E_u |scale| + ...``), the exact values in float64 from the float32
+    inputs. Terms of order ``u^2`` are left out.
+    """
+    u = 2.0**-24
+
+    def gamma(n: int) -> float:
+        return n * u / (1 - n * u)
+
+    f64 = np.float64
+    x = np.asarray(x, f64)
+    rows = np.asarray(rows)
+    up_r = np.asarray(up, f64)[rows]
+    down_r = np.asarray(down, f64)[:, rows].T  # [A, d]
+    s = np.ones((x.shape[0], rows.size)) if scale is None else np.abs(np.asarray(scale, f64))
+    fn = reference.ACTIVATIONS[act]
+    uu = x @ up_r.T
+    e_u = gamma(x.shape[1]) * (np.abs(x) @ np.abs(up_r).T)
+    if gate is not None:
+        gate_r = np.asarray(gate, f64)[rows]
+        g = x @ gate_r.T
+        e_g = gamma(x.shape[1]) * (np.abs(x) @ np.abs(gate_r).T)
+        h = fn(g) * uu
+        e_h = ACT_SLOPE[act] * e_g * np.abs(uu) + np.abs(fn(g)) * e_u
+    else:
+        h = fn(uu)
+        e_h = ACT_SLOPE[act] * e_u
+    h = np.abs(h) * s
+    e_h = e_h * s + ACT_ROUNDINGS[act] * u * h
+    return gamma(max(rows.size, 1)) * (h @ np.abs(down_r)) + e_h @ np.abs(down_r)
+
+
+class FFNKernels:
+    """Compiled kernels per :class:`FFNShape` and the TVM operands of the weights.
+
+    Args:
+        target: default :func:`edgespec.kernels.tuning.host_target`.
+        scheduler: the scheduled module of each shape (default :func:`cpu_scheduler`).
+        buckets: the row counts compiled (lazily, on first use).
+    """
+
+    def __init__(
+        self,
+        *,
+        target: Target | None = None,
+        scheduler: Scheduler | None = None,
+        buckets: Sequence[int] = BUCKETS,
+    ) -> None:
+        self.target = target
+        self.scheduler: Scheduler = scheduler or cpu_scheduler
+        self.buckets = tuple(sorted(buckets))
+        self._built: dict[FFNShape, Any] = {}
+        self._weights: dict[tuple[Any, ...], tuple[np.ndarray, Any, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def function(self, shape: FFNShape) -> Any:
+        """The compiled function for ``shape`` (compiled on first use)."""
+        fn = self._built.get(shape)
+        if fn is None:
+            tvm = _tvm()
+            from edgespec.kernels.tuning import host_target
+
+            with self._lock:
+                if self.target is None:
+                    self.target = host_target()
+                mod = self.scheduler(ffn_func(shape), self.target, shape.key)
+                fn = tvm.compile(mod, target=self.target)[FUNC_NAME]
+                self._built[shape] = fn
+        return fn
+
+    def weight(self, a: np.ndarray) -> Any:
+        """``a`` as a float32 C-contiguous TVM tensor: in place (DLPack) when it already is
+        one, else converted once and cached by the source's address, shape and strides (the
+        cache keeps the source alive, so the address cannot be reused)."""
+        tvm = _tvm()
+        in_place = a.dtype == np.float32 and is_aligned(a)
+        key = (in_place, a.ctypes.data, a.shape, a.strides, a.dtype.str)
+        hit = self._weights.get(key)
+        if hit is None:
+            src = a
+            if not in_place:
+                src = aligned_zeros(a.shape, np.float32)
+                src[...] = a
+            hit = (a, tvm.runtime.from_dlpack(src), src)
+            self._weights[key] = hit
+        return hit[1]
+
+    def run(
+        self,
+        x: np.ndarray,
+        rows: np.ndarray | None,
+        gate: np.ndarray | None,
+        up: np.ndarray,
+        down: np.ndarray,
+        *,
+        act: str,
+        scale: np.ndarray | None,
+    ) -> np.ndarray:
+        """One FFN (see :func:`sparse_ffn`); ``rows`` None is the dense kernel."""
+        tvm = _tvm()
+        m_rows, d = x.shape
+        f = up.shape[0]
+        if (
+            up.shape[1] != d
+            or down.shape != (d, f)
+            or (gate is not None and gate.shape != up.shape)
+        ):
+            raise EdgespecError(
+                f"FFN shapes do not fit: x {x.shape}, gate {None if gate is None else gate.shape},"
+                f" up {up.shape}, down {down.shape} (want up/gate [F, d], down [d, F])"
+            )
+        bucket = bucket_for(m_rows, self.buckets)
+        shape = FFNShape(
+            bucket, d, f, act, gate is not None, scale is not None, sparse=rows is not None
+        )
+        n_rows = f if rows is None else len(rows)
+        if rows is not None:
+            rows = np.asarray(rows)
+            if rows.size == 0:
+                return np.zeros((m_rows, d), dtype=x.dtype)
+            if rows.min() < 0 or rows.max() >= f:
+                raise EdgespecError(
+                    f"FFN rows must lie in [0, {f}); got {rows.min()}..{rows.max()}"
+                )
+        xp = aligned_zeros((bucket, d), np.float32)
+        xp[:m_rows] = x
+        args = [tvm.runtime.from_dlpack(xp)]
+        if rows is not None:
+            rp = aligned_zeros(rows.shape, np.int64)
+            rp[...] = rows
+            args.append(tvm.runtime.from_dlpack(rp))
+        if gate is not None:
+            args.append(self.weight(gate))
+        args += [self.weight(up), self.weight(down.T)]
+        if scale is not None:
+            if scale.shape != (m_rows, n_rows):
+                raise EdgespecError(
+                    f"scale must be [M, A] = [{m_rows}, {n_rows}]; got {scale.shape}"
+                )
+            sp = aligned_zeros((bucket, n_rows), np.float32)
+            sp[:m_rows] = scale
+            args.append(tvm.runtime.from_dlpack(sp))
+        y = aligned_zeros((bucket, d), np.float32)
+        args.append(tvm.runtime.from_dlpack(y))
+        self.function(shape)(*args)
+        out = y[:m_rows]
+        return out if x.dtype == np.float32 else out.astype(x.dtype)
+
+
+_DEFAULT: FFNKernels | None = None
+
+
+def default_kernels() -> FFNKernels:
+    """The process-wide :class:`FFNKernels` of the registry entries: this CPU's target, tuned
+    records of this device where they exist (``tuning.tuned_scheduler``), else untuned."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        from edgespec.kernels.tuning import tuned_scheduler
+
+        _DEFAULT = FFNKernels(scheduler=tuned_scheduler(cpu_scheduler))
+    return _DEFAULT
+
+
+def sparse_ffn(
+    x: np.ndarray,
+    rows: np.ndarray,
+    gate: np.ndarray | None,
+    up: np.ndarray,
+    down: np.ndarray,
+    *,
+    act: str = "silu",
+    scale: np.ndarray | None = None,
+) -> np.ndarray:
+    """``KERNELS["sparse_ffn:tvm"]``: :func:`edgespec.kernels.reference.sparse_ffn` compiled.
+
+    Args:
+        x: ``float[M, d]``, M up to the largest bucket (16).
+        rows: ``int[A]`` the active neurons (ascending, in ``[0, F)``).
+        gate: ``float[F, d]`` or None (ungated experts).
+        up: ``float[F, d]``.
+        down: ``float[d, F]``; pass ``down_t.T`` for ``down_t: float32[F, d]`` C-contiguous
+            (then read in place; any other layout is transposed once and cached).
+        act: "silu", "relu" or "gelu_tanh".
+        scale: ``float[M, A]`` per-token weight of each listed row, or None for 1.
+
+    Returns:
+        ``float[M, d]`` in ``x``'s dtype, computed in float32; zeros when ``rows`` is empty.
+    """
+    return default_kernels().run(x, rows, gate, up, down, act=act, scale=scale)
+
+
+def dense_ffn(
+    x: np.ndarray,
+    gate: np.ndarray | None,
+    up: np.ndarray,
+    down: np.ndarray,
+    *,
+    act: str = "silu",
+    scale: np.ndarray | None = None,
+) -> np.ndarray:
+    """``KERNELS["dense_ffn:tvm"]``: :func:`edgespec.kernels.reference.dense_ffn` compiled, the
+    sparse kernel's schedule on all F rows in order (no index list); arguments as
+    :func:`sparse_ffn` with ``scale: float[M, F]``."""
+    return default_kernels().run(x, None, gate, up, down, act=act, scale=scale)
+
+
+#: the registered entry points, for tests that want them side by side
+ENTRY_POINTS: dict[str, Callable[..., np.ndarray]] = {"sparse": sparse_ffn, "dense": dense_ffn}

@@ -1,0 +1,213 @@
+"""The TVM chunk-sparse FFN (kernels/sparse_ffn.py) against the NumPy references
+(kernels/reference.py ``sparse_ffn`` / ``dense_ffn``, evaluated in float64).
+
+Tolerance: :func:`ffn_bound`, a first-order forward error bound of the float32 evaluation,
+derived from the expression (Higham's ``gamma_n`` for each dot product, the activation's
+largest slope for the error it carries forward, one unit roundoff per elementwise operation).
+The error actually measured, as a fraction of it, is printed by
+``python benchmarks/sparse_ffn_kernel.py`` (docs/sparsity.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+from edgespec.errors import EdgespecError  # noqa: E402
+from edgespec.kernels import KERNELS, reference  # noqa: E402
+from edgespec.kernels.sparse_ffn import (  # noqa: E402
+    BUCKETS,
+    FFNKernels,
+    FFNShape,
+    aligned_zeros,
+    bucket_for,
+    dense_ffn,
+    ffn_bound,
+    sparse_ffn,
+)
+
+D, F, S = 64, 256, 16  # width, FFN width, neurons per block (16 blocks)
+
+
+def weights(rng: np.random.Generator, d: int = D, f: int = F) -> dict[str, np.ndarray]:
+    """gate/up ``[F, d]`` and ``down_t [F, d]``, float32, 64-byte aligned (read in place)."""
+    out = {}
+    for name, fan_in in (("gate", d), ("up", d), ("down_t", f)):
+        a = aligned_zeros((f, d), np.float32)
+        a[...] = rng.standard_normal((f, d)) * fan_in**-0.5
+        out[name] = a
+    return out
+
+
+@pytest.fixture(scope="module")
+def kern() -> FFNKernels:
+    """One compiled-kernel cache for the module (each shape compiles once, about a second)."""
+    return FFNKernels()
+
+
+def run(
+    kern: FFNKernels,
+    w: dict[str, np.ndarray],
+    x: np.ndarray,
+    rows: np.ndarray | None,
+    *,
+    gated: bool = True,
+    act: str = "silu",
+    scale: np.ndarray | None = None,
+) -> np.ndarray:
+    gate = w["gate"] if gated else None
+    return kern.run(x, rows, gate, w["up"], w["down_t"].T, act=act, scale=scale)
+
+
+def reference_masked(
+    w: dict[str, np.ndarray],
+    x: np.ndarray,
+    rows: np.ndarray,
+    *,
+    gated: bool,
+    act: str,
+    scale: np.ndarray | None,
+) -> np.ndarray:
+    """The dense reference in float64 with every neuron outside ``rows`` weighted 0."""
+    full = np.zeros((x.shape[0], F))
+    full[:, rows] = 1.0 if scale is None else scale
+    g = w["gate"].astype(np.float64) if gated else None
+    return reference.dense_ffn(
+        x.astype(np.float64),
+        g,
+        w["up"].astype(np.float64),
+        w["down_t"].T.astype(np.float64),
+        act=act,
+        scale=full,
+    )
+
+
+def check_bound(
+    y: np.ndarray,
+    w: dict[str, np.ndarray],
+    x: np.ndarray,
+    rows: np.ndarray,
+    *,
+    gated: bool,
+    act: str,
+    scale: np.ndarray | None,
+) -> None:
+    exact = reference_masked(w, x, rows, gated=gated, act=act, scale=scale)
+    gate = w["gate"] if gated else None
+    bound = ffn_bound(x, rows, gate, w["up"], w["down_t"].T, act=act, scale=scale)
+    err = np.abs(y - exact)
+    assert (err <= bound).all(), (act, gated, float((err / bound).max()))
+
+
+@pytest.mark.parametrize(
+    ("act", "gated", "scaled"),
+    [("silu", True, False), ("relu", False, True), ("gelu_tanh", True, True)],
+)
+def test_all_rows_active_equals_dense(
+    kern: FFNKernels, act: str, gated: bool, scaled: bool
+) -> None:
+    """Every row listed: the sparse kernel gives the dense kernel's result bit for bit (same
+    schedule, same summation order), and both are within the float32 bound of float64."""
+    rng = np.random.default_rng(0)
+    w = weights(rng)
+    x = rng.standard_normal((3, D)).astype(np.float32)
+    rows = np.arange(F)
+    scale = rng.random((3, F)).astype(np.float32) if scaled else None
+    y_sparse = run(kern, w, x, rows, gated=gated, act=act, scale=scale)
+    y_dense = run(kern, w, x, None, gated=gated, act=act, scale=scale)
+    assert y_sparse.shape == (3, D) and y_sparse.dtype == np.float32
+    np.testing.assert_array_equal(y_sparse, y_dense)
+    check_bound(y_sparse, w, x, rows, gated=gated, act=act, scale=scale)
+
+
+@pytest.mark.parametrize("m_rows", sorted({1, *BUCKETS, *(b + 1 for b in BUCKETS[:-1])}))
+def test_matches_masked_dense_at_every_bucket_edge(kern: FFNKernels, m_rows: int) -> None:
+    """M at and one past every bucket: sparse == dense reference of the masked FFN."""
+    rng = np.random.default_rng(m_rows)
+    w = weights(rng)
+    x = rng.standard_normal((m_rows, D)).astype(np.float32)
+    blocks = np.sort(rng.choice(F // S, 5, replace=False))
+    rows = reference.block_rows(blocks, S)
+    scale = rng.random((m_rows, rows.size)).astype(np.float32)
+    y = run(kern, w, x, rows, scale=scale)
+    assert y.shape == (m_rows, D)
+    check_bound(y, w, x, rows, gated=True, act="silu", scale=scale)
+
+
+@pytest.mark.parametrize("n_rows", [1, S - 1, F - 1])
+def test_active_row_counts_at_the_edges(kern: FFNKernels, n_rows: int) -> None:
+    """One row, a part of a block, all but one row (A is a variable of one kernel)."""
+    rng = np.random.default_rng(n_rows)
+    w = weights(rng)
+    x = rng.standard_normal((2, D)).astype(np.float32)
+    rows = np.sort(rng.choice(F, n_rows, replace=False))
+    check_bound(run(kern, w, x, rows), w, x, rows, gated=True, act="silu", scale=None)
+
+
+def test_rows_not_listed_are_never_read(kern: FFNKernels) -> None:
+    """NaN in every row of gate, up and down_t outside the list changes nothing."""
+    rng = np.random.default_rng(7)
+    w = weights(rng)
+    x = rng.standard_normal((4, D)).astype(np.float32)
+    rows = reference.block_rows(np.array([1, 2, 9, 15]), S)
+    clean = run(kern, w, x, rows)
+    poisoned = weights(np.random.default_rng(7))  # same values, other buffers
+    off = np.setdiff1d(np.arange(F), rows)
+    for a in poisoned.values():
+        a[off] = np.nan
+    np.testing.assert_array_equal(run(kern, poisoned, x, rows), clean)
+
+
+def test_registry_entries_and_reference_signature() -> None:
+    """KERNELS serves both entry points, called exactly like the NumPy ones (float64 inputs,
+    ``down`` as a C-contiguous ``[d, F]``: converted once, result back in x's dtype)."""
+    assert KERNELS.get("sparse_ffn:tvm") is sparse_ffn
+    assert KERNELS.get("dense_ffn:tvm") is dense_ffn
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, D))
+    gate, up = (rng.standard_normal((F, D)) * D**-0.5 for _ in range(2))
+    down = np.ascontiguousarray(rng.standard_normal((D, F)) * F**-0.5)
+    rows = reference.block_rows(np.array([0, 5]), S)
+    y = sparse_ffn(x, rows, gate, up, down)
+    assert y.dtype == np.float64
+    want = reference.sparse_ffn(x, rows, gate, up, down)
+    w = {"gate": gate, "up": up, "down_t": down.T}
+    bound = ffn_bound(x, rows, gate, up, down, act="silu", scale=None)
+    # the kernel rounds its inputs to float32 first: add that rounding's effect, measured
+    x32 = x.astype(np.float32).astype(np.float64)
+    w32 = {k: v.astype(np.float32).astype(np.float64) for k, v in w.items()}
+    rounding = np.abs(
+        reference.sparse_ffn(x32, rows, w32["gate"], w32["up"], w32["down_t"].T) - want
+    )
+    assert (np.abs(y - want) <= bound + rounding).all()
+
+
+def test_empty_rows_give_zeros(kern: FFNKernels) -> None:
+    w = weights(np.random.default_rng(1))
+    y = run(kern, w, np.ones((2, D), np.float32), np.array([], dtype=np.int64))
+    np.testing.assert_array_equal(y, np.zeros((2, D), np.float32))
+
+
+def test_bad_input_is_one_line(kern: FFNKernels) -> None:
+    w = weights(np.random.default_rng(2))
+    x = np.ones((2, D), np.float32)
+    with pytest.raises(EdgespecError, match=r"rows must lie in \[0, 256\)"):
+        run(kern, w, x, np.array([3, F]))
+    with pytest.raises(EdgespecError, match="exceed the largest"):
+        bucket_for(max(BUCKETS) + 1)
+    with pytest.raises(EdgespecError, match="shapes do not fit"):
+        kern.run(x[:, :-1], np.array([0]), None, w["up"], w["down_t"].T, act="silu", scale=None)
+    with pytest.raises(EdgespecError, match="scale must be"):
+        run(kern, w, x, np.array([0, 1]), scale=np.ones((2, 3), np.float32))
+    with pytest.raises(EdgespecError, match="unknown activation"):
+        run(kern, w, x, np.array([0]), act="tanh")
+
+
+def test_record_keys_name_the_shape() -> None:
+    assert FFNShape(4, 576, 1536).key == "sparse_ffn-silu-gated-m4-d576-f1536"
+    assert (
+        FFNShape(1, 8, 16, "relu", False, True, False).key
+        == "dense_ffn-relu-plain-scaled-m1-d8-f16"
+    )
