@@ -112,6 +112,13 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         help="KV-cache element type: f32, f16, q8 or q4 (llamacpp; q8/q4 are lossy and save "
         "memory, --stats says how much; default: the backend's, f16 on llama.cpp)",
     )
+    p.add_argument(
+        "--sparse-kernel",
+        default="numpy",
+        metavar="IMPL",
+        help="chunk-sparse FFN kernel of sparse models (--backend blockffn, sparsified "
+        "bundles): numpy or tvm (default numpy; docs/sparsity.md)",
+    )
     add_runtime_args(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
@@ -239,6 +246,7 @@ def load_from_args(a: argparse.Namespace) -> Runtime:
         exact=a.exact,
         compressor=getattr(a, "compressor", None),
         kv_cache=a.kv_cache,
+        sparse_kernel=getattr(a, "sparse_kernel", "numpy"),
     )
 
 

@@ -250,6 +250,11 @@ class Runtime:
             ctx.rec.kv_cache_mb = extra["kv_cache_bytes"] / 1e6
             ctx.rec.kv_cache_f16_mb = extra["kv_cache_f16_bytes"] / 1e6
             ctx.rec.lossy = ctx.rec.lossy or extra["kv_cache"] in ("q8", "q4")
+        sparsity = getattr(self.target, "sparsity", None)  # chunk-sparse FFN counters
+        if sparsity is not None:
+            sparsity.reset()  # count this generation only (not the cost-curve probe)
+            ctx.rec.sparsity = sparsity
+            ctx.rec.lossy = ctx.rec.lossy or sparsity.lossy
         if compression is not None:
             compression.record(ctx.rec)
         return gen
@@ -304,6 +309,7 @@ def load(
     exact: bool = False,
     compressor: str | Path | None = None,
     kv_cache: str | None = None,
+    sparse_kernel: str = "numpy",
 ) -> Runtime:
     """Load a model (zoo name, .gguf, HF folder or hub id; default ``smollm2-135m``).
 
@@ -329,6 +335,8 @@ def load(
             the target (see :mod:`edgespec.compress`).
         kv_cache: the KV cache's element type: f32, f16, q8 or q4 (lossy below the
             backend's default); None: the backend's default. See ``LoadOptions.kv_cache``.
+        sparse_kernel: the chunk-sparse FFN kernel of sparse models (``blockffn``
+            backend, sparsified bundles): "numpy" or "tvm". See ``LoadOptions.sparse_kernel``.
     """
     if n_ctx < 16:
         raise EdgespecError(f"n_ctx must be at least 16, got {n_ctx}")
@@ -344,6 +352,7 @@ def load(
         spin=spin,
         exact=exact,
         kv_cache=kv_cache,
+        sparse_kernel=sparse_kernel,
     )
     name = pick_backend(source, backend, options)
     if kv_cache is not None:

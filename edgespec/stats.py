@@ -56,6 +56,9 @@ class Stats:
             not say). q8 and q4 are lossy.
         kv_cache_mb: the target's KV cache for its whole context, in MB (1e6 bytes).
         kv_cache_f16_mb: the same cache in f16 (llama.cpp's default), for comparison.
+        sparsity: the target's chunk-sparse FFN over this generation (empty for dense
+            models): :meth:`edgespec.sparse.stats.ForwardSparsity.to_dict`, token-level and
+            chunk-level sparsity per layer and per chunk size, units computed per forward.
     """
 
     backend: str
@@ -89,6 +92,7 @@ class Stats:
     kv_cache: str = ""
     kv_cache_mb: float = 0.0
     kv_cache_f16_mb: float = 0.0
+    sparsity: dict[str, Any] = field(default_factory=dict)
 
     @property
     def large_share(self) -> float | None:
@@ -145,6 +149,10 @@ class Stats:
                     else ""
                 )
             )
+        if self.sparsity:
+            from edgespec.sparse.stats import summary_lines
+
+            lines += summary_lines(self.sparsity)
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -181,6 +189,9 @@ class StatsRecorder:
     kv_cache: str = ""
     kv_cache_mb: float = 0.0
     kv_cache_f16_mb: float = 0.0
+    #: the target's live sparsity counters (``ForwardSparsity``), reset when the generation
+    #: starts; None for dense models
+    sparsity: Any = None
     #: when True, :meth:`phase` and :meth:`span` record (name, start offset s, seconds)
     trace_phases: bool = False
     phases: list[tuple[str, float, float]] = field(default_factory=list)
@@ -249,4 +260,5 @@ class StatsRecorder:
             kv_cache=self.kv_cache,
             kv_cache_mb=self.kv_cache_mb,
             kv_cache_f16_mb=self.kv_cache_f16_mb,
+            sparsity=self.sparsity.to_dict() if self.sparsity is not None else {},
         )

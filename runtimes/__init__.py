@@ -13,6 +13,8 @@ BACKENDS: Registry[type[Backend]] = Registry("backend")
 BACKENDS.add_lazy("numpy", "edgespec.runtimes.numpy_ref:NumpyBackend")
 BACKENDS.add_lazy("llamacpp", "edgespec.runtimes.llamacpp:LlamaCppBackend")
 BACKENDS.add_lazy("onnx", "edgespec.runtimes.ort:OnnxBackend")
+# BlockFFN checkpoints, chunk-sparse (edgespec/sparse; lives with the sparse FFN code)
+BACKENDS.add_lazy("blockffn", "edgespec.sparse.backend:BlockFFNBackend")
 
 #: For each source kind, the backends to try in order when the user names none.
 PREFERRED: dict[str, tuple[str, ...]] = {

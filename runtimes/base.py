@@ -70,6 +70,9 @@ class LoadOptions:
             ``f16``, ``q8``, ``q4``: lossy below the backend's default); None: the backend's
             default (llama.cpp: f16; onnx and numpy: f32). Backends refuse types not in their
             ``kv_cache_types``.
+        sparse_kernel: the implementation of the chunk-sparse FFN kernel, run by models
+            with a sparse FFN (the ``blockffn`` backend, sparsified bundles): ``numpy`` or
+            ``tvm``, i.e. ``KERNELS["sparse_ffn:<impl>"]`` (:mod:`edgespec.kernels`).
     """
 
     n_ctx: int = 2048
@@ -80,6 +83,7 @@ class LoadOptions:
     spin: bool = True
     exact: bool = False
     kv_cache: str | None = None
+    sparse_kernel: str = "numpy"
 
 
 class Backend(ABC):

@@ -32,7 +32,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -471,7 +471,35 @@ def _gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
 
 
-class NumpyModel(Model):
+class KVCacheModel(Model):
+    """The cache bookkeeping of the NumPy models (this reference and
+    :class:`~edgespec.sparse.blockffn.BlockFFNModel`): arrays ``k_cache, v_cache`` whose
+    positions ``0 .. n_past-1`` are valid; ``truncate`` only moves ``n_past`` and ``fork``
+    copies both arrays (the weights are shared)."""
+
+    k_cache: np.ndarray
+    v_cache: np.ndarray
+    _n_past: int = 0
+
+    @property
+    def n_past(self) -> int:
+        """Number of positions currently held in the KV cache."""
+        return self._n_past
+
+    def truncate(self, length: int) -> None:
+        """Keep only the first ``length`` cached positions (0 <= length <= n_past)."""
+        check_truncate(length, self._n_past)
+        self._n_past = int(length)
+
+    def fork(self) -> Self:
+        """A new model sharing these weights, with a copy of the cache (same ``n_past``)."""
+        other = copy.copy(self)
+        other.k_cache = self.k_cache.copy()
+        other.v_cache = self.v_cache.copy()
+        return other
+
+
+class NumpyModel(KVCacheModel):
     """A decoder-only transformer in NumPy with a preallocated KV cache.
 
     The cache holds ``k_cache, v_cache: dtype[n_layers, n_head_kv, n_ctx, head_dim]``;
@@ -525,23 +553,6 @@ class NumpyModel(Model):
                 np.cos(ang)[:, None, :].astype(self.dtype),
                 np.sin(ang)[:, None, :].astype(self.dtype),
             )
-
-    @property
-    def n_past(self) -> int:
-        """Number of positions currently held in the KV cache."""
-        return self._n_past
-
-    def truncate(self, length: int) -> None:
-        """Keep only the first ``length`` cached positions (0 <= length <= n_past)."""
-        check_truncate(length, self._n_past)
-        self._n_past = int(length)
-
-    def fork(self) -> NumpyModel:
-        """A new model sharing these weights, with a copy of the cache (same ``n_past``)."""
-        other = copy.copy(self)
-        other.k_cache = self.k_cache.copy()
-        other.v_cache = self.v_cache.copy()
-        return other
 
     def forward(self, tokens: Sequence[int], *, all_logits: bool = True) -> np.ndarray:
         """Append ``tokens`` at positions ``n_past .. n_past+T-1`` and score them.
@@ -745,15 +756,19 @@ class NumpyModel(Model):
             attn = _rms_norm(attn, L.post_attn_norm, eps)
         x = x + attn
 
-        h = _rms_norm(x, L.ffn_norm, eps)
-        gu = h @ L.w_gate_up
-        F = hp.n_ff
-        act = _silu(gu[:, :F]) if hp.act == "silu" else _gelu_tanh(gu[:, :F])
-        a = act * gu[:, F:] if self.ffn_hook is None else self.ffn_hook(li, act, gu[:, F:])
-        m = a @ L.w_down
+        m = self._ffn(li, L, _rms_norm(x, L.ffn_norm, eps))
         if L.post_ffn_norm is not None:
             m = _rms_norm(m, L.post_ffn_norm, eps)
         return x + m
+
+    def _ffn(self, li: int, L: LayerWeights, h: np.ndarray) -> np.ndarray:
+        """The gated MLP of block ``li`` on its normed input ``h: [T, D]`` -> ``[T, D]``
+        (chunk-sparse variants override it: :mod:`edgespec.sparse.dense`)."""
+        gu = h @ L.w_gate_up
+        F = self.hp.n_ff
+        act = _silu(gu[:, :F]) if self.hp.act == "silu" else _gelu_tanh(gu[:, :F])
+        a = act * gu[:, F:] if self.ffn_hook is None else self.ffn_hook(li, act, gu[:, F:])
+        return a @ L.w_down
 
 
 # --------------------------------------------------------------------------- the backend

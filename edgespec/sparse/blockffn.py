@@ -34,7 +34,6 @@ plus model.embed_tokens.weight, model.norm.weight and lm_head.weight (unless tie
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -44,7 +43,8 @@ from typing import Any
 import numpy as np
 
 from edgespec.errors import EdgespecError, ModelLoadError
-from edgespec.model import Model, ModelInfo, check_truncate
+from edgespec.model import ModelInfo
+from edgespec.runtimes.numpy_ref import KVCacheModel
 from edgespec.sparse.stats import ForwardSparsity
 
 #: config.json keys that change the computation, with MiniCPMConfig's defaults
@@ -413,20 +413,23 @@ def ffn_dense(h: np.ndarray, f: BlockFFNWeights, cfg: BlockFFNConfig) -> np.ndar
 
 
 def ffn_sparse(
-    h: np.ndarray, f: BlockFFNWeights, cfg: BlockFFNConfig
+    h: np.ndarray, f: BlockFFNWeights, cfg: BlockFFNConfig, kernel: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Only the union of the chunk's active blocks: ``h: [T, D]`` -> (``[T, D]``,
-    ``active: bool[T, E]``)."""
-    from edgespec.kernels import KERNELS
+    ``active: bool[T, E]``). ``kernel``: a ``sparse_ffn`` implementation
+    (:func:`edgespec.sparse.kernel.sparse_kernel`; None: the NumPy reference)."""
     from edgespec.kernels.reference import block_rows
 
+    if kernel is None:
+        from edgespec.sparse.kernel import sparse_kernel
+
+        kernel = sparse_kernel("numpy")
     r = route(h, f, cfg)
     active = r > 0
     blocks = np.flatnonzero(active.any(axis=0))
     rows = block_rows(blocks, cfg.expert_size)
     scale = np.repeat(r[:, blocks], cfg.expert_size, axis=1)  # [T, A]
-    sparse = KERNELS.get("sparse_ffn:numpy")
-    y = sparse(h, rows, None, f.up, f.down_t.T, act=cfg.hidden_act, scale=scale)
+    y = kernel(h, rows, None, f.up, f.down_t.T, act=cfg.hidden_act, scale=scale)
     return y, active
 
 
@@ -447,12 +450,14 @@ def _rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- the model
 
 
-class BlockFFNModel(Model):
+class BlockFFNModel(KVCacheModel):
     """A BlockFFN (MiniCPM) model with a KV cache; :meth:`forward` as every backend's.
 
     Attributes:
         cfg: the config.
         ffn_mode: "sparse" (union of active blocks, the default) or "dense".
+        kernel: the ``sparse_ffn`` implementation the sparse mode calls
+            (``KERNELS["sparse_ffn:<impl>"]``, ``LoadOptions.sparse_kernel``).
         sparsity: what the sparse FFN computed, per chunk size (see
             :class:`~edgespec.sparse.stats.ForwardSparsity`).
         trace: when a list, every FFN appends ``(layer, h, router pre-activations)``
@@ -462,8 +467,16 @@ class BlockFFNModel(Model):
     backend = "numpy-blockffn"
 
     def __init__(
-        self, cfg: BlockFFNConfig, w: Weights, info: ModelInfo, n_ctx: int, dtype: Any
+        self,
+        cfg: BlockFFNConfig,
+        w: Weights,
+        info: ModelInfo,
+        n_ctx: int,
+        dtype: Any,
+        kernel: Any = None,
     ) -> None:
+        from edgespec.sparse.kernel import max_rows, sparse_kernel
+
         self.cfg, self.w, self.info = cfg, w, info
         self.n_ctx = int(n_ctx)
         self.dtype = np.dtype(dtype)
@@ -476,21 +489,14 @@ class BlockFFNModel(Model):
         self._cos, self._sin = cos.astype(self.dtype), sin.astype(self.dtype)
         self._n_past = 0
         self.ffn_mode = "sparse"
+        self.kernel = kernel if kernel is not None else sparse_kernel("numpy")
+        self.max_rows = max_rows(self.kernel)
         self.sparsity = ForwardSparsity(cfg.num_experts, L)
         self.trace: list[tuple[int, np.ndarray, np.ndarray]] | None = None
 
-    @property
-    def n_past(self) -> int:
-        return self._n_past
-
-    def truncate(self, length: int) -> None:
-        check_truncate(length, self._n_past)
-        self._n_past = int(length)
-
     def fork(self) -> BlockFFNModel:
-        """A model sharing the weights with a copy of the cache."""
-        other = copy.copy(self)
-        other.k_cache, other.v_cache = self.k_cache.copy(), self.v_cache.copy()
+        """A model sharing the weights with a copy of the cache and its own sparsity counts."""
+        other = super().fork()
         other.sparsity = ForwardSparsity(self.cfg.num_experts, self.cfg.num_hidden_layers)
         return other
 
@@ -529,9 +535,14 @@ class BlockFFNModel(Model):
             self.trace.append((li, h, h @ f.router))
         if self.ffn_mode == "dense":
             return ffn_dense(h, f, self.cfg)
-        y, active = ffn_sparse(h, f, self.cfg)
-        self.sparsity.record(h.shape[0], active)
-        return y
+        T = h.shape[0]
+        step = self.max_rows or T  # a compiled kernel's largest row bucket
+        ys = []
+        for s in range(0, T, step):  # each group computes its own union
+            y, active = ffn_sparse(h[s : s + step], f, self.cfg, self.kernel)
+            self.sparsity.record(T, active, li)
+            ys.append(y)
+        return ys[0] if len(ys) == 1 else np.concatenate(ys, axis=0)
 
     def _attention(self, li: int, a: AttnWeights, h: np.ndarray, p0: int) -> np.ndarray:
         """Causal attention of ``h: [T, D]`` at positions ``p0..`` over the cache -> ``[T, D]``."""
@@ -592,13 +603,16 @@ def is_blockffn_folder(folder: Path) -> bool:
     return isinstance(cfg, dict) and str(cfg.get("ffn_type", "")).startswith("block")
 
 
-def load_blockffn(folder: str | Path, *, n_ctx: int = 512, dtype: str = "float32") -> BlockFFNModel:
+def load_blockffn(
+    folder: str | Path, *, n_ctx: int = 512, dtype: str = "float32", kernel: str = "numpy"
+) -> BlockFFNModel:
     """Load a BlockFFN checkpoint folder (config.json + *.safetensors) as authors publish it.
 
     Args:
         folder: the HF folder (e.g. a download of a SparseLLM BlockFFN model).
         n_ctx: KV cache positions.
         dtype: "float32" or "float64" (tests use float64 to compare evaluations exactly).
+        kernel: the ``sparse_ffn`` implementation ("numpy" or "tvm").
 
     Raises:
         ModelLoadError: a missing/invalid config or checkpoint, unknown config keys, or
@@ -627,6 +641,12 @@ def load_blockffn(folder: str | Path, *, n_ctx: int = 512, dtype: str = "float32
             "attention_type": cfg.attention_type,
             "ffn_type": cfg.ffn_type,
             "dtype": np.dtype(np_dtype).name,
+            "sparse_kernel": kernel,
+            # its own cost-curve key (cost_curves.curve_key): the verify cost of a chunk
+            # depends on the blocks its union activates, not on the dense shape
+            "variant": f"sparse-{kernel}",
         },
     )
-    return BlockFFNModel(cfg, w, info, n_ctx, np_dtype)
+    from edgespec.sparse.kernel import sparse_kernel
+
+    return BlockFFNModel(cfg, w, info, n_ctx, np_dtype, sparse_kernel(kernel))

@@ -55,24 +55,34 @@ class ForwardSparsity:
     """What the sparse FFN computed, accumulated over forwards, keyed by chunk size T.
 
     Attributes:
-        n_blocks: expert blocks per layer (E).
+        n_blocks: units per layer (E expert blocks, or F neurons for neuron sparsity).
         n_layers: layers.
         forwards: forwards seen per T.
-        token_active: summed per-token active block counts per T (over tokens and layers).
-        union_active: summed chunk-union block counts per T (over forwards and layers): the
-            blocks actually computed.
+        token_active: per T, ``int64[L]``: summed per-token active unit counts of each layer.
+        union_active: per T, ``int64[L]``: summed chunk-union unit counts of each layer (over
+            forwards): the units actually computed.
+        unit: what a unit is, for messages ("block" or "neuron").
+        lossy: the sparsity changes the model's output (training-free thresholds on a
+            dense model); False for BlockFFN, whose routers are the model's own.
     """
 
     n_blocks: int
     n_layers: int
     forwards: dict[int, int] = field(default_factory=lambda: defaultdict(int))
-    token_active: dict[int, int] = field(default_factory=lambda: defaultdict(int))
-    union_active: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    token_active: dict[int, np.ndarray] = field(default_factory=dict)
+    union_active: dict[int, np.ndarray] = field(default_factory=dict)
+    unit: str = "block"
+    lossy: bool = False
 
-    def record(self, T: int, active: np.ndarray) -> None:
-        """Add one layer of one forward: ``active: bool[T, E]``."""
-        self.token_active[T] += int(active.sum())
-        self.union_active[T] += int(active.any(axis=0).sum())
+    def _row(self, table: dict[int, np.ndarray], T: int) -> np.ndarray:
+        if T not in table:
+            table[T] = np.zeros(self.n_layers, dtype=np.int64)
+        return table[T]
+
+    def record(self, T: int, active: np.ndarray, layer: int) -> None:
+        """Add one layer of one forward: ``active: bool[T, E]`` of layer ``layer``."""
+        self._row(self.token_active, T)[layer] += int(active.sum())
+        self._row(self.union_active, T)[layer] += int(active.any(axis=0).sum())
 
     def end_forward(self, T: int) -> None:
         """Count a finished forward of T tokens."""
@@ -85,16 +95,43 @@ class ForwardSparsity:
         self.union_active.clear()
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"n_blocks", "n_layers", "by_chunk": {T: {forwards, token_sparsity,
-        chunk_sparsity, blocks_per_forward}}}``; blocks_per_forward sums over layers."""
+        """``{"n_blocks", "n_layers", "unit", "by_chunk": {"T": {forwards, token_sparsity,
+        chunk_sparsity, blocks_per_forward, token_sparsity_per_layer,
+        chunk_sparsity_per_layer}}}``. Sparsities are inactive fractions; blocks_per_forward
+        is the units computed by one forward of T tokens, summed over layers."""
         by_chunk = {}
         for T in sorted(self.forwards):
             f = self.forwards[T]
-            cells = f * self.n_layers * self.n_blocks
+            cells = f * self.n_blocks  # per layer
+            tok = self._row(self.token_active, T)
+            union = self._row(self.union_active, T)
             by_chunk[str(T)] = {
                 "forwards": f,
-                "token_sparsity": 1.0 - self.token_active[T] / (cells * T),
-                "chunk_sparsity": 1.0 - self.union_active[T] / cells,
-                "blocks_per_forward": self.union_active[T] / f,
+                "token_sparsity": 1.0 - float(tok.sum()) / (cells * T * self.n_layers),
+                "chunk_sparsity": 1.0 - float(union.sum()) / (cells * self.n_layers),
+                "blocks_per_forward": float(union.sum()) / f,
+                "token_sparsity_per_layer": (1.0 - tok / (cells * T)).round(4).tolist(),
+                "chunk_sparsity_per_layer": (1.0 - union / cells).round(4).tolist(),
             }
-        return {"n_blocks": self.n_blocks, "n_layers": self.n_layers, "by_chunk": by_chunk}
+        return {
+            "n_blocks": self.n_blocks,
+            "n_layers": self.n_layers,
+            "unit": self.unit,
+            "lossy": self.lossy,
+            "by_chunk": by_chunk,
+        }
+
+
+def summary_lines(d: dict[str, Any]) -> list[str]:
+    """What ``--stats`` prints for a :meth:`ForwardSparsity.to_dict`: one line per chunk
+    size (token and chunk sparsity, units computed per forward, chunk sparsity per layer)."""
+    lines = []
+    unit, total = d.get("unit", "block"), d["n_blocks"] * d["n_layers"]
+    for T, r in d["by_chunk"].items():
+        per_layer = " ".join(f"{x:.2f}" for x in r["chunk_sparsity_per_layer"])
+        lines.append(
+            f"FFN sparsity T={T} ({r['forwards']} forwards): token {r['token_sparsity']:.3f}, "
+            f"chunk {r['chunk_sparsity']:.3f}, {r['blocks_per_forward']:.1f}/{total} "
+            f"{unit}s per forward; chunk per layer [{per_layer}]"
+        )
+    return lines

@@ -1,0 +1,61 @@
+"""The chunk-sparse FFN kernel a model runs, chosen by name from :data:`edgespec.kernels.KERNELS`.
+
+``LoadOptions.sparse_kernel`` (``--sparse-kernel numpy|tvm``) names the implementation;
+``KERNELS["sparse_ffn:<impl>"]`` provides it. The contract is the NumPy reference's
+signature (:func:`edgespec.kernels.reference.sparse_ffn`)::
+
+    kernel(x[M, d], rows int[A], gate[F, d] | None, up[F, d], down[d, F], *, act, scale)
+        -> [M, d]
+
+A registry entry that is a class (a builder, as ``qmatmul:tvm`` is) is instantiated once
+without arguments and the instance is called with that signature. A kernel compiled for at
+most R rows says so with an attribute ``max_rows`` (or its module's ``BUCKETS``); longer
+forwards (a prompt) are then computed in groups of R rows, each over its own union
+(:func:`max_rows`).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from edgespec.errors import EdgespecError, missing_extra
+
+SparseKernel = Callable[..., np.ndarray]
+
+
+@functools.cache
+def sparse_kernel(impl: str = "numpy") -> SparseKernel:
+    """``KERNELS["sparse_ffn:<impl>"]``, ready to call (built once per process).
+
+    Raises:
+        EdgespecError: an unknown implementation (one line naming the known ones), or one
+            whose dependencies are not installed (naming the extra).
+    """
+    from edgespec.kernels import KERNELS
+
+    name = f"sparse_ffn:{impl}"
+    known = sorted(n.split(":", 1)[1] for n in KERNELS.names() if n.startswith("sparse_ffn:"))
+    if name not in KERNELS.names():
+        raise EdgespecError(
+            f"unknown sparse kernel '{impl}'; known: {', '.join(known)} (--sparse-kernel)"
+        )
+    try:
+        entry: Any = KERNELS.get(name)
+    except ImportError as exc:
+        raise missing_extra(exc.name or impl, impl) from None
+    return entry() if isinstance(entry, type) else entry
+
+
+def max_rows(kernel: SparseKernel) -> int | None:
+    """The most token rows ``kernel`` takes in one call (None: any number): its attribute
+    ``max_rows``, else the largest of its module's ``BUCKETS`` (compiled row buckets)."""
+    rows = getattr(kernel, "max_rows", None)
+    if rows is None:
+        buckets = getattr(sys.modules.get(getattr(kernel, "__module__", "")), "BUCKETS", None)
+        rows = max(buckets) if buckets else None
+    return int(rows) if rows else None
