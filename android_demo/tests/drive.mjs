@@ -1,8 +1,9 @@
 // Drive the demo page in headless Chromium (playwright-core + Debian's /usr/bin/chromium) and
-// print one JSON object: {info, results: [...], error, console}.
+// print one JSON object: {info, results: [...], error, console, statsText, modelText}.
 //   node drive.mjs '{"url": "...", "runs": [{...run options}], "screenshot": "x.png",
 //                    "chromium": "/usr/bin/chromium", "extraFlags": [], "timeoutMs": 120000}'
-// tests/demo/test_web.py runs it; the flags are the ones a sandboxed CI machine needs.
+// edgespec/demo/browser.py runs it (tests/demo, benchmarks/browser_speculation.py); the flags
+// are the ones a sandboxed CI machine needs.
 import { chromium } from 'playwright-core';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,7 +14,7 @@ const profile = mkdtempSync(join(tmpdir(), 'edgespec-chromium-'));
 const flags = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync',
   ...(spec.extraFlags ?? [])];
-const out = { info: null, results: [], error: null, console: [], statsText: '' };
+const out = { info: null, results: [], error: null, console: [], statsText: '', modelText: '' };
 let ctx;
 try {
   ctx = await chromium.launchPersistentContext(profile, {
@@ -40,6 +41,7 @@ try {
     out.error = (await page.evaluate(() => window.demo.error()).catch(() => null)) ?? String(e.message ?? e);
   }
   out.statsText = await page.evaluate(() => document.getElementById('stats').innerText).catch(() => '');
+  out.modelText = await page.evaluate(() => document.getElementById('model').innerText).catch(() => '');
   if (spec.screenshot) await page.screenshot({ path: spec.screenshot, fullPage: true });
 } catch (e) {
   out.error = String(e.message ?? e);

@@ -4,8 +4,8 @@
 //   await window.demo.ready            -> info {backend, threads, isolated, artifact, ...}
 //   await window.demo.run({prompt | promptIds, maxNewTokens, strategy, greedy, ...})
 //                                      -> {promptIds, tokens, text, stats}
-import { DemoError, readManifest, pickArtifact, loadTarget, webgpuAvailable } from './model.mjs';
-import { generate } from './decode.mjs';
+import { DemoError, readManifest, pickArtifact, pickDraftArtifact, loadRole, webgpuAvailable } from './model.mjs';
+import { generate, DraftProposer } from './decode.mjs';
 
 /** Assumed package power while decoding, watts: browsers report no power, so energy is an
  * estimate (a phone SoC's big cores under load draw a few watts). */
@@ -36,11 +36,11 @@ async function bundleList() {
 }
 
 async function chooseBackend(want) {
-  if (want === 'wasm') return { backend: 'wasm', note: '' };
+  if (want === 'wasm') return { backend: 'wasm', note: '', adapter: null };
   const gpu = await webgpuAvailable();
-  if (gpu.ok) return { backend: 'webgpu', note: '' };
+  if (gpu.ok) return { backend: 'webgpu', note: '', adapter: gpu.adapter };
   if (want === 'webgpu') throw new DemoError(`WebGPU was asked for but ${gpu.why}; choose WASM (backend=wasm)`);
-  return { backend: 'wasm', note: `no WebGPU (${gpu.why}): WASM SIMD on the CPU` };
+  return { backend: 'wasm', note: `no WebGPU (${gpu.why}): WASM SIMD on the CPU`, adapter: null };
 }
 
 async function loadTokenizer(base, manifest) {
@@ -93,6 +93,13 @@ function encode(tok, config, text) {
   return ids;
 }
 
+/** strategy -> the title of its stats box */
+const TITLES = {
+  plain: () => 'plain decoding',
+  ngram: () => `speculative (prompt lookup, k=${$('k').value})`,
+  draft: () => `speculative (draft model, k=${$('k').value})`,
+};
+
 function fmt(x, digits = 1) { return x === null || x === undefined || Number.isNaN(x) ? '–' : Number(x).toFixed(digits); }
 
 function renderStats(el, title, s) {
@@ -103,7 +110,7 @@ function renderStats(el, title, s) {
     ['tokens', `${s.tokens} in ${fmt(s.totalMs / 1000, 2)} s`],
     ['acceptance', s.acceptance === null ? '– (no drafts)' : `${fmt(100 * s.acceptance, 0)} % (${s.accepted}/${s.proposed})`],
     ['accepted per step', fmt(s.meanAcceptedPerStep, 2)],
-    ['forwards', `${s.forwards}`],
+    ['forwards', s.draftForwards ? `${s.forwards} target + ${s.draftForwards} draft` : `${s.forwards}`],
     ['energy (estimated)', `≈ ${fmt(joules, 2)} J at an assumed ${ASSUMED_WATTS} W`],
   ];
   const box = document.createElement('div');
@@ -144,7 +151,7 @@ async function main() {
   status(`reading ${base}edgespec.json`);
   const manifest = await readManifest(base);
   const artifact = pickArtifact(manifest, params.get('quant'));
-  const { backend, note } = await chooseBackend(params.get('backend') ?? 'auto');
+  const { backend, note, adapter } = await chooseBackend(params.get('backend') ?? 'auto');
   const ort = await import(backend === 'webgpu' ? './vendor/ort/ort.webgpu.min.mjs' : './vendor/ort/ort.wasm.min.mjs');
   ort.env.wasm.wasmPaths = new URL('vendor/ort/', location.href).href;
   ort.env.wasm.numThreads = threads;
@@ -152,11 +159,22 @@ async function main() {
   const verify = params.get('verify') !== '0';
   status(`loading ${artifact.path}${verify ? ' (checking sha256)' : ''}`);
   const t0 = performance.now();
-  const { lm, config, note: mem } = await loadTarget(ort, base, manifest, artifact, { backend, verify, onProgress: status });
+  const { lm, config, note: mem } = await loadRole(ort, base, artifact, { backend, verify, onProgress: status });
+  // a draft role with an ONNX artifact: draft-model speculation (same tokenizer, checked equal
+  // by edgespec export)
+  const draftArt = pickDraftArtifact(manifest, artifact);
+  const models = {};
+  if (draftArt) {
+    status(`loading the draft ${draftArt.path}`);
+    const d = await loadRole(ort, base, draftArt, { backend, verify, onProgress: status });
+    if (d.config.vocab_size !== config.vocab_size) throw new DemoError(`the draft's vocabulary (${d.config.vocab_size}) differs from the target's (${config.vocab_size}); re-export the bundle`);
+    models.draft = new DraftProposer(d.lm);
+    $('strategy').add(new Option('speculative (draft model)', 'draft'));
+  }
   const tok = await loadTokenizer(base, manifest);
   const eos = eosIds(tok, config);
-  Object.assign(info, { backend, artifact: artifact.path, quantization: artifact.quantization, loadMs: performance.now() - t0, weights: mem, eos: [...eos] });
-  $('model').textContent = `${artifact.path} (${artifact.quantization}, ${mem}) on ${backend}${note ? ` — ${note}` : ''} · loaded in ${fmt(info.loadMs / 1000, 1)} s`;
+  Object.assign(info, { backend, backendNote: note, adapter, artifact: artifact.path, draft: draftArt?.path ?? null, quantization: artifact.quantization, loadMs: performance.now() - t0, weights: mem, eos: [...eos] });
+  $('model').textContent = `${artifact.path} (${artifact.quantization}, ${mem})${draftArt ? ` + draft ${draftArt.path}` : ''} on ${backend}${adapter ? ` (${adapter})` : ''}${note ? ` — ${note}` : ''} · loaded in ${fmt(info.loadMs / 1000, 1)} s`;
 
   let busy = false;
   async function run(opts) {
@@ -169,7 +187,7 @@ async function main() {
       const ctx = config.max_position_embeddings ?? 2048;
       if (promptIds.length + (opts.maxNewTokens ?? 32) > ctx) throw new DemoError(`prompt (${promptIds.length} tokens) plus max new tokens exceed the model's context of ${ctx}`);
       status(`generating (${opts.strategy ?? 'plain'})`);
-      const r = await generate(lm, promptIds, opts, eos, (ids) => { $('output').textContent = decodeIds(tok, ids); });
+      const r = await generate(lm, promptIds, opts, eos, (ids) => { $('output').textContent = decodeIds(tok, ids); }, models);
       const text = decodeIds(tok, r.tokens);
       $('output').textContent = text;
       status('done');
@@ -197,12 +215,12 @@ async function main() {
     try {
       for (const s of strategies) {
         const r = await run(formOpts(s));
-        renderStats($('stats'), s === 'ngram' ? `speculative (prompt lookup, k=${$('k').value})` : 'plain decoding', r.stats);
+        renderStats($('stats'), TITLES[s](), r.stats);
       }
     } catch (e) { fail(e); }
   }
   $('go').onclick = () => clicked([$('strategy').value]);
-  $('compare').onclick = () => clicked(['plain', 'ngram']);
+  $('compare').onclick = () => clicked(models.draft ? ['plain', 'ngram', 'draft'] : ['plain', 'ngram']);
   $('go').disabled = $('compare').disabled = false;
   status(tok.tokenizer ? 'ready' : `ready (token ids only: ${NO_TEXT})`);
   return { info, run, renderStats: (title, s) => renderStats($('stats'), title, s) };

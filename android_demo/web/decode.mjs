@@ -1,12 +1,15 @@
-// The decoding loops: plain (greedy or sampled) and speculative with prompt lookup, a JS port
-// of edgespec's (edgespec/speculative/proposers/ngram.py, edgespec/speculative/verify.py).
+// The decoding loops: plain (greedy or sampled) and speculative with prompt lookup or a draft
+// model, a JS port of edgespec's (edgespec/speculative/proposers/ngram.py and draft_model.py,
+// edgespec/speculative/step.py, edgespec/speculative/verify.py).
 //
 // Speculation verifies a chain in one forward: [next, d1..dk] -> k+1 logit rows; row i scores
 // d(i+1). Greedy keeps the longest prefix where argmax(row i) == d(i+1), so its output equals
 // plain greedy decoding token for token (up to near-ties between the one-token and the
-// (k+1)-token kernels). Sampling uses Leviathan et al. (2023), Algorithm 1, with the draft's
-// p one-hot on d: accept d with probability q(d); on rejection sample max(0, q - p), i.e. q
-// with d removed. Rejected positions are rolled back from the KV cache (model.truncate).
+// (k+1)-token kernels). Sampling uses Leviathan et al. (2023), Algorithm 1: accept d with
+// probability min(1, q(d) / p(d)), where p is the draft's distribution (one-hot on d for prompt
+// lookup); on rejection sample max(0, q - p), normalized. Rejected positions are rolled back
+// from the target's KV cache (model.truncate); a draft model's cache re-syncs lazily.
+import { DemoError } from './model.mjs';
 
 /** Index of the largest logit in row `r` (the first one on ties, as numpy.argmax). */
 export function argmax(logits, r) {
@@ -81,15 +84,99 @@ function pick(logits, r, p, rand) {
 }
 
 /**
+ * A draft model of the same vocabulary (Leviathan et al. 2023), as DraftModelProposer: it keeps
+ * its own KV cache, synchronised lazily. Each propose rolls the cache back to the longest
+ * prefix it shares with the committed context, catches up on the missing tokens in one
+ * forward, then drafts up to k tokens one at a time (greedy: argmax; sampling: a sample from its
+ * own q, whose rows are returned as `probs`). Drafting stops early when the draft's top
+ * probability falls below minConfidence (0.3, SpecConfig.min_confidence's default).
+ */
+export class DraftProposer {
+  constructor(lm, minConfidence = 0.3) {
+    this.lm = lm;
+    this.minConfidence = minConfidence;
+    this.cached = [];  // the tokens in the draft's KV cache, in order
+  }
+
+  reset() { this.lm.reset(); this.cached = []; }
+
+  /** Make the cache hold ctx; return the logits after it (row `row`). */
+  async sync(ctx) {
+    let common = 0;
+    const limit = Math.min(this.cached.length, ctx.length - 1);
+    while (common < limit && this.cached[common] === ctx[common]) common++;
+    this.lm.truncate(common);
+    this.cached = ctx.slice(0, common);
+    const missing = ctx.slice(common);
+    const logits = await this.lm.forward(missing);
+    this.cached.push(...missing);
+    return logits;
+  }
+
+  /** {tokens, probs: Float64Array[V] per token or null (greedy), forwards}. */
+  async propose(ctx, k, p, rand) {
+    if (k <= 0) return { tokens: [], probs: null, forwards: 0 };
+    let logits = await this.sync(ctx), row = logits.rows - 1, forwards = 1;
+    const tokens = [], dists = [];
+    for (;;) {
+      let tok, sure;
+      if (p.greedy) {
+        tok = argmax(logits, row);
+        sure = probs1(logits, row, tok);
+      } else {
+        const q = probs(logits, row, p);
+        tok = sampleFrom(q, rand());
+        sure = q[tok];
+        dists.push(q);
+      }
+      tokens.push(tok);
+      if (tokens.length >= k || sure < (p.minConfidence ?? this.minConfidence)) break;
+      logits = await this.lm.forward([tok]);
+      row = 0;
+      forwards++;
+      this.cached.push(tok);
+    }
+    return { tokens, probs: p.greedy ? null : dists, forwards };
+  }
+}
+
+/** softmax(row r)[tok]: how sure a greedy draft is of tok. */
+function probs1(logits, r, tok) {
+  const V = logits.vocab, off = r * V, d = logits.data;
+  let mx = -Infinity, s = 0;
+  for (let i = 0; i < V; i++) mx = Math.max(mx, d[off + i]);
+  for (let i = 0; i < V; i++) s += Math.exp(d[off + i] - mx);
+  return Math.exp(d[off + tok] - mx) / s;
+}
+
+/** strategy -> (params, models) -> proposer {propose(ctx, k, rand) -> {tokens, probs, forwards}}
+ * or null (plain decoding): one entry per strategy, as edgespec's PROPOSERS registry. */
+export const PROPOSERS = {
+  plain: () => null,
+  ngram: (p) => ({
+    propose: async (ctx, k) => ({ tokens: ngramPropose(ctx, k, p.ngramMin, p.ngramMax), probs: null, forwards: 0 }),
+  }),
+  draft: (p, models) => {
+    if (!models.draft) throw new DemoError('this bundle has no ONNX draft model: export one with edgespec export -m MODEL --draft DRAFT --format onnx -o DIR');
+    models.draft.reset();
+    return { propose: (ctx, k, rand) => models.draft.propose(ctx, k, p, rand) };
+  },
+};
+
+/**
  * Generate from `promptIds`. params: {maxNewTokens, greedy, temperature, topK, topP, seed,
- * strategy: 'plain' | 'ngram', k (draft length), ngramMin, ngramMax}; eos: Set of stop ids.
+ * strategy: a PROPOSERS key ('plain' | 'ngram' | 'draft'), k (draft length), ngramMin,
+ * ngramMax, minConfidence (draft: stop below this top probability)}; eos: Set of stop ids; models: {draft: DraftProposer} when the bundle has a draft.
  * onToken(ids) is called as tokens become final. Returns {tokens, stats}: tokens exclude EOS
  * (as edgespec's GenerationResult.token_ids); stats times are milliseconds.
  */
-export async function generate(lm, promptIds, params, eos, onToken = () => {}) {
+export async function generate(lm, promptIds, params, eos, onToken = () => {}, models = {}) {
   const p = { maxNewTokens: 32, greedy: true, temperature: 1, topK: 0, topP: 1, seed: 0, strategy: 'plain', k: 4, ngramMin: 1, ngramMax: 4, ...params };
+  const make = PROPOSERS[p.strategy];
+  if (!make) throw new DemoError(`unknown strategy '${p.strategy}'; known: ${Object.keys(PROPOSERS).join(', ')}`);
+  const proposer = make(p, models);
   const rand = rng(p.seed);
-  const stats = { prefillMs: 0, ttftMs: 0, totalMs: 0, decodeMs: 0, forwards: 0, proposed: 0, accepted: 0, steps: 0, histogram: [] };
+  const stats = { prefillMs: 0, ttftMs: 0, totalMs: 0, decodeMs: 0, forwards: 0, draftForwards: 0, proposed: 0, accepted: 0, steps: 0, histogram: [] };
   const t0 = performance.now();
   lm.reset();
   const out = [];
@@ -103,7 +190,9 @@ export async function generate(lm, promptIds, params, eos, onToken = () => {}) {
     onToken(out);
     if (out.length >= p.maxNewTokens) break;
     const budget = p.maxNewTokens - out.length;  // tokens still allowed after `next`
-    const draft = p.strategy === 'ngram' && budget > 0 ? ngramPropose([...promptIds, ...out], Math.min(p.k, budget), p.ngramMin, p.ngramMax) : [];
+    const proposal = proposer && budget > 0 ? await proposer.propose([...promptIds, ...out], Math.min(p.k, budget), rand) : null;
+    const draft = proposal?.tokens ?? [];
+    stats.draftForwards += proposal?.forwards ?? 0;
     const base = lm.nPast;
     logits = await lm.forward([next, ...draft]);
     stats.forwards++;
@@ -116,11 +205,12 @@ export async function generate(lm, promptIds, params, eos, onToken = () => {}) {
         const t = argmax(logits, a);
         if (t !== d) { bonus = t; break; }
       } else {
-        const q = probs(logits, a, p);
-        if (rand() < q[d]) continue;  // accept with probability min(1, q(d)/p(d)), p(d) = 1
-        q[d] = 0;  // resample from max(0, q - p), normalized
-        const s = q.reduce((x, y) => x + y, 0);
-        bonus = sampleFrom(q.map((x) => x / s), rand());
+        const q = probs(logits, a, p), pd = proposal.probs?.[a];  // pd null: one-hot on d
+        if (rand() < (pd ? q[d] / pd[d] : q[d])) continue;  // accept with min(1, q(d) / p(d))
+        const r = pd ? q.map((x, i) => Math.max(0, x - pd[i])) : q;  // resample max(0, q - p)
+        if (!pd) r[d] = 0;
+        const s = r.reduce((x, y) => x + y, 0);
+        bonus = sampleFrom(r.map((x) => x / s), rand());
         break;
       }
     }

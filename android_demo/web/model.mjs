@@ -26,10 +26,9 @@ export async function readManifest(base) {
   return m;
 }
 
-/** The target's ONNX artifacts, best first for `prefer` ('fp32', 'gguf-exact', 'int4', ...). */
+/** A role's ONNX artifacts, in the manifest's order. */
 export function onnxArtifacts(manifest, role = 'target') {
-  const arts = entries(manifest.roles?.[role]?.artifacts).filter((a) => a.format === 'onnx');
-  return arts;
+  return entries(manifest.roles?.[role]?.artifacts).filter((a) => a.format === 'onnx');
 }
 
 export function pickArtifact(manifest, quant) {
@@ -40,6 +39,14 @@ export function pickArtifact(manifest, quant) {
   const a = arts.find((x) => x.quantization === quant);
   if (!a) throw new DemoError(`this bundle has no onnx-${quant} target (it has: ${arts.map((x) => x.quantization).join(', ')})`);
   return a;
+}
+
+/** The draft role's ONNX artifact for a target artifact: the same quantization when the draft
+ * has it, else its first; null when the bundle has no ONNX draft (the page then offers no
+ * draft speculation). */
+export function pickDraftArtifact(manifest, target) {
+  const arts = onnxArtifacts(manifest, 'draft');
+  return arts.find((x) => x.quantization === target.quantization) ?? arts[0] ?? null;
 }
 
 async function sha256Hex(buf) {
@@ -89,7 +96,9 @@ export async function webgpuAvailable() {
   if (!('gpu' in navigator)) return { ok: false, why: 'this browser has no WebGPU (navigator.gpu)' };
   try {
     const a = await navigator.gpu.requestAdapter();
-    return a ? { ok: true, why: '' } : { ok: false, why: 'WebGPU has no adapter on this device' };
+    if (!a) return { ok: false, why: 'WebGPU has no adapter on this device' };
+    const i = a.info ?? {};
+    return { ok: true, why: '', adapter: [i.vendor, i.architecture, i.description].filter(Boolean).join(' ') + (i.isFallbackAdapter ? ' (fallback adapter)' : '') };
   } catch (e) { return { ok: false, why: `WebGPU adapter request failed (${e.message})` }; }
 }
 
@@ -159,8 +168,9 @@ export class OnnxLM {
   }
 }
 
-/** Load the ONNX target of the bundle at `base` (a URL ending in '/'). */
-export async function loadTarget(ort, base, manifest, artifact, { backend, verify, onProgress }) {
+/** Load one role's ONNX artifact (the target's or the draft's) of the bundle at `base` (a URL
+ * ending in '/'): {lm: OnnxLM, config: its config.json, note: its size for the page}. */
+export async function loadRole(ort, base, artifact, { backend, verify, onProgress }) {
   const files = entries(artifact.files);
   const byName = (n) => files.find((f) => f.path === `${artifact.path}/${n}`);
   const modelEntry = byName('model.onnx');

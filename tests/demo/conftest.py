@@ -1,68 +1,32 @@
-"""Fixtures for the demo web app's tests: a served bundle and a headless Chromium driver.
+"""Fixtures for the demo web app's tests: served bundles and a headless Chromium driver.
 
 The browser side runs android_demo/tests/drive.mjs (playwright-core from android_demo's npm
-packages) against Debian's /usr/bin/chromium; ./install.sh installs both.
+packages) against Debian's /usr/bin/chromium (edgespec.demo.browser); ./install.sh installs
+both.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from edgespec.demo.server import DEMO_DIR
+from edgespec.demo.browser import Served, browser_missing, drive_page
 from edgespec.testing import add_byte_tokenizer
-
-CHROMIUM = os.environ.get("EDGESPEC_CHROMIUM", "/usr/bin/chromium")
-DRIVER = DEMO_DIR / "tests" / "drive.mjs"
-
-
-def _browser_missing() -> str | None:
-    if not Path(CHROMIUM).exists():
-        return f"no Chromium at {CHROMIUM} (./install.sh installs Debian's chromium)"
-    if shutil.which("node") is None:
-        return "no node (./install.sh needs nodejs for the demo's npm packages)"
-    if not (DEMO_DIR / "node_modules" / "playwright-core").is_dir():
-        return "android_demo/node_modules is missing (npm ci --ignore-scripts; ./install.sh)"
-    return None
 
 
 @pytest.fixture(scope="session")
 def browser() -> None:
     """Skip when Chromium, node or the demo's npm packages are missing."""
-    why = _browser_missing()
+    why = browser_missing()
     if why:
         pytest.skip(why)
-
-
-class Served:
-    """``edgespec demo serve`` in a child process; ``url`` is its page."""
-
-    def __init__(self, bundles: list[Path], isolate: bool = True) -> None:
-        cmd = [sys.executable, "-m", "edgespec", "demo", "serve", "--port", "0"]
-        for b in bundles:
-            cmd += ["--bundle", str(b)]
-        if not isolate:
-            cmd.append("--no-isolation")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "http://" not in line:
-            self.proc.kill()
-            raise RuntimeError(f"demo serve did not start: {line}{self.proc.stderr.read()}")  # type: ignore[union-attr]
-        self.url = line.split("http://", 1)[1].split()[0]
-        self.url = "http://" + self.url
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 @pytest.fixture
@@ -81,51 +45,90 @@ def serve() -> Iterator[Any]:
 
 @pytest.fixture
 def drive(browser: None) -> Any:
-    """``drive(url, runs, screenshot=None, extra_flags=None)``; see :func:`drive_page`."""
+    """``drive(url, runs, screenshot=None, extra_flags=None)``; see
+    :func:`edgespec.demo.browser.drive_page`."""
     return drive_page
 
 
-def drive_page(
-    url: str,
-    runs: list[dict[str, Any]],
-    screenshot: Path | None = None,
-    extra_flags: list[str] | None = None,
-    timeout_s: float = 300,
-) -> dict[str, Any]:
-    """Open ``url`` in headless Chromium, await ``window.demo.ready``, run each of ``runs``
-    (``window.demo.run`` options) and return ``{info, results, error, console, statsText}``."""
-    spec = {
-        "url": url,
-        "runs": runs,
-        "chromium": CHROMIUM,
-        "screenshot": str(screenshot) if screenshot else None,
-        "extraFlags": extra_flags or [],
-        "timeoutMs": int(timeout_s * 1000),
+def _noisy_copy(hf: Path, out: Path, scale: float) -> Path:
+    """A copy of the HF folder ``hf`` whose matrices are multiplied by ``1 + scale * N(0, 1)``
+    (seeded): a draft model of the same tokenizer and vocabulary that agrees with the target
+    often but not always."""
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(hf, out)
+    rng = np.random.default_rng(0)
+    w = load_file(str(out / "model.safetensors"))
+    noisy = {
+        k: (v * (1 + scale * rng.standard_normal(v.shape))).astype(v.dtype) if v.ndim > 1 else v
+        for k, v in w.items()
     }
-    p = subprocess.run(
-        ["node", str(DRIVER), json.dumps(spec)],
-        cwd=DEMO_DIR,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s + 60,
-    )
-    assert p.returncode == 0, p.stderr[-2000:]
-    return json.loads(p.stdout)
+    save_file(noisy, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+#: relative weight noise of the tiny draft: its greedy drafts are accepted in part (on
+#: tests/demo's prompts 21 of 89 drafted tokens, several steps with 2+ accepted, with
+#: minConfidence 0 and k = 4: printed by test_draft_speculation_matches_plain's stats)
+DRAFT_NOISE = 0.1
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random llama exported as an fp32 ``gqa`` ONNX bundle (about 40 s)."""
+    """The tiny random llama exported as an fp32 ``gqa`` ONNX bundle with a draft role (the
+    same model with noisy weights, same tokenizer; about 20 s on a quiet machine)."""
     pytest.importorskip("onnxruntime_genai")
     from edgespec.export.pipeline import ExportOptions, run_export
 
     hf = tmp_path_factory.mktemp("demo-tiny") / "hf"
     shutil.copytree(tiny_llama_dir, hf)
     add_byte_tokenizer(hf)
+    draft = _noisy_copy(hf, hf.parent / "draft-hf", DRAFT_NOISE)
     out = hf.parent / "tiny"
     run_export(
         ExportOptions(
-            target=str(hf), out=str(out), formats=("onnx",), quants=("fp32",), progress=False
+            target=str(hf),
+            out=str(out),
+            draft=str(draft),
+            formats=("onnx",),
+            quants=("fp32",),
+            progress=False,
+            verify=False,  # the demo tests compare with the Python runtime on the bundle
         )
     )
+    return out
+
+
+#: SmolLM2's browser bundle: fp32 (tokens equal to the Python runtime's); bump the version
+#: when the export options below change
+SMOLLM2_EXPORT = {"version": 1, "formats": ["onnx"], "quants": ["fp32"]}
+
+
+@pytest.fixture(scope="session")
+def smollm2_bundle(smollm2_path: Path) -> Path:
+    """smollm2-135m's fp32 ONNX bundle, exported once (254 s at load average 10) and kept under
+    ``$EDGESPEC_HOME/demo-bundles/``, keyed by the GGUF's sha256 and the export options. The
+    page checks every file's sha256 against edgespec.json on load, so a damaged cache fails
+    loudly; delete the folder to re-export."""
+    pytest.importorskip("onnxruntime_genai")
+    from edgespec import zoo
+    from edgespec.export.pipeline import ExportOptions, run_export
+    from edgespec.home import edgespec_home
+
+    key = hashlib.sha256(
+        json.dumps([zoo.get_entry("smollm2-135m").sha256, SMOLLM2_EXPORT]).encode()
+    ).hexdigest()[:16]
+    out = edgespec_home() / "demo-bundles" / f"smollm2-135m-fp32-{key}"
+    if not (out / "edgespec.json").is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        run_export(  # writes atomically: a bundle is complete or absent
+            ExportOptions(
+                target=str(smollm2_path),
+                out=str(out),
+                formats=tuple(SMOLLM2_EXPORT["formats"]),
+                quants=tuple(SMOLLM2_EXPORT["quants"]),
+                progress=False,
+                verify=False,
+            )
+        )
     return out

@@ -2,8 +2,9 @@
 
 Each test serves a bundle with ``edgespec demo serve``, drives the page through
 ``window.demo`` (android_demo/tests/drive.mjs) and compares with ``edgespec.load(bundle,
-backend="onnx")``: the prompt's token ids, greedy output (plain) and speculative (prompt lookup)
-output, with and without COOP/COEP. Screenshots land in the test's tmp_path.
+backend="onnx")``: the prompt's token ids, greedy output (plain) and speculative (prompt lookup
+and draft model) output, with and without COOP/COEP, on WASM and on WebGPU (SwiftShader), on
+the tiny bundle and on SmolLM2. Screenshots land in the test's tmp_path.
 """
 
 from __future__ import annotations
@@ -36,12 +37,17 @@ def _python_greedy(bundle: Path, prompts: list[str], n: int) -> list[tuple[list[
         return out
 
 
-def _runs(prompts: list[str], n: int, k: int = 4) -> list[dict[str, Any]]:
+def _runs(prompts: list[str], n: int, strategies: tuple[str, ...]) -> list[dict[str, Any]]:
+    # minConfidence 0: the draft always drafts k tokens (the tiny random draft is rarely sure),
+    # so steps accept 0, some or all of a multi-token draft
     return [
-        {"prompt": p, "maxNewTokens": n, "strategy": s, "k": k, "greedy": True}
+        {"prompt": p, "maxNewTokens": n, "strategy": s, "k": 4, "greedy": True, "minConfidence": 0}
         for p in prompts
-        for s in ("plain", "ngram")
+        for s in strategies
     ]
+
+
+STRATEGIES = ("plain", "ngram", "draft")
 
 
 @pytest.mark.parametrize("isolate", [True, False], ids=["coop-coep", "no-isolation"])
@@ -51,28 +57,82 @@ def test_tiny_bundle_matches_python(
     want = _python_greedy(tiny_bundle, TINY_PROMPTS, N_TOKENS)
     server = serve([tiny_bundle], isolate=isolate)
     shot = tmp_path / "page.png"
-    got = drive(server.url, _runs(TINY_PROMPTS, N_TOKENS), screenshot=shot)
+    got = drive(server.url, _runs(TINY_PROMPTS, N_TOKENS, STRATEGIES), screenshot=shot)
     assert got["error"] is None, (got["error"], got["console"])
     info = got["info"]
     assert info["isolated"] is isolate
     assert info["backend"] == "wasm" and info["quantization"] == "fp32"
+    assert info["draft"] == "draft/onnx-fp32"
+    # headless Chromium without WebGPU flags has no adapter: the page says so and runs WASM
+    assert "no WebGPU (WebGPU has no adapter on this device)" in got["modelText"]
     if not isolate:
         assert info["threads"] == 1  # no SharedArrayBuffer without COOP/COEP: one WASM thread
     results = got["results"]
-    proposed = 0
-    for i, (prompt_ids, tokens) in enumerate(want):
-        plain, spec = results[2 * i], results[2 * i + 1]
+    by = {s: results[i :: len(STRATEGIES)] for i, s in enumerate(STRATEGIES)}
+    for (prompt_ids, tokens), plain, ngram, draft in zip(
+        want, by["plain"], by["ngram"], by["draft"], strict=True
+    ):
         assert plain["promptIds"] == prompt_ids  # transformers.js encodes as edgespec does
         assert plain["tokens"] == tokens  # greedy: token for token
-        assert spec["tokens"] == plain["tokens"]  # lossless speculation
+        assert ngram["tokens"] == tokens and draft["tokens"] == tokens  # lossless speculation
         assert plain["stats"]["proposed"] == 0
-        proposed += spec["stats"]["proposed"]
-        assert spec["stats"]["forwards"] <= plain["stats"]["forwards"]
-    assert proposed > 0  # the prompts make prompt lookup propose drafts
+        for spec in (ngram, draft):
+            assert spec["stats"]["forwards"] <= plain["stats"]["forwards"]
+    assert sum(r["stats"]["proposed"] for r in by["ngram"]) > 0  # prompt lookup drafted
+    # the draft model drafted, was partly accepted (both caches rolled back), and some steps
+    # kept two or more draft tokens (the draft's cache kept its accepted tail)
+    proposed = sum(r["stats"]["proposed"] for r in by["draft"])
+    accepted = sum(r["stats"]["accepted"] for r in by["draft"])
+    assert 0 < accepted < proposed
+    assert any(sum(h or 0 for h in r["stats"]["histogram"][2:]) for r in by["draft"])
+    assert all(r["stats"]["draftForwards"] >= r["stats"]["steps"] for r in by["draft"])
     # the stats panel shows numbers, one box per run
     assert len(re.findall(r"tokens/s", got["statsText"])) == len(results)
     assert re.search(r"\d+ ms", got["statsText"]) and "estimated" in got["statsText"]
     assert shot.stat().st_size > 10_000
+
+
+def test_webgpu_on_swiftshader(tiny_bundle: Path, serve, drive) -> None:
+    """WebGPU through Chromium's SwiftShader adapter (CPU Vulkan): the webgpu execution
+    provider gives the Python runtime's greedy tokens on the fp32 tiny bundle (measured: equal,
+    plain and prompt lookup)."""
+    from edgespec.demo.browser import WEBGPU_SWIFTSHADER
+
+    want = _python_greedy(tiny_bundle, TINY_PROMPTS[:1], N_TOKENS)
+    server = serve([tiny_bundle])
+    got = drive(
+        f"{server.url}?backend=webgpu",
+        _runs(TINY_PROMPTS[:1], N_TOKENS, ("plain", "ngram")),
+        extra_flags=WEBGPU_SWIFTSHADER,
+    )
+    if got["error"] and "WebGPU was asked for" in got["error"]:
+        pytest.skip(f"WebGPU did not come up with {' '.join(WEBGPU_SWIFTSHADER)}: {got['error']}")
+    assert got["error"] is None, (got["error"], got["console"])
+    assert got["info"]["backend"] == "webgpu", got["info"]
+    assert "swiftshader" in got["info"]["adapter"]
+    for r in got["results"]:
+        assert r["tokens"] == want[0][1]
+
+
+@pytest.mark.slow
+def test_smollm2_matches_python(smollm2_bundle: Path, serve, drive) -> None:
+    """SmolLM2-135M's fp32 bundle in the page: 12 greedy tokens (plain and prompt lookup) equal
+    the Python runtime's. The bundle comes from the zoo's GGUF, so it has tokenizer.gguf only
+    and the page takes token ids (the prompt ids are Python's). The export is cached under
+    $EDGESPEC_HOME/demo-bundles/."""
+    prompt = "def fibonacci(n):\n    if n < 2:\n        return n\n    return"
+    ((prompt_ids, tokens),) = _python_greedy(smollm2_bundle, [prompt], 12)
+    server = serve([smollm2_bundle])
+    runs = [
+        {"promptIds": prompt_ids, "maxNewTokens": 12, "strategy": s, "k": 4, "greedy": True}
+        for s in ("plain", "ngram")
+    ]
+    # verify=0: the page skips hashing 540 MB (test_bad_bundles_say_what_is_wrong checks it)
+    got = drive(f"{server.url}?verify=0", runs)
+    assert got["error"] is None, (got["error"], got["console"])
+    assert got["info"]["quantization"] == "fp32"
+    for r in got["results"]:
+        assert r["tokens"] == tokens
 
 
 def _copy(bundle: Path, dst: Path) -> Path:
@@ -81,7 +141,8 @@ def _copy(bundle: Path, dst: Path) -> Path:
 
 
 def test_bad_bundles_say_what_is_wrong(tiny_bundle: Path, serve, drive, tmp_path: Path) -> None:
-    """A tampered file, a bundle without an ONNX target: one clear line in the page."""
+    """A tampered file, a bundle without an ONNX target, a missing bundle, a model too large
+    for WASM's heap, WebGPU asked for where there is none: one clear line in the page each."""
     tampered = _copy(tiny_bundle, tmp_path / "tampered")
     data = tampered / "target" / "onnx-fp32" / "model.onnx.data"
     raw = bytearray(data.read_bytes())
@@ -92,12 +153,19 @@ def test_bad_bundles_say_what_is_wrong(tiny_bundle: Path, serve, drive, tmp_path
     for a in m["roles"]["target"]["artifacts"]:
         a["format"] = "gguf"
     (no_onnx / "edgespec.json").write_text(json.dumps(m))
-    server = serve([tampered, no_onnx])
-    got = drive(f"{server.url}?bundle=models/tampered/", [])
-    assert "model.onnx.data fails its checksum" in (got["error"] or "")
-    got = drive(f"{server.url}?bundle=models/no-onnx/", [])
-    assert "has no ONNX target" in (got["error"] or "")
-    got = drive(f"{server.url}?bundle=models/absent/", [])
-    assert "is not an edgespec bundle" in (got["error"] or "")
-    got = drive(f"{server.url}?bundle=models/no-onnx/&backend=webgpu", [])
-    assert "has no ONNX target" in (got["error"] or "") or "WebGPU" in (got["error"] or "")
+    huge = _copy(tiny_bundle, tmp_path / "huge")  # its manifest claims 5 GiB of weights
+    m = json.loads((huge / "edgespec.json").read_text())
+    for f in m["roles"]["target"]["artifacts"][0]["files"]:
+        f["size"] = 5 * 2**30 if f["path"].endswith(".onnx.data") else f["size"]
+    (huge / "edgespec.json").write_text(json.dumps(m))
+    server = serve([tampered, no_onnx, huge, tiny_bundle])
+    cases = {
+        "tampered/": "model.onnx.data fails its checksum",
+        "no-onnx/": "has no ONNX target",
+        "absent/": "is not an edgespec bundle",
+        "huge/": "WASM's heap is 4 GB at most",
+        f"{tiny_bundle.name}/&backend=webgpu": "WebGPU was asked for but WebGPU has no adapter",
+    }
+    for bundle, message in cases.items():
+        got = drive(f"{server.url}?bundle=models/{bundle}", [])
+        assert message in (got["error"] or ""), (bundle, got["error"])
