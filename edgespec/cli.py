@@ -109,8 +109,9 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         "--kv-cache",
         default=None,
         metavar="TYPE",
-        help="KV-cache element type: f32, f16, q8 or q4 (llamacpp; q8/q4 are lossy and save "
-        "memory, --stats says how much; default: the backend's, f16 on llama.cpp)",
+        help="KV-cache type: f32, f16, q8, q4 (llamacpp) or f32, q8, q4, gear4 (numpy); q8, "
+        "q4 and gear4 are lossy and save memory, --stats says how much; default: the "
+        "backend's, f16 on llama.cpp (docs/compression.md)",
     )
     p.add_argument(
         "--sparse-kernel",
@@ -309,11 +310,6 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 
             threads.calibrate(rt, reps=max(a.reps, threads.CALIBRATE_REPS))
         sizes = list(range(1, a.max_k + 2))
-        # a chunk-sparse target is timed on real text, and its sparsity kept with the curve
-        text = cost_curves.curve_tokens(rt.target, rt.tokenizer, a.context, a.max_k + 1)
-        sparsity = getattr(rt.target, "sparsity", None)
-        if sparsity is not None:
-            sparsity.reset()
         curve = cost_curves.measure_verify_curve(
             rt.target,
             sizes,
@@ -321,9 +317,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             reps=a.reps,
             vocab=rt.tokenizer.vocab_size,
             progress=not a.quiet,
-            tokens=text,
         )
-        sparse = sparsity.to_dict() if sparsity is not None else None
         from edgespec import losslessness as ll
 
         n_pos = ll.CALIBRATE_POSITIONS
@@ -342,8 +336,6 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             "near_tie_bound": bound,
             "near_tie_positions": n_pos,
         }
-        if sparse is not None:
-            entry.update(tokens="calibration text", sparsity=sparse)
         path = cost_curves.save_curve(key, entry)
     if a.json:
         print(json.dumps({"key": key, "path": str(path), **entry}))
@@ -355,9 +347,6 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         if n:
             print(f"{n:>4} {sec * 1000:>9.2f} {sec / curve[1]:>12.2f}")
     print(f"switch penalty (one-token forward after another size): {curve.get(0, 0) * 1000:.2f} ms")
-    if sparse is not None:
-        by = ", ".join(f"T={T} {r['chunk_sparsity']:.2f}" for T, r in sparse["by_chunk"].items())
-        print(f"chunk sparsity while timing (calibration text): {by}")
     print(
         f"near-tie bound: {bound:.4g} logits (largest top-2 gap change, batched vs one-token, "
         f"{n_pos} positions)"

@@ -249,7 +249,9 @@ class Runtime:
             ctx.rec.kv_cache = str(extra["kv_cache"])
             ctx.rec.kv_cache_mb = extra["kv_cache_bytes"] / 1e6
             ctx.rec.kv_cache_f16_mb = extra["kv_cache_f16_bytes"] / 1e6
-            ctx.rec.lossy = ctx.rec.lossy or extra["kv_cache"] in ("q8", "q4")
+            from edgespec.runtimes.base import LOSSY_KV_CACHE_TYPES
+
+            ctx.rec.lossy = ctx.rec.lossy or extra["kv_cache"] in LOSSY_KV_CACHE_TYPES
         sparsity = getattr(self.target, "sparsity", None)  # chunk-sparse FFN counters
         if sparsity is not None:
             sparsity.reset()  # count this generation only (not the cost-curve probe)

@@ -137,10 +137,12 @@ class Stats:
                 f"{self.compress_s * 1000:.0f} ms (included in ttft)"
             )
         if self.kv_cache:
+            from edgespec.runtimes.base import LOSSY_KV_CACHE_TYPES
+
             f16 = self.kv_cache_f16_mb
             lines.append(
                 f"KV cache {self.kv_cache}"
-                + (" (lossy)" if self.kv_cache in ("q8", "q4") else "")
+                + (" (lossy)" if self.kv_cache in LOSSY_KV_CACHE_TYPES else "")
                 + f": {self.kv_cache_mb:.1f} MB for the context"
                 + (
                     f" ({self.kv_cache_mb / f16:.2f}x of f16, "

@@ -41,7 +41,9 @@ class ModelSource:
 
 
 #: KV-cache element types a user can ask for (``--kv-cache``); backends list what they do
-KV_CACHE_TYPES = ("f32", "f16", "q8", "q4")
+KV_CACHE_TYPES = ("f32", "f16", "q8", "q4", "gear4")
+#: the lossy ones (below f16 on llama.cpp, below f32 on numpy; gear4: edgespec.kvcache)
+LOSSY_KV_CACHE_TYPES = ("q8", "q4", "gear4")
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,9 @@ class LoadOptions:
             plain greedy decoding token for token; costs some one-token speed
             (docs/speculative.md). Backends without ``supports_exact`` refuse it.
         kv_cache: the KV cache's element type, one of :data:`KV_CACHE_TYPES` (``f32``,
-            ``f16``, ``q8``, ``q4``: lossy below the backend's default); None: the backend's
-            default (llama.cpp: f16; onnx and numpy: f32). Backends refuse types not in their
-            ``kv_cache_types``.
+            ``f16``, ``q8``, ``q4``, ``gear4``: lossy below the backend's default); None: the
+            backend's default (llama.cpp: f16; onnx and numpy: f32). Backends refuse types not
+            in their ``kv_cache_types``.
         sparse_kernel: the implementation of the chunk-sparse FFN kernel, run by models
             with a sparse FFN (the ``blockffn`` backend, sparsified bundles): ``numpy`` or
             ``tvm``, i.e. ``KERNELS["sparse_ffn:<impl>"]`` (:mod:`edgespec.kernels`).

@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from edgespec.errors import EdgespecError, ModelLoadError
+from edgespec.kvcache import NUMPY_KV_TYPES
 from edgespec.model import Model, ModelInfo, check_truncate, tree_ancestors, tree_path_rows
 from edgespec.runtimes.base import Backend, LoadOptions, ModelSource
 
@@ -499,6 +500,28 @@ class KVCacheModel(Model):
         return other
 
 
+def _kv_store(
+    name: str | None, hp: HParams, n_ctx: int, dtype: Any, chunk: int, info: ModelInfo
+) -> Any:
+    """The ``--kv-cache`` store for this model (None for no type: the model's own arrays),
+    its size recorded in ``info.extra`` as llama.cpp records its cache's."""
+    if name is None:
+        return None
+    from edgespec.kvcache import make_store
+
+    L, KV, hd = hp.n_layers, hp.n_head_kv, hp.head_dim
+    store = make_store(
+        name, n_layers=L, n_kv=KV, n_ctx=n_ctx, head_dim=hd, dtype=dtype, max_write=chunk
+    )
+    info.extra.update(
+        kv_cache=name,
+        kv_cache_bytes=store.nbytes,
+        kv_cache_f16_bytes=2 * L * KV * n_ctx * hd * 2,
+        kv_cache_f32_bytes=2 * L * KV * n_ctx * hd * 4,
+    )
+    return store
+
+
 class NumpyModel(KVCacheModel):
     """A decoder-only transformer in NumPy with a preallocated KV cache.
 
@@ -516,6 +539,8 @@ class NumpyModel(KVCacheModel):
             only when ``threadpoolctl`` is installed. (OpenBLAS's spinning threads make a
             2-thread decode ~25x slower when another process holds a core; 1 thread is
             as fast as 2 for small models, whose decode is memory-bound.)
+        kv_cache: a ``--kv-cache`` type (``edgespec.kvcache``: f32, q8, q4, gear4) held in
+            :attr:`kv_store` instead of ``k_cache, v_cache``; None: those arrays.
     """
 
     backend = "numpy"
@@ -531,6 +556,7 @@ class NumpyModel(KVCacheModel):
         n_ctx: int,
         dtype: Any,
         n_threads: int | None = None,
+        kv_cache: str | None = None,
     ) -> None:
         if n_ctx < 1:
             raise EdgespecError(f"n_ctx must be at least 1, got {n_ctx}")
@@ -540,9 +566,12 @@ class NumpyModel(KVCacheModel):
         self.n_ctx = int(n_ctx)
         self.dtype = np.dtype(dtype)
         self.n_threads = n_threads
-        shape = (hp.n_layers, hp.n_head_kv, self.n_ctx, hp.head_dim)
-        self.k_cache = np.zeros(shape, self.dtype)
-        self.v_cache = np.zeros(shape, self.dtype)
+        #: a KV store of ``kv_cache``'s type (edgespec.kvcache), or None: the arrays below
+        self.kv_store = _kv_store(kv_cache, hp, self.n_ctx, self.dtype, self.max_chunk, info)
+        if self.kv_store is None:
+            shape = (hp.n_layers, hp.n_head_kv, self.n_ctx, hp.head_dim)
+            self.k_cache = np.zeros(shape, self.dtype)
+            self.v_cache = np.zeros(shape, self.dtype)
         self._n_past = 0
         # cos/sin tables [n_ctx, 1, hd/2] for full (False) and sliding (True) layers
         pos = np.arange(self.n_ctx, dtype=np.float64)[:, None]
@@ -553,6 +582,14 @@ class NumpyModel(KVCacheModel):
                 np.cos(ang)[:, None, :].astype(self.dtype),
                 np.sin(ang)[:, None, :].astype(self.dtype),
             )
+
+    def fork(self) -> NumpyModel:
+        """A new model sharing these weights, with a copy of the cache or KV store."""
+        if self.kv_store is None:
+            return super().fork()
+        other = copy.copy(self)
+        other.kv_store = self.kv_store.fork()
+        return other
 
     def forward(self, tokens: Sequence[int], *, all_logits: bool = True) -> np.ndarray:
         """Append ``tokens`` at positions ``n_past .. n_past+T-1`` and score them.
@@ -626,6 +663,10 @@ class NumpyModel(KVCacheModel):
         """Keep the tree nodes ``path`` (batch indices, root to leaf) after ``base``."""
         idx = tree_path_rows(base, path, self._n_past)
         n = int(idx.size)
+        if self.kv_store is not None:
+            self.kv_store.commit_rows(base, idx)
+            self._n_past = base + n
+            return
         self.k_cache[:, :, base : base + n] = self.k_cache[:, :, idx]
         self.v_cache[:, :, base : base + n] = self.v_cache[:, :, idx]
         self._n_past = base + n
@@ -729,13 +770,16 @@ class NumpyModel(KVCacheModel):
         q = _rope(q, cos, sin) * self.dtype.type(hp.attn_scale)
         k = _rope(k, cos, sin)
         S = p0 + T
-        self.k_cache[li, :, p0:S] = k.transpose(1, 0, 2)
-        self.v_cache[li, :, p0:S] = v.transpose(1, 0, 2)
-
         window = hp.swa_window if L.swa else 0
         k0 = max(0, p0 - window + 1) if window > 0 else 0
-        keys = self.k_cache[li, :, k0:S]  # [KV, S', hd]
-        vals = self.v_cache[li, :, k0:S]
+        if self.kv_store is None:
+            self.k_cache[li, :, p0:S] = k.transpose(1, 0, 2)
+            self.v_cache[li, :, p0:S] = v.transpose(1, 0, 2)
+            keys = self.k_cache[li, :, k0:S]  # [KV, S', hd]
+            vals = self.v_cache[li, :, k0:S]
+        else:
+            kt, vt = k.transpose(1, 0, 2), v.transpose(1, 0, 2)
+            keys, vals = self.kv_store.update(li, p0, kt, vt, k0)
         # query head h uses KV head h // G (HF repeat_kv order): group queries by KV head
         qg = q.reshape(T, KV, G, hd).transpose(1, 2, 0, 3).reshape(KV, G * T, hd)
         scores = (qg @ keys.transpose(0, 2, 1)).reshape(KV, G, T, S - k0)
@@ -786,6 +830,7 @@ class NumpyBackend(Backend):
     accepts: ClassVar[tuple[str, ...]] = ("gguf", "hf")
     requires: ClassVar[tuple[str, ...]] = ("numpy", "gguf")
     extra: ClassVar[str] = ""
+    kv_cache_types: ClassVar[tuple[str, ...]] = NUMPY_KV_TYPES
 
     @classmethod
     def cheap_to_load(cls, source: ModelSource, options: LoadOptions) -> bool:
@@ -819,7 +864,7 @@ class NumpyBackend(Backend):
         info = replace(info, source=source.name or str(path))
         n_threads = options.n_threads if _blas_controller() is not None else None
         info = replace(info, extra={**info.extra, "n_threads": n_threads})
-        return NumpyModel(hp, weights, info, options.n_ctx, dtype, n_threads)
+        return NumpyModel(hp, weights, info, options.n_ctx, dtype, n_threads, options.kv_cache)
 
 
 @functools.lru_cache(maxsize=1)

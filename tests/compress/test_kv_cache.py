@@ -25,13 +25,22 @@ def one_line(code, err, needle):
 
 def test_unknown_kv_cache_type_is_one_line(capsys, smollm2_path):  # before any load
     code, _, err = run(capsys, "generate", "hi", "-m", str(smollm2_path), "--kv-cache", "q5")
-    one_line(code, err, "unknown KV-cache type 'q5'; known: f32, f16, q8, q4")
+    one_line(code, err, "unknown KV-cache type 'q5'; known: f32, f16, q8, q4, gear4")
 
 
 def test_backend_without_the_kv_type_refuses(capsys, smollm2_path):
-    args = ["generate", "hi", "-m", str(smollm2_path), "-b", "numpy", "--kv-cache", "q8"]
+    args = ["generate", "hi", "-m", str(smollm2_path), "-b", "numpy", "--kv-cache", "f16"]
     code, _, err = run(capsys, *args)
-    one_line(code, err, "backend 'numpy' has no q8 KV cache")
+    one_line(code, err, "backend 'numpy' has no f16 KV cache; drop --kv-cache or use ")
+    assert "--backend llamacpp" in err
+
+
+def test_gear4_is_numpy_only(capsys, smollm2_path):
+    pytest.importorskip("llama_cpp")
+    args = ["generate", "hi", "-m", str(smollm2_path), "-b", "llamacpp", "--kv-cache", "gear4"]
+    code, _, err = run(capsys, *args)
+    one_line(code, err, "backend 'llamacpp' has no gear4 KV cache; drop --kv-cache or use ")
+    assert "--backend numpy" in err
 
 
 @pytest.mark.slow
