@@ -15,11 +15,14 @@ same function with ``rows[a] = a`` written in (no index load), scheduled the sam
 pair measures the sparse indirection against the best dense code of the same backend.
 
 A is a ``tir.Var``: one kernel per row bucket M (:data:`BUCKETS`, a call pads its rows up)
-serves every union size. Schedules: :func:`schedule_cpu` (untuned default: the two
-reductions over d split into 16 partial-sum lanes by ``rfactor`` so LLVM vectorizes along a
-contiguous weight row, parallel over the active rows; the down product parallel over tiles of
-the output, vectorized). MetaSchedule tuning (:func:`tune`) runs on a fixed A (the records
-key names it) and its trace is replayed onto the dynamic-A function.
+serves every union size. Schedule: :func:`schedule_cpu` (the two reductions over d split
+into 16 partial-sum lanes by ``rfactor`` so LLVM vectorizes along a contiguous weight row,
+parallel over the active rows; the down product over contiguous ranges of active rows, each
+streaming whole rows into its own partial sum). :class:`FFNKernels` takes any
+:data:`~edgespec.kernels.tuning.Scheduler`, and :attr:`FFNShape.key` names a shape as the
+tuning records do, but no MetaSchedule record is made for this kernel yet: tuning needs a
+fixed A and valid row indices among MetaSchedule's random arguments (``tuning._random_arg``
+draws integers in [-8, 8)), see docs/sparsity.md.
 
 The entry points :func:`sparse_ffn` and :func:`dense_ffn` take exactly the arguments of
 :func:`edgespec.kernels.reference.sparse_ffn` / ``dense_ffn`` and compute in float32. Float32
@@ -31,7 +34,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,7 +47,7 @@ if TYPE_CHECKING:
     from tvm.target import Target
     from tvm.tirx import PrimFunc
 
-    from edgespec.kernels.tuning import Scheduler, TuningRecord
+    from edgespec.kernels.tuning import Scheduler
 
 #: the row counts a kernel is compiled for; M rows run in the smallest bucket >= M
 BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -104,8 +107,8 @@ class FFNShape:
 
     @property
     def key(self) -> str:
-        """The kernel-and-shape key of tuning records (A excluded: the dynamic kernel replays
-        the trace found at a fixed A): ``sparse_ffn-silu-gated-m4-d576-f1536``."""
+        """The kernel-and-shape key, as tuning records name them (A excluded: one kernel
+        serves every A): ``sparse_ffn-silu-gated-m4-d576-f1536``."""
         op = "sparse_ffn" if self.sparse else "dense_ffn"
         kind = ("gated" if self.gated else "plain") + ("-scaled" if self.scaled else "")
         return f"{op}-{self.act}-{kind}-m{self.m_rows}-d{self.d}-f{self.f}"
@@ -177,20 +180,16 @@ def ffn_func(shape: FFNShape) -> PrimFunc:
     return te.create_prim_func(args).with_attr("global_symbol", FUNC_NAME)
 
 
-def y_tile(m_rows: int) -> int:
-    """Output columns per parallel task of the down product: M * tile accumulators within
-    16 AVX-512 registers' worth (256 floats), at most 64."""
-    return max(16, min(64, 256 // m_rows))
-
-
-def schedule_cpu(func: PrimFunc, row_tile: int = 8) -> IRModule:
+def schedule_cpu(func: PrimFunc, row_tile: int = 8, parts: int = 2) -> IRModule:
     """The untuned CPU schedule.
 
     ``u``/``g``: d split into :data:`LANES` partial sums (``rfactor``), so the inner loop runs
     over consecutive weights of one row and vectorizes; parallel over tiles of ``row_tile``
     active rows, the M token rows inside (a weight row is read from memory once, then from
-    L1 for the other tokens). ``y``: parallel over tiles of :func:`y_tile` output columns,
-    the active rows outside the M rows, the columns vectorized.
+    L1 for the other tokens). ``y``: the active rows split into ``parts`` ranges (``rfactor``,
+    parallel), each streaming whole rows of ``down_t`` into its own ``[M, d]`` partial sum
+    (column tiles instead, parallel over the output, read every row strided and ran 2-4x
+    slower once ``down_t`` left L2: 6 ms for M = 8, d = 576, F = 1536), then the parts summed.
     """
     from tvm import s_tir
 
@@ -212,15 +211,15 @@ def schedule_cpu(func: PrimFunc, row_tile: int = 8) -> IRModule:
         sch.set_scope(rf, 0, "local")
     blk = sch.get_sblock("y")
     i, j, r = sch.get_loops(blk)
-    m_rows = int(sch.get(i).extent)
-    jo, ji = sch.split(j, [None, y_tile(m_rows)])
-    sch.reorder(jo, r, i, ji)
-    sch.parallel(jo)
-    acc = sch.cache_write(blk, 0, "local")
-    sch.reverse_compute_at(acc, jo)
-    sch.decompose_reduction(blk, r)
-
-    sch.unroll(i)
+    # the active rows split into `parts` contiguous ranges, one partial y per range: each task
+    # streams whole rows of down_t (no strided column tiles) into an L1-resident [M, d] sum
+    ro, _ = sch.split(r, [parts, None])
+    rf = sch.rfactor(ro, factor_axis=0)  # y_rf[part, i, j]
+    i2, j2, ro2, ri2 = sch.get_loops(rf)
+    sch.reorder(ro2, ri2, i2, j2)
+    sch.parallel(ro2)
+    sch.decompose_reduction(rf, ri2)
+    sch.unroll(i2)
     return sch.mod
 
 
@@ -238,18 +237,6 @@ def bucket_for(m_rows: int, buckets: Sequence[int] = BUCKETS) -> int:
         f"{m_rows} rows exceed the largest sparse FFN bucket ({max(buckets)}); "
         "split the chunk or add a bucket"
     )
-
-
-def tune(
-    shape: FFNShape, n_rows: int, *, trials: int = 16, target: Target | None = None
-) -> TuningRecord:
-    """Tune ``shape``'s kernel with MetaSchedule at a fixed A = ``n_rows`` and store the record
-    under ``shape.key`` (:func:`edgespec.kernels.tuning.tune`); :class:`FFNKernels` with
-    ``tuning.tuned_scheduler(cpu_scheduler)`` replays it on the dynamic-A kernel."""
-    from edgespec.kernels import tuning
-
-    fixed = replace(shape, n_rows=n_rows if shape.sparse else None)
-    return tuning.tune(ffn_func(fixed), shape.key, cpu_scheduler, target=target, trials=trials)
 
 
 #: the largest slope of each activation, sup |act'(v)| (float64 grid, step 1e-4 on [-20, 20])
@@ -432,13 +419,11 @@ _DEFAULT: FFNKernels | None = None
 
 
 def default_kernels() -> FFNKernels:
-    """The process-wide :class:`FFNKernels` of the registry entries: this CPU's target, tuned
-    records of this device where they exist (``tuning.tuned_scheduler``), else untuned."""
+    """The process-wide :class:`FFNKernels` of the registry entries: this CPU's target, the
+    untuned schedule (no MetaSchedule records for this kernel yet; module docstring)."""
     global _DEFAULT
     if _DEFAULT is None:
-        from edgespec.kernels.tuning import tuned_scheduler
-
-        _DEFAULT = FFNKernels(scheduler=tuned_scheduler(cpu_scheduler))
+        _DEFAULT = FFNKernels()
     return _DEFAULT
 
 
