@@ -49,18 +49,24 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 
 def file_entries(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every ``{path, sha256, size}`` the manifest pins (artifacts and tokenizer)."""
+    """Every ``{path, sha256, size}`` the manifest pins (artifacts, tokenizer, and the
+    sparsity layout of ``edgespec sparsify``)."""
     for role in manifest.get("roles", {}).values():
         for art in role.get("artifacts", []):
             yield from art.get("files", [])
     yield from manifest.get("tokenizer", {}).get("files", [])
+    yield from (manifest.get("calibration") or {}).get("sparsity", {}).get("files", [])
 
 
 def verify(folder: str | Path, *, progress: bool = False) -> int:
     """Re-check the size and sha256 of every pinned file; returns how many were checked.
 
+    A sparsity layout (``calibration.sparsity``) must also fit the target's architecture
+    (:func:`edgespec.sparse.layout.check_layout`).
+
     Raises:
         ChecksumError: one line naming the first missing, resized or altered file.
+        EdgespecError: a sparsity layout for another shape of model (one line).
     """
     from edgespec.fileutil import sha256_file
 
@@ -84,6 +90,10 @@ def verify(folder: str | Path, *, progress: bool = False) -> int:
                 f"{entry['sha256'][:12]}…; the file was changed: re-export the bundle"
             )
         n += 1
+    if "sparsity" in (manifest.get("calibration") or {}):
+        from edgespec.sparse.layout import check_layout
+
+        check_layout(root, manifest)
     return n
 
 

@@ -195,6 +195,8 @@ def _architecture(p: Prepared) -> dict[str, Any]:
         "hidden_size": int(c["hidden_size"]),
         "vocab_size": int(c["vocab_size"]),
         "context_length": int(c.get("max_position_embeddings") or 0),
+        # the FFN width (0: unknown); `bundle verify` checks a sparsity layout against it
+        "intermediate_size": int(c.get("intermediate_size") or 0),
     }
 
 

@@ -10,7 +10,9 @@
 
 into a new folder (built under a temporary name and renamed), or into an existing bundle
 (the file and the manifest each replaced atomically). Every file is listed with its sha256
-and size; :func:`read_sparsity` checks them and that the layout fits the model.
+and size; :func:`read_sparsity` checks them and that the layout fits the model, and
+``edgespec bundle verify`` (:func:`edgespec.bundle.verify`) checks them with the bundle's
+other files and the layout against the target's architecture (:func:`check_layout`).
 """
 
 from __future__ import annotations
@@ -120,3 +122,41 @@ def read_sparsity(folder: Path, *, n_layers: int, n_ff: int) -> NeuronThresholds
     if len(t) != n_layers:
         raise EdgespecError(f"bundle '{folder}': {len(t)} thresholds for {n_layers} layers")
     return NeuronThresholds(np.asarray(t, dtype=np.float32), n_ff, entry["target_sparsity"])
+
+
+def check_layout(root: Path, manifest: dict[str, Any]) -> None:
+    """The bundle's ``calibration.sparsity`` layout fits its target and its own file.
+
+    Compared: the layout's ``n_layers`` and ``n_ff`` with the target role's architecture
+    (``layers``, and ``intermediate_size`` where the exporter recorded one), and the number
+    of thresholds in the file with ``n_layers``. A bundle without a target role (a
+    ``sparsify --out`` folder) has only the file to check.
+
+    Raises:
+        EdgespecError: one line naming the mismatch and the fix.
+    """
+    entry = manifest.get("calibration", {}).get("sparsity") or {}
+    lay = entry.get("layout") or {}
+    n_layers, n_ff = lay.get("n_layers"), lay.get("n_ff")
+    if not isinstance(n_layers, int) or not isinstance(n_ff, int):
+        raise EdgespecError(
+            f"bundle '{root}': calibration.sparsity has no layout (n_layers, n_ff); "
+            "rerun edgespec sparsify"
+        )
+    arch = manifest.get("roles", {}).get("target", {}).get("architecture") or {}
+    model = (arch.get("layers") or n_layers, arch.get("intermediate_size") or n_ff)
+    if model != (n_layers, n_ff):
+        raise EdgespecError(
+            f"bundle '{root}': the sparsity layout is for {n_layers} layers x {n_ff} neurons, "
+            f"the target has {model[0]} x {model[1]}; run edgespec sparsify on this model"
+        )
+    if lay.get("granularity") == "neuron" and (root / THRESHOLDS).is_file():
+        try:
+            t = json.loads((root / THRESHOLDS).read_text(encoding="utf-8"))["thresholds"]
+        except (OSError, ValueError, KeyError, TypeError):
+            t = None
+        if not isinstance(t, list) or len(t) != n_layers:
+            raise EdgespecError(
+                f"bundle '{root}': {THRESHOLDS} does not hold {n_layers} thresholds; "
+                "rerun edgespec sparsify"
+            )

@@ -79,6 +79,7 @@ def test_manifest(bundle: Path) -> None:
         "hidden_size": 64,
         "vocab_size": 256,
         "context_length": 512,
+        "intermediate_size": 128,
     }
     assert m["roles"]["draft"]["architecture"]["layers"] == 2
     got = {(a["format"], a["quantization"]) for a in t["artifacts"]}
