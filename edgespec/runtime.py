@@ -380,6 +380,9 @@ def load(
         )
     tokenizer = load_tokenizer(source)
     target, _ = load_tuned(source, name, options)  # n_threads None: the fastest measured
+    from edgespec.sparse.dense import apply_bundle_sparsity
+
+    target = apply_bundle_sparsity(source, target, options)  # a bundle's sparsity (lossy)
     draft_model = None
     # a bundle's draft role becomes the draft unless the caller names one
     dsource = role_source(source, "draft") if draft is None else resolve(draft, progress=progress)
