@@ -311,6 +311,7 @@ def load(
     exact: bool = False,
     compressor: str | Path | None = None,
     kv_cache: str | None = None,
+    device: str = "cpu",
     sparse_kernel: str = "numpy",
 ) -> Runtime:
     """Load a model (zoo name, .gguf, HF folder or hub id; default ``smollm2-135m``).
@@ -337,6 +338,8 @@ def load(
             the target (see :mod:`edgespec.compress`).
         kv_cache: the KV cache's element type: f32, f16, q8 or q4 (lossy below the
             backend's default); None: the backend's default. See ``LoadOptions.kv_cache``.
+        device: where the model runs: cpu, opencl or vulkan (the tvm backend). See
+            ``LoadOptions.device``.
         sparse_kernel: the chunk-sparse FFN kernel of sparse models (``blockffn``
             backend, sparsified bundles): "numpy" or "tvm". See ``LoadOptions.sparse_kernel``.
     """
@@ -354,6 +357,7 @@ def load(
         spin=spin,
         exact=exact,
         kv_cache=kv_cache,
+        device=device,
         sparse_kernel=sparse_kernel,
     )
     name = pick_backend(source, backend, options)
@@ -373,6 +377,15 @@ def load(
                 f"backend '{name}' has no {kv_cache} KV cache; drop --kv-cache or use "
                 f"--backend {kv_ok or 'llamacpp'}"
             )
+    if device not in BACKENDS.get(name).devices:
+        runs = {n: BACKENDS.get(n).devices for n in BACKENDS.names()}
+        dev_ok = ", ".join(n for n, devices in runs.items() if device in devices)
+        known = ", ".join(sorted({d for devices in runs.values() for d in devices}))
+        raise EdgespecError(
+            f"backend '{name}' cannot run on --device {device}; use --backend {dev_ok}"
+            if dev_ok
+            else f"unknown --device '{device}'; known: {known}"
+        )
     if exact and not BACKENDS.get(name).supports_exact:
         exact_ok = ", ".join(n for n in BACKENDS.names() if BACKENDS.get(n).supports_exact)
         raise EdgespecError(

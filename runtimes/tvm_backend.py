@@ -1,0 +1,484 @@
+"""The ``tvm`` backend: llama / qwen2 compiled through TVM Relax, fp32 weights.
+
+The weights are the NumPy reference's (:mod:`edgespec.runtimes.numpy_ref`: a GGUF file
+dequantized to float32 bit for bit, or an HF folder), so this backend computes with exactly
+the reference's values; only the order of float32 operations differs. The graph
+(:mod:`edgespec.runtimes.tvm_graph`) has a symbolic token count T, takes rope angles and the
+mask among new tokens as inputs (chains and token trees share it), and writes the new keys
+and values into a preallocated device cache in place.
+
+The compiled library depends only on the architecture's shapes and the target, not on the
+weights. It is compiled once and cached as
+``$EDGESPEC_HOME/tvm/<device fingerprint>/model-<arch>-<key>/lib.so`` (written atomically),
+where the key hashes the graph's shapes, the graph code, the TVM version and the target.
+
+Devices (``LoadOptions.device``, ``--device``) come from :data:`DEVICES`: ``cpu`` is the
+llvm target for this CPU. ``opencl`` and ``vulkan`` need a TVM runtime built with them; the
+``apache-tvm`` wheel has neither (``tvm.runtime.enabled`` is False), and loading says so in
+one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgespec.errors import EdgespecError, ModelLoadError, missing_extra
+from edgespec.model import Model, ModelInfo, check_truncate, tree_ancestors, tree_path_rows
+from edgespec.runtimes.base import Backend, LoadOptions, ModelSource
+
+#: GGUF architectures the graph implements (no sliding window, no q/k norm, SiLU MLP)
+SUPPORTED_ARCHS = ("llama", "qwen2")
+
+
+@dataclass(frozen=True)
+class Device:
+    """One ``--device`` choice of the tvm backend.
+
+    Attributes:
+        name: the flag's value.
+        runtime: the name ``tvm.runtime.enabled`` knows it by.
+        dev_type: the name ``tvm.device`` knows it by.
+        target: the TVM target (a JSON-style dict; ``mcpu`` is filled in for the host CPU).
+        missing: what to do when this TVM build has no runtime for it.
+    """
+
+    name: str
+    runtime: str
+    dev_type: str
+    target: dict[str, Any]
+    missing: str
+
+    def check(self) -> None:
+        """Raise one line when this TVM build cannot run on the device."""
+        import tvm
+
+        if not tvm.runtime.enabled(self.runtime):
+            raise EdgespecError(
+                f"--device {self.name}: this TVM build ({tvm.__version__}) has no "
+                f"{self.runtime} runtime (tvm.runtime.enabled('{self.runtime}') is False); "
+                f"{self.missing}"
+            )
+
+    def tvm_target(self, n_threads: int | None) -> Any:
+        """The ``tvm.target.Target`` to compile for."""
+        from tvm.target import Target
+
+        spec = dict(self.target)
+        if self.runtime == "llvm":
+            from edgespec.kernels.tuning import host_cpu
+
+            spec["mcpu"] = host_cpu()
+        return Target(spec)
+
+    def tvm_device(self) -> Any:
+        """The ``tvm.runtime.Device`` to run on."""
+        import tvm
+
+        return tvm.device(self.dev_type, 0)
+
+
+_BUILD_TVM = "build TVM from source with USE_{}=ON, or use --device cpu"
+#: the devices the tvm backend knows, by ``--device`` name
+DEVICES: dict[str, Device] = {
+    "cpu": Device("cpu", "llvm", "cpu", {"kind": "llvm"}, "reinstall apache-tvm"),
+    "opencl": Device(
+        "opencl",
+        "opencl",
+        "opencl",
+        {"kind": "opencl", "host": {"kind": "llvm"}},
+        _BUILD_TVM.format("OPENCL") + " (kernels/opencl.py runs single TVM kernels on OpenCL)",
+    ),
+    "vulkan": Device(
+        "vulkan",
+        "vulkan",
+        "vulkan",
+        {"kind": "vulkan", "host": {"kind": "llvm"}},
+        _BUILD_TVM.format("VULKAN"),
+    ),
+}
+
+
+def get_device(name: str) -> Device:
+    """The :class:`Device` called ``name``; an unknown name is one line listing the known."""
+    dev = DEVICES.get(name)
+    if dev is None:
+        raise EdgespecError(f"unknown --device '{name}'; known: {', '.join(DEVICES)}")
+    return dev
+
+
+# --------------------------------------------------------------------------- compiling
+
+
+def _graph_source_digest() -> str:
+    """sha256 of the graph code, so that editing it recompiles cached libraries."""
+    from edgespec.runtimes import tvm_graph
+
+    return hashlib.sha256(Path(tvm_graph.__file__).read_bytes()).hexdigest()
+
+
+def library_dir(spec: Any, arch: str, target: Any) -> Path:
+    """Where the compiled library of ``spec`` for ``target`` is cached."""
+    import tvm
+
+    from edgespec.kernels.tuning import records_dir
+
+    key = "\n".join([repr(spec), _graph_source_digest(), tvm.__version__, str(target)])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return records_dir() / f"model-{arch}-{digest}"
+
+
+def compile_library(spec: Any, target: Any) -> Any:
+    """Build the Relax module of ``spec`` for ``target``; returns the VM executable."""
+    import tvm
+
+    from edgespec.runtimes.tvm_graph import build_module
+
+    return tvm.compile(build_module(spec), target=target)
+
+
+def load_library(spec: Any, arch: str, target: Any, progress: bool) -> Any:
+    """The runtime module of ``spec`` for ``target``, from the cache or compiled into it.
+
+    The folder holds ``lib.so`` and ``meta.json`` (its sha256, the TVM version, the
+    target); the checksum is verified before the library is opened.
+
+    Raises:
+        ModelLoadError: a cached library whose checksum differs or that TVM cannot load
+            (the message says which folder to delete to recompile).
+    """
+    import tvm
+
+    from edgespec.fileutil import atomic_dir, sha256_file
+
+    folder = library_dir(spec, arch, target)
+    lib, meta_path = folder / "lib.so", folder / "meta.json"
+    if not meta_path.exists():
+        if progress:
+            print(
+                f"edgespec: compiling the {arch} graph for {target.kind.name} with TVM "
+                f"(once; cached in {folder})",
+                file=sys.stderr,
+            )
+        t0 = time.perf_counter()
+        ex = compile_library(spec, target)
+        if folder.exists():  # a folder without meta.json is an interrupted old layout
+            shutil.rmtree(folder)
+        with atomic_dir(folder) as tmp:
+            ex.export_library(str(tmp / "lib.so"))
+            meta = {
+                "sha256": sha256_file(tmp / "lib.so"),
+                "tvm": tvm.__version__,
+                "target": str(target),
+                "graph": repr(spec),
+                "compile_s": round(time.perf_counter() - t0, 1),
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if progress:
+            print(f"edgespec: compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    fix = f"delete {folder} to recompile"
+    try:
+        meta = json.loads(meta_path.read_text())
+        ok = lib.is_file() and meta.get("sha256") == sha256_file(lib)
+    except (OSError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise ModelLoadError(f"the compiled TVM library in {folder} is corrupt; {fix}")
+    try:
+        return tvm.runtime.load_module(str(lib))
+    except Exception as exc:  # TVM raises its own error types
+        raise ModelLoadError(f"TVM cannot load '{lib}' ({type(exc).__name__}); {fix}") from None
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def graph_spec(hp: Any, weights: Any) -> Any:
+    """The :class:`~edgespec.runtimes.tvm_graph.GraphSpec` of a reference model's
+    hyperparameters and weights."""
+    from edgespec.runtimes.tvm_graph import GraphSpec
+
+    return GraphSpec(
+        n_layers=hp.n_layers,
+        n_embd=hp.n_embd,
+        n_head=hp.n_head,
+        n_head_kv=hp.n_head_kv,
+        head_dim=hp.head_dim,
+        n_ff=hp.n_ff,
+        n_vocab=hp.n_vocab,
+        rms_eps=float(hp.rms_eps),
+        attn_scale=float(hp.attn_scale),
+        qkv_bias=weights.layers[0].bqkv is not None,
+    )
+
+
+def graph_weights(weights: Any) -> dict[str, np.ndarray]:
+    """The reference's weights (``x @ W`` layout) as the graph's ``{name: float32[out, in]}``."""
+    w: dict[str, np.ndarray] = {
+        "embed": weights.tok_embd if weights.tok_embd is not None else weights.output.T,
+        "out_norm": weights.out_norm,
+        "lm_head": weights.output.T,
+    }
+    for i, layer in enumerate(weights.layers):
+        w[f"l{i}.attn_norm"] = layer.attn_norm
+        w[f"l{i}.wqkv"] = layer.wqkv.T
+        if layer.bqkv is not None:
+            w[f"l{i}.bqkv"] = layer.bqkv
+        w[f"l{i}.wo"] = layer.wo.T
+        w[f"l{i}.ffn_norm"] = layer.ffn_norm
+        w[f"l{i}.w_gate_up"] = layer.w_gate_up.T
+        w[f"l{i}.w_down"] = layer.w_down.T
+    return w
+
+
+class TvmModel(Model):
+    """A compiled llama / qwen2 with its KV cache on the device.
+
+    The cache is ``k_cache, v_cache: float32[L, n_ctx, KV, hd]`` (device tensors); slots
+    ``0 .. n_past-1`` are valid, ``truncate`` only moves ``n_past``, and a forward writes
+    its T new slots in place.
+
+    Args:
+        vm: the ``relax.VirtualMachine`` of the compiled library.
+        device: the ``tvm.runtime.Device`` the tensors live on.
+        weights: the graph's weight tensors, in ``GraphSpec.weight_names`` order.
+        inv_freq: rope inverse frequencies ``float64[hd/2]``.
+        info: architecture facts.
+        n_ctx: cache capacity in tokens.
+        cache_shape: ``(L, KV, hd)``.
+    """
+
+    backend = "tvm"
+    supports_tree = True
+    #: longest run of tokens pushed through at once (attention scores are [T, H, n_past+T])
+    max_chunk: int = 256
+
+    def __init__(
+        self,
+        vm: Any,
+        device: Any,
+        weights: list[Any],
+        inv_freq: np.ndarray,
+        info: ModelInfo,
+        n_ctx: int,
+        cache_shape: tuple[int, int, int],
+    ) -> None:
+        import tvm
+
+        if n_ctx < 1:
+            raise EdgespecError(f"n_ctx must be at least 1, got {n_ctx}")
+        self._tvm = tvm
+        self.vm = vm
+        self.device = device
+        self.weights = weights
+        self.info = info
+        self.n_ctx = int(n_ctx)
+        self.n_vocab = int(info.vocab_size)
+        L, KV, hd = cache_shape
+        shape = (L, self.n_ctx, KV, hd)
+        self.k_cache = tvm.runtime.empty(shape, "float32", device)
+        self.v_cache = tvm.runtime.empty(shape, "float32", device)
+        ang = np.arange(self.n_ctx, dtype=np.float64)[:, None] * inv_freq[None, :]
+        self._cos = np.cos(ang).astype(np.float32)
+        self._sin = np.sin(ang).astype(np.float32)
+        self._n_past = 0
+
+    @property
+    def n_past(self) -> int:
+        """Number of positions currently held in the KV cache."""
+        return self._n_past
+
+    def truncate(self, length: int) -> None:
+        """Keep only the first ``length`` cached positions (0 <= length <= n_past)."""
+        check_truncate(length, self._n_past)
+        self._n_past = int(length)
+
+    def fork(self) -> TvmModel:
+        """A new model sharing the compiled library and weights, with a copy of the cache."""
+        import copy
+
+        other = copy.copy(self)
+        other.k_cache = self._tvm.runtime.empty(self.k_cache.shape, "float32", self.device)
+        other.v_cache = self._tvm.runtime.empty(self.v_cache.shape, "float32", self.device)
+        self.k_cache.copyto(other.k_cache)
+        self.v_cache.copyto(other.v_cache)
+        return other
+
+    def _check(self, ids: np.ndarray, what: str) -> None:
+        if ids.size == 0:
+            raise ValueError("forward needs at least one token")
+        bad = ids[(ids < 0) | (ids >= self.n_vocab)]
+        if bad.size:
+            raise ValueError(f"token id {int(bad[0])} is outside [0, {self.n_vocab})")
+        if self._n_past + ids.size > self.n_ctx:
+            raise EdgespecError(
+                f"context overflow: {self._n_past} cached + {ids.size} new {what} > n_ctx "
+                f"{self.n_ctx}; load the model with a larger n_ctx or shorten the prompt"
+            )
+
+    def _run(self, fn: str, ids: np.ndarray, pos: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One call of the compiled ``fn`` on new tokens at cache slots ``n_past ..``."""
+        tvm, dev = self._tvm, self.device
+        args = [
+            tvm.runtime.tensor(ids.astype(np.int32), dev),
+            tvm.runtime.tensor(self._cos[pos], dev),
+            tvm.runtime.tensor(self._sin[pos], dev),
+            tvm.runtime.tensor(mask, dev),
+            tvm.runtime.ShapeTuple([self._n_past]),
+            self.k_cache,
+            self.v_cache,
+            *self.weights,
+        ]
+        out = self.vm[fn](*args).numpy()
+        self._n_past += int(ids.size)
+        return out
+
+    def forward(self, tokens: Sequence[int], *, all_logits: bool = True) -> np.ndarray:
+        """Append ``tokens`` at positions ``n_past .. n_past+T-1`` and score them.
+
+        Returns:
+            ``float32[T, V]``, or ``float32[1, V]`` when ``all_logits`` is False.
+
+        Raises:
+            EdgespecError: the tokens do not fit in the cache.
+            ValueError: no tokens, or an id outside the vocabulary.
+        """
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        self._check(ids, "tokens")
+        rows = []
+        for s in range(0, ids.size, self.max_chunk):
+            chunk = ids[s : s + self.max_chunk]
+            last = s + self.max_chunk >= ids.size
+            n = chunk.size
+            mask = np.triu(np.full((n, n), -np.inf, np.float32), 1)
+            pos = np.arange(self._n_past, self._n_past + n)
+            if all_logits:
+                rows.append(self._run("forward", chunk, pos, mask))
+            else:
+                out = self._run("forward_last", chunk, pos, mask)
+                rows += [out] if last else []
+        return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
+
+    def forward_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+        """Score a token tree in one forward; see :meth:`Model.forward_tree`.
+
+        Node i sits in cache slot ``n_past + i``, rotated for position
+        ``n_past + depth(i) - 1``, and attends to the cache and its ancestors only.
+
+        Returns:
+            ``float32[T, V]``.
+        """
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if len(parents) != ids.size:
+            raise ValueError("parents must list, for each node, an earlier node or -1")
+        anc, depth = tree_ancestors(parents)
+        self._check(ids, "tree nodes")
+        mask = np.where(anc, 0.0, -np.inf).astype(np.float32)
+        return self._run("forward", ids, self._n_past + depth - 1, mask)
+
+    def commit_tree_path(self, base: int, path: Sequence[int]) -> None:
+        """Keep the tree nodes ``path`` (batch indices, root to leaf) after ``base``."""
+        idx = tree_path_rows(base, path, self._n_past)
+        n = int(idx.size)
+        if n and not np.array_equal(idx, np.arange(base, base + n)):
+            rows = self._tvm.runtime.tensor(idx.astype(np.int32), self.device)
+            base_shape = self._tvm.runtime.ShapeTuple([base])
+            self.vm["kv_keep"](self.k_cache, self.v_cache, rows, base_shape)
+        self._n_past = base + n
+
+    def set_threads(self, n: int) -> bool:
+        """Use ``n`` threads in TVM's thread pool for later forwards."""
+        if n < 1:
+            raise EdgespecError(f"n_threads must be at least 1, not {n}")
+        self._tvm.get_global_func("runtime.config_threadpool")(0, int(n))
+        self.info.extra["n_threads"] = int(n)
+        return True
+
+    def close(self) -> None:
+        """Drop the device tensors (the library stays cached on disk)."""
+        self.weights = []
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+class TvmBackend(Backend):
+    """Compiles llama / qwen2 GGUF files and HF folders with TVM Relax (fp32 weights)."""
+
+    name: ClassVar[str] = "tvm"
+    accepts: ClassVar[tuple[str, ...]] = ("gguf", "hf")
+    requires: ClassVar[tuple[str, ...]] = ("tvm", "gguf")
+    extra: ClassVar[str] = "tvm"
+    devices: ClassVar[tuple[str, ...]] = tuple(DEVICES)
+
+    @classmethod
+    def cheap_to_load(cls, source: ModelSource, options: LoadOptions) -> bool:
+        """False: loading dequantizes every weight, and the first load compiles."""
+        return False
+
+    @classmethod
+    def load(cls, source: ModelSource, options: LoadOptions) -> TvmModel:
+        """Compile (or load the cached library) and upload the weights.
+
+        Raises:
+            EdgespecError: TVM missing, an unknown or absent device, an unsupported source.
+            ModelLoadError: unreadable files, an unsupported architecture.
+        """
+        if not cls.available():
+            raise missing_extra("apache-tvm", cls.extra)
+        device = get_device(getattr(options, "device", "cpu"))
+        device.check()
+        if source.kind not in cls.accepts:
+            raise EdgespecError(
+                f"the tvm backend loads {' or '.join(cls.accepts)} models, not '{source.kind}'"
+            )
+        from edgespec.runtimes import numpy_ref
+
+        path = Path(source.path).expanduser()
+        loader: Callable[..., Any] = (
+            numpy_ref._load_gguf if source.kind == "gguf" else numpy_ref._load_hf
+        )
+        args = (path, np.float32, options.progress) if source.kind == "gguf" else (path, np.float32)
+        hp, weights, info = loader(*args)
+        if hp.arch not in SUPPORTED_ARCHS or hp.swa_window or hp.qk_norm:
+            raise ModelLoadError(
+                f"'{path}': architecture '{hp.arch}' is not supported by the tvm backend; "
+                f"supported: {', '.join(SUPPORTED_ARCHS)} (use --backend numpy or llamacpp)"
+            )
+        import tvm
+        from tvm import relax
+
+        spec = graph_spec(hp, weights)
+        target = device.tvm_target(options.n_threads)
+        lib = load_library(spec, hp.arch, target, options.progress)
+        dev = device.tvm_device()
+        vm = relax.VirtualMachine(lib, dev)
+        named = graph_weights(weights)
+        tensors = [
+            tvm.runtime.tensor(np.ascontiguousarray(named[n], dtype=np.float32), dev)
+            for n in spec.weight_names()
+        ]
+        del named
+        extra = {**info.extra, "device": device.name, "target": str(target.kind.name)}
+        info = replace(info, source=source.name or str(path), extra=extra)
+        model = TvmModel(
+            vm,
+            dev,
+            tensors,
+            hp.inv_freq(False, weights.freq_factors),
+            info,
+            options.n_ctx,
+            (hp.n_layers, hp.n_head_kv, hp.head_dim),
+        )
+        if options.n_threads:
+            model.set_threads(options.n_threads)
+        return model

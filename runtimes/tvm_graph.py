@@ -1,0 +1,301 @@
+"""The Relax graph of a llama / qwen2 decoder for the ``tvm`` backend.
+
+One Relax function, ``forward``, scores T new tokens (T is a symbolic shape, so one
+compiled library serves prefill, plain decoding and verification) over a KV cache that
+lives in two preallocated device tensors ``k_cache, v_cache: float32[L, C, KV, hd]``
+(C = the cache capacity, symbolic too). The new keys and values are written into the cache
+in place (``call_tir_inplace``) at slots ``P .. P+T-1``, where ``P`` (the number of cached
+positions) is passed as a shape argument, and attention reads slots ``0 .. P+T-1``.
+
+Everything that depends on positions is computed by the caller and passed in, so chains and
+trees share the graph: ``cos, sin: float32[T, hd/2]`` (rope at each node's position) and
+``mask: float32[T, T]`` (0 or -inf among the new tokens: causal for a chain, the ancestor
+mask for a tree; every cached slot is visible).
+
+Weights are parameters, not constants: the compiled library depends only on the
+architecture's shapes (:func:`graph_key`), so it compiles in seconds and is shared by every
+file of one architecture; the weights are uploaded once at load.
+
+Parameter order of ``forward``::
+
+    ids int32[T], cos f32[T, hd/2], sin f32[T, hd/2], mask f32[T, T], past Shape[P],
+    k_cache f32[L, C, KV, hd], v_cache f32[L, C, KV, hd], *weights (see weight_names)
+
+It returns ``logits float32[T, V]`` (``forward``) or ``float32[1, V]`` (``forward_last``,
+the LM head on the last row only, for plain decoding). A third function,
+``kv_keep(k_cache, v_cache, rows int32[n], base Shape[B])``, moves the cache slots ``rows``
+to ``B .. B+n-1`` in place (committing a token tree's accepted path).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+#: bump when the graph changes in a way its key would not show (compiled libraries rekey)
+GRAPH_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """The shapes a compiled library is specialised to.
+
+    Attributes:
+        n_layers: L.
+        n_embd: model width D.
+        n_head: query heads H.
+        n_head_kv: key/value heads KV.
+        head_dim: hd.
+        n_ff: feed-forward width F.
+        n_vocab: V.
+        rms_eps: RMSNorm epsilon.
+        attn_scale: multiplier of q (usually ``hd ** -0.5``).
+        qkv_bias: whether the fused QKV projection has a bias (qwen2).
+    """
+
+    n_layers: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int
+    n_vocab: int
+    rms_eps: float
+    attn_scale: float
+    qkv_bias: bool
+
+    def weight_names(self) -> list[str]:
+        """The weight parameters of ``forward`` in order (nn.Linear layout ``[out, in]``)."""
+        names = ["embed"]
+        for i in range(self.n_layers):
+            names += [f"l{i}.attn_norm", f"l{i}.wqkv"]
+            names += [f"l{i}.bqkv"] if self.qkv_bias else []
+            names += [f"l{i}.wo", f"l{i}.ffn_norm", f"l{i}.w_gate_up", f"l{i}.w_down"]
+        return names + ["out_norm", "lm_head"]
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``{name: shape}`` of every weight parameter."""
+        D, F, V = self.n_embd, self.n_ff, self.n_vocab
+        nqkv = (self.n_head + 2 * self.n_head_kv) * self.head_dim
+        per = {
+            "attn_norm": (D,),
+            "wqkv": (nqkv, D),
+            "bqkv": (nqkv,),
+            "wo": (D, self.n_head * self.head_dim),
+            "ffn_norm": (D,),
+            "w_gate_up": (2 * F, D),
+            "w_down": (D, F),
+        }
+        out: dict[str, tuple[int, ...]] = {}
+        for name in self.weight_names():
+            head, _, tail = name.partition(".")
+            out[name] = per[tail] if tail else {"embed": (V, D), "out_norm": (D,)}.get(head, (V, D))
+        return out
+
+
+def _kernels(spec: GraphSpec) -> tuple[Any, Any, Any]:
+    """The hand-written TIR functions: the in-place cache write, the attention and the
+    in-place move of kept tree rows (``kv_keep``).
+
+    Scalars (the layer index, ``P``, the first kept slot) are ``int64`` parameters, passed
+    from Relax as ``prim_value`` arguments.
+    """
+    from tvm.script import tirx as T
+
+    KV, hd = spec.n_head_kv, spec.head_dim
+    G = spec.n_head // KV
+    H = spec.n_head
+
+    @T.prim_func(private=True, s_tir=True)
+    def kv_write(var_cache: T.handle, var_new: T.handle, layer: T.int64, P: T.int64):
+        T.func_attr({"tirx.noalias": True})
+        L, C, n = T.int64(), T.int64(), T.int64()
+        cache = T.match_buffer(var_cache, (L, C, KV, hd), "float32")
+        new = T.match_buffer(var_new, (n, KV, hd), "float32")
+        for t, h, d in T.grid(n, KV, hd):
+            with T.sblock("write"):
+                vt, vh, vd = T.axis.remap("SSS", [t, h, d])
+                cache[layer, P + vt, vh, vd] = new[vt, vh, vd]
+
+    @T.prim_func(private=True, s_tir=True)
+    def attention(
+        var_q: T.handle,
+        var_kc: T.handle,
+        var_vc: T.handle,
+        var_mask: T.handle,
+        layer: T.int64,
+        P: T.int64,
+        var_out: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True})
+        n, L, C = T.int64(), T.int64(), T.int64()
+        q = T.match_buffer(var_q, (n, H, hd), "float32")
+        kc = T.match_buffer(var_kc, (L, C, KV, hd), "float32")
+        vc = T.match_buffer(var_vc, (L, C, KV, hd), "float32")
+        mask = T.match_buffer(var_mask, (n, n), "float32")
+        out = T.match_buffer(var_out, (n, H, hd), "float32")
+        s = T.alloc_buffer((n, H, P + n), "float32")
+        mx = T.alloc_buffer((n, H), "float32")
+        z = T.alloc_buffer((n, H), "float32")
+        for t, h, j, d in T.grid(n, H, P + n, hd):
+            with T.sblock("score"):
+                vt, vh, vj, vd = T.axis.remap("SSSR", [t, h, j, d])
+                with T.init():
+                    s[vt, vh, vj] = T.if_then_else(
+                        vj >= P, mask[vt, vj - P], T.float32(0), dtype="float32"
+                    )
+                s[vt, vh, vj] = s[vt, vh, vj] + q[vt, vh, vd] * kc[layer, vj, vh // G, vd]
+        for t, h, j in T.grid(n, H, P + n):
+            with T.sblock("max"):
+                vt, vh, vj = T.axis.remap("SSR", [t, h, j])
+                with T.init():
+                    mx[vt, vh] = T.float32(-math.inf)
+                mx[vt, vh] = T.max(mx[vt, vh], s[vt, vh, vj])
+        for t, h, j in T.grid(n, H, P + n):
+            with T.sblock("exp"):
+                vt, vh, vj = T.axis.remap("SSS", [t, h, j])
+                s[vt, vh, vj] = T.exp(s[vt, vh, vj] - mx[vt, vh])
+        for t, h, j in T.grid(n, H, P + n):
+            with T.sblock("sum"):
+                vt, vh, vj = T.axis.remap("SSR", [t, h, j])
+                with T.init():
+                    z[vt, vh] = T.float32(0)
+                z[vt, vh] = z[vt, vh] + s[vt, vh, vj]
+        for t, h, d, j in T.grid(n, H, hd, P + n):
+            with T.sblock("pv"):
+                vt, vh, vd, vj = T.axis.remap("SSSR", [t, h, d, j])
+                with T.init():
+                    out[vt, vh, vd] = T.float32(0)
+                out[vt, vh, vd] = out[vt, vh, vd] + s[vt, vh, vj] * vc[layer, vj, vh // G, vd]
+        for t, h, d in T.grid(n, H, hd):
+            with T.sblock("norm"):
+                vt, vh, vd = T.axis.remap("SSS", [t, h, d])
+                out[vt, vh, vd] = out[vt, vh, vd] / z[vt, vh]
+
+    @T.prim_func(private=True, s_tir=True)
+    def kv_keep(var_cache: T.handle, var_rows: T.handle, base: T.int64):
+        T.func_attr({"tirx.noalias": True})
+        L, C, n = T.int64(), T.int64(), T.int64()
+        cache = T.match_buffer(var_cache, (L, C, KV, hd), "float32")
+        rows = T.match_buffer(var_rows, (n,), "int32")
+        # rows ascend and rows[i] >= base + i: in order, no slot is overwritten before read
+        for layer, i, h, d in T.grid(L, n, KV, hd):
+            with T.sblock("keep"):
+                vl, vi, vh, vd = T.axis.remap("SSSS", [layer, i, h, d])
+                cache[vl, base + vi, vh, vd] = cache[vl, T.Cast("int64", rows[vi]), vh, vd]
+
+    return kv_write, attention, kv_keep
+
+
+def build_module(spec: GraphSpec) -> Any:
+    """The ``tvm.IRModule`` with ``forward`` and ``forward_last`` (see the module docstring)."""
+    from tvm import relax, tirx
+
+    R = relax.op
+    KV, hd, H = spec.n_head_kv, spec.head_dim, spec.n_head
+    half = hd // 2
+    n = tirx.Var("T", "int64")
+    P = tirx.Var("P", "int64")
+    C = tirx.Var("C", "int64")
+    L = spec.n_layers
+    f32 = "float32"
+
+    bb = relax.BlockBuilder()
+    kv_write, attention, kv_keep = _kernels(spec)
+    g_write = bb.add_func(kv_write, "kv_write")
+    g_attn = bb.add_func(attention, "attention")
+    g_keep = bb.add_func(kv_keep, "kv_keep")
+
+    def tensor(name: str, shape: Any, dtype: str = f32) -> relax.Var:
+        return relax.Var(name, relax.TensorType(shape, dtype))
+
+    def rms(x: Any, w: Any) -> Any:
+        ms = R.mean(R.multiply(x, x), axis=[-1], keepdims=True)
+        inv = R.rsqrt(R.add(ms, relax.const(spec.rms_eps, f32)))
+        return R.multiply(R.multiply(x, inv), w)
+
+    def rope(x: Any, cos: Any, sin: Any) -> Any:
+        x1 = R.strided_slice(x, axes=[2], begin=[0], end=[half])
+        x2 = R.strided_slice(x, axes=[2], begin=[half], end=[hd])
+        return R.concat(
+            [
+                R.subtract(R.multiply(x1, cos), R.multiply(x2, sin)),
+                R.add(R.multiply(x2, cos), R.multiply(x1, sin)),
+            ],
+            axis=2,
+        )
+
+    for fname, last in (("forward", False), ("forward_last", True)):
+        ids = tensor("ids", (n,), "int32")
+        cos_in, sin_in = tensor("cos", (n, half)), tensor("sin", (n, half))
+        mask = tensor("mask", (n, n))
+        past = relax.Var("past", relax.ShapeType([P]))
+        kc = tensor("k_cache", (L, C, KV, hd))
+        vc = tensor("v_cache", (L, C, KV, hd))
+        cache_ty = relax.TensorType((L, C, KV, hd), f32)
+        shapes = spec.weight_shapes()
+        w = {name: tensor(name.replace(".", "_"), shapes[name]) for name in spec.weight_names()}
+        params = [ids, cos_in, sin_in, mask, past, kc, vc, *w.values()]
+        with bb.function(fname, params):
+            with bb.dataflow():
+                cos = bb.emit(R.reshape(cos_in, (n, 1, half)))
+                sin = bb.emit(R.reshape(sin_in, (n, 1, half)))
+                x = bb.emit(R.take(w["embed"], ids, axis=0, mode="clip"))
+                k_cache, v_cache = kc, vc
+                for i in range(L):
+                    h = bb.emit(rms(x, w[f"l{i}.attn_norm"]))
+                    qkv = R.linear(h, w[f"l{i}.wqkv"], w.get(f"l{i}.bqkv"))
+                    qkv = bb.emit(qkv)
+                    q = R.strided_slice(qkv, axes=[1], begin=[0], end=[H * hd])
+                    k = R.strided_slice(qkv, axes=[1], begin=[H * hd], end=[(H + KV) * hd])
+                    v = R.strided_slice(
+                        qkv, axes=[1], begin=[(H + KV) * hd], end=[(H + 2 * KV) * hd]
+                    )
+                    q = bb.emit(
+                        R.multiply(
+                            rope(R.reshape(q, (n, H, hd)), cos, sin),
+                            relax.const(spec.attn_scale, f32),
+                        )
+                    )
+                    k = bb.emit(rope(R.reshape(k, (n, KV, hd)), cos, sin))
+                    v = bb.emit(R.reshape(v, (n, KV, hd)))
+                    scalars = [relax.prim_value(tirx.IntImm("int64", i)), relax.prim_value(P)]
+                    k_cache = bb.emit(
+                        relax.call_tir_inplace(g_write, [k_cache, k, *scalars], [0], cache_ty)
+                    )
+                    v_cache = bb.emit(
+                        relax.call_tir_inplace(g_write, [v_cache, v, *scalars], [0], cache_ty)
+                    )
+                    o = bb.emit(
+                        relax.call_tir(
+                            g_attn,
+                            [q, k_cache, v_cache, mask, *scalars],
+                            relax.TensorType((n, H, hd), f32),
+                        )
+                    )
+                    o = R.linear(R.reshape(o, (n, H * hd)), w[f"l{i}.wo"])
+                    x = bb.emit(R.add(x, o))
+                    h = bb.emit(rms(x, w[f"l{i}.ffn_norm"]))
+                    gu = bb.emit(R.linear(h, w[f"l{i}.w_gate_up"]))
+                    gate = R.strided_slice(gu, axes=[1], begin=[0], end=[spec.n_ff])
+                    up = R.strided_slice(gu, axes=[1], begin=[spec.n_ff], end=[2 * spec.n_ff])
+                    a = bb.emit(R.multiply(R.nn.silu(gate), up))
+                    x = bb.emit(R.add(x, R.linear(a, w[f"l{i}.w_down"])))
+                if last:
+                    x = bb.emit(R.strided_slice(x, axes=[0], begin=[n - 1], end=[n]))
+                h = bb.emit(rms(x, w["out_norm"]))
+                logits = bb.emit_output(R.linear(h, w["lm_head"]))
+            bb.emit_func_output(logits)
+
+    # kv_keep(k_cache, v_cache, rows int32[n], base Shape[B]): slots rows -> B .. B+n-1
+    kc, vc = tensor("k_cache", (L, C, KV, hd)), tensor("v_cache", (L, C, KV, hd))
+    rows = tensor("rows", (n,), "int32")
+    B = tirx.Var("B", "int64")
+    base = relax.Var("base", relax.ShapeType([B]))
+    cache_ty = relax.TensorType((L, C, KV, hd), f32)
+    with bb.function("kv_keep", [kc, vc, rows, base]):
+        k2 = bb.emit(relax.call_tir_inplace(g_keep, [kc, rows, relax.prim_value(B)], [0], cache_ty))
+        v2 = bb.emit(relax.call_tir_inplace(g_keep, [vc, rows, relax.prim_value(B)], [0], cache_ty))
+        bb.emit_func_output(relax.Tuple([k2, v2]))
+    return bb.get()

@@ -1,0 +1,232 @@
+"""The tvm backend against the NumPy reference on the same weights, and its cache contract.
+
+Tolerances, measured with ``.venv/bin/python -m pytest tests/backends/test_tvm.py -q -s``
+(each comparison prints its max |diff|; x86-64, llvm target, TVM 0.27):
+
+- tiny random llama / qwen2 (logits up to ~2.6), tvm float32 vs numpy float64:
+  max |logit diff| 0.9e-6 to 1.3e-6 for chains, trees, rollback and forks; asserted 1e-5.
+- batched vs one-token-at-a-time within tvm: bit-identical (the graph computes each row
+  with the same loops whatever T is); asserted exactly.
+- smollm2-135m (Q4_1 GGUF dequantized to float32, logits up to ~31), tvm vs numpy float32
+  on 20 prompt positions: max |logit diff| 1.1e-4 (``-m slow``); asserted 1e-3, the bound
+  of the NumPy reference's own float32 comparison with transformers; top-1 and 16 greedy
+  tokens equal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgespec.errors import EdgespecError, ModelLoadError
+from edgespec.runtimes import BACKENDS
+from edgespec.runtimes.base import LoadOptions, ModelSource
+from edgespec.runtimes.numpy_ref import NumpyBackend
+
+pytest.importorskip("tvm", reason="the tvm backend needs apache-tvm (pip install 'edgespec[tvm]')")
+from edgespec.runtimes.tvm_backend import DEVICES, TvmBackend, TvmModel  # noqa: E402
+
+pytestmark = [pytest.mark.backend]
+
+IDS = [1, 17, 200, 33, 5, 99, 142, 7, 255, 64, 3, 128]
+SMOL_IDS = [1, 504, 3458, 282, 4649, 314, 2411, 30, 378, 3458]
+SMOL_IDS += [282, 7042, 314, 4570, 30, 378, 3458, 282, 5716, 314]
+#: tvm float32 vs numpy float64 on the tiny models (measured 1.3e-6 at most; see above)
+TINY_ATOL = 1e-5
+
+
+def _close(got: np.ndarray, want: np.ndarray, atol: float, what: str) -> None:
+    diff = float(np.abs(got.astype(np.float64) - want).max())
+    print(f"{what}: max |diff| {diff:.3g}")
+    assert got.shape == want.shape
+    assert diff <= atol, f"{what}: max |diff| {diff} > {atol}"
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def tiny(request: pytest.FixtureRequest) -> ModelSource:
+    path: Path = request.getfixturevalue(f"tiny_{request.param}_dir")
+    return ModelSource("hf", path, path.name)
+
+
+def _tvm(src: ModelSource, n_ctx: int = 64, **kw: Any) -> TvmModel:
+    return TvmBackend.load(src, LoadOptions(n_ctx=n_ctx, progress=False, **kw))
+
+
+def _ref(src: ModelSource, n_ctx: int = 64, dtype: str = "float64") -> Any:
+    return NumpyBackend.load(src, LoadOptions(n_ctx=n_ctx, progress=False, dtype=dtype))
+
+
+def test_registry_finds_tvm_backend() -> None:
+    assert BACKENDS.get("tvm") is TvmBackend
+    assert TvmBackend.available()
+    assert set(TvmBackend.devices) == set(DEVICES) >= {"cpu", "opencl", "vulkan"}
+
+
+def test_matches_reference_and_is_batch_invariant(tiny: ModelSource) -> None:
+    model = _tvm(tiny)
+    want = _ref(tiny).forward(IDS)
+    got = model.forward(IDS)
+    assert got.dtype == np.float32 and model.n_past == len(IDS)
+    _close(got, want, TINY_ATOL, f"{tiny.name} chain")
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+    model.reset()
+    one = np.concatenate([model.forward([t]) for t in IDS])
+    np.testing.assert_array_equal(one, got)  # bit for bit, whatever T is
+
+
+def test_greedy_tokens_equal_reference(tiny_llama_dir: Path) -> None:
+    src = ModelSource("hf", tiny_llama_dir, "tiny")
+    out = []
+    for model in (_tvm(src), _ref(src)):
+        toks = [1, 17]
+        logits = model.forward(toks)
+        for _ in range(20):
+            toks.append(int(logits[-1].argmax()))
+            logits = model.forward(toks[-1:])
+        out.append(toks)
+    assert out[0] == out[1]
+
+
+def test_rollback_then_continue_equals_fresh(tiny: ModelSource) -> None:
+    a, b, c = IDS[:5], IDS[5:9], [11, 12, 13, 14, 15]
+    model = _tvm(tiny)
+    model.forward(a)
+    model.forward(b)
+    model.rollback(len(b))
+    assert model.n_past == len(a)
+    got = model.forward(c)
+    fresh = _tvm(tiny).forward(a + c)[len(a) :]
+    np.testing.assert_array_equal(got, fresh)
+
+
+def test_all_logits_false_and_chunks(tiny_llama_dir: Path) -> None:
+    src = ModelSource("hf", tiny_llama_dir, "tiny")
+    full = _tvm(src).forward(IDS)
+    model = _tvm(src)
+    model.max_chunk = 5  # 12 tokens -> chunks of 5, 5, 2
+    np.testing.assert_array_equal(model.forward(IDS), full)
+    model.reset()
+    last = model.forward(IDS, all_logits=False)
+    assert last.shape == (1, 256)
+    np.testing.assert_array_equal(last, full[-1:])
+
+
+def test_tree_forward_and_commit(tiny: ModelSource) -> None:
+    model, ref = _tvm(tiny), _ref(tiny)
+    for m in (model, ref):
+        m.forward(IDS[:4])
+    tokens, parents = [5, 6, 7, 8, 9], [-1, 0, -1, 2, 2]
+    got = model.forward_tree(tokens, parents)
+    _close(got, ref.forward_tree(tokens, parents), TINY_ATOL, f"{tiny.name} tree")
+    for m in (model, ref):
+        m.commit_tree_path(4, [2, 4])
+    assert model.n_past == 6
+    _close(model.forward([10, 11]), ref.forward([10, 11]), TINY_ATOL, "after commit")
+    # the kept path equals a chain that never saw the other branches
+    chain = _tvm(tiny).forward(IDS[:4] + [7, 9, 10, 11])[-2:]
+    model.truncate(6)
+    np.testing.assert_allclose(model.forward([10, 11]), chain, rtol=0, atol=TINY_ATOL)
+
+
+def test_fork_has_its_own_cache(tiny_qwen2_dir: Path) -> None:
+    src = ModelSource("hf", tiny_qwen2_dir, "tiny")
+    model = _tvm(src)
+    model.forward(IDS[:6])
+    child = model.fork()
+    assert child.n_past == 6 and child.weights is model.weights
+    got = child.forward(IDS[6:])
+    model.forward([9, 9])  # must not disturb the child's cache
+    assert child.n_past == len(IDS) and model.n_past == 8
+    np.testing.assert_array_equal(got, _tvm(src).forward(IDS)[6:])
+
+
+def test_bad_input_is_rejected(tiny_llama_dir: Path) -> None:
+    model = _tvm(ModelSource("hf", tiny_llama_dir, "tiny"), n_ctx=8)
+    with pytest.raises(ValueError):
+        model.forward([])
+    with pytest.raises(ValueError):
+        model.forward([256])
+    model.forward(IDS[:5])
+    with pytest.raises(EdgespecError, match="n_ctx 8"):
+        model.forward(IDS[:4])
+    assert model.n_past == 5
+    with pytest.raises(ValueError):
+        model.truncate(6)
+
+
+@pytest.mark.parametrize("device", ["opencl", "vulkan"])
+def test_absent_device_is_one_line(tiny_llama_dir: Path, device: str) -> None:
+    import tvm
+
+    if tvm.runtime.enabled(device):
+        pytest.skip(f"this TVM build has a {device} runtime")
+    with pytest.raises(EdgespecError, match=f"no {device} runtime") as err:
+        _tvm(ModelSource("hf", tiny_llama_dir, "tiny"), device=device)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_device(tiny_llama_dir: Path) -> None:
+    with pytest.raises(EdgespecError, match="known: cpu, opencl, vulkan"):
+        _tvm(ModelSource("hf", tiny_llama_dir, "tiny"), device="npu9")
+
+
+def test_library_is_cached_and_a_corrupt_one_is_one_line(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgespec.runtimes import tvm_backend
+
+    monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path))
+    src = ModelSource("hf", tiny_llama_dir, "tiny")
+    want = _tvm(src).forward(IDS)
+    libs = list(tmp_path.glob("tvm/*/model-llama-*/lib.so"))
+    assert len(libs) == 1
+    assert not list(tmp_path.glob("tvm/*/.*partial"))  # nothing half-written left
+
+    def no_compile(*a: Any) -> Any:
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(tvm_backend, "compile_library", no_compile)
+    np.testing.assert_array_equal(_tvm(src).forward(IDS), want)
+    bad = libs[0].with_name("bad.so")
+    bad.write_bytes(b"not a library")
+    bad.replace(libs[0])  # a new inode: the library this process mapped stays intact
+    with pytest.raises(ModelLoadError, match="corrupt; delete .* to recompile"):
+        _tvm(src)
+
+
+def test_unsupported_architecture_is_refused(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.Gemma3TextConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        layer_types=["full_attention"],
+    )
+    transformers.Gemma3ForCausalLM(cfg).save_pretrained(tmp_path, safe_serialization=True)
+    with pytest.raises(ModelLoadError, match="not supported by the tvm backend"):
+        _tvm(ModelSource("hf", tmp_path, "gemma"))
+
+
+@pytest.mark.slow
+def test_smollm2_matches_reference(smollm2_path: Path) -> None:
+    """The real GGUF (llama arch: permuted Q/K rows, tied head) against the reference."""
+    src = ModelSource("gguf", smollm2_path, "smollm2-135m")
+    model, ref = _tvm(src, n_ctx=128), _ref(src, n_ctx=128, dtype="float32")
+    got, want = model.forward(SMOL_IDS), ref.forward(SMOL_IDS)
+    _close(got, want, 1e-3, "smollm2 prompt")
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+    toks: list[list[int]] = [[], []]
+    for out, m, logits in ((toks[0], model, got), (toks[1], ref, want)):
+        for _ in range(16):
+            out.append(int(logits[-1].argmax()))
+            logits = m.forward(out[-1:])
+    assert toks[0] == toks[1]
