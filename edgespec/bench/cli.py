@@ -109,6 +109,15 @@ def add_commands(sub: Any) -> None:
         metavar="MODEL",
         help="the compressor model for --compress (default: the draft, else the target)",
     )
+    b.add_argument(
+        "--kv-cache",
+        type=_csv,
+        default=[],
+        metavar="TYPES",
+        help="KV-cache types side by side, comma-separated (f32,q8,q4,gear4 on numpy; "
+        "f32,f16,q8,q4 on llamacpp): every strategy runs once per type, on a runtime loaded "
+        "with it; q8, q4 and gear4 rows are lossy",
+    )
     b.add_argument("--out", "-o", type=Path, required=True, help="output folder")
     b.add_argument(
         "--no-plot", "--no-plots", dest="no_plot", action="store_true", help="skip the PNG plots"
@@ -177,6 +186,7 @@ def options_from_args(a: argparse.Namespace) -> Any:
         plots=not a.no_plot,
         compress=a.compress,
         compressor=a.compressor,
+        kv_cache=a.kv_cache,
     )
 
 
@@ -215,6 +225,8 @@ def canonical_argv(opts: Any) -> list[str]:
         argv += ["--compress", ",".join(opts.compress)]
     if opts.compressor:
         argv += ["--compressor", opts.compressor]
+    if opts.kv_cache:
+        argv += ["--kv-cache", ",".join(opts.kv_cache)]
     return argv
 
 

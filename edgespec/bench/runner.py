@@ -57,6 +57,7 @@ class Combo:
         lossy: whether the strategy declares itself lossy (or the prompt is compressed).
         compress: ``Runtime.start`` keywords of a context compression (``{"compress": 0.5}``
             or ``{"context_budget": 1024}``), or None.
+        kv_cache: the target's ``--kv-cache`` type (its runtime is loaded with it), or None.
     """
 
     label: str
@@ -65,6 +66,12 @@ class Combo:
     options: dict[str, Any] | None
     lossy: bool
     compress: dict[str, Any] | None = None
+    kv_cache: str | None = None
+
+    @property
+    def runtime_key(self) -> tuple[str | None, str | None]:
+        """Which loaded runtime this configuration runs on: (backend, KV-cache type)."""
+        return (self.backend, self.kv_cache)
 
 
 def parse_strategy(spec: str) -> tuple[str, dict[str, Any] | None]:
@@ -100,25 +107,41 @@ def parse_compress(spec: str) -> dict[str, Any]:
 
 
 def make_combos(
-    strategies: Sequence[str], backends: Sequence[str | None], compress: Sequence[str] = ()
+    strategies: Sequence[str],
+    backends: Sequence[str | None],
+    compress: Sequence[str] = (),
+    kv_cache: Sequence[str] = (),
 ) -> list[Combo]:
     """Every (backend, strategy) pair, backends outermost, with unique labels; each
     ``compress`` configuration adds the pair once more on the compressed prompt
-    (label ``strategy+compress=0.5``)."""
+    (label ``strategy+compress=0.5``). With ``kv_cache`` types, every configuration runs
+    once per type instead (label ``strategy@backend+kv=gear4``, lossy for the lossy types)."""
+    from edgespec.runtimes.base import KV_CACHE_TYPES, LOSSY_KV_CACHE_TYPES
     from edgespec.strategies import STRATEGIES
 
     if not strategies:
         raise EdgespecError("--strategies is empty; name at least one (e.g. autoregressive,auto)")
+    bad = [t for t in kv_cache if t not in KV_CACHE_TYPES]
+    if bad:
+        raise EdgespecError(
+            f"--kv-cache: unknown KV-cache type '{bad[0]}'; known: {', '.join(KV_CACHE_TYPES)}"
+        )
     combos = []
+    types: list[str | None] = [*kv_cache] or [None]
     for b in backends:
-        for s in strategies:
-            name, opts = parse_strategy(s)
-            label = s.strip() + (f"@{b}" if b else "")
-            lossy = bool(STRATEGIES.get(name).lossy)
-            combos.append(Combo(label, name, b, opts, lossy))
-            for cfg in compress:
-                kw = parse_compress(cfg)
-                combos.append(Combo(f"{label}+compress={cfg.strip()}", name, b, opts, True, kw))
+        for kv in types:
+            tag = f"+kv={kv}" if kv else ""
+            lossy_kv = kv in LOSSY_KV_CACHE_TYPES
+            for s in strategies:
+                name, opts = parse_strategy(s)
+                label = s.strip() + (f"@{b}" if b else "") + tag
+                lossy = bool(STRATEGIES.get(name).lossy) or lossy_kv
+                combos.append(Combo(label, name, b, opts, lossy, None, kv))
+                for cfg in compress:
+                    kw = parse_compress(cfg)
+                    combos.append(
+                        Combo(f"{label}+compress={cfg.strip()}", name, b, opts, True, kw, kv)
+                    )
     labels = [c.label for c in combos]
     if len(set(labels)) != len(labels):
         raise EdgespecError(f"the same strategy/backend is listed twice: {', '.join(labels)}")
@@ -332,6 +355,8 @@ class BenchOptions:
         compress: context-compression configurations ("0.5", "budget=1024"); each strategy
             also runs once per configuration on the compressed prompt (lossy rows).
         compressor: the compressor model for ``compress`` (None: the draft, else the target).
+        kv_cache: KV-cache types ("f32", "q8", "gear4", ...); each configuration runs once
+            per type, on a runtime loaded with it (empty: the backend's default only).
     """
 
     out: Path
@@ -353,6 +378,7 @@ class BenchOptions:
     plots: bool = True
     compress: list[str] = field(default_factory=list)
     compressor: str | None = None
+    kv_cache: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -360,13 +386,14 @@ class BenchOptions:
         return d
 
 
-Loader = Callable[[str | None], Any]
+#: ``loader(backend)`` or, for a ``--kv-cache`` configuration, ``loader(backend, kv_cache=t)``
+Loader = Callable[..., Any]
 
 
 def default_loader(opts: BenchOptions) -> Loader:
     from edgespec.runtime import load
 
-    def loader(backend: str | None) -> Any:
+    def loader(backend: str | None, kv_cache: str | None = None) -> Any:
         return load(
             opts.model,
             backend=backend,
@@ -375,6 +402,7 @@ def default_loader(opts: BenchOptions) -> Loader:
             n_threads=opts.threads,
             progress=False,
             compressor=opts.compressor,
+            kv_cache=kv_cache,
         )
 
     return loader
@@ -411,7 +439,7 @@ class Bench:
                 f"unknown baseline '{opts.baseline}'; known: {', '.join(BASELINES)}"
             )
         self.opts = opts
-        self.combos = make_combos(opts.strategies, opts.backends, opts.compress)
+        self.combos = make_combos(opts.strategies, opts.backends, opts.compress, opts.kv_cache)
         names = opts.workloads or default_workloads()
         self.prompts: list[Prompt] = load_workloads(list(names), opts.per_workload)
         self.meter_notes: list[str] = []
@@ -465,17 +493,18 @@ class Bench:
         """
         from edgespec.bench.report import render_all
 
-        runtimes: dict[str | None, Any] = {}
+        runtimes: dict[tuple[str | None, str | None], Any] = {}
         base: Baseline | None = None
         try:
             self.save()
             for c in self.combos:
-                if c.backend not in runtimes:
-                    runtimes[c.backend] = self.loader(c.backend)
+                if c.runtime_key not in runtimes:
+                    kw = {"kv_cache": c.kv_cache} if c.kv_cache else {}
+                    runtimes[c.runtime_key] = self.loader(c.backend, **kw)
                     self.doc["settings"].setdefault("resolved_backends", {})[str(c.backend)] = (
-                        runtimes[c.backend].backend
+                        runtimes[c.runtime_key].backend
                     )
-            first = runtimes[self.combos[0].backend]
+            first = runtimes[self.combos[0].runtime_key]
             ids = {p.id: first.encode_prompt(p.prompt, chat=p.chat) for p in self.prompts}
             for p in self.doc["prompts"]:
                 p["prompt_tokens"] = len(ids[p["id"]])
@@ -521,7 +550,7 @@ class Bench:
             )
         return exc
 
-    def _measure(self, runtimes: dict[str | None, Any], base: Baseline, ids: dict) -> None:
+    def _measure(self, runtimes: dict[Any, Any], base: Baseline, ids: dict) -> None:
         from tqdm.auto import tqdm
 
         opts = self.opts
@@ -532,15 +561,16 @@ class Bench:
             for _, extra in self.extras:
                 extra.run(ids[first], min(WARMUP_TOKENS, n))
             for c in self.combos:
-                self._generate(runtimes[c.backend], c, ids[first], min(WARMUP_TOKENS, n))
-        # plain greedy on each backend, once per prompt (untimed): the losslessness reference
-        plain: dict[tuple[str | None, str], PlainReference] = {}
+                self._generate(runtimes[c.runtime_key], c, ids[first], min(WARMUP_TOKENS, n))
+        # plain greedy on each runtime (backend and KV type), once per prompt (untimed): the
+        # losslessness reference
+        plain: dict[tuple[Any, str], PlainReference] = {}
         # and each backend's near-tie bound: stored by `edgespec calibrate`, else measured now
-        bounds: dict[str | None, NearTieBound] = {}
-        for backend, rt in runtimes.items():
+        bounds: dict[Any, NearTieBound] = {}
+        for key, rt in runtimes.items():
             for p in self.prompts:
-                plain[(backend, p.id)] = plain_reference(rt.target, ids[p.id], n)
-            bounds[backend] = near_tie_bound(rt.target, rt.tokenizer, rt.curve_key())
+                plain[(key, p.id)] = plain_reference(rt.target, ids[p.id], n)
+            bounds[key] = near_tie_bound(rt.target, rt.tokenizer, rt.curve_key())
         total = opts.runs * len(self.prompts) * (1 + len(self.extras) + len(self.combos))
         with tqdm(total=total, desc="bench", unit="gen", disable=not opts.progress) as bar:
             for r in range(opts.runs):
@@ -560,11 +590,11 @@ class Bench:
                         rows.append(row)
                         bar.update()
                     for c in self.combos:
-                        row = self._run_combo(runtimes[c.backend], c, ids[p.id], n)
+                        row = self._run_combo(runtimes[c.runtime_key], c, ids[p.id], n)
                         row.update(run=r, prompt=p.id, kind=p.kind)
-                        ref = plain[(c.backend, p.id)]
+                        ref = plain[(c.runtime_key, p.id)]
                         row["agree_plain"] = metrics.agreement(row["_tokens"], ref.tokens)
-                        bound = bounds[c.backend]
+                        bound = bounds[c.runtime_key]
                         chk = check(row["_tokens"], ref, bound.value)
                         row.update(
                             first_divergence=chk.index,
@@ -658,12 +688,16 @@ class Bench:
             "notes": list(s.notes),
             "_tokens": list(res.token_ids),
         }
+        if s.kv_cache:  # the target's KV-cache type and its size for the context
+            row.update(kv_cache=s.kv_cache, kv_cache_mb=s.kv_cache_mb)
         if s.compressed_from:  # context compression: what the target saw, and its cost
             row.update(
                 compressed_from=s.compressed_from,
                 compressed_to=s.compressed_to,
                 compress_s=s.compress_s,
             )
+        if s.sparsity:  # chunk-sparse target: sparsity per layer and chunk size, units used
+            row["sparsity"] = s.sparsity
         return _derive(row)
 
 

@@ -114,3 +114,39 @@ def test_generate_reports_the_stores_bytes_and_lossy(capsys, tiny_tok_dir, monke
         want = KV_STORES.get(kv).layout_bytes(3, 2, 256, 16, 4, NumpyModel.max_chunk)
         assert s["kv_cache"] == kv and s["kv_cache_mb"] == pytest.approx(want / 1e6)
         assert s["kv_cache_f16_mb"] == pytest.approx(2 * 3 * 2 * 256 * 16 * 2 / 1e6)
+
+
+def test_bench_runs_kv_types_side_by_side(tmp_path, tiny_tok_dir, monkeypatch):
+    from edgespec.bench import energy
+    from edgespec.bench.cli import canonical_argv
+    from edgespec.bench.runner import Bench, BenchOptions
+    from edgespec.testing import FakeBaseline
+
+    monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path / "home"))
+    w = tmp_path / "w.jsonl"
+    w.write_text(json.dumps({"id": "w-0", "prompt": "the quick brown fox " * 8}) + "\n")
+    opts = BenchOptions(
+        out=tmp_path / "out", model=str(tiny_tok_dir), strategies=["autoregressive"],
+        backends=["numpy"], runs=1, warmup=0, max_new_tokens=4, n_ctx=1024, threads=1,
+        workloads=[str(w)], progress=False, plots=False, kv_cache=["f32", "gear4"],
+    )  # fmt: skip
+    doc = Bench(opts, baseline=FakeBaseline, meter=energy.EstimateMeter(4.0), argv=[]).run()
+    by = {r["label"]: r for r in doc["runs"]}
+    f32, gear = by["autoregressive@numpy+kv=f32"], by["autoregressive@numpy+kv=gear4"]
+    assert not f32["lossy"] and gear["lossy"]
+    assert (f32["kv_cache"], gear["kv_cache"]) == ("f32", "gear4")
+    # at 1024 cells gear4's blocks and its float32 tail (383 tokens) hold 0.69x of f32
+    # (head_dim 16); at 256 cells the tail alone is as large as f32
+    want = KV_STORES.get("gear4").layout_bytes(3, 2, 1024, 16, 4, NumpyModel.max_chunk)
+    assert gear["kv_cache_mb"] == pytest.approx(want / 1e6) and want < f32["kv_cache_mb"] * 1e6
+    lossy = {c["label"]: c["lossy"] for c in doc["configs"]}
+    assert lossy["autoregressive@numpy+kv=gear4"] and not lossy["autoregressive@numpy+kv=f32"]
+    assert canonical_argv(opts)[-2:] == ["--kv-cache", "f32,gear4"]
+
+
+def test_bench_unknown_kv_type_is_one_line():
+    from edgespec.bench.runner import make_combos
+    from edgespec.errors import EdgespecError
+
+    with pytest.raises(EdgespecError, match=r"^--kv-cache: unknown KV-cache type 'q5'; known: "):
+        make_combos(["autoregressive"], ["numpy"], kv_cache=["f32", "q5"])
