@@ -451,6 +451,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edgespec.serve.cli",
     "edgespec.sparse.cli",
     "edgespec.demo.cli",
+    "edgespec.compress.dolphin.cli",
 )
 
 

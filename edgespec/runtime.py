@@ -231,8 +231,8 @@ class Runtime:
         else:
             ids = self.encode_prompt(prompt, chat=chat, system=system)
         prepared = STRATEGIES.get(strategy).prepare(self, config)
-        ctx = make_context(
-            target=self.target,
+        ctx = make_context(  # memory compression prefixes the target (compress.dolphin)
+            target=getattr(compression, "target", None) or self.target,
             params=gp,
             backend=self.backend,
             strategy=strategy,

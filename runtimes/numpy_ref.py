@@ -623,6 +623,67 @@ class NumpyModel(KVCacheModel):
         with self._thread_limit():
             return self._forward(ids, all_logits)
 
+    def embed_tokens(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The vectors that enter the first block for ``tokens`` (the embedding rows, times
+        the model's embedding scale): ``[T, D]`` in the model's dtype. Feeding them to
+        :meth:`forward_embeds` gives exactly :meth:`forward`'s logits."""
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        x = self.w.embed(ids)
+        return x * self.dtype.type(self.hp.embd_scale) if self.hp.embd_scale != 1.0 else x
+
+    def forward_embeds(self, embeds: np.ndarray, *, all_logits: bool = True) -> np.ndarray:
+        """Like :meth:`forward`, with input embeddings in place of token ids (HF's
+        ``inputs_embeds``): ``embeds: float[T, D]`` enter the first block as they are (no
+        embedding scale is applied) at positions ``n_past .. n_past+T-1``; later forwards
+        continue with token ids over the same cache.
+
+        Returns:
+            logits ``[T, V]`` (``[1, V]`` when ``all_logits`` is False), the model's dtype.
+
+        Raises:
+            EdgespecError: the rows do not fit in the cache, or ``embeds`` is not ``[T, D]``.
+        """
+        x_all = np.asarray(embeds)
+        if x_all.ndim != 2 or x_all.shape[1] != self.hp.n_embd or x_all.shape[0] == 0:
+            raise EdgespecError(
+                f"inputs_embeds must have shape [T >= 1, {self.hp.n_embd}], not {x_all.shape}"
+            )
+        T = int(x_all.shape[0])
+        if self._n_past + T > self.n_ctx:
+            raise EdgespecError(
+                f"context overflow: {self._n_past} cached + {T} new rows > n_ctx {self.n_ctx}"
+            )
+        return self._embeds_pass(x_all.astype(self.dtype, copy=False), all_logits, True)
+
+    def hidden_states(self, tokens: Sequence[int]) -> np.ndarray:
+        """The last block's output after the final RMSNorm for ``tokens`` (appended to the
+        cache like :meth:`forward`): ``[T, D]``, the model's dtype; ``logits = h @ output``.
+        A context compressor pools these into memory slots (:mod:`edgespec.compress.dolphin`).
+        """
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if ids.size == 0 or self._n_past + ids.size > self.n_ctx:
+            raise EdgespecError(
+                f"hidden_states needs 1 .. {self.n_ctx - self._n_past} tokens, not {ids.size}"
+            )
+        return self._embeds_pass(self.embed_tokens(ids), True, False)
+
+    def _embeds_pass(self, x_all: np.ndarray, all_logits: bool, head: bool) -> np.ndarray:
+        """Run ``x_all: [T, D]`` through the blocks in chunks over the cache; the final-normed
+        rows times the LM head (``head``) or without it."""
+        T = int(x_all.shape[0])
+        rows = []
+        with self._thread_limit():
+            for s in range(0, T, self.max_chunk):
+                x = x_all[s : s + self.max_chunk]
+                p = self._n_past
+                for li, layer in enumerate(self.w.layers):
+                    x = self._block(li, layer, x, p)
+                self._n_past = p + x.shape[0]
+                if all_logits or s + self.max_chunk >= T:
+                    x = _rms_norm(x if all_logits else x[-1:], self.w.out_norm, self.hp.rms_eps)
+                    rows.append(x @ self.w.output if head else x)
+        return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
+
     supports_tree = True
     #: None, or ``hook(layer, act(gate) [T, F], up [T, F]) -> [T, F]``: the input of
     #: down_proj (default ``act(gate) * up``). Training-free neuron sparsity

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 
 from edgespec.compress.core import CompressOptions
+from edgespec.compress.dolphin.memory import MemoryOptions
 from edgespec.errors import EdgespecError
 
 
-def _ratio(text: str) -> float:
+def _ratio(text: str) -> float | str:
+    if text == "memory":  # Dolphin memory (edgespec.compress.dolphin)
+        return text
     try:
         return float(text)
     except ValueError:
@@ -30,7 +33,14 @@ def add_compress_args(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="RATIO",
         help="keep this share of the context tokens, in (0, 1] (no value: the bundle's "
-        "default ratio, else 0.5)",
+        "default ratio, else 0.5); 'memory': the compressor turns the context into the "
+        "projector's memory embeddings (numpy backend; edgespec train-compressor)",
+    )
+    g.add_argument(
+        "--projector",
+        default=None,
+        metavar="FILE",
+        help="the projector of --compress memory (default: the bundle's compressor role's)",
     )
     g.add_argument(
         "--context-budget",
@@ -63,7 +73,7 @@ def add_compress_args(p: argparse.ArgumentParser) -> None:
 
 def compress_from_args(
     a: argparse.Namespace, default_ratio: float | None = None
-) -> CompressOptions | None:
+) -> CompressOptions | MemoryOptions | None:
     """The compression the flags ask for, validated (call it before loading any model to
     fail early); ``--compress`` without a value takes ``default_ratio`` (the bundle's),
     else :data:`~edgespec.compress.prompt.DEFAULT_RATIO`. None: no compression."""
@@ -76,6 +86,7 @@ def compress_from_args(
             ("--keep-last", keep_last),
             ("--question-sep", separator),
             ("--compressor", getattr(a, "compressor", None)),
+            ("--projector", getattr(a, "projector", None)),
         )
         given = [flag for flag, value in named if value is not None]
         if given:
@@ -85,6 +96,13 @@ def compress_from_args(
         return None
     if compress is not None and budget is not None:
         raise EdgespecError("pass --compress or --context-budget, not both")
+    projector = getattr(a, "projector", None)
+    if compress == "memory":
+        if keep_last is not None:
+            raise EdgespecError("--compress memory takes --question-sep, not --keep-last")
+        return MemoryOptions(projector=projector, separator=separator)
+    if projector is not None:
+        raise EdgespecError("--projector applies only with --compress memory")
     if compress is True:
         compress = default_ratio or DEFAULT_RATIO
     return CompressOptions(ratio=compress, budget=budget, keep_last=keep_last, separator=separator)

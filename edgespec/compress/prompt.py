@@ -31,6 +31,7 @@ from edgespec.model import Model
 from edgespec.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
+    from edgespec.compress.dolphin.memory import MemoryOptions
     from edgespec.runtime import Runtime
     from edgespec.stats import StatsRecorder
 
@@ -203,12 +204,23 @@ class Compression:
 
 
 def options_for(
-    rt: Runtime, compress: float | CompressOptions | None, context_budget: int | None
-) -> CompressOptions | None:
+    rt: Runtime,
+    compress: float | str | CompressOptions | MemoryOptions | None,
+    context_budget: int | None,
+) -> CompressOptions | MemoryOptions | None:
     """The :class:`CompressOptions` of ``Runtime.start``'s arguments (None: no compression).
 
-    ``compress=True`` (or ``--compress`` without a value) takes the bundle's default ratio.
+    ``compress=True`` (or ``--compress`` without a value) takes the bundle's default ratio;
+    ``compress="memory"`` or a :class:`~edgespec.compress.dolphin.memory.MemoryOptions`
+    asks for memory compression instead (returned as the MemoryOptions).
     """
+    from edgespec.compress.dolphin.memory import MEMORY
+    from edgespec.compress.dolphin.memory import MemoryOptions as Memory
+
+    if compress == MEMORY or isinstance(compress, Memory):
+        if context_budget is not None:
+            raise EdgespecError("--compress memory takes no --context-budget")
+        return compress if isinstance(compress, Memory) else Memory()
     if isinstance(compress, CompressOptions):
         if context_budget is not None:
             raise EdgespecError("pass --compress or --context-budget, not both")
@@ -253,7 +265,7 @@ def compressor_of(rt: Runtime) -> Compressor:
 def compress_for(
     rt: Runtime,
     prompt: str | Sequence[int],
-    options: CompressOptions,
+    options: CompressOptions | MemoryOptions,
     *,
     chat: bool = False,
     system: str | None = None,
@@ -273,6 +285,11 @@ def compress_for(
         if isinstance(prompt, str)
         else list(prompt)
     )
+    from edgespec.compress.dolphin.memory import MemoryOptions as Memory
+    from edgespec.compress.dolphin.memory import memory_for
+
+    if isinstance(options, Memory):  # Dolphin memory: the target gets embeddings
+        return memory_for(rt, text, options, chat=chat, system=system)
     comp = compressor_of(rt)
     result = compress_prompt(text, comp, options, progress=rt.options.progress)
     if result.note is not None:
