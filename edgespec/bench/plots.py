@@ -255,3 +255,37 @@ def entropy_plot(
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper right")
     return _save(fig, path)
+
+
+def sparsity_plot(
+    curve: dict[str, Any],
+    title: str,
+    path: Path,
+    *,
+    measured: dict[str, Any] | None = None,
+) -> Path:
+    """Chunk-level sparsity against chunk size T (:func:`edgespec.sparse.stats.sparsity_curve`):
+    the mean over layers, each layer, what independent tokens would leave (``s1^T``, s1 the
+    token-level sparsity), and the generation's own forwards (``measured``: Stats
+    ``sparsity["by_chunk"]``) as points."""
+    sizes, mean = curve["chunk_sizes"], curve["mean"]
+    fig = _figure(8.0, 4.5)
+    ax = fig.add_subplot()
+    for i, row in enumerate(curve["per_layer"]):
+        ax.plot(sizes, row, lw=0.7, color="0.7", label="per layer" if i == 0 else None)
+    ax.plot(sizes, mean, "o-", lw=2.0, ms=4, color="tab:blue", label="mean over layers")
+    if sizes and sizes[0] == 1:
+        s1 = mean[0]
+        indep = [s1**T for T in sizes]
+        ax.plot(sizes, indep, ":", lw=1.5, color="tab:red", label=f"independent tokens: {s1:.2f}^T")
+    if measured:
+        pts = sorted((int(T), r["chunk_sparsity"]) for T, r in measured.items())
+        pts = [(T, y) for T, y in pts if T <= max(sizes, default=0)]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "s", ms=6, color="tab:green", label="this generation")
+    ax.set_xlabel("chunk size T (tokens verified together)")
+    ax.set_ylabel(f"{curve.get('unit', 'block')}s outside the chunk's union")
+    ax.set_ylim(0.0, 1.0)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper right")
+    return _save(fig, path)

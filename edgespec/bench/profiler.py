@@ -76,7 +76,7 @@ def profile_generation(
     shift = rec._t0 - t_start  # the recorder's clock starts when generation begins
     phases = [("tokenize", 0.0, t_tok - t_start), ("setup", t_tok - t_start, rec._t0 - t_tok)]
     phases += [(n, s + shift, d) for n, s, d in rec.phases]
-    return {
+    prof = {
         "phases": [list(p) for p in phases],
         "table": phase_table(phases, total),
         "total_s": total,
@@ -85,6 +85,11 @@ def profile_generation(
         "stats": result.stats.to_dict(),
         "options": _options(gen.ctx.config),
     }
+    if getattr(rt.target, "sparsity", None) is not None:  # chunk-sparse FFN: T = 1 .. 16
+        from edgespec.sparse.stats import sparsity_curve
+
+        prof["sparsity_curve"] = sparsity_curve(rt.target, [*ids, *result.token_ids])
+    return prof
 
 
 def _options(prepared: Any) -> dict[str, Any] | None:
@@ -133,14 +138,16 @@ def format_table(prof: dict[str, Any]) -> str:
 
 
 def write_profile(prof: dict[str, Any], out: Path, title: str, *, plot: bool = True) -> list[Path]:
-    """profile.json; with matplotlib installed also profile.png (the timeline) and, when the
-    strategy recorded an entropy trace, entropy.png (an old entropy.png is removed)."""
+    """profile.json; with matplotlib installed also profile.png (the timeline), entropy.png
+    when the strategy recorded an entropy trace, and sparsity.png (chunk sparsity against
+    chunk size) for a chunk-sparse model (old ones are removed)."""
     from edgespec.bench import plots
 
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "profile.json"]
     (out / "profile.json").write_text(json.dumps(prof, indent=1) + "\n")
     (out / "entropy.png").unlink(missing_ok=True)  # never leave another run's trace
+    (out / "sparsity.png").unlink(missing_ok=True)
     if plot and plots.available():
         order = [r["phase"] for r in prof["table"] if r["phase"] != "other"]
         phases = [(n, s, d) for n, s, d in prof["phases"]]
@@ -157,6 +164,15 @@ def write_profile(prof: dict[str, Any], out: Path, title: str, *, plot: bool = T
                     out / "entropy.png",
                     tau=None if tau is None else float(tau),
                     window=opts.get("window"),
+                )
+            )
+        if prof.get("sparsity_curve"):
+            written.append(
+                plots.sparsity_plot(
+                    prof["sparsity_curve"],
+                    f"{title.split(':')[0]}: FFN sparsity against chunk size",
+                    out / "sparsity.png",
+                    measured=stats.get("sparsity", {}).get("by_chunk"),
                 )
             )
     return written

@@ -8,6 +8,7 @@ forward of T tokens must compute. Sparsity is the inactive fraction.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,8 @@ class ForwardSparsity:
         unit: what a unit is, for messages ("block" or "neuron").
         lossy: the sparsity changes the model's output (training-free thresholds on a
             dense model); False for BlockFFN, whose routers are the model's own.
+        trace: None, or a list that every :meth:`record` appends ``(layer, active)`` to
+            (:func:`sparsity_curve` reads whole sequences this way).
     """
 
     n_blocks: int
@@ -73,6 +76,7 @@ class ForwardSparsity:
     union_active: dict[int, np.ndarray] = field(default_factory=dict)
     unit: str = "block"
     lossy: bool = False
+    trace: list[tuple[int, np.ndarray]] | None = None
 
     def _row(self, table: dict[int, np.ndarray], T: int) -> np.ndarray:
         if T not in table:
@@ -83,6 +87,8 @@ class ForwardSparsity:
         """Add one layer of one forward: ``active: bool[T, E]`` of layer ``layer``."""
         self._row(self.token_active, T)[layer] += int(active.sum())
         self._row(self.union_active, T)[layer] += int(active.any(axis=0).sum())
+        if self.trace is not None:
+            self.trace.append((layer, np.array(active, dtype=bool)))
 
     def end_forward(self, T: int) -> None:
         """Count a finished forward of T tokens."""
@@ -135,3 +141,32 @@ def summary_lines(d: dict[str, Any]) -> list[str]:
             f"{unit}s per forward; chunk per layer [{per_layer}]"
         )
     return lines
+
+
+def sparsity_curve(
+    model: Any, ids: Sequence[int], sizes: Sequence[int] = tuple(range(1, 17))
+) -> dict[str, Any]:
+    """Token- and chunk-level sparsity of a chunk-sparse ``model`` on the sequence ``ids``,
+    for each chunk size T in ``sizes``: what a verify chunk of T consecutive tokens of this
+    text leaves inactive (``edgespec profile`` plots it).
+
+    ``model`` (one with ``sparsity`` counters and ``fork``) is not changed: a fork runs
+    ``ids`` (cut to its cache) once and its per-token active sets are read back.
+
+    Returns:
+        ``{"tokens": N, "chunk_sizes": [...], "per_layer": [[sparsity at each T] per layer],
+        "mean": [...], "unit": ...}`` (:func:`sparsity_table`; T = 1 is token-level).
+    """
+    m = model.fork()
+    m.reset()
+    ids = list(ids)[: max(1, m.n_ctx - 1)] if hasattr(m, "n_ctx") else list(ids)
+    m.sparsity.trace = []
+    m.forward(ids, all_logits=False)
+    trace = m.sparsity.trace
+    m.sparsity.trace = None
+    per_layer: dict[int, list[np.ndarray]] = defaultdict(list)
+    for layer, active in trace:
+        per_layer[layer].append(active)
+    actives = [np.concatenate(per_layer[li]) for li in sorted(per_layer)]
+    usable = [T for T in sizes if T <= len(ids)]
+    return {"tokens": len(ids), "unit": m.sparsity.unit, **sparsity_table(actives, tuple(usable))}
