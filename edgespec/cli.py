@@ -84,7 +84,7 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         "--backend",
         "-b",
         default=None,
-        help="llamacpp | onnx | numpy | tvm (default: best installed for the model)",
+        help="llamacpp | onnx | numpy | tvm | blockffn (default: best installed for the model)",
     )
     add_draft_arg(p)
     p.add_argument(
@@ -317,6 +317,11 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 
             threads.calibrate(rt, reps=max(a.reps, threads.CALIBRATE_REPS))
         sizes = list(range(1, a.max_k + 2))
+        # a chunk-sparse target is timed on real text, and its sparsity kept with the curve
+        text = cost_curves.curve_tokens(rt.target, rt.tokenizer, a.context, a.max_k + 1)
+        sparsity = getattr(rt.target, "sparsity", None)
+        if sparsity is not None:
+            sparsity.reset()
         curve = cost_curves.measure_verify_curve(
             rt.target,
             sizes,
@@ -324,7 +329,9 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             reps=a.reps,
             vocab=rt.tokenizer.vocab_size,
             progress=not a.quiet,
+            tokens=text,
         )
+        sparse = sparsity.to_dict() if sparsity is not None else None
         from edgespec import losslessness as ll
 
         n_pos = ll.CALIBRATE_POSITIONS
@@ -343,6 +350,8 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             "near_tie_bound": bound,
             "near_tie_positions": n_pos,
         }
+        if sparse is not None:
+            entry.update(tokens="calibration text", sparsity=sparse)
         path = cost_curves.save_curve(key, entry)
     if a.json:
         print(json.dumps({"key": key, "path": str(path), **entry}))
@@ -354,6 +363,9 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         if n:
             print(f"{n:>4} {sec * 1000:>9.2f} {sec / curve[1]:>12.2f}")
     print(f"switch penalty (one-token forward after another size): {curve.get(0, 0) * 1000:.2f} ms")
+    if sparse is not None:
+        by = ", ".join(f"T={T} {r['chunk_sparsity']:.2f}" for T, r in sparse["by_chunk"].items())
+        print(f"chunk sparsity while timing (calibration text): {by}")
     print(
         f"near-tie bound: {bound:.4g} logits (largest top-2 gap change, batched vs one-token, "
         f"{n_pos} positions)"

@@ -241,6 +241,7 @@ def measure_verify_curve(
     vocab: int = 1000,
     progress: bool = False,
     desc: str = "cost curve",
+    tokens: Sequence[int] | None = None,
 ) -> dict[int, float]:
     """Median seconds of ``model.forward`` over n tokens after a ``context``-token prefix,
     timed the way speculation runs them: each n-token forward follows a one-token forward.
@@ -256,16 +257,31 @@ def measure_verify_curve(
         after a forward of another size (the switch penalty, >= 0).
 
     ``progress`` shows a tqdm bar on stderr (one step per size, labelled ``desc``).
+
+    ``tokens``: real text (token ids, :func:`curve_tokens`): the prefix is its start and every
+    timed forward takes consecutive tokens of the rest. A chunk-sparse model's cost depends
+    on the blocks a chunk's tokens activate together, which synthetic ids misrepresent.
     """
     import sys
 
     from tqdm.auto import tqdm
 
-    model.reset()
-    prefix = [(17 * i + 11) % vocab for i in range(context)]
-    model.forward(prefix, all_logits=False)
     sizes = sorted(set(sizes) | {1})
-    model.forward([5] * max(sizes))  # warm-up
+    text = list(tokens or [])
+    if text and len(text) < context + max(sizes) + 1:
+        raise ValueError(f"need {context + max(sizes) + 1} text tokens, got {len(text)}")
+
+    def ids(n: int, r: int, a: int, b: int) -> list[int]:
+        """n tokens for repetition r: real text after the prefix, else ``(a*(i+r)+b) % V``."""
+        if text:
+            off = context + (r * 7919 + a * n) % (len(text) - context - n + 1)
+            return text[off : off + n]
+        return [(a * (i + r) + b) % vocab for i in range(n)]
+
+    model.reset()
+    prefix = text[:context] if text else [(17 * i + 11) % vocab for i in range(context)]
+    model.forward(prefix, all_logits=False)
+    model.forward(ids(max(sizes), 0, 1, 5) if text else [5] * max(sizes))  # warm-up
     model.truncate(context)
 
     def timed(toks: list[int]) -> float:
@@ -278,7 +294,7 @@ def measure_verify_curve(
     bar = tqdm(
         total=len(sizes), desc=desc, unit="size", disable=not progress, file=sys.stderr, leave=False
     )
-    plain = [timed([(31 * r + 7) % vocab]) for r in range(reps + 1)][1:]
+    plain = [timed(ids(1, r, 31, 7)) for r in range(reps + 1)][1:]
     out: dict[int, float] = {1: statistics.median(plain)}
     bar.update(1)
     after_switch: list[float] = []
@@ -288,9 +304,9 @@ def measure_verify_curve(
         bar.set_postfix_str(f"{n} tokens")
         times = []
         for r in range(reps):
-            timed([(29 * r + 3) % vocab])
-            times.append(timed([(31 * (i + r) + 7) % vocab for i in range(n)]))
-            after_switch.append(timed([(37 * r + 5) % vocab]))
+            timed(ids(1, r, 29, 3))
+            times.append(timed(ids(n, r, 31, 7)))
+            after_switch.append(timed(ids(1, r, 37, 5)))
         out[n] = statistics.median(times)
         bar.update(1)
     bar.close()
@@ -298,6 +314,19 @@ def measure_verify_curve(
         out[0] = max(0.0, statistics.median(after_switch) - out[1])
     model.reset()
     return out
+
+
+def curve_tokens(model: Model, tokenizer: Any, context: int, largest: int) -> list[int] | None:
+    """Real text for :func:`measure_verify_curve` when ``model`` has a chunk-sparse FFN
+    (it keeps ``sparsity`` counters: BlockFFN, sparsified models), else None (a dense
+    forward costs the same whatever the ids): ``context + largest + 64`` ids of the fixed
+    calibration text (:data:`edgespec.losslessness.CALIBRATION_TEXT`), where ``largest`` is
+    the longest forward to time."""
+    if getattr(model, "sparsity", None) is None:
+        return None
+    from edgespec.losslessness import calibration_tokens
+
+    return calibration_tokens(tokenizer, context + largest + 64)
 
 
 def measure_tree_overhead(model: Model, n: int, *, context: int = 64, reps: int = 3) -> float:

@@ -73,6 +73,7 @@ class SpecSession:
                 vocab=runtime.tokenizer.vocab_size,
                 progress=runtime.options.progress,
                 desc="probing verify cost (once; `edgespec calibrate` stores it)",
+                tokens=cost_curves.curve_tokens(runtime.target, runtime.tokenizer, 64, sizes[-1]),
             )
             probe_s = time.perf_counter() - t_probe
             source = "probe"
