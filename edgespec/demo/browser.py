@@ -9,6 +9,7 @@ npm packages; :func:`browser_missing` says which is absent.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -101,4 +102,37 @@ def drive_page(
     if p.returncode != 0:
         raise RuntimeError(f"drive.mjs failed: {p.stderr[-2000:]}")
     out: dict[str, Any] = json.loads(p.stdout)
+    return out
+
+
+#: bump when the export options of :func:`demo_bundle` change (the cache key includes it)
+DEMO_BUNDLE_VERSION = 1
+
+
+def demo_bundle(model: str = "smollm2-135m", quant: str = "fp32") -> Path:
+    """A zoo model's ONNX bundle for the page, exported once (minutes) and kept under
+    ``$EDGESPEC_HOME/demo-bundles/``, keyed by the model file's sha256, the quantization and
+    :data:`DEMO_BUNDLE_VERSION`. The export writes atomically (complete or absent), and the
+    page checks each file's sha256 against edgespec.json, so a damaged cache fails loudly;
+    delete the folder to re-export."""
+    from edgespec import zoo
+    from edgespec.export.pipeline import ExportOptions, run_export
+    from edgespec.home import edgespec_home
+
+    source = zoo.pull(model, progress=False)
+    key = json.dumps([zoo.get_entry(model).sha256, quant, DEMO_BUNDLE_VERSION])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    out = edgespec_home() / "demo-bundles" / f"{model}-{quant}-{digest}"
+    if not (out / "edgespec.json").is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        run_export(
+            ExportOptions(
+                target=str(source),
+                out=str(out),
+                formats=("onnx",),
+                quants=(quant,),
+                progress=sys.stderr.isatty(),
+                verify=False,  # the demo's tests compare the page with the Python runtime
+            )
+        )
     return out

@@ -7,8 +7,6 @@ both.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,36 +97,11 @@ def tiny_bundle(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
-#: SmolLM2's browser bundle: fp32 (tokens equal to the Python runtime's); bump the version
-#: when the export options below change
-SMOLLM2_EXPORT = {"version": 1, "formats": ["onnx"], "quants": ["fp32"]}
-
-
 @pytest.fixture(scope="session")
 def smollm2_bundle(smollm2_path: Path) -> Path:
-    """smollm2-135m's fp32 ONNX bundle, exported once (254 s at load average 10) and kept under
-    ``$EDGESPEC_HOME/demo-bundles/``, keyed by the GGUF's sha256 and the export options. The
-    page checks every file's sha256 against edgespec.json on load, so a damaged cache fails
-    loudly; delete the folder to re-export."""
+    """smollm2-135m's fp32 ONNX bundle (:func:`edgespec.demo.browser.demo_bundle`): exported
+    once (254 s at load average 10), then reused from ``$EDGESPEC_HOME/demo-bundles/``."""
     pytest.importorskip("onnxruntime_genai")
-    from edgespec import zoo
-    from edgespec.export.pipeline import ExportOptions, run_export
-    from edgespec.home import edgespec_home
+    from edgespec.demo.browser import demo_bundle
 
-    key = hashlib.sha256(
-        json.dumps([zoo.get_entry("smollm2-135m").sha256, SMOLLM2_EXPORT]).encode()
-    ).hexdigest()[:16]
-    out = edgespec_home() / "demo-bundles" / f"smollm2-135m-fp32-{key}"
-    if not (out / "edgespec.json").is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        run_export(  # writes atomically: a bundle is complete or absent
-            ExportOptions(
-                target=str(smollm2_path),
-                out=str(out),
-                formats=tuple(SMOLLM2_EXPORT["formats"]),
-                quants=tuple(SMOLLM2_EXPORT["quants"]),
-                progress=False,
-                verify=False,
-            )
-        )
-    return out
+    return demo_bundle("smollm2-135m", "fp32")

@@ -57,7 +57,11 @@ def test_tiny_bundle_matches_python(
     want = _python_greedy(tiny_bundle, TINY_PROMPTS, N_TOKENS)
     server = serve([tiny_bundle], isolate=isolate)
     shot = tmp_path / "page.png"
-    got = drive(server.url, _runs(TINY_PROMPTS, N_TOKENS, STRATEGIES), screenshot=shot)
+    # then draft-model sampling twice with one seed: seeded runs repeat exactly
+    sampled = {"prompt": TINY_PROMPTS[0], "maxNewTokens": N_TOKENS, "strategy": "draft"}
+    sampled |= {"greedy": False, "temperature": 1.0, "seed": 7, "minConfidence": 0}
+    runs = _runs(TINY_PROMPTS, N_TOKENS, STRATEGIES) + [sampled, sampled]
+    got = drive(server.url, runs, screenshot=shot)
     assert got["error"] is None, (got["error"], got["console"])
     info = got["info"]
     assert info["isolated"] is isolate
@@ -67,8 +71,10 @@ def test_tiny_bundle_matches_python(
     assert "no WebGPU (WebGPU has no adapter on this device)" in got["modelText"]
     if not isolate:
         assert info["threads"] == 1  # no SharedArrayBuffer without COOP/COEP: one WASM thread
-    results = got["results"]
+    results, (sample1, sample2) = got["results"][:-2], got["results"][-2:]
+    assert sample1["tokens"] == sample2["tokens"] and sample1["stats"]["proposed"] > 0
     by = {s: results[i :: len(STRATEGIES)] for i, s in enumerate(STRATEGIES)}
+    assert sample1["tokens"] != by["draft"][0]["tokens"]  # it sampled, not argmax
     for (prompt_ids, tokens), plain, ngram, draft in zip(
         want, by["plain"], by["ngram"], by["draft"], strict=True
     ):
@@ -87,7 +93,7 @@ def test_tiny_bundle_matches_python(
     assert any(sum(h or 0 for h in r["stats"]["histogram"][2:]) for r in by["draft"])
     assert all(r["stats"]["draftForwards"] >= r["stats"]["steps"] for r in by["draft"])
     # the stats panel shows numbers, one box per run
-    assert len(re.findall(r"tokens/s", got["statsText"])) == len(results)
+    assert len(re.findall(r"tokens/s", got["statsText"])) == len(got["results"])
     assert re.search(r"\d+ ms", got["statsText"]) and "estimated" in got["statsText"]
     assert shot.stat().st_size > 10_000
 
