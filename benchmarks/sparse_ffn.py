@@ -11,7 +11,12 @@ Two tables, measured side by side in one process (repetitions interleaved, media
    (router offsets fitted to ``--sparsity``), a forward of T tokens after a context, in
    sparse mode (union of the chunk's active blocks) and dense mode (all blocks). Reported:
    c(T) in ms, c(T)/c(1) for each, the chunk union's active fraction, and the flatness
-   ratio (dense c(T)/c(1)) / (sparse c(T)/c(1)) (>1: sparse is flatter).
+   ratio (dense c(T)/c(1)) / (sparse c(T)/c(1)) (>1: sparse is flatter). ``--kernel tvm``
+   runs both modes with the compiled kernels (``sparse_ffn:tvm`` / ``dense_ffn:tvm``, the
+   same backend on both sides) instead of the NumPy references.
+3. **What the controller picks from each curve.** The measured c(T) of each mode as the
+   controller's cost curve, a constant per-position acceptance alpha: the draft length k it
+   chooses and the expected tokens/s against plain decoding (``edgespec.speculative``).
 
     python benchmarks/sparse_ffn.py --threads 1 --out docs/results/sparse_ffn.md
 """
@@ -106,13 +111,16 @@ def curve_table(args: argparse.Namespace, rng: np.random.Generator) -> list[str]
             vocab_size=args.vocab,
         )
         n_ctx = args.context + 16
-        sparse = load_blockffn(folder, n_ctx=n_ctx)
-        dense = load_blockffn(folder, n_ctx=n_ctx)
+        sparse = load_blockffn(folder, n_ctx=n_ctx, kernel=args.kernel)
+        dense = load_blockffn(folder, n_ctx=n_ctx, kernel=args.kernel)
     dense.ffn_mode = "dense"
     ctx = rng.integers(0, args.vocab, args.context)
+    sizes = list(range(1, args.max_chunk + 1))
     for m in (sparse, dense):
         m.forward(ctx)
-    sizes = list(range(1, args.max_chunk + 1))
+        for T in sizes:  # compiles a kernel's row buckets before anything is timed
+            m.forward(rng.integers(0, args.vocab, T))
+            m.truncate(args.context)
     times: dict[tuple[str, int], list[float]] = {}
     for rep in range(args.repeats):
         for T in sizes:
@@ -142,6 +150,29 @@ def curve_table(args: argparse.Namespace, rng: np.random.Generator) -> list[str]
     tls = stats["1"]["token_sparsity"]
     out.append("")
     out.append(f"Token-level block sparsity measured during the run: {tls:.3f}.")
+    out += ["", *controller_table(med, sizes)]
+    return out
+
+
+def controller_table(med: dict[tuple[str, int], float], sizes: list[int]) -> list[str]:
+    """The controller's draft length on each measured curve, per acceptance alpha."""
+    from edgespec.speculative.controller import Acceptance, Controller, CostCurve
+
+    out = [
+        "| alpha | k on dense curve | k on sparse curve | E[tok/s] vs plain, dense | "
+        "E[tok/s] vs plain, sparse |",
+        "|---|---|---|---|---|",
+    ]
+    max_k = sizes[-1] - 1
+    for alpha in (0.5, 0.6, 0.7, 0.8, 0.9):
+        cells = []
+        for name in ("dense", "sparse"):
+            curve = CostCurve({T: med[(name, T)] for T in sizes})
+            c = Controller(curve, {"p": Acceptance.prior(max_k, alpha)}, max_k=max_k)
+            choice = c.choose(max_k)
+            cells.append((choice.k, choice.expected_rate / c.expected_rate(None, 0)))
+        (kd, gd), (ks, gs) = cells
+        out.append(f"| {alpha} | {kd} | {ks} | {gd:.2f} | {gs:.2f} |")
     return out
 
 
@@ -158,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--kernel", default="numpy", help="FFN kernels of the verify curve: numpy or tvm"
+    )
     ap.add_argument("--out", type=Path, help="write the tables as Markdown here too")
     args = ap.parse_args(argv)
 
@@ -180,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"### Verify cost curve, random BlockFFN model (d={args.d}, {args.layers} layers, "
             f"{args.experts}x{args.expert_size} FFN blocks, vocab {args.vocab}), target "
-            f"token sparsity {args.sparsity}, context {args.context}",
+            f"token sparsity {args.sparsity}, context {args.context}, "
+            f"kernels sparse_ffn:{args.kernel} / dense_ffn:{args.kernel}",
             "",
             *curve_table(args, rng),
         ]

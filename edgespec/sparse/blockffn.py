@@ -402,14 +402,18 @@ def route(h: np.ndarray, f: BlockFFNWeights, cfg: BlockFFNConfig) -> np.ndarray:
     return r
 
 
-def ffn_dense(h: np.ndarray, f: BlockFFNWeights, cfg: BlockFFNConfig) -> np.ndarray:
-    """All E blocks computed, inactive ones weighted 0: ``h: [T, D]`` -> ``[T, D]``."""
-    from edgespec.kernels import KERNELS
+def ffn_dense(
+    h: np.ndarray, f: BlockFFNWeights, cfg: BlockFFNConfig, kernel: Any = None
+) -> np.ndarray:
+    """All E blocks computed, inactive ones weighted 0: ``h: [T, D]`` -> ``[T, D]``.
+    ``kernel``: a ``dense_ffn`` implementation (None: the NumPy reference)."""
+    if kernel is None:
+        from edgespec.sparse.kernel import dense_kernel
 
+        kernel = dense_kernel("numpy")
     r = route(h, f, cfg)
     scale = np.repeat(r, cfg.expert_size, axis=1)  # [T, F]
-    dense = KERNELS.get("dense_ffn:numpy")
-    return dense(h, None, f.up, f.down_t.T, act=cfg.hidden_act, scale=scale)
+    return kernel(h, None, f.up, f.down_t.T, act=cfg.hidden_act, scale=scale)
 
 
 def ffn_sparse(
@@ -458,6 +462,7 @@ class BlockFFNModel(KVCacheModel):
         ffn_mode: "sparse" (union of active blocks, the default) or "dense".
         kernel: the ``sparse_ffn`` implementation the sparse mode calls
             (``KERNELS["sparse_ffn:<impl>"]``, ``LoadOptions.sparse_kernel``).
+        dense: the same backend's ``dense_ffn``, which the dense mode calls.
         sparsity: what the sparse FFN computed, per chunk size (see
             :class:`~edgespec.sparse.stats.ForwardSparsity`).
         trace: when a list, every FFN appends ``(layer, h, router pre-activations)``
@@ -474,8 +479,9 @@ class BlockFFNModel(KVCacheModel):
         n_ctx: int,
         dtype: Any,
         kernel: Any = None,
+        dense: Any = None,
     ) -> None:
-        from edgespec.sparse.kernel import max_rows, sparse_kernel
+        from edgespec.sparse.kernel import dense_kernel, max_rows, sparse_kernel
 
         self.cfg, self.w, self.info = cfg, w, info
         self.n_ctx = int(n_ctx)
@@ -490,6 +496,7 @@ class BlockFFNModel(KVCacheModel):
         self._n_past = 0
         self.ffn_mode = "sparse"
         self.kernel = kernel if kernel is not None else sparse_kernel("numpy")
+        self.dense = dense if dense is not None else dense_kernel("numpy")
         self.max_rows = max_rows(self.kernel)
         self.sparsity = ForwardSparsity(cfg.num_experts, L)
         self.trace: list[tuple[int, np.ndarray, np.ndarray]] | None = None
@@ -533,12 +540,13 @@ class BlockFFNModel(KVCacheModel):
     def _ffn(self, li: int, f: BlockFFNWeights, h: np.ndarray) -> np.ndarray:
         if self.trace is not None:
             self.trace.append((li, h, h @ f.router))
-        if self.ffn_mode == "dense":
-            return ffn_dense(h, f, self.cfg)
         T = h.shape[0]
         step = self.max_rows or T  # a compiled kernel's largest row bucket
         ys = []
         for s in range(0, T, step):  # each group computes its own union
+            if self.ffn_mode == "dense":
+                ys.append(ffn_dense(h[s : s + step], f, self.cfg, self.dense))
+                continue
             y, active = ffn_sparse(h[s : s + step], f, self.cfg, self.kernel)
             self.sparsity.record(T, active, li)
             ys.append(y)
@@ -647,6 +655,6 @@ def load_blockffn(
             "variant": f"sparse-{kernel}",
         },
     )
-    from edgespec.sparse.kernel import sparse_kernel
+    from edgespec.sparse.kernel import dense_kernel, sparse_kernel
 
-    return BlockFFNModel(cfg, w, info, n_ctx, np_dtype, sparse_kernel(kernel))
+    return BlockFFNModel(cfg, w, info, n_ctx, np_dtype, sparse_kernel(kernel), dense_kernel(kernel))

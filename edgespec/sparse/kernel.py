@@ -29,8 +29,9 @@ SparseKernel = Callable[..., np.ndarray]
 
 
 @functools.cache
-def sparse_kernel(impl: str = "numpy") -> SparseKernel:
-    """``KERNELS["sparse_ffn:<impl>"]``, ready to call (built once per process).
+def sparse_kernel(impl: str = "numpy", op: str = "sparse_ffn") -> SparseKernel:
+    """``KERNELS["<op>:<impl>"]``, ready to call (built once per process); ``op``
+    "dense_ffn" gives the same backend's dense twin (:func:`dense_kernel`).
 
     Raises:
         EdgespecError: an unknown implementation (one line naming the known ones), or one
@@ -38,17 +39,26 @@ def sparse_kernel(impl: str = "numpy") -> SparseKernel:
     """
     from edgespec.kernels import KERNELS
 
-    name = f"sparse_ffn:{impl}"
-    known = sorted(n.split(":", 1)[1] for n in KERNELS.names() if n.startswith("sparse_ffn:"))
+    name = f"{op}:{impl}"
+    known = sorted(n.split(":", 1)[1] for n in KERNELS.names() if n.startswith(f"{op}:"))
     if name not in KERNELS.names():
-        raise EdgespecError(
-            f"unknown sparse kernel '{impl}'; known: {', '.join(known)} (--sparse-kernel)"
-        )
+        what = "sparse kernel" if op == "sparse_ffn" else f"{op} kernel"
+        raise EdgespecError(f"unknown {what} '{impl}'; known: {', '.join(known)} (--sparse-kernel)")
     try:
         entry: Any = KERNELS.get(name)
     except ImportError as exc:
         raise missing_extra(exc.name or impl, impl) from None
     return entry() if isinstance(entry, type) else entry
+
+
+def dense_kernel(impl: str = "numpy") -> SparseKernel:
+    """``KERNELS["dense_ffn:<impl>"]``: the dense FFN of the same backend as
+    ``sparse_ffn:<impl>`` (arguments as the reference's ``dense_ffn``), the fair baseline
+    and what a BlockFFN model's dense mode runs; the NumPy reference's when ``impl`` has
+    none."""
+    from edgespec.kernels import KERNELS
+
+    return sparse_kernel(impl if f"dense_ffn:{impl}" in KERNELS else "numpy", "dense_ffn")
 
 
 def max_rows(kernel: SparseKernel) -> int | None:

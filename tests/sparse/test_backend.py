@@ -136,7 +136,7 @@ def test_dense_folder_on_blockffn_backend_is_refused(tiny_llama_dir):
 def test_kernel_comes_from_the_registry(blockffn_dir, monkeypatch):
     """The model calls KERNELS["sparse_ffn:<impl>"], so a compiled kernel plugs in by name."""
     from edgespec.kernels import KERNELS
-    from edgespec.kernels.reference import sparse_ffn
+    from edgespec.kernels.reference import dense_ffn, sparse_ffn
     from edgespec.sparse import kernel as kmod
     from edgespec.sparse.blockffn import load_blockffn
 
@@ -146,6 +146,10 @@ def test_kernel_comes_from_the_registry(blockffn_dir, monkeypatch):
         calls.append(int(rows.size))
         return sparse_ffn(x, rows, *a, **kw)
 
+    def counting_dense(x, *a, **kw):
+        calls.append(-1)
+        return dense_ffn(x, *a, **kw)
+
     monkeypatch.setitem(KERNELS._loaded, "sparse_ffn:counting", counting)  # noqa: SLF001
     kmod.sparse_kernel.cache_clear()
     try:
@@ -153,6 +157,12 @@ def test_kernel_comes_from_the_registry(blockffn_dir, monkeypatch):
         ref = load_blockffn(blockffn_dir, dtype="float64")
         np.testing.assert_array_equal(m.forward([3, 4]), ref.forward([3, 4]))
         assert len(calls) == 3 and m.info.extra["variant"] == "sparse-counting"
+        # the dense mode runs the same backend's dense_ffn when it has one
+        monkeypatch.setitem(KERNELS._loaded, "dense_ffn:counting", counting_dense)  # noqa: SLF001
+        m = load_blockffn(blockffn_dir, dtype="float64", kernel="counting")
+        m.ffn_mode = "dense"
+        m.forward([3, 4])
+        assert calls[3:] == [-1, -1, -1]
     finally:
         kmod.sparse_kernel.cache_clear()
     with pytest.raises(EdgespecError, match="unknown sparse kernel 'cuda'; known: .*numpy"):
