@@ -31,3 +31,7 @@ KERNELS.add_lazy("dense_ffn:tvm", "edgespec.kernels.sparse_ffn:dense_ffn")
 KERNELS.add_lazy("qmatmul:numpy", "edgespec.kernels.reference:qmatmul")
 KERNELS.add_lazy("qmatmul:tvm", "edgespec.kernels.qmatmul:QMatmul")
 KERNELS.add_lazy("qmatmul:opencl", "edgespec.kernels.opencl:OpenCLQMatmul")
+
+# Attention of M new rows over a KV cache under a tree (ancestor) mask (kernels/tree_attention.py)
+KERNELS.add_lazy("tree_attention:numpy", "edgespec.kernels.reference:tree_attention")
+KERNELS.add_lazy("tree_attention:tvm", "edgespec.kernels.tree_attention:tree_attention")

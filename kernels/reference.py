@@ -191,3 +191,80 @@ def qmatmul_bound(x: np.ndarray, raw: np.ndarray, qtype: str) -> np.ndarray:
     k = np.asarray(x).shape[1] + 1
     u = 2.0**-24
     return k * u / (1 - k * u) * (np.abs(np.asarray(x, dtype=np.float64)) @ w.T)
+
+
+def check_tree_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> int:
+    """The prefix length P of a :func:`tree_attention` call, or one line naming the bad shape.
+
+    Raises:
+        EdgespecError: ranks, head counts, head size, cache length (< M) or mask shape that
+            do not fit, or a mask whose diagonal is not all True (a row must see itself).
+    """
+    from edgespec.errors import EdgespecError
+
+    if q.ndim != 3 or k.ndim != 3 or v.shape != k.shape:
+        raise EdgespecError(
+            f"tree attention wants q [M, H, D] and k, v [P+M, H_kv, D] of one shape; got "
+            f"q {q.shape}, k {k.shape}, v {v.shape}"
+        )
+    m_rows, n_heads, hd = q.shape
+    n_ctx, n_kv, hd_k = k.shape
+    if hd_k != hd or n_kv == 0 or n_heads % n_kv:
+        raise EdgespecError(
+            f"tree attention: q has {n_heads} heads of {hd}, k/v {n_kv} heads of {hd_k}; "
+            "the head sizes must match and the query heads be a multiple of the KV heads"
+        )
+    if m_rows == 0 or n_ctx < m_rows:
+        raise EdgespecError(
+            f"tree attention: the cache holds {n_ctx} rows but must end with the {m_rows} new "
+            "rows (k, v [P+M, H_kv, D] with M >= 1)"
+        )
+    if np.shape(mask) != (m_rows, m_rows):
+        raise EdgespecError(
+            f"tree mask must be bool [M, M] = [{m_rows}, {m_rows}]; got {np.shape(mask)}"
+        )
+    if not np.asarray(mask, bool).diagonal().all():
+        raise EdgespecError("tree mask: every row must see itself (set mask[i, i] = True)")
+    return n_ctx - m_rows
+
+
+def tree_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Attention of M new rows over a KV cache whose last M rows are those rows, under a tree
+    (ancestor) mask among the new rows; every row sees the whole committed prefix.
+
+    Args:
+        q: ``float[M, H, D]`` the new rows' queries (RoPE applied), M = 1..16.
+        k: ``float[P + M, H_kv, D]`` the cache's keys: the committed prefix of length P, then
+            the M new rows in the order of ``q``; H a multiple of H_kv (GQA: query head h
+            reads key head ``h // (H / H_kv)``).
+        v: ``float[P + M, H_kv, D]`` the values, laid out like ``k``.
+        mask: ``bool[M, M]``, ``mask[i, j]`` True iff new row j is row i itself or one of its
+            ancestors (a chain is the lower triangle, ``np.tril``).
+
+    Returns:
+        ``float[M, H, D]`` in the inputs' dtype (float64 in, float64 out): ``softmax(q k^T /
+        sqrt(D))`` over the visible positions (max subtracted first), times ``v``. Masked
+        positions are dropped before the product, so their values cannot reach the result.
+    """
+    prefix = check_tree_attention(q, k, v, mask)
+    m_rows, n_heads, hd = q.shape
+    n_kv = k.shape[1]
+    dt = np.result_type(q, k, v)
+    mask = np.asarray(mask, bool)
+    # query heads grouped by their KV head: qg [H_kv, G*M, D], row r = (g, i), head kv*G + g
+    qg = q.transpose(1, 0, 2).reshape(n_kv, -1, hd).astype(dt, copy=False)
+    kt = k.transpose(1, 2, 0)  # [H_kv, D, P+M]
+    s = (qg @ kt) * dt.type(1.0 / np.sqrt(hd))  # [H_kv, G*M, P+M]
+    seen = np.tile(mask, (n_heads // n_kv, 1))  # [G*M, M], rows as in qg
+    new = s[:, :, prefix:]
+    s[:, :, prefix:] = np.where(seen, new, -np.inf)  # a masked key's value never survives
+    s -= s.max(axis=-1, keepdims=True)
+    p = np.exp(s)
+    p /= p.sum(axis=-1, keepdims=True)
+    vt = v.transpose(1, 0, 2)  # [H_kv, P+M, D]
+    out = p[:, :, :prefix] @ vt[:, :prefix]  # [H_kv, G*M, D]
+    # new rows: each query row multiplies only its visible values (masked ones set to 0, so a
+    # poisoned or uninitialised masked row cannot reach the result through 0 * inf)
+    vis = np.where(seen[None, :, :, None], vt[:, None, prefix:], 0.0)  # [H_kv, G*M, M, D]
+    out += np.einsum("krj,krjd->krd", p[:, :, prefix:], vis)
+    return out.reshape(n_heads, m_rows, hd).transpose(1, 0, 2).astype(dt, copy=False)
