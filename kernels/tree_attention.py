@@ -22,7 +22,8 @@ its first ``P + M`` rows.
 Schedule (:func:`schedule_cpu`, untuned): parallel over the KV heads and the rows of their
 query-head group, one softmax row per task; the scores' reduction over D split into
 :data:`LANES` partial sums (``rfactor``) so the inner loop runs over consecutive elements of
-one key row and vectorizes; the value product with D innermost (contiguous, vectorized).
+one key row and vectorizes; the exponentials computed :data:`LANES` at a time; the value
+product with D innermost (contiguous, vectorized).
 :class:`TreeAttention` takes any :data:`~edgespec.kernels.tuning.Scheduler`; no MetaSchedule
 record is made for it yet (the scalar P and the mask need valid values among MetaSchedule's
 random arguments).
@@ -170,6 +171,11 @@ def schedule_cpu(func: PrimFunc) -> IRModule:
     loops = sch.get_loops(rf)
     sch.reorder(loops[1], loops[2], loops[3])  # t, D/LANES, lane
     sch.decompose_reduction(rf, loops[2])
+    # exponentials: LANES at a time (vectorized ``exp``: 13.6 -> 8.8 ms for M = 16, P = 1024,
+    # H = 9, D = 64 on one core; scalar expf calls dominated)
+    t_e = sch.get_loops(sch.get_sblock("e"))[-1]
+    _, t_lanes = sch.split(t_e, [None, LANES])
+    sch.vectorize(t_lanes)
     # value product: t outside, D innermost (contiguous rows of v, vectorized)
     blk_o = sch.get_sblock("o")
     c, ro = sch.get_loops(blk_o)[1:]
