@@ -19,11 +19,12 @@ new row 0 and are dropped) serves every cache length. ``k``/``v`` are read in pl
 when they are float32, C-contiguous and 64-byte aligned, e.g. a preallocated cache sliced to
 its first ``P + M`` rows.
 
-Schedule (:func:`schedule_cpu`, untuned): parallel over the KV heads and the rows of their
-query-head group, one softmax row per task; the scores' reduction over D split into
-:data:`LANES` partial sums (``rfactor``) so the inner loop runs over consecutive elements of
-one key row and vectorizes; the exponentials computed :data:`LANES` at a time; the value
-product with D innermost (contiguous, vectorized).
+Schedule (:func:`schedule_cpu`, untuned): parallel over (row, query head) pairs, one softmax
+row per task (each reads its KV head's keys and values; nothing is shared between the query
+heads of a GQA group, see docs/tvm.md for the grouped schedule tried); the scores' reduction
+over D split into :data:`LANES` partial sums (``rfactor``) so the inner loop runs over
+consecutive elements of one key row and vectorizes; the exponentials computed :data:`LANES`
+at a time; the value product with D innermost (contiguous, vectorized).
 :class:`TreeAttention` takes any :data:`~edgespec.kernels.tuning.Scheduler`; no MetaSchedule
 record is made for it yet (the scalar P and the mask need valid values among MetaSchedule's
 random arguments).
