@@ -249,6 +249,7 @@ def render_markdown(doc: dict[str, Any], plots: list[str] | None = None) -> str:
         cells = [_ratio(per[lb]["ratio"]) for lb in labels(doc)[1:]]
         lines.append(f"| {k} | {_cell(per[BASELINE]['tok_s'])} | " + " | ".join(cells) + " |")
     lines += two_model_section(doc, ov)
+    lines += sparsity_section(doc)
     lines += [
         "",
         "## Acceptance",
@@ -310,6 +311,20 @@ def two_model_section(doc: dict[str, Any], ov: dict[str, Any]) -> list[str]:
             f"{fmt(s['switches']['median'], '.1f')} | {agree} |"
         )
     return lines
+
+
+def sparsity_section(doc: dict[str, Any]) -> list[str]:
+    """Markdown lines on the FFN sparsity of chunk-sparse targets (rows with ``sparsity``;
+    :func:`edgespec.sparse.stats.report_lines`); empty when there are none."""
+    per: dict[str, list[dict[str, Any]]] = {}
+    for r in doc["runs"]:
+        if r.get("sparsity"):
+            per.setdefault(r["label"], []).append(r["sparsity"])
+    if not per:
+        return []
+    from edgespec.sparse.stats import report_lines
+
+    return report_lines(per)
 
 
 def render_csv(doc: dict[str, Any]) -> str:

@@ -170,3 +170,66 @@ def sparsity_curve(
     actives = [np.concatenate(per_layer[li]) for li in sorted(per_layer)]
     usable = [T for T in sizes if T <= len(ids)]
     return {"tokens": len(ids), "unit": m.sparsity.unit, **sparsity_table(actives, tuple(usable))}
+
+
+#: verify-sized forwards reported by :func:`report_lines` (longer ones are prompts)
+REPORT_MAX_T = 16
+
+
+def merge_by_chunk(dicts: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """Several :meth:`ForwardSparsity.to_dict` results (runs of one configuration) pooled per
+    chunk size T: ``{T: {forwards, token_sparsity, chunk_sparsity, blocks_per_forward}}``,
+    each sparsity weighted by the forwards behind it (every forward of one T covers the same
+    number of units)."""
+    acc: dict[int, list[float]] = {}
+    for d in dicts:
+        for key, r in d.get("by_chunk", {}).items():
+            f = r["forwards"]
+            a = acc.setdefault(int(key), [0.0, 0.0, 0.0, 0.0])
+            a[0] += f
+            a[1] += f * r["token_sparsity"]
+            a[2] += f * r["chunk_sparsity"]
+            a[3] += f * r["blocks_per_forward"]
+    return {
+        T: {
+            "forwards": int(f),
+            "token_sparsity": tok / f,
+            "chunk_sparsity": chunk / f,
+            "blocks_per_forward": blocks / f,
+        }
+        for T, (f, tok, chunk, blocks) in sorted(acc.items())
+        if f
+    }
+
+
+def report_lines(per_label: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The "FFN sparsity" section of a bench report: per configuration (``{label: [Stats
+    sparsity of each run]}``) and chunk size T <= :data:`REPORT_MAX_T`, the pooled token-
+    and chunk-level sparsity and the units computed per forward; [] when no run was sparse."""
+    rows = []
+    for label, dicts in per_label.items():
+        if not dicts:
+            continue
+        total = dicts[0]["n_blocks"] * dicts[0]["n_layers"]
+        unit = dicts[0].get("unit", "block")
+        for T, r in merge_by_chunk(dicts).items():
+            if T <= REPORT_MAX_T:
+                rows.append(
+                    f"| {label} | {T} | {r['forwards']} | {r['token_sparsity']:.3f} | "
+                    f"{r['chunk_sparsity']:.3f} | {r['blocks_per_forward']:.1f} / {total} "
+                    f"{unit}s |"
+                )
+    if not rows:
+        return []
+    return [
+        "",
+        "## FFN sparsity",
+        "",
+        "Chunk-sparse targets, pooled over runs, per forward size T (1: plain steps, k+1: "
+        "verify chunks; prompts left out): token-level sparsity, chunk-level sparsity (units "
+        "outside the forward's union) and units computed per forward (all layers).",
+        "",
+        "| config | T | forwards | token sparsity | chunk sparsity | computed per forward |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]

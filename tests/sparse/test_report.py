@@ -107,3 +107,12 @@ def test_bench_rows_carry_the_sparsity(tmp_path):
     by = rows[0]["sparsity"]["by_chunk"]
     assert by["1"]["chunk_sparsity"] == pytest.approx(7 / 8)  # one unit of 8 per token
     assert by["1"]["forwards"] == rows[0]["target_forwards"] - 1
+    # report.md pools the runs per T: one unit of 8 per token and layer, T per chunk union
+    from edgespec.bench.report import render_markdown
+
+    md = render_markdown(doc).splitlines()
+    at = md.index("## FFN sparsity")
+    table = [ln for ln in md[at:] if ln.startswith("| autoregressive |")]
+    n1 = sum(r["sparsity"]["by_chunk"]["1"]["forwards"] for r in rows)
+    assert table[0] == f"| autoregressive | 1 | {n1} | 0.875 | 0.875 | 2.0 / 16 blocks |"
+    assert table[1] == "| autoregressive | 5 | 1 | 0.875 | 0.375 | 10.0 / 16 blocks |"
