@@ -346,6 +346,7 @@ def load(
     if n_ctx < 16:
         raise EdgespecError(f"n_ctx must be at least 16, got {n_ctx}")
     from edgespec.bundle import role_source, select
+    from edgespec.sparse.kernel import check_impl
 
     source = select(resolve(model, progress=progress), backend)  # bundles: per backend
     options = LoadOptions(
@@ -358,7 +359,7 @@ def load(
         exact=exact,
         kv_cache=kv_cache,
         device=device,
-        sparse_kernel=sparse_kernel,
+        sparse_kernel=check_impl(sparse_kernel),
     )
     name = pick_backend(source, backend, options)
     if kv_cache is not None:

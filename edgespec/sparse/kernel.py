@@ -28,6 +28,16 @@ from edgespec.errors import EdgespecError, missing_extra
 SparseKernel = Callable[..., np.ndarray]
 
 
+def check_impl(impl: str) -> str:
+    """``impl`` when ``KERNELS`` has ``sparse_ffn:<impl>`` (nothing is imported), else the
+    one-line error of :func:`sparse_kernel`: a typo fails even for a model that is dense."""
+    from edgespec.kernels import KERNELS
+
+    if f"sparse_ffn:{impl}" not in KERNELS:
+        sparse_kernel(impl)  # raises, naming the known ones
+    return impl
+
+
 @functools.cache
 def sparse_kernel(impl: str = "numpy", op: str = "sparse_ffn") -> SparseKernel:
     """``KERNELS["<op>:<impl>"]``, ready to call (built once per process); ``op``

@@ -167,3 +167,11 @@ def test_kernel_comes_from_the_registry(blockffn_dir, monkeypatch):
         kmod.sparse_kernel.cache_clear()
     with pytest.raises(EdgespecError, match="unknown sparse kernel 'cuda'; known: .*numpy"):
         kmod.sparse_kernel("cuda")
+
+
+def test_unknown_sparse_kernel_fails_for_dense_models_too(tiny_llama_dir, capsys):
+    """A typo in --sparse-kernel is an error before anything loads, whatever the model."""
+    argv = ["generate", "-m", str(tiny_llama_dir), "-b", "numpy", "-t", "1", "-q"]
+    assert main([*argv, "--sparse-kernel", "tvmm", "-n", "1", PROMPT]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown sparse kernel 'tvmm'" in err
