@@ -222,21 +222,22 @@ def graph_spec(hp: Any, weights: Any) -> Any:
 
 
 def graph_weights(weights: Any) -> dict[str, np.ndarray]:
-    """The reference's weights (``x @ W`` layout) as the graph's ``{name: float32[out, in]}``."""
+    """The reference's weights as the graph's ``{name: float32 array}`` (matrices in the
+    reference's own ``x @ W`` layout, ``[in, out]``; the embedding ``[V, D]``)."""
     w: dict[str, np.ndarray] = {
         "embed": weights.tok_embd if weights.tok_embd is not None else weights.output.T,
         "out_norm": weights.out_norm,
-        "lm_head": weights.output.T,
+        "lm_head": weights.output,
     }
     for i, layer in enumerate(weights.layers):
         w[f"l{i}.attn_norm"] = layer.attn_norm
-        w[f"l{i}.wqkv"] = layer.wqkv.T
+        w[f"l{i}.wqkv"] = layer.wqkv
         if layer.bqkv is not None:
             w[f"l{i}.bqkv"] = layer.bqkv
-        w[f"l{i}.wo"] = layer.wo.T
+        w[f"l{i}.wo"] = layer.wo
         w[f"l{i}.ffn_norm"] = layer.ffn_norm
-        w[f"l{i}.w_gate_up"] = layer.w_gate_up.T
-        w[f"l{i}.w_down"] = layer.w_down.T
+        w[f"l{i}.w_gate_up"] = layer.w_gate_up
+        w[f"l{i}.w_down"] = layer.w_down
     return w
 
 
@@ -457,16 +458,19 @@ class TvmBackend(Backend):
         import tvm
         from tvm import relax
 
+        from edgespec.runtimes.tvm_graph import is_packed, pack_weight
+
         spec = graph_spec(hp, weights)
         target = device.tvm_target(options.n_threads)
         lib = load_library(spec, hp.arch, target, options.progress)
         dev = device.tvm_device()
         vm = relax.VirtualMachine(lib, dev)
         named = graph_weights(weights)
-        tensors = [
-            tvm.runtime.tensor(np.ascontiguousarray(named[n], dtype=np.float32), dev)
-            for n in spec.weight_names()
-        ]
+        tensors = []
+        for name in spec.weight_names():
+            arr = np.ascontiguousarray(named.pop(name), dtype=np.float32)
+            arr = pack_weight(arr) if is_packed(name, arr.shape) else arr
+            tensors.append(tvm.runtime.tensor(arr, dev))
         del named
         extra = {**info.extra, "device": device.name, "target": str(target.kind.name)}
         info = replace(info, source=source.name or str(path), extra=extra)

@@ -66,7 +66,7 @@ class GraphSpec:
     qkv_bias: bool
 
     def weight_names(self) -> list[str]:
-        """The weight parameters of ``forward`` in order (nn.Linear layout ``[out, in]``)."""
+        """The weight parameters of ``forward`` in order (matrices ``[in, out]``: ``x @ W``)."""
         names = ["embed"]
         for i in range(self.n_layers):
             names += [f"l{i}.attn_norm", f"l{i}.wqkv"]
@@ -75,22 +75,24 @@ class GraphSpec:
         return names + ["out_norm", "lm_head"]
 
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
-        """``{name: shape}`` of every weight parameter."""
+        """``{name: shape}`` of every weight parameter, matrices as ``(K, N)`` (``x @ W``;
+        :func:`pack_weight` turns them into the packed shape the graph takes)."""
         D, F, V = self.n_embd, self.n_ff, self.n_vocab
         nqkv = (self.n_head + 2 * self.n_head_kv) * self.head_dim
         per = {
             "attn_norm": (D,),
-            "wqkv": (nqkv, D),
+            "wqkv": (D, nqkv),
             "bqkv": (nqkv,),
-            "wo": (D, self.n_head * self.head_dim),
+            "wo": (self.n_head * self.head_dim, D),
             "ffn_norm": (D,),
-            "w_gate_up": (2 * F, D),
-            "w_down": (D, F),
+            "w_gate_up": (D, 2 * F),
+            "w_down": (F, D),
         }
         out: dict[str, tuple[int, ...]] = {}
         for name in self.weight_names():
             head, _, tail = name.partition(".")
-            out[name] = per[tail] if tail else {"embed": (V, D), "out_norm": (D,)}.get(head, (V, D))
+            top = {"embed": (V, D), "out_norm": (D,), "lm_head": (D, V)}
+            out[name] = per[tail] if tail else top[head]
         return out
 
 
@@ -188,6 +190,67 @@ def _kernels(spec: GraphSpec) -> tuple[Any, Any, Any]:
     return kv_write, attention, kv_keep
 
 
+#: output features per vectorized tile of :func:`matmul_kernel` (falls back to 16, then 1)
+MATMUL_TILE = 64
+
+
+def matmul_tile(N: int) -> int:
+    """Output features per tile of :func:`matmul_kernel` for ``N`` outputs."""
+    return next(f for f in (MATMUL_TILE, 16, 1) if N % f == 0)
+
+
+def pack_weight(w: Any) -> Any:
+    """``float32[K, N]`` (``x @ w``) -> the tiled layout ``[N / tile, K, tile]`` that
+    :func:`matmul_kernel` streams contiguously (a NumPy array in, a NumPy array out)."""
+    K, N = w.shape
+    tile = matmul_tile(N)
+    return w.reshape(K, N // tile, tile).transpose(1, 0, 2).copy()
+
+
+def matmul_kernel(K: int, N: int) -> Any:
+    """``y f32[T, N] = x f32[T, K] @ W`` for a symbolic T, scheduled for CPUs, with ``W``
+    packed by :func:`pack_weight` (``w[j // tile, k, j % tile] = W[k, j]``).
+
+    Loops: output tiles (parallel), the reduction over K in order, rows, and the tile's
+    features innermost (vectorized). Each tile of ``w`` is one contiguous stream read once
+    for all T rows, and each row's sums run in the same order whatever T is (batched and
+    one-token forwards agree bit for bit).
+    """
+    from tvm import s_tir, te, tirx
+
+    tile = matmul_tile(N)
+    n = tirx.Var("T", "int64")
+    x = te.placeholder((n, K), "float32", name="x")
+    w = te.placeholder((N // tile, K, tile), "float32", name="w")
+    k = te.reduce_axis((0, K), name="k")
+    y = te.compute(
+        (n, N), lambda t, j: te.sum(x[t, k] * w[j // tile, k, j % tile], axis=k), name="y"
+    )
+    sch = s_tir.Schedule(te.create_prim_func([x, w, y]))
+    block = sch.get_sblock("y")
+    t, j, kk = sch.get_loops(block)
+    jo, ji = sch.split(j, factors=[None, tile])
+    sch.reorder(jo, kk, t, ji)
+    sch.parallel(jo)
+    sch.vectorize(ji)
+    sch.decompose_reduction(block, kk)
+    return sch.mod["main"].with_attr("tirx.noalias", True).without_attr("global_symbol")
+
+
+def is_packed(name: str, shape: tuple[int, ...]) -> bool:
+    """Whether the graph takes weight ``name`` packed by :func:`pack_weight`: every matrix
+    but the embedding (whose rows are gathered)."""
+    return len(shape) == 2 and name != "embed"
+
+
+def packed_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape weight ``name`` of ``shape`` has in the graph (see :func:`is_packed`)."""
+    if not is_packed(name, shape):
+        return shape
+    K, N = shape
+    return (N // matmul_tile(N), K, matmul_tile(N))
+
+
 def build_module(spec: GraphSpec) -> Any:
     """The ``tvm.IRModule`` with ``forward`` and ``forward_last`` (see the module docstring)."""
     from tvm import relax, tirx
@@ -206,6 +269,18 @@ def build_module(spec: GraphSpec) -> Any:
     g_write = bb.add_func(kv_write, "kv_write")
     g_attn = bb.add_func(attention, "attention")
     g_keep = bb.add_func(kv_keep, "kv_keep")
+    matmuls: dict[tuple[int, int], Any] = {}
+    w: dict[str, Any] = {}  # this function's weight parameters, by name
+
+    shapes = spec.weight_shapes()
+
+    def linear(x: Any, name: str, bias: Any = None, rows: Any = n) -> Any:
+        """``x [rows, K] @ w[name] [K, N] (+ bias)`` through :func:`matmul_kernel`."""
+        K, N = shapes[name]
+        if (K, N) not in matmuls:
+            matmuls[(K, N)] = bb.add_func(matmul_kernel(K, N), f"matmul_{K}x{N}")
+        out = relax.call_tir(matmuls[(K, N)], [x, w[name]], relax.TensorType((rows, N), f32))
+        return out if bias is None else R.add(bb.emit(out), bias)
 
     def tensor(name: str, shape: Any, dtype: str = f32) -> relax.Var:
         return relax.Var(name, relax.TensorType(shape, dtype))
@@ -234,8 +309,11 @@ def build_module(spec: GraphSpec) -> Any:
         kc = tensor("k_cache", (L, C, KV, hd))
         vc = tensor("v_cache", (L, C, KV, hd))
         cache_ty = relax.TensorType((L, C, KV, hd), f32)
-        shapes = spec.weight_shapes()
-        w = {name: tensor(name.replace(".", "_"), shapes[name]) for name in spec.weight_names()}
+        w.clear()
+        w |= {
+            name: tensor(name.replace(".", "_"), packed_shape(name, shapes[name]))
+            for name in spec.weight_names()
+        }
         params = [ids, cos_in, sin_in, mask, past, kc, vc, *w.values()]
         with bb.function(fname, params):
             with bb.dataflow():
@@ -245,7 +323,7 @@ def build_module(spec: GraphSpec) -> Any:
                 k_cache, v_cache = kc, vc
                 for i in range(L):
                     h = bb.emit(rms(x, w[f"l{i}.attn_norm"]))
-                    qkv = R.linear(h, w[f"l{i}.wqkv"], w.get(f"l{i}.bqkv"))
+                    qkv = linear(h, f"l{i}.wqkv", w.get(f"l{i}.bqkv"))
                     qkv = bb.emit(qkv)
                     q = R.strided_slice(qkv, axes=[1], begin=[0], end=[H * hd])
                     k = R.strided_slice(qkv, axes=[1], begin=[H * hd], end=[(H + KV) * hd])
@@ -274,18 +352,18 @@ def build_module(spec: GraphSpec) -> Any:
                             relax.TensorType((n, H, hd), f32),
                         )
                     )
-                    o = R.linear(R.reshape(o, (n, H * hd)), w[f"l{i}.wo"])
+                    o = linear(bb.emit(R.reshape(o, (n, H * hd))), f"l{i}.wo")
                     x = bb.emit(R.add(x, o))
                     h = bb.emit(rms(x, w[f"l{i}.ffn_norm"]))
-                    gu = bb.emit(R.linear(h, w[f"l{i}.w_gate_up"]))
+                    gu = bb.emit(linear(h, f"l{i}.w_gate_up"))
                     gate = R.strided_slice(gu, axes=[1], begin=[0], end=[spec.n_ff])
                     up = R.strided_slice(gu, axes=[1], begin=[spec.n_ff], end=[2 * spec.n_ff])
                     a = bb.emit(R.multiply(R.nn.silu(gate), up))
-                    x = bb.emit(R.add(x, R.linear(a, w[f"l{i}.w_down"])))
+                    x = bb.emit(R.add(x, bb.emit(linear(a, f"l{i}.w_down"))))
                 if last:
                     x = bb.emit(R.strided_slice(x, axes=[0], begin=[n - 1], end=[n]))
                 h = bb.emit(rms(x, w["out_norm"]))
-                logits = bb.emit_output(R.linear(h, w["lm_head"]))
+                logits = bb.emit_output(linear(h, "lm_head", rows=1 if last else n))
             bb.emit_func_output(logits)
 
     # kv_keep(k_cache, v_cache, rows int32[n], base Shape[B]): slots rows -> B .. B+n-1
