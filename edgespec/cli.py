@@ -84,7 +84,7 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         "--backend",
         "-b",
         default=None,
-        help="llamacpp | onnx | numpy | tvm | tvm | blockffn (default: best installed for the model)",
+        help="llamacpp | onnx | numpy | tvm | blockffn (default: best installed for the model)",
     )
     add_draft_arg(p)
     p.add_argument(
@@ -119,12 +119,6 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         metavar="IMPL",
         help="chunk-sparse FFN kernel of sparse models (--backend blockffn, sparsified "
         "bundles): numpy or tvm (default numpy; docs/sparsity.md)",
-    )
-    p.add_argument(
-        "--device",
-        default="cpu",
-        help="where the model runs: cpu, opencl or vulkan (--backend tvm; opencl and "
-        "vulkan need a TVM build with that runtime; docs/tvm.md)",
     )
     p.add_argument(
         "--device",
@@ -259,7 +253,6 @@ def load_from_args(a: argparse.Namespace) -> Runtime:
         exact=a.exact,
         compressor=getattr(a, "compressor", None),
         kv_cache=a.kv_cache,
-        device=getattr(a, "device", "cpu"),
         device=getattr(a, "device", "cpu"),
         sparse_kernel=getattr(a, "sparse_kernel", "numpy"),
     )

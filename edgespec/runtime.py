@@ -312,7 +312,6 @@ def load(
     compressor: str | Path | None = None,
     kv_cache: str | None = None,
     device: str = "cpu",
-    device: str = "cpu",
     sparse_kernel: str = "numpy",
 ) -> Runtime:
     """Load a model (zoo name, .gguf, HF folder or hub id; default ``smollm2-135m``).
@@ -341,8 +340,6 @@ def load(
             backend's default); None: the backend's default. See ``LoadOptions.kv_cache``.
         device: where the model runs: cpu, opencl or vulkan (the tvm backend). See
             ``LoadOptions.device``.
-        device: where the model runs: cpu, opencl or vulkan (the tvm backend). See
-            ``LoadOptions.device``.
         sparse_kernel: the chunk-sparse FFN kernel of sparse models (``blockffn``
             backend, sparsified bundles): "numpy" or "tvm". See ``LoadOptions.sparse_kernel``.
     """
@@ -361,7 +358,6 @@ def load(
         spin=spin,
         exact=exact,
         kv_cache=kv_cache,
-        device=device,
         device=device,
         sparse_kernel=check_impl(sparse_kernel),
     )
@@ -382,15 +378,6 @@ def load(
                 f"backend '{name}' has no {kv_cache} KV cache; drop --kv-cache or use "
                 f"--backend {kv_ok or 'llamacpp'}"
             )
-    if device not in BACKENDS.get(name).devices:
-        runs = {n: BACKENDS.get(n).devices for n in BACKENDS.names()}
-        dev_ok = ", ".join(n for n, devices in runs.items() if device in devices)
-        known = ", ".join(sorted({d for devices in runs.values() for d in devices}))
-        raise EdgespecError(
-            f"backend '{name}' cannot run on --device {device}; use --backend {dev_ok}"
-            if dev_ok
-            else f"unknown --device '{device}'; known: {known}"
-        )
     if device not in BACKENDS.get(name).devices:
         runs = {n: BACKENDS.get(n).devices for n in BACKENDS.names()}
         dev_ok = ", ".join(n for n, devices in runs.items() if device in devices)

@@ -14,7 +14,6 @@ BACKENDS.add_lazy("numpy", "edgespec.runtimes.numpy_ref:NumpyBackend")
 BACKENDS.add_lazy("llamacpp", "edgespec.runtimes.llamacpp:LlamaCppBackend")
 BACKENDS.add_lazy("onnx", "edgespec.runtimes.ort:OnnxBackend")
 BACKENDS.add_lazy("tvm", "edgespec.runtimes.tvm_backend:TvmBackend")
-BACKENDS.add_lazy("tvm", "edgespec.runtimes.tvm_backend:TvmBackend")
 # BlockFFN checkpoints, chunk-sparse (edgespec/sparse; lives with the sparse FFN code)
 BACKENDS.add_lazy("blockffn", "edgespec.sparse.backend:BlockFFNBackend")
 

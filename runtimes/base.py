@@ -75,9 +75,6 @@ class LoadOptions:
         device: where the model runs: ``cpu``, or ``opencl`` / ``vulkan`` on backends
             that list them in ``devices`` (the tvm backend, when its TVM build has
             that runtime). Backends refuse devices not in their ``devices``.
-        device: where the model runs: ``cpu``, or ``opencl`` / ``vulkan`` on backends
-            that list them in ``devices`` (the tvm backend, when its TVM build has
-            that runtime). Backends refuse devices not in their ``devices``.
         sparse_kernel: the implementation of the chunk-sparse FFN kernel, run by models
             with a sparse FFN (the ``blockffn`` backend, sparsified bundles): ``numpy`` or
             ``tvm``, i.e. ``KERNELS["sparse_ffn:<impl>"]`` (:mod:`edgespec.kernels`).
@@ -91,7 +88,6 @@ class LoadOptions:
     spin: bool = True
     exact: bool = False
     kv_cache: str | None = None
-    device: str = "cpu"
     device: str = "cpu"
     sparse_kernel: str = "numpy"
 
@@ -114,8 +110,6 @@ class Backend(ABC):
     supports_exact: ClassVar[bool] = False
     #: ``LoadOptions.kv_cache`` values this backend implements (empty: only its default)
     kv_cache_types: ClassVar[tuple[str, ...]] = ()
-    #: ``LoadOptions.device`` values this backend can run on
-    devices: ClassVar[tuple[str, ...]] = ("cpu",)
     #: ``LoadOptions.device`` values this backend can run on
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
 
