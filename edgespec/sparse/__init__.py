@@ -7,6 +7,12 @@
   chunk size.
 - :mod:`~edgespec.sparse.tiny`: tiny random BlockFFN models in that exact format, with router
   offsets fitted to a target token-level sparsity (tests and benchmarks).
+- :mod:`~edgespec.sparse.backend`: the ``blockffn`` backend (``--backend blockffn``).
+- :mod:`~edgespec.sparse.kernel`: the ``sparse_ffn`` / ``dense_ffn`` kernel chosen by name
+  (``--sparse-kernel numpy|tvm``).
+- :mod:`~edgespec.sparse.neuron`, :mod:`~edgespec.sparse.layout`, :mod:`~edgespec.sparse.cli`:
+  training-free neuron thresholds for dense models (``edgespec sparsify``, lossy) and their
+  place in a bundle; :mod:`~edgespec.sparse.dense` runs such a bundle chunk-sparse.
 
 The kernels (``sparse_ffn``, ``dense_ffn``) come from :data:`edgespec.kernels.KERNELS`.
 """
