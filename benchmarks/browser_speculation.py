@@ -9,6 +9,7 @@ workload (default: ``summarize``, "repeat the passage"), tokenized by the Python
 the model's chat template and given to the page as token ids.
 
     python benchmarks/browser_speculation.py                  # SmolLM2 fp32, cached bundle
+    python benchmarks/browser_speculation.py --draft layerskip:      # + a layer-skip draft
     python benchmarks/browser_speculation.py --bundle DIR --workload code --reps 5
 
 Numbers on a shared machine are directional: the load average is printed with them.
@@ -66,6 +67,11 @@ def summarize(
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, help="default: smollm2-135m's cached fp32 bundle")
+    p.add_argument(
+        "--draft",
+        help="with the default bundle: export (once, cached) a draft role too, an edgespec "
+        "export --draft spec such as 'layerskip:' (the middle half of the layers skipped)",
+    )
     p.add_argument("--workload", default="summarize", help="a shipped workload name or .jsonl")
     p.add_argument("--prompts", type=int, default=2, help="prompts from the workload")
     p.add_argument("--reps", type=int, default=3)
@@ -87,7 +93,7 @@ def main() -> int:
     if why:
         print(why, file=sys.stderr)
         return 2
-    bundle = a.bundle or demo_bundle("smollm2-135m", "fp32")
+    bundle = a.bundle or demo_bundle("smollm2-135m", "fp32", a.draft)
     prompts = prompt_ids(bundle, a.workload, a.prompts)
     load_before = os.getloadavg()
     with Served([bundle], isolate=not a.no_isolation) as server:

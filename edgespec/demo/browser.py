@@ -69,11 +69,12 @@ class Served:
 
 
 def drive_page(
-    url: str,
+    url: str | None,
     runs: list[dict[str, Any]],
     screenshot: Path | None = None,
     extra_flags: list[str] | None = None,
     timeout_s: float = 300,
+    pages: list[str] | None = None,
 ) -> dict[str, Any]:
     """Open ``url`` in headless Chromium, await ``window.demo.ready``, run each of ``runs``
     (``window.demo.run`` options, see android_demo/web/app.mjs) in order in the same page.
@@ -82,7 +83,9 @@ def drive_page(
         ``{info, results, error, console, statsText, modelText}``: ``info`` is what the page
         loaded (backend, artifacts, threads, ...), ``results`` one ``{promptIds, tokens, text,
         stats}`` per run (stats in milliseconds), ``error`` the page's one-line message or
-        None, ``modelText`` the page's model line (it names a WebGPU fallback).
+        None, ``modelText`` the page's model line (it names a WebGPU fallback); with
+        ``pages`` (more URLs, opened without runs in the same browser: one Chromium start),
+        also ``pages``: one ``{info, error, modelText, ...}`` per URL.
     """
     spec = {
         "url": url,
@@ -91,6 +94,7 @@ def drive_page(
         "screenshot": str(screenshot) if screenshot else None,
         "extraFlags": extra_flags or [],
         "timeoutMs": int(timeout_s * 1000),
+        "pages": pages or [],
     }
     p = subprocess.run(
         ["node", str(DRIVER), json.dumps(spec)],
@@ -109,9 +113,10 @@ def drive_page(
 DEMO_BUNDLE_VERSION = 1
 
 
-def demo_bundle(model: str = "smollm2-135m", quant: str = "fp32") -> Path:
+def demo_bundle(model: str = "smollm2-135m", quant: str = "fp32", draft: str | None = None) -> Path:
     """A zoo model's ONNX bundle for the page, exported once (minutes) and kept under
-    ``$EDGESPEC_HOME/demo-bundles/``, keyed by the model file's sha256, the quantization and
+    ``$EDGESPEC_HOME/demo-bundles/``, keyed by the model file's sha256, the quantization, the
+    draft (an ``edgespec export --draft`` spec such as ``layerskip:``, or None) and
     :data:`DEMO_BUNDLE_VERSION`. The export writes atomically (complete or absent), and the
     page checks each file's sha256 against edgespec.json, so a damaged cache fails loudly;
     delete the folder to re-export."""
@@ -120,15 +125,17 @@ def demo_bundle(model: str = "smollm2-135m", quant: str = "fp32") -> Path:
     from edgespec.home import edgespec_home
 
     source = zoo.pull(model, progress=False)
-    key = json.dumps([zoo.get_entry(model).sha256, quant, DEMO_BUNDLE_VERSION])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    out = edgespec_home() / "demo-bundles" / f"{model}-{quant}-{digest}"
+    key = [zoo.get_entry(model).sha256, quant, DEMO_BUNDLE_VERSION]
+    digest = hashlib.sha256(json.dumps(key + [draft] if draft else key).encode()).hexdigest()
+    label = f"{model}-{quant}" + ("-draft" if draft else "")
+    out = edgespec_home() / "demo-bundles" / f"{label}-{digest[:16]}"
     if not (out / "edgespec.json").is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         run_export(
             ExportOptions(
                 target=str(source),
                 out=str(out),
+                draft=draft,
                 formats=("onnx",),
                 quants=(quant,),
                 progress=sys.stderr.isatty(),

@@ -43,7 +43,7 @@ def serve() -> Iterator[Any]:
 
 @pytest.fixture
 def drive(browser: None) -> Any:
-    """``drive(url, runs, screenshot=None, extra_flags=None)``; see
+    """``drive(url, runs, screenshot=None, extra_flags=None, pages=None)``; see
     :func:`edgespec.demo.browser.drive_page`."""
     return drive_page
 

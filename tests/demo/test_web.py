@@ -172,6 +172,6 @@ def test_bad_bundles_say_what_is_wrong(tiny_bundle: Path, serve, drive, tmp_path
         "huge/": "WASM's heap is 4 GB at most",
         f"{tiny_bundle.name}/&backend=webgpu": "WebGPU was asked for but WebGPU has no adapter",
     }
-    for bundle, message in cases.items():
-        got = drive(f"{server.url}?bundle=models/{bundle}", [])
-        assert message in (got["error"] or ""), (bundle, got["error"])
+    got = drive(None, [], pages=[f"{server.url}?bundle=models/{b}" for b in cases])
+    for (bundle, message), page in zip(cases.items(), got["pages"], strict=True):
+        assert message in (page["error"] or ""), (bundle, page["error"])
