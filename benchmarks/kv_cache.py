@@ -4,6 +4,7 @@
         [--workloads code summarize] [--per-workload N]
     python benchmarks/kv_cache.py --ppl [-m smollm2-135m] [--tokens 1024] [--mem-ctx 8192]
         [--backends numpy llamacpp] [--text FILE | --text-workload long/multifact] [-t N]
+        [--gear RANK,SPARSITY ...]
 
 Agreement (default): loads the model on llama.cpp once per ``--kv-cache`` type (f32, f16,
 q8, q4), decodes every prompt greedily for ``-n`` tokens, and prints the cache's size and
@@ -16,7 +17,9 @@ q4, gear4 on one set of weights; llama.cpp: f32, f16, q8, q4), fed as the engine
 (``edgespec.quality.mean_nll``: chunks of 64 tokens over the growing cache, so later chunks
 attend to what the cache holds of the earlier ones), and the KV memory against f32: at the
 measured context from the arrays the store holds (numpy; checked equal to its layout), and
-at ``--mem-ctx`` from the layout alone. docs/compression.md reports both tables.
+at ``--mem-ctx`` from the layout alone. ``--gear 0,0.02 4,0`` adds numpy rows of GEAR
+variants (rank r, outlier share s; the default gear4 is 4,0.02) to see what each part buys.
+docs/compression.md reports the tables.
 """
 
 from __future__ import annotations
@@ -84,6 +87,22 @@ def held_text(a: argparse.Namespace) -> str:
     return max((p.prompt for p in prompts), key=len)
 
 
+def gear_variants(specs: list[str]) -> list[str]:
+    """Register a GEAR store per ``RANK,SPARSITY`` spec; their KV-type names."""
+    from edgespec.kvcache import KV_STORES
+    from edgespec.kvcache.quant import GearConfig
+    from edgespec.kvcache.store import GearStore
+
+    names = []
+    for spec in specs:
+        r, s = spec.split(",")
+        name = f"gear4:r={int(r)},s={float(s):g}"
+        cfg = GearConfig(rank=int(r), sparsity=float(s))
+        KV_STORES.register(name)(type("GearVariant", (GearStore,), {"config": cfg, "name": name}))
+        names.append(name)
+    return names
+
+
 def numpy_rows(a: argparse.Namespace, ids: list[int]) -> list[dict[str, Any]]:
     """Each numpy KV type on one set of weights: perplexity and bytes held."""
     from edgespec.kvcache import KV_STORES
@@ -96,7 +115,7 @@ def numpy_rows(a: argparse.Namespace, ids: list[int]) -> list[dict[str, Any]]:
         hp.n_layers, hp.n_head_kv, a.mem_ctx, hp.head_dim, 4, NumpyModel.max_chunk
     )
     rows = []
-    for kv in NUMPY_TYPES:
+    for kv in [*NUMPY_TYPES, *gear_variants(a.gear)]:
         info = replace(base.info, extra=dict(base.info.extra))
         m = NumpyModel(hp, base.w, info, n_ctx, np.float32, base.n_threads, kv)
         assert m.kv_store is not None
@@ -170,7 +189,7 @@ def perplexity(a: argparse.Namespace) -> None:
     src = a.text or f"the longest prompt of {a.text_workload}"
     print(f"\n{a.model}, {len(ids)} tokens of {src}; memory at {len(ids) + 8} and {a.mem_ctx}")
     print(
-        f"{'backend':>8} {'kv':>5} {'MB held':>8} {'x f32':>6} {f'x f32@{a.mem_ctx}':>11} "
+        f"{'backend':>8} {'kv':>16} {'MB held':>8} {'x f32':>6} {f'x f32@{a.mem_ctx}':>11} "
         f"{'ppl':>8} {'d ppl':>8} {'s':>6}"
     )
     for b in a.backends:
@@ -178,7 +197,7 @@ def perplexity(a: argparse.Namespace) -> None:
         for r in (r for r in rows if r["backend"] == b):
             d = np.exp(r["nll"]) / np.exp(ref["nll"]) - 1
             print(
-                f"{b:>8} {r['kv']:>5} {r['held'] / 1e6:>8.2f} {r['held'] / r['f32_held']:>6.3f} "
+                f"{b:>8} {r['kv']:>16} {r['held'] / 1e6:>8.2f} {r['held'] / r['f32_held']:>6.3f} "
                 f"{r['at'] / r['f32_at']:>11.3f} {np.exp(r['nll']):>8.3f} {d:>+8.2%} "
                 f"{r['s']:>6.0f}"
             )
@@ -199,6 +218,7 @@ def main() -> None:
                     choices=["numpy", "llamacpp"])  # fmt: skip
     ap.add_argument("--text", default=None, help="--ppl: a text file to score")
     ap.add_argument("--text-workload", default="long/multifact")
+    ap.add_argument("--gear", nargs="*", default=[], metavar="R,S", help="GEAR variants (numpy)")
     a = ap.parse_args()
     perplexity(a) if a.ppl else agreement(a)
 
