@@ -146,7 +146,8 @@ class Stats:
                 + f": {self.kv_cache_mb:.1f} MB for the context"
                 + (
                     f" ({self.kv_cache_mb / f16:.2f}x of f16, "
-                    f"{f16 - self.kv_cache_mb:.1f} MB saved)"
+                    f"{abs(f16 - self.kv_cache_mb):.1f} MB "
+                    f"{'saved' if f16 >= self.kv_cache_mb else 'more'})"
                     if f16 and self.kv_cache != "f16"
                     else ""
                 )
