@@ -14,6 +14,7 @@ torch is imported by this module: import it only where torch is required.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,9 @@ import torch
 
 
 def _t(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a))
+    with warnings.catch_warnings():  # GGUF weights are read-only views; torch never writes
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(a))
 
 
 def _opt(a: np.ndarray | None) -> torch.Tensor | None:
