@@ -70,12 +70,15 @@ class Artifact:
         quantization: the quantization name ("fp32", "int4", "q8_0", ...).
         path: the artifact inside the role folder: a folder for ONNX, a file for GGUF.
         details: format-specific facts (block size, tensor types, ...).
+        extra: other files the artifact consists of, pinned in the manifest with it (tvm:
+            the compiled library and its description beside the weights file ``path``).
     """
 
     format: str
     quantization: str
     path: Path
     details: dict[str, Any] = field(default_factory=dict)
+    extra: list[Path] = field(default_factory=list)
 
 
 class Exporter(ABC):
@@ -100,10 +103,11 @@ class Exporter(ABC):
         """Write the artifact under ``out_dir`` (a fresh folder) and describe it."""
 
 
-#: ``--format`` name -> exporter class. The "tvm" slot comes with the kernels work.
+#: ``--format`` name -> exporter class.
 EXPORTERS: Registry[type[Exporter]] = Registry("export format")
 EXPORTERS.add_lazy("onnx", "edgespec.export.onnx_export:OnnxExporter")
 EXPORTERS.add_lazy("gguf", "edgespec.export.gguf_export:GgufExporter")
+EXPORTERS.add_lazy("tvm", "edgespec.export.tvm_export:TvmExporter")
 
 #: Model families the exporters can write (HF ``model_type``).
 SUPPORTED_ARCHS = ("llama", "qwen2")

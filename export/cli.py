@@ -90,7 +90,7 @@ def add_commands(sub: Any) -> None:
         metavar="RATIO",
         help="the compressor's default --compress ratio, in (0, 1] (docs/compression.md)",
     )
-    e.add_argument("--format", default="onnx", help="comma list: onnx, gguf (default onnx)")
+    e.add_argument("--format", default="onnx", help="comma list: onnx, gguf, tvm (default onnx)")
     e.add_argument(
         "--quant",
         default=None,

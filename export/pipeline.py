@@ -280,7 +280,7 @@ def run_export(o: ExportOptions) -> dict[str, Any]:
                         "source_kind": exp.source_kind,
                         **art.details,
                     }
-                    files = _file_entries(tmp, art.path)
+                    files = [e for f in [art.path, *art.extra] for e in _file_entries(tmp, f)]
                     entry["size"] = sum(f["size"] for f in files)
                     entry["sha256"] = _tree_digest(files)
                     entry["files"] = files

@@ -462,7 +462,10 @@ class TvmBackend(Backend):
 
         spec = graph_spec(hp, weights)
         target = device.tvm_target(options.n_threads)
-        lib = load_library(spec, hp.arch, target, options.progress)
+        from edgespec.runtimes.tvm_bundle import bundled_library
+
+        lib = bundled_library(path, spec, hp.arch, target)  # export --format tvm's library
+        lib = lib if lib is not None else load_library(spec, hp.arch, target, options.progress)
         dev = device.tvm_device()
         vm = relax.VirtualMachine(lib, dev)
         named = graph_weights(weights)
