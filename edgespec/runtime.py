@@ -231,12 +231,15 @@ class Runtime:
         else:
             ids = self.encode_prompt(prompt, chat=chat, system=system)
         prepared = STRATEGIES.get(strategy).prepare(self, config)
-        ctx = make_context(  # memory compression prefixes the target (compress.dolphin)
-            target=getattr(compression, "target", None) or self.target,
+        # memory compression prefixes the target (compress.dolphin): its rows take context
+        target = getattr(compression, "target", None) or self.target
+        n_memory = int(getattr(target, "n_memory", 0))
+        ctx = make_context(
+            target=target,
             params=gp,
             backend=self.backend,
             strategy=strategy,
-            n_ctx=self.options.n_ctx,
+            n_ctx=self.options.n_ctx - n_memory,
             prompt_len=len(ids),
             eos_ids=self.tokenizer.eos_ids,
             draft=self.draft,

@@ -200,6 +200,9 @@ def test_train_compressor_into_a_bundle_and_generate(
         assert s.lossy and s.compressor == "memory:target (4 slots)"
         assert s.compressed_to == 4 + n_q and s.compressed_from == len(rt.tokenizer.encode(PROMPT))
         assert 0 < s.compress_s <= s.ttft_s
+        # the memory rows take context: a generation to the end stops there cleanly
+        r = rt.generate(PROMPT, compress=MemoryOptions(projector=path), max_new_tokens=10_000)
+        assert s.compressed_to + r.stats.new_tokens == 512
         with pytest.raises(EdgespecError, match="no context before the question"):
             rt.generate("What is Nora's room number?", compress=MemoryOptions(projector=path))
 
