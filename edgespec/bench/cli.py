@@ -55,8 +55,9 @@ def add_commands(sub: Any) -> None:
         "--workloads",
         nargs="+",
         default=None,
-        help="workload .jsonl files or shipped names: code, summarize, chat, json "
-        "(default: all shipped ones)",
+        help="workload .jsonl files or shipped names: code, summarize, chat, json, long/needle, "
+        "long/multifact, long/code_long; NAME:PREFIX keeps the prompts whose id starts with "
+        "PREFIX, e.g. long/needle:needle-4k (default: code, summarize, chat, json)",
     )
     b.add_argument(
         "--per-workload",
@@ -117,6 +118,11 @@ def add_commands(sub: Any) -> None:
         help="KV-cache types side by side, comma-separated (f32,q8,q4,gear4 on numpy; "
         "f32,f16,q8,q4 on llamacpp): every strategy runs once per type, on a runtime loaded "
         "with it; q8, q4 and gear4 rows are lossy",
+    )
+    b.add_argument(
+        "--device",
+        default="cpu",
+        help="where the backends run: cpu, opencl or vulkan (--backends tvm; docs/tvm.md)",
     )
     b.add_argument("--out", "-o", type=Path, required=True, help="output folder")
     b.add_argument(
@@ -187,6 +193,7 @@ def options_from_args(a: argparse.Namespace) -> Any:
         compress=a.compress,
         compressor=a.compressor,
         kv_cache=a.kv_cache,
+        device=a.device,
     )
 
 
@@ -227,6 +234,8 @@ def canonical_argv(opts: Any) -> list[str]:
         argv += ["--compressor", opts.compressor]
     if opts.kv_cache:
         argv += ["--kv-cache", ",".join(opts.kv_cache)]
+    if opts.device != "cpu":
+        argv += ["--device", opts.device]
     return argv
 
 

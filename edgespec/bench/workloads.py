@@ -81,9 +81,16 @@ def is_correct(text: str, answer: tuple[str, ...]) -> bool:
 
 
 def load_workloads(names: list[str | Path], per_workload: int | None = None) -> list[Prompt]:
-    """Every prompt of the named workload files (the first ``per_workload`` of each)."""
+    """Every prompt of the named workload files (the first ``per_workload`` of each).
+
+    ``NAME:PREFIX`` (e.g. ``long/needle:needle-4k``) keeps only the prompts of NAME whose id
+    starts with PREFIX.
+    """
     prompts: list[Prompt] = []
     for name in names:
+        prefix = None
+        if isinstance(name, str) and ":" in name and not Path(name).exists():
+            name, prefix = name.rsplit(":", 1)
         path = resolve_workload(name)
         rows: list[Prompt] = []
         for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -109,6 +116,14 @@ def load_workloads(names: list[str | Path], per_workload: int | None = None) -> 
                 raise EdgespecError(f"{path}:{n}: the prompt is empty")
         if not rows:
             raise EdgespecError(f"workload file {path} is empty; it needs at least one prompt")
+        if prefix is not None:
+            known = sorted({r.id for r in rows})
+            rows = [r for r in rows if r.id.startswith(prefix)]
+            if not rows:
+                raise EdgespecError(
+                    f"no prompt id in {path} starts with '{prefix}'; ids there: "
+                    f"{', '.join(known[:8])}{', ...' if len(known) > 8 else ''}"
+                )
         prompts += rows[:per_workload] if per_workload else rows
     ids = [p.id for p in prompts]
     dupes = sorted({i for i in ids if ids.count(i) > 1})

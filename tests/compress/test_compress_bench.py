@@ -78,3 +78,10 @@ def test_shipped_long_workloads_have_answers_and_the_question_last():
             assert all(a in context and a not in question for a in p.answer)
     assert is_correct("Alice lives in Lima; Bob is a Judge", ("lima", "judge"))
     assert not is_correct("Alice lives in Lima", ("lima", "judge"))
+
+
+def test_a_workload_prefix_selects_prompts_by_id():
+    four_k = load_workloads(["long/needle:needle-4k"])
+    assert [p.id for p in four_k] == ["needle-4k-25", "needle-4k-50", "needle-4k-75"]
+    with pytest.raises(EdgespecError, match="no prompt id .* starts with 'needle-3k'"):
+        load_workloads(["long/needle:needle-3k"])
