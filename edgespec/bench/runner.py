@@ -357,6 +357,8 @@ class BenchOptions:
         compressor: the compressor model for ``compress`` (None: the draft, else the target).
         kv_cache: KV-cache types ("f32", "q8", "gear4", ...); each configuration runs once
             per type, on a runtime loaded with it (empty: the backend's default only).
+        device: where the benchmarked backends run ("cpu", "opencl", "vulkan": the tvm
+            backend; ``LoadOptions.device``).
     """
 
     out: Path
@@ -379,6 +381,7 @@ class BenchOptions:
     compress: list[str] = field(default_factory=list)
     compressor: str | None = None
     kv_cache: list[str] = field(default_factory=list)
+    device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -403,6 +406,7 @@ def default_loader(opts: BenchOptions) -> Loader:
             progress=False,
             compressor=opts.compressor,
             kv_cache=kv_cache,
+            device=opts.device,
         )
 
     return loader

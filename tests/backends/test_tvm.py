@@ -230,3 +230,12 @@ def test_smollm2_matches_reference(smollm2_path: Path) -> None:
             out.append(int(logits[-1].argmax()))
             logits = m.forward(out[-1:])
     assert toks[0] == toks[1]
+
+
+def test_other_backends_refuse_a_device(tiny_llama_dir: Path) -> None:
+    from edgespec.runtime import load
+
+    with pytest.raises(EdgespecError, match="cannot run on --device vulkan; use --backend tvm"):
+        load(str(tiny_llama_dir), backend="numpy", device="vulkan", progress=False)
+    with pytest.raises(EdgespecError, match="unknown --device 'npu'; known: cpu, opencl, vulkan"):
+        load(str(tiny_llama_dir), backend="tvm", device="npu", progress=False)

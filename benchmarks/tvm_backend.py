@@ -1,0 +1,120 @@
+"""tvm backend vs llama.cpp and onnx: plain decoding tok/s and the k-token forward cost c(k).
+
+One process, same GGUF, same context; repetitions are interleaved across the models so that
+load on a shared machine hits all of them alike. llama.cpp runs at each thread count in
+``--threads`` and its best count is the baseline (as benchmarks §2 does); the other backends
+run at each count too and report their best. Rows: decode tok/s (median of ``--reps`` runs
+of ``--decode`` one-token forwards after ``--context`` cached tokens), its ratio to llama.cpp
+at its best count, and c(k)/c(1) for verify-shaped forwards of k tokens (rolled back after
+each timing, at context + decode cached tokens). Prints a Markdown table; ``--json`` writes
+the raw medians.
+
+    .venv/bin/python benchmarks/tvm_backend.py --model smollm2-135m --threads 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import statistics
+import sys
+import time
+from typing import Any
+
+#: rows: (label, backend, LoadOptions fields)
+ROWS: list[tuple[str, str, dict[str, Any]]] = [
+    ("llama.cpp (GGUF Q4_1)", "llamacpp", {}),
+    ("onnx gguf-exact", "onnx", {"weights": "gguf-exact"}),
+    ("tvm fp32 (llvm)", "tvm", {}),
+]
+
+
+def decode_seconds(model: Any, context: list[int], n: int) -> float:
+    """Seconds per token of ``n`` one-token forwards after ``context`` (greedy feed)."""
+    model.reset()
+    logits = model.forward(context, all_logits=False)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        logits = model.forward([int(logits[-1].argmax())], all_logits=False)
+    return (time.perf_counter() - t0) / n
+
+
+def forward_seconds(model: Any, k: int, token: int = 5) -> float:
+    """Seconds of one k-token forward (all logits) at the current cache, rolled back."""
+    t0 = time.perf_counter()
+    model.forward([token] * k)
+    dt = time.perf_counter() - t0
+    model.rollback(k)
+    return dt
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--context", type=int, default=128)
+    p.add_argument("--decode", type=int, default=16)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 9])
+    p.add_argument("--backends", nargs="+", default=[r[1] for r in ROWS])
+    p.add_argument("--json", default=None, help="write the raw medians here")
+    a = p.parse_args()
+
+    from edgespec import zoo
+    from edgespec.runtimes import BACKENDS
+    from edgespec.runtimes.base import LoadOptions, ModelSource
+
+    path = zoo.pull(a.model, progress=False)
+    source = ModelSource("gguf", path, a.model)
+    context = [1 + (i * 7919) % 20000 for i in range(a.context)]
+    models: dict[tuple[str, int], Any] = {}
+    for label, backend, fields in ROWS:
+        if backend not in a.backends or not BACKENDS.get(backend).available():
+            continue
+        for t in a.threads:
+            n_ctx = a.context + a.decode + max(a.ks) + 8
+            opts = LoadOptions(n_ctx=n_ctx, n_threads=t, progress=False, **fields)
+            models[(label, t)] = BACKENDS.get(backend).load(source, opts)
+    dec: dict[tuple[str, int], list[float]] = {key: [] for key in models}
+    fwd: dict[tuple[str, int], dict[int, list[float]]] = {
+        key: {k: [] for k in a.ks} for key in models
+    }
+    from tqdm.auto import tqdm
+
+    with tqdm(total=a.reps * len(models), desc="timing", unit="model") as bar:
+        for _ in range(a.reps):
+            for key, model in models.items():
+                dec[key].append(decode_seconds(model, context, a.decode))
+                for k in a.ks:
+                    fwd[key][k].append(forward_seconds(model, k))
+                bar.update(1)
+    med = {key: statistics.median(v) for key, v in dec.items()}
+    cmed = {key: {k: statistics.median(v) for k, v in d.items()} for key, d in fwd.items()}
+    ref_label = ROWS[0][0]
+    ref = min((s for (lab, _), s in med.items() if lab == ref_label), default=None)
+    print(f"`{' '.join(shlex.quote(x) for x in ['benchmarks/tvm_backend.py', *sys.argv[1:]])}`")
+    print(f"({platform.machine()}, {a.model}, context {a.context}, medians of {a.reps})\n")
+    head = "| backend | threads | decode tok/s | vs llama.cpp best |"
+    head += "".join(f" c({k}) ms |" for k in a.ks) + f" c({max(a.ks)})/c(1) |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for (label, t), s in med.items():
+        c = cmed[(label, t)]
+        ratio = f"{ref / s:.2f}x" if ref else "-"
+        row = f"| {label} | {t} | {1 / s:.1f} | {ratio} |"
+        row += "".join(f" {c[k] * 1e3:.1f} |" for k in a.ks)
+        row += f" {c[max(a.ks)] / c[min(a.ks)]:.2f} |"
+        print(row)
+    if a.json:
+        raw = {f"{lab}@{t}": {"decode_s": med[(lab, t)], "c": cmed[(lab, t)]} for lab, t in med}
+        with open(a.json, "w") as f:
+            json.dump(raw, f, indent=1)
+    for model in models.values():
+        model.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
