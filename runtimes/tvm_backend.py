@@ -420,6 +420,9 @@ class TvmBackend(Backend):
     requires: ClassVar[tuple[str, ...]] = ("tvm", "gguf")
     extra: ClassVar[str] = "tvm"
     devices: ClassVar[tuple[str, ...]] = tuple(DEVICES)
+    #: always exact: every row is computed the same way whatever the number of tokens (the
+    #: matmul kernel's loop order; tested bit for bit), so ``--exact`` changes nothing
+    supports_exact: ClassVar[bool] = True
 
     @classmethod
     def cheap_to_load(cls, source: ModelSource, options: LoadOptions) -> bool:
