@@ -116,10 +116,10 @@ SUPPORTED_ARCHS = ("llama", "qwen2")
 #: applies to every ``--format`` that has it (``--format onnx,gguf --quant fp32`` writes ONNX
 #: fp32 and GGUF f32); a format missing from a row does not offer that quantization.
 QUANTS: dict[str, dict[str, str]] = {
-    "fp32": {"onnx": "fp32", "gguf": "f32"},
-    "fp16": {"gguf": "f16"},
-    "int8": {"onnx": "int8", "gguf": "q8_0"},
-    "int4": {"onnx": "int4", "gguf": "q4_0"},
+    "fp32": {"onnx": "fp32", "gguf": "f32", "tvm": "fp32"},
+    "fp16": {"gguf": "f16", "tvm": "fp16"},
+    "int8": {"onnx": "int8", "gguf": "q8_0", "tvm": "int8"},
+    "int4": {"onnx": "int4", "gguf": "q4_0", "tvm": "int4"},
     "gguf-exact": {"onnx": "gguf-exact"},
 }
 #: other spellings users bring (GGUF's own names, numpy dtype names) -> the vocabulary's name
@@ -138,6 +138,8 @@ QUANT_NOTES = {
     ("onnx", "gguf-exact"): "the GGUF source's own blocks (GGUF sources only)",
     ("gguf", "q8_0"): "8-bit blocks of 32",
     ("gguf", "q4_0"): "4-bit blocks of 32",
+    ("tvm", "int8"): "weights file in q8_0; the library computes in fp32",
+    ("tvm", "int4"): "weights file in q4_0; the library computes in fp32",
 }
 
 
