@@ -124,7 +124,8 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         "--device",
         default="cpu",
         help="where the model runs: cpu, opencl or vulkan (--backend tvm; opencl and "
-        "vulkan need a TVM build with that runtime; docs/tvm.md)",
+        "vulkan need a TVM build with that runtime; docs/tvm.md), or npu (--backend onnx: "
+        "ONNX Runtime's QNN, NNAPI or CoreML provider, when installed)",
     )
     add_runtime_args(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")

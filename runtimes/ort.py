@@ -1,4 +1,5 @@
-"""ONNX Runtime backend: decoder graphs with a KV cache, run on the CPU execution provider.
+"""ONNX Runtime backend: decoder graphs with a KV cache, on the CPU execution provider
+(or, with ``--device npu``, an NPU provider of :data:`NPU_PROVIDERS` in front of it).
 
 GGUF files and HF folders are converted once by :func:`edgespec.export.hf_onnx.ensure_onnx`
 (cached under ``$EDGESPEC_HOME/converted``). Two graph styles run here, and the folder says
@@ -23,8 +24,11 @@ int8 activations, dynamic int8) are batch-dependent; how much is measured per mo
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -52,11 +56,109 @@ MANIFEST = "edgespec-onnx.json"
 MASKED = -1e9
 
 
-def _make_session(model_path: Path, n_threads: int | None, spin: bool = True) -> Any:
+log = logging.getLogger(__name__)
+
+#: an ``InferenceSession(providers=...)`` entry: a provider name, or (name, its options)
+Provider = str | tuple[str, dict[str, str]]
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class NpuProvider:
+    """One ONNX Runtime execution provider that reaches an NPU (``--device npu``).
+
+    Attributes:
+        name: the provider's name in ``onnxruntime.get_available_providers()``.
+        short: a short tag for the model variant (``qnn``), so cost curves stay apart.
+        install: what to install to get it, for the one-line error.
+        options: the provider options that aim it at the NPU.
+    """
+
+    name: str
+    short: str
+    install: str
+    options: dict[str, str] = field(default_factory=dict)
+
+
+#: QNN's HTP (Hexagon NPU) backend library, as the platform names it
+_QNN_HTP = {"win32": "QnnHtp.dll"}.get(sys.platform, "libQnnHtp.so")
+#: ``--device npu``: the providers tried, in preference order (the first one the installed
+#: onnxruntime has wins). QNN drives the Hexagon NPU directly; NNAPI lets Android pick a
+#: device (NPU, GPU or its own CPU path); CoreML with CPUAndNeuralEngine is Apple's ANE.
+NPU_PROVIDERS: tuple[NpuProvider, ...] = (
+    NpuProvider("QNNExecutionProvider", "qnn", "onnxruntime-qnn", {"backend_path": _QNN_HTP}),
+    NpuProvider(
+        "NnapiExecutionProvider", "nnapi", "onnxruntime-android (or a build with --use_nnapi)"
+    ),
+    NpuProvider(
+        "CoreMLExecutionProvider",
+        "coreml",
+        "onnxruntime on macOS/iOS (CoreML)",
+        {"MLComputeUnits": "CPUAndNeuralEngine"},
+    ),
+)
+
+
+def _ort() -> Any:
     try:
         import onnxruntime as ort
     except ImportError:
         raise missing_extra("onnxruntime", "onnx") from None
+    return ort
+
+
+def npu_provider() -> NpuProvider:
+    """The first of :data:`NPU_PROVIDERS` that the installed onnxruntime has.
+
+    Raises:
+        EdgespecError: one line naming what this onnxruntime has and what to install;
+            never a silent CPU run under the name of an NPU.
+    """
+    have = _ort().get_available_providers()
+    for p in NPU_PROVIDERS:
+        if p.name in have:
+            return p
+    wanted = "; ".join(f"{p.name}: install {p.install}" for p in NPU_PROVIDERS)
+    raise EdgespecError(
+        f"--device npu: this onnxruntime has no NPU execution provider (it has "
+        f"{', '.join(have)}); {wanted}; or use --device cpu"
+    )
+
+
+def _cpu_providers() -> tuple[str, list[Provider]]:
+    return "", [CPU_PROVIDER]
+
+
+def _npu_providers() -> tuple[str, list[Provider]]:
+    p = npu_provider()
+    # ORT places each node on the first provider that can run it; the rest go to the CPU
+    return p.short, [(p.name, dict(p.options)), CPU_PROVIDER]
+
+
+#: ``LoadOptions.device`` -> (variant tag, the session's providers in priority order)
+DEVICE_PROVIDERS: dict[str, Callable[[], tuple[str, list[Provider]]]] = {
+    "cpu": _cpu_providers,
+    "npu": _npu_providers,
+}
+
+
+def device_providers(device: str) -> tuple[str, list[Provider]]:
+    """(variant tag, ``providers`` for ``InferenceSession``) of ``--device device``."""
+    if device not in DEVICE_PROVIDERS:
+        raise EdgespecError(
+            f"the onnx backend cannot run on --device {device}; known: "
+            f"{', '.join(DEVICE_PROVIDERS)}"
+        )
+    return DEVICE_PROVIDERS[device]()
+
+
+def _make_session(
+    model_path: Path,
+    n_threads: int | None,
+    spin: bool = True,
+    providers: Sequence[Provider] = (CPU_PROVIDER,),
+) -> Any:
+    ort = _ort()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -66,15 +168,23 @@ def _make_session(model_path: Path, n_threads: int | None, spin: bool = True) ->
     # idle intra-op threads busy-wait by default; off, they sleep (less CPU, more latency)
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     try:
-        return ort.InferenceSession(
-            str(model_path), sess_options=so, providers=["CPUExecutionProvider"]
-        )
+        session = ort.InferenceSession(str(model_path), sess_options=so, providers=list(providers))
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise ModelLoadError(
             f"onnxruntime cannot load '{model_path}' ({type(exc).__name__}: {first}); "
             "delete the folder to re-convert"
         ) from None
+    wanted = [p if isinstance(p, str) else p[0] for p in providers]
+    used = list(session.get_providers())
+    lost = [p for p in wanted if p not in used]
+    if lost:  # ORT drops a provider that fails to initialise (and says so only in its log)
+        raise ModelLoadError(
+            f"onnxruntime could not start {', '.join(lost)} for '{model_path}' (the session "
+            f"has {', '.join(used)}); check the provider's drivers, or use --device cpu"
+        )
+    log.info("onnx session providers: %s", ", ".join(used))
+    return session
 
 
 class KVCache(ABC):
@@ -467,18 +577,21 @@ def load_onnx_dir(folder: str | Path, options: LoadOptions, source_name: str = "
     if not model_file.exists():
         raise ModelLoadError(f"'{path}' has no model.onnx")
     info, _ = _info_from_config(path, source_name or str(path))
-    session = _make_session(model_file, options.n_threads, options.spin)
+    tag, providers = device_providers(options.device)
+    session = _make_session(model_file, options.n_threads, options.spin, providers)
+    info.extra["providers"] = list(session.get_providers())
     layout = kv_layout(path)
     info.extra["variant"] = (
         f"{layout}-{info.extra['dtype']}"
         + ("" if options.spin else "-nospin")
         + ("-exact" if options.exact else "")
+        + (f"-{tag}" if tag else "")
     )
     n_ctx = min(options.n_ctx, info.context_length)
     model = OnnxModel(session, info, n_ctx=n_ctx, layout=layout, exact=options.exact)
     model.path = path
     # the same session options with another thread count (OnnxModel.set_threads)
-    model._session_factory = lambda n: _make_session(model_file, n, options.spin)
+    model._session_factory = lambda n: _make_session(model_file, n, options.spin, providers)
     return model
 
 
@@ -552,6 +665,7 @@ class OnnxBackend(Backend):
     supports_exact = True
     requires = ("onnxruntime",)
     extra = "onnx"
+    devices = tuple(DEVICE_PROVIDERS)
 
     @classmethod
     def cheap_to_load(cls, source: ModelSource, options: LoadOptions) -> bool:
@@ -573,6 +687,7 @@ class OnnxBackend(Backend):
             )
         if not cls.available():
             raise missing_extra("onnxruntime", cls.extra)
+        device_providers(options.device)  # an absent NPU fails here, before any conversion
         if source.kind == "onnx":  # an exported artifact folder (model.onnx + config.json)
             return load_onnx_dir(source.path, options, source.name or str(source.path))
         folder = converted_folder(source, options)

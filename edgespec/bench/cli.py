@@ -122,7 +122,8 @@ def add_commands(sub: Any) -> None:
     b.add_argument(
         "--device",
         default="cpu",
-        help="where the backends run: cpu, opencl or vulkan (--backends tvm; docs/tvm.md)",
+        help="where the backends run: cpu, opencl or vulkan (--backends tvm; docs/tvm.md), "
+        "or npu (--backends onnx: ONNX Runtime's NPU providers)",
     )
     b.add_argument("--out", "-o", type=Path, required=True, help="output folder")
     b.add_argument(
