@@ -24,7 +24,9 @@
      ``position_ids int64[B, T]`` input); the present KV (``P + T`` long) is a new array
      every call.
 
-   P = 0 works, so one graph serves prefill and decode.
+   P = 0 works, so one graph serves prefill and decode. Both also take ``use_embeds
+   bool[]`` and ``inputs_embeds float32[B, E, D]`` (:mod:`edgespec.export.embeds_inputs`:
+   input embeddings in place of the ids' lookup when ``use_embeds`` is True).
 3. :func:`ensure_onnx` does both once per source and graph and caches the result in
    ``converted_dir() / key / <variant>``. It builds into a temporary folder and renames it
    (:func:`edgespec.fileutil.atomic_dir`), so an interrupted conversion leaves nothing behind.
@@ -54,6 +56,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from edgespec.errors import EdgespecError, ModelLoadError, missing_extra
+from edgespec.export.embeds_inputs import add_embeds_inputs
 from edgespec.fileutil import atomic_dir, sha256_file
 from edgespec.home import converted_dir
 from edgespec.runtimes.base import ModelSource
@@ -171,6 +174,7 @@ def _optimum_graph(hf_dir: Path, out: Path, progress: bool) -> Path:
             local_files_only=True,
             library_name="transformers",
         )
+    add_embeds_inputs(out / "model.onnx")
     return out / "model.onnx"
 
 
@@ -184,6 +188,7 @@ def _genai_graph(hf_dir: Path, out: Path, progress: bool) -> Path:
         raise EdgespecError(f"onnxruntime-genai's model builder failed ({last})")
     shutil.rmtree(out / ".cache", ignore_errors=True)
     add_tree_inputs(out / "model.onnx")
+    add_embeds_inputs(out / "model.onnx")
     return out / "model.onnx"
 
 

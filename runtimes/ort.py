@@ -373,6 +373,15 @@ class OnnxModel(Model):
             raise ModelLoadError("the ONNX graph has no 'logits' output; re-export it")
         self._has_position_ids = "position_ids" in inputs
         self._has_bias = "attention_bias" in inputs
+        #: an inputs_embeds entry (export.embeds_inputs.add_embeds_inputs): forward_embeds
+        #: feeds it; the ids path feeds ``use_embeds`` False and one zero row (Where discards it)
+        self._has_embeds = "inputs_embeds" in inputs and "use_embeds" in inputs
+        self._ids_feed: dict[str, np.ndarray] = {}
+        self._embeds_dtype: Any = np.float32
+        if self._has_embeds:
+            self._embeds_dtype = _NP_DTYPES.get(inputs["inputs_embeds"].type, np.float32)
+            off = np.zeros((1, 1, info.hidden_size), dtype=self._embeds_dtype)
+            self._ids_feed = {"use_embeds": np.array(False), "inputs_embeds": off}
         layers = sorted(
             int(n.split(".")[1])
             for n in inputs
@@ -438,15 +447,55 @@ class OnnxModel(Model):
             logits = logits[-1:]
         return np.ascontiguousarray(logits, dtype=np.float32)
 
-    def _padded(self, ids: np.ndarray) -> np.ndarray:
-        """Exact mode: one token as ``[token, token]``; the dummy's slot is dropped at once.
-        Returns ``float32[1, V]``, the token's row of the two-token forward."""
+    def _padded(self, ids: np.ndarray, embeds: np.ndarray | None = None) -> np.ndarray:
+        """Exact mode: one token (or one embedding row ``[1, D]``) as two copies; the dummy's
+        slot is dropped at once. Returns ``float32[1, V]``, the row of the two-row forward."""
         past = self._n_past
         pair = np.repeat(ids, 2)
         bias = np.zeros((2, past + 2), dtype=np.float32) if self._has_bias else None
-        logits = self._run(pair, np.arange(past, past + 2, dtype=np.int64), bias)
+        rows = None if embeds is None else np.repeat(embeds, 2, axis=0)
+        logits = self._run(pair, np.arange(past, past + 2, dtype=np.int64), bias, rows)
         self.truncate(past + 1)
         return np.ascontiguousarray(logits[:1], dtype=np.float32)
+
+    def forward_embeds(self, embeds: np.ndarray, *, all_logits: bool = True) -> np.ndarray:
+        """Like :meth:`forward`, with input embeddings in place of token ids (HF's
+        ``inputs_embeds``): ``embeds float[T, D]`` enter the first block as they are (the
+        embedding scale, if the model has one, is not applied) at positions
+        ``n_past .. n_past+T-1``, through the same KV cache; later forwards continue with
+        token ids. Rows made by the embedding table give :meth:`forward`'s logits exactly.
+
+        Returns:
+            ``float32[T, V]``, or ``float32[1, V]`` (last row) when ``all_logits`` is False.
+
+        Raises:
+            EdgespecError: the graph has no ``inputs_embeds`` input (converted before it
+                existed), ``embeds`` is not ``[T >= 1, D]``, or the rows do not fit.
+        """
+        if not self._has_embeds:
+            raise EdgespecError(
+                "this ONNX graph has no inputs_embeds input; re-convert it (delete its folder "
+                "under $EDGESPEC_HOME/converted) or re-export it with this edgespec"
+            )
+        x = np.asarray(embeds)
+        width = self.info.hidden_size
+        if x.ndim != 2 or x.shape[1] != width or x.shape[0] == 0:
+            raise EdgespecError(f"inputs_embeds must have shape [T >= 1, {width}], not {x.shape}")
+        past, t = self._n_past, int(x.shape[0])
+        if past + t > self.n_ctx:
+            raise EdgespecError(
+                f"context full: {past} cached + {t} new rows exceed n_ctx={self.n_ctx}; "
+                "raise n_ctx or use fewer rows"
+            )
+        x = np.ascontiguousarray(x, dtype=self._embeds_dtype)
+        ids = np.zeros(t, dtype=np.int64)  # looked up, then discarded by the graph's Where
+        if self.exact and t == 1:
+            return self._padded(ids, x)
+        bias = np.zeros((t, past + t), dtype=np.float32) if self._has_bias else None
+        logits = self._run(ids, np.arange(past, past + t, dtype=np.int64), bias, x)
+        if not all_logits:
+            logits = logits[-1:]
+        return np.ascontiguousarray(logits, dtype=np.float32)
 
     def forward_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
         """Score a token tree in one forward; see :meth:`Model.forward_tree`.
@@ -493,14 +542,26 @@ class OnnxModel(Model):
             )
         return ids
 
-    def _run(self, ids: np.ndarray, positions: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    def _run(
+        self,
+        ids: np.ndarray,
+        positions: np.ndarray,
+        bias: np.ndarray | None,
+        embeds: np.ndarray | None = None,
+    ) -> np.ndarray:
         """One forward of ``ids int64[T]`` at rotary ``positions int64[T]``; ``bias
-        float32[T, n_past + T]`` or None. Appends T slots and returns ``logits [T, V]``."""
+        float32[T, n_past + T]`` or None; ``embeds [T, D]`` in place of the ids' embeddings,
+        or None. Appends T slots and returns ``logits [T, V]``."""
         past, t = self._n_past, int(ids.size)
         feed: dict[str, np.ndarray] = {
             "input_ids": ids[None, :],
             "attention_mask": np.ones((1, past + t), dtype=np.int64),
         }
+        if embeds is None:
+            feed.update(self._ids_feed)
+        else:
+            feed["use_embeds"] = np.array(True)
+            feed["inputs_embeds"] = embeds[None]
         if self._has_position_ids:
             feed["position_ids"] = positions[None, :]
         if bias is not None:
@@ -618,8 +679,18 @@ def converted_folder(source: ModelSource, options: LoadOptions) -> Path:
     """The converted ONNX folder of a GGUF or HF source, per ``options.weights``.
 
     "auto" on a GGUF whose MatMul weights are all floating point (f16/f32 files) falls back
-    to fp32, which is then just as exact.
+    to fp32, which is then just as exact. A conversion cached before graphs had an
+    ``inputs_embeds`` entry gets it now (:func:`edgespec.export.embeds_inputs.
+    ensure_embeds_inputs`: the small graph file is rewritten, the weights are not read).
     """
+    from edgespec.export.embeds_inputs import ensure_embeds_inputs
+
+    folder = _converted_folder(source, options)
+    ensure_embeds_inputs(folder)
+    return folder
+
+
+def _converted_folder(source: ModelSource, options: LoadOptions) -> Path:
     auto = options.weights == "auto"
     choice = AUTO_WEIGHTS[source.kind] if auto else options.weights
     if choice not in WEIGHTS:

@@ -50,12 +50,6 @@ def _home(path: Path) -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="session")
-def onnx_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A throwaway ``$EDGESPEC_HOME`` for the tiny models' conversions."""
-    return tmp_path_factory.mktemp("edgespec-home")
-
-
 def _convert(hf_dir: Path, name: str, home: Path, graph: str) -> Path:
     with _home(home):
         return hf_onnx.ensure_onnx(ModelSource("hf", hf_dir, name), progress=False, graph=graph)
@@ -104,6 +98,7 @@ def test_graph_io(tiny_llama_onnx: Path, graph: str) -> None:
     inputs, outputs = hf_onnx.graph_io(tiny_llama_onnx / "model.onnx")
     expected_in = ["input_ids", "attention_mask", "position_ids"]
     expected_in += ["attention_bias"] if graph == "gqa" else []  # tree inputs (add_tree_inputs)
+    expected_in += ["use_embeds", "inputs_embeds"]  # export.embeds_inputs.add_embeds_inputs
     expected_in += [f"past_key_values.{i}.{kv}" for i in range(3) for kv in ("key", "value")]
     expected_out = ["logits"] + [f"present.{i}.{kv}" for i in range(3) for kv in ("key", "value")]
     assert sorted(inputs) == sorted(expected_in)  # the builder groups keys before values

@@ -1,0 +1,159 @@
+"""The ONNX backend's ``inputs_embeds`` entry (export.embeds_inputs, OnnxModel.forward_embeds).
+
+Exactness: the graph's ``Where`` copies one branch bit for bit, so the embedding rows of the
+ids fed through :meth:`OnnxModel.forward_embeds` give the same logits as :meth:`forward` of
+the ids, bit for bit, when both calls have the same shapes (measured: max |diff| 0.0 on the
+tiny llama, both graph styles: ``pytest tests/backends/test_ort_embeds.py``). The ids path of
+an edited graph equals the same graph before the edit, bit for bit.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("optimum.exporters.onnx")
+
+from edgespec.errors import EdgespecError  # noqa: E402
+from edgespec.export import hf_onnx  # noqa: E402
+from edgespec.export.embeds_inputs import (  # noqa: E402
+    EMBEDS_INPUT,
+    FLAG_INPUT,
+    SELECTED,
+    ensure_embeds_inputs,
+)
+from edgespec.runtimes import LoadOptions, ModelSource  # noqa: E402
+from edgespec.runtimes.ort import OnnxModel, load_onnx_dir  # noqa: E402
+
+pytestmark = [pytest.mark.backend]
+
+PROMPT = [5, 17, 42, 99, 3, 250, 128, 7, 64, 200]
+LATER = [11, 12, 13]
+
+
+@pytest.fixture(scope="module", params=sorted(hf_onnx.ONNX_GRAPHS))
+def onnx_dir(request: pytest.FixtureRequest, tiny_llama_dir: Path, onnx_home: Path) -> Path:
+    """The tiny llama's conversion in one graph style; the shared ``onnx_home`` means
+    test_ort.py's conversion of the same model is reused (a cache hit, not a new export)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGESPEC_HOME", str(onnx_home))
+        source = ModelSource("hf", tiny_llama_dir, "tiny-llama")
+        return hf_onnx.ensure_onnx(source, progress=False, graph=str(request.param))
+
+
+@pytest.fixture(scope="module")
+def table(onnx_dir: Path) -> np.ndarray:
+    """The graph's token-embedding table ``float32[V, D]`` (the tiny llama has no scale)."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(onnx_dir / "model.onnx"))
+    gather = next(n for n in proto.graph.node if n.op_type == "Gather" and "input_ids" in n.input)
+    init = next(t for t in proto.graph.initializer if t.name == gather.input[0])
+    return numpy_helper.to_array(init).astype(np.float32)
+
+
+def _open(folder: Path, *, exact: bool = False) -> OnnxModel:
+    options = LoadOptions(n_ctx=128, n_threads=2, progress=False, exact=exact)
+    return load_onnx_dir(folder, options)
+
+
+def test_one_call_equals_ids_and_continues(onnx_dir: Path, table: np.ndarray) -> None:
+    by_ids, by_embeds = _open(onnx_dir), _open(onnx_dir)
+    want = by_ids.forward(PROMPT)
+    got = by_embeds.forward_embeds(table[PROMPT])
+    assert got.shape == want.shape == (len(PROMPT), table.shape[0])
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    assert by_embeds.n_past == len(PROMPT)
+    # token ids continue over the cache the embeddings filled
+    np.testing.assert_array_equal(by_embeds.forward(LATER), by_ids.forward(LATER))
+    np.testing.assert_array_equal(by_embeds.forward([9]), by_ids.forward([9]))
+
+
+def test_chunks_and_last_row(onnx_dir: Path, table: np.ndarray) -> None:
+    by_ids, by_embeds = _open(onnx_dir), _open(onnx_dir)
+    want = np.concatenate([by_ids.forward(PROMPT[:4]), by_ids.forward(PROMPT[4:])])
+    first = by_embeds.forward_embeds(table[PROMPT[:4]])
+    last = by_embeds.forward_embeds(table[PROMPT[4:]], all_logits=False)
+    np.testing.assert_array_equal(first, want[:4])
+    np.testing.assert_array_equal(last, want[-1:])
+    # truncation into the embedded rows and ids after it: the same as the ids model
+    by_ids.truncate(6)
+    by_embeds.truncate(6)
+    np.testing.assert_array_equal(by_embeds.forward(LATER), by_ids.forward(LATER))
+
+
+def test_exact_mode_one_row(onnx_dir: Path, table: np.ndarray) -> None:
+    by_ids, by_embeds = _open(onnx_dir, exact=True), _open(onnx_dir, exact=True)
+    by_ids.forward(PROMPT)
+    by_embeds.forward(PROMPT)
+    np.testing.assert_array_equal(by_embeds.forward_embeds(table[[77]]), by_ids.forward([77]))
+    assert by_embeds.n_past == by_ids.n_past == len(PROMPT) + 1
+
+
+def test_bad_embeds_are_one_line(onnx_dir: Path, table: np.ndarray) -> None:
+    model = _open(onnx_dir)
+    for bad in (table[:0], table[0], table[:2, :10]):
+        with pytest.raises(EdgespecError, match="inputs_embeds must have shape"):
+            model.forward_embeds(bad)
+    with pytest.raises(EdgespecError, match="context full"):
+        model.forward_embeds(np.zeros((129, table.shape[1]), dtype=np.float32))
+    assert model.n_past == 0
+
+
+def _strip_edit(folder: Path) -> None:
+    """Undo add_embeds_inputs: the graph as conversions cached before it were."""
+    import onnx
+
+    path = folder / "model.onnx"
+    proto = onnx.load(str(path), load_external_data=False)
+    where = next(n for n in proto.graph.node if SELECTED in n.output)
+    source = where.input[2]
+    proto.graph.node.remove(where)
+    for node in proto.graph.node:
+        for j, name in enumerate(node.input):
+            if name == SELECTED:
+                node.input[j] = source
+    keep = [i for i in proto.graph.input if i.name not in (EMBEDS_INPUT, FLAG_INPUT)]
+    del proto.graph.input[:]
+    proto.graph.input.extend(keep)
+    onnx.save(proto, str(path))
+
+
+def test_old_conversion_is_upgraded_and_ids_path_unchanged(
+    onnx_dir: Path, table: np.ndarray, tmp_path: Path
+) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(onnx_dir, old)
+    _strip_edit(old)
+    before = _open(old)
+    with pytest.raises(EdgespecError, match="no inputs_embeds input; re-convert"):
+        before.forward_embeds(table[PROMPT])
+    ids_before = before.forward(PROMPT)
+    assert ensure_embeds_inputs(old) is True
+    assert ensure_embeds_inputs(old) is False  # idempotent
+    assert EMBEDS_INPUT in hf_onnx.graph_io(old / "model.onnx")[0]
+    after = _open(old)
+    np.testing.assert_array_equal(after.forward(PROMPT), ids_before)  # the ids path: unchanged
+    np.testing.assert_array_equal(_open(old).forward_embeds(table[PROMPT]), ids_before)
+
+
+def test_memory_prefixed_on_onnx(onnx_dir: Path, table: np.ndarray) -> None:
+    from edgespec.compress.dolphin.memory import MemoryPrefixed
+
+    rng = np.random.default_rng(0)
+    memory = rng.standard_normal((4, table.shape[1])).astype(np.float32)
+    plain = _open(onnx_dir)
+    plain.forward_embeds(memory, all_logits=False)
+    want = plain.forward(PROMPT)
+    target = MemoryPrefixed(_open(onnx_dir), memory)
+    assert target.n_past == 4
+    np.testing.assert_array_equal(target.forward(PROMPT), want)
+    target.reset()  # back to just the memory
+    assert target.n_past == 4
+    np.testing.assert_array_equal(target.forward(PROMPT), want)
