@@ -61,6 +61,20 @@ def pick_backend(
             raise missing_extra(cls.requires[0], cls.extra or backend)
         return backend
     installed = [n for n in PREFERRED[source.kind] if BACKENDS.get(n).available()]
+    if options is not None and options.device != "cpu":  # only backends that run there
+        there = [
+            n
+            for n in dict.fromkeys([*installed, *BACKENDS.names()])
+            if source.kind in BACKENDS.get(n).accepts
+            and options.device in BACKENDS.get(n).devices
+            and BACKENDS.get(n).available()
+        ]
+        if not there:
+            raise EdgespecError(
+                f"no installed backend runs a {source.kind} model on --device "
+                f"{options.device}; use --device cpu"
+            )
+        return there[0]
     if options is not None:
         # any installed backend that loads this kind may win on measurements, including
         # ones not preferred by default (onnx converts a GGUF once, on first use)

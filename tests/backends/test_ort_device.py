@@ -132,3 +132,16 @@ def test_other_backends_refuse_npu(name: str, smollm2_path: Path, tiny_llama_dir
     source = smollm2_path if "gguf" in BACKENDS.get(name).accepts else tiny_llama_dir
     with pytest.raises(EdgespecError, match="cannot run on --device npu; use --backend onnx"):
         load(str(source), backend=name, device="npu", progress=False)
+
+
+def test_without_backend_a_device_picks_a_backend_that_runs_there(tiny_llama_dir) -> None:
+    """--device npu without --backend goes to the backend that lists npu (onnx), not to the
+    preferred CPU backend that would then refuse it."""
+    from edgespec.runtime import pick_backend
+    from edgespec.runtimes.base import LoadOptions, ModelSource
+
+    src = ModelSource("hf", tiny_llama_dir, "tiny")
+    assert pick_backend(src, None, LoadOptions(device="npu")) == "onnx"
+    assert pick_backend(src, None, LoadOptions(device="vulkan")) == "tvm"
+    with pytest.raises(EdgespecError, match="no installed backend runs a hf model on --device tpu"):
+        pick_backend(src, None, LoadOptions(device="tpu"))
