@@ -1,4 +1,5 @@
-"""An ``inputs_embeds`` entry point for decoder graphs (HF's ``inputs_embeds``), by graph edit.
+"""An ``inputs_embeds`` entry point and a ``hidden_states`` output for decoder graphs, by graph
+edit (what Dolphin memory compression needs: :mod:`edgespec.compress.dolphin`).
 
 :func:`add_embeds_inputs` adds two graph inputs::
 
@@ -13,7 +14,12 @@ False the graph computes what it computed before, and with True the rows of
 the ids path a ``[1, 1, D]`` zero row (broadcast by ``Where``); in the embeds path
 ``input_ids`` of the right length (any ids; their lookup is discarded).
 
-:func:`ensure_embeds_inputs` applies the edit to an already converted folder that lacks it
+:func:`add_hidden_output` exposes the input of the LM head (``logits = MatMul(h, W)``: the
+last block's output after the final norm) as the graph output ``hidden_states float[B, T, D]``
+by renaming that tensor; no node is added, and a run that does not ask for it does not
+fetch it.
+
+:func:`ensure_embeds_inputs` applies both edits to an already converted folder that lacks them
 (conversions cached before the edit existed): only the small ``model.onnx`` protobuf is
 rewritten (atomically); the external weights stay as they are.
 """
@@ -30,6 +36,8 @@ EMBEDS_INPUT = "inputs_embeds"
 FLAG_INPUT = "use_embeds"
 #: the name of the selected embedding tensor (the Where's output)
 SELECTED = "edgespec/embeds/Where/output_0"
+#: the graph output :func:`add_hidden_output` adds
+HIDDEN_OUTPUT = "hidden_states"
 _MANIFEST = "edgespec-onnx.json"
 
 
@@ -97,11 +105,82 @@ def add_embeds_inputs(model_path: str | Path) -> bool:
     return True
 
 
+def remove_embeds_inputs(model_path: str | Path) -> bool:
+    """Undo :func:`add_embeds_inputs` and :func:`add_hidden_output` (in place): the graph as
+    conversions made before them were. For tests and the overhead benchmark. True if the
+    graph had the embeds edit."""
+    import onnx
+
+    path = Path(model_path)
+    proto = onnx.load(str(path), load_external_data=False)
+    graph = proto.graph
+    where = next((n for n in graph.node if SELECTED in n.output), None)
+    if where is None:
+        return False
+    renames = {SELECTED: where.input[2], HIDDEN_OUTPUT: "edgespec/lm_head_input"}
+    graph.node.remove(where)
+    for node in graph.node:
+        for names in (node.input, node.output):
+            for j, name in enumerate(names):
+                names[j] = renames.get(name, name)
+    keep = [i for i in graph.input if i.name not in (EMBEDS_INPUT, FLAG_INPUT)]
+    del graph.input[:]
+    graph.input.extend(keep)
+    outs = [o for o in graph.output if o.name != HIDDEN_OUTPUT]
+    del graph.output[:]
+    graph.output.extend(outs)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+    return True
+
+
+def add_hidden_output(model_path: str | Path) -> bool:
+    """Expose the LM head's input as the graph output ``hidden_states`` (in place).
+
+    Returns:
+        True if the graph was edited; False if it already has the output or ``logits`` is
+        not a ``MatMul`` of a computed tensor by a weight.
+    """
+    import onnx
+    from onnx import helper
+
+    path = Path(model_path)
+    proto = onnx.load(str(path), load_external_data=False)
+    graph = proto.graph
+    if any(o.name == HIDDEN_OUTPUT for o in graph.output):
+        return False
+    head = next((n for n in graph.node if "logits" in n.output), None)
+    inits = {t.name for t in graph.initializer}
+    if head is None or head.op_type != "MatMul" or head.input[0] in inits:
+        return False
+    logits = next(o for o in graph.output if o.name == "logits")
+    elem = logits.type.tensor_type.elem_type
+    old = head.input[0]
+    for node in graph.node:
+        for j, name in enumerate(node.output):
+            if name == old:
+                node.output[j] = HIDDEN_OUTPUT
+        for j, name in enumerate(node.input):
+            if name == old:
+                node.input[j] = HIDDEN_OUTPUT
+    graph.output.append(
+        helper.make_tensor_value_info(
+            HIDDEN_OUTPUT, elem, ["batch_size", "sequence_length", "hidden_size"]
+        )
+    )
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+    return True
+
+
 def ensure_embeds_inputs(folder: str | Path) -> bool:
-    """Give the converted folder's ``model.onnx`` the embeds inputs if it lacks them, and
-    list them in its manifest. Cheap (the weights are not read). True if it edited."""
+    """Give the converted folder's ``model.onnx`` the embeds inputs and the hidden-states
+    output if it lacks them, and list them in its manifest. Cheap (the weights are not
+    read). True if it edited."""
     folder = Path(folder)
-    if not add_embeds_inputs(folder / "model.onnx"):
+    added = add_embeds_inputs(folder / "model.onnx")
+    added = add_hidden_output(folder / "model.onnx") or added
+    if not added:
         return False
     manifest = folder / _MANIFEST
     try:
@@ -110,6 +189,8 @@ def ensure_embeds_inputs(folder: str | Path) -> bool:
         return True
     inputs = list(meta.get("inputs", []))
     meta["inputs"] = inputs + [n for n in (FLAG_INPUT, EMBEDS_INPUT) if n not in inputs]
+    outputs = list(meta.get("outputs", []))
+    meta["outputs"] = outputs + [HIDDEN_OUTPUT] * (HIDDEN_OUTPUT not in outputs)
     with atomic_path(manifest) as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
     return True

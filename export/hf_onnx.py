@@ -26,7 +26,8 @@
 
    P = 0 works, so one graph serves prefill and decode. Both also take ``use_embeds
    bool[]`` and ``inputs_embeds float32[B, E, D]`` (:mod:`edgespec.export.embeds_inputs`:
-   input embeddings in place of the ids' lookup when ``use_embeds`` is True).
+   input embeddings in place of the ids' lookup when ``use_embeds`` is True) and return
+   ``hidden_states float32[B, T, D]`` (the LM head's input), fetched only when asked for.
 3. :func:`ensure_onnx` does both once per source and graph and caches the result in
    ``converted_dir() / key / <variant>``. It builds into a temporary folder and renames it
    (:func:`edgespec.fileutil.atomic_dir`), so an interrupted conversion leaves nothing behind.
@@ -56,7 +57,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from edgespec.errors import EdgespecError, ModelLoadError, missing_extra
-from edgespec.export.embeds_inputs import add_embeds_inputs
+from edgespec.export.embeds_inputs import add_embeds_inputs, add_hidden_output
 from edgespec.fileutil import atomic_dir, sha256_file
 from edgespec.home import converted_dir
 from edgespec.runtimes.base import ModelSource
@@ -175,6 +176,7 @@ def _optimum_graph(hf_dir: Path, out: Path, progress: bool) -> Path:
             library_name="transformers",
         )
     add_embeds_inputs(out / "model.onnx")
+    add_hidden_output(out / "model.onnx")
     return out / "model.onnx"
 
 
@@ -189,6 +191,7 @@ def _genai_graph(hf_dir: Path, out: Path, progress: bool) -> Path:
     shutil.rmtree(out / ".cache", ignore_errors=True)
     add_tree_inputs(out / "model.onnx")
     add_embeds_inputs(out / "model.onnx")
+    add_hidden_output(out / "model.onnx")
     return out / "model.onnx"
 
 

@@ -210,12 +210,13 @@ class KVCache(ABC):
         self.n_ctx = n_ctx
 
     @abstractmethod
-    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+    def run(self, feed: dict[str, np.ndarray], output: str = "logits") -> np.ndarray:
         """Run one forward over ``feed`` (ids, mask, ...); the mask's length says how many
         positions are cached.
 
         Returns:
-            ``logits float[1, T, V]``.
+            the graph output ``output``: ``logits float[1, T, V]`` (or ``hidden_states
+            float[1, T, D]``).
         """
 
     @abstractmethod
@@ -242,9 +243,9 @@ class CopiedKV(KVCache):
         self._out = ["logits"] + [present for _, present in self.names]
         self.truncate(0)
 
-    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+    def run(self, feed: dict[str, np.ndarray], output: str = "logits") -> np.ndarray:
         feed.update((name, a) for (name, _), a in zip(self.names, self._arrays, strict=True))
-        out = self.session.run(self._out, feed)
+        out = self.session.run([output, *self._out[1:]], feed)
         self._arrays = out[1:]
         return out[0]
 
@@ -285,12 +286,18 @@ class SharedKV(KVCache):
             self._io.bind_ortvalue_input(past, v)
             self._io.bind_ortvalue_output(present, v)
 
-    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+    def run(self, feed: dict[str, np.ndarray], output: str = "logits") -> np.ndarray:
+        io = self._io
+        if output != "logits":  # a one-off binding, so that later runs do not fetch it
+            io = self.session.io_binding()
+            for (past, present), v in zip(self.names, self._values, strict=True):
+                io.bind_ortvalue_input(past, v)
+                io.bind_ortvalue_output(present, v)
         for name, a in feed.items():
-            self._io.bind_cpu_input(name, a)
-        self._io.bind_output("logits", "cpu")  # T changes: let ORT allocate the output
-        self.session.run_with_iobinding(self._io)
-        return np.asarray(self._io.get_outputs()[0].numpy())
+            io.bind_cpu_input(name, a)
+        io.bind_output(output, "cpu")  # T changes: let ORT allocate the output
+        self.session.run_with_iobinding(io)
+        return np.asarray(io.get_outputs()[0 if output == "logits" else -1].numpy())
 
     def truncate(self, length: int) -> None:
         pass  # the mask length says what is valid; later forwards overwrite the rest
@@ -376,6 +383,8 @@ class OnnxModel(Model):
         #: an inputs_embeds entry (export.embeds_inputs.add_embeds_inputs): forward_embeds
         #: feeds it; the ids path feeds ``use_embeds`` False and one zero row (Where discards it)
         self._has_embeds = "inputs_embeds" in inputs and "use_embeds" in inputs
+        #: the LM head's input as an output (export.embeds_inputs.add_hidden_output)
+        self._has_hidden = "hidden_states" in outputs
         self._ids_feed: dict[str, np.ndarray] = {}
         self._embeds_dtype: Any = np.float32
         if self._has_embeds:
@@ -542,16 +551,40 @@ class OnnxModel(Model):
             )
         return ids
 
+    def hidden_states(self, tokens: Sequence[int]) -> np.ndarray:
+        """The last block's output after the final norm (the LM head's input) for
+        ``tokens``, appended to the cache like :meth:`forward` (no exact-mode padding):
+        ``float32[T, D]``; ``logits = h @ lm_head``. A context compressor pools these into
+        memory slots (:mod:`edgespec.compress.dolphin`).
+
+        Raises:
+            EdgespecError: the graph has no ``hidden_states`` output (converted before it
+                existed), or the tokens do not fit.
+        """
+        if not self._has_hidden:
+            raise EdgespecError(
+                "this ONNX graph has no hidden_states output; re-convert it (delete its folder "
+                "under $EDGESPEC_HOME/converted) or re-export it with this edgespec"
+            )
+        ids = self._check(tokens)
+        past, t = self._n_past, int(ids.size)
+        bias = np.zeros((t, past + t), dtype=np.float32) if self._has_bias else None
+        positions = np.arange(past, past + t, dtype=np.int64)
+        hidden = self._run(ids, positions, bias, output="hidden_states")
+        return np.ascontiguousarray(hidden, dtype=np.float32)
+
     def _run(
         self,
         ids: np.ndarray,
         positions: np.ndarray,
         bias: np.ndarray | None,
         embeds: np.ndarray | None = None,
+        output: str = "logits",
     ) -> np.ndarray:
         """One forward of ``ids int64[T]`` at rotary ``positions int64[T]``; ``bias
         float32[T, n_past + T]`` or None; ``embeds [T, D]`` in place of the ids' embeddings,
-        or None. Appends T slots and returns ``logits [T, V]``."""
+        or None. Appends T slots and returns the graph output ``output`` (``logits [T, V]``
+        by default; ``hidden_states [T, D]``)."""
         past, t = self._n_past, int(ids.size)
         feed: dict[str, np.ndarray] = {
             "input_ids": ids[None, :],
@@ -566,9 +599,9 @@ class OnnxModel(Model):
             feed["position_ids"] = positions[None, :]
         if bias is not None:
             feed["attention_bias"] = bias[None, None]
-        logits = self._kv.run(feed)[0]
+        out = self._kv.run(feed, output)[0]
         self._n_past = past + t
-        return logits
+        return out
 
     def truncate(self, length: int) -> None:
         """Keep the first ``length`` cached positions."""

@@ -101,6 +101,7 @@ def test_graph_io(tiny_llama_onnx: Path, graph: str) -> None:
     expected_in += ["use_embeds", "inputs_embeds"]  # export.embeds_inputs.add_embeds_inputs
     expected_in += [f"past_key_values.{i}.{kv}" for i in range(3) for kv in ("key", "value")]
     expected_out = ["logits"] + [f"present.{i}.{kv}" for i in range(3) for kv in ("key", "value")]
+    expected_out += ["hidden_states"]  # export.embeds_inputs.add_hidden_output
     assert sorted(inputs) == sorted(expected_in)  # the builder groups keys before values
     assert sorted(outputs) == sorted(expected_out)
 

@@ -23,8 +23,9 @@ from edgespec.export import hf_onnx  # noqa: E402
 from edgespec.export.embeds_inputs import (  # noqa: E402
     EMBEDS_INPUT,
     FLAG_INPUT,
-    SELECTED,
+    HIDDEN_OUTPUT,
     ensure_embeds_inputs,
+    remove_embeds_inputs,
 )
 from edgespec.runtimes import LoadOptions, ModelSource  # noqa: E402
 from edgespec.runtimes.ort import OnnxModel, load_onnx_dir  # noqa: E402
@@ -33,6 +34,10 @@ pytestmark = [pytest.mark.backend]
 
 PROMPT = [5, 17, 42, 99, 3, 250, 128, 7, 64, 200]
 LATER = [11, 12, 13]
+#: hidden_states @ lm_head (NumPy) vs ORT's logits, tiny llama, both graph styles: max |diff|
+#: measured 0.0 here (test_hidden_states), logits up to 2.1; the bound is 4 float32 ulps at
+#: 2.1 (4 * 2.4e-7), for a BLAS that sums in another order
+HEAD_ATOL = 1e-6
 
 
 @pytest.fixture(scope="module", params=sorted(hf_onnx.ONNX_GRAPHS))
@@ -106,41 +111,49 @@ def test_bad_embeds_are_one_line(onnx_dir: Path, table: np.ndarray) -> None:
     assert model.n_past == 0
 
 
-def _strip_edit(folder: Path) -> None:
-    """Undo add_embeds_inputs: the graph as conversions cached before it were."""
-    import onnx
-
-    path = folder / "model.onnx"
-    proto = onnx.load(str(path), load_external_data=False)
-    where = next(n for n in proto.graph.node if SELECTED in n.output)
-    source = where.input[2]
-    proto.graph.node.remove(where)
-    for node in proto.graph.node:
-        for j, name in enumerate(node.input):
-            if name == SELECTED:
-                node.input[j] = source
-    keep = [i for i in proto.graph.input if i.name not in (EMBEDS_INPUT, FLAG_INPUT)]
-    del proto.graph.input[:]
-    proto.graph.input.extend(keep)
-    onnx.save(proto, str(path))
-
-
 def test_old_conversion_is_upgraded_and_ids_path_unchanged(
     onnx_dir: Path, table: np.ndarray, tmp_path: Path
 ) -> None:
     old = tmp_path / "old"
     shutil.copytree(onnx_dir, old)
-    _strip_edit(old)
+    assert remove_embeds_inputs(old / "model.onnx") is True
     before = _open(old)
     with pytest.raises(EdgespecError, match="no inputs_embeds input; re-convert"):
         before.forward_embeds(table[PROMPT])
     ids_before = before.forward(PROMPT)
+    with pytest.raises(EdgespecError, match="no hidden_states output; re-convert"):
+        before.hidden_states(PROMPT)
     assert ensure_embeds_inputs(old) is True
     assert ensure_embeds_inputs(old) is False  # idempotent
-    assert EMBEDS_INPUT in hf_onnx.graph_io(old / "model.onnx")[0]
+    inputs, outputs = hf_onnx.graph_io(old / "model.onnx")
+    assert {EMBEDS_INPUT, FLAG_INPUT} <= set(inputs)
+    assert HIDDEN_OUTPUT in outputs
     after = _open(old)
     np.testing.assert_array_equal(after.forward(PROMPT), ids_before)  # the ids path: unchanged
     np.testing.assert_array_equal(_open(old).forward_embeds(table[PROMPT]), ids_before)
+
+
+def _lm_head(onnx_dir: Path) -> np.ndarray:
+    """The weight ``float32[D, V]`` of the MatMul that makes ``logits``."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(onnx_dir / "model.onnx"))
+    head = next(n for n in proto.graph.node if "logits" in n.output)
+    init = next(t for t in proto.graph.initializer if t.name == head.input[1])
+    return numpy_helper.to_array(init).astype(np.float32)
+
+
+def test_hidden_states(onnx_dir: Path) -> None:
+    by_ids, by_hidden = _open(onnx_dir), _open(onnx_dir)
+    logits = by_ids.forward(PROMPT)
+    hidden = by_hidden.hidden_states(PROMPT)
+    assert hidden.shape == (len(PROMPT), 64) and hidden.dtype == np.float32
+    assert by_hidden.n_past == len(PROMPT)
+    # the LM head in NumPy sums in another order than ORT's MatMul
+    np.testing.assert_allclose(hidden @ _lm_head(onnx_dir), logits, rtol=0, atol=HEAD_ATOL)
+    # the cache it filled is the one forward fills, and later runs fetch logits again
+    np.testing.assert_array_equal(by_hidden.forward(LATER), by_ids.forward(LATER))
 
 
 def test_memory_prefixed_on_onnx(onnx_dir: Path, table: np.ndarray) -> None:
