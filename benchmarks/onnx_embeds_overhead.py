@@ -25,10 +25,13 @@ import numpy as np
 
 from edgespec import zoo
 from edgespec.export.embeds_inputs import (
+    EMBEDS_INPUT,
+    HIDDEN_OUTPUT,
     add_embeds_inputs,
     add_hidden_output,
     remove_embeds_inputs,
 )
+from edgespec.export.hf_onnx import graph_io
 from edgespec.runtimes import LoadOptions, ModelSource
 from edgespec.runtimes.ort import OnnxModel, converted_folder, load_onnx_dir
 
@@ -45,6 +48,10 @@ def _variant(src: Path, out: Path, edited: bool) -> Path:
         add_hidden_output(out / "model.onnx")
     else:
         remove_embeds_inputs(out / "model.onnx")
+    inputs, outputs = graph_io(out / "model.onnx")
+    has = (EMBEDS_INPUT in inputs, HIDDEN_OUTPUT in outputs)
+    if has != (edited, edited):
+        sys.exit(f"{out.name}: the graph has (inputs_embeds, hidden_states) = {has}")
     return out
 
 

@@ -14,10 +14,10 @@ False the graph computes what it computed before, and with True the rows of
 the ids path a ``[1, 1, D]`` zero row (broadcast by ``Where``); in the embeds path
 ``input_ids`` of the right length (any ids; their lookup is discarded).
 
-:func:`add_hidden_output` exposes the input of the LM head (``logits = MatMul(h, W)``: the
-last block's output after the final norm) as the graph output ``hidden_states float[B, T, D]``
-by renaming that tensor; no node is added, and a run that does not ask for it does not
-fetch it.
+:func:`add_hidden_output` exposes the input of the LM head (``logits = MatMul(h, W)`` or its
+MatMulNBits form: the last block's output after the final norm) as the graph output
+``hidden_states float[B, T, D]`` by renaming that tensor; no node is added, and a run that
+does not ask for it does not fetch it.
 
 :func:`ensure_embeds_inputs` applies both edits to an already converted folder that lacks them
 (conversions cached before the edit existed): only the small ``model.onnx`` protobuf is
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from edgespec.fileutil import atomic_path
 
@@ -38,6 +39,8 @@ FLAG_INPUT = "use_embeds"
 SELECTED = "edgespec/embeds/Where/output_0"
 #: the graph output :func:`add_hidden_output` adds
 HIDDEN_OUTPUT = "hidden_states"
+#: the ops an LM head is made of, the quantized one first (see :func:`_head_input`)
+_HEAD_OPS = ("MatMulNBits", "MatMul")
 _MANIFEST = "edgespec-onnx.json"
 
 
@@ -47,7 +50,7 @@ def add_embeds_inputs(model_path: str | Path) -> bool:
 
     Returns:
         True if the graph was edited; False if it already has ``inputs_embeds`` or has no
-        recognisable embedding lookup (a ``Gather`` of an initializer by ``input_ids``).
+        embedding lookup (a ``Gather`` by ``input_ids``).
     """
     import onnx
     from onnx import TensorProto, helper
@@ -63,19 +66,13 @@ def add_embeds_inputs(model_path: str | Path) -> bool:
         (
             k
             for k, n in enumerate(nodes)
-            if n.op_type == "Gather"
-            and len(n.input) == 2
-            and n.input[1] == "input_ids"
-            and n.input[0] in inits
+            if n.op_type == "Gather" and len(n.input) == 2 and n.input[1] == "input_ids"
         ),
         None,
     )
     if gather is None:
         return False
-    table = inits[nodes[gather].input[0]]
-    if len(table.dims) != 2:
-        return False
-    width, elem = int(table.dims[1]), int(table.data_type)
+    width, elem = _table_width(graph, nodes[gather].input[0], inits)
     at, out = gather, nodes[gather].output[0]
     # an embedding scale (gemma): Gather -> Mul(·, constant) is still "the embedding"
     readers = [k for k, n in enumerate(nodes) if out in n.input]
@@ -103,6 +100,38 @@ def add_embeds_inputs(model_path: str | Path) -> bool:
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))  # external weights stay where they are (same folder)
     return True
+
+
+def _table_width(graph: Any, table: str, inits: dict[str, Any]) -> tuple[int | str, int]:
+    """(D, element type) of the embedding table ``table``: an initializer ``[V, D]``, or the
+    ``Transpose`` of the tied LM head ``[D, V]`` (onnxruntime-genai's builder for tied
+    embeddings). Else a symbolic D and the logits' element type."""
+    init = inits.get(table)
+    if init is None:
+        node = next((n for n in graph.node if table in n.output), None)
+        if node is not None and node.op_type == "Transpose" and node.input[0] in inits:
+            head = inits[node.input[0]]
+            if len(head.dims) == 2:
+                return int(head.dims[0]), int(head.data_type)
+    elif len(init.dims) == 2:
+        return int(init.dims[1]), int(init.data_type)
+    logits = next((o for o in graph.output if o.name == "logits"), None)
+    elem = logits.type.tensor_type.elem_type if logits is not None else 1  # 1: FLOAT
+    return "hidden_size", int(elem)
+
+
+def _head_input(graph: Any) -> str | None:
+    """The LM head's input tensor: ``logits = MatMul(h, W)`` or ``MatMulNBits(h, ...)``
+    (gguf-exact graphs; affine types add a residual: ``Add(MatMulNBits(h, ...), ...)``)."""
+    inits = {t.name for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    node = producer.get("logits")
+    if node is not None and node.op_type == "Add":
+        parts = [producer[x] for x in node.input if x in producer]
+        node = next((n for op in _HEAD_OPS for n in parts if n.op_type == op), None)
+    if node is None or node.op_type not in _HEAD_OPS or node.input[0] in inits:
+        return None
+    return str(node.input[0])
 
 
 def remove_embeds_inputs(model_path: str | Path) -> bool:
@@ -139,7 +168,7 @@ def add_hidden_output(model_path: str | Path) -> bool:
 
     Returns:
         True if the graph was edited; False if it already has the output or ``logits`` is
-        not a ``MatMul`` of a computed tensor by a weight.
+        not made by a ``MatMul`` / ``MatMulNBits`` of a computed tensor.
     """
     import onnx
     from onnx import helper
@@ -149,13 +178,11 @@ def add_hidden_output(model_path: str | Path) -> bool:
     graph = proto.graph
     if any(o.name == HIDDEN_OUTPUT for o in graph.output):
         return False
-    head = next((n for n in graph.node if "logits" in n.output), None)
-    inits = {t.name for t in graph.initializer}
-    if head is None or head.op_type != "MatMul" or head.input[0] in inits:
+    old = _head_input(graph)
+    logits = next((o for o in graph.output if o.name == "logits"), None)
+    if old is None or logits is None:
         return False
-    logits = next(o for o in graph.output if o.name == "logits")
     elem = logits.type.tensor_type.elem_type
-    old = head.input[0]
     for node in graph.node:
         for j, name in enumerate(node.output):
             if name == old:

@@ -170,3 +170,47 @@ def test_memory_prefixed_on_onnx(onnx_dir: Path, table: np.ndarray) -> None:
     target.reset()  # back to just the memory
     assert target.n_past == 4
     np.testing.assert_array_equal(target.forward(PROMPT), want)
+
+
+def _graph_table(folder: Path) -> np.ndarray:
+    """The embedding table ``float32[V, D]`` that the graph's ``Gather`` by ``input_ids``
+    reads: an initializer, or the transpose of the tied LM head (smollm2)."""
+    import onnx
+    from onnx import numpy_helper
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    inits = {t.name: t for t in graph.initializer}
+    name = next(n for n in graph.node if n.op_type == "Gather" and "input_ids" in n.input).input[0]
+    transpose = name not in inits
+    if transpose:
+        name = next(n for n in graph.node if name in n.output).input[0]
+    tensor = inits[name]
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        load_external_data_for_tensor(tensor, str(folder))
+    table = numpy_helper.to_array(tensor).astype(np.float32)
+    return np.ascontiguousarray(table.T if transpose else table)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weights", ["fp32", "gguf-exact"])
+def test_smollm2_tied_embeddings(smollm2_path: Path, weights: str) -> None:
+    """The real model: tied embeddings (the lookup reads a Transpose of the LM head) and, for
+    gguf-exact, a MatMulNBits LM head; conversions cached before the edit are upgraded on
+    load (runtimes.ort.converted_folder)."""
+    from edgespec.runtimes import BACKENDS
+
+    source = ModelSource("gguf", smollm2_path, "smollm2-135m")
+    opts = LoadOptions(n_ctx=64, n_threads=2, progress=False, weights=weights)
+    load = BACKENDS.get("onnx").load
+    by_ids, by_embeds, by_hidden = load(source, opts), load(source, opts), load(source, opts)
+    assert isinstance(by_ids, OnnxModel) and by_ids.path is not None
+    prompt = [1, 504, 3458, 282, 4649, 314, 253, 1345, 28, 357]
+    want = by_ids.forward(prompt)
+    table = _graph_table(by_ids.path)
+    np.testing.assert_array_equal(by_embeds.forward_embeds(table[prompt]), want)
+    hidden = by_hidden.hidden_states(prompt)
+    assert hidden.shape == (len(prompt), by_ids.info.hidden_size)
+    later = by_ids.forward([2988])
+    np.testing.assert_array_equal(by_embeds.forward([2988]), later)
+    np.testing.assert_array_equal(by_hidden.forward([2988]), later)
