@@ -112,6 +112,7 @@ export class OnnxLM {
     this.layers = session.inputNames.filter((n) => /^past_key_values\.\d+\.key$/.test(n)).length;
     this.hkv = cfg.hkv;
     this.headDim = cfg.headDim;
+    this.hidden = cfg.hidden;
     this.nPast = 0;
     this.past = null;  // {name: Float32Array [H_kv, P, D]}
     this.reset();
@@ -141,6 +142,10 @@ export class OnnxLM {
     }
     if (this.inputs.has('attention_bias')) {
       feeds.attention_bias = new ort.Tensor('float32', new Float32Array(T * (P + T)), [1, 1, T, P + T]);
+    }
+    if (this.inputs.has('use_embeds')) {  // the inputs_embeds entry (Dolphin memory): unused here
+      feeds.use_embeds = new ort.Tensor('bool', new Uint8Array(1), []);
+      feeds.inputs_embeds = new ort.Tensor('float32', new Float32Array(this.hidden), [1, 1, this.hidden]);
     }
     for (const [name, data] of Object.entries(this.past)) {
       feeds[name] = new ort.Tensor('float32', data, [1, this.hkv, P, this.headDim]);
@@ -201,6 +206,7 @@ export async function loadRole(ort, base, artifact, { backend, verify, onProgres
     vocab: config.vocab_size,
     hkv: config.num_key_value_heads ?? heads,
     headDim: config.head_dim ?? config.hidden_size / heads,
+    hidden: config.hidden_size,
   };
   return { lm: new OnnxLM(ort, session, cfg), config, note };
 }
