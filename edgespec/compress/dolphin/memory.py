@@ -132,13 +132,13 @@ def memory_embeddings(
 ) -> np.ndarray:
     """The N memory vectors of ``context_ids`` (compressor tokens): ``float32[N, d_t]``.
 
-    ``compressor`` needs ``hidden_states`` (the NumPy reference); its cache is emptied
-    before and after.
+    ``compressor`` needs ``hidden_states`` (the numpy and onnx backends); its cache is
+    emptied before and after.
     """
     if not hasattr(compressor, "hidden_states"):
         raise EdgespecError(
-            f"memory compression needs the compressor on the numpy backend, not "
-            f"'{compressor.backend}'; pass --backend numpy"
+            f"memory compression needs the compressor on the numpy or onnx backend, not "
+            f"'{compressor.backend}'; pass --backend numpy or --backend onnx"
         )
     compressor.reset()
     try:
@@ -162,8 +162,8 @@ class MemoryPrefixed(Model):
     def __init__(self, inner: Any, memory: np.ndarray) -> None:
         if not hasattr(inner, "forward_embeds"):
             raise EdgespecError(
-                f"memory compression needs a target that takes input embeddings (numpy "
-                f"backend), not '{inner.backend}'; pass --backend numpy"
+                f"memory compression needs a target that takes input embeddings (numpy or "
+                f"onnx backend), not '{inner.backend}'; pass --backend numpy or --backend onnx"
             )
         self.inner, self.memory = inner, memory
         self.info, self.backend = inner.info, inner.backend
