@@ -50,7 +50,7 @@ def test_unknown_model_lists_zoo(capsys):
 def test_unknown_backend_lists_known(capsys):
     assert_one_line(
         *run(capsys, "generate", "hi", "--backend", "onx"),
-        "unknown backend 'onx'; known: llamacpp, numpy, onnx",
+        "unknown backend 'onx'; known: blockffn, llamacpp, numpy, onnx, tvm",
     )
 
 
