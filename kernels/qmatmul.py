@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgespec.errors import EdgespecError, missing_extra
+from edgespec.errors import EdgespecError
+from edgespec.kernels.compiled import tvm_module as _tvm
 
 if TYPE_CHECKING:
     from tvm.ir import IRModule
@@ -145,14 +146,6 @@ class QWeight:
     def operands(self) -> list[np.ndarray]:
         """The weight operands in kernel argument order: ``qs, d[, m]``."""
         return [self.qs, self.d] + ([] if self.m is None else [self.m])
-
-
-def _tvm() -> Any:
-    try:
-        import tvm
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise missing_extra("apache-tvm", "tvm") from e
-    return tvm
 
 
 def qmatmul_key(fmt: QFormat, m_rows: int, n: int, k: int) -> str:

@@ -32,15 +32,21 @@ other layouts or dtypes are converted once and cached by the source array's addr
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgespec.errors import EdgespecError, missing_extra
-from edgespec.kernels import reference
+from edgespec.errors import EdgespecError
+from edgespec.kernels import compiled, reference
+from edgespec.kernels.compiled import (
+    BUCKETS,
+    CompiledKernels,
+    aligned_zeros,
+    is_aligned,
+)
+from edgespec.kernels.compiled import tvm_module as _tvm
 
 if TYPE_CHECKING:
     from tvm.ir import IRModule
@@ -49,36 +55,10 @@ if TYPE_CHECKING:
 
     from edgespec.kernels.tuning import Scheduler
 
-#: the row counts a kernel is compiled for; M rows run in the smallest bucket >= M
-BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
 #: name of the compiled TVM function
 FUNC_NAME = "ffn"
 #: partial-sum lanes of the reductions over d (16 float32 = one AVX-512 register)
 LANES = 16
-#: the data alignment TVM's compiled code assumes of every operand (``from_dlpack`` checks it)
-ALIGN = 64
-
-
-def aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """Zeros whose data starts on an :data:`ALIGN`-byte boundary (NumPy guarantees 16)."""
-    dt = np.dtype(dtype)
-    n = int(np.prod(shape)) * dt.itemsize
-    raw = np.zeros(n + ALIGN, np.uint8)
-    at = -raw.ctypes.data % ALIGN
-    return raw[at : at + n].view(dt).reshape(shape)
-
-
-def is_aligned(a: np.ndarray) -> bool:
-    """True when ``a`` can be handed to a kernel in place: C-contiguous, :data:`ALIGN`-aligned."""
-    return bool(a.flags.c_contiguous) and a.ctypes.data % ALIGN == 0
-
-
-def _tvm() -> Any:
-    try:
-        import tvm
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise missing_extra("apache-tvm", "tvm") from e
-    return tvm
 
 
 @dataclass(frozen=True)
@@ -230,13 +210,7 @@ def cpu_scheduler(func: PrimFunc, target: Target, key: str) -> IRModule:
 
 def bucket_for(m_rows: int, buckets: Sequence[int] = BUCKETS) -> int:
     """The smallest bucket that holds ``m_rows`` rows."""
-    for b in sorted(buckets):
-        if b >= m_rows:
-            return b
-    raise EdgespecError(
-        f"{m_rows} rows exceed the largest sparse FFN bucket ({max(buckets)}); "
-        "split the chunk or add a bucket"
-    )
+    return compiled.bucket_for(m_rows, buckets, "sparse FFN", "split the chunk")
 
 
 #: the largest slope of each activation, sup |act'(v)| (float64 grid, step 1e-4 on [-20, 20])
@@ -298,7 +272,7 @@ def ffn_bound(
     return gamma(max(rows.size, 1)) * (h @ np.abs(down_r)) + e_h @ np.abs(down_r)
 
 
-class FFNKernels:
+class FFNKernels(CompiledKernels[FFNShape]):
     """Compiled kernels per :class:`FFNShape` and the TVM operands of the weights.
 
     Args:
@@ -314,27 +288,10 @@ class FFNKernels:
         scheduler: Scheduler | None = None,
         buckets: Sequence[int] = BUCKETS,
     ) -> None:
-        self.target = target
-        self.scheduler: Scheduler = scheduler or cpu_scheduler
-        self.buckets = tuple(sorted(buckets))
-        self._built: dict[FFNShape, Any] = {}
+        super().__init__(
+            ffn_func, FUNC_NAME, scheduler or cpu_scheduler, target=target, buckets=buckets
+        )
         self._weights: dict[tuple[Any, ...], tuple[np.ndarray, Any, np.ndarray]] = {}
-        self._lock = threading.Lock()
-
-    def function(self, shape: FFNShape) -> Any:
-        """The compiled function for ``shape`` (compiled on first use)."""
-        fn = self._built.get(shape)
-        if fn is None:
-            tvm = _tvm()
-            from edgespec.kernels.tuning import host_target
-
-            with self._lock:
-                if self.target is None:
-                    self.target = host_target()
-                mod = self.scheduler(ffn_func(shape), self.target, shape.key)
-                fn = tvm.compile(mod, target=self.target)[FUNC_NAME]
-                self._built[shape] = fn
-        return fn
 
     def weight(self, a: np.ndarray) -> Any:
         """``a`` as a float32 C-contiguous TVM tensor: in place (DLPack) when it already is

@@ -35,14 +35,20 @@ expression (tests/kernels/test_tree_attention.py).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgespec.errors import EdgespecError, missing_extra
+from edgespec.kernels import compiled
+from edgespec.kernels.compiled import (
+    BUCKETS,
+    CompiledKernels,
+    aligned_zeros,
+    as_operand,
+)
+from edgespec.kernels.compiled import tvm_module as _tvm
 from edgespec.kernels.reference import check_tree_attention
 
 if TYPE_CHECKING:
@@ -52,22 +58,10 @@ if TYPE_CHECKING:
 
     from edgespec.kernels.tuning import Scheduler
 
-#: the row counts a kernel is compiled for; M rows run in the smallest bucket >= M
-BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
 #: name of the compiled TVM function
 FUNC_NAME = "tree_attention"
 #: partial-sum lanes of the score reduction over D (16 float32 = one AVX-512 register)
 LANES = 16
-#: the data alignment TVM's compiled code assumes of every operand (``from_dlpack`` checks it)
-ALIGN = 64
-
-
-def _tvm() -> Any:
-    try:
-        import tvm
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise missing_extra("apache-tvm", "tvm") from e
-    return tvm
 
 
 @dataclass(frozen=True)
@@ -198,32 +192,7 @@ def cpu_scheduler(func: PrimFunc, target: Target, key: str) -> IRModule:
 
 def bucket_for(m_rows: int, buckets: Sequence[int] = BUCKETS) -> int:
     """The smallest bucket that holds ``m_rows`` rows."""
-    for b in sorted(buckets):
-        if b >= m_rows:
-            return b
-    raise EdgespecError(
-        f"{m_rows} rows exceed the largest tree attention bucket ({max(buckets)}); "
-        "verify a smaller tree or add a bucket"
-    )
-
-
-def aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """Zeros whose data starts on an :data:`ALIGN`-byte boundary (NumPy guarantees 16)."""
-    dt = np.dtype(dtype)
-    n = int(np.prod(shape)) * dt.itemsize
-    raw = np.zeros(n + ALIGN, np.uint8)
-    at = -raw.ctypes.data % ALIGN
-    return raw[at : at + n].view(dt).reshape(shape)
-
-
-def _operand(a: np.ndarray) -> Any:
-    """``a`` as a TVM tensor: in place when float32, C-contiguous and aligned, else a copy."""
-    tvm = _tvm()
-    if a.dtype != np.float32 or not a.flags.c_contiguous or a.ctypes.data % ALIGN:
-        b = aligned_zeros(a.shape, np.float32)
-        b[...] = a
-        a = b
-    return tvm.runtime.from_dlpack(a)
+    return compiled.bucket_for(m_rows, buckets, "tree attention", "verify a smaller tree")
 
 
 #: float32 roundings of one exponent's way from the score to ``exp``, relative: the product by
@@ -282,7 +251,7 @@ def attention_bound(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarra
     return err.reshape(n_heads, m_rows, hd).transpose(1, 0, 2)
 
 
-class TreeAttention:
+class TreeAttention(CompiledKernels[AttentionShape]):
     """Compiled tree attention kernels per :class:`AttentionShape`.
 
     Args:
@@ -298,26 +267,9 @@ class TreeAttention:
         scheduler: Scheduler | None = None,
         buckets: Sequence[int] = BUCKETS,
     ) -> None:
-        self.target = target
-        self.scheduler: Scheduler = scheduler or cpu_scheduler
-        self.buckets = tuple(sorted(buckets))
-        self._built: dict[AttentionShape, Any] = {}
-        self._lock = threading.Lock()
-
-    def function(self, shape: AttentionShape) -> Any:
-        """The compiled function for ``shape`` (compiled on first use)."""
-        fn = self._built.get(shape)
-        if fn is None:
-            tvm = _tvm()
-            from edgespec.kernels.tuning import host_target
-
-            with self._lock:
-                if self.target is None:
-                    self.target = host_target()
-                mod = self.scheduler(attention_func(shape), self.target, shape.key)
-                fn = tvm.compile(mod, target=self.target)[FUNC_NAME]
-                self._built[shape] = fn
-        return fn
+        super().__init__(
+            attention_func, FUNC_NAME, scheduler or cpu_scheduler, target=target, buckets=buckets
+        )
 
     def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """See :func:`tree_attention`."""
@@ -334,8 +286,8 @@ class TreeAttention:
         out = aligned_zeros((bucket, n_heads, hd), np.float32)
         self.function(shape)(
             tvm.runtime.from_dlpack(qp),
-            _operand(k),
-            _operand(v),
+            as_operand(k),
+            as_operand(v),
             tvm.runtime.tensor(mp),
             prefix,
             tvm.runtime.from_dlpack(out),

@@ -1,0 +1,118 @@
+"""What every compiled (TVM) kernel in ``kernels/`` shares: the row buckets, importing TVM,
+64-byte aligned operands, and a cache of functions compiled on first use per shape.
+
+A kernel module defines its shape dataclass (with a ``key`` for tuning records) and a
+builder ``shape -> PrimFunc``; :class:`CompiledKernels` compiles one function per shape for
+the target, through the module's scheduler (untuned, or MetaSchedule's records:
+:mod:`edgespec.kernels.tuning`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import numpy as np
+
+from edgespec.errors import EdgespecError, missing_extra
+
+if TYPE_CHECKING:
+    from tvm.target import Target
+    from tvm.tir import PrimFunc
+
+    from edgespec.kernels.tuning import Scheduler
+
+#: the row counts a kernel is compiled for; M rows run in the smallest bucket >= M
+BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
+#: the data alignment TVM's compiled code assumes of every operand (``from_dlpack`` checks it)
+ALIGN = 64
+
+S = TypeVar("S")
+
+
+def tvm_module() -> Any:
+    """``import tvm``, or the one-line error naming the extra to install."""
+    try:
+        import tvm
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise missing_extra("apache-tvm", "tvm") from e
+    return tvm
+
+
+def bucket_for(m_rows: int, buckets: Sequence[int], what: str, fix: str) -> int:
+    """The smallest bucket that holds ``m_rows`` rows; else one line naming ``what`` kernel
+    and the ``fix``."""
+    for b in sorted(buckets):
+        if b >= m_rows:
+            return b
+    raise EdgespecError(
+        f"{m_rows} rows exceed the largest {what} bucket ({max(buckets)}); {fix} or add a bucket"
+    )
+
+
+def aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Zeros whose data starts on an :data:`ALIGN`-byte boundary (NumPy guarantees 16)."""
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape)) * dt.itemsize
+    raw = np.zeros(n + ALIGN, np.uint8)
+    at = -raw.ctypes.data % ALIGN
+    return raw[at : at + n].view(dt).reshape(shape)
+
+
+def is_aligned(a: np.ndarray) -> bool:
+    """True when ``a`` can be handed to a kernel in place: C-contiguous, :data:`ALIGN`-aligned."""
+    return bool(a.flags.c_contiguous) and a.ctypes.data % ALIGN == 0
+
+
+def as_operand(a: np.ndarray) -> Any:
+    """``a`` as a TVM tensor: in place when float32, C-contiguous and aligned, else a copy."""
+    if a.dtype != np.float32 or not is_aligned(a):
+        b = aligned_zeros(a.shape, np.float32)
+        b[...] = a
+        a = b
+    return tvm_module().runtime.from_dlpack(a)
+
+
+class CompiledKernels(Generic[S]):
+    """Compiled functions per shape ``S``, built on first use (thread-safe).
+
+    Args:
+        build: ``shape -> PrimFunc``, the kernel's TensorIR.
+        func_name: the function's name in the compiled module.
+        scheduler: ``(func, target, key) -> IRModule`` (the untuned schedule, or tuned).
+        target: default :func:`edgespec.kernels.tuning.host_target`.
+        buckets: the row counts compiled (lazily, on first use).
+    """
+
+    def __init__(
+        self,
+        build: Callable[[S], PrimFunc],
+        func_name: str,
+        scheduler: Scheduler,
+        *,
+        target: Target | None = None,
+        buckets: Sequence[int] = BUCKETS,
+    ) -> None:
+        self.build, self.func_name = build, func_name
+        self.target = target
+        self.scheduler: Scheduler = scheduler
+        self.buckets = tuple(sorted(buckets))
+        self._built: dict[S, Any] = {}
+        self._lock = threading.Lock()
+
+    def function(self, shape: S) -> Any:
+        """The compiled function for ``shape`` (compiled on first use)."""
+        fn = self._built.get(shape)
+        if fn is None:
+            tvm = tvm_module()
+            from edgespec.kernels.tuning import host_target
+
+            with self._lock:
+                if self.target is None:
+                    self.target = host_target()
+                key = str(getattr(shape, "key", shape))
+                mod = self.scheduler(self.build(shape), self.target, key)
+                fn = tvm.compile(mod, target=self.target)[self.func_name]
+                self._built[shape] = fn
+        return fn
