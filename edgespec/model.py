@@ -122,6 +122,23 @@ class Model(ABC):
         self.close()
 
 
+class SlotCacheModel(Model):
+    """A model whose KV cache is preallocated slots ``0 .. n_ctx-1`` of which the first
+    ``n_past`` are valid: ``truncate`` only moves the count (the NumPy and TVM models)."""
+
+    _n_past: int = 0
+
+    @property
+    def n_past(self) -> int:
+        """Number of positions currently held in the KV cache."""
+        return self._n_past
+
+    def truncate(self, length: int) -> None:
+        """Keep only the first ``length`` cached positions (0 <= length <= n_past)."""
+        check_truncate(length, self._n_past)
+        self._n_past = int(length)
+
+
 def check_truncate(length: int, n_past: int) -> None:
     """Shared argument check for :meth:`Model.truncate` implementations."""
     if not 0 <= length <= n_past:

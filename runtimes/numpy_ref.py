@@ -38,7 +38,12 @@ import numpy as np
 
 from edgespec.errors import EdgespecError, ModelLoadError
 from edgespec.kvcache import NUMPY_KV_TYPES
-from edgespec.model import Model, ModelInfo, check_truncate, tree_ancestors, tree_path_rows
+from edgespec.model import (
+    ModelInfo,
+    SlotCacheModel,
+    tree_ancestors,
+    tree_path_rows,
+)
 from edgespec.runtimes.base import Backend, LoadOptions, ModelSource
 
 #: GGUF ``general.architecture`` values this backend runs.
@@ -472,7 +477,7 @@ def _gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
 
 
-class KVCacheModel(Model):
+class KVCacheModel(SlotCacheModel):
     """The cache bookkeeping of the NumPy models (this reference and
     :class:`~edgespec.sparse.blockffn.BlockFFNModel`): arrays ``k_cache, v_cache`` whose
     positions ``0 .. n_past-1`` are valid; ``truncate`` only moves ``n_past`` and ``fork``
@@ -480,17 +485,6 @@ class KVCacheModel(Model):
 
     k_cache: np.ndarray
     v_cache: np.ndarray
-    _n_past: int = 0
-
-    @property
-    def n_past(self) -> int:
-        """Number of positions currently held in the KV cache."""
-        return self._n_past
-
-    def truncate(self, length: int) -> None:
-        """Keep only the first ``length`` cached positions (0 <= length <= n_past)."""
-        check_truncate(length, self._n_past)
-        self._n_past = int(length)
 
     def fork(self) -> Self:
         """A new model sharing these weights, with a copy of the cache (same ``n_past``)."""

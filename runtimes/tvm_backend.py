@@ -33,7 +33,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgespec.errors import EdgespecError, ModelLoadError, missing_extra
-from edgespec.model import Model, ModelInfo, check_truncate, tree_ancestors, tree_path_rows
+from edgespec.model import (
+    ModelInfo,
+    SlotCacheModel,
+    tree_ancestors,
+    tree_path_rows,
+)
 from edgespec.runtimes.base import Backend, LoadOptions, ModelSource
 
 #: GGUF architectures the graph implements (no sliding window, no q/k norm, SiLU MLP)
@@ -241,7 +246,7 @@ def graph_weights(weights: Any) -> dict[str, np.ndarray]:
     return w
 
 
-class TvmModel(Model):
+class TvmModel(SlotCacheModel):
     """A compiled llama / qwen2 with its KV cache on the device.
 
     The cache is ``k_cache, v_cache: float32[L, n_ctx, KV, hd]`` (device tensors); slots
@@ -292,16 +297,6 @@ class TvmModel(Model):
         self._cos = np.cos(ang).astype(np.float32)
         self._sin = np.sin(ang).astype(np.float32)
         self._n_past = 0
-
-    @property
-    def n_past(self) -> int:
-        """Number of positions currently held in the KV cache."""
-        return self._n_past
-
-    def truncate(self, length: int) -> None:
-        """Keep only the first ``length`` cached positions (0 <= length <= n_past)."""
-        check_truncate(length, self._n_past)
-        self._n_past = int(length)
 
     def fork(self) -> TvmModel:
         """A new model sharing the compiled library and weights, with a copy of the cache."""
