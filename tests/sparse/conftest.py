@@ -3,6 +3,7 @@ once per session with router offsets fitted to a target token-level sparsity."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,16 @@ def blockffn_mla_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ffn_type="block_linear",
         num_key_value_heads=4,
     )
+
+
+@pytest.fixture(scope="session")
+def model_dir(blockffn_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BlockFFN folder with a byte-level tokenizer.json beside it (loadable by
+    ``edgespec.load`` and the CLI; tests only read it)."""
+    pytest.importorskip("tokenizers")
+    from edgespec.testing import add_byte_tokenizer
+
+    out = tmp_path_factory.mktemp("blockffn-tok") / "model"
+    shutil.copytree(blockffn_dir, out)
+    add_byte_tokenizer(out)
+    return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +14,6 @@ from edgespec.errors import EdgespecError, ModelLoadError
 pytestmark = pytest.mark.unit
 
 PROMPT = "the quick brown fox jumps over the lazy dog"
-
-
-@pytest.fixture(scope="module")
-def model_dir(blockffn_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny BlockFFN folder with a byte-level tokenizer.json beside it."""
-    pytest.importorskip("tokenizers")
-    from edgespec.testing import add_byte_tokenizer
-
-    out = tmp_path_factory.mktemp("blockffn-tok") / "model"
-    shutil.copytree(blockffn_dir, out)
-    add_byte_tokenizer(out)
-    return out
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ under their own key variant, and a flatter curve makes the controller draft long
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +14,6 @@ from edgespec.speculative import cost_curves
 from edgespec.speculative.controller import Acceptance, Controller, CostCurve
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(scope="module")
-def model_dir(blockffn_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("tokenizers")
-    from edgespec.testing import add_byte_tokenizer
-
-    out = tmp_path_factory.mktemp("blockffn-curve") / "model"
-    shutil.copytree(blockffn_dir, out)
-    add_byte_tokenizer(out)
-    return out
 
 
 @pytest.fixture(autouse=True)

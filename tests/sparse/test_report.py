@@ -4,7 +4,6 @@ and :func:`sparsity_curve` agrees with the counters of real forwards."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +13,6 @@ from edgespec.cli import main
 from edgespec.sparse.stats import ForwardSparsity, sparsity_curve
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(scope="module")
-def model_dir(blockffn_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("tokenizers")
-    from edgespec.testing import add_byte_tokenizer
-
-    out = tmp_path_factory.mktemp("blockffn-report") / "model"
-    shutil.copytree(blockffn_dir, out)
-    add_byte_tokenizer(out)
-    return out
 
 
 @pytest.fixture(autouse=True)
