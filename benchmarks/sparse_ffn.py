@@ -30,22 +30,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-
-def _median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time (ms) of each callable, repetitions interleaved."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+from edgespec.bench.timing import median_ms
 
 
 def kernel_table(
@@ -74,7 +64,7 @@ def kernel_table(
                 rows = block_rows(union, block)
                 scale_full = np.repeat(r, block, axis=1)
                 scale = np.repeat(r[:, union], block, axis=1)
-                m = _median_ms(
+                m = median_ms(
                     {
                         "dense": partial(dense, x, None, up, down_t.T, scale=scale_full),
                         "sparse": partial(sparse, x, rows, None, up, down_t.T, scale=scale),

@@ -27,7 +27,6 @@ import platform
 import shlex
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -35,19 +34,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from edgespec.bench.timing import median_ms
+
 #: (name, d, F): SmolLM2-135M's FFN and Qwen2.5-1.5B's
 SIZES = {"smollm2": (576, 1536), "qwen1.5b": (1536, 8960)}
-
-
-def _median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time (ms) of each callable, repetitions interleaved."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def table(
@@ -88,7 +78,7 @@ def table(
             }
             for fn in fns.values():  # compile and warm the caches
                 fn()
-            for k, v in _median_ms(fns, repeats).items():
+            for k, v in median_ms(fns, repeats).items():
                 med.setdefault(k, []).append(v)
             y = kern.run(x, rows, gate, up, down, act="silu", scale=None)
             exact = reference.sparse_ffn(

@@ -27,9 +27,7 @@ import argparse
 import os
 import platform
 import shlex
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -38,21 +36,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from edgespec.bench.timing import median_ms
+
 #: (name, H, H_kv, D): SmolLM2-135M's attention and Qwen2.5-1.5B's
 SIZES = {"smollm2": (9, 3, 64), "qwen1.5b": (12, 2, 128)}
 ROWS = (1, 2, 4, 9, 16)
 PREFIXES = (256, 1024)
-
-
-def _median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time (ms) of each callable, repetitions interleaved."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def ort_session(n_heads: int, n_kv: int, hd: int, threads: int) -> Any:
@@ -139,7 +128,7 @@ def table(name: str, n_heads: int, n_kv: int, hd: int, args: argparse.Namespace)
             fns["ort"] = partial(sess.run, None, feed)
         for fn in fns.values():  # compile and warm the caches
             fn()
-        med = _median_ms(fns, args.repeats)
+        med = median_ms(fns, args.repeats)
         y = kern(q, k, v, mask)
         f64 = np.float64
         exact = reference.tree_attention(q.astype(f64), k.astype(f64), v.astype(f64), mask)
