@@ -103,7 +103,7 @@ def _fastest_measured(source: ModelSource, able: list[str], options: LoadOptions
     if len(able) < 2:
         return None
     digest = source.digest()
-    args = (options.n_threads, options.weights, options.spin)
+    args = (options.n_threads, options.weights, options.spin, options.device)
     fastest = cost_curves.fastest_backend(digest, able, *args)
     if fastest is not None:
         return fastest[0]
@@ -208,6 +208,7 @@ class Runtime:
             self.source.digest(),
             self.options.n_threads,
             str(self.target.info.extra.get("variant", "")),
+            self.options.device,
         )
 
     def start(

@@ -74,7 +74,9 @@ def candidate_counts(nproc: int | None = None, *, every: bool = False) -> list[i
 
 def key_for(source: ModelSource, backend: str, options: LoadOptions) -> str:
     """The store key of ``source`` on ``backend`` with ``options``."""
-    return cost_curves.threads_key(backend, source.digest(), options.weights, options.spin)
+    return cost_curves.threads_key(
+        backend, source.digest(), options.weights, options.spin, options.device
+    )
 
 
 def stored_best(source: ModelSource, backend: str, options: LoadOptions) -> int | None:

@@ -42,7 +42,14 @@ def device_fingerprint() -> str:
     return hashlib.sha256(device_description().encode()).hexdigest()[:16]
 
 
-def curve_key(backend: str, digest: str, threads: int | None, variant: str = "") -> str:
+def _device_suffix(device: str) -> str:
+    """``|device=X`` for a device other than the CPU; keys of CPU runs stay as they were."""
+    return "" if device == "cpu" else f"|device={device}"
+
+
+def curve_key(
+    backend: str, digest: str, threads: int | None, variant: str = "", device: str = "cpu"
+) -> str:
     """The key of a stored cost curve.
 
     Args:
@@ -53,19 +60,25 @@ def curve_key(backend: str, digest: str, threads: int | None, variant: str = "")
         threads: the thread count asked for; None ("default") means the measured best.
         variant: what one backend can make of one file (the onnx backend's graph and
             weights, e.g. ``shared-gguf-exact``).
+        device: where the model runs (``--device``): one backend's curve on the CPU says
+            nothing of its curve on a GPU.
     """
     label = f"{backend}:{variant}" if variant else backend
-    return f"{label}|{digest[:16]}|threads={threads or 'default'}"
+    return f"{label}|{digest[:16]}|threads={threads or 'default'}{_device_suffix(device)}"
 
 
-def threads_key(backend: str, digest: str, weights: str = "auto", spin: bool = True) -> str:
+def threads_key(
+    backend: str, digest: str, weights: str = "auto", spin: bool = True, device: str = "cpu"
+) -> str:
     """The key of a stored thread choice: backend, model content and the load options that
-    change what the backend builds (``weights``, ``spin``: the onnx backend's variant).
+    change what the backend builds (``weights``, ``spin``: the onnx backend's variant;
+    ``device``).
 
     Unlike :func:`curve_key` it needs nothing from the loaded model, so the stored count can
     be passed to the backend at load time (an ORT session is built once, with it).
     """
-    return f"{backend}|{digest[:16]}|weights={weights}|spin={int(spin)}"
+    key = f"{backend}|{digest[:16]}|weights={weights}|spin={int(spin)}"
+    return key + _device_suffix(device)
 
 
 def _curves_path() -> Path:
@@ -180,8 +193,10 @@ def fastest_backend(
     threads: int | None,
     weights: str = "auto",
     spin: bool = True,
+    device: str = "cpu",
 ) -> tuple[str, float] | None:
-    """The backend that decodes one token of the model ``digest`` fastest on this device.
+    """The backend that decodes one token of the model ``digest`` fastest on this device
+    (on ``device``: the CPU or a GPU through ``--device``).
 
     First the stored cost curves (``edgespec calibrate``) are compared: only those of this
     device, with the same thread setting, the same ``weights`` choice (entries without one
@@ -195,7 +210,7 @@ def fastest_backend(
         ``(backend, seconds per one-token forward)``, or None when fewer than two of the
         ``candidates`` have a measurement (then nothing has been compared).
     """
-    suffix = f"|{digest[:16]}|threads={threads or 'default'}"
+    suffix = f"|{digest[:16]}|threads={threads or 'default'}{_device_suffix(device)}"
     best: dict[str, float] = {}
     for key, entry in load_curves().items():
         same = (entry.get("weights", "auto"), entry.get("spin", True)) == (weights, spin)
@@ -209,7 +224,7 @@ def fastest_backend(
         best = {}
         for backend in candidates:
             one = one_token_seconds(
-                load_threads(threads_key(backend, digest, weights, spin)), threads
+                load_threads(threads_key(backend, digest, weights, spin, device)), threads
             )
             if one is not None:
                 best[backend] = one

@@ -212,3 +212,21 @@ def test_on_a_busy_machine_the_probe_still_decides(
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (3.0, 3.0, 3.0))
     assert pick_backend(SOURCE, None, LoadOptions(progress=False)) == "other"
     assert cost_curves.load_threads(threads.key_for(SOURCE, "other", LoadOptions())) is None
+
+
+def test_a_cpu_measurement_says_nothing_of_another_device() -> None:
+    digest = SOURCE.digest()
+    _store("llamacpp", 0.02)
+    _store("onnx", 0.01)
+    assert cost_curves.fastest_backend(digest, ["llamacpp", "onnx"], None) == ("onnx", 0.01)
+    assert cost_curves.fastest_backend(digest, ["llamacpp", "onnx"], None, device="npu") is None
+    for backend, one in (("llamacpp", 0.005), ("onnx", 0.03)):
+        key = cost_curves.curve_key(backend, digest, None, device="npu")
+        cost_curves.save_curve(key, {"verify": {"1": one}, "backend": backend})
+    assert cost_curves.fastest_backend(digest, ["llamacpp", "onnx"], None, device="npu") == (
+        "llamacpp",
+        0.005,
+    )
+    # CPU keys are unchanged (curves stored before the device was part of the key still count)
+    assert cost_curves.curve_key("onnx", digest, 2) == f"onnx|{digest[:16]}|threads=2"
+    assert cost_curves.threads_key("onnx", digest, device="npu").endswith("|device=npu")
