@@ -4,7 +4,7 @@
         [--workloads code summarize] [--per-workload N]
     python benchmarks/kv_cache.py --ppl [-m smollm2-135m] [--tokens 1024] [--mem-ctx 8192]
         [--backends numpy llamacpp] [--text FILE | --text-workload long/multifact] [-t N]
-        [--gear RANK,SPARSITY ...]
+        [--kv-types f32 q8 q4 gear4] [--gear RANK,SPARSITY ...]
 
 Agreement (default): loads the model on llama.cpp once per ``--kv-cache`` type (f32, f16,
 q8, q4), decodes every prompt greedily for ``-n`` tokens, and prints the cache's size and
@@ -19,7 +19,9 @@ attend to what the cache holds of the earlier ones), and the KV memory against f
 measured context from the arrays the store holds (numpy; checked equal to its layout), and
 at ``--mem-ctx`` from the layout alone. ``--gear 0,0.02 4,0`` adds numpy rows of GEAR
 variants (rank r, outlier share s; the default gear4 is 4,0.02) to see what each part buys.
-docs/compression.md reports the tables.
+``--kv-types`` picks the numpy types (f32 first: the reference). A bar counts the tokens
+scored. At 8k, ``--tokens 8184`` fills the model's 8192 positions (the cache holds
+``tokens + 8``). docs/compression.md reports the tables.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 import edgespec
 from edgespec.bench.workloads import load_workloads
@@ -103,6 +106,27 @@ def gear_variants(specs: list[str]) -> list[str]:
     return names
 
 
+class _Counted:
+    """A model whose forwards advance a tqdm bar by their tokens (what ``mean_nll`` feeds)."""
+
+    def __init__(self, model: Any, bar: Any) -> None:
+        self.model, self.bar = model, bar
+
+    def reset(self) -> None:
+        self.model.reset()
+
+    def forward(self, ids: list[int], all_logits: bool = False) -> np.ndarray:
+        out = self.model.forward(ids, all_logits=all_logits)
+        self.bar.update(len(ids))
+        return out
+
+
+def scored_nll(model: Any, ids: list[int], label: str) -> float:
+    """``mean_nll`` of ``ids[1:]`` after ``ids[0]``, with a bar of the tokens fed."""
+    with tqdm(total=len(ids), desc=label, unit="tok", mininterval=10) as bar:
+        return mean_nll(_Counted(model, bar), ids[:1], ids[1:])  # type: ignore[arg-type]
+
+
 def numpy_rows(a: argparse.Namespace, ids: list[int]) -> list[dict[str, Any]]:
     """Each numpy KV type on one set of weights: perplexity and bytes held."""
     from edgespec.kvcache import KV_STORES
@@ -115,7 +139,7 @@ def numpy_rows(a: argparse.Namespace, ids: list[int]) -> list[dict[str, Any]]:
         hp.n_layers, hp.n_head_kv, a.mem_ctx, hp.head_dim, 4, NumpyModel.max_chunk
     )
     rows = []
-    for kv in [*NUMPY_TYPES, *gear_variants(a.gear)]:
+    for kv in [*a.kv_types, *gear_variants(a.gear)]:
         info = replace(base.info, extra=dict(base.info.extra))
         m = NumpyModel(hp, base.w, info, n_ctx, np.float32, base.n_threads, kv)
         assert m.kv_store is not None
@@ -124,7 +148,7 @@ def numpy_rows(a: argparse.Namespace, ids: list[int]) -> list[dict[str, Any]]:
         )
         assert m.kv_store.nbytes == layout, (kv, m.kv_store.nbytes, layout)
         t = time.perf_counter()
-        nll = mean_nll(m, ids[:1], ids[1:])
+        nll = scored_nll(m, ids, f"numpy {kv}")
         at_8k = type(m.kv_store).layout_bytes(
             hp.n_layers, hp.n_head_kv, a.mem_ctx, hp.head_dim, 4, NumpyModel.max_chunk
         )
@@ -158,7 +182,7 @@ def llamacpp_rows(a: argparse.Namespace, ids: list[int]) -> list[dict[str, Any]]
         )  # fmt: skip
         with rt:
             t = time.perf_counter()
-            nll = mean_nll(rt.target, ids[:1], ids[1:])
+            nll = scored_nll(rt.target, ids, f"llamacpp {kv}")
             extra = rt.target.info.extra
             per = KV_TYPES[kv][1] / 4  # bytes per value against f32's 4, at any context
             rows.append(
@@ -218,8 +242,12 @@ def main() -> None:
                     choices=["numpy", "llamacpp"])  # fmt: skip
     ap.add_argument("--text", default=None, help="--ppl: a text file to score")
     ap.add_argument("--text-workload", default="long/multifact")
+    ap.add_argument("--kv-types", nargs="+", default=list(NUMPY_TYPES), choices=NUMPY_TYPES,
+                    help="--ppl: numpy KV types, f32 first")  # fmt: skip
     ap.add_argument("--gear", nargs="*", default=[], metavar="R,S", help="GEAR variants (numpy)")
     a = ap.parse_args()
+    if a.kv_types[0] != "f32":
+        ap.error("--kv-types must start with f32, the reference of the 'ppl vs f32' column")
     perplexity(a) if a.ppl else agreement(a)
 
 
