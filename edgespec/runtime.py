@@ -267,6 +267,8 @@ class Runtime:
             ctx.rec.kv_cache = str(extra["kv_cache"])
             ctx.rec.kv_cache_mb = extra["kv_cache_bytes"] / 1e6
             ctx.rec.kv_cache_f16_mb = extra["kv_cache_f16_bytes"] / 1e6
+            ctx.rec.kv_cache_default = str(extra.get("kv_cache_default", ""))
+            ctx.rec.kv_cache_default_mb = extra.get("kv_cache_default_bytes", 0) / 1e6
             from edgespec.runtimes.base import LOSSY_KV_CACHE_TYPES
 
             ctx.rec.lossy = ctx.rec.lossy or extra["kv_cache"] in LOSSY_KV_CACHE_TYPES
@@ -392,9 +394,10 @@ def load(
             kv_ok = ", ".join(
                 n for n in BACKENDS.names() if kv_cache in BACKENDS.get(n).kv_cache_types
             )
+            takes = f"takes {', '.join(able)}" if able else "takes no --kv-cache type"
             raise EdgespecError(
                 f"backend '{name}' has no {kv_cache} KV cache; drop --kv-cache or use "
-                f"--backend {kv_ok or 'llamacpp'}"
+                f"--backend {kv_ok or 'llamacpp'} ({name} {takes})"
             )
     if device not in BACKENDS.get(name).devices:
         runs = {n: BACKENDS.get(n).devices for n in BACKENDS.names()}

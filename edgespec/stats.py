@@ -56,6 +56,10 @@ class Stats:
             not say). q8 and q4 are lossy.
         kv_cache_mb: the target's KV cache for its whole context, in MB (1e6 bytes).
         kv_cache_f16_mb: the same cache in f16 (llama.cpp's default), for comparison.
+        kv_cache_default: the backend's own KV type without ``--kv-cache`` ("f16" on
+            llama.cpp, "f32" on numpy; "" when the backend does not say).
+        kv_cache_default_mb: the same cache in that type, in MB: what ``--stats`` reports
+            the memory saved against.
         sparsity: the target's chunk-sparse FFN over this generation (empty for dense
             models): :meth:`edgespec.sparse.stats.ForwardSparsity.to_dict`, token-level and
             chunk-level sparsity per layer and per chunk size, units computed per forward.
@@ -92,6 +96,8 @@ class Stats:
     kv_cache: str = ""
     kv_cache_mb: float = 0.0
     kv_cache_f16_mb: float = 0.0
+    kv_cache_default: str = ""
+    kv_cache_default_mb: float = 0.0
     sparsity: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -139,16 +145,19 @@ class Stats:
         if self.kv_cache:
             from edgespec.runtimes.base import LOSSY_KV_CACHE_TYPES
 
-            f16 = self.kv_cache_f16_mb
+            # against the backend's own default type (f32 on numpy), f16 when it does not say
+            ref, ref_mb = (self.kv_cache_default, self.kv_cache_default_mb)
+            if not ref:
+                ref, ref_mb = "f16", self.kv_cache_f16_mb
             lines.append(
                 f"KV cache {self.kv_cache}"
                 + (" (lossy)" if self.kv_cache in LOSSY_KV_CACHE_TYPES else "")
                 + f": {self.kv_cache_mb:.1f} MB for the context"
                 + (
-                    f" ({self.kv_cache_mb / f16:.2f}x of f16, "
-                    f"{abs(f16 - self.kv_cache_mb):.1f} MB "
-                    f"{'saved' if f16 >= self.kv_cache_mb else 'more'})"
-                    if f16 and self.kv_cache != "f16"
+                    f" ({self.kv_cache_mb / ref_mb:.2f}x of {ref}, the default, "
+                    f"{abs(ref_mb - self.kv_cache_mb):.1f} MB "
+                    f"{'saved' if ref_mb >= self.kv_cache_mb else 'more'})"
+                    if ref_mb and self.kv_cache != ref
                     else ""
                 )
             )
@@ -192,6 +201,8 @@ class StatsRecorder:
     kv_cache: str = ""
     kv_cache_mb: float = 0.0
     kv_cache_f16_mb: float = 0.0
+    kv_cache_default: str = ""
+    kv_cache_default_mb: float = 0.0
     #: the target's live sparsity counters (``ForwardSparsity``), reset when the generation
     #: starts; None for dense models
     sparsity: Any = None
@@ -263,5 +274,7 @@ class StatsRecorder:
             kv_cache=self.kv_cache,
             kv_cache_mb=self.kv_cache_mb,
             kv_cache_f16_mb=self.kv_cache_f16_mb,
+            kv_cache_default=self.kv_cache_default,
+            kv_cache_default_mb=self.kv_cache_default_mb,
             sparsity=self.sparsity.to_dict() if self.sparsity is not None else {},
         )

@@ -284,6 +284,8 @@ class LlamaCppModel(Model):
         cells = int(lib.llama_n_ctx(self._ctx))  # as allocated (llama.cpp pads to 256)
         self.info.extra["kv_cache_bytes"] = int(per_token * cells * KV_TYPES[kv][1])
         self.info.extra["kv_cache_f16_bytes"] = int(per_token * cells * 2)
+        self.info.extra["kv_cache_default"] = "f16"  # what --stats reports the saving against
+        self.info.extra["kv_cache_default_bytes"] = int(per_token * cells * 2)
 
         self._batch = lib.llama_batch_init(self.n_batch, 0, max_tree_leaves)
         b = self._batch

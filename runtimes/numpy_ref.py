@@ -512,6 +512,10 @@ def _kv_store(
         kv_cache_bytes=store.nbytes,
         kv_cache_f16_bytes=2 * L * KV * n_ctx * hd * 2,
         kv_cache_f32_bytes=2 * L * KV * n_ctx * hd * 4,
+        # without --kv-cache: the model's own arrays in its compute dtype (what --stats
+        # reports the saving against)
+        kv_cache_default="f32",
+        kv_cache_default_bytes=2 * L * KV * n_ctx * hd * np.dtype(dtype).itemsize,
     )
     return store
 

@@ -692,8 +692,14 @@ class Bench:
             "notes": list(s.notes),
             "_tokens": list(res.token_ids),
         }
-        if s.kv_cache:  # the target's KV-cache type and its size for the context
-            row.update(kv_cache=s.kv_cache, kv_cache_mb=s.kv_cache_mb)
+        if s.kv_cache:  # the target's KV-cache type, its size for the context, and the MB
+            # it saves against the backend's default type (negative: it holds more)
+            row.update(
+                kv_cache=s.kv_cache,
+                kv_cache_mb=s.kv_cache_mb,
+                kv_cache_default=s.kv_cache_default,
+                kv_cache_saved_mb=s.kv_cache_default_mb - s.kv_cache_mb,
+            )
         if s.compressed_from:  # context compression: what the target saw, and its cost
             row.update(
                 compressed_from=s.compressed_from,

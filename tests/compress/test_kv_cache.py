@@ -32,7 +32,7 @@ def test_backend_without_the_kv_type_refuses(capsys, smollm2_path):
     args = ["generate", "hi", "-m", str(smollm2_path), "-b", "numpy", "--kv-cache", "f16"]
     code, _, err = run(capsys, *args)
     one_line(code, err, "backend 'numpy' has no f16 KV cache; drop --kv-cache or use ")
-    assert "--backend llamacpp" in err
+    assert "--backend llamacpp (numpy takes f32, q8, q4, gear4)" in err
 
 
 def test_gear4_is_numpy_only(capsys, smollm2_path):
@@ -40,7 +40,15 @@ def test_gear4_is_numpy_only(capsys, smollm2_path):
     args = ["generate", "hi", "-m", str(smollm2_path), "-b", "llamacpp", "--kv-cache", "gear4"]
     code, _, err = run(capsys, *args)
     one_line(code, err, "backend 'llamacpp' has no gear4 KV cache; drop --kv-cache or use ")
-    assert "--backend numpy" in err
+    assert "--backend numpy (llamacpp takes f32, f16, q8, q4)" in err
+
+
+def test_onnx_takes_no_kv_type(capsys, smollm2_path):  # refused before any load or conversion
+    pytest.importorskip("onnxruntime")
+    args = ["generate", "hi", "-m", str(smollm2_path), "-b", "onnx", "--kv-cache", "gear4"]
+    code, _, err = run(capsys, *args)
+    one_line(code, err, "backend 'onnx' has no gear4 KV cache; drop --kv-cache or use ")
+    assert "--backend numpy (onnx takes no --kv-cache type)" in err
 
 
 @pytest.mark.slow

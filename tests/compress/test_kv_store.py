@@ -114,6 +114,24 @@ def test_generate_reports_the_stores_bytes_and_lossy(capsys, tiny_tok_dir, monke
         want = KV_STORES.get(kv).layout_bytes(3, 2, 256, 16, 4, NumpyModel.max_chunk)
         assert s["kv_cache"] == kv and s["kv_cache_mb"] == pytest.approx(want / 1e6)
         assert s["kv_cache_f16_mb"] == pytest.approx(2 * 3 * 2 * 256 * 16 * 2 / 1e6)
+        # the saving is against numpy's own default, f32, not llama.cpp's f16
+        assert s["kv_cache_default"] == "f32"
+        assert s["kv_cache_default_mb"] == pytest.approx(2 * 3 * 2 * 256 * 16 * 4 / 1e6)
+
+
+def test_stats_line_compares_with_numpy_default_f32(capsys, tiny_tok_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path / "home"))
+    args = ["generate", "the quick brown fox", "-m", str(tiny_tok_dir), "-b", "numpy"]
+    args += ["-t", "1", "-n", "2", "-c", "256", "-q", "--stats", "--kv-cache", "q8"]
+    assert main(args) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("KV cache")]
+    # tiny llama: 3 layers, 2 KV heads, head_dim 16; q8_0 is 34 bytes per 32 values
+    q8 = KV_STORES.get("q8").layout_bytes(3, 2, 256, 16, 4, NumpyModel.max_chunk) / 1e6
+    f32 = 2 * 3 * 2 * 256 * 16 * 4 / 1e6
+    assert lines == [
+        f"KV cache q8 (lossy): {q8:.1f} MB for the context ({q8 / f32:.2f}x of f32, the "
+        f"default, {f32 - q8:.1f} MB saved)"
+    ]
 
 
 def test_bench_runs_kv_types_side_by_side(tmp_path, tiny_tok_dir, monkeypatch):
@@ -135,6 +153,9 @@ def test_bench_runs_kv_types_side_by_side(tmp_path, tiny_tok_dir, monkeypatch):
     f32, gear = by["autoregressive@numpy+kv=f32"], by["autoregressive@numpy+kv=gear4"]
     assert not f32["lossy"] and gear["lossy"]
     assert (f32["kv_cache"], gear["kv_cache"]) == ("f32", "gear4")
+    assert f32["kv_cache_default"] == gear["kv_cache_default"] == "f32"
+    assert f32["kv_cache_saved_mb"] == 0.0
+    assert gear["kv_cache_saved_mb"] == pytest.approx(f32["kv_cache_mb"] - gear["kv_cache_mb"])
     # at 1024 cells gear4's blocks and its float32 tail (383 tokens) hold 0.69x of f32
     # (head_dim 16); at 256 cells the tail alone is as large as f32
     want = KV_STORES.get("gear4").layout_bytes(3, 2, 1024, 16, 4, NumpyModel.max_chunk)
