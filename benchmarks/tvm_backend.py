@@ -1,5 +1,8 @@
 """tvm backend vs llama.cpp and onnx: plain decoding tok/s and the k-token forward cost c(k).
 
+The tvm backend runs twice: its quantized build (``--weights gguf-exact``: the GGUF's own
+blocks, kernels/qlinear.py) and its fp32 build; onnx runs gguf-exact (MatMulNBits).
+
 One process, same GGUF, same context; repetitions are interleaved across the models so that
 load on a shared machine hits all of them alike. llama.cpp runs at each thread count in
 ``--threads`` and its best count is the baseline (as benchmarks §2 does); the other backends
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -27,7 +31,8 @@ from typing import Any
 ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("llama.cpp (GGUF Q4_1)", "llamacpp", {}),
     ("onnx gguf-exact", "onnx", {"weights": "gguf-exact"}),
-    ("tvm fp32 (llvm)", "tvm", {}),
+    ("tvm gguf-exact (llvm)", "tvm", {"weights": "gguf-exact"}),
+    ("tvm fp32 (llvm)", "tvm", {"weights": "fp32"}),
 ]
 
 
@@ -58,7 +63,8 @@ def main() -> int:
     p.add_argument("--decode", type=int, default=16)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 9])
-    p.add_argument("--backends", nargs="+", default=[r[1] for r in ROWS])
+    p.add_argument("--backends", nargs="+", default=sorted({r[1] for r in ROWS}))
+    p.add_argument("--rows", nargs="+", default=None, help="only these row labels' first words")
     p.add_argument("--json", default=None, help="write the raw medians here")
     a = p.parse_args()
 
@@ -73,6 +79,8 @@ def main() -> int:
     for label, backend, fields in ROWS:
         if backend not in a.backends or not BACKENDS.get(backend).available():
             continue
+        if a.rows and not any(label.startswith(r) for r in a.rows):
+            continue
         for t in a.threads:
             n_ctx = a.context + a.decode + max(a.ks) + 8
             opts = LoadOptions(n_ctx=n_ctx, n_threads=t, progress=False, **fields)
@@ -83,6 +91,7 @@ def main() -> int:
     }
     from tqdm.auto import tqdm
 
+    load = [os.getloadavg()[0]]
     with tqdm(total=a.reps * len(models), desc="timing", unit="model") as bar:
         for _ in range(a.reps):
             for key, model in models.items():
@@ -90,12 +99,16 @@ def main() -> int:
                 for k in a.ks:
                     fwd[key][k].append(forward_seconds(model, k))
                 bar.update(1)
+            load.append(os.getloadavg()[0])
     med = {key: statistics.median(v) for key, v in dec.items()}
     cmed = {key: {k: statistics.median(v) for k, v in d.items()} for key, d in fwd.items()}
     ref_label = ROWS[0][0]
     ref = min((s for (lab, _), s in med.items() if lab == ref_label), default=None)
     print(f"`{' '.join(shlex.quote(x) for x in ['benchmarks/tvm_backend.py', *sys.argv[1:]])}`")
-    print(f"({platform.machine()}, {a.model}, context {a.context}, medians of {a.reps})\n")
+    print(
+        f"({platform.machine()}, {a.model}, context {a.context}, medians of {a.reps}; "
+        f"1-minute load average {min(load):.1f} to {max(load):.1f} during the timings)\n"
+    )
     head = "| backend | threads | decode tok/s | vs llama.cpp best |"
     head += "".join(f" c({k}) ms |" for k in a.ks) + f" c({max(a.ks)})/c(1) |"
     print(head)
@@ -108,7 +121,10 @@ def main() -> int:
         row += f" {c[max(a.ks)] / c[min(a.ks)]:.2f} |"
         print(row)
     if a.json:
-        raw = {f"{lab}@{t}": {"decode_s": med[(lab, t)], "c": cmed[(lab, t)]} for lab, t in med}
+        raw: dict[str, Any] = {
+            f"{lab}@{t}": {"decode_s": med[(lab, t)], "c": cmed[(lab, t)]} for lab, t in med
+        }
+        raw["load_average"] = [min(load), max(load)]
         with open(a.json, "w") as f:
             json.dump(raw, f, indent=1)
     for model in models.values():

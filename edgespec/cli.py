@@ -90,7 +90,7 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights",
         default="auto",
-        help="onnx backend, GGUF models: gguf-exact (the file's own quantized blocks, the "
+        help="onnx and tvm backends, GGUF models: gguf-exact (the file's own quantized blocks, the "
         "default) or fp32 (dequantized)",
     )
     p.add_argument(

@@ -59,7 +59,8 @@ class LoadOptions:
         progress: show progress bars for slow steps (conversion, dequantization).
         weights: how a backend that converts GGUF files holds their weights: "auto" (its
             default), "fp32" (dequantized) or "gguf-exact" (the file's own quantized
-            blocks). Only the ``onnx`` backend has a choice (``edgespec.runtimes.ort``).
+            blocks). The ``onnx`` and ``tvm`` backends have a choice
+            (``edgespec.runtimes.ort``, ``edgespec.runtimes.tvm_backend``).
         spin: let idle worker threads spin between operators (onnx): faster, but more CPU
             time per token. False lets them sleep (SmolLM2 on the 2-core build machine:
             27 % slower for 3 % less CPU, ``benchmarks/onnx_backend.py``; devices with

@@ -1,8 +1,17 @@
-"""The ``tvm`` backend: llama / qwen2 compiled through TVM Relax, fp32 weights.
+"""The ``tvm`` backend: llama / qwen2 compiled through TVM Relax, fp32 or the GGUF's own blocks.
 
-The weights are the NumPy reference's (:mod:`edgespec.runtimes.numpy_ref`: a GGUF file
-dequantized to float32 bit for bit, or an HF folder), so this backend computes with exactly
-the reference's values; only the order of float32 operations differs. The graph
+Two builds, chosen by ``LoadOptions.weights`` (``--weights``, the names the onnx backend
+uses; :data:`WEIGHTS`):
+
+- ``fp32``: the NumPy reference's weights (:mod:`edgespec.runtimes.numpy_ref`: a GGUF file
+  dequantized to float32 bit for bit, or an HF folder), so this backend computes with exactly
+  the reference's values; only the order of float32 operations differs.
+- ``gguf-exact`` (what ``auto`` picks for a GGUF file): every matrix whose GGUF type has a
+  kernel (Q4_0, Q4_1, Q8_0) is multiplied on the file's own blocks
+  (:mod:`edgespec.kernels.qlinear`: the same dequantized values, never materialized, 4-bit
+  codes widened to one byte); other types (K-quants, Q5_x, F16) fall back per matrix to
+  float32, said once at load. The embedding table, norms and biases are float32 as in fp32.
+ The graph
 (:mod:`edgespec.runtimes.tvm_graph`) has a symbolic token count T, takes rope angles and the
 mask among new tokens as inputs (chains and token trees share it), and writes the new keys
 and values into a preallocated device cache in place.
@@ -43,6 +52,38 @@ from edgespec.runtimes.base import Backend, LoadOptions, ModelSource
 
 #: GGUF architectures the graph implements (no sliding window, no q/k norm, SiLU MLP)
 SUPPORTED_ARCHS = ("llama", "qwen2")
+
+#: ``LoadOptions.weights`` choices (the onnx backend's names) -> the source kinds they serve
+WEIGHTS: dict[str, tuple[str, ...]] = {"fp32": ("gguf", "hf"), "gguf-exact": ("gguf",)}
+#: what "auto" means per source kind: a GGUF keeps its own quantized blocks (as on onnx)
+AUTO_WEIGHTS = {"gguf": "gguf-exact", "hf": "fp32"}
+#: graph matrix (per layer) -> the GGUF tensors stacked along its output features
+GGUF_PARTS = {
+    "wqkv": ("attn_q", "attn_k", "attn_v"),
+    "wo": ("attn_output",),
+    "w_gate_up": ("ffn_gate", "ffn_up"),
+    "w_down": ("ffn_down",),
+}
+
+
+def weights_choice(kind: str, weights: str, bundled: bool = False) -> str:
+    """``weights`` ("auto", "fp32" or "gguf-exact") resolved for a ``kind`` source; "auto" in
+    a bundle (``bundled``: ``export --format tvm``, whose library is the fp32 build) is fp32.
+
+    Raises:
+        EdgespecError: an unknown choice, or gguf-exact for a source that is not GGUF.
+    """
+    auto = "fp32" if bundled else AUTO_WEIGHTS.get(kind, "fp32")
+    choice = auto if weights == "auto" else weights
+    if choice not in WEIGHTS:
+        known = ", ".join(["auto", *WEIGHTS])
+        raise EdgespecError(f"unknown --weights '{weights}' (known: {known})")
+    if kind not in WEIGHTS[choice]:
+        raise EdgespecError(
+            f"--weights {choice} needs a {' or '.join(WEIGHTS[choice])} source, not '{kind}'; "
+            "use --weights fp32"
+        )
+    return choice
 
 
 @dataclass(frozen=True)
@@ -126,9 +167,9 @@ def get_device(name: str) -> Device:
 
 def _graph_source_digest() -> str:
     """sha256 of the graph code, so that editing it recompiles cached libraries."""
-    from edgespec.runtimes import tvm_graph
+    from edgespec.runtimes.tvm_bundle import graph_code_digest
 
-    return hashlib.sha256(Path(tvm_graph.__file__).read_bytes()).hexdigest()
+    return graph_code_digest()
 
 
 def library_dir(spec: Any, arch: str, target: Any) -> Path:
@@ -244,6 +285,49 @@ def graph_weights(weights: Any) -> dict[str, np.ndarray]:
         w[f"l{i}.w_gate_up"] = layer.w_gate_up
         w[f"l{i}.w_down"] = layer.w_down
     return w
+
+
+def gguf_matrices(path: Path, spec: Any, permuted_qk: bool) -> tuple[dict[str, Any], list[str]]:
+    """The graph matrices of ``spec`` that the GGUF file ``path`` holds in a type with a
+    kernel, as :class:`~edgespec.kernels.qlinear.PackedQWeight` (the file's blocks; llama's
+    Q/K rows un-permuted as the reference does), and the types of the others.
+
+    A fused matrix (QKV, gate/up) is quantized only when all its parts share one such type.
+
+    Returns:
+        ``({graph matrix name: PackedQWeight}, [GGUF type of each float32 fallback])``.
+    """
+    from edgespec.gguf_file import open_gguf
+    from edgespec.kernels import qlinear
+    from edgespec.kernels.qmatmul import FORMATS, QWeight
+    from edgespec.runtimes.numpy_weights import unpermute_rope_rows
+
+    tensors = {str(t.name): t for t in open_gguf(path).reader.tensors}
+    heads = {"attn_q": spec.n_head, "attn_k": spec.n_head_kv} if permuted_qk else {}
+    packed: dict[str, Any] = {}
+    fallback: list[str] = []
+    for name in spec.weight_names():
+        layer, _, role = name.rpartition(".")
+        if role == "lm_head":
+            out = "output.weight" if "output.weight" in tensors else "token_embd.weight"
+            parts = [(tensors[out], None)]
+        elif role in GGUF_PARTS:
+            i = layer.removeprefix("l")
+            parts = [(tensors[f"blk.{i}.{p}.weight"], heads.get(p)) for p in GGUF_PARTS[role]]
+        else:
+            continue
+        types = {t.tensor_type.name for t, _ in parts}
+        qtype = types.pop() if len(types) == 1 else None
+        if qtype not in FORMATS:
+            fallback.append(qtype or "/".join(sorted({t.tensor_type.name for t, _ in parts})))
+            continue
+        blocks = []
+        for t, n_head in parts:
+            raw = np.asarray(t.data)
+            raw = unpermute_rope_rows(raw, n_head) if n_head else raw
+            blocks.append(QWeight.from_gguf(raw, qtype))
+        packed[name] = qlinear.pack(qlinear.concat(blocks))
+    return packed, fallback
 
 
 class TvmModel(SlotCacheModel):
@@ -408,7 +492,8 @@ class TvmModel(SlotCacheModel):
 
 
 class TvmBackend(Backend):
-    """Compiles llama / qwen2 GGUF files and HF folders with TVM Relax (fp32 weights)."""
+    """Compiles llama / qwen2 GGUF files and HF folders with TVM Relax (fp32 weights, or a
+    GGUF's own blocks: ``--weights``)."""
 
     name: ClassVar[str] = "tvm"
     accepts: ClassVar[tuple[str, ...]] = ("gguf", "hf")
@@ -416,7 +501,8 @@ class TvmBackend(Backend):
     extra: ClassVar[str] = "tvm"
     devices: ClassVar[tuple[str, ...]] = tuple(DEVICES)
     #: always exact: every row is computed the same way whatever the number of tokens (the
-    #: matmul kernel's loop order; tested bit for bit), so ``--exact`` changes nothing
+    #: matmul kernels' loop order, fp32 and quantized; tested bit for bit), so ``--exact``
+    #: changes nothing
     supports_exact: ClassVar[bool] = True
 
     @classmethod
@@ -440,6 +526,10 @@ class TvmBackend(Backend):
             raise EdgespecError(
                 f"the tvm backend loads {' or '.join(cls.accepts)} models, not '{source.kind}'"
             )
+        from edgespec.runtimes.tvm_bundle import META
+
+        bundled = (Path(source.path).expanduser().parent / META).is_file()
+        choice = weights_choice(source.kind, options.weights, bundled)
         from edgespec.runtimes import numpy_ref
 
         path = Path(source.path).expanduser()
@@ -456,9 +546,22 @@ class TvmBackend(Backend):
         import tvm
         from tvm import relax
 
-        from edgespec.runtimes.tvm_graph import is_packed, pack_weight
+        from edgespec.runtimes.tvm_graph import QUANT_PARTS, is_packed, pack_weight
 
         spec = graph_spec(hp, weights)
+        packed: dict[str, Any] = {}
+        fallback: list[str] = []
+        if choice == "gguf-exact":
+            packed, fallback = gguf_matrices(path, spec, permuted_qk=hp.arch == "llama")
+            quant = tuple((name, q.fmt) for name, q in packed.items())
+            spec = replace(spec, quant=quant)
+            if fallback and options.progress:
+                print(
+                    f"edgespec: {len(fallback)} of {len(fallback) + len(packed)} matrices "
+                    f"({', '.join(sorted(set(fallback)))}) have no quantized kernel; they "
+                    "run in float32",
+                    file=sys.stderr,
+                )
         target = device.tvm_target(options.n_threads)
         from edgespec.runtimes.tvm_bundle import bundled_library
 
@@ -467,13 +570,19 @@ class TvmBackend(Backend):
         dev = device.tvm_device()
         vm = relax.VirtualMachine(lib, dev)
         named = graph_weights(weights)
+        for name, q in packed.items():
+            named.pop(name)
+            named |= {name + p: a for p, a in zip(QUANT_PARTS, q.operands(), strict=False)}
         tensors = []
-        for name in spec.weight_names():
-            arr = np.ascontiguousarray(named.pop(name), dtype=np.float32)
+        for name in spec.param_names():
+            arr = np.ascontiguousarray(named.pop(name))
             arr = pack_weight(arr) if is_packed(name, arr.shape) else arr
             tensors.append(tvm.runtime.tensor(arr, dev))
         del named
         extra = {**info.extra, "device": device.name, "target": str(target.kind.name)}
+        extra["weights"] = choice
+        if choice == "gguf-exact":  # e.g. "121/121": matrices on the file's own blocks
+            extra["quantized_matrices"] = f"{len(packed)}/{len(packed) + len(fallback)}"
         info = replace(info, source=source.name or str(path), extra=extra)
         model = TvmModel(
             vm,

@@ -38,10 +38,15 @@ _WARNED: set[Path] = set()
 
 
 def graph_code_digest() -> str:
-    """sha256 of the graph code (tvm_graph.py): a library from other graph code is stale."""
+    """sha256 of the graph code (tvm_graph.py and the quantized kernel it calls,
+    kernels/qlinear.py): a library from other graph code is stale."""
+    from edgespec.kernels import qlinear
     from edgespec.runtimes import tvm_graph
 
-    return hashlib.sha256(Path(tvm_graph.__file__).read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    for mod in (tvm_graph, qlinear):
+        h.update(Path(str(mod.__file__)).read_bytes())
+    return h.hexdigest()
 
 
 def _here(spec: Any, target: Any) -> dict[str, str]:

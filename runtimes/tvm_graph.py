@@ -13,13 +13,20 @@ trees share the graph: ``cos, sin: float32[T, hd/2]`` (rope at each node's posit
 mask for a tree; every cached slot is visible).
 
 Weights are parameters, not constants: the compiled library depends only on the
-architecture's shapes (:func:`graph_key`), so it compiles in seconds and is shared by every
-file of one architecture; the weights are uploaded once at load.
+architecture's shapes and the weights' formats (:class:`GraphSpec`), so it compiles in
+seconds and is shared by every file of one architecture and quantization; the weights are
+uploaded once at load.
+
+Each matrix is either float32 (packed by :func:`pack_weight`, multiplied by
+:func:`matmul_kernel`) or, in the quantized build, the GGUF file's own blocks
+(``GraphSpec.quant`` names its GGUF type; the parameters are the codes, scales and offsets of
+:class:`edgespec.kernels.qlinear.PackedQWeight`, multiplied by
+:func:`edgespec.kernels.qlinear.qlinear_kernel`).
 
 Parameter order of ``forward``::
 
     ids int32[T], cos f32[T, hd/2], sin f32[T, hd/2], mask f32[T, T], past Shape[P],
-    k_cache f32[L, C, KV, hd], v_cache f32[L, C, KV, hd], *weights (see weight_names)
+    k_cache f32[L, C, KV, hd], v_cache f32[L, C, KV, hd], *weights (see param_names)
 
 It returns ``logits float32[T, V]`` (``forward``) or ``float32[1, V]`` (``forward_last``,
 the LM head on the last row only, for plain decoding). A third function,
@@ -34,7 +41,10 @@ from dataclasses import dataclass
 from typing import Any
 
 #: bump when the graph changes in a way its key would not show (compiled libraries rekey)
-GRAPH_VERSION = 1
+GRAPH_VERSION = 2
+f32 = "float32"
+#: the suffixes of a quantized matrix's parameters (codes, block scales, block offsets)
+QUANT_PARTS = (".c", ".d", ".m")
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,9 @@ class GraphSpec:
         rms_eps: RMSNorm epsilon.
         attn_scale: multiplier of q (usually ``hd ** -0.5``).
         qkv_bias: whether the fused QKV projection has a bias (qwen2).
+        quant: ``(matrix name, GGUF type)`` of every matrix the graph multiplies on the
+            file's own blocks (the quantized build; :mod:`edgespec.kernels.qlinear`);
+            the other matrices are float32. Empty: the fp32 build.
     """
 
     n_layers: int
@@ -64,6 +77,42 @@ class GraphSpec:
     rms_eps: float
     attn_scale: float
     qkv_bias: bool
+    quant: tuple[tuple[str, str], ...] = ()
+
+    def quant_format(self, name: str) -> str | None:
+        """The GGUF type matrix ``name`` is multiplied in, or None (float32)."""
+        return dict(self.quant).get(name)
+
+    def param_names(self) -> list[str]:
+        """The graph's weight parameters in order: :meth:`weight_names`, each quantized
+        matrix replaced by its ``name.c, name.d[, name.m]`` (offsets for affine types)."""
+        from edgespec.kernels.qmatmul import get_format
+
+        out: list[str] = []
+        for name in self.weight_names():
+            fmt = self.quant_format(name)
+            if fmt is None:
+                out.append(name)
+            else:
+                parts = QUANT_PARTS if get_format(fmt).affine else QUANT_PARTS[:2]
+                out += [name + p for p in parts]
+        return out
+
+    def param_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """``{parameter: (shape, dtype)}`` as the graph takes them (packed matrices)."""
+        from edgespec.kernels.qlinear import operand_types
+
+        shapes = self.weight_shapes()
+        out: dict[str, tuple[tuple[int, ...], str]] = {}
+        for p in self.param_names():
+            name, dot, part = p.rpartition(".")
+            fmt = self.quant_format(name) if dot else None
+            if fmt is not None:
+                K, N = shapes[name]
+                out[p] = operand_types(fmt, K, N)[QUANT_PARTS.index("." + part)]
+            else:
+                out[p] = (packed_shape(p, shapes[p]), f32)
+        return out
 
     def weight_names(self) -> list[str]:
         """The weight parameters of ``forward`` in order (matrices ``[in, out]``: ``x @ W``)."""
@@ -262,24 +311,30 @@ def build_module(spec: GraphSpec) -> Any:
     P = tirx.Var("P", "int64")
     C = tirx.Var("C", "int64")
     L = spec.n_layers
-    f32 = "float32"
 
     bb = relax.BlockBuilder()
     kv_write, attention, kv_keep = _kernels(spec)
     g_write = bb.add_func(kv_write, "kv_write")
     g_attn = bb.add_func(attention, "attention")
     g_keep = bb.add_func(kv_keep, "kv_keep")
-    matmuls: dict[tuple[int, int], Any] = {}
+    matmuls: dict[tuple[str, int, int], Any] = {}
     w: dict[str, Any] = {}  # this function's weight parameters, by name
 
     shapes = spec.weight_shapes()
 
     def linear(x: Any, name: str, bias: Any = None, rows: Any = n) -> Any:
-        """``x [rows, K] @ w[name] [K, N] (+ bias)`` through :func:`matmul_kernel`."""
+        """``x [rows, K] @ W[name] [K, N] (+ bias)`` through :func:`matmul_kernel`, or
+        :func:`~edgespec.kernels.qlinear.qlinear_kernel` for a quantized matrix."""
+        from edgespec.kernels.qlinear import qlinear_kernel
+
         K, N = shapes[name]
-        if (K, N) not in matmuls:
-            matmuls[(K, N)] = bb.add_func(matmul_kernel(K, N), f"matmul_{K}x{N}")
-        out = relax.call_tir(matmuls[(K, N)], [x, w[name]], relax.TensorType((rows, N), f32))
+        fmt = spec.quant_format(name)
+        key = (fmt or "f32", K, N)
+        if key not in matmuls:
+            func = matmul_kernel(K, N) if fmt is None else qlinear_kernel(fmt, K, N)
+            matmuls[key] = bb.add_func(func, f"matmul_{key[0]}_{K}x{N}")
+        ops = [w[name]] if fmt is None else [w[p] for p in w if p.rpartition(".")[0] == name]
+        out = relax.call_tir(matmuls[key], [x, *ops], relax.TensorType((rows, N), f32))
         return out if bias is None else R.add(bb.emit(out), bias)
 
     def tensor(name: str, shape: Any, dtype: str = f32) -> relax.Var:
@@ -311,8 +366,8 @@ def build_module(spec: GraphSpec) -> Any:
         cache_ty = relax.TensorType((L, C, KV, hd), f32)
         w.clear()
         w |= {
-            name: tensor(name.replace(".", "_"), packed_shape(name, shapes[name]))
-            for name in spec.weight_names()
+            name: tensor(name.replace(".", "_"), shape, dtype)
+            for name, (shape, dtype) in spec.param_shapes().items()
         }
         params = [ids, cos_in, sin_in, mask, past, kc, vc, *w.values()]
         with bb.function(fname, params):

@@ -8,9 +8,10 @@ Tolerances, measured with ``.venv/bin/python -m pytest tests/backends/test_tvm.p
 - batched vs one-token-at-a-time within tvm: bit-identical (the graph computes each row
   with the same loops whatever T is); asserted exactly.
 - smollm2-135m (Q4_1 GGUF dequantized to float32, logits up to ~31), tvm vs numpy float32
-  on 20 prompt positions: max |logit diff| 1.1e-4 (``-m slow``); asserted 1e-3, the bound
-  of the NumPy reference's own float32 comparison with transformers; top-1 and 16 greedy
-  tokens equal.
+  on 20 prompt positions: max |logit diff| 1.1e-4 (fp32 build), 8.3e-5 (gguf-exact build,
+  the file's own blocks) (``-m slow``); asserted 1e-3, the bound of the NumPy reference's
+  own float32 comparison with transformers; top-1 and 16 greedy tokens equal.
+- the quantized build on tiny GGUF files: tests/backends/test_tvm_quant.py.
 """
 
 from __future__ import annotations
@@ -217,12 +218,16 @@ def test_unsupported_architecture_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_matches_reference(smollm2_path: Path) -> None:
-    """The real GGUF (llama arch: permuted Q/K rows, tied head) against the reference."""
+@pytest.mark.parametrize("weights", ["fp32", "gguf-exact"])
+def test_smollm2_matches_reference(smollm2_path: Path, weights: str) -> None:
+    """The real GGUF (llama arch: permuted Q/K rows, tied head) against the reference, fp32
+    and on the file's own blocks (Q4_1 layers, Q8_0 tied head: all 121 matrices quantized)."""
     src = ModelSource("gguf", smollm2_path, "smollm2-135m")
-    model, ref = _tvm(src, n_ctx=128), _ref(src, n_ctx=128, dtype="float32")
+    model, ref = _tvm(src, n_ctx=128, weights=weights), _ref(src, n_ctx=128, dtype="float32")
+    if weights == "gguf-exact":
+        assert model.info.extra["quantized_matrices"] == "121/121"
     got, want = model.forward(SMOL_IDS), ref.forward(SMOL_IDS)
-    _close(got, want, 1e-3, "smollm2 prompt")
+    _close(got, want, 1e-3, f"smollm2 {weights} prompt")
     assert (got.argmax(-1) == want.argmax(-1)).all()
     toks: list[list[int]] = [[], []]
     for out, m, logits in ((toks[0], model, got), (toks[1], ref, want)):

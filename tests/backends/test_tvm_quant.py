@@ -1,0 +1,191 @@
+"""The tvm backend's quantized build (``--weights gguf-exact``) on tiny quantized GGUF files.
+
+The matrices run on the file's own blocks (kernels/qlinear.py); the NumPy reference loads the
+same file dequantized by ``gguf.quants.dequantize``, so both compute with the same weight
+values and differ only in float32 rounding (the kernel factors the block scale out of its
+sums).
+
+Tolerance, measured with ``.venv/bin/python -m pytest tests/backends/test_tvm_quant.py -q -s``
+(each comparison prints its max |diff|; x86-64, llvm target, TVM 0.27): tiny random llama /
+qwen2 (logits up to ~3), tvm gguf-exact float32 vs numpy float64: max |logit diff| 1.4e-6 to
+2.4e-6 (chains and trees); asserted :data:`TINY_ATOL`, the fp32 build's tolerance
+(tests/backends/test_tvm.py).
+Batched and one-token forwards are bit for bit equal, so the near-tie bound is 0 (measured
+below) and speculation equals plain greedy decoding token for token.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgespec.errors import EdgespecError
+from edgespec.runtimes.base import LoadOptions, ModelSource
+from edgespec.runtimes.numpy_ref import NumpyBackend
+
+pytest.importorskip("tvm", reason="the tvm backend needs apache-tvm (pip install 'edgespec[tvm]')")
+gguf = pytest.importorskip("gguf")
+from edgespec.runtimes.tvm_backend import TvmBackend, TvmModel  # noqa: E402
+
+pytestmark = [pytest.mark.backend]
+
+IDS = [1, 17, 200, 33, 5, 99, 142, 7, 255, 64, 3, 128]
+#: see the module docstring (measured 2.4e-6 at most)
+TINY_ATOL = 1e-5
+#: GGUF type per tensor short name; layer 2's ffn_down is Q5_0, which has no kernel (float32)
+TYPES = {
+    "attn_q": "Q4_1",
+    "attn_k": "Q4_1",
+    "attn_v": "Q4_1",
+    "attn_output": "Q4_0",
+    "ffn_gate": "Q4_1",
+    "ffn_up": "Q4_1",
+    "ffn_down": "Q8_0",
+    "output": "Q8_0",
+}
+
+
+def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """``LlamaModel.permute`` of llama.cpp's convert_hf_to_gguf.py."""
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def write_quantized_gguf(hf_dir: Path, out: Path) -> Path:
+    """A tiny HF llama / qwen2 folder as a GGUF whose matrices are quantized per :data:`TYPES`."""
+    from edgespec.runtimes.numpy_weights import read_safetensors
+
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    arch = "llama" if cfg["architectures"][0] == "LlamaForCausalLM" else "qwen2"
+    n_layers, n_head = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    n_kv = cfg["num_key_value_heads"]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+    w = gguf.GGUFWriter(out, arch)
+    w.add_block_count(n_layers)
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(cfg["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_vocab_size(cfg["vocab_size"])
+    for hf_name, arr in read_safetensors(hf_dir / "model.safetensors").items():
+        if arch == "llama" and (".q_proj." in hf_name or ".k_proj." in hf_name):
+            arr = _permute(arr, n_head if ".q_proj." in hf_name else n_kv)
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        short = name.split(".")[-2]
+        qtype = "Q5_0" if name == f"blk.{n_layers - 1}.ffn_down.weight" else TYPES.get(short)
+        if arr.ndim == 2 and qtype is not None:
+            t = gguf.GGMLQuantizationType[qtype]
+            w.add_tensor(name, gguf.quants.quantize(arr.astype(np.float32), t), raw_dtype=t)
+        else:
+            w.add_tensor(name, arr.astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def tiny_q(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ModelSource:
+    hf: Path = request.getfixturevalue(f"tiny_{request.param}_dir")
+    out = tmp_path_factory.mktemp("tvm-quant") / f"tiny-{request.param}.gguf"
+    return ModelSource("gguf", write_quantized_gguf(hf, out), out.stem)
+
+
+def _tvm(src: ModelSource, n_ctx: int = 64, **kw: Any) -> TvmModel:
+    kw.setdefault("progress", False)
+    return TvmBackend.load(src, LoadOptions(n_ctx=n_ctx, weights="gguf-exact", **kw))
+
+
+def _ref(src: ModelSource, n_ctx: int = 64) -> Any:
+    return NumpyBackend.load(src, LoadOptions(n_ctx=n_ctx, progress=False, dtype="float64"))
+
+
+def test_matches_reference_on_the_dequantized_weights(tiny_q: ModelSource, capsys) -> None:
+    model = _tvm(tiny_q, progress=True)
+    assert "1 of 13 matrices (Q5_0) have no quantized kernel" in capsys.readouterr().err
+    assert model.info.extra["weights"] == "gguf-exact"
+    assert model.info.extra["quantized_matrices"] == "12/13"
+    ref = _ref(tiny_q)
+    got, want = model.forward(IDS), ref.forward(IDS)
+    diff = float(np.abs(got - want).max())
+    print(f"{tiny_q.name} gguf-exact chain: max |diff| {diff:.3g}")
+    assert diff <= TINY_ATOL
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+    model.reset()
+    one = np.concatenate([model.forward([t]) for t in IDS])
+    np.testing.assert_array_equal(one, got)  # bit for bit, whatever T is
+    # a tree's rows are its chains' rows
+    model.reset(), ref.reset()
+    model.forward(IDS[:4]), ref.forward(IDS[:4])
+    tokens, parents = [9, 10, 11, 12, 13], [-1, 0, 0, 1, 2]
+    tree = model.forward_tree(tokens, parents)
+    diff = float(np.abs(tree - ref.forward_tree(tokens, parents)).max())
+    print(f"{tiny_q.name} gguf-exact tree: max |diff| {diff:.3g}")
+    assert diff <= TINY_ATOL
+
+
+def test_greedy_tokens_equal_reference(tiny_q: ModelSource) -> None:
+    model, ref = _tvm(tiny_q), _ref(tiny_q)
+    tokens, want = [], []
+    lg, lw = model.forward(IDS[:5]), ref.forward(IDS[:5])
+    for _ in range(20):
+        tokens.append(int(lg[-1].argmax()))
+        want.append(int(lw[-1].argmax()))
+        lg, lw = model.forward([tokens[-1]]), ref.forward([want[-1]])
+    assert tokens == want
+
+
+def test_near_tie_bound_is_measured_zero(tiny_q: ModelSource) -> None:
+    from edgespec.losslessness import measure_near_tie_bound, verify_chunk_sizes
+
+    model = _tvm(tiny_q, n_ctx=128)
+    ids = [1 + (i * 37) % 250 for i in range(48)]
+    assert measure_near_tie_bound(model, ids, verify_chunk_sizes(8), start=8) == 0.0
+
+
+def test_speculation_equals_plain_decoding(tiny_q: ModelSource) -> None:
+    from edgespec.losslessness import plain_reference
+    from edgespec.runtime import Runtime
+    from edgespec.speculative.config import SpecConfig
+    from edgespec.testing import CharTokenizer
+
+    opts = LoadOptions(n_ctx=256, progress=False, weights="gguf-exact")
+    target = TvmBackend.load(tiny_q, opts)
+    rt = Runtime(
+        CharTokenizer("".join(chr(0x100 + i) for i in range(256))), target, "tvm", tiny_q, opts
+    )
+    prompt = [5, 17, 3, 99, 42, 5, 17, 3, 99, 42]
+    ref = plain_reference(target, prompt, 24).tokens
+    for proposers, k in ((("ngram",), 3), (("tree",), 5)):
+        rt._sessions.clear()
+        res = rt.generate(
+            prompt,
+            max_new_tokens=24,
+            strategy="speculative",
+            ignore_eos=True,
+            config=SpecConfig(proposers=proposers, k=k),
+        )
+        assert res.token_ids == ref, proposers
+
+
+def test_weights_choices(tiny_llama_dir: Path, tiny_q: ModelSource) -> None:
+    hf = ModelSource("hf", tiny_llama_dir, "tiny")
+    with pytest.raises(EdgespecError, match="--weights gguf-exact needs a gguf source"):
+        TvmBackend.load(hf, LoadOptions(n_ctx=16, progress=False, weights="gguf-exact"))
+    with pytest.raises(EdgespecError, match="unknown --weights 'int3'"):
+        TvmBackend.load(hf, LoadOptions(n_ctx=16, progress=False, weights="int3"))
+    auto = TvmBackend.load(tiny_q, LoadOptions(n_ctx=16, progress=False))
+    assert auto.info.extra["weights"] == "gguf-exact"
+    fp32 = TvmBackend.load(tiny_q, LoadOptions(n_ctx=16, progress=False, weights="fp32"))
+    assert fp32.info.extra["weights"] == "fp32" and "quantized_matrices" not in fp32.info.extra
