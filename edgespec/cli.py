@@ -253,6 +253,7 @@ def load_from_args(a: argparse.Namespace) -> Runtime:
         spin=not a.no_spin,
         exact=a.exact,
         compressor=getattr(a, "compressor", None),
+        compressor_backend=getattr(a, "compressor_backend", None),
         kv_cache=a.kv_cache,
         device=getattr(a, "device", "cpu"),
         sparse_kernel=getattr(a, "sparse_kernel", "numpy"),

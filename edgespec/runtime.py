@@ -161,6 +161,8 @@ class Runtime:
         compressor_source: the context compressor to load on first use (``compressor=`` of
             :func:`load` or a bundle's role); None: the draft, else the target, compresses.
         compress_ratio: the bundle's default ``--compress`` ratio (None: none named).
+        compressor_backend: the backend the compressor scores on (None: the fastest for
+            batched scoring that is installed; see :mod:`edgespec.compress.prompt`).
     """
 
     tokenizer: Tokenizer
@@ -171,6 +173,7 @@ class Runtime:
     draft: Model | None = None
     compressor_source: ModelSource | None = None
     compress_ratio: float | None = None
+    compressor_backend: str | None = None
     _compressor: Any = field(default=None, repr=False)  # edgespec.compress.Compressor
     _sessions: dict[tuple[SpecConfig, bool], SpecSession] = field(default_factory=dict, repr=False)
     #: probe seconds of sessions built since the last generation started (-> Stats.probe_s)
@@ -330,6 +333,7 @@ def load(
     spin: bool = True,
     exact: bool = False,
     compressor: str | Path | None = None,
+    compressor_backend: str | None = None,
     kv_cache: str | None = None,
     device: str = "cpu",
     sparse_kernel: str = "numpy",
@@ -356,6 +360,10 @@ def load(
         compressor: the context-compressor model (any vocabulary), loaded on the first
             compressed generation; None: a bundle's compressor role, else the draft, else
             the target (see :mod:`edgespec.compress`).
+        compressor_backend: the backend the compressor scores on; None: a bundle's
+            compressor role's ``backend``, else the installed backend fastest at batched
+            scoring (``edgespec.compress.prompt.SCORING_BACKENDS``: onnx with fp32 weights,
+            then llamacpp, then numpy).
         kv_cache: the KV cache's element type: f32, f16, q8 or q4 (lossy below the
             backend's default); None: the backend's default. See ``LoadOptions.kv_cache``.
         device: where the model runs: cpu, opencl or vulkan (the tvm backend). See
@@ -365,6 +373,8 @@ def load(
     """
     if n_ctx < 16:
         raise EdgespecError(f"n_ctx must be at least 16, got {n_ctx}")
+    if compressor_backend is not None:
+        BACKENDS.get(compressor_backend)  # a typo fails before any model loads
     from edgespec.bundle import role_source, select
     from edgespec.sparse.kernel import check_impl
 
@@ -429,5 +439,15 @@ def load(
         draft_model, _ = load_tuned(dsource, pick_backend(dsource, dname), options)
     from edgespec.compress.prompt import compressor_source_of
 
-    csource, ratio = compressor_source_of(source, compressor, progress)
-    return Runtime(tokenizer, target, name, source, options, draft_model, csource, ratio)
+    csource, ratio, cbackend = compressor_source_of(source, compressor, progress)
+    return Runtime(
+        tokenizer,
+        target,
+        name,
+        source,
+        options,
+        draft_model,
+        csource,
+        ratio,
+        compressor_backend or cbackend,
+    )

@@ -99,16 +99,24 @@ def add_commands(sub: Any) -> None:
         type=_csv,
         default=[],
         metavar="CONFIGS",
-        help="context compression (lossy), comma-separated: RATIO or budget=TOKENS; each "
-        "strategy also runs once per configuration on the compressed prompt, e.g. "
-        "--compress 0.5,budget=1024 (long-context workloads: long/needle, long/multifact, "
-        "long/code_long; docs/compression.md)",
+        help="context compression (lossy), comma-separated: RATIO or budget=TOKENS, "
+        "optionally :scoring=conditional|contrastive|plain; each strategy also runs once per "
+        "configuration on the compressed prompt, e.g. --compress 0.5,budget=1024 "
+        "(long-context workloads: long/needle, long/multifact, long/code_long; "
+        "docs/compression.md)",
     )
     b.add_argument(
         "--compressor",
         default=None,
         metavar="MODEL",
         help="the compressor model for --compress (default: the draft, else the target)",
+    )
+    b.add_argument(
+        "--compressor-backend",
+        default=None,
+        metavar="BACKEND",
+        help="the backend the compressor scores on (default: the installed one fastest at "
+        "batched scoring: onnx with fp32 weights, then llamacpp)",
     )
     b.add_argument(
         "--kv-cache",
@@ -193,6 +201,7 @@ def options_from_args(a: argparse.Namespace) -> Any:
         plots=not a.no_plot,
         compress=a.compress,
         compressor=a.compressor,
+        compressor_backend=a.compressor_backend,
         kv_cache=a.kv_cache,
         device=a.device,
     )
@@ -233,6 +242,8 @@ def canonical_argv(opts: Any) -> list[str]:
         argv += ["--compress", ",".join(opts.compress)]
     if opts.compressor:
         argv += ["--compressor", opts.compressor]
+    if opts.compressor_backend:
+        argv += ["--compressor-backend", opts.compressor_backend]
     if opts.kv_cache:
         argv += ["--kv-cache", ",".join(opts.kv_cache)]
     if opts.device != "cpu":

@@ -89,21 +89,12 @@ def parse_strategy(spec: str) -> tuple[str, dict[str, Any] | None]:
 
 
 def parse_compress(spec: str) -> dict[str, Any]:
-    """A ``--compress`` configuration: ``RATIO`` or ``budget=TOKENS`` -> ``Runtime.start``
-    keywords, validated (one line for a ratio outside (0, 1] or a bad budget)."""
-    from edgespec.compress.core import CompressOptions
+    """A ``--compress`` configuration: ``RATIO`` or ``budget=TOKENS``, optionally
+    ``:scoring=MODE`` -> ``Runtime.start`` keywords, validated (one line for a ratio outside
+    (0, 1], a bad budget or an unknown scoring mode)."""
+    from edgespec.compress.cli import parse_compress_spec
 
-    key, _, value = spec.strip().rpartition("=")
-    try:
-        if key == "budget":
-            CompressOptions(budget=int(value))
-            return {"context_budget": int(value)}
-        if not key:
-            CompressOptions(ratio=float(value))
-            return {"compress": float(value)}
-    except ValueError:
-        pass
-    raise EdgespecError(f"--compress {spec!r}: pass a ratio in (0, 1] or budget=TOKENS")
+    return {"compress": parse_compress_spec(spec)}
 
 
 def make_combos(
@@ -355,6 +346,8 @@ class BenchOptions:
         compress: context-compression configurations ("0.5", "budget=1024"); each strategy
             also runs once per configuration on the compressed prompt (lossy rows).
         compressor: the compressor model for ``compress`` (None: the draft, else the target).
+        compressor_backend: the backend the compressor scores on (None: the fastest at
+            batched scoring that is installed).
         kv_cache: KV-cache types ("f32", "q8", "gear4", ...); each configuration runs once
             per type, on a runtime loaded with it (empty: the backend's default only).
         device: where the benchmarked backends run ("cpu", "opencl", "vulkan": the tvm
@@ -380,6 +373,7 @@ class BenchOptions:
     plots: bool = True
     compress: list[str] = field(default_factory=list)
     compressor: str | None = None
+    compressor_backend: str | None = None
     kv_cache: list[str] = field(default_factory=list)
     device: str = "cpu"
 
@@ -405,6 +399,7 @@ def default_loader(opts: BenchOptions) -> Loader:
             n_threads=opts.threads,
             progress=False,
             compressor=opts.compressor,
+            compressor_backend=opts.compressor_backend,
             kv_cache=kv_cache,
             device=opts.device,
         )

@@ -20,7 +20,8 @@ def _ratio(text: str) -> float | str:
 
 def add_compress_args(p: argparse.ArgumentParser) -> None:
     """``--compress [RATIO]``, ``--context-budget TOKENS``, ``--compressor MODEL``,
-    ``--keep-last TOKENS`` and ``--question-sep TEXT``."""
+    ``--compressor-backend BACKEND``, ``--compress-scoring MODE``, ``--keep-last TOKENS``
+    and ``--question-sep TEXT``."""
     g = p.add_argument_group(
         "context compression (lossy: the compressor drops the least informative context "
         "tokens; docs/compression.md)"
@@ -57,6 +58,21 @@ def add_compress_args(p: argparse.ArgumentParser) -> None:
         "the target)",
     )
     g.add_argument(
+        "--compressor-backend",
+        default=None,
+        metavar="BACKEND",
+        help="the backend the compressor scores on (default: the bundle's, else the "
+        "installed one fastest at batched scoring: onnx with fp32 weights, then llamacpp)",
+    )
+    g.add_argument(
+        "--compress-scoring",
+        default=None,
+        metavar="MODE",
+        help="how the compressor scores the context: contrastive (two passes, the question's "
+        "gain; default), conditional (one pass, the question before the context) or plain "
+        "(one pass, no question)",
+    )
+    g.add_argument(
         "--keep-last",
         type=int,
         default=None,
@@ -81,11 +97,14 @@ def compress_from_args(
 
     compress, budget = getattr(a, "compress", None), getattr(a, "context_budget", None)
     keep_last, separator = getattr(a, "keep_last", None), getattr(a, "question_sep", None)
+    scoring = getattr(a, "compress_scoring", None)
     if compress is None and budget is None:
         named = (
             ("--keep-last", keep_last),
             ("--question-sep", separator),
             ("--compressor", getattr(a, "compressor", None)),
+            ("--compressor-backend", getattr(a, "compressor_backend", None)),
+            ("--compress-scoring", scoring),
             ("--projector", getattr(a, "projector", None)),
         )
         given = [flag for flag, value in named if value is not None]
@@ -97,12 +116,52 @@ def compress_from_args(
     if compress is not None and budget is not None:
         raise EdgespecError("pass --compress or --context-budget, not both")
     projector = getattr(a, "projector", None)
+    if (cbackend := getattr(a, "compressor_backend", None)) is not None:
+        from edgespec.runtimes import BACKENDS
+
+        BACKENDS.get(cbackend)  # a typo fails before any model loads
     if compress == "memory":
-        if keep_last is not None:
-            raise EdgespecError("--compress memory takes --question-sep, not --keep-last")
+        if keep_last is not None or scoring is not None:
+            raise EdgespecError(
+                "--compress memory takes --question-sep, not --keep-last or --compress-scoring"
+            )
         return MemoryOptions(projector=projector, separator=separator)
     if projector is not None:
         raise EdgespecError("--projector applies only with --compress memory")
     if compress is True:
         compress = default_ratio or DEFAULT_RATIO
-    return CompressOptions(ratio=compress, budget=budget, keep_last=keep_last, separator=separator)
+    return CompressOptions(
+        ratio=compress,
+        budget=budget,
+        keep_last=keep_last,
+        separator=separator,
+        scoring=scoring or CompressOptions.scoring,
+    )
+
+
+def parse_compress_spec(spec: str) -> CompressOptions:
+    """A bench ``--compress`` configuration: ``RATIO`` or ``budget=TOKENS``, optionally
+    followed by ``:scoring=MODE`` (e.g. ``0.25:scoring=contrastive``), validated.
+
+    Raises:
+        EdgespecError: one line naming the bad part and the accepted forms.
+    """
+    head, *rest = spec.strip().split(":")
+    key, _, value = head.rpartition("=")
+    scoring = CompressOptions.scoring
+    for part in rest:
+        k, eq, v = part.partition("=")
+        if k != "scoring" or not eq:
+            raise EdgespecError(
+                f"--compress {spec!r}: after the ratio or budget only ':scoring=MODE' is "
+                "accepted, e.g. 0.25:scoring=contrastive"
+            )
+        scoring = v
+    try:
+        if key == "budget":
+            return CompressOptions(budget=int(value), scoring=scoring)
+        if not key:
+            return CompressOptions(ratio=float(value), scoring=scoring)
+    except ValueError:
+        pass
+    raise EdgespecError(f"--compress {spec!r}: pass a ratio in (0, 1] or budget=TOKENS")

@@ -5,8 +5,9 @@ A small causal LM (the *compressor*) reads the context once and scores every tok
 self-information ``I(x_i) = -log p(x_i | x_<i)`` (nats). Tokens the compressor predicted
 well carry little information and are dropped first. Selection is coarse to fine:
 
-1. coarse: whole segments (sentences and lines) with the lowest mean self-information are
-   dropped while what remains is still at least ``keep * (1 + coarse_slack)`` tokens;
+1. coarse: whole segments (sentences and lines) with the lowest mean self-information (or
+   question relevance) are dropped, lowest first, until the next would leave fewer than
+   ``keep * (1 + coarse_slack)`` tokens;
 2. fine: within the remaining segments, single tokens with the lowest self-information are
    dropped until exactly ``keep`` remain.
 
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from edgespec.errors import EdgespecError
 from edgespec.model import Model
+from edgespec.registry import Registry
 
 #: characters that end a coarse segment when a token's text ends with one (after strip)
 SEGMENT_ENDS = (".", "!", "?", ";", ":")
@@ -49,9 +51,12 @@ class CompressOptions:
         coarse_slack: the coarse stage stops dropping whole segments at
             ``keep * (1 + coarse_slack)`` tokens; the fine stage drops single tokens.
         chunk: tokens per batched scoring forward.
-        question_aware: rank segments in the coarse stage by how much more predictable the
-            question makes them (LongLLMLingua's contrastive perplexity, Jiang et al. 2024):
-            a second scoring pass with the question placed before the context.
+        scoring: how the compressor scores the context, a :data:`SCORERS` name:
+            ``contrastive`` (two passes: segments ranked by how much more predictable the
+            question makes them, LongLLMLingua's contrastive perplexity, Jiang et al. 2024;
+            the default: it keeps the facts most often, measured in docs/compression.md),
+            ``conditional`` (one pass, the question placed before the context) or
+            ``plain`` (one pass over the context alone, Selective-Context).
     """
 
     ratio: float | None = None
@@ -60,7 +65,7 @@ class CompressOptions:
     separator: str | None = None
     coarse_slack: float = 0.25
     chunk: int = 512
-    question_aware: bool = True
+    scoring: str = "contrastive"
 
     def __post_init__(self) -> None:
         if (self.ratio is None) == (self.budget is None):
@@ -75,6 +80,10 @@ class CompressOptions:
             raise EdgespecError(f"--keep-last must be >= 1 token, got {self.keep_last}")
         if self.separator is not None and not self.separator:
             raise EdgespecError("--question-sep must not be empty")
+        if self.scoring not in SCORERS:
+            raise EdgespecError(
+                f"unknown --compress-scoring '{self.scoring}'; known: {', '.join(SCORERS.names())}"
+            )
         if self.coarse_slack < 0 or self.chunk < 2:
             raise EdgespecError("coarse_slack must be >= 0 and chunk >= 2")
 
@@ -152,6 +161,10 @@ def self_information(
     context, the cache is reset and refilled with the last quarter of the context before
     going on. Token 0 has no prefix and gets ``first`` (infinite: always kept). The model is
     reset before and after.
+
+    The log-softmax runs in float32 on the backend's own rows (no float64 copy of the
+    ``[chunk, vocab]`` logits), block by block, and only the fed tokens' entries are kept
+    (:func:`token_information`).
     """
     from tqdm.auto import tqdm
 
@@ -179,14 +192,12 @@ def self_information(
                 overlap = list(ids[max(0, start - n_ctx // 4) : start])
                 model.reset()
                 prev_row = model.forward(overlap, all_logits=False)[-1] if overlap else None
-            rows = np.asarray(model.forward(list(ids[start:end]), all_logits=True), np.float64)
+            rows = np.asarray(model.forward(list(ids[start:end]), all_logits=True))
             # row r predicts ids[start + r + 1]; prev_row predicts ids[start]
-            logp = rows - _logsumexp(rows)[:, None]
             nxt = np.asarray(ids[start + 1 : end + 1], dtype=np.int64)
-            info[start + 1 : start + 1 + len(nxt)] = -logp[np.arange(len(nxt)), nxt]
+            info[start + 1 : start + 1 + len(nxt)] = token_information(rows[: len(nxt)], nxt)
             if prev_row is not None and start > 0:
-                p0 = prev_row - _logsumexp(prev_row[None, :])[0]
-                info[start] = -p0[ids[start]]
+                info[start] = token_information(prev_row[None, :], np.array([ids[start]]))[0]
             prev_row = rows[-1]
             bar.update(end - start)
             start = end
@@ -196,9 +207,101 @@ def self_information(
     return info
 
 
-def _logsumexp(rows: np.ndarray) -> np.ndarray:
-    m = rows.max(axis=-1)
-    return m + np.log(np.exp(rows - m[:, None]).sum(axis=-1))
+#: rows per block of :func:`token_information` (a ``[64, 49152]`` float32 block is 12 MB)
+INFO_BLOCK = 64
+
+
+def token_information(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``float64[R]``: ``logsumexp(rows[r]) - rows[r, ids[r]]`` (nats), for ``rows``
+    ``[R, V]`` logits of any float dtype and ``ids`` ``int[R]``.
+
+    Computed in the rows' own precision (float32 on every backend) in blocks of
+    :data:`INFO_BLOCK` rows, so that the ``exp`` temporary stays small; the max is
+    subtracted first, so nothing overflows.
+    """
+    out = np.empty(len(ids), dtype=np.float64)
+    for b in range(0, len(ids), INFO_BLOCK):
+        blk = rows[b : b + INFO_BLOCK]
+        peak = blk.max(axis=-1, keepdims=True)
+        shifted = np.subtract(blk, peak)
+        np.exp(shifted, out=shifted)
+        lse = np.log(shifted.sum(axis=-1)) + peak[:, 0]
+        picked = blk[np.arange(len(blk)), ids[b : b + INFO_BLOCK]]
+        out[b : b + len(blk)] = lse.astype(np.float64) - picked
+    return out
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What a scoring mode gives :func:`select` for the context's tokens.
+
+    Attributes:
+        info: ``float64[T]`` the fine stage's ranking, nats (``inf``: must stay).
+        relevance: ``float64[T]`` the coarse stage's segment ranking (None: ``info``).
+        passes: compressor forwards over the context (for the docs' cost accounting).
+    """
+
+    info: np.ndarray
+    relevance: np.ndarray | None
+    passes: int
+
+
+def score_plain(
+    model: Model,
+    ctx: Sequence[int],
+    question: Sequence[int],
+    n_bos: int,
+    chunk: int,
+    progress: bool,
+) -> Scores:
+    """Selective-Context: the context alone, one pass; the question is not read."""
+    return Scores(self_information(model, ctx, chunk=chunk, progress=progress), None, 1)
+
+
+def score_conditional(
+    model: Model,
+    ctx: Sequence[int],
+    question: Sequence[int],
+    n_bos: int,
+    chunk: int,
+    progress: bool,
+) -> Scores:
+    """One pass with the question placed before the context: each context token's
+    self-information given the question and the context before it,
+    ``-log p(x_i | question, x_<i)``, ranks both the coarse segments (their mean) and the
+    single tokens. Half the compressor time of ``contrastive``. The context's BOS (if any)
+    stays forced."""
+    head = list(ctx[:n_bos]) + list(question)
+    given = self_information(model, head + list(ctx[n_bos:]), chunk=chunk, progress=progress)
+    return Scores(np.concatenate([np.full(n_bos, math.inf), given[len(head) :]]), None, 1)
+
+
+def score_contrastive(
+    model: Model,
+    ctx: Sequence[int],
+    question: Sequence[int],
+    n_bos: int,
+    chunk: int,
+    progress: bool,
+) -> Scores:
+    """Two passes (LongLLMLingua's contrastive perplexity, Jiang et al. 2024): the context
+    alone (fine stage), then after the question; segments are ranked by how much the
+    question lowers their tokens' self-information (:func:`question_gain`)."""
+    info = self_information(model, ctx, chunk=chunk, progress=progress)
+    if not question:
+        return Scores(info, None, 1)
+    head = list(ctx[:n_bos]) + list(question)
+    given = self_information(model, head + list(ctx[n_bos:]), chunk=chunk, progress=progress)
+    relevance = question_gain(info[n_bos:], given[len(head) :])
+    return Scores(info, np.concatenate([np.zeros(n_bos), relevance]), 2)
+
+
+#: how the compressor scores the context (``CompressOptions.scoring``); each entry is
+#: ``scorer(model, ctx_ids, question_ids, n_bos, chunk, progress) -> Scores``
+SCORERS: Registry[Callable[..., Scores]] = Registry("scoring mode")
+SCORERS.register("plain")(score_plain)
+SCORERS.register("conditional")(score_conditional)
+SCORERS.register("contrastive")(score_contrastive)
 
 
 def select(
@@ -241,7 +344,10 @@ def select(
     remaining = n
     for _, s, size in sorted(means):
         if remaining - size < floor:
-            continue  # a smaller segment further on may still fit
+            # stop here: skipping ahead to a smaller segment that still fits would drop one
+            # ranked as more relevant (it lost the needle's short sentence, measured in
+            # docs/compression.md); the fine stage takes the rest
+            break
         alive[segments == s] = False
         remaining -= size
     # fine: single tokens, lowest information first (ties: earlier first)

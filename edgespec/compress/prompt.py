@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from edgespec.compress.core import (
+    SCORERS,
     CompressOptions,
-    question_gain,
     segment_ids,
     select,
-    self_information,
     split_question,
 )
 from edgespec.errors import EdgespecError
 from edgespec.model import Model
+from edgespec.runtimes.base import LoadOptions, ModelSource
 from edgespec.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -147,23 +145,15 @@ def compress_prompt(
             "its tokenizer; use a compressor from the target's family (--compressor)"
         )
     keep = max(n_bos + 1, options.kept_context(len(ctx), len(question)))
-    info = self_information(compressor.model, ctx, chunk=options.chunk, progress=progress)
-    relevance = None
-    if options.question_aware and question:
-        # the same context scored after the question: what the question makes expected
-        q_first = ctx[:n_bos] + question
-        given = self_information(
-            compressor.model, q_first + ctx[n_bos:], chunk=options.chunk, progress=progress
-        )[len(q_first) :]
-        relevance = question_gain(info[n_bos:], given)
-        relevance = np.concatenate([np.zeros(n_bos), relevance])
+    scorer = SCORERS.get(options.scoring)
+    scores = scorer(compressor.model, ctx, question, n_bos, options.chunk, progress)
     pieces = [tok.decode([t]) for t in ctx]
     kept_idx = select(
-        info,
+        scores.info,
         segment_ids(pieces),
         keep,
         coarse_slack=options.coarse_slack,
-        relevance=relevance,
+        relevance=scores.relevance,
     )
     kept = [ctx[i] for i in kept_idx]
     text = tok.decode(_strip_bos(kept, tok)) + question_text
@@ -236,24 +226,80 @@ def options_for(
     )
 
 
+#: where a separately loaded compressor scores, best first: (backend, the load options it
+#: gets there when the user left ``weights`` at "auto"). Scoring is a batched forward that
+#: needs every row's logits, unlike the one-token decode that
+#: :func:`~edgespec.runtime.pick_backend` measures, so it has its own order, measured by
+#: ``python benchmarks/compress_scoring.py`` (smollm2-135m, 2048 tokens in chunks of 512, 2
+#: threads, quiet 2-core machine: onnx fp32 11.8 s, llamacpp 30.9 s; docs/compression.md).
+#: ONNX Runtime's fp32 GEMMs beat llama.cpp's quantized matmuls on batched rows; the first
+#: installed backend that loads the compressor's kind wins.
+SCORING_BACKENDS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("onnx", {"weights": "fp32"}),
+    ("llamacpp", {}),
+    ("numpy", {}),
+)
+
+
+def scoring_backend(
+    source: ModelSource, named: str | None, options: LoadOptions
+) -> tuple[str, LoadOptions]:
+    """The backend a compressor loaded from ``source`` scores on, and its load options.
+
+    ``named`` (``--compressor-backend``, ``compressor_backend=``, a bundle's compressor role
+    ``backend``) is checked and used; else the first of :data:`SCORING_BACKENDS` that is
+    installed and loads ``source``'s kind, else :func:`~edgespec.runtime.pick_backend`'s
+    choice. The table's option tweaks (onnx: fp32 weights) apply only where the caller left
+    that option at its default.
+    """
+    from edgespec.runtime import pick_backend
+    from edgespec.runtimes import BACKENDS
+
+    defaults = LoadOptions()
+    if named is not None:
+        name = pick_backend(source, named)  # one line: unknown, not installed, wrong kind
+    else:
+        able = [
+            n
+            for n, _ in SCORING_BACKENDS
+            if n in BACKENDS
+            and source.kind in BACKENDS.get(n).accepts
+            and BACKENDS.get(n).available()
+        ]
+        name = able[0] if able else pick_backend(source, None)
+    tweaks = {
+        k: v
+        for k, v in dict(SCORING_BACKENDS).get(name, {}).items()
+        if getattr(options, k) == getattr(defaults, k)
+    }
+    return name, replace(options, **tweaks)
+
+
 def compressor_of(rt: Runtime) -> Compressor:
-    """The runtime's compressor (see the module docstring), loaded once."""
+    """The runtime's compressor (see the module docstring), loaded once.
+
+    A compressor model named by the caller or the bundle is loaded on
+    :func:`scoring_backend`'s choice. With none named, the draft (else the target)
+    compresses where it is loaded, unless ``compressor_backend`` names another backend:
+    then the target's model is loaded there once more to score.
+    """
     if rt._compressor is not None:
         return rt._compressor
-    if rt.compressor_source is not None:
-        from edgespec.runtime import pick_backend
-        from edgespec.runtimes import BACKENDS
+    src = rt.compressor_source
+    named = rt.compressor_backend
+    if src is None and named is not None and named != rt.backend:
+        src = rt.source
+    if src is not None:
         from edgespec.threads import load_tuned
         from edgespec.tokenizer import load_tokenizer
 
-        src = rt.compressor_source
         ctok = load_tokenizer(src)
         same = ctok.vocab_size == rt.tokenizer.vocab_size and (
             ctok.vocab_digest() == rt.tokenizer.vocab_digest()
         )
-        bname = rt.backend if src.kind in BACKENDS.get(rt.backend).accepts else None
-        model, _ = load_tuned(src, pick_backend(src, bname), rt.options)
-        name = src.name or src.path.name
+        backend, options = scoring_backend(src, named, rt.options)
+        model, _ = load_tuned(src, backend, options)
+        name = f"{src.name or src.path.name}@{backend}"
         rt._compressor = Compressor(model, ctok, name, same, owned=True)
     elif rt.draft is not None:
         rt._compressor = Compressor(rt.draft, rt.tokenizer, "draft", True)
@@ -304,17 +350,18 @@ def compress_for(
 
 def compressor_source_of(
     model_source: Any, compressor: Any, progress: bool
-) -> tuple[Any, float | None]:
-    """The compressor's source (``compressor`` named, else the bundle's role, else None) and
-    the bundle's default ratio (None when it names none)."""
+) -> tuple[Any, float | None, str | None]:
+    """The compressor's source (``compressor`` named, else the bundle's role, else None),
+    the bundle's default ratio and the bundle's compressor backend (each None when the
+    bundle names none)."""
     from edgespec.bundle import bundle_root, read_manifest, role_source
     from edgespec.sources import resolve
 
-    ratio = None
+    ratio = backend = None
     root = bundle_root(model_source.path)
     if root is not None:
         role = read_manifest(root).get("roles", {}).get("compressor", {})
-        ratio = role.get("default_ratio")
+        ratio, backend = role.get("default_ratio"), role.get("backend")
     if compressor is not None:
-        return resolve(compressor, progress=progress), ratio
-    return role_source(model_source, "compressor"), ratio
+        return resolve(compressor, progress=progress), ratio, backend
+    return role_source(model_source, "compressor"), ratio, backend

@@ -221,11 +221,12 @@ def test_bundle_names_the_compressor_and_its_default_ratio(tmp_path):
         entry = {"path": rel, "source_kind": "gguf", "files": [{"path": rel, "sha256": role}]}
         manifest["roles"][role] = {"artifacts": [entry]}
     manifest["roles"]["compressor"]["default_ratio"] = 0.4
+    manifest["roles"]["compressor"]["backend"] = "llamacpp"
     (tmp_path / "edgespec.json").write_text(json.dumps(manifest))
     target = ModelSource("gguf", tmp_path / "target/gguf-q8_0/model.gguf", "b:target")
-    source, ratio = compressor_source_of(target, None, False)
+    source, ratio, backend = compressor_source_of(target, None, False)
     assert source.path == (tmp_path / "compressor/gguf-q8_0/model.gguf").resolve()
-    assert ratio == 0.4
+    assert ratio == 0.4 and backend == "llamacpp"
     rt = make_rt()
     rt.compress_ratio = ratio
     assert options_for(rt, True, None).ratio == 0.4  # --compress without a value

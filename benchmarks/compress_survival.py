@@ -1,0 +1,119 @@
+"""Which scoring mode keeps the facts: the compressor alone, no target, every mode side by side.
+
+    python benchmarks/compress_survival.py [--compressor smollm2-135m] \
+        [--compressor-backend onnx] [--scoring conditional contrastive plain] \
+        [--ratio 0.25] [--workloads long/needle long/multifact long/code_long] \
+        [--max-tokens 4500] [-t 2] [--json FILE]
+
+For every long-context prompt (up to ``--max-tokens`` compressor tokens) and every scoring
+mode (``edgespec.compress.core.SCORERS``), the prompt is compressed to ``--ratio`` of its
+context by the compressor on its scoring backend, exactly as ``edgespec generate
+--compress`` does (the compressor's tokenizer must round-trip the text, as with a target of
+another vocabulary), and the kept context is checked for the facts the question needs:
+
+- ``needle``: the vault code's digits are in the kept context;
+- ``multifact``: for each person asked about, a kept line holds the full name and the
+  answer (city, job) together;
+- other kinds: every part of the answer is in the kept context or the question.
+
+This is a necessary condition for the target to answer, not the target's accuracy (that is
+``edgespec bench --compress``); it picks the default scoring mode cheaply. Compressor
+seconds on a shared machine are directional; the counts are what matter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+from edgespec.bench.workloads import Prompt, load_workloads
+from edgespec.compress.core import SCORERS, CompressOptions, split_question
+from edgespec.compress.prompt import Compressor, compress_prompt, scoring_backend
+from edgespec.runtimes.base import LoadOptions
+from edgespec.sources import resolve
+from edgespec.threads import load_tuned
+from edgespec.tokenizer import load_tokenizer
+
+#: the people a multifact question asks about: city of the first, job of the second
+ASKED = re.compile(r"does (\w+ \w+) live, and what is (\w+ \w+)'s job")
+
+
+def facts_kept(p: Prompt, kept_context: str, question: str) -> bool:
+    """Whether ``kept_context`` still holds what ``p``'s question needs (see the module
+    docstring); case-sensitive, as the workloads write them."""
+    if p.kind == "multifact" and (m := ASKED.search(question)):
+        lines = kept_context.splitlines()
+        return all(
+            any(name in line and part in line for line in lines)
+            for name, part in zip(m.groups(), p.answer, strict=True)
+        )
+    return all(part in kept_context or part in question for part in p.answer)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--compressor", default="smollm2-135m")
+    ap.add_argument("--compressor-backend", default=None)
+    ap.add_argument("--scoring", nargs="+", default=SCORERS.names())
+    ap.add_argument("--ratio", type=float, default=0.25)
+    ap.add_argument(
+        "--workloads", nargs="+", default=["long/needle", "long/multifact", "long/code_long"]
+    )
+    ap.add_argument("--max-tokens", type=int, default=4500)
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("--json", default=None, help="also write the rows here")
+    a = ap.parse_args()
+
+    src = resolve(a.compressor, progress=False)
+    options = LoadOptions(n_ctx=a.max_tokens + 512, n_threads=a.threads, progress=False)
+    backend, options = scoring_backend(src, a.compressor_backend, options)
+    model, _ = load_tuned(src, backend, options)
+    tok = load_tokenizer(src)
+    comp = Compressor(model, tok, f"{a.compressor}@{backend}", same_vocab=False)
+    print(f"compressor {comp.name} (weights {options.weights}, {a.threads} threads)")
+    rows: list[dict[str, Any]] = []
+    try:
+        for p in load_workloads(a.workloads):
+            n = len(tok.encode(p.prompt))
+            if n > a.max_tokens:
+                continue
+            question = split_question(p.prompt, None)[1]
+            for mode in a.scoring:
+                res = compress_prompt(p.prompt, comp, CompressOptions(ratio=a.ratio, scoring=mode))
+                kept = res.text[: len(res.text) - len(question)]
+                row = {
+                    "prompt": p.id,
+                    "kind": p.kind,
+                    "scoring": mode,
+                    "ratio": a.ratio,
+                    "tokens": res.original,
+                    "kept": res.kept,
+                    "compress_s": round(res.seconds, 2),
+                    "facts_kept": facts_kept(p, kept, question),
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    finally:
+        model.close()
+    print("\n| scoring | facts kept (needle / multifact / other) | compressor s (median) |")
+    print("|---|---|---|")
+    for mode in a.scoring:
+        mine = [r for r in rows if r["scoring"] == mode]
+        by = {k: [r["facts_kept"] for r in mine if r["kind"] == k] for k in ("needle", "multifact")}
+        by["other"] = [r["facts_kept"] for r in mine if r["kind"] not in ("needle", "multifact")]
+        counts = " / ".join(f"{sum(v)}/{len(v)}" for v in by.values())
+        secs = statistics.median(r["compress_s"] for r in mine) if mine else float("nan")
+        print(f"| {mode} | {counts} | {secs:.1f} |")
+    if a.json:
+        from edgespec.fileutil import atomic_path
+
+        with atomic_path(Path(a.json)) as tmp:
+            tmp.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
