@@ -4,8 +4,9 @@
 
 - ``needle``: a four-digit vault code hidden at a given depth in 1k-8k tokens of fluent,
   repetitive filler (a town's chronicle); the answer is the code.
-- ``multifact``: a generated staff directory (name, city, job, age per person); each question
-  asks two facts about two people; every answer part must appear.
+- ``multifact``: a generated staff directory (name, city, job, age per person; 20-160 people,
+  0.5k-4k tokens); each question asks two facts about two people; every answer part must
+  appear.
 - ``code_long``: a long Python module of generated helpers whose constants are defined near
   the top; the prompt ends in a function that must use one of them (answer: its name).
 
@@ -67,6 +68,9 @@ def needle_rows(rng: random.Random) -> list[dict]:
 
 
 FIRST = ["Alice", "Bruno", "Chen", "Dara", "Emil", "Farah", "Goran", "Hana", "Ivo", "Jana"]
+#: more first names, only for directories larger than FIRST x LAST (80 people), so that the
+#: smaller ones come out of the seed exactly as before
+MORE_FIRST = ["Kofi", "Lena", "Mateo", "Nadia", "Omar", "Priya", "Rui", "Sven", "Tara", "Yusuf"]
 LAST = ["Moreau", "Okafor", "Lindqvist", "Tanaka", "Novak", "Rossi", "Haddad", "Kowalski"]
 CITY = ["Lisbon", "Osaka", "Nairobi", "Quito", "Tromso", "Perth", "Krakow", "Dakar", "Lima"]
 HOBBY = ["chess", "hiking", "music", "cooking"]
@@ -75,8 +79,9 @@ JOB = ["pilot", "chemist", "carpenter", "librarian", "surgeon", "architect", "ba
 
 def multifact_rows(rng: random.Random) -> list[dict]:
     rows = []
-    for i, n_people in enumerate((20, 40, 80)):
-        names = rng.sample([f"{f} {s}" for f in FIRST for s in LAST], n_people)
+    for i, n_people in enumerate((20, 40, 80, 160)):
+        first = FIRST if n_people <= len(FIRST) * len(LAST) else FIRST + MORE_FIRST
+        names = rng.sample([f"{f} {s}" for f in first for s in LAST], n_people)
         facts = {n: (rng.choice(CITY), rng.choice(JOB), rng.randint(24, 70)) for n in names}
         lines = [
             f"{n} lives in {c}, works as a {j} and is {a} years old. {n.split()[0]} joined the "

@@ -296,12 +296,40 @@ def score_contrastive(
     return Scores(info, np.concatenate([np.zeros(n_bos), relevance]), 2)
 
 
+def score_overlap(
+    model: Model,
+    ctx: Sequence[int],
+    question: Sequence[int],
+    n_bos: int,
+    chunk: int,
+    progress: bool,
+) -> Scores:
+    """One pass over the context alone (the fine stage's self-information, as ``plain``);
+    segments are ranked by :func:`question_overlap`, which needs no forward. The fine stage
+    keeps the tokens that name what the question asks about (a name the question repeats
+    is not made cheap by it, as in ``conditional``)."""
+    info = self_information(model, ctx, chunk=chunk, progress=progress)
+    return Scores(info, question_overlap(ctx, question), 1)
+
+
+def question_overlap(ctx: Sequence[int], question: Sequence[int]) -> np.ndarray:
+    """``float64[T]``: per context token, ``log(T / count)`` when its id also occurs in the
+    question (``count``: its occurrences in the context), else 0. A segment's mean is then
+    high where it repeats the question's rare tokens (a name, "vault") and low where it
+    shares only common ones ("lives", "the"): an inverse-document-frequency overlap."""
+    ids = np.asarray(ctx, dtype=np.int64)
+    asked = np.isin(ids, np.asarray(list(question), dtype=np.int64))
+    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    return np.where(asked, np.log(len(ids) / counts[inverse]), 0.0)
+
+
 #: how the compressor scores the context (``CompressOptions.scoring``); each entry is
 #: ``scorer(model, ctx_ids, question_ids, n_bos, chunk, progress) -> Scores``
 SCORERS: Registry[Callable[..., Scores]] = Registry("scoring mode")
 SCORERS.register("plain")(score_plain)
 SCORERS.register("conditional")(score_conditional)
 SCORERS.register("contrastive")(score_contrastive)
+SCORERS.register("overlap")(score_overlap)
 
 
 def select(

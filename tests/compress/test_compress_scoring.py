@@ -10,6 +10,7 @@ from edgespec.cli import main
 from edgespec.compress.core import (
     SCORERS,
     CompressOptions,
+    question_overlap,
     select,
     token_information,
 )
@@ -69,6 +70,23 @@ def test_contrastive_is_two_passes_and_ranks_by_the_questions_gain():
     # test_token_information_equals_a_float64_log_softmax
     np.testing.assert_allclose(scores.relevance, gain, rtol=0, atol=1e-5)
     assert sum(model.forward_sizes) == 2 * len(ctx) + len(question)
+
+
+def test_overlap_is_one_plain_pass_with_the_questions_rare_tokens_ranking_segments():
+    model = PrefixModel(vocab_size=len(ALPHABET), seed=4)
+    ctx, question = ids_of(CONTEXT), ids_of(QUESTION)
+    scores = SCORERS.get("overlap")(model, ctx, question, 0, 16, False)
+    np.testing.assert_allclose(scores.info, reference_info(model, ctx), rtol=1e-5)
+    assert sum(model.forward_sizes) == len(ctx) and scores.passes == 1
+    assert scores.relevance is not None
+    np.testing.assert_array_equal(scores.relevance, question_overlap(ctx, question))
+
+
+def test_question_overlap_weights_shared_tokens_by_rarity():
+    # context ids: 5 x4, 7 x1, 9 x1 (6 tokens); the question holds 5 and 7 but not 9
+    rel = question_overlap([5, 5, 7, 5, 9, 5], [7, 5, 1])
+    expect = [math.log(6 / 4)] * 2 + [math.log(6)] + [math.log(6 / 4), 0.0, math.log(6 / 4)]
+    np.testing.assert_allclose(rel, expect)
 
 
 def test_plain_ignores_the_question():
