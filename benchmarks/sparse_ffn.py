@@ -24,6 +24,7 @@ Two tables, measured side by side in one process (repetitions interleaved, media
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shlex
 import statistics
@@ -32,6 +33,7 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,69 +85,133 @@ def kernel_table(
     return rows_out
 
 
-def curve_table(args: argparse.Namespace, rng: np.random.Generator) -> list[str]:
-    from edgespec.sparse.blockffn import load_blockffn
-    from edgespec.sparse.tiny import make_tiny_blockffn
+def _time_ffn(m: Any) -> list[float]:
+    """Wrap the model's FFN so that its seconds add up in the returned one-element list."""
+    total = [0.0]
+    inner = m._ffn
 
+    def timed(*a: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return inner(*a)
+        finally:
+            total[0] += time.perf_counter() - t0
+
+    m._ffn = timed
+    return total
+
+
+def build_model(args: argparse.Namespace, out: Path) -> Path:
+    """The BlockFFN folder of the curve: random routers, or ones built to have chunk-level
+    sparsity (``--router chunk-local``: :class:`edgespec.sparse.tiny.ChunkLocalRouter`)."""
+    from edgespec.sparse.tiny import ChunkLocalRouter, make_tiny_blockffn
+
+    return make_tiny_blockffn(
+        out,
+        target_sparsity=args.sparsity,
+        seed=args.seed,
+        chunk_local=ChunkLocalRouter() if args.router == "chunk-local" else None,
+        hidden_size=args.d,
+        num_experts=args.experts,
+        expert_size=args.expert_size,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.d // 64,
+        num_key_value_heads=args.d // 64,
+        vocab_size=args.vocab,
+    )
+
+
+def curve_table(args: argparse.Namespace, rng: np.random.Generator) -> list[str]:
+    """Sparse and dense forwards of one model with each of ``args.kernel``'s kernel pairs,
+    all timed side by side (repetitions interleaved over every model and chunk size)."""
+    from tqdm.auto import tqdm
+
+    from edgespec.sparse.blockffn import load_blockffn
+
+    n_ctx = args.context + 16
+    models: dict[tuple[str, str], Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = make_tiny_blockffn(
-            Path(tmp) / "m",
-            target_sparsity=args.sparsity,
-            seed=args.seed,
-            hidden_size=args.d,
-            num_experts=args.experts,
-            expert_size=args.expert_size,
-            num_hidden_layers=args.layers,
-            num_attention_heads=args.d // 64,
-            num_key_value_heads=args.d // 64,
-            vocab_size=args.vocab,
-        )
-        n_ctx = args.context + 16
-        sparse = load_blockffn(folder, n_ctx=n_ctx, kernel=args.kernel)
-        dense = load_blockffn(folder, n_ctx=n_ctx, kernel=args.kernel)
-    dense.ffn_mode = "dense"
+        folder = build_model(args, Path(tmp) / "m")
+        for kernel in args.kernel:
+            for mode in ("sparse", "dense"):
+                m = load_blockffn(folder, n_ctx=n_ctx, kernel=kernel)
+                m.ffn_mode = mode
+                models[(kernel, mode)] = m
     ctx = rng.integers(0, args.vocab, args.context)
+    ctx[0] = 1  # BOS (tiny_config's bos_token_id): text starts a segment there
     sizes = list(range(1, args.max_chunk + 1))
-    for m in (sparse, dense):
+    ffn_s = {key: _time_ffn(m) for key, m in models.items()}
+    for m in models.values():
         m.forward(ctx)
         for T in sizes:  # compiles a kernel's row buckets before anything is timed
             m.forward(rng.integers(0, args.vocab, T))
             m.truncate(args.context)
-    times: dict[tuple[str, int], list[float]] = {}
-    for rep in range(args.repeats):
+    times: dict[tuple[str, str, int], list[float]] = {}
+    ffn_ms: dict[tuple[str, str, int], list[float]] = {}
+    for rep in tqdm(range(args.repeats), desc="verify curve", unit="rep"):
         for T in sizes:
             chunk = rng.integers(0, args.vocab, T)  # new tokens each repetition
-            for name, m in (("sparse", sparse), ("dense", dense)):
+            for (kernel, mode), m in models.items():
+                f0 = ffn_s[(kernel, mode)][0]
                 t0 = time.perf_counter()
                 m.forward(chunk)
-                times.setdefault((name, T), []).append((time.perf_counter() - t0) * 1e3)
+                t1 = time.perf_counter()
+                times.setdefault((kernel, mode, T), []).append((t1 - t0) * 1e3)
+                ffn_ms.setdefault((kernel, mode, T), []).append(
+                    (ffn_s[(kernel, mode)][0] - f0) * 1e3
+                )
                 m.truncate(args.context)
         if rep == 0:
-            sparse.sparsity.reset()  # first pass warms caches; count sparsity from the rest
-    stats = sparse.sparsity.to_dict()["by_chunk"]
+            for m in models.values():  # first pass warms caches; count sparsity from the rest
+                m.sparsity.reset()
     med = {k: statistics.median(v) for k, v in times.items()}
+    ffn = {k: statistics.median(v) for k, v in ffn_ms.items()}
+    stats = models[(args.kernel[0], "sparse")].sparsity.to_dict()["by_chunk"]
     out = [
-        "| T | chunk union active | sparse ms | dense ms | sparse c(T)/c(1) | "
-        "dense c(T)/c(1) | flatness (dense/sparse ratio) |",
-        "|---|---|---|---|---|---|---|",
+        f"Token-level block sparsity measured during the run: {stats['1']['token_sparsity']:.3f}"
+        "; chunk-level sparsity per T: "
+        + ", ".join(f"T={T} {stats[str(T)]['chunk_sparsity']:.3f}" for T in sizes)
+        + ".",
+        "",
     ]
-    for T in sizes:
-        rs = med[("sparse", T)] / med[("sparse", 1)]
-        rd = med[("dense", T)] / med[("dense", 1)]
-        active = 1.0 - stats[str(T)]["chunk_sparsity"]
-        out.append(
-            f"| {T} | {active:.2f} | {med[('sparse', T)]:.3f} | {med[('dense', T)]:.3f} | "
-            f"{rs:.2f} | {rd:.2f} | {rd / rs:.2f} |"
-        )
-    tls = stats["1"]["token_sparsity"]
-    out.append("")
-    out.append(f"Token-level block sparsity measured during the run: {tls:.3f}.")
-    out += ["", *controller_table(med, sizes)]
+    summary = []
+    for kernel in args.kernel:
+
+        def c(mode: str, T: int, kernel: str = kernel) -> float:
+            return med[(kernel, mode, T)]
+
+        out += [
+            f"#### Kernels sparse_ffn:{kernel} / dense_ffn:{kernel}",
+            "",
+            "| T | chunk union active | sparse ms | dense ms | dense/sparse | FFN share sparse | "
+            "FFN share dense | sparse c(T)/c(1) | dense c(T)/c(1) | flatness (dense/sparse "
+            "ratio) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for T in sizes:
+            rs, rd = c("sparse", T) / c("sparse", 1), c("dense", T) / c("dense", 1)
+            active = 1.0 - stats[str(T)]["chunk_sparsity"]
+            fs, fd = (
+                ffn[(kernel, "sparse", T)] / c("sparse", T),
+                ffn[(kernel, "dense", T)] / c("dense", T),
+            )
+            out.append(
+                f"| {T} | {active:.2f} | {c('sparse', T):.3f} | {c('dense', T):.3f} | "
+                f"{c('dense', T) / c('sparse', T):.2f} | {fs:.2f} | {fd:.2f} | {rs:.2f} | "
+                f"{rd:.2f} | {rd / rs:.2f} |"
+            )
+        T = sizes[-1]
+        flat = (c("dense", T) / c("dense", 1)) / (c("sparse", T) / c("sparse", 1))
+        summary.append(f"{kernel} {flat:.2f}")
+        curve = {mode: {T: c(mode, T) for T in sizes} for mode in ("dense", "sparse")}
+        out += ["", *controller_table(curve, sizes), ""]
+    out.append(f"Flatness at T={sizes[-1]} (target >= 1.5): " + ", ".join(summary) + ".")
     return out
 
 
-def controller_table(med: dict[tuple[str, int], float], sizes: list[int]) -> list[str]:
-    """The controller's draft length on each measured curve, per acceptance alpha."""
+def controller_table(curves: dict[str, dict[int, float]], sizes: list[int]) -> list[str]:
+    """The controller's draft length on each measured curve (``{"dense"|"sparse": {T:
+    ms}}``), per acceptance alpha."""
     from edgespec.speculative.controller import Acceptance, Controller, CostCurve
 
     out = [
@@ -157,7 +223,7 @@ def controller_table(med: dict[tuple[str, int], float], sizes: list[int]) -> lis
     for alpha in (0.5, 0.6, 0.7, 0.8, 0.9):
         cells = []
         for name in ("dense", "sparse"):
-            curve = CostCurve({T: med[(name, T)] for T in sizes})
+            curve = CostCurve(dict(curves[name]))
             c = Controller(curve, {"p": Acceptance.prior(max_k, alpha)}, max_k=max_k)
             choice = c.choose(max_k)
             cells.append((choice.k, choice.expected_rate / c.expected_rate(None, 0)))
@@ -180,8 +246,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--kernel", default="numpy", help="FFN kernels of the verify curve: numpy or tvm"
+        "--kernel",
+        nargs="+",
+        default=["numpy"],
+        help="FFN kernel pairs of the verify curve (numpy, tvm; several are timed side by side)",
     )
+    ap.add_argument(
+        "--router",
+        choices=("random", "chunk-local"),
+        default="random",
+        help="random routers, or ones built to have chunk-level sparsity (ChunkLocalRouter)",
+    )
+    ap.add_argument("--curve-only", action="store_true", help="skip the FFN kernel table")
     ap.add_argument("--out", type=Path, help="write the tables as Markdown here too")
     args = ap.parse_args(argv)
 
@@ -196,18 +272,24 @@ def main(argv: list[str] | None = None) -> int:
     ]
     with threadpool_limits(limits=args.threads, user_api="blas"):
         F = args.experts * args.expert_size
+        if not args.curve_only:
+            lines += [
+                f"### FFN kernel, d={args.d}, F={F} ({args.experts} blocks of "
+                f"{args.expert_size}), float32, independent routing",
+                "",
+                *kernel_table(args.d, args.experts, args.expert_size, args.repeats, rng),
+                "",
+            ]
         lines += [
-            f"### FFN kernel, d={args.d}, F={F} ({args.experts} blocks of {args.expert_size}), "
-            "float32, independent routing",
+            f"### Verify cost curve, BlockFFN model with {args.router} routers (d={args.d}, "
+            f"{args.layers} layers, {args.experts}x{args.expert_size} FFN blocks, vocab "
+            f"{args.vocab}), target token sparsity {args.sparsity}, context {args.context}",
             "",
-            *kernel_table(args.d, args.experts, args.expert_size, args.repeats, rng),
-            "",
-            f"### Verify cost curve, random BlockFFN model (d={args.d}, {args.layers} layers, "
-            f"{args.experts}x{args.expert_size} FFN blocks, vocab {args.vocab}), target "
-            f"token sparsity {args.sparsity}, context {args.context}, "
-            f"kernels sparse_ffn:{args.kernel} / dense_ffn:{args.kernel}",
+            f"Load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
             "",
             *curve_table(args, rng),
+            "",
+            f"Load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
         ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgespec.sparse.tiny import make_tiny_blockffn
+from edgespec.sparse.tiny import ChunkLocalRouter, make_tiny_blockffn
 
 #: the token-level sparsity the tiny models' routers are fitted to
 TARGET = 0.8
@@ -44,6 +44,16 @@ def blockffn_mla_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def blockffn_local_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Vanilla attention, "block" FFN, routers built to have chunk-level sparsity
+    (:class:`~edgespec.sparse.tiny.ChunkLocalRouter` defaults)."""
+    out = tmp_path_factory.mktemp("blockffn") / "chunk-local"
+    return make_tiny_blockffn(
+        out, target_sparsity=TARGET, seed=0, dtype="float64", chunk_local=ChunkLocalRouter()
+    )
+
+
+@pytest.fixture(scope="session")
 def model_dir(blockffn_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny BlockFFN folder with a byte-level tokenizer.json beside it (loadable by
     ``edgespec.load`` and the CLI; tests only read it)."""
@@ -52,5 +62,17 @@ def model_dir(blockffn_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
     out = tmp_path_factory.mktemp("blockffn-tok") / "model"
     shutil.copytree(blockffn_dir, out)
+    add_byte_tokenizer(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def local_model_dir(blockffn_local_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chunk-local tiny BlockFFN folder with a byte-level tokenizer.json beside it."""
+    pytest.importorskip("tokenizers")
+    from edgespec.testing import add_byte_tokenizer
+
+    out = tmp_path_factory.mktemp("blockffn-tok") / "chunk-local"
+    shutil.copytree(blockffn_local_dir, out)
     add_byte_tokenizer(out)
     return out

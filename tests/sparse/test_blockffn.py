@@ -42,7 +42,7 @@ def _report(what: str, value: float) -> None:
         print(f"{what} = {value:.3g}")
 
 
-@pytest.fixture(params=["blockffn_dir", "blockffn_mla_dir"])
+@pytest.fixture(params=["blockffn_dir", "blockffn_mla_dir", "blockffn_local_dir"])
 def folder(request: pytest.FixtureRequest) -> Path:
     return request.getfixturevalue(request.param)
 
