@@ -7,18 +7,22 @@ Two tables, measured side by side in one process (repetitions interleaved, media
    tokens routed independently (each block active with probability 1 - s, so the chunk's
    union holds about 1 - s^T of the blocks). "ideal" is dense time x the union's active
    fraction; "vs ideal" = sparse / ideal (1.0 = perfect scaling).
-2. **Verify cost curve of a BlockFFN model.** A random BlockFFN model in the authors' format
-   (router offsets fitted to ``--sparsity``), a forward of T tokens after a context, in
-   sparse mode (union of the chunk's active blocks) and dense mode (all blocks). Reported:
-   c(T) in ms, c(T)/c(1) for each, the chunk union's active fraction, and the flatness
-   ratio (dense c(T)/c(1)) / (sparse c(T)/c(1)) (>1: sparse is flatter). ``--kernel tvm``
-   runs both modes with the compiled kernels (``sparse_ffn:tvm`` / ``dense_ffn:tvm``, the
-   same backend on both sides) instead of the NumPy references.
+2. **Verify cost curve of a BlockFFN model.** A tiny BlockFFN model in the authors' format
+   (router offsets fitted to ``--sparsity``; ``--router random``, or ``chunk-local``:
+   routers built to have chunk-level sparsity, :class:`edgespec.sparse.tiny.ChunkLocalRouter`),
+   a forward of T tokens after a context that starts with BOS, in sparse mode (union of the
+   chunk's active blocks) and dense mode (all blocks). Reported: c(T) in ms, c(T)/c(1) for
+   each, the chunk union's active fraction, the FFN's share of each forward, and the
+   flatness ratio (dense c(T)/c(1)) / (sparse c(T)/c(1)) (>1: sparse is flatter).
+   ``--kernel numpy tvm`` times both kernel pairs (``sparse_ffn:<k>`` / ``dense_ffn:<k>``,
+   the same backend on both sides) side by side in one run; ``--curve-only`` skips table 1.
 3. **What the controller picks from each curve.** The measured c(T) of each mode as the
    controller's cost curve, a constant per-position acceptance alpha: the draft length k it
    chooses and the expected tokens/s against plain decoding (``edgespec.speculative``).
 
     python benchmarks/sparse_ffn.py --threads 1 --out docs/results/sparse_ffn.md
+    python benchmarks/sparse_ffn.py --threads 1 --curve-only --router chunk-local \
+        --kernel numpy tvm --out docs/results/sparse_ffn_chunk_local.md
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@
 - :mod:`~edgespec.sparse.stats`: token-level and chunk-level sparsity, per layer and per
   chunk size.
 - :mod:`~edgespec.sparse.tiny`: tiny random BlockFFN models in that exact format, with router
-  offsets fitted to a target token-level sparsity (tests and benchmarks).
+  offsets fitted to a target token-level sparsity, and optionally routers built to have
+  chunk-level sparsity (``ChunkLocalRouter``) (tests and benchmarks).
 - :mod:`~edgespec.sparse.backend`: the ``blockffn`` backend (``--backend blockffn``).
 - :mod:`~edgespec.sparse.kernel`: the ``sparse_ffn`` / ``dense_ffn`` kernel chosen by name
   (``--sparse-kernel numpy|tvm``).
