@@ -583,6 +583,8 @@ class TvmBackend(Backend):
         extra["weights"] = choice
         if choice == "gguf-exact":  # e.g. "121/121": matrices on the file's own blocks
             extra["quantized_matrices"] = f"{len(packed)}/{len(packed) + len(fallback)}"
+            # its own cost curve and near-tie bound (the fp32 build keeps the plain key)
+            extra["variant"] = "gguf-exact"
         info = replace(info, source=source.name or str(path), extra=extra)
         model = TvmModel(
             vm,

@@ -186,6 +186,7 @@ def test_weights_choices(tiny_llama_dir: Path, tiny_q: ModelSource) -> None:
     with pytest.raises(EdgespecError, match="unknown --weights 'int3'"):
         TvmBackend.load(hf, LoadOptions(n_ctx=16, progress=False, weights="int3"))
     auto = TvmBackend.load(tiny_q, LoadOptions(n_ctx=16, progress=False))
-    assert auto.info.extra["weights"] == "gguf-exact"
+    assert auto.info.extra["weights"] == auto.info.extra["variant"] == "gguf-exact"
     fp32 = TvmBackend.load(tiny_q, LoadOptions(n_ctx=16, progress=False, weights="fp32"))
     assert fp32.info.extra["weights"] == "fp32" and "quantized_matrices" not in fp32.info.extra
+    assert "variant" not in fp32.info.extra  # the fp32 build's cost curves keep their key
