@@ -102,6 +102,32 @@ def table(
     return out + [""]
 
 
+def tune_table(name: str, d: int, f: int, block: int, trials: int, threads: int) -> list[str]:
+    """MetaSchedule (``trials`` candidates) on the sparse kernel at a fixed union of 20 % of
+    the blocks (chunk sparsity 0.8), T = 1 and 8: untuned and tuned times of the same run."""
+    from edgespec.kernels.sparse_ffn import FFNShape, tune_sparse
+    from edgespec.kernels.tuning import host_target
+
+    n_rows = max(1, round(f // block * 0.2)) * block
+    out = [
+        f"#### MetaSchedule, {name}: d={d}, F={f}, A = {n_rows} rows (20 % of the blocks), "
+        f"SwiGLU, float32, {trials} trials",
+        "",
+        "| T | key | cost model | tuning s | untuned us | tuned us | untuned / tuned |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in (1, 8):
+        rec = tune_sparse(
+            FFNShape(t, d, f, n_rows=n_rows), block=block, trials=trials,
+            target=host_target(threads),
+        )  # fmt: skip
+        out.append(
+            f"| {t} | {rec.key} | {rec.cost_model} | {rec.tuning_seconds:.0f} | "
+            f"{rec.untuned_us:.0f} | {rec.best_us:.0f} | {rec.untuned_us / rec.best_us:.2f} |"
+        )
+    return out + [""]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=sorted(SIZES))
@@ -111,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="threads of every implementation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="write the tables as Markdown here too")
+    p.add_argument(
+        "--tune",
+        type=int,
+        metavar="TRIALS",
+        help="instead: MetaSchedule with TRIALS candidates on a fixed union, before/after",
+    )
     args = p.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when TVM's thread pool starts
     from threadpoolctl import threadpool_limits
@@ -130,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name in args.sizes:
         d, f = SIZES[name]
-        lines += table(name, d, f, args.block, args.repeats, args.rounds, rng)
+        if args.tune:
+            lines += tune_table(name, d, f, args.block, args.tune, args.threads)
+        else:
+            lines += table(name, d, f, args.block, args.repeats, args.rounds, rng)
     text = "\n".join(lines)
     print(text)
     if args.out:

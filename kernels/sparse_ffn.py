@@ -18,11 +18,10 @@ A is a ``tir.Var``: one kernel per row bucket M (:data:`BUCKETS`, a call pads it
 serves every union size. Schedule: :func:`schedule_cpu` (the two reductions over d split
 into 16 partial-sum lanes by ``rfactor`` so LLVM vectorizes along a contiguous weight row,
 parallel over the active rows; the down product over contiguous ranges of active rows, each
-streaming whole rows into its own partial sum). :class:`FFNKernels` takes any
-:data:`~edgespec.kernels.tuning.Scheduler`, and :attr:`FFNShape.key` names a shape as the
-tuning records do, but no MetaSchedule record is made for this kernel yet: tuning needs a
-fixed A and valid row indices among MetaSchedule's random arguments (``tuning._random_arg``
-draws integers in [-8, 8)), see docs/sparsity.md.
+streaming whole rows into its own partial sum). MetaSchedule (:func:`tune_sparse`) samples
+that schedule's knobs (:func:`schedule_space`; its generic CPU rules fail on this function)
+at a fixed A on valid block rows, and the record, knob decisions only, replays on the
+dynamic-A kernels of :func:`default_kernels`; see docs/sparsity.md.
 
 The entry points :func:`sparse_ffn` and :func:`dense_ffn` take exactly the arguments of
 :func:`edgespec.kernels.reference.sparse_ffn` / ``dense_ffn`` and compute in float32. Float32
@@ -33,7 +32,7 @@ other layouts or dtypes are converted once and cached by the source array's addr
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -174,13 +173,19 @@ def schedule_cpu(func: PrimFunc, row_tile: int = 8, parts: int = 2) -> IRModule:
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
+    _schedule(sch, row_tile, parts, LANES)
+    return sch.mod
+
+
+def _schedule(sch: Any, row_tile: Any, parts: Any, lanes: Any) -> None:
+    """:func:`schedule_cpu`'s steps on ``sch``; the knobs are ints or sampled variables."""
     for name in ("u", "g"):
         try:
             blk = sch.get_sblock(name)
         except Exception:  # no gate: an ungated FFN
             continue
         i, a, k = sch.get_loops(blk)
-        _, kv = sch.split(k, [None, LANES])
+        _, kv = sch.split(k, [None, lanes])
         rf = sch.rfactor(kv, factor_axis=2)  # <name>_rf[i, a, lane]
         i2, a2, ko2, kv2 = sch.get_loops(rf)
         ao, ai = sch.split(a2, [None, row_tile])
@@ -200,7 +205,18 @@ def schedule_cpu(func: PrimFunc, row_tile: int = 8, parts: int = 2) -> IRModule:
     sch.parallel(ro2)
     sch.decompose_reduction(rf, ri2)
     sch.unroll(i2)
-    return sch.mod
+
+
+#: the knobs MetaSchedule samples in :func:`schedule_space`
+SPACE = {"row_tile": (4, 8, 16, 32), "parts": (2, 4), "lanes": (8, 16, 32)}
+
+
+def schedule_space(sch: Any) -> None:
+    """MetaSchedule design space (``ScheduleFn``): :func:`schedule_cpu` with its knobs
+    (:data:`SPACE`) sampled. MetaSchedule's generic CPU rules fail on this function (a
+    ``reverse_compute_at`` of the output under the gathered reduction)."""
+    knobs = [sch.sample_categorical(list(v), [1.0 / len(v)] * len(v)) for v in SPACE.values()]
+    _schedule(sch, *knobs)
 
 
 def cpu_scheduler(func: PrimFunc, target: Target, key: str) -> IRModule:
@@ -372,15 +388,81 @@ class FFNKernels(CompiledKernels[FFNShape]):
         return out if x.dtype == np.float32 else out.astype(x.dtype)
 
 
+def block_rows_maker(f: int, block: int) -> Callable[[Any, np.random.Generator, Any], Any]:
+    """Tuning arguments (:data:`edgespec.kernels.tuning.ArgMaker`) for a fixed-A sparse
+    kernel: the int64 row list holds A valid rows, whole random blocks of ``block`` neurons
+    in ascending order (MetaSchedule's random integers in [-8, 8) would read out of bounds,
+    and 8 repeated rows would sit in L1); float operands are random."""
+    from edgespec.kernels import tuning
+
+    def make(info: Any, rng: np.random.Generator, dev: Any) -> Any:
+        _, dtype, shape = info
+        if "int" not in str(dtype):
+            return tuning._random_arg(info, rng, dev)
+        n_rows = int(shape[0])
+        blocks = np.sort(rng.choice(f // block, -(-n_rows // block), replace=False))
+        rows = reference.block_rows(blocks, block)[:n_rows].astype(str(dtype))
+        return _tvm().runtime.tensor(rows, dev)
+
+    return make
+
+
+def tune_sparse(
+    shape: FFNShape,
+    *,
+    block: int = 64,
+    trials: int = 16,
+    target: Target | None = None,
+    progress: bool = True,
+) -> Any:
+    """MetaSchedule on the sparse kernel at a fixed union size ``shape.n_rows`` (A), over
+    :func:`schedule_space` (the untuned schedule's knobs), timed on valid block rows
+    (:func:`block_rows_maker`). The record is stored under ``<shape.key>-a<A>`` (the
+    measurement) and under ``shape.key`` (no A): its trace holds only knob decisions, so it
+    replays on the dynamic-A kernel that runs, which :func:`default_kernels` picks up
+    (:func:`edgespec.kernels.tuning.tuned_scheduler`: used when it beat the untuned
+    schedule in the tuning run).
+
+    Returns:
+        the :class:`edgespec.kernels.tuning.TuningRecord` (of the fixed-A key).
+    """
+    from edgespec.kernels import tuning
+
+    if shape.n_rows is None or not shape.sparse:
+        raise EdgespecError("tune_sparse needs a sparse FFNShape with a fixed n_rows")
+    from tvm.s_tir import meta_schedule as ms
+
+    space = ms.space_generator.ScheduleFn(
+        schedule_space, sch_rules=[], postprocs=[], mutator_probs={}
+    )
+    rec = tuning.tune(
+        ffn_func(shape),
+        f"{shape.key}-a{shape.n_rows}",
+        cpu_scheduler,
+        target=target,
+        trials=trials,
+        progress=progress,
+        make_arg=block_rows_maker(shape.f, block),
+        space=space,
+    )
+    dynamic = replace(rec, key=shape.key)
+    tuning.apply_record(ffn_func(replace(shape, n_rows=None)), dynamic)  # raises if not
+    dynamic.save(tuning.records_dir() / f"{shape.key}.json")
+    return rec
+
+
 _DEFAULT: FFNKernels | None = None
 
 
 def default_kernels() -> FFNKernels:
-    """The process-wide :class:`FFNKernels` of the registry entries: this CPU's target, the
-    untuned schedule (no MetaSchedule records for this kernel yet; module docstring)."""
+    """The process-wide :class:`FFNKernels` of the registry entries: this CPU's target, this
+    device's MetaSchedule record of each shape when :func:`tune_sparse` made one that beat
+    the untuned schedule, else the untuned schedule."""
+    from edgespec.kernels import tuning
+
     global _DEFAULT
     if _DEFAULT is None:
-        _DEFAULT = FFNKernels()
+        _DEFAULT = FFNKernels(scheduler=tuning.tuned_scheduler(cpu_scheduler))
     return _DEFAULT
 
 

@@ -235,7 +235,13 @@ def _random_arg(info: Any, rng: np.random.Generator, dev: Any) -> Any:
     return tvm.runtime.tensor(data, dev)
 
 
-def _in_process(target: Target, number: int, repeat: int, bar: tqdm) -> tuple[Any, Any, list[Any]]:
+#: (MetaSchedule argument info, rng, device) -> a TVM tensor to call a candidate with
+ArgMaker = Callable[[Any, np.random.Generator, Any], Any]
+
+
+def _in_process(
+    target: Target, number: int, repeat: int, bar: tqdm, make_arg: ArgMaker = _random_arg
+) -> tuple[Any, Any, list[Any]]:
     """A MetaSchedule builder, runner and progress callback that work in this process."""
     import tvm
     from tvm.ir.utils import derived_object
@@ -285,7 +291,7 @@ def _in_process(target: Target, number: int, repeat: int, bar: tqdm) -> tuple[An
             for inp in runner_inputs:
                 lib = built.pop(inp.artifact_path)
                 try:
-                    args = [_random_arg(a.as_json(), rng, dev) for a in inp.args_info]
+                    args = [make_arg(a.as_json(), rng, dev) for a in inp.args_info]
                     timer = lib.mod.time_evaluator(
                         lib.mod.entry_name, dev, number=number, repeat=repeat
                     )
@@ -305,14 +311,20 @@ def _in_process(target: Target, number: int, repeat: int, bar: tqdm) -> tuple[An
     return Builder(), Runner(), callbacks
 
 
-def time_module(mod: IRModule, target: Target, number: int = 20, repeat: int = 3) -> float:
+def time_module(
+    mod: IRModule,
+    target: Target,
+    number: int = 20,
+    repeat: int = 3,
+    make_arg: ArgMaker = _random_arg,
+) -> float:
     """Median seconds of one call of ``mod``'s ``main`` on random arguments (CPU)."""
     import tvm
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
     rng = np.random.default_rng(0)
     dev = tvm.cpu(0)
-    args = [_random_arg(info.as_json(), rng, dev) for info in ArgInfo.from_prim_func(mod["main"])]
+    args = [make_arg(info.as_json(), rng, dev) for info in ArgInfo.from_prim_func(mod["main"])]
     lib = tvm.compile(mod, target=target)
     timer = lib.mod.time_evaluator(lib.mod.entry_name, dev, number=number, repeat=repeat)
     return float(np.median([float(t) for t in timer(*args).results]))
@@ -330,6 +342,8 @@ def tune(
     number: int = 20,
     repeat: int = 3,
     seed: int = 0,
+    make_arg: ArgMaker = _random_arg,
+    space: Any = "post-order-apply",
 ) -> TuningRecord:
     """Tune ``func`` with MetaSchedule and store the best schedule as a record.
 
@@ -343,6 +357,10 @@ def tune(
         progress: show a tqdm bar of the trials.
         number, repeat: timing of each candidate (``repeat`` medians of ``number`` runs).
         seed: the search's random seed.
+        make_arg: the arguments candidates are timed on (default: random tensors, integers
+            in [-8, 8); a kernel whose integer operand indexes rows passes valid indices).
+        space: MetaSchedule's design space (default: its generic rules; a kernel whose
+            generic space fails passes ``ScheduleFn`` of its own schedule's knobs).
     """
     import tvm
     from tvm import s_tir
@@ -359,7 +377,7 @@ def tune(
         tempfile.TemporaryDirectory(prefix="edgespec-tune-") as work,
         _quiet_meta_schedule(),
     ):
-        builder, runner, callbacks = _in_process(target, number, repeat, bar)
+        builder, runner, callbacks = _in_process(target, number, repeat, bar, make_arg)
         db = ms.tune_tir(
             mod,
             target,
@@ -371,6 +389,7 @@ def tune(
             cost_model=cost_model,
             strategy="evolutionary" if cost_model == "xgb" else "replay-trace",
             measure_callbacks=callbacks,
+            space=space,
             num_tuning_cores=1,
             seed=seed,
         )
@@ -379,8 +398,8 @@ def tune(
         raise EdgespecError(f"tuning {key} found no valid schedule in {trials} trials")
     sch = s_tir.Schedule(func)
     best.trace.apply_to_schedule(sch, remove_postproc=False)
-    best_s = time_module(sch.mod, target, number, repeat)
-    untuned_s = time_module(untuned(func, target, key), target, number, repeat)
+    best_s = time_module(sch.mod, target, number, repeat, make_arg)
+    untuned_s = time_module(untuned(func, target, key), target, number, repeat, make_arg)
     record = TuningRecord(
         key=key,
         device=device_fingerprint(),

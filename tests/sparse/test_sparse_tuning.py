@@ -1,0 +1,84 @@
+"""MetaSchedule tuning of the sparse FFN kernel at a fixed union: valid row arguments, a record
+whose untuned and tuned times come from the same run, and refusal of a dynamic shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgespec.errors import EdgespecError
+
+pytestmark = pytest.mark.unit
+
+
+def test_row_arguments_are_whole_valid_blocks() -> None:
+    tvm = pytest.importorskip("tvm")
+    from edgespec.kernels.sparse_ffn import block_rows_maker
+
+    make = block_rows_maker(f=256, block=16)
+    rng = np.random.default_rng(0)
+    for n_rows in (16, 48, 40):  # 40: the last block cut short
+        rows = make(["TENSOR", "int64", [n_rows]], rng, tvm.cpu(0)).numpy()
+        assert rows.shape == (n_rows,) and rows.dtype == np.int64
+        assert rows.min() >= 0 and rows.max() < 256
+        assert (np.diff(rows) > 0).all()  # ascending, no repeats
+        starts = rows[::16]
+        assert (starts % 16 == 0).all()  # each group of 16 starts a block
+    x = make(["TENSOR", "float32", [2, 8]], rng, tvm.cpu(0)).numpy()
+    assert x.dtype == np.float32 and x.shape == (2, 8) and x.std() > 0
+
+
+def test_tune_needs_a_fixed_union() -> None:
+    from edgespec.kernels.sparse_ffn import FFNShape, tune_sparse
+
+    with pytest.raises(EdgespecError, match="fixed n_rows"):
+        tune_sparse(FFNShape(1, 64, 256))
+
+
+@pytest.mark.slow
+def test_tuned_record_replays_on_the_dynamic_kernel(tmp_path: Path, monkeypatch) -> None:
+    """One trial at a fixed A: the record names A and holds both times, a copy under the
+    dynamic key replays on the kernel that runs (any A), and that kernel stays within the
+    float32 error bound of the float64 reference (the kernel tests' tolerance)."""
+    pytest.importorskip("tvm")
+    monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path))
+    from edgespec.kernels import reference, tuning
+    from edgespec.kernels.sparse_ffn import (
+        FFNKernels,
+        FFNShape,
+        aligned_zeros,
+        cpu_scheduler,
+        ffn_bound,
+        tune_sparse,
+    )
+
+    rec = tune_sparse(FFNShape(2, 64, 256, n_rows=64), block=16, trials=1, progress=False)
+    assert rec.key == "sparse_ffn-silu-gated-m2-d64-f256-a64"
+    assert rec.best_us > 0 and rec.untuned_us > 0 and rec.trials == 1
+    dynamic = tuning.records_dir() / "sparse_ffn-silu-gated-m2-d64-f256.json"
+    assert tuning.TuningRecord.read(dynamic).trace == rec.trace
+
+    applied: list[str] = []
+    real_apply = tuning.apply_record
+    monkeypatch.setattr(
+        tuning, "apply_record", lambda f, r: applied.append(r.key) or real_apply(f, r)
+    )
+    # force the record's use whatever the trial measured (a slower one is skipped)
+    forced = tuning.TuningRecord.read(dynamic)
+    object.__setattr__(forced, "best_us", 0.0)
+    forced.save(dynamic)
+    kern = FFNKernels(scheduler=tuning.tuned_scheduler(cpu_scheduler), buckets=(2,))
+    rng = np.random.default_rng(0)
+    gate, up, down_t = (aligned_zeros((256, 64), np.float32) for _ in range(3))
+    for w in (gate, up, down_t):
+        w[...] = rng.standard_normal((256, 64)) * 0.125
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    for n_rows in (16, 64, 200):
+        rows = np.sort(rng.choice(256, n_rows, replace=False))
+        y = kern.run(x, rows, gate, up, down_t.T, act="silu", scale=None)
+        f64 = [a.astype(np.float64) for a in (x, gate, up, down_t.T)]
+        exact = reference.sparse_ffn(f64[0], rows, f64[1], f64[2], f64[3])
+        assert (np.abs(y - exact) <= ffn_bound(x, rows, gate, up, down_t.T)).all()
+    assert applied == ["sparse_ffn-silu-gated-m2-d64-f256"]
