@@ -13,6 +13,11 @@ each timing, at context + decode cached tokens). Prints a Markdown table; ``--js
 the raw medians.
 
     .venv/bin/python benchmarks/tvm_backend.py --model smollm2-135m --threads 1 2
+
+``--tune TRIALS`` instead tunes the quantized build's one-row kernels (kernels/qlinear.py at
+T = 1, one per GGUF type and matrix shape of the model) with MetaSchedule
+(``edgespec.kernels.tuning.tune``, in-process, records under ``$EDGESPEC_HOME``) and prints
+tuned against untuned (the hand schedule the graph uses) and the tuning time.
 """
 
 from __future__ import annotations
@@ -55,6 +60,36 @@ def forward_seconds(model: Any, k: int, token: int = 5) -> float:
     return dt
 
 
+def tune_kernels(source: Any, trials: int) -> None:
+    """MetaSchedule on the quantized build's one-row kernels of ``source`` (see the module
+    docstring); prints a Markdown table."""
+    from edgespec.kernels import qlinear
+    from edgespec.kernels.tuning import tune
+    from edgespec.runtimes import numpy_ref
+    from edgespec.runtimes.tvm_backend import gguf_matrices, graph_spec
+
+    hp, weights, _ = numpy_ref._load_gguf(source.path, "float32", False)
+    spec = graph_spec(hp, weights)
+    packed, _ = gguf_matrices(source.path, spec, permuted_qk=hp.arch == "llama")
+    shapes = sorted({(q.fmt, *spec.weight_shapes()[name]) for name, q in packed.items()})
+    print(f"MetaSchedule, {trials} trials per kernel, T = 1, load average {os.getloadavg()[0]:.1f}")
+    print(
+        "\n| kernel | untuned us | tuned us | tuned / untuned | tuning s |\n|---|---|---|---|---|"
+    )
+    total = 0.0
+    for fmt, K, N in shapes:
+        key = f"qlinear-{fmt}-m1-n{N}-k{K}"
+        rec = tune(
+            qlinear.qlinear_func(fmt, K, N, rows=1), key, qlinear.schedule_qlinear, trials=trials
+        )
+        total += rec.tuning_seconds
+        print(
+            f"| {key} | {rec.untuned_us:.0f} | {rec.best_us:.0f} | "
+            f"{rec.best_us / rec.untuned_us:.2f} | {rec.tuning_seconds:.0f} |"
+        )
+    print(f"\ntuning time in all: {total:.0f} s")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -66,6 +101,7 @@ def main() -> int:
     p.add_argument("--backends", nargs="+", default=sorted({r[1] for r in ROWS}))
     p.add_argument("--rows", nargs="+", default=None, help="only these row labels' first words")
     p.add_argument("--json", default=None, help="write the raw medians here")
+    p.add_argument("--tune", type=int, default=0, help="tune the quantized kernels instead")
     a = p.parse_args()
 
     from edgespec import zoo
@@ -74,6 +110,9 @@ def main() -> int:
 
     path = zoo.pull(a.model, progress=False)
     source = ModelSource("gguf", path, a.model)
+    if a.tune:
+        tune_kernels(source, a.tune)
+        return 0
     context = [1 + (i * 7919) % 20000 for i in range(a.context)]
     models: dict[tuple[str, int], Any] = {}
     for label, backend, fields in ROWS:

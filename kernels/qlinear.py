@@ -172,14 +172,22 @@ def concat(parts: list[QWeight]) -> QWeight:
 def qlinear_kernel(fmt: str, K: int, N: int) -> PrimFunc:
     """``qlinear(x f32[T, K], c, d[, m], y f32[T, N])`` for symbolic T (see the module
     docstring for the loops), private (to be added to a Relax module)."""
-    from tvm import s_tir, te, tirx
+    mod = schedule_qlinear(qlinear_func(fmt, K, N))
+    return mod["main"].with_attr("tirx.noalias", True).without_attr("global_symbol")
+
+
+def qlinear_func(fmt: str, K: int, N: int, rows: int | None = None) -> PrimFunc:
+    """The unscheduled TensorIR of :func:`qlinear_kernel` (blocks ``cf``: a code widened to
+    float32, ``s``: block sums, ``xs``: block sums of ``x`` (affine types), ``y``), for a
+    symbolic row count, or ``rows`` rows (a static shape MetaSchedule can tune)."""
+    from tvm import te, tirx
 
     q = get_format(fmt)
     affine = q.affine
     if K % BLOCK:
         raise EdgespecError(f"K must be a multiple of {BLOCK} for GGUF blocks; got {K}")
     tile, nb = tile_for(N), K // BLOCK
-    n = tirx.Var("T", "int64")
+    n = tirx.Var("T", "int64") if rows is None else rows
     x = te.placeholder((n, K), "float32", name="x")
     half = BLOCK // 2
     if q.code_bits == 4:
@@ -228,8 +236,17 @@ def qlinear_kernel(fmt: str, K: int, N: int) -> PrimFunc:
             lambda t, j: te.sum(d[j // tile, bb, j % tile].astype(f32) * s[t, j, bb], axis=bb),
             name="y",
         )
-    sch = s_tir.Schedule(te.create_prim_func([*args, y]))
+    return te.create_prim_func([*args, y]).with_attr("global_symbol", "main")
+
+
+def schedule_qlinear(func: PrimFunc, target: Any = None, key: str = "") -> Any:
+    """The hand schedule of :func:`qlinear_func` (the module docstring's loops); a
+    :data:`~edgespec.kernels.tuning.Scheduler`, so it is the untuned baseline of tuning."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
     yb = sch.get_sblock("y")
+    tile = tile_for(int(sch.get(sch.get_loops(yb)[1]).extent))  # the loop over N
     t, j, b = sch.get_loops(yb)
     jo, ji = sch.split(j, [None, tile])
     sch.reorder(jo, b, t, ji)
@@ -247,4 +264,4 @@ def qlinear_kernel(fmt: str, K: int, N: int) -> PrimFunc:
     sch.vectorize(sch.get_loops(cb)[-1])
     sch.set_scope(cb, 0, "local")
     sch.decompose_reduction(yb, b)
-    return sch.mod["main"].with_attr("tirx.noalias", True).without_attr("global_symbol")
+    return sch.mod
