@@ -18,6 +18,8 @@ On a shared machine the seconds are directional; the ratios are what the order r
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -57,10 +59,11 @@ def main() -> None:
     rng = np.random.default_rng(0)
     ids = [int(x) for x in rng.integers(100, min(vocab, 40000), a.tokens)]
     if models:
-        ms = median_ms(
-            {k: (lambda m=m: self_information(m, ids, chunk=a.chunk)) for k, m in models.items()},
-            a.repeats,
-        )
+
+        def scorer(model: Any) -> Callable[[], object]:
+            return lambda: self_information(model, ids, chunk=a.chunk)
+
+        ms = median_ms({k: scorer(m) for k, m in models.items()}, a.repeats)
         print(f"self_information, {a.tokens} tokens in chunks of {a.chunk}, {a.threads} threads")
         for k, v in ms.items():
             print(f"  {k}: {v / 1e3:.2f} s ({a.tokens / v * 1e3:.0f} tokens/s)")

@@ -68,9 +68,9 @@ def add_compress_args(p: argparse.ArgumentParser) -> None:
         "--compress-scoring",
         default=None,
         metavar="MODE",
-        help="how the compressor scores the context: contrastive (two passes, the question's "
-        "gain; default), conditional (one pass, the question before the context) or plain "
-        "(one pass, no question)",
+        help="how the compressor scores the context: overlap (one pass; segments ranked by "
+        "the question's rare tokens; default), contrastive (two passes, the question's gain), "
+        "conditional (one pass, the question before the context) or plain (no question)",
     )
     g.add_argument(
         "--keep-last",

@@ -22,6 +22,7 @@ from edgespec.compress.core import (
     segment_ids,
     select,
     split_question,
+    word_ids,
 )
 from edgespec.errors import EdgespecError
 from edgespec.model import Model
@@ -154,6 +155,7 @@ def compress_prompt(
         keep,
         coarse_slack=options.coarse_slack,
         relevance=scores.relevance,
+        words=word_ids(pieces),
     )
     kept = [ctx[i] for i in kept_idx]
     text = tok.decode(_strip_bos(kept, tok)) + question_text

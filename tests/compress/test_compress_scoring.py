@@ -13,6 +13,7 @@ from edgespec.compress.core import (
     question_overlap,
     select,
     token_information,
+    word_ids,
 )
 from edgespec.compress.prompt import Compressor, compress_prompt, compressor_of, scoring_backend
 from edgespec.errors import EdgespecError
@@ -131,6 +132,23 @@ def test_coarse_stage_stops_instead_of_dropping_a_smaller_more_relevant_segment(
     # where skipping ahead would drop C (7 - 2 = 5 fits); the fine stage takes B's three
     # least informative tokens
     assert list(select(info, seg, 4, coarse_slack=0.25)) == [0, 8, 9, 10]
+
+
+def test_words_split_at_spaces_and_punctuation_and_keep_digit_runs_together():
+    pieces = [" The", " code", " is", " ", "3", "5", "6", "2", ".", " Dak", "ar", ",", "\n", "Ivo"]
+    assert list(word_ids(pieces)) == [0, 1, 2, 3, 4, 4, 4, 4, 5, 6, 6, 7, 8, 9]
+
+
+def test_fine_stage_drops_whole_words_by_their_summed_information():
+    # [forced] | w1: 1.5 | w2 (" Dak" "ar"): 3.0 + 0.2 | w3: 0.5 | w4: 1.2 -- one segment
+    info = np.array([math.inf, 1.5, 3.0, 0.2, 0.5, 1.2])
+    seg, words = np.zeros(6, dtype=int), np.array([0, 1, 2, 2, 3, 4])
+    # single tokens would cut w2 to its first token: [0, 1, 2]
+    assert list(select(info, seg, 3)) == [0, 1, 2]
+    # words: w3 (0.5), w4 (1.2), w1 (1.5) go whole; w2 (3.2) stays whole
+    assert list(select(info, seg, 3, words=words)) == [0, 2, 3]
+    # w2 does not fit in what is left to drop: single tokens finish, lowest first
+    assert list(select(info, seg, 2, words=words)) == [0, 2]
 
 
 def test_unknown_scoring_mode_is_one_line():
