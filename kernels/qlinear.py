@@ -1,20 +1,26 @@
 """The quantized linear layer of the ``tvm`` backend's graph: GGUF blocks, symbolic rows.
 
-``y f32[T, N] = x f32[T, K] @ W^T`` for a GGUF tensor ``W`` of type Q4_0, Q4_1 or Q8_0
-(:data:`edgespec.kernels.qmatmul.FORMATS`), with T a ``tir.Var`` so that one compiled
+``y f32[T, N] = x f32[T, K] @ W^T`` for a GGUF tensor ``W`` of a type in :data:`LAYOUTS`
+(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K), with T a ``tir.Var`` so that one compiled
 function serves prefill, plain decoding (T = 1) and verification (T = k+1) inside the Relax
-graph (``call_tir``). The weights are the file's own: per block of 32 weights along a row,
-``w = d * c + m`` with the file's scale ``d`` and offset ``m`` (float16, widened exactly) and
-the integer code ``c`` (Q4_0: ``q - 8``, so ``m = 0``; Q4_1: ``q``; Q8_0: ``q``, ``m = 0``),
-i.e. the values llama.cpp dequantizes.
+graph (``call_tir``). The weights are the file's own: per group of 32 weights along a row (16
+for Q6_K), ``w = D * c + M`` with the integer code ``c`` and the scale ``D`` and offset ``M``
+that ``gguf.quants.dequantize`` forms (:class:`Layout`: the file's float16 ``d``, ``m``,
+widened exactly, times the K-quants' 6- or 8-bit sub-scales, a product exact in float32), i.e.
+the values llama.cpp dequantizes, bit for bit (tested on random blocks and on the Qwen 1.5B
+file's tensors).
 
-Layout (:func:`pack`, once at load): the file's bytes, tiled like the fp32 graph's matmul so
+Layout (:func:`pack`, once at load): the file's values, tiled like the fp32 graph's matmul so
 that a tile's codes are one contiguous stream and its ``tile`` output features are the
-vector lanes: codes ``uint8[N/tile, K/2, tile]`` (4-bit, the file's nibble order) or
-``int8[N/tile, K, tile]`` (Q8_0), scales and offsets ``float16[N/tile, K/32, tile]``. As
-many bytes as the file (Q4_1: 0.625 bytes a weight, float32 4): plain decoding streams every
-weight once per token, so bytes are time (widening the codes to one byte each at load, and
-the scales to float32, made smollm2's one-token forward about twice as slow).
+vector lanes: codes ``uint8[N/tile, K/2, tile]`` (4-bit; Q4_0's nibble order, into which
+Q4_K's is permuted) or ``int8[N/tile, K, tile]``, scales and offsets ``float16[N/tile,
+K/group, tile]`` (K-quants: ``float16[N/tile, K/256, tile]`` and integer sub-scales
+``[N/tile, K/group, tile]``). 4-bit types and Q8_0 take as many bytes as the file (Q4_1:
+0.625 bytes a weight, float32 4; Q4_K 3% more: sub-scales a byte each instead of 6 bits):
+plain decoding streams every weight once per token, so bytes are time (widening the codes to
+one byte each at load, and the scales to float32, made smollm2's one-token forward about
+twice as slow). Q5_0/Q5_1/Q5_K/Q6_K codes are widened to one byte each (1.55x / 1.57x /
+1.30x the file's bytes): exact and simple, not yet as lean as the file.
 
 The block scale is factored out of the inner sum, as llama.cpp does::
 
@@ -34,13 +40,14 @@ for bit (tested), which speculative decoding's greedy contract needs.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgespec.errors import EdgespecError
-from edgespec.kernels.qmatmul import BLOCK, QWeight, get_format
+from edgespec.kernels.qmatmul import QWeight
 
 if TYPE_CHECKING:
     from tvm.tirx import PrimFunc
@@ -48,6 +55,111 @@ if TYPE_CHECKING:
 f32 = "float32"
 #: output features per tile (the vector lanes of one FMA group); falls back to 16, then 1
 TILE = 64
+#: weights per K-quant super-block (one float16 scale, and offset scale, per super-block)
+SUPER = 256
+
+#: ``(byte offset in a block, bytes)`` written over a block so that ``gguf.quants.dequantize``
+#: returns its integer codes: every float16 scale 1, offset 0, and K-quant sub-scale 1, min 0
+_ONE, _ZERO = np.float16(1).tobytes(), np.float16(0).tobytes()
+_KSCALES = bytes([1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1])  # Q4_K/Q5_K: sc = 1, min = 0 (all 8)
+
+
+def _f16(blocks: np.ndarray, at: int) -> np.ndarray:
+    """``float16[n_blocks]``: the float16 at byte ``at`` of each block."""
+    return blocks[:, at : at + 2].copy().view(np.float16)[:, 0]
+
+
+Scales = tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]
+
+
+def _plain_scales(affine: bool) -> Callable[[np.ndarray], Scales]:
+    """Q4_0/Q4_1/Q5_0/Q5_1/Q8_0: ``d`` (and ``m``) float16 per block of 32."""
+
+    def scales(blocks: np.ndarray) -> Scales:
+        return _f16(blocks, 0), _f16(blocks, 2) if affine else None, None, None
+
+    return scales
+
+
+def _kmin_scales(blocks: np.ndarray) -> Scales:
+    """Q4_K/Q5_K: ``d``, ``-dmin`` float16 per 256; 6-bit scale and min per 32 (uint8)."""
+    from gguf.quants import Q4_K
+
+    sc, mn = Q4_K.get_scale_min(np.ascontiguousarray(blocks[:, 4:16]))
+    return _f16(blocks, 0), -_f16(blocks, 2), sc.astype(np.uint8), mn.astype(np.uint8)
+
+
+def _q6k_scales(blocks: np.ndarray) -> Scales:
+    """Q6_K: ``d`` float16 per 256; int8 scale per 16."""
+    return _f16(blocks, 208), None, blocks[:, 192:208].copy().view(np.int8), None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How :func:`pack` stores one GGUF type and :func:`qlinear_kernel` reads it.
+
+    A weight is ``w = D * code + M`` per group of ``group`` weights along a row, with ``D =
+    d`` (``M = m``) float16 per group, or for K-quants ``D = d * sd`` (``M = m * sm``), a
+    float16 per 256 weights times a small integer per group: products exact in float32, so
+    ``D`` and ``M`` are the values ``gguf.quants.dequantize`` forms (K-quants keep ``m =
+    -dmin``, so ``M = -dmin * min``).
+
+    Attributes:
+        type_size: bytes per file block (32 weights, or 256 for K-quants).
+        group: weights per scale (32; 16 for Q6_K).
+        code_bits: 4 (``uint8``, two codes a byte, Q4_0's nibble order in each group of 32)
+            or 8 (``int8``; Q5_x and Q6_K codes are widened to one byte each at load).
+        zero: what the kernel subtracts from a 4-bit code (8 for Q4_0).
+        affine: whether there is an offset ``M``.
+        sub: the dtype of the per-group integers ``sd`` (``sm``) of K-quants, else None.
+        unit: ``(byte offset, bytes)`` that make a block's dequantized values its codes.
+        scales: a file block's ``(d, m, sd, sm)`` (None where absent).
+    """
+
+    type_size: int
+    group: int
+    code_bits: int
+    zero: int
+    affine: bool
+    sub: str | None
+    unit: tuple[tuple[int, bytes], ...]
+    scales: Callable[[np.ndarray], Scales]
+
+    @property
+    def block(self) -> int:
+        """Weights per file block."""
+        return SUPER if self.sub else 32
+
+    def parts(self) -> list[str]:
+        """The operand names after ``x`` in kernel order (graph parameters ``name.<part>``)."""
+        return (
+            ["c", "d"]
+            + (["m"] if self.affine else [])
+            + (["sd"] if self.sub else [])
+            + (["sm"] if self.sub and self.affine else [])
+        )
+
+
+#: the GGUF types :func:`qlinear_kernel` multiplies on their own blocks
+LAYOUTS: dict[str, Layout] = {
+    "Q4_0": Layout(18, 32, 4, 8, False, None, ((0, _ONE),), _plain_scales(False)),
+    "Q4_1": Layout(20, 32, 4, 0, True, None, ((0, _ONE + _ZERO),), _plain_scales(True)),
+    "Q5_0": Layout(22, 32, 8, 0, False, None, ((0, _ONE),), _plain_scales(False)),
+    "Q5_1": Layout(24, 32, 8, 0, True, None, ((0, _ONE + _ZERO),), _plain_scales(True)),
+    "Q8_0": Layout(34, 32, 8, 0, False, None, ((0, _ONE),), _plain_scales(False)),
+    "Q4_K": Layout(144, 32, 4, 0, True, "uint8", ((0, _ONE + _ZERO + _KSCALES),), _kmin_scales),
+    "Q5_K": Layout(176, 32, 8, 0, True, "uint8", ((0, _ONE + _ZERO + _KSCALES),), _kmin_scales),
+    "Q6_K": Layout(210, 16, 8, 0, False, "int8", ((192, bytes([1] * 16) + _ONE),), _q6k_scales),
+}
+
+
+def get_layout(fmt: str) -> Layout:
+    """The :class:`Layout` of GGUF type ``fmt``, or a one-line error listing the supported."""
+    if fmt not in LAYOUTS:
+        raise EdgespecError(
+            f"no quantized matmul kernel for GGUF type {fmt}; supported: {', '.join(LAYOUTS)}"
+        )
+    return LAYOUTS[fmt]
 
 
 def tile_for(n: int) -> int:
@@ -56,86 +168,168 @@ def tile_for(n: int) -> int:
 
 
 @dataclass(frozen=True)
-class PackedQWeight:
-    """One GGUF tensor in the graph's layout (:func:`pack`): the file's bytes, tiled.
+class QBlocks:
+    """One GGUF tensor split into the kernel's operands, rows = output features (untiled).
 
     Attributes:
-        fmt: the GGUF type name ("Q4_1").
-        c: the codes, ``c[j // tile, ..., j % tile]`` for output feature j: 4-bit types
-            ``uint8[N/tile, K/2, tile]``, the file's bytes (byte ``16b + i`` of a row holds
-            weight ``32b + i`` low and ``32b + i + 16`` high); Q8_0 ``int8[N/tile, K, tile]``.
-        d: ``float16[N/tile, K/32, tile]`` block scales, the file's.
-        m: ``float16[N/tile, K/32, tile]`` block offsets (Q4_1), else None.
+        fmt: the GGUF type name.
+        ops: ``{part: array[N, ...]}`` in :meth:`Layout.parts` order: ``c`` codes (``uint8[N,
+            K/2]`` 4-bit, or ``int8[N, K]``), ``d`` (``m``) ``float16[N, K/group]`` or, for
+            K-quants, ``float16[N, K/256]``, and ``sd`` (``sm``) integers ``[N, K/group]``.
     """
 
     fmt: str
-    c: np.ndarray
-    d: np.ndarray
-    m: np.ndarray | None
+    ops: dict[str, np.ndarray]
+
+    @classmethod
+    def from_gguf(cls, raw: np.ndarray, qtype: str) -> QBlocks:
+        """Split a GGUF tensor's bytes ``uint8[N, K/block * type_size]`` (one row per output).
+
+        The codes are what ``gguf.quants.dequantize`` returns for the blocks with their
+        scales set to one (:attr:`Layout.unit`), so they are the file's by construction.
+        """
+        from gguf import GGMLQuantizationType, quants
+
+        lay = get_layout(qtype)
+        raw = np.ascontiguousarray(raw, dtype=np.uint8)
+        if raw.ndim != 2 or raw.shape[1] % lay.type_size:
+            raise EdgespecError(
+                f"{qtype} tensor bytes must be [N, K/{lay.block} * {lay.type_size}]; "
+                f"got {raw.shape}"
+            )
+        n = raw.shape[0]
+        blocks = raw.reshape(-1, lay.type_size)
+        unit = blocks.copy()
+        for at, val in lay.unit:
+            unit[:, at : at + len(val)] = np.frombuffer(val, np.uint8)
+        codes = quants.dequantize(unit, GGMLQuantizationType[qtype]).reshape(n, -1)
+        if lay.code_bits == 4:
+            q = (codes + lay.zero).astype(np.uint8).reshape(n, -1, 2, 16)
+            c = q[:, :, 0, :] | (q[:, :, 1, :] << 4)  # byte i of a group: weights i, i + 16
+        else:
+            c = codes.astype(np.int8)
+        d, m, sd, sm = lay.scales(blocks)
+        found = {"c": c, "d": d, "m": m, "sd": sd, "sm": sm}
+        return cls(qtype, {p: found[p].reshape(n, -1) for p in lay.parts()})  # type: ignore[union-attr]
+
+    @classmethod
+    def from_qweight(cls, w: QWeight) -> QBlocks:
+        """A :class:`~edgespec.kernels.qmatmul.QWeight` (Q4_0/Q4_1/Q8_0) as blocks."""
+        ops = {"c": w.qs, "d": w.d.astype(np.float16)}
+        return cls(w.fmt.name, ops | ({} if w.m is None else {"m": w.m.astype(np.float16)}))
+
+    @property
+    def rows(self) -> int:
+        """N."""
+        return int(self.ops["c"].shape[0])
+
+
+@dataclass(frozen=True)
+class PackedQWeight:
+    """One GGUF tensor in the graph's layout (:func:`pack`): the file's values, tiled.
+
+    Attributes:
+        fmt: the GGUF type name ("Q4_1").
+        ops: ``{part: array}`` in :meth:`Layout.parts` order, each :class:`QBlocks` operand
+            ``a[N, X]`` as ``a[N/tile, X, tile]`` (output feature j at ``[j // tile, :, j %
+            tile]``). 4-bit codes: byte ``16g + i`` of a row holds weight ``32g + i`` low and
+            ``32g + i + 16`` high.
+    """
+
+    fmt: str
+    ops: dict[str, np.ndarray]
+
+    @property
+    def layout(self) -> Layout:
+        """Its :class:`Layout`."""
+        return get_layout(self.fmt)
 
     @property
     def shape(self) -> tuple[int, int]:
         """``(N, K)``."""
-        nt, nb, tile = self.d.shape
-        return int(nt * tile), int(nb * BLOCK)
+        nt, kc, tile = self.ops["c"].shape
+        return int(nt * tile), int(kc * (2 if self.layout.code_bits == 4 else 1))
 
     def operands(self) -> list[np.ndarray]:
-        """The kernel operands after ``x``: ``c, d[, m]``."""
-        return [self.c, self.d] + ([] if self.m is None else [self.m])
+        """The kernel operands after ``x``, in :meth:`Layout.parts` order."""
+        return list(self.ops.values())
 
     def parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(code, d, m)``, each ``float32[N, K]`` per weight (``m`` zeros when not affine)."""
-        nt, nb, tile = self.d.shape
-        c: np.ndarray = self.c.transpose(0, 2, 1).reshape(nt * tile, -1)
-        if get_format(self.fmt).code_bits == 4:
-            b = c.reshape(nt * tile, nb, BLOCK // 2)
-            c = np.concatenate([b & 15, b >> 4], axis=2).reshape(nt * tile, nb * BLOCK)
-        code = c.astype(np.float32) - get_format(self.fmt).zero
+        """``(code, D, M)``, each ``float32[N, K]`` per weight (``M`` zeros when not affine);
+        ``D`` and ``M`` are the exact float32 products of :class:`Layout`."""
+        lay = self.layout
+        n, k = self.shape
 
-        def per_weight(a: np.ndarray | None) -> np.ndarray:
-            if a is None:
+        def untile(a: np.ndarray) -> np.ndarray:
+            return a.transpose(0, 2, 1).reshape(n, -1)
+
+        c = untile(self.ops["c"])
+        if lay.code_bits == 4:
+            b = c.reshape(n, -1, 16)
+            c = np.concatenate([b & 15, b >> 4], axis=2).reshape(n, k)
+        code = c.astype(np.float32) - lay.zero
+
+        def per_weight(scale: str, sub: str) -> np.ndarray:
+            if scale not in self.ops:
                 return np.zeros_like(code)
-            return np.repeat(a.transpose(0, 2, 1).reshape(nt * tile, nb), BLOCK, axis=1)
+            s = untile(self.ops[scale]).astype(np.float32)
+            if lay.sub:
+                s = np.repeat(s, SUPER // lay.group, axis=1) * untile(self.ops[sub])
+            return np.repeat(s.astype(np.float32), lay.group, axis=1)
 
-        return code, per_weight(self.d.astype(np.float32)), per_weight(self.m)
+        return code, per_weight("d", "sd"), per_weight("m", "sm")
 
     def dequantize(self) -> np.ndarray:
-        """``float32[N, K]``: ``d * code + m`` per weight (the values the kernel multiplies;
+        """``float32[N, K]``: ``D * code + M`` per weight (the values the kernel multiplies;
         equal bit for bit to ``gguf.quants.dequantize`` of the file's tensor)."""
         code, d, m = self.parts()
-        return d * code + m if self.m is not None else d * code
+        return d * code + m if self.layout.affine else d * code
 
 
 def qlinear_bound(x: np.ndarray, w: PackedQWeight) -> np.ndarray:
     """The float32 error bound of :func:`qlinear_kernel`, ``float64[T, N]``.
 
-    Per block the kernel sums 32 products ``x * code`` (``gamma_32 * sum |x| |code|``, Higham
-    eq. 3.5) and 32 ``x`` (``gamma_32 * sum |x|``), scales them by ``d`` and ``m`` (one ``u``
-    each, then one more for their sum), and sums the K/32 block terms (``gamma_{K/32}``). To
-    first order the result is within ``gamma_{K/32 + 34} * (|x| @ (|d code| + |m|)^T)`` of
-    the exact product with the dequantized weights (``|d code| + |m| >= |w|``).
+    Per group of ``g`` weights (:attr:`Layout.group`) the kernel sums ``g`` products ``x *
+    code`` (``gamma_g * sum |x| |code|``, Higham eq. 3.5) and ``g`` values ``x`` (``gamma_g *
+    sum |x|``), scales them by ``D`` and ``M`` (exact in float32, :class:`Layout`; one ``u``
+    each for the products, one more for their sum), and sums the K/g group terms
+    (``gamma_{K/g}``). To first order the result is within ``gamma_{K/g + g + 2} * (|x| @
+    (|D code| + |M|)^T)`` of the exact product with the dequantized weights.
     """
     code, d, m = w.parts()
     _, k = w.shape
-    n = k // BLOCK + BLOCK + 2
+    g = w.layout.group
+    n = k // g + g + 2
     u = 2.0**-24
     mag = np.abs(d.astype(np.float64) * code) + np.abs(m.astype(np.float64))
     return n * u / (1 - n * u) * (np.abs(np.asarray(x, dtype=np.float64)) @ mag.T)
 
 
+def operand_names(fmt: str) -> list[str]:
+    """The graph parameter suffixes of a matrix in ``fmt``: ``[".c", ".d", ...]``."""
+    return ["." + p for p in get_layout(fmt).parts()]
+
+
 def operand_types(fmt: str, K: int, N: int) -> list[tuple[tuple[int, ...], str]]:
-    """``(shape, dtype)`` of the operands ``c, d[, m]`` of an ``N x K`` matrix in ``fmt``."""
-    q, tile = get_format(fmt), tile_for(N)
-    c: tuple[tuple[int, ...], str] = (
-        ((N // tile, K // 2, tile), "uint8") if q.code_bits == 4 else ((N // tile, K, tile), "int8")
-    )
-    scale: tuple[tuple[int, ...], str] = ((N // tile, K // BLOCK, tile), "float16")
-    return [c, scale] + ([scale] if q.affine else [])
+    """``(shape, dtype)`` of the operands (:meth:`Layout.parts`) of an ``N x K`` matrix."""
+    lay, tile = get_layout(fmt), tile_for(N)
+    groups = (N // tile, K // lay.group, tile)
+    scale = (N // tile, K // SUPER, tile) if lay.sub else groups
+    code = (N // tile, K // 2, tile) if lay.code_bits == 4 else (N // tile, K, tile)
+    types = {
+        "c": (code, "uint8" if lay.code_bits == 4 else "int8"),
+        "d": (scale, "float16"),
+        "m": (scale, "float16"),
+        "sd": (groups, lay.sub or ""),
+        "sm": (groups, lay.sub or ""),
+    }
+    return [types[p] for p in lay.parts()]
 
 
-def pack(w: QWeight, tile: int | None = None) -> PackedQWeight:
+def pack(w: QBlocks | QWeight, tile: int | None = None) -> PackedQWeight:
     """``w`` (rows = output features, the file's order) in the graph's tiled layout."""
-    n, _ = w.shape
+    b = QBlocks.from_qweight(w) if isinstance(w, QWeight) else w
+    n = b.rows
     tile = tile or tile_for(n)
     if n % tile:
         raise EdgespecError(f"{n} output features are not a multiple of the tile {tile}")
@@ -143,30 +337,21 @@ def pack(w: QWeight, tile: int | None = None) -> PackedQWeight:
     def tiled(a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a.reshape(n // tile, tile, a.shape[1]).transpose(0, 2, 1))
 
-    def f16(a: np.ndarray) -> np.ndarray:  # widened from float16 by QWeight: exact back
-        return tiled(a.astype(np.float16))
-
-    m = f16(w.m) if w.m is not None else None
-    return PackedQWeight(w.fmt.name, tiled(w.qs), f16(w.d), m)
+    return PackedQWeight(b.fmt, {p: tiled(a) for p, a in b.ops.items()})
 
 
 def from_gguf(raw: np.ndarray, qtype: str, tile: int | None = None) -> PackedQWeight:
-    """Pack a GGUF tensor's bytes ``uint8[N, K/32 * type_size]`` (one row per output)."""
-    return pack(QWeight.from_gguf(raw, qtype), tile)
+    """Pack a GGUF tensor's bytes ``uint8[N, K/block * type_size]`` (one row per output)."""
+    return pack(QBlocks.from_gguf(raw, qtype), tile)
 
 
-def concat(parts: list[QWeight]) -> QWeight:
+def concat(parts: Sequence[QBlocks | QWeight]) -> QBlocks:
     """GGUF tensors of one type and one K stacked along N (rows): the fused QKV and gate/up
     projections, before :func:`pack`."""
-    if len({p.fmt.name for p in parts}) != 1 or len({p.shape[1] for p in parts}) != 1:
+    bs = [QBlocks.from_qweight(p) if isinstance(p, QWeight) else p for p in parts]
+    if len({b.fmt for b in bs}) != 1 or len({b.ops["c"].shape[1] for b in bs}) != 1:
         raise EdgespecError("fused quantized weights need one GGUF type and one K")
-    m = [p.m for p in parts if p.m is not None]
-    return QWeight(
-        parts[0].fmt,
-        np.concatenate([p.qs for p in parts]),
-        np.concatenate([p.d for p in parts]),
-        np.concatenate(m) if m else None,
-    )
+    return QBlocks(bs[0].fmt, {p: np.concatenate([b.ops[p] for b in bs]) for p in bs[0].ops})
 
 
 def qlinear_kernel(fmt: str, K: int, N: int) -> PrimFunc:
@@ -178,65 +363,65 @@ def qlinear_kernel(fmt: str, K: int, N: int) -> PrimFunc:
 
 def qlinear_func(fmt: str, K: int, N: int, rows: int | None = None) -> PrimFunc:
     """The unscheduled TensorIR of :func:`qlinear_kernel` (blocks ``cf``: a code widened to
-    float32, ``s``: block sums, ``xs``: block sums of ``x`` (affine types), ``y``), for a
+    float32, ``s``: group sums, ``xs``: group sums of ``x`` (affine types), ``y``), for a
     symbolic row count, or ``rows`` rows (a static shape MetaSchedule can tune)."""
     from tvm import te, tirx
 
-    q = get_format(fmt)
-    affine = q.affine
-    if K % BLOCK:
-        raise EdgespecError(f"K must be a multiple of {BLOCK} for GGUF blocks; got {K}")
-    tile, nb = tile_for(N), K // BLOCK
+    lay = get_layout(fmt)
+    if K % lay.block:
+        raise EdgespecError(f"K must be a multiple of {lay.block} for {fmt} blocks; got {K}")
+    g, tile = lay.group, tile_for(N)
+    nb, per_super = K // g, SUPER // g
     n = tirx.Var("T", "int64") if rows is None else rows
     x = te.placeholder((n, K), "float32", name="x")
-    half = BLOCK // 2
-    if q.code_bits == 4:
-        c = te.placeholder((N // tile, K // 2, tile), "uint8", name="c")
+    shapes = operand_types(fmt, K, N)
+    ph = {p: te.placeholder(*shapes[i], name=p) for i, p in enumerate(lay.parts())}
+    c = ph["c"]
+    if lay.code_bits == 4:
 
         def code(a: Any, k: Any, lane: Any) -> Any:
-            byte = c[a, k // BLOCK * half + k % half, lane]
-            nib = (byte >> ((k % BLOCK // half) * 4).astype("uint8")) & tirx.const(15, "uint8")
-            return nib.astype("float32") - tirx.const(float(q.zero), "float32")
+            byte = c[a, k // 32 * 16 + k % 16, lane]
+            nib = (byte >> ((k % 32 // 16) * 4).astype("uint8")) & tirx.const(15, "uint8")
+            return nib.astype("float32") - tirx.const(float(lay.zero), "float32")
 
     else:
-        c = te.placeholder((N // tile, K, tile), "int8", name="c")
 
         def code(a: Any, k: Any, lane: Any) -> Any:
             return c[a, k, lane].astype("float32")
 
-    d = te.placeholder((N // tile, nb, tile), "float16", name="d")
+    def scale(p: str, sub: str, a: Any, b: Any, lane: Any) -> Any:
+        """``D`` (``M``) of group ``b``: exact in float32 (see :class:`Layout`)."""
+        if lay.sub is None:
+            return ph[p][a, b, lane].astype(f32)
+        return ph[p][a, b // per_super, lane].astype(f32) * ph[sub][a, b, lane].astype(f32)
+
     cf = te.compute((N // tile, K, tile), code, name="cf")
-    r = te.reduce_axis((0, BLOCK), name="r")
+    r = te.reduce_axis((0, g), name="r")
     s = te.compute(
         (n, N, nb),
-        lambda t, j, b: te.sum(
-            x[t, b * BLOCK + r] * cf[j // tile, b * BLOCK + r, j % tile], axis=r
-        ),
+        lambda t, j, b: te.sum(x[t, b * g + r] * cf[j // tile, b * g + r, j % tile], axis=r),
         name="s",
     )
     bb = te.reduce_axis((0, nb), name="b")
-    args: list[Any] = [x, c, d]
-    if affine:
-        m = te.placeholder((N // tile, nb, tile), "float16", name="m")
-        r2 = te.reduce_axis((0, BLOCK), name="r2")
-        xs = te.compute((n, nb), lambda t, b: te.sum(x[t, b * BLOCK + r2], axis=r2), name="xs")
+    if lay.affine:
+        r2 = te.reduce_axis((0, g), name="r2")
+        xs = te.compute((n, nb), lambda t, b: te.sum(x[t, b * g + r2], axis=r2), name="xs")
         y = te.compute(
             (n, N),
             lambda t, j: te.sum(
-                d[j // tile, bb, j % tile].astype(f32) * s[t, j, bb]
-                + m[j // tile, bb, j % tile].astype(f32) * xs[t, bb],
+                scale("d", "sd", j // tile, bb, j % tile) * s[t, j, bb]
+                + scale("m", "sm", j // tile, bb, j % tile) * xs[t, bb],
                 axis=bb,
             ),
             name="y",
         )
-        args.append(m)
     else:
         y = te.compute(
             (n, N),
-            lambda t, j: te.sum(d[j // tile, bb, j % tile].astype(f32) * s[t, j, bb], axis=bb),
+            lambda t, j: te.sum(scale("d", "sd", j // tile, bb, j % tile) * s[t, j, bb], axis=bb),
             name="y",
         )
-    return te.create_prim_func([*args, y]).with_attr("global_symbol", "main")
+    return te.create_prim_func([x, *ph.values(), y]).with_attr("global_symbol", "main")
 
 
 def schedule_qlinear(func: PrimFunc, target: Any = None, key: str = "") -> Any:

@@ -299,7 +299,6 @@ def gguf_matrices(path: Path, spec: Any, permuted_qk: bool) -> tuple[dict[str, A
     """
     from edgespec.gguf_file import open_gguf
     from edgespec.kernels import qlinear
-    from edgespec.kernels.qmatmul import FORMATS, QWeight
     from edgespec.runtimes.numpy_weights import unpermute_rope_rows
 
     tensors = {str(t.name): t for t in open_gguf(path).reader.tensors}
@@ -318,14 +317,14 @@ def gguf_matrices(path: Path, spec: Any, permuted_qk: bool) -> tuple[dict[str, A
             continue
         types = {t.tensor_type.name for t, _ in parts}
         qtype = types.pop() if len(types) == 1 else None
-        if qtype not in FORMATS:
+        if qtype not in qlinear.LAYOUTS:
             fallback.append(qtype or "/".join(sorted({t.tensor_type.name for t, _ in parts})))
             continue
         blocks = []
         for t, n_head in parts:
             raw = np.asarray(t.data)
             raw = unpermute_rope_rows(raw, n_head) if n_head else raw
-            blocks.append(QWeight.from_gguf(raw, qtype))
+            blocks.append(qlinear.QBlocks.from_gguf(raw, qtype))
         packed[name] = qlinear.pack(qlinear.concat(blocks))
     return packed, fallback
 
@@ -546,7 +545,8 @@ class TvmBackend(Backend):
         import tvm
         from tvm import relax
 
-        from edgespec.runtimes.tvm_graph import QUANT_PARTS, is_packed, pack_weight
+        from edgespec.kernels.qlinear import operand_names
+        from edgespec.runtimes.tvm_graph import is_packed, pack_weight
 
         spec = graph_spec(hp, weights)
         packed: dict[str, Any] = {}
@@ -572,7 +572,7 @@ class TvmBackend(Backend):
         named = graph_weights(weights)
         for name, q in packed.items():
             named.pop(name)
-            named |= {name + p: a for p, a in zip(QUANT_PARTS, q.operands(), strict=False)}
+            named |= {name + p: a for p, a in zip(operand_names(q.fmt), q.operands(), strict=True)}
         tensors = []
         for name in spec.param_names():
             arr = np.ascontiguousarray(named.pop(name))

@@ -43,8 +43,6 @@ from typing import Any
 #: bump when the graph changes in a way its key would not show (compiled libraries rekey)
 GRAPH_VERSION = 2
 f32 = "float32"
-#: the suffixes of a quantized matrix's parameters (codes, block scales, block offsets)
-QUANT_PARTS = (".c", ".d", ".m")
 
 
 @dataclass(frozen=True)
@@ -85,8 +83,9 @@ class GraphSpec:
 
     def param_names(self) -> list[str]:
         """The graph's weight parameters in order: :meth:`weight_names`, each quantized
-        matrix replaced by its ``name.c, name.d[, name.m]`` (offsets for affine types)."""
-        from edgespec.kernels.qmatmul import get_format
+        matrix replaced by its ``name.c, name.d, ...``
+        (:func:`edgespec.kernels.qlinear.operand_names`)."""
+        from edgespec.kernels.qlinear import operand_names
 
         out: list[str] = []
         for name in self.weight_names():
@@ -94,13 +93,12 @@ class GraphSpec:
             if fmt is None:
                 out.append(name)
             else:
-                parts = QUANT_PARTS if get_format(fmt).affine else QUANT_PARTS[:2]
-                out += [name + p for p in parts]
+                out += [name + p for p in operand_names(fmt)]
         return out
 
     def param_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """``{parameter: (shape, dtype)}`` as the graph takes them (packed matrices)."""
-        from edgespec.kernels.qlinear import operand_types
+        from edgespec.kernels.qlinear import operand_names, operand_types
 
         shapes = self.weight_shapes()
         out: dict[str, tuple[tuple[int, ...], str]] = {}
@@ -109,7 +107,7 @@ class GraphSpec:
             fmt = self.quant_format(name) if dot else None
             if fmt is not None:
                 K, N = shapes[name]
-                out[p] = operand_types(fmt, K, N)[QUANT_PARTS.index("." + part)]
+                out[p] = operand_types(fmt, K, N)[operand_names(fmt).index("." + part)]
             else:
                 out[p] = (packed_shape(p, shapes[p]), f32)
         return out

@@ -8,6 +8,7 @@ measured as a fraction of it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,15 +20,28 @@ from edgespec.errors import EdgespecError  # noqa: E402
 from edgespec.kernels import qlinear, reference  # noqa: E402
 from edgespec.kernels.qmatmul import QWeight  # noqa: E402
 
-FORMATS = ["Q4_0", "Q4_1", "Q8_0"]
+FORMATS = list(qlinear.LAYOUTS)
+#: types gguf-py cannot quantize: random blocks (random codes and sub-scales, LLM-like scales)
+K_QUANTS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208, None)}
+QWEN_15B = Path.home() / ".cache/edgespec/models/qwen2.5-coder-1.5b.Q4_K_M.gguf"
 
 
 def random_blocks(qtype: str, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """``uint8[N, K/32 * type_size]``: ``gguf.quants.quantize`` of weights of LLM-like size."""
+    """``uint8[N, K/block * type_size]``: ``gguf.quants.quantize`` of weights of LLM-like size,
+    or (K-quants) random bytes with float16 scales of that size (d ~ 1e-3, dmin = |d|)."""
     from gguf import GGMLQuantizationType, quants
 
-    w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
-    return quants.quantize(w, GGMLQuantizationType[qtype])
+    if qtype not in K_QUANTS:
+        w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
+        return quants.quantize(w, GGMLQuantizationType[qtype])
+    size = qlinear.get_layout(qtype).type_size
+    raw = rng.integers(0, 256, (n * k // qlinear.SUPER, size), dtype=np.uint8)
+    d = (rng.standard_normal(len(raw)) * 1e-3).astype(np.float16)
+    at, at_min = K_QUANTS[qtype]
+    raw[:, at : at + 2] = d.view(np.uint8).reshape(-1, 2)
+    if at_min is not None:
+        raw[:, at_min : at_min + 2] = np.abs(d).view(np.uint8).reshape(-1, 2)
+    return raw.reshape(n, -1)
 
 
 def _compile(fmt: str, k: int, n: int) -> Any:
@@ -53,19 +67,41 @@ def _run(fn: Any, x: np.ndarray, w: qlinear.PackedQWeight) -> np.ndarray:
 def test_packed_weights_are_the_files_values(fmt: str) -> None:
     from gguf import GGMLQuantizationType, quants
 
-    raw = random_blocks(fmt, 128, 96, np.random.default_rng(1))
+    k = 96 if fmt not in K_QUANTS else 512
+    raw = random_blocks(fmt, 128, k, np.random.default_rng(1))
     w = qlinear.from_gguf(raw, fmt)
     want = quants.dequantize(raw, GGMLQuantizationType[fmt])
     np.testing.assert_array_equal(w.dequantize(), want)  # bit for bit
-    assert [a.nbytes for a in w.operands()] and sum(a.nbytes for a in w.operands()) == raw.size
-    assert w.shape == (128, 96)
+    nbytes = sum(a.nbytes for a in w.operands())
+    if qlinear.get_layout(fmt).code_bits == 4 or fmt == "Q8_0":  # the file's bytes (Q4_K: +3%)
+        assert raw.size <= nbytes <= raw.size * 1.03
+    assert w.shape == (128, k)
+
+
+@pytest.mark.skipif(not QWEN_15B.exists(), reason=f"{QWEN_15B.name} not downloaded")
+@pytest.mark.parametrize("fmt", ["Q4_K", "Q6_K"])
+def test_real_tensors_are_the_files_values(fmt: str) -> None:
+    """One real tensor of each K-quant type of the Qwen 1.5B file, bit for bit."""
+    from gguf import GGMLQuantizationType, GGUFReader, quants
+
+    t = next(t for t in GGUFReader(QWEN_15B).tensors if t.tensor_type.name == fmt)
+    raw = np.asarray(t.data)[:256]
+    w = qlinear.from_gguf(raw, fmt)
+    want = quants.dequantize(raw, GGMLQuantizationType[fmt])
+    np.testing.assert_array_equal(w.dequantize(), want)
+    x = np.random.default_rng(5).standard_normal((3, w.shape[1])).astype(np.float32)
+    got = _run(_compile(fmt, w.shape[1], w.shape[0]), x, w)
+    err = np.abs(got - reference.qmatmul(x, raw, fmt))
+    bound = qlinear.qlinear_bound(x, w)
+    print(f"{t.name} ({fmt}): max err / bound {float((err / bound).max()):.3g}")
+    assert (err <= bound).all()
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("n", [128, 48])  # tile 64; tile 16
 def test_kernel_within_bound_and_rows_independent(fmt: str, n: int) -> None:
     rng = np.random.default_rng(2)
-    k = 160
+    k = 160 if fmt not in K_QUANTS else 512
     raw = random_blocks(fmt, n, k, rng)
     w = qlinear.from_gguf(raw, fmt)
     fn = _compile(fmt, k, n)
@@ -91,6 +127,16 @@ def test_bound_catches_swapped_nibbles() -> None:
     assert (err > qlinear.qlinear_bound(x, qlinear.from_gguf(raw, "Q4_1"))).any()
 
 
+def test_bound_catches_misplaced_sub_scales() -> None:
+    rng = np.random.default_rng(6)
+    raw = random_blocks("Q6_K", 64, 512, rng)
+    w = qlinear.from_gguf(raw, "Q6_K")
+    shifted = qlinear.PackedQWeight("Q6_K", w.ops | {"sd": np.roll(w.ops["sd"], 1, axis=1)})
+    x = rng.standard_normal((2, 512)).astype(np.float32)
+    err = np.abs(_run(_compile("Q6_K", 512, 64), x, shifted) - reference.qmatmul(x, raw, "Q6_K"))
+    assert (err > qlinear.qlinear_bound(x, w)).any()
+
+
 def test_fused_weights_and_bad_input() -> None:
     rng = np.random.default_rng(4)
     a, b = random_blocks("Q8_0", 64, 64, rng), random_blocks("Q8_0", 32, 64, rng)
@@ -113,5 +159,7 @@ def test_fused_weights_and_bad_input() -> None:
         )
     with pytest.raises(EdgespecError, match="multiple of 32"):
         qlinear.qlinear_kernel("Q4_0", 48, 64)
+    with pytest.raises(EdgespecError, match="multiple of 256 for Q6_K"):
+        qlinear.qlinear_kernel("Q6_K", 128, 64)
     with pytest.raises(EdgespecError, match="no quantized matmul kernel"):
-        qlinear.qlinear_kernel("Q6_K", 64, 64)
+        qlinear.qlinear_kernel("Q2_K", 256, 64)
