@@ -212,14 +212,22 @@ def _has_xgboost() -> bool:
 
 @contextlib.contextmanager
 def _quiet_meta_schedule() -> Iterator[None]:
-    """MetaSchedule prints its task tables to stdout; keep them in its log files only."""
+    """MetaSchedule prints its task tables to stdout; keep them in its log files only.
+
+    Its logging setup lists the logger's handlers by name and fails on an unnamed one (pytest's
+    capture handlers stay on it after a first tuning run), so those are set aside meanwhile."""
     logger = logging.getLogger(_MS_LOGGER)
     level = logger.level
+    unnamed = [h for h in logger.handlers if h.get_name() is None]
+    for h in unnamed:
+        logger.removeHandler(h)
     logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
         logger.setLevel(level)
+        for h in unnamed:
+            logger.addHandler(h)
 
 
 def _random_arg(info: Any, rng: np.random.Generator, dev: Any) -> Any:
