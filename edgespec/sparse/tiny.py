@@ -165,12 +165,12 @@ class ChunkLocalRouter:
       query is the bias channel (channel 0), its key the marker channel, both on the one
       rope pair of frequency ``w`` (the largest with ``w * max_position_embeddings <= pi``),
       so its score is ``A_j * cos(w * (i - j))``, monotone in the distance: for markers
-      ``A = 1 / (window * w)^2``, a Gaussian recency window of ``window`` tokens; a
-      non-marker's ``A_j`` is about half (``A/2`` less: thousands of nats below any marker
-      within ``max_position_embeddings / 3`` tokens), so non-markers count only before the
-      first marker (then the head follows the last few tokens, like a random router). The
-      value is the usual random projection: the head outputs the value of the segment's
-      marker, constant until the next one.
+      ``A = 1 / (window * w)^2``, a Gaussian recency window of ``window`` tokens. A
+      non-marker's ``A_j`` is about half, so it scores below any marker within about
+      ``max_position_embeddings / 3`` tokens (by up to ``A / 2``, thousands of nats):
+      non-markers count only before the first marker (the head then follows the last few
+      tokens, like a random router). The value is the usual random projection: the head
+      outputs the value of the segment's marker, constant until the next one.
     - **topic channels** ``2 .. 2+dv-1`` of the residual hold that output (layer 0's
       ``o_proj`` maps head 0 onto them one to one); nothing else writes channels
       ``0 .. dv+1`` (embeddings only 0 and 1; no attention or FFN output).
