@@ -151,6 +151,19 @@ LAYOUTS: dict[str, Layout] = {
     "Q5_K": Layout(176, 32, 8, 0, True, "uint8", ((0, _ONE + _ZERO + _KSCALES),), _kmin_scales),
     "Q6_K": Layout(210, 16, 8, 0, False, "int8", ((192, bytes([1] * 16) + _ONE),), _q6k_scales),
 }
+#: a fused matrix (QKV) whose parts are Q4_K and Q6_K, as Q4_K_M files mix them: Q6_K's groups
+#: of 16 with int8 codes, and Q4_K's offsets (zero on Q6_K rows); not a file type (no blocks)
+MIXED_K = "Q4_K_Q6_K"  # an identifier: it names the graph's kernel
+LAYOUTS[MIXED_K] = Layout(0, 16, 8, 0, True, "int8", (), _q6k_scales)
+
+
+def common_format(types: set[str]) -> str | None:
+    """The layout a fused matrix whose parts have GGUF ``types`` is multiplied in, or None
+    (float32): their one type, or :data:`MIXED_K` for Q4_K with Q6_K."""
+    if len(types) == 1:
+        (one,) = types
+        return one if one in LAYOUTS and LAYOUTS[one].type_size else None
+    return MIXED_K if types == {"Q4_K", "Q6_K"} else None
 
 
 def get_layout(fmt: str) -> Layout:
@@ -191,6 +204,8 @@ class QBlocks:
         from gguf import GGMLQuantizationType, quants
 
         lay = get_layout(qtype)
+        if not lay.type_size:
+            raise EdgespecError(f"{qtype} is not a GGUF type; load the parts and use .to()")
         raw = np.ascontiguousarray(raw, dtype=np.uint8)
         if raw.ndim != 2 or raw.shape[1] % lay.type_size:
             raise EdgespecError(
@@ -222,6 +237,29 @@ class QBlocks:
     def rows(self) -> int:
         """N."""
         return int(self.ops["c"].shape[0])
+
+    def to(self, fmt: str) -> QBlocks:
+        """These blocks in layout ``fmt``: themselves, or a Q4_K / Q6_K tensor in
+        :data:`MIXED_K` (the same values: Q4_K's codes widened to int8 and its 32-weight
+        sub-scales repeated per 16; Q6_K with zero offsets)."""
+        if fmt == self.fmt:
+            return self
+        if fmt != MIXED_K or self.fmt not in ("Q4_K", "Q6_K"):
+            raise EdgespecError(f"cannot multiply a {self.fmt} tensor as {fmt}")
+        o, n = self.ops, self.rows
+        if self.fmt == "Q6_K":
+            zero = np.zeros_like(o["sd"])
+            m = np.zeros_like(o["d"])
+            return QBlocks(fmt, {"c": o["c"], "d": o["d"], "m": m, "sd": o["sd"], "sm": zero})
+        b = o["c"].reshape(n, -1, 1, 16)
+        c = np.concatenate([b & 15, b >> 4], axis=2).reshape(n, -1).astype(np.int8)
+
+        def per16(a: np.ndarray) -> np.ndarray:
+            return np.repeat(a, 2, axis=1).astype(np.int8)  # 6-bit: fits int8
+
+        return QBlocks(
+            fmt, {"c": c, "d": o["d"], "m": o["m"], "sd": per16(o["sd"]), "sm": per16(o["sm"])}
+        )
 
 
 @dataclass(frozen=True)

@@ -316,15 +316,15 @@ def gguf_matrices(path: Path, spec: Any, permuted_qk: bool) -> tuple[dict[str, A
         else:
             continue
         types = {t.tensor_type.name for t, _ in parts}
-        qtype = types.pop() if len(types) == 1 else None
-        if qtype not in qlinear.LAYOUTS:
-            fallback.append(qtype or "/".join(sorted({t.tensor_type.name for t, _ in parts})))
+        qtype = qlinear.common_format(types)
+        if qtype is None:
+            fallback.append("/".join(sorted(types)))
             continue
         blocks = []
         for t, n_head in parts:
             raw = np.asarray(t.data)
             raw = unpermute_rope_rows(raw, n_head) if n_head else raw
-            blocks.append(qlinear.QBlocks.from_gguf(raw, qtype))
+            blocks.append(qlinear.QBlocks.from_gguf(raw, t.tensor_type.name).to(qtype))
         packed[name] = qlinear.pack(qlinear.concat(blocks))
     return packed, fallback
 

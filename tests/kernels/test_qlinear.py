@@ -20,7 +20,7 @@ from edgespec.errors import EdgespecError  # noqa: E402
 from edgespec.kernels import qlinear, reference  # noqa: E402
 from edgespec.kernels.qmatmul import QWeight  # noqa: E402
 
-FORMATS = list(qlinear.LAYOUTS)
+FORMATS = [f for f, lay in qlinear.LAYOUTS.items() if lay.type_size]  # file types
 #: types gguf-py cannot quantize: random blocks (random codes and sub-scales, LLM-like scales)
 K_QUANTS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208, None)}
 QWEN_15B = Path.home() / ".cache/edgespec/models/qwen2.5-coder-1.5b.Q4_K_M.gguf"
@@ -125,6 +125,36 @@ def test_bound_catches_swapped_nibbles() -> None:
     x = rng.standard_normal((2, 64)).astype(np.float32)
     err = np.abs(_run(_compile("Q4_1", 64, 64), x, w) - reference.qmatmul(x, raw, "Q4_1"))
     assert (err > qlinear.qlinear_bound(x, qlinear.from_gguf(raw, "Q4_1"))).any()
+
+
+def test_mixed_q4k_q6k_fused_matrix() -> None:
+    """Qwen's QKV in a Q4_K_M file: Q4_K q/k rows and Q6_K v rows in one kernel."""
+    from gguf import GGMLQuantizationType, quants
+
+    rng = np.random.default_rng(7)
+    raws = {
+        "Q4_K": random_blocks("Q4_K", 64, 512, rng),
+        "Q6_K": random_blocks("Q6_K", 64, 512, rng),
+    }
+    fmt = qlinear.common_format(set(raws))
+    assert fmt == qlinear.MIXED_K and qlinear.common_format({"Q4_K", "Q5_0"}) is None
+    w = qlinear.pack(
+        qlinear.concat([qlinear.QBlocks.from_gguf(r, t).to(fmt) for t, r in raws.items()])
+    )
+    want = np.concatenate([quants.dequantize(r, GGMLQuantizationType[t]) for t, r in raws.items()])
+    np.testing.assert_array_equal(w.dequantize(), want)
+    x = rng.standard_normal((9, 512)).astype(np.float32)
+    fn = _compile(fmt, 512, 128)
+    got = _run(fn, x, w)
+    ref = np.concatenate([reference.qmatmul(x, r, t) for t, r in raws.items()], axis=1)
+    err = np.abs(got - ref)
+    bound = qlinear.qlinear_bound(x, w)
+    print(f"{fmt}: max err / bound {float((err / bound).max()):.3g}")
+    assert (err <= bound).all()
+    one = np.concatenate([_run(fn, x[i : i + 1], w) for i in range(len(x))])
+    np.testing.assert_array_equal(one, got)
+    with pytest.raises(EdgespecError, match="not a GGUF type"):
+        qlinear.QBlocks.from_gguf(raws["Q4_K"], fmt)
 
 
 def test_bound_catches_misplaced_sub_scales() -> None:
