@@ -5,7 +5,7 @@
 - ``needle``: a four-digit vault code hidden at a given depth in 1k-8k tokens of fluent,
   repetitive filler (a town's chronicle); the answer is the code.
 - ``multifact``: a generated staff directory (name, city, job, age per person; 20-160 people,
-  0.5k-4k tokens); each question asks two facts about two people; every answer part must
+  0.5k-6k tokens); each question asks two facts about two people; every answer part must
   appear.
 - ``code_long``: a long Python module of generated helpers whose constants are defined near
   the top; the prompt ends in a function that must use one of them (answer: its name).
