@@ -8,6 +8,7 @@ rollback bugs show up as wrong logits.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -265,3 +266,68 @@ class FakeBaseline:
 
     def close(self) -> None:
         pass
+
+
+def llamacpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """``LlamaModel.permute`` from llama.cpp's convert_hf_to_gguf.py, in NumPy: the row order
+    llama GGUF files store ``q_proj``/``k_proj`` in (``w``: ``[rows, ...]``)."""
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def write_tiny_gguf(
+    hf_dir: Path,
+    out: Path,
+    *,
+    arch: str | None = None,
+    tensor_type: Callable[[str, np.ndarray], str | None] | None = None,
+) -> Path:
+    """Convert a tiny HF llama/qwen2 folder to a GGUF the way convert_hf_to_gguf does.
+
+    Args:
+        hf_dir: the folder (``config.json``, ``model.safetensors``).
+        out: the GGUF to write.
+        arch: the architecture name written (default: the folder's family); another name
+            makes a file the loaders must refuse.
+        tensor_type: ``(gguf tensor name, array) -> GGUF type name`` ("Q4_1") to quantize
+            that tensor with ``gguf.quants.quantize``; None (or returning None): float32.
+    """
+    import gguf
+
+    from edgespec.runtimes.numpy_weights import read_safetensors
+
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    family = "llama" if cfg["architectures"][0] == "LlamaForCausalLM" else "qwen2"
+    n_layers, n_head = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    n_kv = cfg["num_key_value_heads"]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+    w = gguf.GGUFWriter(out, arch or family)
+    w.add_block_count(n_layers)
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(cfg["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_vocab_size(cfg["vocab_size"])
+    for hf_name, arr in read_safetensors(hf_dir / "model.safetensors").items():
+        if family == "llama" and (".q_proj." in hf_name or ".k_proj." in hf_name):
+            arr = llamacpp_permute(arr, n_head if ".q_proj." in hf_name else n_kv)
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ValueError(f"{hf_name}: no GGUF tensor name for it in gguf's llama map")
+        qtype = tensor_type(name, arr) if tensor_type is not None else None
+        if qtype is not None:
+            t = gguf.GGMLQuantizationType[qtype]
+            w.add_tensor(name, gguf.quants.quantize(arr.astype(np.float32), t), raw_dtype=t)
+        else:
+            w.add_tensor(name, arr.astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out

@@ -29,6 +29,7 @@ from edgespec.runtimes import BACKENDS
 from edgespec.runtimes.base import LoadOptions, ModelSource
 from edgespec.runtimes.numpy_ref import NumpyBackend, NumpyModel
 from edgespec.runtimes.numpy_weights import read_safetensors, unpermute_rope_rows
+from edgespec.testing import llamacpp_permute, write_tiny_gguf
 
 pytestmark = [pytest.mark.backend]
 
@@ -97,44 +98,10 @@ def tiny_dir(request: pytest.FixtureRequest) -> Path:
 # --------------------------------------------------------------------------- GGUF writing
 
 
-def _llamacpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """``LlamaModel.permute`` from llama.cpp's convert_hf_to_gguf.py, verbatim in NumPy."""
-    return (
-        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
-
-
 def _write_gguf(hf_dir: Path, out: Path, arch: str | None = None) -> Path:
     """Convert a tiny HF llama/qwen2 folder to an F32 GGUF the way convert_hf_to_gguf does."""
-    gguf = pytest.importorskip("gguf")
-    cfg = json.loads((hf_dir / "config.json").read_text())
-    family = "llama" if cfg["architectures"][0] == "LlamaForCausalLM" else "qwen2"
-    arch = arch or family
-    tensors = read_safetensors(hf_dir / "model.safetensors")
-    n_layers, n_head = cfg["num_hidden_layers"], cfg["num_attention_heads"]
-    n_kv = cfg["num_key_value_heads"]
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
-    w = gguf.GGUFWriter(out, arch)
-    w.add_block_count(n_layers)
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    w.add_rope_freq_base(cfg["rope_theta"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_vocab_size(cfg["vocab_size"])
-    for hf_name, arr in tensors.items():
-        if family == "llama" and (".q_proj." in hf_name or ".k_proj." in hf_name):
-            arr = _llamacpp_permute(arr, n_head if ".q_proj." in hf_name else n_kv)
-        w.add_tensor(names.get_name(hf_name, try_suffixes=(".weight", ".bias")), arr)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return out
+    pytest.importorskip("gguf")
+    return write_tiny_gguf(hf_dir, out, arch=arch)
 
 
 # --------------------------------------------------------------------------- tiny models
@@ -282,11 +249,11 @@ def test_hf_folder_without_safetensors(tiny_llama_dir: Path, tmp_path: Path) -> 
 # --------------------------------------------------------------------------- weight readers
 
 
-def test_unpermute_inverts_llamacpp_permute() -> None:
+def test_unpermute_invertsllamacpp_permute() -> None:
     w = np.random.default_rng(0).standard_normal((4 * 16, 8))
-    np.testing.assert_array_equal(unpermute_rope_rows(_llamacpp_permute(w, 4), 4), w)
+    np.testing.assert_array_equal(unpermute_rope_rows(llamacpp_permute(w, 4), 4), w)
     b = np.arange(2 * 16.0)
-    np.testing.assert_array_equal(unpermute_rope_rows(_llamacpp_permute(b, 2), 2), b)
+    np.testing.assert_array_equal(unpermute_rope_rows(llamacpp_permute(b, 2), 2), b)
 
 
 def test_read_safetensors_decodes_bf16_and_f16(tmp_path: Path) -> None:

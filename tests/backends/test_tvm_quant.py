@@ -26,6 +26,7 @@ import pytest
 from edgespec.errors import EdgespecError
 from edgespec.runtimes.base import LoadOptions, ModelSource
 from edgespec.runtimes.numpy_ref import NumpyBackend
+from edgespec.testing import write_tiny_gguf
 
 pytest.importorskip("tvm", reason="the tvm backend needs apache-tvm (pip install 'edgespec[tvm]')")
 gguf = pytest.importorskip("gguf")
@@ -50,50 +51,20 @@ TYPES = {
 }
 
 
-def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """``LlamaModel.permute`` of llama.cpp's convert_hf_to_gguf.py."""
-    return (
-        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
-
-
 def write_quantized_gguf(hf_dir: Path, out: Path) -> Path:
     """A tiny HF llama / qwen2 folder as a GGUF whose matrices are quantized per :data:`TYPES`."""
-    from edgespec.runtimes.numpy_weights import read_safetensors
+    n_layers = json.loads((hf_dir / "config.json").read_text())["num_hidden_layers"]
 
-    cfg = json.loads((hf_dir / "config.json").read_text())
-    arch = "llama" if cfg["architectures"][0] == "LlamaForCausalLM" else "qwen2"
-    n_layers, n_head = cfg["num_hidden_layers"], cfg["num_attention_heads"]
-    n_kv = cfg["num_key_value_heads"]
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
-    w = gguf.GGUFWriter(out, arch)
-    w.add_block_count(n_layers)
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    w.add_rope_freq_base(cfg["rope_theta"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_vocab_size(cfg["vocab_size"])
-    for hf_name, arr in read_safetensors(hf_dir / "model.safetensors").items():
-        if arch == "llama" and (".q_proj." in hf_name or ".k_proj." in hf_name):
-            arr = _permute(arr, n_head if ".q_proj." in hf_name else n_kv)
-        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        short = name.split(".")[-2]
-        qtype = "F16" if name == f"blk.{n_layers - 1}.ffn_down.weight" else TYPES.get(short)
-        if arr.ndim == 2 and qtype is not None:
-            t = gguf.GGMLQuantizationType[qtype]
-            w.add_tensor(name, gguf.quants.quantize(arr.astype(np.float32), t), raw_dtype=t)
-        else:
-            w.add_tensor(name, arr.astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return out
+    def tensor_type(name: str, arr: np.ndarray) -> str | None:
+        if arr.ndim != 2:
+            return None
+        return (
+            "F16"
+            if name == f"blk.{n_layers - 1}.ffn_down.weight"
+            else TYPES.get(name.split(".")[-2])
+        )
+
+    return write_tiny_gguf(hf_dir, out, tensor_type=tensor_type)
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
