@@ -106,6 +106,14 @@ def add_commands(sub: Any) -> None:
         "docs/compression.md)",
     )
     b.add_argument(
+        "--compress-only",
+        action="store_true",
+        help="run the strategies only on the compressed prompts: per prompt, one full-context "
+        "run (the baseline) and one run per --compress configuration; no uncompressed "
+        "strategy rows, no default-threads baseline row, and (every row being lossy) no "
+        "losslessness reference",
+    )
+    b.add_argument(
         "--compressor",
         default=None,
         metavar="MODEL",
@@ -204,6 +212,7 @@ def options_from_args(a: argparse.Namespace) -> Any:
         compressor_backend=a.compressor_backend,
         kv_cache=a.kv_cache,
         device=a.device,
+        compress_only=a.compress_only,
     )
 
 
@@ -240,6 +249,8 @@ def canonical_argv(opts: Any) -> list[str]:
         argv.append("--no-plot")
     if opts.compress:
         argv += ["--compress", ",".join(opts.compress)]
+    if opts.compress_only:
+        argv.append("--compress-only")
     if opts.compressor:
         argv += ["--compressor", opts.compressor]
     if opts.compressor_backend:

@@ -102,16 +102,21 @@ def make_combos(
     backends: Sequence[str | None],
     compress: Sequence[str] = (),
     kv_cache: Sequence[str] = (),
+    compress_only: bool = False,
 ) -> list[Combo]:
     """Every (backend, strategy) pair, backends outermost, with unique labels; each
     ``compress`` configuration adds the pair once more on the compressed prompt
     (label ``strategy+compress=0.5``). With ``kv_cache`` types, every configuration runs
-    once per type instead (label ``strategy@backend+kv=gear4``, lossy for the lossy types)."""
+    once per type instead (label ``strategy@backend+kv=gear4``, lossy for the lossy types).
+    ``compress_only`` keeps only the compressed pairs (the baseline is then the one
+    full-context row)."""
     from edgespec.runtimes.base import KV_CACHE_TYPES, LOSSY_KV_CACHE_TYPES
     from edgespec.strategies import STRATEGIES
 
     if not strategies:
         raise EdgespecError("--strategies is empty; name at least one (e.g. autoregressive,auto)")
+    if compress_only and not compress:
+        raise EdgespecError("--compress-only needs --compress CONFIGS (e.g. --compress 0.25)")
     bad = [t for t in kv_cache if t not in KV_CACHE_TYPES]
     if bad:
         raise EdgespecError(
@@ -127,7 +132,8 @@ def make_combos(
                 name, opts = parse_strategy(s)
                 label = s.strip() + (f"@{b}" if b else "") + tag
                 lossy = bool(STRATEGIES.get(name).lossy) or lossy_kv
-                combos.append(Combo(label, name, b, opts, lossy, None, kv))
+                if not compress_only:
+                    combos.append(Combo(label, name, b, opts, lossy, None, kv))
                 for cfg in compress:
                     kw = parse_compress(cfg)
                     combos.append(
@@ -350,6 +356,9 @@ class BenchOptions:
             batched scoring that is installed).
         kv_cache: KV-cache types ("f32", "q8", "gear4", ...); each configuration runs once
             per type, on a runtime loaded with it (empty: the backend's default only).
+        compress_only: run the strategies only on the compressed prompts: per prompt, the
+            baseline (the full context, no extra default-threads row) and one row per
+            ``compress`` configuration; with every row lossy, no losslessness reference.
         device: where the benchmarked backends run ("cpu", "opencl", "vulkan": the tvm
             backend; ``LoadOptions.device``).
     """
@@ -376,6 +385,7 @@ class BenchOptions:
     compressor_backend: str | None = None
     kv_cache: list[str] = field(default_factory=list)
     device: str = "cpu"
+    compress_only: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -438,7 +448,9 @@ class Bench:
                 f"unknown baseline '{opts.baseline}'; known: {', '.join(BASELINES)}"
             )
         self.opts = opts
-        self.combos = make_combos(opts.strategies, opts.backends, opts.compress, opts.kv_cache)
+        self.combos = make_combos(
+            opts.strategies, opts.backends, opts.compress, opts.kv_cache, opts.compress_only
+        )
         names = opts.workloads or default_workloads()
         self.prompts: list[Prompt] = load_workloads(list(names), opts.per_workload)
         self.meter_notes: list[str] = []
@@ -510,7 +522,8 @@ class Bench:
             base = self.make_baseline(first)
             self.doc["baseline"]["description"] = base.description
             self.doc["baseline"].update(getattr(base, "info", {}))
-            self.extras = list(getattr(base, "extras", list)())
+            # --compress-only: the baseline alone is the full-context row
+            self.extras = [] if self.opts.compress_only else list(getattr(base, "extras", list)())
             self.doc["configs"][:0] = [
                 {
                     "label": lb,
@@ -562,11 +575,14 @@ class Bench:
             for c in self.combos:
                 self._generate(runtimes[c.runtime_key], c, ids[first], min(WARMUP_TOKENS, n))
         # plain greedy on each runtime (backend and KV type), once per prompt (untimed): the
-        # losslessness reference
+        # losslessness reference, and each backend's near-tie bound (stored by `edgespec
+        # calibrate`, else measured now); only where a lossless configuration is checked
+        # against them: a lossy row's quality is its agreement with the baseline beside it
         plain: dict[tuple[Any, str], PlainReference] = {}
-        # and each backend's near-tie bound: stored by `edgespec calibrate`, else measured now
         bounds: dict[Any, NearTieBound] = {}
         for key, rt in runtimes.items():
+            if all(c.lossy for c in self.combos if c.runtime_key == key):
+                continue
             for p in self.prompts:
                 plain[(key, p.id)] = plain_reference(rt.target, ids[p.id], n)
             bounds[key] = near_tie_bound(rt.target, rt.tokenizer, rt.curve_key())
@@ -590,18 +606,9 @@ class Bench:
                         bar.update()
                     for c in self.combos:
                         row = self._run_combo(runtimes[c.runtime_key], c, ids[p.id], n)
-                        row.update(run=r, prompt=p.id, kind=p.kind)
-                        ref = plain[(c.runtime_key, p.id)]
-                        row["agree_plain"] = metrics.agreement(row["_tokens"], ref.tokens)
-                        bound = bounds[c.runtime_key]
-                        chk = check(row["_tokens"], ref, bound.value)
-                        row.update(
-                            first_divergence=chk.index,
-                            divergence_gap=chk.gap,
-                            near_tie=chk.near_tie,
-                            near_tie_bound=bound.value,
-                            near_tie_bound_source=bound.source,
-                        )
+                        row.update(run=r, prompt=p.id, kind=p.kind, agree_plain=None)
+                        if (c.runtime_key, p.id) in plain:
+                            _check_plain(row, plain[(c.runtime_key, p.id)], bounds[c.runtime_key])
                         _versus(row, b)
                         _check_answer(row, p, runtimes)
                         del row["_tokens"]
@@ -721,15 +728,30 @@ def _derive(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _check_plain(row: dict[str, Any], ref: PlainReference, bound: NearTieBound) -> None:
+    """A row's agreement with the plain greedy reference, and where and why it diverged."""
+    row["agree_plain"] = metrics.agreement(row["_tokens"], ref.tokens)
+    chk = check(row["_tokens"], ref, bound.value)
+    row.update(
+        first_divergence=chk.index,
+        divergence_gap=chk.gap,
+        near_tie=chk.near_tie,
+        near_tie_bound=bound.value,
+        near_tie_bound_source=bound.source,
+    )
+
+
 def _check_answer(row: dict[str, Any], p: Prompt, runtimes: dict[str | None, Any]) -> None:
     """``row["correct"]``: whether the generated text holds every part of the prompt's
-    answer (only for prompts with one, e.g. the long-context workloads)."""
+    answer, and ``row["text"]``: that text (only for prompts with an answer, e.g. the
+    long-context workloads)."""
     if not p.answer:
         return
     from edgespec.bench.workloads import is_correct
 
     tok = next(iter(runtimes.values())).tokenizer
-    row["correct"] = is_correct(tok.decode(row["_tokens"]), p.answer)
+    row["text"] = tok.decode(row["_tokens"])
+    row["correct"] = is_correct(row["text"], p.answer)
 
 
 def _versus(row: dict[str, Any], base: dict[str, Any]) -> None:

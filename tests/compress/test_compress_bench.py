@@ -85,3 +85,74 @@ def test_a_workload_prefix_selects_prompts_by_id():
     assert [p.id for p in four_k] == ["needle-4k-25", "needle-4k-50", "needle-4k-75"]
     with pytest.raises(EdgespecError, match="no prompt id .* starts with 'needle-3k'"):
         load_workloads(["long/needle:needle-3k"])
+
+
+def _count_full_prefills(rt: Runtime, n_prompt: int, calls: list[int]) -> Runtime:
+    """Wrap the target's forward: record the length of every forward of >= n_prompt ids."""
+    forward = rt.target.forward
+
+    def counted(ids, *a, **kw):
+        if len(ids) >= n_prompt:
+            calls.append(len(ids))
+        return forward(ids, *a, **kw)
+
+    rt.target.forward = counted  # type: ignore[method-assign]
+    return rt
+
+
+class CountingBaseline(FakeBaseline):
+    runs: list[int] = []
+
+    def run(self, ids, n):
+        CountingBaseline.runs.append(len(ids))
+        return super().run(ids, n)
+
+    def extras(self):  # a default-threads row, as the llama.cpp baseline has at -t 2
+        return [("default threads", CountingBaseline(make_rt()))]
+
+
+@pytest.mark.parametrize("compress_only", [False, True])
+def test_compress_only_costs_one_full_and_one_compressed_run_per_prompt(tmp_path, compress_only):
+    context = "abc def. ghi jkl. mno pab. cde fgh. ijk lmn. opa bcd. " * 4
+    prompts = [context + "\n\nab cd", context[::-1] + "\n\ncd ab"]
+    w = tmp_path / "w.jsonl"
+    w.write_text(
+        "".join(json.dumps({"id": f"w-{i}", "prompt": t}) + "\n" for i, t in enumerate(prompts))
+    )
+    n_prompt = len(prompts[0])
+    prefills: list[int] = []
+    CountingBaseline.runs = []
+    opts = BenchOptions(
+        out=tmp_path / "out",
+        strategies=["autoregressive"],
+        runs=1,
+        warmup=0,
+        max_new_tokens=4,
+        workloads=[str(w)],
+        progress=False,
+        plots=False,
+        compress=["0.25"],
+        compress_only=compress_only,
+    )
+    doc = Bench(
+        opts,
+        loader=lambda b=None, **kw: _count_full_prefills(make_rt(), n_prompt, prefills),
+        baseline=CountingBaseline,
+        meter=energy.EstimateMeter(4.0),
+        argv=[],
+    ).run()
+    labels = [r["label"] for r in doc["runs"]]
+    if not compress_only:  # reference + full row on the target, baseline + default threads
+        assert len(prefills) == 2 * 2 and len(CountingBaseline.runs) == 2 * 2
+        return
+    # per prompt: the baseline (full context) and the compressed row, nothing else
+    assert labels == ["baseline", "autoregressive+compress=0.25"] * 2
+    assert prefills == [] and CountingBaseline.runs == [n_prompt] * 2
+    assert all(r["agree_plain"] is None for r in doc["runs"])
+    assert "first_divergence" not in doc["runs"][1]
+    assert doc["runs"][1]["lossy"] and doc["runs"][1]["compressed_to"] < n_prompt
+
+
+def test_compress_only_without_a_compress_configuration_is_one_line():
+    with pytest.raises(EdgespecError, match="--compress-only needs --compress"):
+        make_combos(["autoregressive"], [None], [], compress_only=True)
