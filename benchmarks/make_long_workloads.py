@@ -13,6 +13,13 @@
 Each line: ``{"id", "kind", "prompt", "chat": false, "answer": [parts...], "tokens"}``;
 ``tokens`` is the approximate length the generator aimed for (SmolLM2's tokenizer). The
 question is the prompt's last paragraph, so ``--compress`` keeps it whole.
+
+The accuracy study at about 4k Qwen tokens (docs/compression.md) adds eight prompts per
+family from their own seeds (``{SEED}-{name}-4k``), after the rows above, which come out of
+their seeds as before: ``needle-4k-s1..5`` (with ``needle-4k-25/50/75``, eight 4k needles at
+random depths), ``multifact-4k-s1..8`` (110-person directories, one question each) and
+``code-long-4k-s1..8`` (60 helpers; the question describes the constant without naming it,
+so the answer, e.g. ``MAX_RECORD_3``, is only in the context).
 """
 
 from __future__ import annotations
@@ -40,30 +47,42 @@ def filler_sentence(rng: random.Random) -> str:
     )
 
 
+def needle_row(rng: random.Random, tokens: int, depth: float, row_id: str) -> dict:
+    """One needle prompt: a vault code at ``depth`` (0-1) in ``tokens`` tokens of filler."""
+    code = str(rng.randint(1000, 9999))
+    sents = []
+    while sum(len(s) + 1 for s in sents) < tokens * CHARS_PER_TOKEN:
+        sents.append(filler_sentence(rng))
+    sents.insert(int(depth * len(sents)), f"The secret code for the vault is {code}.")
+    prompt = (
+        " ".join(sents)
+        + "\n\nQuestion: What is the secret code for the vault? Answer: The secret code"
+        " for the vault is"
+    )
+    return {
+        "id": row_id,
+        "kind": "needle",
+        "prompt": prompt,
+        "chat": False,
+        "answer": [code],
+        "tokens": tokens,
+    }
+
+
 def needle_rows(rng: random.Random) -> list[dict]:
+    return [
+        needle_row(rng, tokens, depth, f"needle-{tokens // 1000}k-{int(depth * 100)}")
+        for tokens in (1000, 2000, 4000, 8000)
+        for depth in (0.25, 0.5, 0.75)
+    ]
+
+
+def needle_4k_rows(rng: random.Random) -> list[dict]:
+    """Five more 4k needles at random depths in (0.05, 0.95) (``depth`` recorded)."""
     rows = []
-    for tokens in (1000, 2000, 4000, 8000):
-        for depth in (0.25, 0.5, 0.75):
-            code = str(rng.randint(1000, 9999))
-            sents = []
-            while sum(len(s) + 1 for s in sents) < tokens * CHARS_PER_TOKEN:
-                sents.append(filler_sentence(rng))
-            sents.insert(int(depth * len(sents)), f"The secret code for the vault is {code}.")
-            prompt = (
-                " ".join(sents)
-                + "\n\nQuestion: What is the secret code for the vault? Answer: The secret code"
-                " for the vault is"
-            )
-            rows.append(
-                {
-                    "id": f"needle-{tokens // 1000}k-{int(depth * 100)}",
-                    "kind": "needle",
-                    "prompt": prompt,
-                    "chat": False,
-                    "answer": [code],
-                    "tokens": tokens,
-                }
-            )
+    for k in range(1, 6):
+        depth = round(rng.uniform(0.05, 0.95), 2)
+        rows.append({**needle_row(rng, 4000, depth, f"needle-4k-s{k}"), "depth": depth})
     return rows
 
 
@@ -77,41 +96,83 @@ HOBBY = ["chess", "hiking", "music", "cooking"]
 JOB = ["pilot", "chemist", "carpenter", "librarian", "surgeon", "architect", "baker", "judge"]
 
 
+def directory(
+    rng: random.Random, n_people: int
+) -> tuple[list[str], dict[str, tuple[str, str, int]], str]:
+    """A staff directory of ``n_people``: (names, name -> (city, job, age), its text)."""
+    first = FIRST if n_people <= len(FIRST) * len(LAST) else FIRST + MORE_FIRST
+    names = rng.sample([f"{f} {s}" for f in first for s in LAST], n_people)
+    facts = {n: (rng.choice(CITY), rng.choice(JOB), rng.randint(24, 70)) for n in names}
+    lines = [
+        f"{n} lives in {c}, works as a {j} and is {a} years old. {n.split()[0]} joined the "
+        f"company in {rng.randint(1995, 2022)} and enjoys {rng.choice(HOBBY)}."
+        for n, (c, j, a) in facts.items()
+    ]
+    return names, facts, "Staff directory.\n" + "\n".join(lines)
+
+
+def multifact_question(
+    rng: random.Random, names: list[str], facts: dict, doc: str, row_id: str
+) -> dict:
+    """Two facts about two people of the directory ``doc``: one city, one job."""
+    a, b = rng.sample(names, 2)
+    question = (
+        f"\n\nQuestion: In which city does {a} live, and what is {b}'s job? Answer: {a} lives in"
+    )
+    return {
+        "id": row_id,
+        "kind": "multifact",
+        "prompt": doc + question,
+        "chat": False,
+        "answer": [facts[a][0], facts[b][1]],
+        "tokens": round(len(doc) / CHARS_PER_TOKEN),
+    }
+
+
 def multifact_rows(rng: random.Random) -> list[dict]:
     rows = []
-    for i, n_people in enumerate((20, 40, 80, 160)):
-        first = FIRST if n_people <= len(FIRST) * len(LAST) else FIRST + MORE_FIRST
-        names = rng.sample([f"{f} {s}" for f in first for s in LAST], n_people)
-        facts = {n: (rng.choice(CITY), rng.choice(JOB), rng.randint(24, 70)) for n in names}
-        lines = [
-            f"{n} lives in {c}, works as a {j} and is {a} years old. {n.split()[0]} joined the "
-            f"company in {rng.randint(1995, 2022)} and enjoys {rng.choice(HOBBY)}."
-            for n, (c, j, a) in facts.items()
-        ]
-        doc = "Staff directory.\n" + "\n".join(lines)
+    for n_people in (20, 40, 80, 160):
+        names, facts, doc = directory(rng, n_people)
         for q in range(2):
-            a, b = rng.sample(names, 2)
-            question = (
-                f"\n\nQuestion: In which city does {a} live, and what is {b}'s job? "
-                f"Answer: {a} lives in"
-            )
-            rows.append(
-                {
-                    "id": f"multifact-{n_people}-{q}",
-                    "kind": "multifact",
-                    "prompt": doc + question,
-                    "chat": False,
-                    "answer": [facts[a][0], facts[b][1]],
-                    "tokens": round(len(doc) / CHARS_PER_TOKEN),
-                }
-            )
-        del i
+            rows.append(multifact_question(rng, names, facts, doc, f"multifact-{n_people}-{q}"))
+    return rows
+
+
+def multifact_4k_rows(rng: random.Random) -> list[dict]:
+    """Eight 110-person directories (about 4k Qwen tokens: 160 people are 5.8k), one
+    question each."""
+    rows = []
+    for k in range(1, 9):
+        names, facts, doc = directory(rng, 110)
+        rows.append(multifact_question(rng, names, facts, doc, f"multifact-4k-s{k}"))
     return rows
 
 
 VERBS = ["load", "parse", "merge", "scale", "clean", "index", "render", "flush", "check"]
 PREFIX = ["MAX", "DEFAULT", "BASE"]
 NOUNS = ["record", "table", "frame", "batch", "entry", "block", "packet", "row", "field"]
+
+
+def module_body(rng: random.Random, n_funcs: int) -> list[str]:
+    """``n_funcs`` generated helper functions, as lines."""
+    body = []
+    for f in range(n_funcs):
+        v, n = rng.choice(VERBS), rng.choice(NOUNS)
+        body += [
+            "",
+            f"def {v}_{n}_{f}(items, limit=10):",
+            f'    """{v.capitalize()} each {n} in ``items`` up to ``limit``."""',
+            "    out = []",
+            "    for i, item in enumerate(items):",
+            "        if i >= limit:",
+            "            break",
+            f"        out.append(math.floor(item * {rng.randint(2, 9)}))",
+            "    return out",
+        ]
+    return body
+
+
+HEAD = ['"""Generated helpers for a data pipeline."""', "", "import math", ""]
 
 
 def code_rows(rng: random.Random) -> list[dict]:
@@ -121,22 +182,8 @@ def code_rows(rng: random.Random) -> list[dict]:
             f"{rng.choice(PREFIX)}_{rng.choice(NOUNS).upper()}_{k}": rng.randint(2, 999)
             for k in range(6)
         }
-        head = ['"""Generated helpers for a data pipeline."""', "", "import math", ""]
-        head += [f"{k} = {v}" for k, v in consts.items()] + [""]
-        body = []
-        for f in range(n_funcs):
-            v, n = rng.choice(VERBS), rng.choice(NOUNS)
-            body += [
-                "",
-                f"def {v}_{n}_{f}(items, limit=10):",
-                f'    """{v.capitalize()} each {n} in ``items`` up to ``limit``."""',
-                "    out = []",
-                "    for i, item in enumerate(items):",
-                "        if i >= limit:",
-                "            break",
-                f"        out.append(math.floor(item * {rng.randint(2, 9)}))",
-                "    return out",
-            ]
+        head = HEAD + [f"{k} = {v}" for k, v in consts.items()] + [""]
+        body = module_body(rng, n_funcs)
         target = rng.choice(list(consts))
         tail = (
             "\n\n\ndef clamp_to_limit(value):\n"
@@ -156,11 +203,46 @@ def code_rows(rng: random.Random) -> list[dict]:
     return rows
 
 
+def code_4k_rows(rng: random.Random) -> list[dict]:
+    """Eight 60-helper modules (about 4k Qwen tokens) whose last function must return the
+    constant its docstring describes ("the module's max record limit") without naming it:
+    the answer (``MAX_RECORD_3``: prefix, noun and index) is only in the context."""
+    rows = []
+    for k in range(1, 9):
+        pairs = rng.sample([(p, n) for p in PREFIX for n in NOUNS], 6)
+        consts = {f"{p}_{n.upper()}_{i}": rng.randint(2, 999) for i, (p, n) in enumerate(pairs)}
+        head = HEAD + [f"{c} = {v}" for c, v in consts.items()] + [""]
+        body = module_body(rng, 60)
+        p, n = rng.choice(pairs)
+        target = f"{p}_{n.upper()}_{pairs.index((p, n))}"
+        tail = (
+            "\n\n\ndef clamp_to_limit(value):\n"
+            f'    """Clamp ``value`` to the module\'s {p.lower()} {n} limit."""\n'
+            "    return min(value,"
+        )
+        rows.append(
+            {
+                "id": f"code-long-4k-s{k}",
+                "kind": "code-long",
+                "prompt": "\n".join(head + body) + tail,
+                "chat": False,
+                "answer": [target],
+                "tokens": 60 * 60,
+            }
+        )
+    return rows
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    makers = {"needle": needle_rows, "multifact": multifact_rows, "code_long": code_rows}
-    for name, make in makers.items():
+    makers = {
+        "needle": (needle_rows, needle_4k_rows),
+        "multifact": (multifact_rows, multifact_4k_rows),
+        "code_long": (code_rows, code_4k_rows),
+    }
+    for name, (make, make_4k) in makers.items():
         rows = make(random.Random(f"{SEED}-{name}"))
+        rows += make_4k(random.Random(f"{SEED}-{name}-4k"))
         text = "".join(json.dumps(r) + "\n" for r in rows)
         (OUT / f"{name}.jsonl").write_text(text)
         print(f"{OUT / name}.jsonl: {len(rows)} prompts")

@@ -73,16 +73,24 @@ def test_shipped_long_workloads_have_answers_and_the_question_last():
     assert kinds == {"needle", "multifact", "code-long"}
     for p in prompts:
         assert p.answer and not p.chat
-        if p.kind == "needle":  # the answer is in the context, not in the question
+        if p.kind == "needle" or "-4k-" in p.id:  # the answer is in the context, not in
+            # the question (the older code_long prompts name their constant in both)
             context, _, question = p.prompt.rpartition("\n\n")
-            assert all(a in context and a not in question for a in p.answer)
+            assert all(a in context and a not in question for a in p.answer), p.id
+    # the accuracy study's set: eight ~4k-token prompts per family
+    for family in (
+        "long/needle:needle-4k",
+        "long/multifact:multifact-4k",
+        "long/code_long:code-long-4k",
+    ):
+        assert len(load_workloads([family])) >= 8, family
     assert is_correct("Alice lives in Lima; Bob is a Judge", ("lima", "judge"))
     assert not is_correct("Alice lives in Lima", ("lima", "judge"))
 
 
 def test_a_workload_prefix_selects_prompts_by_id():
-    four_k = load_workloads(["long/needle:needle-4k"])
-    assert [p.id for p in four_k] == ["needle-4k-25", "needle-4k-50", "needle-4k-75"]
+    two_k = load_workloads(["long/needle:needle-2k"])
+    assert [p.id for p in two_k] == ["needle-2k-25", "needle-2k-50", "needle-2k-75"]
     with pytest.raises(EdgespecError, match="no prompt id .* starts with 'needle-3k'"):
         load_workloads(["long/needle:needle-3k"])
 
