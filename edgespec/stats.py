@@ -51,6 +51,7 @@ class Stats:
             prompt was not compressed; see :mod:`edgespec.compress`).
         compressed_to: target tokens the target received after compression.
         compress_s: wall seconds the compressor spent; part of ``ttft_s`` and ``wall_s``.
+        compress_cpu_s: process CPU seconds the compressor spent; part of ``cpu_s``.
         compressor: the compressor model's name ("" without compression).
         kv_cache: the target's KV-cache type ("f16", "q8", ...; "" when the backend does
             not say). q8 and q4 are lossy.
@@ -92,6 +93,7 @@ class Stats:
     compressed_from: int = 0
     compressed_to: int = 0
     compress_s: float = 0.0
+    compress_cpu_s: float = 0.0
     compressor: str = ""
     kv_cache: str = ""
     kv_cache_mb: float = 0.0
@@ -140,7 +142,8 @@ class Stats:
             lines.append(
                 f"context compressed (lossy) by {self.compressor}: prompt "
                 f"{self.compressed_from} -> {self.compressed_to} tok in "
-                f"{self.compress_s * 1000:.0f} ms (included in ttft)"
+                f"{self.compress_s * 1000:.0f} ms, {self.compress_cpu_s:.2f} CPU-s "
+                "(included in ttft and cpu)"
             )
         if self.kv_cache:
             from edgespec.runtimes.base import LOSSY_KV_CACHE_TYPES
@@ -270,6 +273,7 @@ class StatsRecorder:
             compressed_from=self.compressed_from,
             compressed_to=self.compressed_to,
             compress_s=self.compress_s,
+            compress_cpu_s=self.compress_cpu_s,
             compressor=self.compressor,
             kv_cache=self.kv_cache,
             kv_cache_mb=self.kv_cache_mb,

@@ -22,6 +22,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         draft=a.draft,
         compressor=a.compressor,
         compress_ratio=a.compress_ratio,
+        compressor_backend=a.compressor_backend,
         formats=_csv(a.format),
         quants=_csv(a.quant or ""),
         block_size=a.block_size,
@@ -89,6 +90,13 @@ def add_commands(sub: Any) -> None:
         default=None,
         metavar="RATIO",
         help="the compressor's default --compress ratio, in (0, 1] (docs/compression.md)",
+    )
+    e.add_argument(
+        "--compressor-backend",
+        default=None,
+        metavar="BACKEND",
+        help="the backend the compressor scores on, recorded in the bundle (default: the "
+        "first of onnx, llamacpp, numpy that an exported --format runs on)",
     )
     e.add_argument("--format", default="onnx", help="comma list: onnx, gguf, tvm (default onnx)")
     e.add_argument(

@@ -41,6 +41,8 @@ class ExportOptions:
         compressor: an optional context-compressor model (same kinds).
         compress_ratio: the compressor's default ``--compress`` ratio, in (0, 1], stored as
             the role's ``default_ratio`` (None: none stored; ``--compress`` then uses 0.5).
+        compressor_backend: the backend the compressor scores on, stored as the role's
+            ``backend`` (None: the first of ``SCORING_BACKENDS`` the formats give).
         formats: artifact formats (``onnx``, ``gguf``).
         quants: quantizations in the one vocabulary (:data:`~edgespec.export.base.QUANTS`,
             aliases such as ``f32`` or ``q8_0`` accepted); each applies to every format that
@@ -58,6 +60,7 @@ class ExportOptions:
     draft: str | None = None
     compressor: str | None = None
     compress_ratio: float | None = None
+    compressor_backend: str | None = None
     formats: tuple[str, ...] = ("onnx",)
     quants: tuple[str, ...] = ()
     block_size: int = 32
@@ -74,9 +77,13 @@ class Plan:
 
     roles: dict[str, str]
     artifacts: list[tuple[str, str]] = field(default_factory=list)
+    #: the compressor role's scoring backend (None: no compressor, or none of the formats')
+    compressor_backend: str | None = None
 
     def lines(self) -> list[str]:
         out = [f"{role}: {spec}" for role, spec in self.roles.items()]
+        if self.compressor_backend:
+            out.append(f"  compressor scores on: {self.compressor_backend}")
         out += [f"  artifact: {fmt} {q}" for fmt, q in self.artifacts]
         return out
 
@@ -94,6 +101,8 @@ def make_plan(o: ExportOptions) -> Plan:
         from edgespec.compress.core import CompressOptions
 
         CompressOptions(ratio=o.compress_ratio)  # (0, 1], else one line
+    if o.compressor_backend is not None and not o.compressor:
+        raise EdgespecError("--compressor-backend needs --compressor MODEL")
     if not o.formats:
         raise EdgespecError(f"pass --format; known: {', '.join(EXPORTERS.names())}")
     if o.block_size < 16 or o.block_size & (o.block_size - 1):
@@ -116,6 +125,11 @@ def make_plan(o: ExportOptions) -> Plan:
                 f"none of --quant {','.join(o.quants)} applies to {fmt}; {_offers(fmt)}"
             )
         plan.artifacts += [(fmt, q) for q in dict.fromkeys(mine or [exp.quants[0]])]
+    if o.compressor:
+        from edgespec.compress.prompt import bundle_scoring_backend
+
+        backends = [EXPORTERS.get(f).backend for f in o.formats]
+        plan.compressor_backend = bundle_scoring_backend(backends, o.compressor_backend)
     unused = [q for i, q in enumerate(o.quants) if i not in used]
     if unused:
         raise EdgespecError(
@@ -303,6 +317,8 @@ def run_export(o: ExportOptions) -> dict[str, Any]:
                 }
                 if role == "compressor" and o.compress_ratio is not None:
                     roles[role]["default_ratio"] = o.compress_ratio
+                if role == "compressor" and plan.compressor_backend:
+                    roles[role]["backend"] = plan.compressor_backend
         manifest = {
             "format_version": 1,
             "created_by": f"edgespec {__version__}",

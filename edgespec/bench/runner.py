@@ -707,6 +707,7 @@ class Bench:
                 compressed_from=s.compressed_from,
                 compressed_to=s.compressed_to,
                 compress_s=s.compress_s,
+                compress_cpu_s=s.compress_cpu_s,
             )
         if s.sparsity:  # chunk-sparse target: sparsity per layer and chunk size, units used
             row["sparsity"] = s.sparsity

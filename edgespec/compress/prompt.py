@@ -243,6 +243,24 @@ SCORING_BACKENDS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
+def bundle_scoring_backend(backends: Sequence[str], named: str | None = None) -> str | None:
+    """The ``"backend"`` ``edgespec export`` records in a bundle's compressor role.
+
+    ``backends``: the backends of the role's artifacts (one per exported format). ``named``
+    (``export --compressor-backend``) must be one of them (else one line); without it, the
+    first of :data:`SCORING_BACKENDS` with an artifact, else None (the loader chooses).
+    """
+    if named is not None:
+        if named not in backends:
+            raise EdgespecError(
+                f"--compressor-backend {named}: the bundle has no artifact that backend "
+                f"runs (the formats give: {', '.join(dict.fromkeys(backends)) or 'none'}); "
+                "add its --format or name one of those"
+            )
+        return named
+    return next((b for b, _ in SCORING_BACKENDS if b in backends), None)
+
+
 def scoring_backend(
     source: ModelSource, named: str | None, options: LoadOptions
 ) -> tuple[str, LoadOptions]:

@@ -58,6 +58,7 @@ def test_compress_configurations_run_beside_the_full_prompt(tmp_path):
     assert "compressed_from" not in full
     assert full["correct"] is False and half["correct"] is False  # "zz" is never generated
     assert half["ttft_s"] >= half["compress_s"] > 0
+    assert half["cpu_s"] >= half["compress_cpu_s"] > 0
     assert half["ttft_s"] <= half["wall_s"]  # the compressor counted once
 
 

@@ -80,6 +80,7 @@ def test_real_model_generate_compressed(capsys, smollm2_path, smollm2_prompt):
     assert code == 0, err
     s = json.loads(out)["stats"]
     assert s["compressed_from"] > s["compressed_to"] and s["compress_s"] > 0
+    assert s["cpu_s"] >= s["compress_cpu_s"] > 0
     # a budget smaller than the question: one line, exit 2 (in a process: what a user sees)
     p = subprocess.run(
         [sys.executable, "-m", "edgespec", *args, "--context-budget", "3"],

@@ -202,7 +202,10 @@ def test_runtime_compresses_for_every_strategy_and_labels_lossy():
         assert s.compressed_to == round(0.5 * len(CONTEXT)) + len(QUESTION)
         assert s.compressor == "target" and s.compress_s > 0
         assert s.ttft_s >= s.compress_s
-        assert "compressed (lossy)" in s.summary()
+        # the compressor's CPU seconds are part of cpu_s, and in --json (Stats.to_dict)
+        assert s.to_dict()["compress_cpu_s"] == s.compress_cpu_s > 0
+        assert s.cpu_s >= s.compress_cpu_s
+        assert "compressed (lossy)" in s.summary() and "CPU-s" in s.summary()
     plain = rt.generate(CONTEXT + QUESTION, max_new_tokens=4)
     assert not plain.stats.lossy and plain.stats.compressed_from == 0
 
@@ -241,3 +244,23 @@ def test_export_checks_the_compress_ratio_before_any_work(tmp_path):
         make_plan(ExportOptions("m", str(tmp_path / "b"), compress_ratio=0.5))
     with pytest.raises(EdgespecError, match=r"must be in \(0, 1\]"):
         make_plan(ExportOptions("m", str(tmp_path / "b"), compressor="c", compress_ratio=2.0))
+
+
+def test_export_plans_the_compressor_scoring_backend(tmp_path):
+    from edgespec.export.pipeline import ExportOptions, make_plan
+
+    def plan(**kw):
+        return make_plan(ExportOptions("m", str(tmp_path / "b"), **kw))
+
+    # the first of SCORING_BACKENDS that an exported format runs on
+    assert plan(compressor="c", formats=("gguf", "onnx")).compressor_backend == "onnx"
+    assert plan(compressor="c", formats=("gguf",)).compressor_backend == "llamacpp"
+    assert plan(compressor="c", formats=("tvm",)).compressor_backend is None
+    assert plan(formats=("onnx",)).compressor_backend is None  # no compressor role
+    named = plan(compressor="c", formats=("onnx", "gguf"), compressor_backend="llamacpp")
+    assert named.compressor_backend == "llamacpp"
+    assert "  compressor scores on: llamacpp" in named.lines()
+    with pytest.raises(EdgespecError, match="--compressor-backend onnx: the bundle has no"):
+        plan(compressor="c", formats=("gguf",), compressor_backend="onnx")
+    with pytest.raises(EdgespecError, match="--compressor-backend needs --compressor"):
+        plan(formats=("gguf",), compressor_backend="llamacpp")

@@ -253,3 +253,25 @@ def test_smollm2_onnx_bundle_matches_numpy_reference(smollm2_path: Path, tmp_pat
         assert rt.target.layout == "shared"  # the GroupQueryAttention graph, KV via IOBinding
         for prompt in prompts:
             assert _greedy(rt.target, prompt, 16) == _greedy(ref, prompt, 16)
+
+
+def test_export_records_the_compressor_role_backend_and_ratio(
+    tiny_tok_dir: Path, tmp_path: Path
+) -> None:
+    from edgespec.compress.prompt import compressor_source_of
+    from edgespec.sources import resolve
+
+    out = tmp_path / "b"
+    _export(
+        target=str(tiny_tok_dir),
+        out=str(out),
+        compressor=str(tiny_tok_dir),
+        compress_ratio=0.3,
+        formats=("gguf",),
+        verify=False,
+    )
+    role = json.loads((out / "edgespec.json").read_text())["roles"]["compressor"]
+    assert role["backend"] == "llamacpp" and role["default_ratio"] == 0.3
+    # and the loader reads it back: the bundle's compressor, its ratio and backend
+    source, ratio, backend = compressor_source_of(resolve(str(out)), None, False)
+    assert source is not None and (ratio, backend) == (0.3, "llamacpp")
