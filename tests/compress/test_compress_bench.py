@@ -165,3 +165,54 @@ def test_compress_only_costs_one_full_and_one_compressed_run_per_prompt(tmp_path
 def test_compress_only_without_a_compress_configuration_is_one_line():
     with pytest.raises(EdgespecError, match="--compress-only needs --compress"):
         make_combos(["autoregressive"], [None], [], compress_only=True)
+
+
+def _accuracy_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "compress_accuracy.py"
+    spec = importlib.util.spec_from_file_location("compress_accuracy", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_accuracy_summary_pairs_full_and_compressed_rows(tmp_path):
+    acc = _accuracy_script()
+    context = "abc def. ghi jkl. mno pab. cde fgh. ijk lmn. opa bcd. " * 4
+    w = tmp_path / "w.jsonl"
+    rows = [
+        {"id": f"w-{i}", "kind": k, "prompt": context + "\n\nab cd", "answer": [a]}
+        for i, (k, a) in enumerate([("x", "zz"), ("y", ""), ("y", "zz")])
+    ]
+    w.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    opts = BenchOptions(
+        out=tmp_path / "out",
+        strategies=["autoregressive"],
+        runs=1,
+        warmup=0,
+        max_new_tokens=4,
+        workloads=[str(w)],
+        progress=False,
+        plots=False,
+        compress=["0.5"],
+        compress_only=True,
+    )
+    doc = Bench(
+        opts, loader=make_rt, baseline=FakeBaseline, meter=energy.EstimateMeter(4.0), argv=[]
+    ).run()
+    doc["runs"] = doc["runs"][:-1]  # a partial run: the last prompt's compressed row missing
+    pairs = acc.pairs(doc)
+    assert [p["prompt"] for p in pairs] == ["w-0", "w-1"]
+    assert [(p["full_correct"], p["compressed_correct"]) for p in pairs] == [
+        (False, False),
+        (True, True),  # "" is in every answer
+    ]
+    assert all(p["tokens_compressed"] < p["tokens_full"] for p in pairs)
+    table = acc.summary(pairs)
+    assert "| **all** | 2 | 1/2 (50 %) | 1/2 (50 %) | +0.0 |" in table
+    # no discordant prompt in 2: the difference is bounded by 1 - 0.05 ** (1 / 2) = 78 %
+    assert "0/2 here, at most 78 %" in table
+    assert acc.upper_bound(0, 12) == pytest.approx(1 - 0.05 ** (1 / 12), abs=1e-9)
+    assert acc.sign_test(0, 3) == pytest.approx(0.25)

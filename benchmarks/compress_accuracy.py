@@ -1,0 +1,192 @@
+"""Accuracy and cost of prompt compression against the full context, from one bench run.
+
+    edgespec bench -m qwen2.5-coder-1.5b --backends llamacpp --strategies autoregressive \
+        --compress 0.25 --compress-only --compressor smollm2-135m --workloads ... \
+        -c 4608 -n 16 --runs 1 --warmup 0 -t 2 --energy estimate --out DIR --no-plot
+    python benchmarks/compress_accuracy.py DIR [--load DIR/load.log]
+
+``--compress-only`` makes every prompt one full-context row (the llama.cpp baseline) and one
+compressed row, measured one after the other in the same process. This script pairs them
+by prompt (a partial ``results.json`` counts: only prompts with both rows are used), writes
+``DIR/pairs.jsonl`` (one line a prompt: both answers, right or wrong, TTFT and CPU-s of
+both) and prints a Markdown summary: accuracy per family and overall for both arms, the
+paired difference with a bound on it, and the medians of the per-prompt TTFT and CPU-s
+ratios (compressed / full; CPU-s is what the estimated energy is proportional to).
+
+The bound: the two arms can differ only on discordant prompts (right in one arm, wrong in
+the other), so ``|accuracy difference| <= discordant / n``; the one-sided 95 % upper
+Clopper-Pearson bound on the discordant rate bounds the difference a larger sample of the
+same prompts could show. The exact two-sided sign test (McNemar) on the discordant pairs
+says whether the difference seen is more than chance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+
+def binom_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p)."""
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
+
+
+def upper_bound(k: int, n: int, alpha: float = 0.05) -> float:
+    """One-sided (1 - alpha) upper Clopper-Pearson bound on a rate seen k times in n."""
+    if k >= n:
+        return 1.0
+    lo, hi = k / n, 1.0
+    for _ in range(60):  # bisection: the p where P(X <= k) = alpha
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if binom_cdf(k, n, mid) > alpha else (lo, mid)
+    return hi
+
+
+def sign_test(b: int, c: int) -> float:
+    """Exact two-sided p of b successes against c under p = 1/2 (McNemar's exact test)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * binom_cdf(min(b, c), n, 0.5))
+
+
+def pairs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """One record per prompt with both a baseline (full) and a compressed row."""
+    by: dict[str, dict[str, Any]] = {}
+    for r in doc["runs"]:
+        arm = (
+            "full"
+            if r["label"] == "baseline"
+            else "compressed"
+            if "compress" in r["label"]
+            else None
+        )
+        if arm is not None and "correct" in r:
+            by.setdefault(r["prompt"], {"prompt": r["prompt"], "family": r["kind"]})[arm] = r
+    out = []
+    for p in by.values():
+        if "full" not in p or "compressed" not in p:
+            continue
+        f, c = p.pop("full"), p.pop("compressed")
+        p.update(
+            full_correct=f["correct"],
+            compressed_correct=c["correct"],
+            full_text=f.get("text"),
+            compressed_text=c.get("text"),
+            full_ttft_s=f["ttft_s"],
+            compressed_ttft_s=c["ttft_s"],
+            full_cpu_s=f["cpu_s"],
+            compressed_cpu_s=c["cpu_s"],
+            compress_s=c.get("compress_s"),
+            tokens_full=c.get("compressed_from"),
+            tokens_compressed=c.get("compressed_to"),
+            ttft_ratio=c["ttft_s"] / f["ttft_s"],
+            cpu_ratio=c["cpu_s"] / f["cpu_s"],
+        )
+        out.append(p)
+    return out
+
+
+def _pct(k: int, n: int) -> str:
+    return f"{k}/{n} ({100 * k / n:.0f} %)" if n else "-"
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """The Markdown tables: per family and overall."""
+    lines = [
+        "| family | prompts | full context right | compressed right | difference (points) |"
+        " both / full only / compressed only / neither | TTFT ratio median (range) |"
+        " CPU-s ratio median (range) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    fams = sorted({r["family"] for r in rows})
+    for fam in [*fams, "all"]:
+        rs = [r for r in rows if fam in ("all", r["family"])]
+        n = len(rs)
+        if not n:
+            continue
+        f = sum(r["full_correct"] for r in rs)
+        c = sum(r["compressed_correct"] for r in rs)
+        both = sum(r["full_correct"] and r["compressed_correct"] for r in rs)
+        fo = sum(r["full_correct"] and not r["compressed_correct"] for r in rs)
+        co = sum(r["compressed_correct"] and not r["full_correct"] for r in rs)
+        tt = [r["ttft_ratio"] for r in rs]
+        cp = [r["cpu_ratio"] for r in rs]
+        lines.append(
+            f"| {'**all**' if fam == 'all' else fam} | {n} | {_pct(f, n)} | {_pct(c, n)} | "
+            f"{100 * (c - f) / n:+.1f} | {both} / {fo} / {co} / {n - both - fo - co} | "
+            f"{statistics.median(tt):.2f} ({min(tt):.2f}-{max(tt):.2f}) | "
+            f"{statistics.median(cp):.2f} ({min(cp):.2f}-{max(cp):.2f}) |"
+        )
+    n = len(rows)
+    fo = sum(r["full_correct"] and not r["compressed_correct"] for r in rows)
+    co = sum(r["compressed_correct"] and not r["full_correct"] for r in rows)
+    ub = upper_bound(fo + co, n) if n else 1.0
+    lines += [
+        "",
+        f"Paired, {n} prompts: {fo} right only with the full context, {co} right only "
+        f"compressed; exact sign test p = {sign_test(fo, co):.3g}. The arms can differ only "
+        f"on discordant prompts: {fo + co}/{n} here, at most {100 * ub:.0f} % at 95 % "
+        "confidence (one-sided Clopper-Pearson), which bounds |accuracy difference| in "
+        "points.",
+    ]
+    return "\n".join(lines)
+
+
+def load_range(path: Path) -> str:
+    """'1-minute load average L-H over HH:MM-HH:MM' from a ``time l1 l5 l15`` log."""
+    rows = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
+    if not rows:
+        return "no load samples"
+    l1 = [float(r[1]) for r in rows]
+    return (
+        f"1-minute load average {min(l1):.1f}-{max(l1):.1f} (median "
+        f"{statistics.median(l1):.1f}) over {rows[0][0]}-{rows[-1][0]} UTC, {len(rows)} samples"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dir", type=Path, help="the bench --out folder (results.json)")
+    ap.add_argument("--load", type=Path, default=None, help="a load log: 'HH:MM:SS l1 l5 l15'")
+    a = ap.parse_args()
+    doc = json.loads((a.dir / "results.json").read_text())
+    rows = pairs(doc)
+    with open(a.dir / "pairs.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    print(
+        f"{a.dir}/results.json: {'complete' if doc['complete'] else 'partial'}, "
+        f"{len(rows)} prompts with both arms"
+    )
+    if a.load is not None and a.load.is_file():
+        print(load_range(a.load))
+    print()
+    print(summary(rows))
+    print()
+    print(
+        "| prompt | full answer | compressed answer | tokens | TTFT s full / compressed | "
+        "CPU-s full / compressed |"
+    )
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+
+        def ans(text: str | None, ok: bool) -> str:
+            t = " ".join((text or "").split()).replace("|", "\\|")
+            return f"{'right' if ok else 'WRONG'}: `{t[:48]}`"
+
+        print(
+            f"| {r['prompt']} | {ans(r['full_text'], r['full_correct'])} | "
+            f"{ans(r['compressed_text'], r['compressed_correct'])} | "
+            f"{r['tokens_full']} -> {r['tokens_compressed']} | "
+            f"{r['full_ttft_s']:.1f} / {r['compressed_ttft_s']:.1f} | "
+            f"{r['full_cpu_s']:.1f} / {r['compressed_cpu_s']:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
