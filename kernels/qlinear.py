@@ -343,13 +343,34 @@ def qlinear_bound(x: np.ndarray, w: PackedQWeight) -> np.ndarray:
     return n * u / (1 - n * u) * (np.abs(np.asarray(x, dtype=np.float64)) @ mag.T)
 
 
+#: kernel variants by the suffix of a graph format ("Q4_1@q8": int8 activations), each a
+#: module with ``operand_names``, ``operand_types`` and ``qlinear_q8_kernel``-like ``kernel``
+VARIANTS: dict[str, str] = {"@q8": "edgespec.kernels.qlinear_q8"}
+
+
+def variant(fmt: str) -> Any:
+    """The module of a graph format with a :data:`VARIANTS` suffix, or None (this module)."""
+    import importlib
+
+    at = fmt.find("@")
+    if at < 0:
+        return None
+    if fmt[at:] not in VARIANTS:
+        raise EdgespecError(f"no kernel variant {fmt[at:]} (known: {', '.join(VARIANTS)})")
+    return importlib.import_module(VARIANTS[fmt[at:]])
+
+
 def operand_names(fmt: str) -> list[str]:
     """The graph parameter suffixes of a matrix in ``fmt``: ``[".c", ".d", ...]``."""
+    if (v := variant(fmt)) is not None:
+        return list(v.operand_names(fmt))
     return ["." + p for p in get_layout(fmt).parts()]
 
 
 def operand_types(fmt: str, K: int, N: int) -> list[tuple[tuple[int, ...], str]]:
     """``(shape, dtype)`` of the operands (:meth:`Layout.parts`) of an ``N x K`` matrix."""
+    if (v := variant(fmt)) is not None:
+        return list(v.operand_types(fmt, K, N))
     lay, tile = get_layout(fmt), tile_for(N)
     groups = (N // tile, K // lay.group, tile)
     scale = (N // tile, K // SUPER, tile) if lay.sub else groups
@@ -394,7 +415,10 @@ def concat(parts: Sequence[QBlocks | QWeight]) -> QBlocks:
 
 def qlinear_kernel(fmt: str, K: int, N: int) -> PrimFunc:
     """``qlinear(x f32[T, K], c, d[, m], y f32[T, N])`` for symbolic T (see the module
-    docstring for the loops), private (to be added to a Relax module)."""
+    docstring for the loops), private (to be added to a Relax module); a :data:`VARIANTS`
+    format's kernel for ``"<type>@<variant>"``."""
+    if (v := variant(fmt)) is not None:
+        return v.kernel(fmt, K, N)
     mod = schedule_qlinear(qlinear_func(fmt, K, N))
     return mod["main"].with_attr("tirx.noalias", True).without_attr("global_symbol")
 

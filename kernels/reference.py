@@ -268,3 +268,118 @@ def tree_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray
     vis = np.where(seen[None, :, :, None], vt[:, None, prefix:], 0.0)  # [H_kv, G*M, M, D]
     out += np.einsum("krj,krjd->krd", p[:, :, prefix:], vis)
     return out.reshape(n_heads, m_rows, hd).transpose(1, 0, 2).astype(dt, copy=False)
+
+
+def fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``float32`` fused multiply-add ``a * b + c`` rounded once, as the hardware's FMA.
+
+    ``a * b`` is exact in float64 (48 significant bits); ``a * b + c`` is rounded to odd in
+    float64 (TwoSum gives the rounding error; an inexact even result moves one ulp towards
+    it), and rounding to odd at 53 bits followed by rounding to nearest at 24 bits is the
+    correctly rounded result (53 >= 24 + 2: Boldo and Melquiond, *Emulation of FMA and
+    correctly rounded sums: proved algorithms using rounding to odd*, 2008).
+    """
+    p = np.asarray(a, np.float64) * np.asarray(b, np.float64)
+    c64 = np.broadcast_to(np.asarray(c, np.float64), p.shape)
+    s = p + c64
+    bv = s - p
+    err = (p - (s - bv)) + (c64 - bv)
+    even = (s.view(np.int64) & 1) == 0
+    fix = (err != 0) & even
+    s = np.where(fix, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+    return s.astype(np.float32)
+
+
+def quantize_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Activations as int8 per block of 32 (llama.cpp's ``Q8_0`` / ``Q8_1`` arithmetic on x86).
+
+    Per row and block: ``amax = max |x|``, ``q = round_half_even(x * float32(127 / amax))``
+    (0 when ``amax`` is 0), ``dx = float16(amax / 127)``, ``qs = sum q``, ``sx =
+    float16(amax / 127 * qs)`` (float32 products).
+
+    Args:
+        x: ``float32[T, K]``, K a multiple of 32.
+
+    Returns:
+        ``(q int8[T, K], dx float32[T, K/32], qs int32[T, K/32], sx float32[T, K/32])``.
+    """
+    x = np.asarray(x, np.float32)
+    t, k = x.shape
+    xb = x.reshape(t, k // 32, 32)
+    amax = np.abs(xb).max(axis=2)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    q = np.rint(xb * inv[:, :, None]).astype(np.int32)
+    d32 = (amax / np.float32(127)).astype(np.float32)
+    qs = q.sum(axis=2).astype(np.int32)
+    dx = d32.astype(np.float16).astype(np.float32)
+    sx = (d32 * qs.astype(np.float32)).astype(np.float16).astype(np.float32)
+    return q.reshape(t, k).astype(np.int8), dx, qs, sx
+
+
+def qlinear_q8(
+    x: np.ndarray, code: np.ndarray, d: np.ndarray, m: np.ndarray | None
+) -> np.ndarray:
+    """``x @ W^T`` on int8 activations, the arithmetic of ``kernels/qlinear_q8.py`` exactly.
+
+    ``W = d * code + m`` per block of 32 weights along a row. With :func:`quantize_q8`'s
+    ``q, dx, sx``, per block ``isum = code . q`` (exact integers), and over the blocks in
+    order ``y = fma(m, sx, fma(d * dx, isum, y))`` in float32 (``d * dx`` is exact: two
+    float16 values).
+
+    Args:
+        x: ``float32[T, K]``.
+        code: integer codes ``int[N, K]``.
+        d: ``float32[N, K/32]`` (float16 values).
+        m: ``float32[N, K/32]`` or None (no offset).
+
+    Returns:
+        ``float32[T, N]``.
+    """
+    q, dx, _, sx = quantize_q8(x)
+    t, k = q.shape
+    n = code.shape[0]
+    nb = k // 32
+    isum = np.einsum(
+        "tbr,nbr->tnb",
+        q.reshape(t, nb, 32).astype(np.int64),
+        np.asarray(code, np.int64).reshape(n, nb, 32),
+    )
+    y = np.zeros((t, n), np.float32)
+    for b in range(nb):
+        scale = (d[None, :, b] * dx[:, b, None]).astype(np.float32)
+        y = fma32(scale, isum[:, :, b].astype(np.float32), y)
+        if m is not None:
+            y = fma32(np.broadcast_to(m[None, :, b], y.shape), sx[:, b, None], y)
+    return y
+
+
+def qlinear_q8_bound(
+    x: np.ndarray, code: np.ndarray, d: np.ndarray, m: np.ndarray | None
+) -> np.ndarray:
+    """How far :func:`qlinear_q8` may be from ``x @ W^T`` in exact arithmetic, ``float64[T, N]``
+    (``W = d * code + m`` as in :func:`qlinear_q8`).
+
+    Activations: ``q`` is ``x * 127/amax`` rounded (half a unit), and ``dx`` is ``amax/127``
+    rounded to float16 (``2^-11`` relative), so ``|dx q - x| <= eps = amax (1/254 + 2^-11)
+    (1 + 2^-20)`` per value of a block; ``sx`` is ``dx qs`` within ``2^-10 |qs| amax/127 <=
+    2^-10 * 32 amax (1.01)``. So the exact sum with the quantized activations is within
+    ``sum_b eps_b sum_r |W| + |m_b| 2^-10 32 amax_b 1.01`` of ``x @ W^T``. Float32: each
+    block adds its terms by fused multiply-adds (one rounding each, ``n = K/32`` or ``2K/32``
+    in all), within ``gamma_n`` times the sum of the terms' magnitudes (Higham eq. 3.5 with
+    exact products), ``|d code| (|x| + eps) + |m| 32 amax 1.01``.
+    """
+    x = np.asarray(x, np.float64)
+    t, k = x.shape
+    nb = k // 32
+    amax = np.abs(x.reshape(t, nb, 32)).max(axis=2)
+    eps = amax * (1 / 254 + 2.0**-11) * (1 + 2.0**-20)
+    dper = np.repeat(np.asarray(d, np.float64), 32, axis=1)
+    mb = np.zeros_like(dper[:, ::32]) if m is None else np.abs(np.asarray(m, np.float64))
+    dc = np.abs(dper * np.asarray(code, np.float64))
+    w = np.abs(dper * code + (0 if m is None else np.repeat(np.asarray(m, np.float64), 32, 1)))
+    xa = np.abs(x) + np.repeat(eps, 32, axis=1)
+    msx = 32 * 1.01 * amax @ mb.T
+    quant = eps @ w.reshape(w.shape[0], nb, 32).sum(axis=2).T + 2.0**-10 * msx
+    u, g = 2.0**-24, nb * (1 if m is None else 2)
+    return quant + g * u / (1 - g * u) * (xa @ dc.T + msx)

@@ -1,0 +1,122 @@
+"""The int8-activation quantized linear layer (kernels/qlinear_q8.py, AVX512-VNNI).
+
+Exactness: the kernel equals :func:`edgespec.kernels.reference.qlinear_q8` bit for bit (the
+integer sums are exact; the float32 part is the same correctly rounded fused multiply-adds in
+the same order, emulated exactly in NumPy by :func:`~edgespec.kernels.reference.fma32`), and
+batched rows equal one-row calls bit for bit. Against float activations (``x @ W^T`` in
+float64 with the file's dequantized weights) the error is within
+:func:`~edgespec.kernels.reference.qlinear_q8_bound` (derived, not fitted; the test prints the
+measured error as a fraction of it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+from edgespec.errors import EdgespecError  # noqa: E402
+from edgespec.kernels import qlinear, qlinear_q8, reference  # noqa: E402
+
+from .test_qlinear import random_blocks  # noqa: E402
+
+
+def vnni() -> bool:
+    """Whether this CPU has AVX512-VNNI (the kernel's instruction)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512_vnni" in f.read()
+    except OSError:
+        return False
+
+
+needs_vnni = pytest.mark.skipif(not vnni(), reason="needs a CPU with avx512_vnni")
+
+
+def _compile(fmt: str, k: int, n: int) -> Any:
+    import tvm
+
+    from edgespec.kernels.tuning import host_target
+
+    func = qlinear.qlinear_kernel(fmt, k, n).with_attr("global_symbol", "main")
+    return tvm.compile(tvm.IRModule({"main": func}), target=host_target())
+
+
+def _run(fn: Any, x: np.ndarray, w: qlinear_q8.Q8Weight) -> np.ndarray:
+    import tvm
+
+    dev = tvm.cpu(0)
+    y = tvm.runtime.empty((x.shape[0], w.shape[0]), "float32", dev)
+    ops = [tvm.runtime.tensor(a, dev) for a in w.operands()]
+    fn(tvm.runtime.tensor(x.astype(np.float32), dev), *ops, y)
+    return y.numpy()
+
+
+def _activations(t: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """LLM-like rows: unit normal with a few outliers, one all-zero block (amax = 0)."""
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    x[:, 3] *= 20
+    x[0, 32:64] = 0
+    return x
+
+
+@needs_vnni
+@pytest.mark.parametrize("fmt", qlinear_q8.FORMATS)
+@pytest.mark.parametrize("n", [128, 48])  # tiles of 64, and of 16
+def test_kernel_equals_reference_bit_for_bit(fmt: str, n: int) -> None:
+    rng = np.random.default_rng(3)
+    k = 160
+    packed = qlinear.from_gguf(random_blocks(fmt, n, k, rng), fmt)
+    w = qlinear_q8.convert(packed)
+    code, dper, mper = packed.parts()
+    np.testing.assert_array_equal(w.codes(), code.astype(np.int32))  # the layout round-trips
+    d, m = dper[:, ::32], mper[:, ::32] if packed.layout.affine else None
+    lib = _compile(w.fmt, k, n)
+    assert lib.mod.inspect_source("asm").count("vpdpbusd") > 0
+    x = _activations(9, k, rng)
+    got = _run(lib["main"], x, w)
+    want = reference.qlinear_q8(x, code.astype(np.int32), d, m)
+    np.testing.assert_array_equal(got, want)
+    for t in range(len(x)):  # one row at a time: the same bits
+        np.testing.assert_array_equal(_run(lib["main"], x[t : t + 1], w), got[t : t + 1])
+    exact = x.astype(np.float64) @ packed.dequantize().astype(np.float64).T
+    bound = reference.qlinear_q8_bound(x, code, d, m)
+    err = np.abs(got - exact)
+    print(f"{fmt} n={n}: max |err| {err.max():.2e}, max err/bound {(err / bound).max():.3f}")
+    assert (err <= bound).all()
+
+
+def test_fma32_is_one_rounding() -> None:
+    a = np.float32(1 + 2.0**-12)
+    c = np.float32(-(1 + 2.0**-11))
+    # a*a = 1 + 2^-11 + 2^-24 exactly: one rounding keeps 2^-24, two would lose it
+    assert reference.fma32(np.array([a]), np.array([a]), np.array([c]))[0] == np.float32(2.0**-24)
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.standard_normal(10000).astype(np.float32) for _ in range(3))
+    exact = a.astype(np.float64) * b + c  # exact in float64 here only when no cancellation
+    assert np.abs(reference.fma32(a, b, c) - exact).max() <= np.abs(exact).max() * 2.0**-23
+
+
+def test_bound_catches_swapped_nibbles() -> None:
+    rng = np.random.default_rng(5)
+    packed = qlinear.from_gguf(random_blocks("Q4_1", 64, 128, rng), "Q4_1")
+    code, dper, mper = packed.parts()
+    x = _activations(2, 128, rng)
+    bad = code.reshape(64, -1, 2, 4)[:, :, ::-1, :].reshape(64, 128)
+    got = reference.qlinear_q8(x, bad.astype(np.int32), dper[:, ::32], mper[:, ::32])
+    exact = x.astype(np.float64) @ packed.dequantize().astype(np.float64).T
+    assert (
+        np.abs(got - exact) > reference.qlinear_q8_bound(x, code, dper[:, ::32], mper[:, ::32])
+    ).any()
+
+
+def test_unsupported_formats_say_so() -> None:
+    assert qlinear_q8.q8_format("Q4_K") is None
+    assert qlinear_q8.q8_format("Q4_1") == "Q4_1@q8"
+    with pytest.raises(EdgespecError, match="no int8-activation kernel"):
+        qlinear.qlinear_kernel("Q6_K@q8", 256, 64)
+    with pytest.raises(EdgespecError, match="multiple of 16"):
+        qlinear_q8.operand_types("Q4_1@q8", 64, 40)
