@@ -273,7 +273,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     for lb, s in ov.items():
         med = s["tok_s"]["median"]
         ratio = s["ratio"]["median"]
-        print(f"{lb:<40} {med or 0:8.1f} tok/s  {ratio or 0:5.2f}x  {s['status']}")
+        right = f"  {s['right']}/{s['answered']} right" if s["answered"] else ""
+        print(f"{lb:<40} {med or 0:8.1f} tok/s  {ratio or 0:5.2f}x  {s['status']}{right}")
     print(
         f"wrote {opts.out}/results.json, results.csv, report.md"
         + (" and plots" if opts.plots else "")

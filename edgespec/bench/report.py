@@ -72,6 +72,8 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     s["near_tie_bound_source"] = (
         "+".join(sorted({str(r.get("near_tie_bound_source")) for r in bounds})) or None
     )
+    answered = [r for r in rows if "correct" in r]  # prompts with a checked answer
+    s["answered"], s["right"] = len(answered), sum(bool(r["correct"]) for r in answered)
     s["accept_hist"] = merge_hist(r["accept_hist"] for r in rows)
     ks = [k for r in rows for k in r["k_trace"]]
     s["mean_k"] = sum(ks) / len(ks) if ks else None
@@ -248,6 +250,7 @@ def render_markdown(doc: dict[str, Any], plots: list[str] | None = None) -> str:
     for k, per in summ["by_kind"].items():
         cells = [_ratio(per[lb]["ratio"]) for lb in labels(doc)[1:]]
         lines.append(f"| {k} | {_cell(per[BASELINE]['tok_s'])} | " + " | ".join(cells) + " |")
+    lines += answers_section(doc, summ)
     lines += two_model_section(doc, ov)
     lines += sparsity_section(doc)
     lines += [
@@ -280,6 +283,30 @@ def render_markdown(doc: dict[str, Any], plots: list[str] | None = None) -> str:
     else:
         lines += [f"![{PLOTS[p]}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def answers_section(doc: dict[str, Any], summ: dict[str, Any]) -> list[str]:
+    """Markdown lines: right answers per configuration and workload, for prompts with a
+    checked answer (the long-context workloads); empty when there are none."""
+    ov = summ["overall"]
+    if not any(s["answered"] for s in ov.values()):
+        return []
+    kinds = [k for k, per in summ["by_kind"].items() if any(s["answered"] for s in per.values())]
+    lines = [
+        "",
+        "## Answers",
+        "",
+        "Runs whose generated text holds every part of the prompt's answer "
+        "(case-insensitive), per configuration and workload.",
+        "",
+        "| config | all | " + " | ".join(kinds) + " |",
+        "|---|---|" + "---|" * len(kinds),
+    ]
+    for lb, s in ov.items():
+        per = [summ["by_kind"][k][lb] for k in kinds]
+        cells = [f"{x['right']}/{x['answered']}" if x["answered"] else "-" for x in [s, *per]]
+        lines.append(f"| {lb} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def two_model_section(doc: dict[str, Any], ov: dict[str, Any]) -> list[str]:

@@ -59,6 +59,8 @@ def test_compress_configurations_run_beside_the_full_prompt(tmp_path):
     assert full["correct"] is False and half["correct"] is False  # "zz" is never generated
     assert half["ttft_s"] >= half["compress_s"] > 0
     assert half["cpu_s"] >= half["compress_cpu_s"] > 0
+    report = (tmp_path / "out" / "report.md").read_text()  # right answers per configuration
+    assert "## Answers" in report and "| autoregressive+compress=0.5 | 0/1 | 0/1 |" in report
     assert half["ttft_s"] <= half["wall_s"]  # the compressor counted once
 
 
