@@ -13,7 +13,9 @@
   (``--sparse-kernel numpy|tvm``).
 - :mod:`~edgespec.sparse.neuron`, :mod:`~edgespec.sparse.layout`, :mod:`~edgespec.sparse.cli`:
   training-free neuron thresholds for dense models (``edgespec sparsify``, lossy) and their
-  place in a bundle; :mod:`~edgespec.sparse.dense` runs such a bundle chunk-sparse.
+  place in a bundle; :mod:`~edgespec.sparse.methods` is the registry of what is thresholded
+  (``cats``, ``act-up``, ``teal``); :mod:`~edgespec.sparse.dense` runs a ``cats`` bundle
+  chunk-sparse.
 
 The kernels (``sparse_ffn``, ``dense_ffn``) come from :data:`edgespec.kernels.KERNELS`.
 """

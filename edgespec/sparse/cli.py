@@ -45,20 +45,24 @@ def sparsify(
     *,
     held: str | Path | None = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
+    method: str = "cats",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fit per-layer thresholds, measure quality, write them into the bundle ``out``.
 
     The calibration text is split in two: thresholds are fitted on the first half and
-    quality is measured on the second, unless ``held`` names another file.
+    quality is measured on the second, unless ``held`` names another file. ``method`` is a
+    :data:`~edgespec.sparse.methods.METHODS` name (only ``cats`` bundles run sparse).
 
     Returns:
         the ``calibration.sparsity`` entry written (with the bundle path under "bundle").
     """
     from edgespec.sparse.layout import sparsity_entry, write_sparsity
+    from edgespec.sparse.methods import METHODS
     from edgespec.sparse.neuron import check_target, fit_thresholds, measure_quality
 
     check_target(target)
+    METHODS.get(method)  # an unknown name: one line listing the known ones
     out = Path(out)
     if out.exists() and not (out / "edgespec.json").is_file():
         if not out.is_dir() or any(out.iterdir()):
@@ -82,7 +86,7 @@ def sparsify(
                 f"--calibration '{calibration}' has only {len(ids)} tokens; give at least a "
                 "few sentences"
             )
-        th = fit_thresholds(m, fit_ids, target, progress=progress)
+        th = fit_thresholds(m, fit_ids, target, method=method, progress=progress)
         q = measure_quality(m, th, held_ids, progress=progress)
         quality = {
             **q.to_dict(),
@@ -107,6 +111,7 @@ def cmd_sparsify(a: argparse.Namespace) -> int:
         a.out,
         held=a.held,
         max_tokens=a.max_tokens,
+        method=a.method,
         progress=not a.quiet,
     )
     if a.json:
@@ -115,7 +120,8 @@ def cmd_sparsify(a: argparse.Namespace) -> int:
     q = res["quality"]
     chunk = ", ".join(f"T={k}: {v:.2f}" for k, v in q["chunk_sparsity"].items())
     print(
-        f"sparsify (lossy): target {res['target_sparsity']:g}, measured token sparsity "
+        f"sparsify (lossy, {res['method']}): target {res['target_sparsity']:g}, measured "
+        "token sparsity "
         f"{q['token_sparsity']:.3f}; chunk sparsity {chunk}\n"
         f"quality on {q['tokens']} held tokens: top-1 agreement {q['top1_agreement']:.3f}, "
         f"perplexity {q['ppl_dense']:.2f} dense -> {q['ppl_sparse']:.2f} sparse\n"
@@ -131,9 +137,9 @@ def add_commands(sub: Any) -> None:
     c = sub.add_parser(
         "sparsify",
         help="fit training-free neuron sparsity thresholds on calibration text (lossy)",
-        description="Fit per-layer thresholds on |act(gate)| (CATS style) so that a target "
-        "fraction of FFN neurons is off per token, measure teacher-forced top-1 agreement "
-        "and perplexity against the dense model on held text, and write the layout, "
+        description="Fit per-layer thresholds (--method: on |act(gate)|, CATS style, by "
+        "default) so that a target fraction of FFN neurons (or inputs) is off per token, "
+        "measure teacher-forced top-1 agreement and perplexity against the dense model on held text, and write the layout, "
         "thresholds, checksums and quality into a bundle folder (lossy). Runs on the "
         "NumPy reference.",
     )
@@ -143,6 +149,15 @@ def add_commands(sub: Any) -> None:
         type=float,
         required=True,
         help="fraction of neurons off per token, strictly between 0 and 1 (e.g. 0.5)",
+    )
+    from edgespec.sparse.methods import method_names
+
+    c.add_argument(
+        "--method",
+        default="cats",
+        choices=method_names(),
+        help="what is thresholded: cats |act(gate)| (default; the only one that runs sparse), "
+        "act-up |act(gate)*up| (down's input), teal the inputs of gate/up and of down",
     )
     c.add_argument("--calibration", required=True, help="a UTF-8 text file")
     c.add_argument(

@@ -122,4 +122,11 @@ def apply_bundle_sparsity(source: ModelSource, model: Model, options: LoadOption
     from edgespec.sparse.layout import read_sparsity
 
     th = read_sparsity(root, n_layers=model.hp.n_layers, n_ff=model.hp.n_ff)
+    if not th.ffn_method.gathered:
+        from edgespec.errors import EdgespecError
+
+        raise EdgespecError(
+            f"bundle '{root}': sparsity method '{th.ffn_method.name}' is measured only, it has "
+            "no sparse runtime yet; run edgespec sparsify --method cats for one that runs"
+        )
     return SparseNumpyModel.from_model(model, th, sparse_kernel(options.sparse_kernel))

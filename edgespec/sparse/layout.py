@@ -7,6 +7,8 @@
                                                 layout: {granularity, n_layers, n_ff},
                                                 model: {name, sha256}, quality, files: [...]}
     DIR/sparsity/neuron-thresholds.json       {"thresholds": [t_0, ..., t_{L-1}]}
+                                              (methods with several sites per layer:
+                                              [[t_0 per site], ...], "sites": [...])
 
 into a new folder (built under a temporary name and renamed), or into an existing bundle
 (the file and the manifest each replaced atomically). Every file is listed with its sha256
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgespec.errors import ChecksumError, EdgespecError, ModelLoadError
-from edgespec.sparse.neuron import METHOD, NeuronThresholds
+from edgespec.sparse.neuron import NeuronThresholds
 
 MANIFEST = "edgespec.json"
 THRESHOLDS = "sparsity/neuron-thresholds.json"
@@ -42,12 +44,24 @@ def sparsity_entry(
 ) -> dict[str, Any]:
     """The ``calibration.sparsity`` manifest entry, without ``files``."""
     return {
-        "method": METHOD,
+        "method": th.ffn_method.bundle_name,
         "lossy": True,
         "target_sparsity": th.target_sparsity,
         "layout": {"granularity": "neuron", "n_layers": n_layers, "n_ff": th.n_ff},
         "model": model,
         "quality": quality,
+    }
+
+
+def _thresholds_body(th: NeuronThresholds) -> dict[str, Any]:
+    """The thresholds file's content: one number per layer for one-site methods (the
+    original format), a list per layer and the site names otherwise."""
+    t = th.thresholds
+    if t.shape[1] == 1:
+        return {"thresholds": [float(v) for v in t[:, 0]]}
+    return {
+        "sites": [s.name for s in th.ffn_method.sites],
+        "thresholds": [[float(v) for v in row] for row in t],
     }
 
 
@@ -59,7 +73,7 @@ def write_sparsity(out: Path, th: NeuronThresholds, entry: dict[str, Any]) -> Pa
     """
     from edgespec.fileutil import atomic_dir, atomic_path
 
-    body = json.dumps({"thresholds": [float(t) for t in th.thresholds]}, indent=1) + "\n"
+    body = json.dumps(_thresholds_body(th), indent=1) + "\n"
     out = Path(out)
     if (out / MANIFEST).is_file():
         manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
@@ -118,10 +132,17 @@ def read_sparsity(folder: Path, *, n_layers: int, n_ff: int) -> NeuronThresholds
             f"{lay.get('n_ff')} neurons, the model has {n_layers} x {n_ff}; "
             "sparsify this model again"
         )
+    from edgespec.sparse.methods import by_bundle_name
+
+    meth = by_bundle_name(entry.get("method", "cats-gate-threshold"))
     t = json.loads((folder / THRESHOLDS).read_text(encoding="utf-8"))["thresholds"]
-    if len(t) != n_layers:
-        raise EdgespecError(f"bundle '{folder}': {len(t)} thresholds for {n_layers} layers")
-    return NeuronThresholds(np.asarray(t, dtype=np.float32), n_ff, entry["target_sparsity"])
+    arr = np.asarray(t, dtype=np.float32).reshape(len(t), -1)
+    if len(t) != n_layers or arr.shape[1] != len(meth.sites):
+        raise EdgespecError(
+            f"bundle '{folder}': thresholds of shape {list(arr.shape)} for {n_layers} layers x "
+            f"{len(meth.sites)} sites of {meth.name}; rerun edgespec sparsify"
+        )
+    return NeuronThresholds(arr, n_ff, entry["target_sparsity"], method=meth.name)
 
 
 def check_layout(root: Path, manifest: dict[str, Any]) -> None:
