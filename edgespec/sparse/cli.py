@@ -139,9 +139,9 @@ def add_commands(sub: Any) -> None:
         help="fit training-free neuron sparsity thresholds on calibration text (lossy)",
         description="Fit per-layer thresholds (--method: on |act(gate)|, CATS style, by "
         "default) so that a target fraction of FFN neurons (or inputs) is off per token, "
-        "measure teacher-forced top-1 agreement and perplexity against the dense model on held text, and write the layout, "
-        "thresholds, checksums and quality into a bundle folder (lossy). Runs on the "
-        "NumPy reference.",
+        "measure teacher-forced top-1 agreement and perplexity against the dense model on "
+        "held text, and write the layout, thresholds, checksums and quality into a bundle "
+        "folder (lossy). Runs on the NumPy reference.",
     )
     add_model_arg(c)
     c.add_argument(
