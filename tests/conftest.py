@@ -82,6 +82,19 @@ def smollm2_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def qwen15b_path() -> Path:
+    """qwen2.5-coder-1.5b (Q4_K_M: Q4_K and Q6_K), pulled and checksummed (./install.sh
+    pulls it, so CI runs the tests that need it instead of skipping them)."""
+    return real_model("qwen2.5-coder-1.5b")
+
+
+@pytest.fixture(scope="session")
+def qwen05b_path() -> Path:
+    """qwen2.5-coder-0.5b (Q4_K_M, mostly Q5_0/Q8_0), pulled and checksummed."""
+    return real_model("qwen2.5-coder-0.5b")
+
+
+@pytest.fixture(scope="session")
 def smollm2_near_tie_bound(smollm2_path: Path) -> float:
     """smollm2-135m's near-tie bound on llama.cpp, measured as ``edgespec calibrate`` does
     (``edgespec.losslessness.calibrate_near_tie_bound``: the largest change of the top-2 logit

@@ -164,16 +164,12 @@ def test_weights_choices(tiny_llama_dir: Path, tiny_q: ModelSource) -> None:
     assert "variant" not in fp32.info.extra  # the fp32 build's cost curves keep their key
 
 
-QWEN_15B = Path.home() / ".cache/edgespec/models/qwen2.5-coder-1.5b.Q4_K_M.gguf"
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not QWEN_15B.exists(), reason=f"{QWEN_15B.name} not downloaded")
-def test_qwen15b_fully_quantized() -> None:
+def test_qwen15b_fully_quantized(qwen15b_path: Path) -> None:
     """qwen2.5-coder-1.5b Q4_K_M (Q4_K and Q6_K, mixed inside 14 of its 28 fused QKVs): every
     matrix on the file's own blocks, and batched == one-token bit for bit (3 to 8 minutes
     here, most of it dequantizing every tensor at load)."""
-    model = _tvm(ModelSource("gguf", QWEN_15B, "qwen2.5-coder-1.5b"))
+    model = _tvm(ModelSource("gguf", qwen15b_path, "qwen2.5-coder-1.5b"))
     assert model.info.extra["quantized_matrices"] == "113/113"
     got = model.forward(IDS)
     model.reset()

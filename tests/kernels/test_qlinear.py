@@ -23,7 +23,6 @@ from edgespec.kernels.qmatmul import QWeight  # noqa: E402
 FORMATS = [f for f, lay in qlinear.LAYOUTS.items() if lay.type_size]  # file types
 #: types gguf-py cannot quantize: random blocks (random codes and sub-scales, LLM-like scales)
 K_QUANTS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208, None)}
-QWEN_15B = Path.home() / ".cache/edgespec/models/qwen2.5-coder-1.5b.Q4_K_M.gguf"
 
 
 def random_blocks(qtype: str, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -78,13 +77,12 @@ def test_packed_weights_are_the_files_values(fmt: str) -> None:
     assert w.shape == (128, k)
 
 
-@pytest.mark.skipif(not QWEN_15B.exists(), reason=f"{QWEN_15B.name} not downloaded")
 @pytest.mark.parametrize("fmt", ["Q4_K", "Q6_K"])
-def test_real_tensors_are_the_files_values(fmt: str) -> None:
+def test_real_tensors_are_the_files_values(fmt: str, qwen15b_path: Path) -> None:
     """One real tensor of each K-quant type of the Qwen 1.5B file, bit for bit."""
     from gguf import GGMLQuantizationType, GGUFReader, quants
 
-    t = next(t for t in GGUFReader(QWEN_15B).tensors if t.tensor_type.name == fmt)
+    t = next(t for t in GGUFReader(qwen15b_path).tensors if t.tensor_type.name == fmt)
     raw = np.asarray(t.data)[:256]
     w = qlinear.from_gguf(raw, fmt)
     want = quants.dequantize(raw, GGMLQuantizationType[fmt])

@@ -551,14 +551,11 @@ def test_calibrate_switch_cli_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.backend
-def test_real_models_with_different_vocabularies_fail_in_one_line(smollm2_path):
+def test_real_models_with_different_vocabularies_fail_in_one_line(smollm2_path, qwen05b_path):
     pytest.importorskip("llama_cpp")
     import edgespec
-    from edgespec import zoo
 
-    other = zoo.get_entry("qwen2.5-coder-0.5b").path
-    if not other.exists():
-        pytest.skip("qwen2.5-coder-0.5b is not pulled")
+    other = qwen05b_path
     with pytest.raises(EdgespecError, match="same model family") as e:
         edgespec.load(smollm2_path, backend="llamacpp", draft=other, n_ctx=64, progress=False)
     assert "\n" not in str(e.value)
