@@ -1,7 +1,10 @@
 """tvm backend vs llama.cpp and onnx: plain decoding tok/s and the k-token forward cost c(k).
 
-The tvm backend runs twice: its quantized build (``--weights gguf-exact``: the GGUF's own
-blocks, kernels/qlinear.py) and its fp32 build; onnx runs gguf-exact (MatMulNBits).
+The tvm backend runs three times: its quantized builds (``--weights gguf-exact``: the GGUF's
+own blocks times float32 activations, kernels/qlinear.py; ``--weights gguf-q8act``: the same
+blocks times int8-quantized activations, integer dot products, kernels/qlinear_q8.py) and its
+fp32 build; onnx runs gguf-exact (MatMulNBits). The llama.cpp row is labelled with the file's
+type (``general.file_type``).
 
 One process, same GGUF, same context; repetitions are interleaved across the models so that
 load on a shared machine hits all of them alike. llama.cpp runs at each thread count in
@@ -32,13 +35,25 @@ import sys
 import time
 from typing import Any
 
-#: rows: (label, backend, LoadOptions fields)
+#: rows: (label, backend, LoadOptions fields); the first is the baseline ("{type}": the file's)
 ROWS: list[tuple[str, str, dict[str, Any]]] = [
-    ("llama.cpp (GGUF Q4_1)", "llamacpp", {}),
+    ("llama.cpp (GGUF {type})", "llamacpp", {}),
     ("onnx gguf-exact", "onnx", {"weights": "gguf-exact"}),
     ("tvm gguf-exact (llvm)", "tvm", {"weights": "gguf-exact"}),
+    ("tvm gguf-q8act (llvm)", "tvm", {"weights": "gguf-q8act"}),
     ("tvm fp32 (llvm)", "tvm", {"weights": "fp32"}),
 ]
+
+
+def file_type(path: Any) -> str:
+    """The GGUF file's type name from ``general.file_type`` ("Q4_1", "Q4_K_M"), or "?"."""
+    from gguf import GGUFReader, LlamaFileType
+
+    field = GGUFReader(str(path)).fields.get("general.file_type")
+    if field is None:
+        return "?"
+    name = LlamaFileType(int(field.parts[field.data[0]][0])).name
+    return name.removeprefix("MOSTLY_")
 
 
 def decode_seconds(model: Any, context: list[int], n: int) -> float:
@@ -115,7 +130,8 @@ def main() -> int:
         return 0
     context = [1 + (i * 7919) % 20000 for i in range(a.context)]
     models: dict[tuple[str, int], Any] = {}
-    for label, backend, fields in ROWS:
+    rows = [(label.format(type=file_type(path)), b, f) for label, b, f in ROWS]
+    for label, backend, fields in rows:
         if backend not in a.backends or not BACKENDS.get(backend).available():
             continue
         if a.rows and not any(label.startswith(r) for r in a.rows):
@@ -141,7 +157,7 @@ def main() -> int:
             load.append(os.getloadavg()[0])
     med = {key: statistics.median(v) for key, v in dec.items()}
     cmed = {key: {k: statistics.median(v) for k, v in d.items()} for key, d in fwd.items()}
-    ref_label = ROWS[0][0]
+    ref_label = rows[0][0]
     ref = min((s for (lab, _), s in med.items() if lab == ref_label), default=None)
     print(f"`{' '.join(shlex.quote(x) for x in ['benchmarks/tvm_backend.py', *sys.argv[1:]])}`")
     print(

@@ -91,7 +91,8 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         "--weights",
         default="auto",
         help="onnx and tvm backends, GGUF models: gguf-exact (the file's own quantized blocks, the "
-        "default) or fp32 (dequantized)",
+        "default), fp32 (dequantized), or on tvm gguf-q8act (those blocks times int8-quantized "
+        "activations, AVX512-VNNI)",
     )
     p.add_argument(
         "--no-spin",

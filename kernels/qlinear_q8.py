@@ -279,3 +279,21 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         body(X, C, D, D, Y, n)
 
     return qlinear_d
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this machine's CPU has AVX512-VNNI (``/proc/cpuinfo``; False where unreadable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512_vnni" in f.read()
+    except OSError:
+        return False
+
+
+def prefer(w: PackedQWeight) -> PackedQWeight | Q8Weight:
+    """``w`` on int8 activations where this module has its type and shape (N a multiple of
+    16), else ``w`` itself (the float32-activation kernel)."""
+    n, _ = w.shape
+    if q8_format(w.fmt) is None or n % LANES:
+        return w
+    return convert(w)

@@ -11,6 +11,11 @@ uses; :data:`WEIGHTS`):
   (:mod:`edgespec.kernels.qlinear`: the same dequantized values, never materialized, 4-bit
   codes widened to one byte); other types (K-quants, Q5_x, F16) fall back per matrix to
   float32, said once at load. The embedding table, norms and biases are float32 as in fp32.
+- ``gguf-q8act``: as gguf-exact, but the matrices of 32-weight-block types (Q4_0, Q4_1, Q5_0,
+  Q5_1, Q8_0) multiply int8-quantized activations with integer dot products
+  (:mod:`edgespec.kernels.qlinear_q8`, AVX512-VNNI; llama.cpp's arithmetic on these types);
+  K-quant matrices stay on gguf-exact's kernel. :data:`QUANTIZED` maps each build to how it
+  multiplies the file's matrices.
  The graph
 (:mod:`edgespec.runtimes.tvm_graph`) has a symbolic token count T, takes rope angles and the
 mask among new tokens as inputs (chains and token trees share it), and writes the new keys
@@ -54,7 +59,11 @@ from edgespec.runtimes.base import Backend, LoadOptions, ModelSource
 SUPPORTED_ARCHS = ("llama", "qwen2")
 
 #: ``LoadOptions.weights`` choices (the onnx backend's names) -> the source kinds they serve
-WEIGHTS: dict[str, tuple[str, ...]] = {"fp32": ("gguf", "hf"), "gguf-exact": ("gguf",)}
+WEIGHTS: dict[str, tuple[str, ...]] = {
+    "fp32": ("gguf", "hf"),
+    "gguf-exact": ("gguf",),
+    "gguf-q8act": ("gguf",),
+}
 #: what "auto" means per source kind: a GGUF keeps its own quantized blocks (as on onnx)
 AUTO_WEIGHTS = {"gguf": "gguf-exact", "hf": "fp32"}
 #: graph matrix (per layer) -> the GGUF tensors stacked along its output features
@@ -64,6 +73,25 @@ GGUF_PARTS = {
     "w_gate_up": ("ffn_gate", "ffn_up"),
     "w_down": ("ffn_down",),
 }
+
+
+def _q8act(w: Any) -> Any:
+    """A matrix of the gguf-q8act build: on int8 activations where kernels/qlinear_q8.py has
+    its type, else as gguf-exact; one line where the CPU lacks the kernel's instruction."""
+    from edgespec.kernels import qlinear_q8
+
+    if not qlinear_q8.cpu_has_vnni():
+        raise EdgespecError(
+            "--weights gguf-q8act needs a CPU with AVX512-VNNI (avx512_vnni in /proc/cpuinfo); "
+            "use --weights gguf-exact"
+        )
+    return qlinear_q8.prefer(w)
+
+
+#: the quantized builds: ``--weights`` choice -> how each of the file's packed matrices
+#: (kernels/qlinear.py's layout) is multiplied: as it is (float32 activations) or on int8
+#: activations (kernels/qlinear_q8.py)
+QUANTIZED: dict[str, Callable[[Any], Any]] = {"gguf-exact": lambda w: w, "gguf-q8act": _q8act}
 
 
 def weights_choice(kind: str, weights: str, bundled: bool = False) -> str:
@@ -551,8 +579,9 @@ class TvmBackend(Backend):
         spec = graph_spec(hp, weights)
         packed: dict[str, Any] = {}
         fallback: list[str] = []
-        if choice == "gguf-exact":
+        if choice in QUANTIZED:
             packed, fallback = gguf_matrices(path, spec, permuted_qk=hp.arch == "llama")
+            packed = {name: QUANTIZED[choice](q) for name, q in packed.items()}
             quant = tuple((name, q.fmt) for name, q in packed.items())
             spec = replace(spec, quant=quant)
             if fallback and options.progress:
@@ -581,10 +610,10 @@ class TvmBackend(Backend):
         del named
         extra = {**info.extra, "device": device.name, "target": str(target.kind.name)}
         extra["weights"] = choice
-        if choice == "gguf-exact":  # e.g. "121/121": matrices on the file's own blocks
+        if choice in QUANTIZED:  # e.g. "121/121": matrices on the file's own blocks
             extra["quantized_matrices"] = f"{len(packed)}/{len(packed) + len(fallback)}"
             # its own cost curve and near-tie bound (the fp32 build keeps the plain key)
-            extra["variant"] = "gguf-exact"
+            extra["variant"] = choice
         info = replace(info, source=source.name or str(path), extra=extra)
         model = TvmModel(
             vm,

@@ -39,12 +39,12 @@ _WARNED: set[Path] = set()
 
 def graph_code_digest() -> str:
     """sha256 of the graph code (tvm_graph.py and the quantized kernel it calls,
-    kernels/qlinear.py): a library from other graph code is stale."""
-    from edgespec.kernels import qlinear
+    kernels/qlinear.py, kernels/qlinear_q8.py): a library from other graph code is stale."""
+    from edgespec.kernels import qlinear, qlinear_q8
     from edgespec.runtimes import tvm_graph
 
     h = hashlib.sha256()
-    for mod in (tvm_graph, qlinear):
+    for mod in (tvm_graph, qlinear, qlinear_q8):
         h.update(Path(str(mod.__file__)).read_bytes())
     return h.hexdigest()
 

@@ -330,7 +330,7 @@ def build_module(spec: GraphSpec) -> Any:
         key = (fmt or "f32", K, N)
         if key not in matmuls:
             func = matmul_kernel(K, N) if fmt is None else qlinear_kernel(fmt, K, N)
-            matmuls[key] = bb.add_func(func, f"matmul_{key[0]}_{K}x{N}")
+            matmuls[key] = bb.add_func(func, f"matmul_{key[0].replace('@', '_')}_{K}x{N}")
         ops = [w[name]] if fmt is None else [w[p] for p in w if p.rpartition(".")[0] == name]
         out = relax.call_tir(matmuls[key], [x, *ops], relax.TensorType((rows, N), f32))
         return out if bias is None else R.add(bb.emit(out), bias)

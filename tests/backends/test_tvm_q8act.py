@@ -1,0 +1,115 @@
+"""The tvm backend's int8-activation build (``--weights gguf-q8act``) on tiny quantized GGUFs.
+
+The matrices of 32-weight-block types multiply int8-quantized activations
+(kernels/qlinear_q8.py; the kernel itself is tested bit for bit against its NumPy reference in
+tests/kernels/test_qlinear_q8.py); the rest is the gguf-exact build. Against the NumPy
+reference's float64 forward on the same dequantized weights the logits differ by the
+activations' quantization.
+
+Tolerance, measured with ``.venv/bin/python -m pytest tests/backends/test_tvm_q8act.py -q -s``
+(each comparison prints its max |diff|; x86-64 with avx512_vnni, TVM 0.27): tiny random llama
+/ qwen2 (logits up to ~3), max |logit diff| 0.034 to 0.044 (chains and trees); asserted
+:data:`Q8_ATOL` = 0.1. Batched and one-token forwards are bit for bit equal (every row is
+quantized and summed alike whatever T is), so the near-tie bound is 0 (measured below) and
+speculation equals plain greedy decoding token for token.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgespec.runtimes.base import LoadOptions, ModelSource
+
+pytest.importorskip("tvm", reason="the tvm backend needs apache-tvm (pip install 'edgespec[tvm]')")
+pytest.importorskip("gguf")
+from edgespec.kernels.qlinear_q8 import cpu_has_vnni  # noqa: E402
+from edgespec.runtimes.tvm_backend import TvmBackend, TvmModel  # noqa: E402
+
+from .test_tvm_quant import IDS, _ref, write_quantized_gguf  # noqa: E402
+
+pytestmark = [
+    pytest.mark.backend,
+    pytest.mark.skipif(not cpu_has_vnni(), reason="gguf-q8act needs a CPU with avx512_vnni"),
+]
+
+#: see the module docstring (measured 0.044 at most)
+Q8_ATOL = 0.1
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def tiny_q(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ModelSource:
+    """tests/backends/test_tvm_quant.py's tiny quantized GGUFs (Q4_1, Q4_0, Q5_0, Q8_0, F16)."""
+    hf: Path = request.getfixturevalue(f"tiny_{request.param}_dir")
+    out = tmp_path_factory.mktemp("tvm-q8act") / f"tiny-{request.param}.gguf"
+    return ModelSource("gguf", write_quantized_gguf(hf, out), out.stem)
+
+
+def _q8(src: ModelSource, n_ctx: int = 64, **kw: Any) -> TvmModel:
+    kw.setdefault("progress", False)
+    return TvmBackend.load(src, LoadOptions(n_ctx=n_ctx, weights="gguf-q8act", **kw))
+
+
+def test_close_to_reference_and_rows_independent(tiny_q: ModelSource) -> None:
+    model = _q8(tiny_q)
+    assert model.info.extra["weights"] == model.info.extra["variant"] == "gguf-q8act"
+    assert model.info.extra["quantized_matrices"] == "12/13"
+    ref = _ref(tiny_q)
+    got, want = model.forward(IDS), ref.forward(IDS)
+    diff = float(np.abs(got - want).max())
+    print(f"{tiny_q.name} gguf-q8act chain: max |diff| {diff:.3g}")
+    assert 0 < diff <= Q8_ATOL  # > 0: the activations really are quantized
+    model.reset()
+    one = np.concatenate([model.forward([t]) for t in IDS])
+    np.testing.assert_array_equal(one, got)  # bit for bit, whatever T is
+    model.reset(), ref.reset()
+    model.forward(IDS[:4]), ref.forward(IDS[:4])
+    tokens, parents = [9, 10, 11, 12, 13], [-1, 0, 0, 1, 2]
+    tree = model.forward_tree(tokens, parents)
+    diff = float(np.abs(tree - ref.forward_tree(tokens, parents)).max())
+    print(f"{tiny_q.name} gguf-q8act tree: max |diff| {diff:.3g}")
+    assert diff <= Q8_ATOL
+
+
+def test_near_tie_bound_is_measured_zero(tiny_q: ModelSource) -> None:
+    from edgespec.losslessness import measure_near_tie_bound, verify_chunk_sizes
+
+    model = _q8(tiny_q, n_ctx=128)
+    ids = [1 + (i * 37) % 250 for i in range(48)]
+    assert measure_near_tie_bound(model, ids, verify_chunk_sizes(8), start=8) == 0.0
+
+
+def test_speculation_equals_plain_decoding(tiny_q: ModelSource) -> None:
+    from edgespec.losslessness import plain_reference
+    from edgespec.runtime import Runtime
+    from edgespec.speculative.config import SpecConfig
+    from edgespec.testing import CharTokenizer
+
+    opts = LoadOptions(n_ctx=256, progress=False, weights="gguf-q8act")
+    target = TvmBackend.load(tiny_q, opts)
+    rt = Runtime(
+        CharTokenizer("".join(chr(0x100 + i) for i in range(256))), target, "tvm", tiny_q, opts
+    )
+    prompt = [5, 17, 3, 99, 42, 5, 17, 3, 99, 42]
+    ref = plain_reference(target, prompt, 24).tokens
+    for proposers, k in ((("ngram",), 3), (("tree",), 5)):
+        rt._sessions.clear()
+        res = rt.generate(
+            prompt,
+            max_new_tokens=24,
+            strategy="speculative",
+            ignore_eos=True,
+            config=SpecConfig(proposers=proposers, k=k),
+        )
+        assert res.token_ids == ref, proposers
+
+
+def test_needs_a_gguf(tiny_llama_dir: Path) -> None:
+    from edgespec.errors import EdgespecError
+
+    hf = ModelSource("hf", tiny_llama_dir, "tiny")
+    with pytest.raises(EdgespecError, match="--weights gguf-q8act needs a gguf source"):
+        TvmBackend.load(hf, LoadOptions(n_ctx=16, progress=False, weights="gguf-q8act"))
