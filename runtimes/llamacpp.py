@@ -152,6 +152,11 @@ def _context_params(
     they turn it on: their quality is measured against the default f16 without it.
     """
     n_batch = min(n_ctx, DEFAULT_N_BATCH)
+    # llama.cpp reserves max(outputs, n_seq_max) logit rows and asserts (aborting the process)
+    # that they fit in n_outputs_max, which defaults to n_batch: below n_seq_max tokens of
+    # context, fewer sequence ids. A tree never has more leaves than nodes, nor nodes than
+    # n_ctx (= n_batch here), so no tree that fits the context is refused.
+    n_seq_max = min(n_seq_max, n_batch)
     cpus = multiprocessing.cpu_count()
     p = lib.llama_context_default_params()
     p.n_ctx = n_ctx
@@ -194,7 +199,8 @@ class LlamaCppModel(Model):
             (llama.cpp's loader then rejects truncated tensor data).
         n_ctx: KV-cache capacity in tokens (0: the model's training context).
         n_threads: CPU threads for every decode; None keeps llama-cpp-python's defaults.
-        max_tree_leaves: most leaves a tree may have (llama.cpp sequence ids reserved).
+        max_tree_leaves: most leaves a tree may have (llama.cpp sequence ids reserved; at
+            most ``n_ctx``, the most nodes a tree can have here).
         info: architecture facts; read from the file when None.
         exact: decode one token as two (the token and a dummy copy, dropped at once), so that
             plain decoding takes the multi-token kernel path that verification takes (see
@@ -248,9 +254,11 @@ class LlamaCppModel(Model):
         if n_ctx <= 0:
             n_ctx = int(lib.llama_model_n_ctx_train(self._model))
         with self._log.active():
-            params = _context_params(lib, n_ctx, n_threads, max_tree_leaves, kv)
-            params.n_ctx += int(exact)  # the dummy of a padded step after the last position
+            # exact: one more cell (and batch slot) for the dummy of a padded step after the
+            # last position
+            params = _context_params(lib, n_ctx + int(exact), n_threads, max_tree_leaves, kv)
             self._ctx = lib.llama_init_from_model(self._model, params)
+        max_tree_leaves = int(params.n_seq_max)  # fewer below max_tree_leaves tokens of n_ctx
         if not self._ctx:
             self._ctx = None
             why = self._log.last_error() or "out of memory?"

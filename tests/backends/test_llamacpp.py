@@ -307,6 +307,35 @@ def test_context_overflow_is_a_clean_error(smollm2_path: Path):
         assert m.n_past == 64
 
 
+#: contexts shorter than MAX_TREE_LEAVES (64) tokens: llama.cpp aborted the process in
+#: output_reserve (GGML_ASSERT(n_outputs_max <= cparams.n_outputs_max), n_seq_max > n_batch)
+#: for every n_ctx from 1 to 63 (a subprocess sweep of 1..70, 100, 257, 513 on smollm2-135m);
+#: ``exact`` at n_ctx 1 had no batch slot for its dummy token (a ValueError)
+SMALL_CONTEXTS = [(1, False), (2, False), (57, False), (63, False), (1, True), (57, True)]
+
+
+def test_small_contexts_load_and_decode(smollm2_path: Path):
+    """Every small n_ctx loads, decodes and scores a tree; run in a subprocess, since
+    llama.cpp's asserts abort the whole process."""
+    code = (
+        "import sys\n"
+        "from edgespec.runtimes.llamacpp import LlamaCppModel\n"
+        f"for n, exact in {SMALL_CONTEXTS!r}:\n"
+        "    with LlamaCppModel(sys.argv[1], n_ctx=n, exact=exact) as m:\n"
+        "        m.forward([1, 2, 3][: max(n - 2, 1)])\n"
+        "        m.forward([4], all_logits=False) if m.n_past < n else None\n"
+        "        if n >= 4:\n"
+        "            m.forward_tree([5, 6], [-1, -1])\n"
+        "            m.keep_path([1])\n"
+        "        print('ok', n, exact, m.n_past, m.max_tree_leaves, flush=True)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(smollm2_path)], capture_output=True, text=True
+    )
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-2000:])
+    assert r.stdout.count("ok ") == len(SMALL_CONTEXTS), r.stdout
+
+
 # -- trees -------------------------------------------------------------------------------------
 
 TREE_TOKENS = [1041, 260, 655, 28, 2141, 617, 436]
