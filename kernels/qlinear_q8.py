@@ -6,7 +6,10 @@ does, but with the activations quantized to int8 per block of 32 first, as llama
 backend does for these types (its ``Q8_0`` / ``Q8_1`` activation blocks), and each block's
 products summed in int32 by ``vpdpbusd`` (64 unsigned weight bytes times 4 signed activation
 bytes broadcast to 16 lanes, 16 output features a vector). The graph names these matrices
-``"<type>@q8"`` (:func:`q8_format`); :mod:`edgespec.kernels.qlinear` hands them here.
+``"<type>@q8"`` (:func:`q8_format`); :mod:`edgespec.kernels.qlinear` hands them here. The
+K-quants (Q4_K, Q5_K, Q6_K and the mixed Q4_K/Q6_K layout) have their own loops, on
+activations quantized per 256 as llama.cpp's ``Q8_K``: :mod:`edgespec.kernels.qlinear_q8k`,
+with this module's code layout and the float path's scales and sub-scales.
 
 Arithmetic, per row t and block b of 32 (:func:`quantize_rows`, the NumPy reference
 :func:`edgespec.kernels.reference.qlinear_q8`)::
@@ -38,15 +41,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgespec.errors import EdgespecError
-from edgespec.kernels.qlinear import LAYOUTS, PackedQWeight, get_layout
+from edgespec.kernels.qlinear import LAYOUTS, MIXED_K, PackedQWeight, get_layout
 
 if TYPE_CHECKING:
     from tvm.tirx import PrimFunc
 
 #: the suffix of a graph format multiplied here ("Q4_1@q8")
 SUFFIX = "@q8"
-#: the GGUF types with a kernel here: 32-weight blocks (K-quants keep the float32 path)
-FORMATS = tuple(f for f, lay in LAYOUTS.items() if lay.type_size and lay.block == 32)
+#: the GGUF types with a kernel here: 32-weight blocks (activations as llama.cpp's Q8_0 /
+#: Q8_1), and the K-quants with 4- or 8-bit codes (activations as its Q8_K:
+#: kernels/qlinear_q8k.py), the mixed Q4_K/Q6_K layout included
+FORMATS = tuple(f for f, lay in LAYOUTS.items() if lay.type_size or f == MIXED_K)
 #: output features per vector (int32x16)
 LANES = 16
 #: the offset added to 8-bit codes so that they are unsigned
@@ -139,22 +144,25 @@ def convert(w: PackedQWeight) -> Q8Weight:
         g = u.reshape(n, k // 8, 2, 4)
         u = (g[:, :, 0, :] | (g[:, :, 1, :] << 4)).astype(np.uint8).reshape(n, -1)  # [N, K/2]
     c = u.reshape(n // tile, tile, -1, 4).transpose(0, 2, 1, 3).reshape(n // tile, -1, 4 * tile)
-    ops = {"c": np.ascontiguousarray(c), "d": w.ops["d"]}
-    return Q8Weight(fmt, ops | ({"m": w.ops["m"]} if "m" in w.ops else {}))
+    return Q8Weight(
+        fmt, {"c": np.ascontiguousarray(c)} | {p: a for p, a in w.ops.items() if p != "c"}
+    )
 
 
 def operand_names(fmt: str) -> list[str]:
-    """The graph parameter suffixes of a matrix in ``fmt``."""
-    return [".c", ".d"] + ([".m"] if get_layout(base_format(fmt)).affine else [])
+    """The graph parameter suffixes of a matrix in ``fmt``: the float path's
+    (:meth:`~edgespec.kernels.qlinear.Layout.parts`)."""
+    return ["." + p for p in get_layout(base_format(fmt)).parts()]
 
 
 def operand_types(fmt: str, K: int, N: int) -> list[tuple[tuple[int, ...], str]]:
     """``(shape, dtype)`` of the operands of an ``N x K`` matrix in ``fmt``."""
-    lay = get_layout(base_format(fmt))
+    from edgespec.kernels import qlinear
+
+    base = base_format(fmt)
     tile = tile_for(N)
-    per = 8 if lay.code_bits == 4 else 4
-    scale: tuple[tuple[int, ...], str] = ((N // tile, K // 32, tile), "float16")
-    return [((N // tile, K // per, 4 * tile), "uint8"), scale] + ([scale] if lay.affine else [])
+    per = 8 if get_layout(base).code_bits == 4 else 4
+    return [((N // tile, K // per, 4 * tile), "uint8"), *qlinear.operand_types(base, K, N)[1:]]
 
 
 def _vnni(acc: Any, w: Any, q: Any) -> Any:
@@ -173,6 +181,10 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     from tvm.script import tirx as T
 
     lay = get_layout(base_format(fmt))
+    if lay.sub:
+        from edgespec.kernels import qlinear_q8k
+
+        return qlinear_q8k.kernel(fmt, K, N)
     if K % 32:
         raise EdgespecError(f"K must be a multiple of 32 for {fmt}; got {K}")
     tile = tile_for(N)

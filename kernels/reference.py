@@ -317,9 +317,7 @@ def quantize_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     return q.reshape(t, k).astype(np.int8), dx, qs, sx
 
 
-def qlinear_q8(
-    x: np.ndarray, code: np.ndarray, d: np.ndarray, m: np.ndarray | None
-) -> np.ndarray:
+def qlinear_q8(x: np.ndarray, code: np.ndarray, d: np.ndarray, m: np.ndarray | None) -> np.ndarray:
     """``x @ W^T`` on int8 activations, the arithmetic of ``kernels/qlinear_q8.py`` exactly.
 
     ``W = d * code + m`` per block of 32 weights along a row. With :func:`quantize_q8`'s
@@ -383,3 +381,93 @@ def qlinear_q8_bound(
     quant = eps @ w.reshape(w.shape[0], nb, 32).sum(axis=2).T + 2.0**-10 * msx
     u, g = 2.0**-24, nb * (1 if m is None else 2)
     return quant + g * u / (1 - g * u) * (xa @ dc.T + msx)
+
+
+def quantize_q8k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Activations as int8 per 256 (llama.cpp's ``Q8_K``): ``mx`` the first value of largest
+    ``|x|``, ``e = float32(-127 / mx)``, ``q = min(127, round_half_even(e * x))``, ``dx =
+    float32(1 / e)`` (``q = 0``, ``dx = 0`` when ``mx`` is 0), and the sums of ``q`` per 16.
+
+    Args:
+        x: ``float32[T, K]``, K a multiple of 256.
+
+    Returns:
+        ``(q int8[T, K], dx float32[T, K/256], bs int32[T, K/16])``.
+    """
+    x = np.asarray(x, np.float32)
+    t, k = x.shape
+    xb = x.reshape(t, k // 256, 256)
+    mx = np.take_along_axis(xb, np.abs(xb).argmax(axis=2)[:, :, None], axis=2)[:, :, 0]
+    with np.errstate(divide="ignore"):
+        e = np.where(mx != 0, np.float32(-127) / mx, np.float32(0)).astype(np.float32)
+        dx = np.where(e != 0, np.float32(1) / e, np.float32(0)).astype(np.float32)
+    q = np.minimum(np.rint(xb * e[:, :, None]), 127).astype(np.int32)
+    bs = q.reshape(t, -1, 16).sum(axis=2).astype(np.int32)
+    return q.reshape(t, k).astype(np.int8), dx, bs
+
+
+def qlinear_q8k(
+    x: np.ndarray,
+    code: np.ndarray,
+    d: np.ndarray,
+    m: np.ndarray | None,
+    sd: np.ndarray,
+    sm: np.ndarray | None,
+) -> np.ndarray:
+    """``x @ W^T`` for K-quant weights on int8 activations, ``kernels/qlinear_q8k.py``'s
+    arithmetic exactly: ``W = d * sd * code + m * sm`` per group (``g = K / sd.shape[1]``
+    weights) with :func:`quantize_q8k`'s ``q, dx, bs``; per super-block ``acc = sum_g sd *
+    (code . q)``, ``accm = sum_g sm * sum q`` (exact integers), then ``y = fma(m * dx,
+    accm, fma(d * dx, acc, y))`` over the super-blocks in order (float32, ``d * dx`` rounded).
+
+    Args:
+        x: ``float32[T, K]``.
+        code: ``int[N, K]``.
+        d, m: ``float32[N, K/256]`` (``m`` None: no offset).
+        sd, sm: integers ``[N, K/g]``.
+
+    Returns:
+        ``float32[T, N]``.
+    """
+    q, dx, bs = quantize_q8k(x)
+    t, k = q.shape
+    n, ng = sd.shape
+    g, ns = k // ng, k // 256
+    dots = np.einsum(
+        "tgr,ngr->tng",
+        q.reshape(t, ng, g).astype(np.int64),
+        np.asarray(code, np.int64).reshape(n, ng, g),
+    )
+    gsum = bs.reshape(t, ng, g // 16).sum(axis=2).astype(np.int64)
+    acc = (dots * np.asarray(sd, np.int64)[None]).reshape(t, n, ns, -1).sum(axis=3)
+    y = np.zeros((t, n), np.float32)
+    accm = None
+    if m is not None and sm is not None:
+        accm = (gsum[:, None, :] * np.asarray(sm, np.int64)[None]).reshape(t, n, ns, -1).sum(3)
+    for s in range(ns):
+        y = fma32((d[None, :, s] * dx[:, s, None]).astype(np.float32), acc[:, :, s], y)
+        if m is not None and accm is not None:
+            y = fma32((m[None, :, s] * dx[:, s, None]).astype(np.float32), accm[:, :, s], y)
+    return y
+
+
+def qlinear_q8k_bound(x: np.ndarray, dcode: np.ndarray, moff: np.ndarray) -> np.ndarray:
+    """How far :func:`qlinear_q8k` may be from ``x @ W^T``, ``W = dcode + moff``, in exact
+    arithmetic, ``float64[T, N]``.
+
+    ``dcode = d sd code`` and ``moff = m sm`` per weight (``float[N, K]``). With the
+    quantized activations the kernel's integer sums are exactly ``sum_r W_r dx q_r`` per
+    super-block, and ``|x - dx q| <= eps = amax (1/254 + 2^-22)`` (``q`` rounded within
+    half a unit of ``e x``, ``e`` and ``dx = 1/e`` each within ``2^-24`` relative). Float32:
+    per super-block the scale ``d dx`` (``m dx``), the conversion of the integer sum and one
+    fused multiply-add each round once, ``n = 3 (2 K/256)`` roundings along a row's sum at
+    most: ``gamma_n`` times ``sum_r (|dcode_r| + |moff_r|) (|x_r| + eps)``.
+    """
+    x = np.asarray(x, np.float64)
+    t, k = x.shape
+    amax = np.abs(x.reshape(t, k // 256, 256)).max(axis=2)
+    eps = np.repeat(amax * (1 / 254 + 2.0**-22), 256, axis=1)
+    w = np.abs(np.asarray(dcode, np.float64) + moff)
+    mag = (np.abs(x) + eps) @ (np.abs(dcode) + np.abs(moff)).T
+    u, g = 2.0**-24, 3 * 2 * (k // 256)
+    return eps @ w.T + g * u / (1 - g * u) * mag

@@ -11,11 +11,10 @@ uses; :data:`WEIGHTS`):
   (:mod:`edgespec.kernels.qlinear`: the same dequantized values, never materialized, 4-bit
   codes widened to one byte); other types (K-quants, Q5_x, F16) fall back per matrix to
   float32, said once at load. The embedding table, norms and biases are float32 as in fp32.
-- ``gguf-q8act``: as gguf-exact, but the matrices of 32-weight-block types (Q4_0, Q4_1, Q5_0,
-  Q5_1, Q8_0) multiply int8-quantized activations with integer dot products
-  (:mod:`edgespec.kernels.qlinear_q8`, AVX512-VNNI; llama.cpp's arithmetic on these types);
-  K-quant matrices stay on gguf-exact's kernel. :data:`QUANTIZED` maps each build to how it
-  multiplies the file's matrices.
+- ``gguf-q8act``: as gguf-exact, but the matrices multiply int8-quantized activations with
+  integer dot products (:mod:`edgespec.kernels.qlinear_q8`, AVX512-VNNI; llama.cpp's
+  arithmetic: Q8_0/Q8_1-style activation blocks for Q4_0 .. Q8_0, Q8_K for the K-quants).
+  :data:`QUANTIZED` maps each build to how it multiplies the file's matrices.
  The graph
 (:mod:`edgespec.runtimes.tvm_graph`) has a symbolic token count T, takes rope angles and the
 mask among new tokens as inputs (chains and token trees share it), and writes the new keys

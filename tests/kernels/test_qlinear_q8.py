@@ -63,8 +63,12 @@ def _activations(t: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
+#: the 32-weight-block types (activations as Q8_0 / Q8_1); the rest are K-quants (Q8_K)
+BLOCK32 = [f for f in qlinear_q8.FORMATS if not qlinear.get_layout(f).sub]
+
+
 @needs_vnni
-@pytest.mark.parametrize("fmt", qlinear_q8.FORMATS)
+@pytest.mark.parametrize("fmt", BLOCK32)
 @pytest.mark.parametrize("n", [128, 48])  # tiles of 64, and of 16
 def test_kernel_equals_reference_bit_for_bit(fmt: str, n: int) -> None:
     rng = np.random.default_rng(3)
@@ -114,9 +118,58 @@ def test_bound_catches_swapped_nibbles() -> None:
 
 
 def test_unsupported_formats_say_so() -> None:
-    assert qlinear_q8.q8_format("Q4_K") is None
+    assert qlinear_q8.q8_format("IQ2_XS") is None
     assert qlinear_q8.q8_format("Q4_1") == "Q4_1@q8"
     with pytest.raises(EdgespecError, match="no int8-activation kernel"):
-        qlinear.qlinear_kernel("Q6_K@q8", 256, 64)
+        qlinear.qlinear_kernel("IQ2_XS@q8", 256, 64)
     with pytest.raises(EdgespecError, match="multiple of 16"):
         qlinear_q8.operand_types("Q4_1@q8", 64, 40)
+
+
+def _untile(a: np.ndarray) -> np.ndarray:
+    """``a[N/tile, X, tile]`` -> ``[N, X]``."""
+    nt, x, tile = a.shape
+    return a.transpose(0, 2, 1).reshape(nt * tile, x)
+
+
+def _k_packed(fmt: str, n: int, k: int, rng: np.random.Generator) -> qlinear.PackedQWeight:
+    """A random K-quant tensor; for :data:`~edgespec.kernels.qlinear.MIXED_K`, Q4_K rows
+    stacked on Q6_K rows as the fused QKV of a Q4_K_M file."""
+    if fmt != qlinear.MIXED_K:
+        return qlinear.from_gguf(random_blocks(fmt, n, k, rng), fmt)
+    parts = [
+        qlinear.QBlocks.from_gguf(random_blocks(t, n // 2, k, rng), t).to(fmt)
+        for t in ("Q4_K", "Q6_K")
+    ]
+    return qlinear.pack(qlinear.concat(parts))
+
+
+@needs_vnni
+@pytest.mark.parametrize("fmt", ["Q4_K", "Q5_K", "Q6_K", qlinear.MIXED_K])
+@pytest.mark.parametrize("n", [128, 48])
+def test_k_quant_kernel_equals_reference_bit_for_bit(fmt: str, n: int) -> None:
+    rng = np.random.default_rng(4)
+    k = 512
+    packed = _k_packed(fmt, n, k, rng)
+    w = qlinear_q8.convert(packed)
+    code, dper, mper = packed.parts()
+    np.testing.assert_array_equal(w.codes(), code.astype(np.int32))
+    o = packed.ops
+    d = _untile(o["d"]).astype(np.float32)
+    m = _untile(o["m"]).astype(np.float32) if "m" in o else None
+    sd = _untile(o["sd"]).astype(np.int32)
+    sm = _untile(o["sm"]).astype(np.int32) if "sm" in o else None
+    lib = _compile(w.fmt, k, n)
+    assert lib.mod.inspect_source("asm").count("vpdpbusd") > 0
+    x = _activations(9, k, rng)
+    x[1, 256:] = 0  # an all-zero super-block
+    got = _run(lib["main"], x, w)
+    want = reference.qlinear_q8k(x, code.astype(np.int32), d, m, sd, sm)
+    np.testing.assert_array_equal(got, want)
+    for t in range(len(x)):
+        np.testing.assert_array_equal(_run(lib["main"], x[t : t + 1], w), got[t : t + 1])
+    exact = x.astype(np.float64) @ packed.dequantize().astype(np.float64).T
+    bound = reference.qlinear_q8k_bound(x, dper * code, mper)
+    err = np.abs(got - exact)
+    print(f"{fmt} n={n}: max |err| {err.max():.2e}, max err/bound {(err / bound).max():.3f}")
+    assert (err <= bound).all()

@@ -1,0 +1,183 @@
+"""The K-quant linear layer on int8 activations (Q4_K, Q5_K, Q6_K, mixed Q4_K/Q6_K; VNNI).
+
+:mod:`edgespec.kernels.qlinear_q8`'s kernel for the super-block types: the activations are
+quantized per 256 as llama.cpp's ``Q8_K`` does, and each group's integer dot product (32
+weights, 16 for Q6_K and the mixed layout) is weighted by the group's integer sub-scale in
+int32, so that a super-block costs one float scaling (two with offsets). Per row t and
+super-block s (:func:`edgespec.kernels.reference.quantize_q8k`,
+:func:`~edgespec.kernels.reference.qlinear_q8k`)::
+
+    mx = the value of largest |x| (the first one);  e = -127 / mx  (0 if mx = 0)
+    q[r] = min(127, round_half_even(e * x[r]))  int8;  dx = 1 / e  (0 if mx = 0)
+    bs[h] = sum of q over the h-th 16 values (int32)
+    acc[j]  = sum_g sd[j, g] * (sum_r u[j, r] q[r] - z * bsum_g)      exact int32
+    accm[j] = sum_g sm[j, g] * bsum_g                                  exact int32
+    y[t, j] = fma(m[j, s] * dx, float(accm), fma(d[j, s] * dx, float(acc), y[t, j]))
+
+(``d * dx`` and ``m * dx`` are rounded float32 products, ``float()`` rounds to nearest;
+``u - z`` is the weight's code as in qlinear_q8's layout, with the float path's sub-scales
+``sd``/``sm`` and float16 ``d``/``m`` per 256.) Sums of at most 16 groups of 16 or 32 codes:
+``|acc| < 2^28``, no overflow.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from edgespec.errors import EdgespecError
+from edgespec.kernels.qlinear import SUPER, get_layout
+from edgespec.kernels.qlinear_q8 import LANES, _vnni, base_format, tile_for, zero_of
+
+if TYPE_CHECKING:
+    from tvm.tirx import PrimFunc
+
+
+def kernel(fmt: str, K: int, N: int) -> PrimFunc:
+    """``qlinear(x f32[T, K], c, d[, m], sd[, sm], y f32[T, N])`` for symbolic T, private;
+    loops as qlinear_q8's, per super-block instead of per block."""
+    from tvm.script import tirx as T
+
+    lay = get_layout(base_format(fmt))
+    if K % SUPER:
+        raise EdgespecError(f"K must be a multiple of {SUPER} for {fmt}; got {K}")
+    tile = tile_for(N)
+    nvec, ns, four = tile // LANES, K // SUPER, lay.code_bits == 4
+    g, per = lay.group, 8 if four else 4  # weights per group; per byte row of the codes
+    gps = SUPER // g  # groups per super-block
+    loads = g // per  # 64-byte loads per vector and group
+    z = zero_of(fmt)
+    affine, sub = lay.affine, lay.sub or "int8"
+    nbs = K // 16
+
+    @T.macro
+    def body(X: Any, C: Any, D: Any, M: Any, SD: Any, SM: Any, Y: Any, n: Any) -> None:
+        Q = T.alloc_buffer((n * K,), "int8")
+        Q4 = T.decl_buffer((n * (K // 4),), "int32", data=Q.data)
+        XD = T.alloc_buffer((n * ns,), "float32")
+        BS = T.alloc_buffer((n * nbs,), "int32")
+        for t in range(n):
+            for s in range(ns):
+                amax = T.alloc_local((1,), "float32")
+                mx = T.alloc_local((1,), "float32")
+                amax[0] = T.float32(0)
+                mx[0] = T.float32(0)
+                for r in range(SUPER):
+                    if T.fabs(X[t, s * SUPER + r]) > amax[0]:
+                        amax[0] = T.fabs(X[t, s * SUPER + r])
+                        mx[0] = X[t, s * SUPER + r]
+                e = T.if_then_else(amax[0] > T.float32(0), T.float32(-127) / mx[0], T.float32(0))
+                for h in range(SUPER // 16):
+                    bsum = T.alloc_local((1,), "int32")
+                    bsum[0] = 0
+                    for r in range(16):
+                        k = s * SUPER + h * 16 + r
+                        q = T.min(T.Cast("int32", T.nearbyint(e * X[t, k])), 127)
+                        Q[t * K + k] = T.Cast("int8", q)
+                        bsum[0] = bsum[0] + q
+                    BS[t * nbs + s * (SUPER // 16) + h] = bsum[0]
+                XD[t * ns + s] = T.if_then_else(
+                    amax[0] > T.float32(0), T.float32(1) / e, T.float32(0)
+                )
+        for jo in T.parallel(N // tile):
+            for t in range(n):
+                Y[t, T.ramp(jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
+            for s in range(ns):
+                for t in range(n):
+                    for v in T.unroll(nvec):
+                        acc = T.alloc_local((LANES,), "int32")
+                        accm = T.alloc_local((LANES,), "int32")
+                        dot = T.alloc_local((LANES,), "int32")
+                        acc[T.ramp(0, 1, LANES)] = T.broadcast(0, LANES)
+                        accm[T.ramp(0, 1, LANES)] = T.broadcast(0, LANES)
+                        for gi in range(gps):
+                            b16 = t * nbs + s * (SUPER // 16) + gi * (g // 16)
+                            gsum = BS[b16] if g == 16 else BS[b16] + BS[b16 + 1]
+                            dot[T.ramp(0, 1, LANES)] = T.broadcast(-z * gsum, LANES)
+                            for st in T.unroll(loads):
+                                w = C[jo, (s * SUPER + gi * g) // per + st, T.ramp(v * 64, 1, 64)]
+                                row = (t * K + s * SUPER + gi * g) // 4
+                                if four:
+                                    lo = w & T.broadcast(T.uint8(15), 64)
+                                    hi = w >> T.broadcast(T.uint8(4), 64)
+                                    q_lo = T.reinterpret(
+                                        "int8x64", T.broadcast(Q4[row + 2 * st], 16)
+                                    )
+                                    q_hi = T.reinterpret(
+                                        "int8x64", T.broadcast(Q4[row + 2 * st + 1], 16)
+                                    )
+                                    dot[T.ramp(0, 1, LANES)] = _vnni(
+                                        dot[T.ramp(0, 1, LANES)], lo, q_lo
+                                    )
+                                    dot[T.ramp(0, 1, LANES)] = _vnni(
+                                        dot[T.ramp(0, 1, LANES)], hi, q_hi
+                                    )
+                                else:
+                                    q_all = T.reinterpret("int8x64", T.broadcast(Q4[row + st], 16))
+                                    dot[T.ramp(0, 1, LANES)] = _vnni(
+                                        dot[T.ramp(0, 1, LANES)], w, q_all
+                                    )
+                            gl = T.ramp(v * LANES, 1, LANES)
+                            acc[T.ramp(0, 1, LANES)] = (
+                                acc[T.ramp(0, 1, LANES)]
+                                + T.Cast("int32x16", SD[jo, s * gps + gi, gl])
+                                * dot[T.ramp(0, 1, LANES)]
+                            )
+                            if affine:
+                                accm[T.ramp(0, 1, LANES)] = accm[T.ramp(0, 1, LANES)] + T.Cast(
+                                    "int32x16", SM[jo, s * gps + gi, gl]
+                                ) * T.broadcast(gsum, LANES)
+                        lanes = T.ramp(jo * tile + v * LANES, 1, LANES)
+                        xd = T.broadcast(XD[t * ns + s], LANES)
+                        dd = T.Cast("float32x16", D[jo, s, T.ramp(v * LANES, 1, LANES)]) * xd
+                        yv = T.call_llvm_pure_intrin(
+                            "float32x16",
+                            "llvm.fma.v16f32",
+                            dd,
+                            T.Cast("float32x16", acc[T.ramp(0, 1, LANES)]),
+                            Y[t, lanes],
+                        )
+                        if affine:
+                            mm = T.Cast("float32x16", M[jo, s, T.ramp(v * LANES, 1, LANES)]) * xd
+                            Y[t, lanes] = T.call_llvm_pure_intrin(
+                                "float32x16",
+                                "llvm.fma.v16f32",
+                                mm,
+                                T.Cast("float32x16", accm[T.ramp(0, 1, LANES)]),
+                                yv,
+                            )
+                        else:
+                            Y[t, lanes] = yv
+
+    nt, codes = N // tile, K // per
+    if affine:
+
+        @T.prim_func(private=True)
+        def qlinear(
+            x_h: T.handle, c_h: T.handle, d_h: T.handle, m_h: T.handle, sd_h: T.handle,
+            sm_h: T.handle, y_h: T.handle,
+        ) -> None:  # fmt: skip
+            T.func_attr({"tirx.noalias": True})
+            n = T.int64()
+            X = T.match_buffer(x_h, (n, K), "float32")
+            C = T.match_buffer(c_h, (nt, codes, 4 * tile), "uint8")
+            D = T.match_buffer(d_h, (nt, ns, tile), "float16")
+            M = T.match_buffer(m_h, (nt, ns, tile), "float16")
+            SD = T.match_buffer(sd_h, (nt, K // g, tile), sub)
+            SM = T.match_buffer(sm_h, (nt, K // g, tile), sub)
+            Y = T.match_buffer(y_h, (n, N), "float32")
+            body(X, C, D, M, SD, SM, Y, n)
+
+        return qlinear
+
+    @T.prim_func(private=True)
+    def qlinear_d(x_h: T.handle, c_h: T.handle, d_h: T.handle, sd_h: T.handle, y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        n = T.int64()
+        X = T.match_buffer(x_h, (n, K), "float32")
+        C = T.match_buffer(c_h, (nt, codes, 4 * tile), "uint8")
+        D = T.match_buffer(d_h, (nt, ns, tile), "float16")
+        SD = T.match_buffer(sd_h, (nt, K // g, tile), sub)
+        Y = T.match_buffer(y_h, (n, N), "float32")
+        body(X, C, D, D, SD, SD, Y, n)
+
+    return qlinear_d
