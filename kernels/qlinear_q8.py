@@ -197,6 +197,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     @T.macro
     def body(X: Any, C: Any, D: Any, M: Any, Y: Any, n: Any) -> None:
         Q = T.alloc_buffer((n * K,), "int8")
+        Yf = T.decl_buffer((n * N,), "float32", data=Y.data)  # rows flat: contiguous vectors
         Q4 = T.decl_buffer((n * (K // 4),), "int32", data=Q.data)
         XD = T.alloc_buffer((n * nb,), "float32")
         XS = T.alloc_buffer((n * nb,), "float32")
@@ -222,7 +223,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                 QS[t * nb + b] = qsum[0]
         for jo in T.parallel(N // tile):
             for t in range(n):
-                Y[t, T.ramp(jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
+                Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
             for b in range(nb):
                 for t in range(n):
                     for v in T.unroll(nvec):
@@ -243,7 +244,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                             else:
                                 q_all = T.reinterpret("int8x64", T.broadcast(Q4[row + s], 16))
                                 acc[T.ramp(0, 1, LANES)] = _vnni(acc[T.ramp(0, 1, LANES)], w, q_all)
-                        lanes = T.ramp(jo * tile + v * LANES, 1, LANES)
+                        lanes = T.ramp(t * N + jo * tile + v * LANES, 1, LANES)
                         dd = T.Cast("float32x16", D[jo, b, T.ramp(v * LANES, 1, LANES)])
                         dx = dd * T.broadcast(XD[t * nb + b], LANES)
                         yv = T.call_llvm_pure_intrin(
@@ -251,11 +252,11 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                             "llvm.fma.v16f32",
                             dx,
                             T.Cast("float32x16", acc[T.ramp(0, 1, LANES)]),
-                            Y[t, lanes],
+                            Yf[lanes],
                         )
                         if affine:
                             mm = T.Cast("float32x16", M[jo, b, T.ramp(v * LANES, 1, LANES)])
-                            Y[t, lanes] = T.call_llvm_pure_intrin(
+                            Yf[lanes] = T.call_llvm_pure_intrin(
                                 "float32x16",
                                 "llvm.fma.v16f32",
                                 mm,
@@ -263,7 +264,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                                 yv,
                             )
                         else:
-                            Y[t, lanes] = yv
+                            Yf[lanes] = yv
 
     if affine:
 

@@ -52,6 +52,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     @T.macro
     def body(X: Any, C: Any, D: Any, M: Any, SD: Any, SM: Any, Y: Any, n: Any) -> None:
         Q = T.alloc_buffer((n * K,), "int8")
+        Yf = T.decl_buffer((n * N,), "float32", data=Y.data)  # rows flat: contiguous vectors
         Q4 = T.decl_buffer((n * (K // 4),), "int32", data=Q.data)
         XD = T.alloc_buffer((n * ns,), "float32")
         BS = T.alloc_buffer((n * nbs,), "int32")
@@ -80,7 +81,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                 )
         for jo in T.parallel(N // tile):
             for t in range(n):
-                Y[t, T.ramp(jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
+                Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
             for s in range(ns):
                 for t in range(n):
                     for v in T.unroll(nvec):
@@ -126,7 +127,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                                 accm[T.ramp(0, 1, LANES)] = accm[T.ramp(0, 1, LANES)] + T.Cast(
                                     "int32x16", SM[jo, s * gps + gi, gl]
                                 ) * T.broadcast(gsum, LANES)
-                        lanes = T.ramp(jo * tile + v * LANES, 1, LANES)
+                        lanes = T.ramp(t * N + jo * tile + v * LANES, 1, LANES)
                         xd = T.broadcast(XD[t * ns + s], LANES)
                         dd = T.Cast("float32x16", D[jo, s, T.ramp(v * LANES, 1, LANES)]) * xd
                         yv = T.call_llvm_pure_intrin(
@@ -134,11 +135,11 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                             "llvm.fma.v16f32",
                             dd,
                             T.Cast("float32x16", acc[T.ramp(0, 1, LANES)]),
-                            Y[t, lanes],
+                            Yf[lanes],
                         )
                         if affine:
                             mm = T.Cast("float32x16", M[jo, s, T.ramp(v * LANES, 1, LANES)]) * xd
-                            Y[t, lanes] = T.call_llvm_pure_intrin(
+                            Yf[lanes] = T.call_llvm_pure_intrin(
                                 "float32x16",
                                 "llvm.fma.v16f32",
                                 mm,
@@ -146,7 +147,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                                 yv,
                             )
                         else:
-                            Y[t, lanes] = yv
+                            Yf[lanes] = yv
 
     nt, codes = N // tile, K // per
     if affine:
