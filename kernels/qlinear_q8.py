@@ -197,7 +197,9 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     @T.macro
     def body(X: Any, C: Any, D: Any, M: Any, Y: Any, n: Any) -> None:
         Q = T.alloc_buffer((n * K,), "int8")
-        Yf = T.decl_buffer((n * N,), "float32", data=Y.data)  # rows flat: contiguous vectors
+        Yf = T.decl_buffer((n * N,), "float32", data=Y.data)  # flat: contiguous vectors
+        Df = T.decl_buffer((N * nb,), "float16", data=D.data)
+        Mf = T.decl_buffer((N * nb,), "float16", data=M.data)
         Q4 = T.decl_buffer((n * (K // 4),), "int32", data=Q.data)
         XD = T.alloc_buffer((n * nb,), "float32")
         XS = T.alloc_buffer((n * nb,), "float32")
@@ -245,7 +247,9 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                                 q_all = T.reinterpret("int8x64", T.broadcast(Q4[row + s], 16))
                                 acc[T.ramp(0, 1, LANES)] = _vnni(acc[T.ramp(0, 1, LANES)], w, q_all)
                         lanes = T.ramp(t * N + jo * tile + v * LANES, 1, LANES)
-                        dd = T.Cast("float32x16", D[jo, b, T.ramp(v * LANES, 1, LANES)])
+                        dd = T.Cast(
+                            "float32x16", Df[T.ramp((jo * nb + b) * tile + v * LANES, 1, LANES)]
+                        )
                         dx = dd * T.broadcast(XD[t * nb + b], LANES)
                         yv = T.call_llvm_pure_intrin(
                             "float32x16",
@@ -255,7 +259,9 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                             Yf[lanes],
                         )
                         if affine:
-                            mm = T.Cast("float32x16", M[jo, b, T.ramp(v * LANES, 1, LANES)])
+                            mm = T.Cast(
+                                "float32x16", Mf[T.ramp((jo * nb + b) * tile + v * LANES, 1, LANES)]
+                            )
                             Yf[lanes] = T.call_llvm_pure_intrin(
                                 "float32x16",
                                 "llvm.fma.v16f32",

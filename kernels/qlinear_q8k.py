@@ -48,11 +48,16 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     z = zero_of(fmt)
     affine, sub = lay.affine, lay.sub or "int8"
     nbs = K // 16
+    nt, codes = N // tile, K // per
 
     @T.macro
     def body(X: Any, C: Any, D: Any, M: Any, SD: Any, SM: Any, Y: Any, n: Any) -> None:
         Q = T.alloc_buffer((n * K,), "int8")
-        Yf = T.decl_buffer((n * N,), "float32", data=Y.data)  # rows flat: contiguous vectors
+        Yf = T.decl_buffer((n * N,), "float32", data=Y.data)  # flat: contiguous vectors
+        Df = T.decl_buffer((nt * ns * tile,), "float16", data=D.data)
+        Mf = T.decl_buffer((nt * ns * tile,), "float16", data=M.data)
+        SDf = T.decl_buffer((nt * (K // g) * tile,), sub, data=SD.data)
+        SMf = T.decl_buffer((nt * (K // g) * tile,), sub, data=SM.data)
         Q4 = T.decl_buffer((n * (K // 4),), "int32", data=Q.data)
         XD = T.alloc_buffer((n * ns,), "float32")
         BS = T.alloc_buffer((n * nbs,), "int32")
@@ -117,19 +122,35 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                                     dot[T.ramp(0, 1, LANES)] = _vnni(
                                         dot[T.ramp(0, 1, LANES)], w, q_all
                                     )
-                            gl = T.ramp(v * LANES, 1, LANES)
                             acc[T.ramp(0, 1, LANES)] = (
                                 acc[T.ramp(0, 1, LANES)]
-                                + T.Cast("int32x16", SD[jo, s * gps + gi, gl])
+                                + T.Cast(
+                                    "int32x16",
+                                    SDf[
+                                        T.ramp(
+                                            ((jo * ns + s) * gps + gi) * tile + v * LANES, 1, LANES
+                                        )
+                                    ],
+                                )
                                 * dot[T.ramp(0, 1, LANES)]
                             )
                             if affine:
                                 accm[T.ramp(0, 1, LANES)] = accm[T.ramp(0, 1, LANES)] + T.Cast(
-                                    "int32x16", SM[jo, s * gps + gi, gl]
+                                    "int32x16",
+                                    SMf[
+                                        T.ramp(
+                                            ((jo * ns + s) * gps + gi) * tile + v * LANES, 1, LANES
+                                        )
+                                    ],
                                 ) * T.broadcast(gsum, LANES)
                         lanes = T.ramp(t * N + jo * tile + v * LANES, 1, LANES)
                         xd = T.broadcast(XD[t * ns + s], LANES)
-                        dd = T.Cast("float32x16", D[jo, s, T.ramp(v * LANES, 1, LANES)]) * xd
+                        dd = (
+                            T.Cast(
+                                "float32x16", Df[T.ramp((jo * ns + s) * tile + v * LANES, 1, LANES)]
+                            )
+                            * xd
+                        )
                         yv = T.call_llvm_pure_intrin(
                             "float32x16",
                             "llvm.fma.v16f32",
@@ -138,7 +159,13 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                             Yf[lanes],
                         )
                         if affine:
-                            mm = T.Cast("float32x16", M[jo, s, T.ramp(v * LANES, 1, LANES)]) * xd
+                            mm = (
+                                T.Cast(
+                                    "float32x16",
+                                    Mf[T.ramp((jo * ns + s) * tile + v * LANES, 1, LANES)],
+                                )
+                                * xd
+                            )
                             Yf[lanes] = T.call_llvm_pure_intrin(
                                 "float32x16",
                                 "llvm.fma.v16f32",
@@ -149,7 +176,6 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                         else:
                             Yf[lanes] = yv
 
-    nt, codes = N // tile, K // per
     if affine:
 
         @T.prim_func(private=True)
