@@ -391,14 +391,15 @@ def load(
         device=device,
         sparse_kernel=check_impl(sparse_kernel),
     )
-    name = pick_backend(source, backend, options)
-    if kv_cache is not None:
+    if kv_cache is not None:  # before pick_backend, which may load and time backends
         from edgespec.runtimes.base import KV_CACHE_TYPES
 
         if kv_cache not in KV_CACHE_TYPES:
             raise EdgespecError(
                 f"unknown KV-cache type '{kv_cache}'; known: {', '.join(KV_CACHE_TYPES)}"
             )
+    name = pick_backend(source, backend, options)
+    if kv_cache is not None:
         able = BACKENDS.get(name).kv_cache_types
         if kv_cache not in able:
             kv_ok = ", ".join(
