@@ -201,7 +201,9 @@ class QBlocks:
         The codes are what ``gguf.quants.dequantize`` returns for the blocks with their
         scales set to one (:attr:`Layout.unit`), so they are the file's by construction.
         """
-        from gguf import GGMLQuantizationType, quants
+        from gguf import GGMLQuantizationType
+
+        from edgespec.gguf_file import dequantize
 
         lay = get_layout(qtype)
         if not lay.type_size:
@@ -217,7 +219,7 @@ class QBlocks:
         unit = blocks.copy()
         for at, val in lay.unit:
             unit[:, at : at + len(val)] = np.frombuffer(val, np.uint8)
-        codes = quants.dequantize(unit, GGMLQuantizationType[qtype]).reshape(n, -1)
+        codes = dequantize(unit, GGMLQuantizationType[qtype]).reshape(n, -1)  # gguf-py's
         if lay.code_bits == 4:
             q = (codes + lay.zero).astype(np.uint8).reshape(n, -1, 2, 16)
             c = q[:, :, 0, :] | (q[:, :, 1, :] << 4)  # byte i of a group: weights i, i + 16

@@ -127,24 +127,36 @@ def read_hf_tensors(folder: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def iter_gguf_tensors(reader: Any) -> Iterator[tuple[str, np.ndarray]]:
-    """Dequantize every tensor of a ``gguf.GGUFReader``: yields ``(name, float32 array)``.
+def gguf_shape(t: Any) -> tuple[int, ...]:
+    """A GGUF tensor's shape in NumPy's slowest-first order (GGUF lists ``ne0`` first), so a
+    GGUF matrix ``[in, out]`` is ``(out, in)``, PyTorch's ``nn.Linear.weight`` layout."""
+    return tuple(int(s) for s in reversed(list(t.shape)))
 
-    GGUF lists dimensions fastest-first (``ne0, ne1, ...``); the arrays here use NumPy's
-    slowest-first order, so a GGUF matrix ``[in, out]`` comes back as ``float32[out, in]``,
-    the same layout as PyTorch's ``nn.Linear.weight``.
+
+def dequantize_tensor(t: Any) -> np.ndarray:
+    """One tensor of a ``gguf.GGUFReader`` (memory-mapped) dequantized: ``float32`` of
+    :func:`gguf_shape` (:func:`edgespec.gguf_file.dequantize`: ``gguf.quants.dequantize``'s
+    values bit for bit, with temporaries of a few MB).
+
+    Raises:
+        ModelLoadError: a quantization gguf-py cannot dequantize.
     """
-    from gguf.quants import dequantize
+    from edgespec.gguf_file import dequantize
 
+    try:
+        arr = dequantize(t.data, t.tensor_type)
+    except NotImplementedError as exc:
+        raise ModelLoadError(
+            f"tensor {t.name}: {exc}; the NumPy backend cannot read this quantization"
+        ) from None
+    return arr.reshape(gguf_shape(t))
+
+
+def iter_gguf_tensors(reader: Any) -> Iterator[tuple[str, np.ndarray]]:
+    """Dequantize every tensor of a ``gguf.GGUFReader``: yields ``(name, float32 array)``
+    (:func:`dequantize_tensor`: ``float32[out, in]`` for a matrix)."""
     for t in reader.tensors:
-        shape = tuple(int(s) for s in reversed(list(t.shape)))
-        try:
-            arr = dequantize(t.data, t.tensor_type)
-        except NotImplementedError as exc:
-            raise ModelLoadError(
-                f"tensor {t.name}: {exc}; the NumPy backend cannot read this quantization"
-            ) from None
-        yield str(t.name), np.asarray(arr, dtype=np.float32).reshape(shape)
+        yield str(t.name), dequantize_tensor(t)
 
 
 def unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:

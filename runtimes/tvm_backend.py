@@ -314,46 +314,341 @@ def graph_weights(weights: Any) -> dict[str, np.ndarray]:
     return w
 
 
-def gguf_matrices(path: Path, spec: Any, permuted_qk: bool) -> tuple[dict[str, Any], list[str]]:
-    """The graph matrices of ``spec`` that the GGUF file ``path`` holds in a type with a
-    kernel, as :class:`~edgespec.kernels.qlinear.PackedQWeight` (the file's blocks; llama's
-    Q/K rows un-permuted as the reference does), and the types of the others.
+#: weights per call of ``QBlocks.from_gguf`` at load (bounds its float32 temporaries)
+ROWS_WEIGHTS = 1 << 22
 
-    A fused matrix (QKV, gate/up) is quantized only when all its parts share one such type.
+
+def _matrix_parts(name: str, tensors: dict[str, Any]) -> list[str] | None:
+    """The GGUF tensors stacked along the output features of graph matrix ``name`` (in
+    order), or None when ``name`` is not a matrix."""
+    layer, _, role = name.rpartition(".")
+    if role == "lm_head":
+        return ["output.weight" if "output.weight" in tensors else "token_embd.weight"]
+    if role in GGUF_PARTS:
+        i = layer.removeprefix("l")
+        return [f"blk.{i}.{p}.weight" for p in GGUF_PARTS[role]]
+    return None
+
+
+def _rope_heads(tensor: str, spec: Any, permuted_qk: bool) -> int | None:
+    """Heads whose rows llama.cpp permuted in GGUF tensor ``tensor`` (llama Q/K), else None."""
+    if not permuted_qk:
+        return None
+    role = tensor.split(".")[-2]
+    return {"attn_q": spec.n_head, "attn_k": spec.n_head_kv}.get(role)
+
+
+def _checked(t: Any, shape: tuple[int, ...], where: Path) -> Any:
+    """GGUF tensor ``t`` when its NumPy shape is ``shape``; else one line naming both."""
+    from edgespec.runtimes.numpy_weights import gguf_shape
+
+    if gguf_shape(t) != shape:
+        raise ModelLoadError(
+            f"'{where}': tensor {t.name} has shape {gguf_shape(t)}, expected {shape}; "
+            "the file does not match its own metadata"
+        )
+    return t
+
+
+def _part_shapes(spec: Any, name: str, parts: list[str]) -> list[tuple[int, int]]:
+    """``[(out, in)]`` of the GGUF tensors ``parts`` of graph matrix ``name`` ``[in, out]``."""
+    K, N = spec.weight_shapes()[name]
+    nq, nkv = spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim
+    outs = {"attn_q": nq, "attn_k": nkv, "attn_v": nkv, "ffn_gate": N // 2, "ffn_up": N // 2}
+    return [(outs.get(p.split(".")[-2], N), K) for p in parts]
+
+
+def gguf_matrices(
+    path: Path, spec: Any, permuted_qk: bool, progress: bool = False
+) -> tuple[dict[str, Any], list[str]]:
+    """The graph matrices of ``spec`` that the GGUF file ``path`` holds in a type with a
+    kernel, as :class:`~edgespec.kernels.qlinear.PackedQWeight` (the file's blocks, read from
+    the memory-mapped file, never dequantized; llama's Q/K rows un-permuted as the reference
+    does), and the types of the others.
+
+    A fused matrix (QKV, gate/up) is quantized only when its parts share one such type (or
+    :func:`~edgespec.kernels.qlinear.common_format` has a layout for the mix).
 
     Returns:
         ``({graph matrix name: PackedQWeight}, [GGUF type of each float32 fallback])``.
+
+    Raises:
+        ModelLoadError: a tensor is missing or has another shape than the metadata implies.
     """
+    from tqdm.auto import tqdm
+
     from edgespec.gguf_file import open_gguf
     from edgespec.kernels import qlinear
     from edgespec.runtimes.numpy_weights import unpermute_rope_rows
 
     tensors = {str(t.name): t for t in open_gguf(path).reader.tensors}
-    heads = {"attn_q": spec.n_head, "attn_k": spec.n_head_kv} if permuted_qk else {}
     packed: dict[str, Any] = {}
     fallback: list[str] = []
-    for name in spec.weight_names():
-        layer, _, role = name.rpartition(".")
-        if role == "lm_head":
-            out = "output.weight" if "output.weight" in tensors else "token_embd.weight"
-            parts = [(tensors[out], None)]
-        elif role in GGUF_PARTS:
-            i = layer.removeprefix("l")
-            parts = [(tensors[f"blk.{i}.{p}.weight"], heads.get(p)) for p in GGUF_PARTS[role]]
-        else:
-            continue
-        types = {t.tensor_type.name for t, _ in parts}
+    matrices = [(n, p) for n in spec.weight_names() if (p := _matrix_parts(n, tensors))]
+    for name, names in tqdm(
+        matrices, desc="packing quantized matrices", unit="matrix", disable=not progress
+    ):
+        _require(tensors, names, path)
+        shapes = _part_shapes(spec, name, names)
+        parts = [_checked(tensors[n], sh, path) for n, sh in zip(names, shapes, strict=True)]
+        types = {t.tensor_type.name for t in parts}
         qtype = qlinear.common_format(types)
         if qtype is None:
             fallback.append("/".join(sorted(types)))
             continue
         blocks = []
-        for t, n_head in parts:
+        for t in parts:
             raw = np.asarray(t.data)
+            n_head = _rope_heads(str(t.name), spec, permuted_qk)
             raw = unpermute_rope_rows(raw, n_head) if n_head else raw
-            blocks.append(qlinear.QBlocks.from_gguf(raw, t.tensor_type.name).to(qtype))
+            # rows a few MB of weights at a time: the codes' float temporaries stay small
+            step = max(1, ROWS_WEIGHTS // spec.weight_shapes()[name][0])
+            blocks += [
+                qlinear.QBlocks.from_gguf(raw[s : s + step], t.tensor_type.name).to(qtype)
+                for s in range(0, raw.shape[0], step)
+            ]
         packed[name] = qlinear.pack(qlinear.concat(blocks))
     return packed, fallback
+
+
+@dataclass(frozen=True)
+class CachedMatrix:
+    """A quantized matrix read back from the packed-weights cache (:func:`packed_matrices`).
+
+    Attributes:
+        fmt: its graph format (``GraphSpec.quant``).
+        ops: its operands as uploaded, memory-mapped ``.npy`` files.
+    """
+
+    fmt: str
+    ops: list[np.ndarray]
+
+    def operands(self) -> list[np.ndarray]:
+        """The kernel operands after ``x``."""
+        return self.ops
+
+
+#: bump when the cache's files change meaning
+PACKED_CACHE_VERSION = 1
+
+
+def packed_cache_dir(path: Path, choice: str) -> Path:
+    """``$EDGESPEC_HOME/tvm/<device fingerprint>/weights/<key>``: the packed matrices of GGUF
+    ``path`` for build ``choice`` on this device (gguf-q8act's exist only where its CPU
+    instructions do), keyed by the file (resolved path, size, mtime), the build, gguf-py's
+    version and the code that packs them (this module, kernels/qlinear.py,
+    kernels/qlinear_q8.py, gguf_file.py): other code or another file is another folder."""
+    from importlib.metadata import version
+
+    from edgespec import gguf_file
+    from edgespec.kernels import qlinear, qlinear_q8
+    from edgespec.kernels.tuning import records_dir
+
+    real = path.resolve()
+    st = real.stat()
+    h = hashlib.sha256(
+        f"{PACKED_CACHE_VERSION}\n{real}\n{st.st_size}\n{st.st_mtime_ns}\n{choice}\n"
+        f"{version('gguf')}\n".encode()
+    )
+    for mod in (sys.modules[__name__], qlinear, qlinear_q8, gguf_file):
+        h.update(Path(str(mod.__file__)).read_bytes())
+    return records_dir() / "weights" / f"{real.stem}-{choice}-{h.hexdigest()[:16]}"
+
+
+def _read_packed(folder: Path) -> tuple[dict[str, Any], list[str]] | None:
+    """The cached ``(packed, fallback)`` of :func:`packed_matrices`, or None when absent or
+    unreadable (then it is rebuilt and rewritten)."""
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        packed: dict[str, Any] = {
+            name: CachedMatrix(
+                m["fmt"], [np.load(folder / f, mmap_mode="r", allow_pickle=False) for f in m["ops"]]
+            )
+            for name, m in meta["matrices"].items()
+        }
+        return packed, [str(f) for f in meta["fallback"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_packed(folder: Path, packed: dict[str, Any], fallback: list[str], source: Path) -> None:
+    """Write the packed matrices of GGUF ``source`` into ``folder`` atomically (an error:
+    nothing written), and delete the folders of files that are gone and the older ones of
+    ``source`` (another mtime or code) for the same build."""
+    from edgespec.fileutil import atomic_dir
+
+    real = str(source.resolve())
+    for old in folder.parent.glob("*/meta.json") if folder.parent.is_dir() else []:
+        try:
+            was = json.loads(old.read_text()).get("source", "")
+        except (OSError, ValueError, AttributeError):
+            continue
+        same = was == real and old.parent.name.rsplit("-", 1)[0] == folder.name.rsplit("-", 1)[0]
+        if not Path(was).exists() or same:
+            shutil.rmtree(old.parent, ignore_errors=True)
+    if folder.exists():  # unreadable (see _read_packed): replaced
+        shutil.rmtree(folder, ignore_errors=True)
+    matrices: dict[str, dict[str, Any]] = {}
+    with atomic_dir(folder) as tmp:
+        for i, (name, q) in enumerate(packed.items()):
+            files = []
+            for j, arr in enumerate(q.operands()):
+                files.append(f"{i}.{j}.npy")
+                np.save(tmp / files[-1], np.ascontiguousarray(arr), allow_pickle=False)
+            matrices[name] = {"fmt": q.fmt, "ops": files}
+        meta = {
+            "version": PACKED_CACHE_VERSION,
+            "source": real,
+            "matrices": matrices,
+            "fallback": fallback,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta))
+
+
+def packed_matrices(
+    path: Path, spec: Any, choice: str, permuted_qk: bool, progress: bool = False
+) -> tuple[dict[str, Any], list[str]]:
+    """:func:`gguf_matrices` for build ``choice`` (:data:`QUANTIZED` applied), cached on disk
+    (:func:`packed_cache_dir`; about the file's size): a later load memory-maps the operands
+    instead of unpacking the file's blocks again.
+
+    Returns:
+        ``({graph matrix name: matrix with .fmt and .operands()}, [fallback types])``.
+    """
+    folder = packed_cache_dir(path, choice)
+    cached = _read_packed(folder)
+    if cached is not None:
+        return cached
+    packed, fallback = gguf_matrices(path, spec, permuted_qk, progress)
+    packed = {name: QUANTIZED[choice](q) for name, q in packed.items()}
+    try:
+        _write_packed(folder, packed, fallback, path)
+    except OSError as exc:  # a read-only or full disk: this load still works
+        print(f"edgespec: warning: not caching the packed weights ({exc})", file=sys.stderr)
+    return packed, fallback
+
+
+def _require(tensors: dict[str, Any], names: Sequence[str], path: Path) -> None:
+    """One line when the GGUF file lacks any of ``names``."""
+    for n in names:
+        if n not in tensors:
+            raise ModelLoadError(f"'{path}' has no tensor {n}; the file is incomplete")
+
+
+def gguf_float_weights(
+    path: Path, spec: Any, names: Sequence[str], permuted_qk: bool, progress: bool = False
+) -> dict[str, np.ndarray]:
+    """The graph weights ``names`` of ``spec`` as float32, read from the GGUF file ``path``:
+    what the quantized build runs in float32 (the embedding table ``[V, D]``, norms, biases,
+    and the matrices without a kernel, ``[in, out]``). The values are the NumPy reference's
+    (:func:`graph_weights` of its loader) bit for bit: each tensor dequantized by
+    :func:`~edgespec.runtimes.numpy_weights.dequantize_tensor`, llama's Q/K rows
+    un-permuted, fused parts concatenated, matrices transposed; a missing Q/K/V bias of a
+    layer with the others is zeros, as there. Only these tensors are dequantized.
+
+    Raises:
+        ModelLoadError: a tensor is missing or has another shape than the metadata implies.
+    """
+    from tqdm.auto import tqdm
+
+    from edgespec.gguf_file import open_gguf
+    from edgespec.runtimes.numpy_weights import dequantize_tensor, unpermute_rope_rows
+
+    tensors = {str(t.name): t for t in open_gguf(path).reader.tensors}
+    shapes = spec.weight_shapes()
+
+    def read(tensor: str, shape: tuple[int, ...]) -> np.ndarray:
+        arr = dequantize_tensor(_checked(tensors[tensor], shape, path))
+        n_head = _rope_heads(tensor, spec, permuted_qk)
+        return unpermute_rope_rows(arr, n_head) if n_head else arr
+
+    def vector(name: str) -> list[str]:
+        layer, _, role = name.rpartition(".")
+        blk = f"blk.{layer.removeprefix('l')}."
+        if role == "bqkv":
+            return [blk + p + ".bias" for p in GGUF_PARTS["wqkv"]]
+        return [{"out_norm": "output_norm.weight"}.get(name, blk + role + ".weight")]
+
+    out: dict[str, np.ndarray] = {}
+    for name in tqdm(
+        names, desc="dequantizing float32 weights", unit="tensor", disable=not progress
+    ):
+        parts = _matrix_parts(name, tensors)
+        if name == "embed":
+            _require(tensors, ["token_embd.weight"], path)
+            out[name] = read("token_embd.weight", shapes[name])
+        elif parts is not None:
+            _require(tensors, parts, path)
+            sh = _part_shapes(spec, name, parts)
+            mats = [read(p, s) for p, s in zip(parts, sh, strict=True)]
+            out[name] = np.ascontiguousarray(np.concatenate(mats, axis=0).T)
+        else:
+            found = [p for p in vector(name) if p in tensors]
+            if name.endswith(".bqkv"):
+                (nqkv,) = shapes[name]
+                nq = spec.n_head * spec.head_dim
+                sizes = [nq, (nqkv - nq) // 2, (nqkv - nq) // 2]
+                out[name] = np.concatenate(
+                    [
+                        read(p, (n,)) if p in tensors else np.zeros(n, np.float32)
+                        for p, n in zip(vector(name), sizes, strict=True)
+                    ]
+                )
+            else:
+                _require(tensors, vector(name), path)
+                out[name] = read(found[0], shapes[name])
+    return out
+
+
+def gguf_model(path: Path) -> tuple[Any, Any, Any, np.ndarray | None]:
+    """The hyperparameters, info, :class:`~edgespec.runtimes.tvm_graph.GraphSpec` and rope
+    frequency factors of GGUF file ``path``, from its metadata (no matrix is read).
+
+    Raises:
+        ModelLoadError: an architecture the NumPy reference (or this backend) cannot run, or
+            unreadable metadata.
+    """
+    from edgespec.gguf_file import open_gguf
+    from edgespec.runtimes import numpy_ref
+    from edgespec.runtimes.numpy_weights import dequantize_tensor
+    from edgespec.runtimes.tvm_graph import GraphSpec
+
+    gf = open_gguf(path)
+    try:
+        hp = numpy_ref._hparams_from_gguf(gf)
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"'{path}': unreadable model metadata ({exc})") from None
+    _check_arch(hp, path)
+    info = numpy_ref._info(hp, {**gf.info.extra, "format": "gguf", "dtype": "float32"})
+    tensors = {str(t.name): t for t in gf.reader.tensors}
+    bias = any(f"blk.0.{p}.bias" in tensors for p in GGUF_PARTS["wqkv"])
+    spec = GraphSpec(
+        n_layers=hp.n_layers,
+        n_embd=hp.n_embd,
+        n_head=hp.n_head,
+        n_head_kv=hp.n_head_kv,
+        head_dim=hp.head_dim,
+        n_ff=hp.n_ff,
+        n_vocab=hp.n_vocab,
+        rms_eps=float(hp.rms_eps),
+        attn_scale=float(hp.attn_scale),
+        qkv_bias=bias,
+    )
+    ff = tensors.get("rope_freqs.weight")
+    freq = None if ff is None else dequantize_tensor(_checked(ff, (hp.head_dim // 2,), path))
+    return hp, info, spec, freq
+
+
+def _check_arch(hp: Any, path: Path) -> None:
+    """One line when the graph does not implement ``hp``'s architecture."""
+    if hp.arch not in SUPPORTED_ARCHS or hp.swa_window or hp.qk_norm:
+        raise ModelLoadError(
+            f"'{path}': architecture '{hp.arch}' is not supported by the tvm backend; "
+            f"supported: {', '.join(SUPPORTED_ARCHS)} (use --backend numpy or llamacpp)"
+        )
 
 
 class TvmModel(SlotCacheModel):
@@ -556,31 +851,19 @@ class TvmBackend(Backend):
 
         bundled = (Path(source.path).expanduser().parent / META).is_file()
         choice = weights_choice(source.kind, options.weights, bundled)
-        from edgespec.runtimes import numpy_ref
-
         path = Path(source.path).expanduser()
-        loader: Callable[..., Any] = (
-            numpy_ref._load_gguf if source.kind == "gguf" else numpy_ref._load_hf
-        )
-        args = (path, np.float32, options.progress) if source.kind == "gguf" else (path, np.float32)
-        hp, weights, info = loader(*args)
-        if hp.arch not in SUPPORTED_ARCHS or hp.swa_window or hp.qk_norm:
-            raise ModelLoadError(
-                f"'{path}': architecture '{hp.arch}' is not supported by the tvm backend; "
-                f"supported: {', '.join(SUPPORTED_ARCHS)} (use --backend numpy or llamacpp)"
-            )
         import tvm
         from tvm import relax
 
         from edgespec.kernels.qlinear import operand_names
         from edgespec.runtimes.tvm_graph import is_packed, pack_weight
 
-        spec = graph_spec(hp, weights)
         packed: dict[str, Any] = {}
         fallback: list[str] = []
-        if choice in QUANTIZED:
-            packed, fallback = gguf_matrices(path, spec, permuted_qk=hp.arch == "llama")
-            packed = {name: QUANTIZED[choice](q) for name, q in packed.items()}
+        if choice in QUANTIZED:  # the file's blocks; only what runs in float32 dequantized
+            hp, info, spec, freq_factors = gguf_model(path)
+            llama = hp.arch == "llama"
+            packed, fallback = packed_matrices(path, spec, choice, llama, options.progress)
             quant = tuple((name, q.fmt) for name, q in packed.items())
             spec = replace(spec, quant=quant)
             if fallback and options.progress:
@@ -590,6 +873,20 @@ class TvmBackend(Backend):
                     "run in float32",
                     file=sys.stderr,
                 )
+            floats = [n for n in spec.weight_names() if n not in packed]
+            named = gguf_float_weights(path, spec, floats, llama, options.progress)
+        else:
+            from edgespec.runtimes import numpy_ref
+
+            if source.kind == "gguf":
+                hp, weights, info = numpy_ref._load_gguf(path, np.float32, options.progress)
+            else:
+                hp, weights, info = numpy_ref._load_hf(path, np.float32)
+            _check_arch(hp, path)
+            spec = graph_spec(hp, weights)
+            named = graph_weights(weights)
+            freq_factors = weights.freq_factors
+            del weights
         target = device.tvm_target(options.n_threads)
         from edgespec.runtimes.tvm_bundle import bundled_library
 
@@ -597,20 +894,28 @@ class TvmBackend(Backend):
         lib = lib if lib is not None else load_library(spec, hp.arch, target, options.progress)
         dev = device.tvm_device()
         vm = relax.VirtualMachine(lib, dev)
-        named = graph_weights(weights)
+        n_quant = len(packed)
         for name, q in packed.items():
-            named.pop(name)
             named |= {name + p: a for p, a in zip(operand_names(q.fmt), q.operands(), strict=True)}
+        del packed  # each array is freed once uploaded
         tensors = []
-        for name in spec.param_names():
+        from tqdm.auto import tqdm
+
+        for name in tqdm(
+            spec.param_names(),
+            desc="uploading weights",
+            unit="tensor",
+            disable=not options.progress,
+        ):
             arr = np.ascontiguousarray(named.pop(name))
             arr = pack_weight(arr) if is_packed(name, arr.shape) else arr
             tensors.append(tvm.runtime.tensor(arr, dev))
+            del arr
         del named
         extra = {**info.extra, "device": device.name, "target": str(target.kind.name)}
         extra["weights"] = choice
         if choice in QUANTIZED:  # e.g. "121/121": matrices on the file's own blocks
-            extra["quantized_matrices"] = f"{len(packed)}/{len(packed) + len(fallback)}"
+            extra["quantized_matrices"] = f"{n_quant}/{n_quant + len(fallback)}"
             # its own cost curve and near-tie bound (the fp32 build keeps the plain key)
             extra["variant"] = choice
         info = replace(info, source=source.name or str(path), extra=extra)
@@ -618,7 +923,7 @@ class TvmBackend(Backend):
             vm,
             dev,
             tensors,
-            hp.inv_freq(False, weights.freq_factors),
+            hp.inv_freq(False, freq_factors),
             info,
             options.n_ctx,
             (hp.n_layers, hp.n_head_kv, hp.head_dim),
