@@ -113,3 +113,72 @@ def test_needs_a_gguf(tiny_llama_dir: Path) -> None:
     hf = ModelSource("hf", tiny_llama_dir, "tiny")
     with pytest.raises(EdgespecError, match="--weights gguf-q8act needs a gguf source"):
         TvmBackend.load(hf, LoadOptions(n_ctx=16, progress=False, weights="gguf-q8act"))
+
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n",
+    "Once upon a time, in a small village,",
+    "The three laws of thermodynamics are",
+    "import numpy as np\n\ndef softmax(x):",
+]
+N_NEW = 48
+#: measured on smollm2-135m (x86-64 with avx512_vnni, llama-cpp-python 0.3.36), 5 prompts x
+#: 48 tokens teacher-forced on llama.cpp's greedy tokens: gguf-q8act top-1 agreement 0.975
+#: (6 misses), llama.cpp's own margin at those positions at most 0.164; gguf-exact (float
+#: activations, same run) 0.975, 6 misses, margin at most 0.193. So int8 activations, llama.cpp's
+#: arithmetic, do not bring this backend measurably closer to llama.cpp on this sample (its
+#: float16 KV cache and float kernels differ too); both miss only at near-ties.
+FLOOR_Q8_VS_LLAMACPP = 0.95
+#: the near-tie bound asserted: llama.cpp's margin (its top-1 logit minus its logit of our
+#: token) wherever gguf-q8act picks another token (measured 0.164 at most, above)
+NEAR_TIE_BOUND = 0.25
+
+
+def _teacher_forced(model: Any, seq: list[int], start: int) -> np.ndarray:
+    """``float32[len(seq) - start, V]``: the logits predicting ``seq[start:]``."""
+    model.reset()
+    return np.asarray(model.forward(seq[:-1]))[start - 1 :]
+
+
+@pytest.mark.slow
+def test_agreement_with_llamacpp(smollm2_path: Path) -> None:
+    """gguf-q8act (llama.cpp's activation arithmetic) teacher-forced on llama.cpp's greedy
+    continuations: top-1 agreement, and llama.cpp's logit margin at each disagreement (how
+    near a tie it was for llama.cpp itself); about a minute (two loads)."""
+    from edgespec.runtimes import BACKENDS
+    from edgespec.tokenizer import load_tokenizer
+
+    if not BACKENDS.get("llamacpp").available():
+        pytest.skip("llama-cpp-python is not installed")
+    source = ModelSource("gguf", smollm2_path, "smollm2-135m")
+    llama = BACKENDS.get("llamacpp").load(source, LoadOptions(n_ctx=256, progress=False))
+    weights = ("gguf-q8act",)  # add "gguf-exact" to compare (the docstring's numbers)
+    ours = {w: TvmBackend.load(source, LoadOptions(n_ctx=256, progress=False, weights=w))
+            for w in weights}  # fmt: skip
+    tok = load_tokenizer(source)
+    hits: dict[str, list[np.ndarray]] = {w: [] for w in ours}
+    margins: dict[str, list[float]] = {w: [] for w in ours}
+    for prompt in PROMPTS:
+        ids = tok.encode(prompt)
+        llama.reset()
+        lg = llama.forward(ids, all_logits=False)
+        seq = list(ids)
+        for _ in range(N_NEW):
+            seq.append(int(np.argmax(lg[-1])))
+            lg = llama.forward([seq[-1]], all_logits=False)
+        ref = _teacher_forced(llama, seq, len(ids))
+        target = np.array(seq[len(ids) :])
+        for w, m in ours.items():
+            pick = _teacher_forced(m, seq, len(ids)).argmax(-1)
+            hits[w].append(pick == target)
+            rows = np.flatnonzero(pick != target)
+            margins[w] += (ref[rows, target[rows]] - ref[rows, pick[rows]]).tolist()
+    agree = {w: float(np.mean(np.concatenate(h))) for w, h in hits.items()}
+    for w in ours:
+        worst = max(margins[w], default=0.0)
+        n = len(margins[w])
+        print(f"\n{w}: top-1 agreement with llama.cpp's greedy {agree[w]:.3f} ({n} misses; "
+              f"llama.cpp's margin there at most {worst:.3f})")  # fmt: skip
+    assert agree["gguf-q8act"] >= FLOOR_Q8_VS_LLAMACPP
+    assert max(margins["gguf-q8act"], default=0.0) <= NEAR_TIE_BOUND
