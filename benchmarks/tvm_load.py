@@ -82,8 +82,16 @@ def one_load(src: Path, model: str, weights: str, n: int) -> dict[str, Any]:
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
     line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
-    if proc.returncode or line is None:
-        sys.exit(f"{src}: the load failed (exit {proc.returncode}):\n{err[-3000:]}")
+    if proc.returncode or line is None:  # e.g. -9: killed for memory; said, not fatal
+        print(f"{src}: the load failed (exit {proc.returncode}): {err[-300:]!r}", flush=True)
+        return {
+            "loads": [float("nan")],
+            "wall": wall,
+            "load_avg": load,
+            "compiled": 0.0,
+            "maxrss_gb": float("nan"),
+            "failed": proc.returncode,
+        }
     res = json.loads(line.removeprefix("RESULT "))
     return {
         "loads": res["loads"],

@@ -25,6 +25,13 @@ weights. It is compiled once and cached as
 ``$EDGESPEC_HOME/tvm/<device fingerprint>/model-<arch>-<key>/lib.so`` (written atomically),
 where the key hashes the graph's shapes, the graph code, the TVM version and the target.
 
+Loading a quantized build reads the GGUF lazily (memory-mapped): the matrices with a kernel
+are unpacked from the file's blocks (:func:`gguf_matrices`, never dequantized) and cached on
+disk as the graph's operands (:func:`packed_matrices`, memory-mapped on the next load); only
+what runs in float32 is dequantized (:func:`gguf_float_weights`: the embedding table, norms,
+biases, matrices without a kernel). The fp32 build dequantizes everything, as the NumPy
+reference does.
+
 Devices (``LoadOptions.device``, ``--device``) come from :data:`DEVICES`: ``cpu`` is the
 llvm target for this CPU. ``opencl`` and ``vulkan`` need a TVM runtime built with them; the
 ``apache-tvm`` wheel has neither (``tvm.runtime.enabled`` is False), and loading says so in
@@ -828,7 +835,8 @@ class TvmBackend(Backend):
 
     @classmethod
     def cheap_to_load(cls, source: ModelSource, options: LoadOptions) -> bool:
-        """False: loading dequantizes every weight, and the first load compiles."""
+        """False: the first load compiles and unpacks (or dequantizes) every matrix; a later
+        one still reads the GGUF's metadata and dequantizes the embedding table."""
         return False
 
     @classmethod
