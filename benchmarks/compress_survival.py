@@ -75,6 +75,15 @@ def shared_passes() -> dict[tuple[int, ...], np.ndarray]:
     return cache
 
 
+def score_overlap_ids(*args: Any, **_: Any) -> core.Scores:
+    """``overlap`` matching the question by token id only (before words were matched
+    whatever their case and token; docs/compression.md), for comparison."""
+    return core.score_overlap(*args)
+
+
+SCORERS.register("overlap-ids")(score_overlap_ids)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--compressor", default="smollm2-135m")

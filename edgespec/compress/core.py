@@ -19,6 +19,7 @@ position, so the result is deterministic.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -255,6 +256,9 @@ def score_plain(
     n_bos: int,
     chunk: int,
     progress: bool,
+    *,
+    pieces: Sequence[str] = (),
+    question_text: str = "",
 ) -> Scores:
     """Selective-Context: the context alone, one pass; the question is not read."""
     return Scores(self_information(model, ctx, chunk=chunk, progress=progress), None, 1)
@@ -267,6 +271,9 @@ def score_conditional(
     n_bos: int,
     chunk: int,
     progress: bool,
+    *,
+    pieces: Sequence[str] = (),
+    question_text: str = "",
 ) -> Scores:
     """One pass with the question placed before the context: each context token's
     self-information given the question and the context before it,
@@ -285,6 +292,9 @@ def score_contrastive(
     n_bos: int,
     chunk: int,
     progress: bool,
+    *,
+    pieces: Sequence[str] = (),
+    question_text: str = "",
 ) -> Scores:
     """Two passes (LongLLMLingua's contrastive perplexity, Jiang et al. 2024): the context
     alone (fine stage), then after the question; segments are ranked by how much the
@@ -305,23 +315,57 @@ def score_overlap(
     n_bos: int,
     chunk: int,
     progress: bool,
+    *,
+    pieces: Sequence[str] = (),
+    question_text: str = "",
 ) -> Scores:
     """One pass over the context alone (the fine stage's self-information, as ``plain``);
     segments are ranked by :func:`question_overlap`, which needs no forward. The fine stage
     keeps the tokens that name what the question asks about (a name the question repeats
     is not made cheap by it, as in ``conditional``)."""
     info = self_information(model, ctx, chunk=chunk, progress=progress)
-    return Scores(info, question_overlap(ctx, question), 1)
+    return Scores(info, question_overlap(ctx, question, pieces, question_text), 1)
 
 
-def question_overlap(ctx: Sequence[int], question: Sequence[int]) -> np.ndarray:
-    """``float64[T]``: per context token, ``log(T / count)`` when its id also occurs in the
+def _letters(text: str) -> str:
+    """``text`` lower-cased, letters and digits only (``"_FIELD"`` -> ``"field"``)."""
+    return "".join(c for c in text.lower() if c.isalnum())
+
+
+def question_overlap(
+    ctx: Sequence[int],
+    question: Sequence[int],
+    pieces: Sequence[str] = (),
+    question_text: str = "",
+) -> np.ndarray:
+    """``float64[T]``: per context token, ``log(T / count)`` when it also occurs in the
     question (``count``: its occurrences in the context), else 0. A segment's mean is then
     high where it repeats the question's rare tokens (a name, "vault") and low where it
-    shares only common ones ("lives", "the"): an inverse-document-frequency overlap."""
+    shares only common ones ("lives", "the"): an inverse-document-frequency overlap.
+
+    A token occurs in the question when its id does, or (given the context tokens' texts
+    ``pieces`` and ``question_text``) when its letters, lower-cased, are a whole word of
+    two or more letters or digits of the question: ``BASE`` and ``_FIELD`` in
+    ``BASE_FIELD_5`` match "the base field limit", whose tokens (`` base``, `` field``)
+    have other ids. Such tokens are counted by that word, whatever their id. Tokens with
+    no letter or digit do not count (a code question repeats the file's newlines,
+    indentation and quotes: they put one-newline segments first and the constants, which
+    the question describes in words, past the quarter kept; docs/compression.md).
+    """
     ids = np.asarray(ctx, dtype=np.int64)
     asked = np.isin(ids, np.asarray(list(question), dtype=np.int64))
-    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    keys = [f"#{t}" for t in ctx]  # ids, apart from any word
+    if pieces and question_text:
+        words = {w for w in re.findall(r"[0-9a-z]+", question_text.lower()) if len(w) > 1}
+        for i, piece in enumerate(pieces):
+            word = _letters(piece)
+            if word in words:
+                asked[i], keys[i] = True, word
+            elif not word:  # whitespace and punctuation ("\n", indentation, '"""') never
+                asked[i] = False  # rank a segment: in code they are half the question
+    _, inverse, counts = np.unique(
+        np.asarray(keys, dtype=str), return_inverse=True, return_counts=True
+    )
     return np.where(asked, np.log(len(ids) / counts[inverse]), 0.0)
 
 
@@ -421,16 +465,22 @@ def _drop_words(
 
 def word_ids(pieces: Sequence[str]) -> np.ndarray:
     """``int64[T]``: the word of each token, given each token's text. A word starts at a
-    token that starts with whitespace or a character that is not a letter or digit, or
-    after a token that ends with one; so ``" Dak" "ar"`` and ``" " "3" "5" "6" "2"``
-    (a space, then the digits) are one word each after the space."""
+    token that starts with whitespace or a character that is not a letter, digit or ``_``,
+    or after a token that ends with one; so ``" Dak" "ar"`` and ``" " "3" "5" "6" "2"``
+    (a space, then the digits) are one word each after the space, and so is the identifier
+    ``"BASE" "_FIELD" "_" "5"`` (its predictable index alone would be dropped first)."""
     out = np.zeros(len(pieces), dtype=np.int64)
     word = 0
     for i, piece in enumerate(pieces):
-        if i and (not piece[:1].isalnum() or not pieces[i - 1][-1:].isalnum()):
+        if i and (not _in_word(piece[:1]) or not _in_word(pieces[i - 1][-1:])):
             word += 1
         out[i] = word
     return out
+
+
+def _in_word(char: str) -> bool:
+    """A letter, a digit or ``_`` (so an identifier such as ``BASE_FIELD_5`` is one word)."""
+    return char.isalnum() or char == "_"
 
 
 def question_gain(info: np.ndarray, info_given_question: np.ndarray) -> np.ndarray:

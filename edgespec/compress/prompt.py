@@ -147,8 +147,17 @@ def compress_prompt(
         )
     keep = max(n_bos + 1, options.kept_context(len(ctx), len(question)))
     scorer = SCORERS.get(options.scoring)
-    scores = scorer(compressor.model, ctx, question, n_bos, options.chunk, progress)
     pieces = [tok.decode([t]) for t in ctx]
+    scores = scorer(
+        compressor.model,
+        ctx,
+        question,
+        n_bos,
+        options.chunk,
+        progress,
+        pieces=pieces,
+        question_text=question_text,
+    )
     kept_idx = select(
         scores.info,
         segment_ids(pieces),

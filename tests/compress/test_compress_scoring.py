@@ -90,6 +90,27 @@ def test_question_overlap_weights_shared_tokens_by_rarity():
     np.testing.assert_allclose(rel, expect)
 
 
+def test_question_overlap_matches_words_whatever_their_case_and_token():
+    # BASE_FIELD_5 against "the base field limit": the constant's tokens ("BASE", "_FIELD")
+    # have other ids than the question's (" base", " field"), but the same words
+    pieces = ["BASE", "_FIELD", "_", "5", " =", " base", " limit", " x"]
+    ctx = [10, 11, 12, 13, 14, 15, 16, 17]
+    question_text = "Clamp the value to the module's base field limit."
+    by_id = question_overlap(ctx, [99])
+    assert not by_id.any()  # no id in common
+    rel = question_overlap(ctx, [99], pieces, question_text)
+    n = len(ctx)
+    # "base" twice (BASE, " base"), "field" and "limit" once; "_", "5", "=", "x" not asked
+    expect = [math.log(n / 2), math.log(n), 0, 0, 0, math.log(n / 2), math.log(n), 0]
+    np.testing.assert_allclose(rel, expect)
+    # an id the question holds still counts by id; one-letter words do not match
+    rel = question_overlap([10, 17], [17], ["a", " x"], "a x")
+    np.testing.assert_allclose(rel, [0.0, math.log(2)])
+    # tokens without a letter or digit never count, even by id (newlines, indentation)
+    rel = question_overlap([3, 4, 5], [3, 4, 5], ["\n", "    ", " base"], "\n    base")
+    np.testing.assert_allclose(rel, [0.0, 0.0, math.log(3)])
+
+
 def test_plain_ignores_the_question():
     model = PrefixModel(vocab_size=len(ALPHABET), seed=4)
     ctx = ids_of(CONTEXT)
@@ -137,6 +158,9 @@ def test_coarse_stage_stops_instead_of_dropping_a_smaller_more_relevant_segment(
 def test_words_split_at_spaces_and_punctuation_and_keep_digit_runs_together():
     pieces = [" The", " code", " is", " ", "3", "5", "6", "2", ".", " Dak", "ar", ",", "\n", "Ivo"]
     assert list(word_ids(pieces)) == [0, 1, 2, 3, 4, 4, 4, 4, 5, 6, 6, 7, 8, 9]
+    # an identifier is one word: its index (predictable in a run of constants) goes with it
+    pieces = ["BASE", "_FIELD", "_", "5", " =", " ", "6", "1", "6", "\n"]
+    assert list(word_ids(pieces)) == [0, 0, 0, 0, 1, 2, 3, 3, 3, 4]
 
 
 def test_fine_stage_drops_whole_words_by_their_summed_information():
