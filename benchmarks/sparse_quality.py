@@ -140,14 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="write the JSON here (rewritten after each row)")
     ap.add_argument(
         "--from-json",
+        nargs="+",
         default=None,
         metavar="FILE",
-        help="only redo the decode arithmetic (2.) from an earlier run's JSON (its rows) and "
-        "the model's GGUF; nothing is loaded or measured",
+        help="only redo the decode arithmetic (2.) from earlier runs' JSON (their rows, "
+        "merged; written into the first or --out) and the model's GGUF; nothing is measured",
     )
     a = ap.parse_args(argv)
     if a.from_json:
-        return redo_decode(Path(a.from_json), a)
+        return redo_decode([Path(f) for f in a.from_json], a)
 
     from edgespec.runtime import load
     from edgespec.sparse.methods import METHODS
@@ -290,18 +291,22 @@ def _null() -> Any:
     return contextlib.nullcontext()
 
 
-def redo_decode(path: Path, a: argparse.Namespace) -> int:
-    """The decode arithmetic of a saved run (its rows), written back into ``--out`` (or the
-    same file)."""
+def redo_decode(paths: list[Path], a: argparse.Namespace) -> int:
+    """The decode arithmetic of saved runs (their rows merged, ordered by method and
+    target), written back into ``--out`` (or the first file)."""
     from edgespec import zoo
 
-    res = json.loads(path.read_text())
+    res = json.loads(paths[0].read_text())
+    rows = [r for p in paths for r in json.loads(p.read_text())["rows"]]
+    order = list(dict.fromkeys(r["method"] for r in rows))
+    res["rows"] = sorted(rows, key=lambda r: (order.index(r["method"]), r["target"]))
+    res["merged_from"] = [str(p) for p in paths]
     b = gguf_bytes(zoo.pull(res["model"], progress=False))
     res["gguf_bytes"] = b
     res["decode"] = decode_table(res["rows"], b, a.min_agreement)
     for line in res["decode"]["lines"]:
         print(line)
-    out = Path(a.out or path)
+    out = Path(a.out or paths[0])
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(res, indent=1) + "\n")
     tmp.replace(out)
