@@ -133,7 +133,13 @@ def main() -> None:
             )
     print("\n| checkout | load s (median) | 2nd load in-process s | peak RSS GB | load avg |")
     print("|---|---|---|---|---|")
-    for src, rs in rows.items():
+    for src, all_rs in rows.items():
+        rs = [r for r in all_rs if not r.get("failed")]
+        if not rs:
+            print(f"| {src} | all {len(all_rs)} loads failed | - | - | - |")
+            continue
+        if len(rs) < len(all_rs):
+            src = f"{src} ({len(all_rs) - len(rs)} of {len(all_rs)} loads failed)"
         first = statistics.median(r["loads"][0] for r in rs)
         second = [r["loads"][1] for r in rs if len(r["loads"]) > 1]
         sec = f"{statistics.median(second):.1f}" if second else "-"

@@ -167,8 +167,8 @@ def test_weights_choices(tiny_llama_dir: Path, tiny_q: ModelSource) -> None:
 @pytest.mark.slow
 def test_qwen15b_fully_quantized(qwen15b_path: Path) -> None:
     """qwen2.5-coder-1.5b Q4_K_M (Q4_K and Q6_K, mixed inside 14 of its 28 fused QKVs): every
-    matrix on the file's own blocks, and batched == one-token bit for bit (3 to 8 minutes
-    here, most of it dequantizing every tensor at load)."""
+    matrix on the file's own blocks, and batched == one-token bit for bit (27 s here with its
+    packed matrices cached, 41 s without; docs/tvm.md, "Loading")."""
     model = _tvm(ModelSource("gguf", qwen15b_path, "qwen2.5-coder-1.5b"))
     assert model.info.extra["quantized_matrices"] == "113/113"
     got = model.forward(IDS)
