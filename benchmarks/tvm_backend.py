@@ -9,7 +9,9 @@ type (``general.file_type``).
 One process, same GGUF, same context; repetitions are interleaved across the models so that
 load on a shared machine hits all of them alike. llama.cpp runs at each thread count in
 ``--threads`` and its best count is the baseline (as benchmarks §2 does); the other backends
-run at each count too and report their best. Rows: decode tok/s (median of ``--reps`` runs
+run at each count too and report their best. tvm and llama.cpp load once and switch their
+thread count before each timing (:data:`SWITCH_THREADS`; TVM's pool is process-wide); onnx
+loads a session per count. Rows: decode tok/s (median of ``--reps`` runs
 of ``--decode`` one-token forwards after ``--context`` cached tokens), its ratio to llama.cpp
 at its best count, and c(k)/c(1) for verify-shaped forwards of k tokens (rolled back after
 each timing, at context + decode cached tokens). Prints a Markdown table; ``--json`` writes
@@ -54,6 +56,12 @@ def file_type(path: Any) -> str:
         return "?"
     name = LlamaFileType(int(field.parts[field.data[0]][0])).name
     return name.removeprefix("MOSTLY_")
+
+
+#: backends whose ``set_threads`` is cheap (no reload): one model serves every thread count,
+#: switched before each timing. TVM's thread pool is process-wide, so its rows must switch
+#: before each timing anyway (a count set at load would hold for every tvm model loaded later)
+SWITCH_THREADS = {"tvm", "llamacpp"}
 
 
 def decode_seconds(model: Any, context: list[int], n: int) -> float:
@@ -130,16 +138,22 @@ def main() -> int:
         return 0
     context = [1 + (i * 7919) % 20000 for i in range(a.context)]
     models: dict[tuple[str, int], Any] = {}
+    switch: set[tuple[str, int]] = set()  # rows whose model is shared and switched per timing
     rows = [(label.format(type=file_type(path)), b, f) for label, b, f in ROWS]
+    n_ctx = a.context + a.decode + max(a.ks) + 8
     for label, backend, fields in rows:
         if backend not in a.backends or not BACKENDS.get(backend).available():
             continue
         if a.rows and not any(label.startswith(r) for r in a.rows):
             continue
+        shared = None
         for t in a.threads:
-            n_ctx = a.context + a.decode + max(a.ks) + 8
-            opts = LoadOptions(n_ctx=n_ctx, n_threads=t, progress=False, **fields)
-            models[(label, t)] = BACKENDS.get(backend).load(source, opts)
+            if shared is None or backend not in SWITCH_THREADS:
+                opts = LoadOptions(n_ctx=n_ctx, n_threads=t, progress=False, **fields)
+                shared = BACKENDS.get(backend).load(source, opts)
+            models[(label, t)] = shared
+            if backend in SWITCH_THREADS:
+                switch.add((label, t))
     dec: dict[tuple[str, int], list[float]] = {key: [] for key in models}
     fwd: dict[tuple[str, int], dict[int, list[float]]] = {
         key: {k: [] for k in a.ks} for key in models
@@ -150,6 +164,8 @@ def main() -> int:
     with tqdm(total=a.reps * len(models), desc="timing", unit="model") as bar:
         for _ in range(a.reps):
             for key, model in models.items():
+                if key in switch:
+                    model.set_threads(key[1])
                 dec[key].append(decode_seconds(model, context, a.decode))
                 for k in a.ks:
                     fwd[key][k].append(forward_seconds(model, k))
@@ -182,7 +198,7 @@ def main() -> int:
         raw["load_average"] = [min(load), max(load)]
         with open(a.json, "w") as f:
             json.dump(raw, f, indent=1)
-    for model in models.values():
+    for model in {id(m): m for m in models.values()}.values():
         model.close()
     return 0
 
