@@ -3,7 +3,7 @@
     edgespec bench -m qwen2.5-coder-1.5b --backends llamacpp --strategies autoregressive \
         --compress 0.25 --compress-only --compressor smollm2-135m --workloads ... \
         -c 4608 -n 16 --runs 1 --warmup 0 -t 2 --energy estimate --out DIR --no-plot
-    python benchmarks/compress_accuracy.py DIR [--load DIR/load.log]
+    python benchmarks/compress_accuracy.py DIR [--load DIR/load.log] [--compressed-json GEN]
 
 ``--compress-only`` makes every prompt one full-context row (the llama.cpp baseline) and one
 compressed row, measured one after the other in the same process. This script pairs them
@@ -12,6 +12,11 @@ by prompt (a partial ``results.json`` counts: only prompts with both rows are us
 both) and prints a Markdown summary: accuracy per family and overall for both arms, the
 paired difference with a bound on it, and the medians of the per-prompt TTFT and CPU-s
 ratios (compressed / full; CPU-s is what the estimated energy is proportional to).
+
+``--compressed-json GEN`` takes the compressed arm from ``edgespec generate ... --compress
+0.25 --json`` outputs instead (``GEN/<prompt id>.json``, e.g. after a compressor change),
+paired with the bench's full-context rows: the accuracy pairs hold, but the time ratios
+are then across runs (other load), so they are labelled so.
 
 The bound: the two arms can differ only on discordant prompts (right in one arm, wrong in
 the other), so ``|accuracy difference| <= discordant / n``; the one-sided 95 % upper
@@ -91,6 +96,39 @@ def pairs(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def generate_rows(doc: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``doc`` with its compressed rows replaced by ``folder/<prompt id>.json`` (``edgespec
+    generate --json`` outputs), scored against the workloads' answers; prompts without
+    such a file lose their compressed row."""
+    from edgespec.bench.workloads import is_correct, load_workloads
+
+    answers = {p["id"]: p for p in doc["prompts"]}
+    names = sorted({str(w) for w in doc["settings"]["workloads"]})
+    answer_of = {p.id: p.answer for p in load_workloads(names)}
+    runs = [r for r in doc["runs"] if r["label"] == "baseline"]
+    for pid, p in answers.items():
+        f = folder / f"{pid}.json"
+        if not f.is_file():
+            continue
+        g = json.loads(f.read_text())
+        st = g["stats"]
+        runs.append(
+            {
+                "label": "generate+compress",
+                "prompt": pid,
+                "kind": p["kind"],
+                "correct": is_correct(g["text"], answer_of[pid]),
+                "text": g["text"],
+                "ttft_s": st["ttft_s"],
+                "cpu_s": st["cpu_s"],
+                "compress_s": st["compress_s"],
+                "compressed_from": st["compressed_from"],
+                "compressed_to": st["compressed_to"],
+            }
+        )
+    return {**doc, "runs": runs}
+
+
 def _pct(k: int, n: int) -> str:
     return f"{k}/{n} ({100 * k / n:.0f} %)" if n else "-"
 
@@ -153,10 +191,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dir", type=Path, help="the bench --out folder (results.json)")
     ap.add_argument("--load", type=Path, default=None, help="a load log: 'HH:MM:SS l1 l5 l15'")
+    ap.add_argument(
+        "--compressed-json",
+        type=Path,
+        default=None,
+        metavar="GEN",
+        help="the compressed arm from GEN/<prompt id>.json (edgespec generate --json)",
+    )
     a = ap.parse_args()
     doc = json.loads((a.dir / "results.json").read_text())
+    out = a.dir / "pairs.jsonl"
+    if a.compressed_json is not None:
+        doc, out = generate_rows(doc, a.compressed_json), a.compressed_json / "pairs.jsonl"
+        print("compressed arm: edgespec generate outputs; time ratios are ACROSS runs")
     rows = pairs(doc)
-    with open(a.dir / "pairs.jsonl", "w") as f:
+    with open(out, "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
     print(
