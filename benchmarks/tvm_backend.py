@@ -113,6 +113,57 @@ def tune_kernels(source: Any, trials: int) -> None:
     print(f"\ntuning time in all: {total:.0f} s")
 
 
+def kernel_times(source: Any, rows: list[int], reps: int) -> None:
+    """The quantized matmuls of one forward of ``source``, alone: per build (float32 or int8
+    activations, kernels/qlinear.py and qlinear_q8.py) the sum over the model's matrices of
+    one kernel call at each row count in ``rows`` (each distinct shape timed on one of its
+    matrices, min of ``reps`` calls, one thread, weights cache-warm); prints a Markdown table."""
+    import numpy as np
+    import tvm
+
+    from edgespec.kernels import qlinear, qlinear_q8
+    from edgespec.kernels.tuning import host_target
+    from edgespec.runtimes import numpy_ref
+    from edgespec.runtimes.tvm_backend import gguf_matrices, graph_spec
+
+    hp, weights, _ = numpy_ref._load_gguf(source.path, "float32", False)
+    spec = graph_spec(hp, weights)
+    packed, _ = gguf_matrices(source.path, spec, permuted_qk=hp.arch == "llama")
+    tvm.get_global_func("runtime.config_threadpool")(0, 1)
+    dev, rng = tvm.cpu(0), np.random.default_rng(0)
+    builds = {"gguf-exact": lambda w: w, "gguf-q8act": qlinear_q8.prefer}
+    total = {(b, t): 0.0 for b in builds for t in rows}
+    seen: dict[tuple[str, str, int, int], float] = {}
+    for name, q in packed.items():
+        K, N = spec.weight_shapes()[name]
+        for build, convert in builds.items():
+            w = convert(q)
+            for t in rows:
+                key = (build, w.fmt, K, N)
+                if (*key[1:], t) not in seen:
+                    func = qlinear.qlinear_kernel(w.fmt, K, N).with_attr("global_symbol", "main")
+                    fn = tvm.compile(tvm.IRModule({"main": func}), target=host_target())["main"]
+                    ops = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in w.operands()]
+                    x = tvm.runtime.tensor(rng.standard_normal((t, K)).astype(np.float32), dev)
+                    y = tvm.runtime.empty((t, N), "float32", dev)
+                    best = float("inf")
+                    for _ in range(reps):
+                        t0 = time.perf_counter()
+                        fn(x, *ops, y)
+                        best = min(best, time.perf_counter() - t0)
+                    seen[(*key[1:], t)] = best
+                total[(build, t)] += seen[(*key[1:], t)]
+    print(f"quantized matmuls of one forward, {len(packed)} matrices, min of {reps} calls each, "
+          f"1 thread, load average {os.getloadavg()[0]:.1f}\n")  # fmt: skip
+    print(
+        "| build |" + "".join(f" T = {t} ms |" for t in rows) + f" T = {rows[-1]} / T = {rows[0]} |"
+    )
+    print("|---|" + "---|" * (len(rows) + 1))
+    for b in builds:
+        cells = "".join(f" {total[(b, t)] * 1e3:.1f} |" for t in rows)
+        print(f"| {b} |{cells} {total[(b, rows[-1])] / total[(b, rows[0])]:.2f} |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -125,6 +176,9 @@ def main() -> int:
     p.add_argument("--rows", nargs="+", default=None, help="only these row labels' first words")
     p.add_argument("--json", default=None, help="write the raw medians here")
     p.add_argument("--tune", type=int, default=0, help="tune the quantized kernels instead")
+    p.add_argument(
+        "--kernels", action="store_true", help="time the quantized matmuls alone instead (--ks)"
+    )
     a = p.parse_args()
 
     from edgespec import zoo
@@ -135,6 +189,9 @@ def main() -> int:
     source = ModelSource("gguf", path, a.model)
     if a.tune:
         tune_kernels(source, a.tune)
+        return 0
+    if a.kernels:
+        kernel_times(source, sorted({min(a.ks), max(a.ks)}), 2 * a.reps + 1)
         return 0
     context = [1 + (i * 7919) % 20000 for i in range(a.context)]
     models: dict[tuple[str, int], Any] = {}
