@@ -185,16 +185,26 @@ def _kernels(spec: GraphSpec) -> tuple[Any, Any, Any]:
         mask = T.match_buffer(var_mask, (n, n), "float32")
         out = T.match_buffer(var_out, (n, H, hd), "float32")
         s = T.alloc_buffer((n, H, P + n), "float32")
+        kt = T.alloc_buffer((KV, hd, P + n), "float32")
         mx = T.alloc_buffer((n, H), "float32")
         z = T.alloc_buffer((n, H), "float32")
-        for t, h, j, d in T.grid(n, H, P + n, hd):
+        # the layer's keys transposed, so that the score loop runs over slots innermost
+        for g, d, j in T.grid(KV, hd, P + n):
+            with T.sblock("keys_t"):
+                vg, vd, vj = T.axis.remap("SSS", [g, d, j])
+                kt[vg, vd, vj] = kc[layer, vj, vg, vd]
+        for t, h, j in T.grid(n, H, P + n):
+            with T.sblock("score_init"):
+                vt, vh, vj = T.axis.remap("SSS", [t, h, j])
+                s[vt, vh, vj] = T.if_then_else(
+                    vj >= P, mask[vt, vj - P], T.float32(0), dtype="float32"
+                )
+        # each score still sums over d in order (bit for bit the same whatever the loop
+        # order); slots innermost make the sums independent, so they pipeline and vectorize
+        for t, h, d, j in T.grid(n, H, hd, P + n):
             with T.sblock("score"):
-                vt, vh, vj, vd = T.axis.remap("SSSR", [t, h, j, d])
-                with T.init():
-                    s[vt, vh, vj] = T.if_then_else(
-                        vj >= P, mask[vt, vj - P], T.float32(0), dtype="float32"
-                    )
-                s[vt, vh, vj] = s[vt, vh, vj] + q[vt, vh, vd] * kc[layer, vj, vh // G, vd]
+                vt, vh, vd, vj = T.axis.remap("SSRS", [t, h, d, j])
+                s[vt, vh, vj] = s[vt, vh, vj] + q[vt, vh, vd] * kt[vh // G, vd, vj]
         for t, h, j in T.grid(n, H, P + n):
             with T.sblock("max"):
                 vt, vh, vj = T.axis.remap("SSR", [t, h, j])
@@ -211,11 +221,14 @@ def _kernels(spec: GraphSpec) -> tuple[Any, Any, Any]:
                 with T.init():
                     z[vt, vh] = T.float32(0)
                 z[vt, vh] = z[vt, vh] + s[vt, vh, vj]
-        for t, h, d, j in T.grid(n, H, hd, P + n):
+        for t, h, d in T.grid(n, H, hd):
+            with T.sblock("pv_init"):
+                vt, vh, vd = T.axis.remap("SSS", [t, h, d])
+                out[vt, vh, vd] = T.float32(0)
+        # over slots j in order for each output, features innermost (contiguous rows of v)
+        for t, h, j, d in T.grid(n, H, P + n, hd):
             with T.sblock("pv"):
-                vt, vh, vd, vj = T.axis.remap("SSSR", [t, h, d, j])
-                with T.init():
-                    out[vt, vh, vd] = T.float32(0)
+                vt, vh, vj, vd = T.axis.remap("SSRS", [t, h, j, d])
                 out[vt, vh, vd] = out[vt, vh, vd] + s[vt, vh, vj] * vc[layer, vj, vh // G, vd]
         for t, h, d in T.grid(n, H, hd):
             with T.sblock("norm"):

@@ -1,0 +1,168 @@
+"""Where the tvm backend's k-token forward goes: c(k) against the graph's attention kernel.
+
+Loads one tvm build of the model (``--weights``, ``--threads``, default 1), fills
+``--context`` cached tokens, and times, interleaved, at each k in ``--ks``: one k-token
+forward (all logits, rolled back) and the graph's hand-written attention kernel alone
+(``tvm_graph._kernels``) called once per layer at the same cache length on random inputs.
+``--against REV`` adds the same two timings with ``edgespec/runtimes/tvm_graph.py`` as it is
+at git revision REV (its graph compiled here and run on the same weights, in the same
+process), and checks that both graphs' logits agree bit for bit. Prints a Markdown table of
+medians.
+
+    .venv/bin/python benchmarks/tvm_profile.py --model smollm2-135m --against HEAD~1
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def graph_at(rev: str) -> Any:
+    """The module ``edgespec/runtimes/tvm_graph.py`` as it is at git revision ``rev``."""
+    from edgespec.runtimes import tvm_graph
+
+    here = Path(str(tvm_graph.__file__)).resolve().relative_to(ROOT)  # edgespec/ has links
+    src = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{rev}:{here.as_posix()}"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "tvm_graph_at.py"
+    path.write_bytes(src)
+    spec = importlib.util.spec_from_file_location("tvm_graph_at", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def attention_fn(graph: Any, spec: Any, target: Any) -> Any:
+    """The compiled ``attention`` kernel of ``graph`` (a tvm_graph module) for ``spec``."""
+    import tvm
+
+    func = graph._kernels(spec)[1].with_attr("global_symbol", "main")
+    return tvm.compile(tvm.IRModule({"main": func}), target=target)["main"]
+
+
+def attention_seconds(fn: Any, spec: Any, n_ctx: int, past: int, k: int) -> float:
+    """Seconds of ``fn`` once per layer for k new rows after ``past`` cached slots."""
+    import tvm
+
+    dev, rng = tvm.cpu(0), np.random.default_rng(0)
+    L, KV, hd, H = spec.n_layers, spec.n_head_kv, spec.head_dim, spec.n_head
+    cache = rng.standard_normal((L, n_ctx, KV, hd)).astype(np.float32)
+    kc, vc = tvm.runtime.tensor(cache, dev), tvm.runtime.tensor(cache[::-1].copy(), dev)
+    q = tvm.runtime.tensor(rng.standard_normal((k, H, hd)).astype(np.float32), dev)
+    mask = tvm.runtime.tensor(np.triu(np.full((k, k), -np.inf, np.float32), 1), dev)
+    out = tvm.runtime.empty((k, H, hd), "float32", dev)
+    t0 = time.perf_counter()
+    for layer in range(L):
+        fn(q, kc, vc, mask, layer, past, out)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--weights", default="gguf-q8act")
+    p.add_argument("--context", type=int, default=144)
+    p.add_argument("--reps", type=int, default=11)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 9])
+    p.add_argument("--against", default=None, help="git revision of tvm_graph.py to compare")
+    a = p.parse_args()
+
+    import tvm
+    from tvm import relax
+
+    from edgespec import zoo
+    from edgespec.runtimes import BACKENDS, tvm_backend, tvm_graph
+    from edgespec.runtimes.base import LoadOptions, ModelSource
+
+    specs: list[Any] = []
+    load_library = tvm_backend.load_library
+
+    def spy(spec: Any, *args: Any) -> Any:  # the GraphSpec the backend compiles
+        specs.append(spec)
+        return load_library(spec, *args)
+
+    tvm_backend.load_library = spy  # type: ignore[assignment]
+    path = zoo.pull(a.model, progress=False)
+    n_ctx = a.context + max(a.ks) + 8
+    opts = LoadOptions(n_ctx=n_ctx, n_threads=a.threads, progress=False, weights=a.weights)
+    model = BACKENDS.get("tvm").load(ModelSource("gguf", path, a.model), opts)
+    tvm_backend.load_library = load_library  # type: ignore[assignment]
+    if not specs:
+        print("the model's library was bundled; profile a plain GGUF instead", file=sys.stderr)
+        return 2
+    spec, target = specs[0], tvm_backend.get_device("cpu").tvm_target(a.threads)
+    context = [1 + (i * 7919) % 20000 for i in range(a.context)]
+    model.forward(context, all_logits=False)
+    graphs: dict[str, tuple[Any, Any]] = {
+        "this tree": (model, attention_fn(tvm_graph, spec, target))
+    }
+    if a.against:
+        old = graph_at(a.against)
+        other = model.fork()
+        other.vm = relax.VirtualMachine(
+            tvm.compile(old.build_module(spec), target=target), model.device
+        )
+        graphs[a.against] = (other, attention_fn(old, spec, target))
+    fwd = {(g, k): [] for g in graphs for k in a.ks}
+    att = {(g, k): [] for g in graphs for k in a.ks}
+    logits: dict[tuple[str, int], np.ndarray] = {}
+    load = [os.getloadavg()[0]]
+    for _ in range(a.reps):
+        for g, (m, fn) in graphs.items():
+            for k in a.ks:
+                t0 = time.perf_counter()
+                logits[(g, k)] = m.forward([5] * k)
+                fwd[(g, k)].append(time.perf_counter() - t0)
+                m.truncate(a.context)
+                att[(g, k)].append(attention_seconds(fn, spec, n_ctx, a.context, k))
+        load.append(os.getloadavg()[0])
+    print(f"`benchmarks/tvm_profile.py {' '.join(sys.argv[1:])}`")
+    print(
+        f"({a.model}, --weights {a.weights}, {a.threads} thread(s), context {a.context}, "
+        f"medians of {a.reps}; 1-minute load average {min(load):.1f} to {max(load):.1f})\n"
+    )
+    ks = a.ks
+    head = "| graph |" + "".join(f" c({k}) ms | attention({k}) ms |" for k in ks)
+    head += f" c({max(ks)})/c({min(ks)}) |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for g in graphs:
+        c = {k: statistics.median(fwd[(g, k)]) for k in ks}
+        row = f"| {g} |" + "".join(
+            f" {c[k] * 1e3:.1f} | {statistics.median(att[(g, k)]) * 1e3:.1f} |" for k in ks
+        )
+        print(row + f" {c[max(ks)] / c[min(ks)]:.2f} |")
+    if a.against:
+        same = all(
+            np.array_equal(
+                logits[("this tree", k)].view(np.int32), logits[(a.against, k)].view(np.int32)
+            )
+            for k in ks
+        )
+        print(f"\nlogits bit for bit the same as {a.against}'s: {same}")
+    for m, _ in graphs.values():
+        m.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
