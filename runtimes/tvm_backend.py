@@ -285,6 +285,12 @@ def load_library(spec: Any, arch: str, target: Any, progress: bool) -> Any:
 def graph_spec(hp: Any, weights: Any) -> Any:
     """The :class:`~edgespec.runtimes.tvm_graph.GraphSpec` of a reference model's
     hyperparameters and weights."""
+    return spec_of(hp, qkv_bias=weights.layers[0].bqkv is not None)
+
+
+def spec_of(hp: Any, *, qkv_bias: bool) -> Any:
+    """The :class:`~edgespec.runtimes.tvm_graph.GraphSpec` of hyperparameters ``hp`` (the
+    reference's ``HParams``), with or without biases on the fused QKV projection."""
     from edgespec.runtimes.tvm_graph import GraphSpec
 
     return GraphSpec(
@@ -297,7 +303,7 @@ def graph_spec(hp: Any, weights: Any) -> Any:
         n_vocab=hp.n_vocab,
         rms_eps=float(hp.rms_eps),
         attn_scale=float(hp.attn_scale),
-        qkv_bias=weights.layers[0].bqkv is not None,
+        qkv_bias=qkv_bias,
     )
 
 
@@ -621,7 +627,6 @@ def gguf_model(path: Path) -> tuple[Any, Any, Any, np.ndarray | None]:
     from edgespec.gguf_file import open_gguf
     from edgespec.runtimes import numpy_ref
     from edgespec.runtimes.numpy_weights import dequantize_tensor
-    from edgespec.runtimes.tvm_graph import GraphSpec
 
     gf = open_gguf(path)
     try:
@@ -632,18 +637,7 @@ def gguf_model(path: Path) -> tuple[Any, Any, Any, np.ndarray | None]:
     info = numpy_ref._info(hp, {**gf.info.extra, "format": "gguf", "dtype": "float32"})
     tensors = {str(t.name): t for t in gf.reader.tensors}
     bias = any(f"blk.0.{p}.bias" in tensors for p in GGUF_PARTS["wqkv"])
-    spec = GraphSpec(
-        n_layers=hp.n_layers,
-        n_embd=hp.n_embd,
-        n_head=hp.n_head,
-        n_head_kv=hp.n_head_kv,
-        head_dim=hp.head_dim,
-        n_ff=hp.n_ff,
-        n_vocab=hp.n_vocab,
-        rms_eps=float(hp.rms_eps),
-        attn_scale=float(hp.attn_scale),
-        qkv_bias=bias,
-    )
+    spec = spec_of(hp, qkv_bias=bias)
     ff = tensors.get("rope_freqs.weight")
     freq = None if ff is None else dequantize_tensor(_checked(ff, (hp.head_dim // 2,), path))
     return hp, info, spec, freq

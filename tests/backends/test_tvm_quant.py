@@ -76,7 +76,8 @@ def tiny_q(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 def _tvm(src: ModelSource, n_ctx: int = 64, **kw: Any) -> TvmModel:
     kw.setdefault("progress", False)
-    return TvmBackend.load(src, LoadOptions(n_ctx=n_ctx, weights="gguf-exact", **kw))
+    kw.setdefault("weights", "gguf-exact")
+    return TvmBackend.load(src, LoadOptions(n_ctx=n_ctx, **kw))
 
 
 def _ref(src: ModelSource, n_ctx: int = 64) -> Any:
@@ -118,21 +119,37 @@ def test_greedy_tokens_equal_reference(tiny_q: ModelSource) -> None:
     assert tokens == want
 
 
-def test_near_tie_bound_is_measured_zero(tiny_q: ModelSource) -> None:
+def _needs(weights: str) -> None:
+    """Skip the int8-activation build on a CPU without the VNNI dot product it is built on."""
+    from edgespec.kernels.qlinear_q8 import cpu_has_vnni
+
+    if weights == "gguf-q8act" and not cpu_has_vnni():
+        pytest.skip("gguf-q8act needs a CPU with avx512_vnni")
+
+
+#: the quantized builds: the file's blocks times float32 or int8 activations
+QUANTIZED = ["gguf-exact", "gguf-q8act"]
+
+
+@pytest.mark.parametrize("weights", QUANTIZED)
+def test_near_tie_bound_is_measured_zero(tiny_q: ModelSource, weights: str) -> None:
     from edgespec.losslessness import measure_near_tie_bound, verify_chunk_sizes
 
-    model = _tvm(tiny_q, n_ctx=128)
+    _needs(weights)
+    model = _tvm(tiny_q, n_ctx=128, weights=weights)
     ids = [1 + (i * 37) % 250 for i in range(48)]
     assert measure_near_tie_bound(model, ids, verify_chunk_sizes(8), start=8) == 0.0
 
 
-def test_speculation_equals_plain_decoding(tiny_q: ModelSource) -> None:
+@pytest.mark.parametrize("weights", QUANTIZED)
+def test_speculation_equals_plain_decoding(tiny_q: ModelSource, weights: str) -> None:
     from edgespec.losslessness import plain_reference
     from edgespec.runtime import Runtime
     from edgespec.speculative.config import SpecConfig
     from edgespec.testing import CharTokenizer
 
-    opts = LoadOptions(n_ctx=256, progress=False, weights="gguf-exact")
+    _needs(weights)
+    opts = LoadOptions(n_ctx=256, progress=False, weights=weights)
     target = TvmBackend.load(tiny_q, opts)
     rt = Runtime(
         CharTokenizer("".join(chr(0x100 + i) for i in range(256))), target, "tvm", tiny_q, opts
