@@ -124,12 +124,12 @@ def kernel_times(source: Any, rows: list[int], reps: int) -> None:
     from edgespec.kernels import qlinear, qlinear_q8
     from edgespec.kernels.tuning import host_target
     from edgespec.runtimes import numpy_ref
-    from edgespec.runtimes.tvm_backend import gguf_matrices, graph_spec
+    from edgespec.runtimes.tvm_backend import gguf_matrices, graph_spec, set_tvm_threads
 
     hp, weights, _ = numpy_ref._load_gguf(source.path, "float32", False)
     spec = graph_spec(hp, weights)
     packed, _ = gguf_matrices(source.path, spec, permuted_qk=hp.arch == "llama")
-    tvm.get_global_func("runtime.config_threadpool")(0, 1)
+    set_tvm_threads(tvm, 1)
     dev, rng = tvm.cpu(0), np.random.default_rng(0)
     builds = {"gguf-exact": lambda w: w, "gguf-q8act": qlinear_q8.prefer}
     total = {(b, t): 0.0 for b in builds for t in rows}

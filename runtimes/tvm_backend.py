@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -280,6 +281,20 @@ def load_library(spec: Any, arch: str, target: Any, progress: bool) -> Any:
 
 
 # --------------------------------------------------------------------------- the model
+
+
+def set_tvm_threads(tvm: Any, n: int) -> None:
+    """Size TVM's thread pool to ``n`` threads, keeping the calling thread's CPU affinity.
+
+    TVM pins the thread that configures its pool to one core (measured: {0, 1} -> {0} on this
+    2-core machine). Every thread started from it afterwards inherits that mask, so llama.cpp's
+    or ONNX Runtime's threads in the same process would share one core: llama.cpp at 2
+    threads fell to 0.4 tok/s (from 54 at 1) in benchmarks/tvm_backend.py on a quiet machine.
+    """
+    keep = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    tvm.get_global_func("runtime.config_threadpool")(0, n)
+    if keep is not None and os.sched_getaffinity(0) != keep:
+        os.sched_setaffinity(0, keep)
 
 
 def graph_spec(hp: Any, weights: Any) -> Any:
@@ -801,7 +816,7 @@ class TvmModel(SlotCacheModel):
         """Use ``n`` threads in TVM's thread pool for later forwards."""
         if n < 1:
             raise EdgespecError(f"n_threads must be at least 1, not {n}")
-        self._tvm.get_global_func("runtime.config_threadpool")(0, int(n))
+        set_tvm_threads(self._tvm, int(n))
         self.info.extra["n_threads"] = int(n)
         return True
 

@@ -17,6 +17,7 @@ below) and speculation equals plain greedy decoding token for token.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +193,19 @@ def test_qwen15b_fully_quantized(qwen15b_path: Path) -> None:
     model.reset()
     np.testing.assert_array_equal(np.concatenate([model.forward([t]) for t in IDS]), got)
     model.close()
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs a CPU affinity mask of two or more cores",
+)
+def test_set_threads_keeps_the_callers_cpu_affinity(tiny_q: ModelSource) -> None:
+    """TVM pins the thread that sizes its pool to one core; threads started afterwards
+    (llama.cpp's, in the same process) would inherit it and share that core."""
+    model = _tvm(tiny_q)
+    before = os.sched_getaffinity(0)
+    for n in (2, 1):
+        assert model.set_threads(n)
+        assert os.sched_getaffinity(0) == before
+        model.reset()
+        model.forward([1, 2, 3])
