@@ -869,6 +869,9 @@ class TvmBackend(Backend):
         bundled = (Path(source.path).expanduser().parent / META).is_file()
         choice = weights_choice(source.kind, options.weights, bundled)
         path = Path(source.path).expanduser()
+        from edgespec.kernels.compiled import use_every_core
+
+        use_every_core()  # before TVM sizes its thread pool
         import tvm
         from tvm import relax
 
