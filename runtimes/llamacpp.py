@@ -310,7 +310,8 @@ class LlamaCppModel(Model):
         (``llama_set_n_threads``; the KV cache is kept). ``edgespec.threads`` picks ``n``."""
         if n < 1:
             raise EdgespecError(f"n_threads must be at least 1, not {n}")
-        self._lib.llama_set_n_threads(self._ctx, int(n), int(n))
+        with self._log.active():  # llama.cpp logs every change ("set_n_threads: ...")
+            self._lib.llama_set_n_threads(self._ctx, int(n), int(n))
         return True
 
     # -- Model interface ---------------------------------------------------------------------
