@@ -35,6 +35,7 @@ output feature ``l`` of the tile: one 64-byte load is 16 features x 4 consecutiv
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -300,8 +301,10 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     return qlinear_d
 
 
+@functools.cache
 def cpu_has_vnni() -> bool:
-    """Whether this machine's CPU has AVX512-VNNI (``/proc/cpuinfo``; False where unreadable)."""
+    """Whether this machine's CPU has AVX512-VNNI (``/proc/cpuinfo``, read once; False where
+    unreadable)."""
     try:
         with open("/proc/cpuinfo") as f:
             return "avx512_vnni" in f.read()

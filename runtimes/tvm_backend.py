@@ -84,7 +84,14 @@ GGUF_PARTS = {
 
 def _q8act(w: Any) -> Any:
     """A matrix of the gguf-q8act build: on int8 activations where kernels/qlinear_q8.py has
-    its type, else as gguf-exact; one line where the CPU lacks the kernel's instruction."""
+    its type, else as gguf-exact."""
+    from edgespec.kernels import qlinear_q8
+
+    return qlinear_q8.prefer(w)
+
+
+def _require_vnni() -> None:
+    """One line where the CPU lacks the int8 kernels' instruction."""
     from edgespec.kernels import qlinear_q8
 
     if not qlinear_q8.cpu_has_vnni():
@@ -92,13 +99,14 @@ def _q8act(w: Any) -> Any:
             "--weights gguf-q8act needs a CPU with AVX512-VNNI (avx512_vnni in /proc/cpuinfo); "
             "use --weights gguf-exact"
         )
-    return qlinear_q8.prefer(w)
 
 
 #: the quantized builds: ``--weights`` choice -> how each of the file's packed matrices
 #: (kernels/qlinear.py's layout) is multiplied: as it is (float32 activations) or on int8
 #: activations (kernels/qlinear_q8.py)
 QUANTIZED: dict[str, Callable[[Any], Any]] = {"gguf-exact": lambda w: w, "gguf-q8act": _q8act}
+#: what a choice needs of this machine, checked when it is resolved (before any unpacking)
+REQUIRES: dict[str, Callable[[], None]] = {"gguf-q8act": _require_vnni}
 
 
 def weights_choice(kind: str, weights: str, bundled: bool = False) -> str:
@@ -106,7 +114,8 @@ def weights_choice(kind: str, weights: str, bundled: bool = False) -> str:
     a bundle (``bundled``: ``export --format tvm``, whose library is the fp32 build) is fp32.
 
     Raises:
-        EdgespecError: an unknown choice, or gguf-exact for a source that is not GGUF.
+        EdgespecError: an unknown choice, a quantized build for a source that is not GGUF,
+            or gguf-q8act on a CPU without AVX512-VNNI.
     """
     auto = "fp32" if bundled else AUTO_WEIGHTS.get(kind, "fp32")
     choice = auto if weights == "auto" else weights
@@ -118,6 +127,7 @@ def weights_choice(kind: str, weights: str, bundled: bool = False) -> str:
             f"--weights {choice} needs a {' or '.join(WEIGHTS[choice])} source, not '{kind}'; "
             "use --weights fp32"
         )
+    REQUIRES.get(choice, lambda: None)()
     return choice
 
 
@@ -425,12 +435,12 @@ def gguf_matrices(
             fallback.append("/".join(sorted(types)))
             continue
         blocks = []
+        # rows a few MB of weights at a time: the codes' float temporaries stay small
+        step = max(1, ROWS_WEIGHTS // shapes[0][1])
         for t in parts:
             raw = np.asarray(t.data)
             n_head = _rope_heads(str(t.name), spec, permuted_qk)
             raw = unpermute_rope_rows(raw, n_head) if n_head else raw
-            # rows a few MB of weights at a time: the codes' float temporaries stay small
-            step = max(1, ROWS_WEIGHTS // spec.weight_shapes()[name][0])
             blocks += [
                 qlinear.QBlocks.from_gguf(raw[s : s + step], t.tensor_type.name).to(qtype)
                 for s in range(0, raw.shape[0], step)
@@ -614,7 +624,6 @@ def gguf_float_weights(
             mats = [read(p, s) for p, s in zip(parts, sh, strict=True)]
             out[name] = np.ascontiguousarray(np.concatenate(mats, axis=0).T)
         else:
-            found = [p for p in vector(name) if p in tensors]
             if name.endswith(".bqkv"):
                 (nqkv,) = shapes[name]
                 nq = spec.n_head * spec.head_dim
@@ -626,8 +635,9 @@ def gguf_float_weights(
                     ]
                 )
             else:
-                _require(tensors, vector(name), path)
-                out[name] = read(found[0], shapes[name])
+                (tensor,) = vector(name)
+                _require(tensors, [tensor], path)
+                out[name] = read(tensor, shapes[name])
     return out
 
 

@@ -209,3 +209,16 @@ def test_set_threads_keeps_the_callers_cpu_affinity(tiny_q: ModelSource) -> None
         assert os.sched_getaffinity(0) == before
         model.reset()
         model.forward([1, 2, 3])
+
+
+def test_q8act_without_vnni_is_one_line_before_any_work(monkeypatch) -> None:
+    """gguf-q8act on a CPU without AVX512-VNNI is refused when the choice is resolved, before
+    the file's matrices are unpacked."""
+    from edgespec.kernels import qlinear_q8
+    from edgespec.runtimes.tvm_backend import weights_choice
+
+    monkeypatch.setattr(qlinear_q8, "cpu_has_vnni", lambda: False)
+    with pytest.raises(EdgespecError, match="needs a CPU with AVX512-VNNI") as e:
+        weights_choice("gguf", "gguf-q8act")
+    assert "\n" not in str(e.value)
+    assert weights_choice("gguf", "gguf-exact") == "gguf-exact"

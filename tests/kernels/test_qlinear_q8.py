@@ -23,17 +23,9 @@ from edgespec.kernels import qlinear, qlinear_q8, reference  # noqa: E402
 
 from .test_qlinear import random_blocks  # noqa: E402
 
-
-def vnni() -> bool:
-    """Whether this CPU has AVX512-VNNI (the kernel's instruction)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "avx512_vnni" in f.read()
-    except OSError:
-        return False
-
-
-needs_vnni = pytest.mark.skipif(not vnni(), reason="needs a CPU with avx512_vnni")
+needs_vnni = pytest.mark.skipif(
+    not qlinear_q8.cpu_has_vnni(), reason="needs a CPU with avx512_vnni"
+)
 
 
 def _compile(fmt: str, k: int, n: int) -> Any:
