@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from edgespec.runtimes.base import LoadOptions, ModelSource
 from edgespec.sparse.tiny import ChunkLocalRouter, make_tiny_blockffn
 
 #: the token-level sparsity the tiny models' routers are fitted to
@@ -76,3 +77,13 @@ def local_model_dir(blockffn_local_dir: Path, tmp_path_factory: pytest.TempPathF
     shutil.copytree(blockffn_local_dir, out)
     add_byte_tokenizer(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir: Path):
+    """The tiny random llama on the NumPy reference in float64 (training-free sparsity's
+    tests: fitting thresholds, masked FFNs, quality), one per test module."""
+    from edgespec.runtimes.numpy_ref import NumpyBackend
+
+    src = ModelSource("hf", tiny_llama_dir, "tiny-llama")
+    return NumpyBackend.load(src, LoadOptions(n_ctx=512, dtype="float64"))

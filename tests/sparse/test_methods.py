@@ -30,14 +30,6 @@ pytestmark = pytest.mark.unit
 NAMES = ["act-up", "cats", "teal"]
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_llama_dir: Path):
-    from edgespec.runtimes.numpy_ref import NumpyBackend
-
-    src = ModelSource("hf", tiny_llama_dir, "tiny-llama")
-    return NumpyBackend.load(src, LoadOptions(n_ctx=512, dtype="float64"))
-
-
 def _ids(n: int, seed: int = 0) -> list[int]:
     return np.random.default_rng(seed).integers(0, 256, n).tolist()
 

@@ -10,19 +10,10 @@ import pytest
 
 from edgespec.cli import main
 from edgespec.errors import ChecksumError, EdgespecError
-from edgespec.runtimes.base import LoadOptions, ModelSource
 from edgespec.sparse.layout import THRESHOLDS, read_sparsity, sparsity_entry, write_sparsity
 from edgespec.sparse.neuron import NeuronThresholds, fit_thresholds, measure_quality
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_llama_dir: Path):
-    from edgespec.runtimes.numpy_ref import NumpyBackend
-
-    src = ModelSource("hf", tiny_llama_dir, "tiny-llama")
-    return NumpyBackend.load(src, LoadOptions(n_ctx=512, dtype="float64"))
 
 
 def _ids(n: int, seed: int = 0) -> list[int]:
