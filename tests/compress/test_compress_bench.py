@@ -28,22 +28,31 @@ def make_rt(backend: str | None = None) -> Runtime:
     return rt
 
 
-def test_compress_configurations_run_beside_the_full_prompt(tmp_path):
-    context = "abc def. ghi jkl. mno pab. cde fgh. ijk lmn. opa bcd. " * 4
+#: a context the tests' compressor can cut (sentences of made-up words)
+CONTEXT = "abc def. ghi jkl. mno pab. cde fgh. ijk lmn. opa bcd. " * 4
+
+
+def _opts(tmp_path, rows: list[dict], **kw) -> BenchOptions:
+    """Bench options for one autoregressive run per prompt of the workload ``rows`` (written
+    to a file under ``tmp_path``), no warm-up, no progress or plots; ``kw`` overrides."""
     w = tmp_path / "w.jsonl"
-    rows = [{"id": "w-0", "prompt": context + "\n\nab cd", "answer": ["zz"]}]
     w.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    opts = BenchOptions(
+    base = dict(
         out=tmp_path / "out",
         strategies=["autoregressive"],
         runs=1,
         warmup=0,
-        max_new_tokens=6,
+        max_new_tokens=4,
         workloads=[str(w)],
         progress=False,
         plots=False,
-        compress=["0.5", "budget=40"],
     )
+    return BenchOptions(**(base | kw))
+
+
+def test_compress_configurations_run_beside_the_full_prompt(tmp_path):
+    rows = [{"id": "w-0", "prompt": CONTEXT + "\n\nab cd", "answer": ["zz"]}]
+    opts = _opts(tmp_path, rows, max_new_tokens=6, compress=["0.5", "budget=40"])
     doc = Bench(
         opts, loader=make_rt, baseline=FakeBaseline, meter=energy.EstimateMeter(4.0), argv=[]
     ).run()
@@ -51,9 +60,9 @@ def test_compress_configurations_run_beside_the_full_prompt(tmp_path):
     assert set(by) >= {"autoregressive", "autoregressive+compress=0.5"}
     full, half = by["autoregressive"], by["autoregressive+compress=0.5"]
     assert not full["lossy"] and half["lossy"]
-    n_prompt = len(context) + len("\n\nab cd")
+    n_prompt = len(CONTEXT) + len("\n\nab cd")
     assert half["compressed_from"] == n_prompt
-    assert half["compressed_to"] == round(0.5 * len(context)) + len("\n\nab cd")
+    assert half["compressed_to"] == round(0.5 * len(CONTEXT)) + len("\n\nab cd")
     assert by["autoregressive+compress=budget=40"]["compressed_to"] == 40
     assert "compressed_from" not in full
     assert full["correct"] is False and half["correct"] is False  # "zz" is never generated
@@ -124,27 +133,12 @@ class CountingBaseline(FakeBaseline):
 
 @pytest.mark.parametrize("compress_only", [False, True])
 def test_compress_only_costs_one_full_and_one_compressed_run_per_prompt(tmp_path, compress_only):
-    context = "abc def. ghi jkl. mno pab. cde fgh. ijk lmn. opa bcd. " * 4
-    prompts = [context + "\n\nab cd", context[::-1] + "\n\ncd ab"]
-    w = tmp_path / "w.jsonl"
-    w.write_text(
-        "".join(json.dumps({"id": f"w-{i}", "prompt": t}) + "\n" for i, t in enumerate(prompts))
-    )
+    prompts = [CONTEXT + "\n\nab cd", CONTEXT[::-1] + "\n\ncd ab"]
+    rows = [{"id": f"w-{i}", "prompt": t} for i, t in enumerate(prompts)]
     n_prompt = len(prompts[0])
     prefills: list[int] = []
     CountingBaseline.runs = []
-    opts = BenchOptions(
-        out=tmp_path / "out",
-        strategies=["autoregressive"],
-        runs=1,
-        warmup=0,
-        max_new_tokens=4,
-        workloads=[str(w)],
-        progress=False,
-        plots=False,
-        compress=["0.25"],
-        compress_only=compress_only,
-    )
+    opts = _opts(tmp_path, rows, compress=["0.25"], compress_only=compress_only)
     doc = Bench(
         opts,
         loader=lambda b=None, **kw: _count_full_prefills(make_rt(), n_prompt, prefills),
@@ -182,25 +176,11 @@ def _accuracy_script():
 
 def test_the_accuracy_summary_pairs_full_and_compressed_rows(tmp_path):
     acc = _accuracy_script()
-    context = "abc def. ghi jkl. mno pab. cde fgh. ijk lmn. opa bcd. " * 4
-    w = tmp_path / "w.jsonl"
     rows = [
-        {"id": f"w-{i}", "kind": k, "prompt": context + "\n\nab cd", "answer": [a]}
+        {"id": f"w-{i}", "kind": k, "prompt": CONTEXT + "\n\nab cd", "answer": [a]}
         for i, (k, a) in enumerate([("x", "zz"), ("y", ""), ("y", "zz")])
     ]
-    w.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    opts = BenchOptions(
-        out=tmp_path / "out",
-        strategies=["autoregressive"],
-        runs=1,
-        warmup=0,
-        max_new_tokens=4,
-        workloads=[str(w)],
-        progress=False,
-        plots=False,
-        compress=["0.5"],
-        compress_only=True,
-    )
+    opts = _opts(tmp_path, rows, compress=["0.5"], compress_only=True)
     doc = Bench(
         opts, loader=make_rt, baseline=FakeBaseline, meter=energy.EstimateMeter(4.0), argv=[]
     ).run()
