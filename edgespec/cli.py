@@ -124,9 +124,10 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device",
         default="cpu",
-        help="where the model runs: cpu, opencl or vulkan (--backend tvm; opencl and "
-        "vulkan need a TVM build with that runtime; docs/tvm.md), or npu (--backend onnx: "
-        "ONNX Runtime's QNN, NNAPI or CoreML provider, when installed)",
+        help="where the model runs: cpu, opencl or vulkan (--backend tvm; opencl: TVM's "
+        "OpenCL kernels on the installed OpenCL driver, fp32 weights; vulkan needs a TVM "
+        "build with that runtime; docs/tvm.md), or npu (--backend onnx: ONNX Runtime's "
+        "QNN, NNAPI or CoreML provider, when installed)",
     )
     add_runtime_args(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")

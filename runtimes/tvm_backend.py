@@ -141,6 +141,9 @@ class Device:
         dev_type: the name ``tvm.device`` knows it by.
         target: the TVM target (a JSON-style dict; ``mcpu`` is filled in for the host CPU).
         missing: what to do when this TVM build has no runtime for it.
+        loader: ``(source, options, weights choice) -> Model`` when the model runs outside
+            TVM's own runtime (``opencl``: TVM's OpenCL C launched by pyopencl,
+            :mod:`edgespec.runtimes.tvm_opencl`), or None (the Relax VM on ``dev_type``).
     """
 
     name: str
@@ -148,12 +151,14 @@ class Device:
     dev_type: str
     target: dict[str, Any]
     missing: str
+    loader: Callable[[ModelSource, LoadOptions, str], Any] | None = None
 
     def check(self) -> None:
-        """Raise one line when this TVM build cannot run on the device."""
+        """Raise one line when this TVM build cannot run on the device (a device with its
+        own ``loader`` checks its driver when it loads)."""
         import tvm
 
-        if not tvm.runtime.enabled(self.runtime):
+        if self.loader is None and not tvm.runtime.enabled(self.runtime):
             raise EdgespecError(
                 f"--device {self.name}: this TVM build ({tvm.__version__}) has no "
                 f"{self.runtime} runtime (tvm.runtime.enabled('{self.runtime}') is False); "
@@ -179,6 +184,14 @@ class Device:
 
 
 _BUILD_TVM = "build TVM from source with USE_{}=ON, or use --device cpu"
+
+
+def _load_opencl(source: ModelSource, options: LoadOptions, choice: str) -> Any:
+    from edgespec.runtimes.tvm_opencl import load_opencl
+
+    return load_opencl(source, options, choice)
+
+
 #: the devices the tvm backend knows, by ``--device`` name
 DEVICES: dict[str, Device] = {
     "cpu": Device("cpu", "llvm", "cpu", {"kind": "llvm"}, "reinstall apache-tvm"),
@@ -187,7 +200,8 @@ DEVICES: dict[str, Device] = {
         "opencl",
         "opencl",
         {"kind": "opencl", "host": {"kind": "llvm"}},
-        _BUILD_TVM.format("OPENCL") + " (kernels/opencl.py runs single TVM kernels on OpenCL)",
+        "install an OpenCL driver",
+        _load_opencl,
     ),
     "vulkan": Device(
         "vulkan",
@@ -879,6 +893,8 @@ class TvmBackend(Backend):
         bundled = (Path(source.path).expanduser().parent / META).is_file()
         choice = weights_choice(source.kind, options.weights, bundled)
         path = Path(source.path).expanduser()
+        if device.loader is not None:
+            return device.loader(source, options, choice)
         from edgespec.kernels.compiled import use_every_core
 
         use_every_core()  # before TVM sizes its thread pool

@@ -158,7 +158,7 @@ def test_bad_input_is_rejected(tiny_llama_dir: Path) -> None:
         model.truncate(6)
 
 
-@pytest.mark.parametrize("device", ["opencl", "vulkan"])
+@pytest.mark.parametrize("device", ["vulkan"])  # opencl runs: test_tvm_opencl.py
 def test_absent_device_is_one_line(tiny_llama_dir: Path, device: str) -> None:
     import tvm
 

@@ -1,0 +1,121 @@
+"""``--backend tvm --device opencl``: the whole decoder as TVM-generated OpenCL kernels
+launched by pyopencl (PoCL on the CPU here), against the NumPy reference and the llvm build.
+
+Tolerances, measured with ``.venv/bin/python -m pytest tests/backends/test_tvm_opencl.py -q -s``
+(each comparison prints its max |diff|; PoCL 5 on x86-64, TVM 0.27):
+
+- tiny random llama / qwen2 (logits up to ~2.1), opencl float32 vs numpy float64: max |logit
+  diff| 0.74e-6 to 1.31e-6 for chains, trees, a committed tree path and forks, the same as
+  the llvm build's 0.77e-6 to 1.19e-6 in the same run: asserted with test_tvm.py's TINY_ATOL;
+- smollm2-135m (fp32 build, logits up to ~31), opencl vs llvm over 10 prompt tokens and a
+  step: max |logit diff| 6.1e-5 and 5.1e-5; asserted 1e-3, test_tvm.py's bound for the llvm
+  build against the NumPy reference; top-1 everywhere and 8 greedy tokens equal.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+pytest.importorskip("pyopencl")
+
+from edgespec.errors import EdgespecError  # noqa: E402
+from edgespec.kernels.opencl import cl_device  # noqa: E402
+from edgespec.runtimes.base import LoadOptions, ModelSource  # noqa: E402
+from edgespec.runtimes.numpy_ref import NumpyBackend  # noqa: E402
+from edgespec.runtimes.tvm_backend import TvmBackend  # noqa: E402
+from edgespec.runtimes.tvm_opencl import ClModel  # noqa: E402
+
+pytestmark = [pytest.mark.backend]
+
+IDS = [1, 17, 200, 33, 5, 99, 142, 7, 255, 64, 3, 128]
+#: opencl float32 vs numpy float64 on the tiny models (as test_tvm.py's for llvm)
+TINY_ATOL = 1e-5
+#: smollm2's fp32 build, opencl vs llvm (test_tvm.py's llvm-vs-NumPy float32 bound)
+SMOL_ATOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def device() -> object:
+    try:
+        return cl_device()
+    except EdgespecError as e:
+        pytest.skip(str(e))
+
+
+def _close(got: np.ndarray, want: np.ndarray, atol: float, what: str) -> None:
+    diff = float(np.abs(got.astype(np.float64) - want).max())
+    print(f"{what}: max |diff| {diff:.3g}")
+    assert got.shape == want.shape
+    assert diff <= atol, f"{what}: max |diff| {diff} > {atol}"
+
+
+def _load(src: ModelSource, device: str, **kw: object) -> object:
+    return TvmBackend.load(src, LoadOptions(n_ctx=64, progress=False, device=device, **kw))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_opencl_matches_reference_and_llvm(
+    device: object, arch: str, request: pytest.FixtureRequest
+) -> None:
+    path: Path = request.getfixturevalue(f"tiny_{arch}_dir")
+    src = ModelSource("hf", path, path.name)
+    cl = _load(src, "opencl")
+    assert isinstance(cl, ClModel) and cl.info.extra["device"] == "opencl"
+    cpu = _load(src, "cpu")
+    ref = NumpyBackend.load(src, LoadOptions(n_ctx=64, progress=False, dtype="float64"))
+    for what, step in (("prompt", IDS[:8]), ("continuation", IDS[8:])):
+        want = ref.forward(step)
+        _close(cl.forward(step), want, TINY_ATOL, f"{arch} {what} opencl")
+        _close(cpu.forward(step), want, TINY_ATOL, f"{arch} {what} llvm")
+    for m in (cl, ref):
+        m.truncate(8)
+    parents, tree = [-1, 0, 0, 1, 2], [5, 6, 7, 8, 9]
+    _close(cl.forward_tree(tree, parents), ref.forward_tree(tree, parents), TINY_ATOL, "tree")
+    for m in (cl, ref):
+        m.commit_tree_path(8, [0, 2, 4])  # slots 10 and 12 move down to 9 and 10
+    assert cl.n_past == ref.n_past == 11
+    last = cl.forward([11], all_logits=False)
+    _close(last, ref.forward([11], all_logits=False), TINY_ATOL, "after the committed path")
+    fork, ref_fork = cl.fork(), ref.fork()
+    _close(fork.forward([12, 13]), ref_fork.forward([12, 13]), TINY_ATOL, "fork")
+    _close(cl.forward([14]), ref.forward([14]), TINY_ATOL, "the original after its fork")
+
+
+def test_opencl_is_fp32_only_one_line(device: object, smollm2_path: Path) -> None:
+    src = ModelSource("gguf", smollm2_path, "smollm2-135m")
+    with pytest.raises(EdgespecError, match="--device opencl runs the fp32 build only") as err:
+        _load(src, "opencl", weights="gguf-exact")
+    assert "\n" not in str(err.value)
+
+
+def test_smollm2_on_opencl_equals_llvm(device: object, smollm2_path: Path) -> None:
+    """The real model: logits within the fp32 bound and greedy tokens equal."""
+    src = ModelSource("gguf", smollm2_path, "smollm2-135m")
+    cl, cpu = _load(src, "opencl", weights="fp32"), _load(src, "cpu", weights="fp32")
+    prompt = [1, 504, 3458, 282, 4649, 314, 2411, 30, 378, 3458]
+    a, b = cl.forward(prompt), cpu.forward(prompt)
+    _close(a, b, SMOL_ATOL, "smollm2 prompt opencl vs llvm")
+    assert (a.argmax(-1) == b.argmax(-1)).all()
+    got, want = [int(a[-1].argmax())], [int(b[-1].argmax())]
+    for _ in range(7):
+        got.append(int(cl.forward([got[-1]], all_logits=False)[0].argmax()))
+        want.append(int(cpu.forward([want[-1]], all_logits=False)[0].argmax()))
+    assert got == want
+
+
+def test_cli_without_an_opencl_driver_is_one_line(tmp_path: Path, smollm2_path: Path) -> None:
+    """``generate --device opencl`` with no ICD registered: exit 2, one line, no traceback."""
+    env = {**os.environ, "OCL_ICD_VENDORS": str(tmp_path)}
+    cmd = [sys.executable, "-m", "edgespec", "generate", "-m", str(smollm2_path)]
+    cmd += ["--backend", "tvm", "--device", "opencl", "--weights", "fp32", "-n", "2", "Hi"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no OpenCL device" in lines[0], out.stderr
