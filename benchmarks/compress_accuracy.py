@@ -4,6 +4,7 @@
         --compress 0.25 --compress-only --compressor smollm2-135m --workloads ... \
         -c 4608 -n 16 --runs 1 --warmup 0 -t 2 --energy estimate --out DIR --no-plot
     python benchmarks/compress_accuracy.py DIR [--load DIR/load.log] [--compressed-json GEN]
+    python benchmarks/compress_accuracy.py --pairs A/pairs.jsonl B/pairs.jsonl [--load LOG]
 
 ``--compress-only`` makes every prompt one full-context row (the llama.cpp baseline) and one
 compressed row, measured one after the other in the same process. This script pairs them
@@ -16,7 +17,14 @@ ratios (compressed / full; CPU-s is what the estimated energy is proportional to
 ``--compressed-json GEN`` takes the compressed arm from ``edgespec generate ... --compress
 0.25 --json`` outputs instead (``GEN/<prompt id>.json``, e.g. after a compressor change),
 paired with the bench's full-context rows: the accuracy pairs hold, but the time ratios
-are then across runs (other load), so they are labelled so.
+are then across runs (other load), so they are labelled so (``same_run`` false in
+``pairs.jsonl``).
+
+``--pairs FILE ...`` summarises ``pairs.jsonl`` files written before, together (e.g. the
+first 12 prompts' full rows of an earlier bench with a compressed arm from ``generate``,
+and a later bench of the other 12): the TTFT and CPU-s ratios are then the medians over
+the pairs measured in one run only (both arms of a prompt in one process, one after the
+other), and the table says over how many.
 
 The bound: the two arms can differ only on discordant prompts (right in one arm, wrong in
 the other), so ``|accuracy difference| <= discordant / n``; the one-sided 95 % upper
@@ -91,6 +99,7 @@ def pairs(doc: dict[str, Any]) -> list[dict[str, Any]]:
             tokens_compressed=c.get("compressed_to"),
             ttft_ratio=c["ttft_s"] / f["ttft_s"],
             cpu_ratio=c["cpu_s"] / f["cpu_s"],
+            same_run=c["label"] != GENERATED,
         )
         out.append(p)
     return out
@@ -103,7 +112,7 @@ def generate_rows(doc: dict[str, Any], folder: Path) -> dict[str, Any]:
     from edgespec.bench.workloads import is_correct, load_workloads
 
     answers = {p["id"]: p for p in doc["prompts"]}
-    names = sorted({str(w) for w in doc["settings"]["workloads"]})
+    names: list[str | Path] = sorted({str(w) for w in doc["settings"]["workloads"]})
     answer_of = {p.id: p.answer for p in load_workloads(names)}
     runs = [r for r in doc["runs"] if r["label"] == "baseline"]
     for pid, p in answers.items():
@@ -114,7 +123,7 @@ def generate_rows(doc: dict[str, Any], folder: Path) -> dict[str, Any]:
         st = g["stats"]
         runs.append(
             {
-                "label": "generate+compress",
+                "label": GENERATED,
                 "prompt": pid,
                 "kind": p["kind"],
                 "correct": is_correct(g["text"], answer_of[pid]),
@@ -129,8 +138,20 @@ def generate_rows(doc: dict[str, Any], folder: Path) -> dict[str, Any]:
     return {**doc, "runs": runs}
 
 
+#: the label of a compressed row taken from ``edgespec generate --json`` (another run)
+GENERATED = "generate+compress"
+
+
 def _pct(k: int, n: int) -> str:
     return f"{k}/{n} ({100 * k / n:.0f} %)" if n else "-"
+
+
+def _ratios(rs: list[float], counted: bool) -> str:
+    """'median (min-max)' of the ratios; with ``counted``, also how many pairs."""
+    if not rs:
+        return "-"
+    n = f", {len(rs)} pairs" if counted else ""
+    return f"{statistics.median(rs):.2f} ({min(rs):.2f}-{max(rs):.2f}{n})"
 
 
 def summary(rows: list[dict[str, Any]]) -> str:
@@ -142,6 +163,8 @@ def summary(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     fams = sorted({r["family"] for r in rows})
+    # pairs from one run and pairs across runs together: time only the one-run pairs
+    mixed = len({r.get("same_run", True) for r in rows}) > 1
     for fam in [*fams, "all"]:
         rs = [r for r in rows if fam in ("all", r["family"])]
         n = len(rs)
@@ -152,13 +175,12 @@ def summary(rows: list[dict[str, Any]]) -> str:
         both = sum(r["full_correct"] and r["compressed_correct"] for r in rs)
         fo = sum(r["full_correct"] and not r["compressed_correct"] for r in rs)
         co = sum(r["compressed_correct"] and not r["full_correct"] for r in rs)
-        tt = [r["ttft_ratio"] for r in rs]
-        cp = [r["cpu_ratio"] for r in rs]
+        timed = [r for r in rs if r.get("same_run", True)] if mixed else rs
         lines.append(
             f"| {'**all**' if fam == 'all' else fam} | {n} | {_pct(f, n)} | {_pct(c, n)} | "
             f"{100 * (c - f) / n:+.1f} | {both} / {fo} / {co} / {n - both - fo - co} | "
-            f"{statistics.median(tt):.2f} ({min(tt):.2f}-{max(tt):.2f}) | "
-            f"{statistics.median(cp):.2f} ({min(cp):.2f}-{max(cp):.2f}) |"
+            f"{_ratios([r['ttft_ratio'] for r in timed], mixed)} | "
+            f"{_ratios([r['cpu_ratio'] for r in timed], mixed)} |"
         )
     n = len(rows)
     fo = sum(r["full_correct"] and not r["compressed_correct"] for r in rows)
@@ -189,7 +211,9 @@ def load_range(path: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dir", type=Path, help="the bench --out folder (results.json)")
+    ap.add_argument(
+        "dir", type=Path, nargs="?", default=None, help="the bench --out folder (results.json)"
+    )
     ap.add_argument("--load", type=Path, default=None, help="a load log: 'HH:MM:SS l1 l5 l15'")
     ap.add_argument(
         "--compressed-json",
@@ -198,20 +222,34 @@ def main() -> None:
         metavar="GEN",
         help="the compressed arm from GEN/<prompt id>.json (edgespec generate --json)",
     )
-    a = ap.parse_args()
-    doc = json.loads((a.dir / "results.json").read_text())
-    out = a.dir / "pairs.jsonl"
-    if a.compressed_json is not None:
-        doc, out = generate_rows(doc, a.compressed_json), a.compressed_json / "pairs.jsonl"
-        print("compressed arm: edgespec generate outputs; time ratios are ACROSS runs")
-    rows = pairs(doc)
-    with open(out, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    print(
-        f"{a.dir}/results.json: {'complete' if doc['complete'] else 'partial'}, "
-        f"{len(rows)} prompts with both arms"
+    ap.add_argument(
+        "--pairs",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="summarise these pairs.jsonl files (written by earlier runs) together instead",
     )
+    a = ap.parse_args()
+    if (a.dir is None) == (a.pairs is None):
+        raise SystemExit("compress_accuracy.py: pass a bench folder DIR or --pairs FILE ..., one")
+    if a.pairs is not None:
+        rows = [json.loads(ln) for f in a.pairs for ln in f.read_text().splitlines() if ln]
+        print(f"{len(rows)} prompts with both arms from {', '.join(map(str, a.pairs))}")
+    else:
+        doc = json.loads((a.dir / "results.json").read_text())
+        out = a.dir / "pairs.jsonl"
+        if a.compressed_json is not None:
+            doc, out = generate_rows(doc, a.compressed_json), a.compressed_json / "pairs.jsonl"
+            print("compressed arm: edgespec generate outputs; time ratios are ACROSS runs")
+        rows = pairs(doc)
+        with open(out, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+        print(
+            f"{a.dir}/results.json: {'complete' if doc['complete'] else 'partial'}, "
+            f"{len(rows)} prompts with both arms"
+        )
     if a.load is not None and a.load.is_file():
         print(load_range(a.load))
     print()

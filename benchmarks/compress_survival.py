@@ -12,9 +12,14 @@ context by the compressor on its scoring backend, exactly as ``edgespec generate
 another vocabulary), and the kept context is checked for the facts the question needs:
 
 - ``needle``: the vault code's digits are in the kept context;
-- ``multifact``: for each person asked about, a kept line holds the full name and the
-  answer (city, job) together;
+- ``multifact``: for each person asked about, a kept record (a line, cut again before each
+  full name, :func:`records`) starts with the full name and holds the answer (city, job);
 - other kinds: every part of the answer is in the kept context or the question.
+
+Each row also counts the kept context's lines (``lines``: a kept directory should stay one
+record a line, not one run-on line) and, for ``multifact``, the kept full names that share
+a first or last name with an asked person without being one (``near_misses``: "Sven
+Tanaka" for "Sven Rossi").
 
 This is a necessary condition for the target to answer, not the target's accuracy (that is
 ``edgespec bench --compress``); it picks the default scoring mode cheaply. The modes share
@@ -47,16 +52,46 @@ from edgespec.tokenizer import load_tokenizer
 ASKED = re.compile(r"does (\w+ \w+) live, and what is (\w+ \w+)'s job")
 
 
+#: a person's full name in a directory: two capitalised words ("Sven Rossi"), also glued
+#: to the word before when the compressor dropped the space ("yearsNadia Kowalski")
+FULL_NAME = re.compile(r"(?<![A-Z])[A-Z][a-z]+ [A-Z][a-z]+\b")
+
+
+def records(kept_context: str) -> list[str]:
+    """The kept context cut into records: at each line break and before each full name
+    (:data:`FULL_NAME`), so that a directory whose line breaks were dropped (one run-on
+    line) is still one record a person."""
+    out = []
+    for line in kept_context.splitlines():
+        cuts = sorted({0, len(line), *(m.start() for m in FULL_NAME.finditer(line))})
+        out += [line[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if line[a:b].strip()]
+    return out
+
+
 def facts_kept(p: Prompt, kept_context: str, question: str) -> bool:
     """Whether ``kept_context`` still holds what ``p``'s question needs (see the module
     docstring); case-sensitive, as the workloads write them."""
     if p.kind == "multifact" and (m := ASKED.search(question)):
-        lines = kept_context.splitlines()
+        recs = records(kept_context)
         return all(
-            any(name in line and part in line for line in lines)
+            any(rec.lstrip().startswith(name) and part in rec for rec in recs)
             for name, part in zip(m.groups(), p.answer, strict=True)
         )
     return all(part in kept_context or part in question for part in p.answer)
+
+
+def near_misses(p: Prompt, kept_context: str, question: str) -> int | None:
+    """How many kept full names (:data:`FULL_NAME`) share a first or last name with a
+    person the question asks about without being one ("Sven Tanaka" for "Sven Rossi");
+    None for prompts other than ``multifact``."""
+    if p.kind != "multifact" or not (m := ASKED.search(question)):
+        return None
+    parts = {w for name in m.groups() for w in name.split()}
+    return sum(
+        1
+        for name in FULL_NAME.findall(kept_context)
+        if name not in m.groups() and parts & set(name.split())
+    )
 
 
 def shared_passes() -> dict[tuple[int, ...], np.ndarray]:
@@ -125,6 +160,8 @@ def main() -> None:
                     "tokens": res.original,
                     "kept": res.kept,
                     "facts_kept": facts_kept(p, kept, question),
+                    "lines": sum(1 for line in kept.splitlines() if line.strip()),
+                    "near_misses": near_misses(p, kept, question),
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)

@@ -137,16 +137,30 @@ def segment_ids(pieces: Sequence[str]) -> np.ndarray:
     """``int64[T]``: the coarse segment of each token, given each token's text.
 
     A segment ends with a token that holds a newline or ends a sentence
-    (:data:`SEGMENT_ENDS`).
+    (:data:`SEGMENT_ENDS`). A whitespace token holding a newline right after a segment's
+    end belongs to that segment (``"." "\\n"``: the line's newline is kept or dropped with
+    its last sentence, not ranked as a segment of its own, which the coarse stage dropped
+    first and turned a kept directory into one run-on line).
     """
     out = np.zeros(len(pieces), dtype=np.int64)
     seg = 0
+    ended = False  # the previous token ended a segment
     for i, piece in enumerate(pieces):
+        if ended and "\n" in piece and not piece.strip():
+            out[i] = seg - 1
+            continue
         out[i] = seg
         stripped = piece.rstrip(" \t")
-        if "\n" in piece or stripped.endswith(SEGMENT_ENDS):
-            seg += 1
+        ended = "\n" in piece or stripped.endswith(SEGMENT_ENDS)
+        seg += ended
     return out
+
+
+def structure_mask(pieces: Sequence[str]) -> np.ndarray:
+    """``bool[T]``: the tokens that hold a newline. The fine stage drops them last, so each
+    kept line keeps its line break (a directory, a table or a file stays one record a
+    line instead of a run-on line)."""
+    return np.array(["\n" in p for p in pieces], dtype=bool)
 
 
 def self_information(
@@ -351,10 +365,17 @@ def question_overlap(
     no letter or digit do not count (a code question repeats the file's newlines,
     indentation and quotes: they put one-newline segments first and the constants, which
     the question describes in words, past the quarter kept; docs/compression.md).
+
+    A token inside a run of two or more consecutive question words that the context repeats
+    in the question's order (:func:`phrase_lengths`: "Sven Rossi", "the vault code",
+    ``BASE_FIELD`` for "base field") counts that many times: a segment naming the asked
+    person whole outranks the near-misses that share one of the names ("Sven Tanaka",
+    "Ines Rossi"), which a bag of words ranks alike.
     """
     ids = np.asarray(ctx, dtype=np.int64)
     asked = np.isin(ids, np.asarray(list(question), dtype=np.int64))
     keys = [f"#{t}" for t in ctx]  # ids, apart from any word
+    runs = np.ones(len(ids))
     if pieces and question_text:
         words = {w for w in re.findall(r"[0-9a-z]+", question_text.lower()) if len(w) > 1}
         for i, piece in enumerate(pieces):
@@ -363,10 +384,54 @@ def question_overlap(
                 asked[i], keys[i] = True, word
             elif not word:  # whitespace and punctuation ("\n", indentation, '"""') never
                 asked[i] = False  # rank a segment: in code they are half the question
+        runs = np.maximum(runs, phrase_lengths(pieces, question_text))
+        asked |= runs > 1
     _, inverse, counts = np.unique(
         np.asarray(keys, dtype=str), return_inverse=True, return_counts=True
     )
-    return np.where(asked, np.log(len(ids) / counts[inverse]), 0.0)
+    return np.where(asked, runs * np.log(len(ids) / counts[inverse]), 0.0)
+
+
+#: a word for :func:`phrase_lengths`: a run of ASCII letters and digits (``_`` splits
+#: ``BASE_FIELD_5``); one-character words are skipped on both sides
+PHRASE_WORD = re.compile(r"[0-9A-Za-z]{2,}")
+
+
+def _phrase_words(text: str) -> list[tuple[str, int, int]]:
+    """``(word lower-cased, start, end)`` of each :data:`PHRASE_WORD` of ``text``."""
+    return [(m.group().lower(), m.start(), m.end()) for m in PHRASE_WORD.finditer(text)]
+
+
+def phrase_lengths(pieces: Sequence[str], question_text: str) -> np.ndarray:
+    """``float64[T]``: per context token (``pieces``: each token's text), the length in
+    words of the longest run of consecutive question words that the context repeats word
+    for word, in order, and that the token is part of; 0 for a token in no such run
+    (a run of one word is a word the question holds).
+
+    Words are :data:`PHRASE_WORD` runs, compared lower-cased; punctuation and spacing
+    between them do not break a run (``"Rossi's job"`` and ``"Rossi, job"`` alike). The
+    runs are found by the longest-common-substring recurrence over the two word lists,
+    ``O(context words x repeats of each word in the question)``.
+    """
+    ends = np.cumsum([len(p) for p in pieces])
+    cwords = _phrase_words("".join(pieces))
+    where: dict[str, list[int]] = {}
+    for k, (w, _, _) in enumerate(_phrase_words(question_text)):
+        where.setdefault(w, []).append(k)
+    cover = np.zeros(len(cwords))
+    prev: dict[int, int] = {}  # question word k -> run length ending at (word j - 1, k)
+    for j, (w, _, _) in enumerate(cwords):
+        cur = {k: prev.get(k - 1, 0) + 1 for k in where.get(w, ())}
+        run = max(cur.values(), default=0)
+        if run:
+            cover[j - run + 1 : j + 1] = np.maximum(cover[j - run + 1 : j + 1], run)
+        prev = cur
+    out = np.zeros(len(pieces))
+    for (_, start, end), c in zip(cwords, cover, strict=True):
+        if c:
+            first, last = np.searchsorted(ends, [start, end - 1], side="right")
+            out[first : last + 1] = np.maximum(out[first : last + 1], c)
+    return out
 
 
 #: how the compressor scores the context (``CompressOptions.scoring``); each entry is
@@ -386,6 +451,7 @@ def select(
     coarse_slack: float = 0.25,
     relevance: np.ndarray | None = None,
     words: np.ndarray | None = None,
+    structure: np.ndarray | None = None,
 ) -> np.ndarray:
     """The indices of the ``keep`` tokens to keep, in order.
 
@@ -400,6 +466,10 @@ def select(
         words: ``int[T]`` word per token (:func:`word_ids`, non-decreasing): the fine stage
             drops whole words first, lowest total information first, so that a name or a
             number is kept or dropped whole; None: single tokens only.
+        structure: ``bool[T]`` line breaks (:func:`structure_mask`): one that the coarse stage
+            dropped comes back when anything else of its line stayed (a record's last
+            sentence, which holds its line break, goes, its first stays), and the fine stage
+            drops them only when nothing else is left. None: none.
 
     Returns:
         ``int64[keep]`` sorted positions.
@@ -428,11 +498,18 @@ def select(
             break
         alive[segments == s] = False
         remaining -= size
+    spare = np.zeros(n, dtype=bool) if structure is None else np.asarray(structure, dtype=bool)
+    if spare.any():
+        line = np.concatenate([[0], np.cumsum(spare)[:-1]])  # line breaks before each token
+        held = np.bincount(line[alive & ~spare], minlength=int(line[-1]) + 1) > 0
+        back = spare & ~alive & held[line]
+        alive |= back
+        remaining += int(back.sum())
     if words is not None:
-        remaining = _drop_words(info, words, alive & ~forced, alive, remaining, keep)
-    # fine: single tokens, lowest information first (ties: earlier first)
+        remaining = _drop_words(info, words, alive & ~forced & ~spare, alive, remaining, keep)
+    # fine: single tokens, lowest information first (ties: earlier first), structure last
     candidates = np.flatnonzero(alive & ~forced)
-    order = candidates[np.lexsort((candidates, info[candidates]))]
+    order = candidates[np.lexsort((candidates, info[candidates], spare[candidates]))]
     drop = remaining - keep
     alive[order[:drop]] = False
     return np.flatnonzero(alive)

@@ -22,6 +22,7 @@ from edgespec.compress.core import (
     segment_ids,
     select,
     split_question,
+    structure_mask,
     word_ids,
 )
 from edgespec.errors import EdgespecError
@@ -165,6 +166,7 @@ def compress_prompt(
         coarse_slack=options.coarse_slack,
         relevance=scores.relevance,
         words=word_ids(pieces),
+        structure=structure_mask(pieces),
     )
     kept = [ctx[i] for i in kept_idx]
     text = tok.decode(_strip_bos(kept, tok)) + question_text
