@@ -33,9 +33,10 @@ biases, matrices without a kernel). The fp32 build dequantizes everything, as th
 reference does.
 
 Devices (``LoadOptions.device``, ``--device``) come from :data:`DEVICES`: ``cpu`` is the
-llvm target for this CPU. ``opencl`` and ``vulkan`` need a TVM runtime built with them; the
-``apache-tvm`` wheel has neither (``tvm.runtime.enabled`` is False), and loading says so in
-one line.
+llvm target for this CPU. ``opencl`` runs the fp32 build as TVM-generated OpenCL kernels
+launched by pyopencl (:mod:`edgespec.runtimes.tvm_opencl`; the ``apache-tvm`` wheel's
+runtime has no OpenCL); ``vulkan`` needs a TVM runtime built with it, and loading says so
+in one line.
 """
 
 from __future__ import annotations
