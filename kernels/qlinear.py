@@ -294,6 +294,16 @@ class PackedQWeight:
         """The kernel operands after ``x``, in :meth:`Layout.parts` order."""
         return list(self.ops.values())
 
+    def codes(self) -> np.ndarray:
+        """``int32[N, K]``: the integer code of each weight (the file's order)."""
+        lay = self.layout
+        n, k = self.shape
+        c = self.ops["c"].transpose(0, 2, 1).reshape(n, -1)
+        if lay.code_bits == 4:
+            b = c.reshape(n, -1, 16)
+            c = np.concatenate([b & 15, b >> 4], axis=2).reshape(n, k)
+        return c.astype(np.int32) - lay.zero
+
     def parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(code, D, M)``, each ``float32[N, K]`` per weight (``M`` zeros when not affine);
         ``D`` and ``M`` are the exact float32 products of :class:`Layout`."""
@@ -303,11 +313,7 @@ class PackedQWeight:
         def untile(a: np.ndarray) -> np.ndarray:
             return a.transpose(0, 2, 1).reshape(n, -1)
 
-        c = untile(self.ops["c"])
-        if lay.code_bits == 4:
-            b = c.reshape(n, -1, 16)
-            c = np.concatenate([b & 15, b >> 4], axis=2).reshape(n, k)
-        code = c.astype(np.float32) - lay.zero
+        code = self.codes().astype(np.float32)
 
         def per_weight(scale: str, sub: str) -> np.ndarray:
             if scale not in self.ops:

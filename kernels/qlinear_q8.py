@@ -1,4 +1,4 @@
-"""The quantized linear layer on int8 activations: integer dot products (AVX512-VNNI).
+"""The quantized linear layer on int8 activations: integer dot products (AVX512-VNNI, AVX2).
 
 ``y f32[T, N] = x f32[T, K] @ W^T`` for a GGUF tensor ``W`` of a 32-weight-block type (Q4_0,
 Q4_1, Q5_0, Q5_1, Q8_0; :data:`FORMATS`), T symbolic, as :mod:`edgespec.kernels.qlinear`
@@ -11,6 +11,11 @@ K-quants (Q4_K, Q5_K, Q6_K and the mixed Q4_K/Q6_K layout) have their own loops,
 activations quantized per 256 as llama.cpp's ``Q8_K``: :mod:`edgespec.kernels.qlinear_q8k`,
 with this module's code layout and the float path's scales and sub-scales.
 
+The dot product is the CPU's (:func:`int8_isa`): ``vpdpbusd`` with AVX512-VNNI; with AVX2
+only, ``vpmaddubsw`` + ``vpmaddwd`` per 32-byte half (:func:`_maddubs`, as llama.cpp's AVX2
+kernels), the same sums exactly for stored codes below 128 (every type but Q8_0, whose
+matrices stay on the float kernel there: :func:`prefer`).
+
 Arithmetic, per row t and block b of 32 (:func:`quantize_rows`, the NumPy reference
 :func:`edgespec.kernels.reference.qlinear_q8`)::
 
@@ -20,7 +25,8 @@ Arithmetic, per row t and block b of 32 (:func:`quantize_rows`, the NumPy refere
     y[t, j] = fma(m[j, b], sx, fma(d[j, b] * dx, float(isum[j]), y[t, j]))   over b in order
 
 with ``u - z`` the weight's integer code (4-bit: ``u`` the nibble, ``z`` 8 for Q4_0, else 0;
-8-bit codes are stored as ``code + 128``, ``z = 128``, since ``vpdpbusd``'s first operand is
+Q5_0/Q5_1/Q5_K/Q6_K codes, all in ``[-32, 32)``, are stored as 6 bits ``code + 32``, ``z =
+32``; Q8_0's as ``code + 128``, ``z = 128``, since ``vpdpbusd``'s first operand is
 unsigned). ``d * dx`` is exact (two float16 values: 22 significant bits at most); each block
 costs two correctly rounded fused multiply-adds (one for non-affine types). Every row is
 computed the same way whatever T is, so batched and one-token forwards agree bit for bit.
@@ -28,14 +34,24 @@ computed the same way whatever T is, so batched and one-token forwards agree bit
 Layout (:func:`convert`): codes ``uint8[N/tile, K/8, 4*tile]`` for 4-bit types, byte ``4*l +
 i`` of row ``kk`` holding weights ``8kk + i`` (low nibble) and ``8kk + 4 + i`` (high) of
 output feature ``l`` of the tile: one 64-byte load is 16 features x 4 consecutive weights,
-``vpdpbusd``'s operand, with the file's 0.5 bytes a weight. 8-bit types: ``uint8[N/tile, K/4,
-4*tile]``, byte ``4*l + i`` of row ``kk`` = weight ``4kk + i`` + 128. Scales and offsets are
-:class:`~edgespec.kernels.qlinear.PackedQWeight`'s ``float16[N/tile, K/32, tile]``.
+``vpdpbusd``'s operand, with the file's 0.5 bytes a weight. 6-bit (:func:`stored_bits`):
+``uint8[N/tile, 3K/16, 4*tile]``, three rows per 16 weights ``16p ..``: rows ``3p + a`` (a = 0,
+1) as the 4-bit layout's (low 4 bits of ``u`` of weights ``16p + 8a + i`` low, ``16p + 8a + 4
++ i`` high), row ``3p + 2`` the top 2 bits of ``u`` of weights ``16p + 4j + i`` at bits ``2j,
+2j+1`` (j = 0..3): 0.75 bytes a weight in one stream, unpacked in registers (:func:`_six`:
+a shift and a mask per plane, one OR). With the scales that is the file's size for Q6_K (210
+bytes per 256) and 1.17 to 1.20x it for Q5_x (whose fifth bit the file keeps in a 1-bit
+plane), where widening the codes to a byte each had streamed 1.3 to 1.6x the file's bytes.
+8-bit (Q8_0): ``uint8[N/tile, K/4, 4*tile]``, byte ``4*l + i`` of row ``kk`` = weight ``4kk +
+i`` + 128. Scales and offsets are :class:`~edgespec.kernels.qlinear.PackedQWeight`'s
+``float16[N/tile, K/32, tile]``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -78,10 +94,48 @@ def tile_for(n: int) -> int:
     return 64 if n % 64 == 0 else LANES
 
 
+def stored_bits(fmt: str) -> int:
+    """Bits a code of ``fmt`` (``"<type>@q8"``) takes in this layout: 4 (nibbles), 6 (the
+    types whose codes lie in ``[-32, 32)``: Q5_0, Q5_1, Q5_K, Q6_K, the mixed Q4_K/Q6_K) or
+    8 (Q8_0)."""
+    base = base_format(fmt)
+    if get_layout(base).code_bits == 4:
+        return 4
+    return 8 if base == "Q8_0" else 6
+
+
+def code_rows(fmt: str, K: int) -> int:
+    """Rows of ``4 * tile`` bytes the codes of one tile take: ``K * bits / 32``."""
+    return K * stored_bits(fmt) // 32
+
+
 def zero_of(fmt: str) -> int:
     """``z``: what the kernel subtracts from a stored unsigned code."""
-    lay = get_layout(base_format(fmt))
-    return lay.zero if lay.code_bits == 4 else OFFSET8
+    bits = stored_bits(fmt)
+    if bits == 4:
+        return get_layout(base_format(fmt)).zero
+    return OFFSET8 if bits == 8 else 32
+
+
+def _pack6(u: np.ndarray) -> np.ndarray:
+    """``uint8[N, K]`` codes ``u < 64`` -> ``uint8[N, 3K/4]``: per 16 weights three groups of
+    4 bytes, the module docstring's rows ``3p, 3p + 1, 3p + 2`` of one output feature."""
+    n, k = u.shape
+    g = u.reshape(n, k // 16, 4, 4)  # [n, p, j, i]: weight 16p + 4j + i
+    lo, hi = g & 15, g >> 4
+    low = lo[:, :, 0::2, :] | (lo[:, :, 1::2, :] << 4)  # [n, p, a, i]
+    high = hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)
+    return np.concatenate([low, high[:, :, None, :]], axis=2).astype(np.uint8).reshape(n, -1)
+
+
+def _unpack6(b: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`_pack6`: ``uint8[N, 3K/4]`` -> ``int32[N, K]``."""
+    n = b.shape[0]
+    r = b.reshape(n, -1, 3, 4).astype(np.int32)  # [n, p, row, i]
+    low, high = r[:, :, :2, :], r[:, :, 2, :]
+    lo = np.stack([low[:, :, 0] & 15, low[:, :, 0] >> 4, low[:, :, 1] & 15, low[:, :, 1] >> 4], 2)
+    hi = np.stack([(high >> (2 * j)) & 3 for j in range(4)], axis=2)
+    return (lo | (hi << 4)).reshape(n, -1)
 
 
 @dataclass(frozen=True)
@@ -90,8 +144,8 @@ class Q8Weight:
 
     Attributes:
         fmt: ``"<type>@q8"``.
-        ops: ``{"c": uint8[N/tile, K/8 or K/4, 4*tile], "d": float16[N/tile, K/32, tile]
-            [, "m": same]}``.
+        ops: ``{"c": uint8[N/tile, K * bits / 32, 4*tile], ...}`` (:func:`code_rows`), then
+            the float path's scales (and sub-scales) as they are.
     """
 
     fmt: str
@@ -105,8 +159,7 @@ class Q8Weight:
     def shape(self) -> tuple[int, int]:
         """``(N, K)``."""
         nt, kk, t4 = self.ops["c"].shape
-        per = 8 if get_layout(base_format(self.fmt)).code_bits == 4 else 4
-        return int(nt * t4 // 4), int(kk * per)
+        return int(nt * t4 // 4), int(kk * 32 // stored_bits(self.fmt))
 
     def codes(self) -> np.ndarray:
         """``int32[N, K]``: the integer codes ``u - z`` (equal to the float path's codes)."""
@@ -115,8 +168,11 @@ class Q8Weight:
         nt, kk, t4 = c.shape
         tile = t4 // 4
         b = c.reshape(nt, kk, tile, 4).transpose(0, 2, 1, 3).reshape(n, kk, 4).astype(np.int32)
-        if get_layout(base_format(self.fmt)).code_bits == 4:
+        bits = stored_bits(self.fmt)
+        if bits == 4:
             b = np.concatenate([b & 15, b >> 4], axis=2)
+        elif bits == 6:
+            b = _unpack6(b.reshape(n, -1))
         return b.reshape(n, k) - zero_of(self.fmt)
 
     def scales(self) -> tuple[np.ndarray, np.ndarray | None]:
@@ -135,15 +191,20 @@ def convert(w: PackedQWeight) -> Q8Weight:
     fmt = q8_format(w.fmt)
     if fmt is None:
         raise EdgespecError(f"no int8-activation kernel for {w.fmt}; supported: {FORMATS}")
-    code, _, _ = w.parts()
     n, k = w.shape
     tile = tile_for(n)
     if w.ops["c"].shape[2] != tile:
         raise EdgespecError(f"{w.fmt} weight tiled by {w.ops['c'].shape[2]}, expected {tile}")
-    u = (code.astype(np.int32) + zero_of(fmt)).astype(np.uint8)  # [N, K]
-    if w.layout.code_bits == 4:
+    code = w.codes() + zero_of(fmt)  # [N, K]
+    bits = stored_bits(fmt)
+    if code.min() < 0 or code.max() >= 1 << bits:  # the types' code ranges rule this out
+        raise EdgespecError(f"{w.fmt} codes outside the {bits}-bit range of {fmt}")
+    u = code.astype(np.uint8)
+    if bits == 4:
         g = u.reshape(n, k // 8, 2, 4)
         u = (g[:, :, 0, :] | (g[:, :, 1, :] << 4)).astype(np.uint8).reshape(n, -1)  # [N, K/2]
+    elif bits == 6:
+        u = _pack6(u)  # [N, 3K/4]
     c = u.reshape(n // tile, tile, -1, 4).transpose(0, 2, 1, 3).reshape(n // tile, -1, 4 * tile)
     return Q8Weight(
         fmt, {"c": np.ascontiguousarray(c)} | {p: a for p, a in w.ops.items() if p != "c"}
@@ -162,17 +223,78 @@ def operand_types(fmt: str, K: int, N: int) -> list[tuple[tuple[int, ...], str]]
 
     base = base_format(fmt)
     tile = tile_for(N)
-    per = 8 if get_layout(base).code_bits == 4 else 4
-    return [((N // tile, K // per, 4 * tile), "uint8"), *qlinear.operand_types(base, K, N)[1:]]
+    c = ((N // tile, code_rows(fmt, K), 4 * tile), "uint8")
+    return [c, *qlinear.operand_types(base, K, N)[1:]]
 
 
 def _vnni(acc: Any, w: Any, q: Any) -> Any:
-    """``acc int32x16 + vpdpbusd(w uint8x64, q int8x64)``."""
+    """``acc int32x16 + vpdpbusd(w uint8x64, q int8x64)``: per lane, the sum of 4 products of
+    an unsigned weight byte and a signed activation byte, in the instructions of
+    :func:`int8_isa` (or the :func:`building_with` override)."""
     from tvm.script import tirx as T
 
-    return T.call_llvm_pure_intrin(
-        "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc, T.reinterpret("int8x64", w), q
-    )
+    isa = _ISA[0] or int8_isa() or "generic"
+    if isa == "vnni":
+        return T.call_llvm_pure_intrin(
+            "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc, T.reinterpret("int8x64", w), q
+        )
+    if isa == "avx2":
+        return acc + _maddubs(w, q)
+    w32, q32 = T.reinterpret("int32x16", w), T.reinterpret("int32x16", q)
+
+    def c(v: int) -> Any:
+        return T.broadcast(T.int32(v), LANES)
+
+    for i in range(4):  # "generic": byte i of each lane, unsigned weight, signed activation
+        acc = acc + ((w32 >> c(8 * i)) & c(255)) * ((q32 << c(24 - 8 * i)) >> c(24))
+    return acc
+
+
+def _maddubs(w: Any, q: Any) -> Any:
+    """``int32x16``: ``vpdpbusd``'s sums by AVX2, per 32-byte half ``vpmaddubsw`` (adjacent
+    byte products summed in int16, saturating: exact while ``2 * max u * 127 < 2^15``, i.e.
+    stored codes below 128) then ``vpmaddwd`` by ones (adjacent pairs summed in int32), as
+    llama.cpp's AVX2 kernels do."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    w8 = T.reinterpret("int8x64", w)
+    halves = []
+    for h in range(2):
+        at = [T.int32(32 * h + i) for i in range(32)]
+        p16 = T.call_llvm_pure_intrin(
+            "int16x16", "llvm.x86.avx2.pmadd.ub.sw", tirx.Shuffle([w8], at), tirx.Shuffle([q], at)
+        )
+        ones = T.broadcast(T.int16(1), 16)
+        halves.append(T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", p16, ones))
+    return tirx.Shuffle(halves, [T.int32(i) for i in range(LANES)])
+
+
+def _six(low: Any, high: Any, j: int) -> Any:
+    """``uint8x64``: the 6-bit codes of weights ``4j .. 4j+3`` of a chunk of 16 (16 features
+    x 4 weights, ``vpdpbusd``'s operand) from its low-nibble row ``low`` (row ``j // 2``) and
+    its high-bit row ``high`` (module docstring)."""
+    from tvm.script import tirx as T
+
+    def c(v: int) -> Any:
+        return T.broadcast(T.uint8(v), 64)
+
+    lo = low & c(15) if j % 2 == 0 else low >> c(4)
+    hi = [high << c(4), high << c(2), high, high >> c(2)][j]
+    return lo | (hi & c(0x30))
+
+
+def dot6(dot: Any, c0: Any, c1: Any, c2: Any, q4: Any, at: Any) -> Any:
+    """``dot`` plus one chunk of 16 weights (rows ``c0, c1, c2`` of the 6-bit layout, each
+    ``uint8x64``) times the 16 activations ``int8`` at ``q4[at .. at+3]`` (``q4``: the
+    quantized rows viewed as ``int32``, 4 activations each, broadcast to the 16 lanes):
+    four ``vpdpbusd``."""
+    from tvm.script import tirx as T
+
+    for j in range(4):
+        q = T.reinterpret("int8x64", T.broadcast(q4[at + j], 16))
+        dot = _vnni(dot, _six(c0 if j < 2 else c1, c2, j), q)
+    return dot
 
 
 def kernel(fmt: str, K: int, N: int) -> PrimFunc:
@@ -182,6 +304,8 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     from tvm.script import tirx as T
 
     lay = get_layout(base_format(fmt))
+    if not exact_with(fmt):
+        raise EdgespecError(f"{fmt} codes overflow this CPU's int8 dot product; use {fmt[:-3]}")
     if lay.sub:
         from edgespec.kernels import qlinear_q8k
 
@@ -189,9 +313,10 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     if K % 32:
         raise EdgespecError(f"K must be a multiple of 32 for {fmt}; got {K}")
     tile = tile_for(N)
-    nvec, nb, four = tile // LANES, K // 32, lay.code_bits == 4
-    steps = 4 if four else 8  # 64-byte loads per vector and block
-    per = 8 if four else 4  # weights per byte row
+    bits = stored_bits(fmt)
+    nvec, nb, four, six = tile // LANES, K // 32, bits == 4, bits == 6
+    steps = 4 if four else 8  # vpdpbusd (64-byte operands) per vector and block
+    rows = bits  # byte rows of the codes per block of 32 (code_rows)
     z = zero_of(fmt)
     affine = lay.affine
 
@@ -232,21 +357,39 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                     for v in T.unroll(nvec):
                         acc = T.alloc_local((LANES,), "int32")
                         acc[T.ramp(0, 1, LANES)] = T.broadcast(-z * QS[t * nb + b], LANES)
-                        for s in T.unroll(steps):
-                            w = C[jo, b * steps + s, T.ramp(v * 64, 1, 64)]
-                            row = t * (K // 4) + b * 8
-                            if four:
-                                lo = w & T.broadcast(T.uint8(15), 64)
-                                hi = w >> T.broadcast(T.uint8(4), 64)
-                                q_lo = T.reinterpret("int8x64", T.broadcast(Q4[row + 2 * s], 16))
-                                q_hi = T.reinterpret(
-                                    "int8x64", T.broadcast(Q4[row + 2 * s + 1], 16)
-                                )
-                                acc[T.ramp(0, 1, LANES)] = _vnni(acc[T.ramp(0, 1, LANES)], lo, q_lo)
-                                acc[T.ramp(0, 1, LANES)] = _vnni(acc[T.ramp(0, 1, LANES)], hi, q_hi)
-                            else:
-                                q_all = T.reinterpret("int8x64", T.broadcast(Q4[row + s], 16))
-                                acc[T.ramp(0, 1, LANES)] = _vnni(acc[T.ramp(0, 1, LANES)], w, q_all)
+                        if six:
+                            for p in T.unroll(2):  # chunks of 16 weights: 3 rows each
+                                c0 = C[jo, b * rows + 3 * p, T.ramp(v * 64, 1, 64)]
+                                c1 = C[jo, b * rows + 3 * p + 1, T.ramp(v * 64, 1, 64)]
+                                c2 = C[jo, b * rows + 3 * p + 2, T.ramp(v * 64, 1, 64)]
+                                acc[T.ramp(0, 1, LANES)] = dot6(
+                                    acc[T.ramp(0, 1, LANES)], c0, c1, c2, Q4,
+                                    t * (K // 4) + b * 8 + 4 * p,
+                                )  # fmt: skip
+                        else:
+                            for s in T.unroll(steps):
+                                w = C[jo, b * rows + s, T.ramp(v * 64, 1, 64)]
+                                row = t * (K // 4) + b * 8
+                                if four:
+                                    lo = w & T.broadcast(T.uint8(15), 64)
+                                    hi = w >> T.broadcast(T.uint8(4), 64)
+                                    q_lo = T.reinterpret(
+                                        "int8x64", T.broadcast(Q4[row + 2 * s], 16)
+                                    )
+                                    q_hi = T.reinterpret(
+                                        "int8x64", T.broadcast(Q4[row + 2 * s + 1], 16)
+                                    )
+                                    acc[T.ramp(0, 1, LANES)] = _vnni(
+                                        acc[T.ramp(0, 1, LANES)], lo, q_lo
+                                    )
+                                    acc[T.ramp(0, 1, LANES)] = _vnni(
+                                        acc[T.ramp(0, 1, LANES)], hi, q_hi
+                                    )
+                                else:
+                                    q_all = T.reinterpret("int8x64", T.broadcast(Q4[row + s], 16))
+                                    acc[T.ramp(0, 1, LANES)] = _vnni(
+                                        acc[T.ramp(0, 1, LANES)], w, q_all
+                                    )
                         lanes = T.ramp(t * N + jo * tile + v * LANES, 1, LANES)
                         dd = T.Cast(
                             "float32x16", Df[T.ramp((jo * nb + b) * tile + v * LANES, 1, LANES)]
@@ -280,7 +423,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             T.func_attr({"tirx.noalias": True})
             n = T.int64()
             X = T.match_buffer(x_h, (n, K), "float32")
-            C = T.match_buffer(c_h, (N // tile, K // per, 4 * tile), "uint8")
+            C = T.match_buffer(c_h, (N // tile, nb * rows, 4 * tile), "uint8")
             D = T.match_buffer(d_h, (N // tile, nb, tile), "float16")
             M = T.match_buffer(m_h, (N // tile, nb, tile), "float16")
             Y = T.match_buffer(y_h, (n, N), "float32")
@@ -293,7 +436,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         T.func_attr({"tirx.noalias": True})
         n = T.int64()
         X = T.match_buffer(x_h, (n, K), "float32")
-        C = T.match_buffer(c_h, (N // tile, K // per, 4 * tile), "uint8")
+        C = T.match_buffer(c_h, (N // tile, nb * rows, 4 * tile), "uint8")
         D = T.match_buffer(d_h, (N // tile, nb, tile), "float16")
         Y = T.match_buffer(y_h, (n, N), "float32")
         body(X, C, D, D, Y, n)
@@ -302,20 +445,71 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
 
 
 @functools.cache
-def cpu_has_vnni() -> bool:
-    """Whether this machine's CPU has AVX512-VNNI (``/proc/cpuinfo``, read once; False where
-    unreadable)."""
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's flags (``/proc/cpuinfo``, read once; empty where unreadable)."""
     try:
         with open("/proc/cpuinfo") as f:
-            return "avx512_vnni" in f.read()
+            return frozenset(w for line in f if line.startswith("flags") for w in line.split())
     except OSError:
-        return False
+        return frozenset()
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this machine's CPU has AVX512-VNNI."""
+    return "avx512_vnni" in _cpu_flags()
+
+
+#: the integer dot products the kernels are built with, best first: name -> the CPU flag it
+#: needs and the widest stored code it sums exactly (AVX2's ``vpmaddubsw`` saturates int16:
+#: codes below 128, so not Q8_0's). "generic" (plain int32 vector ops, several times slower)
+#: runs anywhere; it is for tests, never chosen by :func:`int8_isa`.
+ISAS: dict[str, tuple[str, int]] = {
+    "vnni": ("avx512_vnni", 8),
+    "avx2": ("avx2", 6),
+    "generic": ("", 8),
+}
+_ISA: list[str | None] = [None]  # the building_with override
+
+
+def int8_isa() -> str | None:
+    """The dot product this CPU builds the kernels with: "vnni", else "avx2", else None (no
+    gguf-q8act here)."""
+    return next((i for i, (flag, _) in ISAS.items() if flag and flag in _cpu_flags()), None)
+
+
+def cpu_has(isa: str) -> bool:
+    """Whether this CPU runs the kernels built with ``isa``."""
+    flag, _ = ISAS[isa]
+    return not flag or flag in _cpu_flags()
+
+
+@contextlib.contextmanager
+def building_with(isa: str) -> Iterator[None]:
+    """Kernels built inside this block use the dot product ``isa`` (:data:`ISAS`) instead of
+    :func:`int8_isa`'s: the same exact sums, so every variant is tested bit for bit against
+    the one reference; for tests."""
+    if isa not in ISAS:
+        raise EdgespecError(f"unknown dot product {isa}; known: {', '.join(ISAS)}")
+    _ISA[0] = isa
+    try:
+        yield
+    finally:
+        _ISA[0] = None
+
+
+def exact_with(fmt: str, isa: str | None = None) -> bool:
+    """Whether ``fmt``'s (``"<type>@q8"``) codes are summed exactly by ``isa`` (default: the
+    one kernels are built with now)."""
+    _, widest = ISAS[isa or _ISA[0] or int8_isa() or "generic"]
+    return stored_bits(fmt) <= widest
 
 
 def prefer(w: PackedQWeight) -> PackedQWeight | Q8Weight:
     """``w`` on int8 activations where this module has its type and shape (N a multiple of
-    16), else ``w`` itself (the float32-activation kernel)."""
+    16) and this CPU's dot product sums its codes exactly, else ``w`` itself (the
+    float32-activation kernel)."""
     n, _ = w.shape
-    if q8_format(w.fmt) is None or n % LANES:
+    fmt = q8_format(w.fmt)
+    if fmt is None or n % LANES or not exact_with(fmt):
         return w
     return convert(w)

@@ -26,7 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 from edgespec.errors import EdgespecError
 from edgespec.kernels.qlinear import SUPER, get_layout
-from edgespec.kernels.qlinear_q8 import LANES, _vnni, base_format, tile_for, zero_of
+from edgespec.kernels.qlinear_q8 import (
+    LANES,
+    _vnni,
+    base_format,
+    code_rows,
+    dot6,
+    stored_bits,
+    tile_for,
+    zero_of,
+)
 
 if TYPE_CHECKING:
     from tvm.tirx import PrimFunc
@@ -41,14 +50,16 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     if K % SUPER:
         raise EdgespecError(f"K must be a multiple of {SUPER} for {fmt}; got {K}")
     tile = tile_for(N)
-    nvec, ns, four = tile // LANES, K // SUPER, lay.code_bits == 4
-    g, per = lay.group, 8 if four else 4  # weights per group; per byte row of the codes
+    bits = stored_bits(fmt)
+    nvec, ns, four, six = tile // LANES, K // SUPER, bits == 4, bits == 6
+    g = lay.group  # weights per group (sub-scale)
     gps = SUPER // g  # groups per super-block
-    loads = g // per  # 64-byte loads per vector and group
+    rows = g * bits // 32  # byte rows of the codes per group
+    loads = g // (8 if four else 4)  # 64-byte loads per vector and group (4 and 8 bits)
     z = zero_of(fmt)
     affine, sub = lay.affine, lay.sub or "int8"
     nbs = K // 16
-    nt, codes = N // tile, K // per
+    nt, codes = N // tile, code_rows(fmt, K)
 
     @T.macro
     def body(X: Any, C: Any, D: Any, M: Any, SD: Any, SM: Any, Y: Any, n: Any) -> None:
@@ -99,29 +110,41 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                             b16 = t * nbs + s * (SUPER // 16) + gi * (g // 16)
                             gsum = BS[b16] if g == 16 else BS[b16] + BS[b16 + 1]
                             dot[T.ramp(0, 1, LANES)] = T.broadcast(-z * gsum, LANES)
-                            for st in T.unroll(loads):
-                                w = C[jo, (s * SUPER + gi * g) // per + st, T.ramp(v * 64, 1, 64)]
-                                row = (t * K + s * SUPER + gi * g) // 4
-                                if four:
-                                    lo = w & T.broadcast(T.uint8(15), 64)
-                                    hi = w >> T.broadcast(T.uint8(4), 64)
-                                    q_lo = T.reinterpret(
-                                        "int8x64", T.broadcast(Q4[row + 2 * st], 16)
+                            at = (t * K + s * SUPER + gi * g) // 4  # of the group's q
+                            if six:
+                                for p in T.unroll(g // 16):  # chunks of 16 weights: 3 rows
+                                    base = (s * gps + gi) * rows + 3 * p
+                                    c0 = C[jo, base, T.ramp(v * 64, 1, 64)]
+                                    c1 = C[jo, base + 1, T.ramp(v * 64, 1, 64)]
+                                    c2 = C[jo, base + 2, T.ramp(v * 64, 1, 64)]
+                                    dot[T.ramp(0, 1, LANES)] = dot6(
+                                        dot[T.ramp(0, 1, LANES)], c0, c1, c2, Q4, at + 4 * p
                                     )
-                                    q_hi = T.reinterpret(
-                                        "int8x64", T.broadcast(Q4[row + 2 * st + 1], 16)
-                                    )
-                                    dot[T.ramp(0, 1, LANES)] = _vnni(
-                                        dot[T.ramp(0, 1, LANES)], lo, q_lo
-                                    )
-                                    dot[T.ramp(0, 1, LANES)] = _vnni(
-                                        dot[T.ramp(0, 1, LANES)], hi, q_hi
-                                    )
-                                else:
-                                    q_all = T.reinterpret("int8x64", T.broadcast(Q4[row + st], 16))
-                                    dot[T.ramp(0, 1, LANES)] = _vnni(
-                                        dot[T.ramp(0, 1, LANES)], w, q_all
-                                    )
+                            else:
+                                for st in T.unroll(loads):
+                                    w = C[jo, (s * gps + gi) * rows + st, T.ramp(v * 64, 1, 64)]
+                                    if four:
+                                        lo = w & T.broadcast(T.uint8(15), 64)
+                                        hi = w >> T.broadcast(T.uint8(4), 64)
+                                        q_lo = T.reinterpret(
+                                            "int8x64", T.broadcast(Q4[at + 2 * st], 16)
+                                        )
+                                        q_hi = T.reinterpret(
+                                            "int8x64", T.broadcast(Q4[at + 2 * st + 1], 16)
+                                        )
+                                        dot[T.ramp(0, 1, LANES)] = _vnni(
+                                            dot[T.ramp(0, 1, LANES)], lo, q_lo
+                                        )
+                                        dot[T.ramp(0, 1, LANES)] = _vnni(
+                                            dot[T.ramp(0, 1, LANES)], hi, q_hi
+                                        )
+                                    else:
+                                        q_all = T.reinterpret(
+                                            "int8x64", T.broadcast(Q4[at + st], 16)
+                                        )
+                                        dot[T.ramp(0, 1, LANES)] = _vnni(
+                                            dot[T.ramp(0, 1, LANES)], w, q_all
+                                        )
                             acc[T.ramp(0, 1, LANES)] = (
                                 acc[T.ramp(0, 1, LANES)]
                                 + T.Cast(

@@ -12,7 +12,7 @@ uses; :data:`WEIGHTS`):
   codes widened to one byte); other types (K-quants, Q5_x, F16) fall back per matrix to
   float32, said once at load. The embedding table, norms and biases are float32 as in fp32.
 - ``gguf-q8act``: as gguf-exact, but the matrices multiply int8-quantized activations with
-  integer dot products (:mod:`edgespec.kernels.qlinear_q8`, AVX512-VNNI; llama.cpp's
+  integer dot products (:mod:`edgespec.kernels.qlinear_q8`, AVX512-VNNI or AVX2; llama.cpp's
   arithmetic: Q8_0/Q8_1-style activation blocks for Q4_0 .. Q8_0, Q8_K for the K-quants).
   :data:`QUANTIZED` maps each build to how it multiplies the file's matrices.
  The graph
@@ -91,14 +91,14 @@ def _q8act(w: Any) -> Any:
     return qlinear_q8.prefer(w)
 
 
-def _require_vnni() -> None:
-    """One line where the CPU lacks the int8 kernels' instruction."""
+def _require_int8_dot() -> None:
+    """One line where the CPU has no int8 dot product the kernels are built with."""
     from edgespec.kernels import qlinear_q8
 
-    if not qlinear_q8.cpu_has_vnni():
+    if qlinear_q8.int8_isa() is None:
         raise EdgespecError(
-            "--weights gguf-q8act needs a CPU with AVX512-VNNI (avx512_vnni in /proc/cpuinfo); "
-            "use --weights gguf-exact"
+            "--weights gguf-q8act needs a CPU with AVX512-VNNI or AVX2 (avx512_vnni or avx2 in "
+            "/proc/cpuinfo); use --weights gguf-exact"
         )
 
 
@@ -107,7 +107,7 @@ def _require_vnni() -> None:
 #: activations (kernels/qlinear_q8.py)
 QUANTIZED: dict[str, Callable[[Any], Any]] = {"gguf-exact": lambda w: w, "gguf-q8act": _q8act}
 #: what a choice needs of this machine, checked when it is resolved (before any unpacking)
-REQUIRES: dict[str, Callable[[], None]] = {"gguf-q8act": _require_vnni}
+REQUIRES: dict[str, Callable[[], None]] = {"gguf-q8act": _require_int8_dot}
 
 
 def weights_choice(kind: str, weights: str, bundled: bool = False) -> str:
@@ -116,7 +116,7 @@ def weights_choice(kind: str, weights: str, bundled: bool = False) -> str:
 
     Raises:
         EdgespecError: an unknown choice, a quantized build for a source that is not GGUF,
-            or gguf-q8act on a CPU without AVX512-VNNI.
+            or gguf-q8act on a CPU without AVX512-VNNI or AVX2.
     """
     auto = "fp32" if bundled else AUTO_WEIGHTS.get(kind, "fp32")
     choice = auto if weights == "auto" else weights
@@ -481,8 +481,9 @@ class CachedMatrix:
         return self.ops
 
 
-#: bump when the cache's files change meaning
-PACKED_CACHE_VERSION = 1
+#: bump when the cache's files change meaning (2: Q5_x/Q6_K codes on int8 activations in 6
+#: bits, kernels/qlinear_q8.py, where 1 had a byte each)
+PACKED_CACHE_VERSION = 2
 
 
 def packed_cache_dir(path: Path, choice: str) -> Path:
@@ -490,11 +491,12 @@ def packed_cache_dir(path: Path, choice: str) -> Path:
     ``path`` for build ``choice`` on this device (gguf-q8act's exist only where its CPU
     instructions do), keyed by the file (resolved path, size, mtime), the build, gguf-py's
     version and the code that packs them (this module, kernels/qlinear.py,
-    kernels/qlinear_q8.py, gguf_file.py): other code or another file is another folder."""
+    kernels/qlinear_q8.py, kernels/qlinear_q8k.py, gguf_file.py): other code or another file
+    is another folder."""
     from importlib.metadata import version
 
     from edgespec import gguf_file
-    from edgespec.kernels import qlinear, qlinear_q8
+    from edgespec.kernels import qlinear, qlinear_q8, qlinear_q8k
     from edgespec.kernels.tuning import records_dir
 
     real = path.resolve()
@@ -503,7 +505,7 @@ def packed_cache_dir(path: Path, choice: str) -> Path:
         f"{PACKED_CACHE_VERSION}\n{real}\n{st.st_size}\n{st.st_mtime_ns}\n{choice}\n"
         f"{version('gguf')}\n".encode()
     )
-    for mod in (sys.modules[__name__], qlinear, qlinear_q8, gguf_file):
+    for mod in (sys.modules[__name__], qlinear, qlinear_q8, qlinear_q8k, gguf_file):
         h.update(Path(str(mod.__file__)).read_bytes())
     return records_dir() / "weights" / f"{real.stem}-{choice}-{h.hexdigest()[:16]}"
 

@@ -38,13 +38,14 @@ _WARNED: set[Path] = set()
 
 
 def graph_code_digest() -> str:
-    """sha256 of the graph code (tvm_graph.py and the quantized kernel it calls,
-    kernels/qlinear.py, kernels/qlinear_q8.py): a library from other graph code is stale."""
-    from edgespec.kernels import qlinear, qlinear_q8
+    """sha256 of the graph code (tvm_graph.py and the quantized kernels it calls,
+    kernels/qlinear.py, qlinear_q8.py, qlinear_q8k.py): a library from other graph code is
+    stale."""
+    from edgespec.kernels import qlinear, qlinear_q8, qlinear_q8k
     from edgespec.runtimes import tvm_graph
 
     h = hashlib.sha256()
-    for mod in (tvm_graph, qlinear, qlinear_q8):
+    for mod in (tvm_graph, qlinear, qlinear_q8, qlinear_q8k):
         h.update(Path(str(mod.__file__)).read_bytes())
     return h.hexdigest()
 

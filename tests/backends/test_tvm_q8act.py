@@ -8,7 +8,8 @@ activations' quantization.
 
 Tolerance, measured with ``.venv/bin/python -m pytest tests/backends/test_tvm_q8act.py -q -s``
 (each comparison prints its max |diff|; x86-64 with avx512_vnni, TVM 0.27): tiny random llama
-/ qwen2 (logits up to ~3), max |logit diff| 0.034 to 0.044 (chains and trees); asserted
+/ qwen2 (logits up to ~3), max |logit diff| 0.034 to 0.044 (chains and trees); with AVX2 only
+(AMD EPYC, where the Q8_0 matrix stays on the float kernel) 0.032 to 0.042; asserted
 :data:`Q8_ATOL` = 0.1. Batched and one-token forwards are bit for bit equal (every row is
 quantized and summed alike whatever T is), so the near-tie bound is 0 (measured below) and
 speculation equals plain greedy decoding token for token (both tested with the gguf-exact
@@ -27,14 +28,16 @@ from edgespec.runtimes.base import LoadOptions, ModelSource
 
 pytest.importorskip("tvm", reason="the tvm backend needs apache-tvm (pip install 'edgespec[tvm]')")
 pytest.importorskip("gguf")
-from edgespec.kernels.qlinear_q8 import cpu_has_vnni  # noqa: E402
+from edgespec.kernels.qlinear_q8 import int8_isa  # noqa: E402
 from edgespec.runtimes.tvm_backend import TvmBackend, TvmModel  # noqa: E402
 
 from .test_tvm_quant import IDS, _ref, write_quantized_gguf  # noqa: E402
 
 pytestmark = [
     pytest.mark.backend,
-    pytest.mark.skipif(not cpu_has_vnni(), reason="gguf-q8act needs a CPU with avx512_vnni"),
+    pytest.mark.skipif(
+        int8_isa() is None, reason="gguf-q8act needs a CPU with avx512_vnni or avx2"
+    ),
 ]
 
 #: see the module docstring (measured 0.044 at most)

@@ -121,11 +121,11 @@ def test_greedy_tokens_equal_reference(tiny_q: ModelSource) -> None:
 
 
 def _needs(weights: str) -> None:
-    """Skip the int8-activation build on a CPU without the VNNI dot product it is built on."""
-    from edgespec.kernels.qlinear_q8 import cpu_has_vnni
+    """Skip the int8-activation build on a CPU without a dot product it is built on."""
+    from edgespec.kernels.qlinear_q8 import int8_isa
 
-    if weights == "gguf-q8act" and not cpu_has_vnni():
-        pytest.skip("gguf-q8act needs a CPU with avx512_vnni")
+    if weights == "gguf-q8act" and int8_isa() is None:
+        pytest.skip("gguf-q8act needs a CPU with avx512_vnni or avx2")
 
 
 #: the quantized builds: the file's blocks times float32 or int8 activations
@@ -211,14 +211,14 @@ def test_set_threads_keeps_the_callers_cpu_affinity(tiny_q: ModelSource) -> None
         model.forward([1, 2, 3])
 
 
-def test_q8act_without_vnni_is_one_line_before_any_work(monkeypatch) -> None:
-    """gguf-q8act on a CPU without AVX512-VNNI is refused when the choice is resolved, before
-    the file's matrices are unpacked."""
+def test_q8act_without_int8_dot_is_one_line_before_any_work(monkeypatch) -> None:
+    """gguf-q8act on a CPU with neither AVX512-VNNI nor AVX2 is refused when the choice is
+    resolved, before the file's matrices are unpacked."""
     from edgespec.kernels import qlinear_q8
     from edgespec.runtimes.tvm_backend import weights_choice
 
-    monkeypatch.setattr(qlinear_q8, "cpu_has_vnni", lambda: False)
-    with pytest.raises(EdgespecError, match="needs a CPU with AVX512-VNNI") as e:
+    monkeypatch.setattr(qlinear_q8, "_cpu_flags", lambda: frozenset({"sse4_2"}))
+    with pytest.raises(EdgespecError, match="needs a CPU with AVX512-VNNI or AVX2") as e:
         weights_choice("gguf", "gguf-q8act")
     assert "\n" not in str(e.value)
     assert weights_choice("gguf", "gguf-exact") == "gguf-exact"

@@ -23,18 +23,29 @@ from edgespec.kernels import qlinear, qlinear_q8, reference  # noqa: E402
 
 from .test_qlinear import random_blocks  # noqa: E402
 
-needs_vnni = pytest.mark.skipif(
-    not qlinear_q8.cpu_has_vnni(), reason="needs a CPU with avx512_vnni"
-)
+#: the dot products the kernels are built with (kernels/qlinear_q8.py ISAS), each where this
+#: CPU runs it: the same loops, layouts and exact sums, so every one is tested bit for bit
+#: against the one reference ("generic" everywhere, "vnni" and "avx2" where the CPU has them)
+ISAS = [
+    pytest.param(i, marks=pytest.mark.skipif(not qlinear_q8.cpu_has(i), reason=f"needs {i}"))
+    for i in qlinear_q8.ISAS
+]
+#: the instruction each puts in the assembly (asserted: the variant really is built; LLVM
+#: picks the generic one's)
+MARKER = {"vnni": "vpdpbusd", "avx2": "vpmaddubsw"}
 
 
-def _compile(fmt: str, k: int, n: int) -> Any:
+def _compile(fmt: str, k: int, n: int, isa: str) -> Any:
     import tvm
 
     from edgespec.kernels.tuning import host_target
 
-    func = qlinear.qlinear_kernel(fmt, k, n).with_attr("global_symbol", "main")
-    return tvm.compile(tvm.IRModule({"main": func}), target=host_target())
+    with qlinear_q8.building_with(isa):
+        func = qlinear.qlinear_kernel(fmt, k, n).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=host_target())
+    if isa in MARKER:
+        assert lib.mod.inspect_source("asm").count(MARKER[isa]) > 0
+    return lib
 
 
 def _run(fn: Any, x: np.ndarray, w: qlinear_q8.Q8Weight) -> np.ndarray:
@@ -59,10 +70,14 @@ def _activations(t: int, k: int, rng: np.random.Generator) -> np.ndarray:
 BLOCK32 = [f for f in qlinear_q8.FORMATS if not qlinear.get_layout(f).sub]
 
 
-@needs_vnni
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fmt", BLOCK32)
 @pytest.mark.parametrize("n", [128, 48])  # tiles of 64, and of 16
-def test_kernel_equals_reference_bit_for_bit(fmt: str, n: int) -> None:
+def test_kernel_equals_reference_bit_for_bit(fmt: str, n: int, isa: str) -> None:
+    if not qlinear_q8.exact_with(qlinear_q8.q8_format(fmt) or "", isa):
+        with pytest.raises(EdgespecError, match="overflow"), qlinear_q8.building_with(isa):
+            qlinear.qlinear_kernel(fmt + "@q8", 160, n)
+        return
     rng = np.random.default_rng(3)
     k = 160
     packed = qlinear.from_gguf(random_blocks(fmt, n, k, rng), fmt)
@@ -70,8 +85,7 @@ def test_kernel_equals_reference_bit_for_bit(fmt: str, n: int) -> None:
     code, dper, mper = packed.parts()
     np.testing.assert_array_equal(w.codes(), code.astype(np.int32))  # the layout round-trips
     d, m = dper[:, ::32], mper[:, ::32] if packed.layout.affine else None
-    lib = _compile(w.fmt, k, n)
-    assert lib.mod.inspect_source("asm").count("vpdpbusd") > 0
+    lib = _compile(w.fmt, k, n, isa)
     x = _activations(9, k, rng)
     got = _run(lib["main"], x, w)
     want = reference.qlinear_q8(x, code.astype(np.int32), d, m)
@@ -136,10 +150,10 @@ def _k_packed(fmt: str, n: int, k: int, rng: np.random.Generator) -> qlinear.Pac
     return qlinear.pack(qlinear.concat(parts))
 
 
-@needs_vnni
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fmt", ["Q4_K", "Q5_K", "Q6_K", qlinear.MIXED_K])
 @pytest.mark.parametrize("n", [128, 48])
-def test_k_quant_kernel_equals_reference_bit_for_bit(fmt: str, n: int) -> None:
+def test_k_quant_kernel_equals_reference_bit_for_bit(fmt: str, n: int, isa: str) -> None:
     rng = np.random.default_rng(4)
     k = 512
     packed = _k_packed(fmt, n, k, rng)
@@ -151,8 +165,7 @@ def test_k_quant_kernel_equals_reference_bit_for_bit(fmt: str, n: int) -> None:
     m = _untile(o["m"]).astype(np.float32) if "m" in o else None
     sd = _untile(o["sd"]).astype(np.int32)
     sm = _untile(o["sm"]).astype(np.int32) if "sm" in o else None
-    lib = _compile(w.fmt, k, n)
-    assert lib.mod.inspect_source("asm").count("vpdpbusd") > 0
+    lib = _compile(w.fmt, k, n, isa)
     x = _activations(9, k, rng)
     x[1, 256:] = 0  # an all-zero super-block
     got = _run(lib["main"], x, w)
@@ -165,3 +178,52 @@ def test_k_quant_kernel_equals_reference_bit_for_bit(fmt: str, n: int) -> None:
     err = np.abs(got - exact)
     print(f"{fmt} n={n}: max |err| {err.max():.2e}, max err/bound {(err / bound).max():.3f}")
     assert (err <= bound).all()
+
+
+@pytest.mark.parametrize("fmt", list(qlinear_q8.FORMATS))
+def test_codes_round_trip_in_the_files_bits(fmt: str) -> None:
+    """Every type's codes survive the layout; Q5_x/Q6_K (and the mixed K layout) take 0.75
+    bytes a weight (4 + 2 bit planes), 4-bit types 0.5, Q8_0 1."""
+    rng = np.random.default_rng(6)
+    n, k = 64, 512
+    packed = _k_packed(fmt, n, k, rng) if qlinear.get_layout(fmt).sub else None
+    if packed is None:
+        packed = qlinear.from_gguf(random_blocks(fmt, n, k, rng), fmt)
+    w = qlinear_q8.convert(packed)
+    code = packed.codes()
+    np.testing.assert_array_equal(w.codes(), code)
+    bits = qlinear_q8.stored_bits(w.fmt)
+    assert w.ops["c"].nbytes * 8 == n * k * bits
+    assert bits == {"Q8_0": 8}.get(fmt, 4 if qlinear.get_layout(fmt).code_bits == 4 else 6)
+    if bits == 6:  # every code of the 6-bit range is used here, so both planes are exercised
+        assert code.min() <= -16 or code.max() >= 16
+        assert len(np.unique(code)) >= 20
+
+
+def test_six_bit_layout_is_the_documented_one() -> None:
+    """A known pattern: weight ``i`` of one feature has code ``u = i % 64`` (z = 32)."""
+    u = (np.arange(32) % 64).astype(np.uint8)[None, :]
+    b = qlinear_q8._pack6(u)[0]  # rows 3p, 3p + 1, 3p + 2 of 4 bytes each, p = 0, 1
+    assert list(b[:4]) == [0 | 4 << 4, 1 | 5 << 4, 2 | 6 << 4, 3 | 7 << 4]
+    assert list(b[4:8]) == [8 | 12 << 4, 9 | 13 << 4, 10 | 14 << 4, 11 | 15 << 4]
+    assert list(b[8:12]) == [0, 0, 0, 0]  # codes < 16: no high bits
+    hi = [(16 + 4 * j + i) >> 4 for j in range(4) for i in range(4)]  # 1 each
+    assert list(b[20:24]) == [sum(hi[4 * j + i] << 2 * j for j in range(4)) for i in range(4)]
+    np.testing.assert_array_equal(qlinear_q8._unpack6(b[None, :]), u.astype(np.int32))
+
+
+def test_q8_0_stays_on_the_float_kernel_where_avx2_would_saturate() -> None:
+    """AVX2's ``vpmaddubsw`` sums adjacent products in int16 with saturation: Q8_0's stored
+    codes (up to 255) times 127 twice overflow it, so with AVX2 a Q8_0 matrix keeps the
+    float32-activation kernel, and its int8 kernel is refused in one line."""
+    rng = np.random.default_rng(7)
+    packed = qlinear.from_gguf(random_blocks("Q8_0", 64, 64, rng), "Q8_0")
+    with qlinear_q8.building_with("avx2"):
+        assert qlinear_q8.prefer(packed) is packed
+        with pytest.raises(EdgespecError, match="overflow"):
+            qlinear.qlinear_kernel("Q8_0@q8", 64, 64)
+    with qlinear_q8.building_with("vnni"):
+        assert isinstance(qlinear_q8.prefer(packed), qlinear_q8.Q8Weight)
+    six = qlinear.from_gguf(random_blocks("Q6_K", 64, 256, rng), "Q6_K")
+    with qlinear_q8.building_with("avx2"):  # 6-bit codes: 2 * 63 * 127 < 2^15, exact
+        assert isinstance(qlinear_q8.prefer(six), qlinear_q8.Q8Weight)
