@@ -151,7 +151,8 @@ class ClModel(TvmModel):
 
 
 def load_opencl(source: ModelSource, options: LoadOptions, choice: str) -> ClModel:
-    """The fp32 build of ``source`` on the first OpenCL device.
+    """The fp32 build of ``source`` on the first OpenCL device (``--weights auto`` means fp32
+    here, whatever ``choice`` it resolved to on the CPU).
 
     Raises:
         EdgespecError: a quantized ``--weights`` choice, no OpenCL driver or no pyopencl.
@@ -164,7 +165,7 @@ def load_opencl(source: ModelSource, options: LoadOptions, choice: str) -> ClMod
     from edgespec.runtimes import numpy_ref
     from edgespec.runtimes.tvm_backend import _check_arch, graph_spec, graph_weights
 
-    if choice != "fp32":
+    if choice != "fp32" and options.weights != "auto":  # auto: fp32, what runs here
         raise EdgespecError(
             f"--device opencl runs the fp32 build only, not --weights {choice}; "
             "use --weights fp32 (or --device cpu for the quantized builds)"

@@ -98,7 +98,8 @@ def test_opencl_is_fp32_only_one_line(device: object, smollm2_path: Path) -> Non
 def test_smollm2_on_opencl_equals_llvm(device: object, smollm2_path: Path) -> None:
     """The real model: logits within the fp32 bound and greedy tokens equal."""
     src = ModelSource("gguf", smollm2_path, "smollm2-135m")
-    cl, cpu = _load(src, "opencl", weights="fp32"), _load(src, "cpu", weights="fp32")
+    cl, cpu = _load(src, "opencl"), _load(src, "cpu", weights="fp32")  # opencl: auto is fp32
+    assert cl.info.extra["weights"] == "fp32"
     prompt = [1, 504, 3458, 282, 4649, 314, 2411, 30, 378, 3458]
     a, b = cl.forward(prompt), cpu.forward(prompt)
     _close(a, b, SMOL_ATOL, "smollm2 prompt opencl vs llvm")
