@@ -685,6 +685,26 @@ def gguf_model(path: Path) -> tuple[Any, Any, Any, np.ndarray | None]:
     return hp, info, spec, freq
 
 
+def fp32_model(
+    kind: str, path: Path, progress: bool
+) -> tuple[Any, ModelInfo, Any, dict[str, np.ndarray], np.ndarray | None]:
+    """The fp32 build's inputs, from a GGUF (dequantized) or HF folder through the NumPy
+    reference's loader: ``(hparams, info, GraphSpec, {weight name: float32 array}, rope
+    frequency factors or None)``.
+
+    Raises:
+        ModelLoadError: unreadable files, an unsupported architecture.
+    """
+    from edgespec.runtimes import numpy_ref
+
+    if kind == "gguf":
+        hp, weights, info = numpy_ref._load_gguf(path, np.float32, progress)
+    else:
+        hp, weights, info = numpy_ref._load_hf(path, np.float32)
+    _check_arch(hp, path)
+    return hp, info, graph_spec(hp, weights), graph_weights(weights), weights.freq_factors
+
+
 def _check_arch(hp: Any, path: Path) -> None:
     """One line when the graph does not implement ``hp``'s architecture."""
     if hp.arch not in SUPPORTED_ARCHS or hp.swa_window or hp.qk_norm:
@@ -925,17 +945,7 @@ class TvmBackend(Backend):
             floats = [n for n in spec.weight_names() if n not in packed]
             named = gguf_float_weights(path, spec, floats, llama, options.progress)
         else:
-            from edgespec.runtimes import numpy_ref
-
-            if source.kind == "gguf":
-                hp, weights, info = numpy_ref._load_gguf(path, np.float32, options.progress)
-            else:
-                hp, weights, info = numpy_ref._load_hf(path, np.float32)
-            _check_arch(hp, path)
-            spec = graph_spec(hp, weights)
-            named = graph_weights(weights)
-            freq_factors = weights.freq_factors
-            del weights
+            hp, info, spec, named, freq_factors = fp32_model(source.kind, path, options.progress)
         target = device.tvm_target(options.n_threads)
         from edgespec.runtimes.tvm_bundle import bundled_library
 

@@ -162,8 +162,7 @@ def load_opencl(source: ModelSource, options: LoadOptions, choice: str) -> ClMod
 
     from edgespec.kernels.opencl import cl_device
     from edgespec.kernels.opencl_graph import ClProgram, graph_kernels
-    from edgespec.runtimes import numpy_ref
-    from edgespec.runtimes.tvm_backend import _check_arch, graph_spec, graph_weights
+    from edgespec.runtimes.tvm_backend import fp32_model
 
     if choice != "fp32" and options.weights != "auto":  # auto: fp32, what runs here
         raise EdgespecError(
@@ -172,15 +171,7 @@ def load_opencl(source: ModelSource, options: LoadOptions, choice: str) -> ClMod
         )
     device = cl_device()  # one line when no driver is installed, before the weights load
     path = Path(source.path).expanduser()
-    if source.kind == "gguf":
-        hp, weights, info = numpy_ref._load_gguf(path, np.float32, options.progress)
-    else:
-        hp, weights, info = numpy_ref._load_hf(path, np.float32)
-    _check_arch(hp, path)
-    spec = graph_spec(hp, weights)
-    named = graph_weights(weights)
-    freq_factors = weights.freq_factors
-    del weights
+    hp, info, spec, named, freq_factors = fp32_model(source.kind, path, options.progress)
     program = ClProgram(graph_kernels(spec), device)
     extra = {**info.extra, "device": "opencl", "target": "opencl", "weights": "fp32"}
     extra["opencl_device"] = str(device.name).strip()

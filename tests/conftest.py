@@ -95,6 +95,20 @@ def qwen05b_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def opencl_device() -> object:
+    """The first OpenCL device (PoCL here: ./install.sh installs it); skipped, with the one
+    line saying what is missing, where no driver is registered."""
+    pytest.importorskip("pyopencl")
+    from edgespec.errors import EdgespecError
+    from edgespec.kernels.opencl import cl_device
+
+    try:
+        return cl_device()
+    except EdgespecError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
 def smollm2_near_tie_bound(smollm2_path: Path) -> float:
     """smollm2-135m's near-tie bound on llama.cpp, measured as ``edgespec calibrate`` does
     (``edgespec.losslessness.calibrate_near_tie_bound``: the largest change of the top-2 logit

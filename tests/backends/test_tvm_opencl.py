@@ -26,7 +26,6 @@ pytest.importorskip("tvm")
 pytest.importorskip("pyopencl")
 
 from edgespec.errors import EdgespecError  # noqa: E402
-from edgespec.kernels.opencl import cl_device  # noqa: E402
 from edgespec.runtimes.base import LoadOptions, ModelSource  # noqa: E402
 from edgespec.runtimes.numpy_ref import NumpyBackend  # noqa: E402
 from edgespec.runtimes.tvm_backend import TvmBackend  # noqa: E402
@@ -42,11 +41,8 @@ SMOL_ATOL = 1e-3
 
 
 @pytest.fixture(scope="module")
-def device() -> object:
-    try:
-        return cl_device()
-    except EdgespecError as e:
-        pytest.skip(str(e))
+def device(opencl_device: object) -> object:
+    return opencl_device
 
 
 def _close(got: np.ndarray, want: np.ndarray, atol: float, what: str) -> None:

@@ -18,18 +18,14 @@ import pytest
 pytest.importorskip("tvm")
 pytest.importorskip("pyopencl")
 
-from edgespec.errors import EdgespecError  # noqa: E402
 from edgespec.kernels import KERNELS, reference  # noqa: E402
-from edgespec.kernels.opencl import OpenCLQMatmul, cl_device, generate  # noqa: E402
+from edgespec.kernels.opencl import OpenCLQMatmul, generate  # noqa: E402
 from edgespec.kernels.qmatmul import FORMATS, QMatmul, QWeight  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def device() -> object:
-    try:
-        return cl_device()
-    except EdgespecError as e:
-        pytest.skip(str(e))
+def device(opencl_device: object) -> object:
+    return opencl_device
 
 
 def _raw(qtype: str, n: int, k: int, seed: int) -> np.ndarray:
