@@ -1,13 +1,13 @@
-"""The tvm backend's OpenCL path beside its llvm fp32 build: logits agreement and step time.
+"""The tvm backend's OpenCL path beside its llvm build: logits agreement and step time.
 
 Loads one model twice in one process, ``--device opencl`` (TVM's OpenCL kernels launched with
 pyopencl on the first OpenCL device: PoCL on a machine without a GPU driver) and ``--device
-cpu`` (the llvm fp32 build), feeds both the same prompt and then greedy steps on the llvm
-build's tokens, interleaved, and prints per step the max |logit diff|, whether the top-1
-agrees, the llvm build's top-2 margin and the two step times; then medians. On PoCL the
-times say what a CPU driver costs, not what a phone's GPU would do.
+cpu`` (the llvm build of the same ``--weights``), feeds both the same prompt and then greedy
+steps on the llvm build's tokens, interleaved, and prints per step the max |logit diff|,
+whether the top-1 agrees, the llvm build's top-2 margin and the two step times; then
+medians. On PoCL the times say what a CPU driver costs, not what a phone's GPU would do.
 
-    .venv/bin/python benchmarks/tvm_opencl.py --model smollm2-135m --steps 8
+    .venv/bin/python benchmarks/tvm_opencl.py --model smollm2-135m --steps 8 [--weights gguf-exact]
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m", help="zoo name")
     ap.add_argument("--steps", type=int, default=8, help="greedy steps after the prompt")
     ap.add_argument("--threads", type=int, default=None, help="llvm build's threads")
+    ap.add_argument("--weights", default="fp32", help="fp32 or gguf-exact (both devices)")
     args = ap.parse_args()
     path = verify(args.model, progress=False)
     src = ModelSource("gguf", path, args.model)
 
     def load(device: str) -> object:
         opts = LoadOptions(
-            n_ctx=64, progress=False, device=device, weights="fp32", n_threads=args.threads
+            n_ctx=64, progress=False, device=device, weights=args.weights, n_threads=args.threads
         )
         return TvmBackend.load(src, opts)
 

@@ -22,6 +22,7 @@ Shapes (``D`` width, ``H``/``KV`` heads, ``hd`` head size, ``F`` FFN width, ``L`
 
     rms_norm(x f32[n, D], w f32[D], y f32[m, D], r0, m)      y[r] = norm(x[r0 + r]) * w
     linear_KxN(x f32[n, K], w f32[K, N], y f32[n, N], n)     y = x @ w      (+ b f32[N])
+    qlinear_FMT_KxN(x, c, d[, m] f32, y, n)                   the same on a GGUF matrix's blocks
     rope_qkv(qkv f32[n, (H+2KV) hd], cos/sin f32[n, hd/2], q f32[n, H, hd],
              kc/vc f32[L, C, KV, hd], layer, P, n)          q rotated and scaled; k, v cached
     attention(q, kc, vc, mask f32[n, n], o f32[n, H hd], layer, P, n)
@@ -119,8 +120,87 @@ def _linear(K: int, N: int, bias: bool) -> Any:
     return linear
 
 
+#: the GGUF types :func:`_qlinear` multiplies on their own blocks: 32 weights a scale, no
+#: K-quant sub-scales (kernels/qlinear.py's layout; the others run dequantized)
+CL_QUANT = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+
+
+def qlinear_name(fmt: str, K: int, N: int, bias: bool) -> str:
+    """The kernel name of ``x [n, K] @ W`` on ``fmt`` blocks (``qlinear[_bias]_FMT_KxN``)."""
+    return f"qlinear{'_bias' if bias else ''}_{fmt}_{K}x{N}"
+
+
+def _qlinear(fmt: str, K: int, N: int, bias: bool) -> Any:
+    """``x [n, K] @ W`` on a matrix packed by :func:`edgespec.kernels.qlinear.pack` (the
+    file's codes, tiled ``[N/tile, ., tile]``, so neighbouring work items read neighbouring
+    bytes), with its scales and offsets widened to float32 on the host (no ``cl_khr_fp16``
+    needed). One work item per output feature j; per row and block of 32, as the CPU kernel
+    factors it: ``y += d * sum(x * code) + m * sum(x)``."""
+    from tvm.script import tirx as T
+
+    from edgespec.kernels.qlinear import get_layout, tile_for
+
+    lay, tile = get_layout(fmt), tile_for(N)
+    four, nb, zero, affine = lay.code_bits == 4, K // 32, float(lay.zero), lay.affine
+    ctype, cols = ("uint8", K // 2) if four else ("int8", K)
+
+    @T.prim_func(private=True)
+    def qlinear(
+        var_x: T.handle,
+        var_c: T.handle,
+        var_d: T.handle,
+        var_m: T.handle,
+        var_y: T.handle,
+        var_b: T.handle,
+    ) -> None:
+        n = T.int32()
+        x = T.match_buffer(var_x, (n, K), "float32")
+        c = T.match_buffer(var_c, (N // tile, cols, tile), ctype)
+        d = T.match_buffer(var_d, (N // tile, nb, tile), "float32")
+        m = T.match_buffer(var_m, (N // tile, nb, tile), "float32")
+        y = T.match_buffer(var_y, (n, N), "float32")
+        b = T.match_buffer(var_b, (N,), "float32")
+        for g in T.thread_binding(_groups(N), "blockIdx.x"):
+            for t in T.thread_binding(THREADS, "threadIdx.x"):
+                if g * THREADS + t < N:
+                    jt, ln = (g * THREADS + t) // tile, (g * THREADS + t) % tile
+                    acc = T.alloc_buffer((3,), "float32", scope="local")  # y, sum x*c, sum x
+                    for r in range(n):
+                        acc[0] = T.float32(0)
+                        for k in range(nb):
+                            acc[1] = T.float32(0)
+                            acc[2] = T.float32(0)
+                            for i in range(32):
+                                if four:
+                                    acc[1] = acc[1] + x[r, k * 32 + i] * (
+                                        T.Cast(
+                                            "float32",
+                                            (c[jt, k * 16 + i % 16, ln] >> T.uint8(4 * (i // 16)))
+                                            & T.uint8(15),
+                                        )
+                                        - T.float32(zero)
+                                    )
+                                else:
+                                    acc[1] = acc[1] + x[r, k * 32 + i] * T.Cast(
+                                        "float32", c[jt, k * 32 + i, ln]
+                                    )
+                                if affine:
+                                    acc[2] = acc[2] + x[r, k * 32 + i]
+                            if affine:
+                                acc[0] = acc[0] + d[jt, k, ln] * acc[1] + m[jt, k, ln] * acc[2]
+                            else:
+                                acc[0] = acc[0] + d[jt, k, ln] * acc[1]
+                        if bias:
+                            y[r, g * THREADS + t] = acc[0] + b[g * THREADS + t]
+                        else:
+                            y[r, g * THREADS + t] = acc[0]
+
+    return qlinear
+
+
 def graph_kernels(spec: GraphSpec) -> dict[str, Any]:
-    """``{name: PrimFunc}``: every kernel the graph of ``spec`` launches (the fp32 build)."""
+    """``{name: PrimFunc}``: every kernel the graph of ``spec`` launches (a matrix that
+    ``spec.quant`` names runs on its blocks, :data:`CL_QUANT` types only)."""
     from tvm.script import tirx as T
 
     D, H, KV, hd, F = spec.n_embd, spec.n_head, spec.n_head_kv, spec.head_dim, spec.n_ff
@@ -256,14 +336,19 @@ def graph_kernels(spec: GraphSpec) -> dict[str, Any]:
         "add": add,
     }
     shapes = spec.weight_shapes()
-    for i in range(spec.n_layers):
-        for name in ("wqkv", "wo", "w_gate_up", "w_down"):
-            K, N = shapes[f"l{i}.{name}"]
-            bias = name == "wqkv" and spec.qkv_bias
+    matrices = [f"l{i}.{m}" for i in range(spec.n_layers) for m in MATRICES] + ["lm_head"]
+    for name in matrices:
+        K, N = shapes[name]
+        bias, fmt = name.endswith(".wqkv") and spec.qkv_bias, spec.quant_format(name)
+        if fmt is None:
             out.setdefault(linear_name(K, N, bias), _linear(K, N, bias))
-    K, N = shapes["lm_head"]
-    out.setdefault(linear_name(K, N, False), _linear(K, N, False))
+        else:
+            out.setdefault(qlinear_name(fmt, K, N, bias), _qlinear(fmt, K, N, bias))
     return out
+
+
+#: the per-layer matrices of the graph (GraphSpec.weight_names' ``l{i}.<name>``)
+MATRICES = ("wqkv", "wo", "w_gate_up", "w_down")
 
 
 class ClProgram:

@@ -2,15 +2,16 @@
 
 The apache-tvm wheel has no OpenCL runtime, so the Relax VM cannot run the graph there; this
 module runs the same decoder (:class:`~edgespec.runtimes.tvm_graph.GraphSpec`, the same
-float32 weights as the llvm fp32 build) as a sequence of TVM-generated OpenCL kernels
+weights as the llvm build: fp32, or gguf-exact's packed blocks of the types in
+:data:`~edgespec.kernels.opencl_graph.CL_QUANT`) as a sequence of TVM-generated OpenCL kernels
 (:mod:`edgespec.kernels.opencl_graph`) launched with pyopencl, in the graph's order, with
 the KV cache ``float32[L, n_ctx, KV, hd]`` in two device buffers. Host-side work is the
 embedding lookup (a row gather from the host table, uploaded), rope angles and masks (as
 the llvm build's caller computes them), and the read-back of the logits.
 
 On PoCL (the CPU driver ``./install.sh`` installs) this checks correctness, not speed; a
-phone's GPU driver runs the same source. Only the fp32 build runs here: the quantized
-kernels (``--weights gguf-exact/gguf-q8act``) are CPU schedules.
+phone's GPU driver runs the same source. ``--weights gguf-q8act`` (int8 dot products with CPU
+instructions) does not run here; gguf-exact's K-quant matrices run dequantized.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class ClModel(TvmModel):
         spec: the graph's shapes.
         named: ``{weight name: float32 array}`` (:func:`~edgespec.runtimes.tvm_backend.
             graph_weights`): matrices ``[K, N]`` uploaded, the embedding kept on the host.
+        quant: the matrices that run on the file's blocks (``spec.quant``): ``{name:
+            matrix with .fmt and .operands()}`` (kernels/qlinear.py's layout, as
+            ``packed_matrices`` gives it; scales widened to float32 here).
         inv_freq: rope inverse frequencies ``float64[hd/2]``.
         info: architecture facts.
         n_ctx: cache capacity in tokens.
@@ -54,6 +58,7 @@ class ClModel(TvmModel):
         inv_freq: np.ndarray,
         info: ModelInfo,
         n_ctx: int,
+        quant: dict[str, Any] | None = None,
     ) -> None:
         if n_ctx < 1:
             raise EdgespecError(f"n_ctx must be at least 1, got {n_ctx}")
@@ -63,7 +68,14 @@ class ClModel(TvmModel):
         self.n_ctx = int(n_ctx)
         self.n_vocab = int(info.vocab_size)
         self.embed = np.ascontiguousarray(named["embed"], dtype=np.float32)
-        self._w = {n: program.buffer(named[n]) for n in spec.weight_names() if n != "embed"}
+        self._w = {n: program.buffer(a) for n, a in named.items() if n != "embed"}
+        from edgespec.kernels.qlinear import operand_names
+
+        for name, q in (quant or {}).items():  # name.c, name.d (name.m): the kernel's operands
+            for part, a in zip(operand_names(q.fmt), q.operands(), strict=True):
+                self._w[name + part] = program.buffer(
+                    a if part == ".c" else np.asarray(a, np.float32)
+                )
         self.weights = list(self._w.values())
         self._cache_bytes = spec.n_layers * self.n_ctx * spec.n_head_kv * spec.head_dim * _F32
         self.k_cache = program.buffer(nbytes=self._cache_bytes)
@@ -83,15 +95,20 @@ class ClModel(TvmModel):
         return other
 
     def _linear(self, x: Any, name: str, n: int) -> Any:
-        """``x [n, K] @ W[name]`` (+ its bias) into a new ``[n, N]`` buffer."""
-        from edgespec.kernels.opencl_graph import linear_name
+        """``x [n, K] @ W[name]`` (+ its bias) into a new ``[n, N]`` buffer, on the file's
+        blocks where ``spec.quant`` names the matrix."""
+        from edgespec.kernels.opencl_graph import linear_name, qlinear_name
 
         K, N = self.spec.weight_shapes()[name]
         bias = self._w.get(name.replace("wqkv", "bqkv")) if name.endswith("wqkv") else None
         y = self.program.buffer(nbytes=n * N * _F32)
-        args = {"x": x, "w": self._w[name], "y": y, "n": n}
-        args |= {} if bias is None else {"b": bias}
-        self.program.launch(linear_name(K, N, bias is not None), N, **args)
+        args = {"x": x, "y": y, "n": n} | ({} if bias is None else {"b": bias})
+        fmt = self.spec.quant_format(name)
+        if fmt is None:
+            self.program.launch(linear_name(K, N, bias is not None), N, w=self._w[name], **args)
+        else:
+            ops = {p: self._w[f"{name}.{p}"] for p in "cdm" if f"{name}.{p}" in self._w}
+            self.program.launch(qlinear_name(fmt, K, N, bias is not None), N, **ops, **args)
         return y
 
     def _run(self, fn: str, ids: np.ndarray, pos: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -150,30 +167,56 @@ class ClModel(TvmModel):
         self.weights, self._w = [], {}
 
 
+#: the ``--weights`` builds that run on OpenCL (gguf-q8act's kernels are CPU int8 dot products)
+OPENCL_WEIGHTS = ("fp32", "gguf-exact")
+
+
 def load_opencl(source: ModelSource, options: LoadOptions, choice: str) -> ClModel:
-    """The fp32 build of ``source`` on the first OpenCL device (``--weights auto`` means fp32
-    here, whatever ``choice`` it resolved to on the CPU).
+    """Build ``choice`` of ``source`` on the first OpenCL device: ``fp32``, or ``gguf-exact``
+    (what ``auto`` is for a GGUF): the matrices of :data:`~edgespec.kernels.opencl_graph.
+    CL_QUANT` types on the file's own blocks, as the CPU build packs them (its on-disk cache
+    too), the others dequantized.
 
     Raises:
-        EdgespecError: a quantized ``--weights`` choice, no OpenCL driver or no pyopencl.
+        EdgespecError: a choice that does not run on OpenCL, no OpenCL driver or no pyopencl.
         ModelLoadError: unreadable files, an unsupported architecture.
     """
     from dataclasses import replace
 
     from edgespec.kernels.opencl import cl_device
-    from edgespec.kernels.opencl_graph import ClProgram, graph_kernels
-    from edgespec.runtimes.tvm_backend import fp32_model
+    from edgespec.kernels.opencl_graph import CL_QUANT, ClProgram, graph_kernels
+    from edgespec.runtimes.tvm_backend import (
+        fp32_model,
+        gguf_float_weights,
+        gguf_model,
+        packed_matrices,
+    )
 
-    if choice != "fp32" and options.weights != "auto":  # auto: fp32, what runs here
+    if choice not in OPENCL_WEIGHTS:
         raise EdgespecError(
-            f"--device opencl runs the fp32 build only, not --weights {choice}; "
-            "use --weights fp32 (or --device cpu for the quantized builds)"
+            f"--device opencl runs --weights {' or '.join(OPENCL_WEIGHTS)}, not {choice}; "
+            "use one of those (or --device cpu)"
         )
     device = cl_device()  # one line when no driver is installed, before the weights load
     path = Path(source.path).expanduser()
-    hp, info, spec, named, freq_factors = fp32_model(source.kind, path, options.progress)
+    quant: dict[str, Any] = {}
+    if choice == "fp32":
+        hp, info, spec, named, freq_factors = fp32_model(source.kind, path, options.progress)
+    else:
+        hp, info, spec, freq_factors = gguf_model(path)
+        llama = hp.arch == "llama"
+        packed, _ = packed_matrices(path, spec, choice, llama, options.progress)
+        quant = {name: q for name, q in packed.items() if q.fmt in CL_QUANT}
+        spec = replace(spec, quant=tuple((name, q.fmt) for name, q in quant.items()))
+        floats = [n for n in spec.weight_names() if n not in quant]
+        named = gguf_float_weights(path, spec, floats, llama, options.progress)
     program = ClProgram(graph_kernels(spec), device)
-    extra = {**info.extra, "device": "opencl", "target": "opencl", "weights": "fp32"}
+    extra = {**info.extra, "device": "opencl", "target": "opencl", "weights": choice}
     extra["opencl_device"] = str(device.name).strip()
+    if choice != "fp32":
+        n_matrices = sum(len(s) == 2 for s in spec.weight_shapes().values()) - 1  # no embed
+        extra["quantized_matrices"] = f"{len(quant)}/{n_matrices}"
+        extra["variant"] = f"{choice}-opencl"
     info = replace(info, source=source.name or str(path), extra=extra)
-    return ClModel(program, spec, named, hp.inv_freq(False, freq_factors), info, options.n_ctx)
+    inv_freq = hp.inv_freq(False, freq_factors)
+    return ClModel(program, spec, named, inv_freq, info, options.n_ctx, quant)

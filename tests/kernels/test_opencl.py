@@ -18,9 +18,16 @@ import pytest
 pytest.importorskip("tvm")
 pytest.importorskip("pyopencl")
 
-from edgespec.kernels import KERNELS, reference  # noqa: E402
+from edgespec.kernels import (  # noqa: E402
+    KERNELS,
+    qlinear,  # noqa: E402
+    reference,
+)
 from edgespec.kernels.opencl import OpenCLQMatmul, generate  # noqa: E402
+from edgespec.kernels.opencl_graph import CL_QUANT, ClProgram, _qlinear, qlinear_name  # noqa: E402
 from edgespec.kernels.qmatmul import FORMATS, QMatmul, QWeight  # noqa: E402
+
+from .test_qlinear import random_blocks  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +86,50 @@ def test_missing_icd_is_one_clear_line(tmp_path: Path) -> None:
     )
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1 and "no OpenCL device" in lines[0] and "pocl-opencl-icd" in lines[0]
+
+
+#: (type, output features, with a bias): every type the OpenCL graph multiplies on its blocks,
+#: tiles of 64 and of 16 (48 outputs: the launch's last group half idle)
+QCASES = [(f, n, False) for f in CL_QUANT for n in (128, 48)] + [("Q4_1", 128, True)]
+
+
+@pytest.fixture(scope="module")
+def qprogram(device: object) -> ClProgram:
+    """One OpenCL module holding the graph's quantized linear kernel for every case, K = 160."""
+    return ClProgram(
+        {qlinear_name(f, 160, n, b): _qlinear(f, 160, n, b) for f, n, b in QCASES}, device
+    )
+
+
+@pytest.mark.parametrize(("fmt", "n", "bias"), QCASES)
+def test_graph_qlinear_within_bound_and_rows_independent(
+    qprogram: ClProgram, fmt: str, n: int, bias: bool
+) -> None:
+    """The OpenCL graph's ``qlinear`` on the CPU build's packed operands (scales widened to
+    float32) against the file's dequantized weights: within :func:`qlinear.qlinear_bound`
+    (the kernel factors each block's sums as the CPU kernel does), and each row computed
+    alone equal bit for bit."""
+    rng = np.random.default_rng(3)
+    raw = random_blocks(fmt, n, 160, rng)
+    w = qlinear.from_gguf(raw, fmt)
+    b = rng.standard_normal(n).astype(np.float32)
+    ops = {
+        p[1:]: qprogram.buffer(a if p == ".c" else np.asarray(a, np.float32))
+        for p, a in zip(qlinear.operand_names(fmt), w.operands(), strict=True)
+    }
+
+    def run(x: np.ndarray) -> np.ndarray:
+        y = qprogram.buffer(nbytes=x.shape[0] * n * 4)
+        args = {"x": qprogram.buffer(x), "y": y, "n": x.shape[0], "b": qprogram.buffer(b)}
+        qprogram.launch(qlinear_name(fmt, 160, n, bias), n, **ops, **args)
+        return qprogram.read(y, (x.shape[0], n))
+
+    x = rng.standard_normal((9, 160)).astype(np.float32)
+    got = run(x)
+    want = reference.qmatmul(x, raw, fmt) + (b if bias else 0)
+    err = np.abs(got - want)
+    bound = qlinear.qlinear_bound(x, w) + (np.abs(want) * 2.0**-24 if bias else 0)
+    print(f"{fmt} n={n} bias={bias}: max err / bound {float((err / bound).max()):.3g}")
+    assert (err <= bound).all()
+    one = np.concatenate([run(x[i : i + 1]) for i in range(len(x))])
+    np.testing.assert_array_equal(one, got)
