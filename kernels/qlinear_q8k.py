@@ -28,6 +28,7 @@ from edgespec.errors import EdgespecError
 from edgespec.kernels.qlinear import SUPER, get_layout
 from edgespec.kernels.qlinear_q8 import (
     LANES,
+    _six,
     _vnni,
     base_format,
     code_rows,
@@ -43,7 +44,11 @@ if TYPE_CHECKING:
 
 def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     """``qlinear(x f32[T, K], c, d[, m], sd[, sm], y f32[T, N])`` for symbolic T, private;
-    loops as qlinear_q8's, per super-block instead of per block."""
+    loops as qlinear_q8's, per super-block instead of per block. 6-bit codes (Q5_K, Q6_K,
+    the mixed layout) are unpacked in registers as they stream at T = 1, and at T > 1 once
+    per super-block and tile into a local buffer (16 KB, L1) that every row reads (unpacking
+    per row made a Q6_K matrix's T = 9 call 1.2x slower than with byte-wide codes on AVX2:
+    ``benchmarks/tvm_q8_layout.py``)."""
     from tvm.script import tirx as T
 
     lay = get_layout(base_format(fmt))
@@ -99,6 +104,18 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             for t in range(n):
                 Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
             for s in range(ns):
+                U = T.alloc_buffer((SUPER // 4 * 4 * tile,), "uint8", scope="local")
+                if six and n > 1:  # the super-block's codes unpacked once for all rows
+                    for p in range(SUPER // 16):
+                        for v in T.unroll(nvec):
+                            base = (s * SUPER // 16 + p) * 3
+                            c0 = C[jo, base, T.ramp(v * 64, 1, 64)]
+                            c1 = C[jo, base + 1, T.ramp(v * 64, 1, 64)]
+                            c2 = C[jo, base + 2, T.ramp(v * 64, 1, 64)]
+                            U[T.ramp(((4 * p) * nvec + v) * 64, 1, 64)] = _six(c0, c2, 0)
+                            U[T.ramp(((4 * p + 1) * nvec + v) * 64, 1, 64)] = _six(c0, c2, 1)
+                            U[T.ramp(((4 * p + 2) * nvec + v) * 64, 1, 64)] = _six(c1, c2, 2)
+                            U[T.ramp(((4 * p + 3) * nvec + v) * 64, 1, 64)] = _six(c1, c2, 3)
                 for t in range(n):
                     for v in T.unroll(nvec):
                         acc = T.alloc_local((LANES,), "int32")
@@ -111,7 +128,14 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                             gsum = BS[b16] if g == 16 else BS[b16] + BS[b16 + 1]
                             dot[T.ramp(0, 1, LANES)] = T.broadcast(-z * gsum, LANES)
                             at = (t * K + s * SUPER + gi * g) // 4  # of the group's q
-                            if six:
+                            if six and n > 1:
+                                for st in T.unroll(g // 4):  # rows of 4 weights, unpacked
+                                    w = U[T.ramp(((gi * g // 4 + st) * nvec + v) * 64, 1, 64)]
+                                    q_all = T.reinterpret("int8x64", T.broadcast(Q4[at + st], 16))
+                                    dot[T.ramp(0, 1, LANES)] = _vnni(
+                                        dot[T.ramp(0, 1, LANES)], w, q_all
+                                    )
+                            elif six:  # one row: unpacked in registers as it is streamed
                                 for p in T.unroll(g // 16):  # chunks of 16 weights: 3 rows
                                     base = (s * gps + gi) * rows + 3 * p
                                     c0 = C[jo, base, T.ramp(v * 64, 1, 64)]
