@@ -7,7 +7,10 @@ forward (all logits, rolled back) and the graph's hand-written attention kernel 
 ``--against REV`` adds the same two timings with ``edgespec/runtimes/tvm_graph.py`` as it is
 at git revision REV (its graph compiled here and run on the same weights, in the same
 process), and checks that both graphs' logits agree bit for bit. Prints a Markdown table of
-medians.
+medians. ``--ops`` adds, per graph and k, the time of each kernel the Relax VM calls
+(summed per forward, medians; the VM's own builtins summed as one row), timed through the
+VM's instrument hook: each timed call carries the hook's overhead (a few microseconds), so
+the rows are for comparing kernels, and their sum exceeds c(k).
 
     .venv/bin/python benchmarks/tvm_profile.py --model smollm2-135m --against HEAD~1
 """
@@ -28,6 +31,10 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+#: --clock: wall time, or the calling thread's CPU time (at 1 thread TVM runs every kernel on
+#: the calling thread, so time the process spent waiting for a core on a loaded machine is
+#: left out)
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 
 
 def graph_at(rev: str) -> Any:
@@ -54,11 +61,15 @@ def attention_fn(graph: Any, spec: Any, target: Any) -> Any:
     """The compiled ``attention`` kernel of ``graph`` (a tvm_graph module) for ``spec``."""
     import tvm
 
-    func = graph._kernels(spec)[1].with_attr("global_symbol", "main")
+    kernels = graph._kernels(spec)  # a dict by name; a 3-tuple before the fused kernels
+    func = kernels["attention"] if isinstance(kernels, dict) else kernels[1]
+    func = func.with_attr("global_symbol", "main")
     return tvm.compile(tvm.IRModule({"main": func}), target=target)["main"]
 
 
-def attention_seconds(fn: Any, spec: Any, n_ctx: int, past: int, k: int) -> float:
+def attention_seconds(
+    fn: Any, spec: Any, n_ctx: int, past: int, k: int, clock: Any = time.perf_counter
+) -> float:
     """Seconds of ``fn`` once per layer for k new rows after ``past`` cached slots."""
     import tvm
 
@@ -69,10 +80,52 @@ def attention_seconds(fn: Any, spec: Any, n_ctx: int, past: int, k: int) -> floa
     q = tvm.runtime.tensor(rng.standard_normal((k, H, hd)).astype(np.float32), dev)
     mask = tvm.runtime.tensor(np.triu(np.full((k, k), -np.inf, np.float32), 1), dev)
     out = tvm.runtime.empty((k, H, hd), "float32", dev)
-    t0 = time.perf_counter()
+    t0 = clock()
     for layer in range(L):
         fn(q, kc, vc, mask, layer, past, out)
-    return time.perf_counter() - t0
+    return clock() - t0
+
+
+def op_seconds(
+    model: Any, k: int, reps: int, past: int, clock: Any = time.perf_counter
+) -> dict[str, float]:
+    """``{kernel: median seconds per k-token forward}`` over ``reps`` forwards, each VM call
+    timed through ``VirtualMachine.set_instrument``; the ``vm.builtin.*`` calls summed as
+    ``"VM builtins"``."""
+    per: list[dict[str, float]] = []
+    start: dict[str, float] = {}
+
+    def instrument(func: Any, name: str, before: bool, ret: Any, *args: Any) -> int:
+        if before:
+            start[name] = clock()
+        else:
+            key = "VM builtins" if name.startswith("vm.builtin.") else name
+            per[-1][key] = per[-1].get(key, 0.0) + clock() - start[name]
+        return 0
+
+    model.vm.set_instrument(instrument)
+    try:
+        for _ in range(reps):
+            per.append({})
+            model.forward([5] * k)
+            model.truncate(past)
+    finally:
+        model.vm.set_instrument(lambda *_: 0)
+    names = {n for p in per for n in p}
+    return {n: statistics.median(p.get(n, 0.0) for p in per) for n in names}
+
+
+def print_ops(ops: dict[tuple[str, int], dict[str, float]]) -> None:
+    """A Markdown table: one row per kernel, one column per (graph, k), ms per forward."""
+    cols = list(ops)
+    names = sorted(
+        {n for d in ops.values() for n in d},
+        key=lambda n: -max(d.get(n, 0.0) for d in ops.values()),
+    )
+    print("\n| kernel |" + "".join(f" {g} k={k} ms |" for g, k in cols))
+    print("|---|" + "---|" * len(cols))
+    for n in names:
+        print(f"| {n} |" + "".join(f" {ops[c].get(n, 0.0) * 1e3:.2f} |" for c in cols))
 
 
 def main() -> int:
@@ -84,7 +137,22 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ks", type=int, nargs="+", default=[1, 9])
     p.add_argument("--against", default=None, help="git revision of tvm_graph.py to compare")
+    p.add_argument("--ops", action="store_true", help="also time each kernel the VM calls")
+    p.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="thread: the calling thread's CPU time (1 thread only; robust to a loaded machine)",
+    )
     a = p.parse_args()
+    if a.clock == "thread" and a.threads != 1:
+        print(
+            f"--clock thread needs --threads 1 (got {a.threads}): TVM's other threads' "
+            "time would not count; use --clock wall",
+            file=sys.stderr,
+        )
+        return 2
+    clock = CLOCKS[a.clock]
 
     import tvm
     from tvm import relax
@@ -129,15 +197,16 @@ def main() -> int:
     for _ in range(a.reps):
         for g, (m, fn) in graphs.items():
             for k in a.ks:
-                t0 = time.perf_counter()
+                t0 = clock()
                 logits[(g, k)] = m.forward([5] * k)
-                fwd[(g, k)].append(time.perf_counter() - t0)
+                fwd[(g, k)].append(clock() - t0)
                 m.truncate(a.context)
-                att[(g, k)].append(attention_seconds(fn, spec, n_ctx, a.context, k))
+                att[(g, k)].append(attention_seconds(fn, spec, n_ctx, a.context, k, clock))
         load.append(os.getloadavg()[0])
     print(f"`benchmarks/tvm_profile.py {' '.join(sys.argv[1:])}`")
     print(
         f"({a.model}, --weights {a.weights}, {a.threads} thread(s), context {a.context}, "
+        f"{a.clock} clock, "
         f"medians of {a.reps}; 1-minute load average {min(load):.1f} to {max(load):.1f})\n"
     )
     ks = a.ks
@@ -159,6 +228,13 @@ def main() -> int:
             for k in ks
         )
         print(f"\nlogits bit for bit the same as {a.against}'s: {same}")
+    if a.ops:
+        ops = {
+            (g, k): op_seconds(m, k, a.reps, a.context, clock)
+            for g, (m, _) in graphs.items()
+            for k in ks
+        }
+        print_ops(ops)
     for m, _ in graphs.values():
         m.close()
     return 0

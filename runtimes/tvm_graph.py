@@ -7,6 +7,12 @@ lives in two preallocated device tensors ``k_cache, v_cache: float32[L, C, KV, h
 in place (``call_tir_inplace``) at slots ``P .. P+T-1``, where ``P`` (the number of cached
 positions) is passed as a shape argument, and attention reads slots ``0 .. P+T-1``.
 
+Every op but the embedding gather and the residual adds is a hand-written kernel
+(:func:`_kernels`): per layer RMSNorm, the QKV matmul, rope + cache write, attention, the
+output matmul, residual add, RMSNorm, the gate/up matmul, SiLU * up, the down matmul,
+residual add (11 kernel calls a layer; the Relax ops they replace were about 50 unscheduled
+kernels, each its own VM call and output allocation).
+
 Everything that depends on positions is computed by the caller and passed in, so chains and
 trees share the graph: ``cos, sin: float32[T, hd/2]`` (rope at each node's position) and
 ``mask: float32[T, T]`` (0 or -inf among the new tokens: causal for a chain, the ancestor
@@ -143,12 +149,19 @@ class GraphSpec:
         return out
 
 
-def _kernels(spec: GraphSpec) -> tuple[Any, Any, Any]:
-    """The hand-written TIR functions: the in-place cache write, the attention and the
-    in-place move of kept tree rows (``kv_keep``).
+def _kernels(spec: GraphSpec) -> dict[str, Any]:
+    """The hand-written TIR functions by name: the attention, the in-place move of kept tree
+    rows (``kv_keep``) and the per-layer elementwise kernels (:func:`_fused`).
 
     Scalars (the layer index, ``P``, the first kept slot) are ``int64`` parameters, passed
     from Relax as ``prim_value`` arguments.
+
+    ``attention(q f32[T, H, hd], k_cache, v_cache, mask f32[T, T], layer, P) -> f32[T, H, hd]``
+    runs its (row, head) pairs in parallel when T > 1 (serially at T = 1: 9 tasks of a few
+    microseconds do not pay for waking the pool), each pair's scores, softmax and weighted
+    values in one task; every sum runs in the order of the former one-thread kernel (scores over the
+    head dimension in order, one vector of 16 slots at a time; softmax and values over the
+    slots in order), so the logits are bit for bit what they were.
     """
     from tvm.script import tirx as T
 
@@ -156,18 +169,61 @@ def _kernels(spec: GraphSpec) -> tuple[Any, Any, Any]:
     G = spec.n_head // KV
     H = spec.n_head
 
-    @T.prim_func(private=True, s_tir=True)
-    def kv_write(var_cache: T.handle, var_new: T.handle, layer: T.int64, P: T.int64):
-        T.func_attr({"tirx.noalias": True})
-        L, C, n = T.int64(), T.int64(), T.int64()
-        cache = T.match_buffer(var_cache, (L, C, KV, hd), "float32")
-        new = T.match_buffer(var_new, (n, KV, hd), "float32")
-        for t, h, d in T.grid(n, KV, hd):
-            with T.sblock("write"):
-                vt, vh, vd = T.axis.remap("SSS", [t, h, d])
-                cache[layer, P + vt, vh, vd] = new[vt, vh, vd]
+    #: slots per vector in the score loop (any width: every lane sums the same way)
+    VEC = 16
 
-    @T.prim_func(private=True, s_tir=True)
+    @T.macro
+    def transpose_keys(kt: Any, kc: Any, layer: Any, m: Any, gd: Any) -> None:
+        for j in range(m):
+            kt[gd, j] = kc[layer, j, gd // hd, gd % hd]
+
+    @T.macro
+    def attend(
+        th: Any, q: Any, kt: Any, vc: Any, mask: Any, s: Any, out: Any, layer: Any, P: Any
+    ) -> None:
+        # (row, head) th = t * H + h: its scores, softmax and values, every sum in the order
+        # of the one-thread kernel (slots ascending; features ascending in the scores)
+        m = P + q.shape[0]  # visible slots
+        mv = m // VEC * VEC  # slots in whole vectors; the rest one by one
+        t = th // H
+        g = th % H // G
+        mx = T.alloc_local((1,), "float32")
+        z = T.alloc_local((1,), "float32")
+        acc = T.alloc_local((VEC,), "float32")
+        for jo in range(mv // VEC):
+            acc[T.ramp(0, 1, VEC)] = T.broadcast(T.float32(0), VEC)
+            for i in range(VEC):
+                if jo * VEC + i >= P:
+                    acc[i] = mask[t, jo * VEC + i - P]
+            # each slot's sum over d in order, in a register across d
+            for d in range(hd):
+                acc[T.ramp(0, 1, VEC)] = (
+                    acc[T.ramp(0, 1, VEC)]
+                    + T.broadcast(q[t, th % H, d], VEC) * kt[g * hd + d, T.ramp(jo * VEC, 1, VEC)]
+                )
+            s[th, T.ramp(jo * VEC, 1, VEC)] = acc[T.ramp(0, 1, VEC)]
+        for j in range(mv, m):
+            s[th, j] = T.if_then_else(j >= P, mask[t, j - P], T.float32(0), dtype="float32")
+            for d in range(hd):
+                s[th, j] = s[th, j] + q[t, th % H, d] * kt[g * hd + d, j]
+        mx[0] = T.float32(-math.inf)
+        for j in range(m):
+            mx[0] = T.max(mx[0], s[th, j])
+        for j in range(m):
+            s[th, j] = T.exp(s[th, j] - mx[0])
+        z[0] = T.float32(0)
+        for j in range(m):
+            z[0] = z[0] + s[th, j]
+        h = th % H
+        out[t, h, T.ramp(0, 1, hd)] = T.broadcast(T.float32(0), hd)
+        for j in range(m):
+            out[t, h, T.ramp(0, 1, hd)] = (
+                out[t, h, T.ramp(0, 1, hd)]
+                + T.broadcast(s[th, j], hd) * vc[layer, j, g, T.ramp(0, 1, hd)]
+            )
+        out[t, h, T.ramp(0, 1, hd)] = out[t, h, T.ramp(0, 1, hd)] / T.broadcast(z[0], hd)
+
+    @T.prim_func(private=True)
     def attention(
         var_q: T.handle,
         var_kc: T.handle,
@@ -184,56 +240,21 @@ def _kernels(spec: GraphSpec) -> tuple[Any, Any, Any]:
         vc = T.match_buffer(var_vc, (L, C, KV, hd), "float32")
         mask = T.match_buffer(var_mask, (n, n), "float32")
         out = T.match_buffer(var_out, (n, H, hd), "float32")
-        s = T.alloc_buffer((n, H, P + n), "float32")
-        kt = T.alloc_buffer((KV, hd, P + n), "float32")
-        mx = T.alloc_buffer((n, H), "float32")
-        z = T.alloc_buffer((n, H), "float32")
-        # the layer's keys transposed, so that the score loop runs over slots innermost
-        for g, d, j in T.grid(KV, hd, P + n):
-            with T.sblock("keys_t"):
-                vg, vd, vj = T.axis.remap("SSS", [g, d, j])
-                kt[vg, vd, vj] = kc[layer, vj, vg, vd]
-        for t, h, j in T.grid(n, H, P + n):
-            with T.sblock("score_init"):
-                vt, vh, vj = T.axis.remap("SSS", [t, h, j])
-                s[vt, vh, vj] = T.if_then_else(
-                    vj >= P, mask[vt, vj - P], T.float32(0), dtype="float32"
-                )
-        # each score still sums over d in order (bit for bit the same whatever the loop
-        # order); slots innermost make the sums independent, so they pipeline and vectorize
-        for t, h, d, j in T.grid(n, H, hd, P + n):
-            with T.sblock("score"):
-                vt, vh, vd, vj = T.axis.remap("SSRS", [t, h, d, j])
-                s[vt, vh, vj] = s[vt, vh, vj] + q[vt, vh, vd] * kt[vh // G, vd, vj]
-        for t, h, j in T.grid(n, H, P + n):
-            with T.sblock("max"):
-                vt, vh, vj = T.axis.remap("SSR", [t, h, j])
-                with T.init():
-                    mx[vt, vh] = T.float32(-math.inf)
-                mx[vt, vh] = T.max(mx[vt, vh], s[vt, vh, vj])
-        for t, h, j in T.grid(n, H, P + n):
-            with T.sblock("exp"):
-                vt, vh, vj = T.axis.remap("SSS", [t, h, j])
-                s[vt, vh, vj] = T.exp(s[vt, vh, vj] - mx[vt, vh])
-        for t, h, j in T.grid(n, H, P + n):
-            with T.sblock("sum"):
-                vt, vh, vj = T.axis.remap("SSR", [t, h, j])
-                with T.init():
-                    z[vt, vh] = T.float32(0)
-                z[vt, vh] = z[vt, vh] + s[vt, vh, vj]
-        for t, h, d in T.grid(n, H, hd):
-            with T.sblock("pv_init"):
-                vt, vh, vd = T.axis.remap("SSS", [t, h, d])
-                out[vt, vh, vd] = T.float32(0)
-        # over slots j in order for each output, features innermost (contiguous rows of v)
-        for t, h, j, d in T.grid(n, H, P + n, hd):
-            with T.sblock("pv"):
-                vt, vh, vj, vd = T.axis.remap("SSRS", [t, h, j, d])
-                out[vt, vh, vd] = out[vt, vh, vd] + s[vt, vh, vj] * vc[layer, vj, vh // G, vd]
-        for t, h, d in T.grid(n, H, hd):
-            with T.sblock("norm"):
-                vt, vh, vd = T.axis.remap("SSS", [t, h, d])
-                out[vt, vh, vd] = out[vt, vh, vd] / z[vt, vh]
+        s = T.alloc_buffer((n * H, P + n), "float32")
+        kt = T.alloc_buffer((KV * hd, P + n), "float32")
+        # the layer's keys transposed (the score loop runs over slots innermost), then the
+        # (row, head) pairs; in parallel when there are several rows (one row: its 9 small
+        # tasks are not worth waking the pool's threads, serial)
+        if n > 1:
+            for gd in T.parallel(KV * hd):
+                transpose_keys(kt, kc, layer, P + n, gd)
+            for th in T.parallel(n * H):
+                attend(th, q, kt, vc, mask, s, out, layer, P)
+        else:
+            for gd in range(KV * hd):
+                transpose_keys(kt, kc, layer, P + n, gd)
+            for th in range(H):
+                attend(th, q, kt, vc, mask, s, out, layer, P)
 
     @T.prim_func(private=True, s_tir=True)
     def kv_keep(var_cache: T.handle, var_rows: T.handle, base: T.int64):
@@ -247,7 +268,130 @@ def _kernels(spec: GraphSpec) -> tuple[Any, Any, Any]:
                 vl, vi, vh, vd = T.axis.remap("SSSS", [layer, i, h, d])
                 cache[vl, base + vi, vh, vd] = cache[vl, T.Cast("int64", rows[vi]), vh, vd]
 
-    return kv_write, attention, kv_keep
+    return {"attention": attention, "kv_keep": kv_keep, **_fused(spec)}
+
+
+def _fence(x: Any) -> Any:
+    """``x`` behind ``llvm.arithmetic.fence``: TVM's LLVM contracts a product into a following
+    add or subtract (one FMA); the fence keeps the product rounded, as it was when each Relax
+    op was its own kernel (the fused kernels below compute bit for bit what those did)."""
+    from tvm.script import tirx as T
+
+    return T.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", x)
+
+
+def _fused(spec: GraphSpec) -> dict[str, Any]:
+    """The per-layer elementwise work as three hand-written kernels (instead of the ~40 Relax
+    ops, each its own unscheduled kernel and VM call, that ``LegalizeOps`` made of it):
+
+    - ``rms_norm(x f32[T, D], w f32[D]) -> f32[T, D]``: ``x * rsqrt(mean(x*x) + eps) * w``;
+    - ``rope_append(k_cache, v_cache, qkv f32[T, (H+2KV) hd], cos, sin f32[T, hd/2], layer,
+      P) -> (k_cache, v_cache, q f32[T, H, hd])``: the queries rotated and scaled, the keys
+      rotated and the values written into the caches' slots ``P ..`` in place (the first two
+      outputs are the caches: ``call_tir_inplace``);
+    - ``silu_mul(gu f32[T, 2F]) -> f32[T, F]``: ``silu(gate) * up``.
+
+    Each computes the same operations in the same order as the Relax ops did (products fenced,
+    :func:`_fence`), so the logits are bit for bit the same; rows are independent (a row
+    gives the same result whatever T is). ``silu_mul`` (one ``exp`` a feature) runs its rows
+    x 256-feature chunks in parallel when T > 1; the others are a few microseconds and stay
+    serial.
+    """
+    from tvm.script import tirx as T
+
+    D, F, hd, H, KV = spec.n_embd, spec.n_ff, spec.head_dim, spec.n_head, spec.n_head_kv
+    half, nqkv = hd // 2, (spec.n_head + 2 * spec.n_head_kv) * hd
+    eps, scale = spec.rms_eps, spec.attn_scale
+    chunk = next(c for c in (256, 128, 64, 1) if F % c == 0)
+
+    @T.prim_func(private=True)
+    def rms_norm(var_x: T.handle, var_w: T.handle, var_y: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        n = T.int64()
+        x = T.match_buffer(var_x, (n, D), "float32")
+        w = T.match_buffer(var_w, (D,), "float32")
+        y = T.match_buffer(var_y, (n, D), "float32")
+        ss = T.alloc_buffer((n,), "float32")
+        for t in range(n):
+            ss[t] = T.float32(0)
+        # features outer, rows inner: each row's sum in feature order, the rows' chains
+        # interleaved
+        for k in range(D):
+            for t in range(n):
+                ss[t] = ss[t] + _fence(x[t, k] * x[t, k])
+        for t in range(n):
+            inv = T.rsqrt(ss[t] / T.float32(D) + T.float32(eps))
+            for k in T.vectorized(D):
+                y[t, k] = x[t, k] * inv * w[k]
+
+    @T.prim_func(private=True)
+    def rope_append(
+        var_kc: T.handle,
+        var_vc: T.handle,
+        var_qkv: T.handle,
+        var_cos: T.handle,
+        var_sin: T.handle,
+        layer: T.int64,
+        P: T.int64,
+        var_q: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True})
+        n, L, C = T.int64(), T.int64(), T.int64()
+        kc = T.match_buffer(var_kc, (L, C, KV, hd), "float32")
+        vc = T.match_buffer(var_vc, (L, C, KV, hd), "float32")
+        qkv = T.match_buffer(var_qkv, (n, nqkv), "float32")
+        cos = T.match_buffer(var_cos, (n, half), "float32")
+        sin = T.match_buffer(var_sin, (n, half), "float32")
+        q = T.match_buffer(var_q, (n, H, hd), "float32")
+        for t, h in T.grid(n, H):
+            for i in T.vectorized(half):
+                q[t, h, i] = (
+                    _fence(qkv[t, h * hd + i] * cos[t, i])
+                    - _fence(qkv[t, h * hd + half + i] * sin[t, i])
+                ) * T.float32(scale)
+                q[t, h, half + i] = (
+                    _fence(qkv[t, h * hd + half + i] * cos[t, i])
+                    + _fence(qkv[t, h * hd + i] * sin[t, i])
+                ) * T.float32(scale)
+        for t, g in T.grid(n, KV):
+            for i in T.vectorized(half):
+                kc[layer, P + t, g, i] = _fence(qkv[t, (H + g) * hd + i] * cos[t, i]) - _fence(
+                    qkv[t, (H + g) * hd + half + i] * sin[t, i]
+                )
+                kc[layer, P + t, g, half + i] = _fence(
+                    qkv[t, (H + g) * hd + half + i] * cos[t, i]
+                ) + _fence(qkv[t, (H + g) * hd + i] * sin[t, i])
+            for d in T.vectorized(hd):
+                vc[layer, P + t, g, d] = qkv[t, (H + KV + g) * hd + d]
+
+    @T.macro
+    def silu_chunk(gu: Any, a: Any, tc: Any) -> None:
+        # chunk tc = t * (F / chunk) + c; no let inside the vectorized loop (with one,
+        # TVM 0.27 computed wrong values)
+        for i in T.vectorized(chunk):
+            a[tc // (F // chunk), tc % (F // chunk) * chunk + i] = (
+                gu[tc // (F // chunk), tc % (F // chunk) * chunk + i]
+                * T.sigmoid(gu[tc // (F // chunk), tc % (F // chunk) * chunk + i])
+                * gu[tc // (F // chunk), F + tc % (F // chunk) * chunk + i]
+            )
+
+    # s_tir: Relax's reshape detection (RewriteDataflowReshape) inspects one-input kernels'
+    # root block
+    @T.prim_func(private=True, s_tir=True)
+    def silu_mul(var_gu: T.handle, var_a: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        n = T.int64()
+        gu = T.match_buffer(var_gu, (n, 2 * F), "float32")
+        a = T.match_buffer(var_a, (n, F), "float32")
+        with T.sblock("root"):
+            if n > 1:
+                for tc in T.parallel(n * (F // chunk)):
+                    silu_chunk(gu, a, tc)
+            else:
+                for tc in range(F // chunk):
+                    silu_chunk(gu, a, tc)
+
+    return {"rms_norm": rms_norm, "rope_append": rope_append, "silu_mul": silu_mul}
 
 
 #: output features per vectorized tile of :func:`matmul_kernel` (falls back to 16, then 1)
@@ -324,10 +468,9 @@ def build_module(spec: GraphSpec) -> Any:
     L = spec.n_layers
 
     bb = relax.BlockBuilder()
-    kv_write, attention, kv_keep = _kernels(spec)
-    g_write = bb.add_func(kv_write, "kv_write")
-    g_attn = bb.add_func(attention, "attention")
-    g_keep = bb.add_func(kv_keep, "kv_keep")
+    kernels = {name: bb.add_func(func, name) for name, func in _kernels(spec).items()}
+    g_attn, g_keep, g_rms = kernels["attention"], kernels["kv_keep"], kernels["rms_norm"]
+    g_rope, g_silu = kernels["rope_append"], kernels["silu_mul"]
     matmuls: dict[tuple[str, int, int], Any] = {}
     w: dict[str, Any] = {}  # this function's weight parameters, by name
 
@@ -351,21 +494,8 @@ def build_module(spec: GraphSpec) -> Any:
     def tensor(name: str, shape: Any, dtype: str = f32) -> relax.Var:
         return relax.Var(name, relax.TensorType(shape, dtype))
 
-    def rms(x: Any, w: Any) -> Any:
-        ms = R.mean(R.multiply(x, x), axis=[-1], keepdims=True)
-        inv = R.rsqrt(R.add(ms, relax.const(spec.rms_eps, f32)))
-        return R.multiply(R.multiply(x, inv), w)
-
-    def rope(x: Any, cos: Any, sin: Any) -> Any:
-        x1 = R.strided_slice(x, axes=[2], begin=[0], end=[half])
-        x2 = R.strided_slice(x, axes=[2], begin=[half], end=[hd])
-        return R.concat(
-            [
-                R.subtract(R.multiply(x1, cos), R.multiply(x2, sin)),
-                R.add(R.multiply(x2, cos), R.multiply(x1, sin)),
-            ],
-            axis=2,
-        )
+    def rms(x: Any, w: Any, rows: Any = n) -> Any:
+        return relax.call_tir(g_rms, [x, w], relax.TensorType((rows, spec.n_embd), f32))
 
     for fname, last in (("forward", False), ("forward_last", True)):
         ids = tensor("ids", (n,), "int32")
@@ -383,34 +513,24 @@ def build_module(spec: GraphSpec) -> Any:
         params = [ids, cos_in, sin_in, mask, past, kc, vc, *w.values()]
         with bb.function(fname, params):
             with bb.dataflow():
-                cos = bb.emit(R.reshape(cos_in, (n, 1, half)))
-                sin = bb.emit(R.reshape(sin_in, (n, 1, half)))
                 x = bb.emit(R.take(w["embed"], ids, axis=0, mode="clip"))
                 k_cache, v_cache = kc, vc
                 for i in range(L):
                     h = bb.emit(rms(x, w[f"l{i}.attn_norm"]))
                     qkv = linear(h, f"l{i}.wqkv", w.get(f"l{i}.bqkv"))
                     qkv = bb.emit(qkv)
-                    q = R.strided_slice(qkv, axes=[1], begin=[0], end=[H * hd])
-                    k = R.strided_slice(qkv, axes=[1], begin=[H * hd], end=[(H + KV) * hd])
-                    v = R.strided_slice(
-                        qkv, axes=[1], begin=[(H + KV) * hd], end=[(H + 2 * KV) * hd]
-                    )
-                    q = bb.emit(
-                        R.multiply(
-                            rope(R.reshape(q, (n, H, hd)), cos, sin),
-                            relax.const(spec.attn_scale, f32),
+                    scalars = [relax.prim_value(tirx.IntImm("int64", i)), relax.prim_value(P)]
+                    kvq = bb.emit(
+                        relax.call_tir_inplace(
+                            g_rope,
+                            [k_cache, v_cache, qkv, cos_in, sin_in, *scalars],
+                            [0, 1, -1],
+                            [cache_ty, cache_ty, relax.TensorType((n, H, hd), f32)],
                         )
                     )
-                    k = bb.emit(rope(R.reshape(k, (n, KV, hd)), cos, sin))
-                    v = bb.emit(R.reshape(v, (n, KV, hd)))
-                    scalars = [relax.prim_value(tirx.IntImm("int64", i)), relax.prim_value(P)]
-                    k_cache = bb.emit(
-                        relax.call_tir_inplace(g_write, [k_cache, k, *scalars], [0], cache_ty)
-                    )
-                    v_cache = bb.emit(
-                        relax.call_tir_inplace(g_write, [v_cache, v, *scalars], [0], cache_ty)
-                    )
+                    k_cache = bb.emit(relax.TupleGetItem(kvq, 0))
+                    v_cache = bb.emit(relax.TupleGetItem(kvq, 1))
+                    q = bb.emit(relax.TupleGetItem(kvq, 2))
                     o = bb.emit(
                         relax.call_tir(
                             g_attn,
@@ -422,13 +542,11 @@ def build_module(spec: GraphSpec) -> Any:
                     x = bb.emit(R.add(x, o))
                     h = bb.emit(rms(x, w[f"l{i}.ffn_norm"]))
                     gu = bb.emit(linear(h, f"l{i}.w_gate_up"))
-                    gate = R.strided_slice(gu, axes=[1], begin=[0], end=[spec.n_ff])
-                    up = R.strided_slice(gu, axes=[1], begin=[spec.n_ff], end=[2 * spec.n_ff])
-                    a = bb.emit(R.multiply(R.nn.silu(gate), up))
+                    a = bb.emit(relax.call_tir(g_silu, [gu], relax.TensorType((n, spec.n_ff), f32)))
                     x = bb.emit(R.add(x, bb.emit(linear(a, f"l{i}.w_down"))))
                 if last:
                     x = bb.emit(R.strided_slice(x, axes=[0], begin=[n - 1], end=[n]))
-                h = bb.emit(rms(x, w["out_norm"]))
+                h = bb.emit(rms(x, w["out_norm"], rows=1 if last else n))
                 logits = bb.emit_output(linear(h, "lm_head", rows=1 if last else n))
             bb.emit_func_output(logits)
 
