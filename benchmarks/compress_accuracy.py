@@ -24,7 +24,7 @@ are then across runs (other load), so they are labelled so (``same_run`` false i
 first 12 prompts' full rows of an earlier bench with a compressed arm from ``generate``,
 and a later bench of the other 12): the TTFT and CPU-s ratios are then the medians over
 the pairs measured in one run only (both arms of a prompt in one process, one after the
-other), and the table says over how many.
+other), and the table says over how many (``n = ...``).
 
 The bound: the two arms can differ only on discordant prompts (right in one arm, wrong in
 the other), so ``|accuracy difference| <= discordant / n``; the one-sided 95 % upper
@@ -39,6 +39,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,10 @@ def generate_rows(doc: dict[str, Any], folder: Path) -> dict[str, Any]:
         f = folder / f"{pid}.json"
         if not f.is_file():
             continue
-        g = json.loads(f.read_text())
+        raw = f.read_text().strip()
+        if not raw:  # the generate call is still running or failed (see its runs.log)
+            continue
+        g = json.loads(raw)
         st = g["stats"]
         runs.append(
             {
@@ -150,7 +154,7 @@ def _ratios(rs: list[float], counted: bool) -> str:
     """'median (min-max)' of the ratios; with ``counted``, also how many pairs."""
     if not rs:
         return "-"
-    n = f", {len(rs)} pairs" if counted else ""
+    n = f", n = {len(rs)}" if counted else ""
     return f"{statistics.median(rs):.2f} ({min(rs):.2f}-{max(rs):.2f}{n})"
 
 
@@ -232,9 +236,21 @@ def main() -> None:
     )
     a = ap.parse_args()
     if (a.dir is None) == (a.pairs is None):
-        raise SystemExit("compress_accuracy.py: pass a bench folder DIR or --pairs FILE ..., one")
+        print(
+            "compress_accuracy.py: pass a bench folder DIR or --pairs FILE ..., one",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     if a.pairs is not None:
         rows = [json.loads(ln) for f in a.pairs for ln in f.read_text().splitlines() if ln]
+        seen = [r["prompt"] for r in rows]
+        if twice := sorted({p for p in seen if seen.count(p) > 1}):
+            print(
+                f"compress_accuracy.py: {', '.join(twice)} in more than one --pairs file; "
+                "pass each prompt's pairs once",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
         print(f"{len(rows)} prompts with both arms from {', '.join(map(str, a.pairs))}")
     else:
         doc = json.loads((a.dir / "results.json").read_text())

@@ -198,3 +198,18 @@ def test_the_accuracy_summary_pairs_full_and_compressed_rows(tmp_path):
     assert "0/2 here, at most 78 %" in table
     assert acc.upper_bound(0, 12) == pytest.approx(1 - 0.05 ** (1 / 12), abs=1e-9)
     assert acc.sign_test(0, 3) == pytest.approx(0.25)
+
+
+def test_the_accuracy_summary_times_only_the_pairs_of_one_run():
+    # --pairs: a compressed arm from `generate` (another run) beside bench pairs; only the
+    # pairs whose two rows ran one after the other in one process give time ratios
+    acc = _accuracy_script()
+    base = {"family": "x", "full_correct": True, "compressed_correct": False}
+    rows = [
+        {**base, "prompt": "a", "ttft_ratio": 0.3, "cpu_ratio": 0.4, "same_run": True},
+        {**base, "prompt": "b", "ttft_ratio": 2.0, "cpu_ratio": 1.5, "same_run": False},
+    ]
+    table = acc.summary(rows)
+    assert "| -100.0 | 0 / 2 / 0 / 0 | 0.30 (0.30-0.30, n = 1) | 0.40 (0.40-0.40, n = 1) |" in table
+    one_run = acc.summary([{**r, "same_run": True} for r in rows])
+    assert "| 1.15 (0.30-2.00) | 0.95 (0.40-1.50) |" in one_run
