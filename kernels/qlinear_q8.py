@@ -297,6 +297,21 @@ def dot6(dot: Any, c0: Any, c1: Any, c2: Any, q4: Any, at: Any) -> Any:
     return dot
 
 
+def dot_codes(dot: Any, w: Any, q4: Any, at: Any, four: bool) -> Any:
+    """``dot`` plus 64 stored code bytes ``w`` (``uint8x64``) times the activations ``int8``
+    they multiply: 4-bit, both nibbles (low: the 4 words at ``q4[at]``, high: ``q4[at + 1]``,
+    each broadcast to the 16 lanes), two ``vpdpbusd``; a byte a code, ``q4[at]``, one."""
+    from tvm.script import tirx as T
+
+    def q(i: Any) -> Any:
+        return T.reinterpret("int8x64", T.broadcast(q4[i], 16))
+
+    if not four:
+        return _vnni(dot, w, q(at))
+    lo, hi = w & T.broadcast(T.uint8(15), 64), w >> T.broadcast(T.uint8(4), 64)
+    return _vnni(_vnni(dot, lo, q(at)), hi, q(at + 1))
+
+
 def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     """``qlinear(x f32[T, K], c, d[, m], y f32[T, N])`` for symbolic T, private (to be added
     to a Relax module); the loops: rows quantized once, then output tiles in parallel,
@@ -369,27 +384,10 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                         else:
                             for s in T.unroll(steps):
                                 w = C[jo, b * rows + s, T.ramp(v * 64, 1, 64)]
-                                row = t * (K // 4) + b * 8
-                                if four:
-                                    lo = w & T.broadcast(T.uint8(15), 64)
-                                    hi = w >> T.broadcast(T.uint8(4), 64)
-                                    q_lo = T.reinterpret(
-                                        "int8x64", T.broadcast(Q4[row + 2 * s], 16)
-                                    )
-                                    q_hi = T.reinterpret(
-                                        "int8x64", T.broadcast(Q4[row + 2 * s + 1], 16)
-                                    )
-                                    acc[T.ramp(0, 1, LANES)] = _vnni(
-                                        acc[T.ramp(0, 1, LANES)], lo, q_lo
-                                    )
-                                    acc[T.ramp(0, 1, LANES)] = _vnni(
-                                        acc[T.ramp(0, 1, LANES)], hi, q_hi
-                                    )
-                                else:
-                                    q_all = T.reinterpret("int8x64", T.broadcast(Q4[row + s], 16))
-                                    acc[T.ramp(0, 1, LANES)] = _vnni(
-                                        acc[T.ramp(0, 1, LANES)], w, q_all
-                                    )
+                                at = t * (K // 4) + b * 8 + (2 if four else 1) * s
+                                acc[T.ramp(0, 1, LANES)] = dot_codes(
+                                    acc[T.ramp(0, 1, LANES)], w, Q4, at, four
+                                )
                         lanes = T.ramp(t * N + jo * tile + v * LANES, 1, LANES)
                         dd = T.Cast(
                             "float32x16", Df[T.ramp((jo * nb + b) * tile + v * LANES, 1, LANES)]

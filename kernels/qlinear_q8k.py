@@ -33,6 +33,7 @@ from edgespec.kernels.qlinear_q8 import (
     base_format,
     code_rows,
     dot6,
+    dot_codes,
     stored_bits,
     tile_for,
     zero_of,
@@ -147,28 +148,13 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                             else:
                                 for st in T.unroll(loads):
                                     w = C[jo, (s * gps + gi) * rows + st, T.ramp(v * 64, 1, 64)]
-                                    if four:
-                                        lo = w & T.broadcast(T.uint8(15), 64)
-                                        hi = w >> T.broadcast(T.uint8(4), 64)
-                                        q_lo = T.reinterpret(
-                                            "int8x64", T.broadcast(Q4[at + 2 * st], 16)
-                                        )
-                                        q_hi = T.reinterpret(
-                                            "int8x64", T.broadcast(Q4[at + 2 * st + 1], 16)
-                                        )
-                                        dot[T.ramp(0, 1, LANES)] = _vnni(
-                                            dot[T.ramp(0, 1, LANES)], lo, q_lo
-                                        )
-                                        dot[T.ramp(0, 1, LANES)] = _vnni(
-                                            dot[T.ramp(0, 1, LANES)], hi, q_hi
-                                        )
-                                    else:
-                                        q_all = T.reinterpret(
-                                            "int8x64", T.broadcast(Q4[at + st], 16)
-                                        )
-                                        dot[T.ramp(0, 1, LANES)] = _vnni(
-                                            dot[T.ramp(0, 1, LANES)], w, q_all
-                                        )
+                                    dot[T.ramp(0, 1, LANES)] = dot_codes(
+                                        dot[T.ramp(0, 1, LANES)],
+                                        w,
+                                        Q4,
+                                        at + (2 if four else 1) * st,
+                                        four,
+                                    )
                             acc[T.ramp(0, 1, LANES)] = (
                                 acc[T.ramp(0, 1, LANES)]
                                 + T.Cast(
