@@ -125,7 +125,7 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         "--device",
         default="cpu",
         help="where the model runs: cpu, opencl or vulkan (--backend tvm; opencl: TVM's "
-        "OpenCL kernels on the installed OpenCL driver, fp32 weights; vulkan needs a TVM "
+        "OpenCL kernels on the installed OpenCL driver, fp32 or gguf-exact; vulkan needs a TVM "
         "build with that runtime; docs/tvm.md), or npu (--backend onnx: ONNX Runtime's "
         "QNN, NNAPI or CoreML provider, when installed)",
     )

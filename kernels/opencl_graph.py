@@ -33,21 +33,19 @@ Shapes (``D`` width, ``H``/``KV`` heads, ``hd`` head size, ``F`` FFN width, ``L`
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgespec.errors import EdgespecError
-from edgespec.kernels.opencl import OPENCL_TARGET, _cl
+from edgespec.kernels.opencl import _KERNEL, OPENCL_TARGET, _cl
 
 if TYPE_CHECKING:
     from edgespec.runtimes.tvm_graph import GraphSpec
 
 #: work items per work group of every kernel
 THREADS = 64
-_KERNEL = re.compile(r"__kernel\s+void\s+(\w+)\s*\(([^)]*)\)\s*\{")
 _SCALARS = {"int": np.int32, "long": np.int64}
 
 
@@ -408,10 +406,6 @@ class ClProgram:
         out = np.empty(shape, np.float32)
         cl.enqueue_copy(self.queue, out, buf).wait()
         return out
-
-    def write(self, buf: Any, array: np.ndarray) -> None:
-        """Copy ``array`` into ``buf`` (in queue order)."""
-        _cl().enqueue_copy(self.queue, buf, np.ascontiguousarray(array))
 
     def copy(
         self, dst: Any, src: Any, nbytes: int, dst_offset: int = 0, src_offset: int = 0

@@ -33,8 +33,8 @@ biases, matrices without a kernel). The fp32 build dequantizes everything, as th
 reference does.
 
 Devices (``LoadOptions.device``, ``--device``) come from :data:`DEVICES`: ``cpu`` is the
-llvm target for this CPU. ``opencl`` runs the fp32 build as TVM-generated OpenCL kernels
-launched by pyopencl (:mod:`edgespec.runtimes.tvm_opencl`; the ``apache-tvm`` wheel's
+llvm target for this CPU. ``opencl`` runs the fp32 and gguf-exact builds as TVM-generated
+OpenCL kernels launched by pyopencl (:mod:`edgespec.runtimes.tvm_opencl`; the ``apache-tvm`` wheel's
 runtime has no OpenCL); ``vulkan`` needs a TVM runtime built with it, and loading says so
 in one line.
 """
@@ -748,19 +748,28 @@ class TvmModel(SlotCacheModel):
     ) -> None:
         import tvm
 
-        if n_ctx < 1:
-            raise EdgespecError(f"n_ctx must be at least 1, got {n_ctx}")
+        self._init_positions(info, n_ctx, inv_freq)
         self._tvm = tvm
         self.vm = vm
         self.device = device
         self.weights = weights
-        self.info = info
-        self.n_ctx = int(n_ctx)
-        self.n_vocab = int(info.vocab_size)
         L, KV, hd = cache_shape
         shape = (L, self.n_ctx, KV, hd)
         self.k_cache = tvm.runtime.empty(shape, "float32", device)
         self.v_cache = tvm.runtime.empty(shape, "float32", device)
+
+    def _init_positions(self, info: ModelInfo, n_ctx: int, inv_freq: np.ndarray) -> None:
+        """The host-side state every device shares: ``info``, the capacity, an empty cache
+        count, and the rope tables ``cos, sin: float32[n_ctx, hd/2]`` the forwards gather.
+
+        Raises:
+            EdgespecError: ``n_ctx`` below 1.
+        """
+        if n_ctx < 1:
+            raise EdgespecError(f"n_ctx must be at least 1, got {n_ctx}")
+        self.info = info
+        self.n_ctx = int(n_ctx)
+        self.n_vocab = int(info.vocab_size)
         ang = np.arange(self.n_ctx, dtype=np.float64)[:, None] * inv_freq[None, :]
         self._cos = np.cos(ang).astype(np.float32)
         self._sin = np.sin(ang).astype(np.float32)

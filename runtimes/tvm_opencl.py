@@ -60,13 +60,10 @@ class ClModel(TvmModel):
         n_ctx: int,
         quant: dict[str, Any] | None = None,
     ) -> None:
-        if n_ctx < 1:
-            raise EdgespecError(f"n_ctx must be at least 1, got {n_ctx}")
+        self._init_positions(info, n_ctx, inv_freq)
         self.program = program
         self.spec = spec
-        self.info = info
-        self.n_ctx = int(n_ctx)
-        self.n_vocab = int(info.vocab_size)
+        self._shapes = spec.weight_shapes()
         self.embed = np.ascontiguousarray(named["embed"], dtype=np.float32)
         self._w = {n: program.buffer(a) for n, a in named.items() if n != "embed"}
         from edgespec.kernels.qlinear import operand_names
@@ -80,10 +77,6 @@ class ClModel(TvmModel):
         self._cache_bytes = spec.n_layers * self.n_ctx * spec.n_head_kv * spec.head_dim * _F32
         self.k_cache = program.buffer(nbytes=self._cache_bytes)
         self.v_cache = program.buffer(nbytes=self._cache_bytes)
-        ang = np.arange(self.n_ctx, dtype=np.float64)[:, None] * inv_freq[None, :]
-        self._cos = np.cos(ang).astype(np.float32)
-        self._sin = np.sin(ang).astype(np.float32)
-        self._n_past = 0
 
     def fork(self) -> ClModel:
         """A new model sharing the kernels and weights, with a copy of the cache."""
@@ -99,7 +92,7 @@ class ClModel(TvmModel):
         blocks where ``spec.quant`` names the matrix."""
         from edgespec.kernels.opencl_graph import linear_name, qlinear_name
 
-        K, N = self.spec.weight_shapes()[name]
+        K, N = self._shapes[name]
         bias = self._w.get(name.replace("wqkv", "bqkv")) if name.endswith("wqkv") else None
         y = self.program.buffer(nbytes=n * N * _F32)
         args = {"x": x, "y": y, "n": n} | ({} if bias is None else {"b": bias})
@@ -205,7 +198,7 @@ def load_opencl(source: ModelSource, options: LoadOptions, choice: str) -> ClMod
     else:
         hp, info, spec, freq_factors = gguf_model(path)
         llama = hp.arch == "llama"
-        packed, _ = packed_matrices(path, spec, choice, llama, options.progress)
+        packed, fallback = packed_matrices(path, spec, choice, llama, options.progress)
         quant = {name: q for name, q in packed.items() if q.fmt in CL_QUANT}
         spec = replace(spec, quant=tuple((name, q.fmt) for name, q in quant.items()))
         floats = [n for n in spec.weight_names() if n not in quant]
@@ -214,8 +207,7 @@ def load_opencl(source: ModelSource, options: LoadOptions, choice: str) -> ClMod
     extra = {**info.extra, "device": "opencl", "target": "opencl", "weights": choice}
     extra["opencl_device"] = str(device.name).strip()
     if choice != "fp32":
-        n_matrices = sum(len(s) == 2 for s in spec.weight_shapes().values()) - 1  # no embed
-        extra["quantized_matrices"] = f"{len(quant)}/{n_matrices}"
+        extra["quantized_matrices"] = f"{len(quant)}/{len(packed) + len(fallback)}"
         extra["variant"] = f"{choice}-opencl"
     info = replace(info, source=source.name or str(path), extra=extra)
     inv_freq = hp.inv_freq(False, freq_factors)
