@@ -371,6 +371,15 @@ def question_overlap(
     ``BASE_FIELD`` for "base field") counts that many times: a segment naming the asked
     person whole outranks the near-misses that share one of the names ("Sven Tanaka",
     "Ines Rossi"), which a bag of words ranks alike.
+
+    A token whose question words the context repeats only in *partial* runs counts nothing
+    (:func:`phrase_runs`): when the context holds "Sven Rossi" somewhere, a lone "Sven"
+    ("Sven Tanaka") is a near-miss, not evidence, and "Kowalski lives in" is part of
+    "Nadia Kowalski lives in". Such segments then rank with those that share no word with
+    the question instead of before them, so the kept share holds fewer near-misses (which
+    the target confused with the asked record when they were packed together;
+    docs/compression.md, "Near-misses"). A question word that the context never repeats
+    inside a longer run still counts alone.
     """
     ids = np.asarray(ctx, dtype=np.int64)
     asked = np.isin(ids, np.asarray(list(question), dtype=np.int64))
@@ -384,7 +393,9 @@ def question_overlap(
                 asked[i], keys[i] = True, word
             elif not word:  # whitespace and punctuation ("\n", indentation, '"""') never
                 asked[i] = False  # rank a segment: in code they are half the question
-        runs = np.maximum(runs, phrase_lengths(pieces, question_text))
+        longest, whole = phrase_runs(pieces, question_text)
+        asked[(longest > 0) & (whole == 0)] = False  # only in partial runs: a near-miss
+        runs = np.maximum(runs, whole)
         asked |= runs > 1
     _, inverse, counts = np.unique(
         np.asarray(keys, dtype=str), return_inverse=True, return_counts=True
@@ -406,32 +417,61 @@ def phrase_lengths(pieces: Sequence[str], question_text: str) -> np.ndarray:
     """``float64[T]``: per context token (``pieces``: each token's text), the length in
     words of the longest run of consecutive question words that the context repeats word
     for word, in order, and that the token is part of; 0 for a token in no such run
-    (a run of one word is a word the question holds).
+    (a run of one word is a word the question holds). The first of :func:`phrase_runs`.
 
     Words are :data:`PHRASE_WORD` runs, compared lower-cased; punctuation and spacing
-    between them do not break a run (``"Rossi's job"`` and ``"Rossi, job"`` alike). The
-    runs are found by the longest-common-substring recurrence over the two word lists,
+    between them do not break a run (``"Rossi's job"`` and ``"Rossi, job"`` alike).
+    """
+    return phrase_runs(pieces, question_text)[0]
+
+
+def phrase_runs(pieces: Sequence[str], question_text: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(longest, whole)``, ``float64[T]`` each: per context token (``pieces``: each
+    token's text), the length in words of the longest run of consecutive question words
+    that the context repeats in order and that the token is part of (:func:`phrase_lengths`),
+    and the longest such run that is *whole*; 0 where none.
+
+    A run (maximal: it extends neither way) matches a span of the question's words; it is
+    whole when no run anywhere in the context matches a longer stretch through any word of
+    that span. When the context holds "Sven Rossi", the lone "Sven" of "Sven Tanaka" is a
+    partial run (``longest`` 1, ``whole`` 0); when it holds "Nadia Kowalski lives in" (the
+    question's answer stub), "Kowalski lives in" elsewhere is partial too; the lone "in"
+    of "joined in 2010" is whole when the question also says "In which" and the context
+    never repeats "in which". Where the context repeats none of a question's phrases, every
+    run is whole.
+
+    Runs are found by the longest-common-substring recurrence over the two word lists,
     ``O(context words x repeats of each word in the question)``.
     """
-    ends = np.cumsum([len(p) for p in pieces])
     cwords = _phrase_words("".join(pieces))
+    qwords = _phrase_words(question_text)
     where: dict[str, list[int]] = {}
-    for k, (w, _, _) in enumerate(_phrase_words(question_text)):
+    for k, (w, _, _) in enumerate(qwords):
         where.setdefault(w, []).append(k)
-    cover = np.zeros(len(cwords))
+    runs: list[tuple[int, int, int]] = []  # (last context word, last question word, length)
     prev: dict[int, int] = {}  # question word k -> run length ending at (word j - 1, k)
     for j, (w, _, _) in enumerate(cwords):
         cur = {k: prev.get(k - 1, 0) + 1 for k in where.get(w, ())}
-        run = max(cur.values(), default=0)
-        if run:
-            cover[j - run + 1 : j + 1] = np.maximum(cover[j - run + 1 : j + 1], run)
+        runs += [(j - 1, k, n) for k, n in prev.items() if k + 1 not in cur]
         prev = cur
-    out = np.zeros(len(pieces))
-    for (_, start, end), c in zip(cwords, cover, strict=True):
-        if c:
+    runs += [(len(cwords) - 1, k, n) for k, n in prev.items()]
+    span = np.zeros(len(qwords))  # per question word: the longest run through it
+    for _, k, n in runs:
+        span[k - n + 1 : k + 1] = np.maximum(span[k - n + 1 : k + 1], n)
+    longest, whole = np.zeros(len(cwords)), np.zeros(len(cwords))
+    for j, k, n in runs:
+        longest[j - n + 1 : j + 1] = np.maximum(longest[j - n + 1 : j + 1], n)
+        if n >= span[k - n + 1 : k + 1].max():
+            whole[j - n + 1 : j + 1] = np.maximum(whole[j - n + 1 : j + 1], n)
+    ends = np.cumsum([len(p) for p in pieces])
+    out = np.zeros((2, len(pieces)))
+    for (_, start, end), a, b in zip(cwords, longest, whole, strict=True):
+        if a:
             first, last = np.searchsorted(ends, [start, end - 1], side="right")
-            out[first : last + 1] = np.maximum(out[first : last + 1], c)
-    return out
+            tok = slice(first, last + 1)
+            out[0, tok] = np.maximum(out[0, tok], a)
+            out[1, tok] = np.maximum(out[1, tok], b)
+    return out[0], out[1]
 
 
 #: how the compressor scores the context (``CompressOptions.scoring``); each entry is
