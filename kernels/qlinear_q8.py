@@ -12,9 +12,10 @@ activations quantized per 256 as llama.cpp's ``Q8_K``: :mod:`edgespec.kernels.ql
 with this module's code layout and the float path's scales and sub-scales.
 
 The dot product is the CPU's (:func:`int8_isa`): ``vpdpbusd`` with AVX512-VNNI; with AVX2
-only, ``vpmaddubsw`` + ``vpmaddwd`` per 32-byte half (:func:`_maddubs`, as llama.cpp's AVX2
-kernels), the same sums exactly for stored codes below 128 (every type but Q8_0, whose
-matrices stay on the float kernel there: :func:`prefer`).
+only, ``vpmaddubsw`` per 32-byte half, the products of as many as int16 holds exactly (a
+4-bit block's 8, 2 of 6-bit codes: :func:`dot_sum`) added before one ``vpmaddwd`` by ones, as
+llama.cpp's AVX2 kernels do: the same sums exactly for stored codes below 128 (every type but
+Q8_0, whose matrices stay on the float kernel there: :func:`prefer`).
 
 Arithmetic, per row t and block b of 32 (:func:`quantize_rows`, the NumPy reference
 :func:`edgespec.kernels.reference.qlinear_q8`)::
@@ -73,6 +74,8 @@ FORMATS = tuple(f for f, lay in LAYOUTS.items() if lay.type_size or f == MIXED_K
 LANES = 16
 #: the offset added to 8-bit codes so that they are unsigned
 OFFSET8 = 128
+#: how many blocks of 32 ahead the codes are prefetched (8 to 16 KB: :func:`prefetch_rows`)
+AHEAD = 8
 
 
 def q8_format(fmt: str) -> str | None:
@@ -239,7 +242,7 @@ def _vnni(acc: Any, w: Any, q: Any) -> Any:
             "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc, T.reinterpret("int8x64", w), q
         )
     if isa == "avx2":
-        return acc + _maddubs(w, q)
+        return acc + _maddubs_run([(w, q)])
     w32, q32 = T.reinterpret("int32x16", w), T.reinterpret("int32x16", q)
 
     def c(v: int) -> Any:
@@ -248,26 +251,6 @@ def _vnni(acc: Any, w: Any, q: Any) -> Any:
     for i in range(4):  # "generic": byte i of each lane, unsigned weight, signed activation
         acc = acc + ((w32 >> c(8 * i)) & c(255)) * ((q32 << c(24 - 8 * i)) >> c(24))
     return acc
-
-
-def _maddubs(w: Any, q: Any) -> Any:
-    """``int32x16``: ``vpdpbusd``'s sums by AVX2, per 32-byte half ``vpmaddubsw`` (adjacent
-    byte products summed in int16, saturating: exact while ``2 * max u * 127 < 2^15``, i.e.
-    stored codes below 128) then ``vpmaddwd`` by ones (adjacent pairs summed in int32), as
-    llama.cpp's AVX2 kernels do."""
-    from tvm import tirx
-    from tvm.script import tirx as T
-
-    w8 = T.reinterpret("int8x64", w)
-    halves = []
-    for h in range(2):
-        at = [T.int32(32 * h + i) for i in range(32)]
-        p16 = T.call_llvm_pure_intrin(
-            "int16x16", "llvm.x86.avx2.pmadd.ub.sw", tirx.Shuffle([w8], at), tirx.Shuffle([q], at)
-        )
-        ones = T.broadcast(T.int16(1), 16)
-        halves.append(T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", p16, ones))
-    return tirx.Shuffle(halves, [T.int32(i) for i in range(LANES)])
 
 
 def _six(low: Any, high: Any, j: int) -> Any:
@@ -284,32 +267,133 @@ def _six(low: Any, high: Any, j: int) -> Any:
     return lo | (hi & c(0x30))
 
 
-def dot6(dot: Any, c0: Any, c1: Any, c2: Any, q4: Any, at: Any) -> Any:
-    """``dot`` plus one chunk of 16 weights (rows ``c0, c1, c2`` of the 6-bit layout, each
-    ``uint8x64``) times the 16 activations ``int8`` at ``q4[at .. at+3]`` (``q4``: the
-    quantized rows viewed as ``int32``, 4 activations each, broadcast to the 16 lanes):
-    four ``vpdpbusd``."""
+def _run16(bits: int) -> int:
+    """How many ``vpmaddubsw`` results of ``bits``-bit stored codes (``u < 2^bits``) times
+    activations (``|q| <= 127``) add in int16 without overflow: each is at most ``2 * u * 127``
+    in magnitude, so 8 for 4-bit codes (30,480), 2 for 6-bit (32,004), 1 for 8-bit."""
+    return max(1, 32767 // (2 * ((1 << bits) - 1) * 127))
+
+
+def dot_sum(acc: Any, pairs: list[tuple[Any, Any]], bits: int) -> Any:
+    """``acc int32x16`` plus ``vpdpbusd(w, q)`` summed over ``pairs`` of ``w uint8x64`` stored
+    ``bits``-bit codes (16 features x 4 weights) and ``q int8x64`` activations. On AVX2 the
+    ``vpmaddubsw`` products of :func:`_run16` pairs add in int16 before one ``vpmaddwd``
+    (where one at a time widens each to int32): a 4-bit block of 32 weights costs 2
+    ``vpmaddwd`` per vector instead of 16. The sums are exact either way, so every dot product
+    gives the same int32 values."""
+    isa = _ISA[0] or int8_isa() or "generic"
+    if isa != "avx2":
+        for w, q in pairs:
+            acc = _vnni(acc, w, q)
+        return acc
+    run = _run16(bits)
+    for i in range(0, len(pairs), run):
+        acc = acc + _maddubs_run(pairs[i : i + run])
+    return acc
+
+
+def _maddubs_run(pairs: list[tuple[Any, Any]]) -> Any:
+    """``int32x16``: per 32-byte half, the ``vpmaddubsw`` products of ``pairs`` summed in
+    int16 (the caller keeps them in range: :func:`_run16`), then ``vpmaddwd`` by ones."""
+    from tvm import tirx
     from tvm.script import tirx as T
 
-    for j in range(4):
-        q = T.reinterpret("int8x64", T.broadcast(q4[at + j], 16))
-        dot = _vnni(dot, _six(c0 if j < 2 else c1, c2, j), q)
-    return dot
+    halves = []
+    for h in range(2):
+        at = [T.int32(32 * h + i) for i in range(32)]
+        p16 = None
+        for w, q in pairs:
+            w8 = T.reinterpret("int8x64", w)
+            p = T.call_llvm_pure_intrin(
+                "int16x16", "llvm.x86.avx2.pmadd.ub.sw", tirx.Shuffle([w8], at),
+                tirx.Shuffle([q], at),
+            )  # fmt: skip
+            p16 = p if p16 is None else p16 + p
+        ones = T.broadcast(T.int16(1), 16)
+        halves.append(T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", p16, ones))
+    return tirx.Shuffle(halves, [T.int32(i) for i in range(LANES)])
 
 
-def dot_codes(dot: Any, w: Any, q4: Any, at: Any, four: bool) -> Any:
-    """``dot`` plus 64 stored code bytes ``w`` (``uint8x64``) times the activations ``int8``
-    they multiply: 4-bit, both nibbles (low: the 4 words at ``q4[at]``, high: ``q4[at + 1]``,
-    each broadcast to the 16 lanes), two ``vpdpbusd``; a byte a code, ``q4[at]``, one."""
+def _q(q4: Any, i: Any) -> Any:
+    """``int8x64``: the 4 activations ``int8`` at ``q4[i]`` (an ``int32`` view) in all 16
+    lanes."""
     from tvm.script import tirx as T
 
-    def q(i: Any) -> Any:
-        return T.reinterpret("int8x64", T.broadcast(q4[i], 16))
+    return T.reinterpret("int8x64", T.broadcast(q4[i], 16))
+
+
+def six_pairs(c0: Any, c1: Any, c2: Any, q4: Any, at: Any) -> list[tuple[Any, Any]]:
+    """The 4 :func:`dot_sum` pairs of one chunk of 16 weights of the 6-bit layout (rows
+    ``c0, c1, c2``, each ``uint8x64``) and the 16 activations at ``q4[at .. at+3]``."""
+    return [(_six(c0 if j < 2 else c1, c2, j), _q(q4, at + j)) for j in range(4)]
+
+
+def code_pairs(w: Any, q4: Any, at: Any, four: bool) -> list[tuple[Any, Any]]:
+    """The :func:`dot_sum` pairs of 64 stored code bytes ``w`` (``uint8x64``) and the
+    activations they multiply: 4-bit, both nibbles (low: the 4 words at ``q4[at]``, high:
+    ``q4[at + 1]``); a byte a code, ``q4[at]``."""
+    from tvm.script import tirx as T
 
     if not four:
-        return _vnni(dot, w, q(at))
+        return [(w, _q(q4, at))]
     lo, hi = w & T.broadcast(T.uint8(15), 64), w >> T.broadcast(T.uint8(4), 64)
-    return _vnni(_vnni(dot, lo, q(at)), hi, q(at + 1))
+    return [(lo, _q(q4, at)), (hi, _q(q4, at + 1))]
+
+
+def prefetch_rows(c: Any, tile: Any, row0: Any, nrows: int, width: int) -> None:
+    """Emit, into the TVMScript function being parsed, a prefetch hint (into all cache levels)
+    for each 64-byte line of rows ``row0 .. row0 + nrows - 1`` of tile ``tile`` of ``c``
+    (``uint8[tiles, rows, 4*width]``). At T = 1 the kernels stream their codes once, and a
+    thread of this AVX2 VM read a cold matrix at 4.4-5.5 GB/s without hints and 6-10 GB/s
+    with them (``benchmarks/tvm_q8_layout.py``); a hint past the end of ``c`` is harmless
+    (x86 prefetches never fault)."""
+    from tvm.script import tirx as T
+
+    for r in range(nrows):
+        for line in range(4 * width // 64):
+            T.evaluate(
+                T.call_llvm_intrin(
+                    "void", "llvm.prefetch.p0", T.address_of(c[tile, row0 + r, line * 64]),
+                    0, 3, 1,
+                )
+            )  # fmt: skip
+
+
+def dot_flat(dot: Any, u: Any, start: Any, step: Any, n: int, q4: Any, at: Any, bits: int) -> Any:
+    """``dot`` plus ``n`` unpacked code vectors of the flat buffer ``u`` (``uint8``, 64 bytes
+    from ``start + i * step``) times the activations at ``q4[at + i]``, in one
+    :func:`dot_sum` of ``bits``-bit codes."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    pairs = [
+        (tirx.BufferLoad(u, [T.ramp(start + i * step, 1, 64)]), _q(q4, at + i)) for i in range(n)
+    ]
+    return dot_sum(dot, pairs, bits)
+
+
+def dot_rows(
+    dot: Any, c: Any, tile: Any, row0: Any, nrows: int, col: Any, q4: Any, at: Any, bits: int
+) -> Any:
+    """``dot`` plus the codes in rows ``row0 .. row0 + nrows - 1`` of tile ``tile`` of ``c``
+    (``uint8[tiles, rows, 4*tile]``, the 64 bytes from ``col``) times their activations from
+    ``q4[at]`` on, in one :func:`dot_sum`: a block's (or group's) whole dot product, so that
+    AVX2 keeps as many products in int16 as it can."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    def row(r: int) -> Any:
+        return tirx.BufferLoad(c, [tile, row0 + r, T.ramp(col, 1, 64)])
+
+    pairs: list[tuple[Any, Any]] = []
+    if bits == 6:
+        for p in range(nrows // 3):
+            pairs += six_pairs(row(3 * p), row(3 * p + 1), row(3 * p + 2), q4, at + 4 * p)
+    else:
+        four = bits == 4
+        for r in range(nrows):
+            pairs += code_pairs(row(r), q4, at + (2 if four else 1) * r, four)
+    return dot_sum(dot, pairs, bits)
 
 
 def kernel(fmt: str, K: int, N: int) -> PrimFunc:
@@ -329,8 +413,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         raise EdgespecError(f"K must be a multiple of 32 for {fmt}; got {K}")
     tile = tile_for(N)
     bits = stored_bits(fmt)
-    nvec, nb, four, six = tile // LANES, K // 32, bits == 4, bits == 6
-    steps = 4 if four else 8  # vpdpbusd (64-byte operands) per vector and block
+    nvec, nb = tile // LANES, K // 32
     rows = bits  # byte rows of the codes per block of 32 (code_rows)
     z = zero_of(fmt)
     affine = lay.affine
@@ -368,26 +451,15 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             for t in range(n):
                 Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
             for b in range(nb):
+                prefetch_rows(C, jo, (b + AHEAD) * rows, rows, tile)
                 for t in range(n):
                     for v in T.unroll(nvec):
                         acc = T.alloc_local((LANES,), "int32")
                         acc[T.ramp(0, 1, LANES)] = T.broadcast(-z * QS[t * nb + b], LANES)
-                        if six:
-                            for p in T.unroll(2):  # chunks of 16 weights: 3 rows each
-                                c0 = C[jo, b * rows + 3 * p, T.ramp(v * 64, 1, 64)]
-                                c1 = C[jo, b * rows + 3 * p + 1, T.ramp(v * 64, 1, 64)]
-                                c2 = C[jo, b * rows + 3 * p + 2, T.ramp(v * 64, 1, 64)]
-                                acc[T.ramp(0, 1, LANES)] = dot6(
-                                    acc[T.ramp(0, 1, LANES)], c0, c1, c2, Q4,
-                                    t * (K // 4) + b * 8 + 4 * p,
-                                )  # fmt: skip
-                        else:
-                            for s in T.unroll(steps):
-                                w = C[jo, b * rows + s, T.ramp(v * 64, 1, 64)]
-                                at = t * (K // 4) + b * 8 + (2 if four else 1) * s
-                                acc[T.ramp(0, 1, LANES)] = dot_codes(
-                                    acc[T.ramp(0, 1, LANES)], w, Q4, at, four
-                                )
+                        acc[T.ramp(0, 1, LANES)] = dot_rows(
+                            acc[T.ramp(0, 1, LANES)], C, jo, b * rows, rows, v * 64, Q4,
+                            t * (K // 4) + b * 8, bits,
+                        )  # fmt: skip
                         lanes = T.ramp(t * N + jo * tile + v * LANES, 1, LANES)
                         dd = T.Cast(
                             "float32x16", Df[T.ramp((jo * nb + b) * tile + v * LANES, 1, LANES)]

@@ -29,11 +29,11 @@ from edgespec.kernels.qlinear import SUPER, get_layout
 from edgespec.kernels.qlinear_q8 import (
     LANES,
     _six,
-    _vnni,
     base_format,
     code_rows,
-    dot6,
-    dot_codes,
+    dot_flat,
+    dot_rows,
+    prefetch_rows,
     stored_bits,
     tile_for,
     zero_of,
@@ -42,6 +42,9 @@ from edgespec.kernels.qlinear_q8 import (
 if TYPE_CHECKING:
     from tvm.tirx import PrimFunc
 
+#: how many groups ahead the codes are prefetched (6 KB of Q6_K, 8 of Q4_K)
+AHEAD = 8
+
 
 def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     """``qlinear(x f32[T, K], c, d[, m], sd[, sm], y f32[T, N])`` for symbolic T, private;
@@ -49,7 +52,10 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     the mixed layout) are unpacked in registers as they stream at T = 1, and at T > 1 once
     per super-block and tile into a local buffer (16 KB, L1) that every row reads (unpacking
     per row made a Q6_K matrix's T = 9 call 1.2x slower than with byte-wide codes on AVX2:
-    ``benchmarks/tvm_q8_layout.py``)."""
+    ``benchmarks/tvm_q8_layout.py``). Within a super-block and row the groups are the outer
+    loop and the tile's vectors the inner one, so that each code row's ``4 * tile`` bytes are
+    read in one go, with prefetch hints :data:`AHEAD` groups on (at T = 1 on the AVX2 VM: a
+    cold Q4_K or Q6_K matrix 0.57-0.86x the time of a vector-outer loop without hints)."""
     from tvm.script import tirx as T
 
     lay = get_layout(base_format(fmt))
@@ -57,11 +63,10 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         raise EdgespecError(f"K must be a multiple of {SUPER} for {fmt}; got {K}")
     tile = tile_for(N)
     bits = stored_bits(fmt)
-    nvec, ns, four, six = tile // LANES, K // SUPER, bits == 4, bits == 6
+    nvec, ns, six = tile // LANES, K // SUPER, bits == 6
     g = lay.group  # weights per group (sub-scale)
     gps = SUPER // g  # groups per super-block
     rows = g * bits // 32  # byte rows of the codes per group
-    loads = g // (8 if four else 4)  # 64-byte loads per vector and group (4 and 8 bits)
     z = zero_of(fmt)
     affine, sub = lay.affine, lay.sub or "int8"
     nbs = K // 16
@@ -117,65 +122,46 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                             U[T.ramp(((4 * p + 1) * nvec + v) * 64, 1, 64)] = _six(c0, c2, 1)
                             U[T.ramp(((4 * p + 2) * nvec + v) * 64, 1, 64)] = _six(c1, c2, 2)
                             U[T.ramp(((4 * p + 3) * nvec + v) * 64, 1, 64)] = _six(c1, c2, 3)
-                for t in range(n):
+                for t in range(n):  # groups outer, the tile's vectors inner: each code
+                    # row's 4 * tile bytes are read in one go (a vector a pass read one cache
+                    # line in 4 of each row and streamed a cold matrix at 4.4 GB/s, not 10)
+                    acc = T.alloc_local((nvec * LANES,), "int32")
+                    accm = T.alloc_local((nvec * LANES,), "int32")
+                    dot = T.alloc_local((LANES,), "int32")
                     for v in T.unroll(nvec):
-                        acc = T.alloc_local((LANES,), "int32")
-                        accm = T.alloc_local((LANES,), "int32")
-                        dot = T.alloc_local((LANES,), "int32")
-                        acc[T.ramp(0, 1, LANES)] = T.broadcast(0, LANES)
-                        accm[T.ramp(0, 1, LANES)] = T.broadcast(0, LANES)
-                        for gi in range(gps):
-                            b16 = t * nbs + s * (SUPER // 16) + gi * (g // 16)
-                            gsum = BS[b16] if g == 16 else BS[b16] + BS[b16 + 1]
+                        acc[T.ramp(v * LANES, 1, LANES)] = T.broadcast(0, LANES)
+                        accm[T.ramp(v * LANES, 1, LANES)] = T.broadcast(0, LANES)
+                    for gi in range(gps):
+                        b16 = t * nbs + s * (SUPER // 16) + gi * (g // 16)
+                        gsum = BS[b16] if g == 16 else BS[b16] + BS[b16 + 1]
+                        at = (t * K + s * SUPER + gi * g) // 4  # of the group's q
+                        if t == 0:  # the codes AHEAD groups on: a cold matrix streams
+                            prefetch_rows(C, jo, (s * gps + gi + AHEAD) * rows, rows, tile)
+                        for v in T.unroll(nvec):
                             dot[T.ramp(0, 1, LANES)] = T.broadcast(-z * gsum, LANES)
-                            at = (t * K + s * SUPER + gi * g) // 4  # of the group's q
-                            if six and n > 1:
-                                for st in T.unroll(g // 4):  # rows of 4 weights, unpacked
-                                    w = U[T.ramp(((gi * g // 4 + st) * nvec + v) * 64, 1, 64)]
-                                    q_all = T.reinterpret("int8x64", T.broadcast(Q4[at + st], 16))
-                                    dot[T.ramp(0, 1, LANES)] = _vnni(
-                                        dot[T.ramp(0, 1, LANES)], w, q_all
-                                    )
-                            elif six:  # one row: unpacked in registers as it is streamed
-                                for p in T.unroll(g // 16):  # chunks of 16 weights: 3 rows
-                                    base = (s * gps + gi) * rows + 3 * p
-                                    c0 = C[jo, base, T.ramp(v * 64, 1, 64)]
-                                    c1 = C[jo, base + 1, T.ramp(v * 64, 1, 64)]
-                                    c2 = C[jo, base + 2, T.ramp(v * 64, 1, 64)]
-                                    dot[T.ramp(0, 1, LANES)] = dot6(
-                                        dot[T.ramp(0, 1, LANES)], c0, c1, c2, Q4, at + 4 * p
-                                    )
-                            else:
-                                for st in T.unroll(loads):
-                                    w = C[jo, (s * gps + gi) * rows + st, T.ramp(v * 64, 1, 64)]
-                                    dot[T.ramp(0, 1, LANES)] = dot_codes(
-                                        dot[T.ramp(0, 1, LANES)],
-                                        w,
-                                        Q4,
-                                        at + (2 if four else 1) * st,
-                                        four,
-                                    )
-                            acc[T.ramp(0, 1, LANES)] = (
-                                acc[T.ramp(0, 1, LANES)]
-                                + T.Cast(
-                                    "int32x16",
-                                    SDf[
-                                        T.ramp(
-                                            ((jo * ns + s) * gps + gi) * tile + v * LANES, 1, LANES
-                                        )
-                                    ],
-                                )
+                            if six and n > 1:  # rows of 4 weights, unpacked
+                                dot[T.ramp(0, 1, LANES)] = dot_flat(
+                                    dot[T.ramp(0, 1, LANES)], U, (gi * g // 4 * nvec + v) * 64,
+                                    nvec * 64, g // 4, Q4, at, bits,
+                                )  # fmt: skip
+                            else:  # as stored (6-bit codes unpacked in registers)
+                                dot[T.ramp(0, 1, LANES)] = dot_rows(
+                                    dot[T.ramp(0, 1, LANES)], C, jo, (s * gps + gi) * rows,
+                                    rows, v * 64, Q4, at, bits,
+                                )  # fmt: skip
+                            sub_at = ((jo * ns + s) * gps + gi) * tile + v * LANES
+                            acc[T.ramp(v * LANES, 1, LANES)] = (
+                                acc[T.ramp(v * LANES, 1, LANES)]
+                                + T.Cast("int32x16", SDf[T.ramp(sub_at, 1, LANES)])
                                 * dot[T.ramp(0, 1, LANES)]
                             )
                             if affine:
-                                accm[T.ramp(0, 1, LANES)] = accm[T.ramp(0, 1, LANES)] + T.Cast(
-                                    "int32x16",
-                                    SMf[
-                                        T.ramp(
-                                            ((jo * ns + s) * gps + gi) * tile + v * LANES, 1, LANES
-                                        )
-                                    ],
-                                ) * T.broadcast(gsum, LANES)
+                                accm[T.ramp(v * LANES, 1, LANES)] = accm[
+                                    T.ramp(v * LANES, 1, LANES)
+                                ] + T.Cast("int32x16", SMf[T.ramp(sub_at, 1, LANES)]) * T.broadcast(
+                                    gsum, LANES
+                                )
+                    for v in T.unroll(nvec):
                         lanes = T.ramp(t * N + jo * tile + v * LANES, 1, LANES)
                         xd = T.broadcast(XD[t * ns + s], LANES)
                         dd = (
@@ -188,7 +174,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                             "float32x16",
                             "llvm.fma.v16f32",
                             dd,
-                            T.Cast("float32x16", acc[T.ramp(0, 1, LANES)]),
+                            T.Cast("float32x16", acc[T.ramp(v * LANES, 1, LANES)]),
                             Yf[lanes],
                         )
                         if affine:
@@ -203,7 +189,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                                 "float32x16",
                                 "llvm.fma.v16f32",
                                 mm,
-                                T.Cast("float32x16", accm[T.ramp(0, 1, LANES)]),
+                                T.Cast("float32x16", accm[T.ramp(v * LANES, 1, LANES)]),
                                 yv,
                             )
                         else:

@@ -180,6 +180,41 @@ def test_k_quant_kernel_equals_reference_bit_for_bit(fmt: str, n: int, isa: str)
     assert (err <= bound).all()
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt", ["Q4_1", "Q4_0", "Q5_1", "Q4_K", "Q6_K", qlinear.MIXED_K])
+def test_exact_at_the_largest_codes_and_activations(fmt: str, isa: str) -> None:
+    """Every stored code at its largest (4-bit 15, 6-bit 63) times activations all +127 (row
+    0) or all -127 (row 1): the most AVX2's int16 sums of ``vpmaddubsw`` products ever hold
+    (a 4-bit block's 8 products: 30,480; two of 6-bit codes: 32,004), so a run one product
+    longer, or a saturating step, would break the bit-for-bit equality."""
+    rng = np.random.default_rng(8)
+    n, k = 64, 512
+    sub = qlinear.get_layout(fmt).sub
+    packed = (
+        _k_packed(fmt, n, k, rng) if sub else qlinear.from_gguf(random_blocks(fmt, n, k, rng), fmt)
+    )
+    w = qlinear_q8.convert(packed)
+    w.ops["c"][:] = 255  # all bits set: every stored code at its largest
+    bits = qlinear_q8.stored_bits(w.fmt)
+    assert w.codes().max() == (1 << bits) - 1 - qlinear_q8.zero_of(w.fmt)
+    x = np.ones((2, k), np.float32)
+    x[1] = -1
+    lib = _compile(w.fmt, k, n, isa)
+    got = _run(lib["main"], x, w)
+    code = w.codes()
+    o = packed.ops
+    if sub:
+        d = _untile(o["d"]).astype(np.float32)
+        m = _untile(o["m"]).astype(np.float32) if "m" in o else None
+        sd = _untile(o["sd"]).astype(np.int32)
+        sm = _untile(o["sm"]).astype(np.int32) if "sm" in o else None
+        want = reference.qlinear_q8k(x, code, d, m, sd, sm)
+    else:
+        d, m = w.scales()
+        want = reference.qlinear_q8(x, code, d, m)
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("fmt", list(qlinear_q8.FORMATS))
 def test_codes_round_trip_in_the_files_bits(fmt: str) -> None:
     """Every type's codes survive the layout; Q5_x/Q6_K (and the mixed K layout) take 0.75
