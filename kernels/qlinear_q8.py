@@ -14,8 +14,10 @@ with this module's code layout and the float path's scales and sub-scales.
 The dot product is the CPU's (:func:`int8_isa`): ``vpdpbusd`` with AVX512-VNNI; with AVX2
 only, ``vpmaddubsw`` per 32-byte half, the products of as many as int16 holds exactly (a
 4-bit block's 8, 2 of 6-bit codes: :func:`dot_sum`) added before one ``vpmaddwd`` by ones, as
-llama.cpp's AVX2 kernels do: the same sums exactly for stored codes below 128 (every type but
-Q8_0, whose matrices stay on the float kernel there: :func:`prefer`).
+llama.cpp's AVX2 kernels do: the same sums exactly. Q8_0's codes (stored ``+ 128``, up to
+255, which would saturate ``vpmaddubsw``) are taken back as signed bytes there, their
+absolute values times the activations with the codes' signs (``vpabsb``, ``vpsignb``:
+:func:`signed_codes`), so that ``z`` is 0.
 
 Arithmetic, per row t and block b of 32 (:func:`quantize_rows`, the NumPy reference
 :func:`edgespec.kernels.reference.qlinear_q8`)::
@@ -286,10 +288,45 @@ def dot_sum(acc: Any, pairs: list[tuple[Any, Any]], bits: int) -> Any:
         for w, q in pairs:
             acc = _vnni(acc, w, q)
         return acc
+    if signed_codes(bits):
+        pairs = [_sign_pair(w, q) for w, q in pairs]
     run = _run16(bits)
     for i in range(0, len(pairs), run):
         acc = acc + _maddubs_run(pairs[i : i + run])
     return acc
+
+
+def signed_codes(bits: int) -> bool:
+    """Whether the kernels being built multiply ``bits``-bit stored codes as signed bytes
+    (``u - 128``, one XOR away), not as ``u`` less ``z`` times the activations' sum: 8-bit
+    codes (Q8_0) on AVX2, whose ``vpmaddubsw`` would saturate on ``u`` up to 255 times 127
+    twice, but not on ``|u - 128| <= 128`` times ``+-127`` twice (32,512), llama.cpp's
+    ``vpsignb`` way (:func:`_sign_pair`)."""
+    return bits == 8 and (_ISA[0] or int8_isa()) == "avx2"
+
+
+def _sign_pair(w: Any, q: Any) -> tuple[Any, Any]:
+    """``(|c|, q * sign(c))`` for the signed codes ``c = w ^ 128`` (``int8x64``) of 8-bit
+    stored codes ``w``: ``vpabsb`` and ``vpsignb``, whose ``vpmaddubsw`` products are ``c *
+    q``."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    c = T.reinterpret("int8x64", w ^ T.broadcast(T.uint8(OFFSET8), 64))
+    a = T.reinterpret("uint8x64", T.max(c, T.broadcast(T.int8(0), 64) - c))  # -128 -> 128
+    halves = [
+        T.call_llvm_pure_intrin("int8x32", "llvm.x86.avx2.psign.b", _half(q, h), _half(c, h))
+        for h in range(2)
+    ]
+    return a, tirx.Shuffle(halves, [T.int32(i) for i in range(64)])
+
+
+def _half(v: Any, h: int) -> Any:
+    """Bytes ``32h .. 32h + 31`` of the ``int8x64`` ``v``."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    return tirx.Shuffle([v], [T.int32(32 * h + i) for i in range(32)])
 
 
 def _maddubs_run(pairs: list[tuple[Any, Any]]) -> Any:
@@ -415,7 +452,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     bits = stored_bits(fmt)
     nvec, nb = tile // LANES, K // 32
     rows = bits  # byte rows of the codes per block of 32 (code_rows)
-    z = zero_of(fmt)
+    z = 0 if signed_codes(bits) else zero_of(fmt)
     affine = lay.affine
 
     @T.macro
@@ -531,11 +568,12 @@ def cpu_has_vnni() -> bool:
 
 #: the integer dot products the kernels are built with, best first: name -> the CPU flag it
 #: needs and the widest stored code it sums exactly (AVX2's ``vpmaddubsw`` saturates int16:
-#: codes below 128, so not Q8_0's). "generic" (plain int32 vector ops, several times slower)
-#: runs anywhere; it is for tests, never chosen by :func:`int8_isa`.
+#: exact for codes below 128, and for Q8_0's 8-bit codes taken as signed bytes,
+#: :func:`signed_codes`). "generic" (plain int32 vector ops, several times slower) runs
+#: anywhere; it is for tests, never chosen by :func:`int8_isa`.
 ISAS: dict[str, tuple[str, int]] = {
     "vnni": ("avx512_vnni", 8),
-    "avx2": ("avx2", 6),
+    "avx2": ("avx2", 8),
     "generic": ("", 8),
 }
 _ISA: list[str | None] = [None]  # the building_with override

@@ -9,7 +9,8 @@ activations' quantization.
 Tolerance, measured with ``.venv/bin/python -m pytest tests/backends/test_tvm_q8act.py -q -s``
 (each comparison prints its max |diff|; x86-64 with avx512_vnni, TVM 0.27): tiny random llama
 / qwen2 (logits up to ~3), max |logit diff| 0.034 to 0.044 (chains and trees); with AVX2 only
-(AMD EPYC, where the Q8_0 matrix stays on the float kernel) 0.032 to 0.042; asserted
+(AMD EPYC) 0.032 to 0.042 while the Q8_0 matrix stayed on the float kernel, 0.034 to 0.044
+since it takes signed codes there (kernels/qlinear_q8.py ``signed_codes``); asserted
 :data:`Q8_ATOL` = 0.1. Batched and one-token forwards are bit for bit equal (every row is
 quantized and summed alike whatever T is), so the near-tie bound is 0 (measured below) and
 speculation equals plain greedy decoding token for token (both tested with the gguf-exact
@@ -99,10 +100,12 @@ N_NEW = 48
 #: (6 misses), llama.cpp's own margin at those positions at most 0.164; gguf-exact (float
 #: activations, same run) 0.975, 6 misses, margin at most 0.193. So int8 activations, llama.cpp's
 #: arithmetic, do not bring this backend measurably closer to llama.cpp on this sample (its
-#: float16 KV cache and float kernels differ too); both miss only at near-ties.
+#: float16 KV cache and float kernels differ too); both miss only at near-ties. On the AVX2
+#: VM (AMD EPYC), with the Q8_0 output head on int8 activations too: 0.983 (4 misses), margin
+#: at most 0.227.
 FLOOR_Q8_VS_LLAMACPP = 0.95
 #: the near-tie bound asserted: llama.cpp's margin (its top-1 logit minus its logit of our
-#: token) wherever gguf-q8act picks another token (measured 0.164 at most, above)
+#: token) wherever gguf-q8act picks another token (measured 0.164 and 0.227 at most, above)
 NEAR_TIE_BOUND = 0.25
 
 

@@ -181,12 +181,17 @@ def test_k_quant_kernel_equals_reference_bit_for_bit(fmt: str, n: int, isa: str)
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("fmt", ["Q4_1", "Q4_0", "Q5_1", "Q4_K", "Q6_K", qlinear.MIXED_K])
-def test_exact_at_the_largest_codes_and_activations(fmt: str, isa: str) -> None:
-    """Every stored code at its largest (4-bit 15, 6-bit 63) times activations all +127 (row
-    0) or all -127 (row 1): the most AVX2's int16 sums of ``vpmaddubsw`` products ever hold
-    (a 4-bit block's 8 products: 30,480; two of 6-bit codes: 32,004), so a run one product
-    longer, or a saturating step, would break the bit-for-bit equality."""
+@pytest.mark.parametrize(
+    ("fmt", "fill"),
+    [(f, 255) for f in ["Q4_1", "Q4_0", "Q5_1", "Q4_K", "Q6_K", qlinear.MIXED_K, "Q8_0"]]
+    + [("Q8_0", 0)],
+)
+def test_exact_at_the_largest_codes_and_activations(fmt: str, fill: int, isa: str) -> None:
+    """Every stored code at its largest (4-bit 15, 6-bit 63; Q8_0's 255 and 0, codes 127 and
+    -128) times activations all +127 (row 0) or all -127 (row 1): the most AVX2's int16 sums
+    of ``vpmaddubsw`` products ever hold (a 4-bit block's 8 products: 30,480; two of 6-bit
+    codes: 32,004; one pair of Q8_0's signed codes: 32,512), so a run one product longer, or
+    a saturating step, would break the bit-for-bit equality."""
     rng = np.random.default_rng(8)
     n, k = 64, 512
     sub = qlinear.get_layout(fmt).sub
@@ -194,9 +199,9 @@ def test_exact_at_the_largest_codes_and_activations(fmt: str, isa: str) -> None:
         _k_packed(fmt, n, k, rng) if sub else qlinear.from_gguf(random_blocks(fmt, n, k, rng), fmt)
     )
     w = qlinear_q8.convert(packed)
-    w.ops["c"][:] = 255  # all bits set: every stored code at its largest
+    w.ops["c"][:] = fill  # every stored code at one end of its range
     bits = qlinear_q8.stored_bits(w.fmt)
-    assert w.codes().max() == (1 << bits) - 1 - qlinear_q8.zero_of(w.fmt)
+    assert np.abs(w.codes()).max() >= (1 << bits) // 2 - 1
     x = np.ones((2, k), np.float32)
     x[1] = -1
     lib = _compile(w.fmt, k, n, isa)
@@ -247,18 +252,20 @@ def test_six_bit_layout_is_the_documented_one() -> None:
     np.testing.assert_array_equal(qlinear_q8._unpack6(b[None, :]), u.astype(np.int32))
 
 
-def test_q8_0_stays_on_the_float_kernel_where_avx2_would_saturate() -> None:
+def test_q8_0_takes_signed_codes_on_avx2() -> None:
     """AVX2's ``vpmaddubsw`` sums adjacent products in int16 with saturation: Q8_0's stored
-    codes (up to 255) times 127 twice overflow it, so with AVX2 a Q8_0 matrix keeps the
-    float32-activation kernel, and its int8 kernel is refused in one line."""
+    codes (up to 255) times 127 twice would overflow it, so with AVX2 the kernel takes them
+    back as signed bytes (``|c| <= 128`` times ``+-127`` twice fits) and starts from ``z = 0``;
+    VNNI keeps the stored codes. Both are int8 kernels; the bit-for-bit tests run Q8_0 on
+    every dot product this CPU has."""
     rng = np.random.default_rng(7)
     packed = qlinear.from_gguf(random_blocks("Q8_0", 64, 64, rng), "Q8_0")
     with qlinear_q8.building_with("avx2"):
-        assert qlinear_q8.prefer(packed) is packed
-        with pytest.raises(EdgespecError, match="overflow"):
-            qlinear.qlinear_kernel("Q8_0@q8", 64, 64)
+        assert isinstance(qlinear_q8.prefer(packed), qlinear_q8.Q8Weight)
+        assert qlinear_q8.signed_codes(8) and not qlinear_q8.signed_codes(6)
     with qlinear_q8.building_with("vnni"):
         assert isinstance(qlinear_q8.prefer(packed), qlinear_q8.Q8Weight)
+        assert not qlinear_q8.signed_codes(8)
     six = qlinear.from_gguf(random_blocks("Q6_K", 64, 256, rng), "Q6_K")
     with qlinear_q8.building_with("avx2"):  # 6-bit codes: 2 * 63 * 127 < 2^15, exact
         assert isinstance(qlinear_q8.prefer(six), qlinear_q8.Q8Weight)
