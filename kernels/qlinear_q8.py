@@ -381,9 +381,9 @@ def prefetch_rows(c: Any, tile: Any, row0: Any, nrows: int, width: int) -> None:
     """Emit, into the TVMScript function being parsed, a prefetch hint (into all cache levels)
     for each 64-byte line of rows ``row0 .. row0 + nrows - 1`` of tile ``tile`` of ``c``
     (``uint8[tiles, rows, 4*width]``). At T = 1 the kernels stream their codes once, and a
-    thread of this AVX2 VM read a cold matrix at 4.4-5.5 GB/s without hints and 6-10 GB/s
-    with them (``benchmarks/tvm_q8_layout.py``); a hint past the end of ``c`` is harmless
-    (x86 prefetches never fault)."""
+    loaded AVX2 VM read a cold Q4_K matrix at 5.1 GB/s without hints and 5.8 with them
+    (quiet: 12.7 and 12.3; ``benchmarks/tvm_q8_stream.py``); a hint past the end of ``c`` is
+    harmless (x86 prefetches never fault)."""
     from tvm.script import tirx as T
 
     for r in range(nrows):

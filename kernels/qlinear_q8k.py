@@ -124,7 +124,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                             U[T.ramp(((4 * p + 3) * nvec + v) * 64, 1, 64)] = _six(c1, c2, 3)
                 for t in range(n):  # groups outer, the tile's vectors inner: each code
                     # row's 4 * tile bytes are read in one go (a vector a pass read one cache
-                    # line in 4 of each row and streamed a cold matrix at 4.4 GB/s, not 10)
+                    # line in 4 of each row: benchmarks/tvm_q8_stream.py, docs/tvm.md)
                     acc = T.alloc_local((nvec * LANES,), "int32")
                     accm = T.alloc_local((nvec * LANES,), "int32")
                     dot = T.alloc_local((LANES,), "int32")

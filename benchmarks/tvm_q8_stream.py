@@ -1,0 +1,109 @@
+"""Is an int8-activation kernel waiting on memory? One matrix's call, warm against cold.
+
+For one matrix of ``benchmarks/tvm_q8_layout.py``'s ``MATRICES`` (weights from the file), times
+one call of ``y = x @ W^T`` at each ``--rows`` on one thread, in thread CPU time (min of
+``--reps`` rounds), two ways:
+
+- ``warm``: the same operands call after call (as far as they fit, they stay in the caches);
+- ``cold``: ``--copies`` copies of the operands (default: enough for 256 MB), cycled, so that
+  each call finds its copy out of the caches, as a forward does with every matrix;
+
+for this tree's kernels and each ``--against`` revision (loaded as tvm_q8_layout.py does). As
+the yardstick of what one thread can stream here, NumPy's sum over a 256 MB array. A kernel
+whose cold GB/s is far below both its warm GB/s and NumPy's is held up by how it reads
+memory, not by its arithmetic.
+
+    .venv/bin/python benchmarks/tvm_q8_stream.py --matrix "ffn_gate (Q4_K)" --against 5c5740b
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tvm_q8_layout import MATRICES, ROOT, modules_at, packed  # noqa: E402
+
+
+def numpy_stream_gbs(reps: int = 5) -> float:
+    """GB/s of ``np.sum`` over 256 MB of float64 on this thread (the best of ``reps``)."""
+    a = np.ones(32 * 1024 * 1024, np.float64)
+    a.sum()
+    best = min(_timed(a.sum) for _ in range(reps))
+    return a.nbytes / best / 1e9
+
+
+def _timed(fn: Any, *args: Any) -> float:
+    t0 = time.thread_time()
+    fn(*args)
+    return time.thread_time() - t0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="qwen2.5-coder-1.5b")
+    p.add_argument("--matrix", default="ffn_gate (Q4_K)", choices=list(MATRICES))
+    p.add_argument("--against", nargs="*", default=[], help="git revisions of the kernels")
+    p.add_argument("--repo", type=Path, default=ROOT, help="the git checkout of --against")
+    p.add_argument("--rows", type=int, nargs="+", default=[1, 9])
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--copies", type=int, default=0, help="cold copies (0: enough for 256 MB)")
+    a = p.parse_args()
+
+    import tvm
+
+    from edgespec import zoo
+    from edgespec.kernels import qlinear_q8
+    from edgespec.kernels.tuning import host_target
+    from edgespec.runtimes.tvm_backend import set_tvm_threads
+
+    if qlinear_q8.int8_isa() is None:
+        print("this CPU has neither AVX512-VNNI nor AVX2: no int8 kernels to time", file=sys.stderr)
+        return 2
+    set_tvm_threads(tvm, 1)
+    dev, rng = tvm.cpu(0), np.random.default_rng(0)
+    w = packed(zoo.pull(a.model, progress=False), MATRICES[a.matrix])
+    n, k = w.shape
+    builds: dict[str, Any] = {"this tree": qlinear_q8}
+    builds |= {rev: modules_at(rev, a.repo) for rev in a.against}
+    rows: list[str] = []
+    load = [os.getloadavg()[0]]
+    for build, mod in builds.items():
+        q = mod.convert(w)
+        func = mod.kernel(q.fmt, k, n).with_attr("global_symbol", "main")
+        fn = tvm.compile(tvm.IRModule({"main": func}), target=host_target())["main"]
+        nbytes = sum(o.nbytes for o in q.operands())
+        copies = a.copies or max(2, int(256e6 // nbytes))
+        sets = [[tvm.runtime.tensor(np.array(o), dev) for o in q.operands()] for _ in range(copies)]
+        for t in a.rows:
+            x = tvm.runtime.tensor(rng.standard_normal((t, k)).astype(np.float32), dev)
+            y = tvm.runtime.empty((t, n), "float32", dev)
+            fn(x, *sets[0], y)
+            warm = min(_timed(fn, x, *sets[0], y) for _ in range(a.reps * copies))
+            cold = min(sum(_timed(fn, x, *ops, y) for ops in sets) / copies for _ in range(a.reps))
+            rows.append(
+                f"| {build} | {t} | {warm * 1e6:.0f} | {nbytes / warm / 1e9:.1f} | "
+                f"{cold * 1e6:.0f} | {nbytes / cold / 1e9:.1f} |"
+            )
+            load.append(os.getloadavg()[0])
+        del sets
+    gbs = numpy_stream_gbs()
+    print(f"`benchmarks/tvm_q8_stream.py {' '.join(sys.argv[1:])}`")
+    print(
+        f"({a.model} {a.matrix}, {n} x {k}, {qlinear_q8.int8_isa()} dot products, 1 thread, "
+        f"thread CPU time, min of {a.reps}; 1-minute load average {min(load):.1f} to "
+        f"{max(load):.1f}; NumPy's sum over 256 MB on this thread: {gbs:.1f} GB/s)\n"
+    )
+    print("| build | T | warm us | warm GB/s | cold us | cold GB/s |\n|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
