@@ -238,7 +238,7 @@ def _vnni(acc: Any, w: Any, q: Any) -> Any:
     :func:`int8_isa` (or the :func:`building_with` override)."""
     from tvm.script import tirx as T
 
-    isa = _ISA[0] or int8_isa() or "generic"
+    isa = building_isa()
     if isa == "vnni":
         return T.call_llvm_pure_intrin(
             "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc, T.reinterpret("int8x64", w), q
@@ -283,8 +283,7 @@ def dot_sum(acc: Any, pairs: list[tuple[Any, Any]], bits: int) -> Any:
     (where one at a time widens each to int32): a 4-bit block of 32 weights costs 2
     ``vpmaddwd`` per vector instead of 16. The sums are exact either way, so every dot product
     gives the same int32 values."""
-    isa = _ISA[0] or int8_isa() or "generic"
-    if isa != "avx2":
+    if building_isa() != "avx2":
         for w, q in pairs:
             acc = _vnni(acc, w, q)
         return acc
@@ -302,7 +301,7 @@ def signed_codes(bits: int) -> bool:
     codes (Q8_0) on AVX2, whose ``vpmaddubsw`` would saturate on ``u`` up to 255 times 127
     twice, but not on ``|u - 128| <= 128`` times ``+-127`` twice (32,512), llama.cpp's
     ``vpsignb`` way (:func:`_sign_pair`)."""
-    return bits == 8 and (_ISA[0] or int8_isa()) == "avx2"
+    return bits == 8 and building_isa() == "avx2"
 
 
 def _sign_pair(w: Any, q: Any) -> tuple[Any, Any]:
@@ -337,14 +336,12 @@ def _maddubs_run(pairs: list[tuple[Any, Any]]) -> Any:
 
     halves = []
     for h in range(2):
-        at = [T.int32(32 * h + i) for i in range(32)]
         p16 = None
         for w, q in pairs:
             w8 = T.reinterpret("int8x64", w)
             p = T.call_llvm_pure_intrin(
-                "int16x16", "llvm.x86.avx2.pmadd.ub.sw", tirx.Shuffle([w8], at),
-                tirx.Shuffle([q], at),
-            )  # fmt: skip
+                "int16x16", "llvm.x86.avx2.pmadd.ub.sw", _half(w8, h), _half(q, h)
+            )
             p16 = p if p16 is None else p16 + p
         ones = T.broadcast(T.int16(1), 16)
         halves.append(T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", p16, ones))
@@ -585,6 +582,12 @@ def int8_isa() -> str | None:
     return next((i for i, (flag, _) in ISAS.items() if flag and flag in _cpu_flags()), None)
 
 
+def building_isa() -> str:
+    """The dot product kernels built now use: the :func:`building_with` override, else
+    :func:`int8_isa`, else "generic"."""
+    return _ISA[0] or int8_isa() or "generic"
+
+
 def cpu_has(isa: str) -> bool:
     """Whether this CPU runs the kernels built with ``isa``."""
     flag, _ = ISAS[isa]
@@ -608,7 +611,7 @@ def building_with(isa: str) -> Iterator[None]:
 def exact_with(fmt: str, isa: str | None = None) -> bool:
     """Whether ``fmt``'s (``"<type>@q8"``) codes are summed exactly by ``isa`` (default: the
     one kernels are built with now)."""
-    _, widest = ISAS[isa or _ISA[0] or int8_isa() or "generic"]
+    _, widest = ISAS[isa or building_isa()]
     return stored_bits(fmt) <= widest
 
 
