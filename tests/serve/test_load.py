@@ -2,13 +2,17 @@
 
 - 50 requests from 8 concurrent clients against a queue of 4: every request is answered
   (with the right text) or refused with 429, none is lost, nothing is logged at WARNING or
-  above, and the process's RSS does not grow across rounds beyond a measured bound.
+  above, and the RSS of the process that runs them (a fresh one) does not grow across rounds
+  beyond a measured bound.
 - A client that disconnects (streaming or not) frees the model within one token.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,10 +24,12 @@ from edgespec.serve.testing import fake_runtime, serving, wait_idle, worker_of
 pytestmark = pytest.mark.unit
 
 REQUESTS, CLIENTS, MAX_QUEUE, MAX_TOKENS, ROUNDS = 50, 8, 4, 12, 6
-#: allowed RSS growth between the first and third round of 50 requests. Measured with
-#: `.venv/bin/python -m pytest tests/serve/test_load.py -k load -s` (prints the rounds):
-#: see RSS_GROWTH_NOTE in the report; the bound is that spread times 4.
-RSS_GROWTH_BOUND_KB = 1536
+#: allowed RSS growth of the child process between the second and the last round. Measured
+#: with `for i in 1 2 3 4 5 6; do .venv/bin/python tests/serve/test_load.py; done` (one JSON
+#: line each, "rss_kb" after each round): 320 to 412 KiB in 6 runs (2026-12-03), about 1.7 KiB
+#: a request and shrinking round by round; tracemalloc finds no Python object behind it (glibc
+#: arenas of the client threads). The bound is 4 x the largest.
+RSS_GROWTH_BOUND_KB = 4 * 412
 
 
 def rss_kb() -> int:
@@ -86,8 +92,19 @@ def one_round(clients: list, expected: dict[str, str]) -> dict[str, int]:
     return counts
 
 
-def test_load_every_request_answered_or_429_rss_stable(make_client, caplog):
-    caplog.set_level(logging.WARNING)  # records kept in memory: only the ones we look for
+def load_rounds() -> dict:
+    """ROUNDS rounds of REQUESTS requests against a queue of MAX_QUEUE, in this process;
+    returns the outcome counts per round, the RSS after each, the refusals the server
+    counted, the seconds it took and the messages logged at WARNING or above."""
+    import openai
+
+    warnings: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warnings.append(record.getMessage())
+
+    logging.getLogger().addHandler(Keep(logging.WARNING))
     prompts = ["the cat", "a dog ran", "hello there", "one two three"]
     ref = fake_runtime()
     expected = {
@@ -96,25 +113,43 @@ def test_load_every_request_answered_or_429_rss_stable(make_client, caplog):
     t0 = time.perf_counter()
     rss = []
     with serving(fake_runtime(delay_s=0.002), max_queue=MAX_QUEUE) as srv:
-        clients = [make_client(srv) for _ in range(CLIENTS)]
+        clients = [
+            openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, timeout=30.0)
+            for _ in range(CLIENTS)
+        ]
         rounds = []
         for _ in range(ROUNDS):
             rounds.append(one_round(clients, expected))
             wait_idle(srv)
             rss.append(rss_kb())
-        served = worker_of(srv).metrics
-        refused = served.rejected.labels("fake-model")._value.get()
-    elapsed = time.perf_counter() - t0
-    print(f"\nrounds {rounds}\nRSS after each round (KiB): {rss}; {elapsed:.1f} s")
+        refused = worker_of(srv).metrics.rejected.labels("fake-model")._value.get()
+    return {
+        "rounds": rounds,
+        "rss_kb": rss,
+        "refused": refused,
+        "elapsed_s": time.perf_counter() - t0,
+        "warnings": warnings,
+    }
+
+
+def test_load_every_request_answered_or_429_rss_stable():
+    # A fresh process: the RSS of the suite's own process (gigabytes of models and arenas
+    # by the time this runs) moves by more than this test's bound for reasons of its own.
+    done = subprocess.run(
+        [sys.executable, __file__], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    rounds, rss = got["rounds"], got["rss_kb"]
+    print(f"\nrounds {rounds}\nRSS after each round (KiB): {rss}; {got['elapsed_s']:.1f} s")
     for counts in rounds:
         assert set(counts) <= {"ok", "429"}, counts
         assert sum(counts.values()) == REQUESTS  # none lost
         assert counts.get("ok", 0) >= MAX_QUEUE + 1  # the first 1 + MAX_QUEUE are served
-    assert refused == sum(c.get("429", 0) for c in rounds)
-    assert elapsed < 60
+    assert got["refused"] == sum(c.get("429", 0) for c in rounds)
+    assert got["elapsed_s"] < 60
     assert rss[-1] - rss[1] < RSS_GROWTH_BOUND_KB, rss  # round 1 warms up
-    bad = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert not bad, [r.getMessage() for r in bad]
+    assert not got["warnings"], got["warnings"]
 
 
 def test_streaming_disconnect_frees_the_model_within_one_token(make_client):
@@ -157,3 +192,7 @@ def test_non_streaming_disconnect_cancels_too(make_client):
         assert job is not None and job.pieces_after_cancel is not None
         assert job.pieces_after_cancel <= 1
         assert rt.target.forward_calls < 200
+
+
+if __name__ == "__main__":  # the child process of the load test
+    print(json.dumps(load_rounds()))
