@@ -33,6 +33,7 @@ from edgespec.kernels.qlinear_q8 import (
     code_rows,
     dot_flat,
     dot_rows,
+    dot_rows_each,
     prefetch_rows,
     stored_bits,
     tile_for,
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
 
 #: how many groups ahead the codes are prefetched (6 KB of Q6_K, 8 of Q4_K)
 AHEAD = 8
+#: rows of x a pass over the codes serves (each group's codes loaded and unpacked once); 2 and 4
+#: were slower than 3 at T = 9 in an earlier form of the loop (benchmarks/tvm_q8_layout.py)
+ROWS = 3
 
 
 def kernel(fmt: str, K: int, N: int) -> PrimFunc:
@@ -52,10 +56,16 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     the mixed layout) are unpacked in registers as they stream at T = 1, and at T > 1 once
     per super-block and tile into a local buffer (16 KB, L1) that every row reads (unpacking
     per row made a Q6_K matrix's T = 9 call 1.2x slower than with byte-wide codes on AVX2:
-    ``benchmarks/tvm_q8_layout.py``). Within a super-block and row the groups are the outer
-    loop and the tile's vectors the inner one, so that each code row's ``4 * tile`` bytes are
-    read in one go, with prefetch hints :data:`AHEAD` groups on (at T = 1 on the AVX2 VM: a
-    cold Q4_K or Q6_K matrix 0.57-0.86x the time of a vector-outer loop without hints)."""
+    ``benchmarks/tvm_q8_layout.py``), prefetching the next super-block's codes as it goes.
+    One row at a time (``row_at``: T < :data:`ROWS`, and the rows left over) the groups are
+    the outer loop and the tile's vectors the inner one, so that each code row's ``4 * tile``
+    bytes are read in one go, with prefetch hints :data:`AHEAD` groups on (at T = 1 on the
+    AVX2 VM: a cold Q4_K or Q6_K matrix 0.57-0.86x the time of a vector-outer loop without
+    hints). From T = :data:`ROWS` on, blocks of ROWS rows (``rows_at``) share each group's
+    loads and unpacking (:func:`~edgespec.kernels.qlinear_q8.dot_rows_each`): on the AVX2 VM
+    a Q4_K matrix's T = 9 call 0.79-0.88x (warm) and 0.74-0.84x (cold) the time of one row
+    at a time, a Q6_K one 0.73x and 0.80x (``benchmarks/tvm_q8_stream.py``, docs/tvm.md).
+    Both loops are in their own parallel kernel, chosen by T."""
     from tvm.script import tirx as T
 
     lay = get_layout(base_format(fmt))
@@ -71,6 +81,188 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     affine, sub = lay.affine, lay.sub or "int8"
     nbs = K // 16
     nt, codes = N // tile, code_rows(fmt, K)
+
+    @T.macro
+    def rows_at(
+        C: Any, Q4: Any, BS: Any, XD: Any, U: Any, Df: Any, Mf: Any, SDf: Any, SMf: Any,
+        Yf: Any, jo: Any, s: Any, n: Any, t0: Any, R: int,
+    ) -> None:  # fmt: skip
+        # rows t0 .. t0 + R - 1 of super-block s of tile jo (body's buffers): the groups in
+        # order, prefetching as row_at does; in each, the tile's vectors (a loop, not
+        # unrolled: unrolled, LLVM kept each activation broadcast for the next vectors and
+        # spilled them), and the rows unrolled innermost, so that each group's codes are
+        # loaded and unpacked once for the R rows
+        acc = T.alloc_local((R * nvec * LANES,), "int32")
+        accm = T.alloc_local((R * nvec * LANES,), "int32")
+        dot = T.alloc_local((R * LANES,), "int32")
+        P16 = T.alloc_local((R * 32,), "int16")  # dot_rows_each's int16 sums
+        for i in T.unroll(R * nvec):
+            acc[T.ramp(i * LANES, 1, LANES)] = T.broadcast(0, LANES)
+            accm[T.ramp(i * LANES, 1, LANES)] = T.broadcast(0, LANES)
+        for gi in range(gps):
+            if not six and t0 == 0:  # the codes AHEAD groups on (6-bit: unpacked before)
+                prefetch_rows(C, jo, (s * gps + gi + AHEAD) * rows, rows, tile)
+            for v in range(nvec):
+                sub_at = ((jo * ns + s) * gps + gi) * tile + v * LANES
+                for r in T.unroll(R):
+                    b16 = (t0 + r) * nbs + s * (SUPER // 16) + gi * (g // 16)
+                    gsum = BS[b16] if g == 16 else BS[b16] + BS[b16 + 1]
+                    dot[T.ramp(r * LANES, 1, LANES)] = T.broadcast(-z * gsum, LANES)
+                    if six:  # rows of 4 weights, unpacked
+                        dot[T.ramp(r * LANES, 1, LANES)] = dot_flat(
+                            dot[T.ramp(r * LANES, 1, LANES)], U, (gi * g // 4 * nvec + v) * 64,
+                            nvec * 64, g // 4, Q4, ((t0 + r) * K + s * SUPER + gi * g) // 4,
+                            bits,
+                        )  # fmt: skip
+                if not six:
+                    dot_rows_each(
+                        dot, P16, R, C, jo, (s * gps + gi) * rows, rows, v * 64, Q4,
+                        [((t0 + r) * K + s * SUPER + gi * g) // 4 for r in range(R)], bits,
+                    )  # fmt: skip
+                for r in T.unroll(R):
+                    b16 = (t0 + r) * nbs + s * (SUPER // 16) + gi * (g // 16)
+                    gsum = BS[b16] if g == 16 else BS[b16] + BS[b16 + 1]
+                    i = (r * nvec + v) * LANES
+                    acc[T.ramp(i, 1, LANES)] = (
+                        acc[T.ramp(i, 1, LANES)]
+                        + T.Cast("int32x16", SDf[T.ramp(sub_at, 1, LANES)])
+                        * dot[T.ramp(r * LANES, 1, LANES)]
+                    )
+                    if affine:
+                        accm[T.ramp(i, 1, LANES)] = accm[T.ramp(i, 1, LANES)] + T.Cast(
+                            "int32x16", SMf[T.ramp(sub_at, 1, LANES)]
+                        ) * T.broadcast(gsum, LANES)
+        for r in T.unroll(R):
+            for v in T.unroll(nvec):
+                i = (r * nvec + v) * LANES
+                lanes = T.ramp((t0 + r) * N + jo * tile + v * LANES, 1, LANES)
+                xd = T.broadcast(XD[(t0 + r) * ns + s], LANES)
+                dd = (
+                    T.Cast("float32x16", Df[T.ramp((jo * ns + s) * tile + v * LANES, 1, LANES)])
+                    * xd
+                )
+                yv = T.call_llvm_pure_intrin(
+                    "float32x16",
+                    "llvm.fma.v16f32",
+                    dd,
+                    T.Cast("float32x16", acc[T.ramp(i, 1, LANES)]),
+                    Yf[lanes],
+                )
+                if affine:
+                    mm = (
+                        T.Cast("float32x16", Mf[T.ramp((jo * ns + s) * tile + v * LANES, 1, LANES)])
+                        * xd
+                    )
+                    Yf[lanes] = T.call_llvm_pure_intrin(
+                        "float32x16",
+                        "llvm.fma.v16f32",
+                        mm,
+                        T.Cast("float32x16", accm[T.ramp(i, 1, LANES)]),
+                        yv,
+                    )
+                else:
+                    Yf[lanes] = yv
+
+    @T.macro
+    def row_at(
+        C: Any, Q4: Any, BS: Any, XD: Any, U: Any, Df: Any, Mf: Any, SDf: Any, SMf: Any,
+        Yf: Any, jo: Any, s: Any, n: Any, t: Any,
+    ) -> None:  # fmt: skip
+        # row t of super-block s of tile jo (body's buffers): the groups outer, the tile's
+        # vectors inner, so that each code row's 4 * tile bytes are read in one go (a vector a
+        # pass read one cache line in 4 of each row: benchmarks/tvm_q8_stream.py, docs/tvm.md)
+        acc = T.alloc_local((nvec * LANES,), "int32")
+        accm = T.alloc_local((nvec * LANES,), "int32")
+        dot = T.alloc_local((LANES,), "int32")
+        for v in T.unroll(nvec):
+            acc[T.ramp(v * LANES, 1, LANES)] = T.broadcast(0, LANES)
+            accm[T.ramp(v * LANES, 1, LANES)] = T.broadcast(0, LANES)
+        for gi in range(gps):
+            b16 = t * nbs + s * (SUPER // 16) + gi * (g // 16)
+            gsum = BS[b16] if g == 16 else BS[b16] + BS[b16 + 1]
+            at = (t * K + s * SUPER + gi * g) // 4  # of the group's q
+            if t == 0:  # the codes AHEAD groups on: a cold matrix streams
+                prefetch_rows(C, jo, (s * gps + gi + AHEAD) * rows, rows, tile)
+            for v in T.unroll(nvec):
+                dot[T.ramp(0, 1, LANES)] = T.broadcast(-z * gsum, LANES)
+                if six and n > 1:  # rows of 4 weights, unpacked
+                    dot[T.ramp(0, 1, LANES)] = dot_flat(
+                        dot[T.ramp(0, 1, LANES)], U, (gi * g // 4 * nvec + v) * 64,
+                        nvec * 64, g // 4, Q4, at, bits,
+                    )  # fmt: skip
+                else:  # as stored (6-bit codes unpacked in registers)
+                    dot[T.ramp(0, 1, LANES)] = dot_rows(
+                        dot[T.ramp(0, 1, LANES)], C, jo, (s * gps + gi) * rows,
+                        rows, v * 64, Q4, at, bits,
+                    )  # fmt: skip
+                sub_at = ((jo * ns + s) * gps + gi) * tile + v * LANES
+                acc[T.ramp(v * LANES, 1, LANES)] = (
+                    acc[T.ramp(v * LANES, 1, LANES)]
+                    + T.Cast("int32x16", SDf[T.ramp(sub_at, 1, LANES)]) * dot[T.ramp(0, 1, LANES)]
+                )
+                if affine:
+                    accm[T.ramp(v * LANES, 1, LANES)] = accm[T.ramp(v * LANES, 1, LANES)] + T.Cast(
+                        "int32x16", SMf[T.ramp(sub_at, 1, LANES)]
+                    ) * T.broadcast(gsum, LANES)
+        for v in T.unroll(nvec):
+            lanes = T.ramp(t * N + jo * tile + v * LANES, 1, LANES)
+            xd = T.broadcast(XD[t * ns + s], LANES)
+            dd = T.Cast("float32x16", Df[T.ramp((jo * ns + s) * tile + v * LANES, 1, LANES)]) * xd
+            yv = T.call_llvm_pure_intrin(
+                "float32x16",
+                "llvm.fma.v16f32",
+                dd,
+                T.Cast("float32x16", acc[T.ramp(v * LANES, 1, LANES)]),
+                Yf[lanes],
+            )
+            if affine:
+                mm = (
+                    T.Cast(
+                        "float32x16",
+                        Mf[T.ramp((jo * ns + s) * tile + v * LANES, 1, LANES)],
+                    )
+                    * xd
+                )
+                Yf[lanes] = T.call_llvm_pure_intrin(
+                    "float32x16",
+                    "llvm.fma.v16f32",
+                    mm,
+                    T.Cast("float32x16", accm[T.ramp(v * LANES, 1, LANES)]),
+                    yv,
+                )
+            else:
+                Yf[lanes] = yv
+
+    @T.macro
+    def tile_at(
+        C: Any, Q4: Any, BS: Any, XD: Any, Df: Any, Mf: Any, SDf: Any, SMf: Any, Yf: Any,
+        jo: Any, n: Any, blocked: bool,
+    ) -> None:  # fmt: skip
+        # tile jo's outputs for all n rows; blocked: ROWS rows at a time, then one at a time
+        for t in range(n):
+            Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
+        for s in range(ns):
+            U = T.alloc_buffer((SUPER // 4 * 4 * tile,), "uint8", scope="local")
+            if six and n > 1:  # the super-block's codes unpacked once for all rows
+                for p in range(SUPER // 16):
+                    prefetch_rows(C, jo, ((s + 1) * SUPER // 16 + p) * 3, 3, tile)
+                    for v in T.unroll(nvec):
+                        base = (s * SUPER // 16 + p) * 3
+                        c0 = C[jo, base, T.ramp(v * 64, 1, 64)]
+                        c1 = C[jo, base + 1, T.ramp(v * 64, 1, 64)]
+                        c2 = C[jo, base + 2, T.ramp(v * 64, 1, 64)]
+                        U[T.ramp(((4 * p) * nvec + v) * 64, 1, 64)] = _six(c0, c2, 0)
+                        U[T.ramp(((4 * p + 1) * nvec + v) * 64, 1, 64)] = _six(c0, c2, 1)
+                        U[T.ramp(((4 * p + 2) * nvec + v) * 64, 1, 64)] = _six(c1, c2, 2)
+                        U[T.ramp(((4 * p + 3) * nvec + v) * 64, 1, 64)] = _six(c1, c2, 3)
+            if blocked:
+                for tb in range(n // ROWS):
+                    rows_at(C, Q4, BS, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n, tb * ROWS, ROWS)
+                for t in range(n // ROWS * ROWS, n):
+                    row_at(C, Q4, BS, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n, t)
+            else:
+                for t in range(n):
+                    row_at(C, Q4, BS, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n, t)
 
     @T.macro
     def body(X: Any, C: Any, D: Any, M: Any, SD: Any, SM: Any, Y: Any, n: Any) -> None:
@@ -106,94 +298,14 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                 XD[t * ns + s] = T.if_then_else(
                     amax[0] > T.float32(0), T.float32(1) / e, T.float32(0)
                 )
-        for jo in T.parallel(N // tile):
-            for t in range(n):
-                Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
-            for s in range(ns):
-                U = T.alloc_buffer((SUPER // 4 * 4 * tile,), "uint8", scope="local")
-                if six and n > 1:  # the super-block's codes unpacked once for all rows
-                    for p in range(SUPER // 16):
-                        for v in T.unroll(nvec):
-                            base = (s * SUPER // 16 + p) * 3
-                            c0 = C[jo, base, T.ramp(v * 64, 1, 64)]
-                            c1 = C[jo, base + 1, T.ramp(v * 64, 1, 64)]
-                            c2 = C[jo, base + 2, T.ramp(v * 64, 1, 64)]
-                            U[T.ramp(((4 * p) * nvec + v) * 64, 1, 64)] = _six(c0, c2, 0)
-                            U[T.ramp(((4 * p + 1) * nvec + v) * 64, 1, 64)] = _six(c0, c2, 1)
-                            U[T.ramp(((4 * p + 2) * nvec + v) * 64, 1, 64)] = _six(c1, c2, 2)
-                            U[T.ramp(((4 * p + 3) * nvec + v) * 64, 1, 64)] = _six(c1, c2, 3)
-                for t in range(n):  # groups outer, the tile's vectors inner: each code
-                    # row's 4 * tile bytes are read in one go (a vector a pass read one cache
-                    # line in 4 of each row: benchmarks/tvm_q8_stream.py, docs/tvm.md)
-                    acc = T.alloc_local((nvec * LANES,), "int32")
-                    accm = T.alloc_local((nvec * LANES,), "int32")
-                    dot = T.alloc_local((LANES,), "int32")
-                    for v in T.unroll(nvec):
-                        acc[T.ramp(v * LANES, 1, LANES)] = T.broadcast(0, LANES)
-                        accm[T.ramp(v * LANES, 1, LANES)] = T.broadcast(0, LANES)
-                    for gi in range(gps):
-                        b16 = t * nbs + s * (SUPER // 16) + gi * (g // 16)
-                        gsum = BS[b16] if g == 16 else BS[b16] + BS[b16 + 1]
-                        at = (t * K + s * SUPER + gi * g) // 4  # of the group's q
-                        if t == 0:  # the codes AHEAD groups on: a cold matrix streams
-                            prefetch_rows(C, jo, (s * gps + gi + AHEAD) * rows, rows, tile)
-                        for v in T.unroll(nvec):
-                            dot[T.ramp(0, 1, LANES)] = T.broadcast(-z * gsum, LANES)
-                            if six and n > 1:  # rows of 4 weights, unpacked
-                                dot[T.ramp(0, 1, LANES)] = dot_flat(
-                                    dot[T.ramp(0, 1, LANES)], U, (gi * g // 4 * nvec + v) * 64,
-                                    nvec * 64, g // 4, Q4, at, bits,
-                                )  # fmt: skip
-                            else:  # as stored (6-bit codes unpacked in registers)
-                                dot[T.ramp(0, 1, LANES)] = dot_rows(
-                                    dot[T.ramp(0, 1, LANES)], C, jo, (s * gps + gi) * rows,
-                                    rows, v * 64, Q4, at, bits,
-                                )  # fmt: skip
-                            sub_at = ((jo * ns + s) * gps + gi) * tile + v * LANES
-                            acc[T.ramp(v * LANES, 1, LANES)] = (
-                                acc[T.ramp(v * LANES, 1, LANES)]
-                                + T.Cast("int32x16", SDf[T.ramp(sub_at, 1, LANES)])
-                                * dot[T.ramp(0, 1, LANES)]
-                            )
-                            if affine:
-                                accm[T.ramp(v * LANES, 1, LANES)] = accm[
-                                    T.ramp(v * LANES, 1, LANES)
-                                ] + T.Cast("int32x16", SMf[T.ramp(sub_at, 1, LANES)]) * T.broadcast(
-                                    gsum, LANES
-                                )
-                    for v in T.unroll(nvec):
-                        lanes = T.ramp(t * N + jo * tile + v * LANES, 1, LANES)
-                        xd = T.broadcast(XD[t * ns + s], LANES)
-                        dd = (
-                            T.Cast(
-                                "float32x16", Df[T.ramp((jo * ns + s) * tile + v * LANES, 1, LANES)]
-                            )
-                            * xd
-                        )
-                        yv = T.call_llvm_pure_intrin(
-                            "float32x16",
-                            "llvm.fma.v16f32",
-                            dd,
-                            T.Cast("float32x16", acc[T.ramp(v * LANES, 1, LANES)]),
-                            Yf[lanes],
-                        )
-                        if affine:
-                            mm = (
-                                T.Cast(
-                                    "float32x16",
-                                    Mf[T.ramp((jo * ns + s) * tile + v * LANES, 1, LANES)],
-                                )
-                                * xd
-                            )
-                            Yf[lanes] = T.call_llvm_pure_intrin(
-                                "float32x16",
-                                "llvm.fma.v16f32",
-                                mm,
-                                T.Cast("float32x16", accm[T.ramp(v * LANES, 1, LANES)]),
-                                yv,
-                            )
-                        else:
-                            Yf[lanes] = yv
+        # a kernel (a parallel loop) for fewer than ROWS rows, another for more: with both in
+        # one, the one-row loops ran up to 1.2x slower (benchmarks/tvm_q8_layout.py)
+        if n < ROWS:
+            for jo in T.parallel(N // tile):
+                tile_at(C, Q4, BS, XD, Df, Mf, SDf, SMf, Yf, jo, n, False)
+        else:
+            for jo in T.parallel(N // tile):
+                tile_at(C, Q4, BS, XD, Df, Mf, SDf, SMf, Yf, jo, n, True)
 
     if affine:
 

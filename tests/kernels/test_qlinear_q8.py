@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("tvm")
 
 from edgespec.errors import EdgespecError  # noqa: E402
-from edgespec.kernels import qlinear, qlinear_q8, reference  # noqa: E402
+from edgespec.kernels import qlinear, qlinear_q8, qlinear_q8k, reference  # noqa: E402
 
 from .test_qlinear import random_blocks  # noqa: E402
 
@@ -58,6 +58,19 @@ def _run(fn: Any, x: np.ndarray, w: qlinear_q8.Q8Weight) -> np.ndarray:
     return y.numpy()
 
 
+def _same_rows_in_any_batch(
+    fn: Any, x: np.ndarray, w: qlinear_q8.Q8Weight, got: np.ndarray, rows: int
+) -> None:
+    """Each row of ``x`` gives the bits of ``got`` (``fn`` on all of ``x``, a whole number of
+    the kernel's ``rows``-row blocks) when run alone, in fewer rows than a block, and in one
+    block with one or two rows left over (the one-row loop)."""
+    assert len(x) % rows == 0 and len(x) >= rows + 3
+    for t in range(len(x)):
+        np.testing.assert_array_equal(_run(fn, x[t : t + 1], w), got[t : t + 1])
+    for a, b in [(0, rows - 1), (2, 3 + rows), (1, 3 + rows)]:
+        np.testing.assert_array_equal(_run(fn, x[a:b], w), got[a:b])
+
+
 def _activations(t: int, k: int, rng: np.random.Generator) -> np.ndarray:
     """LLM-like rows: unit normal with a few outliers, one all-zero block (amax = 0)."""
     x = rng.standard_normal((t, k)).astype(np.float32)
@@ -90,8 +103,7 @@ def test_kernel_equals_reference_bit_for_bit(fmt: str, n: int, isa: str) -> None
     got = _run(lib["main"], x, w)
     want = reference.qlinear_q8(x, code.astype(np.int32), d, m)
     np.testing.assert_array_equal(got, want)
-    for t in range(len(x)):  # one row at a time: the same bits
-        np.testing.assert_array_equal(_run(lib["main"], x[t : t + 1], w), got[t : t + 1])
+    _same_rows_in_any_batch(lib["main"], x, w, got, qlinear_q8k.ROWS)
     exact = x.astype(np.float64) @ packed.dequantize().astype(np.float64).T
     bound = reference.qlinear_q8_bound(x, code, d, m)
     err = np.abs(got - exact)
@@ -171,8 +183,7 @@ def test_k_quant_kernel_equals_reference_bit_for_bit(fmt: str, n: int, isa: str)
     got = _run(lib["main"], x, w)
     want = reference.qlinear_q8k(x, code.astype(np.int32), d, m, sd, sm)
     np.testing.assert_array_equal(got, want)
-    for t in range(len(x)):
-        np.testing.assert_array_equal(_run(lib["main"], x[t : t + 1], w), got[t : t + 1])
+    _same_rows_in_any_batch(lib["main"], x, w, got, qlinear_q8k.ROWS)
     exact = x.astype(np.float64) @ packed.dequantize().astype(np.float64).T
     bound = reference.qlinear_q8k_bound(x, dper * code, mper)
     err = np.abs(got - exact)
