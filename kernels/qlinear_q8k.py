@@ -83,6 +83,33 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     nt, codes = N // tile, code_rows(fmt, K)
 
     @T.macro
+    def finish(
+        Df: Any, Mf: Any, XD: Any, Yf: Any, acc: Any, accm: Any, i: Any, jo: Any, s: Any,
+        t: Any, v: Any,
+    ) -> None:  # fmt: skip
+        # y[t, vector v of tile jo] += d * dx * acc[i ..] (+ m * dx * accm[i ..]), super-block s
+        lanes = T.ramp(t * N + jo * tile + v * LANES, 1, LANES)
+        xd = T.broadcast(XD[t * ns + s], LANES)
+        at = T.ramp((jo * ns + s) * tile + v * LANES, 1, LANES)
+        yv = T.call_llvm_pure_intrin(
+            "float32x16",
+            "llvm.fma.v16f32",
+            T.Cast("float32x16", Df[at]) * xd,
+            T.Cast("float32x16", acc[T.ramp(i, 1, LANES)]),
+            Yf[lanes],
+        )
+        if affine:
+            Yf[lanes] = T.call_llvm_pure_intrin(
+                "float32x16",
+                "llvm.fma.v16f32",
+                T.Cast("float32x16", Mf[at]) * xd,
+                T.Cast("float32x16", accm[T.ramp(i, 1, LANES)]),
+                yv,
+            )
+        else:
+            Yf[lanes] = yv
+
+    @T.macro
     def rows_at(
         C: Any, Q4: Any, BS: Any, XD: Any, U: Any, Df: Any, Mf: Any, SDf: Any, SMf: Any,
         Yf: Any, jo: Any, s: Any, n: Any, t0: Any, R: int,
@@ -134,34 +161,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                         ) * T.broadcast(gsum, LANES)
         for r in T.unroll(R):
             for v in T.unroll(nvec):
-                i = (r * nvec + v) * LANES
-                lanes = T.ramp((t0 + r) * N + jo * tile + v * LANES, 1, LANES)
-                xd = T.broadcast(XD[(t0 + r) * ns + s], LANES)
-                dd = (
-                    T.Cast("float32x16", Df[T.ramp((jo * ns + s) * tile + v * LANES, 1, LANES)])
-                    * xd
-                )
-                yv = T.call_llvm_pure_intrin(
-                    "float32x16",
-                    "llvm.fma.v16f32",
-                    dd,
-                    T.Cast("float32x16", acc[T.ramp(i, 1, LANES)]),
-                    Yf[lanes],
-                )
-                if affine:
-                    mm = (
-                        T.Cast("float32x16", Mf[T.ramp((jo * ns + s) * tile + v * LANES, 1, LANES)])
-                        * xd
-                    )
-                    Yf[lanes] = T.call_llvm_pure_intrin(
-                        "float32x16",
-                        "llvm.fma.v16f32",
-                        mm,
-                        T.Cast("float32x16", accm[T.ramp(i, 1, LANES)]),
-                        yv,
-                    )
-                else:
-                    Yf[lanes] = yv
+                finish(Df, Mf, XD, Yf, acc, accm, (r * nvec + v) * LANES, jo, s, t0 + r, v)
 
     @T.macro
     def row_at(
@@ -205,33 +205,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                         "int32x16", SMf[T.ramp(sub_at, 1, LANES)]
                     ) * T.broadcast(gsum, LANES)
         for v in T.unroll(nvec):
-            lanes = T.ramp(t * N + jo * tile + v * LANES, 1, LANES)
-            xd = T.broadcast(XD[t * ns + s], LANES)
-            dd = T.Cast("float32x16", Df[T.ramp((jo * ns + s) * tile + v * LANES, 1, LANES)]) * xd
-            yv = T.call_llvm_pure_intrin(
-                "float32x16",
-                "llvm.fma.v16f32",
-                dd,
-                T.Cast("float32x16", acc[T.ramp(v * LANES, 1, LANES)]),
-                Yf[lanes],
-            )
-            if affine:
-                mm = (
-                    T.Cast(
-                        "float32x16",
-                        Mf[T.ramp((jo * ns + s) * tile + v * LANES, 1, LANES)],
-                    )
-                    * xd
-                )
-                Yf[lanes] = T.call_llvm_pure_intrin(
-                    "float32x16",
-                    "llvm.fma.v16f32",
-                    mm,
-                    T.Cast("float32x16", accm[T.ramp(v * LANES, 1, LANES)]),
-                    yv,
-                )
-            else:
-                Yf[lanes] = yv
+            finish(Df, Mf, XD, Yf, acc, accm, v * LANES, jo, s, t, v)
 
     @T.macro
     def tile_at(
