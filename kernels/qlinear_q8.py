@@ -457,7 +457,7 @@ def dot_rows_each(
     def lanes(r: int, w: int) -> Any:
         return T.ramp(r * w, 1, w)
 
-    if R == 1 or not interleaved(bits):
+    if not interleaved(bits):
         for r in range(R):
             T.buffer_store(
                 dot, dot_rows(dot[lanes(r, LANES)], c, tile, row0, nrows, col, q4, ats[r], bits),

@@ -82,6 +82,26 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     nbs = K // 16
     nt, codes = N // tile, code_rows(fmt, K)
 
+    def gsum_of(BS: Any, t: Any, s: Any, gi: Any) -> Any:
+        # sum of row t's int8 activations over group gi of super-block s (BS: per 16)
+        b16 = t * nbs + s * (SUPER // 16) + gi * (g // 16)
+        return BS[b16] if g == 16 else BS[b16] + BS[b16 + 1]
+
+    @T.macro
+    def accumulate(
+        acc: Any, accm: Any, i: Any, dot: Any, j: Any, SDf: Any, SMf: Any, sub_at: Any,
+        gsum: Any,
+    ) -> None:  # fmt: skip
+        # acc[i ..] += sd * dot[j ..] (and accm[i ..] += sm * gsum): one group's sub-scales
+        acc[T.ramp(i, 1, LANES)] = (
+            acc[T.ramp(i, 1, LANES)]
+            + T.Cast("int32x16", SDf[T.ramp(sub_at, 1, LANES)]) * dot[T.ramp(j, 1, LANES)]
+        )
+        if affine:
+            accm[T.ramp(i, 1, LANES)] = accm[T.ramp(i, 1, LANES)] + T.Cast(
+                "int32x16", SMf[T.ramp(sub_at, 1, LANES)]
+            ) * T.broadcast(gsum, LANES)
+
     @T.macro
     def finish(
         Df: Any, Mf: Any, XD: Any, Yf: Any, acc: Any, accm: Any, i: Any, jo: Any, s: Any,
@@ -112,18 +132,18 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     @T.macro
     def rows_at(
         C: Any, Q4: Any, BS: Any, XD: Any, U: Any, Df: Any, Mf: Any, SDf: Any, SMf: Any,
-        Yf: Any, jo: Any, s: Any, n: Any, t0: Any, R: int,
+        Yf: Any, jo: Any, s: Any, t0: Any,
     ) -> None:  # fmt: skip
-        # rows t0 .. t0 + R - 1 of super-block s of tile jo (body's buffers): the groups in
+        # rows t0 .. t0 + ROWS - 1 of super-block s of tile jo (body's buffers): the groups in
         # order, prefetching as row_at does; in each, the tile's vectors (a loop, not
         # unrolled: unrolled, LLVM kept each activation broadcast for the next vectors and
         # spilled them), and the rows unrolled innermost, so that each group's codes are
-        # loaded and unpacked once for the R rows
-        acc = T.alloc_local((R * nvec * LANES,), "int32")
-        accm = T.alloc_local((R * nvec * LANES,), "int32")
-        dot = T.alloc_local((R * LANES,), "int32")
-        P16 = T.alloc_local((R * 32,), "int16")  # dot_rows_each's int16 sums
-        for i in T.unroll(R * nvec):
+        # loaded and unpacked once for the ROWS rows
+        acc = T.alloc_local((ROWS * nvec * LANES,), "int32")
+        accm = T.alloc_local((ROWS * nvec * LANES,), "int32")
+        dot = T.alloc_local((ROWS * LANES,), "int32")
+        P16 = T.alloc_local((ROWS * 32,), "int16")  # dot_rows_each's int16 sums
+        for i in T.unroll(ROWS * nvec):
             acc[T.ramp(i * LANES, 1, LANES)] = T.broadcast(0, LANES)
             accm[T.ramp(i * LANES, 1, LANES)] = T.broadcast(0, LANES)
         for gi in range(gps):
@@ -131,10 +151,10 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                 prefetch_rows(C, jo, (s * gps + gi + AHEAD) * rows, rows, tile)
             for v in range(nvec):
                 sub_at = ((jo * ns + s) * gps + gi) * tile + v * LANES
-                for r in T.unroll(R):
-                    b16 = (t0 + r) * nbs + s * (SUPER // 16) + gi * (g // 16)
-                    gsum = BS[b16] if g == 16 else BS[b16] + BS[b16 + 1]
-                    dot[T.ramp(r * LANES, 1, LANES)] = T.broadcast(-z * gsum, LANES)
+                for r in T.unroll(ROWS):
+                    dot[T.ramp(r * LANES, 1, LANES)] = T.broadcast(
+                        -z * gsum_of(BS, t0 + r, s, gi), LANES
+                    )
                     if six:  # rows of 4 weights, unpacked
                         dot[T.ramp(r * LANES, 1, LANES)] = dot_flat(
                             dot[T.ramp(r * LANES, 1, LANES)], U, (gi * g // 4 * nvec + v) * 64,
@@ -143,23 +163,15 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                         )  # fmt: skip
                 if not six:
                     dot_rows_each(
-                        dot, P16, R, C, jo, (s * gps + gi) * rows, rows, v * 64, Q4,
-                        [((t0 + r) * K + s * SUPER + gi * g) // 4 for r in range(R)], bits,
+                        dot, P16, ROWS, C, jo, (s * gps + gi) * rows, rows, v * 64, Q4,
+                        [((t0 + r) * K + s * SUPER + gi * g) // 4 for r in range(ROWS)], bits,
                     )  # fmt: skip
-                for r in T.unroll(R):
-                    b16 = (t0 + r) * nbs + s * (SUPER // 16) + gi * (g // 16)
-                    gsum = BS[b16] if g == 16 else BS[b16] + BS[b16 + 1]
-                    i = (r * nvec + v) * LANES
-                    acc[T.ramp(i, 1, LANES)] = (
-                        acc[T.ramp(i, 1, LANES)]
-                        + T.Cast("int32x16", SDf[T.ramp(sub_at, 1, LANES)])
-                        * dot[T.ramp(r * LANES, 1, LANES)]
-                    )
-                    if affine:
-                        accm[T.ramp(i, 1, LANES)] = accm[T.ramp(i, 1, LANES)] + T.Cast(
-                            "int32x16", SMf[T.ramp(sub_at, 1, LANES)]
-                        ) * T.broadcast(gsum, LANES)
-        for r in T.unroll(R):
+                for r in T.unroll(ROWS):
+                    accumulate(
+                        acc, accm, (r * nvec + v) * LANES, dot, r * LANES, SDf, SMf, sub_at,
+                        gsum_of(BS, t0 + r, s, gi),
+                    )  # fmt: skip
+        for r in T.unroll(ROWS):
             for v in T.unroll(nvec):
                 finish(Df, Mf, XD, Yf, acc, accm, (r * nvec + v) * LANES, jo, s, t0 + r, v)
 
@@ -178,8 +190,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             acc[T.ramp(v * LANES, 1, LANES)] = T.broadcast(0, LANES)
             accm[T.ramp(v * LANES, 1, LANES)] = T.broadcast(0, LANES)
         for gi in range(gps):
-            b16 = t * nbs + s * (SUPER // 16) + gi * (g // 16)
-            gsum = BS[b16] if g == 16 else BS[b16] + BS[b16 + 1]
+            gsum = gsum_of(BS, t, s, gi)
             at = (t * K + s * SUPER + gi * g) // 4  # of the group's q
             if t == 0:  # the codes AHEAD groups on: a cold matrix streams
                 prefetch_rows(C, jo, (s * gps + gi + AHEAD) * rows, rows, tile)
@@ -196,14 +207,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                         rows, v * 64, Q4, at, bits,
                     )  # fmt: skip
                 sub_at = ((jo * ns + s) * gps + gi) * tile + v * LANES
-                acc[T.ramp(v * LANES, 1, LANES)] = (
-                    acc[T.ramp(v * LANES, 1, LANES)]
-                    + T.Cast("int32x16", SDf[T.ramp(sub_at, 1, LANES)]) * dot[T.ramp(0, 1, LANES)]
-                )
-                if affine:
-                    accm[T.ramp(v * LANES, 1, LANES)] = accm[T.ramp(v * LANES, 1, LANES)] + T.Cast(
-                        "int32x16", SMf[T.ramp(sub_at, 1, LANES)]
-                    ) * T.broadcast(gsum, LANES)
+                accumulate(acc, accm, v * LANES, dot, 0, SDf, SMf, sub_at, gsum)
         for v in T.unroll(nvec):
             finish(Df, Mf, XD, Yf, acc, accm, v * LANES, jo, s, t, v)
 
@@ -231,7 +235,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                         U[T.ramp(((4 * p + 3) * nvec + v) * 64, 1, 64)] = _six(c1, c2, 3)
             if blocked:
                 for tb in range(n // ROWS):
-                    rows_at(C, Q4, BS, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n, tb * ROWS, ROWS)
+                    rows_at(C, Q4, BS, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, tb * ROWS)
                 for t in range(n // ROWS * ROWS, n):
                     row_at(C, Q4, BS, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n, t)
             else:
@@ -272,8 +276,10 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                 XD[t * ns + s] = T.if_then_else(
                     amax[0] > T.float32(0), T.float32(1) / e, T.float32(0)
                 )
-        # a kernel (a parallel loop) for fewer than ROWS rows, another for more: with both in
-        # one, the one-row loops ran up to 1.2x slower (benchmarks/tvm_q8_layout.py)
+        # a kernel (a parallel loop) for fewer than ROWS rows, another for more, so that T = 1
+        # and 2 compile to the one-row loop alone, as before; an early variant with both in one
+        # timed up to 1.2x slower at T = 1 in single runs, but identical code moved 0.90-1.18x
+        # between runs of that benchmark (benchmarks/tvm_q8_layout.py): not shown either way
         if n < ROWS:
             for jo in T.parallel(N // tile):
                 tile_at(C, Q4, BS, XD, Df, Mf, SDf, SMf, Yf, jo, n, False)
