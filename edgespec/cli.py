@@ -92,7 +92,7 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="onnx and tvm backends, GGUF models: gguf-exact (the file's own quantized blocks, the "
         "default), fp32 (dequantized), or on tvm gguf-q8act (those blocks times int8-quantized "
-        "activations, AVX512-VNNI)",
+        "activations, AVX512-VNNI or AVX2)",
     )
     p.add_argument(
         "--no-spin",

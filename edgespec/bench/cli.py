@@ -141,6 +141,13 @@ def add_commands(sub: Any) -> None:
         help="where the backends run: cpu, opencl or vulkan (--backends tvm; docs/tvm.md), "
         "or npu (--backends onnx: ONNX Runtime's NPU providers)",
     )
+    b.add_argument(
+        "--weights",
+        default="auto",
+        help="onnx and tvm backends, GGUF models: gguf-exact (the file's own quantized blocks, "
+        "the default), fp32 (dequantized), or on tvm gguf-q8act (those blocks times "
+        "int8-quantized activations, AVX512-VNNI or AVX2)",
+    )
     b.add_argument("--out", "-o", type=Path, required=True, help="output folder")
     b.add_argument(
         "--no-plot", "--no-plots", dest="no_plot", action="store_true", help="skip the PNG plots"
@@ -213,6 +220,7 @@ def options_from_args(a: argparse.Namespace) -> Any:
         kv_cache=a.kv_cache,
         device=a.device,
         compress_only=a.compress_only,
+        weights=a.weights,
     )
 
 
@@ -259,6 +267,8 @@ def canonical_argv(opts: Any) -> list[str]:
         argv += ["--kv-cache", ",".join(opts.kv_cache)]
     if opts.device != "cpu":
         argv += ["--device", opts.device]
+    if opts.weights != "auto":
+        argv += ["--weights", opts.weights]
     return argv
 
 

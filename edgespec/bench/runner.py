@@ -361,6 +361,8 @@ class BenchOptions:
             ``compress`` configuration; with every row lossy, no losslessness reference.
         device: where the benchmarked backends run ("cpu", "opencl", "vulkan": the tvm
             backend; ``LoadOptions.device``).
+        weights: the onnx and tvm backends' weights for a GGUF model ("auto", "gguf-exact",
+            "fp32", tvm's "gguf-q8act"; ``LoadOptions.weights``).
     """
 
     out: Path
@@ -386,6 +388,7 @@ class BenchOptions:
     kv_cache: list[str] = field(default_factory=list)
     device: str = "cpu"
     compress_only: bool = False
+    weights: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -412,6 +415,7 @@ def default_loader(opts: BenchOptions) -> Loader:
             compressor_backend=opts.compressor_backend,
             kv_cache=kv_cache,
             device=opts.device,
+            weights=opts.weights,
         )
 
     return loader

@@ -118,6 +118,24 @@ def test_bench_records_the_new_spellings():
     assert options_from_args(again) == options_from_args(a)
 
 
+def test_bench_weights_reach_the_loader(monkeypatch):
+    """``bench --weights`` is recorded in the command and passed to every runtime load."""
+    import edgespec.runtime
+    from edgespec.bench.cli import canonical_argv, options_from_args
+    from edgespec.bench.runner import default_loader
+
+    a = parse("bench", "--out", "o", "--backends", "tvm", "--weights", "gguf-q8act")
+    opts = options_from_args(a)
+    argv = canonical_argv(opts)
+    assert argv[argv.index("--weights") + 1] == "gguf-q8act"
+    assert options_from_args(parse("bench", *argv)) == opts
+    assert "--weights" not in canonical_argv(options_from_args(parse("bench", "--out", "o")))
+    seen: dict = {}
+    monkeypatch.setattr(edgespec.runtime, "load", lambda *args, **kw: seen.update(kw))
+    default_loader(opts)("tvm")
+    assert seen["weights"] == "gguf-q8act" and seen["backend"] == "tvm"
+
+
 # --------------------------------------------------------------------------- prompts
 
 
