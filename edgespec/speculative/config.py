@@ -62,6 +62,11 @@ class SpecConfig(Options):
             (adaptive draft length; 0 disables).
         probe_every: after this many plain steps, try the best proposer once with a short
             draft so acceptance estimates stay fresh (0 disables).
+        probe_per_prompt: each generation starts probing every ``probe_every`` plain steps
+            again; False keeps the interval that fully rejected probes doubled (up to 32x)
+            across generations. Acceptance is a property of the prompt (what it lets a
+            lookup copy) while the device's costs are measured apart, so a new prompt gets
+            fresh probes by default.
         tree: let proposers that can build token trees do so (needs a tree-capable backend).
     """
 
@@ -107,6 +112,12 @@ class SpecConfig(Options):
         24,
         "after this many plain steps, probe the best proposer once (0: never)",
         check=at_least(0),
+    )
+    probe_per_prompt: bool = option(
+        True,
+        "each generation starts probing every probe_every plain steps again (false: the "
+        "interval failed probes doubled carries over to later generations)",
+        check=_flag,
     )
     tree: bool = option(
         True, "let proposers build token trees (tree-capable backends)", check=_flag

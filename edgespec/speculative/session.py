@@ -103,7 +103,7 @@ class SpecSession:
     def begin(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
         self.plain_run = 0
         self.probing = False
-        if not hasattr(self, "probe_interval"):  # learned across generations
+        if self.config.probe_per_prompt or not hasattr(self, "probe_interval"):
             self.probe_interval = self.config.probe_every
         for p in self.proposers.values():
             p.begin(prompt_ids, params)
@@ -113,8 +113,9 @@ class SpecSession:
 
         Probes refresh the acceptance estimates, and cost a little when they fail; the
         interval doubles after each fully rejected probe (up to 32x ``probe_every``) and
-        resets when a probe is accepted, so a device where speculation does not pay stops
-        paying to re-learn it.
+        resets when a probe is accepted, so a prompt where speculation does not pay stops
+        paying to re-learn it (each generation starts again at ``probe_every`` unless
+        ``probe_per_prompt`` is false).
         """
         self.probing = False
         if room <= 0 or not self.controller.acceptance:

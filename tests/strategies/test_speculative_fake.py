@@ -313,6 +313,24 @@ def test_probe_interval_backs_off_when_probes_fail(monkeypatch):
     assert session.probe_interval == 128
 
 
+@pytest.mark.parametrize("per_prompt", [True, False])
+def test_probe_interval_restarts_with_each_prompt(monkeypatch, per_prompt):
+    """A new generation probes after ``probe_every`` plain steps again (by default), or keeps
+    the interval failed probes doubled (``probe_per_prompt`` false)."""
+    rt = make_rt()
+    serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 0))
+    cfg = SpecConfig(proposers=("oracle",), probe_every=4, probe_per_prompt=per_prompt)
+    session = rt.spec_session(cfg, allow_plain=True)
+    session.controller.verify.points = {n: 0.01 * n for n in range(1, 18)}
+    monkeypatch.setattr(session.controller.verify, "observe", lambda n, s: None)
+    rt.generate(PROMPT, max_new_tokens=200, strategy="speculative", config=cfg)
+    assert session.probe_interval == 128
+    res = rt.generate(PROMPT, max_new_tokens=60, strategy="speculative", config=cfg)
+    assert res.token_ids == rt.target.greedy(PROMPT, 60)
+    probes = [i for i, k in enumerate(res.stats.k_trace) if k]
+    assert probes == ([3, 11, 27] if per_prompt else [])
+
+
 @pytest.mark.parametrize("proposer", ["draft", "tree"])
 def test_draft_model_forwards_are_counted(proposer):
     rt = make_rt_with_draft(1)
