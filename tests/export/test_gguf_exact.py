@@ -319,14 +319,18 @@ PROMPTS = [
     "import numpy as np\n\ndef softmax(x):",
 ]
 N_NEW = 48
-#: measured on 5 prompts x 48 teacher-forced tokens (2 threads, ORT 1.32): gguf-exact
-#: (accuracy_level 4) 0.979 vs the fp32 graph's greedy tokens and 0.954 vs llama.cpp's;
-#: accuracy_level 0 1.000 vs fp32 (max |logit diff| 3.4e-4); RTN int4 re-quantization
-#: 0.742 / 0.783. Floors leave room for thread-count noise but stay far above RTN.
-FLOOR_VS_FP32 = 0.93
-FLOOR_VS_LLAMACPP = 0.90
-FLOOR_ACC0_VS_FP32 = 0.99
-ACC0_LOGIT_ATOL = 3e-3
+#: measured on 5 prompts x 48 teacher-forced tokens (240 positions; 2 threads, ORT 1.32; this
+#: test prints every number): on the earlier VM (x86-64 with AVX512-VNNI) gguf-exact
+#: (accuracy_level 4) agreed 0.979 with the fp32 graph's greedy tokens (5 misses) and 0.954
+#: with llama.cpp's (11 misses); accuracy_level 0 1.000 with fp32 (0 misses, max |logit diff|
+#: 3.4e-4); RTN int4 re-quantization 0.742 / 0.783. On the AVX2 VM (AMD EPYC): 3 misses, 6
+#: misses, 0 misses, 3.1e-4. Asserted: no more misses than the most measured of the two
+#: machines, and the logit difference at most the largest measured (rounded up at its second
+#: digit); each is deterministic on one machine, and all stay far from RTN's 62 misses.
+MAX_MISSES_VS_FP32 = 5
+MAX_MISSES_VS_LLAMACPP = 11
+MAX_MISSES_ACC0_VS_FP32 = 0
+ACC0_LOGIT_ATOL = 3.5e-4
 
 
 def _greedy(model: object, ids: list[int], n: int) -> list[int]:
@@ -381,12 +385,13 @@ def test_smollm2_exact_agreement(smollm2_path: Path, tmp_path: Path) -> None:
                 hits.setdefault((name, ref), []).append(logits[name].argmax(-1) == target)
             acc0_diff = max(acc0_diff, float(np.abs(logits["exact-acc0"] - logits["fp32"]).max()))
     agree = {k: float(np.mean(np.concatenate(v))) for k, v in hits.items()}
+    misses = {k: int((~np.concatenate(v)).sum()) for k, v in hits.items()}
     print(f"\nteacher-forced top-1 agreement ({len(PROMPTS)} prompts x {N_NEW} tokens):")
     for (name, ref), value in sorted(agree.items()):
-        print(f"  {name:11s} vs {ref:9s} greedy: {value:.3f}")
-    print(f"  exact-acc0 vs fp32 max |logit diff|: {acc0_diff:.1e}")
+        print(f"  {name:11s} vs {ref:9s} greedy: {value:.3f} ({misses[name, ref]} misses)")
+    print(f"  exact-acc0 vs fp32 max |logit diff|: {acc0_diff:.3e}")
     print(f"  free-running greedy common prefix, exact vs llama.cpp: {prefix} of {N_NEW}")
-    assert agree[("exact", "fp32")] >= FLOOR_VS_FP32
-    assert agree[("exact", "llama.cpp")] >= FLOOR_VS_LLAMACPP
-    assert agree[("exact-acc0", "fp32")] >= FLOOR_ACC0_VS_FP32
+    assert misses["exact", "fp32"] <= MAX_MISSES_VS_FP32
+    assert misses["exact", "llama.cpp"] <= MAX_MISSES_VS_LLAMACPP
+    assert misses["exact-acc0", "fp32"] <= MAX_MISSES_ACC0_VS_FP32
     assert acc0_diff <= ACC0_LOGIT_ATOL
