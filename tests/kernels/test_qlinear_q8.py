@@ -280,3 +280,33 @@ def test_q8_0_takes_signed_codes_on_avx2() -> None:
     six = qlinear.from_gguf(random_blocks("Q6_K", 64, 256, rng), "Q6_K")
     with qlinear_q8.building_with("avx2"):  # 6-bit codes: 2 * 63 * 127 < 2^15, exact
         assert isinstance(qlinear_q8.prefer(six), qlinear_q8.Q8Weight)
+
+
+@pytest.mark.parametrize("fmt", ["Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", qlinear.MIXED_K])
+def test_numpy_emulation_equals_the_kernel(fmt: str) -> None:
+    """:func:`edgespec.runtimes.numpy_q8act.int8_matmul` (the NumPy reference model's
+    int8-activation matrices, what the gguf-q8act build is held to) computes what this CPU's
+    kernel computes, bit for bit, on the packed weights the build loads: for the 32-block
+    types and the K-quants (super-block scales and sub-scales untiled from the float path's
+    layout); ``x @ W`` through :class:`~edgespec.runtimes.numpy_q8act.Q8ActMatrix` too."""
+    from edgespec.runtimes.numpy_q8act import Q8ActMatrix, int8_matmul
+
+    isa = qlinear_q8.int8_isa()
+    if isa is None:
+        pytest.skip("gguf-q8act needs avx512_vnni or avx2")
+    rng = np.random.default_rng(11)
+    n, k = 64, 512
+    sub = qlinear.get_layout(fmt).sub
+    packed = (
+        _k_packed(fmt, n, k, rng) if sub else qlinear.from_gguf(random_blocks(fmt, n, k, rng), fmt)
+    )
+    fn = int8_matmul(packed)
+    assert fn is not None
+    w = qlinear_q8.convert(packed)
+    x = _activations(5, k, rng)
+    want = _run(_compile(w.fmt, k, n, isa)["main"], x, w)
+    np.testing.assert_array_equal(fn(x), want)
+    xs = x.astype(np.float64).reshape(5, 1, k)  # any leading shape, the caller's dtype back
+    got = xs @ Q8ActMatrix(fn, (k, n))
+    assert got.dtype == np.float64 and got.shape == (5, 1, n)
+    np.testing.assert_array_equal(got[:, 0], want.astype(np.float64))
