@@ -63,10 +63,10 @@ class SpecConfig(Options):
         probe_every: after this many plain steps, try the best proposer once with a short
             draft so acceptance estimates stay fresh (0 disables).
         probe_per_prompt: each generation starts probing every ``probe_every`` plain steps
-            again; False keeps the interval that fully rejected probes doubled (up to 32x)
-            across generations. Acceptance is a property of the prompt (what it lets a
-            lookup copy) while the device's costs are measured apart, so a new prompt gets
-            fresh probes by default.
+            again; False (the default) keeps the interval that fully rejected probes doubled
+            (up to 32x) across generations. Acceptance is a property of the prompt, but two
+            A/B runs on the Qwen pair disagreed on which is faster (docs/benchmarks.md
+            section 9), so the default stays the cheaper one.
         tree: let proposers that can build token trees do so (needs a tree-capable backend).
     """
 
@@ -114,7 +114,7 @@ class SpecConfig(Options):
         check=at_least(0),
     )
     probe_per_prompt: bool = option(
-        True,
+        False,
         "each generation starts probing every probe_every plain steps again (false: the "
         "interval failed probes doubled carries over to later generations)",
         check=_flag,

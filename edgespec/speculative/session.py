@@ -114,8 +114,8 @@ class SpecSession:
         Probes refresh the acceptance estimates, and cost a little when they fail; the
         interval doubles after each fully rejected probe (up to 32x ``probe_every``) and
         resets when a probe is accepted, so a prompt where speculation does not pay stops
-        paying to re-learn it (each generation starts again at ``probe_every`` unless
-        ``probe_per_prompt`` is false).
+        paying to re-learn it (with ``probe_per_prompt``, each generation starts again at
+        ``probe_every``).
         """
         self.probing = False
         if room <= 0 or not self.controller.acceptance:

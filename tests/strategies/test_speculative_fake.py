@@ -315,8 +315,9 @@ def test_probe_interval_backs_off_when_probes_fail(monkeypatch):
 
 @pytest.mark.parametrize("per_prompt", [True, False])
 def test_probe_interval_restarts_with_each_prompt(monkeypatch, per_prompt):
-    """A new generation probes after ``probe_every`` plain steps again (by default), or keeps
-    the interval failed probes doubled (``probe_per_prompt`` false)."""
+    """With ``probe_per_prompt`` a new generation probes after ``probe_every`` plain steps
+    again; without it (the default) it keeps the interval failed probes doubled."""
+    assert SpecConfig().probe_per_prompt is False
     rt = make_rt()
     serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 0))
     cfg = SpecConfig(proposers=("oracle",), probe_every=4, probe_per_prompt=per_prompt)
