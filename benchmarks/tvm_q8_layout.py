@@ -98,12 +98,6 @@ def packed(path: Path, names: list[str]) -> Any:
     return qlinear.pack(qlinear.concat(blocks))
 
 
-def _untile(a: np.ndarray) -> np.ndarray:
-    """``a[N/tile, X, tile]`` -> ``[N, X]``."""
-    nt, x, tile = a.shape
-    return a.transpose(0, 2, 1).reshape(nt * tile, x)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="qwen2.5-coder-1.5b")
@@ -152,7 +146,7 @@ def main() -> int:
                 calls[(label, build, t)] = (fn, x, ops, y)
             if mod is qlinear_q8:  # this tree: bit for bit its reference, on the file's weights
                 fn(x, *ops, y)
-                o = {part: _untile(arr) for part, arr in w.ops.items() if part != "c"}
+                o = {part: qlinear.untile(arr) for part, arr in w.ops.items() if part != "c"}
                 want = reference.qlinear_q8k(
                     xs[a.rows[-1]],
                     w.codes(),

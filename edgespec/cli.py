@@ -78,6 +78,17 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_weights_arg(p: argparse.ArgumentParser) -> None:
+    """``--weights``: what the onnx and tvm backends run a GGUF model's matrices as."""
+    p.add_argument(
+        "--weights",
+        default="auto",
+        help="onnx and tvm backends, GGUF models: gguf-exact (the file's own quantized blocks, the "
+        "default), fp32 (dequantized), or on tvm gguf-q8act (those blocks times int8-quantized "
+        "activations, AVX512-VNNI or AVX2)",
+    )
+
+
 def _add_load_args(p: argparse.ArgumentParser) -> None:
     add_model_arg(p)
     p.add_argument(
@@ -87,13 +98,7 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         help="llamacpp | onnx | numpy | tvm | blockffn (default: best installed for the model)",
     )
     add_draft_arg(p)
-    p.add_argument(
-        "--weights",
-        default="auto",
-        help="onnx and tvm backends, GGUF models: gguf-exact (the file's own quantized blocks, the "
-        "default), fp32 (dequantized), or on tvm gguf-q8act (those blocks times int8-quantized "
-        "activations, AVX512-VNNI or AVX2)",
-    )
+    add_weights_arg(p)
     p.add_argument(
         "--no-spin",
         action="store_true",

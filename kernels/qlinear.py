@@ -264,6 +264,13 @@ class QBlocks:
         )
 
 
+def untile(a: np.ndarray) -> np.ndarray:
+    """A tiled operand ``a[N/tile, X, tile]`` (output feature j at ``[j // tile, :, j %
+    tile]``) as ``[N, X]``, one row per output feature."""
+    nt, x, tile = a.shape
+    return a.transpose(0, 2, 1).reshape(nt * tile, x)
+
+
 @dataclass(frozen=True)
 class PackedQWeight:
     """One GGUF tensor in the graph's layout (:func:`pack`): the file's values, tiled.
@@ -298,7 +305,7 @@ class PackedQWeight:
         """``int32[N, K]``: the integer code of each weight (the file's order)."""
         lay = self.layout
         n, k = self.shape
-        c = self.ops["c"].transpose(0, 2, 1).reshape(n, -1)
+        c = untile(self.ops["c"])
         if lay.code_bits == 4:
             b = c.reshape(n, -1, 16)
             c = np.concatenate([b & 15, b >> 4], axis=2).reshape(n, k)
@@ -308,11 +315,6 @@ class PackedQWeight:
         """``(code, D, M)``, each ``float32[N, K]`` per weight (``M`` zeros when not affine);
         ``D`` and ``M`` are the exact float32 products of :class:`Layout`."""
         lay = self.layout
-        n, k = self.shape
-
-        def untile(a: np.ndarray) -> np.ndarray:
-            return a.transpose(0, 2, 1).reshape(n, -1)
-
         code = self.codes().astype(np.float32)
 
         def per_weight(scale: str, sub: str) -> np.ndarray:

@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgespec.errors import EdgespecError
-from edgespec.kernels.qlinear import LAYOUTS, MIXED_K, PackedQWeight, get_layout
+from edgespec.kernels.qlinear import LAYOUTS, MIXED_K, PackedQWeight, get_layout, untile
 
 if TYPE_CHECKING:
     from tvm.tirx import PrimFunc
@@ -182,13 +182,9 @@ class Q8Weight:
 
     def scales(self) -> tuple[np.ndarray, np.ndarray | None]:
         """``(d, m)`` as ``float32[N, K/32]`` (``m`` None when not affine)."""
-
-        def untile(a: np.ndarray) -> np.ndarray:
-            nt, nb, tile = a.shape
-            return a.transpose(0, 2, 1).reshape(nt * tile, nb).astype(np.float32)
-
         m = self.ops.get("m")
-        return untile(self.ops["d"]), None if m is None else untile(m)
+        d = untile(self.ops["d"]).astype(np.float32)
+        return d, None if m is None else untile(m).astype(np.float32)
 
 
 def convert(w: PackedQWeight) -> Q8Weight:

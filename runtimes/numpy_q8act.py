@@ -51,12 +51,6 @@ class Q8ActMatrix:
         return y.astype(x.dtype).reshape(*x.shape[:-1], n)
 
 
-def _untile(a: np.ndarray) -> np.ndarray:
-    """A tiled operand ``a[N/tile, X, tile]`` as ``[N, X]``."""
-    nt, x, tile = a.shape
-    return a.transpose(0, 2, 1).reshape(nt * tile, x)
-
-
 def int8_matmul(packed: Any) -> MatmulFn | None:
     """The int8-activation product of ``packed`` (a
     :class:`~edgespec.kernels.qlinear.PackedQWeight`) as the tvm gguf-q8act build runs it, or
@@ -67,14 +61,12 @@ def int8_matmul(packed: Any) -> MatmulFn | None:
     if not isinstance(q8, qlinear_q8.Q8Weight):
         return None
     code = q8.codes()
+    d, m = q8.scales()
     if qlinear.get_layout(packed.fmt).sub:  # K-quants: super-block scales and sub-scales
         o = packed.ops
-        d = _untile(o["d"]).astype(np.float32)
-        m = _untile(o["m"]).astype(np.float32) if "m" in o else None
-        sd = _untile(o["sd"]).astype(np.int32)
-        sm = _untile(o["sm"]).astype(np.int32) if "sm" in o else None
+        sd = qlinear.untile(o["sd"]).astype(np.int32)
+        sm = qlinear.untile(o["sm"]).astype(np.int32) if "sm" in o else None
         return lambda x: reference.qlinear_q8k(x, code, d, m, sd, sm)
-    d, m = q8.scales()
     return lambda x: reference.qlinear_q8(x, code, d, m)
 
 
@@ -92,11 +84,10 @@ def with_int8_activations(model: Any, path: Path) -> list[str]:
     Raises:
         ModelLoadError: a swapped matrix's blocks do not dequantize to the loaded matrix.
     """
-    from edgespec.gguf_file import open_gguf
     from edgespec.runtimes.tvm_backend import gguf_matrices, gguf_model
 
-    _, _, spec, _ = gguf_model(path)
-    packed, _ = gguf_matrices(path, spec, permuted_qk=open_gguf(path).arch == "llama")
+    hp, _, spec, _ = gguf_model(path)
+    packed, _ = gguf_matrices(path, spec, permuted_qk=hp.arch == "llama")
     w = model.w
     if w.tok_embd is None:  # tied: the embedding gathers from ``output``; keep a float copy
         w.tok_embd = np.ascontiguousarray(w.output.T)

@@ -27,6 +27,7 @@ def add_commands(sub: Any) -> None:
         add_model_arg,
         add_prompt_args,
         add_runtime_args,
+        add_weights_arg,
     )
 
     b = sub.add_parser(
@@ -141,13 +142,7 @@ def add_commands(sub: Any) -> None:
         help="where the backends run: cpu, opencl or vulkan (--backends tvm; docs/tvm.md), "
         "or npu (--backends onnx: ONNX Runtime's NPU providers)",
     )
-    b.add_argument(
-        "--weights",
-        default="auto",
-        help="onnx and tvm backends, GGUF models: gguf-exact (the file's own quantized blocks, "
-        "the default), fp32 (dequantized), or on tvm gguf-q8act (those blocks times "
-        "int8-quantized activations, AVX512-VNNI or AVX2)",
-    )
+    add_weights_arg(b)
     b.add_argument("--out", "-o", type=Path, required=True, help="output folder")
     b.add_argument(
         "--no-plot", "--no-plots", dest="no_plot", action="store_true", help="skip the PNG plots"

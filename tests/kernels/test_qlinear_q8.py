@@ -144,12 +144,6 @@ def test_unsupported_formats_say_so() -> None:
         qlinear_q8.operand_types("Q4_1@q8", 64, 40)
 
 
-def _untile(a: np.ndarray) -> np.ndarray:
-    """``a[N/tile, X, tile]`` -> ``[N, X]``."""
-    nt, x, tile = a.shape
-    return a.transpose(0, 2, 1).reshape(nt * tile, x)
-
-
 def _k_packed(fmt: str, n: int, k: int, rng: np.random.Generator) -> qlinear.PackedQWeight:
     """A random K-quant tensor; for :data:`~edgespec.kernels.qlinear.MIXED_K`, Q4_K rows
     stacked on Q6_K rows as the fused QKV of a Q4_K_M file."""
@@ -173,10 +167,10 @@ def test_k_quant_kernel_equals_reference_bit_for_bit(fmt: str, n: int, isa: str)
     code, dper, mper = packed.parts()
     np.testing.assert_array_equal(w.codes(), code.astype(np.int32))
     o = packed.ops
-    d = _untile(o["d"]).astype(np.float32)
-    m = _untile(o["m"]).astype(np.float32) if "m" in o else None
-    sd = _untile(o["sd"]).astype(np.int32)
-    sm = _untile(o["sm"]).astype(np.int32) if "sm" in o else None
+    d = qlinear.untile(o["d"]).astype(np.float32)
+    m = qlinear.untile(o["m"]).astype(np.float32) if "m" in o else None
+    sd = qlinear.untile(o["sd"]).astype(np.int32)
+    sm = qlinear.untile(o["sm"]).astype(np.int32) if "sm" in o else None
     lib = _compile(w.fmt, k, n, isa)
     x = _activations(9, k, rng)
     x[1, 256:] = 0  # an all-zero super-block
@@ -220,10 +214,10 @@ def test_exact_at_the_largest_codes_and_activations(fmt: str, fill: int, isa: st
     code = w.codes()
     o = packed.ops
     if sub:
-        d = _untile(o["d"]).astype(np.float32)
-        m = _untile(o["m"]).astype(np.float32) if "m" in o else None
-        sd = _untile(o["sd"]).astype(np.int32)
-        sm = _untile(o["sm"]).astype(np.int32) if "sm" in o else None
+        d = qlinear.untile(o["d"]).astype(np.float32)
+        m = qlinear.untile(o["m"]).astype(np.float32) if "m" in o else None
+        sd = qlinear.untile(o["sd"]).astype(np.int32)
+        sm = qlinear.untile(o["sm"]).astype(np.int32) if "sm" in o else None
         want = reference.qlinear_q8k(x, code, d, m, sd, sm)
     else:
         d, m = w.scales()
