@@ -53,6 +53,27 @@ class Model(ABC):
 
     info: ModelInfo
     backend: str = ""
+    #: a draft's frequent-token head (:mod:`edgespec.draft_head`): the ascending ids
+    #: ``int64[N]`` whose logits ``forward`` computes; every other logit is ``-inf``.
+    #: None: the full vocabulary.
+    head_ids: np.ndarray | None = None
+
+    def with_head(self, ids: np.ndarray) -> Model:
+        """A frequent-token draft head (:mod:`edgespec.draft_head`): a model sharing this
+        one's weights whose output layer computes the logits of ``ids`` only (the others
+        ``-inf``), with its own empty KV cache.
+
+        Args:
+            ids: ascending distinct token ids ``int64[N]``.
+        Raises:
+            EdgespecError: the backend has no such head.
+        """
+        from edgespec.errors import EdgespecError
+
+        raise EdgespecError(
+            f"backend '{self.backend}' has no frequent-token draft head; drop draft_head or "
+            "load the draft with --draft-backend tvm"
+        )
 
     @property
     @abstractmethod

@@ -35,6 +35,21 @@ def make_params(base: GenerationParams | None = None, **overrides: Any) -> Gener
     return GenerationParams.from_dict(d)
 
 
+def check_weights(backend: str, weights: str) -> None:
+    """One line when ``--weights`` is given to a backend that has no such choice (it would
+    be silently ignored).
+
+    Raises:
+        EdgespecError: ``weights`` is not "auto" and ``backend`` does not take it.
+    """
+    if weights != "auto" and not BACKENDS.get(backend).takes_weights:
+        able = " or ".join(n for n in BACKENDS.names() if BACKENDS.get(n).takes_weights)
+        raise EdgespecError(
+            f"backend '{backend}' takes no --weights (it runs the model as it is); drop "
+            f"--weights {weights} or use --backend {able}"
+        )
+
+
 def pick_backend(
     source: ModelSource, backend: str | None, options: LoadOptions | None = None
 ) -> str:
@@ -52,6 +67,7 @@ def pick_backend(
     """
     if backend:
         cls = BACKENDS.get(backend)
+        check_weights(backend, options.weights if options is not None else "auto")
         if source.kind not in cls.accepts:
             raise EdgespecError(
                 f"backend '{backend}' cannot load a {source.kind} model "
@@ -176,6 +192,7 @@ class Runtime:
     compressor_backend: str | None = None
     _compressor: Any = field(default=None, repr=False)  # edgespec.compress.Compressor
     _sessions: dict[tuple[SpecConfig, bool], SpecSession] = field(default_factory=dict, repr=False)
+    _heads: dict[tuple[int, str | None], Model] = field(default_factory=dict, repr=False)
     #: probe seconds of sessions built since the last generation started (-> Stats.probe_s)
     _probe_s: float = field(default=0.0, repr=False)
 
@@ -301,10 +318,41 @@ class Runtime:
             self._probe_s += self._sessions[key].probe_s
         return self._sessions[key]
 
+    def draft_with_head(self, size: int, corpus: str | Path | None = None) -> Model:
+        """The draft narrowed to a frequent-token head of ``size`` tokens
+        (:mod:`edgespec.draft_head`), sharing the draft's weights; built once per size and
+        corpus.
+
+        Args:
+            size: tokens kept (rounded up to 64).
+            corpus: a UTF-8 text file whose token counts choose them; None: the Python
+                standard library.
+        Raises:
+            EdgespecError: no draft, a backend without heads, a bad size or corpus.
+        """
+        if self.draft is None:
+            raise EdgespecError("draft_head needs a draft model; pass --draft MODEL")
+        key = (int(size), None if corpus is None else str(corpus))
+        if key not in self._heads:
+            from edgespec.draft_head import frequent_tokens
+
+            ids = frequent_tokens(
+                self.tokenizer,
+                self.draft.info.vocab_size,
+                size,
+                None if corpus is None else [corpus],
+                progress=self.options.progress,
+            )
+            self._heads[key] = self.draft.with_head(ids)
+        return self._heads[key]
+
     def close(self) -> None:
         for session in self._sessions.values():
             session.close()
         self._sessions.clear()
+        for head in self._heads.values():
+            head.close()
+        self._heads.clear()
         if self._compressor is not None:
             self._compressor.close()
             self._compressor = None

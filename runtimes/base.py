@@ -113,6 +113,9 @@ class Backend(ABC):
     kv_cache_types: ClassVar[tuple[str, ...]] = ()
     #: ``LoadOptions.device`` values this backend can run on
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    #: whether ``LoadOptions.weights`` means anything to this backend (``edgespec.load``
+    #: refuses a ``--weights`` other than "auto" otherwise)
+    takes_weights: ClassVar[bool] = False
 
     @classmethod
     def available(cls) -> bool:

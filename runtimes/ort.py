@@ -770,6 +770,7 @@ class OnnxBackend(Backend):
     requires = ("onnxruntime",)
     extra = "onnx"
     devices = tuple(DEVICE_PROVIDERS)
+    takes_weights = True  # fp32 or the GGUF's own blocks
 
     @classmethod
     def cheap_to_load(cls, source: ModelSource, options: LoadOptions) -> bool:

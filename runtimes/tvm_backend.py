@@ -406,18 +406,26 @@ def _checked(t: Any, shape: tuple[int, ...], where: Path) -> Any:
 def _part_shapes(spec: Any, name: str, parts: list[str]) -> list[tuple[int, int]]:
     """``[(out, in)]`` of the GGUF tensors ``parts`` of graph matrix ``name`` ``[in, out]``."""
     K, N = spec.weight_shapes()[name]
+    N = spec.n_vocab if name == "lm_head" else N  # the file's rows, before a head's gather
     nq, nkv = spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim
     outs = {"attn_q": nq, "attn_k": nkv, "attn_v": nkv, "ffn_gate": N // 2, "ffn_up": N // 2}
     return [(outs.get(p.split(".")[-2], N), K) for p in parts]
 
 
 def gguf_matrices(
-    path: Path, spec: Any, permuted_qk: bool, progress: bool = False
+    path: Path,
+    spec: Any,
+    permuted_qk: bool,
+    progress: bool = False,
+    head_rows: np.ndarray | None = None,
+    only: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The graph matrices of ``spec`` that the GGUF file ``path`` holds in a type with a
     kernel, as :class:`~edgespec.kernels.qlinear.PackedQWeight` (the file's blocks, read from
     the memory-mapped file, never dequantized; llama's Q/K rows un-permuted as the reference
-    does), and the types of the others.
+    does), and the types of the others. ``head_rows`` (a draft's frequent-token head,
+    ascending ids): the output matrix keeps only those rows, i.e. ``lm_head``'s outputs.
+    ``only``: these graph matrices alone (None: all).
 
     A fused matrix (QKV, gate/up) is quantized only when its parts share one such type (or
     :func:`~edgespec.kernels.qlinear.common_format` has a layout for the mix).
@@ -437,7 +445,8 @@ def gguf_matrices(
     tensors = {str(t.name): t for t in open_gguf(path).reader.tensors}
     packed: dict[str, Any] = {}
     fallback: list[str] = []
-    matrices = [(n, p) for n in spec.weight_names() if (p := _matrix_parts(n, tensors))]
+    wanted = spec.weight_names() if only is None else list(only)
+    matrices = [(n, p) for n in wanted if (p := _matrix_parts(n, tensors))]
     for name, names in tqdm(
         matrices, desc="packing quantized matrices", unit="matrix", disable=not progress
     ):
@@ -456,6 +465,7 @@ def gguf_matrices(
             raw = np.asarray(t.data)
             n_head = _rope_heads(str(t.name), spec, permuted_qk)
             raw = unpermute_rope_rows(raw, n_head) if n_head else raw
+            raw = raw[head_rows] if name == "lm_head" and head_rows is not None else raw
             blocks += [
                 qlinear.QBlocks.from_gguf(raw[s : s + step], t.tensor_type.name).to(qtype)
                 for s in range(0, raw.shape[0], step)
@@ -594,7 +604,12 @@ def _require(tensors: dict[str, Any], names: Sequence[str], path: Path) -> None:
 
 
 def gguf_float_weights(
-    path: Path, spec: Any, names: Sequence[str], permuted_qk: bool, progress: bool = False
+    path: Path,
+    spec: Any,
+    names: Sequence[str],
+    permuted_qk: bool,
+    progress: bool = False,
+    head_rows: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The graph weights ``names`` of ``spec`` as float32, read from the GGUF file ``path``:
     what the quantized build runs in float32 (the embedding table ``[V, D]``, norms, biases,
@@ -603,6 +618,7 @@ def gguf_float_weights(
     :func:`~edgespec.runtimes.numpy_weights.dequantize_tensor`, llama's Q/K rows
     un-permuted, fused parts concatenated, matrices transposed; a missing Q/K/V bias of a
     layer with the others is zeros, as there. Only these tensors are dequantized.
+    ``head_rows``: ``lm_head`` keeps only those outputs (a draft's frequent-token head).
 
     Raises:
         ModelLoadError: a tensor is missing or has another shape than the metadata implies.
@@ -639,7 +655,9 @@ def gguf_float_weights(
             _require(tensors, parts, path)
             sh = _part_shapes(spec, name, parts)
             mats = [read(p, s) for p, s in zip(parts, sh, strict=True)]
-            out[name] = np.ascontiguousarray(np.concatenate(mats, axis=0).T)
+            both = np.concatenate(mats, axis=0)
+            both = both[head_rows] if name == "lm_head" and head_rows is not None else both
+            out[name] = np.ascontiguousarray(both.T)
         else:
             if name.endswith(".bqkv"):
                 (nqkv,) = shapes[name]
@@ -705,6 +723,24 @@ def fp32_model(
     return hp, info, graph_spec(hp, weights), graph_weights(weights), weights.freq_factors
 
 
+def _with_head(spec: Any, head: np.ndarray | None, path: Path) -> Any:
+    """``spec`` with ``lm_head`` narrowed to a draft head's ``head`` ids (None: as is).
+
+    Raises:
+        EdgespecError: ids not ascending, not distinct or outside the model's vocabulary.
+    """
+    if head is None:
+        return spec
+    if head.size == 0 or head[0] < 0 or head[-1] >= spec.n_vocab or np.any(np.diff(head) <= 0):
+        raise EdgespecError(
+            f"the draft head's token ids must be distinct, ascending and in [0, "
+            f"{spec.n_vocab}) for '{path}'"
+        )
+    if head.size % 16:  # the kernels' output tiles (tile 1 is slow and fails to schedule)
+        raise EdgespecError(f"a draft head needs a multiple of 16 tokens, not {head.size}")
+    return replace(spec, n_out=int(head.size))
+
+
 def _check_arch(hp: Any, path: Path) -> None:
     """One line when the graph does not implement ``hp``'s architecture."""
     if hp.arch not in SUPPORTED_ARCHS or hp.swa_window or hp.qk_norm:
@@ -712,6 +748,26 @@ def _check_arch(hp: Any, path: Path) -> None:
             f"'{path}': architecture '{hp.arch}' is not supported by the tvm backend; "
             f"supported: {', '.join(SUPPORTED_ARCHS)} (use --backend numpy or llamacpp)"
         )
+
+
+@dataclass(frozen=True)
+class Built:
+    """What a :class:`TvmModel` was built from, so that :meth:`TvmModel.with_head` can
+    rebuild its output layer.
+
+    Attributes:
+        path: the GGUF file or HF folder.
+        spec: the library's graph.
+        choice: the weights build (:func:`weights_choice`).
+        arch: the architecture (library cache key).
+        target: the ``tvm.target.Target`` compiled for.
+    """
+
+    path: Path
+    spec: Any
+    choice: str
+    arch: str
+    target: Any
 
 
 class TvmModel(SlotCacheModel):
@@ -735,6 +791,8 @@ class TvmModel(SlotCacheModel):
     supports_tree = True
     #: longest run of tokens pushed through at once (attention scores are [T, H, n_past+T])
     max_chunk: int = 256
+    #: what the model was built from (set by the backend's ``load``); None: unknown
+    built: Built | None = None
 
     def __init__(
         self,
@@ -813,7 +871,11 @@ class TvmModel(SlotCacheModel):
         ]
         out = self.vm[fn](*args).numpy()
         self._n_past += int(ids.size)
-        return out
+        if self.head_ids is None:
+            return out
+        full = np.full((out.shape[0], self.n_vocab), -np.inf, dtype=np.float32)
+        full[:, self.head_ids] = out
+        return full
 
     def forward(self, tokens: Sequence[int], *, all_logits: bool = True) -> np.ndarray:
         """Append ``tokens`` at positions ``n_past .. n_past+T-1`` and score them.
@@ -840,6 +902,58 @@ class TvmModel(SlotCacheModel):
                 out = self._run("forward_last", chunk, pos, mask)
                 rows += [out] if last else []
         return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
+
+    def with_head(self, ids: np.ndarray) -> TvmModel:
+        """A frequent-token draft head: this model's library recompiled (once, cached) with an
+        ``lm_head`` of only the rows ``ids``, sharing every other weight on the device, with
+        its own empty cache. Its logits at ``ids`` are this model's bit for bit (each output
+        row is computed alone); the others are ``-inf``.
+
+        Args:
+            ids: ascending distinct token ids ``int64[N]``, ``N < V``.
+        Raises:
+            EdgespecError: bad ids, or a model whose build is unknown or already narrowed.
+        """
+        import copy
+
+        from tvm import relax
+
+        from edgespec.runtimes.tvm_graph import pack_weight
+
+        b = self.built
+        if b is None or self.head_ids is not None:
+            raise EdgespecError("this tvm model cannot take a draft head (already narrowed?)")
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        spec = _with_head(b.spec, ids, b.path)
+        llama = b.arch == "llama"
+        if spec.quant_format("lm_head") is not None:  # the file's blocks, rows gathered
+            packed, _ = gguf_matrices(b.path, spec, llama, head_rows=ids, only=["lm_head"])
+            q = QUANTIZED[b.choice](packed["lm_head"])
+            quant = tuple((n, q.fmt if n == "lm_head" else f) for n, f in spec.quant)
+            spec = replace(spec, quant=quant)
+            ops = [np.ascontiguousarray(a) for a in q.operands()]
+        elif b.choice in QUANTIZED:  # a float32 fallback, from the file
+            w = gguf_float_weights(b.path, spec, ["lm_head"], llama, head_rows=ids)
+            ops = [pack_weight(w["lm_head"])]
+        else:  # the fp32 build: this model's own matrix, packed [N/tile, K, tile]
+            arr = self.weights[-1].numpy()
+            full = arr.transpose(1, 0, 2).reshape(arr.shape[1], -1)
+            ops = [pack_weight(np.ascontiguousarray(full[:, ids]))]
+        n_old = sum(p.partition(".")[0] == "lm_head" for p in b.spec.param_names())
+        lib = load_library(spec, b.arch, b.target, False)
+        other = copy.copy(self)
+        other.vm = relax.VirtualMachine(lib, self.device)
+        tensor = self._tvm.runtime.tensor
+        other.weights = [*self.weights[:-n_old], *(tensor(a, self.device) for a in ops)]
+        other.k_cache = self._tvm.runtime.empty(self.k_cache.shape, "float32", self.device)
+        other.v_cache = self._tvm.runtime.empty(self.v_cache.shape, "float32", self.device)
+        other._n_past = 0
+        other.head_ids = ids
+        other.built = replace(b, spec=spec)
+        extra = {**self.info.extra, "head_tokens": int(ids.size)}
+        extra["variant"] = f"{extra.get('variant', '')}+head{ids.size}".lstrip("+")
+        other.info = replace(self.info, extra=extra)  # its own cost curve
+        return other
 
     def forward_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
         """Score a token tree in one forward; see :meth:`Model.forward_tree`.
@@ -897,6 +1011,7 @@ class TvmBackend(Backend):
     #: matmul kernels' loop order, fp32 and quantized; tested bit for bit), so ``--exact``
     #: changes nothing
     supports_exact: ClassVar[bool] = True
+    takes_weights: ClassVar[bool] = True  # fp32, the GGUF's blocks, int8 activations
 
     @classmethod
     def cheap_to_load(cls, source: ModelSource, options: LoadOptions) -> bool:
@@ -996,6 +1111,7 @@ class TvmBackend(Backend):
             options.n_ctx,
             (hp.n_layers, hp.n_head_kv, hp.head_dim),
         )
+        model.built = Built(path, spec, choice, hp.arch, target)
         if options.n_threads:
             model.set_threads(options.n_threads)
         return model

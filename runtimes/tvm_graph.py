@@ -43,7 +43,7 @@ to ``B .. B+n-1`` in place (committing a token tree's accepted path).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 #: bump when the graph changes in a way its key would not show (compiled libraries rekey)
@@ -69,6 +69,9 @@ class GraphSpec:
         quant: ``(matrix name, GGUF type)`` of every matrix the graph multiplies on the
             file's own blocks (the quantized build; :mod:`edgespec.kernels.qlinear`);
             the other matrices are float32. Empty: the fp32 build.
+        n_out: outputs of ``lm_head`` when it is a draft's frequent-token head
+            (:mod:`edgespec.draft_head`, fewer than V); 0: V. Shown in the repr (and so in
+            the library's key) only when set.
     """
 
     n_layers: int
@@ -82,6 +85,13 @@ class GraphSpec:
     attn_scale: float
     qkv_bias: bool
     quant: tuple[tuple[str, str], ...] = ()
+    n_out: int = field(default=0, repr=False)
+
+    def __repr__(self) -> str:
+        base = "GraphSpec(" + ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr
+        )
+        return base + (f", n_out={self.n_out})" if self.n_out else ")")
 
     def quant_format(self, name: str) -> str | None:
         """The GGUF type matrix ``name`` is multiplied in, or None (float32)."""
@@ -144,7 +154,7 @@ class GraphSpec:
         out: dict[str, tuple[int, ...]] = {}
         for name in self.weight_names():
             head, _, tail = name.partition(".")
-            top = {"embed": (V, D), "out_norm": (D,), "lm_head": (D, V)}
+            top = {"embed": (V, D), "out_norm": (D,), "lm_head": (D, self.n_out or V)}
             out[name] = per[tail] if tail else top[head]
         return out
 

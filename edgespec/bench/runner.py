@@ -451,6 +451,11 @@ class Bench:
             raise EdgespecError(
                 f"unknown baseline '{opts.baseline}'; known: {', '.join(BASELINES)}"
             )
+        from edgespec.runtime import check_weights
+
+        for backend in opts.backends:  # before anything runs, not at that backend's turn
+            if backend is not None:
+                check_weights(backend, opts.weights)
         self.opts = opts
         self.combos = make_combos(
             opts.strategies, opts.backends, opts.compress, opts.kv_cache, opts.compress_only

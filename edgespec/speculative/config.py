@@ -35,6 +35,12 @@ def _fraction(value: Any, name: str) -> float:
     return float(value)
 
 
+def _text_path(value: Any, name: str) -> str | None:
+    if value is None or isinstance(value, str) and value:
+        return value
+    raise EdgespecError(f"{name} must be the path of a UTF-8 text file, got {value!r}")
+
+
 def _flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise EdgespecError(f"{name} must be true or false, got {value!r}")
@@ -68,6 +74,12 @@ class SpecConfig(Options):
             A/B runs on the Qwen pair disagreed on which is faster (docs/benchmarks.md
             section 9), so the default stays the cheaper one.
         tree: let proposers that can build token trees do so (needs a tree-capable backend).
+        draft_head: the draft model (``draft`` and ``tree`` proposers) computes the logits
+            of only this many of the most frequent tokens (a frequent-token head, FR-Spec;
+            rounded up to 64; lossless, since the target verifies); 0: every token. See
+            :mod:`edgespec.draft_head`.
+        draft_head_corpus: a UTF-8 text file whose token counts choose the head; None: the
+            Python standard library (a code corpus).
     """
 
     kind = "speculative"
@@ -121,6 +133,20 @@ class SpecConfig(Options):
     )
     tree: bool = option(
         True, "let proposers build token trees (tree-capable backends)", check=_flag
+    )
+    draft_head: int = option(
+        0,
+        "the draft model computes the logits of only this many most frequent tokens "
+        "(rounded up to 64; 0: all; tvm backend)",
+        check=at_least(0),
+        metavar="N",
+    )
+    draft_head_corpus: str | None = option(
+        None,
+        "text file whose token counts choose the draft head (default: Python's standard "
+        "library, a code corpus)",
+        check=_text_path,
+        metavar="FILE",
     )
 
     def validate(self) -> None:

@@ -230,3 +230,19 @@ def test_a_cpu_measurement_says_nothing_of_another_device() -> None:
     # CPU keys are unchanged (curves stored before the device was part of the key still count)
     assert cost_curves.curve_key("onnx", digest, 2) == f"onnx|{digest[:16]}|threads=2"
     assert cost_curves.threads_key("onnx", digest, device="npu").endswith("|device=npu")
+
+
+@pytest.mark.parametrize("backend", ["llamacpp", "numpy"])
+def test_weights_for_a_backend_without_them_is_one_line(backend: str, tmp_path: Path) -> None:
+    """--weights used to be ignored in silence by the backends that run the file as it is."""
+    from edgespec.bench.runner import Bench, BenchOptions
+    from edgespec.errors import EdgespecError
+
+    assert pick_backend(SOURCE, backend, LoadOptions()) == backend
+    with pytest.raises(EdgespecError, match=f"backend '{backend}' takes no --weights"):
+        pick_backend(SOURCE, backend, LoadOptions(weights="fp32"))
+    for able in ("onnx", "tvm"):
+        assert pick_backend(SOURCE, able, LoadOptions(weights="fp32")) == able
+    opts = BenchOptions(out=tmp_path, backends=["tvm", backend], weights="gguf-q8act")
+    with pytest.raises(EdgespecError, match="drop --weights gguf-q8act or use --backend"):
+        Bench(opts)  # before any backend runs

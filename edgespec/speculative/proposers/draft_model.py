@@ -29,6 +29,15 @@ if TYPE_CHECKING:
     from edgespec.speculative.config import SpecConfig
 
 
+def draft_of(runtime: Runtime, config: SpecConfig) -> Model:
+    """The runtime's draft model, narrowed to a frequent-token head when
+    ``config.draft_head`` asks for one (:meth:`Runtime.draft_with_head`)."""
+    assert runtime.draft is not None
+    if not config.draft_head:
+        return runtime.draft
+    return runtime.draft_with_head(config.draft_head, config.draft_head_corpus)
+
+
 class DraftModelProposer(Proposer):
     """Options: ``model`` (a :class:`Model`, required), ``min_confidence`` (default 0.3)."""
 
@@ -40,7 +49,7 @@ class DraftModelProposer(Proposer):
     def create(cls, runtime: Runtime, config: SpecConfig) -> DraftModelProposer:
         if runtime.draft is None:
             raise EdgespecError(f"proposer '{cls.name}' needs a draft model; pass --draft MODEL")
-        return cls(runtime.draft, min_confidence=config.min_confidence)
+        return cls(draft_of(runtime, config), min_confidence=config.min_confidence)
 
     def __init__(self, model: Model, min_confidence: float = 0.3, **options: Any) -> None:
         super().__init__(**options)

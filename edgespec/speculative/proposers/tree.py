@@ -46,7 +46,9 @@ class DynamicTreeProposer(DraftModelProposer):
     def create(cls, runtime: Runtime, config: SpecConfig) -> DynamicTreeProposer:
         """Uses ``--draft`` when given, else the layer-skip self-draft."""
         if runtime.draft is not None:
-            return cls(runtime.draft, min_confidence=0.0)
+            from edgespec.speculative.proposers.draft_model import draft_of
+
+            return cls(draft_of(runtime, config), min_confidence=0.0)
         from edgespec.speculative.layerskip import load_layerskip_draft
 
         return cls(load_layerskip_draft(runtime, config.layerskip_layers), min_confidence=0.0)

@@ -1,0 +1,91 @@
+"""Choosing a draft's frequent-token head (:mod:`edgespec.draft_head`) and its errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgespec import draft_head
+from edgespec.errors import EdgespecError
+from edgespec.testing import CharTokenizer, PrefixModel
+
+pytestmark = pytest.mark.unit
+
+ALPHABET = "".join(chr(0x100 + i) for i in range(256))
+
+
+def test_select_orders_always_counts_then_ids() -> None:
+    counts = np.zeros(10, dtype=np.int64)
+    counts[[7, 3, 9]] = [5, 9, 5]  # 3 most frequent, then 7 and 9 (ties by id)
+    assert draft_head.select(counts, 4, always=[8]).tolist() == [3, 7, 8, 9]
+    assert draft_head.select(counts, 6, always=[8]).tolist() == [0, 1, 3, 7, 8, 9]
+    # interleaved: 8 (always), 3 (count), 0 (id), 7 (count), 1 (id), 9 (count), 2 (id)
+    assert draft_head.select(counts, 5, [8], interleave=True).tolist() == [0, 1, 3, 7, 8]
+    assert draft_head.select(counts, 7, [8], interleave=True).tolist() == [0, 1, 2, 3, 7, 8, 9]
+
+
+def test_frequent_tokens_counts_the_corpus_and_caches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path / "home"))
+    tok = CharTokenizer(ALPHABET, eos=255)
+    corpus = tmp_path / "corpus.txt"
+    frequent = list(range(100, 163))  # 63 ids with counts, and the EOS: 64
+    corpus.write_text("".join(ALPHABET[i] * (200 - i) for i in frequent))
+    ids = draft_head.frequent_tokens(tok, 256, 50, [corpus])  # rounded up to 64
+    assert ids.tolist() == [*frequent, 255]
+    # the model may have more logits than the tokenizer has tokens: the head still fits
+    assert draft_head.frequent_tokens(tok, 320, 128, [corpus]).max() < 320
+    # a second call reads the cached counts: nothing is tokenized again
+    monkeypatch.setattr(draft_head, "token_counts", lambda *a: pytest.fail("not cached"))
+    assert draft_head.frequent_tokens(tok, 256, 64, [corpus]).tolist() == ids.tolist()
+
+
+@pytest.mark.parametrize(
+    "size, match", [(0, r"outside \[1, 192\]"), (193, r"outside \[1, 192\]"), (256, "outside")]
+)
+def test_bad_sizes_are_one_line(tmp_path: Path, size: int, match: str) -> None:
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(ALPHABET)
+    with pytest.raises(EdgespecError, match=match):
+        draft_head.frequent_tokens(CharTokenizer(ALPHABET), 256, size, [corpus])
+
+
+def test_bad_corpora_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path / "home"))
+    tok = CharTokenizer(ALPHABET)
+    with pytest.raises(EdgespecError, match="does not exist"):
+        draft_head.frequent_tokens(tok, 256, 64, [tmp_path / "missing.txt"])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(EdgespecError, match="has no text"):
+        draft_head.frequent_tokens(tok, 256, 64, [empty])
+    assert not (tmp_path / "home" / "draft_heads").exists() or not any(
+        (tmp_path / "home" / "draft_heads").iterdir()
+    ), "nothing cached for a failed corpus"
+
+
+def test_default_corpus_is_python_code() -> None:
+    files = draft_head.default_corpus()
+    assert files and all(f.suffix == ".py" for f in files)
+    assert any(f.name == "os.py" for f in files)
+
+
+def test_a_backend_without_heads_says_so(tmp_path: Path) -> None:
+    from edgespec.runtime import Runtime
+    from edgespec.runtimes.base import LoadOptions, ModelSource
+    from edgespec.speculative.config import SpecConfig
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(ALPHABET)
+    src = ModelSource("gguf", tmp_path / "fake.gguf", "fake")
+    model = PrefixModel(vocab_size=256, scale=3.0)
+    rt = Runtime(CharTokenizer(ALPHABET), model, "fake", src, LoadOptions(), model)
+    config = SpecConfig(proposers=("draft",), draft_head=64, draft_head_corpus=str(corpus))
+    with pytest.raises(EdgespecError, match="no frequent-token draft head"):
+        rt.generate([1, 2, 3], max_new_tokens=4, strategy="speculative", config=config)
+    rt.draft = None
+    with pytest.raises(EdgespecError, match="needs a draft model"):
+        rt.draft_with_head(64)
