@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,6 +45,8 @@ class SpecSession:
             :data:`TREE_OVERHEAD_LIMIT` times a chain on this device and backend.
         probe_s: seconds the cost-curve probe took at build (0 with a stored curve); the
             runtime adds it to the stats of the generation that built the session.
+        last_tried: {proposer: the step (counted over the session) it last drafted in or
+            was probed}; a probe goes to the proposer tried least recently.
     """
 
     config: SpecConfig
@@ -54,6 +56,8 @@ class SpecSession:
     curve_source: str
     tree_overhead: float | None = None
     probe_s: float = 0.0
+    last_tried: dict[str, int] = field(default_factory=dict)
+    steps: int = 0
 
     @classmethod
     def build(cls, runtime: Runtime, config: SpecConfig, *, allow_plain: bool) -> SpecSession:
@@ -115,8 +119,12 @@ class SpecSession:
         interval doubles after each fully rejected probe (up to 32x ``probe_every``) and
         resets when a probe is accepted, so a prompt where speculation does not pay stops
         paying to re-learn it (with ``probe_per_prompt``, each generation starts again at
-        ``probe_every``).
+        ``probe_every``). A probe goes to the proposer tried least recently (ties:
+        the best expected rate at k = 1). Probing the best at k = 1 alone never re-tried a
+        draft model whose first, catch-up-laden calls made it look slow: a cheap lookup
+        with poor acceptance always ranked above it (docs/benchmarks.md section 10).
         """
+        self.steps += 1
         self.probing = False
         if room <= 0 or not self.controller.acceptance:
             return Choice(None, 0, 0.0)
@@ -127,9 +135,12 @@ class SpecSession:
             if every and self.plain_run >= every:
                 self.plain_run = 0
                 self.probing = True
-                best = max(
-                    self.controller.acceptance, key=lambda n: self.controller.expected_rate(n, 1)
+                rate = self.controller.expected_rate
+                best = min(
+                    self.controller.acceptance,
+                    key=lambda n: (self.last_tried.get(n, -1), -rate(n, 1)),
                 )
+                self.last_tried[best] = self.steps  # also when it has nothing to draft
                 return Choice(best, min(2, room), 0.0)
         else:
             self.plain_run = 0
@@ -148,6 +159,8 @@ class SpecSession:
             self.probe_interval = (
                 base if verdict.n_accepted else min(self.probe_interval * 2, 32 * base)
             )
+        if draft.k:
+            self.last_tried[draft.source] = self.steps
         if draft.k and draft.source in self.controller.acceptance:
             depth = max(draft.depths()) if draft.is_tree else draft.k
             self.controller.acceptance[draft.source].update(depth, verdict.n_accepted)

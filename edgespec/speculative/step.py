@@ -240,12 +240,25 @@ def _propose(
         dt = time.perf_counter() - t
         total += dt
         hook.drafted(draft, t, dt)
-        session.controller.record_draft(name, max(draft.k, 1), dt)
+        _learn_draft_cost(session, name, draft, dt)
         if draft.k:
             break
     if draft.is_tree and not session.tree_ok:
         draft = main_chain(draft)
     return draft, total
+
+
+def _learn_draft_cost(session: SpecSession, name: str, draft: Draft, seconds: float) -> None:
+    """Teach the controller what proposer ``name`` costs per drafted token from one call of
+    ``seconds``. A catch-up (``draft.catchup_s``: the draft model fed the prompt, or the
+    tokens of plain steps) is not charged: it yielded the first token, so the other
+    ``k - 1`` tokens' share of the rest is learned, or nothing when there is none. Charging
+    it made the 0.5B draft look 73 ms a token instead of about 30 after each prompt, so
+    ``auto`` stopped choosing it (docs/benchmarks.md section 10)."""
+    if not draft.catchup_s:
+        session.controller.record_draft(name, max(draft.k, 1), seconds)
+    elif draft.k > 1:
+        session.controller.record_draft(name, draft.k - 1, max(seconds - draft.catchup_s, 0.0))
 
 
 def _candidates(choice: Choice) -> Iterator[str]:

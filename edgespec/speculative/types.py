@@ -25,6 +25,11 @@ class Draft:
         forwards: forward calls the proposer ran on a draft model to make it (the
             ``--draft`` model or a layer-skip self-draft; 0 for lookups such as n-gram).
             Strategies add it to ``stats.draft_forwards``.
+        catchup_s: seconds of the call the proposer spent catching its own state up on
+            committed tokens it had not seen, beyond what a speculative step leaves behind
+            (a draft model's batched forward over the prompt or after plain steps; its first
+            drafted token came out of that forward). Not what drafting costs per token:
+            the controller learns that from the rest of the call.
     """
 
     tokens: tuple[int, ...]
@@ -32,6 +37,7 @@ class Draft:
     draft_probs: np.ndarray | None = None
     source: str = ""
     forwards: int = 0
+    catchup_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.parents is not None and len(self.parents) != len(self.tokens):

@@ -313,6 +313,37 @@ def test_probe_interval_backs_off_when_probes_fail(monkeypatch):
     assert session.probe_interval == 128
 
 
+def test_probes_rotate_over_the_proposers(monkeypatch):
+    """A probe goes to the proposer tried least recently. Always probing the best at k = 1
+    never re-tried a draft model whose catch-up-laden first calls made it look slow, because
+    a cheap lookup with poor acceptance ranked above it (docs/benchmarks.md section 10)."""
+    rt = make_rt()
+    calls: list[str] = []
+
+    def oracle(name):
+        class Logged(OracleProposer):
+            def propose(self, context, k, rng):
+                calls.append(name)
+                return super().propose(context, k, rng)
+
+        Logged.name = name
+        return lambda r: Logged(r.target, 0)
+
+    serve_proposer(monkeypatch, "cheap", oracle("cheap"))
+    serve_proposer(monkeypatch, "slow", oracle("slow"))
+    cfg = SpecConfig(proposers=("cheap", "slow"), probe_every=4)
+    session = rt.spec_session(cfg, allow_plain=True)
+    ctl = session.controller
+    ctl.verify.points = {n: 0.01 * n for n in range(1, 18)}  # plain always wins
+    monkeypatch.setattr(ctl.verify, "observe", lambda n, s: None)
+    monkeypatch.setattr(ctl, "record_draft", lambda *a, **kw: None)
+    ctl.draft_cost.update(cheap=0.0, slow=1.0)  # "slow" never ranks first at k = 1
+    assert ctl.expected_rate("cheap", 1) > ctl.expected_rate("slow", 1)
+    res = rt.generate(PROMPT, max_new_tokens=120, strategy="speculative", config=cfg)
+    assert res.token_ids == rt.target.greedy(PROMPT, 120)
+    assert calls[:4] == ["cheap", "slow", "cheap", "slow"]
+
+
 @pytest.mark.parametrize("per_prompt", [True, False])
 def test_probe_interval_restarts_with_each_prompt(monkeypatch, per_prompt):
     """With ``probe_per_prompt`` a new generation probes after ``probe_every`` plain steps

@@ -82,3 +82,42 @@ def test_fixed_k_chooses_among_proposers():
     assert c.choose(8).proposer == "weak"
     # the room left caps k; no room means plain decoding
     assert c.choose(2).k == 2 and c.choose(0).proposer is None
+
+
+def test_a_draft_models_catch_up_is_not_its_cost_per_token():
+    """The draft model's batched forward over the prompt (or the tokens of plain steps) is
+    reported apart, and the controller learns what drafting costs from the rest: charging
+    the catch-up made the 0.5B draft look 73 ms a token instead of about 30, and ``auto``
+    stopped choosing it."""
+    from types import SimpleNamespace
+
+    from edgespec.sampling import GenerationParams
+    from edgespec.speculative.proposers.draft_model import STEADY_LAG, DraftModelProposer
+    from edgespec.speculative.step import _learn_draft_cost
+    from edgespec.speculative.types import Draft
+    from edgespec.testing import PrefixModel
+
+    rng = np.random.default_rng(0)
+    proposer = DraftModelProposer(PrefixModel(vocab_size=16, scale=8.0), min_confidence=0.0)
+    prompt = list(range(10))
+    proposer.begin(prompt, GenerationParams())
+    first = proposer.propose(prompt, 3, rng)
+    assert first.k == 3 and first.catchup_s > 0  # fed the 10 prompt tokens
+    # a step that accepted everything: the cache lags by the last draft token and the bonus
+    context = [*prompt, *first.tokens, 5]
+    assert len(context) - len(proposer.cached) == STEADY_LAG
+    steady = proposer.propose(context, 3, rng)
+    assert steady.catchup_s == 0.0
+    # after plain steps it catches up again
+    assert proposer.propose([*context, *steady.tokens, 1, 2, 3], 3, rng).catchup_s > 0
+
+    session = SimpleNamespace(controller=Controller(CostCurve({1: 1.0}), {}))
+    cost = session.controller.draft_cost
+    _learn_draft_cost(session, "draft", Draft((1,), catchup_s=0.5), 0.6)  # nothing steady
+    assert "draft" not in cost
+    _learn_draft_cost(session, "draft", Draft((1, 2, 3), catchup_s=0.5), 0.7)
+    assert cost["draft"] == pytest.approx(0.1)  # (0.7 - 0.5) s over the 2 later tokens
+    _learn_draft_cost(session, "ngram", Draft(()), 0.001)  # an empty lookup: one token
+    assert cost["ngram"] == pytest.approx(0.001)
+    _learn_draft_cost(session, "draft", Draft((1, 2)), 0.3)  # steady: all of it, per token
+    assert cost["draft"] == pytest.approx(0.8 * 0.1 + 0.2 * 0.15)

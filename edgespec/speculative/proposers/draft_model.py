@@ -13,6 +13,7 @@ GGUF so that every backend can run it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,11 @@ def draft_of(runtime: Runtime, config: SpecConfig) -> Model:
     return runtime.draft_with_head(config.draft_head, config.draft_head_corpus)
 
 
+#: tokens a draft model's cache can lag behind after a speculative step (its last drafted
+#: token, never fed, and the target's bonus token): more is a catch-up (``Draft.catchup_s``)
+STEADY_LAG = 2
+
+
 class DraftModelProposer(Proposer):
     """Options: ``model`` (a :class:`Model`, required), ``min_confidence`` (default 0.3)."""
 
@@ -57,6 +63,7 @@ class DraftModelProposer(Proposer):
         self.min_confidence = min_confidence
         self.cached: list[int] = []  # tokens in the draft's KV cache, in order
         self.params = GenerationParams()
+        self.catchup_s = 0.0  # of the last _sync (see Draft.catchup_s)
 
     def begin(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
         self.params = params
@@ -70,7 +77,9 @@ class DraftModelProposer(Proposer):
         self.cached = list(cached)
 
     def _sync(self, context: Sequence[int]) -> np.ndarray:
-        """Make the cache hold ``context``; return the logits ``float[V]`` after it."""
+        """Make the cache hold ``context``; return the logits ``float[V]`` after it. Sets
+        ``catchup_s`` to the forward's seconds when it fed more than :data:`STEADY_LAG`
+        tokens, else 0."""
         common = 0
         limit = min(len(self.cached), len(context) - 1)
         while common < limit and self.cached[common] == context[common]:
@@ -78,7 +87,9 @@ class DraftModelProposer(Proposer):
         self.model.truncate(common)
         self.cached = list(context[:common])
         missing = list(context[common:])
+        t = time.perf_counter()
         logits = self.model.forward(missing, all_logits=False)[-1]
+        self.catchup_s = time.perf_counter() - t if len(missing) > STEADY_LAG else 0.0
         self.cached.extend(missing)
         return logits
 
@@ -106,7 +117,11 @@ class DraftModelProposer(Proposer):
         except Exception as exc:  # a native crash in the draft must not kill generation
             raise DraftFailure(f"draft model failed: {type(exc).__name__}: {exc}") from exc
         return Draft(
-            tuple(tokens), draft_probs=np.stack(probs), source=self.name, forwards=forwards
+            tuple(tokens),
+            draft_probs=np.stack(probs),
+            source=self.name,
+            forwards=forwards,
+            catchup_s=self.catchup_s,
         )
 
     def feedback(self, draft: Draft, verdict: Verdict) -> None:

@@ -102,4 +102,5 @@ class DynamicTreeProposer(DraftModelProposer):
         if not tokens:
             return EMPTY_DRAFT
         is_chain = parents == list(range(-1, len(tokens) - 1))
-        return Draft(tuple(tokens), None if is_chain else tuple(parents), None, self.name, forwards)
+        parents_or_none = None if is_chain else tuple(parents)
+        return Draft(tuple(tokens), parents_or_none, None, self.name, forwards, self.catchup_s)
