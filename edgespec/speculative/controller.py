@@ -36,24 +36,27 @@ class CostCurve:
         self.points[n] = seconds if old is None else (1 - self.ema) * old + self.ema * seconds
 
     def __call__(self, n: int) -> float:
+        return float(self.at(np.array([n], dtype=np.float64))[0])
+
+    def at(self, ns: np.ndarray) -> np.ndarray:
+        """``c_verify`` at every size in ``ns`` (``float64[m]``, each >= 1) in one pass."""
         points = {x: y for x, y in self.points.items() if x >= 1}
         if not points:
-            return 1.0 * n  # no idea yet: assume linear, which discourages speculation
-        xs = sorted(points)
-        ys = [points[x] for x in xs]
+            return 1.0 * ns  # no idea yet: assume linear, which discourages speculation
+        xs = np.array(sorted(points), dtype=np.float64)
+        ys = np.array([points[x] for x in sorted(points)], dtype=np.float64)
         if len(xs) == 1:
-            return ys[0] * n / xs[0] if n > xs[0] else ys[0]
-        if n <= xs[-1]:
-            return float(np.interp(n, xs, ys))
-        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
-        return ys[-1] + max(slope, 0.0) * (n - xs[-1])
+            return np.where(ns > xs[0], ys[0] * ns / xs[0], ys[0])
+        slope = max((ys[-1] - ys[-2]) / (xs[-1] - xs[-2]), 0.0)
+        return np.where(ns <= xs[-1], np.interp(ns, xs, ys), ys[-1] + slope * (ns - xs[-1]))
 
     def table(self, n_max: int) -> np.ndarray:
         """``float64[n_max + 1]``: ``c_verify(n)`` for n = 0..n_max (entry 0 unused); cached
-        while ``points`` is unchanged."""
+        while ``points`` is unchanged (every plain step changes them: one vectorised pass)."""
         if self._table is None or len(self._table) <= n_max or self._table_of != self.points:
             self._table_of = dict(self.points)
-            self._table = np.array([0.0] + [self(n) for n in range(1, n_max + 1)])
+            ns = np.arange(1, n_max + 1, dtype=np.float64)
+            self._table = np.concatenate([[0.0], self.at(ns)])
         return self._table[: n_max + 1]
 
 

@@ -121,3 +121,33 @@ def test_a_draft_models_catch_up_is_not_its_cost_per_token():
     assert cost["ngram"] == pytest.approx(0.001)
     _learn_draft_cost(session, "draft", Draft((1, 2)), 0.3)  # steady: all of it, per token
     assert cost["draft"] == pytest.approx(0.8 * 0.1 + 0.2 * 0.15)
+
+
+def test_cost_curve_table_equals_its_scalar_definition():
+    """The vectorised ``at`` (one pass per plain step) against the scalar rule it replaced:
+    linear interpolation between points, the last slope (never negative) beyond them, one
+    point scaled linearly above it, and linear costs without points."""
+
+    def scalar(points, n):
+        pts = {x: y for x, y in points.items() if x >= 1}
+        if not pts:
+            return 1.0 * n
+        xs = sorted(pts)
+        ys = [pts[x] for x in xs]
+        if len(xs) == 1:
+            return ys[0] * n / xs[0] if n > xs[0] else ys[0]
+        if n <= xs[-1]:
+            return float(np.interp(n, xs, ys))
+        return ys[-1] + max((ys[-1] - ys[-2]) / (xs[-1] - xs[-2]), 0.0) * (n - xs[-1])
+
+    rng = np.random.default_rng(1)
+    cases = [{}, {3: 0.5}, {1: 1.0, 9: 0.8}]
+    for _ in range(50):
+        xs = rng.choice(np.arange(1, 12), size=rng.integers(2, 6), replace=False)
+        cases.append({int(x): float(rng.random()) for x in xs} | {0: 0.3})
+    for points in cases:
+        curve = CostCurve(dict(points))
+        table = curve.table(17)
+        for n in range(1, 18):
+            assert table[n] == pytest.approx(scalar(points, n), rel=1e-12, abs=1e-15)
+            assert curve(n) == pytest.approx(scalar(points, n), rel=1e-12, abs=1e-15)
