@@ -154,7 +154,7 @@ def frequent_tokens(
     size = head_size(size, n_vocab)
     files = default_corpus() if corpus is None else [Path(p).expanduser() for p in corpus]
     chars = CORPUS_CHARS if corpus is None else 0
-    for f in files if corpus is not None else []:
+    for f in files:
         if not f.is_file():
             raise EdgespecError(f"draft-head corpus file '{f}' does not exist")
     h = hashlib.sha256(f"{HEAD_VERSION}\n{tokenizer.vocab_digest()}\n{n_vocab}\n{chars}\n".encode())
@@ -162,29 +162,33 @@ def frequent_tokens(
         st = f.stat()
         h.update(f"{f.resolve()}\n{st.st_size}\n{st.st_mtime_ns}\n".encode())
     cache = edgespec_home() / "draft_heads" / f"{h.hexdigest()[:20]}.npy"
-    if cache.is_file():
-        try:
-            counts = np.load(cache, allow_pickle=False)
-        except (OSError, ValueError):
-            counts = None
-        if counts is not None and counts.shape == (n_vocab,):
-            return select(counts, size, _always(tokenizer, n_vocab), corpus is None)
-    if progress:
-        import sys
+    counts = _read_counts(cache, n_vocab)
+    if counts is None:
+        if progress:
+            import sys
 
-        print(
-            f"edgespec: counting tokens in {len(files)} corpus files for the draft head "
-            "(once; cached)",
-            file=sys.stderr,
-        )
-    counts = token_counts(tokenizer, _read_corpus(files, chars), n_vocab)
-    if not counts.any():
-        raise EdgespecError("the draft-head corpus has no text; pass UTF-8 text files")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(cache) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, counts, allow_pickle=False)
+            print(
+                f"edgespec: counting tokens in {len(files)} corpus files for the draft head "
+                "(once; cached)",
+                file=sys.stderr,
+            )
+        counts = token_counts(tokenizer, _read_corpus(files, chars), n_vocab)
+        if not counts.any():
+            raise EdgespecError("the draft-head corpus has no text; pass UTF-8 text files")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, counts, allow_pickle=False)
     return select(counts, size, _always(tokenizer, n_vocab), corpus is None)
+
+
+def _read_counts(cache: Path, n_vocab: int) -> np.ndarray | None:
+    """The cached counts ``int64[n_vocab]``, or None when absent, unreadable or mis-sized."""
+    try:
+        counts = np.load(cache, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return counts if counts.shape == (n_vocab,) else None
 
 
 def _always(tokenizer: Tokenizer, n_vocab: int) -> list[int]:

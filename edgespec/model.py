@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from edgespec.errors import EdgespecError
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -68,8 +70,6 @@ class Model(ABC):
         Raises:
             EdgespecError: the backend has no such head.
         """
-        from edgespec.errors import EdgespecError
-
         raise EdgespecError(
             f"backend '{self.backend}' has no frequent-token draft head; drop draft_head or "
             "load the draft with --draft-backend tvm"

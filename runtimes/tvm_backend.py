@@ -723,14 +723,12 @@ def fp32_model(
     return hp, info, graph_spec(hp, weights), graph_weights(weights), weights.freq_factors
 
 
-def _with_head(spec: Any, head: np.ndarray | None, path: Path) -> Any:
-    """``spec`` with ``lm_head`` narrowed to a draft head's ``head`` ids (None: as is).
+def _with_head(spec: Any, head: np.ndarray, path: Path) -> Any:
+    """``spec`` with ``lm_head`` narrowed to a draft head's ``head`` ids.
 
     Raises:
         EdgespecError: ids not ascending, not distinct or outside the model's vocabulary.
     """
-    if head is None:
-        return spec
     if head.size == 0 or head[0] < 0 or head[-1] >= spec.n_vocab or np.any(np.diff(head) <= 0):
         raise EdgespecError(
             f"the draft head's token ids must be distinct, ascending and in [0, "
@@ -918,6 +916,7 @@ class TvmModel(SlotCacheModel):
 
         from tvm import relax
 
+        from edgespec.kernels.qlinear import untile
         from edgespec.runtimes.tvm_graph import pack_weight
 
         b = self.built
@@ -936,9 +935,8 @@ class TvmModel(SlotCacheModel):
             w = gguf_float_weights(b.path, spec, ["lm_head"], llama, head_rows=ids)
             ops = [pack_weight(w["lm_head"])]
         else:  # the fp32 build: this model's own matrix, packed [N/tile, K, tile]
-            arr = self.weights[-1].numpy()
-            full = arr.transpose(1, 0, 2).reshape(arr.shape[1], -1)
-            ops = [pack_weight(np.ascontiguousarray(full[:, ids]))]
+            rows = untile(self.weights[-1].numpy())[ids]  # [N, K]
+            ops = [pack_weight(np.ascontiguousarray(rows.T))]
         n_old = sum(p.partition(".")[0] == "lm_head" for p in b.spec.param_names())
         lib = load_library(spec, b.arch, b.target, False)
         other = copy.copy(self)

@@ -43,8 +43,9 @@ class CostCurve:
         points = {x: y for x, y in self.points.items() if x >= 1}
         if not points:
             return 1.0 * ns  # no idea yet: assume linear, which discourages speculation
-        xs = np.array(sorted(points), dtype=np.float64)
-        ys = np.array([points[x] for x in sorted(points)], dtype=np.float64)
+        order = sorted(points)
+        xs = np.array(order, dtype=np.float64)
+        ys = np.array([points[x] for x in order], dtype=np.float64)
         if len(xs) == 1:
             return np.where(ns > xs[0], ys[0] * ns / xs[0], ys[0])
         slope = max((ys[-1] - ys[-2]) / (xs[-1] - xs[-2]), 0.0)
