@@ -4,8 +4,10 @@ edgespec/draft_head.py's docstring and docs/speculative.md ("Frequent-token draf
 The target decodes every prompt of the four workloads greedily (llama.cpp, ``-n`` tokens
 each); for each head size, the share of those tokens outside the head, for the three ways to
 choose it: the default (the Python standard library's token counts interleaved with the id
-order), the counts alone, and the id order alone. A token outside the head can never be
-drafted, so this share bounds the acceptance a head can cost.
+order), the counts alone, and the id order alone; and the default head whose last
+``--slots`` rows are prompt slots, refilled per prompt with the prompt's tokens the rest
+lacks (``--draft-head-prompt``). A token outside the head can never be drafted, so this
+share bounds the acceptance a head can cost.
 
     .venv/bin/python benchmarks/draft_head_coverage.py --model qwen2.5-coder-1.5b
 """
@@ -27,6 +29,7 @@ def main() -> None:
     ap.add_argument("--model", default="qwen2.5-coder-1.5b")
     ap.add_argument("-n", type=int, default=96, help="new tokens per prompt")
     ap.add_argument("--sizes", type=int, nargs="+", default=[8192, 16384, 32768])
+    ap.add_argument("--slots", type=int, default=1024, help="prompt slots of the last row")
     args = ap.parse_args()
 
     import edgespec
@@ -34,13 +37,15 @@ def main() -> None:
 
     rt = edgespec.load(args.model, backend="llamacpp", progress=False)
     generated: dict[str, list[int]] = {}
+    runs: dict[str, list[tuple[list[int], list[int]]]] = {}  # (prompt ids, generated ids)
     for wl in WORKLOADS:
         lines = (ROOT / "benchmarks" / "workloads" / f"{wl}.jsonl").read_text().splitlines()
-        generated[wl] = []
+        generated[wl], runs[wl] = [], []
         for line in lines:
             p = json.loads(line)
             res = rt.generate(p["prompt"], max_new_tokens=args.n, chat=p.get("chat", False))
             generated[wl] += res.token_ids
+            runs[wl].append((rt.tokenizer.encode(p["prompt"]), res.token_ids))
     tok, V = rt.tokenizer, rt.target.info.vocab_size
     texts = draft_head._read_corpus(draft_head.default_corpus(), draft_head.CORPUS_CHARS)
     counts = draft_head.token_counts(tok, texts, V)
@@ -61,6 +66,21 @@ def main() -> None:
             kept[ids] = True
             shares = [100 * float(np.mean(~kept[np.asarray(generated[w])])) for w in WORKLOADS]
             print(f"| {size} | {name} | " + " | ".join(f"{s:.1f} %" for s in shares) + " |")
+        slots = draft_head.slot_count(args.slots, size)
+        core_ids = draft_head.select(counts, size - slots, always, True)
+        fillers = np.setdiff1d(draft_head.select(counts, size, always, True), core_ids)
+        core = np.zeros(V, dtype=bool)
+        core[core_ids] = True
+        shares = []
+        for w in WORKLOADS:
+            missed = 0
+            for prompt, gen in runs[w]:
+                kept = core.copy()
+                kept[draft_head.prompt_slot_ids(prompt, core, fillers, slots)[0]] = True
+                missed += int(np.sum(~kept[np.asarray(gen)]))
+            shares.append(100 * missed / len(generated[w]))
+        name = f"default, {slots} of it prompt slots"
+        print(f"| {size} | {name} | " + " | ".join(f"{s:.1f} %" for s in shares) + " |")
     rt.close()
 
 

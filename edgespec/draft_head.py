@@ -195,3 +195,57 @@ def _always(tokenizer: Tokenizer, n_vocab: int) -> list[int]:
     """Ids every head keeps: end of generation and BOS."""
     ids = sorted(tokenizer.eos_ids) + ([tokenizer.bos_id] if tokenizer.bos_id is not None else [])
     return [i for i in ids if 0 <= i < n_vocab]
+
+
+def slot_count(slots: int, size: int) -> int:
+    """Prompt slots of a head of ``size`` (a multiple of :data:`HEAD_MULTIPLE`): ``slots``
+    rounded down to :data:`HEAD_MULTIPLE`, at most half the head."""
+    return min(int(slots), size // 2) // HEAD_MULTIPLE * HEAD_MULTIPLE
+
+
+def head_with_slots(
+    tokenizer: Tokenizer,
+    n_vocab: int,
+    size: int,
+    slots: int,
+    corpus: Sequence[str | Path] | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, int]:
+    """A head of :func:`frequent_tokens` whose least frequent ``slots`` ids (see
+    :func:`slot_count`) come last, as fillers of its prompt slots.
+
+    Returns:
+        ``(ids int64[size'], slots')``: the fixed ids ascending, then the fillers ascending.
+    Raises:
+        EdgespecError: as :func:`frequent_tokens`.
+    """
+    ids = frequent_tokens(tokenizer, n_vocab, size, corpus, progress)
+    slots = slot_count(slots, ids.size)
+    if not slots:
+        return ids, 0
+    # the selection is greedy in one order, so a smaller head is a subset of a larger one
+    core = frequent_tokens(tokenizer, n_vocab, ids.size - slots, corpus)
+    return np.concatenate([core, np.setdiff1d(ids, core)]), slots
+
+
+def prompt_slot_ids(
+    prompt: Sequence[int], core: np.ndarray, fillers: np.ndarray, slots: int
+) -> tuple[np.ndarray, int]:
+    """What a head's ``slots`` prompt slots hold for ``prompt``: the prompt's ids that the
+    head's fixed rows lack, most frequent in the prompt first (ties: the latest first),
+    then ``fillers`` not already among them.
+
+    Args:
+        prompt: token ids (ids outside ``core``'s range are ignored).
+        core: ``bool[V]``, True at the head's fixed ids.
+        fillers: ``int64[slots]``, the slots' ids when the prompt needs none.
+    Returns:
+        ``(int64[slots] ids, how many of them came from the prompt)``.
+    """
+    p = np.asarray(prompt, dtype=np.int64).reshape(-1)
+    p = p[(p >= 0) & (p < core.size)]
+    p = p[~core[p]][::-1]  # latest first
+    uniq, latest, counts = np.unique(p, return_index=True, return_counts=True)
+    chosen = uniq[np.lexsort((latest, -counts))][:slots]
+    rest = fillers[~np.isin(fillers, chosen)][: slots - chosen.size]
+    return np.concatenate([chosen, rest]).astype(np.int64), int(chosen.size)

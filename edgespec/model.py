@@ -55,18 +55,20 @@ class Model(ABC):
 
     info: ModelInfo
     backend: str = ""
-    #: a draft's frequent-token head (:mod:`edgespec.draft_head`): the ascending ids
-    #: ``int64[N]`` whose logits ``forward`` computes; every other logit is ``-inf``.
-    #: None: the full vocabulary.
+    #: a draft's frequent-token head (:mod:`edgespec.draft_head`): the distinct ids
+    #: ``int64[N]`` whose logits ``forward`` computes, in output-row order; every other
+    #: logit is ``-inf``. None: the full vocabulary.
     head_ids: np.ndarray | None = None
 
-    def with_head(self, ids: np.ndarray) -> Model:
+    def with_head(self, ids: np.ndarray, slots: int = 0) -> Model:
         """A frequent-token draft head (:mod:`edgespec.draft_head`): a model sharing this
         one's weights whose output layer computes the logits of ``ids`` only (the others
         ``-inf``), with its own empty KV cache.
 
         Args:
-            ids: ascending distinct token ids ``int64[N]``.
+            ids: distinct token ids ``int64[N]``.
+            slots: the last ``slots`` of ``ids`` are prompt slots, fillers that
+                :meth:`fit_head` replaces with a prompt's tokens the others lack.
         Raises:
             EdgespecError: the backend has no such head.
         """
@@ -74,6 +76,18 @@ class Model(ABC):
             f"backend '{self.backend}' has no frequent-token draft head; drop draft_head or "
             "load the draft with --draft-backend tvm"
         )
+
+    def fit_head(self, prompt: Sequence[int]) -> int:
+        """Put ``prompt``'s tokens that a head with prompt slots lacks into its slots (most
+        frequent in the prompt first, then most recent), so that the draft can copy them;
+        slots left over keep their fillers. A model without slots does nothing.
+
+        Args:
+            prompt: the token ids a generation starts from.
+        Returns:
+            the prompt tokens now in slots (0 without slots).
+        """
+        return 0
 
     @property
     @abstractmethod

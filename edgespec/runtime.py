@@ -192,7 +192,7 @@ class Runtime:
     compressor_backend: str | None = None
     _compressor: Any = field(default=None, repr=False)  # edgespec.compress.Compressor
     _sessions: dict[tuple[SpecConfig, bool], SpecSession] = field(default_factory=dict, repr=False)
-    _heads: dict[tuple[int, str | None], Model] = field(default_factory=dict, repr=False)
+    _heads: dict[tuple[int, str | None, int], Model] = field(default_factory=dict, repr=False)
     #: probe seconds of sessions built since the last generation started (-> Stats.probe_s)
     _probe_s: float = field(default=0.0, repr=False)
 
@@ -318,32 +318,35 @@ class Runtime:
             self._probe_s += self._sessions[key].probe_s
         return self._sessions[key]
 
-    def draft_with_head(self, size: int, corpus: str | Path | None = None) -> Model:
+    def draft_with_head(self, size: int, corpus: str | Path | None = None, slots: int = 0) -> Model:
         """The draft narrowed to a frequent-token head of ``size`` tokens
-        (:mod:`edgespec.draft_head`), sharing the draft's weights; built once per size and
-        corpus.
+        (:mod:`edgespec.draft_head`), sharing the draft's weights; built once per size,
+        corpus and slots.
 
         Args:
             size: tokens kept (rounded up to 64).
             corpus: a UTF-8 text file whose token counts choose them; None: the Python
                 standard library.
+            slots: of them, prompt slots that :meth:`Model.fit_head` refills per prompt
+                (rounded down to 64, at most half the head).
         Raises:
             EdgespecError: no draft, a backend without heads, a bad size or corpus.
         """
         if self.draft is None:
             raise EdgespecError("draft_head needs a draft model; pass --draft MODEL")
-        key = (int(size), None if corpus is None else str(corpus))
+        key = (int(size), None if corpus is None else str(corpus), int(slots))
         if key not in self._heads:
-            from edgespec.draft_head import frequent_tokens
+            from edgespec.draft_head import head_with_slots
 
-            ids = frequent_tokens(
+            ids, n_slots = head_with_slots(
                 self.tokenizer,
                 self.draft.info.vocab_size,
                 size,
+                slots,
                 None if corpus is None else [corpus],
                 progress=self.options.progress,
             )
-            self._heads[key] = self.draft.with_head(ids)
+            self._heads[key] = self.draft.with_head(ids, n_slots)
         return self._heads[key]
 
     def close(self) -> None:

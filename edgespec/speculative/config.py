@@ -80,6 +80,9 @@ class SpecConfig(Options):
             :mod:`edgespec.draft_head`.
         draft_head_corpus: a UTF-8 text file whose token counts choose the head; None: the
             Python standard library (a code corpus).
+        draft_head_prompt: rows of the head (its least frequent ones) that each generation
+            refills with the prompt's tokens the rest of the head lacks, so that the draft
+            can copy rare prompt tokens (rounded down to 64, at most half the head; 0: none).
     """
 
     kind = "speculative"
@@ -147,6 +150,13 @@ class SpecConfig(Options):
         "library, a code corpus)",
         check=_text_path,
         metavar="FILE",
+    )
+    draft_head_prompt: int = option(
+        1024,
+        "rows of the draft head refilled with each prompt's tokens it lacks (rounded down "
+        "to 64, at most half the head; 0: none)",
+        check=at_least(0),
+        metavar="N",
     )
 
     def validate(self) -> None:

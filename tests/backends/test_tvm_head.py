@@ -100,17 +100,26 @@ def test_head_logits_equal_the_full_models(build: Any) -> None:
 
 def test_bad_heads_are_one_line(tiny_llama_dir: Path) -> None:
     full = _load(ModelSource("hf", tiny_llama_dir, "tiny"), "fp32")
-    bad = (([5, 3], "ascending"), ([1, 1], "distinct"), ([0, 256], r"\[0, 256\)"))
+    bad = (([1, 1], "distinct"), ([0, 256], r"\[0, 256\)"), ([-1, 3], r"\[0, 256\)"))
     for ids, what in (*bad, (list(range(20)), "multiple of 16")):
         with pytest.raises(EdgespecError, match=what):
             full.with_head(np.array(ids))
+    # prompt slots: whole 64-row tiles, fewer than the head's rows
+    for ids, slots in ((HEAD, 32), (HEAD, 128), (np.arange(80), 64)):
+        with pytest.raises(EdgespecError, match="prompt slots must be a multiple of 64"):
+            full.with_head(ids, slots)
     with pytest.raises(EdgespecError, match="already narrowed"):
         full.with_head(HEAD).with_head(HEAD)
 
 
-def test_speculation_with_a_head_equals_plain_decoding(tmp_path: Path, build: Any) -> None:
-    """The draft is the target's own weights narrowed to HEAD: it proposes the target's
-    token exactly when that token is kept, so both acceptance and the head's misses happen."""
+@pytest.mark.parametrize("slots", [0, 64], ids=["no-slots", "prompt-slots"])
+def test_speculation_with_a_head_equals_plain_decoding(
+    tmp_path: Path, build: Any, slots: int
+) -> None:
+    """The draft is the target's own weights narrowed to HEAD (with ``slots``: its 64 most
+    frequent ids fixed, and 64 slots that take the prompt's odd ids): it proposes the
+    target's token exactly when that token is kept, so both acceptance and the head's misses
+    happen."""
     from edgespec.losslessness import plain_reference
     from edgespec.runtime import Runtime
     from edgespec.speculative.config import SpecConfig
@@ -126,16 +135,63 @@ def test_speculation_with_a_head_equals_plain_decoding(tmp_path: Path, build: An
     rt = Runtime(CharTokenizer(alphabet), target, "tvm", src, opts, draft)
     prompt = [5, 17, 3, 99, 42, 5, 17, 3, 99, 42]
     ref = plain_reference(target, prompt, 32).tokens
-    config = SpecConfig(proposers=("draft",), k=3, draft_head=128, draft_head_corpus=str(corpus))
+    config = SpecConfig(
+        proposers=("draft",),
+        k=3,
+        draft_head=128,
+        draft_head_corpus=str(corpus),
+        draft_head_prompt=slots,
+    )
     res = rt.generate(
         prompt, max_new_tokens=32, strategy="speculative", ignore_eos=True, config=config
     )
     assert res.token_ids == ref
     (head,) = rt._heads.values()
-    assert np.array_equal(head.head_ids, HEAD)
-    kept = np.isin(ref, HEAD)
+    assert head.head_ids is not None
+    if slots:  # the prompt's odd ids, then fillers (HEAD's least frequent half)
+        assert head.head_ids[:64].tolist() == HEAD[:64].tolist()
+        assert head.head_ids[64:68].tolist() == [99, 3, 17, 5]  # twice each: latest first
+        assert head.head_ids[68:].tolist() == HEAD[64:124].tolist()
+    else:
+        assert np.array_equal(head.head_ids, HEAD)
+    kept = np.isin(ref, head.head_ids)
     assert kept.any() and not kept.all(), "the reference must test both hits and misses"
     hist = res.stats.accept_hist
     assert sum(n * c for n, c in hist.items()) > 0, hist  # the head's drafts were accepted
     assert hist.get(0, 0) > 0, hist  # and missed where the target's token is not kept
     rt.close()
+
+
+#: a head with prompt slots: the even ids below 128 fixed, the last 64 rows slots whose
+#: fillers are the odd ids below 128
+CORE = np.arange(0, 128, 2)
+FILLERS = np.arange(1, 128, 2)
+
+
+def test_prompt_slots_are_refilled_bit_for_bit(build: Any) -> None:
+    """``fit_head`` repacks only the slots' tiles: after each refill the head's logits at
+    its ids (fixed rows and slots) still equal the full model's, and the rest are -inf."""
+    src, weights = build
+    full = _load(src, weights)
+    head = full.with_head(np.concatenate([CORE, FILLERS]), slots=64)
+    want = full.forward(IDS)
+
+    def check(kept: np.ndarray) -> None:
+        assert head.head_ids is not None
+        assert sorted(head.head_ids.tolist()) == sorted(kept.tolist())
+        head.reset()
+        got = head.forward(IDS)
+        np.testing.assert_array_equal(got[:, kept], want[:, kept])
+        assert np.isneginf(np.delete(got, kept, axis=1)).all()
+
+    check(np.concatenate([CORE, FILLERS]))
+    # 201 (twice), 255 and 143 are outside the head: they take three slots
+    prompt = [201, 2, 255, 143, 201, 4]
+    assert head.fit_head(prompt) == 3
+    check(np.concatenate([CORE, [201, 255, 143], FILLERS[:61]]))
+    weights_now = list(head.weights)
+    assert head.fit_head(prompt) == 3  # the same slot set: nothing repacked
+    assert all(a is b for a, b in zip(head.weights, weights_now, strict=True))
+    assert head.fit_head([0, 2, 4]) == 0  # a prompt the fixed rows hold: the fillers again
+    check(np.concatenate([CORE, FILLERS]))
+    assert full.fit_head(prompt) == 0  # a model without slots does nothing

@@ -89,3 +89,40 @@ def test_a_backend_without_heads_says_so(tmp_path: Path) -> None:
     rt.draft = None
     with pytest.raises(EdgespecError, match="needs a draft model"):
         rt.draft_with_head(64)
+
+
+def test_prompt_slots_take_the_prompts_missing_tokens_most_frequent_first() -> None:
+    core = np.zeros(20, dtype=bool)
+    core[:10] = True
+    fillers = np.array([15, 16, 17, 18])
+    # 12 twice (most frequent); 13 and 11 once, 11 the latest; 3 is in the core; 25 and -1
+    # are outside the vocabulary
+    ids, placed = draft_head.prompt_slot_ids([13, 12, 3, 25, 12, 11, -1], core, fillers, 4)
+    assert ids.tolist() == [12, 11, 13, 15] and placed == 3
+    # a filler the prompt uses is not repeated
+    ids, placed = draft_head.prompt_slot_ids([16, 19], core, fillers, 4)
+    assert ids.tolist() == [19, 16, 15, 17] and placed == 2
+    # more missing tokens than slots: the most frequent win
+    ids, placed = draft_head.prompt_slot_ids([10, 11, 11, 12, 12, 12, 13], core, fillers, 2)
+    assert ids.tolist() == [12, 11] and placed == 2
+    ids, placed = draft_head.prompt_slot_ids([1, 2, 3], core, fillers, 4)
+    assert ids.tolist() == fillers.tolist() and placed == 0
+
+
+def test_a_head_with_slots_puts_its_least_frequent_ids_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path / "home"))
+    tok = CharTokenizer(ALPHABET, eos=255)
+    corpus = tmp_path / "corpus.txt"
+    frequent = list(range(100, 227))  # 127 ids by falling count, and the EOS: 128
+    corpus.write_text("".join(ALPHABET[i] * (300 - i) for i in frequent))
+    full = draft_head.frequent_tokens(tok, 256, 128, [corpus])
+    ids, slots = draft_head.head_with_slots(tok, 256, 128, 100, [corpus])  # 100 -> 64
+    assert slots == 64 and sorted(ids.tolist()) == full.tolist()
+    # the fixed rows: the EOS and the 63 most frequent, ascending; the fillers after them
+    assert ids[:64].tolist() == [*frequent[:63], 255]
+    assert ids[64:].tolist() == frequent[63:]
+    assert draft_head.head_with_slots(tok, 256, 128, 500, [corpus])[1] == 64  # half at most
+    none, zero = draft_head.head_with_slots(tok, 256, 128, 0, [corpus])
+    assert zero == 0 and none.tolist() == full.tolist()

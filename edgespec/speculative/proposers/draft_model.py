@@ -32,11 +32,14 @@ if TYPE_CHECKING:
 
 def draft_of(runtime: Runtime, config: SpecConfig) -> Model:
     """The runtime's draft model, narrowed to a frequent-token head when
-    ``config.draft_head`` asks for one (:meth:`Runtime.draft_with_head`)."""
+    ``config.draft_head`` asks for one (:meth:`Runtime.draft_with_head`), with
+    ``config.draft_head_prompt`` prompt slots."""
     assert runtime.draft is not None
     if not config.draft_head:
         return runtime.draft
-    return runtime.draft_with_head(config.draft_head, config.draft_head_corpus)
+    return runtime.draft_with_head(
+        config.draft_head, config.draft_head_corpus, config.draft_head_prompt
+    )
 
 
 #: tokens a draft model's cache can lag behind after a speculative step (its last drafted
@@ -67,6 +70,7 @@ class DraftModelProposer(Proposer):
 
     def begin(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
         self.params = params
+        self.model.fit_head(prompt_ids)  # a draft head's prompt slots (no-op otherwise)
         self.model.reset()
         self.cached = []
 
