@@ -16,6 +16,12 @@ workloads fell outside the default head at 2.4 % (code), 7.8 % (chat), 5.1 % (js
 10.6 % (summarize); by counts alone 2.4, 14.4, 7.8 and 16.3 %, by id order alone 4.0, 5.7,
 8.6 and 10.3 % (``benchmarks/draft_head_coverage.py``). The counts are cached under
 ``$EDGESPEC_HOME/draft_heads``.
+
+Prompt slots: the head's least frequent rows (1024 by default) are refilled per generation
+with the prompt's tokens the other rows lack (:func:`prompt_slot_ids`,
+``Model.fit_head``), since answers copy a prompt's rare tokens; with them the misses above
+are 1.3, 6.9, 3.5 and 0.8 %. A draft gets a head by default where :func:`default_size`
+says so.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import numpy as np
 from edgespec.errors import EdgespecError
 from edgespec.fileutil import atomic_path
 from edgespec.home import edgespec_home
+from edgespec.model import Model
 from edgespec.tokenizer import Tokenizer
 
 #: head sizes are rounded up to this (the quantized kernels' output tile)
@@ -38,6 +45,19 @@ HEAD_MULTIPLE = 64
 CORPUS_CHARS = 8_000_000
 #: bump when the selection below changes meaning (cached lists rekey)
 HEAD_VERSION = 1
+#: the head a draft gets when ``--draft-head`` is not given (:func:`default_size`)
+DEFAULT_SIZE = 32768
+#: ... provided its vocabulary is at least this many times larger
+DEFAULT_MIN_RATIO = 4
+
+
+def default_size(model: Model) -> int:
+    """The head a draft model gets by default: :data:`DEFAULT_SIZE` tokens when its backend
+    can narrow it (:attr:`Model.takes_head`) and its vocabulary is at least
+    :data:`DEFAULT_MIN_RATIO` times larger, else 0 (the full vocabulary). Measured on the
+    Qwen2.5 0.5B draft (V = 151936) on tvm (docs/benchmarks.md sections 10 and 11)."""
+    big = model.info.vocab_size >= DEFAULT_MIN_RATIO * DEFAULT_SIZE
+    return DEFAULT_SIZE if big and model.takes_head else 0
 
 
 def default_corpus() -> list[Path]:

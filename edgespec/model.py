@@ -60,6 +60,11 @@ class Model(ABC):
     #: logit is ``-inf``. None: the full vocabulary.
     head_ids: np.ndarray | None = None
 
+    @property
+    def takes_head(self) -> bool:
+        """True when :meth:`with_head` can narrow this model."""
+        return False
+
     def with_head(self, ids: np.ndarray, slots: int = 0) -> Model:
         """A frequent-token draft head (:mod:`edgespec.draft_head`): a model sharing this
         one's weights whose output layer computes the logits of ``ids`` only (the others

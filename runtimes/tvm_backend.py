@@ -770,6 +770,7 @@ class Built:
         choice: the weights build (:func:`weights_choice`).
         arch: the architecture (library cache key).
         target: the ``tvm.target.Target`` compiled for.
+        progress: say so on stderr when a head's library is compiled (the load's option).
     """
 
     path: Path
@@ -777,6 +778,7 @@ class Built:
     choice: str
     arch: str
     target: Any
+    progress: bool = False
 
 
 @dataclass
@@ -967,6 +969,11 @@ class TvmModel(SlotCacheModel):
         rows = untile(self.weights[-1].numpy())[ids]  # the fp32 build: [N, K]
         return [pack_weight(np.ascontiguousarray(rows.T))], spec
 
+    @property
+    def takes_head(self) -> bool:
+        """A model this backend built (not a bundle's library or OpenCL) and not narrowed."""
+        return self.built is not None and self.head_ids is None
+
     def with_head(self, ids: np.ndarray, slots: int = 0) -> TvmModel:
         """A frequent-token draft head: this model's library recompiled (once, cached) with an
         ``lm_head`` of only the rows ``ids``, sharing every other weight on the device, with
@@ -991,7 +998,7 @@ class TvmModel(SlotCacheModel):
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         ops, spec = self._lm_head_operands(_with_head(b.spec, ids, b.path, slots), ids)
         n_old = sum(p.partition(".")[0] == "lm_head" for p in b.spec.param_names())
-        lib = load_library(spec, b.arch, b.target, False)
+        lib = load_library(spec, b.arch, b.target, b.progress)
         other = copy.copy(self)
         other.vm = relax.VirtualMachine(lib, self.device)
         tensor = self._tvm.runtime.tensor
@@ -1009,23 +1016,22 @@ class TvmModel(SlotCacheModel):
 
     def fit_head(self, prompt: Sequence[int]) -> int:
         """Fill this head's prompt slots for ``prompt``; see :meth:`Model.fit_head`. Only
-        the slots' output tiles are repacked (about 20 ms for 1024 rows of the Qwen2.5
+        the slots' output tiles are repacked (about 15 ms for 1024 rows of the Qwen2.5
         0.5B's Q8_0 head) and only when the slot set changes."""
         slots = self._head
-        if slots is None or self.built is None:
+        if slots is None or self.built is None or self.head_ids is None:
             return 0
         from edgespec.draft_head import prompt_slot_ids
 
         n = slots.size
         ids, placed = prompt_slot_ids(prompt, slots.core, slots.fillers, n)
-        current = self.head_ids[-n:] if self.head_ids is not None else ids
-        if np.array_equal(np.sort(ids), np.sort(current)):
+        if np.array_equal(np.sort(ids), np.sort(self.head_ids[-n:])):
             return placed
         new, _ = slots.source._lm_head_operands(self.built.spec, ids)
         tensor = self._tvm.runtime.tensor
         first = len(self.weights) - len(slots.host)
         for i, (host, part) in enumerate(zip(slots.host, new, strict=True)):
-            tiles = host.shape[0] * n // len(self.head_ids)  # type: ignore[arg-type]
+            tiles = host.shape[0] * n // len(self.head_ids)
             if part.shape != (tiles, *host.shape[1:]):
                 raise EdgespecError(
                     f"the prompt slots were packed as {part.shape}, not in {tiles} of the "
@@ -1033,7 +1039,7 @@ class TvmModel(SlotCacheModel):
                 )
             host[-tiles:] = part
             self.weights[first + i] = tensor(host, self.device)
-        self.head_ids = np.concatenate([self.head_ids[:-n], ids])  # type: ignore[index]
+        self.head_ids = np.concatenate([self.head_ids[:-n], ids])
         return placed
 
     def forward_tree(self, tokens: Sequence[int], parents: Sequence[int]) -> np.ndarray:
@@ -1192,7 +1198,7 @@ class TvmBackend(Backend):
             options.n_ctx,
             (hp.n_layers, hp.n_head_kv, hp.head_dim),
         )
-        model.built = Built(path, spec, choice, hp.arch, target)
+        model.built = Built(path, spec, choice, hp.arch, target, options.progress)
         if options.n_threads:
             model.set_threads(options.n_threads)
         return model

@@ -21,6 +21,10 @@ def _k(value: Any, name: str) -> int | None:
     return value
 
 
+def _head(value: Any, name: str) -> int | None:
+    return None if value is None else at_least(0)(value, name)
+
+
 def _layers(value: Any, name: str) -> str | int | None:
     if value is None or isinstance(value, (str, int)) and not isinstance(value, bool):
         return value
@@ -76,7 +80,8 @@ class SpecConfig(Options):
         tree: let proposers that can build token trees do so (needs a tree-capable backend).
         draft_head: the draft model (``draft`` and ``tree`` proposers) computes the logits
             of only this many of the most frequent tokens (a frequent-token head, FR-Spec;
-            rounded up to 64; lossless, since the target verifies); 0: every token. See
+            rounded up to 64; lossless, since the target verifies); 0: every token; None
+            (the default): :func:`edgespec.draft_head.default_size` of the draft. See
             :mod:`edgespec.draft_head`.
         draft_head_corpus: a UTF-8 text file whose token counts choose the head; None: the
             Python standard library (a code corpus).
@@ -137,11 +142,12 @@ class SpecConfig(Options):
     tree: bool = option(
         True, "let proposers build token trees (tree-capable backends)", check=_flag
     )
-    draft_head: int = option(
-        0,
+    draft_head: int | None = option(
+        None,
         "the draft model computes the logits of only this many most frequent tokens "
-        "(rounded up to 64; 0: all; tvm backend)",
-        check=at_least(0),
+        "(rounded up to 64; 0: all; default: 32768 where the draft's backend has such heads "
+        "and its vocabulary is at least 4x that)",
+        check=_head,
         metavar="N",
     )
     draft_head_corpus: str | None = option(

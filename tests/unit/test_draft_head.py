@@ -16,6 +16,17 @@ pytestmark = pytest.mark.unit
 ALPHABET = "".join(chr(0x100 + i) for i in range(256))
 
 
+def _counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ids: list[int], top: int
+) -> tuple[CharTokenizer, Path]:
+    """A fresh ``$EDGESPEC_HOME``, a tokenizer whose EOS is 255, and a corpus where id i
+    occurs ``top - i`` times for each of ``ids``."""
+    monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path / "home"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(ALPHABET[i] * (top - i) for i in ids))
+    return CharTokenizer(ALPHABET, eos=255), corpus
+
+
 def test_select_orders_always_counts_then_ids() -> None:
     counts = np.zeros(10, dtype=np.int64)
     counts[[7, 3, 9]] = [5, 9, 5]  # 3 most frequent, then 7 and 9 (ties by id)
@@ -29,11 +40,8 @@ def test_select_orders_always_counts_then_ids() -> None:
 def test_frequent_tokens_counts_the_corpus_and_caches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path / "home"))
-    tok = CharTokenizer(ALPHABET, eos=255)
-    corpus = tmp_path / "corpus.txt"
     frequent = list(range(100, 163))  # 63 ids with counts, and the EOS: 64
-    corpus.write_text("".join(ALPHABET[i] * (200 - i) for i in frequent))
+    tok, corpus = _counted(tmp_path, monkeypatch, frequent, 200)
     ids = draft_head.frequent_tokens(tok, 256, 50, [corpus])  # rounded up to 64
     assert ids.tolist() == [*frequent, 255]
     # the model may have more logits than the tokenizer has tokens: the head still fits
@@ -112,11 +120,8 @@ def test_prompt_slots_take_the_prompts_missing_tokens_most_frequent_first() -> N
 def test_a_head_with_slots_puts_its_least_frequent_ids_last(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path / "home"))
-    tok = CharTokenizer(ALPHABET, eos=255)
-    corpus = tmp_path / "corpus.txt"
     frequent = list(range(100, 227))  # 127 ids by falling count, and the EOS: 128
-    corpus.write_text("".join(ALPHABET[i] * (300 - i) for i in frequent))
+    tok, corpus = _counted(tmp_path, monkeypatch, frequent, 300)
     full = draft_head.frequent_tokens(tok, 256, 128, [corpus])
     ids, slots = draft_head.head_with_slots(tok, 256, 128, 100, [corpus])  # 100 -> 64
     assert slots == 64 and sorted(ids.tolist()) == full.tolist()
@@ -126,3 +131,28 @@ def test_a_head_with_slots_puts_its_least_frequent_ids_last(
     assert draft_head.head_with_slots(tok, 256, 128, 500, [corpus])[1] == 64  # half at most
     none, zero = draft_head.head_with_slots(tok, 256, 128, 0, [corpus])
     assert zero == 0 and none.tolist() == full.tolist()
+
+
+def test_the_default_head_needs_a_backend_with_heads_and_a_large_vocabulary(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edgespec.runtime import Runtime
+    from edgespec.runtimes.base import LoadOptions, ModelSource
+    from edgespec.speculative.config import SpecConfig
+    from edgespec.speculative.proposers.draft_model import draft_of
+
+    big = PrefixModel(vocab_size=4 * draft_head.DEFAULT_SIZE)
+    assert draft_head.default_size(big) == 0  # the fake backend has no heads
+    monkeypatch.setattr(PrefixModel, "takes_head", property(lambda self: True))
+    assert draft_head.default_size(big) == draft_head.DEFAULT_SIZE
+    small = PrefixModel(vocab_size=4 * draft_head.DEFAULT_SIZE - 1)
+    assert draft_head.default_size(small) == 0
+    # draft_of: the default asks for that head; 0 turns it off even where it would apply
+    asked: list[int] = []
+    src = ModelSource("gguf", Path("fake.gguf"), "fake")
+    rt = Runtime(CharTokenizer(ALPHABET), big, "fake", src, LoadOptions(), big)
+    monkeypatch.setattr(rt, "draft_with_head", lambda size, *a: asked.append(size) or big)
+    draft_of(rt, SpecConfig(proposers=("draft",)))
+    assert asked == [draft_head.DEFAULT_SIZE]
+    assert draft_of(rt, SpecConfig(proposers=("draft",), draft_head=0)) is big
+    assert asked == [draft_head.DEFAULT_SIZE]

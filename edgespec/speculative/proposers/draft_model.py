@@ -32,14 +32,17 @@ if TYPE_CHECKING:
 
 def draft_of(runtime: Runtime, config: SpecConfig) -> Model:
     """The runtime's draft model, narrowed to a frequent-token head when
-    ``config.draft_head`` asks for one (:meth:`Runtime.draft_with_head`), with
-    ``config.draft_head_prompt`` prompt slots."""
+    ``config.draft_head`` asks for one, or by default where
+    :func:`~edgespec.draft_head.default_size` says so (:meth:`Runtime.draft_with_head`),
+    with ``config.draft_head_prompt`` prompt slots."""
+    from edgespec.draft_head import default_size
+
     assert runtime.draft is not None
-    if not config.draft_head:
+    size = config.draft_head
+    size = default_size(runtime.draft) if size is None else size
+    if not size:
         return runtime.draft
-    return runtime.draft_with_head(
-        config.draft_head, config.draft_head_corpus, config.draft_head_prompt
-    )
+    return runtime.draft_with_head(size, config.draft_head_corpus, config.draft_head_prompt)
 
 
 #: tokens a draft model's cache can lag behind after a speculative step (its last drafted
