@@ -172,6 +172,23 @@ def frequent_tokens(
         EdgespecError: a bad size, an unreadable or empty corpus.
     """
     size = head_size(size, n_vocab)
+    counts = corpus_counts(tokenizer, n_vocab, corpus, progress)
+    return select(counts, size, _always(tokenizer, n_vocab), corpus is None)
+
+
+def corpus_counts(
+    tokenizer: Tokenizer,
+    n_vocab: int,
+    corpus: Sequence[str | Path] | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """How often each id occurs in ``corpus`` (as :func:`frequent_tokens` takes it):
+    ``int64[n_vocab]``, counted once and cached under ``$EDGESPEC_HOME/draft_heads``, keyed
+    by the tokenizer, the files' paths, sizes and mtimes.
+
+    Raises:
+        EdgespecError: an unreadable or empty corpus.
+    """
     files = default_corpus() if corpus is None else [Path(p).expanduser() for p in corpus]
     chars = CORPUS_CHARS if corpus is None else 0
     for f in files:
@@ -199,7 +216,7 @@ def frequent_tokens(
         with atomic_path(cache) as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, counts, allow_pickle=False)
-    return select(counts, size, _always(tokenizer, n_vocab), corpus is None)
+    return counts
 
 
 def _read_counts(cache: Path, n_vocab: int) -> np.ndarray | None:
@@ -239,12 +256,15 @@ def head_with_slots(
     Raises:
         EdgespecError: as :func:`frequent_tokens`.
     """
-    ids = frequent_tokens(tokenizer, n_vocab, size, corpus, progress)
-    slots = slot_count(slots, ids.size)
+    size = head_size(size, n_vocab)
+    counts = corpus_counts(tokenizer, n_vocab, corpus, progress)
+    always, interleave = _always(tokenizer, n_vocab), corpus is None
+    ids = select(counts, size, always, interleave)
+    slots = slot_count(slots, size)
     if not slots:
         return ids, 0
     # the selection is greedy in one order, so a smaller head is a subset of a larger one
-    core = frequent_tokens(tokenizer, n_vocab, ids.size - slots, corpus)
+    core = select(counts, size - slots, always, interleave)
     return np.concatenate([core, np.setdiff1d(ids, core)]), slots
 
 

@@ -264,10 +264,13 @@ class QBlocks:
         )
 
 
-def untile(a: np.ndarray) -> np.ndarray:
+def untile(a: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """A tiled operand ``a[N/tile, X, tile]`` (output feature j at ``[j // tile, :, j %
-    tile]``) as ``[N, X]``, one row per output feature."""
+    tile]``) as ``[N, X]``, one row per output feature; with ``rows`` (``int[M]``) only
+    those features, ``[M, X]``, gathered without un-tiling the rest."""
     nt, x, tile = a.shape
+    if rows is not None:
+        return a[rows // tile, :, rows % tile]
     return a.transpose(0, 2, 1).reshape(nt * tile, x)
 
 

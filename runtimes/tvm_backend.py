@@ -966,7 +966,7 @@ class TvmModel(SlotCacheModel):
         if b.choice in QUANTIZED:  # a float32 fallback, from the file
             w = gguf_float_weights(b.path, spec, ["lm_head"], llama, head_rows=ids)
             return [pack_weight(w["lm_head"])], spec
-        rows = untile(self.weights[-1].numpy())[ids]  # the fp32 build: [N, K]
+        rows = untile(self.weights[-1].numpy(), ids)  # the fp32 build: [N, K]
         return [pack_weight(np.ascontiguousarray(rows.T))], spec
 
     @property
