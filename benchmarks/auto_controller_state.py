@@ -1,18 +1,18 @@
-"""What ``auto``'s controller has learned after generations on one prompt: each proposer's
-drafting cost per token, its acceptance estimates, and the draft lengths it chose. This is
-the diagnosis in docs/benchmarks.md section 10. Run it at 99eba98 to see the draft's
-catch-up charged as drafting cost, and at HEAD to see it without.
+"""What ``auto``'s controller chose and learned, generation after generation: per step the
+proposer that drafted and its draft length, then each proposer's drafting cost per token
+and acceptance estimates, the verify cost curve and the host drift. This is the diagnosis
+in docs/benchmarks.md sections 10 and 12. Options after ``--config`` go to ``auto``
+(e.g. ``--config probe_follow=false cost_drift=false`` for the controller before 12).
 
-    .venv/bin/python benchmarks/auto_controller_state.py
+    .venv/bin/python benchmarks/auto_controller_state.py --workloads summarize chat json code
+
+The step line has one character per step: ``.`` plain, else the proposer's initial
+(``d`` draft, ``n`` ngram, ``r`` recycle); the line below it the draft length (9: 9 or more).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -21,11 +21,15 @@ def main() -> None:
     ap.add_argument("--draft", default="qwen2.5-coder-0.5b")
     ap.add_argument("--weights", default="gguf-q8act")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=2, help="rounds over the prompts")
+    ap.add_argument("--workloads", nargs="+", default=["code"])
+    ap.add_argument("--per-workload", type=int, default=1)
+    ap.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE")
     ap.add_argument("-n", type=int, default=128, help="new tokens per generation")
     args = ap.parse_args()
 
     import edgespec
+    from edgespec.bench.workloads import load_workloads
 
     rt = edgespec.load(
         args.model,
@@ -35,20 +39,33 @@ def main() -> None:
         n_threads=args.threads,
         progress=False,
     )
-    line = (ROOT / "benchmarks" / "workloads" / "code.jsonl").read_text().splitlines()[0]
-    prompt = json.loads(line)["prompt"]
+    from edgespec.speculative.config import SpecConfig
+
+    pairs = (kv.split("=", 1) for kv in args.config)
+    config = {k: SpecConfig.parse_value(k, v) for k, v in pairs} or None
+    prompts = load_workloads(args.workloads, per_workload=args.per_workload)
     for i in range(args.runs):
-        res = rt.generate(prompt, max_new_tokens=args.n, strategy="auto", ignore_eos=True)
-        (session,) = rt._sessions.values()
-        c = session.controller
-        cost = {n: round(v * 1e3, 1) for n, v in c.draft_cost.items()}
-        alpha = {n: [round(float(x), 2) for x in a.alpha[:4]] for n, a in c.acceptance.items()}
-        curve = {n: round(v * 1e3, 1) for n, v in sorted(c.verify.points.items())}
-        print(f"run {i + 1}: {res.stats.tokens_per_s:.1f} tok/s, k per step:")
-        print("  " + "".join(str(min(k, 9)) for k in res.stats.k_trace))
-        print("  drafting cost per token (ms):", cost)
-        print("  acceptance at positions 1-4:", alpha)
-        print("  c_verify(n) (ms):", curve)
+        for p in prompts:
+            res = rt.generate(
+                p.prompt,
+                chat=p.chat,
+                max_new_tokens=args.n,
+                strategy="auto",
+                config=config,
+                ignore_eos=True,
+            )
+            (session,) = rt._sessions.values()
+            c, s = session.controller, res.stats
+            drift = c.verify.drift
+            cost = {n: round(v * drift * 1e3, 1) for n, v in c.draft_cost.items()}
+            alpha = {n: [round(float(x), 2) for x in a.alpha[:4]] for n, a in c.acceptance.items()}
+            curve = {n: round(c.verify(n) * 1e3, 1) for n in sorted(c.verify.points)}
+            print(f"run {i + 1} {p.id}: {s.tokens_per_s:.1f} tok/s; {s.steps_by_proposer()}")
+            print("  " + "".join(n[:1] or "." for n in s.proposer_trace))
+            print("  " + "".join(str(min(k, 9)) for k in s.k_trace))
+            print("  drafting cost per token (ms):", cost)
+            print("  acceptance at positions 1-4:", alpha)
+            print(f"  c_verify(n) (ms), drift {drift:.3f}:", curve)
     rt.close()
 
 

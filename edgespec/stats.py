@@ -37,6 +37,9 @@ class Stats:
         accept_hist: {accepted draft tokens in a step: number of steps}.
         mean_accepted_per_forward: new tokens per target forward after prefill.
         k_trace: the draft length chosen at each step (0 = plain decoding).
+        proposer_trace: the proposer that drafted at each step ("" for a plain step), in
+            step with ``k_trace``.
+        accepted_trace: the draft tokens accepted at each step, in step with ``k_trace``.
         token_share: {"target": fraction, "draft": fraction} of new tokens by producer.
         stop_reason: "eos", "stop_string", "max_new_tokens" or "context".
         notes: human-readable events (fallbacks, warnings).
@@ -89,6 +92,8 @@ class Stats:
     switches: int = 0
     entropy_trace: list[float] = field(default_factory=list)
     model_trace: str = ""
+    proposer_trace: list[str] = field(default_factory=list)
+    accepted_trace: list[int] = field(default_factory=list)
     probe_s: float = 0.0
     compressed_from: int = 0
     compressed_to: int = 0
@@ -110,6 +115,20 @@ class Stats:
             return None
         return self.model_trace.count("t") / len(self.model_trace)
 
+    def steps_by_proposer(self) -> str:
+        """``plain 80, draft 30 (2.87 accepted a step), ngram 6 (0.50)``: the steps each
+        proposer drafted (plain steps first), with their mean accepted draft tokens."""
+        count: Counter[str] = Counter()
+        accepted: Counter[str] = Counter()
+        for name, n in zip(self.proposer_trace, self.accepted_trace, strict=True):
+            count[name] += 1
+            accepted[name] += n
+        parts = [f"plain {count.pop('')}"] if "" in count else []
+        for i, (name, steps) in enumerate(count.most_common()):
+            mean = f"{accepted[name] / steps:.2f}" + (" accepted a step" if i == 0 else "")
+            parts.append(f"{name} {steps} ({mean})")
+        return ", ".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["accept_hist"] = {str(k): v for k, v in sorted(self.accept_hist.items())}
@@ -128,6 +147,8 @@ class Stats:
             f"draft {self.draft_s * 1000:.0f} ms, verify {self.verify_s * 1000:.0f} ms",
             f"acceptance histogram {hist}",
         ]
+        if self.proposer_trace:
+            lines.append("steps: " + self.steps_by_proposer())
         if self.model_trace:
             lines.append(
                 f"switches {self.switches}, small model in charge for "
@@ -187,6 +208,8 @@ class StatsRecorder:
     verify_s: float = 0.0
     accept_hist: Counter[int] = field(default_factory=Counter)
     k_trace: list[int] = field(default_factory=list)
+    proposer_trace: list[str] = field(default_factory=list)
+    accepted_trace: list[int] = field(default_factory=list)
     from_draft: int = 0
     notes: list[str] = field(default_factory=list)
     switches: int = 0
@@ -269,6 +292,8 @@ class StatsRecorder:
             switches=self.switches,
             entropy_trace=list(self.entropy_trace[:new_tokens]),
             model_trace=self.model_trace[:new_tokens],
+            proposer_trace=list(self.proposer_trace),
+            accepted_trace=list(self.accepted_trace),
             probe_s=self.probe_s,
             compressed_from=self.compressed_from,
             compressed_to=self.compressed_to,

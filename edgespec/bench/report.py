@@ -363,6 +363,8 @@ def render_csv(doc: dict[str, Any]) -> str:
         row = dict(r)
         row["accept_hist"] = json.dumps(r["accept_hist"], sort_keys=True)
         row["k_trace"] = " ".join(str(k) for k in r["k_trace"])
+        row["proposer_trace"] = " ".join(n or "-" for n in r.get("proposer_trace", ()))
+        row["accepted_trace"] = " ".join(str(n) for n in r.get("accepted_trace", ()))
         w.writerow(row)
     return buf.getvalue()
 

@@ -669,6 +669,8 @@ class Bench:
             "accepted_draft_tokens": 0,
             "accept_hist": {},
             "k_trace": [],
+            "proposer_trace": [],
+            "accepted_trace": [],
             "large_share": None,
             "switches": None,
             "notes": [],
@@ -698,6 +700,8 @@ class Bench:
             "accepted_draft_tokens": draft_tokens,
             "accept_hist": {str(k): v for k, v in sorted(s.accept_hist.items())},
             "k_trace": list(s.k_trace),
+            "proposer_trace": list(s.proposer_trace),  # who drafted each step ("": plain)
+            "accepted_trace": list(s.accepted_trace),
             "large_share": s.large_share,  # two-model strategies only, else None
             "switches": s.switches if s.large_share is not None else None,
             "notes": list(s.notes),

@@ -48,6 +48,10 @@ RUN_PROPERTIES: dict[str, Any] = {
     "agree_plain": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
     "accept_hist": _HIST,
     "k_trace": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+    # per step, in step with k_trace: the proposer that drafted ("" for a plain step) and
+    # the draft tokens accepted
+    "proposer_trace": {"type": "array", "items": {"type": "string"}},
+    "accepted_trace": {"type": "array", "items": {"type": "integer", "minimum": 0}},
     # two-model strategies (null otherwise): share of tokens written while the large model
     # was in charge, and model switches
     "large_share": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
@@ -66,6 +70,8 @@ RUN_OPTIONAL = frozenset(
     {
         "large_share",
         "switches",
+        "proposer_trace",
+        "accepted_trace",
         "first_divergence",
         "divergence_gap",
         "near_tie",

@@ -77,6 +77,20 @@ class SpecConfig(Options):
             (up to 32x) across generations. Acceptance is a property of the prompt, but two
             A/B runs on the Qwen pair disagreed on which is faster (docs/benchmarks.md
             section 9), so the default stays the cheaper one.
+        probe_always: steps that speculate count toward the next probe as plain ones do
+            (with a controller that chooses k), so the proposers not in use are re-tried
+            while another drafts; False: only plain steps count, and a proposer chosen every
+            step (recycling's k = 2 drafts) kept better ones from being tried again
+            (docs/benchmarks.md section 12).
+        probe_follow: a probe whose whole draft was accepted is followed by another of the
+            same proposer at the next step, up to :data:`~edgespec.speculative.session.
+            FOLLOW_UPS` in a row: one success moves an estimate by 15 % of its gap only, so
+            a proposer that turned good (a new prompt) waited one probe interval per step
+            of its re-learning.
+        cost_drift: the controller's verify cost curve is a shape times one drift factor
+            that every forward updates, and drafting costs follow the same factor
+            (:class:`~edgespec.speculative.controller.CostCurve`); False: each draft
+            length's cost learns only from forwards of that length.
         tree: let proposers that can build token trees do so (needs a tree-capable backend).
         draft_head: the draft model (``draft`` and ``tree`` proposers) computes the logits
             of only this many of the most frequent tokens (a frequent-token head, FR-Spec;
@@ -137,6 +151,24 @@ class SpecConfig(Options):
         False,
         "each generation starts probing every probe_every plain steps again (false: the "
         "interval failed probes doubled carries over to later generations)",
+        check=_flag,
+    )
+    probe_always: bool = option(
+        True,
+        "steps that speculate count toward the next probe too, so proposers not in use are "
+        "re-tried while another drafts (false: only plain steps count)",
+        check=_flag,
+    )
+    probe_follow: bool = option(
+        True,
+        "a probe whose whole draft was accepted is followed by another at the next step "
+        "(up to 8 in a row), so a proposer that turned good is re-learned in a few steps",
+        check=_flag,
+    )
+    cost_drift: bool = option(
+        True,
+        "every forward rescales the whole verify cost curve and the drafting costs by the "
+        "host's speed (false: each draft length learns only from its own forwards)",
         check=_flag,
     )
     tree: bool = option(

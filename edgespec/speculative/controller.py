@@ -17,29 +17,50 @@ import numpy as np
 class CostCurve:
     """``c_verify(n)``: seconds for one target forward of n tokens (n = k + 1).
 
-    Starts from measured points (a cost curve) and keeps learning from live forwards
-    with an exponential moving average. Between points it interpolates linearly; beyond the
-    last point it extrapolates with the last slope.
+    The curve is a shape times a drift: ``c_verify(n) = drift * shape(n)``. The shape starts
+    from measured points (a cost curve) and keeps learning per size from live forwards with
+    an exponential moving average; between points it interpolates linearly, and beyond the
+    last point it extrapolates with the last slope. The drift is one factor that every live
+    forward updates, whatever its size: a host that slows down (other processes, a phone's
+    thermal throttling) slows every size alike. Without it only the sizes the controller
+    keeps choosing followed the host, and a point learned in a slow spell and never chosen
+    again stayed slow, which could keep the controller at a short draft for whole answers
+    (docs/benchmarks.md section 12).
 
     Attributes:
-        points: {n tokens: seconds}.
-        ema: weight of a new observation.
+        points: {n tokens: seconds at drift 1} (the shape).
+        ema: weight of a new observation in its own size's point.
+        drift_rate: weight of a new observation in the drift (geometric mean of the
+            observed / expected ratios); 0: no drift, each size learns only from its own
+            forwards.
+        drift: the current factor (1 until forwards are observed).
     """
 
     points: dict[int, float] = field(default_factory=dict)
     ema: float = 0.2
+    drift_rate: float = 0.0
+    drift: float = 1.0
     _table: np.ndarray | None = field(default=None, repr=False)
     _table_of: dict[int, float] = field(default_factory=dict, repr=False)
 
     def observe(self, n: int, seconds: float) -> None:
+        """Learn from one live forward of ``n`` tokens that took ``seconds``."""
+        if self.drift_rate and seconds > 0 and any(x >= 1 for x in self.points):
+            expected = self(n)
+            if expected > 0:
+                self.drift *= (seconds / expected) ** self.drift_rate
+        shape = seconds / self.drift
         old = self.points.get(n)
-        self.points[n] = seconds if old is None else (1 - self.ema) * old + self.ema * seconds
+        self.points[n] = shape if old is None else (1 - self.ema) * old + self.ema * shape
 
     def __call__(self, n: int) -> float:
         return float(self.at(np.array([n], dtype=np.float64))[0])
 
     def at(self, ns: np.ndarray) -> np.ndarray:
         """``c_verify`` at every size in ``ns`` (``float64[m]``, each >= 1) in one pass."""
+        return self.drift * self._shape(ns)
+
+    def _shape(self, ns: np.ndarray) -> np.ndarray:
         points = {x: y for x, y in self.points.items() if x >= 1}
         if not points:
             return 1.0 * ns  # no idea yet: assume linear, which discourages speculation
@@ -52,13 +73,14 @@ class CostCurve:
         return np.where(ns <= xs[-1], np.interp(ns, xs, ys), ys[-1] + slope * (ns - xs[-1]))
 
     def table(self, n_max: int) -> np.ndarray:
-        """``float64[n_max + 1]``: ``c_verify(n)`` for n = 0..n_max (entry 0 unused); cached
-        while ``points`` is unchanged (every plain step changes them: one vectorised pass)."""
+        """``float64[n_max + 1]``: ``c_verify(n)`` for n = 0..n_max (entry 0 unused); the
+        shape is cached while ``points`` is unchanged (every plain step changes them: one
+        vectorised pass)."""
         if self._table is None or len(self._table) <= n_max or self._table_of != self.points:
             self._table_of = dict(self.points)
             ns = np.arange(1, n_max + 1, dtype=np.float64)
-            self._table = np.concatenate([[0.0], self.at(ns)])
-        return self._table[: n_max + 1]
+            self._table = np.concatenate([[0.0], self._shape(ns)])
+        return self.drift * self._table[: n_max + 1]
 
 
 @dataclass
@@ -127,16 +149,19 @@ class Controller:
     Attributes:
         verify: the target's cost curve.
         acceptance: per proposer acceptance estimates.
-        draft_cost: per proposer seconds per drafted token (EMA over whole propose calls,
-            so catch-up forwards and lookups are included).
+        draft_cost: per proposer seconds per drafted token at drift 1 (EMA over propose
+            calls; a draft model's catch-up is not charged). The controller multiplies
+            them by the cost curve's drift: the host's speed moves drafting and verifying
+            alike.
         max_k: largest k considered.
         fixed_k: when set, always this k (less when the room is smaller), drafted by the
             proposer with the most expected tokens ``E(k)`` (live acceptance, not timings, so
             seeded runs repeat); the others, in that order, are its fallbacks.
         allow_plain: whether k = 0 may be chosen.
-        switch_penalty: seconds a speculative step costs on top of ``c_verify`` because the
-            backend changes batch shape (measured by the probe as ``c_verify(0)``); charged to
-            every k > 0 so that speculation must win by more than it costs to switch.
+        switch_penalty: seconds (at drift 1) a speculative step costs on top of
+            ``c_verify`` because the backend changes batch shape (measured by the probe as
+            ``c_verify(0)``); charged to every k > 0 so that speculation must win by more
+            than it costs to switch.
         margin: speculation is chosen over plain decoding only when its expected rate is
             at least this fraction higher (estimates are noisy; plain is the safe default).
     """
@@ -154,8 +179,9 @@ class Controller:
         """Expected tokens per second of one step."""
         if proposer is None or k == 0:
             return 1.0 / self.verify(1)
-        cost = self.verify(k + 1) + self.switch_penalty
-        cost += k * self.draft_cost.get(proposer, 0.0)
+        drift = self.verify.drift
+        cost = self.verify(k + 1) + drift * self.switch_penalty
+        cost += k * drift * self.draft_cost.get(proposer, 0.0)
         return self.acceptance[proposer].expected_tokens(k) / cost
 
     def choose(self, limit: int) -> Choice:
@@ -176,9 +202,10 @@ class Controller:
         if k_max < 1:
             return best
         ks = np.arange(1, k_max + 1)
-        verify = self.verify.table(k_max + 1)[ks + 1] + self.switch_penalty
+        drift = self.verify.drift
+        verify = self.verify.table(k_max + 1)[ks + 1] + drift * self.switch_penalty
         for name in names:  # vectorised expected_rate over k = 1..k_max
-            cost = verify + ks * self.draft_cost.get(name, 0.0)
+            cost = verify + ks * (drift * self.draft_cost.get(name, 0.0))
             rates = self.acceptance[name].expected_tokens_all(k_max)[1:] / cost
             i = int(np.argmax(rates))
             if rates[i] > bar and rates[i] > best.expected_rate:
@@ -186,7 +213,8 @@ class Controller:
         return best
 
     def record_draft(self, proposer: str, k: int, seconds: float, ema: float = 0.2) -> None:
-        """Learn a proposer's drafting cost from one call that drafted ``k`` tokens."""
-        per = seconds / max(k, 1)
+        """Learn a proposer's drafting cost from one call that drafted ``k`` tokens (stored
+        at drift 1)."""
+        per = seconds / max(k, 1) / self.verify.drift
         old = self.draft_cost.get(proposer)
         self.draft_cost[proposer] = per if old is None else (1 - ema) * old + ema * per

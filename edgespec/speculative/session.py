@@ -28,6 +28,13 @@ if TYPE_CHECKING:
 PROBE_SIZES = (1, 2, 3, 5, 9)
 #: trees are used only where a tree forward costs at most this much more than a chain
 TREE_OVERHEAD_LIMIT = 1.25
+#: draft length of a probe
+PROBE_K = 2
+#: most follow-up probes in a row (``SpecConfig.probe_follow``)
+FOLLOW_UPS = 8
+#: the cost curve's learning rates with ``SpecConfig.cost_drift``: the drift follows the host
+#: fast, the shape of each size slowly (docs/benchmarks.md section 12 simulates the choice)
+DRIFT_RATE, SHAPE_EMA = 0.3, 0.1
 
 
 @dataclass
@@ -47,6 +54,11 @@ class SpecSession:
             runtime adds it to the stats of the generation that built the session.
         last_tried: {proposer: the step (counted over the session) it last drafted in or
             was probed}; a probe goes to the proposer tried least recently.
+        follow: the proposer whose probe was just fully accepted (``probe_follow``): the
+            next step probes it again unless the controller chooses it itself.
+        plain_run: steps toward the next probe: plain steps, and with ``probe_always``
+            speculative ones too (with a controller that chooses k).
+        follow_run: follow-up probes in a row so far.
     """
 
     config: SpecConfig
@@ -58,6 +70,8 @@ class SpecSession:
     probe_s: float = 0.0
     last_tried: dict[str, int] = field(default_factory=dict)
     steps: int = 0
+    follow: str | None = None
+    follow_run: int = 0
 
     @classmethod
     def build(cls, runtime: Runtime, config: SpecConfig, *, allow_plain: bool) -> SpecSession:
@@ -83,7 +97,9 @@ class SpecSession:
             source = "probe"
         penalty = points.pop(0, 0.0)
         controller = Controller(
-            verify=CostCurve(dict(points)),
+            verify=CostCurve(dict(points), ema=SHAPE_EMA, drift_rate=DRIFT_RATE)
+            if config.cost_drift
+            else CostCurve(dict(points)),
             switch_penalty=penalty,
             acceptance={
                 n: Acceptance.prior(
@@ -107,6 +123,7 @@ class SpecSession:
     def begin(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
         self.plain_run = 0
         self.probing = False
+        self.follow, self.follow_run = None, 0
         if self.config.probe_per_prompt or not hasattr(self, "probe_interval"):
             self.probe_interval = self.config.probe_every
         for p in self.proposers.values():
@@ -123,28 +140,45 @@ class SpecSession:
         the best expected rate at k = 1). Probing the best at k = 1 alone never re-tried a
         draft model whose first, catch-up-laden calls made it look slow: a cheap lookup
         with poor acceptance always ranked above it (docs/benchmarks.md section 10).
+        With ``probe_always`` (the default) the steps that speculate count too, so the
+        proposers not in use are re-tried while another drafts: a mediocre proposer chosen
+        every step otherwise kept a better one from ever being tried again. With
+        ``probe_follow`` a fully accepted probe is followed by another at the next step
+        (up to :data:`FOLLOW_UPS` in a row), until the controller chooses that proposer
+        itself or a probe loses a token.
         """
         self.steps += 1
         self.probing = False
         if room <= 0 or not self.controller.acceptance:
             return Choice(None, 0, 0.0)
         choice = self.controller.choose(room)
-        if choice.k == 0:
-            self.plain_run += 1
-            every = self.probe_interval
-            if every and self.plain_run >= every:
-                self.plain_run = 0
-                self.probing = True
-                rate = self.controller.expected_rate
-                best = min(
-                    self.controller.acceptance,
-                    key=lambda n: (self.last_tried.get(n, -1), -rate(n, 1)),
-                )
-                self.last_tried[best] = self.steps  # also when it has nothing to draft
-                return Choice(best, min(2, room), 0.0)
-        else:
+        follow = self.follow
+        if follow in self.controller.acceptance and follow != choice.proposer:
+            self.follow = None
+            self.follow_run += 1
+            return self._probe(follow, room)
+        self.follow, self.follow_run = None, 0
+        counts = choice.k == 0 or (self.config.probe_always and self.controller.fixed_k is None)
+        if not counts:
             self.plain_run = 0
+            return choice
+        self.plain_run += 1
+        every = self.probe_interval
+        if every and self.plain_run >= every:
+            rate = self.controller.expected_rate
+            best = min(
+                self.controller.acceptance,
+                key=lambda n: (self.last_tried.get(n, -1), -rate(n, 1)),
+            )
+            if best != choice.proposer:
+                self.plain_run = 0
+                return self._probe(best, room)
         return choice
+
+    def _probe(self, name: str, room: int) -> Choice:
+        self.probing = True
+        self.last_tried[name] = self.steps  # also when it has nothing to draft
+        return Choice(name, min(PROBE_K, room), 0.0)
 
     def disable(self, name: str) -> None:
         """Stop using a proposer for the rest of the session (it failed)."""
@@ -154,15 +188,21 @@ class SpecSession:
         self, draft: Draft, verdict: Verdict, fed: Sequence[int], logits: np.ndarray
     ) -> None:
         """Update acceptance estimates and let proposers learn."""
+        depth = (max(draft.depths()) if draft.is_tree else draft.k) if draft.k else 0
         if self.probing and draft.k:
             base = self.config.probe_every
             self.probe_interval = (
                 base if verdict.n_accepted else min(self.probe_interval * 2, 32 * base)
             )
+            if (
+                self.config.probe_follow
+                and verdict.n_accepted == depth
+                and self.follow_run < FOLLOW_UPS
+            ):
+                self.follow = draft.source
         if draft.k:
             self.last_tried[draft.source] = self.steps
         if draft.k and draft.source in self.controller.acceptance:
-            depth = max(draft.depths()) if draft.is_tree else draft.k
             self.controller.acceptance[draft.source].update(depth, verdict.n_accepted)
         for p in self.proposers.values():
             p.observe(fed, logits)

@@ -128,6 +128,10 @@ def test_bench_writes_every_file_and_validates(tmp_path):
     assert all(r["new_tokens"] == 12 for r in runs)
     spec = [r for r in runs if r["label"] == SPEC]
     assert all(r["accept_hist"] and r["k_trace"] for r in spec)
+    for r in spec:  # who drafted each step, and what it got accepted, in step with k_trace
+        assert len(r["proposer_trace"]) == len(r["accepted_trace"]) == len(r["k_trace"])
+        assert {n for n, k in zip(r["proposer_trace"], r["k_trace"], strict=True) if k} <= {"ngram"}
+        assert sum(r["accepted_trace"]) == r["accepted_draft_tokens"]
     # ratios are run by run against the baseline beside them
     for i in range(0, len(runs), 3):
         b, a = runs[i], runs[i + 1]

@@ -242,8 +242,27 @@ def test_speculative_stats_in_json(monkeypatch):
     # steps give tokens 2..19; token 20 leaves no room for a draft, so it is a plain step
     assert d["accept_hist"] == {"2": 6}
     assert d["k_trace"] == [3, 3, 3, 3, 3, 3, 0]
+    assert d["proposer_trace"] == ["oracle"] * 6 + [""]
+    assert d["accepted_trace"] == [2] * 6 + [0]
     assert d["target_forwards"] == 1 + 7
     assert d["mean_accepted_per_forward"] == pytest.approx(19 / 7)
+
+
+def test_stats_say_which_proposer_drafted(monkeypatch):
+    rt = make_rt()
+    serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 1))
+    serve_proposer(monkeypatch, "silent", lambda r: Silent())
+    cfg = SpecConfig(proposers=("silent", "oracle"), k=3)
+    stats = rt.generate(PROMPT, max_new_tokens=12, strategy="speculative", config=cfg).stats
+    # "silent" ranks first and drafts nothing: its fallback "oracle" drafts; the last
+    # token leaves no room for a draft
+    assert stats.proposer_trace == ["oracle"] * 5 + [""]
+    assert stats.accepted_trace == [1] * 5 + [0]
+    assert stats.steps_by_proposer() == "plain 1, oracle 5 (1.00 accepted a step)"
+    assert "steps: plain 1, oracle 5 (1.00 accepted a step)" in stats.summary()
+    stats.proposer_trace[1:3] = ["", "other"]
+    stats.accepted_trace[1:3] = [0, 3]
+    assert stats.steps_by_proposer() == "plain 2, oracle 3 (1.00 accepted a step), other 1 (3.00)"
 
 
 def make_rt_with_draft(draft_seed, vocab=16, scale=3.0):
@@ -361,6 +380,116 @@ def test_probe_interval_restarts_with_each_prompt(monkeypatch, per_prompt):
     assert res.token_ids == rt.target.greedy(PROMPT, 60)
     probes = [i for i, k in enumerate(res.stats.k_trace) if k]
     assert probes == ([3, 11, 27] if per_prompt else [])
+
+
+def _follow_session(monkeypatch, rt, follow: bool, draft_cost: float = 0.0):
+    """An always-right oracle that the controller starts out believing bad (acceptance
+    0.05), costs where that belief keeps it plain, probes every 4 plain steps."""
+    serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, None))
+    cfg = SpecConfig(proposers=("oracle",), probe_every=4, probe_follow=follow)
+    session = rt.spec_session(cfg, allow_plain=True)
+    ctl = session.controller
+    ctl.verify.points = {n: 0.01 * (1 + 0.3 * (n - 1)) for n in range(1, 18)}
+    ctl.switch_penalty = 0.0
+    monkeypatch.setattr(ctl.verify, "observe", lambda n, s: None)
+    monkeypatch.setattr(ctl, "record_draft", lambda *a, **kw: None)
+    ctl.draft_cost["oracle"] = draft_cost
+    ctl.acceptance["oracle"].alpha[:] = 0.05
+    assert ctl.choose(8).k == 0
+    return cfg
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_a_fully_accepted_probe_is_followed_up(monkeypatch, follow):
+    """One accepted probe moves an estimate by 15 % of its gap; with ``probe_follow`` the
+    next step probes again, so a proposer that turned good is taken up within a few steps
+    instead of one probe interval per step of re-learning."""
+    assert SpecConfig().probe_follow is True
+    rt = make_rt()
+    cfg = _follow_session(monkeypatch, rt, follow)
+    res = rt.generate(PROMPT, max_new_tokens=80, strategy="speculative", config=cfg)
+    assert res.token_ids == rt.target.greedy(PROMPT, 80)
+    ks = res.stats.k_trace
+    first = next(i for i, k in enumerate(ks) if k)
+    assert first == 3  # the 4th plain step is the first probe
+    if follow:  # a follow-up, then the controller's own choice: no plain step until the end
+        assert ks[first + 1] == 2 and all(ks[first : len(ks) - 1])
+    else:  # the next probe waits for 4 more plain steps
+        assert ks[first + 1 : first + 5] == [0, 0, 0, 2]
+
+
+@pytest.mark.parametrize("always", [True, False])
+def test_proposers_not_in_use_are_probed_while_another_drafts(monkeypatch, always):
+    """ "meh" keeps 1 token of every draft, so the controller speculates with it at every
+    step; "great" is always right but believed bad. Counting only plain steps toward a
+    probe, "great" is never tried again (section 12: recycling's k = 2 drafts kept n-gram
+    and the draft model out of whole answers); counting every step, it is probed, followed
+    up, and taken."""
+    assert SpecConfig().probe_always is True
+
+    def named(name, correct):
+        class Named(OracleProposer):
+            pass
+
+        Named.name = name
+        return lambda r: Named(r.target, correct)
+
+    serve_proposer(monkeypatch, "meh", named("meh", 1))
+    serve_proposer(monkeypatch, "great", named("great", None))
+    cfg = SpecConfig(proposers=("meh", "great"), probe_every=4, probe_always=always)
+    rt = make_rt()
+    ctl = rt.spec_session(cfg, allow_plain=True).controller
+    ctl.verify.points = {n: 0.01 * (1 + 0.1 * (n - 1)) for n in range(1, 18)}
+    ctl.switch_penalty = 0.0
+    monkeypatch.setattr(ctl.verify, "observe", lambda n, s: None)
+    monkeypatch.setattr(ctl, "record_draft", lambda *a, **kw: None)
+    ctl.acceptance["meh"].alpha[:] = [1.0] + [0.0] * 7
+    ctl.acceptance["great"].alpha[:] = 0.05
+    assert ctl.choose(8).proposer == "meh"
+    res = rt.generate(PROMPT, max_new_tokens=150, strategy="speculative", config=cfg)
+    assert res.token_ids == rt.target.greedy(PROMPT, 150)
+    trace = [n for n in res.stats.proposer_trace if n]
+    if always:
+        assert trace[:4] == ["meh", "meh", "meh", "great"]
+        # then "great" drafts, and "meh" (not in use now) is probed every 4 steps in turn
+        later = trace[4:]
+        assert later.count("great") >= 3 * later.count("meh") > 0 and trace[-1] == "great"
+    else:
+        assert set(trace) == {"meh"}
+
+
+@pytest.mark.parametrize("drift", [True, False])
+def test_the_session_cost_curve_follows_the_host_by_default(drift):
+    assert SpecConfig().cost_drift is True
+    rt = make_rt()
+    session = rt.spec_session(SpecConfig(proposers=("ngram",), cost_drift=drift), allow_plain=True)
+    assert (session.controller.verify.drift_rate > 0) is drift
+
+
+def test_follow_ups_stop_after_a_few_in_a_row(monkeypatch):
+    """A proposer the controller never takes (its drafting is too slow) is probed at most
+    1 + FOLLOW_UPS times in a row; then plain steps until the next probe."""
+    from edgespec.speculative.session import FOLLOW_UPS
+
+    rt = make_rt()
+    cfg = _follow_session(monkeypatch, rt, True, draft_cost=1.0)
+    res = rt.generate(PROMPT, max_new_tokens=90, strategy="speculative", config=cfg)
+    assert res.token_ids == rt.target.greedy(PROMPT, 90)
+    chain = [0, 0, 0] + [2] * (1 + FOLLOW_UPS)
+    assert res.stats.k_trace[: 2 * len(chain)] == chain * 2
+
+
+def test_a_follow_up_stops_when_a_token_is_rejected(monkeypatch):
+    rt = make_rt()
+    serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 1))
+    cfg = SpecConfig(proposers=("oracle",), probe_every=4)
+    session = rt.spec_session(cfg, allow_plain=True)
+    session.controller.verify.points = {n: 0.01 * n for n in range(1, 18)}  # plain wins
+    monkeypatch.setattr(session.controller.verify, "observe", lambda n, s: None)
+    res = rt.generate(PROMPT, max_new_tokens=30, strategy="speculative", config=cfg)
+    assert res.token_ids == rt.target.greedy(PROMPT, 30)
+    # each probe keeps 1 of 2 tokens: no follow-up, the interval restarts at 4
+    assert res.stats.k_trace[:10] == [0, 0, 0, 2, 0, 0, 0, 2, 0, 0]
 
 
 @pytest.mark.parametrize("proposer", ["draft", "tree"])

@@ -24,7 +24,8 @@ def test_vectorised_choice_equals_brute_force():
     rng = np.random.default_rng(0)
     for _ in range(200):
         curve = CostCurve(
-            {1: 1.0, 2: 1 + rng.random(), 5: 2 + 2 * rng.random(), 9: 3 + 3 * rng.random()}
+            {1: 1.0, 2: 1 + rng.random(), 5: 2 + 2 * rng.random(), 9: 3 + 3 * rng.random()},
+            drift=0.5 + rng.random(),
         )
         acc = {n: Acceptance(rng.random(8)) for n in ("a", "b")}
         c = Controller(
@@ -151,3 +152,59 @@ def test_cost_curve_table_equals_its_scalar_definition():
         for n in range(1, 18):
             assert table[n] == pytest.approx(scalar(points, n), rel=1e-12, abs=1e-15)
             assert curve(n) == pytest.approx(scalar(points, n), rel=1e-12, abs=1e-15)
+
+
+SHAPE = {1: 1.0, 2: 1.2, 3: 1.4, 4: 1.6, 5: 1.8}
+
+
+def drifting() -> CostCurve:
+    from edgespec.speculative.session import DRIFT_RATE, SHAPE_EMA
+
+    return CostCurve(dict(SHAPE), ema=SHAPE_EMA, drift_rate=DRIFT_RATE)
+
+
+def test_a_slower_host_slows_every_size_not_only_the_one_observed():
+    """Plain steps (n = 1) at twice the stored cost: with the drift the whole curve follows,
+    so speculation does not look twice as cheap as it is. One size alone cannot tell the
+    host from the shape; on this deterministic sequence the drift takes 79 % of the log
+    ratio (c(5) 1.73x its stored value), without it nothing but c(1) moves."""
+    fixed, drift = CostCurve(dict(SHAPE)), drifting()
+    for _ in range(30):
+        fixed.observe(1, 2.0)
+        drift.observe(1, 2.0)
+    assert fixed(1) == pytest.approx(2.0, rel=1e-2) and drift(1) == pytest.approx(2.0, rel=1e-5)
+    assert fixed(5) == 1.8
+    assert drift(5) > 1.7 * 1.8
+
+
+def test_a_point_learned_in_a_slow_spell_does_not_stay_slow():
+    """c(4) observed while the host was twice as slow, then only sizes 1 and 3 on a normal
+    host (the controller stuck at k = 2): with the drift c(4) comes back to within 10 % of
+    its shape (1.75 against 1.6 on this sequence); without, it stays 1.9x (section 12's
+    'rounds stuck at k = 2')."""
+    fixed, drift = CostCurve(dict(SHAPE)), drifting()
+    for curve in (fixed, drift):
+        for _ in range(10):
+            curve.observe(1, 2.0)
+            curve.observe(4, 3.2)
+        for _ in range(30):
+            curve.observe(1, 1.0)
+            curve.observe(3, 1.4)
+        assert curve(1) == pytest.approx(1.0, rel=1e-2)
+        assert curve(3) == pytest.approx(1.4, rel=1e-2)
+    assert fixed(4) > 1.8 * 1.6
+    assert drift(4) < 1.1 * 1.6
+
+
+def test_drafting_costs_follow_the_drift():
+    """A drafting cost is stored at drift 1 and charged at the current drift, as verifying
+    is: the host's speed moves both."""
+    curve = CostCurve({1: 1.0, 3: 1.2})
+    c = Controller(curve, {"d": Acceptance(np.full(8, 0.5))}, max_k=8)
+    curve.drift = 2.0
+    c.record_draft("d", 2, 0.4)  # 0.2 s a token now, 0.1 s at drift 1
+    assert c.draft_cost["d"] == pytest.approx(0.1)
+    assert c.expected_rate("d", 2) == pytest.approx(1.75 / (2.0 * 1.2 + 2 * 0.2))
+    curve.drift = 1.0
+    assert c.expected_rate("d", 2) == pytest.approx(1.75 / (1.2 + 2 * 0.1))
+    assert c.expected_rate(None, 0) == pytest.approx(1.0)
