@@ -30,6 +30,7 @@ def main() -> None:
 
     import edgespec
     from edgespec.bench.workloads import load_workloads
+    from edgespec.speculative.config import SpecConfig
 
     rt = edgespec.load(
         args.model,
@@ -39,8 +40,6 @@ def main() -> None:
         n_threads=args.threads,
         progress=False,
     )
-    from edgespec.speculative.config import SpecConfig
-
     pairs = (kv.split("=", 1) for kv in args.config)
     config = {k: SpecConfig.parse_value(k, v) for k, v in pairs} or None
     prompts = load_workloads(args.workloads, per_workload=args.per_workload)

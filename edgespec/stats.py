@@ -206,7 +206,6 @@ class StatsRecorder:
     prefill_s: float = 0.0
     draft_s: float = 0.0
     verify_s: float = 0.0
-    accept_hist: Counter[int] = field(default_factory=Counter)
     k_trace: list[int] = field(default_factory=list)
     proposer_trace: list[str] = field(default_factory=list)
     accepted_trace: list[int] = field(default_factory=list)
@@ -237,6 +236,11 @@ class StatsRecorder:
     phases: list[tuple[str, float, float]] = field(default_factory=list)
     _t0: float = field(default_factory=time.perf_counter)
     _c0: float = field(default_factory=time.process_time)
+
+    @property
+    def accept_hist(self) -> Counter[int]:
+        """{accepted draft tokens in a step: steps}, over the steps that drafted."""
+        return Counter(n for n, k in zip(self.accepted_trace, self.k_trace, strict=True) if k)
 
     def span(self, name: str, start: float, seconds: float) -> None:
         """Record a phase that began at ``start`` (perf_counter) and took ``seconds``."""

@@ -70,9 +70,10 @@ class SpecConfig(Options):
             "keep:..."; None skips the middle half).
         min_confidence: a model draft stops early when its top probability falls below this
             (adaptive draft length; 0 disables).
-        probe_every: after this many plain steps, try the best proposer once with a short
-            draft so acceptance estimates stay fresh (0 disables).
-        probe_per_prompt: each generation starts probing every ``probe_every`` plain steps
+        probe_every: after this many steps (plain ones only, with ``probe_always`` off), try
+            the proposer tried least recently once with a short draft so acceptance
+            estimates stay fresh (0 disables).
+        probe_per_prompt: each generation starts probing every ``probe_every`` steps
             again; False (the default) keeps the interval that fully rejected probes doubled
             (up to 32x) across generations. Acceptance is a property of the prompt, but two
             A/B runs on the Qwen pair disagreed on which is faster (docs/benchmarks.md
@@ -144,12 +145,13 @@ class SpecConfig(Options):
     )
     probe_every: int = option(
         24,
-        "after this many plain steps, probe the best proposer once (0: never)",
+        "after this many steps (plain ones only with probe_always=false), probe the "
+        "proposer tried least recently once (0: never)",
         check=at_least(0),
     )
     probe_per_prompt: bool = option(
         False,
-        "each generation starts probing every probe_every plain steps again (false: the "
+        "each generation starts probing every probe_every steps again (false: the "
         "interval failed probes doubled carries over to later generations)",
         check=_flag,
     )

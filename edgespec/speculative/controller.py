@@ -24,8 +24,7 @@ class CostCurve:
     forward updates, whatever its size: a host that slows down (other processes, a phone's
     thermal throttling) slows every size alike. Without it only the sizes the controller
     keeps choosing followed the host, and a point learned in a slow spell and never chosen
-    again stayed slow, which could keep the controller at a short draft for whole answers
-    (docs/benchmarks.md section 12).
+    again stayed slow (docs/benchmarks.md section 12: c(6) above c(7), c(8) above c(9)).
 
     Attributes:
         points: {n tokens: seconds at drift 1} (the shape).

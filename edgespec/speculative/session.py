@@ -56,7 +56,7 @@ class SpecSession:
             was probed}; a probe goes to the proposer tried least recently.
         follow: the proposer whose probe was just fully accepted (``probe_follow``): the
             next step probes it again unless the controller chooses it itself.
-        plain_run: steps toward the next probe: plain steps, and with ``probe_always``
+        since_probe: steps since the last probe: plain steps, and with ``probe_always``
             speculative ones too (with a controller that chooses k).
         follow_run: follow-up probes in a row so far.
     """
@@ -121,7 +121,7 @@ class SpecSession:
         return cls(config, proposers, controller, tree_ok, source, tree_overhead, probe_s)
 
     def begin(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
-        self.plain_run = 0
+        self.since_probe = 0
         self.probing = False
         self.follow, self.follow_run = None, 0
         if self.config.probe_per_prompt or not hasattr(self, "probe_interval"):
@@ -130,7 +130,7 @@ class SpecSession:
             p.begin(prompt_ids, params)
 
     def choose(self, room: int) -> Choice:
-        """The controller's choice, with a short probe after long plain runs.
+        """The controller's choice, or a short probe every ``probe_interval`` steps.
 
         Probes refresh the acceptance estimates, and cost a little when they fail; the
         interval doubles after each fully rejected probe (up to 32x ``probe_every``) and
@@ -160,18 +160,18 @@ class SpecSession:
         self.follow, self.follow_run = None, 0
         counts = choice.k == 0 or (self.config.probe_always and self.controller.fixed_k is None)
         if not counts:
-            self.plain_run = 0
+            self.since_probe = 0
             return choice
-        self.plain_run += 1
+        self.since_probe += 1
         every = self.probe_interval
-        if every and self.plain_run >= every:
+        if every and self.since_probe >= every:
             rate = self.controller.expected_rate
             best = min(
                 self.controller.acceptance,
                 key=lambda n: (self.last_tried.get(n, -1), -rate(n, 1)),
             )
             if best != choice.proposer:
-                self.plain_run = 0
+                self.since_probe = 0
                 return self._probe(best, room)
         return choice
 

@@ -176,8 +176,6 @@ class StepRecorder:
         self.rec.k_trace.append(step.draft.k)
         self.rec.proposer_trace.append(step.draft.source if step.draft.k else "")
         self.rec.accepted_trace.append(step.verdict.n_accepted if step.draft.k else 0)
-        if step.draft.k:
-            self.rec.accept_hist[step.verdict.n_accepted] += 1
 
 
 def speculative_step(
