@@ -19,6 +19,11 @@ the raw medians.
 
     .venv/bin/python benchmarks/tvm_backend.py --model smollm2-135m --threads 1 2
 
+``--isas vnni avxvnni avx2`` runs the gguf-q8act row once per int8 dot product this CPU has
+(kernels/qlinear_q8.py ``ISAS``), each a library of its own: on a CPU with AVX512-VNNI that
+times, side by side, what a laptop core with AVX-VNNI or only AVX2 would build (the same
+instructions, not the same core).
+
 ``--tune TRIALS`` instead tunes the quantized build's one-row kernels (kernels/qlinear.py at
 T = 1, one per GGUF type and matrix shape of the model) with MetaSchedule
 (``edgespec.kernels.tuning.tune``, in-process, records under ``$EDGESPEC_HOME``) and prints
@@ -62,6 +67,37 @@ def file_type(path: Any) -> str:
 #: switched before each timing. TVM's thread pool is process-wide, so its rows must switch
 #: before each timing anyway (a count set at load would hold for every tvm model loaded later)
 SWITCH_THREADS = {"tvm", "llamacpp"}
+
+
+def with_isas(
+    rows: list[tuple[str, str, dict[str, Any]]], isas: list[str]
+) -> list[tuple[str, str, dict[str, Any], str | None]]:
+    """``rows`` with the gguf-q8act row repeated once per dot product in ``isas`` (labelled
+    with it; those this CPU lacks are left out, said on stderr); no ``isas``: each row once,
+    built with the CPU's best (None)."""
+    from edgespec.kernels import qlinear_q8
+
+    out: list[tuple[str, str, dict[str, Any], str | None]] = []
+    for label, backend, fields in rows:
+        if not isas or fields.get("weights") != "gguf-q8act":
+            out.append((label, backend, fields, None))
+            continue
+        for isa in isas:
+            if isa not in qlinear_q8.ISAS or not qlinear_q8.cpu_has(isa):
+                print(f"tvm_backend: skipping {isa}: this CPU does not run it", file=sys.stderr)
+                continue
+            out.append((label.replace("gguf-q8act", f"gguf-q8act {isa}"), backend, fields, isa))
+    return out
+
+
+def building(isa: str | None) -> Any:
+    """The context a row's model is loaded in: its kernels built with ``isa`` (None: the
+    CPU's best)."""
+    import contextlib
+
+    from edgespec.kernels import qlinear_q8
+
+    return qlinear_q8.building_with(isa) if isa else contextlib.nullcontext()
 
 
 def decode_seconds(model: Any, context: list[int], n: int) -> float:
@@ -174,6 +210,13 @@ def main() -> int:
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 9])
     p.add_argument("--backends", nargs="+", default=sorted({r[1] for r in ROWS}))
     p.add_argument("--rows", nargs="+", default=None, help="only these row labels' first words")
+    p.add_argument(
+        "--isas",
+        nargs="+",
+        default=None,
+        help="the gguf-q8act row once per int8 dot product (kernels/qlinear_q8.py ISAS: vnni, "
+        "avxvnni, avx2, generic), each where this CPU runs it; default: the CPU's best only",
+    )
     p.add_argument("--json", default=None, help="write the raw medians here")
     p.add_argument("--tune", type=int, default=0, help="tune the quantized kernels instead")
     p.add_argument(
@@ -196,9 +239,11 @@ def main() -> int:
     context = [1 + (i * 7919) % 20000 for i in range(a.context)]
     models: dict[tuple[str, int], Any] = {}
     switch: set[tuple[str, int]] = set()  # rows whose model is shared and switched per timing
-    rows = [(label.format(type=file_type(path)), b, f) for label, b, f in ROWS]
+    rows = with_isas(
+        [(label.format(type=file_type(path)), b, f) for label, b, f in ROWS], a.isas or []
+    )
     n_ctx = a.context + a.decode + max(a.ks) + 8
-    for label, backend, fields in rows:
+    for label, backend, fields, isa in rows:
         if backend not in a.backends or not BACKENDS.get(backend).available():
             continue
         if a.rows and not any(label.startswith(r) for r in a.rows):
@@ -207,7 +252,8 @@ def main() -> int:
         for t in a.threads:
             if shared is None or backend not in SWITCH_THREADS:
                 opts = LoadOptions(n_ctx=n_ctx, n_threads=t, progress=False, **fields)
-                shared = BACKENDS.get(backend).load(source, opts)
+                with building(isa):
+                    shared = BACKENDS.get(backend).load(source, opts)
             models[(label, t)] = shared
             if backend in SWITCH_THREADS:
                 switch.add((label, t))

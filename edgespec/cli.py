@@ -85,7 +85,7 @@ def add_weights_arg(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="onnx and tvm backends, GGUF models: gguf-exact (the file's own quantized blocks, the "
         "default), fp32 (dequantized), or on tvm gguf-q8act (those blocks times int8-quantized "
-        "activations, AVX512-VNNI or AVX2)",
+        "activations, AVX512-VNNI, AVX-VNNI or AVX2)",
     )
 
 

@@ -1,4 +1,5 @@
-"""The quantized linear layer on int8 activations: integer dot products (AVX512-VNNI, AVX2).
+"""The quantized linear layer on int8 activations: integer dot products (AVX512-VNNI, AVX-VNNI,
+AVX2).
 
 ``y f32[T, N] = x f32[T, K] @ W^T`` for a GGUF tensor ``W`` of a 32-weight-block type (Q4_0,
 Q4_1, Q5_0, Q5_1, Q8_0; :data:`FORMATS`), T symbolic, as :mod:`edgespec.kernels.qlinear`
@@ -11,7 +12,8 @@ K-quants (Q4_K, Q5_K, Q6_K and the mixed Q4_K/Q6_K layout) have their own loops,
 activations quantized per 256 as llama.cpp's ``Q8_K``: :mod:`edgespec.kernels.qlinear_q8k`,
 with this module's code layout and the float path's scales and sub-scales.
 
-The dot product is the CPU's (:func:`int8_isa`): ``vpdpbusd`` with AVX512-VNNI; with AVX2
+The dot product is the CPU's (:func:`int8_isa`): ``vpdpbusd`` with AVX512-VNNI, or per
+32-byte half with AVX-VNNI (no AVX-512: Intel's laptop cores since Alder Lake); with AVX2
 only, ``vpmaddubsw`` per 32-byte half, the products of as many as int16 holds exactly (a
 4-bit block's 8, 2 of 6-bit codes: :func:`dot_sum`) added before one ``vpmaddwd`` by ones, as
 llama.cpp's AVX2 kernels do: the same sums exactly. Q8_0's codes (stored ``+ 128``, up to
@@ -232,6 +234,7 @@ def _vnni(acc: Any, w: Any, q: Any) -> Any:
     """``acc int32x16 + vpdpbusd(w uint8x64, q int8x64)``: per lane, the sum of 4 products of
     an unsigned weight byte and a signed activation byte, in the instructions of
     :func:`int8_isa` (or the :func:`building_with` override)."""
+    from tvm import tirx
     from tvm.script import tirx as T
 
     isa = building_isa()
@@ -239,6 +242,16 @@ def _vnni(acc: Any, w: Any, q: Any) -> Any:
         return T.call_llvm_pure_intrin(
             "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc, T.reinterpret("int8x64", w), q
         )
+    if isa == "avxvnni":  # the same per 32-byte half: two 256-bit ``{vex} vpdpbusd``
+        w8 = T.reinterpret("int8x64", w)
+        halves = [
+            T.call_llvm_pure_intrin(
+                "int32x8", "llvm.x86.avx512.vpdpbusd.256", _lanes(acc, h), _half(w8, h),
+                _half(q, h),
+            )
+            for h in range(2)
+        ]  # fmt: skip
+        return tirx.Shuffle(halves, [T.int32(i) for i in range(LANES)])
     if isa == "avx2":
         return acc + _maddubs_run([(w, q)])
     w32, q32 = T.reinterpret("int32x16", w), T.reinterpret("int32x16", q)
@@ -322,6 +335,14 @@ def _half(v: Any, h: int) -> Any:
     from tvm.script import tirx as T
 
     return tirx.Shuffle([v], [T.int32(32 * h + i) for i in range(32)])
+
+
+def _lanes(v: Any, h: int) -> Any:
+    """Lanes ``8h .. 8h + 7`` of the ``int32x16`` ``v`` (the sums of :func:`_half` ``h``)."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    return tirx.Shuffle([v], [T.int32(8 * h + i) for i in range(8)])
 
 
 def _maddubs_run(pairs: list[tuple[Any, Any]]) -> Any:
@@ -639,18 +660,16 @@ def _cpu_flags() -> frozenset[str]:
         return frozenset()
 
 
-def cpu_has_vnni() -> bool:
-    """Whether this machine's CPU has AVX512-VNNI."""
-    return "avx512_vnni" in _cpu_flags()
-
-
 #: the integer dot products the kernels are built with, best first: name -> the CPU flag it
 #: needs and the widest stored code it sums exactly (AVX2's ``vpmaddubsw`` saturates int16:
 #: exact for codes below 128, and for Q8_0's 8-bit codes taken as signed bytes,
-#: :func:`signed_codes`). "generic" (plain int32 vector ops, several times slower) runs
+#: :func:`signed_codes`). "avxvnni" is AVX-VNNI, the 256-bit, VEX-encoded ``vpdpbusd`` of
+#: Intel's laptop and desktop cores since Alder Lake, which have no AVX-512: VNNI's loops, each
+#: dot product in two halves. "generic" (plain int32 vector ops, several times slower) runs
 #: anywhere; it is for tests, never chosen by :func:`int8_isa`.
 ISAS: dict[str, tuple[str, int]] = {
     "vnni": ("avx512_vnni", 8),
+    "avxvnni": ("avx_vnni", 8),
     "avx2": ("avx2", 8),
     "generic": ("", 8),
 }

@@ -12,10 +12,11 @@ uses; :data:`WEIGHTS`):
   codes widened to one byte); other types (K-quants, Q5_x, F16) fall back per matrix to
   float32, said once at load. The embedding table, norms and biases are float32 as in fp32.
 - ``gguf-q8act``: as gguf-exact, but the matrices multiply int8-quantized activations with
-  integer dot products (:mod:`edgespec.kernels.qlinear_q8`, AVX512-VNNI or AVX2; llama.cpp's
-  arithmetic: Q8_0/Q8_1-style activation blocks for Q4_0 .. Q8_0, Q8_K for the K-quants).
-  :data:`QUANTIZED` maps each build to how it multiplies the file's matrices.
- The graph
+  integer dot products (:mod:`edgespec.kernels.qlinear_q8`, AVX512-VNNI, AVX-VNNI or AVX2;
+  llama.cpp's arithmetic: Q8_0/Q8_1-style activation blocks for Q4_0 .. Q8_0, Q8_K for the
+  K-quants). :data:`QUANTIZED` maps each build to how it multiplies the file's matrices.
+
+The graph
 (:mod:`edgespec.runtimes.tvm_graph`) has a symbolic token count T, takes rope angles and the
 mask among new tokens as inputs (chains and token trees share it), and writes the new keys
 and values into a preallocated device cache in place.
@@ -97,8 +98,8 @@ def _require_int8_dot() -> None:
 
     if qlinear_q8.int8_isa() is None:
         raise EdgespecError(
-            "--weights gguf-q8act needs a CPU with AVX512-VNNI or AVX2 (avx512_vnni or avx2 in "
-            "/proc/cpuinfo); use --weights gguf-exact"
+            "--weights gguf-q8act needs a CPU with AVX512-VNNI, AVX-VNNI or AVX2 (avx512_vnni, "
+            "avx_vnni or avx2 in /proc/cpuinfo); use --weights gguf-exact"
         )
 
 
@@ -119,7 +120,7 @@ def weights_choice(kind: str, weights: str, bundled: bool = False) -> str:
 
     Raises:
         EdgespecError: an unknown choice, a quantized build for a source that is not GGUF,
-            or gguf-q8act on a CPU without AVX512-VNNI or AVX2.
+            or gguf-q8act on a CPU with none of AVX512-VNNI, AVX-VNNI, AVX2.
     """
     auto = "fp32" if bundled else AUTO_WEIGHTS.get(kind, "fp32")
     choice = auto if weights == "auto" else weights
@@ -239,9 +240,12 @@ def library_dir(spec: Any, arch: str, target: Any) -> Path:
     """Where the compiled library of ``spec`` for ``target`` is cached."""
     import tvm
 
+    from edgespec.kernels.qlinear_q8 import building_isa
     from edgespec.kernels.tuning import records_dir
 
-    key = "\n".join([repr(spec), _graph_source_digest(), tvm.__version__, str(target)])
+    key = "\n".join(
+        [repr(spec), _graph_source_digest(), tvm.__version__, str(target), building_isa()]
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return records_dir() / f"model-{arch}-{digest}"
 

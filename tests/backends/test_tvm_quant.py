@@ -218,7 +218,7 @@ def test_q8act_without_int8_dot_is_one_line_before_any_work(monkeypatch) -> None
     from edgespec.runtimes.tvm_backend import weights_choice
 
     monkeypatch.setattr(qlinear_q8, "_cpu_flags", lambda: frozenset({"sse4_2"}))
-    with pytest.raises(EdgespecError, match="needs a CPU with AVX512-VNNI or AVX2") as e:
+    with pytest.raises(EdgespecError, match="needs a CPU with AVX512-VNNI, AVX-VNNI or AVX2") as e:
         weights_choice("gguf", "gguf-q8act")
     assert "\n" not in str(e.value)
     assert weights_choice("gguf", "gguf-exact") == "gguf-exact"

@@ -11,6 +11,7 @@ measured error as a fraction of it).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -30,9 +31,9 @@ ISAS = [
     pytest.param(i, marks=pytest.mark.skipif(not qlinear_q8.cpu_has(i), reason=f"needs {i}"))
     for i in qlinear_q8.ISAS
 ]
-#: the instruction each puts in the assembly (asserted: the variant really is built; LLVM
-#: picks the generic one's)
-MARKER = {"vnni": "vpdpbusd", "avx2": "vpmaddubsw"}
+#: the instruction each puts in the assembly, with its register width (asserted: the variant
+#: really is built; LLVM picks the generic one's)
+MARKER = {"vnni": r"vpdpbusd\s.*zmm", "avxvnni": r"vpdpbusd\s.*ymm", "avx2": r"vpmaddubsw\s"}
 
 
 def _compile(fmt: str, k: int, n: int, isa: str) -> Any:
@@ -44,7 +45,7 @@ def _compile(fmt: str, k: int, n: int, isa: str) -> Any:
         func = qlinear.qlinear_kernel(fmt, k, n).with_attr("global_symbol", "main")
     lib = tvm.compile(tvm.IRModule({"main": func}), target=host_target())
     if isa in MARKER:
-        assert lib.mod.inspect_source("asm").count(MARKER[isa]) > 0
+        assert re.search(MARKER[isa], lib.mod.inspect_source("asm"))
     return lib
 
 
@@ -274,6 +275,39 @@ def test_q8_0_takes_signed_codes_on_avx2() -> None:
     six = qlinear.from_gguf(random_blocks("Q6_K", 64, 256, rng), "Q6_K")
     with qlinear_q8.building_with("avx2"):  # 6-bit codes: 2 * 63 * 127 < 2^15, exact
         assert isinstance(qlinear_q8.prefer(six), qlinear_q8.Q8Weight)
+
+
+@pytest.mark.parametrize(
+    ("flags", "isa"),
+    [
+        ({"avx2", "avx_vnni", "avx512_vnni"}, "vnni"),
+        ({"avx2", "avx_vnni"}, "avxvnni"),  # a laptop core since Alder Lake: no AVX-512
+        ({"avx2"}, "avx2"),
+        ({"sse4_2"}, None),
+    ],
+)
+def test_the_cpus_best_dot_product_is_chosen(
+    flags: set[str], isa: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(qlinear_q8, "_cpu_flags", lambda: frozenset(flags))
+    assert qlinear_q8.int8_isa() == isa
+
+
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q6_K"])
+def test_avx_vnni_kernels_build_for_a_cpu_without_avx512(fmt: str) -> None:
+    """Compiled for Alder Lake (AVX-VNNI, no AVX-512), the avxvnni kernels use the VEX-encoded
+    256-bit ``vpdpbusd`` and no 512-bit register, so they run on such a laptop (the
+    bit-for-bit tests run them where this CPU has avx_vnni)."""
+    import tvm
+    from tvm.target import Target
+
+    n, k = 64, 512
+    with qlinear_q8.building_with("avxvnni"):
+        func = qlinear.qlinear_kernel(fmt + "@q8", k, n).with_attr("global_symbol", "main")
+    target = Target({"kind": "llvm", "mcpu": "alderlake", "mtriple": "x86_64-linux-gnu"})
+    asm = tvm.compile(tvm.IRModule({"main": func}), target=target).mod.inspect_source("asm")
+    assert re.search(r"\{vex\}\s*vpdpbusd\s.*ymm", asm)
+    assert "zmm" not in asm
 
 
 @pytest.mark.parametrize("fmt", ["Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", qlinear.MIXED_K])
