@@ -78,6 +78,11 @@ class SpecConfig(Options):
             (up to 32x) across generations. Acceptance is a property of the prompt, but two
             A/B runs on the Qwen pair disagreed on which is faster (docs/benchmarks.md
             section 9), so the default stays the cheaper one.
+        probe_each: each proposer has its own probe interval, doubled by its own fully
+            rejected probes and restarted by its own accepted ones, and a proposer is probed
+            when it has gone that many counted steps untried; False (the default): one
+            interval for all, so the n-gram lookup's failed probes on prose also spaced out
+            the draft model's (docs/benchmarks.md section 12).
         probe_always: steps that speculate count toward the next probe as plain ones do
             (with a controller that chooses k), so the proposers not in use are re-tried
             while another drafts; False: only plain steps count, and a proposer chosen every
@@ -153,6 +158,12 @@ class SpecConfig(Options):
         False,
         "each generation starts probing every probe_every steps again (false: the "
         "interval failed probes doubled carries over to later generations)",
+        check=_flag,
+    )
+    probe_each: bool = option(
+        False,
+        "each proposer has its own probe interval, doubled only by its own failed probes "
+        "(false: one interval for all)",
         check=_flag,
     )
     probe_always: bool = option(

@@ -59,6 +59,10 @@ class SpecSession:
         since_probe: steps since the last probe: plain steps, and with ``probe_always``
             speculative ones too (with a controller that chooses k).
         follow_run: follow-up probes in a row so far.
+        intervals: {proposer: its probe interval} (``probe_each``; else one shared
+            ``probe_interval``).
+        untried: {proposer: counted steps since it last drafted or was probed}
+            (``probe_each``).
     """
 
     config: SpecConfig
@@ -72,6 +76,8 @@ class SpecSession:
     steps: int = 0
     follow: str | None = None
     follow_run: int = 0
+    intervals: dict[str, int] = field(default_factory=dict)
+    untried: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def build(cls, runtime: Runtime, config: SpecConfig, *, allow_plain: bool) -> SpecSession:
@@ -126,6 +132,8 @@ class SpecSession:
         self.follow, self.follow_run = None, 0
         if self.config.probe_per_prompt or not hasattr(self, "probe_interval"):
             self.probe_interval = self.config.probe_every
+            self.intervals = dict.fromkeys(self.proposers, self.config.probe_every)
+        self.untried = dict.fromkeys(self.proposers, 0)
         for p in self.proposers.values():
             p.begin(prompt_ids, params)
 
@@ -145,7 +153,8 @@ class SpecSession:
         every step otherwise kept a better one from ever being tried again. With
         ``probe_follow`` a fully accepted probe is followed by another at the next step
         (up to :data:`FOLLOW_UPS` in a row), until the controller chooses that proposer
-        itself or a probe loses a token.
+        itself or a probe loses a token. With ``probe_each`` each proposer has its own
+        interval, doubled and restarted by its own probes only (:meth:`_probe_due`).
         """
         self.steps += 1
         self.probing = False
@@ -163,6 +172,8 @@ class SpecSession:
             self.since_probe = 0
             return choice
         self.since_probe += 1
+        if self.config.probe_each:
+            return self._probe_due(choice, room)
         every = self.probe_interval
         if every and self.since_probe >= every:
             rate = self.controller.expected_rate
@@ -175,9 +186,25 @@ class SpecSession:
                 return self._probe(best, room)
         return choice
 
+    def _probe_due(self, choice: Choice, room: int) -> Choice:
+        """``probe_each``: a probe of the proposer tried least recently among those that
+        have gone their own interval untried (not the one chosen), else ``choice``."""
+        for name in self.untried:
+            self.untried[name] += 1
+        due = [
+            n
+            for n in self.controller.acceptance
+            if n != choice.proposer and self.intervals[n] and self.untried[n] >= self.intervals[n]
+        ]
+        if not due:
+            return choice
+        rate = self.controller.expected_rate
+        return self._probe(min(due, key=lambda n: (self.last_tried.get(n, -1), -rate(n, 1))), room)
+
     def _probe(self, name: str, room: int) -> Choice:
         self.probing = True
         self.last_tried[name] = self.steps  # also when it has nothing to draft
+        self.untried[name] = 0
         return Choice(name, min(PROBE_K, room), 0.0)
 
     def disable(self, name: str) -> None:
@@ -194,6 +221,8 @@ class SpecSession:
             self.probe_interval = (
                 base if verdict.n_accepted else min(self.probe_interval * 2, 32 * base)
             )
+            own = self.intervals.get(draft.source, base)
+            self.intervals[draft.source] = base if verdict.n_accepted else min(own * 2, 32 * base)
             if (
                 self.config.probe_follow
                 and verdict.n_accepted == depth
@@ -202,6 +231,7 @@ class SpecSession:
                 self.follow = draft.source
         if draft.k:
             self.last_tried[draft.source] = self.steps
+            self.untried[draft.source] = 0
         if draft.k and draft.source in self.controller.acceptance:
             self.controller.acceptance[draft.source].update(depth, verdict.n_accepted)
         for p in self.proposers.values():

@@ -458,6 +458,47 @@ def test_proposers_not_in_use_are_probed_while_another_drafts(monkeypatch, alway
         assert set(trace) == {"meh"}
 
 
+@pytest.mark.parametrize("each", [True, False])
+def test_each_proposer_backs_off_on_its_own_failed_probes(monkeypatch, each):
+    """ "bad" is always wrong, "half" keeps 1 of each 2-token probe; plain decoding wins
+    every step (linear costs), so every drafting step is a probe. With one shared interval
+    "bad"'s failures double it and "half"'s successes restart it, so "half" waits longer
+    after each of "bad"'s probes (section 12: the n-gram lookup's failed probes spaced out
+    the draft model's); with ``probe_each`` "bad" alone backs off, to 32x, and "half" is
+    re-tried every ``probe_every`` steps."""
+    assert SpecConfig().probe_each is False
+
+    def named(name, correct):
+        class Named(OracleProposer):
+            pass
+
+        Named.name = name
+        return lambda r: Named(r.target, correct)
+
+    serve_proposer(monkeypatch, "bad", named("bad", 0))
+    serve_proposer(monkeypatch, "half", named("half", 1))
+    cfg = SpecConfig(proposers=("bad", "half"), probe_every=4, probe_each=each)
+    rt = make_rt()
+    session = rt.spec_session(cfg, allow_plain=True)
+    ctl = session.controller
+    ctl.verify.points = {n: 0.01 * n for n in range(1, 18)}  # plain always wins
+    monkeypatch.setattr(ctl.verify, "observe", lambda n, s: None)
+    monkeypatch.setattr(ctl, "record_draft", lambda *a, **kw: None)
+    res = rt.generate(PROMPT, max_new_tokens=300, strategy="speculative", config=cfg)
+    assert res.token_ids == rt.target.greedy(PROMPT, 300)
+    trace = res.stats.proposer_trace
+    steps = {n: [i for i, p in enumerate(trace) if p == n] for n in ("bad", "half")}
+    half_gaps = [b - a for a, b in zip(steps["half"], steps["half"][1:], strict=False)]
+    if each:
+        assert session.intervals == {"bad": 128, "half": 4}
+        # "bad" backs off alone; "half" waits its 4 steps, one more when "bad" took the step
+        bad_gaps = [b - a for a, b in zip(steps["bad"], steps["bad"][1:], strict=False)]
+        assert bad_gaps[:4] == [8, 16, 32, 64] and max(half_gaps) <= 5
+        assert len(steps["half"]) > 5 * len(steps["bad"])
+    else:  # the probes alternate, and after each of "bad"'s failures the interval doubled
+        assert abs(len(steps["half"]) - len(steps["bad"])) <= 1 and max(half_gaps) >= 8
+
+
 @pytest.mark.parametrize("drift", [True, False])
 def test_the_session_cost_curve_follows_the_host_by_default(drift):
     assert SpecConfig().cost_drift is True
