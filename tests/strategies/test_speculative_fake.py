@@ -418,6 +418,16 @@ def test_a_fully_accepted_probe_is_followed_up(monkeypatch, follow):
         assert ks[first + 1 : first + 5] == [0, 0, 0, 2]
 
 
+def _named(name, correct):
+    """A factory of an :class:`OracleProposer` named ``name``, right for ``correct`` tokens."""
+
+    class Named(OracleProposer):
+        pass
+
+    Named.name = name
+    return lambda r: Named(r.target, correct)
+
+
 @pytest.mark.parametrize("always", [True, False])
 def test_proposers_not_in_use_are_probed_while_another_drafts(monkeypatch, always):
     """ "meh" keeps 1 token of every draft, so the controller speculates with it at every
@@ -427,15 +437,8 @@ def test_proposers_not_in_use_are_probed_while_another_drafts(monkeypatch, alway
     up, and taken."""
     assert SpecConfig().probe_always is True
 
-    def named(name, correct):
-        class Named(OracleProposer):
-            pass
-
-        Named.name = name
-        return lambda r: Named(r.target, correct)
-
-    serve_proposer(monkeypatch, "meh", named("meh", 1))
-    serve_proposer(monkeypatch, "great", named("great", None))
+    serve_proposer(monkeypatch, "meh", _named("meh", 1))
+    serve_proposer(monkeypatch, "great", _named("great", None))
     cfg = SpecConfig(proposers=("meh", "great"), probe_every=4, probe_always=always)
     rt = make_rt()
     ctl = rt.spec_session(cfg, allow_plain=True).controller
@@ -468,15 +471,8 @@ def test_each_proposer_backs_off_on_its_own_failed_probes(monkeypatch, each):
     re-tried every ``probe_every`` steps."""
     assert SpecConfig().probe_each is False
 
-    def named(name, correct):
-        class Named(OracleProposer):
-            pass
-
-        Named.name = name
-        return lambda r: Named(r.target, correct)
-
-    serve_proposer(monkeypatch, "bad", named("bad", 0))
-    serve_proposer(monkeypatch, "half", named("half", 1))
+    serve_proposer(monkeypatch, "bad", _named("bad", 0))
+    serve_proposer(monkeypatch, "half", _named("half", 1))
     cfg = SpecConfig(proposers=("bad", "half"), probe_every=4, probe_each=each)
     rt = make_rt()
     session = rt.spec_session(cfg, allow_plain=True)
