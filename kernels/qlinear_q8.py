@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -233,35 +233,62 @@ def operand_types(fmt: str, K: int, N: int) -> list[tuple[tuple[int, ...], str]]
 def _vnni(acc: Any, w: Any, q: Any) -> Any:
     """``acc int32x16 + vpdpbusd(w uint8x64, q int8x64)``: per lane, the sum of 4 products of
     an unsigned weight byte and a signed activation byte, in the instructions of
-    :func:`int8_isa` (or the :func:`building_with` override)."""
+    :func:`int8_isa` (or the :func:`building_with` override): :data:`DOTS`."""
+    return DOTS[building_isa()](acc, w, q)
+
+
+def _dot_vnni(acc: Any, w: Any, q: Any) -> Any:
+    """AVX512-VNNI: one 512-bit ``vpdpbusd``."""
+    from tvm.script import tirx as T
+
+    return T.call_llvm_pure_intrin(
+        "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc, T.reinterpret("int8x64", w), q
+    )
+
+
+def _dot_avxvnni(acc: Any, w: Any, q: Any) -> Any:
+    """AVX-VNNI: the same per 32-byte half, two 256-bit (VEX-encoded) ``vpdpbusd``."""
     from tvm import tirx
     from tvm.script import tirx as T
 
-    isa = building_isa()
-    if isa == "vnni":
-        return T.call_llvm_pure_intrin(
-            "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc, T.reinterpret("int8x64", w), q
+    w8 = T.reinterpret("int8x64", w)
+    halves = [
+        T.call_llvm_pure_intrin(
+            "int32x8", "llvm.x86.avx512.vpdpbusd.256", _lanes(acc, h), _half(w8, h), _half(q, h)
         )
-    if isa == "avxvnni":  # the same per 32-byte half: two 256-bit ``{vex} vpdpbusd``
-        w8 = T.reinterpret("int8x64", w)
-        halves = [
-            T.call_llvm_pure_intrin(
-                "int32x8", "llvm.x86.avx512.vpdpbusd.256", _lanes(acc, h), _half(w8, h),
-                _half(q, h),
-            )
-            for h in range(2)
-        ]  # fmt: skip
-        return tirx.Shuffle(halves, [T.int32(i) for i in range(LANES)])
-    if isa == "avx2":
-        return acc + _maddubs_run([(w, q)])
+        for h in range(2)
+    ]
+    return tirx.Shuffle(halves, [T.int32(i) for i in range(LANES)])
+
+
+def _dot_avx2(acc: Any, w: Any, q: Any) -> Any:
+    """AVX2: ``vpmaddubsw`` per 32-byte half, then ``vpmaddwd`` by ones
+    (:func:`_maddubs_run`; exact for stored codes below 128)."""
+    return acc + _maddubs_run([(w, q)])
+
+
+def _dot_generic(acc: Any, w: Any, q: Any) -> Any:
+    """Plain int32 vector ops, any CPU: byte i of each lane, unsigned weight times signed
+    activation."""
+    from tvm.script import tirx as T
+
     w32, q32 = T.reinterpret("int32x16", w), T.reinterpret("int32x16", q)
 
     def c(v: int) -> Any:
         return T.broadcast(T.int32(v), LANES)
 
-    for i in range(4):  # "generic": byte i of each lane, unsigned weight, signed activation
+    for i in range(4):
         acc = acc + ((w32 >> c(8 * i)) & c(255)) * ((q32 << c(24 - 8 * i)) >> c(24))
     return acc
+
+
+#: the dot product each of :data:`ISAS` builds ``vpdpbusd``'s sums with
+DOTS: dict[str, Callable[[Any, Any, Any], Any]] = {
+    "vnni": _dot_vnni,
+    "avxvnni": _dot_avxvnni,
+    "avx2": _dot_avx2,
+    "generic": _dot_generic,
+}
 
 
 def _six(low: Any, high: Any, j: int) -> Any:

@@ -277,6 +277,10 @@ def test_q8_0_takes_signed_codes_on_avx2() -> None:
         assert isinstance(qlinear_q8.prefer(six), qlinear_q8.Q8Weight)
 
 
+def test_every_dot_product_has_its_instructions() -> None:
+    assert set(qlinear_q8.DOTS) == set(qlinear_q8.ISAS)
+
+
 @pytest.mark.parametrize(
     ("flags", "isa"),
     [
