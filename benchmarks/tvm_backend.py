@@ -90,16 +90,6 @@ def with_isas(
     return out
 
 
-def building(isa: str | None) -> Any:
-    """The context a row's model is loaded in: its kernels built with ``isa`` (None: the
-    CPU's best)."""
-    import contextlib
-
-    from edgespec.kernels import qlinear_q8
-
-    return qlinear_q8.building_with(isa) if isa else contextlib.nullcontext()
-
-
 def decode_seconds(model: Any, context: list[int], n: int) -> float:
     """Seconds per token of ``n`` one-token forwards after ``context`` (greedy feed)."""
     model.reset()
@@ -225,6 +215,7 @@ def main() -> int:
     a = p.parse_args()
 
     from edgespec import zoo
+    from edgespec.kernels import qlinear_q8
     from edgespec.runtimes import BACKENDS
     from edgespec.runtimes.base import LoadOptions, ModelSource
 
@@ -252,7 +243,7 @@ def main() -> int:
         for t in a.threads:
             if shared is None or backend not in SWITCH_THREADS:
                 opts = LoadOptions(n_ctx=n_ctx, n_threads=t, progress=False, **fields)
-                with building(isa):
+                with qlinear_q8.building_with(isa):
                     shared = BACKENDS.get(backend).load(source, opts)
             models[(label, t)] = shared
             if backend in SWITCH_THREADS:

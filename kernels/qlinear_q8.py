@@ -722,11 +722,11 @@ def cpu_has(isa: str) -> bool:
 
 
 @contextlib.contextmanager
-def building_with(isa: str) -> Iterator[None]:
+def building_with(isa: str | None) -> Iterator[None]:
     """Kernels built inside this block use the dot product ``isa`` (:data:`ISAS`) instead of
-    :func:`int8_isa`'s: the same exact sums, so every variant is tested bit for bit against
-    the one reference; for tests."""
-    if isa not in ISAS:
+    :func:`int8_isa`'s (None: :func:`int8_isa`'s): the same exact sums, so every variant is
+    tested bit for bit against the one reference; for tests and benchmarks."""
+    if isa is not None and isa not in ISAS:
         raise EdgespecError(f"unknown dot product {isa}; known: {', '.join(ISAS)}")
     _ISA[0] = isa
     try:

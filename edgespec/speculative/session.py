@@ -207,6 +207,12 @@ class SpecSession:
         self.untried[name] = 0
         return Choice(name, min(PROBE_K, room), 0.0)
 
+    def _next_interval(self, interval: int, accepted: bool) -> int:
+        """A probe interval after a probe: back to ``probe_every`` when it was accepted,
+        else doubled, up to 32x ``probe_every``."""
+        base = self.config.probe_every
+        return base if accepted else min(interval * 2, 32 * base)
+
     def disable(self, name: str) -> None:
         """Stop using a proposer for the rest of the session (it failed)."""
         self.controller.acceptance.pop(name, None)
@@ -217,12 +223,10 @@ class SpecSession:
         """Update acceptance estimates and let proposers learn."""
         depth = (max(draft.depths()) if draft.is_tree else draft.k) if draft.k else 0
         if self.probing and draft.k:
-            base = self.config.probe_every
-            self.probe_interval = (
-                base if verdict.n_accepted else min(self.probe_interval * 2, 32 * base)
-            )
-            own = self.intervals.get(draft.source, base)
-            self.intervals[draft.source] = base if verdict.n_accepted else min(own * 2, 32 * base)
+            accepted = verdict.n_accepted > 0
+            self.probe_interval = self._next_interval(self.probe_interval, accepted)
+            own = self.intervals.get(draft.source, self.config.probe_every)
+            self.intervals[draft.source] = self._next_interval(own, accepted)
             if (
                 self.config.probe_follow
                 and verdict.n_accepted == depth

@@ -484,12 +484,12 @@ def test_each_proposer_backs_off_on_its_own_failed_probes(monkeypatch, each):
     assert res.token_ids == rt.target.greedy(PROMPT, 300)
     trace = res.stats.proposer_trace
     steps = {n: [i for i, p in enumerate(trace) if p == n] for n in ("bad", "half")}
-    half_gaps = [b - a for a, b in zip(steps["half"], steps["half"][1:], strict=False)]
+    gaps = {n: [b - a for a, b in zip(s, s[1:], strict=False)] for n, s in steps.items()}
+    half_gaps = gaps["half"]
     if each:
         assert session.intervals == {"bad": 128, "half": 4}
         # "bad" backs off alone; "half" waits its 4 steps, one more when "bad" took the step
-        bad_gaps = [b - a for a, b in zip(steps["bad"], steps["bad"][1:], strict=False)]
-        assert bad_gaps[:4] == [8, 16, 32, 64] and max(half_gaps) <= 5
+        assert gaps["bad"][:4] == [8, 16, 32, 64] and max(half_gaps) <= 5
         assert len(steps["half"]) > 5 * len(steps["bad"])
     else:  # the probes alternate, and after each of "bad"'s failures the interval doubled
         assert abs(len(steps["half"]) - len(steps["bad"])) <= 1 and max(half_gaps) >= 8
