@@ -4,7 +4,9 @@ Layout (docs/design.md, "kernels/"): ``reference.py`` holds the NumPy references
 builders (``qmatmul``, ``attention``, ``sparse_ffn``), MetaSchedule tuning (``tuning``) and the
 OpenCL launcher (``opencl``) are added by the TVM and chunk-sparse work, each registered in
 :data:`KERNELS` as ``"<op>:<impl>"`` (impl: ``numpy``, ``tvm`` or ``opencl``) and imported on
-first use. The package is reached through the committed symlink
+first use. Building blocks of several kernels are plain modules, not registered: ``expf``
+(glibc's ``expf`` on vectors, for softmax and SiLU). The package is reached through the
+committed symlink
 ``edgespec/kernels -> ../kernels``.
 """
 

@@ -240,12 +240,12 @@ def library_dir(spec: Any, arch: str, target: Any) -> Path:
     """Where the compiled library of ``spec`` for ``target`` is cached."""
     import tvm
 
+    from edgespec.kernels import expf
     from edgespec.kernels.qlinear_q8 import building_isa
     from edgespec.kernels.tuning import records_dir
 
-    key = "\n".join(
-        [repr(spec), _graph_source_digest(), tvm.__version__, str(target), building_isa()]
-    )
+    choices = [building_isa(), expf.lookup()]  # instructions the target string does not name
+    key = "\n".join([repr(spec), _graph_source_digest(), tvm.__version__, str(target), *choices])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return records_dir() / f"model-{arch}-{digest}"
 

@@ -38,14 +38,13 @@ _WARNED: set[Path] = set()
 
 
 def graph_code_digest() -> str:
-    """sha256 of the graph code (tvm_graph.py and the quantized kernels it calls,
-    kernels/qlinear.py, qlinear_q8.py, qlinear_q8k.py): a library from other graph code is
-    stale."""
-    from edgespec.kernels import qlinear, qlinear_q8, qlinear_q8k
+    """sha256 of the graph code (tvm_graph.py and the kernels it calls, kernels/qlinear.py,
+    qlinear_q8.py, qlinear_q8k.py, expf.py): a library from other graph code is stale."""
+    from edgespec.kernels import expf, qlinear, qlinear_q8, qlinear_q8k
     from edgespec.runtimes import tvm_graph
 
     h = hashlib.sha256()
-    for mod in (tvm_graph, qlinear, qlinear_q8, qlinear_q8k):
+    for mod in (tvm_graph, qlinear, qlinear_q8, qlinear_q8k, expf):
         h.update(Path(str(mod.__file__)).read_bytes())
     return h.hexdigest()
 

@@ -171,13 +171,18 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
     microseconds do not pay for waking the pool), each pair's scores, softmax and weighted
     values in one task; every sum runs in the order of the former one-thread kernel (scores over the
     head dimension in order, one vector of 16 slots at a time; softmax and values over the
-    slots in order), so the logits are bit for bit what they were.
+    slots in order), so the logits are bit for bit what they were. The softmax's ``exp`` is
+    :func:`edgespec.kernels.expf.expf` on vectors of 16 slots (glibc's ``expf`` bit for bit,
+    without a libm call per value).
     """
     from tvm.script import tirx as T
+
+    from edgespec.kernels import expf
 
     KV, hd = spec.n_head_kv, spec.head_dim
     G = spec.n_head // KV
     H = spec.n_head
+    fill = expf.table_filler()
 
     #: slots per vector in the score loop (any width: every lane sums the same way)
     VEC = 16
@@ -219,8 +224,13 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
         mx[0] = T.float32(-math.inf)
         for j in range(m):
             mx[0] = T.max(mx[0], s[th, j])
-        for j in range(m):
-            s[th, j] = T.exp(s[th, j] - mx[0])
+        # exp on whole vectors (s has room for the last one's spare lanes, never summed)
+        tab = T.alloc_local((expf.N,), "uint64")
+        fill(tab)
+        for jo in range((m + VEC - 1) // VEC):
+            s[th, T.ramp(jo * VEC, 1, VEC)] = expf.expf(
+                s[th, T.ramp(jo * VEC, 1, VEC)] - T.Broadcast(mx[0], VEC), tab, VEC
+            )
         z[0] = T.float32(0)
         for j in range(m):
             z[0] = z[0] + s[th, j]
@@ -250,7 +260,7 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
         vc = T.match_buffer(var_vc, (L, C, KV, hd), "float32")
         mask = T.match_buffer(var_mask, (n, n), "float32")
         out = T.match_buffer(var_out, (n, H, hd), "float32")
-        s = T.alloc_buffer((n * H, P + n), "float32")
+        s = T.alloc_buffer((n * H, (P + n + VEC - 1) // VEC * VEC), "float32")
         kt = T.alloc_buffer((KV * hd, P + n), "float32")
         # the layer's keys transposed (the score loop runs over slots innermost), then the
         # (row, head) pairs; in parallel when there are several rows (one row: its 9 small
@@ -281,6 +291,13 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
     return {"attention": attention, "kv_keep": kv_keep, **_fused(spec)}
 
 
+def _span(start: Any, lanes: int) -> Any:
+    """The index of ``lanes`` consecutive elements from ``start`` (``start`` itself for one)."""
+    from tvm.script import tirx as T
+
+    return T.ramp(start, 1, lanes) if lanes > 1 else start
+
+
 def _fence(x: Any) -> Any:
     """``x`` behind ``llvm.arithmetic.fence``: TVM's LLVM contracts a product into a following
     add or subtract (one FMA); the fence keeps the product rounded, as it was when each Relax
@@ -303,16 +320,21 @@ def _fused(spec: GraphSpec) -> dict[str, Any]:
 
     Each computes the same operations in the same order as the Relax ops did (products fenced,
     :func:`_fence`), so the logits are bit for bit the same; rows are independent (a row
-    gives the same result whatever T is). ``silu_mul`` (one ``exp`` a feature) runs its rows
-    x 256-feature chunks in parallel when T > 1; the others are a few microseconds and stay
-    serial.
+    gives the same result whatever T is). ``silu_mul`` (one ``exp`` a feature, kernels/expf.py's)
+    runs its rows x 256-feature chunks in parallel when T > 1; the others are a few
+    microseconds and stay serial.
     """
     from tvm.script import tirx as T
+
+    from edgespec.kernels import expf
 
     D, F, hd, H, KV = spec.n_embd, spec.n_ff, spec.head_dim, spec.n_head, spec.n_head_kv
     half, nqkv = hd // 2, (spec.n_head + 2 * spec.n_head_kv) * hd
     eps, scale = spec.rms_eps, spec.attn_scale
     chunk = next(c for c in (256, 128, 64, 1) if F % c == 0)
+    VEC = 16 if chunk > 1 else 1  # features a vector in silu_mul
+    fill = expf.table_filler()
+    one = T.Broadcast(T.float32(1), VEC) if VEC > 1 else T.float32(1)
 
     @T.prim_func(private=True)
     def rms_norm(var_x: T.handle, var_w: T.handle, var_y: T.handle):
@@ -374,15 +396,21 @@ def _fused(spec: GraphSpec) -> dict[str, Any]:
             for d in T.vectorized(hd):
                 vc[layer, P + t, g, d] = qkv[t, (H + KV + g) * hd + d]
 
+    def cols(tc: Any, i: Any, off: int) -> Any:
+        # chunk tc = t * (F / chunk) + c: vector i of its gate (off 0) or up (off F) features
+        return _span(off + tc % (F // chunk) * chunk + i * VEC, VEC)
+
     @T.macro
     def silu_chunk(gu: Any, a: Any, tc: Any) -> None:
-        # chunk tc = t * (F / chunk) + c; no let inside the vectorized loop (with one,
-        # TVM 0.27 computed wrong values)
-        for i in T.vectorized(chunk):
-            a[tc // (F // chunk), tc % (F // chunk) * chunk + i] = (
-                gu[tc // (F // chunk), tc % (F // chunk) * chunk + i]
-                * T.sigmoid(gu[tc // (F // chunk), tc % (F // chunk) * chunk + i])
-                * gu[tc // (F // chunk), F + tc % (F // chunk) * chunk + i]
+        # g * sigmoid(g) * up, sigmoid as TVM lowers it, 1 / (1 + exp(-g)), with
+        # kernels/expf.py's exp; VEC features at a time
+        tab = T.alloc_local((expf.N,), "uint64")
+        fill(tab)
+        for i in range(chunk // VEC):
+            a[tc // (F // chunk), cols(tc, i, 0)] = (
+                gu[tc // (F // chunk), cols(tc, i, 0)]
+                * (one / (one + expf.expf(-gu[tc // (F // chunk), cols(tc, i, 0)], tab, VEC)))
+                * gu[tc // (F // chunk), cols(tc, i, F)]
             )
 
     # s_tir: Relax's reshape detection (RewriteDataflowReshape) inspects one-input kernels'
