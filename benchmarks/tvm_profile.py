@@ -57,26 +57,50 @@ def graph_at(rev: str) -> Any:
     return mod
 
 
-def attention_fn(graph: Any, spec: Any, target: Any) -> Any:
-    """The compiled ``attention`` kernel of ``graph`` (a tvm_graph module) for ``spec``."""
+def attention_fn(graph: Any, spec: Any, target: Any) -> tuple[Any, bool]:
+    """The compiled ``attention`` kernel of ``graph`` (a tvm_graph module) for ``spec``, and
+    whether it reads the keys with the slots innermost (``[L, KV, hd, C]``; before: the
+    values' ``[L, C, KV, hd]``)."""
     import tvm
 
     kernels = graph._kernels(spec)  # a dict by name; a 3-tuple before the fused kernels
     func = kernels["attention"] if isinstance(kernels, dict) else kernels[1]
     func = func.with_attr("global_symbol", "main")
-    return tvm.compile(tvm.IRModule({"main": func}), target=target)["main"]
+    slots_last = isinstance(kernels, dict) and "kv_keep_keys" in kernels  # came together
+    return tvm.compile(tvm.IRModule({"main": func}), target=target)["main"], slots_last
+
+
+def _key_layout(cache: np.ndarray) -> np.ndarray:
+    """Keys ``[L, C, KV, hd]`` in the graph's blocked layout ``[L, KV, C/16, hd, 16]``."""
+    L, C, KV, hd = cache.shape
+    return np.ascontiguousarray(cache.reshape(L, C // 16, 16, KV, hd).transpose(0, 3, 1, 4, 2))
+
+
+def _slot_layout(keys: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`_key_layout`."""
+    L, KV, B, hd, _ = keys.shape
+    return np.ascontiguousarray(keys.transpose(0, 2, 4, 1, 3).reshape(L, B * 16, KV, hd))
 
 
 def attention_seconds(
-    fn: Any, spec: Any, n_ctx: int, past: int, k: int, clock: Any = time.perf_counter
+    kernel: tuple[Any, bool],
+    spec: Any,
+    n_ctx: int,
+    past: int,
+    k: int,
+    clock: Any = time.perf_counter,
 ) -> float:
-    """Seconds of ``fn`` once per layer for k new rows after ``past`` cached slots."""
+    """Seconds of the kernel (:func:`attention_fn`'s pair) once per layer for k new rows after
+    ``past`` cached slots."""
     import tvm
 
+    fn, slots_last = kernel
     dev, rng = tvm.cpu(0), np.random.default_rng(0)
     L, KV, hd, H = spec.n_layers, spec.n_head_kv, spec.head_dim, spec.n_head
+    n_ctx = -(-n_ctx // 16) * 16
     cache = rng.standard_normal((L, n_ctx, KV, hd)).astype(np.float32)
-    kc, vc = tvm.runtime.tensor(cache, dev), tvm.runtime.tensor(cache[::-1].copy(), dev)
+    keys = _key_layout(cache) if slots_last else cache
+    kc, vc = tvm.runtime.tensor(keys, dev), tvm.runtime.tensor(cache[::-1].copy(), dev)
     q = tvm.runtime.tensor(rng.standard_normal((k, H, hd)).astype(np.float32), dev)
     mask = tvm.runtime.tensor(np.triu(np.full((k, k), -np.inf, np.float32), 1), dev)
     out = tvm.runtime.empty((k, H, hd), "float32", dev)
@@ -190,6 +214,11 @@ def main() -> int:
             tvm.compile(old.build_module(spec), target=target), model.device
         )
         graphs[a.against] = (other, attention_fn(old, spec, target))
+        here_keys, old_keys = graphs["this tree"][1][1], graphs[a.against][1][1]
+        if here_keys != old_keys:  # the other graph's key layout (blocks of slots or not)
+            keys = other.k_cache.numpy()
+            keys = _slot_layout(keys) if here_keys else _key_layout(keys)
+            other.k_cache = tvm.runtime.tensor(keys, model.device)
     fwd = {(g, k): [] for g in graphs for k in a.ks}
     att = {(g, k): [] for g in graphs for k in a.ks}
     logits: dict[tuple[str, int], np.ndarray] = {}

@@ -816,9 +816,10 @@ class HeadSlots:
 class TvmModel(SlotCacheModel):
     """A compiled llama / qwen2 with its KV cache on the device.
 
-    The cache is ``k_cache, v_cache: float32[L, n_ctx, KV, hd]`` (device tensors); slots
-    ``0 .. n_past-1`` are valid, ``truncate`` only moves ``n_past``, and a forward writes
-    its T new slots in place.
+    The cache is ``k_cache: float32[L, KV, C / 16, hd, 16]`` and ``v_cache: float32[L, C, KV,
+    hd]`` (device tensors; the graph's layouts, runtimes/tvm_graph.py ``KEY_BLOCK``; C is
+    ``n_ctx`` rounded up to a multiple of 16); slots ``0 .. n_past-1`` are valid, ``truncate``
+    only moves ``n_past``, and a forward writes its T new slots in place.
 
     Args:
         vm: the ``relax.VirtualMachine`` of the compiled library.
@@ -856,10 +857,12 @@ class TvmModel(SlotCacheModel):
         self.vm = vm
         self.device = device
         self.weights = weights
+        from edgespec.runtimes.tvm_graph import KEY_BLOCK
+
         L, KV, hd = cache_shape
-        shape = (L, self.n_ctx, KV, hd)
-        self.k_cache = tvm.runtime.empty(shape, "float32", device)
-        self.v_cache = tvm.runtime.empty(shape, "float32", device)
+        C = -(-self.n_ctx // KEY_BLOCK) * KEY_BLOCK
+        self.k_cache = tvm.runtime.empty((L, KV, C // KEY_BLOCK, hd, KEY_BLOCK), "float32", device)
+        self.v_cache = tvm.runtime.empty((L, C, KV, hd), "float32", device)
 
     def _init_positions(self, info: ModelInfo, n_ctx: int, inv_freq: np.ndarray) -> None:
         """The host-side state every device shares: ``info``, the capacity, an empty cache

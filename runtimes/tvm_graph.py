@@ -2,8 +2,10 @@
 
 One Relax function, ``forward``, scores T new tokens (T is a symbolic shape, so one
 compiled library serves prefill, plain decoding and verification) over a KV cache that
-lives in two preallocated device tensors ``k_cache, v_cache: float32[L, C, KV, hd]``
-(C = the cache capacity, symbolic too). The new keys and values are written into the cache
+lives in two preallocated device tensors ``k_cache: float32[L, KV, C/16, hd, 16]`` (keys in
+blocks of 16 slots, each block hd rows of 16 slots, as the attention's score loop reads them:
+:data:`KEY_BLOCK`) and ``v_cache: float32[L, C, KV, hd]`` (C = the cache capacity, symbolic
+too, a multiple of 16). The new keys and values are written into the cache
 in place (``call_tir_inplace``) at slots ``P .. P+T-1``, where ``P`` (the number of cached
 positions) is passed as a shape argument, and attention reads slots ``0 .. P+T-1``.
 
@@ -32,7 +34,7 @@ Each matrix is either float32 (packed by :func:`pack_weight`, multiplied by
 Parameter order of ``forward``::
 
     ids int32[T], cos f32[T, hd/2], sin f32[T, hd/2], mask f32[T, T], past Shape[P],
-    k_cache f32[L, C, KV, hd], v_cache f32[L, C, KV, hd], *weights (see param_names)
+    k_cache f32[L, KV, C/16, hd, 16], v_cache f32[L, C, KV, hd], *weights (see param_names)
 
 It returns ``logits float32[T, V]`` (``forward``) or ``float32[1, V]`` (``forward_last``,
 the LM head on the last row only, for plain decoding). A third function,
@@ -46,6 +48,9 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+#: slots a block of the key cache holds (``k_cache[L, KV, C / KEY_BLOCK, hd, KEY_BLOCK]``:
+#: a block's keys as hd rows of KEY_BLOCK slots, what one vector of the score loop reads)
+KEY_BLOCK = 16
 #: bump when the graph changes in a way its key would not show (compiled libraries rekey)
 GRAPH_VERSION = 2
 f32 = "float32"
@@ -167,13 +172,19 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
     from Relax as ``prim_value`` arguments.
 
     ``attention(q f32[T, H, hd], k_cache, v_cache, mask f32[T, T], layer, P) -> f32[T, H, hd]``
-    runs its (row, head) pairs in parallel when T > 1 (serially at T = 1: 9 tasks of a few
-    microseconds do not pay for waking the pool), each pair's scores, softmax and weighted
-    values in one task; every sum runs in the order of the former one-thread kernel (scores over the
-    head dimension in order, one vector of 16 slots at a time; softmax and values over the
-    slots in order), so the logits are bit for bit what they were. The softmax's ``exp`` is
-    :func:`edgespec.kernels.expf.expf` on vectors of 16 slots (glibc's ``expf`` bit for bit,
-    without a libm call per value).
+    reads the keys in their cache layout ``[L, KV, C/16, hd, 16]`` (a vector of the score
+    loop is one row of a block) and the values in ``[L, C, KV, hd]``. One task computes the
+    scores, softmax and weighted values of one row and ``HB`` heads of one KV group (the
+    group's keys and values loaded once for them, and ``HB x U`` score vectors or ``HB x hd``
+    value sums in flight, independent chains of fused multiply-adds); tasks run in parallel
+    when T > 1 (serially at T = 1: a few tasks of microseconds do not pay for waking the
+    pool). Every sum runs in the order of the former one-(row, head)-a-task kernel (each
+    slot's score over the head dimension in order, starting from its mask value; softmax and
+    values over the slots in order), so the logits are bit for bit what they were. The
+    softmax's ``exp`` is :func:`edgespec.kernels.expf.expf` on vectors of 16 slots (glibc's
+    ``expf`` bit for bit, without a libm call per value). The score loop reads whole vectors
+    of slots, up to 15 past ``P + T``: the capacity ``C`` must be a multiple of 16 (the
+    backend allocates it so); the spare lanes are never summed.
     """
     from tvm.script import tirx as T
 
@@ -184,64 +195,98 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
     H = spec.n_head
     fill = expf.table_filler()
 
-    #: slots per vector in the score loop (any width: every lane sums the same way)
-    VEC = 16
+    #: slots per vector in the score loop: a key block (every lane sums the same way)
+    VEC = KEY_BLOCK
+    #: heads a task (of one KV group), and slot vectors a pass of its score loop
+    HB = next(b for b in (4, 3, 2, 1) if G % b == 0)
+    U = max(1, min(4, 12 // HB))
+    NB = G // HB  # tasks per (row, KV group)
+
+    def lanes(k: Any, width: int = VEC) -> Any:
+        return T.ramp(k * width, 1, width)
 
     @T.macro
-    def transpose_keys(kt: Any, kc: Any, layer: Any, m: Any, gd: Any) -> None:
-        for j in range(m):
-            kt[gd, j] = kc[layer, j, gd // hd, gd % hd]
+    def scores(
+        acc: Any, q: Any, kc: Any, mask: Any, s: Any, layer: Any, P: Any, hs: Any, jv: Any, nu: int
+    ) -> None:
+        # heads hs = (t, g, h0), slot vectors jv .. jv+nu-1: each slot's sum starts at its
+        # mask value (0 for cached slots) and adds q[d] * k[d] for d ascending
+        for i, u in T.grid(HB, nu):
+            acc[lanes(i * U + u)] = T.Broadcast(T.float32(0), VEC)
+            if (jv + u + 1) * VEC > P:  # a vector with new slots: their mask values
+                for e in range(VEC):
+                    if (jv + u) * VEC + e >= P and (jv + u) * VEC + e < P + q.shape[0]:
+                        acc[(i * U + u) * VEC + e] = mask[hs[0], (jv + u) * VEC + e - P]
+        for d in range(hd):
+            for i in T.unroll(HB):
+                for u in T.unroll(nu):
+                    acc[lanes(i * U + u)] = (
+                        acc[lanes(i * U + u)]
+                        + T.Broadcast(q[hs[0], hs[2] + i, d], VEC)
+                        * kc[layer, hs[1], jv + u, d, lanes(0)]
+                    )
+        for i in T.unroll(HB):
+            for u in T.unroll(nu):
+                s[hs[0] * H + hs[2] + i, lanes(jv + u)] = acc[lanes(i * U + u)]
 
     @T.macro
     def attend(
-        th: Any, q: Any, kt: Any, vc: Any, mask: Any, s: Any, out: Any, layer: Any, P: Any
+        task: Any, q: Any, kc: Any, vc: Any, mask: Any, s: Any, out: Any, layer: Any, P: Any
     ) -> None:
-        # (row, head) th = t * H + h: its scores, softmax and values, every sum in the order
-        # of the one-thread kernel (slots ascending; features ascending in the scores)
+        # task = (t * KV + g) * NB + b: row t, heads h0 = g * G + b * HB .. h0 + HB - 1
         m = P + q.shape[0]  # visible slots
-        mv = m // VEC * VEC  # slots in whole vectors; the rest one by one
-        t = th // H
-        g = th % H // G
-        mx = T.alloc_local((1,), "float32")
-        z = T.alloc_local((1,), "float32")
-        acc = T.alloc_local((VEC,), "float32")
-        for jo in range(mv // VEC):
-            acc[T.ramp(0, 1, VEC)] = T.broadcast(T.float32(0), VEC)
-            for i in range(VEC):
-                if jo * VEC + i >= P:
-                    acc[i] = mask[t, jo * VEC + i - P]
-            # each slot's sum over d in order, in a register across d
-            for d in range(hd):
-                acc[T.ramp(0, 1, VEC)] = (
-                    acc[T.ramp(0, 1, VEC)]
-                    + T.broadcast(q[t, th % H, d], VEC) * kt[g * hd + d, T.ramp(jo * VEC, 1, VEC)]
+        nv = (m + VEC - 1) // VEC  # slot vectors
+        t = task // (KV * NB)
+        g = task // NB % KV
+        h0 = g * G + task % NB * HB
+        acc = T.alloc_local((HB * U * VEC,), "float32")
+        for jb in range(nv // U):
+            scores(acc, q, kc, mask, s, layer, P, (t, g, h0), jb * U, U)
+        for jv in range(nv // U * U, nv):
+            scores(acc, q, kc, mask, s, layer, P, (t, g, h0), jv, 1)
+        # each head's largest score, a vector at a time (a maximum does not depend on the
+        # order; spare lanes count as -inf)
+        mv = T.alloc_local((HB * VEC,), "float32")
+        mx = T.alloc_local((HB,), "float32")
+        z = T.alloc_local((HB,), "float32")
+        for i in T.unroll(HB):
+            mv[lanes(i)] = T.Broadcast(T.float32(-math.inf), VEC)
+        for jv in range(nv):
+            for i in T.unroll(HB):
+                mv[lanes(i)] = T.max(
+                    mv[lanes(i)],
+                    T.Select(
+                        lanes(jv) < T.Broadcast(m, VEC),
+                        s[t * H + h0 + i, lanes(jv)],
+                        T.Broadcast(T.float32(-math.inf), VEC),
+                    ),
                 )
-            s[th, T.ramp(jo * VEC, 1, VEC)] = acc[T.ramp(0, 1, VEC)]
-        for j in range(mv, m):
-            s[th, j] = T.if_then_else(j >= P, mask[t, j - P], T.float32(0), dtype="float32")
-            for d in range(hd):
-                s[th, j] = s[th, j] + q[t, th % H, d] * kt[g * hd + d, j]
-        mx[0] = T.float32(-math.inf)
-        for j in range(m):
-            mx[0] = T.max(mx[0], s[th, j])
+        for i in T.unroll(HB):
+            mx[i] = T.float32(-math.inf)
+            for e in range(VEC):
+                mx[i] = T.max(mx[i], mv[i * VEC + e])
         # exp on whole vectors (s has room for the last one's spare lanes, never summed)
         tab = T.alloc_local((expf.N,), "uint64")
         fill(tab)
-        for jo in range((m + VEC - 1) // VEC):
-            s[th, T.ramp(jo * VEC, 1, VEC)] = expf.expf(
-                s[th, T.ramp(jo * VEC, 1, VEC)] - T.Broadcast(mx[0], VEC), tab, VEC
+        for i, jv in T.grid(HB, nv):
+            s[t * H + h0 + i, lanes(jv)] = expf.expf(
+                s[t * H + h0 + i, lanes(jv)] - T.Broadcast(mx[i], VEC), tab, VEC
             )
-        z[0] = T.float32(0)
+        # the weighted values and the softmax's sums, slots in order (the sums' chains of
+        # adds run beside the values' multiply-adds)
+        o = T.alloc_local((HB * hd,), "float32")
+        for i in T.unroll(HB):
+            z[i] = T.float32(0)
+            o[lanes(i, hd)] = T.Broadcast(T.float32(0), hd)
         for j in range(m):
-            z[0] = z[0] + s[th, j]
-        h = th % H
-        out[t, h, T.ramp(0, 1, hd)] = T.broadcast(T.float32(0), hd)
-        for j in range(m):
-            out[t, h, T.ramp(0, 1, hd)] = (
-                out[t, h, T.ramp(0, 1, hd)]
-                + T.broadcast(s[th, j], hd) * vc[layer, j, g, T.ramp(0, 1, hd)]
-            )
-        out[t, h, T.ramp(0, 1, hd)] = out[t, h, T.ramp(0, 1, hd)] / T.broadcast(z[0], hd)
+            for i in T.unroll(HB):
+                z[i] = z[i] + s[t * H + h0 + i, j]
+                o[lanes(i, hd)] = (
+                    o[lanes(i, hd)]
+                    + T.Broadcast(s[t * H + h0 + i, j], hd) * vc[layer, j, g, lanes(0, hd)]
+                )
+        for i in T.unroll(HB):
+            out[t, h0 + i, lanes(0, hd)] = o[lanes(i, hd)] / T.Broadcast(z[i], hd)
 
     @T.prim_func(private=True)
     def attention(
@@ -254,27 +299,37 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
         var_out: T.handle,
     ):
         T.func_attr({"tirx.noalias": True})
-        n, L, C = T.int64(), T.int64(), T.int64()
+        n, L, C, CB = T.int64(), T.int64(), T.int64(), T.int64()
         q = T.match_buffer(var_q, (n, H, hd), "float32")
-        kc = T.match_buffer(var_kc, (L, C, KV, hd), "float32")
+        kc = T.match_buffer(var_kc, (L, KV, CB, hd, KEY_BLOCK), "float32")
         vc = T.match_buffer(var_vc, (L, C, KV, hd), "float32")
         mask = T.match_buffer(var_mask, (n, n), "float32")
         out = T.match_buffer(var_out, (n, H, hd), "float32")
         s = T.alloc_buffer((n * H, (P + n + VEC - 1) // VEC * VEC), "float32")
-        kt = T.alloc_buffer((KV * hd, P + n), "float32")
-        # the layer's keys transposed (the score loop runs over slots innermost), then the
-        # (row, head) pairs; in parallel when there are several rows (one row: its 9 small
-        # tasks are not worth waking the pool's threads, serial)
         if n > 1:
-            for gd in T.parallel(KV * hd):
-                transpose_keys(kt, kc, layer, P + n, gd)
-            for th in T.parallel(n * H):
-                attend(th, q, kt, vc, mask, s, out, layer, P)
+            for task in T.parallel(n * KV * NB):
+                attend(task, q, kc, vc, mask, s, out, layer, P)
         else:
-            for gd in range(KV * hd):
-                transpose_keys(kt, kc, layer, P + n, gd)
-            for th in range(H):
-                attend(th, q, kt, vc, mask, s, out, layer, P)
+            for task in range(KV * NB):
+                attend(task, q, kc, vc, mask, s, out, layer, P)
+
+    @T.prim_func(private=True, s_tir=True)
+    def kv_keep_keys(var_cache: T.handle, var_rows: T.handle, base: T.int64):
+        T.func_attr({"tirx.noalias": True})
+        L, CB, n = T.int64(), T.int64(), T.int64()
+        cache = T.match_buffer(var_cache, (L, KV, CB, hd, KEY_BLOCK), "float32")
+        rows = T.match_buffer(var_rows, (n,), "int32")
+        # as kv_keep, in the keys' layout (blocks of VEC slots, slots innermost)
+        for layer, h, i, d in T.grid(L, KV, n, hd):
+            with T.sblock("keep"):
+                vl, vh, vi, vd = T.axis.remap("SSSS", [layer, h, i, d])
+                cache[vl, vh, (base + vi) // KEY_BLOCK, vd, (base + vi) % KEY_BLOCK] = cache[
+                    vl,
+                    vh,
+                    T.Cast("int64", rows[vi]) // KEY_BLOCK,
+                    vd,
+                    T.Cast("int64", rows[vi]) % KEY_BLOCK,
+                ]
 
     @T.prim_func(private=True, s_tir=True)
     def kv_keep(var_cache: T.handle, var_rows: T.handle, base: T.int64):
@@ -288,7 +343,12 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
                 vl, vi, vh, vd = T.axis.remap("SSSS", [layer, i, h, d])
                 cache[vl, base + vi, vh, vd] = cache[vl, T.Cast("int64", rows[vi]), vh, vd]
 
-    return {"attention": attention, "kv_keep": kv_keep, **_fused(spec)}
+    return {
+        "attention": attention,
+        "kv_keep": kv_keep,
+        "kv_keep_keys": kv_keep_keys,
+        **_fused(spec),
+    }
 
 
 def _span(start: Any, lanes: int) -> Any:
@@ -368,8 +428,8 @@ def _fused(spec: GraphSpec) -> dict[str, Any]:
         var_q: T.handle,
     ):
         T.func_attr({"tirx.noalias": True})
-        n, L, C = T.int64(), T.int64(), T.int64()
-        kc = T.match_buffer(var_kc, (L, C, KV, hd), "float32")
+        n, L, C, CB = T.int64(), T.int64(), T.int64(), T.int64()
+        kc = T.match_buffer(var_kc, (L, KV, CB, hd, KEY_BLOCK), "float32")
         vc = T.match_buffer(var_vc, (L, C, KV, hd), "float32")
         qkv = T.match_buffer(var_qkv, (n, nqkv), "float32")
         cos = T.match_buffer(var_cos, (n, half), "float32")
@@ -387,10 +447,10 @@ def _fused(spec: GraphSpec) -> dict[str, Any]:
                 ) * T.float32(scale)
         for t, g in T.grid(n, KV):
             for i in T.vectorized(half):
-                kc[layer, P + t, g, i] = _fence(qkv[t, (H + g) * hd + i] * cos[t, i]) - _fence(
-                    qkv[t, (H + g) * hd + half + i] * sin[t, i]
-                )
-                kc[layer, P + t, g, half + i] = _fence(
+                kc[layer, g, (P + t) // KEY_BLOCK, i, (P + t) % KEY_BLOCK] = _fence(
+                    qkv[t, (H + g) * hd + i] * cos[t, i]
+                ) - _fence(qkv[t, (H + g) * hd + half + i] * sin[t, i])
+                kc[layer, g, (P + t) // KEY_BLOCK, half + i, (P + t) % KEY_BLOCK] = _fence(
                     qkv[t, (H + g) * hd + half + i] * cos[t, i]
                 ) + _fence(qkv[t, (H + g) * hd + i] * sin[t, i])
             for d in T.vectorized(hd):
@@ -503,6 +563,7 @@ def build_module(spec: GraphSpec) -> Any:
     n = tirx.Var("T", "int64")
     P = tirx.Var("P", "int64")
     C = tirx.Var("C", "int64")
+    CB = tirx.Var("CB", "int64")  # key blocks: C / KEY_BLOCK
     L = spec.n_layers
 
     bb = relax.BlockBuilder()
@@ -540,9 +601,10 @@ def build_module(spec: GraphSpec) -> Any:
         cos_in, sin_in = tensor("cos", (n, half)), tensor("sin", (n, half))
         mask = tensor("mask", (n, n))
         past = relax.Var("past", relax.ShapeType([P]))
-        kc = tensor("k_cache", (L, C, KV, hd))
+        kc = tensor("k_cache", (L, KV, CB, hd, KEY_BLOCK))
         vc = tensor("v_cache", (L, C, KV, hd))
-        cache_ty = relax.TensorType((L, C, KV, hd), f32)
+        k_ty = relax.TensorType((L, KV, CB, hd, KEY_BLOCK), f32)
+        v_ty = relax.TensorType((L, C, KV, hd), f32)
         w.clear()
         w |= {
             name: tensor(name.replace(".", "_"), shape, dtype)
@@ -563,7 +625,7 @@ def build_module(spec: GraphSpec) -> Any:
                             g_rope,
                             [k_cache, v_cache, qkv, cos_in, sin_in, *scalars],
                             [0, 1, -1],
-                            [cache_ty, cache_ty, relax.TensorType((n, H, hd), f32)],
+                            [k_ty, v_ty, relax.TensorType((n, H, hd), f32)],
                         )
                     )
                     k_cache = bb.emit(relax.TupleGetItem(kvq, 0))
@@ -589,13 +651,15 @@ def build_module(spec: GraphSpec) -> Any:
             bb.emit_func_output(logits)
 
     # kv_keep(k_cache, v_cache, rows int32[n], base Shape[B]): slots rows -> B .. B+n-1
-    kc, vc = tensor("k_cache", (L, C, KV, hd)), tensor("v_cache", (L, C, KV, hd))
+    kc, vc = tensor("k_cache", (L, KV, CB, hd, KEY_BLOCK)), tensor("v_cache", (L, C, KV, hd))
     rows = tensor("rows", (n,), "int32")
     B = tirx.Var("B", "int64")
     base = relax.Var("base", relax.ShapeType([B]))
-    cache_ty = relax.TensorType((L, C, KV, hd), f32)
+    k_ty = relax.TensorType((L, KV, CB, hd, KEY_BLOCK), f32)
+    v_ty = relax.TensorType((L, C, KV, hd), f32)
     with bb.function("kv_keep", [kc, vc, rows, base]):
-        k2 = bb.emit(relax.call_tir_inplace(g_keep, [kc, rows, relax.prim_value(B)], [0], cache_ty))
-        v2 = bb.emit(relax.call_tir_inplace(g_keep, [vc, rows, relax.prim_value(B)], [0], cache_ty))
+        keep = [rows, relax.prim_value(B)]
+        k2 = bb.emit(relax.call_tir_inplace(kernels["kv_keep_keys"], [kc, *keep], [0], k_ty))
+        v2 = bb.emit(relax.call_tir_inplace(g_keep, [vc, *keep], [0], v_ty))
         bb.emit_func_output(relax.Tuple([k2, v2]))
     return bb.get()

@@ -8,6 +8,7 @@ cheap checksum-stamp check).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,17 +18,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-def _save_tiny(out: Path, arch: str) -> Path:
+def _save_tiny(out: Path, arch: str, heads: tuple[int, int] = (4, 2)) -> Path:
+    """A tiny random model of ``arch`` with ``heads = (query heads, key/value heads)`` of 16
+    features each."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     common = dict(
         vocab_size=256,
-        hidden_size=64,
+        hidden_size=16 * heads[0],
         intermediate_size=128,
         num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads[0],
+        num_key_value_heads=heads[1],
         max_position_embeddings=512,
         rms_norm_eps=1e-6,
         rope_theta=10000.0,
@@ -60,6 +63,15 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_qwen2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An HF folder of a 3-layer random Qwen2ForCausalLM (q/k/v biases)."""
     return _save_tiny(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
+
+
+@pytest.fixture
+def tiny_llama_with_heads(tmp_path: Path) -> Callable[[int, int], Path]:
+    """``make(n_head, n_head_kv)``: an HF folder of a 3-layer random LlamaForCausalLM with
+    those heads (16 features each)."""
+    return lambda n_head, n_head_kv: _save_tiny(
+        tmp_path / f"tiny-llama-{n_head}-{n_head_kv}", "llama", (n_head, n_head_kv)
+    )
 
 
 #: zoo models the session's tests ran on: {name: (path, sha256)}, printed at the end
