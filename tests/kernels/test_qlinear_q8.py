@@ -175,6 +175,9 @@ def test_k_quant_kernel_equals_reference_bit_for_bit(fmt: str, n: int, isa: str)
     lib = _compile(w.fmt, k, n, isa)
     x = _activations(9, k, rng)
     x[1, 256:] = 0  # an all-zero super-block
+    # the largest |x| twice, of both signs (the scale takes the first one's: mx)
+    x[2, 5] = -x[2, 3]
+    x[3, 2] = -x[3, 3]
     got = _run(lib["main"], x, w)
     want = reference.qlinear_q8k(x, code.astype(np.int32), d, m, sd, sm)
     np.testing.assert_array_equal(got, want)
