@@ -30,6 +30,7 @@ from edgespec.kernels.qlinear_q8 import (
     LANES,
     _six,
     base_format,
+    building_isa,
     code_rows,
     dot_flat,
     dot_rows,
@@ -45,6 +46,13 @@ if TYPE_CHECKING:
 
 #: how many groups ahead the codes are prefetched (6 KB of Q6_K, 8 of Q4_K)
 AHEAD = 8
+#: the dot products whose blocks of ROWS rows run a tile's vectors outer and the groups inner
+#: for 4-bit codes (``rows_at``). The Qwen 1.5B's ffn_gate (Q4_K) at T = 9, one thread, on an
+#: AVX512-VNNI Xeon, both orders on the same operands in one process, six processes: VNNI
+#: 1050-1200 us vectors outer, 1040-1470 us groups outer (two modes between processes; the
+#: ratio 0.78-0.93 in five, 1.05 in one); AVX-VNNI 0.95 and 1.35, AVX2 0.99 and 1.02 (where
+#: identical code measured 0.94-1.02); Q6_K's unpacked codes 1.07-1.08 (docs/tvm.md)
+VECTORS_OUTER = frozenset({"vnni"})
 #: rows of x a pass over the codes serves (each group's codes loaded and unpacked once); 2 and 4
 #: were slower than 3 at T = 9 in an earlier form of the loop (benchmarks/tvm_q8_layout.py)
 ROWS = 3
@@ -130,15 +138,44 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             Yf[lanes] = yv
 
     @T.macro
+    def group_rows(
+        BS: Any, Q4: Any, U: Any, C: Any, SDf: Any, SMf: Any, acc: Any, accm: Any, dot: Any,
+        P16: Any, jo: Any, s: Any, t0: Any, gi: Any, v: Any,
+    ) -> None:  # fmt: skip
+        # group gi of super-block s, vector v of tile jo, for rows t0 .. t0 + ROWS - 1 (the rows
+        # unrolled innermost: the group's codes loaded and unpacked once for them)
+        sub_at = ((jo * ns + s) * gps + gi) * tile + v * LANES
+        for r in T.unroll(ROWS):
+            dot[T.ramp(r * LANES, 1, LANES)] = T.broadcast(-z * gsum_of(BS, t0 + r, s, gi), LANES)
+            if six:  # rows of 4 weights, unpacked
+                dot[T.ramp(r * LANES, 1, LANES)] = dot_flat(
+                    dot[T.ramp(r * LANES, 1, LANES)], U, (gi * g // 4 * nvec + v) * 64,
+                    nvec * 64, g // 4, Q4, ((t0 + r) * K + s * SUPER + gi * g) // 4, bits,
+                )  # fmt: skip
+        if not six:
+            dot_rows_each(
+                dot, P16, ROWS, C, jo, (s * gps + gi) * rows, rows, v * 64, Q4,
+                [((t0 + r) * K + s * SUPER + gi * g) // 4 for r in range(ROWS)], bits,
+            )  # fmt: skip
+        for r in T.unroll(ROWS):
+            accumulate(
+                acc, accm, (r * nvec + v) * LANES, dot, r * LANES, SDf, SMf, sub_at,
+                gsum_of(BS, t0 + r, s, gi),
+            )  # fmt: skip
+
+    @T.macro
     def rows_at(
         C: Any, Q4: Any, BS: Any, XD: Any, U: Any, Df: Any, Mf: Any, SDf: Any, SMf: Any,
         Yf: Any, jo: Any, s: Any, t0: Any,
     ) -> None:  # fmt: skip
-        # rows t0 .. t0 + ROWS - 1 of super-block s of tile jo (body's buffers): the groups in
-        # order, prefetching as row_at does; in each, the tile's vectors (a loop, not
-        # unrolled: unrolled, LLVM kept each activation broadcast for the next vectors and
-        # spilled them), and the rows unrolled innermost, so that each group's codes are
-        # loaded and unpacked once for the ROWS rows
+        # rows t0 .. t0 + ROWS - 1 of super-block s of tile jo (body's buffers). 4-bit codes:
+        # the tile's vectors outer (unrolled) and the groups inner, so that a vector's ROWS
+        # sums stay in registers over the super-block and each activation broadcast is used
+        # once (groups outer, vectors inner, LLVM hoisted the broadcasts out of the vector
+        # loop and spilled them: Q4_K at T = 9 0.78x, benchmarks/tvm_q8_layout.py); the
+        # super-block's codes (8 KB a 64-wide tile) stay in L1 between the vectors' passes.
+        # Only with the dot products in VECTORS_OUTER; 6-bit codes (unpacked in U before) and
+        # the other dot products keep the groups outer, as measured faster or no slower there
         acc = T.alloc_local((ROWS * nvec * LANES,), "int32")
         accm = T.alloc_local((ROWS * nvec * LANES,), "int32")
         dot = T.alloc_local((ROWS * LANES,), "int32")
@@ -146,31 +183,16 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         for i in T.unroll(ROWS * nvec):
             acc[T.ramp(i * LANES, 1, LANES)] = T.broadcast(0, LANES)
             accm[T.ramp(i * LANES, 1, LANES)] = T.broadcast(0, LANES)
-        for gi in range(gps):
-            if not six and t0 == 0:  # the codes AHEAD groups on (6-bit: unpacked before)
-                prefetch_rows(C, jo, (s * gps + gi + AHEAD) * rows, rows, tile)
-            for v in range(nvec):
-                sub_at = ((jo * ns + s) * gps + gi) * tile + v * LANES
-                for r in T.unroll(ROWS):
-                    dot[T.ramp(r * LANES, 1, LANES)] = T.broadcast(
-                        -z * gsum_of(BS, t0 + r, s, gi), LANES
-                    )
-                    if six:  # rows of 4 weights, unpacked
-                        dot[T.ramp(r * LANES, 1, LANES)] = dot_flat(
-                            dot[T.ramp(r * LANES, 1, LANES)], U, (gi * g // 4 * nvec + v) * 64,
-                            nvec * 64, g // 4, Q4, ((t0 + r) * K + s * SUPER + gi * g) // 4,
-                            bits,
-                        )  # fmt: skip
-                if not six:
-                    dot_rows_each(
-                        dot, P16, ROWS, C, jo, (s * gps + gi) * rows, rows, v * 64, Q4,
-                        [((t0 + r) * K + s * SUPER + gi * g) // 4 for r in range(ROWS)], bits,
-                    )  # fmt: skip
-                for r in T.unroll(ROWS):
-                    accumulate(
-                        acc, accm, (r * nvec + v) * LANES, dot, r * LANES, SDf, SMf, sub_at,
-                        gsum_of(BS, t0 + r, s, gi),
-                    )  # fmt: skip
+        if six or building_isa() not in VECTORS_OUTER:  # the groups outer, vectors inner
+            for gi in range(gps):
+                for v in range(nvec):
+                    group_rows(BS, Q4, U, C, SDf, SMf, acc, accm, dot, P16, jo, s, t0, gi, v)
+        else:  # the tile's vectors outer: a vector's sums stay in registers over the groups
+            for v in T.unroll(nvec):
+                for gi in range(gps):
+                    if t0 == 0 and v == 0:  # the codes AHEAD groups on
+                        prefetch_rows(C, jo, (s * gps + gi + AHEAD) * rows, rows, tile)
+                    group_rows(BS, Q4, U, C, SDf, SMf, acc, accm, dot, P16, jo, s, t0, gi, v)
         for r in T.unroll(ROWS):
             for v in T.unroll(nvec):
                 finish(Df, Mf, XD, Yf, acc, accm, (r * nvec + v) * LANES, jo, s, t0 + r, v)
