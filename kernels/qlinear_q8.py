@@ -80,6 +80,9 @@ LANES = 16
 OFFSET8 = 128
 #: how many blocks of 32 ahead the codes are prefetched (8 to 16 KB: :func:`prefetch_rows`)
 AHEAD = 8
+#: rows of x a pass over a tile's codes serves from T = ROWS on (32-weight blocks: each
+#: block's codes loaded and unpacked once for them, the rows' outputs in registers)
+ROWS = 3
 
 
 def q8_format(fmt: str) -> str | None:
@@ -561,8 +564,10 @@ def _maddubs16(w: Any, q: Any) -> Any:
 
 def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     """``qlinear(x f32[T, K], c, d[, m], y f32[T, N])`` for symbolic T, private (to be added
-    to a Relax module); the loops: rows quantized once, then output tiles in parallel,
-    blocks in order, rows, the tile's vectors unrolled."""
+    to a Relax module); the loops: rows quantized once, then output tiles in parallel; below
+    T = :data:`ROWS` blocks in order, rows, the tile's vectors unrolled (``rows_each``); from
+    it on, blocks of ROWS rows with the tile's vectors outer (``rows_block``), the rows left
+    over as below."""
     from tvm.script import tirx as T
 
     lay = get_layout(base_format(fmt))
@@ -580,6 +585,82 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     rows = bits  # byte rows of the codes per block of 32 (code_rows)
     z = 0 if signed_codes(bits) else zero_of(fmt)
     affine = lay.affine
+
+    def update(
+        Df: Any, Mf: Any, XD: Any, XS: Any, jo: Any, b: Any, t: Any, v: Any, acc: Any, y: Any
+    ) -> Any:
+        # y + d * dx * float(acc) (+ m * sx): row t's block b, vector v of tile jo
+        dd = T.Cast("float32x16", Df[T.ramp((jo * nb + b) * tile + v * LANES, 1, LANES)])
+        dx = dd * T.broadcast(XD[t * nb + b], LANES)
+        yv = T.call_llvm_pure_intrin(
+            "float32x16", "llvm.fma.v16f32", dx, T.Cast("float32x16", acc), y
+        )
+        if not affine:
+            return yv
+        mm = T.Cast("float32x16", Mf[T.ramp((jo * nb + b) * tile + v * LANES, 1, LANES)])
+        return T.call_llvm_pure_intrin(
+            "float32x16", "llvm.fma.v16f32", mm, T.broadcast(XS[t * nb + b], LANES), yv
+        )
+
+    @T.macro
+    def rows_each(
+        C: Any, Q4: Any, QS: Any, XD: Any, XS: Any, Df: Any, Mf: Any, Yf: Any, jo: Any,
+        t_lo: Any, t_hi: Any,
+    ) -> None:  # fmt: skip
+        # rows t_lo .. t_hi - 1 of tile jo one at a time: blocks in order, rows, the tile's
+        # vectors unrolled, y summed in place
+        for t in range(t_lo, t_hi):
+            Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
+        for b in range(nb):
+            if t_lo == 0:
+                prefetch_rows(C, jo, (b + AHEAD) * rows, rows, tile)
+            for t in range(t_lo, t_hi):
+                for v in T.unroll(nvec):
+                    acc = T.alloc_local((LANES,), "int32")
+                    acc[T.ramp(0, 1, LANES)] = T.broadcast(-z * QS[t * nb + b], LANES)
+                    acc[T.ramp(0, 1, LANES)] = dot_rows(
+                        acc[T.ramp(0, 1, LANES)], C, jo, b * rows, rows, v * 64, Q4,
+                        t * (K // 4) + b * 8, bits,
+                    )  # fmt: skip
+                    Yf[T.ramp(t * N + jo * tile + v * LANES, 1, LANES)] = update(
+                        Df, Mf, XD, XS, jo, b, t, v, acc[T.ramp(0, 1, LANES)],
+                        Yf[T.ramp(t * N + jo * tile + v * LANES, 1, LANES)],
+                    )  # fmt: skip
+
+    @T.macro
+    def rows_block(
+        C: Any, Q4: Any, QS: Any, XD: Any, XS: Any, Df: Any, Mf: Any, Yf: Any, jo: Any, t0: Any
+    ) -> None:
+        # rows t0 .. t0 + ROWS - 1 of tile jo: the tile's vectors outer (unrolled), blocks in
+        # order, the rows innermost, so that each block's codes are loaded and unpacked once
+        # for the ROWS rows (dot_rows_each) and their y vectors stay in registers; each y
+        # element still sums its blocks in order, so the output is the same bit for bit
+        y = T.alloc_local((ROWS * LANES,), "float32")
+        dot = T.alloc_local((ROWS * LANES,), "int32")
+        P16 = T.alloc_local((ROWS * 32,), "int16")  # dot_rows_each's int16 sums
+        for v in T.unroll(nvec):
+            for r in T.unroll(ROWS):
+                y[T.ramp(r * LANES, 1, LANES)] = T.broadcast(T.float32(0), LANES)
+            for b in range(nb):
+                if t0 == 0 and v == 0:  # the codes AHEAD blocks on
+                    prefetch_rows(C, jo, (b + AHEAD) * rows, rows, tile)
+                for r in T.unroll(ROWS):
+                    dot[T.ramp(r * LANES, 1, LANES)] = T.broadcast(
+                        -z * QS[(t0 + r) * nb + b], LANES
+                    )
+                dot_rows_each(
+                    dot, P16, ROWS, C, jo, b * rows, rows, v * 64, Q4,
+                    [(t0 + r) * (K // 4) + b * 8 for r in range(ROWS)], bits,
+                )  # fmt: skip
+                for r in T.unroll(ROWS):
+                    y[T.ramp(r * LANES, 1, LANES)] = update(
+                        Df, Mf, XD, XS, jo, b, t0 + r, v, dot[T.ramp(r * LANES, 1, LANES)],
+                        y[T.ramp(r * LANES, 1, LANES)],
+                    )  # fmt: skip
+            for r in T.unroll(ROWS):
+                Yf[T.ramp((t0 + r) * N + jo * tile + v * LANES, 1, LANES)] = y[
+                    T.ramp(r * LANES, 1, LANES)
+                ]
 
     @T.macro
     def body(X: Any, C: Any, D: Any, M: Any, Y: Any, n: Any) -> None:
@@ -610,44 +691,16 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                     "float32", T.Cast("float16", d32 * T.Cast("float32", qsum[0]))
                 )
                 QS[t * nb + b] = qsum[0]
-        for jo in T.parallel(N // tile):
-            for t in range(n):
-                Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
-            for b in range(nb):
-                prefetch_rows(C, jo, (b + AHEAD) * rows, rows, tile)
-                for t in range(n):
-                    for v in T.unroll(nvec):
-                        acc = T.alloc_local((LANES,), "int32")
-                        acc[T.ramp(0, 1, LANES)] = T.broadcast(-z * QS[t * nb + b], LANES)
-                        acc[T.ramp(0, 1, LANES)] = dot_rows(
-                            acc[T.ramp(0, 1, LANES)], C, jo, b * rows, rows, v * 64, Q4,
-                            t * (K // 4) + b * 8, bits,
-                        )  # fmt: skip
-                        lanes = T.ramp(t * N + jo * tile + v * LANES, 1, LANES)
-                        dd = T.Cast(
-                            "float32x16", Df[T.ramp((jo * nb + b) * tile + v * LANES, 1, LANES)]
-                        )
-                        dx = dd * T.broadcast(XD[t * nb + b], LANES)
-                        yv = T.call_llvm_pure_intrin(
-                            "float32x16",
-                            "llvm.fma.v16f32",
-                            dx,
-                            T.Cast("float32x16", acc[T.ramp(0, 1, LANES)]),
-                            Yf[lanes],
-                        )
-                        if affine:
-                            mm = T.Cast(
-                                "float32x16", Mf[T.ramp((jo * nb + b) * tile + v * LANES, 1, LANES)]
-                            )
-                            Yf[lanes] = T.call_llvm_pure_intrin(
-                                "float32x16",
-                                "llvm.fma.v16f32",
-                                mm,
-                                T.broadcast(XS[t * nb + b], LANES),
-                                yv,
-                            )
-                        else:
-                            Yf[lanes] = yv
+        # a kernel (a parallel loop) for fewer than ROWS rows, another for more (as
+        # qlinear_q8k's), so that T = 1 and 2 compile to the one-row loop alone
+        if n < ROWS:
+            for jo in T.parallel(N // tile):
+                rows_each(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, 0, n)
+        else:
+            for jo in T.parallel(N // tile):
+                for tb in range(n // ROWS):
+                    rows_block(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, tb * ROWS)
+                rows_each(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n // ROWS * ROWS, n)
 
     if affine:
 
