@@ -9,9 +9,10 @@ the target, through the module's scheduler (untuned, or MetaSchedule's records:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
@@ -86,6 +87,42 @@ def as_operand(a: np.ndarray) -> Any:
         b[...] = a
         a = b
     return tvm_module().runtime.from_dlpack(a)
+
+
+class BuildChoice:
+    """A choice of instructions that kernels built now use (a dot product, a table lookup):
+    the CPU's best (``best()``), unless a :meth:`building_with` block overrides it.
+
+    Args:
+        what: what is chosen, for the error message ("dot product").
+        names: the known choices.
+        best: the CPU's best choice.
+    """
+
+    def __init__(self, what: str, names: Collection[str], best: Callable[[], str]) -> None:
+        self.what, self.names, self.best = what, names, best
+        self._override: str | None = None
+
+    def current(self) -> str:
+        """The override of the enclosing :meth:`building_with` block, else ``best()``."""
+        return self._override or self.best()
+
+    @contextlib.contextmanager
+    def building_with(self, name: str | None) -> Iterator[None]:
+        """Kernels built inside this block use ``name`` (None: ``best()``); for tests and
+        benchmarks.
+
+        Raises:
+            EdgespecError: ``name`` is not one of ``names``.
+        """
+        if name is not None and name not in self.names:
+            known = ", ".join(self.names)
+            raise EdgespecError(f"unknown {self.what} {name}; known: {known}")
+        self._override = name
+        try:
+            yield
+        finally:
+            self._override = None
 
 
 class CompiledKernels(Generic[S]):

@@ -25,14 +25,13 @@ Shapes: :func:`expf` takes and returns a ``float32xW`` expression (W = 1 or a mu
 
 from __future__ import annotations
 
-import contextlib
 import math
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal, localcontext
 from typing import Any
 
-from edgespec.errors import EdgespecError
+from edgespec.kernels.compiled import BuildChoice
 
 #: table bits: 2^(k/N) for the low bits of k
 N = 32
@@ -123,7 +122,6 @@ LOOKUPS: dict[str, Callable[[Any, Any, int], Any]] = {
 }
 #: the CPU flag each lookup needs ("" for none)
 FLAGS = {"avx512": "avx512f", "generic": ""}
-_LOOKUP: list[str | None] = [None]  # the building_with override
 
 
 def cpu_has(name: str) -> bool:
@@ -133,23 +131,13 @@ def cpu_has(name: str) -> bool:
     return not FLAGS[name] or FLAGS[name] in _cpu_flags()
 
 
-def lookup() -> str:
-    """The lookup kernels built now use: the :func:`building_with` override, else the first
-    of :data:`LOOKUPS` this CPU has."""
-    return _LOOKUP[0] or next(k for k in LOOKUPS if cpu_has(k))
-
-
-@contextlib.contextmanager
-def building_with(name: str | None) -> Iterator[None]:
-    """Kernels built inside this block look the table up with ``name`` (:data:`LOOKUPS`;
-    None: :func:`lookup`'s): the same values either way; for tests and benchmarks."""
-    if name is not None and name not in LOOKUPS:
-        raise EdgespecError(f"unknown exp table lookup {name}; known: {', '.join(LOOKUPS)}")
-    _LOOKUP[0] = name
-    try:
-        yield
-    finally:
-        _LOOKUP[0] = None
+#: the lookup kernels built now use: the first of :data:`LOOKUPS` this CPU runs, unless a
+#: ``building_with(name)`` block overrides it (the same values either way)
+LOOKUP_CHOICE = BuildChoice(
+    "exp table lookup", LOOKUPS, lambda: next(k for k in LOOKUPS if cpu_has(k))
+)
+lookup = LOOKUP_CHOICE.current
+building_with = LOOKUP_CHOICE.building_with
 
 
 def _entry(i: Any) -> Any:

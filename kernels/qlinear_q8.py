@@ -54,15 +54,15 @@ i`` + 128. Scales and offsets are :class:`~edgespec.kernels.qlinear.PackedQWeigh
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgespec.errors import EdgespecError
+from edgespec.kernels.compiled import BuildChoice
 from edgespec.kernels.qlinear import LAYOUTS, MIXED_K, PackedQWeight, get_layout, untile
 
 if TYPE_CHECKING:
@@ -753,7 +753,6 @@ ISAS: dict[str, tuple[str, int]] = {
     "avx2": ("avx2", 8),
     "generic": ("", 8),
 }
-_ISA: list[str | None] = [None]  # the building_with override
 
 
 def int8_isa() -> str | None:
@@ -762,30 +761,18 @@ def int8_isa() -> str | None:
     return next((i for i, (flag, _) in ISAS.items() if flag and flag in _cpu_flags()), None)
 
 
-def building_isa() -> str:
-    """The dot product kernels built now use: the :func:`building_with` override, else
-    :func:`int8_isa`, else "generic"."""
-    return _ISA[0] or int8_isa() or "generic"
+#: the dot product kernels built now use: :func:`int8_isa`'s, else "generic", unless a
+#: ``building_with(isa)`` block overrides it (the same exact sums, so every variant is tested
+#: bit for bit against the one reference)
+DOT_CHOICE = BuildChoice("dot product", ISAS, lambda: int8_isa() or "generic")
+building_isa = DOT_CHOICE.current
+building_with = DOT_CHOICE.building_with
 
 
 def cpu_has(isa: str) -> bool:
     """Whether this CPU runs the kernels built with ``isa``."""
     flag, _ = ISAS[isa]
     return not flag or flag in _cpu_flags()
-
-
-@contextlib.contextmanager
-def building_with(isa: str | None) -> Iterator[None]:
-    """Kernels built inside this block use the dot product ``isa`` (:data:`ISAS`) instead of
-    :func:`int8_isa`'s (None: :func:`int8_isa`'s): the same exact sums, so every variant is
-    tested bit for bit against the one reference; for tests and benchmarks."""
-    if isa is not None and isa not in ISAS:
-        raise EdgespecError(f"unknown dot product {isa}; known: {', '.join(ISAS)}")
-    _ISA[0] = isa
-    try:
-        yield
-    finally:
-        _ISA[0] = None
 
 
 def exact_with(fmt: str, isa: str | None = None) -> bool:
