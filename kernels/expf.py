@@ -13,8 +13,10 @@ bionic use it too) as the FMA build glibc picks on x86-64 CPUs with FMA runs it:
 with ``2^(k/32)`` from a 32-entry table and the exponent bits of ``k``. Every step is an
 IEEE float64 operation or an explicit ``llvm.fma``, so the result is the same on any CPU,
 whether LLVM vectorizes it or not; that it equals the libm's is tested value by value
-(tests/kernels/test_expf.py: every float32 of the ranges the graph uses, and a stride over all
-bit patterns), so the logits of a graph built with it are bit for bit what they were.
+(tests/kernels/test_expf.py: every float32 at the edges of its branches, softmax- and
+SiLU-like inputs, a stride over all bit patterns; all 2^32 once, with
+``benchmarks/expf_exhaustive.py``), so a graph built with it computes bit for bit what it did
+with libm's.
 
 The table lookup is the one step with a choice of instructions (:data:`LOOKUPS`): on CPUs
 with AVX-512, two ``vpermi2pd`` (16 entries each) and a blend, in registers; elsewhere a
@@ -159,7 +161,7 @@ def table_filler() -> Any:
 
     @T.macro
     def fill(table: Any) -> None:
-        for i in range(N):
+        for i in T.unroll(N):  # unrolled, each select chain folds to its constant
             table[i] = _entry(i)
 
     return fill
