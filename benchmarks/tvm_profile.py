@@ -71,15 +71,19 @@ def attention_fn(graph: Any, spec: Any, target: Any) -> tuple[Any, bool]:
 
 
 def _key_layout(cache: np.ndarray) -> np.ndarray:
-    """Keys ``[L, C, KV, hd]`` in the graph's blocked layout ``[L, KV, C/16, hd, 16]``."""
+    """Keys ``[L, C, KV, hd]`` in the graph's blocked layout ``[L, KV, C/16, hd, 16]``
+    (``tvm_graph.KEY_BLOCK`` slots a block; C a multiple of it)."""
+    from edgespec.runtimes.tvm_graph import KEY_BLOCK
+
     L, C, KV, hd = cache.shape
-    return np.ascontiguousarray(cache.reshape(L, C // 16, 16, KV, hd).transpose(0, 3, 1, 4, 2))
+    blocks = cache.reshape(L, C // KEY_BLOCK, KEY_BLOCK, KV, hd)
+    return np.ascontiguousarray(blocks.transpose(0, 3, 1, 4, 2))
 
 
 def _slot_layout(keys: np.ndarray) -> np.ndarray:
     """The inverse of :func:`_key_layout`."""
-    L, KV, B, hd, _ = keys.shape
-    return np.ascontiguousarray(keys.transpose(0, 2, 4, 1, 3).reshape(L, B * 16, KV, hd))
+    L, KV, B, hd, block = keys.shape
+    return np.ascontiguousarray(keys.transpose(0, 2, 4, 1, 3).reshape(L, B * block, KV, hd))
 
 
 def attention_seconds(
@@ -94,10 +98,12 @@ def attention_seconds(
     ``past`` cached slots."""
     import tvm
 
+    from edgespec.runtimes.tvm_graph import KEY_BLOCK
+
     fn, slots_last = kernel
     dev, rng = tvm.cpu(0), np.random.default_rng(0)
     L, KV, hd, H = spec.n_layers, spec.n_head_kv, spec.head_dim, spec.n_head
-    n_ctx = -(-n_ctx // 16) * 16
+    n_ctx = -(-n_ctx // KEY_BLOCK) * KEY_BLOCK  # as the backend allocates it
     cache = rng.standard_normal((L, n_ctx, KV, hd)).astype(np.float32)
     keys = _key_layout(cache) if slots_last else cache
     kc, vc = tvm.runtime.tensor(keys, dev), tvm.runtime.tensor(cache[::-1].copy(), dev)

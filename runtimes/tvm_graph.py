@@ -203,7 +203,7 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
     NB = G // HB  # tasks per (row, KV group)
 
     def lanes(k: Any, width: int = VEC) -> Any:
-        return T.ramp(k * width, 1, width)
+        return _span(k * width, width)
 
     @T.macro
     def scores(
@@ -565,6 +565,9 @@ def build_module(spec: GraphSpec) -> Any:
     C = tirx.Var("C", "int64")
     CB = tirx.Var("CB", "int64")  # key blocks: C / KEY_BLOCK
     L = spec.n_layers
+    # the caches' shapes (module docstring) and their types
+    k_shape, v_shape = (L, KV, CB, hd, KEY_BLOCK), (L, C, KV, hd)
+    k_ty, v_ty = relax.TensorType(k_shape, f32), relax.TensorType(v_shape, f32)
 
     bb = relax.BlockBuilder()
     kernels = {name: bb.add_func(func, name) for name, func in _kernels(spec).items()}
@@ -601,10 +604,7 @@ def build_module(spec: GraphSpec) -> Any:
         cos_in, sin_in = tensor("cos", (n, half)), tensor("sin", (n, half))
         mask = tensor("mask", (n, n))
         past = relax.Var("past", relax.ShapeType([P]))
-        kc = tensor("k_cache", (L, KV, CB, hd, KEY_BLOCK))
-        vc = tensor("v_cache", (L, C, KV, hd))
-        k_ty = relax.TensorType((L, KV, CB, hd, KEY_BLOCK), f32)
-        v_ty = relax.TensorType((L, C, KV, hd), f32)
+        kc, vc = tensor("k_cache", k_shape), tensor("v_cache", v_shape)
         w.clear()
         w |= {
             name: tensor(name.replace(".", "_"), shape, dtype)
@@ -651,12 +651,10 @@ def build_module(spec: GraphSpec) -> Any:
             bb.emit_func_output(logits)
 
     # kv_keep(k_cache, v_cache, rows int32[n], base Shape[B]): slots rows -> B .. B+n-1
-    kc, vc = tensor("k_cache", (L, KV, CB, hd, KEY_BLOCK)), tensor("v_cache", (L, C, KV, hd))
+    kc, vc = tensor("k_cache", k_shape), tensor("v_cache", v_shape)
     rows = tensor("rows", (n,), "int32")
     B = tirx.Var("B", "int64")
     base = relax.Var("base", relax.ShapeType([B]))
-    k_ty = relax.TensorType((L, KV, CB, hd, KEY_BLOCK), f32)
-    v_ty = relax.TensorType((L, C, KV, hd), f32)
     with bb.function("kv_keep", [kc, vc, rows, base]):
         keep = [rows, relax.prim_value(B)]
         k2 = bb.emit(relax.call_tir_inplace(kernels["kv_keep_keys"], [kc, *keep], [0], k_ty))
