@@ -6,11 +6,14 @@ forward (all logits, rolled back) and the graph's hand-written attention kernel 
 (``tvm_graph._kernels``) called once per layer at the same cache length on random inputs.
 ``--against REV`` adds the same two timings with ``edgespec/runtimes/tvm_graph.py`` as it is
 at git revision REV (its graph compiled here and run on the same weights, in the same
-process), and checks that both graphs' logits agree bit for bit. Prints a Markdown table of
-medians. ``--ops`` adds, per graph and k, the time of each kernel the Relax VM calls
-(summed per forward, medians; the VM's own builtins summed as one row), timed through the
-VM's instrument hook: each timed call carries the hook's overhead (a few microseconds), so
-the rows are for comparing kernels, and their sum exceeds c(k).
+process), and checks that both graphs' logits agree bit for bit. ``--against-kernels REV``
+does the same for the kernels the graph calls (``kernels/qlinear.py``, ``qlinear_q8.py``,
+``qlinear_q8k.py``, ``expf.py`` as they are at REV): a second model is loaded with them in
+place of this tree's, so that its weights take REV's layout too (twice the memory).
+Prints a Markdown table of medians. ``--ops`` adds, per graph and k, the time of each
+kernel the Relax VM calls (summed per forward, medians; the VM's own builtins summed as one
+row), timed through the VM's instrument hook: each timed call carries the hook's overhead
+(a few microseconds), so the rows are for comparing kernels, and their sum exceeds c(k).
 
     .venv/bin/python benchmarks/tvm_profile.py --model smollm2-135m --against HEAD~1
 """
@@ -18,6 +21,7 @@ the rows are for comparing kernels, and their sum exceeds c(k).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import statistics
@@ -25,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +60,48 @@ def graph_at(rev: str) -> Any:
     sys.modules[spec.name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
+
+
+#: the kernel modules ``--against-kernels`` takes from another revision, in import order
+KERNELS = ("qlinear", "expf", "qlinear_q8", "qlinear_q8k")
+
+
+@contextlib.contextmanager
+def kernels_at(rev: str) -> Iterator[None]:
+    """Within the block, ``edgespec.kernels``'s :data:`KERNELS` are the files as at git
+    revision ``rev`` (under their own names, from a temporary directory, so that imports
+    made inside the block, and the library cache's digest of their files, see them);
+    this tree's modules are back afterwards. The graph and the backend import the kernels
+    when they build, so a model loaded in the block is REV's build."""
+    import edgespec.kernels as package
+
+    tmp = Path(tempfile.mkdtemp())
+    saved = {name: sys.modules.get(f"edgespec.kernels.{name}") for name in KERNELS}
+    try:
+        for name in KERNELS:
+            path = tmp / f"{name}.py"
+            path.write_bytes(
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "show", f"{rev}:kernels/{name}.py"],
+                    check=True,
+                    capture_output=True,
+                ).stdout
+            )
+            full = f"edgespec.kernels.{name}"
+            spec = importlib.util.spec_from_file_location(full, path)
+            assert spec is not None and spec.loader is not None
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[full] = mod
+            setattr(package, name, mod)
+            spec.loader.exec_module(mod)
+        yield
+    finally:
+        for name, ours in saved.items():
+            if ours is None:
+                sys.modules.pop(f"edgespec.kernels.{name}", None)
+            else:
+                sys.modules[f"edgespec.kernels.{name}"] = ours
+                setattr(package, name, ours)
 
 
 def attention_fn(graph: Any, spec: Any, target: Any) -> tuple[Any, bool]:
@@ -167,6 +214,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ks", type=int, nargs="+", default=[1, 9])
     p.add_argument("--against", default=None, help="git revision of tvm_graph.py to compare")
+    p.add_argument("--against-kernels", default=None, help="git revision of the kernels to compare")
     p.add_argument("--ops", action="store_true", help="also time each kernel the VM calls")
     p.add_argument(
         "--clock",
@@ -202,7 +250,7 @@ def main() -> int:
     path = zoo.pull(a.model, progress=False)
     n_ctx = a.context + max(a.ks) + 8
     opts = LoadOptions(n_ctx=n_ctx, n_threads=a.threads, progress=False, weights=a.weights)
-    model = BACKENDS.get("tvm").load(ModelSource("gguf", path, a.model), opts)
+    model: Any = BACKENDS.get("tvm").load(ModelSource("gguf", path, a.model), opts)
     tvm_backend.load_library = load_library  # type: ignore[assignment]
     if not specs:
         print("the model's library was bundled; profile a plain GGUF instead", file=sys.stderr)
@@ -225,8 +273,13 @@ def main() -> int:
             keys = other.k_cache.numpy()
             keys = _slot_layout(keys) if here_keys else _key_layout(keys)
             other.k_cache = tvm.runtime.tensor(keys, model.device)
-    fwd = {(g, k): [] for g in graphs for k in a.ks}
-    att = {(g, k): [] for g in graphs for k in a.ks}
+    if a.against_kernels:
+        with kernels_at(a.against_kernels):
+            other = BACKENDS.get("tvm").load(ModelSource("gguf", path, a.model), opts)
+        other.forward(context, all_logits=False)
+        graphs[f"kernels at {a.against_kernels}"] = (other, graphs["this tree"][1])
+    fwd: dict[tuple[str, int], list[float]] = {(g, k): [] for g in graphs for k in a.ks}
+    att: dict[tuple[str, int], list[float]] = {(g, k): [] for g in graphs for k in a.ks}
     logits: dict[tuple[str, int], np.ndarray] = {}
     load = [os.getloadavg()[0]]
     for _ in range(a.reps):
@@ -255,14 +308,12 @@ def main() -> int:
             f" {c[k] * 1e3:.1f} | {statistics.median(att[(g, k)]) * 1e3:.1f} |" for k in ks
         )
         print(row + f" {c[max(ks)] / c[min(ks)]:.2f} |")
-    if a.against:
+    for g in list(graphs)[1:]:
         same = all(
-            np.array_equal(
-                logits[("this tree", k)].view(np.int32), logits[(a.against, k)].view(np.int32)
-            )
+            np.array_equal(logits[("this tree", k)].view(np.int32), logits[(g, k)].view(np.int32))
             for k in ks
         )
-        print(f"\nlogits bit for bit the same as {a.against}'s: {same}")
+        print(f"\nlogits bit for bit the same as {g}'s: {same}")
     if a.ops:
         ops = {
             (g, k): op_seconds(m, k, a.reps, a.context, clock)

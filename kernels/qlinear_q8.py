@@ -114,6 +114,24 @@ def stored_bits(fmt: str) -> int:
     return 8 if base == "Q8_0" else 6
 
 
+def paired(fmt: str) -> bool:
+    """Whether ``fmt``'s (``"<type>@q8"``) sub-scales and sub-offsets are stored by pairs of
+    groups (Q4_K: :mod:`~edgespec.kernels.qlinear_q8k` multiplies them in int16 pairs):
+    ``uint8[N/tile, K/64, 2*tile]``, byte ``2*l + h`` of row ``p`` the float path's ``[2p + h,
+    l]``, so that one 32-byte load widened to int16 holds both groups' values of 16 output
+    features."""
+    lay = get_layout(base_format(fmt))
+    return stored_bits(fmt) == 4 and bool(lay.sub) and lay.affine
+
+
+def _pairs(a: np.ndarray) -> np.ndarray:
+    """``[N/tile, G, tile]`` -> :func:`paired`'s ``[N/tile, G/2, 2*tile]``."""
+    nt, groups, tile = a.shape
+    return np.ascontiguousarray(
+        a.reshape(nt, groups // 2, 2, tile).transpose(0, 1, 3, 2).reshape(nt, groups // 2, -1)
+    )
+
+
 def code_rows(fmt: str, K: int) -> int:
     """Rows of ``4 * tile`` bytes the codes of one tile take: ``K * bits / 32``."""
     return K * stored_bits(fmt) // 32
@@ -155,7 +173,8 @@ class Q8Weight:
     Attributes:
         fmt: ``"<type>@q8"``.
         ops: ``{"c": uint8[N/tile, K * bits / 32, 4*tile], ...}`` (:func:`code_rows`), then
-            the float path's scales (and sub-scales) as they are.
+            the float path's scales (and sub-scales) as they are, the sub-scales by pairs of
+            groups where :func:`paired`.
     """
 
     fmt: str
@@ -212,9 +231,10 @@ def convert(w: PackedQWeight) -> Q8Weight:
     elif bits == 6:
         u = _pack6(u)  # [N, 3K/4]
     c = u.reshape(n // tile, tile, -1, 4).transpose(0, 2, 1, 3).reshape(n // tile, -1, 4 * tile)
-    return Q8Weight(
-        fmt, {"c": np.ascontiguousarray(c)} | {p: a for p, a in w.ops.items() if p != "c"}
-    )
+    ops = {"c": np.ascontiguousarray(c)} | {p: a for p, a in w.ops.items() if p != "c"}
+    if paired(fmt):
+        ops |= {p: _pairs(ops[p]) for p in ("sd", "sm")}
+    return Q8Weight(fmt, ops)
 
 
 def operand_names(fmt: str) -> list[str]:
@@ -230,7 +250,11 @@ def operand_types(fmt: str, K: int, N: int) -> list[tuple[tuple[int, ...], str]]
     base = base_format(fmt)
     tile = tile_for(N)
     c = ((N // tile, code_rows(fmt, K), 4 * tile), "uint8")
-    return [c, *qlinear.operand_types(base, K, N)[1:]]
+    rest = qlinear.operand_types(base, K, N)[1:]
+    if paired(fmt):  # sd, sm: the last two
+        pairs = K // (2 * get_layout(base).group)
+        rest = rest[:-2] + [((N // tile, pairs, 2 * tile), dt) for _, dt in rest[-2:]]
+    return [c, *rest]
 
 
 def _vnni(acc: Any, w: Any, q: Any) -> Any:
@@ -291,6 +315,66 @@ DOTS: dict[str, Callable[[Any, Any, Any], Any]] = {
     "avxvnni": _dot_avxvnni,
     "avx2": _dot_avx2,
     "generic": _dot_generic,
+}
+
+
+def madd16(acc: Any, a: Any, b: Any) -> Any:
+    """``acc int32x16`` plus, per lane, the products of ``a``'s and ``b``'s two int16 halves
+    (each ``int32x16`` holding an int16 pair a lane: low half times low half plus high times
+    high), ``vpdpwssd``'s sum, in the instructions of :func:`int8_isa` (or the
+    :func:`building_with` override): :data:`MADDS`. Exact: no product or sum here reaches
+    2^31 (the callers' bounds)."""
+    return MADDS[building_isa()](acc, a, b)
+
+
+def _madd_vnni(acc: Any, a: Any, b: Any) -> Any:
+    """AVX512-VNNI: one 512-bit ``vpdpwssd``."""
+    from tvm.script import tirx as T
+
+    return T.call_llvm_pure_intrin(
+        "int32x16", "llvm.x86.avx512.vpdpwssd.512", acc,
+        T.reinterpret("int16x32", a), T.reinterpret("int16x32", b),
+    )  # fmt: skip
+
+
+def _madd_halves(acc: Any, a: Any, b: Any, vnni: bool) -> Any:
+    """Per 256-bit half: AVX-VNNI's (VEX) ``vpdpwssd``, or AVX2's ``vpmaddwd`` then an add."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    a16, b16 = T.reinterpret("int16x32", a), T.reinterpret("int16x32", b)
+    halves = [
+        T.call_llvm_pure_intrin(
+            "int32x8",
+            "llvm.x86.avx512.vpdpwssd.256",
+            _lanes(acc, h),
+            _half16(a16, h),
+            _half16(b16, h),
+        )  # fmt: skip
+        if vnni
+        else T.call_llvm_pure_intrin(
+            "int32x8", "llvm.x86.avx2.pmadd.wd", _half16(a16, h), _half16(b16, h)
+        )
+        for h in range(2)
+    ]
+    both = tirx.Shuffle(halves, [T.int32(i) for i in range(LANES)])
+    return both if vnni else acc + both
+
+
+def _madd_generic(acc: Any, a: Any, b: Any) -> Any:
+    """Plain int32 vector ops: each half sign-extended by shifts."""
+    from tvm.script import tirx as T
+
+    c16 = T.broadcast(T.int32(16), LANES)
+    return acc + ((a << c16) >> c16) * ((b << c16) >> c16) + (a >> c16) * (b >> c16)
+
+
+#: the int16 pair products each of :data:`ISAS` builds :func:`madd16` with
+MADDS: dict[str, Callable[[Any, Any, Any], Any]] = {
+    "vnni": _madd_vnni,
+    "avxvnni": lambda acc, a, b: _madd_halves(acc, a, b, True),
+    "avx2": lambda acc, a, b: _madd_halves(acc, a, b, False),
+    "generic": _madd_generic,
 }
 
 

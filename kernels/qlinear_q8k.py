@@ -18,6 +18,15 @@ super-block s (:func:`edgespec.kernels.reference.quantize_q8k`,
 ``u - z`` is the weight's code as in qlinear_q8's layout, with the float path's sub-scales
 ``sd``/``sm`` and float16 ``d``/``m`` per 256.) Sums of at most 16 groups of 16 or 32 codes:
 ``|acc| < 2^28``, no overflow.
+
+Q4_K (:func:`~edgespec.kernels.qlinear_q8.paired`) reaches the same int32 ``acc`` and
+``accm`` in another order, with no int32 multiply (``vpmulld``: two uops on the port that
+also runs ``vpdpbusd``): each group's dot product is taken with the codes less
+:data:`CENTRE` (``dot' = sum_r (u - 8) q``, ``|dot'| <= 32 * 8 * 127 = 32512``, int16), so
+that ``sd * dot'`` is one ``vpdpwssd`` (:func:`~edgespec.kernels.qlinear_q8.madd16`); per
+super-block, ``acc = sum_g sd * dot' + 8 * sum_g sd * bsum_g`` and ``accm``, the two sums over
+groups of a sub-scale times ``bsum_g`` (``|bsum_g| <= 4064``), by pairs of groups in one
+``vpdpwssd`` each, from sub-scales stored by pairs. Measured: :data:`CENTRE`.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ from edgespec.kernels.qlinear_q8 import (
     dot_flat,
     dot_rows,
     dot_rows_each,
+    madd16,
+    paired,
     prefetch_rows,
     stored_bits,
     tile_for,
@@ -56,6 +67,13 @@ VECTORS_OUTER = frozenset({"vnni"})
 #: rows of x a pass over the codes serves (each group's codes loaded and unpacked once); 2 and 4
 #: were slower than 3 at T = 9 in an earlier form of the loop (benchmarks/tvm_q8_layout.py)
 ROWS = 3
+#: what the 4-bit K-quant (Q4_K) kernel subtracts from each code before a group's dot product,
+#: so that the group's sum fits int16 and its sub-scale multiplies it in one ``vpdpwssd``
+#: (module docstring). The Qwen 1.5B at 2 threads, against the int32 multiplies in the same
+#: process (``benchmarks/tvm_profile.py --against-kernels 824130a``, docs/tvm.md): the
+#: 9-token forward 0.94x, the Q4_K gate/up product at T = 9 0.90x, T = 1 unchanged within
+#: the runs' spread; logits bit for bit the same
+CENTRE = 8
 
 
 def kernel(fmt: str, K: int, N: int) -> PrimFunc:
@@ -89,64 +107,114 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     affine, sub = lay.affine, lay.sub or "int8"
     nbs = K // 16
     nt, codes = N // tile, code_rows(fmt, K)
+    # 4-bit codes (Q4_K) taken less CENTRE: a group's dot product then lies within
+    # 32 * 8 * 127 = 32512 (int16), and acc adds sd * dot by madd16 instead of an int32
+    # multiply (two uops) and an add; the CENTRE * sd * gsum this takes off, and the offsets'
+    # sm * gsum, are added per super-block in madd16 pairs of groups (finish). The int32 sums
+    # are the same exactly
+    centred = paired(fmt)
+    ng, npair = K // g, K // g // 2
+    sub_shape = (nt, npair, 2 * tile) if centred else (nt, ng, tile)  # SD's, SM's
 
     def gsum_of(BS: Any, t: Any, s: Any, gi: Any) -> Any:
         # sum of row t's int8 activations over group gi of super-block s (BS: per 16)
         b16 = t * nbs + s * (SUPER // 16) + gi * (g // 16)
         return BS[b16] if g == 16 else BS[b16] + BS[b16 + 1]
 
-    @T.macro
-    def accumulate(
-        acc: Any, accm: Any, i: Any, dot: Any, j: Any, SDf: Any, SMf: Any, sub_at: Any,
-        gsum: Any,
-    ) -> None:  # fmt: skip
-        # acc[i ..] += sd * dot[j ..] (and accm[i ..] += sm * gsum): one group's sub-scales
-        acc[T.ramp(i, 1, LANES)] = (
-            acc[T.ramp(i, 1, LANES)]
-            + T.Cast("int32x16", SDf[T.ramp(sub_at, 1, LANES)]) * dot[T.ramp(j, 1, LANES)]
-        )
-        if affine:
-            accm[T.ramp(i, 1, LANES)] = accm[T.ramp(i, 1, LANES)] + T.Cast(
-                "int32x16", SMf[T.ramp(sub_at, 1, LANES)]
-            ) * T.broadcast(gsum, LANES)
+    def dot_start(BS: Any, GN: Any, t: Any, s: Any, gi: Any) -> Any:
+        # int32x16: what a group's dot product starts from, -z (centred: -(z + CENTRE)) times
+        # its gsum (GN: that, per row and group, when centred)
+        if centred:
+            return T.broadcast(GN[t * ng + s * gps + gi], LANES)
+        return T.broadcast(-z * gsum_of(BS, t, s, gi), LANES)
+
+    def pair_of(S: Any, jo: Any, s: Any, p: Any, v: Any) -> Any:
+        # int32x16: the sub-scales of groups 2p and 2p + 1 of super-block s for vector v of tile
+        # jo, as each lane's int16 halves (centred: convert's paired layout, one 32-byte load)
+        at = ((jo * ns + s) * (gps // 2) + p) * 2 * tile + 2 * v * LANES
+        return T.reinterpret("int32x16", T.Cast("int16x32", S[T.ramp(at, 1, 2 * LANES)]))
+
+    def sub_scale(S: Any, jo: Any, s: Any, gi: Any, v: Any) -> Any:
+        # int32x16: group gi's sub-scales (zero-extended) for vector v of tile jo
+        if not centred:
+            at = ((jo * ns + s) * gps + gi) * tile + v * LANES
+            return T.Cast("int32x16", S[T.ramp(at, 1, LANES)])
+        pair = pair_of(S, jo, s, gi // 2, v)
+        low = pair & T.broadcast(T.int32(65535), LANES)
+        return T.if_then_else(gi % 2 == 0, low, pair >> T.broadcast(T.int32(16), LANES))
+
+    def pair_sum(S: Any, GP: Any, jo: Any, s: Any, t: Any, v: Any) -> Any:
+        # int32x16: sum over super-block s's groups gi of S[gi, lanes of vector v of tile jo]
+        # times row t's gsum of gi, by madd16 over pairs of groups (GP: the pairs' gsums as
+        # int16 halves)
+        total = T.broadcast(T.int32(0), LANES)
+        for p in range(gps // 2):
+            gp = T.broadcast(GP[t * npair + s * (gps // 2) + p], LANES)
+            total = madd16(total, pair_of(S, jo, s, p, v), gp)
+        return total
+
+    def settled(
+        acc: Any, accm: Any, i: Any, SDf: Any, SMf: Any, GP: Any, jo: Any, s: Any, t: Any,
+        v: Any,
+    ) -> tuple[Any, Any]:  # fmt: skip
+        # (acc, accm) of super-block s at lanes i .., as the module docstring's: centred, the
+        # CENTRE * sd * gsum the group sums were taken less added back, and accm's sm * gsum
+        a, m = acc[T.ramp(i, 1, LANES)], accm[T.ramp(i, 1, LANES)]
+        if not centred:
+            return a, m
+        corr = pair_sum(SDf, GP, jo, s, t, v)
+        return a + corr * T.broadcast(T.int32(CENTRE), LANES), pair_sum(SMf, GP, jo, s, t, v)
 
     @T.macro
-    def finish(
-        Df: Any, Mf: Any, XD: Any, Yf: Any, acc: Any, accm: Any, i: Any, jo: Any, s: Any,
-        t: Any, v: Any,
+    def accumulate(
+        acc: Any, accm: Any, i: Any, dot: Any, j: Any, SDf: Any, SMf: Any, jo: Any, s: Any,
+        gi: Any, v: Any, gsum: Any,
     ) -> None:  # fmt: skip
-        # y[t, vector v of tile jo] += d * dx * acc[i ..] (+ m * dx * accm[i ..]), super-block s
+        # acc[i ..] += sd * dot[j ..] (and accm[i ..] += sm * gsum): group gi's sub-scales
+        if centred:  # dot within int16, sd zero-extended: madd16's low halves alone
+            acc[T.ramp(i, 1, LANES)] = madd16(
+                acc[T.ramp(i, 1, LANES)], dot[T.ramp(j, 1, LANES)], sub_scale(SDf, jo, s, gi, v)
+            )
+        else:
+            acc[T.ramp(i, 1, LANES)] = (
+                acc[T.ramp(i, 1, LANES)] + sub_scale(SDf, jo, s, gi, v) * dot[T.ramp(j, 1, LANES)]
+            )
+        if affine and not centred:
+            accm[T.ramp(i, 1, LANES)] = accm[T.ramp(i, 1, LANES)] + sub_scale(
+                SMf, jo, s, gi, v
+            ) * T.broadcast(gsum, LANES)
+
+    def finish(
+        Df: Any, Mf: Any, SDf: Any, SMf: Any, XD: Any, GP: Any, Yf: Any, acc: Any, accm: Any,
+        i: Any, jo: Any, s: Any, t: Any, v: Any,
+    ) -> None:  # fmt: skip
+        # emit y[t, vector v of tile jo] += d * dx * acc[i ..] (+ m * dx * accm[i ..]),
+        # super-block s. A function, not a macro: a macro's names (the ramps) became let-bound
+        # index vectors, and LLVM scattered and gathered y, d and m a lane at a time
         lanes = T.ramp(t * N + jo * tile + v * LANES, 1, LANES)
         xd = T.broadcast(XD[t * ns + s], LANES)
         at = T.ramp((jo * ns + s) * tile + v * LANES, 1, LANES)
-        yv = T.call_llvm_pure_intrin(
-            "float32x16",
-            "llvm.fma.v16f32",
-            T.Cast("float32x16", Df[at]) * xd,
-            T.Cast("float32x16", acc[T.ramp(i, 1, LANES)]),
-            Yf[lanes],
-        )
+        a, m = settled(acc, accm, i, SDf, SMf, GP, jo, s, t, v)
+        y = T.call_llvm_pure_intrin(
+            "float32x16", "llvm.fma.v16f32", T.Cast("float32x16", Df[at]) * xd,
+            T.Cast("float32x16", a), Yf[lanes],
+        )  # fmt: skip
         if affine:
-            Yf[lanes] = T.call_llvm_pure_intrin(
-                "float32x16",
-                "llvm.fma.v16f32",
-                T.Cast("float32x16", Mf[at]) * xd,
-                T.Cast("float32x16", accm[T.ramp(i, 1, LANES)]),
-                yv,
-            )
-        else:
-            Yf[lanes] = yv
+            y = T.call_llvm_pure_intrin(
+                "float32x16", "llvm.fma.v16f32", T.Cast("float32x16", Mf[at]) * xd,
+                T.Cast("float32x16", m), y,
+            )  # fmt: skip
+        T.buffer_store(Yf, y, [lanes])
 
     @T.macro
     def group_rows(
-        BS: Any, Q4: Any, U: Any, C: Any, SDf: Any, SMf: Any, acc: Any, accm: Any, dot: Any,
-        P16: Any, jo: Any, s: Any, t0: Any, gi: Any, v: Any,
+        BS: Any, GN: Any, GP: Any, Q4: Any, U: Any, C: Any, SDf: Any, SMf: Any, acc: Any,
+        accm: Any, dot: Any, P16: Any, jo: Any, s: Any, t0: Any, gi: Any, v: Any,
     ) -> None:  # fmt: skip
         # group gi of super-block s, vector v of tile jo, for rows t0 .. t0 + ROWS - 1 (the rows
         # unrolled innermost: the group's codes loaded and unpacked once for them)
-        sub_at = ((jo * ns + s) * gps + gi) * tile + v * LANES
         for r in T.unroll(ROWS):
-            dot[T.ramp(r * LANES, 1, LANES)] = T.broadcast(-z * gsum_of(BS, t0 + r, s, gi), LANES)
+            dot[T.ramp(r * LANES, 1, LANES)] = dot_start(BS, GN, t0 + r, s, gi)
             if six:  # rows of 4 weights, unpacked
                 dot[T.ramp(r * LANES, 1, LANES)] = dot_flat(
                     dot[T.ramp(r * LANES, 1, LANES)], U, (gi * g // 4 * nvec + v) * 64,
@@ -159,14 +227,14 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             )  # fmt: skip
         for r in T.unroll(ROWS):
             accumulate(
-                acc, accm, (r * nvec + v) * LANES, dot, r * LANES, SDf, SMf, sub_at,
+                acc, accm, (r * nvec + v) * LANES, dot, r * LANES, SDf, SMf, jo, s, gi, v,
                 gsum_of(BS, t0 + r, s, gi),
             )  # fmt: skip
 
     @T.macro
     def rows_at(
-        C: Any, Q4: Any, BS: Any, XD: Any, U: Any, Df: Any, Mf: Any, SDf: Any, SMf: Any,
-        Yf: Any, jo: Any, s: Any, t0: Any,
+        C: Any, Q4: Any, BS: Any, GN: Any, GP: Any, XD: Any, U: Any, Df: Any, Mf: Any,
+        SDf: Any, SMf: Any, Yf: Any, jo: Any, s: Any, t0: Any,
     ) -> None:  # fmt: skip
         # rows t0 .. t0 + ROWS - 1 of super-block s of tile jo (body's buffers). 4-bit codes:
         # the tile's vectors outer (unrolled) and the groups inner, so that a vector's ROWS
@@ -184,23 +252,34 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             acc[T.ramp(i * LANES, 1, LANES)] = T.broadcast(0, LANES)
             accm[T.ramp(i * LANES, 1, LANES)] = T.broadcast(0, LANES)
         if six or building_isa() not in VECTORS_OUTER:  # the groups outer, vectors inner
-            for gi in range(gps):
-                for v in range(nvec):
-                    group_rows(BS, Q4, U, C, SDf, SMf, acc, accm, dot, P16, jo, s, t0, gi, v)
+            for gp in range(gps // 2):  # groups by pairs (of sub-scales, centred)
+                for h in T.unroll(2):
+                    for v in range(nvec):
+                        group_rows(
+                            BS, GN, GP, Q4, U, C, SDf, SMf, acc, accm, dot, P16, jo, s, t0,
+                            gp * 2 + h, v,
+                        )  # fmt: skip
         else:  # the tile's vectors outer: a vector's sums stay in registers over the groups
             for v in T.unroll(nvec):
-                for gi in range(gps):
-                    if t0 == 0 and v == 0:  # the codes AHEAD groups on
-                        prefetch_rows(C, jo, (s * gps + gi + AHEAD) * rows, rows, tile)
-                    group_rows(BS, Q4, U, C, SDf, SMf, acc, accm, dot, P16, jo, s, t0, gi, v)
-        for r in T.unroll(ROWS):
-            for v in T.unroll(nvec):
-                finish(Df, Mf, XD, Yf, acc, accm, (r * nvec + v) * LANES, jo, s, t0 + r, v)
+                for gp in range(gps // 2):
+                    for h in T.unroll(2):
+                        if t0 == 0 and v == 0:  # the codes AHEAD groups on
+                            prefetch_rows(C, jo, (s * gps + gp * 2 + h + AHEAD) * rows, rows, tile)
+                        group_rows(
+                            BS, GN, GP, Q4, U, C, SDf, SMf, acc, accm, dot, P16, jo, s, t0,
+                            gp * 2 + h, v,
+                        )  # fmt: skip
+        for v in T.unroll(nvec):
+            for r in T.unroll(ROWS):
+                finish(
+                    Df, Mf, SDf, SMf, XD, GP, Yf, acc, accm, (r * nvec + v) * LANES, jo, s,
+                    t0 + r, v,
+                )  # fmt: skip
 
     @T.macro
     def row_at(
-        C: Any, Q4: Any, BS: Any, XD: Any, U: Any, Df: Any, Mf: Any, SDf: Any, SMf: Any,
-        Yf: Any, jo: Any, s: Any, n: Any, t: Any,
+        C: Any, Q4: Any, BS: Any, GN: Any, GP: Any, XD: Any, U: Any, Df: Any, Mf: Any,
+        SDf: Any, SMf: Any, Yf: Any, jo: Any, s: Any, n: Any, t: Any,
     ) -> None:  # fmt: skip
         # row t of super-block s of tile jo (body's buffers): the groups outer, the tile's
         # vectors inner, so that each code row's 4 * tile bytes are read in one go (a vector a
@@ -211,32 +290,33 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         for v in T.unroll(nvec):
             acc[T.ramp(v * LANES, 1, LANES)] = T.broadcast(0, LANES)
             accm[T.ramp(v * LANES, 1, LANES)] = T.broadcast(0, LANES)
-        for gi in range(gps):
-            gsum = gsum_of(BS, t, s, gi)
-            at = (t * K + s * SUPER + gi * g) // 4  # of the group's q
-            if t == 0:  # the codes AHEAD groups on: a cold matrix streams
-                prefetch_rows(C, jo, (s * gps + gi + AHEAD) * rows, rows, tile)
-            for v in T.unroll(nvec):
-                dot[T.ramp(0, 1, LANES)] = T.broadcast(-z * gsum, LANES)
-                if six and n > 1:  # rows of 4 weights, unpacked
-                    dot[T.ramp(0, 1, LANES)] = dot_flat(
-                        dot[T.ramp(0, 1, LANES)], U, (gi * g // 4 * nvec + v) * 64,
-                        nvec * 64, g // 4, Q4, at, bits,
-                    )  # fmt: skip
-                else:  # as stored (6-bit codes unpacked in registers)
-                    dot[T.ramp(0, 1, LANES)] = dot_rows(
-                        dot[T.ramp(0, 1, LANES)], C, jo, (s * gps + gi) * rows,
-                        rows, v * 64, Q4, at, bits,
-                    )  # fmt: skip
-                sub_at = ((jo * ns + s) * gps + gi) * tile + v * LANES
-                accumulate(acc, accm, v * LANES, dot, 0, SDf, SMf, sub_at, gsum)
+        for gp in range(gps // 2):  # groups by pairs (of sub-scales, centred)
+            for h in T.unroll(2):
+                gi = gp * 2 + h
+                gsum = gsum_of(BS, t, s, gi)
+                at = (t * K + s * SUPER + gi * g) // 4  # of the group's q
+                if t == 0:  # the codes AHEAD groups on: a cold matrix streams
+                    prefetch_rows(C, jo, (s * gps + gi + AHEAD) * rows, rows, tile)
+                for v in T.unroll(nvec):
+                    dot[T.ramp(0, 1, LANES)] = dot_start(BS, GN, t, s, gi)
+                    if six and n > 1:  # rows of 4 weights, unpacked
+                        dot[T.ramp(0, 1, LANES)] = dot_flat(
+                            dot[T.ramp(0, 1, LANES)], U, (gi * g // 4 * nvec + v) * 64,
+                            nvec * 64, g // 4, Q4, at, bits,
+                        )  # fmt: skip
+                    else:  # as stored (6-bit codes unpacked in registers)
+                        dot[T.ramp(0, 1, LANES)] = dot_rows(
+                            dot[T.ramp(0, 1, LANES)], C, jo, (s * gps + gi) * rows,
+                            rows, v * 64, Q4, at, bits,
+                        )  # fmt: skip
+                    accumulate(acc, accm, v * LANES, dot, 0, SDf, SMf, jo, s, gi, v, gsum)
         for v in T.unroll(nvec):
-            finish(Df, Mf, XD, Yf, acc, accm, v * LANES, jo, s, t, v)
+            finish(Df, Mf, SDf, SMf, XD, GP, Yf, acc, accm, v * LANES, jo, s, t, v)
 
     @T.macro
     def tile_at(
-        C: Any, Q4: Any, BS: Any, XD: Any, Df: Any, Mf: Any, SDf: Any, SMf: Any, Yf: Any,
-        jo: Any, n: Any, blocked: bool,
+        C: Any, Q4: Any, BS: Any, GN: Any, GP: Any, XD: Any, Df: Any, Mf: Any, SDf: Any,
+        SMf: Any, Yf: Any, jo: Any, n: Any, blocked: bool,
     ) -> None:  # fmt: skip
         # tile jo's outputs for all n rows; blocked: ROWS rows at a time, then one at a time
         for t in range(n):
@@ -257,12 +337,12 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                         U[T.ramp(((4 * p + 3) * nvec + v) * 64, 1, 64)] = _six(c1, c2, 3)
             if blocked:
                 for tb in range(n // ROWS):
-                    rows_at(C, Q4, BS, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, tb * ROWS)
+                    rows_at(C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, tb * ROWS)
                 for t in range(n // ROWS * ROWS, n):
-                    row_at(C, Q4, BS, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n, t)
+                    row_at(C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n, t)
             else:
                 for t in range(n):
-                    row_at(C, Q4, BS, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n, t)
+                    row_at(C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n, t)
 
     @T.macro
     def body(X: Any, C: Any, D: Any, M: Any, SD: Any, SM: Any, Y: Any, n: Any) -> None:
@@ -275,6 +355,8 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         Q4 = T.decl_buffer((n * (K // 4),), "int32", data=Q.data)
         XD = T.alloc_buffer((n * ns,), "float32")
         BS = T.alloc_buffer((n * nbs,), "int32")
+        GN = T.alloc_buffer((n * ng,), "int32")  # centred: -(z + CENTRE) * each group's sum
+        GP = T.alloc_buffer((n * npair,), "int32")  # centred: pairs of group sums, int16 halves
         for t in range(n):
             for s in range(ns):
                 amax = T.alloc_local((1,), "float32")
@@ -295,6 +377,13 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                         Q[t * K + k] = T.Cast("int8", q)
                         bsum[0] = bsum[0] + q
                     BS[t * nbs + s * (SUPER // 16) + h] = bsum[0]
+                if centred:
+                    for gi in range(gps):
+                        GN[t * ng + s * gps + gi] = -(z + CENTRE) * gsum_of(BS, t, s, gi)
+                    for p in range(gps // 2):
+                        GP[t * npair + s * (gps // 2) + p] = (gsum_of(BS, t, s, 2 * p) & 65535) | (
+                            gsum_of(BS, t, s, 2 * p + 1) << 16
+                        )
                 XD[t * ns + s] = T.if_then_else(
                     amax[0] > T.float32(0), T.float32(1) / e, T.float32(0)
                 )
@@ -304,10 +393,10 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         # between runs of that benchmark (benchmarks/tvm_q8_layout.py): not shown either way
         if n < ROWS:
             for jo in T.parallel(N // tile):
-                tile_at(C, Q4, BS, XD, Df, Mf, SDf, SMf, Yf, jo, n, False)
+                tile_at(C, Q4, BS, GN, GP, XD, Df, Mf, SDf, SMf, Yf, jo, n, False)
         else:
             for jo in T.parallel(N // tile):
-                tile_at(C, Q4, BS, XD, Df, Mf, SDf, SMf, Yf, jo, n, True)
+                tile_at(C, Q4, BS, GN, GP, XD, Df, Mf, SDf, SMf, Yf, jo, n, True)
 
     if affine:
 
@@ -322,8 +411,8 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             C = T.match_buffer(c_h, (nt, codes, 4 * tile), "uint8")
             D = T.match_buffer(d_h, (nt, ns, tile), "float16")
             M = T.match_buffer(m_h, (nt, ns, tile), "float16")
-            SD = T.match_buffer(sd_h, (nt, K // g, tile), sub)
-            SM = T.match_buffer(sm_h, (nt, K // g, tile), sub)
+            SD = T.match_buffer(sd_h, sub_shape, sub)
+            SM = T.match_buffer(sm_h, sub_shape, sub)
             Y = T.match_buffer(y_h, (n, N), "float32")
             body(X, C, D, M, SD, SM, Y, n)
 
@@ -336,7 +425,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         X = T.match_buffer(x_h, (n, K), "float32")
         C = T.match_buffer(c_h, (nt, codes, 4 * tile), "uint8")
         D = T.match_buffer(d_h, (nt, ns, tile), "float16")
-        SD = T.match_buffer(sd_h, (nt, K // g, tile), sub)
+        SD = T.match_buffer(sd_h, sub_shape, sub)
         Y = T.match_buffer(y_h, (n, N), "float32")
         body(X, C, D, D, SD, SD, Y, n)
 

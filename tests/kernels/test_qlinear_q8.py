@@ -193,14 +193,16 @@ def test_k_quant_kernel_equals_reference_bit_for_bit(fmt: str, n: int, isa: str)
 @pytest.mark.parametrize(
     ("fmt", "fill"),
     [(f, 255) for f in ["Q4_1", "Q4_0", "Q5_1", "Q4_K", "Q6_K", qlinear.MIXED_K, "Q8_0"]]
-    + [("Q8_0", 0)],
+    + [("Q8_0", 0), ("Q4_K", 0)],
 )
 def test_exact_at_the_largest_codes_and_activations(fmt: str, fill: int, isa: str) -> None:
     """Every stored code at its largest (4-bit 15, 6-bit 63; Q8_0's 255 and 0, codes 127 and
     -128) times activations all +127 (row 0) or all -127 (row 1): the most AVX2's int16 sums
     of ``vpmaddubsw`` products ever hold (a 4-bit block's 8 products: 30,480; two of 6-bit
     codes: 32,004; one pair of Q8_0's signed codes: 32,512), so a run one product longer, or
-    a saturating step, would break the bit-for-bit equality."""
+    a saturating step, would break the bit-for-bit equality. Q4_K's codes 0 and 15, less
+    :data:`~edgespec.kernels.qlinear_q8k.CENTRE`, put a group's sum at the ends of the int16
+    range its sub-scale is multiplied in (-32,512 and 28,448)."""
     rng = np.random.default_rng(8)
     n, k = 64, 512
     sub = qlinear.get_layout(fmt).sub
@@ -210,7 +212,8 @@ def test_exact_at_the_largest_codes_and_activations(fmt: str, fill: int, isa: st
     w = qlinear_q8.convert(packed)
     w.ops["c"][:] = fill  # every stored code at one end of its range
     bits = qlinear_q8.stored_bits(w.fmt)
-    assert np.abs(w.codes()).max() >= (1 << bits) // 2 - 1
+    assert np.unique(w.codes()).size == 1
+    assert fmt == "Q4_K" and fill == 0 or np.abs(w.codes()).max() >= (1 << bits) // 2 - 1
     x = np.ones((2, k), np.float32)
     x[1] = -1
     lib = _compile(w.fmt, k, n, isa)
@@ -247,6 +250,29 @@ def test_codes_round_trip_in_the_files_bits(fmt: str) -> None:
     if bits == 6:  # every code of the 6-bit range is used here, so both planes are exercised
         assert code.min() <= -16 or code.max() >= 16
         assert len(np.unique(code)) >= 20
+
+
+@pytest.mark.parametrize("fmt", ["Q4_K", "Q5_K", "Q6_K", qlinear.MIXED_K, "Q4_1"])
+def test_operands_as_declared_and_sub_scales_paired_for_q4_k(fmt: str) -> None:
+    """Each converted operand has the shape and type the graph declares for it; Q4_K's
+    sub-scales and sub-offsets (alone) are stored by pairs of groups, byte ``2l + h`` of row
+    ``p`` the float path's ``[2p + h, l]`` (``qlinear_q8.paired``)."""
+    rng = np.random.default_rng(9)
+    n, k = 128, 512
+    sub = qlinear.get_layout(fmt).sub
+    packed = (
+        _k_packed(fmt, n, k, rng) if sub else qlinear.from_gguf(random_blocks(fmt, n, k, rng), fmt)
+    )
+    w = qlinear_q8.convert(packed)
+    declared = qlinear_q8.operand_types(w.fmt, k, n)
+    assert [(o.shape, str(o.dtype)) for o in w.operands()] == [(s, str(d)) for s, d in declared]
+    assert qlinear_q8.paired(w.fmt) == (fmt == "Q4_K")
+    for part in ("sd", "sm") if fmt == "Q4_K" else ():
+        flat = packed.ops[part]  # [N/tile, K/32, tile]
+        nt, groups, tile = flat.shape
+        got = w.ops[part].reshape(nt, groups // 2, tile, 2)
+        for h in range(2):
+            np.testing.assert_array_equal(got[:, :, :, h], flat[:, h::2, :])
 
 
 def test_six_bit_layout_is_the_documented_one() -> None:
