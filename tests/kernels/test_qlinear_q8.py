@@ -157,6 +157,14 @@ def _k_packed(fmt: str, n: int, k: int, rng: np.random.Generator) -> qlinear.Pac
     return qlinear.pack(qlinear.concat(parts))
 
 
+def _packed(fmt: str, n: int, k: int, rng: np.random.Generator) -> qlinear.PackedQWeight:
+    """A random tensor of type ``fmt``: :func:`_k_packed` for the K-quants, else the file's
+    blocks."""
+    if qlinear.get_layout(fmt).sub:
+        return _k_packed(fmt, n, k, rng)
+    return qlinear.from_gguf(random_blocks(fmt, n, k, rng), fmt)
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fmt", ["Q4_K", "Q5_K", "Q6_K", qlinear.MIXED_K])
 @pytest.mark.parametrize("n", [128, 48])
@@ -206,9 +214,7 @@ def test_exact_at_the_largest_codes_and_activations(fmt: str, fill: int, isa: st
     rng = np.random.default_rng(8)
     n, k = 64, 512
     sub = qlinear.get_layout(fmt).sub
-    packed = (
-        _k_packed(fmt, n, k, rng) if sub else qlinear.from_gguf(random_blocks(fmt, n, k, rng), fmt)
-    )
+    packed = _packed(fmt, n, k, rng)
     w = qlinear_q8.convert(packed)
     w.ops["c"][:] = fill  # every stored code at one end of its range
     bits = qlinear_q8.stored_bits(w.fmt)
@@ -238,9 +244,7 @@ def test_codes_round_trip_in_the_files_bits(fmt: str) -> None:
     bytes a weight (4 + 2 bit planes), 4-bit types 0.5, Q8_0 1."""
     rng = np.random.default_rng(6)
     n, k = 64, 512
-    packed = _k_packed(fmt, n, k, rng) if qlinear.get_layout(fmt).sub else None
-    if packed is None:
-        packed = qlinear.from_gguf(random_blocks(fmt, n, k, rng), fmt)
+    packed = _packed(fmt, n, k, rng)
     w = qlinear_q8.convert(packed)
     code = packed.codes()
     np.testing.assert_array_equal(w.codes(), code)
@@ -259,10 +263,7 @@ def test_operands_as_declared_and_sub_scales_paired_for_q4_k(fmt: str) -> None:
     ``p`` the float path's ``[2p + h, l]`` (``qlinear_q8.paired``)."""
     rng = np.random.default_rng(9)
     n, k = 128, 512
-    sub = qlinear.get_layout(fmt).sub
-    packed = (
-        _k_packed(fmt, n, k, rng) if sub else qlinear.from_gguf(random_blocks(fmt, n, k, rng), fmt)
-    )
+    packed = _packed(fmt, n, k, rng)
     w = qlinear_q8.convert(packed)
     declared = qlinear_q8.operand_types(w.fmt, k, n)
     assert [(o.shape, str(o.dtype)) for o in w.operands()] == [(s, str(d)) for s, d in declared]
@@ -357,10 +358,7 @@ def test_numpy_emulation_equals_the_kernel(fmt: str) -> None:
         pytest.skip("gguf-q8act needs avx512_vnni or avx2")
     rng = np.random.default_rng(11)
     n, k = 64, 512
-    sub = qlinear.get_layout(fmt).sub
-    packed = (
-        _k_packed(fmt, n, k, rng) if sub else qlinear.from_gguf(random_blocks(fmt, n, k, rng), fmt)
-    )
+    packed = _packed(fmt, n, k, rng)
     fn = int8_matmul(packed)
     assert fn is not None
     w = qlinear_q8.convert(packed)
