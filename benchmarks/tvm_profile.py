@@ -10,6 +10,10 @@ process), and checks that both graphs' logits agree bit for bit. ``--against-ker
 does the same for the kernels the graph calls (``kernels/qlinear.py``, ``qlinear_q8.py``,
 ``qlinear_q8k.py``, ``expf.py`` as they are at REV): a second model is loaded with them in
 place of this tree's, so that its weights take REV's layout too (twice the memory).
+``--isa`` builds every model with that int8 dot product (``qlinear_q8.ISAS``, one this CPU
+runs) instead of the CPU's best (compiled for this CPU all the same: on an AVX-512 CPU the
+256-bit forms' halves are shuffled between 512-bit registers, which a laptop without
+AVX-512 does not do).
 Prints a Markdown table of medians. ``--ops`` adds, per graph and k, the time of each
 kernel the Relax VM calls (summed per forward, medians; the VM's own builtins summed as one
 row), timed through the VM's instrument hook: each timed call carries the hook's overhead
@@ -215,6 +219,11 @@ def main() -> int:
     p.add_argument("--ks", type=int, nargs="+", default=[1, 9])
     p.add_argument("--against", default=None, help="git revision of tvm_graph.py to compare")
     p.add_argument("--against-kernels", default=None, help="git revision of the kernels to compare")
+    p.add_argument(
+        "--isa",
+        default=None,
+        help="build every model with this int8 dot product (qlinear_q8.ISAS; default the CPU's)",
+    )
     p.add_argument("--ops", action="store_true", help="also time each kernel the VM calls")
     p.add_argument(
         "--clock",
@@ -250,7 +259,13 @@ def main() -> int:
     path = zoo.pull(a.model, progress=False)
     n_ctx = a.context + max(a.ks) + 8
     opts = LoadOptions(n_ctx=n_ctx, n_threads=a.threads, progress=False, weights=a.weights)
-    model: Any = BACKENDS.get("tvm").load(ModelSource("gguf", path, a.model), opts)
+    from edgespec.kernels import qlinear_q8
+
+    if a.isa is not None and (a.isa not in qlinear_q8.ISAS or not qlinear_q8.cpu_has(a.isa)):
+        print(f"--isa {a.isa}: not one of this CPU's dot products", file=sys.stderr)
+        return 2
+    with qlinear_q8.building_with(a.isa):
+        model: Any = BACKENDS.get("tvm").load(ModelSource("gguf", path, a.model), opts)
     tvm_backend.load_library = load_library  # type: ignore[assignment]
     if not specs:
         print("the model's library was bundled; profile a plain GGUF instead", file=sys.stderr)
@@ -264,9 +279,9 @@ def main() -> int:
     if a.against:
         old = graph_at(a.against)
         other = model.fork()
-        other.vm = relax.VirtualMachine(
-            tvm.compile(old.build_module(spec), target=target), model.device
-        )
+        with qlinear_q8.building_with(a.isa):
+            built = old.build_module(spec)
+        other.vm = relax.VirtualMachine(tvm.compile(built, target=target), model.device)
         graphs[a.against] = (other, attention_fn(old, spec, target))
         here_keys, old_keys = graphs["this tree"][1][1], graphs[a.against][1][1]
         if here_keys != old_keys:  # the other graph's key layout (blocks of slots or not)
@@ -275,7 +290,10 @@ def main() -> int:
             other.k_cache = tvm.runtime.tensor(keys, model.device)
     if a.against_kernels:
         with kernels_at(a.against_kernels):
-            other = BACKENDS.get("tvm").load(ModelSource("gguf", path, a.model), opts)
+            from edgespec.kernels import qlinear_q8 as theirs  # REV's, in the block
+
+            with theirs.building_with(a.isa):
+                other = BACKENDS.get("tvm").load(ModelSource("gguf", path, a.model), opts)
         other.forward(context, all_logits=False)
         graphs[f"kernels at {a.against_kernels}"] = (other, graphs["this tree"][1])
     fwd: dict[tuple[str, int], list[float]] = {(g, k): [] for g in graphs for k in a.ks}
@@ -294,6 +312,7 @@ def main() -> int:
     print(f"`benchmarks/tvm_profile.py {' '.join(sys.argv[1:])}`")
     print(
         f"({a.model}, --weights {a.weights}, {a.threads} thread(s), context {a.context}, "
+        f"{a.isa or qlinear_q8.int8_isa()} dot products, "
         f"{a.clock} clock, "
         f"medians of {a.reps}; 1-minute load average {min(load):.1f} to {max(load):.1f})\n"
     )
