@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -46,24 +47,31 @@ ROOT = Path(__file__).resolve().parent.parent
 CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 
 
+def module_at(rev: str, relpath: str, name: str) -> ModuleType:
+    """The repository's file ``relpath`` as it is at git revision ``rev``, run as module
+    ``name`` from a copy in a temporary directory (its ``__file__``), registered in
+    ``sys.modules`` first (dataclasses, and the imports of modules loaded after it, look it
+    up there)."""
+    path = Path(tempfile.mkdtemp()) / relpath.rsplit("/", 1)[-1]
+    path.write_bytes(
+        subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{rev}:{relpath}"], check=True, capture_output=True
+        ).stdout
+    )
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def graph_at(rev: str) -> Any:
     """The module ``edgespec/runtimes/tvm_graph.py`` as it is at git revision ``rev``."""
     from edgespec.runtimes import tvm_graph
 
     here = Path(str(tvm_graph.__file__)).resolve().relative_to(ROOT)  # edgespec/ has links
-    src = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:{here.as_posix()}"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    path = Path(tempfile.mkdtemp()) / "tvm_graph_at.py"
-    path.write_bytes(src)
-    spec = importlib.util.spec_from_file_location("tvm_graph_at", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return module_at(rev, here.as_posix(), "tvm_graph_at")
 
 
 #: the kernel modules ``--against-kernels`` takes from another revision, in import order
@@ -79,25 +87,11 @@ def kernels_at(rev: str) -> Iterator[None]:
     when they build, so a model loaded in the block is REV's build."""
     import edgespec.kernels as package
 
-    tmp = Path(tempfile.mkdtemp())
     saved = {name: sys.modules.get(f"edgespec.kernels.{name}") for name in KERNELS}
     try:
         for name in KERNELS:
-            path = tmp / f"{name}.py"
-            path.write_bytes(
-                subprocess.run(
-                    ["git", "-C", str(ROOT), "show", f"{rev}:kernels/{name}.py"],
-                    check=True,
-                    capture_output=True,
-                ).stdout
-            )
-            full = f"edgespec.kernels.{name}"
-            spec = importlib.util.spec_from_file_location(full, path)
-            assert spec is not None and spec.loader is not None
-            mod = importlib.util.module_from_spec(spec)
-            sys.modules[full] = mod
+            mod = module_at(rev, f"kernels/{name}.py", f"edgespec.kernels.{name}")
             setattr(package, name, mod)
-            spec.loader.exec_module(mod)
         yield
     finally:
         for name, ours in saved.items():

@@ -124,6 +124,10 @@ def paired(fmt: str) -> bool:
     return stored_bits(fmt) == 4 and bool(lay.sub) and lay.affine
 
 
+#: the operands :func:`paired` stores by pairs of groups
+PAIRED_PARTS = ("sd", "sm")
+
+
 def _pairs(a: np.ndarray) -> np.ndarray:
     """``[N/tile, G, tile]`` -> :func:`paired`'s ``[N/tile, G/2, 2*tile]``."""
     nt, groups, tile = a.shape
@@ -233,7 +237,7 @@ def convert(w: PackedQWeight) -> Q8Weight:
     c = u.reshape(n // tile, tile, -1, 4).transpose(0, 2, 1, 3).reshape(n // tile, -1, 4 * tile)
     ops = {"c": np.ascontiguousarray(c)} | {p: a for p, a in w.ops.items() if p != "c"}
     if paired(fmt):
-        ops |= {p: _pairs(ops[p]) for p in ("sd", "sm")}
+        ops |= {p: _pairs(ops[p]) for p in PAIRED_PARTS}
     return Q8Weight(fmt, ops)
 
 
@@ -250,10 +254,14 @@ def operand_types(fmt: str, K: int, N: int) -> list[tuple[tuple[int, ...], str]]
     base = base_format(fmt)
     tile = tile_for(N)
     c = ((N // tile, code_rows(fmt, K), 4 * tile), "uint8")
+    lay = get_layout(base)
     rest = qlinear.operand_types(base, K, N)[1:]
-    if paired(fmt):  # sd, sm: the last two
-        pairs = K // (2 * get_layout(base).group)
-        rest = rest[:-2] + [((N // tile, pairs, 2 * tile), dt) for _, dt in rest[-2:]]
+    if paired(fmt):
+        pairs = (N // tile, K // (2 * lay.group), 2 * tile)
+        rest = [
+            (pairs if part in PAIRED_PARTS else shape, dt)
+            for part, (shape, dt) in zip(lay.parts()[1:], rest, strict=True)
+        ]
     return [c, *rest]
 
 
@@ -343,20 +351,18 @@ def _madd_halves(acc: Any, a: Any, b: Any, vnni: bool) -> Any:
     from tvm.script import tirx as T
 
     a16, b16 = T.reinterpret("int16x32", a), T.reinterpret("int16x32", b)
-    halves = [
-        T.call_llvm_pure_intrin(
-            "int32x8",
-            "llvm.x86.avx512.vpdpwssd.256",
-            _lanes(acc, h),
-            _half16(a16, h),
-            _half16(b16, h),
-        )  # fmt: skip
-        if vnni
-        else T.call_llvm_pure_intrin(
+
+    def half(h: int) -> Any:
+        if vnni:
+            return T.call_llvm_pure_intrin(
+                "int32x8", "llvm.x86.avx512.vpdpwssd.256", _lanes(acc, h), _half16(a16, h),
+                _half16(b16, h),
+            )  # fmt: skip
+        return T.call_llvm_pure_intrin(
             "int32x8", "llvm.x86.avx2.pmadd.wd", _half16(a16, h), _half16(b16, h)
         )
-        for h in range(2)
-    ]
+
+    halves = [half(h) for h in range(2)]
     both = tirx.Shuffle(halves, [T.int32(i) for i in range(LANES)])
     return both if vnni else acc + both
 
