@@ -348,6 +348,12 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             rt.target, rt.tokenizer, max_k=a.max_k, positions=n_pos, progress=not a.quiet
         )
         key = rt.curve_key()  # the key the controller and the bench look up
+        tree = None
+        if rt.target.supports_tree:  # what a session's tree-or-chain choice loads
+            n_tree = min(a.max_k + 1, 9)
+            tree = cost_curves.tree_overhead(
+                rt.target, key, n_tree, remeasure=True, source="calibrate"
+            )
         entry = {
             "verify": {str(n): s for n, s in curve.items()},
             "model": rt.source.name,
@@ -358,6 +364,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             "reps": a.reps,
             "near_tie_bound": bound,
             "near_tie_positions": n_pos,
+            "tree_overhead": tree,
         }
         if sparse is not None:
             entry.update(tokens="calibration text", sparsity=sparse)
@@ -379,6 +386,11 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         f"near-tie bound: {bound:.4g} logits (largest top-2 gap change, batched vs one-token, "
         f"{n_pos} positions)"
     )
+    if tree is not None:
+        from edgespec.speculative.session import TREE_OVERHEAD_LIMIT
+
+        use = "drafted" if tree <= TREE_OVERHEAD_LIMIT else "cut to their main chain"
+        print(f"tree / chain forward: {tree:.2f} (limit {TREE_OVERHEAD_LIMIT}): trees {use}")
     return 0
 
 

@@ -344,6 +344,30 @@ def curve_tokens(model: Model, tokenizer: Any, context: int, largest: int) -> li
     return calibration_tokens(tokenizer, context + largest + 64)
 
 
+def load_tree_overhead(key: str, n: int) -> float | None:
+    """The stored tree / chain forward time ratio of ``n``-node trees under the cost-curve
+    key ``key`` (:func:`curve_key`), or None when none was measured."""
+    table = _read_store().get("trees", {})
+    entry = table.get(f"{key}|n={n}") if isinstance(table, dict) else None
+    ratio = entry.get("ratio") if isinstance(entry, dict) else None
+    return float(ratio) if isinstance(ratio, (int, float)) else None
+
+
+def tree_overhead(
+    model: Model, key: str, n: int, *, remeasure: bool = False, source: str = "probe"
+) -> float:
+    """:func:`measure_tree_overhead` of ``model`` measured once per device, model and backend
+    (cost-curve ``key``) and stored: later sessions load it, so whether trees are drafted
+    does not change from run to run with timing noise (seeded runs repeat exactly).
+    ``remeasure`` (``edgespec calibrate``) measures and stores it again, as ``source``."""
+    stored = None if remeasure else load_tree_overhead(key, n)
+    if stored is not None:
+        return stored
+    ratio = measure_tree_overhead(model, n)
+    _write_store("trees", f"{key}|n={n}", {"ratio": ratio, "source": source})
+    return ratio
+
+
 def measure_tree_overhead(model: Model, n: int, *, context: int = 64, reps: int = 3) -> float:
     """Median time of a bushy n-node tree forward (plus commit) / a chain forward of n tokens.
 

@@ -47,7 +47,8 @@ class SpecSession:
         controller: chooses (proposer, k) each step.
         tree_ok: whether the target backend can verify token trees in one forward.
         curve_source: "profile" (stored by ``edgespec calibrate``) or "probe" (measured now).
-        tree_overhead: measured tree-forward / chain-forward time (None: not measured).
+        tree_overhead: tree-forward / chain-forward time, measured once per device, model
+            and backend and stored (:func:`cost_curves.tree_overhead`; None: not measured).
             Drafted trees are cut to their main chain when trees cost more than
             :data:`TREE_OVERHEAD_LIMIT` times a chain on this device and backend.
         probe_s: seconds the cost-curve probe took at build (0 with a stored curve); the
@@ -120,9 +121,7 @@ class SpecSession:
         tree_ok = config.tree and runtime.target.supports_tree
         tree_overhead = None
         if tree_ok:
-            tree_overhead = cost_curves.measure_tree_overhead(
-                runtime.target, min(config.max_k + 1, 9)
-            )
+            tree_overhead = cost_curves.tree_overhead(runtime.target, key, min(config.max_k + 1, 9))
             tree_ok = tree_overhead <= TREE_OVERHEAD_LIMIT
         return cls(config, proposers, controller, tree_ok, source, tree_overhead, probe_s)
 

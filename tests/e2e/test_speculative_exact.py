@@ -1,6 +1,9 @@
 """Exact greedy losslessness of every proposer on backends where batching is exact:
 the NumPy reference in float64 and ONNX Runtime fp32, on tiny random HF models."""
 
+import json
+import shutil
+
 import pytest
 
 from edgespec.losslessness import plain_reference
@@ -160,3 +163,21 @@ def test_exact_mode_makes_quantized_speculation_equal_plain(smollm2_path, backen
                 assert res.token_ids == ref, (text, proposers)
     finally:
         rt.close()
+
+
+def test_calibrate_stores_the_tree_overhead_sessions_load(tiny_llama_dir, tmp_path, capsys):
+    """``edgespec calibrate`` times a tree forward against a chain on tree-capable backends
+    and stores the ratio where sessions look it up (at ``max_k + 1`` nodes, at most 9)."""
+    pytest.importorskip("tokenizers")
+    from edgespec.cli import main
+    from edgespec.speculative import cost_curves
+    from edgespec.testing import add_byte_tokenizer
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model)
+    add_byte_tokenizer(model)
+    argv = ["calibrate", "-m", str(model), "-b", "numpy", "-t", "1", "-q", "--max-k", "3"]
+    assert main([*argv, "--reps", "1", "--context", "16", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tree_overhead"] == cost_curves.load_tree_overhead(out["key"], 4) > 0
+    assert cost_curves.load_tree_overhead(out["key"], 9) is None  # another size: not stored

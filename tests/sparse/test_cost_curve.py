@@ -96,6 +96,7 @@ def test_calibrate_stores_a_distinct_sparse_variant(model_dir, capsys, home):
     assert by["4"]["chunk_sparsity"] <= by["1"]["chunk_sparsity"]
     stored = cost_curves.load_curves()
     assert list(stored) == [out["key"]]  # stored under the sparse key only
+    assert out["tree_overhead"] is None  # no tree forwards in this backend: nothing timed
     assert set(stored[out["key"]]["verify"]) >= {"1", "2", "3", "4"}
     # the same model's dense key (no variant) is another key: the curves never mix
     digest = out["key"].split("|")[1]
