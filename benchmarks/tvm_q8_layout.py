@@ -15,7 +15,12 @@ of ``y = x @ W^T`` at T = 1 and 9 rows on one thread, weights from the file:
 
 Rounds interleave the builds, matrices and row counts. A call is timed in CPU seconds of the
 calling thread (TVM runs a one-thread kernel there), so that time the thread waits for a core
-of a loaded machine is not counted; the minimum over ``--reps`` rounds. Prints a Markdown
+of a loaded machine is not counted; the minimum over ``--reps`` rounds. The builds of a
+matrix run in a fixed order, so its first build always follows the previous matrix's calls
+(after the output head's 191 MB, a colder cache: the same code measured 1.18-1.26x at T = 1
+there against a later position); ``--rotate`` rotates the builds' order every round and
+reports medians, which takes that bias out (the minimum would pick each build's luckiest
+position). Prints a Markdown
 table: MB of operands (what one call streams), microseconds, and each build's time as a
 fraction of the first ``REV``'s; and whether this tree's output equals the NumPy reference's bit for
 bit (``reference.qlinear_q8k``) on each matrix at T = 9.
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -105,6 +111,13 @@ def main() -> int:
     p.add_argument("--repo", type=Path, default=ROOT, help="the git checkout of --against")
     p.add_argument("--reps", type=int, default=21)
     p.add_argument("--rows", type=int, nargs="+", default=[1, 9])
+    p.add_argument(
+        "--rotate",
+        action="store_true",
+        help="rotate the builds' order within each matrix every round and report medians "
+        "(the fixed order times each matrix's first build right after the previous matrix, "
+        "and the minimum favours whichever build follows a warm one)",
+    )
     a = p.parse_args()
 
     import tvm
@@ -159,17 +172,25 @@ def main() -> int:
         del w
     times: dict[tuple[str, str, int], list[float]] = {key: [] for key in calls}
     load = [os.getloadavg()[0]]
-    for _ in range(a.reps):
-        for key, (fn, x, ops, y) in calls.items():
-            t0 = time.thread_time()
-            fn(x, *ops, y)
-            times[key].append(time.thread_time() - t0)
+    order = list(builds)
+    for rep in range(a.reps):
+        shift = rep % len(order) if a.rotate else 0
+        turn = order[shift:] + order[:shift]  # the builds' order this round
+        for label in shapes:
+            for build in turn:
+                for t in a.rows:
+                    fn, x, ops, y = calls[(label, build, t)]
+                    t0 = time.thread_time()
+                    fn(x, *ops, y)
+                    times[(label, build, t)].append(time.thread_time() - t0)
         load.append(os.getloadavg()[0])
-    med = {key: min(v) * 1e6 for key, v in times.items()}
+    pick = statistics.median if a.rotate else min
+    med = {key: pick(v) * 1e6 for key, v in times.items()}
     print(f"`benchmarks/tvm_q8_layout.py {' '.join(sys.argv[1:])}`")
     print(
-        f"({a.model}, {qlinear_q8.int8_isa()} dot products, 1 thread, thread CPU time, min of "
-        f"{a.reps}; 1-minute load average {min(load):.1f} to {max(load):.1f})\n"
+        f"({a.model}, {qlinear_q8.int8_isa()} dot products, 1 thread, thread CPU time, "
+        f"{'median, builds rotated,' if a.rotate else 'min'} of {a.reps}; 1-minute load "
+        f"average {min(load):.1f} to {max(load):.1f})\n"
     )
     head = "| matrix | N x K | build | MB |" + "".join(f" T = {t} us |" for t in a.rows)
     head += "".join(f" T = {t} vs {base} |" for t in a.rows)
