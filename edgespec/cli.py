@@ -350,9 +350,10 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         key = rt.curve_key()  # the key the controller and the bench look up
         tree = None
         if rt.target.supports_tree:  # what a session's tree-or-chain choice loads
-            n_tree = min(a.max_k + 1, 9)
+            from edgespec.speculative.session import tree_nodes
+
             tree = cost_curves.tree_overhead(
-                rt.target, key, n_tree, remeasure=True, source="calibrate"
+                rt.target, key, tree_nodes(a.max_k), remeasure=True, source="calibrate"
             )
         entry = {
             "verify": {str(n): s for n, s in curve.items()},
@@ -364,13 +365,12 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             "reps": a.reps,
             "near_tie_bound": bound,
             "near_tie_positions": n_pos,
-            "tree_overhead": tree,
         }
         if sparse is not None:
             entry.update(tokens="calibration text", sparsity=sparse)
         path = cost_curves.save_curve(key, entry)
     if a.json:
-        print(json.dumps({"key": key, "path": str(path), **entry}))
+        print(json.dumps({"key": key, "path": str(path), **entry, "tree_overhead": tree}))
         return 0
     print(f"device: {cost_curves.device_description()}")
     print(f"cost curve: {key} -> {path}")

@@ -121,7 +121,12 @@ def load_threads(key: str) -> dict[str, Any] | None:
     """The stored thread measurement under ``key`` (:func:`threads_key`), or None:
     ``{"one_token_s": {"<threads>": seconds}, "best": threads (absent when only some counts
     were timed), "source": "probe" | "calibrate", ...}``."""
-    table = _read_store().get("threads", {})
+    return _stored("threads", key)
+
+
+def _stored(section: str, key: str) -> dict[str, Any] | None:
+    """``store[section][key]`` when it is a dict, else None."""
+    table = _read_store().get(section, {})
     entry = table.get(key) if isinstance(table, dict) else None
     return entry if isinstance(entry, dict) else None
 
@@ -347,10 +352,13 @@ def curve_tokens(model: Model, tokenizer: Any, context: int, largest: int) -> li
 def load_tree_overhead(key: str, n: int) -> float | None:
     """The stored tree / chain forward time ratio of ``n``-node trees under the cost-curve
     key ``key`` (:func:`curve_key`), or None when none was measured."""
-    table = _read_store().get("trees", {})
-    entry = table.get(f"{key}|n={n}") if isinstance(table, dict) else None
-    ratio = entry.get("ratio") if isinstance(entry, dict) else None
+    ratio = (_stored("trees", _tree_key(key, n)) or {}).get("ratio")
     return float(ratio) if isinstance(ratio, (int, float)) else None
+
+
+def _tree_key(key: str, n: int) -> str:
+    """Where the ratio of ``n``-node trees under cost-curve ``key`` is stored."""
+    return f"{key}|n={n}"
 
 
 def tree_overhead(
@@ -364,7 +372,7 @@ def tree_overhead(
     if stored is not None:
         return stored
     ratio = measure_tree_overhead(model, n)
-    _write_store("trees", f"{key}|n={n}", {"ratio": ratio, "source": source})
+    _write_store("trees", _tree_key(key, n), {"ratio": ratio, "source": source})
     return ratio
 
 

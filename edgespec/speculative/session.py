@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 PROBE_SIZES = (1, 2, 3, 5, 9)
 #: trees are used only where a tree forward costs at most this much more than a chain
 TREE_OVERHEAD_LIMIT = 1.25
+#: the most nodes of the tree timed against a chain (:func:`tree_nodes`)
+TREE_NODES = 9
 #: draft length of a probe
 PROBE_K = 2
 #: most follow-up probes in a row (``SpecConfig.probe_follow``)
@@ -35,6 +37,12 @@ FOLLOW_UPS = 8
 #: the cost curve's learning rates with ``SpecConfig.cost_drift``: the drift follows the host
 #: fast, the shape of each size slowly (docs/benchmarks.md section 12 simulates the choice)
 DRIFT_RATE, SHAPE_EMA = 0.3, 0.1
+
+
+def tree_nodes(max_k: int) -> int:
+    """Nodes of the tree whose forward is timed against a chain's for drafts up to
+    ``max_k`` (a draft plus its root, at most :data:`TREE_NODES`)."""
+    return min(max_k + 1, TREE_NODES)
 
 
 @dataclass
@@ -121,7 +129,7 @@ class SpecSession:
         tree_ok = config.tree and runtime.target.supports_tree
         tree_overhead = None
         if tree_ok:
-            tree_overhead = cost_curves.tree_overhead(runtime.target, key, min(config.max_k + 1, 9))
+            tree_overhead = cost_curves.tree_overhead(runtime.target, key, tree_nodes(config.max_k))
             tree_ok = tree_overhead <= TREE_OVERHEAD_LIMIT
         return cls(config, proposers, controller, tree_ok, source, tree_overhead, probe_s)
 

@@ -151,7 +151,7 @@ def test_tree_overhead_is_measured_once_and_stored(monkeypatch):
     Measured per session, a ratio near the limit flipped with timing noise, and with it the
     drafts and a seeded run's draws (CI: two seeded runs differed from the 4th token)."""
     from edgespec.speculative import cost_curves
-    from edgespec.speculative.session import TREE_OVERHEAD_LIMIT
+    from edgespec.speculative.session import TREE_OVERHEAD_LIMIT, tree_nodes
 
     ratios = iter([TREE_OVERHEAD_LIMIT, TREE_OVERHEAD_LIMIT * 1.01])
     sizes: list[int] = []
@@ -164,7 +164,7 @@ def test_tree_overhead_is_measured_once_and_stored(monkeypatch):
     cfg = SpecConfig(proposers=("recycle",), k=6, tree=True)
     sessions = [make_rt(vocab=8).spec_session(cfg, allow_plain=False) for _ in range(2)]
     assert [(s.tree_ok, s.tree_overhead) for s in sessions] == [(True, TREE_OVERHEAD_LIMIT)] * 2
-    n = min(cfg.max_k + 1, 9)
+    n = tree_nodes(cfg.max_k)
     assert sizes == [n]  # measured by the first session only
     rt = make_rt(vocab=8)
     again = cost_curves.tree_overhead(
