@@ -139,6 +139,52 @@ def tune_kernels(source: Any, trials: int) -> None:
     print(f"\ntuning time in all: {total:.0f} s")
 
 
+#: independent sums the dot product peak kernel keeps in flight (enough to cover the
+#: instruction's latency on two ports: 5 cycles x 2)
+PEAK_CHAINS = 12
+
+
+def dot_peak(iters: int = 200_000, reps: int = 9) -> float:
+    """This core's rate (per second, one thread) of the int8 dot product the kernels are
+    built with (``qlinear_q8.DOTS``: one ``vpdpbusd`` of 64 byte pairs with VNNI), measured
+    with :data:`PEAK_CHAINS` independent sums on operands in registers: the matmuls' ceiling."""
+    import numpy as np
+    import tvm
+    from tvm.script import tirx as T
+
+    from edgespec.kernels import qlinear_q8
+    from edgespec.kernels.tuning import host_target
+
+    dot, A = qlinear_q8.DOTS[qlinear_q8.building_isa()], PEAK_CHAINS
+
+    @T.prim_func
+    def peak(w_h: T.handle, y_h: T.handle, n: T.int32):
+        T.func_attr({"tirx.noalias": True, "global_symbol": "main"})
+        W = T.match_buffer(w_h, (64 * A,), "uint8")
+        Y = T.match_buffer(y_h, (16 * A,), "int32")
+        acc = T.alloc_local((16 * A,), "int32")
+        for a in T.unroll(A):
+            acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
+        for i in range(n):
+            for a in T.unroll(A):
+                acc[T.ramp(a * 16, 1, 16)] = dot(
+                    acc[T.ramp(a * 16, 1, 16)], W[T.ramp(a * 64, 1, 64)],
+                    T.reinterpret("int8x64", T.broadcast(T.Cast("int32", i), 16)),
+                )  # fmt: skip
+        for a in T.unroll(A):
+            Y[T.ramp(a * 16, 1, 16)] = acc[T.ramp(a * 16, 1, 16)]
+
+    fn = tvm.compile(tvm.IRModule({"main": peak}), target=host_target())["main"]
+    w = tvm.runtime.tensor(np.ones(64 * A, np.uint8))
+    y = tvm.runtime.empty((16 * A,), "int32")
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn(w, y, iters)
+        times.append(time.perf_counter() - t0)
+    return iters * A / statistics.median(times)
+
+
 def kernel_times(source: Any, rows: list[int], reps: int) -> None:
     """The quantized matmuls of one forward of ``source``, alone: per build (float32 or int8
     activations, kernels/qlinear.py and qlinear_q8.py) the sum over the model's matrices of
@@ -188,6 +234,18 @@ def kernel_times(source: Any, rows: list[int], reps: int) -> None:
     for b in builds:
         cells = "".join(f" {total[(b, t)] * 1e3:.1f} |" for t in rows)
         print(f"| {b} |{cells} {total[(b, rows[-1])] / total[(b, rows[0])]:.2f} |")
+    rate = dot_peak()
+    macs = sum(k * n for k, n in (spec.weight_shapes()[name] for name in packed))
+    floors = {t: t * macs / 64 / rate for t in rows}
+    print(
+        f"\nint8 dot product ({qlinear_q8.building_isa()}) peak, one thread: {rate / 1e9:.2f} G "
+        f"64-byte dot products/s; {macs / 1e6:.1f} M multiply-adds a row; gguf-q8act against "
+        "that ceiling (T x multiply-adds / 64 / peak):\n"
+    )
+    print("| T | gguf-q8act ms | ceiling ms | share of peak |\n|---|---|---|---|")
+    for t in rows:
+        got = total[("gguf-q8act", t)]
+        print(f"| {t} | {got * 1e3:.2f} | {floors[t] * 1e3:.2f} | {floors[t] / got:.0%} |")
 
 
 def main() -> int:
