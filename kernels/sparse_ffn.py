@@ -42,6 +42,7 @@ from edgespec.kernels import compiled, reference
 from edgespec.kernels.compiled import (
     BUCKETS,
     CompiledKernels,
+    address,
     aligned_zeros,
     is_aligned,
 )
@@ -315,7 +316,7 @@ class FFNKernels(CompiledKernels[FFNShape]):
         cache keeps the source alive, so the address cannot be reused)."""
         tvm = _tvm()
         in_place = a.dtype == np.float32 and is_aligned(a)
-        key = (in_place, a.ctypes.data, a.shape, a.strides, a.dtype.str)
+        key = (in_place, address(a), a.shape, a.strides, a.dtype.str)
         hit = self._weights.get(key)
         if hit is None:
             src = a
