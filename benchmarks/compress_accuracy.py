@@ -26,11 +26,14 @@ and a later bench of the other 12): the TTFT and CPU-s ratios are then the media
 the pairs measured in one run only (both arms of a prompt in one process, one after the
 other), and the table says over how many (``n = ...``).
 
-The bound: the two arms can differ only on discordant prompts (right in one arm, wrong in
+Two bounds. The two arms can differ only on discordant prompts (right in one arm, wrong in
 the other), so ``|accuracy difference| <= discordant / n``; the one-sided 95 % upper
 Clopper-Pearson bound on the discordant rate bounds the difference a larger sample of the
 same prompts could show. The exact two-sided sign test (McNemar) on the discordant pairs
-says whether the difference seen is more than chance.
+says whether the difference seen is more than chance. The target's own question, whether
+the compressed arm is no worse than the full context by more than 5 points, is the
+one-sided 95 % lower bound of the paired difference (:func:`paired_lower_bound`, Newcombe's
+hybrid score interval) against -5 points.
 """
 
 from __future__ import annotations
@@ -58,6 +61,32 @@ def upper_bound(k: int, n: int, alpha: float = 0.05) -> float:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if binom_cdf(k, n, mid) > alpha else (lo, mid)
     return hi
+
+
+def wilson(k: int, n: int, z: float) -> tuple[float, float]:
+    """Wilson's score interval for a rate seen k times in n, at normal quantile z."""
+    p, q = k / n, z * z / n
+    mid, half = (p + q / 2) / (1 + q), z * math.sqrt(p * (1 - p) / n + q / (4 * n)) / (1 + q)
+    return mid - half, mid + half
+
+
+def paired_lower_bound(a: int, b: int, c: int, d: int, z: float = 1.645) -> float:
+    """The lower confidence bound of ``p2 - p1`` (the compressed arm's accuracy less the
+    full context's) over paired prompts: ``a`` right in both, ``b`` only in arm 1 (full), ``c``
+    only in arm 2, ``d`` in neither; Newcombe's hybrid score interval for paired proportions
+    (Statistics in Medicine 17, 1998, method 10: each arm's Wilson interval, joined with the
+    pairs' correlation, whose ``ad - bc`` loses ``n / 2`` when above it and counts as 0
+    between 0 and ``n / 2``). z = 1.645: the one-sided 95 % bound."""
+    n = a + b + c + d
+    p1, p2 = (a + b) / n, (a + c) / n
+    l2 = wilson(a + c, n, z)[0]
+    u1 = wilson(a + b, n, z)[1]
+    den = (a + b) * (c + d) * (a + c) * (b + d)
+    cross = a * d - b * c  # the correlation's numerator, continuity-corrected as Newcombe's
+    cross = cross - n / 2 if cross > n / 2 else min(cross, 0)
+    phi = cross / math.sqrt(den) if den else 0.0
+    dl, du = p2 - l2, u1 - p1
+    return p2 - p1 - math.sqrt(max(0.0, dl * dl - 2 * phi * dl * du + du * du))
 
 
 def sign_test(b: int, c: int) -> float:
@@ -190,6 +219,8 @@ def summary(rows: list[dict[str, Any]]) -> str:
     fo = sum(r["full_correct"] and not r["compressed_correct"] for r in rows)
     co = sum(r["compressed_correct"] and not r["full_correct"] for r in rows)
     ub = upper_bound(fo + co, n) if n else 1.0
+    both = sum(r["full_correct"] and r["compressed_correct"] for r in rows)
+    low = paired_lower_bound(both, fo, co, n - both - fo - co) if n else -1.0
     lines += [
         "",
         f"Paired, {n} prompts: {fo} right only with the full context, {co} right only "
@@ -197,6 +228,11 @@ def summary(rows: list[dict[str, Any]]) -> str:
         f"on discordant prompts: {fo + co}/{n} here, at most {100 * ub:.0f} % at 95 % "
         "confidence (one-sided Clopper-Pearson), which bounds |accuracy difference| in "
         "points.",
+        "",
+        f"Compressed less full context: {100 * (co - fo) / n:+.1f} points; its one-sided 95 % "
+        f"lower bound {100 * low:+.1f} points (Newcombe's paired score interval, method 10): "
+        f"the compressed arm is {'' if low > -0.05 else 'not '}shown within 5 points of the "
+        "full context (no worse by more than 5).",
     ]
     return "\n".join(lines)
 

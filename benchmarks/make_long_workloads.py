@@ -19,7 +19,9 @@ family from their own seeds (``{SEED}-{name}-4k``), after the rows above, which 
 their seeds as before: ``needle-4k-s1..5`` (with ``needle-4k-25/50/75``, eight 4k needles at
 random depths), ``multifact-4k-s1..8`` (110-person directories, one question each) and
 ``code-long-4k-s1..8`` (60 helpers; the question describes the constant without naming it,
-so the answer, e.g. ``MAX_RECORD_3``, is only in the context).
+so the answer, e.g. ``MAX_RECORD_3``, is only in the context). A second set of :data:`MORE`
+per family, alike, comes from a third seed (``{SEED}-{name}-4k-x``): ``needle-4k-x01..``,
+``multifact-4k-x01..``, ``code-long-4k-x01..`` (ids that no earlier id selects as a prefix).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "edgespec" / "bench" / "data" / "long"
 SEED = 20240614
+#: the second accuracy set's prompts per family (``<family>-4k-x01 ..``, their own seed)
+MORE = 10
 #: characters per token of the filler under SmolLM2's tokenizer (measured: 4.6-4.9)
 CHARS_PER_TOKEN = 4.7
 
@@ -77,12 +81,12 @@ def needle_rows(rng: random.Random) -> list[dict]:
     ]
 
 
-def needle_4k_rows(rng: random.Random) -> list[dict]:
-    """Five more 4k needles at random depths in (0.05, 0.95) (``depth`` recorded)."""
+def needle_4k_rows(rng: random.Random, ids: list[str]) -> list[dict]:
+    """4k needles at random depths in (0.05, 0.95) (``depth`` recorded), one per id."""
     rows = []
-    for k in range(1, 6):
+    for row_id in ids:
         depth = round(rng.uniform(0.05, 0.95), 2)
-        rows.append({**needle_row(rng, 4000, depth, f"needle-4k-s{k}"), "depth": depth})
+        rows.append({**needle_row(rng, 4000, depth, row_id), "depth": depth})
     return rows
 
 
@@ -138,13 +142,13 @@ def multifact_rows(rng: random.Random) -> list[dict]:
     return rows
 
 
-def multifact_4k_rows(rng: random.Random) -> list[dict]:
-    """Eight 110-person directories (about 4k Qwen tokens: 160 people are 5.8k), one
-    question each."""
+def multifact_4k_rows(rng: random.Random, ids: list[str]) -> list[dict]:
+    """110-person directories (about 4k Qwen tokens: 160 people are 5.8k), one question
+    each, one per id."""
     rows = []
-    for k in range(1, 9):
+    for row_id in ids:
         names, facts, doc = directory(rng, 110)
-        rows.append(multifact_question(rng, names, facts, doc, f"multifact-4k-s{k}"))
+        rows.append(multifact_question(rng, names, facts, doc, row_id))
     return rows
 
 
@@ -203,12 +207,12 @@ def code_rows(rng: random.Random) -> list[dict]:
     return rows
 
 
-def code_4k_rows(rng: random.Random) -> list[dict]:
-    """Eight 60-helper modules (about 4k Qwen tokens) whose last function must return the
-    constant its docstring describes ("the module's max record limit") without naming it:
-    the answer (``MAX_RECORD_3``: prefix, noun and index) is only in the context."""
+def code_4k_rows(rng: random.Random, ids: list[str]) -> list[dict]:
+    """60-helper modules (about 4k Qwen tokens), one per id, whose last function must return
+    the constant its docstring describes ("the module's max record limit") without naming
+    it: the answer (``MAX_RECORD_3``: prefix, noun and index) is only in the context."""
     rows = []
-    for k in range(1, 9):
+    for row_id in ids:
         pairs = rng.sample([(p, n) for p in PREFIX for n in NOUNS], 6)
         consts = {f"{p}_{n.upper()}_{i}": rng.randint(2, 999) for i, (p, n) in enumerate(pairs)}
         head = HEAD + [f"{c} = {v}" for c, v in consts.items()] + [""]
@@ -222,7 +226,7 @@ def code_4k_rows(rng: random.Random) -> list[dict]:
         )
         rows.append(
             {
-                "id": f"code-long-4k-s{k}",
+                "id": row_id,
                 "kind": "code-long",
                 "prompt": "\n".join(head + body) + tail,
                 "chat": False,
@@ -236,13 +240,17 @@ def code_4k_rows(rng: random.Random) -> list[dict]:
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     makers = {
-        "needle": (needle_rows, needle_4k_rows),
-        "multifact": (multifact_rows, multifact_4k_rows),
-        "code_long": (code_rows, code_4k_rows),
+        "needle": (needle_rows, needle_4k_rows, "needle-4k", 5),
+        "multifact": (multifact_rows, multifact_4k_rows, "multifact-4k", 8),
+        "code_long": (code_rows, code_4k_rows, "code-long-4k", 8),
     }
-    for name, (make, make_4k) in makers.items():
+    for name, (make, make_4k, stem, first) in makers.items():
         rows = make(random.Random(f"{SEED}-{name}"))
-        rows += make_4k(random.Random(f"{SEED}-{name}-4k"))
+        rows += make_4k(
+            random.Random(f"{SEED}-{name}-4k"), [f"{stem}-s{k}" for k in range(1, first + 1)]
+        )
+        more = [f"{stem}-x{k:02d}" for k in range(1, MORE + 1)]
+        rows += make_4k(random.Random(f"{SEED}-{name}-4k-x"), more)
         text = "".join(json.dumps(r) + "\n" for r in rows)
         (OUT / f"{name}.jsonl").write_text(text)
         print(f"{OUT / name}.jsonl: {len(rows)} prompts")
