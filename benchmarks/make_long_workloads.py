@@ -54,7 +54,7 @@ def filler_sentence(rng: random.Random) -> str:
 def needle_row(rng: random.Random, tokens: int, depth: float, row_id: str) -> dict:
     """One needle prompt: a vault code at ``depth`` (0-1) in ``tokens`` tokens of filler."""
     code = str(rng.randint(1000, 9999))
-    sents = []
+    sents: list[str] = []
     while sum(len(s) + 1 for s in sents) < tokens * CHARS_PER_TOKEN:
         sents.append(filler_sentence(rng))
     sents.insert(int(depth * len(sents)), f"The secret code for the vault is {code}.")
