@@ -10,14 +10,6 @@
 #     docs/results/compress-accuracy-4k-nearmiss/gen/pairs.jsonl \
 #     docs/results/compress-accuracy-4k-nearmiss/second/gen/pairs.jsonl \
 #     docs/results/compress-accuracy-4k-nearmiss/bench/pairs.jsonl OUT/bench/pairs.jsonl
-set -u
-OUT=${1:-docs/results/compress-accuracy-4k-last5}
-mkdir -p "$OUT"
-(while :; do echo "$(date -u +%T) $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/bench-load.log"; sleep 30; done) &
-LOGGER=$!
-trap 'kill $LOGGER' EXIT
-.venv/bin/edgespec bench -m qwen2.5-coder-1.5b --backends llamacpp --strategies autoregressive \
-  --compress 0.25 --compress-only --compressor smollm2-135m \
-  --workloads long/code_long:code-long-4k-s7 long/needle:needle-4k-s3 \
-  long/code_long:code-long-4k-s8 long/needle:needle-4k-s4 long/needle:needle-4k-s5 \
-  -c 4608 -n 16 --runs 1 --warmup 0 -t 2 --energy estimate --out "$OUT/bench" --no-plot -q
+exec bash benchmarks/compress_pairs.sh "${1:-docs/results/compress-accuracy-4k-last5}" \
+  long/code_long:code-long-4k-s7 long/needle:needle-4k-s3 long/code_long:code-long-4k-s8 \
+  long/needle:needle-4k-s4 long/needle:needle-4k-s5

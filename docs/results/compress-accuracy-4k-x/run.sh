@@ -7,13 +7,5 @@
 #
 #   bash docs/results/compress-accuracy-4k-x/run.sh [OUT]
 #   python benchmarks/compress_accuracy.py OUT/bench --load OUT/bench-load.log
-set -u
-OUT=${1:-docs/results/compress-accuracy-4k-x}
-mkdir -p "$OUT"
-(while :; do echo "$(date -u +%T) $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/bench-load.log"; sleep 30; done) &
-LOGGER=$!
-trap 'kill $LOGGER' EXIT
-.venv/bin/edgespec bench -m qwen2.5-coder-1.5b --backends llamacpp --strategies autoregressive \
-  --compress 0.25 --compress-only --compressor smollm2-135m \
-  --workloads $(cat docs/results/compress-accuracy-4k-x/workloads.txt) \
-  -c 4608 -n 16 --runs 1 --warmup 0 -t 2 --energy estimate --out "$OUT/bench" --no-plot -q
+exec bash benchmarks/compress_pairs.sh "${1:-docs/results/compress-accuracy-4k-x}" \
+  $(cat docs/results/compress-accuracy-4k-x/workloads.txt)
