@@ -187,6 +187,15 @@ def _ratios(rs: list[float], counted: bool) -> str:
     return f"{statistics.median(rs):.2f} ({min(rs):.2f}-{max(rs):.2f}{n})"
 
 
+def counts(rows: list[dict[str, Any]]) -> tuple[int, int, int, int]:
+    """The paired table of ``rows``: right in both arms, only with the full context, only
+    compressed, in neither."""
+    both = sum(r["full_correct"] and r["compressed_correct"] for r in rows)
+    full = sum(r["full_correct"] and not r["compressed_correct"] for r in rows)
+    comp = sum(r["compressed_correct"] and not r["full_correct"] for r in rows)
+    return both, full, comp, len(rows) - both - full - comp
+
+
 def summary(rows: list[dict[str, Any]]) -> str:
     """The Markdown tables: per family and overall."""
     lines = [
@@ -203,24 +212,19 @@ def summary(rows: list[dict[str, Any]]) -> str:
         n = len(rs)
         if not n:
             continue
-        f = sum(r["full_correct"] for r in rs)
-        c = sum(r["compressed_correct"] for r in rs)
-        both = sum(r["full_correct"] and r["compressed_correct"] for r in rs)
-        fo = sum(r["full_correct"] and not r["compressed_correct"] for r in rs)
-        co = sum(r["compressed_correct"] and not r["full_correct"] for r in rs)
+        both, fo, co, neither = counts(rs)
+        f, c = both + fo, both + co
         timed = [r for r in rs if r.get("same_run", True)] if mixed else rs
         lines.append(
             f"| {'**all**' if fam == 'all' else fam} | {n} | {_pct(f, n)} | {_pct(c, n)} | "
-            f"{100 * (c - f) / n:+.1f} | {both} / {fo} / {co} / {n - both - fo - co} | "
+            f"{100 * (c - f) / n:+.1f} | {both} / {fo} / {co} / {neither} | "
             f"{_ratios([r['ttft_ratio'] for r in timed], mixed)} | "
             f"{_ratios([r['cpu_ratio'] for r in timed], mixed)} |"
         )
     n = len(rows)
-    fo = sum(r["full_correct"] and not r["compressed_correct"] for r in rows)
-    co = sum(r["compressed_correct"] and not r["full_correct"] for r in rows)
+    both, fo, co, neither = counts(rows)
     ub = upper_bound(fo + co, n) if n else 1.0
-    both = sum(r["full_correct"] and r["compressed_correct"] for r in rows)
-    low = paired_lower_bound(both, fo, co, n - both - fo - co) if n else -1.0
+    low = paired_lower_bound(both, fo, co, neither) if n else -1.0
     lines += [
         "",
         f"Paired, {n} prompts: {fo} right only with the full context, {co} right only "

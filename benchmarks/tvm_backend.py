@@ -206,8 +206,9 @@ def kernel_times(source: Any, rows: list[int], reps: int) -> None:
     builds = {"gguf-exact": lambda w: w, "gguf-q8act": qlinear_q8.prefer}
     total = {(b, t): 0.0 for b in builds for t in rows}
     seen: dict[tuple[str, str, int, int], float] = {}
+    shapes = spec.weight_shapes()
     for name, q in packed.items():
-        K, N = spec.weight_shapes()[name]
+        K, N = shapes[name]
         for build, convert in builds.items():
             w = convert(q)
             for t in rows:
@@ -235,7 +236,7 @@ def kernel_times(source: Any, rows: list[int], reps: int) -> None:
         cells = "".join(f" {total[(b, t)] * 1e3:.1f} |" for t in rows)
         print(f"| {b} |{cells} {total[(b, rows[-1])] / total[(b, rows[0])]:.2f} |")
     rate = dot_peak()
-    macs = sum(k * n for k, n in (spec.weight_shapes()[name] for name in packed))
+    macs = sum(k * n for k, n in (shapes[name] for name in packed))
     floors = {t: t * macs / 64 / rate for t in rows}
     print(
         f"\nint8 dot product ({qlinear_q8.building_isa()}) peak, one thread: {rate / 1e9:.2f} G "
