@@ -14,6 +14,8 @@ whose cold GB/s is far below both its warm GB/s and NumPy's is held up by how it
 memory, not by its arithmetic.
 
     .venv/bin/python benchmarks/tvm_q8_stream.py --matrix "ffn_gate (Q4_K)" --against 5c5740b
+    .venv/bin/python benchmarks/tvm_q8_stream.py --model smollm2-135m \
+        --tensors blk.0.ffn_up.weight --rows 1 3 9 --against d447926
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="qwen2.5-coder-1.5b")
     p.add_argument("--matrix", default="ffn_gate (Q4_K)", choices=list(MATRICES))
+    p.add_argument(
+        "--tensors", nargs="+", help="GGUF tensor names instead of --matrix (stacked along N)"
+    )
     p.add_argument("--against", nargs="*", default=[], help="git revisions of the kernels")
     p.add_argument("--repo", type=Path, default=ROOT, help="the git checkout of --against")
     p.add_argument("--rows", type=int, nargs="+", default=[1, 9])
@@ -68,7 +73,8 @@ def main() -> int:
         return 2
     set_tvm_threads(tvm, 1)
     dev, rng = tvm.cpu(0), np.random.default_rng(0)
-    w = packed(zoo.pull(a.model, progress=False), MATRICES[a.matrix])
+    names = a.tensors or MATRICES[a.matrix]
+    w = packed(zoo.pull(a.model, progress=False), names)
     n, k = w.shape
     builds: dict[str, Any] = {"this tree": qlinear_q8}
     builds |= {rev: modules_at(rev, a.repo) for rev in a.against}
@@ -96,7 +102,8 @@ def main() -> int:
     gbs = numpy_stream_gbs()
     print(f"`benchmarks/tvm_q8_stream.py {' '.join(sys.argv[1:])}`")
     print(
-        f"({a.model} {a.matrix}, {n} x {k}, {qlinear_q8.int8_isa()} dot products, 1 thread, "
+        f"({a.model} {' + '.join(names)} ({w.fmt}), {n} x {k}, {qlinear_q8.int8_isa()} dot "
+        "products, 1 thread, "
         f"thread CPU time, min of {a.reps}; 1-minute load average {min(load):.1f} to "
         f"{max(load):.1f}; NumPy's sum over 256 MB on this thread: {gbs:.1f} GB/s)\n"
     )

@@ -83,6 +83,10 @@ AHEAD = 8
 #: rows of x a pass over a tile's codes serves from T = ROWS on (32-weight blocks: each
 #: block's codes loaded and unpacked once for them, the rows' outputs in registers)
 ROWS = 3
+#: blocks of 32 a chunk has (the last one fewer) from T = ROWS on: every pass over a tile's
+#: codes (ROWS rows and one vector of 16 features) takes a chunk, the first prefetching the
+#: next chunk's codes, before the next chunk (:func:`kernel`)
+CHUNK = 2
 
 
 def q8_format(fmt: str) -> str | None:
@@ -656,8 +660,14 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     """``qlinear(x f32[T, K], c, d[, m], y f32[T, N])`` for symbolic T, private (to be added
     to a Relax module); the loops: rows quantized once, then output tiles in parallel; below
     T = :data:`ROWS` blocks in order, rows, the tile's vectors unrolled (``rows_each``); from
-    it on, blocks of ROWS rows with the tile's vectors outer (``rows_block``), the rows left
-    over as below."""
+    it on, chunks of :data:`CHUNK` blocks, and in each, blocks of ROWS rows with the tile's
+    vectors outer (``rows_block``), the rows left over as below. The chunks keep a cold
+    matrix's streaming beside the arithmetic: each chunk's first pass prefetches the next
+    chunk's codes, which arrive while the chunk's other passes run from L1. With whole tiles
+    instead (the first pass streaming the tile while the rest waited), a cold matrix's T = 9
+    call cost warm T = 9 plus most of a cold T = 1; chunks of 2 blocks took 0.75-0.84x that
+    time (Q4_1 576 x 1536, 1536 x 576, 576 x 960; Q8_0 576 x 49152) and chunks of 3, 4, 6,
+    8 less off it (`benchmarks/tvm_q8_stream.py`, docs/tvm.md "Chunks")."""
     from tvm.script import tirx as T
 
     lay = get_layout(base_format(fmt))
@@ -695,13 +705,11 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     @T.macro
     def rows_each(
         C: Any, Q4: Any, QS: Any, XD: Any, XS: Any, Df: Any, Mf: Any, Yf: Any, jo: Any,
-        t_lo: Any, t_hi: Any,
+        t_lo: Any, t_hi: Any, b_lo: Any, b_hi: Any,
     ) -> None:  # fmt: skip
-        # rows t_lo .. t_hi - 1 of tile jo one at a time: blocks in order, rows, the tile's
-        # vectors unrolled, y summed in place
-        for t in range(t_lo, t_hi):
-            Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
-        for b in range(nb):
+        # rows t_lo .. t_hi - 1 of tile jo one at a time, blocks b_lo .. b_hi - 1: blocks in
+        # order, rows, the tile's vectors unrolled, y summed in place (zeroed before)
+        for b in range(b_lo, b_hi):
             if t_lo == 0:
                 prefetch_rows(C, jo, (b + AHEAD) * rows, rows, tile)
             for t in range(t_lo, t_hi):
@@ -719,21 +727,25 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
 
     @T.macro
     def rows_block(
-        C: Any, Q4: Any, QS: Any, XD: Any, XS: Any, Df: Any, Mf: Any, Yf: Any, jo: Any, t0: Any
-    ) -> None:
-        # rows t0 .. t0 + ROWS - 1 of tile jo: the tile's vectors outer (unrolled), blocks in
-        # order, the rows innermost, so that each block's codes are loaded and unpacked once
-        # for the ROWS rows (dot_rows_each) and their y vectors stay in registers; each y
-        # element still sums its blocks in order, so the output is the same bit for bit
+        C: Any, Q4: Any, QS: Any, XD: Any, XS: Any, Df: Any, Mf: Any, Yf: Any, jo: Any,
+        t0: Any, b_lo: Any, b_hi: Any,
+    ) -> None:  # fmt: skip
+        # rows t0 .. t0 + ROWS - 1 of tile jo, blocks b_lo .. b_hi - 1: the tile's vectors outer
+        # (unrolled), blocks in order, the rows innermost, so that each block's codes are
+        # loaded and unpacked once for the ROWS rows (dot_rows_each) and their y vectors stay
+        # in registers over the chunk; each y element still sums its blocks in order, so the
+        # output is the same bit for bit
         y = T.alloc_local((ROWS * LANES,), "float32")
         dot = T.alloc_local((ROWS * LANES,), "int32")
         P16 = T.alloc_local((ROWS * 32,), "int16")  # dot_rows_each's int16 sums
         for v in T.unroll(nvec):
             for r in T.unroll(ROWS):
-                y[T.ramp(r * LANES, 1, LANES)] = T.broadcast(T.float32(0), LANES)
-            for b in range(nb):
-                if t0 == 0 and v == 0:  # the codes AHEAD blocks on
-                    prefetch_rows(C, jo, (b + AHEAD) * rows, rows, tile)
+                y[T.ramp(r * LANES, 1, LANES)] = Yf[
+                    T.ramp((t0 + r) * N + jo * tile + v * LANES, 1, LANES)
+                ]
+            for b in range(b_lo, b_hi):
+                if t0 == 0 and v == 0:  # the next chunk's codes, as its first pass goes
+                    prefetch_rows(C, jo, (b + CHUNK) * rows, rows, tile)
                 for r in T.unroll(ROWS):
                     dot[T.ramp(r * LANES, 1, LANES)] = T.broadcast(
                         -z * QS[(t0 + r) * nb + b], LANES
@@ -785,12 +797,31 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         # qlinear_q8k's), so that T = 1 and 2 compile to the one-row loop alone
         if n < ROWS:
             for jo in T.parallel(N // tile):
-                rows_each(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, 0, n)
+                for t in range(n):
+                    Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
+                rows_each(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, 0, n, 0, nb)
         else:
             for jo in T.parallel(N // tile):
-                for tb in range(n // ROWS):
-                    rows_block(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, tb * ROWS)
-                rows_each(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n // ROWS * ROWS, n)
+                for t in range(n):
+                    Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
+                for c in range(nb // CHUNK):
+                    for tb in range(n // ROWS):
+                        rows_block(
+                            C, Q4, QS, XD, XS, Df, Mf, Yf, jo, tb * ROWS, c * CHUNK,
+                            c * CHUNK + CHUNK,
+                        )  # fmt: skip
+                    rows_each(
+                        C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n // ROWS * ROWS, n, c * CHUNK,
+                        c * CHUNK + CHUNK,
+                    )  # fmt: skip
+                if nb % CHUNK != 0:  # the last blocks
+                    for tb in range(n // ROWS):
+                        rows_block(
+                            C, Q4, QS, XD, XS, Df, Mf, Yf, jo, tb * ROWS, nb - nb % CHUNK, nb
+                        )
+                    rows_each(
+                        C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n // ROWS * ROWS, n, nb - nb % CHUNK, nb
+                    )
 
     if affine:
 
