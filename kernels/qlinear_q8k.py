@@ -82,7 +82,8 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     the mixed layout) are unpacked in registers as they stream at T = 1, and at T > 1 once
     per super-block and tile into a local buffer (16 KB, L1) that every row reads (unpacking
     per row made a Q6_K matrix's T = 9 call 1.2x slower than with byte-wide codes on AVX2:
-    ``benchmarks/tvm_q8_layout.py``), prefetching the next super-block's codes as it goes.
+    ``benchmarks/tvm_q8_layout.py``), prefetching the next super-block's codes as it goes
+    at T = 2.
     One row at a time (``row_at``: T < :data:`ROWS`, and the rows left over) the groups are
     the outer loop and the tile's vectors the inner one, so that each code row's ``4 * tile``
     bytes are read in one go, with prefetch hints :data:`AHEAD` groups on (at T = 1 on the
@@ -91,7 +92,13 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     loads and unpacking (:func:`~edgespec.kernels.qlinear_q8.dot_rows_each`): on the AVX2 VM
     a Q4_K matrix's T = 9 call 0.79-0.88x (warm) and 0.74-0.84x (cold) the time of one row
     at a time, a Q6_K one 0.73x and 0.80x (``benchmarks/tvm_q8_stream.py``, docs/tvm.md).
-    Both loops are in their own parallel kernel, chosen by T."""
+    Their passes (ROWS rows, and a vector or a pair of groups) each prefetch an even share of
+    the next super-block's codes (``prefetch_share``): with all of it prefetched in the first
+    pass (or, 6-bit, while unpacking), a cold matrix's T = 9 call had cost its warm time plus
+    most of a cold T = 1 (the prefetches queued behind each other while the other passes left
+    memory idle); shared out, the Qwen 1.5B's ffn_gate (Q4_K) took 0.78x, ffn_down (Q6_K)
+    0.81x and the mixed qkv 0.92x of that time (docs/tvm.md, "Chunks"). Both loops are in
+    their own parallel kernel, chosen by T."""
     from tvm.script import tirx as T
 
     lay = get_layout(base_format(fmt))
@@ -113,6 +120,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     # sm * gsum, are added per super-block in madd16 pairs of groups (finish). The int32 sums
     # are the same exactly
     centred = paired(fmt)
+    lines = gps * rows * nvec  # the cache lines of a super-block's codes in a tile
     ng, npair = K // g, K // g // 2
     sub_shape = (nt, npair, 2 * tile) if centred else (nt, ng, tile)  # SD's, SM's
 
@@ -232,9 +240,22 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             )  # fmt: skip
 
     @T.macro
+    def prefetch_share(C: Any, jo: Any, s: Any, k: Any, parts: Any) -> None:
+        # the k-th of `parts` even shares of the cache lines of super-block s + 1's codes in
+        # tile jo (after the last, the next tile's first), one share a pass of rows_at, so
+        # that the next super-block streams while this one's passes run
+        for i in range(k * lines // parts, (k + 1) * lines // parts):
+            T.evaluate(
+                T.call_llvm_intrin(
+                    "void", "llvm.prefetch.p0",
+                    T.address_of(C[jo, (s + 1) * gps * rows + i // nvec, i % nvec * 64]), 0, 3, 1,
+                )
+            )  # fmt: skip
+
+    @T.macro
     def rows_at(
         C: Any, Q4: Any, BS: Any, GN: Any, GP: Any, XD: Any, U: Any, Df: Any, Mf: Any,
-        SDf: Any, SMf: Any, Yf: Any, jo: Any, s: Any, t0: Any,
+        SDf: Any, SMf: Any, Yf: Any, jo: Any, s: Any, t0: Any, n: Any,
     ) -> None:  # fmt: skip
         # rows t0 .. t0 + ROWS - 1 of super-block s of tile jo (body's buffers). 4-bit codes:
         # the tile's vectors outer (unrolled) and the groups inner, so that a vector's ROWS
@@ -253,6 +274,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             accm[T.ramp(i * LANES, 1, LANES)] = T.broadcast(0, LANES)
         if six or building_isa() not in VECTORS_OUTER:  # the groups outer, vectors inner
             for gp in range(gps // 2):  # groups by pairs (of sub-scales, centred)
+                prefetch_share(C, jo, s, t0 // ROWS * (gps // 2) + gp, n // ROWS * (gps // 2))
                 for h in T.unroll(2):
                     for v in range(nvec):
                         group_rows(
@@ -261,10 +283,9 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                         )  # fmt: skip
         else:  # the tile's vectors outer: a vector's sums stay in registers over the groups
             for v in T.unroll(nvec):
+                prefetch_share(C, jo, s, t0 // ROWS * nvec + v, n // ROWS * nvec)
                 for gp in range(gps // 2):
                     for h in T.unroll(2):
-                        if t0 == 0 and v == 0:  # the codes AHEAD groups on
-                            prefetch_rows(C, jo, (s * gps + gp * 2 + h + AHEAD) * rows, rows, tile)
                         group_rows(
                             BS, GN, GP, Q4, U, C, SDf, SMf, acc, accm, dot, P16, jo, s, t0,
                             gp * 2 + h, v,
@@ -325,7 +346,8 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             U = T.alloc_buffer((SUPER // 4 * 4 * tile,), "uint8", scope="local")
             if six and n > 1:  # the super-block's codes unpacked once for all rows
                 for p in range(SUPER // 16):
-                    prefetch_rows(C, jo, ((s + 1) * SUPER // 16 + p) * 3, 3, tile)
+                    if n < ROWS:  # (from ROWS rows on, rows_at's passes prefetch)
+                        prefetch_rows(C, jo, ((s + 1) * SUPER // 16 + p) * 3, 3, tile)
                     for v in T.unroll(nvec):
                         base = (s * SUPER // 16 + p) * 3
                         c0 = C[jo, base, T.ramp(v * 64, 1, 64)]
@@ -337,7 +359,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                         U[T.ramp(((4 * p + 3) * nvec + v) * 64, 1, 64)] = _six(c1, c2, 3)
             if blocked:
                 for tb in range(n // ROWS):
-                    rows_at(C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, tb * ROWS)
+                    rows_at(C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, tb * ROWS, n)
                 for t in range(n // ROWS * ROWS, n):
                     row_at(C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n, t)
             else:
