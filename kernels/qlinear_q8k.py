@@ -96,8 +96,8 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     the next super-block's codes (``prefetch_share``): with all of it prefetched in the first
     pass (or, 6-bit, while unpacking), a cold matrix's T = 9 call had cost its warm time plus
     most of a cold T = 1 (the prefetches queued behind each other while the other passes left
-    memory idle); shared out, the Qwen 1.5B's ffn_gate (Q4_K) took 0.78x, ffn_down (Q6_K)
-    0.81x and the mixed qkv 0.92x of that time (docs/tvm.md, "Chunks"). Both loops are in
+    memory idle); shared out, the Qwen 1.5B's ffn_gate (Q4_K) took 0.76x, ffn_down (Q6_K)
+    0.79x and the mixed qkv 0.76x of that time (docs/tvm.md, "Chunks"). Both loops are in
     their own parallel kernel, chosen by T."""
     from tvm.script import tirx as T
 
@@ -255,9 +255,12 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     @T.macro
     def rows_at(
         C: Any, Q4: Any, BS: Any, GN: Any, GP: Any, XD: Any, U: Any, Df: Any, Mf: Any,
-        SDf: Any, SMf: Any, Yf: Any, jo: Any, s: Any, t0: Any, n: Any,
+        SDf: Any, SMf: Any, Yf: Any, jo: Any, s: Any, t0: Any, n: Any, fresh: int,
     ) -> None:  # fmt: skip
-        # rows t0 .. t0 + ROWS - 1 of super-block s of tile jo (body's buffers). 4-bit codes:
+        # rows t0 .. t0 + ROWS - 1 of super-block s of tile jo (body's buffers), of which the
+        # last `fresh` are written (fresh < ROWS: the block that ends at row n, over rows that
+        # a block before wrote already, which are computed again, the same bits, and left;
+        # its passes prefetch nothing, the blocks before having prefetched). 4-bit codes:
         # the tile's vectors outer (unrolled) and the groups inner, so that a vector's ROWS
         # sums stay in registers over the super-block and each activation broadcast is used
         # once (groups outer, vectors inner, LLVM hoisted the broadcasts out of the vector
@@ -274,7 +277,10 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             accm[T.ramp(i * LANES, 1, LANES)] = T.broadcast(0, LANES)
         if six or building_isa() not in VECTORS_OUTER:  # the groups outer, vectors inner
             for gp in range(gps // 2):  # groups by pairs (of sub-scales, centred)
-                prefetch_share(C, jo, s, t0 // ROWS * (gps // 2) + gp, n // ROWS * (gps // 2))
+                prefetch_share(
+                    C, jo, s, (t0 + ROWS - fresh) // ROWS * (gps // 2) + gp,
+                    (n + 1) // ROWS * (gps // 2),
+                )  # fmt: skip
                 for h in T.unroll(2):
                     for v in range(nvec):
                         group_rows(
@@ -283,7 +289,9 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                         )  # fmt: skip
         else:  # the tile's vectors outer: a vector's sums stay in registers over the groups
             for v in T.unroll(nvec):
-                prefetch_share(C, jo, s, t0 // ROWS * nvec + v, n // ROWS * nvec)
+                prefetch_share(
+                    C, jo, s, (t0 + ROWS - fresh) // ROWS * nvec + v, (n + 1) // ROWS * nvec
+                )
                 for gp in range(gps // 2):
                     for h in T.unroll(2):
                         group_rows(
@@ -291,7 +299,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                             gp * 2 + h, v,
                         )  # fmt: skip
         for v in T.unroll(nvec):
-            for r in T.unroll(ROWS):
+            for r in T.unroll(ROWS - fresh, ROWS):
                 finish(
                     Df, Mf, SDf, SMf, XD, GP, Yf, acc, accm, (r * nvec + v) * LANES, jo, s,
                     t0 + r, v,
@@ -359,9 +367,17 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                         U[T.ramp(((4 * p + 3) * nvec + v) * 64, 1, 64)] = _six(c1, c2, 3)
             if blocked:
                 for tb in range(n // ROWS):
-                    rows_at(C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, tb * ROWS, n)
-                for t in range(n // ROWS * ROWS, n):
-                    row_at(C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n, t)
+                    rows_at(
+                        C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, tb * ROWS, n, ROWS
+                    )
+                if n % ROWS == ROWS - 1:  # the last rows in a block that overlaps the one before
+                    rows_at(
+                        C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n - ROWS, n,
+                        ROWS - 1,
+                    )  # fmt: skip
+                else:
+                    for t in range(n // ROWS * ROWS, n):
+                        row_at(C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n, t)
             else:
                 for t in range(n):
                     row_at(C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n, t)
