@@ -84,7 +84,8 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     per row made a Q6_K matrix's T = 9 call 1.2x slower than with byte-wide codes on AVX2:
     ``benchmarks/tvm_q8_layout.py``), prefetching the next super-block's codes as it goes
     at T = 2.
-    One row at a time (``row_at``: T < :data:`ROWS`, and the rows left over) the groups are
+    One row at a time (``row_at``: T < :data:`ROWS`, and one row left over; ROWS - 1 rows
+    left over go in a last block that overlaps the one before) the groups are
     the outer loop and the tile's vectors the inner one, so that each code row's ``4 * tile``
     bytes are read in one go, with prefetch hints :data:`AHEAD` groups on (at T = 1 on the
     AVX2 VM: a cold Q4_K or Q6_K matrix 0.57-0.86x the time of a vector-outer loop without
