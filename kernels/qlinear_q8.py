@@ -665,9 +665,9 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     matrix's streaming beside the arithmetic: each chunk's first pass prefetches the next
     chunk's codes, which arrive while the chunk's other passes run from L1. With whole tiles
     instead (the first pass streaming the tile while the rest waited), a cold matrix's T = 9
-    call cost warm T = 9 plus most of a cold T = 1; chunks of 2 blocks took 0.75-0.84x that
-    time (Q4_1 576 x 1536, 1536 x 576, 576 x 960; Q8_0 576 x 49152) and chunks of 3, 4, 6,
-    8 less off it (`benchmarks/tvm_q8_stream.py`, docs/tvm.md "Chunks")."""
+    call cost warm T = 9 plus most of a cold T = 1; chunks of 2 blocks took 0.75-0.86x that
+    time (SmolLM2's ffn_up, ffn_down and head: ``benchmarks/tvm_q8_stream.py``, docs/tvm.md
+    "Chunks"), chunks of 3, 4, 6 and 8 less off it (ad hoc)."""
     from tvm.script import tirx as T
 
     lay = get_layout(base_format(fmt))
