@@ -515,6 +515,15 @@ def code_pairs(w: Any, q4: Any, at: Any, four: bool) -> list[tuple[Any, Any]]:
     return [(lo, _q(q4, at)), (hi, _q(q4, at + 1))]
 
 
+def prefetch_line(addr: Any) -> None:
+    """Emit, into the TVMScript function being parsed, a prefetch hint for the cache line at
+    ``addr`` into all cache levels (a hint past the end of a buffer is harmless: x86
+    prefetches never fault)."""
+    from tvm.script import tirx as T
+
+    T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", addr, 0, 3, 1))
+
+
 def prefetch_rows(c: Any, tile: Any, row0: Any, nrows: int, width: int) -> None:
     """Emit, into the TVMScript function being parsed, a prefetch hint (into all cache levels)
     for each 64-byte line of rows ``row0 .. row0 + nrows - 1`` of tile ``tile`` of ``c``
@@ -526,12 +535,7 @@ def prefetch_rows(c: Any, tile: Any, row0: Any, nrows: int, width: int) -> None:
 
     for r in range(nrows):
         for line in range(4 * width // 64):
-            T.evaluate(
-                T.call_llvm_intrin(
-                    "void", "llvm.prefetch.p0", T.address_of(c[tile, row0 + r, line * 64]),
-                    0, 3, 1,
-                )
-            )  # fmt: skip
+            prefetch_line(T.address_of(c[tile, row0 + r, line * 64]))
 
 
 def dot_flat(dot: Any, u: Any, start: Any, step: Any, n: int, q4: Any, at: Any, bits: int) -> Any:
@@ -765,6 +769,17 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                 ]
 
     @T.macro
+    def chunk(
+        C: Any, Q4: Any, QS: Any, XD: Any, XS: Any, Df: Any, Mf: Any, Yf: Any, jo: Any, n: Any,
+        b_lo: Any, b_hi: Any,
+    ) -> None:  # fmt: skip
+        # blocks b_lo .. b_hi - 1 of tile jo for all n >= ROWS rows: ROWS rows at a time, then
+        # the rows left over one at a time
+        for tb in range(n // ROWS):
+            rows_block(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, tb * ROWS, b_lo, b_hi)
+        rows_each(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n // ROWS * ROWS, n, b_lo, b_hi)
+
+    @T.macro
     def body(X: Any, C: Any, D: Any, M: Any, Y: Any, n: Any) -> None:
         Q = T.alloc_buffer((n * K,), "int8")
         Yf = T.decl_buffer((n * N,), "float32", data=Y.data)  # flat: contiguous vectors
@@ -805,23 +820,9 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                 for t in range(n):
                     Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
                 for c in range(nb // CHUNK):
-                    for tb in range(n // ROWS):
-                        rows_block(
-                            C, Q4, QS, XD, XS, Df, Mf, Yf, jo, tb * ROWS, c * CHUNK,
-                            c * CHUNK + CHUNK,
-                        )  # fmt: skip
-                    rows_each(
-                        C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n // ROWS * ROWS, n, c * CHUNK,
-                        c * CHUNK + CHUNK,
-                    )  # fmt: skip
+                    chunk(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n, c * CHUNK, c * CHUNK + CHUNK)
                 if nb % CHUNK != 0:  # the last blocks
-                    for tb in range(n // ROWS):
-                        rows_block(
-                            C, Q4, QS, XD, XS, Df, Mf, Yf, jo, tb * ROWS, nb - nb % CHUNK, nb
-                        )
-                    rows_each(
-                        C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n // ROWS * ROWS, n, nb - nb % CHUNK, nb
-                    )
+                    chunk(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n, nb - nb % CHUNK, nb)
 
     if affine:
 

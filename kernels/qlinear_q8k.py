@@ -46,6 +46,7 @@ from edgespec.kernels.qlinear_q8 import (
     dot_rows_each,
     madd16,
     paired,
+    prefetch_line,
     prefetch_rows,
     stored_bits,
     tile_for,
@@ -246,12 +247,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         # tile jo (after the last, the next tile's first), one share a pass of rows_at, so
         # that the next super-block streams while this one's passes run
         for i in range(k * lines // parts, (k + 1) * lines // parts):
-            T.evaluate(
-                T.call_llvm_intrin(
-                    "void", "llvm.prefetch.p0",
-                    T.address_of(C[jo, (s + 1) * gps * rows + i // nvec, i % nvec * 64]), 0, 3, 1,
-                )
-            )  # fmt: skip
+            prefetch_line(T.address_of(C[jo, (s + 1) * gps * rows + i // nvec, i % nvec * 64]))
 
     @T.macro
     def rows_at(
@@ -276,6 +272,8 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         for i in T.unroll(ROWS * nvec):
             acc[T.ramp(i * LANES, 1, LANES)] = T.broadcast(0, LANES)
             accm[T.ramp(i * LANES, 1, LANES)] = T.broadcast(0, LANES)
+        # each pass's share of the prefetch: this block is number (t0 + ROWS - fresh) // ROWS
+        # of the (n + 1) // ROWS blocks of ROWS rows (the overlapping one, if any, last)
         if six or building_isa() not in VECTORS_OUTER:  # the groups outer, vectors inner
             for gp in range(gps // 2):  # groups by pairs (of sub-scales, centred)
                 prefetch_share(
