@@ -136,6 +136,26 @@ def save_threads(key: str, entry: dict[str, Any]) -> Path:
     return _write_store("threads", key, entry)
 
 
+#: untimed one-token forwards run for this long (at least one, at most :data:`SETTLE_MAX`)
+#: before a one-token forward is timed after a pause, a prefix or a thread switch: the
+#: first ones run slow for about 50 ms (SmolLM2 on tvm at 2 threads, after the prefix or
+#: 200 ms idle: 6-8 ms falling to 4 over about ten forwards)
+SETTLE_S = 0.2
+SETTLE_MAX = 64
+
+
+def settle(step: Callable[[int], object], at_least: int = 1) -> int:
+    """Call ``step(i)`` (an untimed forward) for ``i = 0, 1, ..`` at least ``at_least``
+    times and until :data:`SETTLE_S` seconds have passed or :data:`SETTLE_MAX` calls were
+    made; returns the number of calls."""
+    t0 = time.perf_counter()
+    i = 0
+    while i < at_least or (time.perf_counter() - t0 < SETTLE_S and i < SETTLE_MAX):
+        step(i)
+        i += 1
+    return i
+
+
 def measure_threads(
     model: Model,
     counts: Sequence[int],
@@ -151,9 +171,10 @@ def measure_threads(
 
     The counts take turns over ``rounds`` rounds (1 2 3 1 2 3 ...), so that a burst of
     background load hits them alike. In each turn ``set_threads(n)`` switches the loaded
-    model to ``n`` threads, one untimed forward follows (the switch may rebuild a session or
-    wake a thread pool), then about ``reps / rounds`` timed ones at the same position after
-    a ``context``-token prefix. ``on_step(n)`` is called after each turn.
+    model to ``n`` threads, a ``context``-token prefix and untimed one-token forwards
+    follow (:func:`settle`: the switch may rebuild a session or wake a thread pool, and the
+    first forwards after the prefix run slow), then about ``reps / rounds`` timed ones at the
+    same position. ``on_step(n)`` is called after each turn.
 
     Returns:
         {threads: median seconds per one-token forward over ``reps`` (at least) forwards}.
@@ -165,12 +186,16 @@ def measure_threads(
             set_threads(n)
             model.reset()
             model.forward([(17 * i + 11) % vocab for i in range(context)], all_logits=False)
-            for r in range(per_turn + 1):
+
+            def one(r: int) -> float:
                 t = time.perf_counter()
                 model.forward([(31 * r + 7) % vocab], all_logits=False)
-                if r:
-                    times[n].append(time.perf_counter() - t)
+                dt = time.perf_counter() - t
                 model.truncate(context)
+                return dt
+
+            settle(one)
+            times[n] += [one(r) for r in range(per_turn)]
             if on_step is not None:
                 on_step(n)
     model.reset()
@@ -269,14 +294,19 @@ def measure_verify_curve(
     Some backends pay for changing batch shape (llama.cpp rebuilds its graph and switches
     between its single-token and batch thread counts), so an n-token forward measured in a
     run of identical forwards would look cheaper than it is in a speculative loop. ``1`` is
-    timed in a run of one-token forwards (plain decoding). The cache is rolled back after
-    every timed call, so each measures the same position.
+    timed the same way, after a one-token forward (plain decoding). The sizes take turns
+    over ``reps`` rounds (1 2 3 .. 1 2 3 ..), after untimed one-token forwards
+    (:func:`settle`): the first forwards after the prefix run slow for a while, and when
+    ``1`` was timed alone first it came out above ``2`` (SmolLM2 on tvm: 6.1 against 4.8
+    ms, live plain decoding 4.4 ms), which made every one-token draft look free to the
+    controller. The cache is rolled back after every timed call, so
+    each measures the same position.
 
     Returns:
         {n: seconds}; also ``{0: seconds}``, the extra time a one-token forward takes right
         after a forward of another size (the switch penalty, >= 0).
 
-    ``progress`` shows a tqdm bar on stderr (one step per size, labelled ``desc``).
+    ``progress`` shows a tqdm bar on stderr (one step per timed size, labelled ``desc``).
 
     ``tokens``: real text (token ids, :func:`curve_tokens`): the prefix is its start and every
     timed forward takes consecutive tokens of the rest. A chunk-sparse model's cost depends
@@ -311,25 +341,27 @@ def measure_verify_curve(
         model.truncate(context)
         return dt
 
+    settle(lambda r: timed(ids(1, r, 23, 1)), reps)  # the first forwards after it run slow
     bar = tqdm(
-        total=len(sizes), desc=desc, unit="size", disable=not progress, file=sys.stderr, leave=False
+        total=reps * len(sizes),
+        desc=desc,
+        unit="forward",
+        disable=not progress,
+        file=sys.stderr,
+        leave=False,
     )
-    plain = [timed(ids(1, r, 31, 7)) for r in range(reps + 1)][1:]
-    out: dict[int, float] = {1: statistics.median(plain)}
-    bar.update(1)
+    times: dict[int, list[float]] = {n: [] for n in sizes}
     after_switch: list[float] = []
-    for n in sizes:
-        if n == 1:
-            continue
-        bar.set_postfix_str(f"{n} tokens")
-        times = []
-        for r in range(reps):
+    for r in range(reps):  # the sizes take turns, so that a slow spell hits them alike
+        for n in sizes:
+            bar.set_postfix_str(f"{n} tokens")
             timed(ids(1, r, 29, 3))
-            times.append(timed(ids(n, r, 31, 7)))
-            after_switch.append(timed(ids(1, r, 37, 5)))
-        out[n] = statistics.median(times)
-        bar.update(1)
+            times[n].append(timed(ids(n, r, 31, 7)))
+            if n > 1:
+                after_switch.append(timed(ids(1, r, 37, 5)))
+            bar.update(1)
     bar.close()
+    out = {n: statistics.median(ts) for n, ts in times.items()}
     if after_switch:
         out[0] = max(0.0, statistics.median(after_switch) - out[1])
     model.reset()
