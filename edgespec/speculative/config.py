@@ -72,15 +72,18 @@ class SpecConfig(Options):
             (adaptive draft length; 0 disables).
         probe_every: after this many steps (plain ones only, with ``probe_always`` off), try
             the proposer tried least recently once with a short draft so acceptance
-            estimates stay fresh (0 disables).
+            estimates stay fresh (0 disables). 12: in replays of recorded text 6-12 did
+            better than 24 on both models (docs/benchmarks.md section 16).
         probe_per_prompt: each generation starts probing every ``probe_every`` steps
-            again; False (the default) keeps the interval that fully rejected probes doubled
-            (up to 32x) across generations. Acceptance is a property of the prompt, but two
-            A/B runs on the Qwen pair disagreed on which is faster (docs/benchmarks.md
-            section 9), so the default stays the cheaper one.
+            again (the default); False keeps the interval that fully rejected probes doubled
+            (up to 32x) across generations. Acceptance is a property of the prompt: carried
+            over, the intervals grown on chat kept the draft model from being tried on code
+            for whole answers, and in replays of recorded text (``benchmarks/
+            controller_replay.py``, docs/benchmarks.md section 16) ``auto`` stayed plain on
+            every prompt after the first few.
         probe_each: each proposer has its own probe interval, doubled by its own fully
             rejected probes and restarted by its own accepted ones, and a proposer is probed
-            when it has gone that many counted steps untried; False (the default): one
+            when it has gone that many counted steps untried (the default); False: one
             interval for all, so the n-gram lookup's failed probes on prose also spaced out
             the draft model's (docs/benchmarks.md section 12).
         probe_always: steps that speculate count toward the next probe as plain ones do
@@ -149,19 +152,19 @@ class SpecConfig(Options):
         0.3, "a model draft stops when its top probability falls below this", check=_fraction
     )
     probe_every: int = option(
-        24,
+        12,
         "after this many steps (plain ones only with probe_always=false), probe the "
         "proposer tried least recently once (0: never)",
         check=at_least(0),
     )
     probe_per_prompt: bool = option(
-        False,
+        True,
         "each generation starts probing every probe_every steps again (false: the "
         "interval failed probes doubled carries over to later generations)",
         check=_flag,
     )
     probe_each: bool = option(
-        False,
+        True,
         "each proposer has its own probe interval, doubled only by its own failed probes "
         "(false: one interval for all)",
         check=_flag,

@@ -298,7 +298,8 @@ def test_controller_keeps_plain_decoding_when_verification_costs_k_forwards(monk
     res = run(rt, n=60, tau=-math.inf)
     assert res.token_ids == large.greedy(PROMPT, 60)
     ks = res.stats.k_trace
-    assert len(ks) == 60 and ks.count(0) >= 60 - 60 // session.config.probe_every - 1
+    probes = sum(1 for k in ks if k)  # only probes draft; one may hit a token by chance
+    assert probes <= 60 // session.config.probe_every + 1 and len(ks) >= 60 - 2 * probes
     assert res.stats.target_forwards >= 58  # about one large forward per token, as plain
 
 

@@ -397,11 +397,14 @@ def test_probes_rotate_over_the_proposers(monkeypatch):
 @pytest.mark.parametrize("per_prompt", [True, False])
 def test_probe_interval_restarts_with_each_prompt(monkeypatch, per_prompt):
     """With ``probe_per_prompt`` a new generation probes after ``probe_every`` plain steps
-    again; without it (the default) it keeps the interval failed probes doubled."""
-    assert SpecConfig().probe_per_prompt is False
+    again (the default); without it it keeps the interval failed probes doubled (one
+    interval shared by the proposers here: ``probe_each`` off)."""
+    assert SpecConfig().probe_per_prompt is True
     rt = make_rt()
     serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 0))
-    cfg = SpecConfig(proposers=("oracle",), probe_every=4, probe_per_prompt=per_prompt)
+    cfg = SpecConfig(
+        proposers=("oracle",), probe_every=4, probe_per_prompt=per_prompt, probe_each=False
+    )
     session = rt.spec_session(cfg, allow_plain=True)
     session.controller.verify.points = {n: 0.01 * n for n in range(1, 18)}
     monkeypatch.setattr(session.controller.verify, "observe", lambda n, s: None)
@@ -499,8 +502,8 @@ def test_each_proposer_backs_off_on_its_own_failed_probes(monkeypatch, each):
     "bad"'s failures double it and "half"'s successes restart it, so "half" waits longer
     after each of "bad"'s probes (section 12: the n-gram lookup's failed probes spaced out
     the draft model's); with ``probe_each`` "bad" alone backs off, to 32x, and "half" is
-    re-tried every ``probe_every`` steps."""
-    assert SpecConfig().probe_each is False
+    re-tried every ``probe_every`` steps (the default)."""
+    assert SpecConfig().probe_each is True
 
     serve_proposer(monkeypatch, "bad", _named("bad", 0))
     serve_proposer(monkeypatch, "half", _named("half", 1))
