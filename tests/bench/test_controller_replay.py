@@ -1,0 +1,76 @@
+"""benchmarks/controller_replay.py: the modeled clock charges what the real engine runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "controller_replay.py"
+V = 32
+
+
+@pytest.fixture(scope="module")
+def replay():
+    spec = importlib.util.spec_from_file_location("controller_replay", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _record(n: int, drafts_right: bool) -> dict:
+    """One prompt of 5 ids and an n-token text; the draft drafts the text itself (always
+    accepted) or tokens the text never has (always rejected)."""
+    ids = [1, 2, 3, 4, 5]
+    text = [(7 * i + 3) % (V - 1) for i in range(n)]  # never V - 1
+    top = [[t, (t + 1) % V, (t + 2) % V, (t + 3) % V] for t in text]
+    drafts = [[]] + [
+        text[j : j + 8] if drafts_right else [V - 1] * min(8, n - j) for j in range(1, n)
+    ]
+    curve = {str(k): 1.0 + 0.1 * (k - 1) for k in range(1, 10)}
+    dcurve = {str(k): 0.2 + 0.01 * (k - 1) for k in (1, 2, 3, 5, 9, 17, 33)}
+    return {
+        "draft": "d",
+        "vocab_size": V,
+        "target_curve": curve,
+        "draft_curve": dcurve,
+        "prompts": [{"id": "code-0", "ids": ids, "text": text, "top": top, "drafts": drafts}],
+    }
+
+
+def test_fixed_draft_of_four_is_charged_step_by_step(replay, monkeypatch):
+    """21 tokens: the prefill's, then 4 steps of a fully accepted draft of 4 (5 tokens
+    each). Each step costs c(5) = 1.4 and the draft: its catch-up forward (the prompt and
+    the first token: 6 tokens at first, then the last accepted draft token and the bonus),
+    and 3 more one-token forwards."""
+    doc = _record(21, drafts_right=True)
+    clock = replay.Clock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    session, target, draft = replay.build_session("speculative:proposers=draft:k=4", doc, clock)
+    seconds, trace = replay.generate(session, target, draft, doc["prompts"][0], 21, clock)
+    assert trace == ["d4"] * 4
+    c_d = replay.curve_fn(doc["draft_curve"])
+    expected = 4 * 1.4 + c_d(6) + 3 * c_d(2) + 4 * 3 * c_d(1)
+    assert seconds == pytest.approx(expected)
+
+
+def test_auto_with_a_useless_draft_stays_plain_but_for_probes(replay, monkeypatch):
+    """Every draft token is rejected: after the prior's first drafts auto decodes plainly
+    but for probes (k = 2) 12 steps after the last drafting step, each failed one doubling
+    the interval; the text is the recorded one (generate checks it token for token) and
+    the probes cost time over plain decoding."""
+    doc = _record(120, drafts_right=False)
+    clock = replay.Clock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    session, target, draft = replay.build_session("auto:proposers=draft", doc, clock)
+    seconds, trace = replay.generate(session, target, draft, doc["prompts"][0], 120, clock)
+    assert len(trace) == 119  # nothing accepted: one token a step
+    first = trace.index(".")
+    probes = [i for i, s in enumerate(trace) if i > first and s != "."]
+    assert [trace[i] for i in probes] == ["d2"] * len(probes) and len(probes) >= 2
+    assert probes[0] - (first - 1) == 12
+    gaps = [b - a for a, b in zip(probes, probes[1:], strict=False)]
+    assert gaps == [24 * 2**i for i in range(len(gaps))]
+    assert seconds > 119 * 1.0
