@@ -134,13 +134,18 @@ class SpecSession:
         return cls(config, proposers, controller, tree_ok, source, tree_overhead, probe_s)
 
     def begin(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
-        self.since_probe = 0
+        """A new generation: with ``probe_per_prompt`` the intervals and the steps counted
+        toward them start again; without it both carry over. (Counting from 0 again with
+        each prompt while the interval carried over meant that once failed probes had
+        doubled it past one answer's length, nothing was ever probed again: replayed,
+        ``auto`` stayed plain on every later prompt, docs/benchmarks.md section 16.)"""
         self.probing = False
         self.follow, self.follow_run = None, 0
         if self.config.probe_per_prompt or not hasattr(self, "probe_interval"):
             self.probe_interval = self.config.probe_every
             self.intervals = dict.fromkeys(self.proposers, self.config.probe_every)
-        self.untried = dict.fromkeys(self.proposers, 0)
+            self.since_probe = 0
+            self.untried = dict.fromkeys(self.proposers, 0)
         for p in self.proposers.values():
             p.begin(prompt_ids, params)
 

@@ -397,8 +397,10 @@ def test_probes_rotate_over_the_proposers(monkeypatch):
 @pytest.mark.parametrize("per_prompt", [True, False])
 def test_probe_interval_restarts_with_each_prompt(monkeypatch, per_prompt):
     """With ``probe_per_prompt`` a new generation probes after ``probe_every`` plain steps
-    again (the default); without it it keeps the interval failed probes doubled (one
-    interval shared by the proposers here: ``probe_each`` off)."""
+    again (the default); without it it keeps the interval failed probes doubled, and the
+    steps counted toward it, so the next probe comes where the last generation left off
+    (counted from 0 with each prompt, an interval past one answer's length never came
+    round again). One interval shared by the proposers here: ``probe_each`` off."""
     assert SpecConfig().probe_per_prompt is True
     rt = make_rt()
     serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 0))
@@ -408,12 +410,16 @@ def test_probe_interval_restarts_with_each_prompt(monkeypatch, per_prompt):
     session = rt.spec_session(cfg, allow_plain=True)
     session.controller.verify.points = {n: 0.01 * n for n in range(1, 18)}
     monkeypatch.setattr(session.controller.verify, "observe", lambda n, s: None)
-    rt.generate(PROMPT, max_new_tokens=200, strategy="speculative", config=cfg)
+    first = rt.generate(PROMPT, max_new_tokens=200, strategy="speculative", config=cfg)
     assert session.probe_interval == 128
+    trace = first.stats.k_trace
+    # steps counted since the last probe: all after it but the answer's last (no room)
+    counted = len(trace) - 1 - max(i for i, k in enumerate(trace) if k) - 1
     res = rt.generate(PROMPT, max_new_tokens=60, strategy="speculative", config=cfg)
     assert res.token_ids == rt.target.greedy(PROMPT, 60)
     probes = [i for i, k in enumerate(res.stats.k_trace) if k]
-    assert probes == ([3, 11, 27] if per_prompt else [])
+    assert probes == ([3, 11, 27] if per_prompt else [128 - counted - 1])
+    assert per_prompt or 0 < probes[0] < 60  # the carried count comes round in this answer
 
 
 def _follow_session(monkeypatch, rt, follow: bool, draft_cost: float = 0.0):
