@@ -299,8 +299,8 @@ def measure_verify_curve(
     (:func:`settle`): the first forwards after the prefix run slow for a while, and when
     ``1`` was timed alone first it came out above ``2`` (SmolLM2 on tvm: 6.1 against 4.8
     ms, live plain decoding 4.4 ms), which made every one-token draft look free to the
-    controller. The cache is rolled back after every timed call, so
-    each measures the same position.
+    controller. The cache is rolled back after every timed call, so each measures the same
+    position.
 
     Returns:
         {n: seconds}; also ``{0: seconds}``, the extra time a one-token forward takes right
