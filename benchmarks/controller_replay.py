@@ -27,6 +27,10 @@ recorded path (recycling learns zeros there).
         --draft qwen2.5-coder-0.5b --out docs/results/controller-replay/qwen-pair.json
     .venv/bin/python benchmarks/controller_replay.py replay \\
         docs/results/controller-replay/qwen-pair.json auto speculative:proposers=draft:k=4
+
+``--target-curve`` replays the same text on another backend's verify curve (e.g. llama.cpp's
+from ``benchmarks/tvm_backend.py``), the draft's curve scaled by the same c(1) ratio: how a
+policy fares where verification is expensive.
 """
 
 from __future__ import annotations
@@ -320,8 +324,18 @@ def generate(session: Any, target: Any, draft: Any, prompt: dict[str, Any], n: i
     return clock.now - t0, trace
 
 
+def parse_curve(text: str) -> dict[str, float]:
+    """``"1:64.2,2:103.7,..."`` (tokens: ms) -> the record's ``{"n": seconds}``."""
+    pairs = (item.split(":") for item in text.split(",") if item)
+    return {str(int(n)): float(ms) / 1e3 for n, ms in pairs}
+
+
 def replay(args: argparse.Namespace) -> int:
     doc = json.loads(args.record.read_text())
+    if args.target_curve:  # another backend's verify curve on the same text
+        scale = parse_curve(args.target_curve)["1"] / doc["target_curve"]["1"]
+        doc["target_curve"] = parse_curve(args.target_curve)
+        doc["draft_curve"] = {n: s * scale for n, s in doc["draft_curve"].items()}
     prompts = doc["prompts"]
     n = min(len(p["text"]) for p in prompts) if args.n is None else args.n
     plain_s = curve_fn(doc["target_curve"])(1) * (n - 1)
@@ -378,6 +392,13 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3, help="rounds over the prompts")
     p.add_argument("-n", type=int, default=None, help="new tokens (default: the record's)")
     p.add_argument("--traces", action="store_true", help="print each generation's steps")
+    p.add_argument(
+        "--target-curve",
+        default=None,
+        metavar="N:MS,...",
+        help="replace the recorded target curve (ms per forward of N tokens, linear between); "
+        "the draft's curve is scaled by the same c(1) ratio",
+    )
     a = ap.parse_args()
     return record(a) if a.cmd == "record" else replay(a)
 
