@@ -330,6 +330,31 @@ def parse_curve(text: str) -> dict[str, float]:
     return {str(int(n)): float(ms) / 1e3 for n, ms in pairs}
 
 
+def run_config(
+    spec: str, doc: dict[str, Any], n: int, runs: int
+) -> tuple[dict[str, list[float]], list[str]]:
+    """One configuration over ``runs`` rounds of the record's prompts after the warm-up:
+    ``({workload: [modeled speed-up over plain decoding, per prompt and round]}, traces)``."""
+    prompts = doc["prompts"]
+    plain_s = curve_fn(doc["target_curve"])(1) * (n - 1)
+    clock = Clock()
+    real = time.perf_counter
+    time.perf_counter = clock  # type: ignore[assignment]
+    per: dict[str, list[float]] = {}
+    traces = []
+    try:
+        session, target, draft = build_session(spec, doc, clock)
+        generate(session, target, draft, prompts[0], WARMUP_TOKENS, clock)
+        for r in range(runs):
+            for p in prompts:
+                seconds, trace = generate(session, target, draft, p, n, clock)
+                per.setdefault(p["id"].split("-")[0], []).append(plain_s / seconds)
+                traces.append(f"{r} {p['id']:<12} {plain_s / seconds:5.2f}x {' '.join(trace)}")
+    finally:
+        time.perf_counter = real  # type: ignore[assignment]
+    return per, traces
+
+
 def replay(args: argparse.Namespace) -> int:
     doc = json.loads(args.record.read_text())
     if args.target_curve:  # another backend's verify curve on the same text
@@ -338,25 +363,7 @@ def replay(args: argparse.Namespace) -> int:
         doc["draft_curve"] = {n: s * scale for n, s in doc["draft_curve"].items()}
     prompts = doc["prompts"]
     n = min(len(p["text"]) for p in prompts) if args.n is None else args.n
-    plain_s = curve_fn(doc["target_curve"])(1) * (n - 1)
-    clock = Clock()
-    real = time.perf_counter
-    time.perf_counter = clock  # type: ignore[assignment]
-    rows = []
-    try:
-        for spec in args.configs:
-            session, target, draft = build_session(spec, doc, clock)
-            generate(session, target, draft, prompts[0], WARMUP_TOKENS, clock)
-            per: dict[str, list[float]] = {}
-            traces = []
-            for r in range(args.runs):
-                for p in prompts:
-                    seconds, trace = generate(session, target, draft, p, n, clock)
-                    per.setdefault(p["id"].split("-")[0], []).append(plain_s / seconds)
-                    traces.append(f"{r} {p['id']:<12} {plain_s / seconds:5.2f}x {' '.join(trace)}")
-            rows.append((spec, per, traces))
-    finally:
-        time.perf_counter = real  # type: ignore[assignment]
+    rows = [(spec, *run_config(spec, doc, n, args.runs)) for spec in args.configs]
     kinds = sorted({k for _, per, _ in rows for k in per})
     print(f"modeled speed-up over plain decoding ({n} tokens, {args.runs} rounds; medians over "
           "prompts and rounds)\n")  # fmt: skip
