@@ -45,8 +45,8 @@ def main() -> None:
 def engine(model: str, strategies: list[str], rounds: int) -> None:
     """Per strategy: median over rounds of (wall - time in the target's forwards) / forwards."""
     import edgespec
+    from edgespec.bench.runner import parse_strategy
     from edgespec.bench.workloads import load_workloads
-    from edgespec.speculative.config import SpecConfig
 
     rt = edgespec.load(model, backend="tvm", weights="gguf-q8act", progress=False)
     target: Any = rt.target
@@ -65,13 +65,12 @@ def engine(model: str, strategies: list[str], rounds: int) -> None:
     prompts = load_workloads(["json", "summarize"], per_workload=2)
 
     def generate(spec: str) -> tuple[float, float, float]:
-        name, *pairs = spec.split(":")
-        opts = {k: SpecConfig.parse_value(k, v) for k, v in (p.split("=", 1) for p in pairs)}
+        name, opts = parse_strategy(spec)
         inside.update(s=0.0, n=0.0)
         t = time.perf_counter()
         for p in prompts:
             rt.generate(p.prompt, chat=p.chat, max_new_tokens=128, strategy=name,
-                        ignore_eos=True, config=opts or None)  # fmt: skip
+                        ignore_eos=True, config=opts)  # fmt: skip
         return time.perf_counter() - t, inside["s"], inside["n"]
 
     for spec in strategies:

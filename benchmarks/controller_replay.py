@@ -56,6 +56,7 @@ WARMUP_TOKENS = 16
 def record(args: argparse.Namespace) -> int:
     import edgespec
     from edgespec.bench.workloads import load_workloads
+    from edgespec.fileutil import atomic_path
     from edgespec.sampling import GenerationParams
     from edgespec.speculative.base import PROPOSERS
     from edgespec.speculative.config import SpecConfig
@@ -101,10 +102,8 @@ def record(args: argparse.Namespace) -> int:
         "draft_curve": {str(n): s for n, s in draft_curve.items() if n},
         "prompts": prompts,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc))
-    tmp.replace(args.out)
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(doc))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
@@ -123,18 +122,11 @@ class Clock:
 
 
 def curve_fn(points: dict[str, float]) -> Any:
-    """Seconds of a forward of n tokens: linear between the recorded sizes, the last slope
-    beyond them."""
-    xs = np.array(sorted(int(n) for n in points), dtype=np.float64)
-    ys = np.array([points[str(int(n))] for n in xs])
+    """Seconds of a forward of n tokens: the controller's own :class:`CostCurve` of the
+    recorded sizes (linear between them, the last slope beyond)."""
+    from edgespec.speculative.controller import CostCurve
 
-    def c(n: int) -> float:
-        if n <= xs[-1]:
-            return float(np.interp(n, xs, ys))
-        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
-        return float(ys[-1] + slope * (n - xs[-1]))
-
-    return c
+    return CostCurve({int(n): s for n, s in points.items()})
 
 
 def make_target(vocab: int, clock: Clock, cost: Any, tree_ratio: float) -> Any:
@@ -247,48 +239,35 @@ def make_draft(clock: Clock, cost: Any) -> Any:
 
 
 def build_session(spec: str, doc: dict[str, Any], clock: Clock) -> tuple[Any, Any, Any]:
-    """(session, target, draft proposer or None) for ``spec`` (``strategy[:key=value...]``:
-    ``auto`` or ``speculative``, as ``edgespec bench --strategies`` names them)."""
-    from dataclasses import replace
-
+    """(session, target, draft proposer or None) for ``spec`` (``strategy[:key=value...]``,
+    as ``edgespec bench --strategies`` names them; ``auto`` or ``speculative``): the bench's
+    parser, the strategy's own ``prepare`` (its proposers and draft lengths) and the
+    session's controller, on the recorded target and draft."""
+    from edgespec.bench.runner import parse_strategy
     from edgespec.speculative.base import PROPOSERS
-    from edgespec.speculative.config import SpecConfig
-    from edgespec.speculative.controller import Acceptance, Controller, CostCurve
-    from edgespec.speculative.session import DRIFT_RATE, SHAPE_EMA, SpecSession
-    from edgespec.strategies.speculative import AUTO_PROPOSERS, DEFAULT_PROPOSERS
+    from edgespec.speculative.session import SpecSession, make_controller
+    from edgespec.strategies import STRATEGIES
 
-    name, *pairs = spec.split(":")
-    opts = {k: SpecConfig.parse_value(k, v) for k, v in (p.split("=", 1) for p in pairs)}
-    cfg = SpecConfig.from_dict(opts)
-    if name == "auto":
-        names = cfg.proposers or (*AUTO_PROPOSERS, *(("draft",) if doc["draft"] else ()))
-        cfg = replace(cfg, proposers=names, allow_plain=True, k=None,
-                      max_k=cfg.k if cfg.k else cfg.max_k)  # fmt: skip
-    elif name == "speculative":
-        cfg = replace(cfg, proposers=cfg.proposers or DEFAULT_PROPOSERS)
-    else:
+    name, opts = parse_strategy(spec)
+    if name not in ("auto", "speculative"):
         raise SystemExit(f"replay: unknown strategy '{name}' (auto or speculative)")
     target = make_target(doc["vocab_size"], clock, curve_fn(doc["target_curve"]), 1.0)
     draft = make_draft(clock, curve_fn(doc["draft_curve"])) if doc["draft"] else None
-    fake_rt = argparse.Namespace(target=target)
+
+    class Runtime:  # what the strategies' prepare and the proposers' create read
+        def spec_session(self, config: Any, *, allow_plain: bool) -> tuple[Any, bool]:
+            return config, allow_plain
+
+    rt: Any = Runtime()
+    rt.target, rt.draft = target, draft
+    cfg, allow_plain = STRATEGIES.get(name).prepare(rt, opts)
     proposers: dict[str, Any] = {}
-    for n in cfg.proposers or ():
+    for n in cfg.proposers:
         if n == "draft" and draft is None:
             raise SystemExit("replay: the record has no draft model to replay")
-        proposers[n] = draft if n == "draft" else PROPOSERS.get(n).create(fake_rt, cfg)  # type: ignore[arg-type]
+        proposers[n] = draft if n == "draft" else PROPOSERS.get(n).create(rt, cfg)
     points = {int(n): s for n, s in doc["target_curve"].items()}
-    controller = Controller(
-        verify=CostCurve(dict(points), ema=SHAPE_EMA, drift_rate=DRIFT_RATE)
-        if cfg.cost_drift
-        else CostCurve(dict(points)),
-        acceptance={
-            n: Acceptance.prior(cfg.max_k if cfg.k is None else max(cfg.k, 1), p.prior_acceptance)
-            for n, p in proposers.items()
-        },
-        max_k=cfg.max_k,
-        fixed_k=cfg.k,
-        allow_plain=name == "auto" or cfg.allow_plain,
-    )
+    controller = make_controller(cfg, proposers, points, allow_plain=allow_plain)
     session = SpecSession(cfg, proposers, controller, tree_ok=cfg.tree, curve_source="replay")
     return session, target, (draft if "draft" in proposers else None)
 

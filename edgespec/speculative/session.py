@@ -45,6 +45,35 @@ def tree_nodes(max_k: int) -> int:
     return min(max_k + 1, TREE_NODES)
 
 
+def make_controller(
+    config: SpecConfig,
+    proposers: dict[str, Proposer],
+    points: dict[int, float],
+    *,
+    allow_plain: bool,
+) -> Controller:
+    """The controller of a session: the verify cost curve ``points`` ({n tokens: seconds};
+    ``0``: the switch penalty, :func:`cost_curves.measure_verify_curve`), each proposer's
+    prior acceptance, and the config's draft lengths."""
+    points = dict(points)
+    penalty = points.pop(0, 0.0)
+    return Controller(
+        verify=CostCurve(points, ema=SHAPE_EMA, drift_rate=DRIFT_RATE)
+        if config.cost_drift
+        else CostCurve(points),
+        switch_penalty=penalty,
+        acceptance={
+            n: Acceptance.prior(
+                config.max_k if config.k is None else max(config.k, 1), p.prior_acceptance
+            )
+            for n, p in proposers.items()
+        },
+        max_k=config.max_k,
+        fixed_k=config.k,
+        allow_plain=allow_plain or config.allow_plain,
+    )
+
+
 @dataclass
 class SpecSession:
     """Proposers + controller for one runtime and one :class:`SpecConfig`.
@@ -110,22 +139,7 @@ class SpecSession:
             )
             probe_s = time.perf_counter() - t_probe
             source = "probe"
-        penalty = points.pop(0, 0.0)
-        controller = Controller(
-            verify=CostCurve(dict(points), ema=SHAPE_EMA, drift_rate=DRIFT_RATE)
-            if config.cost_drift
-            else CostCurve(dict(points)),
-            switch_penalty=penalty,
-            acceptance={
-                n: Acceptance.prior(
-                    config.max_k if config.k is None else max(config.k, 1), p.prior_acceptance
-                )
-                for n, p in proposers.items()
-            },
-            max_k=config.max_k,
-            fixed_k=config.k,
-            allow_plain=allow_plain or config.allow_plain,
-        )
+        controller = make_controller(config, proposers, points, allow_plain=allow_plain)
         tree_ok = config.tree and runtime.target.supports_tree
         tree_overhead = None
         if tree_ok:
