@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -340,6 +341,10 @@ def replay(args: argparse.Namespace) -> int:
         scale = parse_curve(args.target_curve)["1"] / doc["target_curve"]["1"]
         doc["target_curve"] = parse_curve(args.target_curve)
         doc["draft_curve"] = {n: s * scale for n, s in doc["draft_curve"].items()}
+    if args.prompts:  # e.g. '[23]$': the held-out prompts of a --per-workload 4 record
+        doc["prompts"] = [p for p in doc["prompts"] if re.search(args.prompts, p["id"])]
+        if not doc["prompts"]:
+            raise SystemExit(f"replay: no prompt id matches '{args.prompts}'")
     prompts = doc["prompts"]
     n = min(len(p["text"]) for p in prompts) if args.n is None else args.n
     rows = [(spec, *run_config(spec, doc, n, args.runs)) for spec in args.configs]
@@ -378,6 +383,7 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3, help="rounds over the prompts")
     p.add_argument("-n", type=int, default=None, help="new tokens (default: the record's)")
     p.add_argument("--traces", action="store_true", help="print each generation's steps")
+    p.add_argument("--prompts", default=None, metavar="REGEX", help="only prompt ids matching")
     p.add_argument(
         "--target-curve",
         default=None,
