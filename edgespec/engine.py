@@ -83,6 +83,7 @@ class Generation:
         rec.restart_clock()
         strategy = self._cls(ctx)
         steps = strategy.steps(self.prompt_ids)
+        stream = self.tokenizer.stream()
         try:
             done = False
             for step in steps:
@@ -94,7 +95,7 @@ class Generation:
                         break
                     out.append(token)
                     with rec.phase("detokenize"):
-                        text = self.tokenizer.decode(out)
+                        text = stream.push(token)
                     cut = _find_stop(text, stops, max(0, emitted - hold))
                     if cut is not None:
                         text, stop_reason, done = text[:cut], "stop_string", True

@@ -7,10 +7,11 @@ adds a BOS for SmolLM2 and splits Gemma 3 words wrongly), so we load the file wi
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,11 @@ class Tokenizer(ABC):
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``; incomplete UTF-8 at the end becomes U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def stream(self) -> TextStream:
+        """A :class:`TextStream` over this tokenizer: the text of a growing output, at a cost
+        per token that does not grow with the output (:class:`WindowStream`)."""
+        return WindowStream(self)
 
     def vocab_digest(self) -> str:
         """sha256 over the vocabulary, one token a line: equal digests, equal vocabularies."""
@@ -108,6 +114,7 @@ class LlamaCppTokenizer(Tokenizer):
         )
         self.chat_template = self._llm.metadata.get("tokenizer.chat_template")
         self._tokens: list[str] | None = None
+        self._pieces: dict[int, bytes] = {}
 
     def _special_ids(self) -> list[int]:
         import llama_cpp
@@ -124,8 +131,36 @@ class LlamaCppTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token (special tokens rendered), as llama.cpp writes them;
+        cached."""
+        got = self._pieces.get(token)
+        if got is None:
+            import ctypes
+
+            import llama_cpp
+
+            size = 64
+            while True:
+                buf = (ctypes.c_char * size)()
+                n = llama_cpp.llama_token_to_piece(self._vocab_ptr, token, buf, size, 0, True)
+                if n >= 0:
+                    break
+                size = -n  # llama.cpp says how much room the piece needs
+            got = self._pieces[token] = buf.raw[:n]
+        return got
+
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
-        return bytes(self._llm.detokenize(list(ids), special=True))
+        """The pieces of ``ids`` joined, less one leading space after a leading BOS
+        (llama-cpp-python's ``detokenize`` rule; it also cut pieces longer than 32 bytes)."""
+        out = b"".join(self.piece(int(t)) for t in ids)
+        if len(ids) and ids[0] == self.bos_id and out[:1] == b" ":
+            return out[1:]
+        return out
+
+    def stream(self) -> TextStream:
+        """Exact by construction: :meth:`decode_bytes` is a join of pieces."""
+        return PieceStream(self.piece, self.bos_id)
 
     def vocab(self) -> list[str]:
         if self._tokens is None:
@@ -184,6 +219,88 @@ class HFTokenizer(Tokenizer):
     def vocab(self) -> list[str]:
         inv = {i: t for t, i in self._tok.get_vocab(with_added_tokens=True).items()}
         return [inv.get(i, "") for i in range(self.vocab_size)]
+
+
+class TextStream(ABC):
+    """The text of a token sequence that grows a token at a time (a generation's output).
+
+    After :meth:`push`, :attr:`text` equals the tokenizer's ``decode`` of every token pushed
+    (an incomplete UTF-8 character at the end as U+FFFD), but each push decodes only the
+    newest tokens: decoding the whole output again for every new token cost 2.1 ms a token
+    at 2,000 tokens with SmolLM2's vocabulary (0.13 ms at 128), more than half of a 3.2 ms
+    step on the tvm backend.
+    """
+
+    text: str = ""
+
+    @abstractmethod
+    def push(self, token: int) -> str:
+        """Append ``token``; returns the whole text so far (also :attr:`text`)."""
+
+
+class PieceStream(TextStream):
+    """For tokenizers whose bytes are their tokens' pieces joined (llama.cpp's), less one
+    leading space after a leading BOS: the pieces go through an incremental UTF-8 decoder,
+    whose complete characters are final; the bytes of a character still incomplete are
+    shown as U+FFFD, as decoding all the bytes at once shows them.
+
+    Args:
+        piece: ``token -> bytes``.
+        bos: the BOS id, or None.
+    """
+
+    def __init__(self, piece: Callable[[int], bytes], bos: int | None) -> None:
+        self._piece = piece
+        self._bos = bos
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._done = ""
+        self._strip: bool | None = None  # None: no token yet
+        self._empty = True  # no byte out yet
+
+    def push(self, token: int) -> str:
+        b = self._piece(token)
+        if self._strip is None:
+            self._strip = token == self._bos
+        if self._empty and b:
+            self._empty = False
+            if self._strip and b[:1] == b" ":
+                b = b[1:]
+        self._done += self._utf8.decode(b)
+        pending = self._utf8.getstate()[0]
+        self.text = self._done + pending.decode("utf-8", errors="replace")
+        return self.text
+
+
+class WindowStream(TextStream):
+    """Any tokenizer: each push decodes a window of the newest tokens, from the token
+    before the last committed text on, and takes what the new tokens add to it (the way
+    vLLM and TGI stream), committing it once it ends in a whole character. Exact where the
+    text of a suffix, decoded in a window that starts a few tokens back, is what it is in
+    the whole decode; where a window's decode does not begin with its head's, it decodes
+    everything once and starts over from there."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tok = tokenizer
+        self._ids: list[int] = []
+        self._done = ""
+        self._head = 0  # the window's first token
+        self._read = 0  # tokens whose text is in _done
+
+    def push(self, token: int) -> str:
+        ids = self._ids
+        ids.append(int(token))
+        head = self._tok.decode(ids[self._head : self._read])
+        window = self._tok.decode(ids[self._head :])
+        if not window.startswith(head):
+            self._done = self.text = self._tok.decode(ids)
+            self._head, self._read = len(ids) - 1, len(ids)
+            return self.text
+        tail = window[len(head) :]
+        if tail and not tail.endswith("\ufffd"):
+            self._done += tail
+            self._head, self._read, tail = self._read, len(ids), ""
+        self.text = self._done + tail
+        return self.text
 
 
 def _read_json(path: Path) -> dict[str, Any]:
