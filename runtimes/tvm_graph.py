@@ -51,6 +51,13 @@ from typing import Any
 #: slots a block of the key cache holds (``k_cache[L, KV, C / KEY_BLOCK, hd, KEY_BLOCK]``:
 #: a block's keys as hd rows of KEY_BLOCK slots, what one vector of the score loop reads)
 KEY_BLOCK = 16
+#: visible slots from which the attention of a forward of at most LONG_ROWS tokens (a step,
+#: a verify chunk or a tree) runs by parts of the slots and of the head dimension, on every
+#: core, each part's keys and values loaded once for all its rows (below it: one task a row
+#: and a few heads, serially for one token, where a few tasks of microseconds do not pay
+#: for waking the pool); the same sums in the same order either way
+LONG_SLOTS = 256
+LONG_ROWS = 16
 #: bump when the graph changes in a way its key would not show (compiled libraries rekey)
 GRAPH_VERSION = 2
 f32 = "float32"
@@ -201,6 +208,17 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
     HB = next(b for b in (4, 3, 2, 1) if G % b == 0)
     U = max(1, min(4, 12 // HB))
     NB = G // HB  # tasks per (row, KV group)
+    #: from this many visible slots on, a one-row forward's attention runs on every core, in
+    #: three parallel passes (scores and each part's largest, the exps, the values by parts
+    #: of the head dimension) that compute exactly what ``attend`` does
+    LONG = LONG_SLOTS
+    CHV = 16  # slot vectors a score or exp task covers
+    DP = 2 if hd % (2 * VEC) == 0 else 1  # parts of the head dimension in the values pass
+    DW = hd // DP
+
+    def parts(m: Any) -> Any:
+        """Score tasks per (KV group, head block) over ``m`` visible slots."""
+        return ((m + VEC - 1) // VEC + CHV - 1) // CHV
 
     def lanes(k: Any, width: int = VEC) -> Any:
         return _span(k * width, width)
@@ -288,6 +306,94 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
         for i in T.unroll(HB):
             out[t, h0 + i, lanes(0, hd)] = o[lanes(i, hd)] / T.Broadcast(z[i], hd)
 
+    @T.macro
+    def long_scores(
+        task: Any, nch: Any, q: Any, kc: Any, mask: Any, s: Any, pm: Any, layer: Any, P: Any
+    ) -> None:
+        # task = (g * NB + b) * nch + c: for every row, the scores of HB heads over slot
+        # vectors c * CHV .. (c + 1) * CHV - 1 (as attend computes them; the rows after the
+        # first find these keys in the cache), and each head's largest score there, into pm
+        n = q.shape[0]
+        nv = (P + n + VEC - 1) // VEC
+        gb = task // nch
+        c = task % nch
+        g = gb // NB
+        h0 = g * G + gb % NB * HB
+        v0 = c * CHV
+        nw = T.min(v0 + CHV, nv) - v0
+        acc = T.alloc_local((HB * U * VEC,), "float32")
+        mv = T.alloc_local((HB * VEC,), "float32")
+        for t in range(n):
+            for jb in range(nw // U):
+                scores(acc, q, kc, mask, s, layer, P, (t, g, h0), v0 + jb * U, U)
+            for jv in range(v0 + nw // U * U, v0 + nw):
+                scores(acc, q, kc, mask, s, layer, P, (t, g, h0), jv, 1)
+            for i in T.unroll(HB):
+                mv[lanes(i)] = T.Broadcast(T.float32(-math.inf), VEC)
+            for jv in range(v0, v0 + nw):
+                for i in T.unroll(HB):
+                    mv[lanes(i)] = T.max(
+                        mv[lanes(i)],
+                        T.Select(
+                            lanes(jv) < T.Broadcast(P + n, VEC),
+                            s[t * H + h0 + i, lanes(jv)],
+                            T.Broadcast(T.float32(-math.inf), VEC),
+                        ),
+                    )
+            for i in T.unroll(HB):
+                pm[((t * KV * NB + gb) * HB + i) * nch + c] = T.float32(-math.inf)
+                for e in range(VEC):
+                    pm[((t * KV * NB + gb) * HB + i) * nch + c] = T.max(
+                        pm[((t * KV * NB + gb) * HB + i) * nch + c], mv[i * VEC + e]
+                    )
+
+    @T.macro
+    def long_exp(task: Any, nch: Any, n: Any, s: Any, pm: Any, P: Any) -> None:
+        # task = (g * NB + b) * nch + c: for every row, the softmax numerators of slot vectors
+        # c * CHV .., each head's largest score taken over every part's (a maximum in any
+        # order)
+        nv = (P + n + VEC - 1) // VEC
+        gb = task // nch
+        c = task % nch
+        h0 = gb // NB * G + gb % NB * HB
+        mx = T.alloc_local((HB,), "float32")
+        tab = T.alloc_local((expf.N,), "uint64")
+        fill(tab)
+        for t in range(n):
+            for i in T.unroll(HB):
+                mx[i] = T.float32(-math.inf)
+                for cc in range(nch):
+                    mx[i] = T.max(mx[i], pm[((t * KV * NB + gb) * HB + i) * nch + cc])
+            for i, jv in T.grid(HB, T.min(c * CHV + CHV, nv) - c * CHV):
+                s[t * H + h0 + i, lanes(c * CHV + jv)] = expf.expf(
+                    s[t * H + h0 + i, lanes(c * CHV + jv)] - T.Broadcast(mx[i], VEC), tab, VEC
+                )
+
+    @T.macro
+    def long_values(task: Any, n: Any, vc: Any, s: Any, out: Any, layer: Any, P: Any) -> None:
+        # task = (g * NB + b) * DP + p: for every row, head dims p * hd / DP .. of HB heads'
+        # weighted values, slots in order (each lane's sum as attend's), and the softmax's sums
+        m = P + n
+        gb = task // DP
+        g = gb // NB
+        h0 = g * G + gb % NB * HB
+        d0 = task % DP * DW
+        o = T.alloc_local((HB * DW,), "float32")
+        z = T.alloc_local((HB,), "float32")
+        for t in range(n):
+            for i in T.unroll(HB):
+                z[i] = T.float32(0)
+                o[lanes(i, DW)] = T.Broadcast(T.float32(0), DW)
+            for j in range(m):
+                for i in T.unroll(HB):
+                    z[i] = z[i] + s[t * H + h0 + i, j]
+                    o[lanes(i, DW)] = (
+                        o[lanes(i, DW)]
+                        + T.Broadcast(s[t * H + h0 + i, j], DW) * vc[layer, j, g, _span(d0, DW)]
+                    )
+            for i in T.unroll(HB):
+                out[t, h0 + i, _span(d0, DW)] = o[lanes(i, DW)] / T.Broadcast(z[i], DW)
+
     @T.prim_func(private=True)
     def attention(
         var_q: T.handle,
@@ -306,12 +412,20 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
         mask = T.match_buffer(var_mask, (n, n), "float32")
         out = T.match_buffer(var_out, (n, H, hd), "float32")
         s = T.alloc_buffer((n * H, (P + n + VEC - 1) // VEC * VEC), "float32")
-        if n > 1:
+        if n > LONG_ROWS or (n > 1 and P + n < LONG):
             for task in T.parallel(n * KV * NB):
                 attend(task, q, kc, vc, mask, s, out, layer, P)
-        else:
+        elif P + n < LONG:
             for task in range(KV * NB):
                 attend(task, q, kc, vc, mask, s, out, layer, P)
+        else:
+            pm = T.alloc_buffer((n * KV * NB * HB * parts(P + n),), "float32")
+            for task in T.parallel(KV * NB * parts(P + n)):
+                long_scores(task, parts(P + n), q, kc, mask, s, pm, layer, P)
+            for task in T.parallel(KV * NB * parts(P + n)):
+                long_exp(task, parts(P + n), n, s, pm, P)
+            for task in T.parallel(KV * NB * DP):
+                long_values(task, n, vc, s, out, layer, P)
 
     @T.prim_func(private=True, s_tir=True)
     def kv_keep_keys(var_cache: T.handle, var_rows: T.handle, base: T.int64):

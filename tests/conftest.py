@@ -18,15 +18,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-def _save_tiny(out: Path, arch: str, heads: tuple[int, int] = (4, 2)) -> Path:
-    """A tiny random model of ``arch`` with ``heads = (query heads, key/value heads)`` of 16
-    features each."""
+def _save_tiny(out: Path, arch: str, heads: tuple[int, int] = (4, 2), head_dim: int = 16) -> Path:
+    """A tiny random model of ``arch`` with ``heads = (query heads, key/value heads)`` of
+    ``head_dim`` features each."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     common = dict(
         vocab_size=256,
-        hidden_size=16 * heads[0],
+        hidden_size=head_dim * heads[0],
         intermediate_size=128,
         num_hidden_layers=3,
         num_attention_heads=heads[0],
@@ -66,11 +66,14 @@ def tiny_qwen2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def tiny_llama_with_heads(tmp_path: Path) -> Callable[[int, int], Path]:
-    """``make(n_head, n_head_kv)``: an HF folder of a 3-layer random LlamaForCausalLM with
-    those heads (16 features each)."""
-    return lambda n_head, n_head_kv: _save_tiny(
-        tmp_path / f"tiny-llama-{n_head}-{n_head_kv}", "llama", (n_head, n_head_kv)
+def tiny_llama_with_heads(tmp_path: Path) -> Callable[..., Path]:
+    """``make(n_head, n_head_kv, head_dim=16)``: an HF folder of a 3-layer random
+    LlamaForCausalLM with those heads."""
+    return lambda n_head, n_head_kv, head_dim=16: _save_tiny(
+        tmp_path / f"tiny-llama-{n_head}-{n_head_kv}-{head_dim}",
+        "llama",
+        (n_head, n_head_kv),
+        head_dim,
     )
 
 

@@ -154,6 +154,43 @@ def test_head_groups_and_a_capacity_off_the_key_blocks(
         model.forward([3])
 
 
+@pytest.mark.parametrize(
+    "heads", [(6, 2, 32), (7, 1, 16), (8, 2, 64)], ids=["G3-hd32", "G7-hd16", "G4-hd64"]
+)
+def test_long_context_attention_by_parts(
+    heads: tuple[int, int, int], tiny_llama_with_heads: Callable[..., Path]
+) -> None:
+    """From ``LONG_SLOTS`` visible slots on, a forward of up to ``LONG_ROWS`` tokens (steps,
+    verify chunks, trees) takes the attention by parts of the slots and of the head dimension
+    (one part where the head dimension is one key block; 3, 1 and 4 heads a task; 16-vector
+    parts that 3 do not divide). It computes the same sums in the same order as the one task
+    a row that a longer forward takes: bit for bit the same rows, whatever T is, and the
+    reference's greedy tokens."""
+    from edgespec.runtimes.tvm_graph import LONG_ROWS, LONG_SLOTS
+
+    path = tiny_llama_with_heads(*heads)
+    src = ModelSource("hf", path, path.name)
+    ids = [(7 * i + 3) % 256 for i in range(LONG_SLOTS + 40)]
+    prompt, rest = ids[: LONG_SLOTS + 4], ids[LONG_SLOTS + 4 : LONG_SLOTS + 4 + LONG_ROWS]
+    model = _tvm(src, n_ctx=len(ids))
+    model.forward(prompt)
+    by_rows = model.forward([*rest, 3])[:-1]  # LONG_ROWS + 1 rows: a task a row
+    model.truncate(len(prompt))
+    got = model.forward(rest)  # LONG_ROWS rows past LONG_SLOTS: by parts
+    np.testing.assert_array_equal(got, by_rows)
+    model.truncate(len(prompt))
+    one = np.concatenate([model.forward([t]) for t in rest])
+    np.testing.assert_array_equal(one, got)
+    want = _ref(src, n_ctx=len(ids)).forward(prompt + rest)[len(prompt) :]
+    _close(got, want, 1.0, f"{heads} past LONG_SLOTS (printed; greedy compared)")
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+    tokens, parents = list(range(5, 5 + LONG_ROWS + 1)), [-1, 0, -1, 2, 2, *range(4, 16)]
+    model.truncate(len(prompt))
+    tree = model.forward_tree(tokens, parents)  # a task a row
+    model.truncate(len(prompt))
+    np.testing.assert_array_equal(model.forward_tree(tokens[:5], parents[:5]), tree[:5])
+
+
 def test_fork_has_its_own_cache(tiny_qwen2_dir: Path) -> None:
     src = ModelSource("hf", tiny_qwen2_dir, "tiny")
     model = _tvm(src)
