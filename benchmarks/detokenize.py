@@ -13,7 +13,8 @@ stream that decodes the whole output for every token; tok/s, medians of ``--reps
 interleaved.
 
     .venv/bin/python benchmarks/detokenize.py --models smollm2-135m qwen2.5-coder-1.5b
-    .venv/bin/python benchmarks/detokenize.py --models smollm2-135m --generate tvm --tokens 2048
+    .venv/bin/python benchmarks/detokenize.py --models smollm2-135m --generate tvm \
+        --weights gguf-q8act --tokens 2048
 """
 
 from __future__ import annotations
@@ -106,10 +107,10 @@ def tokenizer_table(models: list[str], n: int, reps: int) -> None:
         print(f"\n{note}")
 
 
-def generate_table(model: str, backend: str, n: int, reps: int) -> None:
+def generate_table(model: str, backend: str, weights: str, n: int, reps: int) -> None:
     import edgespec
 
-    rt = edgespec.load(model, backend=backend, n_ctx=n + 64, progress=False)
+    rt = edgespec.load(model, backend=backend, weights=weights, n_ctx=n + 64, progress=False)
     tok = rt.tokenizer
     stream_of = type(tok).stream
     prompt = "Write a long story about a lighthouse keeper."
@@ -130,7 +131,10 @@ def generate_table(model: str, backend: str, n: int, reps: int) -> None:
         s, _ = run(False)
         speeds["whole decode"].append(w)
         speeds["stream"].append(s)
-    print(f"\n{model} on {backend}, {n} new tokens, plain greedy, medians of {reps} runs\n")
+    print(
+        f"\n{model} on {backend} (--weights {weights}), {n} new tokens, plain greedy, "
+        f"medians of {reps} runs\n"
+    )
     print("| detokenization | decode tok/s |\n|---|---|")
     for k, v in speeds.items():
         print(f"| {k} | {statistics.median(v):.1f} |")
@@ -146,11 +150,12 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=2048)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--generate", metavar="BACKEND", help="also time whole generations")
+    p.add_argument("--weights", default="auto", help="the backend's --weights for --generate")
     a = p.parse_args()
     print(f"`benchmarks/detokenize.py {' '.join(_argv())}`\n")
     tokenizer_table(a.models, a.tokens, a.reps)
     if a.generate:
-        generate_table(a.models[0], a.generate, a.tokens, a.reps)
+        generate_table(a.models[0], a.generate, a.weights, a.tokens, a.reps)
 
 
 def _argv() -> list[str]:

@@ -191,6 +191,20 @@ def test_long_context_attention_by_parts(
     np.testing.assert_array_equal(model.forward_tree(tokens[:5], parents[:5]), tree[:5])
 
 
+def test_logits_outlive_later_forwards(tiny_llama_dir: Path) -> None:
+    """The logits are the output tensor's memory (no copy) and the inputs of short forwards
+    are kept between calls: neither may change what an earlier forward returned."""
+    model = _tvm(ModelSource("hf", tiny_llama_dir, "tiny"))
+    first = model.forward([5])
+    kept = first.copy()
+    chunk = model.forward([6, 7])
+    for _ in range(3):
+        model.forward([8])
+        model.forward([9, 10])
+    np.testing.assert_array_equal(first, kept)
+    assert not np.array_equal(chunk[:1], first)
+
+
 def test_fork_has_its_own_cache(tiny_qwen2_dir: Path) -> None:
     src = ModelSource("hf", tiny_qwen2_dir, "tiny")
     model = _tvm(src)
