@@ -248,6 +248,27 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
                 s[hs[0] * H + hs[2] + i, lanes(jv + u)] = acc[lanes(i * U + u)]
 
     @T.macro
+    def weigh(s: Any, vc: Any, out: Any, layer: Any, m: Any, hs: Any, d0: Any, width: int) -> None:
+        # heads hs = (t, g, h0): the weighted values of head dims d0 .. d0 + width - 1 and the
+        # softmax's sums, slots in order (the sums' chains of adds run beside the values'
+        # multiply-adds; each lane's sum is the same whatever part of the head it is in)
+        o = T.alloc_local((HB * width,), "float32")
+        z = T.alloc_local((HB,), "float32")
+        for i in T.unroll(HB):
+            z[i] = T.float32(0)
+            o[lanes(i, width)] = T.Broadcast(T.float32(0), width)
+        for j in range(m):
+            for i in T.unroll(HB):
+                z[i] = z[i] + s[hs[0] * H + hs[2] + i, j]
+                o[lanes(i, width)] = (
+                    o[lanes(i, width)]
+                    + T.Broadcast(s[hs[0] * H + hs[2] + i, j], width)
+                    * vc[layer, j, hs[1], _span(d0, width)]
+                )
+        for i in T.unroll(HB):
+            out[hs[0], hs[2] + i, _span(d0, width)] = o[lanes(i, width)] / T.Broadcast(z[i], width)
+
+    @T.macro
     def attend(
         task: Any, q: Any, kc: Any, vc: Any, mask: Any, s: Any, out: Any, layer: Any, P: Any
     ) -> None:
@@ -266,7 +287,6 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
         # order; spare lanes count as -inf)
         mv = T.alloc_local((HB * VEC,), "float32")
         mx = T.alloc_local((HB,), "float32")
-        z = T.alloc_local((HB,), "float32")
         for i in T.unroll(HB):
             mv[lanes(i)] = T.Broadcast(T.float32(-math.inf), VEC)
         for jv in range(nv):
@@ -290,21 +310,7 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
             s[t * H + h0 + i, lanes(jv)] = expf.expf(
                 s[t * H + h0 + i, lanes(jv)] - T.Broadcast(mx[i], VEC), tab, VEC
             )
-        # the weighted values and the softmax's sums, slots in order (the sums' chains of
-        # adds run beside the values' multiply-adds)
-        o = T.alloc_local((HB * hd,), "float32")
-        for i in T.unroll(HB):
-            z[i] = T.float32(0)
-            o[lanes(i, hd)] = T.Broadcast(T.float32(0), hd)
-        for j in range(m):
-            for i in T.unroll(HB):
-                z[i] = z[i] + s[t * H + h0 + i, j]
-                o[lanes(i, hd)] = (
-                    o[lanes(i, hd)]
-                    + T.Broadcast(s[t * H + h0 + i, j], hd) * vc[layer, j, g, lanes(0, hd)]
-                )
-        for i in T.unroll(HB):
-            out[t, h0 + i, lanes(0, hd)] = o[lanes(i, hd)] / T.Broadcast(z[i], hd)
+        weigh(s, vc, out, layer, m, (t, g, h0), 0, hd)
 
     @T.macro
     def long_scores(
@@ -378,21 +384,8 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
         g = gb // NB
         h0 = g * G + gb % NB * HB
         d0 = task % DP * DW
-        o = T.alloc_local((HB * DW,), "float32")
-        z = T.alloc_local((HB,), "float32")
         for t in range(n):
-            for i in T.unroll(HB):
-                z[i] = T.float32(0)
-                o[lanes(i, DW)] = T.Broadcast(T.float32(0), DW)
-            for j in range(m):
-                for i in T.unroll(HB):
-                    z[i] = z[i] + s[t * H + h0 + i, j]
-                    o[lanes(i, DW)] = (
-                        o[lanes(i, DW)]
-                        + T.Broadcast(s[t * H + h0 + i, j], DW) * vc[layer, j, g, _span(d0, DW)]
-                    )
-            for i in T.unroll(HB):
-                out[t, h0 + i, _span(d0, DW)] = o[lanes(i, DW)] / T.Broadcast(z[i], DW)
+            weigh(s, vc, out, layer, m, (t, g, h0), d0, DW)
 
     @T.prim_func(private=True)
     def attention(
