@@ -48,6 +48,7 @@ ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("onnx gguf-exact", "onnx", {"weights": "gguf-exact"}),
     ("tvm gguf-exact (llvm)", "tvm", {"weights": "gguf-exact"}),
     ("tvm gguf-q8act (llvm)", "tvm", {"weights": "gguf-q8act"}),
+    ("tvm gguf-q8act f16 cache (llvm)", "tvm", {"weights": "gguf-q8act", "kv_cache": "f16"}),
     ("tvm fp32 (llvm)", "tvm", {"weights": "fp32"}),
 ]
 

@@ -115,9 +115,9 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         "--kv-cache",
         default=None,
         metavar="TYPE",
-        help="KV-cache type: f32, f16, q8, q4 (llamacpp) or f32, q8, q4, gear4 (numpy); q8, "
-        "q4 and gear4 are lossy and save memory, --stats says how much; default: the "
-        "backend's, f16 on llama.cpp (docs/compression.md)",
+        help="KV-cache type: f32, f16, q8, q4 (llamacpp), f32, f16, q8, q4, gear4 (numpy) or "
+        "f32, f16 (tvm); q8, q4 and gear4 are lossy and save memory, --stats says how much; "
+        "default: the backend's, f16 on llama.cpp, f32 elsewhere (docs/compression.md)",
     )
     p.add_argument(
         "--sparse-kernel",

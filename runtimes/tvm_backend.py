@@ -74,6 +74,9 @@ WEIGHTS: dict[str, tuple[str, ...]] = {
     "gguf-exact": ("gguf",),
     "gguf-q8act": ("gguf",),
 }
+#: ``--kv-cache`` types -> the caches' element type (f16: keys and values rounded to float16
+#: when written, as llama.cpp's default cache holds them; half the bytes the attention reads)
+KV_DTYPES = {"f32": "float32", "f16": "float16"}
 #: what "auto" means per source kind: a GGUF keeps its own quantized blocks (as on onnx)
 AUTO_WEIGHTS = {"gguf": "gguf-exact", "hf": "fp32"}
 #: graph matrix (per layer) -> the GGUF tensors stacked along its output features
@@ -838,6 +841,7 @@ class TvmModel(SlotCacheModel):
         info: architecture facts.
         n_ctx: cache capacity in tokens.
         cache_shape: ``(L, KV, hd)``.
+        kv_dtype: the caches' element type (the graph's ``GraphSpec.kv_dtype``).
     """
 
     backend = "tvm"
@@ -858,6 +862,7 @@ class TvmModel(SlotCacheModel):
         info: ModelInfo,
         n_ctx: int,
         cache_shape: tuple[int, int, int],
+        kv_dtype: str = "float32",
     ) -> None:
         import tvm
 
@@ -870,8 +875,8 @@ class TvmModel(SlotCacheModel):
 
         L, KV, hd = cache_shape
         C = -(-self.n_ctx // KEY_BLOCK) * KEY_BLOCK
-        self.k_cache = tvm.runtime.empty((L, KV, C // KEY_BLOCK, hd, KEY_BLOCK), "float32", device)
-        self.v_cache = tvm.runtime.empty((L, C, KV, hd), "float32", device)
+        self.k_cache = tvm.runtime.empty((L, KV, C // KEY_BLOCK, hd, KEY_BLOCK), kv_dtype, device)
+        self.v_cache = tvm.runtime.empty((L, C, KV, hd), kv_dtype, device)
 
     def _init_positions(self, info: ModelInfo, n_ctx: int, inv_freq: np.ndarray) -> None:
         """The host-side state every device shares: ``info``, the capacity, an empty cache
@@ -896,8 +901,8 @@ class TvmModel(SlotCacheModel):
 
         other = copy.copy(self)
         other.__dict__.pop("_staged", None)  # its own input arrays
-        other.k_cache = self._tvm.runtime.empty(self.k_cache.shape, "float32", self.device)
-        other.v_cache = self._tvm.runtime.empty(self.v_cache.shape, "float32", self.device)
+        other.k_cache = self._tvm.runtime.empty(self.k_cache.shape, self.k_cache.dtype, self.device)
+        other.v_cache = self._tvm.runtime.empty(self.v_cache.shape, self.v_cache.dtype, self.device)
         self.k_cache.copyto(other.k_cache)
         self.v_cache.copyto(other.v_cache)
         return other
@@ -1055,8 +1060,8 @@ class TvmModel(SlotCacheModel):
         other.vm = relax.VirtualMachine(lib, self.device)
         tensor = self._tvm.runtime.tensor
         other.weights = [*self.weights[:-n_old], *(tensor(a, self.device) for a in ops)]
-        other.k_cache = self._tvm.runtime.empty(self.k_cache.shape, "float32", self.device)
-        other.v_cache = self._tvm.runtime.empty(self.v_cache.shape, "float32", self.device)
+        other.k_cache = self._tvm.runtime.empty(self.k_cache.shape, self.k_cache.dtype, self.device)
+        other.v_cache = self._tvm.runtime.empty(self.v_cache.shape, self.v_cache.dtype, self.device)
         other._n_past = 0
         other.head_ids = ids
         other.built = replace(b, spec=spec)
@@ -1151,6 +1156,7 @@ class TvmBackend(Backend):
     #: changes nothing
     supports_exact: ClassVar[bool] = True
     takes_weights: ClassVar[bool] = True  # fp32, the GGUF's blocks, int8 activations
+    kv_cache_types: ClassVar[tuple[str, ...]] = tuple(KV_DTYPES)
 
     @classmethod
     def cheap_to_load(cls, source: ModelSource, options: LoadOptions) -> bool:
@@ -1179,6 +1185,12 @@ class TvmBackend(Backend):
         bundled = (Path(source.path).expanduser().parent / META).is_file()
         choice = weights_choice(source.kind, options.weights, bundled)
         path = Path(source.path).expanduser()
+        kv = options.kv_cache or "f32"
+        if kv not in cls.kv_cache_types or (kv != "f32" and device.loader is not None):
+            raise EdgespecError(
+                f"the tvm backend has no {kv} KV cache on --device {device.name}; it takes "
+                f"--kv-cache {' or '.join(cls.kv_cache_types)} on --device cpu"
+            )
         if device.loader is not None:
             return device.loader(source, options, choice)
         from edgespec.kernels.compiled import use_every_core
@@ -1209,6 +1221,7 @@ class TvmBackend(Backend):
             named = gguf_float_weights(path, spec, floats, llama, options.progress)
         else:
             hp, info, spec, named, freq_factors = fp32_model(source.kind, path, options.progress)
+        spec = replace(spec, kv_dtype=KV_DTYPES[kv])
         target = device.tvm_target(options.n_threads)
         from edgespec.runtimes.tvm_bundle import bundled_library
 
@@ -1240,6 +1253,17 @@ class TvmBackend(Backend):
             extra["quantized_matrices"] = f"{n_quant}/{n_quant + len(fallback)}"
             # its own cost curve and near-tie bound (the fp32 build keeps the plain key)
             extra["variant"] = choice
+        if kv != "f32":  # its own cost curve and near-tie bound
+            extra["variant"] = "+".join(v for v in (extra.get("variant", ""), f"kv-{kv}") if v)
+        L, KVH, hd = hp.n_layers, hp.n_head_kv, hp.head_dim
+        extra.update(
+            kv_cache=kv,
+            kv_cache_bytes=2 * L * KVH * options.n_ctx * hd * (2 if kv == "f16" else 4),
+            kv_cache_f16_bytes=2 * L * KVH * options.n_ctx * hd * 2,
+            kv_cache_f32_bytes=2 * L * KVH * options.n_ctx * hd * 4,
+            kv_cache_default="f32",
+            kv_cache_default_bytes=2 * L * KVH * options.n_ctx * hd * 4,
+        )
         info = replace(info, source=source.name or str(path), extra=extra)
         model = TvmModel(
             vm,
@@ -1249,6 +1273,7 @@ class TvmBackend(Backend):
             info,
             options.n_ctx,
             (hp.n_layers, hp.n_head_kv, hp.head_dim),
+            KV_DTYPES[kv],
         )
         model.built = Built(path, spec, choice, hp.arch, target, options.progress)
         if options.n_threads:

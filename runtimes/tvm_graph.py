@@ -84,6 +84,9 @@ class GraphSpec:
         n_out: outputs of ``lm_head`` when it is a draft's frequent-token head
             (:mod:`edgespec.draft_head`, fewer than V); 0: V. Shown in the repr (and so in
             the library's key) only when set.
+        kv_dtype: the KV cache's element type, "float32" or "float16" (``--kv-cache f16``:
+            keys and values rounded to float16 when written, read back as float32; half the
+            bytes the attention reads). Shown in the repr only when not float32.
     """
 
     n_layers: int
@@ -98,12 +101,14 @@ class GraphSpec:
     qkv_bias: bool
     quant: tuple[tuple[str, str], ...] = ()
     n_out: int = field(default=0, repr=False)
+    kv_dtype: str = field(default=f32, repr=False)
 
     def __repr__(self) -> str:
         base = "GraphSpec(" + ", ".join(
             f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr
         )
-        return base + (f", n_out={self.n_out})" if self.n_out else ")")
+        base += f", n_out={self.n_out}" if self.n_out else ""
+        return base + (f", kv_dtype={self.kv_dtype!r})" if self.kv_dtype != f32 else ")")
 
     def quant_format(self, name: str) -> str | None:
         """The GGUF type matrix ``name`` is multiplied in, or None (float32)."""
@@ -201,6 +206,11 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
     G = spec.n_head // KV
     H = spec.n_head
     fill = expf.table_filler()
+    KVT = spec.kv_dtype
+
+    def cached(x: Any, lanes_: int) -> Any:
+        """A load from the cache as float32 (the float32 cache's loads as they are)."""
+        return x if KVT == f32 else T.Cast(f"float32x{lanes_}" if lanes_ > 1 else f32, x)
 
     #: slots per vector in the score loop: a key block (every lane sums the same way)
     VEC = KEY_BLOCK
@@ -238,11 +248,9 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
         for d in range(hd):
             for i in T.unroll(HB):
                 for u in T.unroll(nu):
-                    acc[lanes(i * U + u)] = (
-                        acc[lanes(i * U + u)]
-                        + T.Broadcast(q[hs[0], hs[2] + i, d], VEC)
-                        * kc[layer, hs[1], jv + u, d, lanes(0)]
-                    )
+                    acc[lanes(i * U + u)] = acc[lanes(i * U + u)] + T.Broadcast(
+                        q[hs[0], hs[2] + i, d], VEC
+                    ) * cached(kc[layer, hs[1], jv + u, d, lanes(0)], VEC)
         for i in T.unroll(HB):
             for u in T.unroll(nu):
                 s[hs[0] * H + hs[2] + i, lanes(jv + u)] = acc[lanes(i * U + u)]
@@ -260,11 +268,9 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
         for j in range(m):
             for i in T.unroll(HB):
                 z[i] = z[i] + s[hs[0] * H + hs[2] + i, j]
-                o[lanes(i, width)] = (
-                    o[lanes(i, width)]
-                    + T.Broadcast(s[hs[0] * H + hs[2] + i, j], width)
-                    * vc[layer, j, hs[1], _span(d0, width)]
-                )
+                o[lanes(i, width)] = o[lanes(i, width)] + T.Broadcast(
+                    s[hs[0] * H + hs[2] + i, j], width
+                ) * cached(vc[layer, j, hs[1], _span(d0, width)], width)
         for i in T.unroll(HB):
             out[hs[0], hs[2] + i, _span(d0, width)] = o[lanes(i, width)] / T.Broadcast(z[i], width)
 
@@ -400,8 +406,8 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
         T.func_attr({"tirx.noalias": True})
         n, L, C, CB = T.int64(), T.int64(), T.int64(), T.int64()
         q = T.match_buffer(var_q, (n, H, hd), "float32")
-        kc = T.match_buffer(var_kc, (L, KV, CB, hd, KEY_BLOCK), "float32")
-        vc = T.match_buffer(var_vc, (L, C, KV, hd), "float32")
+        kc = T.match_buffer(var_kc, (L, KV, CB, hd, KEY_BLOCK), KVT)
+        vc = T.match_buffer(var_vc, (L, C, KV, hd), KVT)
         mask = T.match_buffer(var_mask, (n, n), "float32")
         out = T.match_buffer(var_out, (n, H, hd), "float32")
         s = T.alloc_buffer((n * H, (P + n + VEC - 1) // VEC * VEC), "float32")
@@ -424,7 +430,7 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
     def kv_keep_keys(var_cache: T.handle, var_rows: T.handle, base: T.int64):
         T.func_attr({"tirx.noalias": True})
         L, CB, n = T.int64(), T.int64(), T.int64()
-        cache = T.match_buffer(var_cache, (L, KV, CB, hd, KEY_BLOCK), "float32")
+        cache = T.match_buffer(var_cache, (L, KV, CB, hd, KEY_BLOCK), KVT)
         rows = T.match_buffer(var_rows, (n,), "int32")
         # as kv_keep, in the keys' layout (blocks of VEC slots, slots innermost)
         for layer, h, i, d in T.grid(L, KV, n, hd):
@@ -442,7 +448,7 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
     def kv_keep(var_cache: T.handle, var_rows: T.handle, base: T.int64):
         T.func_attr({"tirx.noalias": True})
         L, C, n = T.int64(), T.int64(), T.int64()
-        cache = T.match_buffer(var_cache, (L, C, KV, hd), "float32")
+        cache = T.match_buffer(var_cache, (L, C, KV, hd), KVT)
         rows = T.match_buffer(var_rows, (n,), "int32")
         # rows ascend and rows[i] >= base + i: in order, no slot is overwritten before read
         for layer, i, h, d in T.grid(L, n, KV, hd):
@@ -499,6 +505,12 @@ def _fused(spec: GraphSpec) -> dict[str, Any]:
     half, nqkv = hd // 2, (spec.n_head + 2 * spec.n_head_kv) * hd
     eps, scale = spec.rms_eps, spec.attn_scale
     chunk = next(c for c in (256, 128, 64, 1) if F % c == 0)
+    KVT = spec.kv_dtype
+
+    def stored(x: Any) -> Any:
+        """A float32 value as the cache holds it (rounded to nearest for float16)."""
+        return x if KVT == f32 else T.Cast(KVT, x)
+
     VEC = 16 if chunk > 1 else 1  # features a vector in silu_mul
     fill = expf.table_filler()
     one = T.Broadcast(T.float32(1), VEC) if VEC > 1 else T.float32(1)
@@ -536,8 +548,8 @@ def _fused(spec: GraphSpec) -> dict[str, Any]:
     ):
         T.func_attr({"tirx.noalias": True})
         n, L, C, CB = T.int64(), T.int64(), T.int64(), T.int64()
-        kc = T.match_buffer(var_kc, (L, KV, CB, hd, KEY_BLOCK), "float32")
-        vc = T.match_buffer(var_vc, (L, C, KV, hd), "float32")
+        kc = T.match_buffer(var_kc, (L, KV, CB, hd, KEY_BLOCK), KVT)
+        vc = T.match_buffer(var_vc, (L, C, KV, hd), KVT)
         qkv = T.match_buffer(var_qkv, (n, nqkv), "float32")
         cos = T.match_buffer(var_cos, (n, half), "float32")
         sin = T.match_buffer(var_sin, (n, half), "float32")
@@ -554,14 +566,16 @@ def _fused(spec: GraphSpec) -> dict[str, Any]:
                 ) * T.float32(scale)
         for t, g in T.grid(n, KV):
             for i in T.vectorized(half):
-                kc[layer, g, (P + t) // KEY_BLOCK, i, (P + t) % KEY_BLOCK] = _fence(
-                    qkv[t, (H + g) * hd + i] * cos[t, i]
-                ) - _fence(qkv[t, (H + g) * hd + half + i] * sin[t, i])
-                kc[layer, g, (P + t) // KEY_BLOCK, half + i, (P + t) % KEY_BLOCK] = _fence(
-                    qkv[t, (H + g) * hd + half + i] * cos[t, i]
-                ) + _fence(qkv[t, (H + g) * hd + i] * sin[t, i])
+                kc[layer, g, (P + t) // KEY_BLOCK, i, (P + t) % KEY_BLOCK] = stored(
+                    _fence(qkv[t, (H + g) * hd + i] * cos[t, i])
+                    - _fence(qkv[t, (H + g) * hd + half + i] * sin[t, i])
+                )
+                kc[layer, g, (P + t) // KEY_BLOCK, half + i, (P + t) % KEY_BLOCK] = stored(
+                    _fence(qkv[t, (H + g) * hd + half + i] * cos[t, i])
+                    + _fence(qkv[t, (H + g) * hd + i] * sin[t, i])
+                )
             for d in T.vectorized(hd):
-                vc[layer, P + t, g, d] = qkv[t, (H + KV + g) * hd + d]
+                vc[layer, P + t, g, d] = stored(qkv[t, (H + KV + g) * hd + d])
 
     def cols(tc: Any, i: Any, off: int) -> Any:
         # chunk tc = t * (F / chunk) + c: vector i of its gate (off 0) or up (off F) features
@@ -674,7 +688,8 @@ def build_module(spec: GraphSpec) -> Any:
     L = spec.n_layers
     # the caches' shapes (module docstring) and their types
     k_shape, v_shape = (L, KV, CB, hd, KEY_BLOCK), (L, C, KV, hd)
-    k_ty, v_ty = relax.TensorType(k_shape, f32), relax.TensorType(v_shape, f32)
+    kvt = spec.kv_dtype
+    k_ty, v_ty = relax.TensorType(k_shape, kvt), relax.TensorType(v_shape, kvt)
 
     bb = relax.BlockBuilder()
     kernels = {name: bb.add_func(func, name) for name, func in _kernels(spec).items()}
@@ -711,7 +726,7 @@ def build_module(spec: GraphSpec) -> Any:
         cos_in, sin_in = tensor("cos", (n, half)), tensor("sin", (n, half))
         mask = tensor("mask", (n, n))
         past = relax.Var("past", relax.ShapeType([P]))
-        kc, vc = tensor("k_cache", k_shape), tensor("v_cache", v_shape)
+        kc, vc = tensor("k_cache", k_shape, kvt), tensor("v_cache", v_shape, kvt)
         w.clear()
         w |= {
             name: tensor(name.replace(".", "_"), shape, dtype)
@@ -758,7 +773,7 @@ def build_module(spec: GraphSpec) -> Any:
             bb.emit_func_output(logits)
 
     # kv_keep(k_cache, v_cache, rows int32[n], base Shape[B]): slots rows -> B .. B+n-1
-    kc, vc = tensor("k_cache", k_shape), tensor("v_cache", v_shape)
+    kc, vc = tensor("k_cache", k_shape, kvt), tensor("v_cache", v_shape, kvt)
     rows = tensor("rows", (n,), "int32")
     B = tirx.Var("B", "int64")
     base = relax.Var("base", relax.ShapeType([B]))

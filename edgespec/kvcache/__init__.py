@@ -1,4 +1,4 @@
-"""KV-cache types of the NumPy reference backend (``--kv-cache f32|q8|q4|gear4``).
+"""KV-cache types of the NumPy reference backend (``--kv-cache f32|f16|q8|q4|gear4``).
 
 One registry, :data:`KV_STORES`, maps the ``--kv-cache`` names to store classes
 (:mod:`edgespec.kvcache.store`); :func:`make_store` builds one for a model's layout. The
@@ -19,12 +19,13 @@ if TYPE_CHECKING:
 #: ``--kv-cache`` name -> :class:`~edgespec.kvcache.store.KVStore` subclass
 KV_STORES: Registry[type[KVStore]] = Registry("KV-cache type")
 KV_STORES.add_lazy("f32", "edgespec.kvcache.store:DenseStore")
+KV_STORES.add_lazy("f16", "edgespec.kvcache.store:HalfStore")
 KV_STORES.add_lazy("q8", "edgespec.kvcache.store:Q8Store")
 KV_STORES.add_lazy("q4", "edgespec.kvcache.store:Q4Store")
 KV_STORES.add_lazy("gear4", "edgespec.kvcache.store:GearStore")
 
 #: the names, in the order users read them
-NUMPY_KV_TYPES = ("f32", "q8", "q4", "gear4")
+NUMPY_KV_TYPES = ("f32", "f16", "q8", "q4", "gear4")
 
 
 def make_store(

@@ -128,6 +128,34 @@ class DenseStore(KVStore):
         return 2 * n_layers * n_kv * n_ctx * head_dim * itemsize
 
 
+class HalfStore(DenseStore):
+    """K and V in float16, llama.cpp's default cache type: rounded to nearest when written,
+    read back in the model's dtype (the reference of the tvm backend's ``--kv-cache f16``)."""
+
+    name = "f16"
+    lossy = True
+
+    def __init__(
+        self, n_layers: int, n_kv: int, n_ctx: int, head_dim: int, dtype: Any, max_write: int
+    ) -> None:
+        KVStore.__init__(self, n_layers, n_kv, n_ctx, head_dim, dtype, max_write)
+        shape = (n_layers, n_kv, n_ctx, head_dim)
+        self.k = np.zeros(shape, np.float16)
+        self.v = np.zeros(shape, np.float16)
+
+    def update(
+        self, li: int, p0: int, k: np.ndarray, v: np.ndarray, k0: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        k16, v16 = super().update(li, p0, k, v, k0)
+        return k16.astype(self.dtype), v16.astype(self.dtype)
+
+    @classmethod
+    def layout_bytes(
+        cls, n_layers: int, n_kv: int, n_ctx: int, head_dim: int, itemsize: int, max_write: int
+    ) -> int:
+        return 2 * n_layers * n_kv * n_ctx * head_dim * 2
+
+
 class QuantStore(KVStore):
     """llama.cpp's q8_0 / q4_0 cache types: every row quantized on write (no window), read
     back dequantized (:func:`~edgespec.kvcache.quant.quantize_q`)."""

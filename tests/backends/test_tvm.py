@@ -39,6 +39,10 @@ SMOL_IDS = [1, 504, 3458, 282, 4649, 314, 2411, 30, 378, 3458]
 SMOL_IDS += [282, 7042, 314, 4570, 30, 378, 3458, 282, 5716, 314]
 #: tvm float32 vs numpy float64 on the tiny models (measured 1.3e-6 at most; see above)
 TINY_ATOL = 1e-5
+#: the same with both caches in float16 (--kv-cache f16): a key or value whose float32 and
+#: float64 values round to neighbouring float16s moves the logits (measured 5.0e-5 at most,
+#: test_f16_kv_cache prints it)
+F16_ATOL = 4e-4
 
 
 def _close(got: np.ndarray, want: np.ndarray, atol: float, what: str) -> None:
@@ -154,11 +158,12 @@ def test_head_groups_and_a_capacity_off_the_key_blocks(
         model.forward([3])
 
 
+@pytest.mark.parametrize("kv", ["f32", "f16"])
 @pytest.mark.parametrize(
     "heads", [(6, 2, 32), (7, 1, 16), (8, 2, 64)], ids=["G3-hd32", "G7-hd16", "G4-hd64"]
 )
 def test_long_context_attention_by_parts(
-    heads: tuple[int, int, int], tiny_llama_with_heads: Callable[..., Path]
+    heads: tuple[int, int, int], kv: str, tiny_llama_with_heads: Callable[..., Path]
 ) -> None:
     """From ``LONG_SLOTS`` visible slots on, a forward of up to ``LONG_ROWS`` tokens (steps,
     verify chunks, trees) takes the attention by parts of the slots and of the head dimension
@@ -172,7 +177,7 @@ def test_long_context_attention_by_parts(
     src = ModelSource("hf", path, path.name)
     ids = [(7 * i + 3) % 256 for i in range(LONG_SLOTS + 40)]
     prompt, rest = ids[: LONG_SLOTS + 4], ids[LONG_SLOTS + 4 : LONG_SLOTS + 4 + LONG_ROWS]
-    model = _tvm(src, n_ctx=len(ids))
+    model = _tvm(src, n_ctx=len(ids), kv_cache=kv)
     model.forward(prompt)
     by_rows = model.forward([*rest, 3])[:-1]  # LONG_ROWS + 1 rows: a task a row
     model.truncate(len(prompt))
@@ -181,7 +186,10 @@ def test_long_context_attention_by_parts(
     model.truncate(len(prompt))
     one = np.concatenate([model.forward([t]) for t in rest])
     np.testing.assert_array_equal(one, got)
-    want = _ref(src, n_ctx=len(ids)).forward(prompt + rest)[len(prompt) :]
+    ref = NumpyBackend.load(
+        src, LoadOptions(n_ctx=len(ids), progress=False, dtype="float64", kv_cache=kv)
+    )
+    want = ref.forward(prompt + rest)[len(prompt) :]
     _close(got, want, 1.0, f"{heads} past LONG_SLOTS (printed; greedy compared)")
     assert (got.argmax(-1) == want.argmax(-1)).all()
     tokens, parents = list(range(5, 5 + LONG_ROWS + 1)), [-1, 0, -1, 2, 2, *range(4, 16)]
@@ -189,6 +197,33 @@ def test_long_context_attention_by_parts(
     tree = model.forward_tree(tokens, parents)  # a task a row
     model.truncate(len(prompt))
     np.testing.assert_array_equal(model.forward_tree(tokens[:5], parents[:5]), tree[:5])
+
+
+def test_f16_kv_cache(tiny: ModelSource) -> None:
+    """``--kv-cache f16``: keys and values rounded to float16 when written (llama.cpp's default
+    cache type). The NumPy reference with the same cache type gives the same greedy tokens
+    and logits within F16_ATOL, the float32 cache's logits differ (the rounding happens),
+    and batched forwards equal one-token ones bit for bit."""
+    model = _tvm(tiny, kv_cache="f16")
+    assert model.k_cache.dtype == "float16" and model.info.extra["kv_cache"] == "f16"
+    assert model.info.extra["variant"].endswith("kv-f16")
+    ref = NumpyBackend.load(
+        tiny, LoadOptions(n_ctx=64, progress=False, dtype="float64", kv_cache="f16")
+    )
+    got, want = model.forward(IDS), ref.forward(IDS)
+    _close(got, want, F16_ATOL, f"{tiny.name} f16 cache")
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+    assert not np.array_equal(got, _tvm(tiny).forward(IDS))
+    model.reset()
+    one = np.concatenate([model.forward([t]) for t in IDS])
+    np.testing.assert_array_equal(one, got)
+
+
+def test_f16_kv_cache_is_cpu_only(tiny_llama_dir: Path) -> None:
+    src = ModelSource("hf", tiny_llama_dir, "tiny")
+    with pytest.raises(EdgespecError, match="no f16 KV cache on --device opencl") as e:
+        _tvm(src, kv_cache="f16", device="opencl")
+    assert "\n" not in str(e.value)
 
 
 def test_logits_outlive_later_forwards(tiny_llama_dir: Path) -> None:

@@ -29,10 +29,11 @@ def test_unknown_kv_cache_type_is_one_line(capsys, smollm2_path):  # before any 
 
 
 def test_backend_without_the_kv_type_refuses(capsys, smollm2_path):
-    args = ["generate", "hi", "-m", str(smollm2_path), "-b", "numpy", "--kv-cache", "f16"]
+    pytest.importorskip("tvm")
+    args = ["generate", "hi", "-m", str(smollm2_path), "-b", "tvm", "--kv-cache", "q8"]
     code, _, err = run(capsys, *args)
-    one_line(code, err, "backend 'numpy' has no f16 KV cache; drop --kv-cache or use ")
-    assert "--backend llamacpp (numpy takes f32, q8, q4, gear4)" in err
+    one_line(code, err, "backend 'tvm' has no q8 KV cache; drop --kv-cache or use ")
+    assert "--backend llamacpp, numpy (tvm takes f32, f16)" in err
 
 
 def test_gear4_is_numpy_only(capsys, smollm2_path):
