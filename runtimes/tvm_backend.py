@@ -830,8 +830,9 @@ class TvmModel(SlotCacheModel):
 
     The cache is ``k_cache: float32[L, KV, C / 16, hd, 16]`` and ``v_cache: float32[L, C, KV,
     hd]`` (device tensors; the graph's layouts, runtimes/tvm_graph.py ``KEY_BLOCK``; C is
-    ``n_ctx`` rounded up to a multiple of 16); slots ``0 .. n_past-1`` are valid, ``truncate``
-    only moves ``n_past``, and a forward writes its T new slots in place.
+    ``n_ctx`` rounded up to a multiple of 16; float16 with ``--kv-cache f16``); slots ``0 ..
+    n_past-1`` are valid, ``truncate`` only moves ``n_past``, and a forward writes its T new
+    slots in place.
 
     Args:
         vm: the ``relax.VirtualMachine`` of the compiled library.

@@ -5,7 +5,8 @@ compiled library serves prefill, plain decoding and verification) over a KV cach
 lives in two preallocated device tensors ``k_cache: float32[L, KV, C/16, hd, 16]`` (keys in
 blocks of 16 slots, each block hd rows of 16 slots, as the attention's score loop reads them:
 :data:`KEY_BLOCK`) and ``v_cache: float32[L, C, KV, hd]`` (C = the cache capacity, symbolic
-too, a multiple of 16). The new keys and values are written into the cache
+too, a multiple of 16; float16 instead with ``GraphSpec.kv_dtype``, ``--kv-cache f16``). The
+new keys and values are written into the cache
 in place (``call_tir_inplace``) at slots ``P .. P+T-1``, where ``P`` (the number of cached
 positions) is passed as a shape argument, and attention reads slots ``0 .. P+T-1``.
 
@@ -190,7 +191,11 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
     group's keys and values loaded once for them, and ``HB x U`` score vectors or ``HB x hd``
     value sums in flight, independent chains of fused multiply-adds); tasks run in parallel
     when T > 1 (serially at T = 1: a few tasks of microseconds do not pay for waking the
-    pool). Every sum runs in the order of the former one-(row, head)-a-task kernel (each
+    pool). From :data:`LONG_SLOTS` visible slots on, a forward of at most :data:`LONG_ROWS`
+    rows runs by parts instead (``long_scores``, ``long_exp``, ``long_values``: parts of the
+    slots, then of the head dimension, in parallel, each part's keys and values loaded once
+    for all rows), computing the same sums. Every sum runs in the order of the former
+    one-(row, head)-a-task kernel (each
     slot's score over the head dimension in order, starting from its mask value; softmax and
     values over the slots in order), so the logits are bit for bit what they were. The
     softmax's ``exp`` is :func:`edgespec.kernels.expf.expf` on vectors of 16 slots (glibc's
