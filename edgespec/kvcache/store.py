@@ -96,14 +96,17 @@ class DenseStore(KVStore):
 
     name = "f32"
     lossy = False
+    #: the element type K and V are held in (None: the model's dtype)
+    storage: ClassVar[Any] = None
 
     def __init__(
         self, n_layers: int, n_kv: int, n_ctx: int, head_dim: int, dtype: Any, max_write: int
     ) -> None:
         super().__init__(n_layers, n_kv, n_ctx, head_dim, dtype, max_write)
         shape = (n_layers, n_kv, n_ctx, head_dim)
-        self.k = np.zeros(shape, self.dtype)
-        self.v = np.zeros(shape, self.dtype)
+        held = self.dtype if self.storage is None else self.storage
+        self.k = np.zeros(shape, held)
+        self.v = np.zeros(shape, held)
 
     def update(
         self, li: int, p0: int, k: np.ndarray, v: np.ndarray, k0: int
@@ -134,14 +137,7 @@ class HalfStore(DenseStore):
 
     name = "f16"
     lossy = True
-
-    def __init__(
-        self, n_layers: int, n_kv: int, n_ctx: int, head_dim: int, dtype: Any, max_write: int
-    ) -> None:
-        KVStore.__init__(self, n_layers, n_kv, n_ctx, head_dim, dtype, max_write)
-        shape = (n_layers, n_kv, n_ctx, head_dim)
-        self.k = np.zeros(shape, np.float16)
-        self.v = np.zeros(shape, np.float16)
+    storage = np.float16
 
     def update(
         self, li: int, p0: int, k: np.ndarray, v: np.ndarray, k0: int
