@@ -501,22 +501,14 @@ def _kv_store(
     its size recorded in ``info.extra`` as llama.cpp records its cache's."""
     if name is None:
         return None
-    from edgespec.kvcache import make_store
+    from edgespec.kvcache import make_store, size_fields
 
     L, KV, hd = hp.n_layers, hp.n_head_kv, hp.head_dim
     store = make_store(
         name, n_layers=L, n_kv=KV, n_ctx=n_ctx, head_dim=hd, dtype=dtype, max_write=chunk
     )
-    info.extra.update(
-        kv_cache=name,
-        kv_cache_bytes=store.nbytes,
-        kv_cache_f16_bytes=2 * L * KV * n_ctx * hd * 2,
-        kv_cache_f32_bytes=2 * L * KV * n_ctx * hd * 4,
-        # without --kv-cache: the model's own arrays in its compute dtype (what --stats
-        # reports the saving against)
-        kv_cache_default="f32",
-        kv_cache_default_bytes=2 * L * KV * n_ctx * hd * np.dtype(dtype).itemsize,
-    )
+    values = 2 * L * KV * n_ctx * hd  # the model's own arrays: its compute dtype
+    info.extra.update(size_fields(name, values, store.nbytes, np.dtype(dtype).itemsize))
     return store
 
 

@@ -1256,15 +1256,11 @@ class TvmBackend(Backend):
             extra["variant"] = choice
         if kv != "f32":  # its own cost curve and near-tie bound
             extra["variant"] = "+".join(v for v in (extra.get("variant", ""), f"kv-{kv}") if v)
-        L, KVH, hd = hp.n_layers, hp.n_head_kv, hp.head_dim
-        extra.update(
-            kv_cache=kv,
-            kv_cache_bytes=2 * L * KVH * options.n_ctx * hd * (2 if kv == "f16" else 4),
-            kv_cache_f16_bytes=2 * L * KVH * options.n_ctx * hd * 2,
-            kv_cache_f32_bytes=2 * L * KVH * options.n_ctx * hd * 4,
-            kv_cache_default="f32",
-            kv_cache_default_bytes=2 * L * KVH * options.n_ctx * hd * 4,
-        )
+        from edgespec.kvcache import size_fields
+
+        values = 2 * hp.n_layers * hp.n_head_kv * options.n_ctx * hp.head_dim
+        held = np.dtype(KV_DTYPES[kv]).itemsize
+        extra.update(size_fields(kv, values, values * held, 4))
         info = replace(info, source=source.name or str(path), extra=extra)
         model = TvmModel(
             vm,

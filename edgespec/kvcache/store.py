@@ -128,7 +128,8 @@ class DenseStore(KVStore):
     def layout_bytes(
         cls, n_layers: int, n_kv: int, n_ctx: int, head_dim: int, itemsize: int, max_write: int
     ) -> int:
-        return 2 * n_layers * n_kv * n_ctx * head_dim * itemsize
+        held = itemsize if cls.storage is None else np.dtype(cls.storage).itemsize
+        return 2 * n_layers * n_kv * n_ctx * head_dim * held
 
 
 class HalfStore(DenseStore):
@@ -144,12 +145,6 @@ class HalfStore(DenseStore):
     ) -> tuple[np.ndarray, np.ndarray]:
         k16, v16 = super().update(li, p0, k, v, k0)
         return k16.astype(self.dtype), v16.astype(self.dtype)
-
-    @classmethod
-    def layout_bytes(
-        cls, n_layers: int, n_kv: int, n_ctx: int, head_dim: int, itemsize: int, max_write: int
-    ) -> int:
-        return 2 * n_layers * n_kv * n_ctx * head_dim * 2
 
 
 class QuantStore(KVStore):
