@@ -261,6 +261,41 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
                 s[hs[0] * H + hs[2] + i, lanes(jv + u)] = acc[lanes(i * U + u)]
 
     @T.macro
+    def score_range(
+        acc: Any, q: Any, kc: Any, mask: Any, s: Any, layer: Any, P: Any, hs: Any, v0: Any, nw: Any
+    ) -> None:
+        # heads hs = (t, g, h0), slot vectors v0 .. v0 + nw - 1: U vectors a pass, then the rest
+        for jb in range(nw // U):
+            scores(acc, q, kc, mask, s, layer, P, hs, v0 + jb * U, U)
+        for jv in range(v0 + nw // U * U, v0 + nw):
+            scores(acc, q, kc, mask, s, layer, P, hs, jv, 1)
+
+    @T.macro
+    def head_max(
+        s: Any, hs: Any, v0: Any, nw: Any, m: Any, dst: Any, base: Any, stride: Any
+    ) -> None:
+        # heads hs = (t, g, h0): each head i's largest score over slot vectors v0 .. v0 + nw
+        # - 1 into dst[base + i * stride], a vector at a time (a maximum does not depend on
+        # the order; lanes at or past the m visible slots count as -inf)
+        mv = T.alloc_local((HB * VEC,), "float32")
+        for i in T.unroll(HB):
+            mv[lanes(i)] = T.Broadcast(T.float32(-math.inf), VEC)
+        for jv in range(v0, v0 + nw):
+            for i in T.unroll(HB):
+                mv[lanes(i)] = T.max(
+                    mv[lanes(i)],
+                    T.Select(
+                        lanes(jv) < T.Broadcast(m, VEC),
+                        s[hs[0] * H + hs[2] + i, lanes(jv)],
+                        T.Broadcast(T.float32(-math.inf), VEC),
+                    ),
+                )
+        for i in T.unroll(HB):
+            dst[base + i * stride] = T.float32(-math.inf)
+            for e in range(VEC):
+                dst[base + i * stride] = T.max(dst[base + i * stride], mv[i * VEC + e])
+
+    @T.macro
     def weigh(s: Any, vc: Any, out: Any, layer: Any, m: Any, hs: Any, d0: Any, width: int) -> None:
         # heads hs = (t, g, h0): the weighted values of head dims d0 .. d0 + width - 1 and the
         # softmax's sums, slots in order (the sums' chains of adds run beside the values'
@@ -290,30 +325,9 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
         g = task // NB % KV
         h0 = g * G + task % NB * HB
         acc = T.alloc_local((HB * U * VEC,), "float32")
-        for jb in range(nv // U):
-            scores(acc, q, kc, mask, s, layer, P, (t, g, h0), jb * U, U)
-        for jv in range(nv // U * U, nv):
-            scores(acc, q, kc, mask, s, layer, P, (t, g, h0), jv, 1)
-        # each head's largest score, a vector at a time (a maximum does not depend on the
-        # order; spare lanes count as -inf)
-        mv = T.alloc_local((HB * VEC,), "float32")
+        score_range(acc, q, kc, mask, s, layer, P, (t, g, h0), 0, nv)
         mx = T.alloc_local((HB,), "float32")
-        for i in T.unroll(HB):
-            mv[lanes(i)] = T.Broadcast(T.float32(-math.inf), VEC)
-        for jv in range(nv):
-            for i in T.unroll(HB):
-                mv[lanes(i)] = T.max(
-                    mv[lanes(i)],
-                    T.Select(
-                        lanes(jv) < T.Broadcast(m, VEC),
-                        s[t * H + h0 + i, lanes(jv)],
-                        T.Broadcast(T.float32(-math.inf), VEC),
-                    ),
-                )
-        for i in T.unroll(HB):
-            mx[i] = T.float32(-math.inf)
-            for e in range(VEC):
-                mx[i] = T.max(mx[i], mv[i * VEC + e])
+        head_max(s, (t, g, h0), 0, nv, m, mx, 0, 1)
         # exp on whole vectors (s has room for the last one's spare lanes, never summed)
         tab = T.alloc_local((expf.N,), "uint64")
         fill(tab)
@@ -339,30 +353,9 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
         v0 = c * CHV
         nw = T.min(v0 + CHV, nv) - v0
         acc = T.alloc_local((HB * U * VEC,), "float32")
-        mv = T.alloc_local((HB * VEC,), "float32")
         for t in range(n):
-            for jb in range(nw // U):
-                scores(acc, q, kc, mask, s, layer, P, (t, g, h0), v0 + jb * U, U)
-            for jv in range(v0 + nw // U * U, v0 + nw):
-                scores(acc, q, kc, mask, s, layer, P, (t, g, h0), jv, 1)
-            for i in T.unroll(HB):
-                mv[lanes(i)] = T.Broadcast(T.float32(-math.inf), VEC)
-            for jv in range(v0, v0 + nw):
-                for i in T.unroll(HB):
-                    mv[lanes(i)] = T.max(
-                        mv[lanes(i)],
-                        T.Select(
-                            lanes(jv) < T.Broadcast(P + n, VEC),
-                            s[t * H + h0 + i, lanes(jv)],
-                            T.Broadcast(T.float32(-math.inf), VEC),
-                        ),
-                    )
-            for i in T.unroll(HB):
-                pm[((t * KV * NB + gb) * HB + i) * nch + c] = T.float32(-math.inf)
-                for e in range(VEC):
-                    pm[((t * KV * NB + gb) * HB + i) * nch + c] = T.max(
-                        pm[((t * KV * NB + gb) * HB + i) * nch + c], mv[i * VEC + e]
-                    )
+            score_range(acc, q, kc, mask, s, layer, P, (t, g, h0), v0, nw)
+            head_max(s, (t, g, h0), v0, nw, P + n, pm, (t * KV * NB + gb) * HB * nch + c, nch)
 
     @T.macro
     def long_exp(task: Any, nch: Any, n: Any, s: Any, pm: Any, P: Any) -> None:
