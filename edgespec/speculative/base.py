@@ -53,6 +53,14 @@ class Proposer(ABC):
             k: the most tokens (tree nodes) to propose; may return fewer, even zero.
         """
 
+    def draft_shape(self, k: int) -> tuple[int, ...] | None:
+        """The parents (``int[k]``, -1 = the root) of the tree this proposer drafts with k
+        nodes when every candidate exists, if that shape is fixed and each shorter draft is
+        its first nodes; None for chains and trees shaped by each draft (the controller then
+        models a draft by its depth). The controller's expected tokens follow this shape
+        (:class:`~edgespec.speculative.controller.Acceptance`)."""
+        return None
+
     def feedback(self, draft: Draft, verdict: Verdict) -> None:  # noqa: B027
         """Learn from the outcome of the last draft (acceptance, committed tokens)."""
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgespec.speculative.types import Draft, Verdict
+
 
 @dataclass
 class CostCurve:
@@ -84,42 +86,141 @@ class CostCurve:
 
 @dataclass
 class Acceptance:
-    """Per-position conditional acceptance rates of one proposer (EMA with a prior).
+    """Acceptance rates of one proposer (EMA with a prior), per draft position.
+
+    A chain's position i is its depth: ``alpha[i]`` = P(the token at depth i + 1 is accepted
+    | the ones before it were). A proposer whose drafts are trees of a fixed shape (token
+    recycling's breadth schedule) declares that shape (``parents``), and candidates of the
+    same parent are told apart by rank: ``siblings[i, r - 1]`` is P(the parent's (r + 1)-th
+    candidate at depth i + 1 is the accepted one | its parent was accepted). The expected
+    accepted length of a draft of the first j nodes of the shape is then the sum over those
+    nodes of the product of these rates along the node's path (siblings exclude each other,
+    so each node adds the probability that the verdict's path goes through it). Modelling a
+    tree of k nodes as a chain of k counted three sibling leaves, which can yield at most one
+    token, as a three-token chain (docs/benchmarks.md section 18).
 
     Attributes:
-        alpha: ``float64[max_k]``; alpha[i] = P(accept position i | accepted 0..i-1).
+        alpha: ``float64[max_k]``; the first candidate's rate per depth (a chain's rates).
         rate: EMA weight of one observation.
+        parents: None (chains, or trees whose shape is not fixed: learned per depth like a
+            chain), or the parents of the proposer's largest draft, ``int[max_k]`` in the
+            order it fills them: a draft of j nodes is the first j (-1 = the root).
+        siblings: ``float64[max_k, R]``: the rates of the 2nd..(R + 1)-th candidates per
+            depth (R = the shape's widest node minus one); empty for chains.
     """
 
     alpha: np.ndarray
     rate: float = 0.15
+    parents: tuple[int, ...] | None = None
+    siblings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    _paths: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.parents is None:
+            self.siblings = np.zeros((len(self.alpha), 0))
+            return
+        depth: list[int] = []
+        rank: list[int] = []
+        kids: dict[int, int] = {}
+        for i, p in enumerate(self.parents):
+            if not -1 <= p < i:
+                raise ValueError(f"node {i} has parent {p}; parents must come first")
+            depth.append(0 if p < 0 else depth[p] + 1)
+            rank.append(kids.get(p, 0))
+            kids[p] = rank[-1] + 1
+        width = max(rank, default=0) + 1
+        n = len(self.alpha)
+        if self.siblings.shape != (n, width - 1):
+            self.siblings = np.zeros((n, width - 1))
+        # each node's path as indices into [alpha | siblings] flattened, padded with the
+        # index of an appended 1.0
+        one = n * width
+        paths = np.full((len(self.parents), max(depth, default=0) + 1), one, dtype=np.int64)
+        for i in range(len(self.parents)):
+            node = i
+            while node >= 0:
+                paths[i, depth[node]] = depth[node] * width + rank[node]
+                node = self.parents[node]
+        self._paths = paths
 
     @classmethod
-    def prior(cls, max_k: int, value: float) -> Acceptance:
-        return cls(np.full(max_k, value, dtype=np.float64))
+    def prior(cls, max_k: int, value: float, parents: tuple[int, ...] | None = None) -> Acceptance:
+        """``value`` for the first candidate at every depth; with a tree shape the r-th
+        further candidate starts at ``value * (1 - value) ** r`` (a geometric guess that the
+        estimates replace within a few steps)."""
+        a = cls(np.full(max_k, value, dtype=np.float64), parents=parents)
+        if a.siblings.size:
+            ranks = np.arange(1, a.siblings.shape[1] + 1)
+            a.siblings[:] = value * (1.0 - value) ** ranks
+        return a
 
     def update(self, k: int, n_accepted: int) -> None:
-        """A draft of length ``k`` had its first ``n_accepted`` tokens accepted."""
+        """A chain draft of length ``k`` had its first ``n_accepted`` tokens accepted."""
         for i in range(min(n_accepted, len(self.alpha))):
             self.alpha[i] += self.rate * (1.0 - self.alpha[i])
         if n_accepted < k and n_accepted < len(self.alpha):
             self.alpha[n_accepted] += self.rate * (0.0 - self.alpha[n_accepted])
-        elif 0 < k < len(self.alpha):
-            # Full acceptance says nothing about positions past k, which a controller that
-            # settled on k would never observe: let them follow the last observed one.
-            self.alpha[k:] += self.rate * (self.alpha[k - 1] - self.alpha[k:])
+        else:
+            self._follow(k)
+
+    def _follow(self, depth: int) -> None:
+        """Full acceptance to ``depth`` says nothing about deeper positions, which a
+        controller that settled on that depth would never observe: let them follow the
+        last observed one."""
+        if 0 < depth < len(self.alpha):
+            self.alpha[depth:] += self.rate * (self.alpha[depth - 1] - self.alpha[depth:])
+            self.siblings[depth:] += self.rate * (self.siblings[depth - 1] - self.siblings[depth:])
+
+    def learn(self, draft: Draft, verdict: Verdict) -> None:
+        """Learn from one verified draft (a chain, or a tree)."""
+        if not draft.is_tree:
+            self.update(draft.k, verdict.n_accepted)
+        elif self.parents is None:  # a tree of no fixed shape: per depth, like a chain
+            self.update(max(draft.depths()), verdict.n_accepted)
+        else:
+            self._learn_tree(draft, verdict.path)
+
+    def _learn_tree(self, draft: Draft, path: tuple[int, ...]) -> None:
+        """Each depth the verdict reached: the accepted parent's candidates, by rank, were
+        accepted (1) or not (0); a path that ends at a leaf says nothing deeper."""
+        n, width = len(self.alpha), self.siblings.shape[1] + 1
+        parent = -1
+        for depth in range(len(path) + 1):
+            kids = draft.children(parent)
+            if not kids:  # accepted to a leaf
+                self._follow(depth)
+                return
+            if depth >= n:
+                return
+            taken = path[depth] if depth < len(path) else None
+            for r, node in enumerate(kids[:width]):
+                hit = 1.0 if node == taken else 0.0
+                if r == 0:
+                    self.alpha[depth] += self.rate * (hit - self.alpha[depth])
+                else:
+                    self.siblings[depth, r - 1] += self.rate * (hit - self.siblings[depth, r - 1])
+            if taken is None:
+                return
+            parent = taken
 
     def expected_tokens_all(self, k_max: int) -> np.ndarray:
-        """``float64[k_max + 1]``: ``E(k)`` for k = 0..k_max in one pass."""
+        """``float64[k_max + 1]``: ``E(k)`` for k = 0..k_max in one pass (a draft of k
+        nodes; with a tree shape, the first k nodes of it)."""
         e = np.ones(k_max + 1)
-        e[1:] += np.cumsum(np.cumprod(self.alpha[:k_max]))
+        if self._paths is None:
+            e[1:] += np.cumsum(np.cumprod(self.alpha[:k_max]))
+            return e
+        rates = np.append(np.column_stack([self.alpha, self.siblings]).ravel(), 1.0)
+        nodes = rates[self._paths[:k_max]].prod(axis=1)
+        e[1 : len(nodes) + 1] += np.cumsum(nodes)
+        e[len(nodes) + 1 :] = e[len(nodes)]
         return e
 
     def expected_tokens(self, k: int) -> float:
         """``E(k)``: expected new tokens of a step with a k-token draft (bonus included)."""
         if k <= 0:
             return 1.0
-        return 1.0 + float(np.cumprod(self.alpha[:k]).sum())
+        return float(self.expected_tokens_all(k)[k])
 
 
 @dataclass

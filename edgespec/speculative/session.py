@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -57,15 +57,14 @@ def make_controller(
     prior acceptance, and the config's draft lengths."""
     points = dict(points)
     penalty = points.pop(0, 0.0)
+    max_k = config.max_k if config.k is None else max(config.k, 1)
     return Controller(
         verify=CostCurve(points, ema=SHAPE_EMA, drift_rate=DRIFT_RATE)
         if config.cost_drift
         else CostCurve(points),
         switch_penalty=penalty,
         acceptance={
-            n: Acceptance.prior(
-                config.max_k if config.k is None else max(config.k, 1), p.prior_acceptance
-            )
+            n: Acceptance.prior(max_k, p.prior_acceptance, p.draft_shape(max_k))
             for n, p in proposers.items()
         },
         max_k=config.max_k,
@@ -139,12 +138,19 @@ class SpecSession:
             )
             probe_s = time.perf_counter() - t_probe
             source = "probe"
-        controller = make_controller(config, proposers, points, allow_plain=allow_plain)
         tree_ok = config.tree and runtime.target.supports_tree
         tree_overhead = None
         if tree_ok:
             tree_overhead = cost_curves.tree_overhead(runtime.target, key, tree_nodes(config.max_k))
             tree_ok = tree_overhead <= TREE_OVERHEAD_LIMIT
+        if config.tree and not tree_ok:
+            # proposers whose trees have a fixed shape draft chains instead (a recycling
+            # tree cut to its main chain kept one node of three)
+            chains = replace(config, tree=False)
+            for n, p in proposers.items():
+                if p.draft_shape(1) is not None:
+                    proposers[n] = PROPOSERS.get(n).create(runtime, chains)
+        controller = make_controller(config, proposers, points, allow_plain=allow_plain)
         return cls(config, proposers, controller, tree_ok, source, tree_overhead, probe_s)
 
     def begin(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
@@ -263,7 +269,7 @@ class SpecSession:
             self.last_tried[draft.source] = self.steps
             self.untried[draft.source] = 0
         if draft.k and draft.source in self.controller.acceptance:
-            self.controller.acceptance[draft.source].update(depth, verdict.n_accepted)
+            self.controller.acceptance[draft.source].learn(draft, verdict)
         for p in self.proposers.values():
             p.observe(fed, logits)
             if draft.k and draft.source == p.name:

@@ -145,6 +145,26 @@ def test_recycle_tree_drafts_are_verified_as_trees():
     assert max(rt.target.forward_sizes) > 2
 
 
+def test_recycling_drafts_chains_where_trees_are_not_verified():
+    """On a target without tree forwards, recycling drafts a chain of first candidates (a
+    tree cut to its main chain kept one node of three), and the controller models chains;
+    on a tree-capable target it drafts trees and the controller knows their shape."""
+    cfg = SpecConfig(proposers=("recycle",), k=6, tree=True)
+    rt = make_rt(vocab=8, scale=1.0)
+    shaped = rt.spec_session(cfg, allow_plain=False)
+    assert shaped.tree_ok and shaped.proposers["recycle"].tree
+    assert shaped.controller.acceptance["recycle"].parents == (-1, -1, -1, 0, 0, 1)
+    rt = make_rt(vocab=8, scale=1.0)
+    rt.target.supports_tree = False
+    ref = rt.target.greedy(PROMPT, 60)
+    session = rt.spec_session(cfg, allow_plain=False)
+    assert not session.tree_ok and not session.proposers["recycle"].tree
+    assert session.controller.acceptance["recycle"].parents is None
+    res = rt.generate(PROMPT, max_new_tokens=60, strategy="speculative", config=cfg)
+    assert res.token_ids == ref
+    assert max(res.stats.accept_hist) > 1  # chains of several accepted tokens
+
+
 def test_tree_overhead_is_measured_once_and_stored(monkeypatch):
     """Whether trees are drafted is a device fact: the first session measures the tree /
     chain cost and stores it, later runtimes load it, and only ``calibrate`` measures again.

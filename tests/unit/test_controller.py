@@ -208,3 +208,81 @@ def test_drafting_costs_follow_the_drift():
     curve.drift = 1.0
     assert c.expected_rate("d", 2) == pytest.approx(1.75 / (1.2 + 2 * 0.1))
     assert c.expected_rate(None, 0) == pytest.approx(1.0)
+
+
+RECYCLE_SHAPE = (-1, -1, -1, 0, 0, 1, 1, 2)  # recycling's breadth schedule, 8 nodes
+
+
+def tree_expectation(parents, q):
+    """Expected new tokens of a tree draft, recursively: 1 (the bonus) plus, over the root's
+    children by rank r, q(depth, r) times the expectation below that child."""
+
+    def below(node, depth):
+        kids = [i for i, p in enumerate(parents) if p == node]
+        return sum(q(depth, r) * (1 + below(c, depth + 1)) for r, c in enumerate(kids))
+
+    return 1 + below(-1, 0)
+
+
+def test_tree_expectation_follows_the_shape():
+    """E(k) of a tree-shaped proposer is the first k nodes' shape, not a k-token chain:
+    three siblings can yield at most two tokens, whatever the rates."""
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        a = Acceptance(rng.random(8), parents=RECYCLE_SHAPE)
+        a.siblings[:] = rng.random(a.siblings.shape) * (1 - a.alpha[:, None]) / 2
+
+        def q(d, r, a=a):
+            return a.alpha[d] if r == 0 else a.siblings[d, r - 1]
+
+        want = [tree_expectation(RECYCLE_SHAPE[:k], q) for k in range(9)]
+        np.testing.assert_allclose(a.expected_tokens_all(8), want)
+        assert a.expected_tokens(3) <= 2.0
+    chain = Acceptance(np.full(8, 0.5))
+    assert chain.expected_tokens(3) == pytest.approx(1.875)  # a chain: 1 + .5 + .25 + .125
+
+
+def test_chain_learning_is_unchanged():
+    from edgespec.speculative.types import Draft, Verdict
+
+    for k, n in [(3, 3), (4, 1), (2, 0), (8, 8), (1, 1), (5, 5)]:
+        old, new = Acceptance(np.linspace(0.2, 0.9, 8)), Acceptance(np.linspace(0.2, 0.9, 8))
+        old.update(k, n)
+        new.learn(Draft(tuple(range(k))), Verdict(tuple(range(n)), tuple(range(n + 1))))
+        np.testing.assert_array_equal(old.alpha, new.alpha)
+
+
+def three_siblings(taken):
+    from edgespec.speculative.types import Draft, Verdict
+
+    path = () if taken is None else (taken,)
+    return Draft((5, 6, 7), (-1, -1, -1)), Verdict(path, (*path, 9))
+
+
+def test_tree_learning_by_rank():
+    """The verdict's path says which rank was the target's token at each depth."""
+    a = Acceptance.prior(8, 0.5, RECYCLE_SHAPE)
+    for _ in range(60):
+        a.learn(*three_siblings(1))  # always the second candidate
+    assert a.alpha[0] < 0.01 and a.siblings[0, 0] > 0.99 and a.siblings[0, 1] < 0.01
+    assert a.expected_tokens(1) < 1.01 and a.expected_tokens(2) > 1.99
+
+
+def test_controller_does_not_count_siblings_as_a_chain():
+    """The first candidate right half the time, the others never: on a flat curve, drafting
+    three siblings costs more and yields no more than drafting one (the old chain model
+    chose them: E(3) = 1.875 for the price of c(4))."""
+    curve = {1: 1.0, 2: 1.05, 3: 1.1, 4: 1.15, 5: 1.3, 9: 2.0}
+    tree = Acceptance.prior(8, 0.5, RECYCLE_SHAPE)
+    chain_model = Acceptance.prior(8, 0.5)
+    for i in range(200):
+        for acc in (tree, chain_model):
+            d, v = three_siblings(0 if i % 2 else None)
+            if acc is chain_model:  # what the session used to learn: depth 1, 0 or 1 accepted
+                acc.update(1, v.n_accepted)
+            else:
+                acc.learn(d, v)
+    assert Controller(CostCurve(dict(curve)), {"recycle": chain_model}).choose(8).k == 3
+    got = Controller(CostCurve(dict(curve)), {"recycle": tree}).choose(8)
+    assert (got.proposer, got.k) == ("recycle", 1)
+    assert got.expected_rate == pytest.approx(tree.expected_tokens(1) / 1.05)

@@ -56,14 +56,29 @@ class RecycleProposer(Proposer):
     def propose(self, context: Sequence[int], k: int, rng: np.random.Generator) -> Draft:
         if k <= 0 or self.table[context[-1], 0] < 0:
             return EMPTY_DRAFT
+        tokens, parents = self._walk(int(context[-1]), k, self.table)
+        if not tokens:
+            return EMPTY_DRAFT
+        is_chain = parents == list(range(-1, len(tokens) - 1))
+        return Draft(tuple(tokens), None if is_chain else tuple(parents), source=self.name)
+
+    def draft_shape(self, k: int) -> tuple[int, ...] | None:
+        """The breadth schedule's first k nodes (None without trees: a chain)."""
+        if not self.tree:
+            return None
+        full = np.arange(1, self.topk + 1, dtype=np.int32)[None, :]  # every row full
+        return tuple(self._walk(0, k, np.broadcast_to(full, (self.topk + 1, self.topk)))[1])
+
+    def _walk(self, last: int, k: int, table: np.ndarray) -> tuple[list[int], list[int]]:
+        """Up to k (tokens, parents) from ``table`` after token ``last``, breadth first
+        with :data:`BREADTH` children per node (one each without trees)."""
         tokens: list[int] = []
         parents: list[int] = []
-        frontier = [(-1, int(context[-1]))]
-        breadth = BREADTH if self.tree else (1,) * k
-        for width in breadth:
+        frontier = [(-1, last)]
+        for width in BREADTH if self.tree else (1,) * k:
             nxt = []
             for parent, tok in frontier:
-                for cand in self.table[tok, :width]:
+                for cand in table[tok, :width]:
                     if cand < 0 or len(tokens) >= k:
                         break
                     tokens.append(int(cand))
@@ -72,10 +87,7 @@ class RecycleProposer(Proposer):
             if not nxt or len(tokens) >= k:
                 break
             frontier = nxt
-        if not tokens:
-            return EMPTY_DRAFT
-        is_chain = parents == list(range(-1, len(tokens) - 1))
-        return Draft(tuple(tokens), None if is_chain else tuple(parents), source=self.name)
+        return tokens, parents
 
 
 def top_k_rows(rows: np.ndarray, k: int) -> np.ndarray:
