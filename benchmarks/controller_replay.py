@@ -336,7 +336,11 @@ def run_config(
 
 
 def replay(args: argparse.Namespace) -> int:
-    doc = json.loads(args.record.read_text())
+    try:
+        doc = json.loads(args.record.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"replay: cannot read the record {args.record} ({exc}); make one "
+                         "with `controller_replay.py record`") from None  # fmt: skip
     if args.target_curve:  # another backend's verify curve on the same text
         scale = parse_curve(args.target_curve)["1"] / doc["target_curve"]["1"]
         doc["target_curve"] = parse_curve(args.target_curve)
