@@ -119,6 +119,11 @@ class Acceptance:
         if self.parents is None:
             self.siblings = np.zeros((len(self.alpha), 0))
             return
+        if len(self.parents) > len(self.alpha):
+            raise ValueError(
+                f"a shape of {len(self.parents)} nodes needs rates for as many depths, "
+                f"got {len(self.alpha)}"
+            )
         depth: list[int] = []
         rank: list[int] = []
         kids: dict[int, int] = {}

@@ -240,6 +240,10 @@ def test_tree_expectation_follows_the_shape():
         assert a.expected_tokens(3) <= 2.0
     chain = Acceptance(np.full(8, 0.5))
     assert chain.expected_tokens(3) == pytest.approx(1.875)  # a chain: 1 + .5 + .25 + .125
+    with pytest.raises(ValueError, match="shape of 8 nodes"):
+        Acceptance(np.full(4, 0.5), parents=RECYCLE_SHAPE)
+    with pytest.raises(ValueError, match="parents must come first"):
+        Acceptance(np.full(8, 0.5), parents=(-1, 1))
 
 
 def test_chain_learning_is_unchanged():
