@@ -10,6 +10,8 @@ decoding's own tokens per second after the first token (the prefill left out), f
 same process, is the yardstick: a group below it costs speed.
 
     .venv/bin/python benchmarks/auto_steps.py --model smollm2-135m
+    .venv/bin/python benchmarks/auto_steps.py --model qwen2.5-coder-1.5b \
+        --draft qwen2.5-coder-0.5b --strategy speculative:proposers=tree
 
 docs/benchmarks.md section 18 found with it that recycling's 3-node trees (three siblings)
 delivered 237 tokens/s where the controller expected 402 and plain decoding gave 291.
@@ -26,6 +28,10 @@ from typing import Any
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--draft", default=None, help="a draft model (the draft and tree proposers)")
+    ap.add_argument(
+        "--strategy", default="auto", help="the speculative strategy, with options (auto:max_k=4)"
+    )
     ap.add_argument("--backend", default="tvm")
     ap.add_argument("--weights", default=None, help="default: gguf-q8act on tvm, else auto")
     ap.add_argument("--workloads", nargs="+", default=["json", "summarize"])
@@ -35,11 +41,13 @@ def main() -> None:
 
     import edgespec
     import edgespec.strategies.speculative as strategy
+    from edgespec.bench.runner import parse_strategy
     from edgespec.bench.workloads import load_workloads
     from edgespec.speculative.session import SpecSession
 
     weights = a.weights or ("gguf-q8act" if a.backend == "tvm" else "auto")
-    rt = edgespec.load(a.model, backend=a.backend, weights=weights, progress=False)
+    rt = edgespec.load(a.model, draft=a.draft, backend=a.backend, weights=weights, progress=False)
+    name, config = parse_strategy(a.strategy)
     prompts = load_workloads(a.workloads, per_workload=a.per_workload)
     steps: list[tuple[Any, bool, Any, float]] = []
     chosen: list[Any] = []
@@ -59,26 +67,32 @@ def main() -> None:
     SpecSession.choose = recording_choose  # type: ignore[method-assign]
     strategy.speculative_step = recording_step  # type: ignore[assignment]
 
-    def generate(name: str) -> float:
+    def generate(strategy: str, config: Any = None) -> float:
         """Tokens per second after the first token (the prefill left out), over the prompts."""
         tokens, seconds = 0, 0.0
         for p in prompts:
             r = rt.generate(
-                p.prompt, chat=p.chat, max_new_tokens=a.n, strategy=name, ignore_eos=True
+                p.prompt,
+                chat=p.chat,
+                max_new_tokens=a.n,
+                strategy=strategy,
+                ignore_eos=True,
+                config=config,
             )
             tokens += r.stats.new_tokens - 1
             seconds += r.stats.wall_s - r.stats.ttft_s
         return tokens / seconds
 
-    generate("auto")
+    generate(name, config)
     generate("autoregressive")  # warm-up
     plain = generate("autoregressive")
     steps.clear()
-    auto = generate("auto")
-    print(f"`benchmarks/auto_steps.py --model {a.model} --backend {a.backend}` ({weights} weights, "
-          f"{len(prompts)} prompts)")  # fmt: skip
-    print(f"\nafter the first token: plain decoding {plain:.0f} tok/s, auto {auto:.0f} tok/s "
-          f"({auto / plain:.3f}x plain), same process\n")  # fmt: skip
+    auto = generate(name, config)
+    draft = f" --draft {a.draft}" if a.draft else ""
+    print(f"`benchmarks/auto_steps.py --model {a.model}{draft} --backend {a.backend} --strategy "
+          f"{a.strategy}` ({weights} weights, {len(prompts)} prompts)")  # fmt: skip
+    print(f"\nafter the first token: plain decoding {plain:.0f} tok/s, {a.strategy} {auto:.0f} "
+          f"tok/s ({auto / plain:.3f}x plain), same process\n")  # fmt: skip
     groups: dict[tuple[str, int, str, str], list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0])
     for c, probing, r, dt in steps:
         d = r.draft
