@@ -11,7 +11,7 @@ pytestmark = pytest.mark.unit
 
 def brute_choice(c: Controller, limit: int):
     plain = c.expected_rate(None, 0)
-    best = (None, 0, plain)
+    best: tuple[str | None, int, float] = (None, 0, plain)
     for name in c.acceptance:
         for k in range(1, min(c.max_k, limit) + 1):
             r = c.expected_rate(name, k)
