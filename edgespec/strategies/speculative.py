@@ -5,7 +5,9 @@ Each step (:func:`edgespec.speculative.step.speculative_step`): the controller p
 acceptance; the proposer drafts; the target scores the pending token plus the draft in one
 forward (a tree forward when the draft is a tree and the backend supports it); the verifier
 accepts a prefix or path; the cache keeps only what was accepted. k = 0 is a plain decoding
-step, so "auto" is never meaningfully slower than plain decoding.
+step, so "auto" falls back to plain decoding wherever drafts do not pay; its per-step
+bookkeeping (choice, verification, recycling's top-k) still costs a few percent of a step on
+models as small as SmolLM2 (docs/benchmarks.md section 18).
 
 Cache discipline: the target's cache holds every committed token except the last one,
 ``pending``, which is fed at the start of the next forward together with the draft.
