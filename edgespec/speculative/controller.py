@@ -124,13 +124,11 @@ class Acceptance:
                 f"a shape of {len(self.parents)} nodes needs rates for as many depths, "
                 f"got {len(self.alpha)}"
             )
-        depth: list[int] = []
+        # a Draft of the shape checks the parents and gives each node's depth
+        depth = [d - 1 for d in Draft(tuple(range(len(self.parents))), self.parents).depths()]
         rank: list[int] = []
         kids: dict[int, int] = {}
-        for i, p in enumerate(self.parents):
-            if not -1 <= p < i:
-                raise ValueError(f"node {i} has parent {p}; parents must come first")
-            depth.append(0 if p < 0 else depth[p] + 1)
+        for p in self.parents:
             rank.append(kids.get(p, 0))
             kids[p] = rank[-1] + 1
         width = max(rank, default=0) + 1
