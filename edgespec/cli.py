@@ -83,9 +83,10 @@ def add_weights_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights",
         default="auto",
-        help="onnx and tvm backends, GGUF models: gguf-exact (the file's own quantized blocks, the "
-        "default), fp32 (dequantized), or on tvm gguf-q8act (those blocks times int8-quantized "
-        "activations, AVX512-VNNI, AVX-VNNI or AVX2)",
+        help="onnx and tvm backends, GGUF models: gguf-exact (the file's own quantized blocks), "
+        "fp32 (dequantized), or on tvm gguf-q8act (those blocks times int8-quantized "
+        "activations, AVX512-VNNI, AVX-VNNI or AVX2). Default auto: gguf-q8act on tvm where the "
+        "CPU has AVX512-VNNI or AVX-VNNI, else gguf-exact",
     )
 
 
@@ -315,6 +316,7 @@ def config_from_args(a: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
+    from edgespec import threads
     from edgespec.speculative import cost_curves
 
     if a.max_k < 1:
@@ -322,8 +324,6 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     rt = load_from_args(a)
     with rt:
         if a.threads is None:  # every count from 1 to the CPUs, stored as the default
-            from edgespec import threads
-
             threads.calibrate(rt, reps=max(a.reps, threads.CALIBRATE_REPS))
         sizes = list(range(1, a.max_k + 2))
         # a chunk-sparse target is timed on real text, and its sparsity kept with the curve
@@ -359,7 +359,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             "verify": {str(n): s for n, s in curve.items()},
             "model": rt.source.name,
             "backend": rt.backend,
-            "weights": a.weights,
+            "weights": threads.stored_weights(rt.source, rt.backend, rt.options),
             "spin": not a.no_spin,
             "context": a.context,
             "reps": a.reps,

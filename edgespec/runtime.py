@@ -119,7 +119,8 @@ def _fastest_measured(source: ModelSource, able: list[str], options: LoadOptions
     if len(able) < 2:
         return None
     digest = source.digest()
-    args = (options.n_threads, options.weights, options.spin, options.device)
+    weights = {n: threads.stored_weights(source, n, options) for n in able}
+    args = (options.n_threads, weights, options.spin, options.device)
     fastest = cost_curves.fastest_backend(digest, able, *args)
     if fastest is not None:
         return fastest[0]
@@ -402,8 +403,10 @@ def load(
             quick probe on first use and cached; see :mod:`edgespec.threads`).
         dtype: compute dtype of the NumPy reference.
         progress: show progress bars for downloads and conversions.
-        weights: onnx backend with a GGUF model: "gguf-exact" (the file's own quantized
-            blocks; what "auto" picks) or "fp32" (dequantized). See ``LoadOptions.weights``.
+        weights: onnx and tvm backends with a GGUF model: "gguf-exact" (the file's own
+            quantized blocks; what "auto" picks on onnx), "fp32" (dequantized) or, on tvm,
+            "gguf-q8act" (int8 activations; tvm's "auto" on a CPU with AVX512-VNNI or
+            AVX-VNNI, else gguf-exact). See ``LoadOptions.weights``.
         spin: onnx backend: False lets idle worker threads sleep (less CPU per token,
             slower). See ``LoadOptions.spin``.
         exact: plain decoding through the verification kernels, so that lossless strategies

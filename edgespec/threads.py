@@ -72,11 +72,19 @@ def candidate_counts(nproc: int | None = None, *, every: bool = False) -> list[i
     return sorted(c for c in counts if c >= 1)
 
 
+def stored_weights(source: ModelSource, backend: str, options: LoadOptions) -> str:
+    """The weights name ``backend``'s measurements of ``source`` with ``options`` are stored
+    under (:meth:`~edgespec.runtimes.base.Backend.stored_weights`: "auto" resolved where its
+    meaning depends on the machine); ``options.weights`` for a name not registered."""
+    if backend not in BACKENDS.names():
+        return options.weights
+    return BACKENDS.get(backend).stored_weights(source, options)
+
+
 def key_for(source: ModelSource, backend: str, options: LoadOptions) -> str:
     """The store key of ``source`` on ``backend`` with ``options``."""
-    return cost_curves.threads_key(
-        backend, source.digest(), options.weights, options.spin, options.device
-    )
+    weights = stored_weights(source, backend, options)
+    return cost_curves.threads_key(backend, source.digest(), weights, options.spin, options.device)
 
 
 def stored_best(source: ModelSource, backend: str, options: LoadOptions) -> int | None:
@@ -144,7 +152,7 @@ def tune(
     entry: dict[str, Any] = {
         "backend": backend,
         "model": source.name,
-        "weights": options.weights,
+        "weights": stored_weights(source, backend, options),
         "spin": options.spin,
         "one_token_s": {**old.get("one_token_s", {}), **{str(n): s for n, s in times.items()}},
         "source": origin,

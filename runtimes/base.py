@@ -58,8 +58,9 @@ class LoadOptions:
         dtype: compute dtype for the NumPy reference ("float32", or "float64" in tests).
         progress: show progress bars for slow steps (conversion, dequantization).
         weights: how a backend that converts GGUF files holds their weights: "auto" (its
-            default), "fp32" (dequantized) or "gguf-exact" (the file's own quantized
-            blocks). The ``onnx`` and ``tvm`` backends have a choice
+            default), "fp32" (dequantized), "gguf-exact" (the file's own quantized
+            blocks) or, on tvm, "gguf-q8act" (those blocks times int8 activations; tvm's
+            "auto" on a CPU with VNNI). The ``onnx`` and ``tvm`` backends have a choice
             (``edgespec.runtimes.ort``, ``edgespec.runtimes.tvm_backend``).
         spin: let idle worker threads spin between operators (onnx): faster, but more CPU
             time per token. False lets them sleep (SmolLM2 on the 2-core build machine:
@@ -121,6 +122,14 @@ class Backend(ABC):
     def available(cls) -> bool:
         """True when every module in ``requires`` can be imported."""
         return all(importlib.util.find_spec(m) is not None for m in cls.requires)
+
+    @classmethod
+    def stored_weights(cls, source: ModelSource, options: LoadOptions) -> str:
+        """The name measurements of ``source`` loaded with ``options`` are stored under
+        (thread probes, cost curves): ``options.weights`` as given, unless this backend
+        resolves "auto" to a build that depends on the machine or the version (then the
+        build's own name, so that a measurement of one build never stands for another)."""
+        return options.weights
 
     @classmethod
     def cheap_to_load(cls, source: ModelSource, options: LoadOptions) -> bool:

@@ -1,12 +1,13 @@
 """The ``tvm`` backend: llama / qwen2 compiled through TVM Relax, fp32 or the GGUF's own blocks.
 
-Two builds, chosen by ``LoadOptions.weights`` (``--weights``, the names the onnx backend
+Three builds, chosen by ``LoadOptions.weights`` (``--weights``, the names the onnx backend
 uses; :data:`WEIGHTS`):
 
 - ``fp32``: the NumPy reference's weights (:mod:`edgespec.runtimes.numpy_ref`: a GGUF file
   dequantized to float32 bit for bit, or an HF folder), so this backend computes with exactly
   the reference's values; only the order of float32 operations differs.
-- ``gguf-exact`` (what ``auto`` picks for a GGUF file): every matrix whose GGUF type has a
+- ``gguf-exact`` (what ``auto`` picks for a GGUF file on a CPU without VNNI, and on a GPU
+  ``--device``): every matrix whose GGUF type has a
   kernel (Q4_0, Q4_1, Q8_0) is multiplied on the file's own blocks
   (:mod:`edgespec.kernels.qlinear`: the same dequantized values, never materialized, 4-bit
   codes widened to one byte); other types (K-quants, Q5_x, F16) fall back per matrix to
@@ -14,7 +15,9 @@ uses; :data:`WEIGHTS`):
 - ``gguf-q8act``: as gguf-exact, but the matrices multiply int8-quantized activations with
   integer dot products (:mod:`edgespec.kernels.qlinear_q8`, AVX512-VNNI, AVX-VNNI or AVX2;
   llama.cpp's arithmetic: Q8_0/Q8_1-style activation blocks for Q4_0 .. Q8_0, Q8_K for the
-  K-quants). :data:`QUANTIZED` maps each build to how it multiplies the file's matrices.
+  K-quants); what ``auto`` picks for a GGUF file where the CPU has AVX512-VNNI or AVX-VNNI
+  (:data:`AUTO_Q8`). :data:`QUANTIZED` maps each build to how it multiplies the file's
+  matrices.
 
 The graph
 (:mod:`edgespec.runtimes.tvm_graph`) has a symbolic token count T, takes rope angles and the
@@ -77,8 +80,13 @@ WEIGHTS: dict[str, tuple[str, ...]] = {
 #: ``--kv-cache`` types -> the caches' element type (f16: keys and values rounded to float16
 #: when written, as llama.cpp's default cache holds them; half the bytes the attention reads)
 KV_DTYPES = {"f32": "float32", "f16": "float16"}
-#: what "auto" means per source kind: a GGUF keeps its own quantized blocks (as on onnx)
+#: what "auto" means per source kind: a GGUF keeps its own quantized blocks (as on onnx),
+#: times int8 activations where the CPU has an int8 dot-product instruction (:data:`AUTO_Q8`)
 AUTO_WEIGHTS = {"gguf": "gguf-exact", "hf": "fp32"}
+#: the int8 dot products (kernels/qlinear_q8.py ``ISAS``) on which "auto" picks gguf-q8act for
+#: a GGUF: AVX512-VNNI and AVX-VNNI, where it decodes faster than llama.cpp and gguf-exact
+#: (docs/tvm.md, "What --weights auto builds"); on AVX2 alone it stays gguf-exact
+AUTO_Q8 = ("vnni", "avxvnni")
 #: graph matrix (per layer) -> the GGUF tensors stacked along its output features
 GGUF_PARTS = {
     "wqkv": ("attn_q", "attn_k", "attn_v"),
@@ -96,11 +104,16 @@ def _q8act(w: Any) -> Any:
     return qlinear_q8.prefer(w)
 
 
-def _require_int8_dot() -> None:
-    """One line where the CPU has no int8 dot product the kernels are built with."""
+def _int8_isa() -> str | None:
+    """This CPU's int8 dot product (:func:`edgespec.kernels.qlinear_q8.int8_isa`)."""
     from edgespec.kernels import qlinear_q8
 
-    if qlinear_q8.int8_isa() is None:
+    return qlinear_q8.int8_isa()
+
+
+def _require_int8_dot() -> None:
+    """One line where the CPU has no int8 dot product the kernels are built with."""
+    if _int8_isa() is None:
         raise EdgespecError(
             "--weights gguf-q8act needs a CPU with AVX512-VNNI, AVX-VNNI or AVX2 (avx512_vnni, "
             "avx_vnni or avx2 in /proc/cpuinfo); use --weights gguf-exact"
@@ -118,15 +131,27 @@ QUANTIZED: dict[str, Callable[[Any], Any]] = {"gguf-exact": lambda w: w, "gguf-q
 REQUIRES: dict[str, Callable[[], None]] = {"gguf-q8act": _require_int8_dot}
 
 
-def weights_choice(kind: str, weights: str, bundled: bool = False) -> str:
-    """``weights`` ("auto", "fp32" or "gguf-exact") resolved for a ``kind`` source; "auto" in
-    a bundle (``bundled``: ``export --format tvm``, whose library is the fp32 build) is fp32.
+def _bundled(source: ModelSource) -> bool:
+    """Whether ``source`` is the model of an ``export --format tvm`` bundle."""
+    from edgespec.runtimes.tvm_bundle import META
+
+    return (Path(source.path).expanduser().parent / META).is_file()
+
+
+def weights_choice(kind: str, weights: str, bundled: bool = False, device: str = "cpu") -> str:
+    """``weights`` ("auto" or a :data:`WEIGHTS` name) resolved for a ``kind`` source on
+    ``device``. "auto": fp32 in a bundle (``bundled``: ``export --format tvm``, whose library
+    is the fp32 build) and for an HF folder; for a GGUF its own blocks, times int8
+    activations (gguf-q8act) on a CPU whose int8 dot product is in :data:`AUTO_Q8`, else
+    times float activations (gguf-exact; also on every GPU ``--device``).
 
     Raises:
         EdgespecError: an unknown choice, a quantized build for a source that is not GGUF,
             or gguf-q8act on a CPU with none of AVX512-VNNI, AVX-VNNI, AVX2.
     """
     auto = "fp32" if bundled else AUTO_WEIGHTS.get(kind, "fp32")
+    if auto == "gguf-exact" and device == "cpu" and _int8_isa() in AUTO_Q8:
+        auto = "gguf-q8act"
     choice = auto if weights == "auto" else weights
     if choice not in WEIGHTS:
         known = ", ".join(["auto", *WEIGHTS])
@@ -1160,6 +1185,17 @@ class TvmBackend(Backend):
     kv_cache_types: ClassVar[tuple[str, ...]] = tuple(KV_DTYPES)
 
     @classmethod
+    def stored_weights(cls, source: ModelSource, options: LoadOptions) -> str:
+        """The build "auto" resolves to for ``source`` on this machine and ``--device``
+        (``options.weights`` itself when it names a build, or nothing this backend knows)."""
+        if options.weights != "auto":
+            return options.weights
+        try:
+            return weights_choice(source.kind, "auto", _bundled(source), options.device)
+        except EdgespecError:
+            return options.weights
+
+    @classmethod
     def cheap_to_load(cls, source: ModelSource, options: LoadOptions) -> bool:
         """False: the first load compiles and unpacks (or dequantizes) every matrix; a later
         one still reads the GGUF's metadata and dequantizes the embedding table."""
@@ -1181,10 +1217,7 @@ class TvmBackend(Backend):
             raise EdgespecError(
                 f"the tvm backend loads {' or '.join(cls.accepts)} models, not '{source.kind}'"
             )
-        from edgespec.runtimes.tvm_bundle import META
-
-        bundled = (Path(source.path).expanduser().parent / META).is_file()
-        choice = weights_choice(source.kind, options.weights, bundled)
+        choice = weights_choice(source.kind, options.weights, _bundled(source), device.name)
         path = Path(source.path).expanduser()
         kv = options.kv_cache or "f32"
         if kv not in cls.kv_cache_types or (kv != "f32" and device.loader is not None):

@@ -14,7 +14,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +221,7 @@ def fastest_backend(
     digest: str,
     candidates: Sequence[str],
     threads: int | None,
-    weights: str = "auto",
+    weights: str | Mapping[str, str] = "auto",
     spin: bool = True,
     device: str = "cpu",
 ) -> tuple[str, float] | None:
@@ -229,8 +229,10 @@ def fastest_backend(
     (on ``device``: the CPU or a GPU through ``--device``).
 
     First the stored cost curves (``edgespec calibrate``) are compared: only those of this
-    device, with the same thread setting, the same ``weights`` choice (entries without one
-    count as "auto") and the same ``spin`` setting (default True). When fewer than two
+    device, with the same thread setting, the same ``weights`` choice (one name for every
+    candidate, or a name per candidate: what each stores its measurements under,
+    :func:`edgespec.threads.stored_weights`; entries without one count as "auto") and the
+    same ``spin`` setting (default True). When fewer than two
     ``candidates`` have one, the stored thread measurements (:func:`load_threads`: by
     ``calibrate`` or a first-use probe) are compared instead, at ``threads`` or, for None,
     at each backend's best count. Plain decoding runs one token per forward, and every
@@ -241,21 +243,24 @@ def fastest_backend(
         ``candidates`` have a measurement (then nothing has been compared).
     """
     suffix = f"|{digest[:16]}|threads={threads or 'default'}{_device_suffix(device)}"
+
+    def weights_of(backend: str) -> str:
+        return weights if isinstance(weights, str) else weights.get(backend, "auto")
+
     best: dict[str, float] = {}
     for key, entry in load_curves().items():
-        same = (entry.get("weights", "auto"), entry.get("spin", True)) == (weights, spin)
-        if not key.endswith(suffix) or not same:
+        if not key.endswith(suffix) or entry.get("spin", True) != spin:
             continue
         backend = str(entry.get("backend") or key.split("|")[0].split(":")[0])
         one = entry.get("verify", {}).get("1")
-        if backend in candidates and one:
+        same = entry.get("weights", "auto") == weights_of(backend)
+        if backend in candidates and one and same:
             best[backend] = min(best.get(backend, float("inf")), float(one))
     if len(best) < 2:
         best = {}
         for backend in candidates:
-            one = one_token_seconds(
-                load_threads(threads_key(backend, digest, weights, spin, device)), threads
-            )
+            key = threads_key(backend, digest, weights_of(backend), spin, device)
+            one = one_token_seconds(load_threads(key), threads)
             if one is not None:
                 best[backend] = one
     if len(best) < 2:

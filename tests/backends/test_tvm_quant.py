@@ -31,7 +31,7 @@ from edgespec.testing import write_tiny_gguf
 
 pytest.importorskip("tvm", reason="the tvm backend needs apache-tvm (pip install 'edgespec[tvm]')")
 gguf = pytest.importorskip("gguf")
-from edgespec.runtimes.tvm_backend import TvmBackend, TvmModel  # noqa: E402
+from edgespec.runtimes.tvm_backend import TvmBackend, TvmModel, weights_choice  # noqa: E402
 
 pytestmark = [pytest.mark.backend]
 
@@ -176,7 +176,9 @@ def test_weights_choices(tiny_llama_dir: Path, tiny_q: ModelSource) -> None:
     with pytest.raises(EdgespecError, match="unknown --weights 'int3'"):
         TvmBackend.load(hf, LoadOptions(n_ctx=16, progress=False, weights="int3"))
     auto = TvmBackend.load(tiny_q, LoadOptions(n_ctx=16, progress=False))
-    assert auto.info.extra["weights"] == auto.info.extra["variant"] == "gguf-exact"
+    built = weights_choice("gguf", "auto")  # gguf-q8act with VNNI, else gguf-exact (below)
+    assert auto.info.extra["weights"] == auto.info.extra["variant"] == built
+    assert TvmBackend.stored_weights(tiny_q, LoadOptions()) == built
     fp32 = TvmBackend.load(tiny_q, LoadOptions(n_ctx=16, progress=False, weights="fp32"))
     assert fp32.info.extra["weights"] == "fp32" and "quantized_matrices" not in fp32.info.extra
     assert "variant" not in fp32.info.extra  # the fp32 build's cost curves keep their key
@@ -211,11 +213,35 @@ def test_set_threads_keeps_the_callers_cpu_affinity(tiny_q: ModelSource) -> None
         model.forward([1, 2, 3])
 
 
+@pytest.mark.parametrize(
+    ("flags", "gguf_auto"),
+    [
+        ({"avx512_vnni", "avx2"}, "gguf-q8act"),
+        ({"avx_vnni", "avx2"}, "gguf-q8act"),
+        ({"avx2"}, "gguf-exact"),
+        ({"sse4_2"}, "gguf-exact"),
+    ],
+)
+def test_auto_weights_follow_the_cpus_int8_dot_product(
+    flags: set[str], gguf_auto: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "auto" on a GGUF is int8 activations where the CPU has a VNNI dot product (faster than
+    gguf-exact and llama.cpp there: docs/tvm.md), the file's blocks on float activations
+    elsewhere and on every GPU device; fp32 for an HF folder and inside a tvm bundle."""
+    from edgespec.kernels import qlinear_q8
+
+    monkeypatch.setattr(qlinear_q8, "_cpu_flags", lambda: frozenset(flags))
+    assert weights_choice("gguf", "auto") == gguf_auto
+    assert weights_choice("gguf", "auto", device="opencl") == "gguf-exact"
+    assert weights_choice("gguf", "auto", bundled=True) == "fp32"
+    assert weights_choice("hf", "auto") == "fp32"
+    assert weights_choice("gguf", "gguf-exact") == "gguf-exact"  # a named build stays
+
+
 def test_q8act_without_int8_dot_is_one_line_before_any_work(monkeypatch) -> None:
     """gguf-q8act on a CPU with neither AVX512-VNNI nor AVX2 is refused when the choice is
     resolved, before the file's matrices are unpacked."""
     from edgespec.kernels import qlinear_q8
-    from edgespec.runtimes.tvm_backend import weights_choice
 
     monkeypatch.setattr(qlinear_q8, "_cpu_flags", lambda: frozenset({"sse4_2"}))
     with pytest.raises(EdgespecError, match="needs a CPU with AVX512-VNNI, AVX-VNNI or AVX2") as e:

@@ -55,6 +55,31 @@ def test_cheapest_one_token_forward_wins(llamacpp_s: float, onnx_s: float, want:
     assert pick_backend(SOURCE, None, LoadOptions(spin=False)) == PREFERRED["gguf"][0]
 
 
+@pytest.mark.parametrize(
+    ("flags", "auto_is"), [({"avx512_vnni"}, "gguf-q8act"), (set(), "gguf-exact")]
+)
+def test_a_measurement_of_one_build_never_stands_for_another(
+    flags: set[str], auto_is: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tvm's "auto" names a build that depends on the CPU (and changed between versions): its
+    measurements are stored under the build's name, and a curve stored as "auto" (what
+    calibrate wrote when "auto" was always gguf-exact) is not taken for today's build."""
+    from edgespec.kernels import qlinear_q8
+
+    monkeypatch.setattr(qlinear_q8, "_cpu_flags", lambda: frozenset(flags))
+    _store("llamacpp", 0.02)
+    _store("tvm", 0.01, variant="gguf-exact", weights="auto")  # stored by an older version
+    assert pick_backend(SOURCE, None, LoadOptions()) == PREFERRED["gguf"][0]
+    other = "gguf-exact" if auto_is == "gguf-q8act" else "gguf-q8act"
+    _store("tvm", 0.01, variant=other, weights=other)  # another build of the same file
+    assert pick_backend(SOURCE, None, LoadOptions()) == PREFERRED["gguf"][0]
+    _store("tvm", 0.015, variant=auto_is, weights=auto_is)
+    assert pick_backend(SOURCE, None, LoadOptions()) == "tvm"
+    assert pick_backend(SOURCE, None, LoadOptions(weights=other)) == PREFERRED["gguf"][0]
+    assert threads.key_for(SOURCE, "tvm", LoadOptions()).endswith(f"|weights={auto_is}|spin=1")
+    assert threads.key_for(SOURCE, "llamacpp", LoadOptions()).endswith("|weights=auto|spin=1")
+
+
 def test_other_models_do_not_count() -> None:
     _store("llamacpp", 0.02)
     key = cost_curves.curve_key("onnx", "cd" * 32, None)
