@@ -5,8 +5,9 @@ Starts ``--processes`` fresh Python processes, one after another. Each loads the
 tokens, and then ``--rounds`` times, ``--pause`` seconds apart: times ``--reps`` one-token
 forwards (median) and, as a probe of the same process's other work, NumPy's 256 x 256
 float32 matmul (OpenBLAS; median of 50). Prints one Markdown row per process and round, and
-the spread over processes. A backend whose rows split into two groups has modes that one run
-of another benchmark lands in by chance: compare its numbers only within one process.
+the spread over processes. Rows that split into two groups are modes that one run of
+another benchmark lands in by chance (on the host where this was written, the host's, lasting
+seconds to minutes): compare numbers only within one process.
 
     .venv/bin/python benchmarks/tvm_modes.py --model qwen2.5-coder-1.5b --processes 8
 """
