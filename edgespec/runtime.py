@@ -59,11 +59,12 @@ def pick_backend(
     first installed one in ``PREFERRED`` order.
 
     Measurements come from the store (``edgespec calibrate``'s cost curves, else earlier
-    thread probes). When fewer than two backends have one, the candidates that are cheap to
-    load (``Backend.cheap_to_load``: not the onnx backend before its one-time conversion, nor
-    the NumPy reference, which dequantizes the model) are loaded and timed once
-    (:func:`edgespec.threads.tune`, at their best thread counts), the result is cached, and
-    the user is told the choice in one line. Without ``options`` nothing is compared.
+    thread probes). When fewer than two backends have one, the candidates without one that
+    are cheap to load (``Backend.cheap_to_load``: not the onnx backend before its one-time
+    conversion, nor tvm, which compiles, nor the NumPy reference, which dequantizes the
+    model) are loaded and timed once (:func:`edgespec.threads.tune`, at their best thread
+    counts) and set against the stored ones, the result is cached, and the user is told the
+    choice in one line. Without ``options`` nothing is compared.
     """
     if backend:
         cls = BACKENDS.get(backend)
@@ -124,17 +125,21 @@ def _fastest_measured(source: ModelSource, able: list[str], options: LoadOptions
     fastest = cost_curves.fastest_backend(digest, able, *args)
     if fastest is not None:
         return fastest[0]
-    cheap = [n for n in able if BACKENDS.get(n).cheap_to_load(source, options)]
-    if len(cheap) < 2:
-        return None
+    # a stored measurement counts whether or not its backend is cheap to load (a tvm run
+    # stores one); only the cheap ones without one are loaded and timed
     times: dict[str, tuple[float, int | None]] = {}
-    quiet = replace(options, progress=False)  # one line below says it all
-    for name in cheap:
+    cheap = []
+    for name in able:
         entry = cost_curves.load_threads(threads.key_for(source, name, options))
         one = cost_curves.one_token_seconds(entry, options.n_threads)
         if entry is not None and one is not None:
             times[name] = (one, options.n_threads or entry.get("best"))
-            continue
+        elif BACKENDS.get(name).cheap_to_load(source, options):
+            cheap.append(name)
+    if len(times) + len(cheap) < 2:
+        return None
+    quiet = replace(options, progress=False)  # one line below says it all
+    for name in cheap:
         try:
             with BACKENDS.get(name).load(source, quiet) as model:
                 choice = threads.tune(model, source, name, quiet)  # cached unless busy

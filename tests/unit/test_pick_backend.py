@@ -197,6 +197,22 @@ def test_backends_that_are_slow_to_load_are_not_timed(
     assert fakes["other"].loads == 0  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize(("stored_s", "want"), [(0.012, "other"), (0.030, "halfcores")])
+def test_a_stored_measurement_of_a_slow_to_load_backend_is_compared(
+    fakes: dict[str, type[Backend]], monkeypatch: pytest.MonkeyPatch, stored_s: float, want: str
+) -> None:
+    """A backend that is slow to load but was measured before (a ``--backend tvm`` run stores
+    its thread probe) is set against the cheap ones, which are timed; it used to count only
+    once every candidate had a measurement, so a fresh machine kept the preferred backend
+    after tvm had been measured faster."""
+    monkeypatch.setattr(fakes["other"], "cheap_to_load", classmethod(lambda *a: False))
+    key = threads.key_for(SOURCE, "other", LoadOptions())
+    cost_curves.save_threads(key, {"one_token_s": {"2": stored_s}, "best": 2})
+    assert pick_backend(SOURCE, None, LoadOptions(progress=False)) == want
+    assert fakes["other"].loads == 0  # type: ignore[attr-defined]
+    assert fakes["halfcores"].loads == 1  # type: ignore[attr-defined]
+
+
 def test_bundle_artifacts_take_their_digest_from_the_manifest(tmp_path: Path) -> None:
     """A bundle's checksums give the same digest as hashing the files, without hashing."""
     from edgespec.bundle import _source
