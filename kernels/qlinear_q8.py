@@ -660,6 +660,31 @@ def _maddubs16(w: Any, q: Any) -> Any:
     return tirx.Shuffle(halves, [T.int32(i) for i in range(32)])
 
 
+def amax_of(xf: Any, base: Any, nvec: int) -> Any:
+    """The largest magnitude of ``xf[base .. base + nvec * LANES - 1]`` (float32), from
+    vectors of :data:`LANES`: a max is exact in any order, so this is the scalar loop's."""
+    from tvm.script import tirx as T
+
+    m = T.fabs(xf[T.ramp(base, 1, LANES)])
+    for j in range(1, nvec):
+        m = T.max(m, T.fabs(xf[T.ramp(base + j * LANES, 1, LANES)]))
+    return T.call_llvm_pure_intrin("float32", "llvm.vector.reduce.fmax.v16f32", m)
+
+
+def first_at(xf: Any, base: Any, nvec: int, amax: Any) -> Any:
+    """The offset from ``base`` of the first of those values whose magnitude is ``amax``
+    (int32; ``nvec * LANES`` where none is): the one a scalar loop keeping the first strictly
+    larger magnitude ends on."""
+    from tvm.script import tirx as T
+
+    none = T.broadcast(T.int32(nvec * LANES), LANES)
+    idx = none
+    for j in range(nvec):
+        hit = T.fabs(xf[T.ramp(base + j * LANES, 1, LANES)]) == T.broadcast(amax, LANES)
+        idx = T.min(idx, T.Select(hit, T.ramp(T.int32(j * LANES), 1, LANES), none))
+    return T.call_llvm_pure_intrin("int32", "llvm.vector.reduce.smin.v16i32", idx)
+
+
 def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     """``qlinear(x f32[T, K], c, d[, m], y f32[T, N])`` for symbolic T, private (to be added
     to a Relax module); the loops: rows quantized once, then output tiles in parallel; below
@@ -781,33 +806,36 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
 
     @T.macro
     def body(X: Any, C: Any, D: Any, M: Any, Y: Any, n: Any) -> None:
-        Q = T.alloc_buffer((n * K,), "int8")
+        # one workspace for the quantized rows and their block terms (one allocation a call,
+        # not four): codes Q (int8, read as int32 words Q4), then QS, XD, XS
+        W = T.alloc_buffer((n * (K // 4) + 3 * n * nb,), "int32")
+        Q = T.decl_buffer((n * K,), "int8", data=W.data)
+        Q4 = T.decl_buffer((n * (K // 4),), "int32", data=W.data)
+        QS = T.decl_buffer((n * nb,), "int32", data=W.data, elem_offset=n * (K // 4))
+        XD = T.decl_buffer((n * nb,), "float32", data=W.data, elem_offset=n * (K // 4) + n * nb)
+        XS = T.decl_buffer((n * nb,), "float32", data=W.data, elem_offset=n * (K // 4) + 2 * n * nb)
         Yf = T.decl_buffer((n * N,), "float32", data=Y.data)  # flat: contiguous vectors
         Df = T.decl_buffer((N * nb,), "float16", data=D.data)
         Mf = T.decl_buffer((N * nb,), "float16", data=M.data)
-        Q4 = T.decl_buffer((n * (K // 4),), "int32", data=Q.data)
-        XD = T.alloc_buffer((n * nb,), "float32")
-        XS = T.alloc_buffer((n * nb,), "float32")
-        QS = T.alloc_buffer((n * nb,), "int32")
+        Xf = T.decl_buffer((n * K,), "float32", data=X.data)
         for t in range(n):
             for b in range(nb):
-                amax = T.alloc_local((1,), "float32")
-                qsum = T.alloc_local((1,), "int32")
-                amax[0] = T.float32(0)
-                qsum[0] = 0
-                for r in range(32):
-                    amax[0] = T.max(amax[0], T.fabs(X[t, b * 32 + r]))
-                inv = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
-                for r in range(32):
-                    q = T.Cast("int32", T.nearbyint(X[t, b * 32 + r] * inv))
-                    Q[t * K + b * 32 + r] = T.Cast("int8", q)
-                    qsum[0] = qsum[0] + q
-                d32 = amax[0] / T.float32(127)
+                # each block of 32 as two vectors of 16: the largest magnitude (a max is exact
+                # in any order), the codes and their sum, as the scalar loop computed them
+                at = t * K + b * 32
+                lo = Xf[T.ramp(at, 1, LANES)]
+                hi = Xf[T.ramp(at + LANES, 1, LANES)]
+                amax = amax_of(Xf, at, 2)
+                inv = T.if_then_else(amax > T.float32(0), T.float32(127) / amax, T.float32(0))
+                qlo = T.Cast("int32x16", T.nearbyint(lo * T.broadcast(inv, LANES)))
+                qhi = T.Cast("int32x16", T.nearbyint(hi * T.broadcast(inv, LANES)))
+                Q[T.ramp(at, 1, LANES)] = T.Cast("int8x16", qlo)
+                Q[T.ramp(at + LANES, 1, LANES)] = T.Cast("int8x16", qhi)
+                qsum = T.call_llvm_pure_intrin("int32", "llvm.vector.reduce.add.v16i32", qlo + qhi)
+                d32 = amax / T.float32(127)
                 XD[t * nb + b] = T.Cast("float32", T.Cast("float16", d32))
-                XS[t * nb + b] = T.Cast(
-                    "float32", T.Cast("float16", d32 * T.Cast("float32", qsum[0]))
-                )
-                QS[t * nb + b] = qsum[0]
+                XS[t * nb + b] = T.Cast("float32", T.Cast("float16", d32 * T.Cast("float32", qsum)))
+                QS[t * nb + b] = qsum
         # a kernel (a parallel loop) for fewer than ROWS rows, another for more (as
         # qlinear_q8k's), so that T = 1 and 2 compile to the one-row loop alone
         if n < ROWS:
