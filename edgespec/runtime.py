@@ -64,7 +64,8 @@ def pick_backend(
     conversion, nor tvm, which compiles, nor the NumPy reference, which dequantizes the
     model) are loaded and timed once (:func:`edgespec.threads.tune`, at their best thread
     counts) and set against the stored ones, the result is cached, and the user is told the
-    choice in one line. Without ``options`` nothing is compared.
+    choice in one line, which also names the backends left out for being slow to load and the
+    command that measures them. Without ``options`` nothing is compared.
     """
     if backend:
         cls = BACKENDS.get(backend)
@@ -95,19 +96,24 @@ def pick_backend(
     if options is not None:
         # any installed backend that loads this kind may win on measurements, including
         # ones not preferred by default (onnx converts a GGUF once, on first use)
-        able = installed + [
-            n
-            for n in BACKENDS.names()
-            if n not in installed
-            and source.kind in BACKENDS.get(n).accepts
-            and BACKENDS.get(n).available()
-        ]
-        fastest = _fastest_measured(source, able, options)
+        fastest = _fastest_measured(source, _able(source, installed), options)
         if fastest is not None:
             return fastest
     if installed:
         return installed[0]
     raise EdgespecError(f"no installed backend can load a {source.kind} model; run ./install.sh")
+
+
+def _able(source: ModelSource, installed: list[str]) -> list[str]:
+    """``installed`` (``PREFERRED`` order), then every other installed backend that loads
+    ``source``'s kind."""
+    return installed + [
+        n
+        for n in BACKENDS.names()
+        if n not in installed
+        and source.kind in BACKENDS.get(n).accepts
+        and BACKENDS.get(n).available()
+    ]
 
 
 def _fastest_measured(source: ModelSource, able: list[str], options: LoadOptions) -> str | None:
@@ -137,7 +143,7 @@ def _fastest_measured(source: ModelSource, able: list[str], options: LoadOptions
         elif BACKENDS.get(name).cheap_to_load(source, options):
             cheap.append(name)
     if len(times) + len(cheap) < 2:
-        return None
+        return None  # (load() names the slow ones once the chosen backend has loaded)
     quiet = replace(options, progress=False)  # one line below says it all
     for name in cheap:
         try:
@@ -154,13 +160,52 @@ def _fastest_measured(source: ModelSource, able: list[str], options: LoadOptions
         per = ", ".join(
             f"{n} {s * 1000:.1f} ms ({t} threads)" for n, (s, t) in sorted(times.items())
         )
+        slow = _slow_unmeasured(source, able, options)
+        also = f"; {_untimed(source, slow)}" if slow else ""
         print(
             f"edgespec: {best} decodes {source.name or source.path.name} fastest on this "
             f"device (one token: {per}); cached (edgespec calibrate re-measures, --backend "
-            "overrides)",
+            f"overrides){also}",
             file=sys.stderr,
         )
     return best
+
+
+def _slow_unmeasured(source: ModelSource, able: list[str], options: LoadOptions) -> list[str]:
+    """The backends in ``able`` that the first-use choice leaves out: slow to load, never
+    measured with ``options`` (no thread probe stored), and not a reference."""
+    from edgespec import threads
+    from edgespec.speculative import cost_curves
+
+    return [
+        n
+        for n in able
+        if not BACKENDS.get(n).reference
+        and not BACKENDS.get(n).cheap_to_load(source, options)
+        and cost_curves.one_token_seconds(
+            cost_curves.load_threads(threads.key_for(source, n, options)), options.n_threads
+        )
+        is None
+    ]
+
+
+def untimed_note(source: ModelSource, options: LoadOptions) -> str | None:
+    """For the first load of ``source`` with an automatic backend choice: the line naming
+    the backends it left out (:func:`_slow_unmeasured`) and how to measure them, or None."""
+    installed = [n for n in PREFERRED[source.kind] if BACKENDS.get(n).available()]
+    slow = _slow_unmeasured(source, _able(source, installed), options)
+    return f"edgespec: {_untimed(source, slow)}" if slow else None
+
+
+def _untimed(source: ModelSource, slow: list[str]) -> str:
+    """What the first-use choice left out: the backends in ``slow`` (slow to load, never
+    measured), and the command that measures one so that later runs weigh it."""
+    name = source.name or str(source.path)
+    return (
+        f"not timed: {', '.join(slow)} (a first load compiles or converts the model); "
+        f"`edgespec calibrate -m {name} --backend {'|'.join(slow)}` measures "
+        f"{'it' if len(slow) == 1 else 'one'} once, and later runs choose among the measured"
+    )
 
 
 def load_model(source: ModelSource, backend: str, options: LoadOptions) -> Model:
@@ -484,7 +529,19 @@ def load(
             f"backend '{name}' has no exact mode; drop --exact or use --backend {exact_ok}"
         )
     tokenizer = load_tokenizer(source)
+    # a first use whose backend choice compared nothing: said once the model has loaded
+    note = None
+    if backend is None and progress and device == "cpu":
+        import sys
+
+        from edgespec import threads
+        from edgespec.speculative import cost_curves
+
+        if cost_curves.load_threads(threads.key_for(source, name, options)) is None:
+            note = untimed_note(source, options)
     target, _ = load_tuned(source, name, options)  # n_threads None: the fastest measured
+    if note:
+        print(note, file=sys.stderr)
     from edgespec.sparse.dense import apply_bundle_sparsity
 
     target = apply_bundle_sparsity(source, target, options)  # a bundle's sparsity (lossy)

@@ -117,6 +117,9 @@ class Backend(ABC):
     #: whether ``LoadOptions.weights`` means anything to this backend (``edgespec.load``
     #: refuses a ``--weights`` other than "auto" otherwise)
     takes_weights: ClassVar[bool] = False
+    #: the reference the others are checked against: never chosen for speed, nor suggested
+    #: for measuring by the automatic backend choice
+    reference: ClassVar[bool] = False
 
     @classmethod
     def available(cls) -> bool:

@@ -882,6 +882,7 @@ class NumpyBackend(Backend):
     requires: ClassVar[tuple[str, ...]] = ("numpy", "gguf")
     extra: ClassVar[str] = ""
     kv_cache_types: ClassVar[tuple[str, ...]] = NUMPY_KV_TYPES
+    reference: ClassVar[bool] = True
 
     @classmethod
     def cheap_to_load(cls, source: ModelSource, options: LoadOptions) -> bool:

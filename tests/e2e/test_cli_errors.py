@@ -171,3 +171,31 @@ def test_no_traceback_from_the_installed_command(tmp_path):
     )
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+
+
+def test_first_use_names_the_backends_it_did_not_time(capsys, tmp_path, monkeypatch, smollm2_path):
+    """On a fresh ``$EDGESPEC_HOME`` the automatic choice times only what is cheap to load;
+    once the model has loaded, one line names the installed backends it left out (here tvm
+    and onnx, which compile or convert first) and the command that measures them, and a
+    second run says nothing more. A model that fails to load gets its one error line only
+    (test_truncated_and_corrupt_gguf)."""
+    from edgespec.runtimes import BACKENDS
+
+    slow = [n for n in ("onnx", "tvm") if BACKENDS.get(n).available()]
+    if not slow:
+        pytest.skip("neither onnx nor tvm installed: nothing is left out")
+    from edgespec import threads
+
+    monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path / "home"))
+    # a quiet machine: on a busy one the probe is not cached, and the next run probes (and
+    # says so) again
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    args = ("generate", "hi", "-m", str(smollm2_path), "-n", "2")
+    code, err = run(capsys, *args)
+    assert code == 0, err
+    notes = [ln for ln in err.splitlines() if "not timed:" in ln]
+    assert len(notes) == 1, err
+    assert notes[0].startswith(f"edgespec: not timed: {', '.join(slow)} (")
+    assert f"--backend {'|'.join(slow)}` measures" in notes[0]
+    code, err = run(capsys, *args)
+    assert code == 0 and "not timed" not in err, err
