@@ -31,6 +31,7 @@ other layouts or dtypes are converted once and cached by the source array's addr
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -40,11 +41,11 @@ import numpy as np
 from edgespec.errors import EdgespecError
 from edgespec.kernels import compiled, reference
 from edgespec.kernels.compiled import (
+    ALIGN,
     BUCKETS,
     CompiledKernels,
     address,
     aligned_zeros,
-    is_aligned,
 )
 from edgespec.kernels.compiled import tvm_module as _tvm
 
@@ -289,6 +290,11 @@ def ffn_bound(
     return gamma(max(rows.size, 1)) * (h @ np.abs(down_r)) + e_h @ np.abs(down_r)
 
 
+#: arrays :meth:`FFNKernels.weight` recognises by object (a model's weight matrices; views
+#: made per call cycle through)
+OBJECTS = 1024
+
+
 class FFNKernels(CompiledKernels[FFNShape]):
     """Compiled kernels per :class:`FFNShape` and the TVM operands of the weights.
 
@@ -309,23 +315,61 @@ class FFNKernels(CompiledKernels[FFNShape]):
             ffn_func, FUNC_NAME, scheduler or cpu_scheduler, target=target, buckets=buckets
         )
         self._weights: dict[tuple[Any, ...], tuple[np.ndarray, Any, np.ndarray]] = {}
+        # the last OBJECTS arrays weight() was given: {id: (the array, layout, its tensor)}
+        self._by_object: dict[int, tuple[np.ndarray, tuple[Any, ...], Any]] = {}
+        self._scratch = threading.local()
+        self._functions: dict[tuple[Any, ...], Any] = {}
 
     def weight(self, a: np.ndarray) -> Any:
         """``a`` as a float32 C-contiguous TVM tensor: in place (DLPack) when it already is
         one, else converted once and cached by the source's address, shape and strides (the
-        cache keeps the source alive, so the address cannot be reused)."""
+        cache keeps the source alive, so the address cannot be reused).
+
+        A later call with the same array object is a dictionary lookup by object, without
+        reading the address (about 0.8 us in NumPy, a call's largest bookkeeping). The entry
+        holds the object, so its id cannot be reused while cached; the table keeps the last
+        :data:`OBJECTS` objects seen (views made anew on every call, such as ``down_t.T``,
+        pass through it; the weights that come back stay or come back)."""
+        layout = (a.shape, a.strides)
+        hit = self._by_object.get(id(a))
+        if hit is not None and hit[0] is a and hit[1] == layout:  # (shape can be assigned)
+            return hit[2]
         tvm = _tvm()
-        in_place = a.dtype == np.float32 and is_aligned(a)
-        key = (in_place, address(a), a.shape, a.strides, a.dtype.str)
-        hit = self._weights.get(key)
-        if hit is None:
+        at = address(a)
+        in_place = a.dtype == np.float32 and bool(a.flags.c_contiguous) and at % ALIGN == 0
+        key = (in_place, at, a.shape, a.strides, a.dtype.str)
+        got = self._weights.get(key)
+        if got is None:
             src = a
             if not in_place:
                 src = aligned_zeros(a.shape, np.float32)
                 src[...] = a
-            hit = (a, tvm.runtime.from_dlpack(src), src)
-            self._weights[key] = hit
-        return hit[1]
+            got = (a, tvm.runtime.from_dlpack(src), src)
+            self._weights[key] = got
+        with self._lock:
+            if len(self._by_object) >= OBJECTS:  # the oldest entry out (dicts keep order)
+                del self._by_object[next(iter(self._by_object))]
+            self._by_object[id(a)] = (a, layout, got[1])
+        return got[1]
+
+    def _buffers(
+        self, bucket: int, d: int, f: int
+    ) -> tuple[np.ndarray, Any, np.ndarray, Any, np.ndarray]:
+        """This thread's reusable input and output rows for ``bucket`` rows of ``d`` and a
+        row list of up to ``f``: ``(x, x tensor, y, y tensor, rows)``, aligned; allocated once
+        per shape (a call copies its result out of ``y``)."""
+        cache = getattr(self._scratch, "by_shape", None)
+        if cache is None:
+            cache = self._scratch.by_shape = {}
+        got = cache.get((bucket, d, f))
+        if got is None:
+            tvm = _tvm()
+            x = aligned_zeros((bucket, d), np.float32)
+            y = aligned_zeros((bucket, d), np.float32)
+            rows = aligned_zeros((f,), np.int64)
+            got = (x, tvm.runtime.from_dlpack(x), y, tvm.runtime.from_dlpack(y), rows)
+            cache[(bucket, d, f)] = got
+        return got
 
     def run(
         self,
@@ -352,9 +396,13 @@ class FFNKernels(CompiledKernels[FFNShape]):
                 f" up {up.shape}, down {down.shape} (want up/gate [F, d], down [d, F])"
             )
         bucket = bucket_for(m_rows, self.buckets)
-        shape = FFNShape(
-            bucket, d, f, act, gate is not None, scale is not None, sparse=rows is not None
-        )
+        fkey = (bucket, d, f, act, gate is not None, scale is not None, rows is not None)
+        fn = self._functions.get(fkey)
+        if fn is None:
+            shape = FFNShape(
+                bucket, d, f, act, gate is not None, scale is not None, sparse=rows is not None
+            )
+            fn = self._functions[fkey] = self.function(shape)
         n_rows = f if rows is None else len(rows)
         if rows is not None:
             rows = np.asarray(rows)
@@ -364,13 +412,13 @@ class FFNKernels(CompiledKernels[FFNShape]):
                 raise EdgespecError(
                     f"FFN rows must lie in [0, {f}); got {rows.min()}..{rows.max()}"
                 )
-        xp = aligned_zeros((bucket, d), np.float32)
+        xp, x_tensor, y, y_tensor, rp = self._buffers(bucket, d, f)
         xp[:m_rows] = x
-        args = [tvm.runtime.from_dlpack(xp)]
+        xp[m_rows:] = 0
+        args = [x_tensor]
         if rows is not None:
-            rp = aligned_zeros(rows.shape, np.int64)
-            rp[...] = rows
-            args.append(tvm.runtime.from_dlpack(rp))
+            rp[: len(rows)] = rows
+            args.append(tvm.runtime.from_dlpack(rp[: len(rows)]))
         if gate is not None:
             args.append(self.weight(gate))
         args += [self.weight(up), self.weight(down.T)]
@@ -382,11 +430,9 @@ class FFNKernels(CompiledKernels[FFNShape]):
             sp = aligned_zeros((bucket, n_rows), np.float32)
             sp[:m_rows] = scale
             args.append(tvm.runtime.from_dlpack(sp))
-        y = aligned_zeros((bucket, d), np.float32)
-        args.append(tvm.runtime.from_dlpack(y))
-        self.function(shape)(*args)
-        out = y[:m_rows]
-        return out if x.dtype == np.float32 else out.astype(x.dtype)
+        args.append(y_tensor)
+        fn(*args)
+        return y[:m_rows].astype(x.dtype)  # a copy: y is reused by the next call
 
 
 def block_rows_maker(f: int, block: int) -> Callable[[Any, np.random.Generator, Any], Any]:

@@ -19,6 +19,7 @@ from edgespec.errors import EdgespecError  # noqa: E402
 from edgespec.kernels import KERNELS, reference  # noqa: E402
 from edgespec.kernels.sparse_ffn import (  # noqa: E402
     BUCKETS,
+    OBJECTS,
     FFNKernels,
     FFNShape,
     aligned_zeros,
@@ -211,3 +212,33 @@ def test_record_keys_name_the_shape() -> None:
         FFNShape(1, 8, 16, "relu", False, True, False).key
         == "dense_ffn-relu-plain-scaled-m1-d8-f16"
     )
+
+
+def test_reused_buffers_and_weights_by_object(kern: FFNKernels) -> None:
+    """The wrapper reuses its input and output rows between calls and recognises weights by
+    object: a result is the caller's own (not the next call's buffer), weights edited in
+    place are seen (used in place), an array whose shape was reassigned is not taken for its
+    old self, and views made anew on every call (``down_t.T``) neither pile up nor go stale."""
+    rng = np.random.default_rng(11)
+    w = weights(rng)
+    x1 = rng.standard_normal((3, D)).astype(np.float32)
+    x2 = rng.standard_normal((3, D)).astype(np.float32)
+    rows = reference.block_rows(np.array([0, 5, 11]), S)
+    y1 = run(kern, w, x1, rows)
+    keep = y1.copy()
+    y2 = run(kern, w, x2, rows)
+    np.testing.assert_array_equal(y1, keep)  # the second call wrote elsewhere
+    assert not np.array_equal(y1, y2)
+    w["up"][rows] *= 2  # in place: the cached tensor views the same memory
+    check_bound(run(kern, w, x1, rows), w, x1, rows, gated=True, act="silu", scale=None)
+    up = w["up"]
+    flat = kern.weight(up)
+    up.shape = (F // 2, 2 * D)  # the same object, another layout: not the cached tensor
+    assert tuple(kern.weight(up).shape) == (F // 2, 2 * D)
+    up.shape = (F, D)
+    assert tuple(kern.weight(up).shape) == tuple(flat.shape) == (F, D)
+    before = len(kern._weights)
+    for _ in range(3 * OBJECTS // 2):  # a new transposed view on every call
+        kern.weight(w["down_t"].T.T)
+    assert len(kern._by_object) <= OBJECTS
+    assert len(kern._weights) <= before + 1  # one address, one tensor
