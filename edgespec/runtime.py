@@ -529,19 +529,14 @@ def load(
             f"backend '{name}' has no exact mode; drop --exact or use --backend {exact_ok}"
         )
     tokenizer = load_tokenizer(source)
-    # a first use whose backend choice compared nothing: said once the model has loaded
-    note = None
-    if backend is None and progress and device == "cpu":
-        import sys
+    target, choice = load_tuned(source, name, options)  # n_threads None: the fastest measured
+    if backend is None and progress and device == "cpu" and choice.source == "probe":
+        # a first use (its thread probe ran now): the backends the choice could not time
+        note = untimed_note(source, options)
+        if note:
+            import sys
 
-        from edgespec import threads
-        from edgespec.speculative import cost_curves
-
-        if cost_curves.load_threads(threads.key_for(source, name, options)) is None:
-            note = untimed_note(source, options)
-    target, _ = load_tuned(source, name, options)  # n_threads None: the fastest measured
-    if note:
-        print(note, file=sys.stderr)
+            print(note, file=sys.stderr)
     from edgespec.sparse.dense import apply_bundle_sparsity
 
     target = apply_bundle_sparsity(source, target, options)  # a bundle's sparsity (lossy)

@@ -177,8 +177,8 @@ def test_first_use_names_the_backends_it_did_not_time(capsys, tmp_path, monkeypa
     """On a fresh ``$EDGESPEC_HOME`` the automatic choice times only what is cheap to load;
     once the model has loaded, one line names the installed backends it left out (here tvm
     and onnx, which compile or convert first) and the command that measures them, and a
-    second run says nothing more. A model that fails to load gets its one error line only
-    (test_truncated_and_corrupt_gguf)."""
+    second run says nothing more; a run with ``-t`` (no probe) says nothing. A model that
+    fails to load gets its one error line only (test_truncated_and_corrupt_gguf)."""
     from edgespec.runtimes import BACKENDS
 
     slow = [n for n in ("onnx", "tvm") if BACKENDS.get(n).available()]
@@ -191,6 +191,8 @@ def test_first_use_names_the_backends_it_did_not_time(capsys, tmp_path, monkeypa
     # says so) again
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
     args = ("generate", "hi", "-m", str(smollm2_path), "-n", "2")
+    code, err = run(capsys, *args, "-t", "1")  # threads given: nothing probed, nothing said
+    assert code == 0 and "not timed" not in err, err
     code, err = run(capsys, *args)
     assert code == 0, err
     notes = [ln for ln in err.splitlines() if "not timed:" in ln]
