@@ -417,6 +417,8 @@ class FFNKernels(CompiledKernels[FFNShape]):
         xp[m_rows:] = 0
         args = [x_tensor]
         if rows is not None:
+            if len(rows) > len(rp):  # repeated rows: more than F of them (not the buffer's)
+                rp = aligned_zeros(rows.shape, np.int64)
             rp[: len(rows)] = rows
             args.append(tvm.runtime.from_dlpack(rp[: len(rows)]))
         if gate is not None:
