@@ -203,8 +203,9 @@ def _untimed(source: ModelSource, slow: list[str]) -> str:
     name = source.name or str(source.path)
     return (
         f"not timed: {', '.join(slow)} (a first load compiles or converts the model); "
-        f"`edgespec calibrate -m {name} --backend {'|'.join(slow)}` measures "
-        f"{'it' if len(slow) == 1 else 'one'} once, and later runs choose among the measured"
+        f"`edgespec calibrate -m {name} --backend {slow[-1]}` measures it once"
+        + "".join(f" (or `--backend {n}`)" for n in reversed(slow[:-1]))
+        + ", and later runs choose among the measured"
     )
 
 
