@@ -4,7 +4,8 @@ on 2 threads, each thread count in its own process (TVM's pool is sized once per
 
 What it answers: how a kernel of the graph scales to a second core at T = 1 (plain decoding)
 and T = 9 (a verify chunk), with the parallel loop's launch and join included, for the
-model's matrix shapes. Weights are random blocks of the file's type, tiled as the backend
+model's matrix shapes. Weights are random blocks of the file's type (the kernel tests'
+``random_blocks``), tiled as the backend
 tiles them, and cache-warm (the same matrix call after call): the kernel's compute and the
 pool's cost, not streaming from memory. Medians and minimums of ``--calls`` calls after
 ``--calls // 10`` warm-up calls, per process; the thread counts' processes alternate
@@ -27,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -39,13 +41,16 @@ def child(shapes: list[str], rows: list[int], calls: int) -> dict[str, dict[int,
     from edgespec.kernels import qlinear, qlinear_q8
     from edgespec.kernels.tuning import host_target
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from kernels.test_qlinear import random_blocks  # type: ignore[import-not-found]
+
     rng = np.random.default_rng(0)
     dev = tvm.cpu(0)
     out: dict[str, dict[int, list[float]]] = {}
     for shape in shapes:
         fmt, kn = shape.split(":")
         k, n = (int(v) for v in kn.split("x"))
-        w = qlinear_q8.convert(qlinear.from_gguf(_random_blocks(fmt, n, k, rng), fmt))
+        w = qlinear_q8.convert(qlinear.from_gguf(random_blocks(fmt, n, k, rng), fmt))
         func = qlinear.qlinear_kernel(w.fmt, k, n).with_attr("global_symbol", "main")
         fn = tvm.compile(tvm.IRModule({"main": func}), target=host_target())["main"]
         ops = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in w.operands()]
@@ -62,15 +67,6 @@ def child(shapes: list[str], rows: list[int], calls: int) -> dict[str, dict[int,
                 ts.append(time.perf_counter() - t0)
             out[shape][t] = [statistics.median(ts), min(ts)]
     return out
-
-
-def _random_blocks(fmt: str, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """``uint8[n, ...]``: ``n`` rows of ``k`` random weights of LLM-like size quantized to
-    GGUF type ``fmt`` (a 32-weight-block type) by the gguf package, as a file stores them."""
-    from gguf import GGMLQuantizationType, quants
-
-    w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
-    return quants.quantize(w, GGMLQuantizationType[fmt])
 
 
 def main() -> int:

@@ -85,9 +85,10 @@ def address(a: np.ndarray) -> int:
     return int(a.__array_interface__["data"][0])
 
 
-def is_aligned(a: np.ndarray) -> bool:
-    """True when ``a`` can be handed to a kernel in place: C-contiguous, :data:`ALIGN`-aligned."""
-    return bool(a.flags.c_contiguous) and address(a) % ALIGN == 0
+def is_aligned(a: np.ndarray, at: int | None = None) -> bool:
+    """True when ``a`` can be handed to a kernel in place: C-contiguous, :data:`ALIGN`-aligned
+    (``at``: ``address(a)`` when the caller has it already)."""
+    return bool(a.flags.c_contiguous) and (address(a) if at is None else at) % ALIGN == 0
 
 
 def as_operand(a: np.ndarray) -> Any:

@@ -41,11 +41,11 @@ import numpy as np
 from edgespec.errors import EdgespecError
 from edgespec.kernels import compiled, reference
 from edgespec.kernels.compiled import (
-    ALIGN,
     BUCKETS,
     CompiledKernels,
     address,
     aligned_zeros,
+    is_aligned,
 )
 from edgespec.kernels.compiled import tvm_module as _tvm
 
@@ -336,7 +336,7 @@ class FFNKernels(CompiledKernels[FFNShape]):
             return hit[2]
         tvm = _tvm()
         at = address(a)
-        in_place = a.dtype == np.float32 and bool(a.flags.c_contiguous) and at % ALIGN == 0
+        in_place = a.dtype == np.float32 and is_aligned(a, at)
         key = (in_place, at, a.shape, a.strides, a.dtype.str)
         got = self._weights.get(key)
         if got is None:
@@ -396,13 +396,11 @@ class FFNKernels(CompiledKernels[FFNShape]):
                 f" up {up.shape}, down {down.shape} (want up/gate [F, d], down [d, F])"
             )
         bucket = bucket_for(m_rows, self.buckets)
+        # FFNShape's fields in order (a tuple hashes faster than the dataclass)
         fkey = (bucket, d, f, act, gate is not None, scale is not None, rows is not None)
         fn = self._functions.get(fkey)
         if fn is None:
-            shape = FFNShape(
-                bucket, d, f, act, gate is not None, scale is not None, sparse=rows is not None
-            )
-            fn = self._functions[fkey] = self.function(shape)
+            fn = self._functions[fkey] = self.function(FFNShape(*fkey))
         n_rows = f if rows is None else len(rows)
         if rows is not None:
             rows = np.asarray(rows)
