@@ -131,17 +131,7 @@ def _fastest_measured(source: ModelSource, able: list[str], options: LoadOptions
     fastest = cost_curves.fastest_backend(digest, able, *args)
     if fastest is not None:
         return fastest[0]
-    # a stored measurement counts whether or not its backend is cheap to load (a tvm run
-    # stores one); only the cheap ones without one are loaded and timed
-    times: dict[str, tuple[float, int | None]] = {}
-    cheap = []
-    for name in able:
-        entry = cost_curves.load_threads(threads.key_for(source, name, options))
-        one = cost_curves.one_token_seconds(entry, options.n_threads)
-        if entry is not None and one is not None:
-            times[name] = (one, options.n_threads or entry.get("best"))
-        elif BACKENDS.get(name).cheap_to_load(source, options):
-            cheap.append(name)
+    times, cheap, slow = _measured_cheap_slow(source, able, options)
     if len(times) + len(cheap) < 2:
         return None  # (load() names the slow ones once the chosen backend has loaded)
     quiet = replace(options, progress=False)  # one line below says it all
@@ -160,7 +150,6 @@ def _fastest_measured(source: ModelSource, able: list[str], options: LoadOptions
         per = ", ".join(
             f"{n} {s * 1000:.1f} ms ({t} threads)" for n, (s, t) in sorted(times.items())
         )
-        slow = _slow_unmeasured(source, able, options)
         also = f"; {_untimed(source, slow)}" if slow else ""
         print(
             f"edgespec: {best} decodes {source.name or source.path.name} fastest on this "
@@ -171,29 +160,35 @@ def _fastest_measured(source: ModelSource, able: list[str], options: LoadOptions
     return best
 
 
-def _slow_unmeasured(source: ModelSource, able: list[str], options: LoadOptions) -> list[str]:
-    """The backends in ``able`` that the first-use choice leaves out: slow to load, never
-    measured with ``options`` (no thread probe stored), and not a reference."""
+def _measured_cheap_slow(
+    source: ModelSource, able: list[str], options: LoadOptions
+) -> tuple[dict[str, tuple[float, int | None]], list[str], list[str]]:
+    """``able`` sorted for the first-use choice: ``{backend: (one-token seconds, threads)}``
+    of those with a stored thread probe (whether or not cheap to load: a tvm run stores
+    one), the cheap-to-load ones without one (to be timed), and the rest that are not a
+    reference (slow to load and never measured with ``options``: left out, and named)."""
     from edgespec import threads
     from edgespec.speculative import cost_curves
 
-    return [
-        n
-        for n in able
-        if not BACKENDS.get(n).reference
-        and not BACKENDS.get(n).cheap_to_load(source, options)
-        and cost_curves.one_token_seconds(
-            cost_curves.load_threads(threads.key_for(source, n, options)), options.n_threads
-        )
-        is None
-    ]
+    times: dict[str, tuple[float, int | None]] = {}
+    cheap, slow = [], []
+    for name in able:
+        entry = cost_curves.load_threads(threads.key_for(source, name, options))
+        one = cost_curves.one_token_seconds(entry, options.n_threads)
+        if entry is not None and one is not None:
+            times[name] = (one, options.n_threads or entry.get("best"))
+        elif BACKENDS.get(name).cheap_to_load(source, options):
+            cheap.append(name)
+        elif not BACKENDS.get(name).reference:
+            slow.append(name)
+    return times, cheap, slow
 
 
 def untimed_note(source: ModelSource, options: LoadOptions) -> str | None:
     """For the first load of ``source`` with an automatic backend choice: the line naming
-    the backends it left out (:func:`_slow_unmeasured`) and how to measure them, or None."""
+    the backends it left out (:func:`_measured_cheap_slow`) and how to measure them, or None."""
     installed = [n for n in PREFERRED[source.kind] if BACKENDS.get(n).available()]
-    slow = _slow_unmeasured(source, _able(source, installed), options)
+    _, _, slow = _measured_cheap_slow(source, _able(source, installed), options)
     return f"edgespec: {_untimed(source, slow)}" if slow else None
 
 
