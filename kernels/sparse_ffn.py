@@ -315,60 +315,58 @@ class FFNKernels(CompiledKernels[FFNShape]):
             ffn_func, FUNC_NAME, scheduler or cpu_scheduler, target=target, buckets=buckets
         )
         self._weights: dict[tuple[Any, ...], tuple[np.ndarray, Any, np.ndarray]] = {}
-        # the last OBJECTS arrays weight() was given: {id: (the array, layout, its tensor)}
-        self._by_object: dict[int, tuple[np.ndarray, tuple[Any, ...], Any]] = {}
+        # the last OBJECTS arrays weight() was given:
+        # {(id, transposed): (the array, layout, its tensor)}
+        self._by_object: dict[tuple[int, bool], tuple[np.ndarray, tuple[Any, ...], Any]] = {}
         self._scratch = threading.local()
         self._functions: dict[tuple[Any, ...], Any] = {}
+        # the bucket of each row count up to the largest (index m_rows)
+        self._bucket_of = [bucket_for(max(m, 1), self.buckets) for m in range(self.buckets[-1] + 1)]
 
-    def weight(self, a: np.ndarray) -> Any:
-        """``a`` as a float32 C-contiguous TVM tensor: in place (DLPack) when it already is
-        one, else converted once and cached by the source's address, shape and strides (the
-        cache keeps the source alive, so the address cannot be reused).
+    def weight(self, a: np.ndarray, transposed: bool = False) -> Any:
+        """``a`` (``a.T`` when ``transposed``) as a float32 C-contiguous TVM tensor: in place
+        (DLPack) when it already is one, else converted once and cached by the source's
+        address, shape and strides (the cache keeps the source alive, so the address cannot
+        be reused).
 
         A later call with the same array object is a dictionary lookup by object, without
         reading the address (about 0.8 us in NumPy, a call's largest bookkeeping). The entry
         holds the object, so its id cannot be reused while cached; the table keeps the last
-        :data:`OBJECTS` objects seen (views made anew on every call, such as ``down_t.T``,
-        pass through it; the weights that come back stay or come back)."""
+        :data:`OBJECTS` objects seen (views made anew on every call pass through it; the
+        weights that come back stay or come back). ``transposed`` lets a caller that keeps
+        ``down = down_t.T`` hit by object too: ``down.T`` would be a new view each call."""
         layout = (a.shape, a.strides)
-        hit = self._by_object.get(id(a))
+        hit = self._by_object.get((id(a), transposed))
         if hit is not None and hit[0] is a and hit[1] == layout:  # (shape can be assigned)
             return hit[2]
+        src = a.T if transposed else a
         tvm = _tvm()
-        at = address(a)
-        in_place = a.dtype == np.float32 and is_aligned(a, at)
-        key = (in_place, at, a.shape, a.strides, a.dtype.str)
+        at = address(src)
+        in_place = src.dtype == np.float32 and is_aligned(src, at)
+        key = (in_place, at, src.shape, src.strides, src.dtype.str)
         got = self._weights.get(key)
         if got is None:
-            src = a
             if not in_place:
-                src = aligned_zeros(a.shape, np.float32)
-                src[...] = a
+                copy = aligned_zeros(src.shape, np.float32)
+                copy[...] = src
+                src = copy
             got = (a, tvm.runtime.from_dlpack(src), src)
             self._weights[key] = got
         with self._lock:
             if len(self._by_object) >= OBJECTS:  # the oldest entry out (dicts keep order)
                 del self._by_object[next(iter(self._by_object))]
-            self._by_object[id(a)] = (a, layout, got[1])
+            self._by_object[(id(a), transposed)] = (a, layout, got[1])
         return got[1]
 
-    def _buffers(
-        self, bucket: int, d: int, f: int
-    ) -> tuple[np.ndarray, Any, np.ndarray, Any, np.ndarray]:
-        """This thread's reusable input and output rows for ``bucket`` rows of ``d`` and a
-        row list of up to ``f``: ``(x, x tensor, y, y tensor, rows)``, aligned; allocated once
-        per shape (a call copies its result out of ``y``)."""
+    def _buffers(self, bucket: int, d: int, f: int) -> _Scratch:
+        """This thread's reusable operands for ``bucket`` rows of ``d`` and up to ``f``
+        listed rows, allocated once per shape (a call copies its result out)."""
         cache = getattr(self._scratch, "by_shape", None)
         if cache is None:
             cache = self._scratch.by_shape = {}
         got = cache.get((bucket, d, f))
         if got is None:
-            tvm = _tvm()
-            x = aligned_zeros((bucket, d), np.float32)
-            y = aligned_zeros((bucket, d), np.float32)
-            rows = aligned_zeros((f,), np.int64)
-            got = (x, tvm.runtime.from_dlpack(x), y, tvm.runtime.from_dlpack(y), rows)
-            cache[(bucket, d, f)] = got
+            got = cache[(bucket, d, f)] = _Scratch(bucket, d, f)
         return got
 
     def run(
@@ -383,7 +381,6 @@ class FFNKernels(CompiledKernels[FFNShape]):
         scale: np.ndarray | None,
     ) -> np.ndarray:
         """One FFN (see :func:`sparse_ffn`); ``rows`` None is the dense kernel."""
-        tvm = _tvm()
         m_rows, d = x.shape
         f = up.shape[0]
         if (
@@ -395,44 +392,93 @@ class FFNKernels(CompiledKernels[FFNShape]):
                 f"FFN shapes do not fit: x {x.shape}, gate {None if gate is None else gate.shape},"
                 f" up {up.shape}, down {down.shape} (want up/gate [F, d], down [d, F])"
             )
-        bucket = bucket_for(m_rows, self.buckets)
+        bucket = (
+            self._bucket_of[m_rows]
+            if m_rows < len(self._bucket_of)
+            else bucket_for(m_rows, self.buckets)  # (its error)
+        )
         # FFNShape's fields in order (a tuple hashes faster than the dataclass)
         fkey = (bucket, d, f, act, gate is not None, scale is not None, rows is not None)
         fn = self._functions.get(fkey)
         if fn is None:
             fn = self._functions[fkey] = self.function(FFNShape(*fkey))
-        n_rows = f if rows is None else len(rows)
+        own = self._buffers(bucket, d, f)
+        args = [own.x_tensor]
+        n_rows = f
         if rows is not None:
-            rows = np.asarray(rows)
-            if rows.size == 0:
+            n_rows = len(rows)
+            if n_rows == 0:
                 return np.zeros((m_rows, d), dtype=x.dtype)
-            if rows.min() < 0 or rows.max() >= f:
-                raise EdgespecError(
-                    f"FFN rows must lie in [0, {f}); got {rows.min()}..{rows.max()}"
-                )
-        xp, x_tensor, y, y_tensor, rp = self._buffers(bucket, d, f)
-        xp[:m_rows] = x
-        xp[m_rows:] = 0
-        args = [x_tensor]
-        if rows is not None:
-            if len(rows) > len(rp):  # repeated rows: more than F of them (not the buffer's)
-                rp = aligned_zeros(rows.shape, np.int64)
-            rp[: len(rows)] = rows
-            args.append(tvm.runtime.from_dlpack(rp[: len(rows)]))
+            args.append(own.listed(rows, f))
+        own.x[:m_rows] = x
+        if m_rows < bucket:
+            own.x[m_rows:] = 0
         if gate is not None:
             args.append(self.weight(gate))
-        args += [self.weight(up), self.weight(down.T)]
+        args += [self.weight(up), self.weight(down, transposed=True)]
         if scale is not None:
             if scale.shape != (m_rows, n_rows):
                 raise EdgespecError(
                     f"scale must be [M, A] = [{m_rows}, {n_rows}]; got {scale.shape}"
                 )
-            sp = aligned_zeros((bucket, n_rows), np.float32)
-            sp[:m_rows] = scale
-            args.append(tvm.runtime.from_dlpack(sp))
-        args.append(y_tensor)
+            args.append(own.scales(scale, n_rows))
+        args.append(own.y_tensor)
         fn(*args)
-        return y[:m_rows].astype(x.dtype)  # a copy: y is reused by the next call
+        return own.y[:m_rows].astype(x.dtype)  # a copy: y is reused by the next call
+
+
+class _Scratch:
+    """One thread's operands of one kernel shape, reused from call to call: the input rows
+    ``x [bucket, d]``, output rows ``y``, the row list (up to ``f``) and the per-row scales
+    (``[bucket, A]`` for any A up to ``f``), all aligned, with their TVM tensors (one per
+    listed length A)."""
+
+    def __init__(self, bucket: int, d: int, f: int) -> None:
+        from_dlpack = _tvm().runtime.from_dlpack
+        self.bucket = bucket
+        self.x = aligned_zeros((bucket, d), np.float32)
+        self.y = aligned_zeros((bucket, d), np.float32)
+        self.x_tensor, self.y_tensor = from_dlpack(self.x), from_dlpack(self.y)
+        self.rows = aligned_zeros((f,), np.int64)
+        self.row_tensors: dict[int, Any] = {}
+        self.scale = aligned_zeros((bucket * f,), np.float32)
+        self.scale_tensors: dict[int, tuple[np.ndarray, Any]] = {}
+
+    def listed(self, rows: np.ndarray, f: int) -> Any:
+        """``rows`` (A of them, each in ``[0, f)``, else one line) as an int64 tensor."""
+        n_rows = len(rows)
+        buf, tensors = self.rows, self.row_tensors
+        if n_rows > len(buf):  # repeated rows: more than F of them (not the buffer's)
+            buf, tensors = aligned_zeros((n_rows,), np.int64), {}
+        listed = buf[:n_rows]
+        listed[:] = rows
+        # both bounds in one look, a negative row being a huge unsigned one (argmax is a
+        # plain C loop, several times cheaper than a max reduction for a call's rows)
+        unsigned = listed.view(np.uint64)
+        if unsigned[unsigned.argmax()] >= f:
+            bad = np.asarray(rows)
+            raise EdgespecError(f"FFN rows must lie in [0, {f}); got {bad.min()}..{bad.max()}")
+        got = tensors.get(n_rows)
+        if got is None:
+            got = tensors[n_rows] = _tvm().runtime.from_dlpack(listed)
+        return got
+
+    def scales(self, scale: np.ndarray, n_rows: int) -> Any:
+        """``scale [M, A]`` in the first ``M`` rows of a ``[bucket, A]`` tensor (the rest
+        zero)."""
+        got = self.scale_tensors.get(n_rows)
+        if got is None and self.bucket * n_rows <= len(self.scale):
+            view = self.scale[: self.bucket * n_rows].reshape(self.bucket, n_rows)
+            got = self.scale_tensors[n_rows] = (view, _tvm().runtime.from_dlpack(view))
+        elif got is None:  # repeated rows: more than F of them
+            view = aligned_zeros((self.bucket, n_rows), np.float32)
+            got = (view, _tvm().runtime.from_dlpack(view))
+        view, tensor = got
+        m_rows = scale.shape[0]
+        view[:m_rows] = scale
+        if m_rows < self.bucket:
+            view[m_rows:] = 0
+        return tensor
 
 
 def block_rows_maker(f: int, block: int) -> Callable[[Any, np.random.Generator, Any], Any]:

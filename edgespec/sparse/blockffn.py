@@ -261,6 +261,16 @@ class BlockFFNWeights:
     up: np.ndarray
     down_t: np.ndarray
 
+    @property
+    def down(self) -> np.ndarray:
+        """``[D, F]``: ``down_t.T``, the same view object on every call while ``down_t``
+        stays (the compiled kernel recognises weights by object; a new view each call
+        would cost it an address lookup)."""
+        held = self.__dict__.get("_down")
+        if held is None or held[0] is not self.down_t:
+            held = self.__dict__["_down"] = (self.down_t, self.down_t.T)
+        return held[1]
+
 
 @dataclass
 class AttnWeights:
@@ -413,7 +423,7 @@ def ffn_dense(
         kernel = dense_kernel("numpy")
     r = route(h, f, cfg)
     scale = np.repeat(r, cfg.expert_size, axis=1)  # [T, F]
-    return kernel(h, None, f.up, f.down_t.T, act=cfg.hidden_act, scale=scale)
+    return kernel(h, None, f.up, f.down, act=cfg.hidden_act, scale=scale)
 
 
 def ffn_sparse(
@@ -433,7 +443,7 @@ def ffn_sparse(
     blocks = np.flatnonzero(active.any(axis=0))
     rows = block_rows(blocks, cfg.expert_size)
     scale = np.repeat(r[:, blocks], cfg.expert_size, axis=1)  # [T, A]
-    y = kernel(h, rows, None, f.up, f.down_t.T, act=cfg.hidden_act, scale=scale)
+    y = kernel(h, rows, None, f.up, f.down, act=cfg.hidden_act, scale=scale)
     return y, active
 
 

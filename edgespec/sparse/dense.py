@@ -41,6 +41,7 @@ class SparseNumpyModel(NumpyModel):
     kernel: Any
     sparsity: ForwardSparsity
     _gate_up_t: list[tuple[np.ndarray, np.ndarray]]
+    _down: list[np.ndarray]  # each layer's w_down.T [D, F], one view object per layer
 
     @classmethod
     def from_model(cls, model: NumpyModel, th: NeuronThresholds, kernel: Any) -> SparseNumpyModel:
@@ -59,6 +60,7 @@ class SparseNumpyModel(NumpyModel):
         obj.w = Weights(model.w.tok_embd, model.w.out_norm, model.w.output, layers)
         obj.w.freq_factors = model.w.freq_factors
         obj._gate_up_t = pairs
+        obj._down = [L.w_down.T for L in layers]  # kept: the compiled kernel knows it by object
         obj.thresholds = th
         obj.kernel = kernel
         obj.sparsity = ForwardSparsity(F, model.hp.n_layers, unit="neuron", lossy=True)
@@ -95,7 +97,7 @@ class SparseNumpyModel(NumpyModel):
             self.sparsity.end_forward(h.shape[0])
         rows = np.flatnonzero(on.any(axis=0))
         scale = on[:, rows].astype(h.dtype)  # each token's own mask inside the union
-        return self.kernel(h, rows, gate, up, L.w_down.T, act=self.hp.act, scale=scale)
+        return self.kernel(h, rows, gate, up, self._down[li], act=self.hp.act, scale=scale)
 
 
 def apply_bundle_sparsity(source: ModelSource, model: Model, options: LoadOptions) -> Model:

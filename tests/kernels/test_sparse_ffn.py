@@ -196,6 +196,8 @@ def test_bad_input_is_one_line(kern: FFNKernels) -> None:
     x = np.ones((2, D), np.float32)
     with pytest.raises(EdgespecError, match=r"rows must lie in \[0, 256\)"):
         run(kern, w, x, np.array([3, F]))
+    with pytest.raises(EdgespecError, match=r"rows must lie in \[0, 256\); got -1\.\.3"):
+        run(kern, w, x, np.array([3, -1, 0]))  # negative: one check covers both bounds
     with pytest.raises(EdgespecError, match="exceed the largest"):
         bucket_for(max(BUCKETS) + 1)
     with pytest.raises(EdgespecError, match="shapes do not fit"):
@@ -242,3 +244,36 @@ def test_reused_buffers_and_weights_by_object(kern: FFNKernels) -> None:
         kern.weight(w["down_t"].T.T)
     assert len(kern._by_object) <= OBJECTS
     assert len(kern._weights) <= before + 1  # one address, one tensor
+    down = w["down_t"].T  # a caller's stable [d, F] view: known by object, transposed
+    assert kern.weight(down, transposed=True) is kern.weight(w["down_t"])
+    assert kern._by_object[(id(down), True)][0] is down
+
+
+def test_reused_row_lists_and_scales(kern: FFNKernels) -> None:
+    """The per-thread row list and scales serve every union size A and row count M of a
+    bucket: a longer call after a shorter one, padding rows zeroed after a fuller call, int32
+    rows, and more rows than F (repeated) through their own buffers."""
+    rng = np.random.default_rng(12)
+    w = weights(rng)
+    calls = [  # (M, rows): M = 3 and 4 share bucket 4
+        (4, reference.block_rows(np.array([0, 3, 7, 9, 15]), S)),
+        (3, reference.block_rows(np.array([2]), S)),
+        (4, reference.block_rows(np.array([1, 4, 5]), S).astype(np.int32)),
+        (3, np.concatenate([np.arange(F), np.arange(S)])),  # F + S rows, some twice
+        (3, reference.block_rows(np.array([6, 8]), S)),
+    ]
+    for m_rows, rows in calls:
+        x = rng.standard_normal((m_rows, D)).astype(np.float32)
+        scale = rng.uniform(0.5, 1.5, (m_rows, len(rows))).astype(np.float32)
+        y = run(kern, w, x, rows, gated=False, act="relu", scale=scale)
+        exact = reference.sparse_ffn(  # a repeated row counts twice, as in the kernel
+            x.astype(np.float64),
+            rows,
+            None,
+            w["up"].astype(np.float64),
+            w["down_t"].T.astype(np.float64),
+            act="relu",
+            scale=scale.astype(np.float64),
+        )
+        bound = ffn_bound(x, rows, None, w["up"], w["down_t"].T, act="relu", scale=scale)
+        assert (np.abs(y - exact) <= bound).all(), (m_rows, len(rows))
