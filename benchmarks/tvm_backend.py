@@ -24,6 +24,13 @@ the raw medians.
 times, side by side, what a laptop core with AVX-VNNI or only AVX2 would build (the same
 instructions, not the same core).
 
+``--cpu NAME`` builds every tvm row for LLVM's CPU ``NAME`` instead of this one, with the
+int8 dot product and ``exp`` table lookup that CPU's features allow (its AVX-512 and VNNI
+flags taken off this CPU's): e.g. ``--cpu znver3`` (AVX2 without AVX-512 or VNNI) times, on
+this CPU, the instructions an AVX2 laptop core would run, so that the builds can be set
+against each other for it (not against llama.cpp, whose build is this CPU's; not that core's
+speed).
+
 ``--tune TRIALS`` instead tunes the quantized build's one-row kernels (kernels/qlinear.py at
 T = 1, one per GGUF type and matrix shape of the model) with MetaSchedule
 (``edgespec.kernels.tuning.tune``, in-process, records under ``$EDGESPEC_HOME``) and prints
@@ -51,6 +58,30 @@ ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("tvm gguf-q8act f16 cache (llvm)", "tvm", {"weights": "gguf-q8act", "kv_cache": "f16"}),
     ("tvm fp32 (llvm)", "tvm", {"weights": "fp32"}),
 ]
+
+
+def build_as_cpu(name: str) -> None:
+    """Make this process build for LLVM's CPU ``name`` (``--cpu``): ``tuning.host_cpu``
+    names it, and the CPU flags the kernels choose their instructions by
+    (``qlinear_q8._cpu_flags``) lose the AVX flags ``name`` lacks.
+
+    Raises:
+        SystemExit: LLVM does not know ``name``.
+    """
+    from tvm.target import Target, codegen
+
+    from edgespec.kernels import qlinear_q8, tuning
+
+    if not codegen.llvm_is_valid_cpu(name, "x86_64-unknown-linux-gnu"):
+        raise SystemExit(f"tvm_backend: --cpu {name}: not a CPU LLVM knows")
+    features = set(codegen.llvm_get_cpu_features(Target({"kind": "llvm", "mcpu": name})))
+    flags = frozenset(
+        f
+        for f in qlinear_q8._cpu_flags()
+        if not f.startswith("avx") or f.replace("_", "") in features  # avx512_vnni: avx512vnni
+    )
+    qlinear_q8._cpu_flags = lambda: flags  # type: ignore[assignment]
+    tuning.host_cpu = lambda: name  # type: ignore[assignment]
 
 
 def file_type(path: Any) -> str:
@@ -267,6 +298,11 @@ def main() -> int:
         help="the gguf-q8act row once per int8 dot product (kernels/qlinear_q8.py ISAS: vnni, "
         "avxvnni, avx2, generic), each where this CPU runs it; default: the CPU's best only",
     )
+    p.add_argument(
+        "--cpu",
+        default=None,
+        help="build the tvm rows for this LLVM CPU (e.g. znver3: AVX2 only) instead of this one",
+    )
     p.add_argument("--json", default=None, help="write the raw medians here")
     p.add_argument("--tune", type=int, default=0, help="tune the quantized kernels instead")
     p.add_argument(
@@ -281,6 +317,8 @@ def main() -> int:
 
     path = zoo.pull(a.model, progress=False)
     source = ModelSource("gguf", path, a.model)
+    if a.cpu:
+        build_as_cpu(a.cpu)
     if a.tune:
         tune_kernels(source, a.tune)
         return 0

@@ -86,7 +86,7 @@ def add_weights_arg(p: argparse.ArgumentParser) -> None:
         help="onnx and tvm backends, GGUF models: gguf-exact (the file's own quantized blocks), "
         "fp32 (dequantized), or on tvm gguf-q8act (those blocks times int8-quantized "
         "activations, AVX512-VNNI, AVX-VNNI or AVX2). Default auto: gguf-q8act on tvm where the "
-        "CPU has AVX512-VNNI or AVX-VNNI, else gguf-exact",
+        "CPU has one of those, else gguf-exact",
     )
 
 

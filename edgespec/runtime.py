@@ -451,8 +451,8 @@ def load(
         progress: show progress bars for downloads and conversions.
         weights: onnx and tvm backends with a GGUF model: "gguf-exact" (the file's own
             quantized blocks; what "auto" picks on onnx), "fp32" (dequantized) or, on tvm,
-            "gguf-q8act" (int8 activations; tvm's "auto" on a CPU with AVX512-VNNI or
-            AVX-VNNI, else gguf-exact). See ``LoadOptions.weights``.
+            "gguf-q8act" (int8 activations; tvm's "auto" on a CPU with AVX512-VNNI,
+            AVX-VNNI or AVX2, else gguf-exact). See ``LoadOptions.weights``.
         spin: onnx backend: False lets idle worker threads sleep (less CPU per token,
             slower). See ``LoadOptions.spin``.
         exact: plain decoding through the verification kernels, so that lossless strategies

@@ -60,7 +60,7 @@ class LoadOptions:
         weights: how a backend that converts GGUF files holds their weights: "auto" (its
             default), "fp32" (dequantized), "gguf-exact" (the file's own quantized
             blocks) or, on tvm, "gguf-q8act" (those blocks times int8 activations; tvm's
-            "auto" on a CPU with VNNI). The ``onnx`` and ``tvm`` backends have a choice
+            "auto" on a CPU with VNNI or AVX2). The ``onnx`` and ``tvm`` backends have a choice
             (``edgespec.runtimes.ort``, ``edgespec.runtimes.tvm_backend``).
         spin: let idle worker threads spin between operators (onnx): faster, but more CPU
             time per token. False lets them sleep (SmolLM2 on the 2-core build machine:

@@ -15,7 +15,7 @@ uses; :data:`WEIGHTS`):
 - ``gguf-q8act``: as gguf-exact, but the matrices multiply int8-quantized activations with
   integer dot products (:mod:`edgespec.kernels.qlinear_q8`, AVX512-VNNI, AVX-VNNI or AVX2;
   llama.cpp's arithmetic: Q8_0/Q8_1-style activation blocks for Q4_0 .. Q8_0, Q8_K for the
-  K-quants); what ``auto`` picks for a GGUF file where the CPU has AVX512-VNNI or AVX-VNNI
+  K-quants); what ``auto`` picks for a GGUF file where the CPU has one of those
   (:data:`AUTO_Q8`). :data:`QUANTIZED` maps each build to how it multiplies the file's
   matrices.
 
@@ -84,9 +84,9 @@ KV_DTYPES = {"f32": "float32", "f16": "float16"}
 #: times int8 activations where the CPU has an int8 dot-product instruction (:data:`AUTO_Q8`)
 AUTO_WEIGHTS = {"gguf": "gguf-exact", "hf": "fp32"}
 #: the int8 dot products (kernels/qlinear_q8.py ``ISAS``) on which "auto" picks gguf-q8act for
-#: a GGUF: AVX512-VNNI and AVX-VNNI, where it decodes faster than llama.cpp and gguf-exact
-#: (docs/tvm.md, "What --weights auto builds"); on AVX2 alone it stays gguf-exact
-AUTO_Q8 = ("vnni", "avxvnni")
+#: a GGUF: every one the kernels build with, AVX512-VNNI, AVX-VNNI and AVX2, each faster than
+#: gguf-exact where measured (docs/tvm.md, "What --weights auto builds")
+AUTO_Q8 = ("vnni", "avxvnni", "avx2")
 #: graph matrix (per layer) -> the GGUF tensors stacked along its output features
 GGUF_PARTS = {
     "wqkv": ("attn_q", "attn_k", "attn_v"),

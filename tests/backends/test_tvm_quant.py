@@ -218,16 +218,17 @@ def test_set_threads_keeps_the_callers_cpu_affinity(tiny_q: ModelSource) -> None
     [
         ({"avx512_vnni", "avx2"}, "gguf-q8act"),
         ({"avx_vnni", "avx2"}, "gguf-q8act"),
-        ({"avx2"}, "gguf-exact"),
+        ({"avx2"}, "gguf-q8act"),
         ({"sse4_2"}, "gguf-exact"),
     ],
 )
 def test_auto_weights_follow_the_cpus_int8_dot_product(
     flags: set[str], gguf_auto: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """ "auto" on a GGUF is int8 activations where the CPU has a VNNI dot product (faster than
-    gguf-exact and llama.cpp there: docs/tvm.md), the file's blocks on float activations
-    elsewhere and on every GPU device; fp32 for an HF folder and inside a tvm bundle."""
+    """ "auto" on a GGUF is int8 activations where the CPU has an int8 dot product the kernels
+    build with, VNNI or AVX2 (faster than gguf-exact there: docs/tvm.md), the file's blocks on
+    float activations elsewhere and on every GPU device; fp32 for an HF folder and inside a
+    tvm bundle."""
     from edgespec.kernels import qlinear_q8
 
     monkeypatch.setattr(qlinear_q8, "_cpu_flags", lambda: frozenset(flags))
