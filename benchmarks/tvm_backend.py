@@ -25,11 +25,11 @@ times, side by side, what a laptop core with AVX-VNNI or only AVX2 would build (
 instructions, not the same core).
 
 ``--cpu NAME`` builds every tvm row for LLVM's CPU ``NAME`` instead of this one, with the
-int8 dot product and ``exp`` table lookup that CPU's features allow (its AVX-512 and VNNI
-flags taken off this CPU's): e.g. ``--cpu znver3`` (AVX2 without AVX-512 or VNNI) times, on
-this CPU, the instructions an AVX2 laptop core would run, so that the builds can be set
-against each other for it (not against llama.cpp, whose build is this CPU's; not that core's
-speed).
+int8 dot product and ``exp`` table lookup that CPU's features allow
+(:func:`edgespec.kernels.tuning.build_for`): e.g. ``--cpu znver3`` (AVX2 without AVX-512
+or VNNI) times, on this CPU, the instructions an AVX2 laptop core would run, so that the
+builds can be set against each other for it (not against llama.cpp, whose build is this
+CPU's; not that core's speed).
 
 ``--tune TRIALS`` instead tunes the quantized build's one-row kernels (kernels/qlinear.py at
 T = 1, one per GGUF type and matrix shape of the model) with MetaSchedule
@@ -58,30 +58,6 @@ ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("tvm gguf-q8act f16 cache (llvm)", "tvm", {"weights": "gguf-q8act", "kv_cache": "f16"}),
     ("tvm fp32 (llvm)", "tvm", {"weights": "fp32"}),
 ]
-
-
-def build_as_cpu(name: str) -> None:
-    """Make this process build for LLVM's CPU ``name`` (``--cpu``): ``tuning.host_cpu``
-    names it, and the CPU flags the kernels choose their instructions by
-    (``qlinear_q8._cpu_flags``) lose the AVX flags ``name`` lacks.
-
-    Raises:
-        SystemExit: LLVM does not know ``name``.
-    """
-    from tvm.target import Target, codegen
-
-    from edgespec.kernels import qlinear_q8, tuning
-
-    if not codegen.llvm_is_valid_cpu(name, "x86_64-unknown-linux-gnu"):
-        raise SystemExit(f"tvm_backend: --cpu {name}: not a CPU LLVM knows")
-    features = set(codegen.llvm_get_cpu_features(Target({"kind": "llvm", "mcpu": name})))
-    flags = frozenset(
-        f
-        for f in qlinear_q8._cpu_flags()
-        if not f.startswith("avx") or f.replace("_", "") in features  # avx512_vnni: avx512vnni
-    )
-    qlinear_q8._cpu_flags = lambda: flags  # type: ignore[assignment]
-    tuning.host_cpu = lambda: name  # type: ignore[assignment]
 
 
 def file_type(path: Any) -> str:
@@ -318,7 +294,13 @@ def main() -> int:
     path = zoo.pull(a.model, progress=False)
     source = ModelSource("gguf", path, a.model)
     if a.cpu:
-        build_as_cpu(a.cpu)
+        from edgespec.errors import EdgespecError
+        from edgespec.kernels import tuning
+
+        try:
+            tuning.build_for(a.cpu)
+        except EdgespecError as e:
+            raise SystemExit(f"tvm_backend: --cpu: {e}") from None
     if a.tune:
         tune_kernels(source, a.tune)
         return 0

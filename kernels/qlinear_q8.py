@@ -54,7 +54,6 @@ i`` + 128. Scales and offsets are :class:`~edgespec.kernels.qlinear.PackedQWeigh
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -880,14 +879,13 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     return qlinear_d
 
 
-@functools.cache
 def _cpu_flags() -> frozenset[str]:
-    """The CPU's flags (``/proc/cpuinfo``, read once; empty where unreadable)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return frozenset(w for line in f if line.startswith("flags") for w in line.split())
-    except OSError:
-        return frozenset()
+    """The CPU flags the kernels choose their dot product by
+    (:func:`edgespec.kernels.tuning.cpu_flags`: this machine's, or those of the CPU being
+    built for)."""
+    from edgespec.kernels import tuning
+
+    return tuning.cpu_flags()
 
 
 #: the integer dot products the kernels are built with, best first: name -> the CPU flag it

@@ -51,11 +51,68 @@ RECORD_FORMAT = 1
 _MS_LOGGER = "tvm.s_tir.meta_schedule"
 
 
+#: the LLVM CPU kernels are built for instead of this machine's (:func:`build_for`)
+_BUILD_CPU: str | None = None
+
+
 def host_cpu() -> str:
-    """LLVM's name of this machine's CPU (``emeraldrapids``, ``znver4``, ``cortex-a76``)."""
+    """LLVM's name of the CPU kernels are built for: this machine's (``emeraldrapids``,
+    ``znver4``, ``cortex-a76``), or the one :func:`build_for` named."""
+    if _BUILD_CPU is not None:
+        return _BUILD_CPU
     from tvm.target import codegen
 
     return str(codegen.llvm_get_system_cpu())
+
+
+def build_for(cpu: str | None) -> None:
+    """Build the kernels compiled from now on in this process for LLVM's CPU ``cpu`` (None:
+    this machine's): the target names it, and the instructions chosen by CPU flags (the int8
+    dot product, the ``exp`` lookup: :func:`cpu_flags`) are those it has and this machine has.
+    The code still runs here, so ``cpu`` must be one this machine can run the instructions of
+    (``znver3``, AVX2 without AVX-512, on an AVX-512 machine): for benchmarks and tests of
+    another CPU's code (``benchmarks/tvm_backend.py --cpu``, ``pytest --build-cpu``).
+
+    Raises:
+        EdgespecError: LLVM does not know ``cpu``.
+    """
+    global _BUILD_CPU
+    if cpu is not None:
+        from tvm.target import codegen
+
+        if not codegen.llvm_is_valid_cpu(cpu, "x86_64-unknown-linux-gnu"):
+            raise EdgespecError(f"'{cpu}' is not a CPU LLVM knows (e.g. znver3, haswell)")
+    _BUILD_CPU = cpu
+
+
+#: this machine's CPU flags, once read
+_PROC_FLAGS: frozenset[str] | None = None
+
+
+def _proc_flags() -> frozenset[str]:
+    """This machine's CPU flags (``/proc/cpuinfo``, read once; empty where unreadable)."""
+    global _PROC_FLAGS
+    if _PROC_FLAGS is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                _PROC_FLAGS = frozenset(
+                    w for line in f if line.startswith("flags") for w in line.split()
+                )
+        except OSError:
+            _PROC_FLAGS = frozenset()
+    return _PROC_FLAGS
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU flags kernels choose their instructions by: this machine's, less the AVX flags
+    the :func:`build_for` CPU lacks (``avx512_vnni`` is LLVM's ``avx512vnni``)."""
+    flags = _proc_flags()
+    if _BUILD_CPU is None:
+        return flags
+    from tvm.target import Target, codegen
+
+    have = set(codegen.llvm_get_cpu_features(Target({"kind": "llvm", "mcpu": _BUILD_CPU})))
+    return frozenset(f for f in flags if not f.startswith("avx") or f.replace("_", "") in have)
 
 
 def host_target(num_cores: int | None = None) -> Target:

@@ -139,6 +139,24 @@ def smollm2_near_tie_bound(smollm2_path: Path) -> float:
         return calibrate_near_tie_bound(m, tok)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--build-cpu",
+        default=None,
+        metavar="CPU",
+        help="build every TVM kernel for this LLVM CPU instead of this machine's, e.g. "
+        "znver3 (AVX2, no AVX-512) on an AVX-512 machine: that CPU's code, run here",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    cpu = config.getoption("--build-cpu")
+    if cpu:
+        from edgespec.kernels import tuning
+
+        tuning.build_for(cpu)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Say which real (pretrained) models the run used, so a green run on tiny random
     models alone is visible as such."""

@@ -32,34 +32,26 @@ def test_unknown_choice_is_one_line() -> None:
             pass
 
 
-def _tvm_backend_benchmark():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "tvm_backend.py"
-    spec = importlib.util.spec_from_file_location("tvm_backend_benchmark", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_benchmark_builds_as_another_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``benchmarks/tvm_backend.py --cpu znver3`` builds for an AVX2 core on an AVX-512 one:
-    the target names that CPU, the int8 dot product falls to AVX2 and the exp lookup to the
-    table loads; a CPU LLVM does not know is refused in one line."""
+def test_building_for_another_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tuning.build_for("znver3")`` on an AVX-512 machine: the target names that CPU, the
+    int8 dot product falls to AVX2 and the exp lookup to the table loads (the AVX flags
+    znver3 lacks are taken off this machine's); ``build_for(None)`` is this machine again;
+    a CPU LLVM does not know is refused in one line."""
     pytest.importorskip("tvm")
     from edgespec.kernels import expf, qlinear_q8, tuning
 
-    flags = frozenset({"fpu", "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni"})
-    monkeypatch.setattr(qlinear_q8, "_cpu_flags", lambda: flags)  # (restored after the test)
-    monkeypatch.setattr(tuning, "host_cpu", tuning.host_cpu)
+    here = frozenset({"fpu", "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni"})
+    monkeypatch.setattr(tuning, "_PROC_FLAGS", here)
+    monkeypatch.setattr(tuning, "_BUILD_CPU", None)  # (restored after the test)
     assert qlinear_q8.int8_isa() == "vnni" and expf.lookup() == "avx512"
-    bench = _tvm_backend_benchmark()
-    bench.build_as_cpu("znver3")
+    tuning.build_for("znver3")
     assert tuning.host_cpu() == "znver3"
-    assert qlinear_q8._cpu_flags() == frozenset({"fpu", "sse4_2", "avx", "avx2", "fma"})
-    assert qlinear_q8.int8_isa() == "avx2" and expf.lookup() == "generic"
     assert tuning.host_target().attrs["mcpu"] == "znver3"
-    with pytest.raises(SystemExit, match="--cpu nosuchcpu: not a CPU LLVM knows"):
-        bench.build_as_cpu("nosuchcpu")
+    assert tuning.cpu_flags() == frozenset({"fpu", "sse4_2", "avx", "avx2", "fma"})
+    assert qlinear_q8.int8_isa() == "avx2" and expf.lookup() == "generic"
+    tuning.build_for("icelake-server")  # AVX512-VNNI, no AVX-VNNI
+    assert qlinear_q8.int8_isa() == "vnni" and "avx_vnni" not in tuning.cpu_flags()
+    tuning.build_for(None)
+    assert tuning.cpu_flags() == here and tuning.host_cpu() != "znver3"
+    with pytest.raises(EdgespecError, match="^'nosuchcpu' is not a CPU LLVM knows"):
+        tuning.build_for("nosuchcpu")
