@@ -21,6 +21,7 @@ replay-trace search, which then samples the design space at random), as noted in
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -109,10 +110,16 @@ def cpu_flags() -> frozenset[str]:
     flags = _proc_flags()
     if _BUILD_CPU is None:
         return flags
+    have = _llvm_features(_BUILD_CPU)
+    return frozenset(f for f in flags if not f.startswith("avx") or f.replace("_", "") in have)
+
+
+@functools.cache
+def _llvm_features(cpu: str) -> frozenset[str]:
+    """The features LLVM's CPU ``cpu`` has (``avx2``, ``avx512vnni``, ...)."""
     from tvm.target import Target, codegen
 
-    have = set(codegen.llvm_get_cpu_features(Target({"kind": "llvm", "mcpu": _BUILD_CPU})))
-    return frozenset(f for f in flags if not f.startswith("avx") or f.replace("_", "") in have)
+    return frozenset(codegen.llvm_get_cpu_features(Target({"kind": "llvm", "mcpu": cpu})))
 
 
 def host_target(num_cores: int | None = None) -> Target:
@@ -433,6 +440,11 @@ def tune(
 
     if trials < 1:
         raise EdgespecError(f"the trial budget must be at least 1; got {trials}")
+    if _BUILD_CPU is not None:  # records are this device's, and would not say for which CPU
+        raise EdgespecError(
+            f"the kernels are being built for {_BUILD_CPU} (build_for), not this CPU; tune on "
+            "the CPU itself"
+        )
     target = target or host_target()
     cost_model = "xgb" if _has_xgboost() else "random"
     mod = tvm.IRModule({"main": func})

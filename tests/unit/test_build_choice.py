@@ -51,6 +51,8 @@ def test_building_for_another_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert qlinear_q8.int8_isa() == "avx2" and expf.lookup() == "generic"
     tuning.build_for("icelake-server")  # AVX512-VNNI, no AVX-VNNI
     assert qlinear_q8.int8_isa() == "vnni" and "avx_vnni" not in tuning.cpu_flags()
+    with pytest.raises(EdgespecError, match="being built for icelake-server .*tune on the CPU"):
+        tuning.tune(None, "k", lambda *a: None)  # type: ignore[arg-type]  # (refused first)
     tuning.build_for(None)
     assert tuning.cpu_flags() == here and tuning.host_cpu() != "znver3"
     with pytest.raises(EdgespecError, match="^'nosuchcpu' is not a CPU LLVM knows"):
