@@ -19,6 +19,10 @@ the raw medians.
 
     .venv/bin/python benchmarks/tvm_backend.py --model smollm2-135m --threads 1 2
 
+``--prefill N`` adds the time of one forward of an N-token prompt on an empty cache (the
+time to first token, the last row's logits only) per row, and its ratio to llama.cpp's at
+its best count.
+
 ``--isas vnni avxvnni avx2`` runs the gguf-q8act row once per int8 dot product this CPU has
 (kernels/qlinear_q8.py ``ISAS``), each a library of its own: on a CPU with AVX512-VNNI that
 times, side by side, what a laptop core with AVX-VNNI or only AVX2 would build (the same
@@ -106,6 +110,15 @@ def decode_seconds(model: Any, context: list[int], n: int) -> float:
     for _ in range(n):
         logits = model.forward([int(logits[-1].argmax())], all_logits=False)
     return (time.perf_counter() - t0) / n
+
+
+def prefill_seconds(model: Any, prompt: list[int]) -> float:
+    """Seconds of one forward of ``prompt`` on an empty cache (the last row's logits only,
+    as a prompt's first token needs)."""
+    model.reset()
+    t0 = time.perf_counter()
+    model.forward(prompt, all_logits=False)
+    return time.perf_counter() - t0
 
 
 def forward_seconds(model: Any, k: int, token: int = 5) -> float:
@@ -279,6 +292,13 @@ def main() -> int:
         default=None,
         help="build the tvm rows for this LLVM CPU (e.g. znver3: AVX2 only) instead of this one",
     )
+    p.add_argument(
+        "--prefill",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time a forward of an N-token prompt on an empty cache (time to first token)",
+    )
     p.add_argument("--json", default=None, help="write the raw medians here")
     p.add_argument("--tune", type=int, default=0, help="tune the quantized kernels instead")
     p.add_argument(
@@ -313,7 +333,8 @@ def main() -> int:
     rows = with_isas(
         [(label.format(type=file_type(path)), b, f) for label, b, f in ROWS], a.isas or []
     )
-    n_ctx = a.context + a.decode + max(a.ks) + 8
+    n_ctx = max(a.context + a.decode + max(a.ks), a.prefill) + 8
+    prompt = [1 + (i * 7919) % 20000 for i in range(a.prefill)]
     for label, backend, fields, isa in rows:
         if backend not in a.backends or not BACKENDS.get(backend).available():
             continue
@@ -329,6 +350,7 @@ def main() -> int:
             if backend in SWITCH_THREADS:
                 switch.add((label, t))
     dec: dict[tuple[str, int], list[float]] = {key: [] for key in models}
+    pre: dict[tuple[str, int], list[float]] = {key: [] for key in models}
     fwd: dict[tuple[str, int], dict[int, list[float]]] = {
         key: {k: [] for k in a.ks} for key in models
     }
@@ -340,6 +362,8 @@ def main() -> int:
             for key, model in models.items():
                 if key in switch:
                     model.set_threads(key[1])
+                if a.prefill:
+                    pre[key].append(prefill_seconds(model, prompt))
                 dec[key].append(decode_seconds(model, context, a.decode))
                 for k in a.ks:
                     fwd[key][k].append(forward_seconds(model, k))
@@ -349,6 +373,8 @@ def main() -> int:
     cmed = {key: {k: statistics.median(v) for k, v in d.items()} for key, d in fwd.items()}
     ref_label = rows[0][0]
     ref = min((s for (lab, _), s in med.items() if lab == ref_label), default=None)
+    pmed = {key: statistics.median(v) for key, v in pre.items() if v}
+    pref = min((s for (lab, _), s in pmed.items() if lab == ref_label), default=None)
     print(f"`{' '.join(shlex.quote(x) for x in ['benchmarks/tvm_backend.py', *sys.argv[1:]])}`")
     print(
         f"({platform.machine()}, {a.model}, context {a.context}, medians of {a.reps}; "
@@ -356,6 +382,8 @@ def main() -> int:
     )
     head = "| backend | threads | decode tok/s | vs llama.cpp best |"
     head += "".join(f" c({k}) ms |" for k in a.ks) + f" c({max(a.ks)})/c(1) |"
+    if a.prefill:
+        head += f" prefill {a.prefill} ms | prefill vs llama.cpp best |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for (label, t), s in med.items():
@@ -364,10 +392,18 @@ def main() -> int:
         row = f"| {label} | {t} | {1 / s:.1f} | {ratio} |"
         row += "".join(f" {c[k] * 1e3:.1f} |" for k in a.ks)
         row += f" {c[max(a.ks)] / c[min(a.ks)]:.2f} |"
+        if a.prefill:
+            ps = pmed[(label, t)]
+            row += f" {ps * 1e3:.1f} | {f'{pref / ps:.2f}x' if pref else '-'} |"
         print(row)
     if a.json:
         raw: dict[str, Any] = {
-            f"{lab}@{t}": {"decode_s": med[(lab, t)], "c": cmed[(lab, t)]} for lab, t in med
+            f"{lab}@{t}": {
+                "decode_s": med[(lab, t)],
+                "c": cmed[(lab, t)],
+                **({"prefill_s": pmed[(lab, t)]} if a.prefill else {}),
+            }
+            for lab, t in med
         }
         raw["load_average"] = [min(load), max(load)]
         with open(a.json, "w") as f:
