@@ -81,7 +81,7 @@ def build_for(cpu: str | None) -> None:
     if cpu is not None:
         from tvm.target import codegen
 
-        if not codegen.llvm_is_valid_cpu(cpu, "x86_64-unknown-linux-gnu"):
+        if not codegen.llvm_is_valid_cpu(cpu, codegen.llvm_get_system_triple()):
             raise EdgespecError(f"'{cpu}' is not a CPU LLVM knows (e.g. znver3, haswell)")
     _BUILD_CPU = cpu
 
