@@ -440,17 +440,31 @@ class _Scratch:
         self.y = aligned_zeros((bucket, d), np.float32)
         self.x_tensor, self.y_tensor = from_dlpack(self.x), from_dlpack(self.y)
         self.rows = aligned_zeros((f,), np.int64)
-        self.row_tensors: dict[int, Any] = {}
+        self.row_tensors: dict[int, tuple[np.ndarray, Any]] = {}
         self.scale = aligned_zeros((bucket * f,), np.float32)
         self.scale_tensors: dict[int, tuple[np.ndarray, Any]] = {}
+
+    @staticmethod
+    def _view(
+        flat: np.ndarray, tensors: dict[int, tuple[np.ndarray, Any]], n_rows: int, shape: Any
+    ) -> tuple[np.ndarray, Any]:
+        """The first elements of ``flat`` as ``shape`` and its TVM tensor, kept per
+        ``n_rows``; a new buffer when ``flat`` is too short (more rows than F: repeated)."""
+        got = tensors.get(n_rows)
+        if got is None:
+            size = int(np.prod(shape))
+            if size <= len(flat):
+                view = flat[:size].reshape(shape)
+                got = tensors[n_rows] = (view, _tvm().runtime.from_dlpack(view))
+            else:
+                view = aligned_zeros(shape, flat.dtype)
+                got = (view, _tvm().runtime.from_dlpack(view))
+        return got
 
     def listed(self, rows: np.ndarray, f: int) -> Any:
         """``rows`` (A of them, each in ``[0, f)``, else one line) as an int64 tensor."""
         n_rows = len(rows)
-        buf, tensors = self.rows, self.row_tensors
-        if n_rows > len(buf):  # repeated rows: more than F of them (not the buffer's)
-            buf, tensors = aligned_zeros((n_rows,), np.int64), {}
-        listed = buf[:n_rows]
+        listed, tensor = self._view(self.rows, self.row_tensors, n_rows, (n_rows,))
         listed[:] = rows
         # both bounds in one look, a negative row being a huge unsigned one (argmax is a
         # plain C loop, several times cheaper than a max reduction for a call's rows)
@@ -458,22 +472,12 @@ class _Scratch:
         if unsigned[unsigned.argmax()] >= f:
             bad = np.asarray(rows)
             raise EdgespecError(f"FFN rows must lie in [0, {f}); got {bad.min()}..{bad.max()}")
-        got = tensors.get(n_rows)
-        if got is None:
-            got = tensors[n_rows] = _tvm().runtime.from_dlpack(listed)
-        return got
+        return tensor
 
     def scales(self, scale: np.ndarray, n_rows: int) -> Any:
         """``scale [M, A]`` in the first ``M`` rows of a ``[bucket, A]`` tensor (the rest
         zero)."""
-        got = self.scale_tensors.get(n_rows)
-        if got is None and self.bucket * n_rows <= len(self.scale):
-            view = self.scale[: self.bucket * n_rows].reshape(self.bucket, n_rows)
-            got = self.scale_tensors[n_rows] = (view, _tvm().runtime.from_dlpack(view))
-        elif got is None:  # repeated rows: more than F of them
-            view = aligned_zeros((self.bucket, n_rows), np.float32)
-            got = (view, _tvm().runtime.from_dlpack(view))
-        view, tensor = got
+        view, tensor = self._view(self.scale, self.scale_tensors, n_rows, (self.bucket, n_rows))
         m_rows = scale.shape[0]
         view[:m_rows] = scale
         if m_rows < self.bucket:
