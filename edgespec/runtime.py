@@ -78,7 +78,7 @@ def pick_backend(
         if not cls.available():
             raise missing_extra(cls.requires[0], cls.extra or backend)
         return backend
-    installed = [n for n in PREFERRED[source.kind] if BACKENDS.get(n).available()]
+    installed = _installed(source.kind)
     if options is not None and options.device != "cpu":  # only backends that run there
         there = [
             n
@@ -102,6 +102,11 @@ def pick_backend(
     if installed:
         return installed[0]
     raise EdgespecError(f"no installed backend can load a {source.kind} model; run ./install.sh")
+
+
+def _installed(kind: str) -> list[str]:
+    """The installed backends of ``PREFERRED[kind]``, in that order."""
+    return [n for n in PREFERRED[kind] if BACKENDS.get(n).available()]
 
 
 def _able(source: ModelSource, installed: list[str]) -> list[str]:
@@ -187,8 +192,7 @@ def _measured_cheap_slow(
 def untimed_note(source: ModelSource, options: LoadOptions) -> str | None:
     """For the first load of ``source`` with an automatic backend choice: the line naming
     the backends it left out (:func:`_measured_cheap_slow`) and how to measure them, or None."""
-    installed = [n for n in PREFERRED[source.kind] if BACKENDS.get(n).available()]
-    _, _, slow = _measured_cheap_slow(source, _able(source, installed), options)
+    _, _, slow = _measured_cheap_slow(source, _able(source, _installed(source.kind)), options)
     return f"edgespec: {_untimed(source, slow)}" if slow else None
 
 
