@@ -35,6 +35,13 @@ or VNNI) times, on this CPU, the instructions an AVX2 laptop core would run, so 
 builds can be set against each other for it (not against llama.cpp, whose build is this
 CPU's; not that core's speed).
 
+``--core-probe`` times the round trip of a cache line between the process's first two CPUs
+(``benchmarks/core_latency.py``) before the first round of timings and after each, prints
+its median and range in the header, and then the table again for the rounds whose two
+probes were both below ``--probe-split`` ns ("near" CPUs) and for those both at or above it
+("far"): on this 2-vCPU VM the vCPUs move between two placements, about 80 and 350-450 ns
+apart, and the timings follow them (docs/benchmarks.md section 21).
+
 ``--tune TRIALS`` instead tunes the quantized build's one-row kernels (kernels/qlinear.py at
 T = 1, one per GGUF type and matrix shape of the model) with MetaSchedule
 (``edgespec.kernels.tuning.tune``, in-process, records under ``$EDGESPEC_HOME``) and prints
@@ -270,6 +277,45 @@ def kernel_times(source: Any, rows: list[int], reps: int) -> None:
         print(f"| {t} | {got * 1e3:.2f} | {floors[t] * 1e3:.2f} | {floors[t] / got:.0%} |")
 
 
+def table(
+    ref_label: str,
+    dec: dict[tuple[str, int], list[float]],
+    fwd: dict[tuple[str, int], dict[int, list[float]]],
+    pre: dict[tuple[str, int], list[float]],
+    ks: list[int],
+    prefill: int,
+    reps: Any,
+) -> tuple[dict[Any, float], dict[Any, dict[int, float]], dict[Any, float]]:
+    """Print the Markdown table of the medians over rounds ``reps``; returns the medians
+    (decode seconds, c(k) seconds, prefill seconds per row)."""
+    reps = list(reps)
+    med = {key: statistics.median(v[r] for r in reps) for key, v in dec.items()}
+    cmed = {
+        key: {k: statistics.median(v[r] for r in reps) for k, v in d.items()}
+        for key, d in fwd.items()
+    }
+    ref = min((s for (lab, _), s in med.items() if lab == ref_label), default=None)
+    pmed = {key: statistics.median(v[r] for r in reps) for key, v in pre.items() if v}
+    pref = min((s for (lab, _), s in pmed.items() if lab == ref_label), default=None)
+    head = "| backend | threads | decode tok/s | vs llama.cpp best |"
+    head += "".join(f" c({k}) ms |" for k in ks) + f" c({max(ks)})/c(1) |"
+    if prefill:
+        head += f" prefill {prefill} ms | prefill vs llama.cpp best |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for (label, t), s in med.items():
+        c = cmed[(label, t)]
+        ratio = f"{ref / s:.2f}x" if ref else "-"
+        row = f"| {label} | {t} | {1 / s:.1f} | {ratio} |"
+        row += "".join(f" {c[k] * 1e3:.1f} |" for k in ks)
+        row += f" {c[max(ks)] / c[min(ks)]:.2f} |"
+        if prefill:
+            ps = pmed[(label, t)]
+            row += f" {ps * 1e3:.1f} | {f'{pref / ps:.2f}x' if pref else '-'} |"
+        print(row)
+    return med, cmed, pmed
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -298,6 +344,20 @@ def main() -> int:
         default=0,
         metavar="N",
         help="also time a forward of an N-token prompt on an empty cache (time to first token)",
+    )
+    p.add_argument(
+        "--core-probe",
+        action="store_true",
+        help="time a core-to-core round trip after each round (benchmarks/core_latency.py) "
+        "and print the rounds split by it",
+    )
+    p.add_argument(
+        "--probe-split",
+        type=float,
+        default=200.0,
+        metavar="NS",
+        help="--core-probe: round trips below NS count as near CPUs (default 200: this VM's "
+        "two bands are about 80 and 350-450 ns)",
     )
     p.add_argument("--json", default=None, help="write the raw medians here")
     p.add_argument("--tune", type=int, default=0, help="tune the quantized kernels instead")
@@ -357,6 +417,12 @@ def main() -> int:
     from tqdm.auto import tqdm
 
     load = [os.getloadavg()[0]]
+    probe: list[float] = []
+    if a.core_probe:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from core_latency import round_trip_ns
+
+        probe.append(round_trip_ns())
     with tqdm(total=a.reps * len(models), desc="timing", unit="model") as bar:
         for _ in range(a.reps):
             for key, model in models.items():
@@ -369,33 +435,35 @@ def main() -> int:
                     fwd[key][k].append(forward_seconds(model, k))
                 bar.update(1)
             load.append(os.getloadavg()[0])
-    med = {key: statistics.median(v) for key, v in dec.items()}
-    cmed = {key: {k: statistics.median(v) for k, v in d.items()} for key, d in fwd.items()}
-    ref_label = rows[0][0]
-    ref = min((s for (lab, _), s in med.items() if lab == ref_label), default=None)
-    pmed = {key: statistics.median(v) for key, v in pre.items() if v}
-    pref = min((s for (lab, _), s in pmed.items() if lab == ref_label), default=None)
+            if a.core_probe:
+                probe.append(round_trip_ns())
     print(f"`{' '.join(shlex.quote(x) for x in ['benchmarks/tvm_backend.py', *sys.argv[1:]])}`")
     print(
         f"({platform.machine()}, {a.model}, context {a.context}, medians of {a.reps}; "
-        f"1-minute load average {min(load):.1f} to {max(load):.1f} during the timings)\n"
+        f"1-minute load average {min(load):.1f} to {max(load):.1f} during the timings"
+        + (
+            f"; core-to-core round trip median {statistics.median(probe):.0f} ns, "
+            f"{min(probe):.0f} to {max(probe):.0f} over {len(probe)} probes"
+            if probe
+            else ""
+        )
+        + ")\n"
     )
-    head = "| backend | threads | decode tok/s | vs llama.cpp best |"
-    head += "".join(f" c({k}) ms |" for k in a.ks) + f" c({max(a.ks)})/c(1) |"
-    if a.prefill:
-        head += f" prefill {a.prefill} ms | prefill vs llama.cpp best |"
-    print(head)
-    print("|" + "---|" * (head.count("|") - 1))
-    for (label, t), s in med.items():
-        c = cmed[(label, t)]
-        ratio = f"{ref / s:.2f}x" if ref else "-"
-        row = f"| {label} | {t} | {1 / s:.1f} | {ratio} |"
-        row += "".join(f" {c[k] * 1e3:.1f} |" for k in a.ks)
-        row += f" {c[max(a.ks)] / c[min(a.ks)]:.2f} |"
-        if a.prefill:
-            ps = pmed[(label, t)]
-            row += f" {ps * 1e3:.1f} | {f'{pref / ps:.2f}x' if pref else '-'} |"
-        print(row)
+    med, cmed, pmed = table(rows[0][0], dec, fwd, pre, a.ks, a.prefill, range(a.reps))
+    if probe:  # the same rounds split by where the two CPUs sat (the probes around each)
+        for name, near in (("near", True), ("far", False)):
+            reps = [
+                r
+                for r in range(a.reps)
+                if (probe[r] < a.probe_split) == near and (probe[r + 1] < a.probe_split) == near
+            ]
+            print(
+                f"\nRounds with both probes around them {'below' if near else 'at or above'} "
+                f"{a.probe_split:.0f} ns ({name} CPUs): {len(reps)} of {a.reps}"
+                + ("\n" if reps else "")
+            )
+            if reps:
+                table(rows[0][0], dec, fwd, pre, a.ks, a.prefill, reps)
     if a.json:
         raw: dict[str, Any] = {
             f"{lab}@{t}": {
@@ -406,6 +474,8 @@ def main() -> int:
             for lab, t in med
         }
         raw["load_average"] = [min(load), max(load)]
+        if probe:
+            raw["core_round_trip_ns"] = probe
         with open(a.json, "w") as f:
             json.dump(raw, f, indent=1)
     for model in {id(m): m for m in models.values()}.values():
