@@ -118,7 +118,8 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         metavar="TYPE",
         help="KV-cache type: f32, f16, q8, q4 (llamacpp), f32, f16, q8, q4, gear4 (numpy) or "
         "f32, f16 (tvm); q8, q4 and gear4 are lossy and save memory, --stats says how much; "
-        "default: the backend's, f16 on llama.cpp, f32 elsewhere (docs/compression.md)",
+        "default: the backend's, f16 on llama.cpp and tvm's gguf-q8act build, f32 elsewhere "
+        "(docs/compression.md)",
     )
     p.add_argument(
         "--sparse-kernel",

@@ -72,8 +72,8 @@ class LoadOptions:
             (docs/speculative.md). Backends without ``supports_exact`` refuse it.
         kv_cache: the KV cache's element type, one of :data:`KV_CACHE_TYPES` (``f32``,
             ``f16``, ``q8``, ``q4``, ``gear4``: lossy below the backend's default); None: the
-            backend's default (llama.cpp: f16; onnx and numpy: f32). Backends refuse types not
-            in their ``kv_cache_types``.
+            backend's default (llama.cpp and tvm's gguf-q8act build: f16; otherwise f32).
+            Backends refuse types not in their ``kv_cache_types``.
         device: where the model runs: ``cpu``, or ``opencl`` / ``vulkan`` on backends
             that list them in ``devices`` (the tvm backend, when its TVM build has
             that runtime). Backends refuse devices not in their ``devices``.

@@ -80,6 +80,11 @@ WEIGHTS: dict[str, tuple[str, ...]] = {
 #: ``--kv-cache`` types -> the caches' element type (f16: keys and values rounded to float16
 #: when written, as llama.cpp's default cache holds them; half the bytes the attention reads)
 KV_DTYPES = {"f32": "float32", "f16": "float16"}
+#: the cache type without ``--kv-cache``, per build: float16 (llama.cpp's default) for the
+#: int8-activation build, which is not the reference's arithmetic anyway (its near-tie bound
+#: and cost curve are measured with it, variant ``gguf-q8act+kv-f16``); float32 for the
+#: builds held to the NumPy reference's float32 logits (fp32, gguf-exact) and on GPU devices
+DEFAULT_KV = {"gguf-q8act": "f16"}
 #: what "auto" means per source kind: a GGUF keeps its own quantized blocks (as on onnx),
 #: times int8 activations where the CPU has an int8 dot-product instruction (:data:`AUTO_Q8`)
 AUTO_WEIGHTS = {"gguf": "gguf-exact", "hf": "fp32"}
@@ -136,6 +141,13 @@ def _bundled(source: ModelSource) -> bool:
     from edgespec.runtimes.tvm_bundle import META
 
     return (Path(source.path).expanduser().parent / META).is_file()
+
+
+def default_kv(choice: str, cpu: bool) -> str:
+    """The ``--kv-cache`` type a ``choice`` build gets without the flag (:data:`DEFAULT_KV`;
+    ``cpu``: False on devices whose loader runs another graph, which has float32 caches
+    only)."""
+    return DEFAULT_KV.get(choice, "f32") if cpu else "f32"
 
 
 def weights_choice(kind: str, weights: str, bundled: bool = False, device: str = "cpu") -> str:
@@ -1219,7 +1231,7 @@ class TvmBackend(Backend):
             )
         choice = weights_choice(source.kind, options.weights, _bundled(source), device.name)
         path = Path(source.path).expanduser()
-        kv = options.kv_cache or "f32"
+        kv = options.kv_cache or default_kv(choice, device.loader is None)
         if kv not in cls.kv_cache_types or (kv != "f32" and device.loader is not None):
             raise EdgespecError(
                 f"the tvm backend has no {kv} KV cache on --device {device.name}; it takes "
@@ -1293,7 +1305,9 @@ class TvmBackend(Backend):
 
         values = 2 * hp.n_layers * hp.n_head_kv * options.n_ctx * hp.head_dim
         held = np.dtype(KV_DTYPES[kv]).itemsize
-        extra.update(size_fields(kv, values, values * held, 4))
+        default = default_kv(choice, True)
+        size = np.dtype(KV_DTYPES[default]).itemsize
+        extra.update(size_fields(kv, values, values * held, size, default_name=default))
         info = replace(info, source=source.name or str(path), extra=extra)
         model = TvmModel(
             vm,

@@ -42,17 +42,19 @@ def make_store(
     return KV_STORES.get(name)(n_layers, n_kv, n_ctx, head_dim, dtype, max_write)
 
 
-def size_fields(name: str, values: int, nbytes: int, default_itemsize: int) -> dict[str, Any]:
+def size_fields(
+    name: str, values: int, nbytes: int, default_itemsize: int, default_name: str = "f32"
+) -> dict[str, Any]:
     """The ``ModelInfo.extra`` fields through which a ``name`` cache's size reaches ``Stats``
     (as llama.cpp's backend records its cache's): ``values`` numbers (K and V of every layer
     and slot) held in ``nbytes``, against float16, float32 and the backend's own arrays
-    without ``--kv-cache`` (float32 elements of ``default_itemsize`` bytes: what ``--stats``
-    reports the saving against)."""
+    without ``--kv-cache`` (``default_name`` elements of ``default_itemsize`` bytes: what
+    ``--stats`` reports the saving against)."""
     return dict(
         kv_cache=name,
         kv_cache_bytes=nbytes,
         kv_cache_f16_bytes=values * 2,
         kv_cache_f32_bytes=values * 4,
-        kv_cache_default="f32",
+        kv_cache_default=default_name,
         kv_cache_default_bytes=values * default_itemsize,
     )
