@@ -149,7 +149,7 @@ def attention_seconds(
     dev, rng = tvm.cpu(0), np.random.default_rng(0)
     L, KV, hd, H = spec.n_layers, spec.n_head_kv, spec.head_dim, spec.n_head
     n_ctx = -(-n_ctx // KEY_BLOCK) * KEY_BLOCK  # as the backend allocates it
-    cache = rng.standard_normal((L, n_ctx, KV, hd)).astype(np.float32)
+    cache = rng.standard_normal((L, n_ctx, KV, hd)).astype(spec.kv_dtype)  # the model's type
     keys = _key_layout(cache) if slots_last else cache
     kc, vc = tvm.runtime.tensor(keys, dev), tvm.runtime.tensor(cache[::-1].copy(), dev)
     q = tvm.runtime.tensor(rng.standard_normal((k, H, hd)).astype(np.float32), dev)
@@ -207,6 +207,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--weights", default="gguf-q8act")
+    p.add_argument(
+        "--kv-cache", default=None, help="f32 or f16 (default: the build's own, f16 for gguf-q8act)"
+    )
     p.add_argument("--context", type=int, default=144)
     p.add_argument("--reps", type=int, default=11)
     p.add_argument("--threads", type=int, default=1)
@@ -252,7 +255,9 @@ def main() -> int:
     tvm_backend.load_library = spy  # type: ignore[assignment]
     path = zoo.pull(a.model, progress=False)
     n_ctx = a.context + max(a.ks) + 8
-    opts = LoadOptions(n_ctx=n_ctx, n_threads=a.threads, progress=False, weights=a.weights)
+    opts = LoadOptions(
+        n_ctx=n_ctx, n_threads=a.threads, progress=False, weights=a.weights, kv_cache=a.kv_cache
+    )
     from edgespec.kernels import qlinear_q8
 
     if a.isa is not None and (a.isa not in qlinear_q8.ISAS or not qlinear_q8.cpu_has(a.isa)):
