@@ -331,3 +331,24 @@ def write_tiny_gguf(
     w.write_tensors_to_file()
     w.close()
     return out
+
+
+#: the repository's benchmarks/ folder (scripts, not a package: :func:`load_script` loads them)
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(path: Path | str, name: str | None = None) -> Any:
+    """Import the Python file ``path`` (a benchmark script, relative to :data:`BENCHMARKS`
+    unless absolute) as a module named ``name`` (default: the file's stem), registered in
+    ``sys.modules`` so that dataclasses and pickling find it."""
+    import importlib.util
+    import sys
+
+    path = Path(path) if Path(path).is_absolute() else BENCHMARKS / path
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "controller_replay.py"
+from edgespec.testing import BENCHMARKS, load_script
+
 V = 32
 
 
 @pytest.fixture(scope="module")
 def replay():
-    spec = importlib.util.spec_from_file_location("controller_replay", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("controller_replay.py")
 
 
 def _record(n: int, drafts_right: bool) -> dict:
@@ -76,7 +72,7 @@ def test_auto_with_a_useless_draft_stays_plain_but_for_probes(replay, monkeypatc
     assert seconds > 119 * 1.0
 
 
-RECORDS = SCRIPT.parents[1] / "docs" / "results" / "controller-replay"
+RECORDS = BENCHMARKS.parent / "docs" / "results" / "controller-replay"
 OLD = "auto:probe_every=24:probe_per_prompt=false:probe_each=false"
 
 

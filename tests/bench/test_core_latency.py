@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "core_latency.py"
+from edgespec.testing import load_script
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("cc") is None, reason="the probe compiles with cc"),
@@ -21,10 +19,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("core_latency", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("core_latency.py")
 
 
 def test_round_trip_is_timed_within_the_call(probe) -> None:

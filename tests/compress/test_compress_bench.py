@@ -164,14 +164,9 @@ def test_compress_only_without_a_compress_configuration_is_one_line():
 
 
 def _accuracy_script():
-    import importlib.util
-    from pathlib import Path
+    from edgespec.testing import load_script
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "compress_accuracy.py"
-    spec = importlib.util.spec_from_file_location("compress_accuracy", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("compress_accuracy.py")
 
 
 def test_the_accuracy_summary_pairs_full_and_compressed_rows(tmp_path):

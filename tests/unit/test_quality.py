@@ -1,7 +1,6 @@
 """Quality measures for lossy strategies, and the code-task harness (pass rate)."""
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,13 +87,9 @@ TASKS = Path(__file__).resolve().parents[2] / "benchmarks" / "code_tasks"
 
 
 def _harness():
-    import importlib.util
+    from edgespec.testing import load_script
 
-    spec = importlib.util.spec_from_file_location("code_tasks_harness", TASKS / "harness.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(TASKS / "harness.py", "code_tasks_harness")
 
 
 def test_code_tasks_reference_solutions_pass_and_wrong_ones_fail():
