@@ -459,12 +459,13 @@ def main() -> int:
                 for r in range(a.reps)
                 if (probe[r] < a.probe_split) == near and (probe[r + 1] < a.probe_split) == near
             ]
+            whole = len(reps) == a.reps  # the table above again: not printed
             print(
                 f"\nRounds with both probes around them {'below' if near else 'at or above'} "
                 f"{a.probe_split:.0f} ns ({name} CPUs): {len(reps)} of {a.reps}"
-                + ("\n" if reps else "")
+                + (" (all: the table above)" if whole else "\n" if reps else "")
             )
-            if reps:
+            if reps and not whole:
                 table(rows[0][0], dec, fwd, pre, a.ks, a.prefill, reps)
     if a.json:
         raw: dict[str, Any] = {
