@@ -79,6 +79,60 @@ def aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return raw[at : at + n].view(dt).reshape(shape)
 
 
+#: the huge page size :class:`HugeArena` aligns to (x86-64's and arm64's 2 MiB)
+HUGE_PAGE = 2 << 20
+
+
+class HugeArena:
+    """One anonymous memory map for many arrays, on transparent huge pages where the kernel
+    gives them (``madvise(MADV_HUGEPAGE)``: what Linux's default ``madvise`` setting asks
+    for; elsewhere, or with huge pages off, ordinary pages).
+
+    A model's weights stream from memory on every token: on 2 MiB pages the hardware walks
+    512 times fewer page tables for them than on 4 KiB ones (the Qwen 1.5B's one-token
+    forward 1-3 % faster here, `benchmarks/tvm_huge_pages.py`). Arrays placed here start on
+    a 4096-byte boundary and keep the map alive (their base is the map's buffer), so the
+    tensors made from them with DLPack need nothing else held.
+
+    Args:
+        nbytes: the space to reserve; pages are only backed as they are written.
+    """
+
+    def __init__(self, nbytes: int) -> None:
+        import mmap
+
+        self.size = max(int(nbytes), 1) + HUGE_PAGE
+        flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+        self._map = mmap.mmap(-1, self.size, flags=flags) if flags else mmap.mmap(-1, self.size)
+        advice = getattr(mmap, "MADV_HUGEPAGE", None)
+        if advice is not None:
+            with contextlib.suppress(OSError):  # huge pages unsupported: ordinary ones
+                self._map.madvise(advice)
+        self._buf = np.frombuffer(self._map, dtype=np.uint8)
+        self._at = -address(self._buf) % HUGE_PAGE  # the first huge page boundary
+
+    @staticmethod
+    def footprint(a: np.ndarray) -> int:
+        """The bytes :meth:`place` takes for ``a`` (rounded up to 4096)."""
+        return -(-a.nbytes // 4096) * 4096
+
+    def place(self, a: np.ndarray) -> np.ndarray:
+        """A C-contiguous copy of ``a`` in the arena.
+
+        Raises:
+            EdgespecError: the arena is full (more placed than reserved).
+        """
+        n = self.footprint(a)
+        if self._at + n > self.size:
+            raise EdgespecError(
+                f"huge-page arena full: {n} more bytes than the {self.size} reserved"
+            )
+        out = self._buf[self._at : self._at + a.nbytes].view(a.dtype).reshape(a.shape)
+        out[...] = a
+        self._at += n
+        return out
+
+
 def address(a: np.ndarray) -> int:
     """The address of ``a``'s first element (``a.ctypes.data`` without building a ctypes
     object: several times faster, and the kernels' wrappers ask on every call)."""

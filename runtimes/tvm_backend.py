@@ -1282,6 +1282,11 @@ class TvmBackend(Backend):
         tensors = []
         from tqdm.auto import tqdm
 
+        from edgespec.kernels.compiled import HugeArena
+
+        # the weights in one map on huge pages (fewer page walks as they stream), each used
+        # in place by its tensor (packing keeps an array's size)
+        arena = HugeArena(sum(HugeArena.footprint(named[n]) for n in spec.param_names()))
         for name in tqdm(
             spec.param_names(),
             desc="uploading weights",
@@ -1290,7 +1295,7 @@ class TvmBackend(Backend):
         ):
             arr = np.ascontiguousarray(named.pop(name))
             arr = pack_weight(arr) if is_packed(name, arr.shape) else arr
-            tensors.append(tvm.runtime.tensor(arr, dev))
+            tensors.append(tvm.runtime.from_dlpack(arena.place(arr)))
             del arr
         del named
         extra = {**info.extra, "device": device.name, "target": str(target.kind.name)}
