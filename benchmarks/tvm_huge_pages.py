@@ -1,9 +1,10 @@
-"""The tvm backend's weights on huge pages against the same weights on TVM's own allocations.
+"""The tvm backend's weights and KV cache on huge pages against TVM's own allocations.
 
-Loads one tvm build of a GGUF (``--weights``, ``--threads``; its weights are placed in a
-:class:`~edgespec.kernels.compiled.HugeArena`, on transparent huge pages where the kernel
-gives them), forks it with every weight copied into a tensor TVM allocates itself (ordinary
-4 KiB pages under Linux's default ``madvise`` setting), checks that both give the same
+Loads one tvm build of a GGUF (``--weights``, ``--threads``; its weights and caches are
+placed in :class:`~edgespec.kernels.compiled.HugeArena` maps, on transparent huge pages where
+the kernel gives them), forks it with every weight copied into a tensor TVM allocates itself
+and caches TVM allocates (ordinary 4 KiB pages under Linux's default ``madvise`` setting;
+``--context 4000`` makes the cache's share count), checks that both give the same
 logits bit for bit, and times, interleaved for ``--reps`` rounds: plain decoding (``--decode``
 one-token forwards after ``--context`` cached tokens) and one 9-token forward. Prints the
 medians, the ratio (4 KiB / huge), the process's ``AnonHugePages`` and, with two CPUs or
@@ -79,6 +80,9 @@ def main() -> int:
     held = anon_huge_kb()
     small = huge.fork()
     small.weights = [tvm.runtime.tensor(w.numpy(), huge.device) for w in huge.weights]
+    small.k_cache, small.v_cache = (
+        tvm.runtime.empty(c.shape, c.dtype, huge.device) for c in (huge.k_cache, huge.v_cache)
+    )
     context = [1 + (i * 7919) % 20000 for i in range(a.context)]
     huge.reset()
     small.reset()

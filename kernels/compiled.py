@@ -116,20 +116,31 @@ class HugeArena:
         """The bytes :meth:`place` takes for ``a`` (rounded up to 4096)."""
         return -(-a.nbytes // 4096) * 4096
 
+    def zeros(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A new C-contiguous array of zeros in the arena (fresh anonymous memory is zero).
+
+        Raises:
+            EdgespecError: the arena is full (more placed than reserved).
+        """
+        dt = np.dtype(dtype)
+        nbytes = math.prod(shape) * dt.itemsize
+        n = -(-nbytes // 4096) * 4096
+        if self._at + n > self.size:
+            raise EdgespecError(
+                f"huge-page arena full: {n} more bytes than the {self.size} reserved"
+            )
+        out = self._buf[self._at : self._at + nbytes].view(dt).reshape(shape)
+        self._at += n
+        return out
+
     def place(self, a: np.ndarray) -> np.ndarray:
         """A C-contiguous copy of ``a`` in the arena.
 
         Raises:
             EdgespecError: the arena is full (more placed than reserved).
         """
-        n = self.footprint(a)
-        if self._at + n > self.size:
-            raise EdgespecError(
-                f"huge-page arena full: {n} more bytes than the {self.size} reserved"
-            )
-        out = self._buf[self._at : self._at + a.nbytes].view(a.dtype).reshape(a.shape)
+        out = self.zeros(a.shape, a.dtype)
         out[...] = a
-        self._at += n
         return out
 
 

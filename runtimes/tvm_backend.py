@@ -913,8 +913,29 @@ class TvmModel(SlotCacheModel):
 
         L, KV, hd = cache_shape
         C = -(-self.n_ctx // KEY_BLOCK) * KEY_BLOCK
-        self.k_cache = tvm.runtime.empty((L, KV, C // KEY_BLOCK, hd, KEY_BLOCK), kv_dtype, device)
-        self.v_cache = tvm.runtime.empty((L, C, KV, hd), kv_dtype, device)
+        self.k_cache = self._cache((L, KV, C // KEY_BLOCK, hd, KEY_BLOCK), kv_dtype)
+        self.v_cache = self._cache((L, C, KV, hd), kv_dtype)
+
+    def _placed(self, arrays: list[np.ndarray]) -> list[Any]:
+        """``arrays`` as tensors of this model's device: on the CPU copied into one
+        huge-page-advised map and used in place (as ``load`` places the weights)."""
+        if self.device.dlpack_device_type() != 1:  # 1: kDLCPU
+            return [self._tvm.runtime.tensor(a, self.device) for a in arrays]
+        from edgespec.kernels.compiled import HugeArena
+
+        arena = HugeArena(sum(HugeArena.footprint(a) for a in arrays))
+        return [self._tvm.runtime.from_dlpack(arena.place(a)) for a in arrays]
+
+    def _cache(self, shape: tuple[int, ...], dtype: str) -> Any:
+        """A cache tensor: on the CPU in its own huge-page-advised map (a token's attention
+        streams the whole cache at long contexts, as a forward streams the weights), else
+        the device's allocation."""
+        if self.device.dlpack_device_type() != 1:  # 1: kDLCPU
+            return self._tvm.runtime.empty(shape, dtype, self.device)
+        from edgespec.kernels.compiled import HugeArena
+
+        arena = HugeArena(int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        return self._tvm.runtime.from_dlpack(arena.zeros(shape, dtype))
 
     def _init_positions(self, info: ModelInfo, n_ctx: int, inv_freq: np.ndarray) -> None:
         """The host-side state every device shares: ``info``, the capacity, an empty cache
@@ -939,8 +960,8 @@ class TvmModel(SlotCacheModel):
 
         other = copy.copy(self)
         other.__dict__.pop("_staged", None)  # its own input arrays
-        other.k_cache = self._tvm.runtime.empty(self.k_cache.shape, self.k_cache.dtype, self.device)
-        other.v_cache = self._tvm.runtime.empty(self.v_cache.shape, self.v_cache.dtype, self.device)
+        other.k_cache = self._cache(tuple(self.k_cache.shape), str(self.k_cache.dtype))
+        other.v_cache = self._cache(tuple(self.v_cache.shape), str(self.v_cache.dtype))
         self.k_cache.copyto(other.k_cache)
         self.v_cache.copyto(other.v_cache)
         return other
@@ -1096,10 +1117,9 @@ class TvmModel(SlotCacheModel):
         other = copy.copy(self)
         other.__dict__.pop("_staged", None)  # its own input arrays
         other.vm = relax.VirtualMachine(lib, self.device)
-        tensor = self._tvm.runtime.tensor
-        other.weights = [*self.weights[:-n_old], *(tensor(a, self.device) for a in ops)]
-        other.k_cache = self._tvm.runtime.empty(self.k_cache.shape, self.k_cache.dtype, self.device)
-        other.v_cache = self._tvm.runtime.empty(self.v_cache.shape, self.v_cache.dtype, self.device)
+        other.weights = [*self.weights[:-n_old], *self._placed(ops)]
+        other.k_cache = self._cache(tuple(self.k_cache.shape), str(self.k_cache.dtype))
+        other.v_cache = self._cache(tuple(self.v_cache.shape), str(self.v_cache.dtype))
         other._n_past = 0
         other.head_ids = ids
         other.built = replace(b, spec=spec)

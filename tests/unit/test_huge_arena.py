@@ -44,3 +44,15 @@ def test_tvm_tensor_uses_it_in_place() -> None:
     t = tvm.runtime.from_dlpack(placed)
     placed[3] = -1.0
     assert t.numpy()[3] == -1.0  # the tensor's memory is the arena's
+
+
+def test_zeros_are_zero_and_follow_each_other() -> None:
+    arena = HugeArena(4 * 4096)
+    a = arena.zeros((2, 3, 5), np.float16)
+    b = arena.zeros((1025,), np.float32)  # 4100 bytes: two pages
+    c = arena.zeros((7,), np.int64)
+    assert a.shape == (2, 3, 5) and a.dtype == np.float16 and not a.any()
+    assert b.shape == (1025,) and not b.any() and b.flags.c_contiguous
+    assert address(b) - address(a) == 4096 and address(c) - address(b) == 8192
+    b[:] = 1.0
+    assert not a.any() and not c.any()  # disjoint
