@@ -5,11 +5,12 @@ placed in :class:`~edgespec.kernels.compiled.HugeArena` maps, on transparent hug
 the kernel gives them), forks it with every weight copied into a tensor TVM allocates itself
 and caches TVM allocates (ordinary 4 KiB pages under Linux's default ``madvise`` setting;
 ``--context 4000`` makes the cache's share count), checks that both give the same
-logits bit for bit, and times, interleaved for ``--reps`` rounds: plain decoding (``--decode``
-one-token forwards after ``--context`` cached tokens) and one 9-token forward. Prints the
-medians, the ratio (4 KiB / huge), the process's ``AnonHugePages`` and, with two CPUs or
-more, the core-to-core round trip before and after (``benchmarks/core_latency.py``: where the
-host put the vCPUs; docs/benchmarks.md section 21).
+logits bit for bit, and times, interleaved for ``--reps`` rounds: plain decoding
+(``--decode`` one-token forwards after ``--context`` cached tokens) and one 9-token forward
+after them, rolled back (``benchmarks/tvm_backend.py``'s ``decode_seconds`` and
+``forward_seconds``). Prints the medians, the ratio (4 KiB / huge), the process's
+``AnonHugePages`` and, with two CPUs or more, the core-to-core round trip before and after
+(``benchmarks/core_latency.py``: where the host put the vCPUs; docs/benchmarks.md section 21).
 
     .venv/bin/python benchmarks/tvm_huge_pages.py --model qwen2.5-coder-1.5b --threads 2
 """
@@ -20,7 +21,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from typing import Any
 
 import numpy as np
@@ -38,25 +38,6 @@ def anon_huge_kb() -> int | None:
     return None
 
 
-def decode_ms(model: Any, context: list[int], n: int) -> float:
-    """Milliseconds per one-token forward over ``n`` of them after ``context``."""
-    model.reset()
-    model.forward(context, all_logits=False)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        model.forward([5], all_logits=False)
-    return (time.perf_counter() - t0) / n * 1e3
-
-
-def forward9_ms(model: Any, context: list[int]) -> float:
-    """Milliseconds of one 9-token forward (all logits) after ``context``."""
-    model.reset()
-    model.forward(context, all_logits=False)
-    t0 = time.perf_counter()
-    model.forward([5] * 9)
-    return (time.perf_counter() - t0) * 1e3
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -68,6 +49,9 @@ def main() -> int:
     a = p.parse_args()
 
     import tvm
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from tvm_backend import decode_seconds, forward_seconds  # the same timings as there
 
     from edgespec import zoo
     from edgespec.runtimes import BACKENDS
@@ -89,16 +73,14 @@ def main() -> int:
     same = bool(np.array_equal(huge.forward(context), small.forward(context)))
     probe: list[float] = []
     if len(os.sched_getaffinity(0)) >= 2:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from core_latency import round_trip_ns
 
         probe.append(round_trip_ns())
     times: dict[str, list[float]] = {k: [] for k in ("huge c1", "4k c1", "huge c9", "4k c9")}
     for _ in range(a.reps):
-        times["huge c1"].append(decode_ms(huge, context, a.decode))
-        times["4k c1"].append(decode_ms(small, context, a.decode))
-        times["huge c9"].append(forward9_ms(huge, context))
-        times["4k c9"].append(forward9_ms(small, context))
+        for key, model in (("huge", huge), ("4k", small)):
+            times[f"{key} c1"].append(decode_seconds(model, context, a.decode) * 1e3)
+            times[f"{key} c9"].append(forward_seconds(model, 9) * 1e3)
     if probe:
         probe.append(round_trip_ns())
     med = {k: statistics.median(v) for k, v in times.items()}

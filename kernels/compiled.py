@@ -89,8 +89,9 @@ class HugeArena:
     for; elsewhere, or with huge pages off, ordinary pages).
 
     A model's weights stream from memory on every token: on 2 MiB pages the hardware walks
-    512 times fewer page tables for them than on 4 KiB ones (the Qwen 1.5B's one-token
-    forward 1-3 % faster here, `benchmarks/tvm_huge_pages.py`). Arrays placed here start on
+    512 times fewer page tables for them than on 4 KiB ones (here the Qwen 1.5B's one-token
+    forward about 1 % faster, SmolLM2's at 4,000 tokens of context 3-5 %:
+    `benchmarks/tvm_huge_pages.py`). Arrays placed here start on
     a 4096-byte boundary and keep the map alive (their base is the map's buffer), so the
     tensors made from them with DLPack need nothing else held.
 
@@ -112,9 +113,14 @@ class HugeArena:
         self._at = -address(self._buf) % HUGE_PAGE  # the first huge page boundary
 
     @staticmethod
-    def footprint(a: np.ndarray) -> int:
+    def _pages(nbytes: int) -> int:
+        """``nbytes`` rounded up to whole 4096-byte pages: what an array takes here."""
+        return -(-nbytes // 4096) * 4096
+
+    @classmethod
+    def footprint(cls, a: np.ndarray) -> int:
         """The bytes :meth:`place` takes for ``a`` (rounded up to 4096)."""
-        return -(-a.nbytes // 4096) * 4096
+        return cls._pages(a.nbytes)
 
     def zeros(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """A new C-contiguous array of zeros in the arena (fresh anonymous memory is zero).
@@ -124,7 +130,7 @@ class HugeArena:
         """
         dt = np.dtype(dtype)
         nbytes = math.prod(shape) * dt.itemsize
-        n = -(-nbytes // 4096) * 4096
+        n = self._pages(nbytes)
         if self._at + n > self.size:
             raise EdgespecError(
                 f"huge-page arena full: {n} more bytes than the {self.size} reserved"

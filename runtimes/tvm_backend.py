@@ -1251,7 +1251,8 @@ class TvmBackend(Backend):
             )
         choice = weights_choice(source.kind, options.weights, _bundled(source), device.name)
         path = Path(source.path).expanduser()
-        kv = options.kv_cache or default_kv(choice, device.loader is None)
+        default = default_kv(choice, device.loader is None)
+        kv = options.kv_cache or default
         if kv not in cls.kv_cache_types or (kv != "f32" and device.loader is not None):
             raise EdgespecError(
                 f"the tvm backend has no {kv} KV cache on --device {device.name}; it takes "
@@ -1330,7 +1331,6 @@ class TvmBackend(Backend):
 
         values = 2 * hp.n_layers * hp.n_head_kv * options.n_ctx * hp.head_dim
         held = np.dtype(KV_DTYPES[kv]).itemsize
-        default = default_kv(choice, True)
         size = np.dtype(KV_DTYPES[default]).itemsize
         extra.update(size_fields(kv, values, values * held, size, default_name=default))
         info = replace(info, source=source.name or str(path), extra=extra)
