@@ -5,7 +5,9 @@ pyopencl on the first OpenCL device: PoCL on a machine without a GPU driver) and
 cpu`` (the llvm build of the same ``--weights``), feeds both the same prompt and then greedy
 steps on the llvm build's tokens, interleaved, and prints per step the max |logit diff|,
 whether the top-1 agrees, the llvm build's top-2 margin and the two step times; then
-medians. On PoCL the times say what a CPU driver costs, not what a phone's GPU would do.
+medians. First it prints the bytes of weights the OpenCL model holds on the device and how
+many matrices run on the file's blocks. On PoCL the times say what a CPU driver costs, not
+what a phone's GPU would do.
 
     .venv/bin/python benchmarks/tvm_opencl.py --model smollm2-135m --steps 8 [--weights gguf-exact]
 """
@@ -44,6 +46,8 @@ def main() -> None:
 
     cl, cpu = load("opencl"), load("cpu")
     print(f"opencl device: {cl.info.extra['opencl_device']}; load average {os.getloadavg()[0]:.1f}")
+    blocks = cl.info.extra.get("quantized_matrices", "none")
+    print(f"weights on the device: {cl.weight_bytes() / 1e6:.1f} MB; matrices on blocks: {blocks}")
     a, b = cl.forward(PROMPT), cpu.forward(PROMPT)
     print(f"prompt ({len(PROMPT)} tokens): max |logit diff| {np.abs(a - b).max():.3g}")
     tok = int(b[-1].argmax())

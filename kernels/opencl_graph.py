@@ -40,6 +40,7 @@ import numpy as np
 
 from edgespec.errors import EdgespecError
 from edgespec.kernels.opencl import _KERNEL, OPENCL_TARGET, _cl
+from edgespec.kernels.qlinear import LAYOUTS, get_layout
 
 if TYPE_CHECKING:
     from edgespec.runtimes.tvm_graph import GraphSpec
@@ -118,9 +119,10 @@ def _linear(K: int, N: int, bias: bool) -> Any:
     return linear
 
 
-#: the GGUF types :func:`_qlinear` multiplies on their own blocks: 32 weights a scale, no
-#: K-quant sub-scales (kernels/qlinear.py's layout; the others run dequantized)
-CL_QUANT = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+#: the GGUF types (and fused formats) :func:`_qlinear` multiplies on their own blocks: every
+#: layout of kernels/qlinear.py; K-quants' sub-scales are folded into per-group float32
+#: scales on the host (:meth:`~edgespec.kernels.qlinear.PackedQWeight.group_scales`)
+CL_QUANT = tuple(LAYOUTS)
 
 
 def qlinear_name(fmt: str, K: int, N: int, bias: bool) -> str:
@@ -131,15 +133,21 @@ def qlinear_name(fmt: str, K: int, N: int, bias: bool) -> str:
 def _qlinear(fmt: str, K: int, N: int, bias: bool) -> Any:
     """``x [n, K] @ W`` on a matrix packed by :func:`edgespec.kernels.qlinear.pack` (the
     file's codes, tiled ``[N/tile, ., tile]``, so neighbouring work items read neighbouring
-    bytes), with its scales and offsets widened to float32 on the host (no ``cl_khr_fp16``
-    needed). One work item per output feature j; per row and block of 32, as the CPU kernel
-    factors it: ``y += d * sum(x * code) + m * sum(x)``."""
+    bytes), with one float32 scale ``d`` (and offset ``m``) per group of ``g`` weights (32,
+    16 for Q6_K and the mixed Q4_K/Q6_K format) from
+    :meth:`~edgespec.kernels.qlinear.PackedQWeight.group_scales` (no ``cl_khr_fp16``
+    needed; K-quants' super-block scale and sub-scale already multiplied, exactly). One work
+    item per output feature j; per row and group, as the CPU kernel factors it: ``y += d *
+    sum(x * code) + m * sum(x)``."""
     from tvm.script import tirx as T
 
-    from edgespec.kernels.qlinear import get_layout, tile_for
+    from edgespec.kernels.qlinear import tile_for
 
     lay, tile = get_layout(fmt), tile_for(N)
-    four, nb, zero, affine = lay.code_bits == 4, K // 32, float(lay.zero), lay.affine
+    g, four, zero, affine = lay.group, lay.code_bits == 4, float(lay.zero), lay.affine
+    nb = K // g
+    if four and g != 32:  # 4-bit codes are packed in Q4_0's nibble order per 32
+        raise EdgespecError(f"{fmt}: 4-bit codes need groups of 32, not {g}")
     ctype, cols = ("uint8", K // 2) if four else ("int8", K)
 
     @T.prim_func(private=True)
@@ -158,19 +166,19 @@ def _qlinear(fmt: str, K: int, N: int, bias: bool) -> Any:
         m = T.match_buffer(var_m, (N // tile, nb, tile), "float32")
         y = T.match_buffer(var_y, (n, N), "float32")
         b = T.match_buffer(var_b, (N,), "float32")
-        for g in T.thread_binding(_groups(N), "blockIdx.x"):
+        for gr in T.thread_binding(_groups(N), "blockIdx.x"):
             for t in T.thread_binding(THREADS, "threadIdx.x"):
-                if g * THREADS + t < N:
-                    jt, ln = (g * THREADS + t) // tile, (g * THREADS + t) % tile
+                if gr * THREADS + t < N:
+                    jt, ln = (gr * THREADS + t) // tile, (gr * THREADS + t) % tile
                     acc = T.alloc_buffer((3,), "float32", scope="local")  # y, sum x*c, sum x
                     for r in range(n):
                         acc[0] = T.float32(0)
                         for k in range(nb):
                             acc[1] = T.float32(0)
                             acc[2] = T.float32(0)
-                            for i in range(32):
+                            for i in range(g):
                                 if four:
-                                    acc[1] = acc[1] + x[r, k * 32 + i] * (
+                                    acc[1] = acc[1] + x[r, k * g + i] * (
                                         T.Cast(
                                             "float32",
                                             (c[jt, k * 16 + i % 16, ln] >> T.uint8(4 * (i // 16)))
@@ -179,21 +187,33 @@ def _qlinear(fmt: str, K: int, N: int, bias: bool) -> Any:
                                         - T.float32(zero)
                                     )
                                 else:
-                                    acc[1] = acc[1] + x[r, k * 32 + i] * T.Cast(
-                                        "float32", c[jt, k * 32 + i, ln]
+                                    acc[1] = acc[1] + x[r, k * g + i] * T.Cast(
+                                        "float32", c[jt, k * g + i, ln]
                                     )
                                 if affine:
-                                    acc[2] = acc[2] + x[r, k * 32 + i]
+                                    acc[2] = acc[2] + x[r, k * g + i]
                             if affine:
                                 acc[0] = acc[0] + d[jt, k, ln] * acc[1] + m[jt, k, ln] * acc[2]
                             else:
                                 acc[0] = acc[0] + d[jt, k, ln] * acc[1]
                         if bias:
-                            y[r, g * THREADS + t] = acc[0] + b[g * THREADS + t]
+                            y[r, gr * THREADS + t] = acc[0] + b[gr * THREADS + t]
                         else:
-                            y[r, g * THREADS + t] = acc[0]
+                            y[r, gr * THREADS + t] = acc[0]
 
     return qlinear
+
+
+def cl_operands(fmt: str, operands: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """``{"c", "d"[, "m"]}``: the operands :func:`_qlinear` takes for a matrix in ``fmt``
+    whose CPU-build operands (:func:`edgespec.kernels.qlinear.pack`, in
+    :meth:`~edgespec.kernels.qlinear.Layout.parts` order) are ``operands``: the codes as
+    packed, the scales per group widened to float32."""
+    from edgespec.kernels.qlinear import PackedQWeight
+
+    q = PackedQWeight(fmt, dict(zip(get_layout(fmt).parts(), operands, strict=True)))
+    d, m = q.group_scales()
+    return {"c": q.ops["c"], "d": d} | ({} if m is None else {"m": m})
 
 
 def graph_kernels(spec: GraphSpec) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 The apache-tvm wheel has no OpenCL runtime, so the Relax VM cannot run the graph there; this
 module runs the same decoder (:class:`~edgespec.runtimes.tvm_graph.GraphSpec`, the same
-weights as the llvm build: fp32, or gguf-exact's packed blocks of the types in
-:data:`~edgespec.kernels.opencl_graph.CL_QUANT`) as a sequence of TVM-generated OpenCL kernels
+weights as the llvm build: fp32, or gguf-exact's packed blocks of every type it packs,
+K-quants included: :data:`~edgespec.kernels.opencl_graph.CL_QUANT`) as a sequence of TVM-generated OpenCL kernels
 (:mod:`edgespec.kernels.opencl_graph`) launched with pyopencl, in the graph's order, with
 the KV cache ``float32[L, n_ctx, KV, hd]`` in two device buffers. Host-side work is the
 embedding lookup (a row gather from the host table, uploaded), rope angles and masks (as
@@ -11,7 +11,7 @@ the llvm build's caller computes them), and the read-back of the logits.
 
 On PoCL (the CPU driver ``./install.sh`` installs) this checks correctness, not speed; a
 phone's GPU driver runs the same source. ``--weights gguf-q8act`` (int8 dot products with CPU
-instructions) does not run here; gguf-exact's K-quant matrices run dequantized.
+instructions) does not run here.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class ClModel(TvmModel):
             graph_weights`): matrices ``[K, N]`` uploaded, the embedding kept on the host.
         quant: the matrices that run on the file's blocks (``spec.quant``): ``{name:
             matrix with .fmt and .operands()}`` (kernels/qlinear.py's layout, as
-            ``packed_matrices`` gives it; scales widened to float32 here).
+            ``packed_matrices`` gives it; scales widened to float32 per group here, K-quants'
+            sub-scales multiplied in).
         inv_freq: rope inverse frequencies ``float64[hd/2]``.
         info: architecture facts.
         n_ctx: cache capacity in tokens.
@@ -66,17 +67,20 @@ class ClModel(TvmModel):
         self._shapes = spec.weight_shapes()
         self.embed = np.ascontiguousarray(named["embed"], dtype=np.float32)
         self._w = {n: program.buffer(a) for n, a in named.items() if n != "embed"}
-        from edgespec.kernels.qlinear import operand_names
+        from edgespec.kernels.opencl_graph import cl_operands
 
         for name, q in (quant or {}).items():  # name.c, name.d (name.m): the kernel's operands
-            for part, a in zip(operand_names(q.fmt), q.operands(), strict=True):
-                self._w[name + part] = program.buffer(
-                    a if part == ".c" else np.asarray(a, np.float32)
-                )
+            for part, a in cl_operands(q.fmt, q.operands()).items():
+                self._w[f"{name}.{part}"] = program.buffer(a)
         self.weights = list(self._w.values())
         self._cache_bytes = spec.n_layers * self.n_ctx * spec.n_head_kv * spec.head_dim * _F32
         self.k_cache = program.buffer(nbytes=self._cache_bytes)
         self.v_cache = program.buffer(nbytes=self._cache_bytes)
+
+    def weight_bytes(self) -> int:
+        """Bytes of the weights held on the device (matrices, their scales, norms, biases;
+        the embedding table stays on the host)."""
+        return sum(int(b.size) for b in self._w.values())
 
     def fork(self) -> ClModel:
         """A new model sharing the kernels and weights, with a copy of the cache."""
@@ -167,8 +171,8 @@ OPENCL_WEIGHTS = ("fp32", "gguf-exact")
 def load_opencl(source: ModelSource, options: LoadOptions, choice: str) -> ClModel:
     """Build ``choice`` of ``source`` on the first OpenCL device: ``fp32``, or ``gguf-exact``
     (what ``auto`` is for a GGUF): the matrices of :data:`~edgespec.kernels.opencl_graph.
-    CL_QUANT` types on the file's own blocks, as the CPU build packs them (its on-disk cache
-    too), the others dequantized.
+    CL_QUANT` types (every type the CPU build packs) on the file's own blocks, as the CPU
+    build packs them (its on-disk cache too), the others (float16 matrices) in float32.
 
     Raises:
         EdgespecError: a choice that does not run on OpenCL, no OpenCL driver or no pyopencl.

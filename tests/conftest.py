@@ -65,6 +65,20 @@ def tiny_qwen2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _save_tiny(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
 
 
+@pytest.fixture(scope="session")
+def tiny_q4km_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-layer random qwen2 wide enough for K-quants (hidden 256: 4 heads of 64, 2 kv
+    heads), quantized by llama.cpp's own quantizer to Q4_K_M: Q4_K matrices, Q6_K for the
+    last layer's v (a fused QKV of both types) and the output, Q5_0 / Q8_0 for ffn_down
+    (rows of 128, not a multiple of 256)."""
+    pytest.importorskip("llama_cpp")
+    from edgespec.testing import quantize_gguf, write_tiny_gguf
+
+    folder = tmp_path_factory.mktemp("tiny-q4km")
+    hf = _save_tiny(folder / "hf", "qwen2", (4, 2), 64)
+    return quantize_gguf(write_tiny_gguf(hf, folder / "f32.gguf"), folder / "q4km.gguf")
+
+
 @pytest.fixture
 def tiny_llama_with_heads(tmp_path: Path) -> Callable[..., Path]:
     """``make(n_head, n_head_kv, head_dim=16)``: an HF folder of a 3-layer random

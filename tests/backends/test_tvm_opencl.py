@@ -10,7 +10,11 @@ Tolerances, measured with ``.venv/bin/python -m pytest tests/backends/test_tvm_o
 - smollm2-135m (logits up to ~31), opencl vs llvm over 10 prompt tokens: max |logit diff|
   6.1e-5 (fp32 build), 1.2e-4 (gguf-exact: the Q4_1/Q8_0 blocks; steps 2.8e-5 to 4.4e-5);
   asserted 1e-3, test_tvm.py's bound for the llvm build against the NumPy reference; top-1
-  everywhere and 8 greedy tokens equal (the smallest top-2 margin on the way is 0.0074).
+  everywhere and 8 greedy tokens equal (the smallest top-2 margin on the way is 0.0074);
+- a tiny Q4_K_M qwen2 (hidden 256, llama.cpp's quantizer; logits up to ~4.3), gguf-exact
+  against numpy float64 on the file's dequantized weights: max |logit diff| 6.1e-6 to 7.1e-6
+  on opencl (chains, a tree), 5.2e-6 to 7.4e-6 on llvm in the same run: asserted
+  TINY_ATOL (K_QUANT_ATOL, the same value).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ IDS = [1, 17, 200, 33, 5, 99, 142, 7, 255, 64, 3, 128]
 TINY_ATOL = 1e-5
 #: smollm2's fp32 build, opencl vs llvm (test_tvm.py's llvm-vs-NumPy float32 bound)
 SMOL_ATOL = 1e-3
+#: the tiny Q4_K_M model against numpy float64, both builds (module docstring: 7.4e-6 at most)
+K_QUANT_ATOL = TINY_ATOL
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +89,43 @@ def test_opencl_matches_reference_and_llvm(
     fork, ref_fork = cl.fork(), ref.fork()
     _close(fork.forward([12, 13]), ref_fork.forward([12, 13]), TINY_ATOL, "fork")
     _close(cl.forward([14]), ref.forward([14]), TINY_ATOL, "the original after its fork")
+
+
+def test_k_quants_run_on_their_blocks(device: object, tiny_q4km_gguf: Path) -> None:
+    """A Q4_K_M file (llama.cpp's quantizer: Q4_K, Q6_K, a fused Q4_K/Q6_K QKV, Q5_0, Q8_0)
+    runs with every matrix on its own blocks on OpenCL (K-quants' sub-scales folded into
+    per-group scales), against the NumPy reference on the file's dequantized weights and the
+    llvm gguf-exact build: chains, a tree, greedy tokens."""
+    from gguf import GGUFReader
+
+    src = ModelSource("gguf", tiny_q4km_gguf, "tiny-q4km")
+    types = {t.tensor_type.name for t in GGUFReader(str(tiny_q4km_gguf)).tensors}
+    assert {"Q4_K", "Q6_K", "Q5_0", "Q8_0"} <= types
+    cl = _load(src, "opencl", weights="gguf-exact")
+    assert cl.info.extra["quantized_matrices"] == "13/13"  # 3 layers x 4 + the LM head
+    assert dict(cl.spec.quant)["l2.wqkv"] == "Q4_K_Q6_K"
+    # at most a byte of code and two float32 per 16 weights (Q6_K's groups, affine mixed):
+    # 12 of the fp32 build's 32 bits a weight
+    fp32 = _load(src, "opencl", weights="fp32")
+    assert cl.weight_bytes() <= fp32.weight_bytes() * 12 / 32
+    cpu = _load(src, "cpu", weights="gguf-exact")
+    ref = NumpyBackend.load(src, LoadOptions(n_ctx=64, progress=False, dtype="float64"))
+    for what, step in (("prompt", IDS[:8]), ("continuation", IDS[8:])):
+        want = ref.forward(step)
+        _close(cl.forward(step), want, K_QUANT_ATOL, f"q4km {what} opencl")
+        _close(cpu.forward(step), want, K_QUANT_ATOL, f"q4km {what} llvm")
+    parents, tree = [-1, 0, 0, 1, 2], [5, 6, 7, 8, 9]
+    for m in (cl, cpu, ref):
+        m.truncate(8)
+    want = ref.forward_tree(tree, parents)
+    _close(cl.forward_tree(tree, parents), want, K_QUANT_ATOL, "q4km tree opencl")
+    for m in (cl, cpu):
+        m.truncate(8)
+    got, expect = [int(cl.forward([3])[0].argmax())], [int(cpu.forward([3])[0].argmax())]
+    for _ in range(5):
+        got.append(int(cl.forward([got[-1]], all_logits=False)[0].argmax()))
+        expect.append(int(cpu.forward([expect[-1]], all_logits=False)[0].argmax()))
+    assert got == expect
 
 
 def test_q8act_is_refused_in_one_line(device: object, smollm2_path: Path) -> None:

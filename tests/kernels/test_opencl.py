@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +25,13 @@ from edgespec.kernels import (  # noqa: E402
     reference,
 )
 from edgespec.kernels.opencl import OpenCLQMatmul, generate  # noqa: E402
-from edgespec.kernels.opencl_graph import CL_QUANT, ClProgram, _qlinear, qlinear_name  # noqa: E402
+from edgespec.kernels.opencl_graph import (  # noqa: E402
+    CL_QUANT,
+    ClProgram,
+    _qlinear,
+    cl_operands,
+    qlinear_name,
+)
 from edgespec.kernels.qmatmul import FORMATS, QMatmul, QWeight  # noqa: E402
 
 from .test_qlinear import random_blocks  # noqa: E402
@@ -89,15 +96,36 @@ def test_missing_icd_is_one_clear_line(tmp_path: Path) -> None:
 
 
 #: (type, output features, with a bias): every type the OpenCL graph multiplies on its blocks,
-#: tiles of 64 and of 16 (48 outputs: the launch's last group half idle)
+#: tiles of 64 and of 16 (48 outputs: the launch's last group half idle); K-quants and the
+#: mixed Q4_K/Q6_K format (Qwen's fused QKV) at K = 512, the others at K = 160
 QCASES = [(f, n, False) for f in CL_QUANT for n in (128, 48)] + [("Q4_1", 128, True)]
+QCASES += [(qlinear.MIXED_K, 128, True)]
+
+
+def _k(fmt: str) -> int:
+    return 512 if qlinear.get_layout(fmt).sub else 160
+
+
+def _raw_packed(fmt: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, Any]:
+    """``(the file's dequantized weights float32[N, K], the packed matrix)``; the mixed
+    format as Qwen's QKV: Q4_K rows, then Q6_K rows."""
+    from gguf import GGMLQuantizationType, quants
+
+    k = _k(fmt)
+    types = {"Q4_K": n // 2, "Q6_K": n - n // 2} if fmt == qlinear.MIXED_K else {fmt: n}
+    raws = {t: random_blocks(t, rows, k, rng) for t, rows in types.items()}
+    want = np.concatenate(
+        [quants.dequantize(r, GGMLQuantizationType[t]) for t, r in raws.items()]
+    ).astype(np.float32)
+    blocks = [qlinear.QBlocks.from_gguf(r, t).to(fmt) for t, r in raws.items()]
+    return want, qlinear.pack(qlinear.concat(blocks))
 
 
 @pytest.fixture(scope="module")
 def qprogram(device: object) -> ClProgram:
-    """One OpenCL module holding the graph's quantized linear kernel for every case, K = 160."""
+    """One OpenCL module holding the graph's quantized linear kernel for every case."""
     return ClProgram(
-        {qlinear_name(f, 160, n, b): _qlinear(f, 160, n, b) for f, n, b in QCASES}, device
+        {qlinear_name(f, _k(f), n, b): _qlinear(f, _k(f), n, b) for f, n, b in QCASES}, device
     )
 
 
@@ -105,31 +133,48 @@ def qprogram(device: object) -> ClProgram:
 def test_graph_qlinear_within_bound_and_rows_independent(
     qprogram: ClProgram, fmt: str, n: int, bias: bool
 ) -> None:
-    """The OpenCL graph's ``qlinear`` on the CPU build's packed operands (scales widened to
-    float32) against the file's dequantized weights: within :func:`qlinear.qlinear_bound`
-    (the kernel factors each block's sums as the CPU kernel does), and each row computed
-    alone equal bit for bit."""
+    """The OpenCL graph's ``qlinear`` on the CPU build's packed operands (scales per group
+    widened to float32, K-quants' sub-scales multiplied in) against the file's dequantized
+    weights: within :func:`qlinear.qlinear_bound` (the kernel factors each group's sums as
+    the CPU kernel does), and each row computed alone equal bit for bit."""
     rng = np.random.default_rng(3)
-    raw = random_blocks(fmt, n, 160, rng)
-    w = qlinear.from_gguf(raw, fmt)
+    k = _k(fmt)
+    dense, w = _raw_packed(fmt, n, rng)
+    np.testing.assert_array_equal(w.dequantize(), dense)  # the packing is the file's values
     b = rng.standard_normal(n).astype(np.float32)
-    ops = {
-        p[1:]: qprogram.buffer(a if p == ".c" else np.asarray(a, np.float32))
-        for p, a in zip(qlinear.operand_names(fmt), w.operands(), strict=True)
-    }
+    ops = {p: qprogram.buffer(a) for p, a in cl_operands(fmt, w.operands()).items()}
+    assert set(ops) == ({"c", "d", "m"} if qlinear.get_layout(fmt).affine else {"c", "d"})
 
     def run(x: np.ndarray) -> np.ndarray:
         y = qprogram.buffer(nbytes=x.shape[0] * n * 4)
         args = {"x": qprogram.buffer(x), "y": y, "n": x.shape[0], "b": qprogram.buffer(b)}
-        qprogram.launch(qlinear_name(fmt, 160, n, bias), n, **ops, **args)
+        if "m" not in ops:
+            args["m"] = ops["d"]  # unused by the kernel: any buffer
+        qprogram.launch(qlinear_name(fmt, k, n, bias), n, **ops, **args)
         return qprogram.read(y, (x.shape[0], n))
 
-    x = rng.standard_normal((9, 160)).astype(np.float32)
+    x = rng.standard_normal((9, k)).astype(np.float32)
     got = run(x)
-    want = reference.qmatmul(x, raw, fmt) + (b if bias else 0)
+    want = x.astype(np.float64) @ dense.astype(np.float64).T + (b if bias else 0)
     err = np.abs(got - want)
     bound = qlinear.qlinear_bound(x, w) + (np.abs(want) * 2.0**-24 if bias else 0)
     print(f"{fmt} n={n} bias={bias}: max err / bound {float((err / bound).max()):.3g}")
     assert (err <= bound).all()
     one = np.concatenate([run(x[i : i + 1]) for i in range(len(x))])
     np.testing.assert_array_equal(one, got)
+
+
+def test_misplaced_sub_scales_break_the_bound(qprogram: ClProgram) -> None:
+    """The test above can fail: Q6_K's per-group scales shifted by one group (the
+    super-block scale applied to the wrong sub-scale) leave the bound."""
+    rng = np.random.default_rng(3)
+    dense, w = _raw_packed("Q6_K", 128, rng)
+    ops = cl_operands("Q6_K", w.operands())
+    ops["d"] = np.ascontiguousarray(np.roll(ops["d"], 1, axis=1))
+    bufs = {p: qprogram.buffer(a) for p, a in ops.items()}
+    x = rng.standard_normal((2, 512)).astype(np.float32)
+    y = qprogram.buffer(nbytes=2 * 128 * 4)
+    args = {"x": qprogram.buffer(x), "y": y, "n": 2, "b": bufs["d"], "m": bufs["d"]}
+    qprogram.launch(qlinear_name("Q6_K", 512, 128, False), 128, **bufs, **args)
+    err = np.abs(qprogram.read(y, (2, 128)) - x.astype(np.float64) @ dense.T.astype(np.float64))
+    assert (err > qlinear.qlinear_bound(x, w)).any()
