@@ -333,35 +333,6 @@ def write_tiny_gguf(
     return out
 
 
-def quantize_gguf(src: Path, out: Path, ftype: str = "Q4_K_M") -> Path:
-    """Quantize GGUF ``src`` (float32 matrices, e.g. from :func:`write_tiny_gguf`) into
-    ``out`` with llama.cpp's own quantizer (``llama_model_quantize``, the one behind
-    llama.cpp's ``llama-quantize``): ``ftype`` names a ``LLAMA_FTYPE_MOSTLY_*`` mix such as
-    ``Q4_K_M`` (Q4_K, Q6_K for some tensors, a 32-block type where a row is not a multiple
-    of 256), the K-quant types gguf-py can read but not write.
-
-    Raises:
-        EdgespecError: llama-cpp-python missing, an unknown ``ftype``, or the quantizer failed.
-    """
-    import ctypes
-
-    try:
-        import llama_cpp
-    except ImportError:
-        raise EdgespecError("quantize_gguf needs llama-cpp-python (./install.sh)") from None
-    code = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}", None)
-    if code is None:
-        raise EdgespecError(f"unknown llama.cpp quantization '{ftype}' (e.g. Q4_K_M, Q8_0)")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = code
-    tmp = out.with_name(out.name + ".part")
-    if llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params)):
-        tmp.unlink(missing_ok=True)
-        raise EdgespecError(f"llama.cpp could not quantize {src} to {ftype}")
-    tmp.replace(out)
-    return out
-
-
 #: the repository's benchmarks/ folder (scripts, not a package: :func:`load_script` loads them)
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

@@ -120,6 +120,7 @@ QUANTS: dict[str, dict[str, str]] = {
     "fp16": {"gguf": "f16", "tvm": "fp16"},
     "int8": {"onnx": "int8", "gguf": "q8_0", "tvm": "int8"},
     "int4": {"onnx": "int4", "gguf": "q4_0", "tvm": "int4"},
+    "q4_k_m": {"gguf": "q4_k_m"},
     "gguf-exact": {"onnx": "gguf-exact"},
 }
 #: other spellings users bring (GGUF's own names, numpy dtype names) -> the vocabulary's name
@@ -138,6 +139,7 @@ QUANT_NOTES = {
     ("onnx", "gguf-exact"): "the GGUF source's own blocks (GGUF sources only)",
     ("gguf", "q8_0"): "8-bit blocks of 32",
     ("gguf", "q4_0"): "4-bit blocks of 32",
+    ("gguf", "q4_k_m"): "llama.cpp's Q4_K_M mix (Q4_K, Q6_K), by llama.cpp's quantizer",
     ("tvm", "int8"): "weights file in q8_0; the library computes in fp32",
     ("tvm", "int4"): "weights file in q4_0; the library computes in fp32",
 }

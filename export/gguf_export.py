@@ -1,4 +1,5 @@
-"""HF llama / qwen2 weights -> GGUF (f32, f16, q8_0, q4_0) with the ``gguf`` package's writer.
+"""HF llama / qwen2 weights -> GGUF (f32, f16, q8_0, q4_0) with the ``gguf`` package's writer,
+and q4_k_m by llama.cpp's own quantizer.
 
 The layout follows llama.cpp's ``convert_hf_to_gguf.py``:
 
@@ -7,6 +8,12 @@ The layout follows llama.cpp's ``convert_hf_to_gguf.py``:
   order to GGUF's interleaved RoPE order (qwen2 uses NEOX RoPE and needs no permutation);
 - 1-D tensors (norms, biases) stay float32; 2-D weights take the requested type when their
   row length is a multiple of the block size, float16 otherwise.
+
+``q4_k_m`` (llama.cpp's Q4_K_M mix: Q4_K, with Q6_K for the output and some of the attention
+values and FFN down projections, and a 32-block type where a row is not a multiple of 256)
+is not written by gguf-py, which reads K-quants but cannot make them: the f16 file is
+written first, then ``llama_model_quantize`` (the function behind ``llama-quantize``, from
+llama-cpp-python) turns it into the artifact.
 
 The tokenizer goes into the metadata: copied from the source GGUF, or built from
 ``tokenizer.json`` (BPE -> ``gpt2`` model, merges, special ids and the chat template via
@@ -29,6 +36,9 @@ from edgespec.export.base import Artifact, ArtifactOptions, Exporter, Prepared
 GGUF_TYPES = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0", "f32": "F32"}
 #: GGUF ``general.file_type`` (llama_ftype) per quantization
 FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7}
+#: quantizations made by llama.cpp's quantizer from the f16 file: name -> its
+#: ``LLAMA_FTYPE_MOSTLY_*`` suffix
+LLAMACPP_MIXES = {"q4_k_m": "Q4_K_M"}
 ARCHS = {"llama": "LLAMA", "mistral": "LLAMA", "qwen2": "QWEN2"}
 
 
@@ -172,11 +182,63 @@ def write_gguf(src: Prepared, out: Path, quant: str, *, progress: bool = True) -
     return counts
 
 
+def llamacpp_quantize(src: Path, out: Path, mix: str = "Q4_K_M") -> Path:
+    """Quantize GGUF ``src`` (f32 / f16 matrices) into ``out`` with llama.cpp's own quantizer
+    (``llama_model_quantize``); ``mix`` names a ``LLAMA_FTYPE_MOSTLY_*`` type such as
+    ``Q4_K_M``. Written to ``out.part`` and renamed when complete.
+
+    Raises:
+        EdgespecError: llama-cpp-python missing, an unknown ``mix``, or the quantizer failed.
+    """
+    import ctypes
+    import logging
+
+    try:
+        import llama_cpp
+    except ImportError:
+        raise EdgespecError(
+            f"{mix} needs llama.cpp's quantizer: pip install llama-cpp-python (./install.sh)"
+        ) from None
+    code = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{mix}", None)
+    if code is None:
+        raise EdgespecError(f"unknown llama.cpp quantization '{mix}' (e.g. Q4_K_M, Q8_0)")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = code
+    tmp = out.with_name(out.name + ".part")
+    # llama-cpp-python prints llama.cpp's log to stderr below its logger's level: a line per
+    # tensor that falls back to a 32-block type; the caller gets the types, and a failure
+    # as one line of ours
+    log = logging.getLogger("llama-cpp-python")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        failed = llama_cpp.llama_model_quantize(
+            str(src).encode(), str(tmp).encode(), ctypes.byref(params)
+        )
+        if failed:
+            raise EdgespecError(f"llama.cpp could not quantize {src} to {mix}")
+        tmp.replace(out)
+    finally:
+        log.setLevel(level)
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def tensor_types(path: Path) -> dict[str, int]:
+    """``{GGUF type name: how many tensors}`` of the file ``path``."""
+    from edgespec.gguf_file import open_gguf
+
+    counts: dict[str, int] = {}
+    for t in open_gguf(path).reader.tensors:
+        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+    return counts
+
+
 class GgufExporter(Exporter):
     """One ``model.gguf`` per artifact folder, for the llama.cpp backend."""
 
     name = "gguf"
-    quants = ("f16", "q8_0", "q4_0", "f32")
+    quants = ("f16", "q8_0", "q4_0", "q4_k_m", "f32")
     backend = "llamacpp"
     source_kind = "gguf"
 
@@ -185,5 +247,13 @@ class GgufExporter(Exporter):
     ) -> Artifact:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "model.gguf"
+        if quant in LLAMACPP_MIXES:
+            f16 = out_dir / ".model-f16.gguf"
+            try:
+                write_gguf(src, f16, "f16", progress=options.progress)
+                llamacpp_quantize(f16, path, LLAMACPP_MIXES[quant])
+            finally:
+                f16.unlink(missing_ok=True)
+            return Artifact("gguf", quant, path, {"tensor_types": tensor_types(path)})
         counts = write_gguf(src, path, quant, progress=options.progress)
         return Artifact("gguf", quant, path, {"tensor_types": counts})

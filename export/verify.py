@@ -32,6 +32,8 @@ DEFAULT_MIN_AGREEMENT = {
     "q8_0": 0.8,
     "int4": 0.5,
     "q4_0": 0.5,
+    # 4-bit too, in finer blocks (sub-scales per 32, Q6_K where it matters): q4_0's bar
+    "q4_k_m": 0.5,
     # the GGUF's own 4/5/6/8-bit blocks vs their fp32 dequantization: 0.979 on SmolLM2
     "gguf-exact": 0.8,
 }

@@ -72,11 +72,12 @@ def tiny_q4km_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     last layer's v (a fused QKV of both types) and the output, Q5_0 / Q8_0 for ffn_down
     (rows of 128, not a multiple of 256)."""
     pytest.importorskip("llama_cpp")
-    from edgespec.testing import quantize_gguf, write_tiny_gguf
+    from edgespec.export.gguf_export import llamacpp_quantize
+    from edgespec.testing import write_tiny_gguf
 
     folder = tmp_path_factory.mktemp("tiny-q4km")
     hf = _save_tiny(folder / "hf", "qwen2", (4, 2), 64)
-    return quantize_gguf(write_tiny_gguf(hf, folder / "f32.gguf"), folder / "q4km.gguf")
+    return llamacpp_quantize(write_tiny_gguf(hf, folder / "f32.gguf"), folder / "q4km.gguf")
 
 
 @pytest.fixture

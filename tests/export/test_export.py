@@ -224,6 +224,46 @@ def test_gguf_q4_0_and_qwen2(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
     assert arts["q4_0"]["tensor_types"].get("Q4_0", 0) > 0
 
 
+def test_gguf_q4_k_m_by_llamacpps_quantizer(
+    tiny_qwen2_dir: Path, tiny_q4km_gguf: Path, tmp_path: Path
+) -> None:
+    """``--quant q4_k_m``: the f16 file quantized by llama.cpp's own quantizer (its rows of 64
+    are not K-quant rows: llama.cpp picks its 32-block fallbacks), verified like the others,
+    file type 15 (MOSTLY_Q4_K_M), no f16 or .part file left; the function itself on a model
+    wide enough for K-quants gives Q4_K and Q6_K."""
+    from gguf import GGUFReader
+
+    m = _export(
+        target=str(tiny_qwen2_dir),
+        out=str(tmp_path / "q"),
+        formats=("gguf",),
+        quants=("Q4_K_M",),
+        min_agreement=0.2,
+    )
+    (art,) = m["roles"]["target"]["artifacts"]
+    assert art["quantization"] == "q4_k_m" and art["verification"]["greedy_agreement"] >= 0.2
+    path = tmp_path / "q" / art["path"]
+    reader = GGUFReader(str(path))
+    assert int(reader.fields["general.file_type"].contents()) == 15
+    assert sum(art["tensor_types"].values()) == len(reader.tensors)
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".") or p.suffix == ".part"]
+    types = {t.tensor_type.name for t in GGUFReader(str(tiny_q4km_gguf)).tensors}
+    assert {"Q4_K", "Q6_K"} <= types
+
+
+def test_llamacpp_quantize_bad_input_is_one_line(tmp_path: Path) -> None:
+    from edgespec.export.gguf_export import llamacpp_quantize
+
+    with pytest.raises(EdgespecError, match="unknown llama.cpp quantization 'Q3_X'"):
+        llamacpp_quantize(tmp_path / "in.gguf", tmp_path / "out.gguf", "Q3_X")
+    bad = tmp_path / "in.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 60)
+    with pytest.raises(EdgespecError, match="could not quantize") as err:
+        llamacpp_quantize(bad, tmp_path / "out.gguf")
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf"]
+
+
 @pytest.mark.slow
 def test_smollm2_onnx_bundle_matches_numpy_reference(smollm2_path: Path, tmp_path: Path) -> None:
     """The zoo's GGUF -> HF -> ONNX bundle: greedy tokens equal the NumPy reference running
