@@ -122,6 +122,25 @@ def _quiet(progress: bool) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _gguf_bar(progress: bool) -> Iterator[None]:
+    """transformers' GGUF dequantization bar off unless ``progress``: it is a plain
+    ``tqdm.auto.tqdm`` in ``transformers.modeling_gguf_pytorch_utils``, which
+    ``disable_progress_bar`` does not reach, so that module's name is given a disabled one."""
+    module: Any = None
+    with contextlib.suppress(ImportError):
+        import transformers.modeling_gguf_pytorch_utils as module
+    bar = getattr(module, "tqdm", None)
+    if progress or bar is None:
+        yield
+        return
+    module.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        module.tqdm = bar
+
+
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:64] or "model"
 
@@ -149,7 +168,7 @@ def gguf_to_hf(gguf_path: str | Path, out_dir: str | Path, *, progress: bool = F
     src = Path(gguf_path).expanduser().resolve()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with _quiet(progress), torch.no_grad():
+    with _quiet(progress), _gguf_bar(progress), torch.no_grad():
         model = AutoModelForCausalLM.from_pretrained(
             str(src.parent), gguf_file=src.name, dtype=torch.float32, local_files_only=True
         )

@@ -244,7 +244,11 @@ def test_one_quant_name_for_every_format(tmp_path):
 @pytest.mark.parametrize(
     "formats,quant,needle",
     [
-        ("onnx", "int3", "unknown --quant 'int3'; known: fp32, fp16, int8, int4, q4_k_m, gguf-exact"),
+        (
+            "onnx",
+            "int3",
+            "unknown --quant 'int3'; known: fp32, fp16, int8, int4, q4_k_m, gguf-exact",
+        ),
         ("onnx", "fp16", "none of --quant fp16 applies to onnx; onnx takes fp32, int8, int4"),
         ("onnx,gguf", "onnx:fp16", "onnx has no fp16"),
         ("onnx", "gguf:int8", "names format 'gguf', which is not in --format onnx"),

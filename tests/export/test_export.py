@@ -315,3 +315,17 @@ def test_export_records_the_compressor_role_backend_and_ratio(
     # and the loader reads it back: the bundle's compressor, its ratio and backend
     source, ratio, backend = compressor_source_of(resolve(str(out)), None, False)
     assert source is not None and (ratio, backend) == (0.3, "llamacpp")
+
+
+def test_quiet_export_turns_off_transformers_gguf_bar() -> None:
+    """``export -q``: transformers' GGUF dequantization bar (a plain tqdm there) is disabled
+    while the GGUF is read, shown with progress, and the module's own tqdm restored after."""
+    gguf_utils = pytest.importorskip("transformers.modeling_gguf_pytorch_utils")
+    from edgespec.export.hf_onnx import _gguf_bar
+
+    own = gguf_utils.tqdm
+    with _gguf_bar(False):
+        assert gguf_utils.tqdm(range(3)).disable
+    assert gguf_utils.tqdm is own
+    with _gguf_bar(True):
+        assert gguf_utils.tqdm is own
