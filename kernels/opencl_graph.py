@@ -120,8 +120,8 @@ def _linear(K: int, N: int, bias: bool) -> Any:
 
 
 #: the GGUF types (and fused formats) :func:`_qlinear` multiplies on their own blocks: every
-#: layout of kernels/qlinear.py; K-quants' sub-scales are folded into per-group float32
-#: scales on the host (:meth:`~edgespec.kernels.qlinear.PackedQWeight.group_scales`)
+#: layout of kernels/qlinear.py (K-quants with their super-block scales and integer
+#: sub-scales, multiplied per group in the kernel)
 CL_QUANT = tuple(LAYOUTS)
 
 
@@ -133,22 +133,30 @@ def qlinear_name(fmt: str, K: int, N: int, bias: bool) -> str:
 def _qlinear(fmt: str, K: int, N: int, bias: bool) -> Any:
     """``x [n, K] @ W`` on a matrix packed by :func:`edgespec.kernels.qlinear.pack` (the
     file's codes, tiled ``[N/tile, ., tile]``, so neighbouring work items read neighbouring
-    bytes), with one float32 scale ``d`` (and offset ``m``) per group of ``g`` weights (32,
-    16 for Q6_K and the mixed Q4_K/Q6_K format) from
-    :meth:`~edgespec.kernels.qlinear.PackedQWeight.group_scales` (no ``cl_khr_fp16``
-    needed; K-quants' super-block scale and sub-scale already multiplied, exactly). One work
-    item per output feature j; per row and group, as the CPU kernel factors it: ``y += d *
-    sum(x * code) + m * sum(x)``."""
+    bytes), scales as :func:`cl_operands` gives them: float32 (widened on the host, so no
+    ``cl_khr_fp16`` is needed), one per group of ``g`` weights (32; 16 for Q6_K and the mixed
+    Q4_K/Q6_K format), or for K-quants one per 256 with the file's integer sub-scale per
+    group (``sd``, ``sm``), their product ``D = d * sd`` formed in the kernel (exact in
+    float32, the value the CPU build and ``gguf.quants.dequantize`` use). One work item per
+    output feature j; per row and group, as the CPU kernel factors it: ``y += D * sum(x *
+    code) + M * sum(x)``."""
     from tvm.script import tirx as T
 
-    from edgespec.kernels.qlinear import tile_for
+    from edgespec.kernels.qlinear import SUPER, tile_for
 
     lay, tile = get_layout(fmt), tile_for(N)
     g, four, zero, affine = lay.group, lay.code_bits == 4, float(lay.zero), lay.affine
-    nb = K // g
+    nb, sub = K // g, lay.sub
+    per = SUPER // g if sub else 1  # groups per scale d (and m)
     if four and g != 32:  # 4-bit codes are packed in Q4_0's nibble order per 32
         raise EdgespecError(f"{fmt}: 4-bit codes need groups of 32, not {g}")
     ctype, cols = ("uint8", K // 2) if four else ("int8", K)
+
+    def scale(s: Any, si: Any, jt: Any, k: Any, ln: Any) -> Any:
+        # D (or M) of group k: the float32 scale, times the group's sub-scale for K-quants
+        if sub:
+            return s[jt, k // per, ln] * T.Cast("float32", si[jt, k, ln])
+        return s[jt, k, ln]
 
     @T.prim_func(private=True)
     def qlinear(
@@ -156,14 +164,18 @@ def _qlinear(fmt: str, K: int, N: int, bias: bool) -> Any:
         var_c: T.handle,
         var_d: T.handle,
         var_m: T.handle,
+        var_sd: T.handle,
+        var_sm: T.handle,
         var_y: T.handle,
         var_b: T.handle,
     ) -> None:
         n = T.int32()
         x = T.match_buffer(var_x, (n, K), "float32")
         c = T.match_buffer(var_c, (N // tile, cols, tile), ctype)
-        d = T.match_buffer(var_d, (N // tile, nb, tile), "float32")
-        m = T.match_buffer(var_m, (N // tile, nb, tile), "float32")
+        d = T.match_buffer(var_d, (N // tile, nb // per, tile), "float32")
+        m = T.match_buffer(var_m, (N // tile, nb // per, tile), "float32")
+        sd = T.match_buffer(var_sd, (N // tile, nb, tile), sub or "int8")
+        sm = T.match_buffer(var_sm, (N // tile, nb, tile), sub or "int8")
         y = T.match_buffer(var_y, (n, N), "float32")
         b = T.match_buffer(var_b, (N,), "float32")
         for gr in T.thread_binding(_groups(N), "blockIdx.x"):
@@ -193,9 +205,13 @@ def _qlinear(fmt: str, K: int, N: int, bias: bool) -> Any:
                                 if affine:
                                     acc[2] = acc[2] + x[r, k * g + i]
                             if affine:
-                                acc[0] = acc[0] + d[jt, k, ln] * acc[1] + m[jt, k, ln] * acc[2]
+                                acc[0] = (
+                                    acc[0]
+                                    + scale(d, sd, jt, k, ln) * acc[1]
+                                    + scale(m, sm, jt, k, ln) * acc[2]
+                                )
                             else:
-                                acc[0] = acc[0] + d[jt, k, ln] * acc[1]
+                                acc[0] = acc[0] + scale(d, sd, jt, k, ln) * acc[1]
                         if bias:
                             y[r, gr * THREADS + t] = acc[0] + b[gr * THREADS + t]
                         else:
@@ -205,15 +221,14 @@ def _qlinear(fmt: str, K: int, N: int, bias: bool) -> Any:
 
 
 def cl_operands(fmt: str, operands: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """``{"c", "d"[, "m"]}``: the operands :func:`_qlinear` takes for a matrix in ``fmt``
-    whose CPU-build operands (:func:`edgespec.kernels.qlinear.pack`, in
-    :meth:`~edgespec.kernels.qlinear.Layout.parts` order) are ``operands``: the codes as
-    packed, the scales per group widened to float32."""
-    from edgespec.kernels.qlinear import PackedQWeight
-
-    q = PackedQWeight(fmt, dict(zip(get_layout(fmt).parts(), operands, strict=True)))
-    d, m = q.group_scales()
-    return {"c": q.ops["c"], "d": d} | ({} if m is None else {"m": m})
+    """``{"c", "d"[, "m"][, "sd"[, "sm"]]}``: the operands :func:`_qlinear` takes for a matrix
+    in ``fmt`` whose CPU-build operands (:func:`edgespec.kernels.qlinear.pack`, in
+    :meth:`~edgespec.kernels.qlinear.Layout.parts` order) are ``operands``: the codes and
+    K-quants' integer sub-scales as packed, the float16 scales widened to float32 (exactly)."""
+    named = dict(zip(get_layout(fmt).parts(), operands, strict=True))
+    return {
+        p: np.ascontiguousarray(a, np.float32) if p in ("d", "m") else a for p, a in named.items()
+    }
 
 
 def graph_kernels(spec: GraphSpec) -> dict[str, Any]:

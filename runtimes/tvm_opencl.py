@@ -44,8 +44,8 @@ class ClModel(TvmModel):
             graph_weights`): matrices ``[K, N]`` uploaded, the embedding kept on the host.
         quant: the matrices that run on the file's blocks (``spec.quant``): ``{name:
             matrix with .fmt and .operands()}`` (kernels/qlinear.py's layout, as
-            ``packed_matrices`` gives it; scales widened to float32 per group here, K-quants'
-            sub-scales multiplied in).
+            ``packed_matrices`` gives it; float16 scales widened to float32 here, K-quants'
+            integer sub-scales as they are).
         inv_freq: rope inverse frequencies ``float64[hd/2]``.
         info: architecture facts.
         n_ctx: cache capacity in tokens.
@@ -104,7 +104,8 @@ class ClModel(TvmModel):
         if fmt is None:
             self.program.launch(linear_name(K, N, bias is not None), N, w=self._w[name], **args)
         else:
-            ops = {p: self._w[f"{name}.{p}"] for p in "cdm" if f"{name}.{p}" in self._w}
+            parts = ("c", "d", "m", "sd", "sm")
+            ops = {p: self._w[f"{name}.{p}"] for p in parts if f"{name}.{p}" in self._w}
             self.program.launch(qlinear_name(fmt, K, N, bias is not None), N, **ops, **args)
         return y
 

@@ -133,8 +133,8 @@ def qprogram(device: object) -> ClProgram:
 def test_graph_qlinear_within_bound_and_rows_independent(
     qprogram: ClProgram, fmt: str, n: int, bias: bool
 ) -> None:
-    """The OpenCL graph's ``qlinear`` on the CPU build's packed operands (scales per group
-    widened to float32, K-quants' sub-scales multiplied in) against the file's dequantized
+    """The OpenCL graph's ``qlinear`` on the CPU build's packed operands (float16 scales
+    widened to float32, K-quants' integer sub-scales as they are) against the file's dequantized
     weights: within :func:`qlinear.qlinear_bound` (the kernel factors each group's sums as
     the CPU kernel does), and each row computed alone equal bit for bit."""
     rng = np.random.default_rng(3)
@@ -143,13 +143,11 @@ def test_graph_qlinear_within_bound_and_rows_independent(
     np.testing.assert_array_equal(w.dequantize(), dense)  # the packing is the file's values
     b = rng.standard_normal(n).astype(np.float32)
     ops = {p: qprogram.buffer(a) for p, a in cl_operands(fmt, w.operands()).items()}
-    assert set(ops) == ({"c", "d", "m"} if qlinear.get_layout(fmt).affine else {"c", "d"})
+    assert set(ops) == set(qlinear.get_layout(fmt).parts())
 
     def run(x: np.ndarray) -> np.ndarray:
         y = qprogram.buffer(nbytes=x.shape[0] * n * 4)
         args = {"x": qprogram.buffer(x), "y": y, "n": x.shape[0], "b": qprogram.buffer(b)}
-        if "m" not in ops:
-            args["m"] = ops["d"]  # unused by the kernel: any buffer
         qprogram.launch(qlinear_name(fmt, k, n, bias), n, **ops, **args)
         return qprogram.read(y, (x.shape[0], n))
 
@@ -165,16 +163,16 @@ def test_graph_qlinear_within_bound_and_rows_independent(
 
 
 def test_misplaced_sub_scales_break_the_bound(qprogram: ClProgram) -> None:
-    """The test above can fail: Q6_K's per-group scales shifted by one group (the
-    super-block scale applied to the wrong sub-scale) leave the bound."""
+    """The test above can fail: Q6_K's sub-scales shifted by one group (each group's
+    scale applied to its neighbour's sums) leave the bound."""
     rng = np.random.default_rng(3)
     dense, w = _raw_packed("Q6_K", 128, rng)
     ops = cl_operands("Q6_K", w.operands())
-    ops["d"] = np.ascontiguousarray(np.roll(ops["d"], 1, axis=1))
+    ops["sd"] = np.ascontiguousarray(np.roll(ops["sd"], 1, axis=1))
     bufs = {p: qprogram.buffer(a) for p, a in ops.items()}
     x = rng.standard_normal((2, 512)).astype(np.float32)
     y = qprogram.buffer(nbytes=2 * 128 * 4)
-    args = {"x": qprogram.buffer(x), "y": y, "n": 2, "b": bufs["d"], "m": bufs["d"]}
+    args = {"x": qprogram.buffer(x), "y": y, "n": 2, "b": bufs["d"]}
     qprogram.launch(qlinear_name("Q6_K", 512, 128, False), 128, **bufs, **args)
     err = np.abs(qprogram.read(y, (2, 128)) - x.astype(np.float64) @ dense.T.astype(np.float64))
     assert (err > qlinear.qlinear_bound(x, w)).any()
