@@ -22,7 +22,7 @@ Shapes (``D`` width, ``H``/``KV`` heads, ``hd`` head size, ``F`` FFN width, ``L`
 
     rms_norm(x f32[n, D], w f32[D], y f32[m, D], r0, m)      y[r] = norm(x[r0 + r]) * w
     linear_KxN(x f32[n, K], w f32[K, N], y f32[n, N], n)     y = x @ w      (+ b f32[N])
-    qlinear_FMT_KxN(x, c, d[, m] f32, y, n)                   the same on a GGUF matrix's blocks
+    qlinear_FMT_KxN(x, c, d[, m] f32[, sd[, sm]], y, n)      the same on a GGUF matrix's blocks
     rope_qkv(qkv f32[n, (H+2KV) hd], cos/sin f32[n, hd/2], q f32[n, H, hd],
              kc/vc f32[L, C, KV, hd], layer, P, n)          q rotated and scaled; k, v cached
     attention(q, kc, vc, mask f32[n, n], o f32[n, H hd], layer, P, n)
