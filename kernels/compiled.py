@@ -83,6 +83,24 @@ def aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
 HUGE_PAGE = 2 << 20
 
 
+
+def stack_buffer(shape: tuple[Any, ...], dtype: str) -> Any:
+    """A kernel's small scratch buffer (accumulators, lookup tables), for use inside a
+    TVMScript function: ``T.alloc_buffer`` in the default "global" scope.
+
+    TVM lowers a "global" allocation of constant size under 1 KB on the CPU to a stack
+    alloca, which LLVM keeps in registers; a "local" one (``T.alloc_local``) becomes a
+    ``TVMBackendAllocWorkspace`` call, heap memory that every update is stored back to. On
+    the int8 matmuls that was a dozen stores per KB of codes streamed, and a core waiting on
+    memory stops issuing once its store queue is full: a cold Q4_K matrix at T = 1 streamed
+    23.5 GB/s against 28.3 with the accumulators on the stack (``benchmarks/tvm_q8_stream.py``;
+    ``benchmarks/tvm_stream_floor.py`` shows the effect of the stores alone). Buffers of 1 KB
+    or more go to the workspace either way.
+    """
+    from tvm.script import tirx as T
+
+    return T.alloc_buffer(shape, dtype)
+
 class HugeArena:
     """One anonymous memory map for many arrays, on transparent huge pages where the kernel
     gives them (``madvise(MADV_HUGEPAGE)``: what Linux's default ``madvise`` setting asks

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from decimal import Decimal, localcontext
 from typing import Any
 
-from edgespec.kernels.compiled import BuildChoice
+from edgespec.kernels.compiled import BuildChoice, stack_buffer
 
 #: table bits: 2^(k/N) for the low bits of k
 N = 32
@@ -154,9 +154,9 @@ def _entry(i: Any) -> Any:
 
 
 def table_filler() -> Any:
-    """A ``T.macro`` ``fill(table)`` that fills ``table`` (``uint64[32]``, e.g.
-    ``T.alloc_local``) with :data:`TABLE`; a kernel calls it before :func:`expf` (the AVX-512
-    lookup does not read it, and LLVM drops the stores)."""
+    """A ``T.macro`` ``fill(table)`` that fills ``table`` (``uint64[32]``, e.g. a
+    :func:`~edgespec.kernels.compiled.stack_buffer`) with :data:`TABLE`; a kernel calls it
+    before :func:`expf` (the AVX-512 lookup does not read it, and LLVM drops the stores)."""
     from tvm.script import tirx as T
 
     @T.macro
@@ -226,7 +226,7 @@ def exp_func(libm: bool = False) -> Any:
         n = T.int64()
         x = T.match_buffer(var_x, (n,), "float32")
         y = T.match_buffer(var_y, (n,), "float32")
-        tab = T.alloc_local((N,), "uint64")
+        tab = stack_buffer((N,), "uint64")
         fill(tab)
         for io in range(n // W):
             if libm:

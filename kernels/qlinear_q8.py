@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgespec.errors import EdgespecError
-from edgespec.kernels.compiled import BuildChoice
+from edgespec.kernels.compiled import BuildChoice, stack_buffer
 from edgespec.kernels.qlinear import LAYOUTS, MIXED_K, PackedQWeight, get_layout, untile
 
 if TYPE_CHECKING:
@@ -742,7 +742,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                 prefetch_rows(C, jo, (b + AHEAD) * rows, rows, tile)
             for t in range(t_lo, t_hi):
                 for v in T.unroll(nvec):
-                    acc = T.alloc_local((LANES,), "int32")
+                    acc = stack_buffer((LANES,), "int32")
                     acc[T.ramp(0, 1, LANES)] = T.broadcast(-z * QS[t * nb + b], LANES)
                     acc[T.ramp(0, 1, LANES)] = dot_rows(
                         acc[T.ramp(0, 1, LANES)], C, jo, b * rows, rows, v * 64, Q4,
@@ -763,9 +763,9 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         # loaded and unpacked once for the ROWS rows (dot_rows_each) and their y vectors stay
         # in registers over the chunk; each y element still sums its blocks in order, so the
         # output is the same bit for bit
-        y = T.alloc_local((ROWS * LANES,), "float32")
-        dot = T.alloc_local((ROWS * LANES,), "int32")
-        P16 = T.alloc_local((ROWS * 32,), "int16")  # dot_rows_each's int16 sums
+        y = stack_buffer((ROWS * LANES,), "float32")
+        dot = stack_buffer((ROWS * LANES,), "int32")
+        P16 = stack_buffer((ROWS * 32,), "int16")  # dot_rows_each's int16 sums
         for v in T.unroll(nvec):
             for r in T.unroll(ROWS):
                 y[T.ramp(r * LANES, 1, LANES)] = Yf[

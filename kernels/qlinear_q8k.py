@@ -34,6 +34,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from edgespec.errors import EdgespecError
+from edgespec.kernels.compiled import stack_buffer
 from edgespec.kernels.qlinear import SUPER, get_layout
 from edgespec.kernels.qlinear_q8 import (
     LANES,
@@ -267,10 +268,10 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         # super-block's codes (8 KB a 64-wide tile) stay in L1 between the vectors' passes.
         # Only with the dot products in VECTORS_OUTER; 6-bit codes (unpacked in U before) and
         # the other dot products keep the groups outer, as measured faster or no slower there
-        acc = T.alloc_local((ROWS * nvec * LANES,), "int32")
-        accm = T.alloc_local((ROWS * nvec * LANES,), "int32")
-        dot = T.alloc_local((ROWS * LANES,), "int32")
-        P16 = T.alloc_local((ROWS * 32,), "int16")  # dot_rows_each's int16 sums
+        acc = stack_buffer((ROWS * nvec * LANES,), "int32")
+        accm = stack_buffer((ROWS * nvec * LANES,), "int32")
+        dot = stack_buffer((ROWS * LANES,), "int32")
+        P16 = stack_buffer((ROWS * 32,), "int16")  # dot_rows_each's int16 sums
         for i in T.unroll(ROWS * nvec):
             acc[T.ramp(i * LANES, 1, LANES)] = T.broadcast(0, LANES)
             accm[T.ramp(i * LANES, 1, LANES)] = T.broadcast(0, LANES)
@@ -314,9 +315,9 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         # row t of super-block s of tile jo (body's buffers): the groups outer, the tile's
         # vectors inner, so that each code row's 4 * tile bytes are read in one go (a vector a
         # pass read one cache line in 4 of each row: benchmarks/tvm_q8_stream.py, docs/tvm.md)
-        acc = T.alloc_local((nvec * LANES,), "int32")
-        accm = T.alloc_local((nvec * LANES,), "int32")
-        dot = T.alloc_local((LANES,), "int32")
+        acc = stack_buffer((nvec * LANES,), "int32")
+        accm = stack_buffer((nvec * LANES,), "int32")
+        dot = stack_buffer((LANES,), "int32")
         for v in T.unroll(nvec):
             acc[T.ramp(v * LANES, 1, LANES)] = T.broadcast(0, LANES)
             accm[T.ramp(v * LANES, 1, LANES)] = T.broadcast(0, LANES)

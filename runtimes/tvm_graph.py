@@ -49,6 +49,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from edgespec.kernels.compiled import stack_buffer
+
 #: slots a block of the key cache holds (``k_cache[L, KV, C / KEY_BLOCK, hd, KEY_BLOCK]``:
 #: a block's keys as hd rows of KEY_BLOCK slots, what one vector of the score loop reads)
 KEY_BLOCK = 16
@@ -277,7 +279,7 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
         # heads hs = (t, g, h0): each head i's largest score over slot vectors v0 .. v0 + nw
         # - 1 into dst[base + i * stride], a vector at a time (a maximum does not depend on
         # the order; lanes at or past the m visible slots count as -inf)
-        mv = T.alloc_local((HB * VEC,), "float32")
+        mv = stack_buffer((HB * VEC,), "float32")
         for i in T.unroll(HB):
             mv[lanes(i)] = T.Broadcast(T.float32(-math.inf), VEC)
         for jv in range(v0, v0 + nw):
@@ -300,8 +302,8 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
         # heads hs = (t, g, h0): the weighted values of head dims d0 .. d0 + width - 1 and the
         # softmax's sums, slots in order (the sums' chains of adds run beside the values'
         # multiply-adds; each lane's sum is the same whatever part of the head it is in)
-        o = T.alloc_local((HB * width,), "float32")
-        z = T.alloc_local((HB,), "float32")
+        o = stack_buffer((HB * width,), "float32")
+        z = stack_buffer((HB,), "float32")
         for i in T.unroll(HB):
             z[i] = T.float32(0)
             o[lanes(i, width)] = T.Broadcast(T.float32(0), width)
@@ -324,12 +326,12 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
         t = task // (KV * NB)
         g = task // NB % KV
         h0 = g * G + task % NB * HB
-        acc = T.alloc_local((HB * U * VEC,), "float32")
+        acc = stack_buffer((HB * U * VEC,), "float32")
         score_range(acc, q, kc, mask, s, layer, P, (t, g, h0), 0, nv)
-        mx = T.alloc_local((HB,), "float32")
+        mx = stack_buffer((HB,), "float32")
         head_max(s, (t, g, h0), 0, nv, m, mx, 0, 1)
         # exp on whole vectors (s has room for the last one's spare lanes, never summed)
-        tab = T.alloc_local((expf.N,), "uint64")
+        tab = stack_buffer((expf.N,), "uint64")
         fill(tab)
         for i, jv in T.grid(HB, nv):
             s[t * H + h0 + i, lanes(jv)] = expf.expf(
@@ -352,7 +354,7 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
         h0 = g * G + gb % NB * HB
         v0 = c * CHV
         nw = T.min(v0 + CHV, nv) - v0
-        acc = T.alloc_local((HB * U * VEC,), "float32")
+        acc = stack_buffer((HB * U * VEC,), "float32")
         for t in range(n):
             score_range(acc, q, kc, mask, s, layer, P, (t, g, h0), v0, nw)
             head_max(s, (t, g, h0), v0, nw, P + n, pm, (t * KV * NB + gb) * HB * nch + c, nch)
@@ -366,8 +368,8 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
         gb = task // nch
         c = task % nch
         h0 = gb // NB * G + gb % NB * HB
-        mx = T.alloc_local((HB,), "float32")
-        tab = T.alloc_local((expf.N,), "uint64")
+        mx = stack_buffer((HB,), "float32")
+        tab = stack_buffer((expf.N,), "uint64")
         fill(tab)
         for t in range(n):
             for i in T.unroll(HB):
@@ -583,7 +585,7 @@ def _fused(spec: GraphSpec) -> dict[str, Any]:
     def silu_chunk(gu: Any, a: Any, tc: Any) -> None:
         # g * sigmoid(g) * up, sigmoid as TVM lowers it, 1 / (1 + exp(-g)), with
         # kernels/expf.py's exp; VEC features at a time
-        tab = T.alloc_local((expf.N,), "uint64")
+        tab = stack_buffer((expf.N,), "uint64")
         fill(tab)
         for i in range(chunk // VEC):
             a[tc // (F // chunk), cols(tc, i, 0)] = (
