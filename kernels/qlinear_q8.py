@@ -763,9 +763,12 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         # loaded and unpacked once for the ROWS rows (dot_rows_each) and their y vectors stay
         # in registers over the chunk; each y element still sums its blocks in order, so the
         # output is the same bit for bit
-        y = stack_buffer((ROWS * LANES,), "float32")
-        dot = stack_buffer((ROWS * LANES,), "int32")
-        P16 = stack_buffer((ROWS * 32,), "int16")  # dot_rows_each's int16 sums
+        # workspace ("local"), not stack_buffer: on the stack LLVM keeps these in registers
+        # and SmolLM2's 9-token forward took 1.10x as long (benchmarks/tvm_profile.py
+        # --against-kernels, two runs); the one-row loop above is faster on the stack
+        y = T.alloc_local((ROWS * LANES,), "float32")
+        dot = T.alloc_local((ROWS * LANES,), "int32")
+        P16 = T.alloc_local((ROWS * 32,), "int16")  # dot_rows_each's int16 sums
         for v in T.unroll(nvec):
             for r in T.unroll(ROWS):
                 y[T.ramp(r * LANES, 1, LANES)] = Yf[
