@@ -7,12 +7,14 @@ the Qwen 1.5B's ffn_gate in Q4_K) 64 bytes at a time, each load feeding ``--work
 (``--order kernel``: four code rows 256 bytes apart, a vector's 64 bytes from each, as
 ``kernels/qlinear_q8k.py`` reads a Q4_K group at T = 1), and optionally the side streams a
 Q4_K matrix has (``--side``: 512 bytes of sub-scales and 512 of offsets' sub-scales per 8
-KB of codes). Like ``benchmarks/tvm_q8_stream.py`` it times one call warm (the same operands
+KB of codes), and ``--stores`` vector stores per KB (what a kernel whose accumulators live in
+memory does). Like ``benchmarks/tvm_q8_stream.py`` it times one call warm (the same operands
 call after call) and cold (enough copies for 256 MB, cycled), in thread CPU time, min of
 ``--reps``, and prints GB/s of every byte read. Against that script's figure for the real
 kernel, the difference is what the kernel's loop, not the memory, costs.
 
     .venv/bin/python benchmarks/tvm_stream_floor.py --order seq kernel --ahead 0 8 --side
+    .venv/bin/python benchmarks/tvm_stream_floor.py --order kernel --ahead 8 --side --stores 0 8 16
 """
 
 from __future__ import annotations
@@ -27,9 +29,14 @@ from typing import Any
 import numpy as np
 
 
-def stream_kernel(kb: int, work: int, ahead: int, kernel_order: bool, side: bool) -> Any:
-    """The TensorIR function ``stream(codes u8[kb + 64, 1024], q i8[64], out i32[64], sd
-    u8[kb/8 + 8, 512], sm u8[...])`` (``sd``/``sm`` read only with ``side``)."""
+def stream_kernel(
+    kb: int, work: int, ahead: int, kernel_order: bool, side: bool, stores: int = 0
+) -> Any:
+    """The TensorIR function ``stream(codes u8[kb + 64, 1024], q i8[64], out i32[64 + 8 *
+    stores * 16], sd u8[kb/8 + 8, 512], sm u8[...])`` (``sd``/``sm`` read only with
+    ``side``); with ``stores``, each 1 KB step first stores that many accumulator vectors
+    into ``out`` past its first 64 (a ring of 8 steps), as a kernel whose accumulators live in
+    memory does."""
     from tvm.script import tirx as T
 
     def chunk(line: int) -> int:  # byte offset of the line-th 64-byte load of a 1 KB step
@@ -40,7 +47,7 @@ def stream_kernel(kb: int, work: int, ahead: int, kernel_order: bool, side: bool
         T.func_attr({"global_symbol": "stream", "tirx.noalias": True})
         C = T.match_buffer(c_h, (kb + 64, 1024), "uint8")
         Q = T.match_buffer(q_h, (64,), "int8")
-        Out = T.match_buffer(o_h, (64,), "int32")
+        Out = T.match_buffer(o_h, (64 + 8 * stores * 16,), "int32")
         SD = T.match_buffer(sd_h, (kb // 8 + 8, 512), "uint8")
         SM = T.match_buffer(sm_h, (kb // 8 + 8, 512), "uint8")
         for _ in T.parallel(1):  # as the matmuls run: inside TVM's parallel launch
@@ -56,6 +63,10 @@ def stream_kernel(kb: int, work: int, ahead: int, kernel_order: bool, side: bool
                                 + T.reinterpret("int32x16", SD[b // 8, T.ramp(line * 64, 1, 64)])
                                 + T.reinterpret("int32x16", SM[b // 8, T.ramp(line * 64, 1, 64)])
                             )
+                for st in T.unroll(stores):
+                    Out[T.ramp(64 + ((b % 8) * stores + st) * 16, 1, 16)] = acc[
+                        T.ramp((st % 4) * 16, 1, 16)
+                    ]
                 if ahead > 0:
                     for line in T.unroll(16):
                         T.evaluate(
@@ -90,6 +101,9 @@ def main() -> int:
     p.add_argument("--ahead", type=int, nargs="+", default=[0, 8], help="prefetch distance, KB")
     p.add_argument("--order", nargs="+", choices=["seq", "kernel"], default=["seq", "kernel"])
     p.add_argument("--side", action="store_true", help="also the Q4_K sub-scale streams")
+    p.add_argument(
+        "--stores", type=int, nargs="+", default=[0], help="vector stores per KB (accumulators)"
+    )
     p.add_argument("--reps", type=int, default=5)
     a = p.parse_args()
 
@@ -119,21 +133,22 @@ def main() -> int:
         for _ in range(copies)
     ]
     q = tvm.runtime.tensor(np.ones(64, np.int8), dev)
-    out = tvm.runtime.empty((64,), "int32", dev)
+    outs = {n: tvm.runtime.empty((64 + 8 * n * 16,), "int32", dev) for n in a.stores}
 
-    def timed(fn: Any, ops: list[Any]) -> float:
+    def timed(fn: Any, ops: list[Any], out: Any) -> float:
         t0 = time.thread_time()
         fn(ops[0], q, out, ops[1], ops[2])
         return time.thread_time() - t0
 
     rows, load = [], [os.getloadavg()[0]]
-    for order, ahead, work in itertools.product(a.order, a.ahead, a.work):
-        func = stream_kernel(a.kb, work, ahead, order == "kernel", a.side)
+    for order, ahead, work, stores in itertools.product(a.order, a.ahead, a.work, a.stores):
+        func = stream_kernel(a.kb, work, ahead, order == "kernel", a.side, stores)
         fn = tvm.compile(tvm.IRModule({"stream": func}), target=host_target())["stream"]
-        warm = min(timed(fn, sets[0]) for _ in range(a.reps * copies))
-        cold = min(sum(timed(fn, ops) for ops in sets) / copies for _ in range(a.reps))
+        out = outs[stores]
+        warm = min(timed(fn, sets[0], out) for _ in range(a.reps * copies))
+        cold = min(sum(timed(fn, ops, out) for ops in sets) / copies for _ in range(a.reps))
         gbs = f"{nbytes / warm / 1e9:.1f} | {nbytes / cold / 1e9:.1f}"
-        rows.append(f"| {order} | {ahead} | {work} | {gbs} |")
+        rows.append(f"| {order} | {ahead} | {work} | {stores} | {gbs} |")
         load.append(os.getloadavg()[0])
     print(f"`benchmarks/tvm_stream_floor.py {' '.join(sys.argv[1:])}`")
     print(
@@ -141,8 +156,10 @@ def main() -> int:
         f"thread CPU time, min of {a.reps}; 1-minute load average {min(load):.1f} to "
         f"{max(load):.1f})\n"
     )
-    print("| order | prefetch KB ahead | vpdpbusd per 64 B | warm GB/s | cold GB/s |")
-    print("|---|---|---|---|---|")
+    print(
+        "| order | prefetch KB ahead | vpdpbusd per 64 B | stores per KB | warm GB/s | cold GB/s |"
+    )
+    print("|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 0
 

@@ -90,12 +90,12 @@ def stack_buffer(shape: tuple[Any, ...], dtype: str) -> Any:
 
     TVM lowers a "global" allocation of constant size under 1 KB on the CPU to a stack
     alloca, which LLVM keeps in registers; a "local" one (``T.alloc_local``) becomes a
-    ``TVMBackendAllocWorkspace`` call, heap memory that every update is stored back to. On
-    the int8 matmuls that was a dozen stores per KB of codes streamed, and a core waiting on
-    memory stops issuing once its store queue is full: a cold Q4_K matrix at T = 1 streamed
-    23.5 GB/s against 28.3 with the accumulators on the stack (``benchmarks/tvm_q8_stream.py``;
-    ``benchmarks/tvm_stream_floor.py`` shows the effect of the stores alone). Buffers of 1 KB
-    or more go to the workspace either way.
+    ``TVMBackendAllocWorkspace`` call, heap memory that every update is stored to and
+    reloaded from. On the int8 matmuls that was about a dozen stores per KB of codes: a cold
+    Q4_K matrix at T = 1 streamed 23.5 GB/s against 28.3 with the accumulators on the stack
+    (``benchmarks/tvm_q8_stream.py``, docs/tvm.md). Not always faster: the 32-block kernel's
+    row-block sums were slower on the stack (kernels/qlinear_q8.py). Buffers of 1 KB or more
+    go to the workspace either way.
     """
     from tvm.script import tirx as T
 

@@ -10,8 +10,8 @@ from edgespec.testing import load_script
 pytest.importorskip("tvm")
 
 
-@pytest.mark.parametrize(("order", "side"), [("seq", False), ("kernel", True)])
-def test_stream_kernel_sums_every_byte(order: str, side: bool) -> None:
+@pytest.mark.parametrize(("order", "side", "stores"), [("seq", False, 0), ("kernel", True, 3)])
+def test_stream_kernel_sums_every_byte(order: str, side: bool, stores: int) -> None:
     """Each 64-byte load of every 1 KB step, ``work`` times, into accumulator ``line % 4``
     as ``vpdpbusd`` with the activations (and the side streams once per 8 KB): the sums equal
     NumPy's, so the timed kernel really reads the whole stream."""
@@ -24,7 +24,7 @@ def test_stream_kernel_sums_every_byte(order: str, side: bool) -> None:
         pytest.skip("the yardstick kernel needs AVX512-VNNI")
     mod = load_script("tvm_stream_floor.py")
     kb, work = 16, 2
-    func = mod.stream_kernel(kb, work, 8, order == "kernel", side)
+    func = mod.stream_kernel(kb, work, 8, order == "kernel", side, stores)
     fn = tvm.compile(tvm.IRModule({"stream": func}), target=host_target())["stream"]
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 256, (kb + 64, 1024), dtype=np.uint8)
@@ -32,7 +32,7 @@ def test_stream_kernel_sums_every_byte(order: str, side: bool) -> None:
     sd = rng.integers(0, 256, (kb // 8 + 8, 512), dtype=np.uint8)
     sm = rng.integers(0, 256, (kb // 8 + 8, 512), dtype=np.uint8)
     dev = tvm.cpu(0)
-    out = tvm.runtime.empty((64,), "int32", dev)
+    out = tvm.runtime.empty((64 + 8 * stores * 16,), "int32", dev)
     args = [tvm.runtime.tensor(a, dev) for a in (codes, q)]
     fn(args[0], args[1], out, tvm.runtime.tensor(sd, dev), tvm.runtime.tensor(sm, dev))
     want = np.zeros((4, 16), np.int64)
@@ -45,6 +45,6 @@ def test_stream_kernel_sums_every_byte(order: str, side: bool) -> None:
             at = (line % 4) * 256 + (line // 4) * 64 if order == "kernel" else line * 64
             w = codes[b, at : at + 64].astype(np.int64) * q.astype(np.int64)
             want[line % 4] += work * w.reshape(16, 4).sum(axis=1)
-    got = out.numpy().reshape(4, 16).astype(np.int64)
+    got = out.numpy()[:64].reshape(4, 16).astype(np.int64)
     wrap = ((want + 2**31) % 2**32) - 2**31  # int32 accumulators wrap
     np.testing.assert_array_equal(got, wrap)
