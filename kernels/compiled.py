@@ -83,7 +83,6 @@ def aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
 HUGE_PAGE = 2 << 20
 
 
-
 def stack_buffer(shape: tuple[Any, ...], dtype: str) -> Any:
     """A kernel's small scratch buffer (accumulators, lookup tables), for use inside a
     TVMScript function: ``T.alloc_buffer`` in the default "global" scope.
@@ -100,6 +99,7 @@ def stack_buffer(shape: tuple[Any, ...], dtype: str) -> Any:
     from tvm.script import tirx as T
 
     return T.alloc_buffer(shape, dtype)
+
 
 class HugeArena:
     """One anonymous memory map for many arrays, on transparent huge pages where the kernel

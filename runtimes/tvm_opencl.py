@@ -3,11 +3,12 @@
 The apache-tvm wheel has no OpenCL runtime, so the Relax VM cannot run the graph there; this
 module runs the same decoder (:class:`~edgespec.runtimes.tvm_graph.GraphSpec`, the same
 weights as the llvm build: fp32, or gguf-exact's packed blocks of every type it packs,
-K-quants included: :data:`~edgespec.kernels.opencl_graph.CL_QUANT`) as a sequence of TVM-generated OpenCL kernels
-(:mod:`edgespec.kernels.opencl_graph`) launched with pyopencl, in the graph's order, with
-the KV cache ``float32[L, n_ctx, KV, hd]`` in two device buffers. Host-side work is the
-embedding lookup (a row gather from the host table, uploaded), rope angles and masks (as
-the llvm build's caller computes them), and the read-back of the logits.
+K-quants included: :data:`~edgespec.kernels.opencl_graph.CL_QUANT`) as a sequence of
+TVM-generated OpenCL kernels (:mod:`edgespec.kernels.opencl_graph`) launched with pyopencl,
+in the graph's order, with the KV cache ``float32[L, n_ctx, KV, hd]`` in two device
+buffers. Host-side work is the embedding lookup (a row gather from the host table,
+uploaded), rope angles and masks (as the llvm build's caller computes them), and the
+read-back of the logits.
 
 On PoCL (the CPU driver ``./install.sh`` installs) this checks correctness, not speed; a
 phone's GPU driver runs the same source. ``--weights gguf-q8act`` (int8 dot products with CPU
