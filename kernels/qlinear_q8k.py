@@ -323,9 +323,11 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             accm[T.ramp(v * LANES, 1, LANES)] = T.broadcast(0, LANES)
         for gp in range(gps // 2):  # groups by pairs (of sub-scales, centred)
             for h in T.unroll(2):
-                gi = gp * 2 + h
-                gsum = gsum_of(BS, t, s, gi)
-                at = (t * K + s * SUPER + gi * g) // 4  # of the group's q
+                # immutable bindings (T.let): a plain assignment in a loop is a mutable
+                # variable, a 4-byte workspace buffer stored to every group
+                gi: T.let = gp * 2 + h
+                gsum: T.let = gsum_of(BS, t, s, gi)
+                at: T.let = (t * K + s * SUPER + gi * g) // 4  # of the group's q
                 if t == 0:  # the codes AHEAD groups on: a cold matrix streams
                     prefetch_rows(C, jo, (s * gps + gi + AHEAD) * rows, rows, tile)
                 for v in T.unroll(nvec):
@@ -359,10 +361,10 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                     if n < ROWS:  # (from ROWS rows on, rows_at's passes prefetch)
                         prefetch_rows(C, jo, ((s + 1) * SUPER // 16 + p) * 3, 3, tile)
                     for v in T.unroll(nvec):
-                        base = (s * SUPER // 16 + p) * 3
-                        c0 = C[jo, base, T.ramp(v * 64, 1, 64)]
-                        c1 = C[jo, base + 1, T.ramp(v * 64, 1, 64)]
-                        c2 = C[jo, base + 2, T.ramp(v * 64, 1, 64)]
+                        base: T.let = (s * SUPER // 16 + p) * 3
+                        c0: T.let = C[jo, base, T.ramp(v * 64, 1, 64)]
+                        c1: T.let = C[jo, base + 1, T.ramp(v * 64, 1, 64)]
+                        c2: T.let = C[jo, base + 2, T.ramp(v * 64, 1, 64)]
                         U[T.ramp(((4 * p) * nvec + v) * 64, 1, 64)] = _six(c0, c2, 0)
                         U[T.ramp(((4 * p + 1) * nvec + v) * 64, 1, 64)] = _six(c0, c2, 1)
                         U[T.ramp(((4 * p + 2) * nvec + v) * 64, 1, 64)] = _six(c1, c2, 2)
@@ -403,12 +405,12 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                 # vectors of LANES: the largest magnitude and the first value that has it
                 # (signed: its sign sets the codes'), then the codes and their sums of 16, as
                 # the scalar loop (first strictly larger magnitude) computed them
-                at = t * K + s * SUPER
-                amax = amax_of(Xf, at, SUPER // LANES)
-                mx = Xf[at + first_at(Xf, at, SUPER // LANES, amax) % SUPER]
-                e = T.if_then_else(amax > T.float32(0), T.float32(-127) / mx, T.float32(0))
+                at: T.let = t * K + s * SUPER
+                amax: T.let = amax_of(Xf, at, SUPER // LANES)
+                mx: T.let = Xf[at + first_at(Xf, at, SUPER // LANES, amax) % SUPER]
+                e: T.let = T.if_then_else(amax > T.float32(0), T.float32(-127) / mx, T.float32(0))
                 for h in range(SUPER // 16):
-                    q = T.min(
+                    q: T.let = T.min(
                         T.Cast(
                             "int32x16",
                             T.nearbyint(T.broadcast(e, LANES) * Xf[T.ramp(at + h * 16, 1, LANES)]),
