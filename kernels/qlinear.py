@@ -314,37 +314,21 @@ class PackedQWeight:
             c = np.concatenate([b & 15, b >> 4], axis=2).reshape(n, k)
         return c.astype(np.int32) - lay.zero
 
-    def group_scales(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(D, M)``, each ``float32[N/tile, K/group, tile]`` (tiled as the codes), one value
-        per group of :attr:`Layout.group` weights; ``M`` None when not affine. For K-quants
-        the super-block's float16 times the group's integer (:class:`Layout`: exact in
-        float32), so a kernel given these reads plain per-group scales whatever the type."""
-        lay = self.layout
-
-        def widen(scale: str, sub: str) -> np.ndarray | None:
-            if scale not in self.ops:
-                return None
-            s = self.ops[scale].astype(np.float32)
-            if lay.sub:
-                s = np.repeat(s, SUPER // lay.group, axis=1) * self.ops[sub]
-            return np.ascontiguousarray(s, dtype=np.float32)
-
-        d = widen("d", "sd")
-        assert d is not None  # every layout has a scale
-        return d, widen("m", "sm")
-
     def parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(code, D, M)``, each ``float32[N, K]`` per weight (``M`` zeros when not affine);
         ``D`` and ``M`` are the exact float32 products of :class:`Layout`."""
+        lay = self.layout
         code = self.codes().astype(np.float32)
 
-        def per_weight(s: np.ndarray | None) -> np.ndarray:
-            if s is None:
+        def per_weight(scale: str, sub: str) -> np.ndarray:
+            if scale not in self.ops:
                 return np.zeros_like(code)
-            return np.repeat(untile(s), self.layout.group, axis=1)
+            s = untile(self.ops[scale]).astype(np.float32)
+            if lay.sub:
+                s = np.repeat(s, SUPER // lay.group, axis=1) * untile(self.ops[sub])
+            return np.repeat(s.astype(np.float32), lay.group, axis=1)
 
-        d, m = self.group_scales()
-        return code, per_weight(d), per_weight(m)
+        return code, per_weight("d", "sd"), per_weight("m", "sm")
 
     def dequantize(self) -> np.ndarray:
         """``float32[N, K]``: ``D * code + M`` per weight (the values the kernel multiplies;

@@ -70,7 +70,7 @@ class ClModel(TvmModel):
         self._w = {n: program.buffer(a) for n, a in named.items() if n != "embed"}
         from edgespec.kernels.opencl_graph import cl_operands
 
-        for name, q in (quant or {}).items():  # name.c, name.d (name.m): the kernel's operands
+        for name, q in (quant or {}).items():  # name.c, name.d, ...: the kernel's operands
             for part, a in cl_operands(q.fmt, q.operands()).items():
                 self._w[f"{name}.{part}"] = program.buffer(a)
         self.weights = list(self._w.values())
@@ -96,6 +96,7 @@ class ClModel(TvmModel):
         """``x [n, K] @ W[name]`` (+ its bias) into a new ``[n, N]`` buffer, on the file's
         blocks where ``spec.quant`` names the matrix."""
         from edgespec.kernels.opencl_graph import linear_name, qlinear_name
+        from edgespec.kernels.qlinear import get_layout
 
         K, N = self._shapes[name]
         bias = self._w.get(name.replace("wqkv", "bqkv")) if name.endswith("wqkv") else None
@@ -105,8 +106,7 @@ class ClModel(TvmModel):
         if fmt is None:
             self.program.launch(linear_name(K, N, bias is not None), N, w=self._w[name], **args)
         else:
-            parts = ("c", "d", "m", "sd", "sm")
-            ops = {p: self._w[f"{name}.{p}"] for p in parts if f"{name}.{p}" in self._w}
+            ops = {p: self._w[f"{name}.{p}"] for p in get_layout(fmt).parts()}
             self.program.launch(qlinear_name(fmt, K, N, bias is not None), N, **ops, **args)
         return y
 
