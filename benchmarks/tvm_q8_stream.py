@@ -8,7 +8,10 @@ one call of ``y = x @ W^T`` at each ``--rows`` on one thread, in thread CPU time
 - ``cold``: ``--copies`` copies of the operands (default: enough for 256 MB), cycled, so that
   each call finds its copy out of the caches, as a forward does with every matrix;
 
-for this tree's kernels and each ``--against`` revision (loaded as tvm_q8_layout.py does). As
+for this tree's kernels and each ``--against`` revision (loaded as tvm_q8_layout.py does);
+the cold rounds alternate between the builds (round r times each in turn), so that what the
+shared machine gives this thread changes for all of them alike, and the table has each
+build's best and median cold round. As
 the yardstick of what one thread can stream here, NumPy's sum over a 256 MB array. A kernel
 whose cold GB/s is far below both its warm GB/s and NumPy's is held up by how it reads
 memory, not by its arithmetic.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -78,8 +82,8 @@ def main() -> int:
     n, k = w.shape
     builds: dict[str, Any] = {"this tree": qlinear_q8}
     builds |= {rev: modules_at(rev, a.repo) for rev in a.against}
-    rows: list[str] = []
     load = [os.getloadavg()[0]]
+    runs: dict[tuple[str, int], Any] = {}
     for build, mod in builds.items():
         q = mod.convert(w)
         func = mod.kernel(q.fmt, k, n).with_attr("global_symbol", "main")
@@ -92,13 +96,20 @@ def main() -> int:
             y = tvm.runtime.empty((t, n), "float32", dev)
             fn(x, *sets[0], y)
             warm = min(_timed(fn, x, *sets[0], y) for _ in range(a.reps * copies))
-            cold = min(sum(_timed(fn, x, *ops, y) for ops in sets) / copies for _ in range(a.reps))
-            rows.append(
-                f"| {build} | {t} | {warm * 1e6:.0f} | {nbytes / warm / 1e9:.1f} | "
-                f"{cold * 1e6:.0f} | {nbytes / cold / 1e9:.1f} |"
-            )
-            load.append(os.getloadavg()[0])
-        del sets
+            runs[(build, t)] = (fn, x, sets, y, nbytes, warm, [])
+    # cold rounds interleaved: round r times every build in turn, so that a change in what
+    # the shared machine gives this thread reaches all builds alike
+    for _ in range(a.reps):
+        for fn, x, sets, y, _, _, cold in runs.values():
+            cold.append(sum(_timed(fn, x, *ops, y) for ops in sets) / len(sets))
+        load.append(os.getloadavg()[0])
+    rows = []
+    for (build, t), (_, _, _, _, nbytes, warm, cold) in runs.items():
+        best, mid = min(cold), statistics.median(cold)
+        rows.append(
+            f"| {build} | {t} | {warm * 1e6:.0f} | {nbytes / warm / 1e9:.1f} | "
+            f"{best * 1e6:.0f} | {nbytes / best / 1e9:.1f} | {mid * 1e6:.0f} |"
+        )
     gbs = numpy_stream_gbs()
     print(f"`benchmarks/tvm_q8_stream.py {' '.join(sys.argv[1:])}`")
     print(
@@ -107,7 +118,10 @@ def main() -> int:
         f"thread CPU time, min of {a.reps}; 1-minute load average {min(load):.1f} to "
         f"{max(load):.1f}; NumPy's sum over 256 MB on this thread: {gbs:.1f} GB/s)\n"
     )
-    print("| build | T | warm us | warm GB/s | cold us | cold GB/s |\n|---|---|---|---|---|---|")
+    print(
+        "| build | T | warm us | warm GB/s | cold us | cold GB/s | cold median us |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     print("\n".join(rows))
     return 0
 
