@@ -686,7 +686,8 @@ def first_at(xf: Any, base: Any, nvec: int, amax: Any) -> Any:
 
 def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     """``qlinear(x f32[T, K], c, d[, m], y f32[T, N])`` for symbolic T, private (to be added
-    to a Relax module); the loops: rows quantized once, then output tiles in parallel; below
+    to a Relax module); the loops: rows quantized once (from T = :data:`ROWS` on in a
+    parallel loop of their own), then output tiles in parallel; below
     T = :data:`ROWS` blocks in order, rows, the tile's vectors unrolled (``rows_each``); from
     it on, chunks of :data:`CHUNK` blocks, and in each, blocks of ROWS rows with the tile's
     vectors outer (``rows_block``), the rows left over as below. The chunks keep a cold
@@ -807,6 +808,26 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         rows_each(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n // ROWS * ROWS, n, b_lo, b_hi)
 
     @T.macro
+    def quantize(Xf: Any, Q: Any, QS: Any, XD: Any, XS: Any, t: Any, b: Any) -> None:
+        # block b of row t as two vectors of 16: the largest magnitude (a max is exact in any
+        # order), the codes and their sum, as the scalar loop computed them (T.let: a plain
+        # assignment would be a mutable variable, a workspace buffer)
+        at: T.let = t * K + b * 32
+        lo: T.let = Xf[T.ramp(at, 1, LANES)]
+        hi: T.let = Xf[T.ramp(at + LANES, 1, LANES)]
+        amax: T.let = amax_of(Xf, at, 2)
+        inv: T.let = T.if_then_else(amax > T.float32(0), T.float32(127) / amax, T.float32(0))
+        qlo: T.let = T.Cast("int32x16", T.nearbyint(lo * T.broadcast(inv, LANES)))
+        qhi: T.let = T.Cast("int32x16", T.nearbyint(hi * T.broadcast(inv, LANES)))
+        Q[T.ramp(at, 1, LANES)] = T.Cast("int8x16", qlo)
+        Q[T.ramp(at + LANES, 1, LANES)] = T.Cast("int8x16", qhi)
+        qsum: T.let = T.call_llvm_pure_intrin("int32", "llvm.vector.reduce.add.v16i32", qlo + qhi)
+        d32: T.let = amax / T.float32(127)
+        XD[t * nb + b] = T.Cast("float32", T.Cast("float16", d32))
+        XS[t * nb + b] = T.Cast("float32", T.Cast("float16", d32 * T.Cast("float32", qsum)))
+        QS[t * nb + b] = qsum
+
+    @T.macro
     def body(X: Any, C: Any, D: Any, M: Any, Y: Any, n: Any) -> None:
         # one workspace for the quantized rows and their block terms (one allocation a call,
         # not four): codes Q (int8, read as int32 words Q4), then QS, XD, XS
@@ -820,24 +841,16 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         Df = T.decl_buffer((N * nb,), "float16", data=D.data)
         Mf = T.decl_buffer((N * nb,), "float16", data=M.data)
         Xf = T.decl_buffer((n * K,), "float32", data=X.data)
-        for t in range(n):
-            for b in range(nb):
-                # each block of 32 as two vectors of 16: the largest magnitude (a max is exact
-                # in any order), the codes and their sum, as the scalar loop computed them
-                at = t * K + b * 32
-                lo = Xf[T.ramp(at, 1, LANES)]
-                hi = Xf[T.ramp(at + LANES, 1, LANES)]
-                amax = amax_of(Xf, at, 2)
-                inv = T.if_then_else(amax > T.float32(0), T.float32(127) / amax, T.float32(0))
-                qlo = T.Cast("int32x16", T.nearbyint(lo * T.broadcast(inv, LANES)))
-                qhi = T.Cast("int32x16", T.nearbyint(hi * T.broadcast(inv, LANES)))
-                Q[T.ramp(at, 1, LANES)] = T.Cast("int8x16", qlo)
-                Q[T.ramp(at + LANES, 1, LANES)] = T.Cast("int8x16", qhi)
-                qsum = T.call_llvm_pure_intrin("int32", "llvm.vector.reduce.add.v16i32", qlo + qhi)
-                d32 = amax / T.float32(127)
-                XD[t * nb + b] = T.Cast("float32", T.Cast("float16", d32))
-                XS[t * nb + b] = T.Cast("float32", T.Cast("float16", d32 * T.Cast("float32", qsum)))
-                QS[t * nb + b] = qsum
+        # the activations' blocks, one at a time below ROWS rows; from ROWS rows on in a
+        # parallel loop of their own (on the calling thread alone they kept the other threads
+        # waiting: benchmarks/tvm_perf_sample.py)
+        if n < ROWS:
+            for t in range(n):
+                for b in range(nb):
+                    quantize(Xf, Q, QS, XD, XS, t, b)
+        else:
+            for tb in T.parallel(n * nb):
+                quantize(Xf, Q, QS, XD, XS, tb // nb, tb % nb)
         # a kernel (a parallel loop) for fewer than ROWS rows, another for more (as
         # qlinear_q8k's), so that T = 1 and 2 compile to the one-row loop alone
         if n < ROWS:

@@ -103,7 +103,8 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     most of a cold T = 1 (the prefetches queued behind each other while the other passes left
     memory idle); shared out, the Qwen 1.5B's ffn_gate (Q4_K) took 0.76x, ffn_down (Q6_K)
     0.79x and the mixed qkv 0.76x of that time (docs/tvm.md, "Chunks"). Both loops are in
-    their own parallel kernel, chosen by T."""
+    their own parallel kernel, chosen by T; from T = ROWS on the activations are quantized in
+    a parallel loop before it (below, on the calling thread)."""
     from tvm.script import tirx as T
 
     lay = get_layout(base_format(fmt))
@@ -387,6 +388,36 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                     row_at(C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n, t)
 
     @T.macro
+    def quantize(Xf: Any, Q: Any, BS: Any, GN: Any, GP: Any, XD: Any, t: Any, s: Any) -> None:
+        # vectors of LANES: the largest magnitude and the first value that has it
+        # (signed: its sign sets the codes'), then the codes and their sums of 16, as
+        # the scalar loop (first strictly larger magnitude) computed them
+        at: T.let = t * K + s * SUPER
+        amax: T.let = amax_of(Xf, at, SUPER // LANES)
+        mx: T.let = Xf[at + first_at(Xf, at, SUPER // LANES, amax) % SUPER]
+        e: T.let = T.if_then_else(amax > T.float32(0), T.float32(-127) / mx, T.float32(0))
+        for h in range(SUPER // 16):
+            q: T.let = T.min(
+                T.Cast(
+                    "int32x16",
+                    T.nearbyint(T.broadcast(e, LANES) * Xf[T.ramp(at + h * 16, 1, LANES)]),
+                ),
+                T.broadcast(T.int32(127), LANES),
+            )
+            Q[T.ramp(at + h * 16, 1, LANES)] = T.Cast("int8x16", q)
+            BS[t * nbs + s * (SUPER // 16) + h] = T.call_llvm_pure_intrin(
+                "int32", "llvm.vector.reduce.add.v16i32", q
+            )
+        if centred:
+            for gi in range(gps):
+                GN[t * ng + s * gps + gi] = -(z + CENTRE) * gsum_of(BS, t, s, gi)
+            for p in range(gps // 2):
+                GP[t * npair + s * (gps // 2) + p] = (gsum_of(BS, t, s, 2 * p) & 65535) | (
+                    gsum_of(BS, t, s, 2 * p + 1) << 16
+                )
+        XD[t * ns + s] = T.if_then_else(amax > T.float32(0), T.float32(1) / e, T.float32(0))
+
+    @T.macro
     def body(X: Any, C: Any, D: Any, M: Any, SD: Any, SM: Any, Y: Any, n: Any) -> None:
         Q = T.alloc_buffer((n * K,), "int8")
         Yf = T.decl_buffer((n * N,), "float32", data=Y.data)  # flat: contiguous vectors
@@ -400,35 +431,16 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         GN = T.alloc_buffer((n * ng,), "int32")  # centred: -(z + CENTRE) * each group's sum
         GP = T.alloc_buffer((n * npair,), "int32")  # centred: pairs of group sums, int16 halves
         Xf = T.decl_buffer((n * K,), "float32", data=X.data)
-        for t in range(n):
-            for s in range(ns):
-                # vectors of LANES: the largest magnitude and the first value that has it
-                # (signed: its sign sets the codes'), then the codes and their sums of 16, as
-                # the scalar loop (first strictly larger magnitude) computed them
-                at: T.let = t * K + s * SUPER
-                amax: T.let = amax_of(Xf, at, SUPER // LANES)
-                mx: T.let = Xf[at + first_at(Xf, at, SUPER // LANES, amax) % SUPER]
-                e: T.let = T.if_then_else(amax > T.float32(0), T.float32(-127) / mx, T.float32(0))
-                for h in range(SUPER // 16):
-                    q: T.let = T.min(
-                        T.Cast(
-                            "int32x16",
-                            T.nearbyint(T.broadcast(e, LANES) * Xf[T.ramp(at + h * 16, 1, LANES)]),
-                        ),
-                        T.broadcast(T.int32(127), LANES),
-                    )
-                    Q[T.ramp(at + h * 16, 1, LANES)] = T.Cast("int8x16", q)
-                    BS[t * nbs + s * (SUPER // 16) + h] = T.call_llvm_pure_intrin(
-                        "int32", "llvm.vector.reduce.add.v16i32", q
-                    )
-                if centred:
-                    for gi in range(gps):
-                        GN[t * ng + s * gps + gi] = -(z + CENTRE) * gsum_of(BS, t, s, gi)
-                    for p in range(gps // 2):
-                        GP[t * npair + s * (gps // 2) + p] = (gsum_of(BS, t, s, 2 * p) & 65535) | (
-                            gsum_of(BS, t, s, 2 * p + 1) << 16
-                        )
-                XD[t * ns + s] = T.if_then_else(amax > T.float32(0), T.float32(1) / e, T.float32(0))
+        # the activations' super-blocks, one at a time below ROWS rows; from ROWS rows on in a
+        # parallel loop of their own (on the calling thread alone they kept the other threads
+        # waiting: benchmarks/tvm_perf_sample.py)
+        if n < ROWS:
+            for t in range(n):
+                for s in range(ns):
+                    quantize(Xf, Q, BS, GN, GP, XD, t, s)
+        else:
+            for ts in T.parallel(n * ns):
+                quantize(Xf, Q, BS, GN, GP, XD, ts // ns, ts % ns)
         # a kernel (a parallel loop) for fewer than ROWS rows, another for more, so that T = 1
         # and 2 compile to the one-row loop alone, as before; an early variant with both in one
         # timed up to 1.2x slower at T = 1 in single runs, but identical code moved 0.90-1.18x
