@@ -471,6 +471,9 @@ def _span(start: Any, lanes: int) -> Any:
     return T.ramp(start, 1, lanes) if lanes > 1 else start
 
 
+#: rows :func:`_fused`'s ``rms_norm`` sums at a time (their chains of adds interleaved)
+RMS_ROWS = 4
+
 def _fence(x: Any) -> Any:
     """``x`` behind ``llvm.arithmetic.fence``: TVM's LLVM contracts a product into a following
     add or subtract (one FMA); the fence keeps the product rounded, as it was when each Relax
@@ -522,18 +525,23 @@ def _fused(spec: GraphSpec) -> dict[str, Any]:
         x = T.match_buffer(var_x, (n, D), "float32")
         w = T.match_buffer(var_w, (D,), "float32")
         y = T.match_buffer(var_y, (n, D), "float32")
-        ss = T.alloc_buffer((n,), "float32")
-        for t in range(n):
-            ss[t] = T.float32(0)
-        # features outer, rows inner: each row's sum in feature order, the rows' chains
-        # interleaved
-        for k in range(D):
-            for t in range(n):
-                ss[t] = ss[t] + _fence(x[t, k] * x[t, k])
-        for t in range(n):
-            inv = T.rsqrt(ss[t] / T.float32(D) + T.float32(eps))
-            for k in T.vectorized(D):
-                y[t, k] = x[t, k] * inv * w[k]
+        # RMS_ROWS rows at a time, features outer and rows inner: each row's sum in feature
+        # order, the rows' chains interleaved, in registers (stack_buffer: a workspace buffer
+        # made every add a store and a reload); past the last row the block repeats it (the
+        # same values, written again)
+        for tb in range((n + RMS_ROWS - 1) // RMS_ROWS):
+            ss = stack_buffer((RMS_ROWS,), "float32")
+            for r in T.unroll(RMS_ROWS):
+                ss[r] = T.float32(0)
+            for k in range(D):
+                for r in T.unroll(RMS_ROWS):
+                    row: T.let = T.min(tb * RMS_ROWS + r, n - 1)
+                    ss[r] = ss[r] + _fence(x[row, k] * x[row, k])
+            for r in T.unroll(RMS_ROWS):
+                row: T.let = T.min(tb * RMS_ROWS + r, n - 1)
+                inv: T.let = T.rsqrt(ss[r] / T.float32(D) + T.float32(eps))
+                for k in T.vectorized(D):
+                    y[row, k] = x[row, k] * inv * w[k]
 
     @T.prim_func(private=True)
     def rope_append(
