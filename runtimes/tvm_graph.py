@@ -474,6 +474,7 @@ def _span(start: Any, lanes: int) -> Any:
 #: rows :func:`_fused`'s ``rms_norm`` sums at a time (their chains of adds interleaved)
 RMS_ROWS = 4
 
+
 def _fence(x: Any) -> Any:
     """``x`` behind ``llvm.arithmetic.fence``: TVM's LLVM contracts a product into a following
     add or subtract (one FMA); the fence keeps the product rounded, as it was when each Relax
