@@ -41,8 +41,10 @@ def use_every_core() -> None:
     TVM sizes its pool once, when first used, to ``TVM_NUM_THREADS`` or else half the
     hardware threads on x86 (it assumes hyper-threading): one worker on a 2-vCPU VM, where
     ``runtime.config_threadpool(0, 2)`` then still runs every parallel loop on one thread
-    (measured: a 512-token prefill used 1.45 CPU-s in 1.45 s wall at "2 threads"). A value the
-    user set is kept."""
+    (measured: a 512-token prefill used 1.45 CPU-s in 1.45 s wall at "2 threads"). Unset, TVM
+    also asks the C++ library for the hardware thread count at every parallel launch, which
+    glibc answers by reading ``/sys/devices/system/cpu/online`` (an open, a read and a close
+    per parallel loop, seen with strace). A value the user set is kept."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     os.environ.setdefault("TVM_NUM_THREADS", str(cores or 1))
 
