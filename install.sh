@@ -4,7 +4,8 @@
 # environment, .venv/ (override with EDGESPEC_VENV), because a stock Debian/Ubuntu python3
 # refuses system-wide pip installs (PEP 668):
 #   0. Debian packages, only those missing: python3-venv, a C/C++ compiler and cmake
-#      (llama-cpp-python compiles from source), with apt-get when run as root;
+#      (llama-cpp-python compiles from source), with apt-get when run as root (and
+#      linux-perf for one benchmark, where Debian has it);
 #   1. the virtual environment;
 #   2. torch, pinned to the local CPU build (an unpinned torch pulls several GB of CUDA);
 #   3. llama-cpp-python, compiled from source without AMX (about 10 minutes on 2 cores, once:
@@ -48,6 +49,13 @@ if ((${#missing[@]})); then
         echo "error: missing system packages: ${missing[*]}; install them (e.g. sudo apt-get install ${missing[*]}) and rerun ./install.sh" >&2
         exit 1
     fi
+fi
+# Linux perf for benchmarks/tvm_perf_sample.py (not the tests): Debian's linux-perf, where the
+# distribution has it (Ubuntu names it per kernel: linux-tools-$(uname -r), left to the user)
+if ! command -v perf >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 \
+    && apt-cache show linux-perf >/dev/null 2>&1; then
+    echo "installing Debian package: linux-perf"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null
 fi
 
 # --- 1. the project virtual environment ---------------------------------------------------
