@@ -539,10 +539,10 @@ def _fused(spec: GraphSpec) -> dict[str, Any]:
                     row: T.let = T.min(tb * RMS_ROWS + r, n - 1)
                     ss[r] = ss[r] + _fence(x[row, k] * x[row, k])
             for r in T.unroll(RMS_ROWS):
-                row: T.let = T.min(tb * RMS_ROWS + r, n - 1)
+                t: T.let = T.min(tb * RMS_ROWS + r, n - 1)
                 inv: T.let = T.rsqrt(ss[r] / T.float32(D) + T.float32(eps))
                 for k in T.vectorized(D):
-                    y[row, k] = x[row, k] * inv * w[k]
+                    y[t, k] = x[t, k] * inv * w[k]
 
     @T.prim_func(private=True)
     def rope_append(
