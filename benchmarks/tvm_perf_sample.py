@@ -124,6 +124,36 @@ def child(a: argparse.Namespace) -> int:
     return 0
 
 
+def _sampled(
+    proc: subprocess.Popen[str], a: argparse.Namespace
+) -> tuple[list[str] | None, list[str]]:
+    """``(perf script lines, the child's MEDIAN line split)`` of the child ``proc`` sampled
+    for ``a.seconds``, or ``(None, [])`` after saying in one line what failed."""
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "READY":
+        proc.wait()
+        print("the model did not load (see above)", file=sys.stderr)
+        return None, []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "perf.data"
+        rec = subprocess.run(
+            ["perf", "record", "-e", "cpu-clock", "-F", str(a.freq), "-p", str(proc.pid),
+             "-o", str(data), "--", "sleep", str(a.seconds)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if rec.returncode != 0 or not data.exists():
+            why = (rec.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"perf record failed: {why}", file=sys.stderr)
+            return None, []
+        median = proc.stdout.readline().split()
+        proc.wait()
+        script = subprocess.run(
+            ["perf", "script", "-i", str(data), "--show-mmap-events", "-F", "tid,ip,dso"],
+            capture_output=True, text=True, check=True,
+        ).stdout.splitlines()  # fmt: skip
+    return script, median
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -145,29 +175,14 @@ def main() -> int:
         return 2
     argv = [sys.executable, __file__, "--child", *sys.argv[1:]]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "READY":
-        proc.wait()
-        print("the model did not load (see above)", file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "perf.data"
-        rec = subprocess.run(
-            ["perf", "record", "-e", "cpu-clock", "-F", str(a.freq), "-p", str(proc.pid),
-             "-o", str(data), "--", "sleep", str(a.seconds)],
-            capture_output=True, text=True,
-        )  # fmt: skip
-        if rec.returncode != 0 or not data.exists():
+    try:
+        script, median = _sampled(proc, a)
+    finally:  # the child ends on its own; not if this process was stopped first
+        if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait()
-            print(f"perf record failed: {rec.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-            return 2
-        median = proc.stdout.readline().split()
-        proc.wait()
-        script = subprocess.run(
-            ["perf", "script", "-i", str(data), "--show-mmap-events", "-F", "tid,ip,dso"],
-            capture_output=True, text=True, check=True,
-        ).stdout.splitlines()  # fmt: skip
+    if script is None:
+        return 2
     # the model's library: of the lib.so files mapped, the one most samples fell in
     libs = Counter(
         line.split()[-1].strip("()") for line in script if line.rstrip().endswith("lib.so)")
