@@ -16,8 +16,9 @@ runs) instead of the CPU's best (compiled for this CPU all the same: on an AVX-5
 AVX-512 does not do).
 Prints a Markdown table of medians. ``--ops`` adds, per graph and k, the time of each
 kernel the Relax VM calls (summed per forward, medians; the VM's own builtins summed as one
-row), timed through the VM's instrument hook: each timed call carries the hook's overhead
-(a few microseconds), so the rows are for comparing kernels, and their sum exceeds c(k).
+row) and how many calls a forward makes, timed through the VM's instrument hook: each timed
+call carries the hook's overhead (a few microseconds), so the rows are for comparing
+kernels, and their sum exceeds c(k); then the builtins by name, calls a forward.
 
     .venv/bin/python benchmarks/tvm_profile.py --model smollm2-135m --against HEAD~1
 """
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -163,16 +165,18 @@ def attention_seconds(
 
 def op_seconds(
     model: Any, k: int, reps: int, past: int, clock: Any = time.perf_counter
-) -> dict[str, float]:
-    """``{kernel: median seconds per k-token forward}`` over ``reps`` forwards, each VM call
-    timed through ``VirtualMachine.set_instrument``; the ``vm.builtin.*`` calls summed as
-    ``"VM builtins"``."""
+) -> tuple[dict[str, float], Counter[str]]:
+    """``({kernel: median seconds per k-token forward}, {VM call: calls per forward})`` over
+    ``reps`` forwards, each VM call timed through ``VirtualMachine.set_instrument``; the
+    ``vm.builtin.*`` calls' times summed as ``"VM builtins"``, and counted by name."""
     per: list[dict[str, float]] = []
     start: dict[str, float] = {}
+    calls: Counter[str] = Counter()
 
     def instrument(func: Any, name: str, before: bool, ret: Any, *args: Any) -> int:
         if before:
             start[name] = clock()
+            calls[name] += 1
         else:
             key = "VM builtins" if name.startswith("vm.builtin.") else name
             per[-1][key] = per[-1].get(key, 0.0) + clock() - start[name]
@@ -187,20 +191,36 @@ def op_seconds(
     finally:
         model.vm.set_instrument(lambda *_: 0)
     names = {n for p in per for n in p}
-    return {n: statistics.median(p.get(n, 0.0) for p in per) for n in names}
+    seconds = {n: statistics.median(p.get(n, 0.0) for p in per) for n in names}
+    return seconds, Counter({n: c // reps for n, c in calls.items()})
 
 
-def print_ops(ops: dict[tuple[str, int], dict[str, float]]) -> None:
-    """A Markdown table: one row per kernel, one column per (graph, k), ms per forward."""
+def print_ops(ops: dict[tuple[str, int], tuple[dict[str, float], Counter[str]]]) -> None:
+    """A Markdown table: one row per kernel, one column per (graph, k), ms per forward and
+    (calls per forward); then the VM's builtins by name, calls per forward."""
     cols = list(ops)
     names = sorted(
-        {n for d in ops.values() for n in d},
-        key=lambda n: -max(d.get(n, 0.0) for d in ops.values()),
+        {n for d, _ in ops.values() for n in d},
+        key=lambda n: -max(d.get(n, 0.0) for d, _ in ops.values()),
     )
-    print("\n| kernel |" + "".join(f" {g} k={k} ms |" for g, k in cols))
+
+    def calls(c: tuple[str, int], n: str) -> int:
+        counted = ops[c][1]
+        if n == "VM builtins":
+            return sum(v for m, v in counted.items() if m.startswith("vm.builtin."))
+        return counted[n]
+
+    print("\n| kernel |" + "".join(f" {g} k={k} ms (calls) |" for g, k in cols))
     print("|---|" + "---|" * len(cols))
     for n in names:
-        print(f"| {n} |" + "".join(f" {ops[c].get(n, 0.0) * 1e3:.2f} |" for c in cols))
+        cells = "".join(f" {ops[c][0].get(n, 0.0) * 1e3:.2f} ({calls(c, n)}) |" for c in cols)
+        print(f"| {n} |{cells}")
+    for c in cols:
+        builtins = [(m, v) for m, v in ops[c][1].most_common() if m.startswith("vm.builtin.")]
+        listed = ", ".join(f"{m.removeprefix('vm.builtin.')} {v}" for m, v in builtins)
+        print(
+            f"\n{c[0]} k={c[1]}: {sum(ops[c][1].values())} VM calls a forward; builtins: {listed}"
+        )
 
 
 def main() -> int:
