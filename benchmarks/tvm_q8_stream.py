@@ -29,12 +29,24 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tvm_q8_layout import MATRICES, ROOT, modules_at, packed  # noqa: E402
+
+
+class Run(NamedTuple):
+    """One build at one row count: its function and operands, and its timings."""
+
+    fn: Any
+    x: Any
+    sets: list[list[Any]]  # the cold copies of the operands
+    y: Any
+    nbytes: int
+    warm: float
+    cold: list[float]  # seconds, one per round
 
 
 def numpy_stream_gbs(reps: int = 5) -> float:
@@ -83,7 +95,7 @@ def main() -> int:
     builds: dict[str, Any] = {"this tree": qlinear_q8}
     builds |= {rev: modules_at(rev, a.repo) for rev in a.against}
     load = [os.getloadavg()[0]]
-    runs: dict[tuple[str, int], Any] = {}
+    runs: dict[tuple[str, int], Run] = {}
     for build, mod in builds.items():
         q = mod.convert(w)
         func = mod.kernel(q.fmt, k, n).with_attr("global_symbol", "main")
@@ -96,19 +108,19 @@ def main() -> int:
             y = tvm.runtime.empty((t, n), "float32", dev)
             fn(x, *sets[0], y)
             warm = min(_timed(fn, x, *sets[0], y) for _ in range(a.reps * copies))
-            runs[(build, t)] = (fn, x, sets, y, nbytes, warm, [])
+            runs[(build, t)] = Run(fn, x, sets, y, nbytes, warm, [])
     # cold rounds interleaved: round r times every build in turn, so that a change in what
     # the shared machine gives this thread reaches all builds alike
     for _ in range(a.reps):
-        for fn, x, sets, y, _, _, cold in runs.values():
-            cold.append(sum(_timed(fn, x, *ops, y) for ops in sets) / len(sets))
+        for r in runs.values():
+            r.cold.append(sum(_timed(r.fn, r.x, *ops, r.y) for ops in r.sets) / len(r.sets))
         load.append(os.getloadavg()[0])
     rows = []
-    for (build, t), (_, _, _, _, nbytes, warm, cold) in runs.items():
-        best, mid = min(cold), statistics.median(cold)
+    for (build, t), r in runs.items():
+        best, mid = min(r.cold), statistics.median(r.cold)
         rows.append(
-            f"| {build} | {t} | {warm * 1e6:.0f} | {nbytes / warm / 1e9:.1f} | "
-            f"{best * 1e6:.0f} | {nbytes / best / 1e9:.1f} | {mid * 1e6:.0f} |"
+            f"| {build} | {t} | {r.warm * 1e6:.0f} | {r.nbytes / r.warm / 1e9:.1f} | "
+            f"{best * 1e6:.0f} | {r.nbytes / best / 1e9:.1f} | {mid * 1e6:.0f} |"
         )
     gbs = numpy_stream_gbs()
     print(f"`benchmarks/tvm_q8_stream.py {' '.join(sys.argv[1:])}`")
