@@ -363,7 +363,15 @@ def set_tvm_threads(tvm: Any, n: int) -> None:
     2-core machine). Every thread started from it afterwards inherits that mask, so llama.cpp's
     or ONNX Runtime's threads in the same process would share one core: llama.cpp at 2
     threads fell to 0.4 tok/s (from 54 at 1) in benchmarks/tvm_backend.py on a quiet machine.
+
+    Also sets ``TVM_NUM_THREADS`` as :func:`~edgespec.kernels.compiled.use_every_core`
+    does, for callers that imported tvm themselves: unset, every parallel loop reads
+    ``/sys/devices/system/cpu/online`` (a 576 x 576 matrix's 9-row call took 23 us instead of
+    12 in ``benchmarks/tvm_q8_stream.py``).
     """
+    from edgespec.kernels.compiled import use_every_core
+
+    use_every_core()
     keep = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     tvm.get_global_func("runtime.config_threadpool")(0, n)
     if keep is not None and os.sched_getaffinity(0) != keep:
