@@ -84,8 +84,14 @@ AHEAD = 8
 ROWS = 3
 #: blocks of 32 a chunk has (the last one fewer) from T = ROWS on: every pass over a tile's
 #: codes (ROWS rows and one vector of 16 features) takes a chunk, the first prefetching the
-#: next chunk's codes, before the next chunk (:func:`kernel`)
+#: codes CHUNKS_AHEAD chunks on, before the next chunk (:func:`kernel`)
 CHUNK = 2
+#: how many chunks ahead a chunk's first pass prefetches (8 KB of 4-bit codes, 16 of 8-bit).
+#: One chunk ahead (2 to 4 KB, about what this thread streams in one memory latency) left
+#: the streaming beside the arithmetic too little lead: SmolLM2's ffn_up + ffn_gate (Q4_1)
+#: cold at T = 3 took 48 us with 1, 37-39 with 2, 4 or 8, at T = 9 82 against 71-73
+#: (``benchmarks/tvm_q8_stream.py``, one thread; docs/tvm.md)
+CHUNKS_AHEAD = 4
 
 
 def q8_format(fmt: str) -> str | None:
@@ -701,8 +707,9 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     T = :data:`ROWS` blocks in order, rows, the tile's vectors unrolled (``rows_each``); from
     it on, chunks of :data:`CHUNK` blocks, and in each, blocks of ROWS rows with the tile's
     vectors outer (``rows_block``), the rows left over as below. The chunks keep a cold
-    matrix's streaming beside the arithmetic: each chunk's first pass prefetches the next
-    chunk's codes, which arrive while the chunk's other passes run from L1. With whole tiles
+    matrix's streaming beside the arithmetic: each chunk's first pass prefetches the codes
+    :data:`CHUNKS_AHEAD` chunks on, which arrive while the passes between run from L1
+    (the last chunks' hints reach into the next tile, where this thread goes on). With whole tiles
     instead (the first pass streaming the tile while the rest waited), a cold matrix's T = 9
     call cost warm T = 9 plus most of a cold T = 1; chunks of 2 blocks took 0.75-0.86x that
     time (SmolLM2's ffn_up, ffn_down and head: ``benchmarks/tvm_q8_stream.py``, docs/tvm.md
@@ -786,8 +793,8 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                     T.ramp((t0 + r) * N + jo * tile + v * LANES, 1, LANES)
                 ]
             for b in range(b_lo, b_hi):
-                if t0 == 0 and v == 0:  # the next chunk's codes, as its first pass goes
-                    prefetch_rows(C, jo, (b + CHUNK) * rows, rows, tile)
+                if t0 == 0 and v == 0:  # codes chunks ahead, as the first pass goes
+                    prefetch_rows(C, jo, (b + CHUNK * CHUNKS_AHEAD) * rows, rows, tile)
                 for r in T.unroll(ROWS):
                     dot[T.ramp(r * LANES, 1, LANES)] = T.broadcast(
                         -z * QS[(t0 + r) * nb + b], LANES
