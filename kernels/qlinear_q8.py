@@ -84,14 +84,17 @@ AHEAD = 8
 ROWS = 3
 #: blocks of 32 a chunk has (the last one fewer) from T = ROWS on: every pass over a tile's
 #: codes (ROWS rows and one vector of 16 features) takes a chunk, the first prefetching the
-#: codes CHUNKS_AHEAD chunks on, before the next chunk (:func:`kernel`)
+#: codes about PREFETCH_BYTES on, before the next chunk (:func:`kernel`)
 CHUNK = 2
-#: how many chunks ahead a chunk's first pass prefetches (8 KB of 4-bit codes, 16 of 8-bit).
-#: One chunk ahead (2 to 4 KB, about what this thread streams in one memory latency) left
-#: the streaming beside the arithmetic too little lead: SmolLM2's ffn_up + ffn_gate (Q4_1)
-#: cold at T = 3 took 48 us with 1, 37-39 with 2, 4 or 8, at T = 9 82 against 71-73
-#: (``benchmarks/tvm_q8_stream.py``, one thread; docs/tvm.md)
-CHUNKS_AHEAD = 4
+#: about how many bytes of a tile's codes ahead a chunk's first pass prefetches (a whole
+#: number of chunks, at least one: 3 chunks of 4-bit codes in a 64-wide tile, 2 of 6-bit, 1
+#: of 8-bit). One chunk of 4-bit codes (2 KB, about what this thread streams in one memory
+#: latency) left the streaming too little lead to run beside the arithmetic: SmolLM2's
+#: ffn_up + ffn_gate (Q4_1) cold at T = 3 took 48-49 us 2 KB ahead, 37-39 with 4 to 16 KB, at
+#: T = 9 82-83 against 71-76; its head (Q8_0, 4 KB chunks) was best 4 KB ahead and slower 16
+#: KB ahead (T = 9 cold 1914-1976 against 2147-2169 us) (``benchmarks/tvm_q8_stream.py``,
+#: one thread; docs/tvm.md)
+PREFETCH_BYTES = 6 * 1024
 
 
 def q8_format(fmt: str) -> str | None:
@@ -708,7 +711,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     it on, chunks of :data:`CHUNK` blocks, and in each, blocks of ROWS rows with the tile's
     vectors outer (``rows_block``), the rows left over as below. The chunks keep a cold
     matrix's streaming beside the arithmetic: each chunk's first pass prefetches the codes
-    :data:`CHUNKS_AHEAD` chunks on, which arrive while the passes between run from L1
+    about :data:`PREFETCH_BYTES` on, which arrive while the passes between run from L1
     (the last chunks' hints reach into the next tile, where this thread goes on). With whole tiles
     instead (the first pass streaming the tile while the rest waited), a cold matrix's T = 9
     call cost warm T = 9 plus most of a cold T = 1; chunks of 2 blocks took 0.75-0.86x that
@@ -731,6 +734,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     rows = bits  # byte rows of the codes per block of 32 (code_rows)
     z = 0 if signed_codes(bits) else zero_of(fmt)
     affine = lay.affine
+    ahead = max(1, PREFETCH_BYTES // (CHUNK * rows * 4 * tile))  # chunks
 
     def update(
         Df: Any, Mf: Any, XD: Any, XS: Any, jo: Any, b: Any, t: Any, v: Any, acc: Any, y: Any
@@ -794,7 +798,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                 ]
             for b in range(b_lo, b_hi):
                 if t0 == 0 and v == 0:  # codes chunks ahead, as the first pass goes
-                    prefetch_rows(C, jo, (b + CHUNK * CHUNKS_AHEAD) * rows, rows, tile)
+                    prefetch_rows(C, jo, (b + CHUNK * ahead) * rows, rows, tile)
                 for r in T.unroll(ROWS):
                     dot[T.ramp(r * LANES, 1, LANES)] = T.broadcast(
                         -z * QS[(t0 + r) * nb + b], LANES
