@@ -277,7 +277,11 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             acc[T.ramp(i * LANES, 1, LANES)] = T.broadcast(0, LANES)
             accm[T.ramp(i * LANES, 1, LANES)] = T.broadcast(0, LANES)
         # each pass's share of the prefetch: this block is number (t0 + ROWS - fresh) // ROWS
-        # of the (n + 1) // ROWS blocks of ROWS rows (the overlapping one, if any, last)
+        # of the (n + 1) // ROWS blocks of ROWS rows (the overlapping one, if any, last);
+        # both orders issue it a pair of groups at a time: with a vector's whole share at
+        # the start of its pass (32 lines at T = 3, more than the core's outstanding misses),
+        # the Qwen 1.5B's ffn_gate (Q4_K) cold at T = 3 took 442 us, its cold T = 1 plus its
+        # warm T = 3; a pair's share (8 lines) 293 (benchmarks/tvm_q8_stream.py, docs/tvm.md)
         if six or building_isa() not in VECTORS_OUTER:  # the groups outer, vectors inner
             for gp in range(gps // 2):  # groups by pairs (of sub-scales, centred)
                 prefetch_share(
@@ -292,10 +296,11 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                         )  # fmt: skip
         else:  # the tile's vectors outer: a vector's sums stay in registers over the groups
             for v in T.unroll(nvec):
-                prefetch_share(
-                    C, jo, s, (t0 + ROWS - fresh) // ROWS * nvec + v, (n + 1) // ROWS * nvec
-                )
                 for gp in range(gps // 2):
+                    prefetch_share(
+                        C, jo, s, ((t0 + ROWS - fresh) // ROWS * nvec + v) * (gps // 2) + gp,
+                        (n + 1) // ROWS * nvec * (gps // 2),
+                    )  # fmt: skip
                     for h in T.unroll(2):
                         group_rows(
                             BS, GN, GP, Q4, U, C, SDf, SMf, acc, accm, dot, P16, jo, s, t0,
