@@ -95,6 +95,13 @@ CHUNK = 2
 #: KB ahead (T = 9 cold 1914-1976 against 2147-2169 us) (``benchmarks/tvm_q8_stream.py``,
 #: one thread; docs/tvm.md)
 PREFETCH_BYTES = 6 * 1024
+#: a block's cache lines in a tile (code rows x vectors) above which its prefetch is spread
+#: over the tile's vector passes (each its own lines) instead of issued in the first. SmolLM2's
+#: head (Q8_0: 32 lines a block) cold at T = 9 took 1992-1995 us issued at once and 1520-1557
+#: spread, 1.85 -> 1.58 ms a 9-token forward; its Q4_1 matrices (16 lines) were 10 % slower
+#: spread (576 x 3072: 2.19 -> 2.42 ms a forward; ``benchmarks/tvm_q8_stream.py``,
+#: ``benchmarks/tvm_profile.py --ops``, docs/tvm.md)
+SPREAD_LINES = 16
 
 
 def q8_format(fmt: str) -> str | None:
@@ -735,6 +742,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     z = 0 if signed_codes(bits) else zero_of(fmt)
     affine = lay.affine
     ahead = max(1, PREFETCH_BYTES // (CHUNK * rows * 4 * tile))  # chunks
+    spread = rows * nvec > SPREAD_LINES
 
     def update(
         Df: Any, Mf: Any, XD: Any, XS: Any, jo: Any, b: Any, t: Any, v: Any, acc: Any, y: Any
@@ -797,7 +805,14 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                     T.ramp((t0 + r) * N + jo * tile + v * LANES, 1, LANES)
                 ]
             for b in range(b_lo, b_hi):
-                if t0 == 0 and v == 0:  # codes chunks ahead, as the first pass goes
+                # codes chunks ahead, as the first rows' passes go: the first pass all of a
+                # block's lines, or each vector's pass its own (SPREAD_LINES)
+                if spread:
+                    if t0 == 0:
+                        for r in range(rows):
+                            at = T.address_of(C[jo, (b + CHUNK * ahead) * rows + r, v * 64])
+                            prefetch_line(at)
+                elif t0 == 0 and v == 0:
                     prefetch_rows(C, jo, (b + CHUNK * ahead) * rows, rows, tile)
                 for r in T.unroll(ROWS):
                     dot[T.ramp(r * LANES, 1, LANES)] = T.broadcast(
