@@ -334,8 +334,13 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                 gi: T.let = gp * 2 + h
                 gsum: T.let = gsum_of(BS, t, s, gi)
                 at: T.let = (t * K + s * SUPER + gi * g) // 4  # of the group's q
-                if t == 0:  # the codes AHEAD groups on: a cold matrix streams
-                    prefetch_rows(C, jo, (s * gps + gi + AHEAD) * rows, rows, tile)
+                # the codes AHEAD groups on, a cold matrix streaming: code row r by row r % n,
+                # so that the rows' passes share them (with row 0's pass issuing all and the
+                # others none, the Qwen 1.5B's ffn_gate (Q4_K) cold at T = 2 took 301 us, 248
+                # shared; T = 1 the same: benchmarks/tvm_q8_stream.py, docs/tvm.md)
+                for r in range(rows):
+                    if r % n == t:
+                        prefetch_rows(C, jo, (s * gps + gi + AHEAD) * rows + r, 1, tile)
                 for v in T.unroll(nvec):
                     dot[T.ramp(0, 1, LANES)] = dot_start(BS, GN, t, s, gi)
                     if six and n > 1:  # rows of 4 weights, unpacked
