@@ -539,18 +539,20 @@ def prefetch_line(addr: Any) -> None:
     T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", addr, 0, 3, 1))
 
 
-def prefetch_rows(c: Any, tile: Any, row0: Any, nrows: int, width: int) -> None:
+def prefetch_rows(c: Any, tile: Any, row0: Any, nrows: int, width: int, line: Any = None) -> None:
     """Emit, into the TVMScript function being parsed, a prefetch hint (into all cache levels)
     for each 64-byte line of rows ``row0 .. row0 + nrows - 1`` of tile ``tile`` of ``c``
-    (``uint8[tiles, rows, 4*width]``). At T = 1 the kernels stream their codes once, and a
+    (``uint8[tiles, rows, 4*width]``), or only for line ``line`` of each (a pass over one
+    vector of the tile hinting its own lines). At T = 1 the kernels stream their codes once, and a
     loaded AVX2 VM read a cold Q4_K matrix at 5.1 GB/s without hints and 5.8 with them
     (quiet: 12.7 and 12.3; ``benchmarks/tvm_q8_stream.py``); a hint past the end of ``c`` is
     harmless (x86 prefetches never fault)."""
     from tvm.script import tirx as T
 
+    lines = range(4 * width // 64) if line is None else [line]
     for r in range(nrows):
-        for line in range(4 * width // 64):
-            prefetch_line(T.address_of(c[tile, row0 + r, line * 64]))
+        for i in lines:
+            prefetch_line(T.address_of(c[tile, row0 + r, i * 64]))
 
 
 def dot_flat(dot: Any, u: Any, start: Any, step: Any, n: int, q4: Any, at: Any, bits: int) -> Any:
@@ -807,13 +809,11 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             for b in range(b_lo, b_hi):
                 # codes chunks ahead, as the first rows' passes go: the first pass all of a
                 # block's lines, or each vector's pass its own (SPREAD_LINES)
-                if spread:
-                    if t0 == 0:
-                        for r in range(rows):
-                            at = T.address_of(C[jo, (b + CHUNK * ahead) * rows + r, v * 64])
-                            prefetch_line(at)
-                elif t0 == 0 and v == 0:
-                    prefetch_rows(C, jo, (b + CHUNK * ahead) * rows, rows, tile)
+                if t0 == 0:
+                    if spread:
+                        prefetch_rows(C, jo, (b + CHUNK * ahead) * rows, rows, tile, v)
+                    elif v == 0:
+                        prefetch_rows(C, jo, (b + CHUNK * ahead) * rows, rows, tile)
                 for r in T.unroll(ROWS):
                     dot[T.ramp(r * LANES, 1, LANES)] = T.broadcast(
                         -z * QS[(t0 + r) * nb + b], LANES
