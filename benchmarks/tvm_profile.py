@@ -343,7 +343,7 @@ def main() -> int:
     for g in graphs:
         c = {k: statistics.median(fwd[(g, k)]) for k in ks}
         row = f"| {g} |" + "".join(
-            f" {c[k] * 1e3:.1f} | {statistics.median(att[(g, k)]) * 1e3:.1f} |" for k in ks
+            f" {c[k] * 1e3:.2f} | {statistics.median(att[(g, k)]) * 1e3:.1f} |" for k in ks
         )
         print(row + f" {c[max(ks)] / c[min(ks)]:.2f} |")
     for g in list(graphs)[1:]:
