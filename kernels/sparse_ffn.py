@@ -14,14 +14,14 @@ copied, and rows outside the list are never read. The dense twin (``dense_ffn:tv
 same function with ``rows[a] = a`` written in (no index load), scheduled the same way, so the
 pair measures the sparse indirection against the best dense code of the same backend.
 
-A is a ``tir.Var``: one kernel per row bucket M (:data:`BUCKETS`, a call pads its rows up)
-serves every union size. Schedule: :func:`schedule_cpu` (the two reductions over d split
-into 16 partial-sum lanes by ``rfactor`` so LLVM vectorizes along a contiguous weight row,
-parallel over the active rows; the down product over contiguous ranges of active rows, each
-streaming whole rows into its own partial sum). MetaSchedule (:func:`tune_sparse`) samples
-that schedule's knobs (:func:`schedule_space`; its generic CPU rules fail on this function)
-at a fixed A on valid block rows, and the record, knob decisions only, replays on the
-dynamic-A kernels of :func:`default_kernels`; see docs/sparsity.md.
+A is a ``tir.Var``: one kernel per row count M (:data:`BUCKETS`: every M up to 16, each
+compiled on first use) serves every union size. Schedule: :func:`schedule_cpu` (the two
+reductions over d split into 16 partial-sum lanes by ``rfactor`` so LLVM vectorizes along a
+contiguous weight row, parallel over the active rows; the down product over contiguous ranges
+of active rows, each streaming whole rows into its own partial sum). MetaSchedule
+(:func:`tune_sparse`) samples that schedule's knobs (:func:`schedule_space`; its generic CPU
+rules fail on this function) at a fixed A on valid block rows, and the record, knob decisions
+only, replays on the dynamic-A kernels of :func:`default_kernels`; see docs/sparsity.md.
 
 The entry points :func:`sparse_ffn` and :func:`dense_ffn` take exactly the arguments of
 :func:`edgespec.kernels.reference.sparse_ffn` / ``dense_ffn`` and compute in float32. Float32
@@ -41,7 +41,6 @@ import numpy as np
 from edgespec.errors import EdgespecError
 from edgespec.kernels import compiled, reference
 from edgespec.kernels.compiled import (
-    BUCKETS,
     CompiledKernels,
     address,
     aligned_zeros,
@@ -60,6 +59,11 @@ if TYPE_CHECKING:
 FUNC_NAME = "ffn"
 #: partial-sum lanes of the reductions over d (16 float32 = one AVX-512 register)
 LANES = 16
+#: the row counts M compiled (each on first use, 0.1-0.6 s here): every one up to 16, so that
+#: no chunk is padded. With the other kernels' buckets (1, 2, 4, 8, 16) a 9-row verify chunk
+#: ran the 16-row kernel, 3.2x the time of a 9-row one (5 rows on the 8-row kernel: 1.55x;
+#: BlockFFN-Small's FFN at a union of 16 of 48 blocks, one thread)
+BUCKETS: tuple[int, ...] = tuple(range(1, 17))
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class FFNShape:
     """What one compiled kernel is specialised for.
 
     Attributes:
-        m_rows: M, the row bucket.
+        m_rows: M, the rows a call computes (:data:`BUCKETS`).
         d: model width.
         f: FFN width (all neurons).
         act: "silu", "relu" or "gelu_tanh".

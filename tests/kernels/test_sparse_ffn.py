@@ -125,7 +125,8 @@ def test_all_rows_active_equals_dense(
 
 @pytest.mark.parametrize("m_rows", sorted({1, *BUCKETS, *(b + 1 for b in BUCKETS[:-1])}))
 def test_matches_masked_dense_at_every_bucket_edge(kern: FFNKernels, m_rows: int) -> None:
-    """M at and one past every bucket: sparse == dense reference of the masked FFN."""
+    """M at and one past every bucket (every M, now that each has its own kernel): sparse ==
+    dense reference of the masked FFN."""
     rng = np.random.default_rng(m_rows)
     w = weights(rng)
     x = rng.standard_normal((m_rows, D)).astype(np.float32)
@@ -135,6 +136,21 @@ def test_matches_masked_dense_at_every_bucket_edge(kern: FFNKernels, m_rows: int
     y = run(kern, w, x, rows, scale=scale)
     assert y.shape == (m_rows, D)
     check_bound(y, w, x, rows, gated=True, act="silu", scale=scale)
+
+
+def test_a_chunk_runs_its_own_row_count() -> None:
+    """A 9-row verify chunk runs a 9-row kernel, not 16 rows with 7 of them zero (the 16-row
+    kernel took 3x the time: benchmarks/sparse_ffn_rows.py); padded buckets still give the
+    same rows bit for bit."""
+    rng = np.random.default_rng(9)
+    w = weights(rng)
+    x = rng.standard_normal((9, D)).astype(np.float32)
+    rows = reference.block_rows(np.array([2, 3, 11]), S)
+    kern = FFNKernels()
+    y = run(kern, w, x, rows)
+    assert [shape.m_rows for shape in kern._built] == [9]
+    padded = FFNKernels(buckets=(16,))
+    np.testing.assert_array_equal(run(padded, w, x, rows), y)
 
 
 @pytest.mark.parametrize("n_rows", [1, S - 1, F - 1])
