@@ -55,6 +55,26 @@ SUPPORTED_HF_ARCHS = {
     "Gemma3ForCausalLM": "gemma3",
 }
 _DTYPES = {"float32": np.float32, "float64": np.float64}
+#: the most rows :func:`matmul` multiplies one at a time (see there)
+ROWS_ONE_BY_ONE = 3
+
+
+def matmul(x: np.ndarray, w: Any) -> np.ndarray:
+    """``x [T, K] @ w [K, N]`` -> ``[T, N]``; from 2 to :data:`ROWS_ONE_BY_ONE` rows one row at
+    a time, each exactly the product a one-row forward computes (bit for bit).
+
+    OpenBLAS multiplies one row by a matrix-vector product and 2 or more by its GEMM, which
+    packs the matrix on every call: a verify chunk of 2 or 3 rows cost 3.5-7x one row
+    (``benchmarks/numpy_rows.py``), one row at a time about 2x and 3x. From 4 rows on the
+    GEMM is as fast or faster. Other weights (:class:`~edgespec.runtimes.numpy_q8act.
+    Q8ActMatrix`) go to ``@`` as they are."""
+    T = x.shape[0]
+    if not 1 < T <= ROWS_ONE_BY_ONE or type(w) is not np.ndarray or x.ndim != 2:
+        return x @ w
+    out = np.empty((T, w.shape[1]), np.result_type(x, w))
+    for t in range(T):
+        np.matmul(x[t : t + 1], w, out=out[t : t + 1])
+    return out
 
 
 # --------------------------------------------------------------------------- hyperparameters
@@ -671,7 +691,7 @@ class NumpyModel(KVCacheModel):
                 self._n_past = p + x.shape[0]
                 if all_logits or s + self.max_chunk >= T:
                     x = _rms_norm(x if all_logits else x[-1:], self.w.out_norm, self.hp.rms_eps)
-                    rows.append(x @ self.w.output if head else x)
+                    rows.append(matmul(x, self.w.output) if head else x)
         return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
 
     supports_tree = True
@@ -708,7 +728,7 @@ class NumpyModel(KVCacheModel):
             for li, layer in enumerate(self.w.layers):
                 x = self._block(li, layer, x, p0, tree=(p0 + depth - 1, anc))
             self._n_past = p0 + T
-            return _rms_norm(x, self.w.out_norm, self.hp.rms_eps) @ self.w.output
+            return matmul(_rms_norm(x, self.w.out_norm, self.hp.rms_eps), self.w.output)
 
     def commit_tree_path(self, base: int, path: Sequence[int]) -> None:
         """Keep the tree nodes ``path`` (batch indices, root to leaf) after ``base``."""
@@ -756,7 +776,7 @@ class NumpyModel(KVCacheModel):
             self._n_past = p + chunk.size
             if all_logits or last:
                 x = x if all_logits else x[-1:]
-                rows.append(_rms_norm(x, self.w.out_norm, self.hp.rms_eps) @ self.w.output)
+                rows.append(matmul(_rms_norm(x, self.w.out_norm, self.hp.rms_eps), self.w.output))
         return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
 
     def _mask(self, p0: int, T: int, k0: int, window: int) -> np.ndarray | None:
@@ -806,7 +826,7 @@ class NumpyModel(KVCacheModel):
         eps = hp.rms_eps
 
         h = _rms_norm(x, L.attn_norm, eps)
-        qkv = h @ L.wqkv
+        qkv = matmul(h, L.wqkv)
         if L.bqkv is not None:
             qkv += L.bqkv
         q = qkv[:, : H * hd].reshape(T, H, hd)
@@ -846,7 +866,7 @@ class NumpyModel(KVCacheModel):
         probs /= probs.sum(axis=-1, keepdims=True)
         o = probs.reshape(KV, G * T, S - k0) @ vals  # [KV, G*T, hd]
         o = o.reshape(KV, G, T, hd).transpose(2, 0, 1, 3).reshape(T, H * hd)
-        attn = o @ L.wo
+        attn = matmul(o, L.wo)
         if L.post_attn_norm is not None:
             attn = _rms_norm(attn, L.post_attn_norm, eps)
         x = x + attn
@@ -859,11 +879,11 @@ class NumpyModel(KVCacheModel):
     def _ffn(self, li: int, L: LayerWeights, h: np.ndarray) -> np.ndarray:
         """The gated MLP of block ``li`` on its normed input ``h: [T, D]`` -> ``[T, D]``
         (chunk-sparse variants override it: :mod:`edgespec.sparse.dense`)."""
-        gu = h @ L.w_gate_up
+        gu = matmul(h, L.w_gate_up)
         F = self.hp.n_ff
         act = _silu(gu[:, :F]) if self.hp.act == "silu" else _gelu_tanh(gu[:, :F])
         a = act * gu[:, F:] if self.ffn_hook is None else self.ffn_hook(li, act, gu[:, F:])
-        return a @ L.w_down
+        return matmul(a, L.w_down)
 
 
 # --------------------------------------------------------------------------- the backend

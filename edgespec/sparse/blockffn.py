@@ -44,7 +44,7 @@ import numpy as np
 
 from edgespec.errors import EdgespecError, ModelLoadError
 from edgespec.model import ModelInfo
-from edgespec.runtimes.numpy_ref import KVCacheModel
+from edgespec.runtimes.numpy_ref import KVCacheModel, matmul
 from edgespec.sparse.stats import ForwardSparsity
 
 #: config.json keys that change the computation, with MiniCPMConfig's defaults
@@ -403,7 +403,7 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
 
 def route(h: np.ndarray, f: BlockFFNWeights, cfg: BlockFFNConfig) -> np.ndarray:
     """Router weights ``r: [T, E] >= 0`` for normed inputs ``h: [T, D]``; 0 = inactive."""
-    r = np.maximum(h @ f.router, 0)
+    r = np.maximum(matmul(h, f.router), 0)
     if cfg.norm_after_router == "rms":
         assert f.router_norm is not None
         r = rms_norm(r, f.router_norm, cfg.rms_norm_eps)
@@ -545,7 +545,7 @@ class BlockFFNModel(KVCacheModel):
         if not all_logits:
             x = x[-1:]
         h = rms_norm(x, self.w.norm, cfg.rms_norm_eps)
-        return (h / self.dtype.type(cfg.hidden_size / cfg.dim_model_base)) @ self.w.lm_head
+        return matmul(h / self.dtype.type(cfg.hidden_size / cfg.dim_model_base), self.w.lm_head)
 
     def _ffn(self, li: int, f: BlockFFNWeights, h: np.ndarray) -> np.ndarray:
         if self.trace is not None:
@@ -572,10 +572,10 @@ class BlockFFNModel(KVCacheModel):
             nope, rope = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim
             assert a.q_a_norm is not None and a.kv_a_norm is not None
             qa = _affine(h, a.q_a, a.q_a_b)
-            q = (rms_norm(qa, a.q_a_norm, _MLA_NORM_EPS) @ a.q_b).reshape(T, H, dk)
+            q = matmul(rms_norm(qa, a.q_a_norm, _MLA_NORM_EPS), a.q_b).reshape(T, H, dk)
             ckv = _affine(h, a.kv_a, a.kv_a_b)
             c, k_pe = ckv[:, : cfg.kv_lora_rank], ckv[:, cfg.kv_lora_rank :]
-            kv = (rms_norm(c, a.kv_a_norm, _MLA_NORM_EPS) @ a.kv_b).reshape(T, H, nope + dv)
+            kv = matmul(rms_norm(c, a.kv_a_norm, _MLA_NORM_EPS), a.kv_b).reshape(T, H, nope + dv)
             k_pe = _rope(k_pe.reshape(T, 1, rope), cos, sin)
             q = np.concatenate([q[..., :nope], _rope(q[..., nope:], cos, sin)], axis=-1)
             k = np.concatenate([kv[..., :nope], np.broadcast_to(k_pe, (T, H, rope))], axis=-1)
@@ -603,7 +603,7 @@ class BlockFFNModel(KVCacheModel):
 
 def _affine(x: np.ndarray, w: np.ndarray | None, b: np.ndarray | None) -> np.ndarray:
     assert w is not None
-    y = x @ w
+    y = matmul(x, w)
     return y + b if b is not None else y
 
 

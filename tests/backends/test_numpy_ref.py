@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 
 from edgespec.errors import EdgespecError, ModelLoadError
-from edgespec.runtimes import BACKENDS
+from edgespec.runtimes import BACKENDS, numpy_ref
 from edgespec.runtimes.base import LoadOptions, ModelSource
-from edgespec.runtimes.numpy_ref import NumpyBackend, NumpyModel
+from edgespec.runtimes.numpy_ref import NumpyBackend, NumpyModel, matmul
 from edgespec.runtimes.numpy_weights import read_safetensors, unpermute_rope_rows
 from edgespec.testing import llamacpp_permute, write_tiny_gguf
 
@@ -105,6 +105,39 @@ def _write_gguf(hf_dir: Path, out: Path, arch: str | None = None) -> Path:
 
 
 # --------------------------------------------------------------------------- tiny models
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 9])
+def test_matmul_rows_one_at_a_time_up_to_three(rows: int) -> None:
+    """2 and 3 rows are each exactly a one-row product (what a one-token forward computes),
+    not the GEMM's rows; every row count agrees with ``x @ w`` to float32 rounding."""
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, 96)).astype(np.float32)
+    w = rng.standard_normal((96, 40)).astype(np.float32)
+    y = matmul(x, w)
+    assert y.shape == (rows, 40) and y.dtype == np.float32
+    one_by_one = np.concatenate([x[t : t + 1] @ w for t in range(rows)])
+    if 1 < rows <= numpy_ref.ROWS_ONE_BY_ONE:
+        np.testing.assert_array_equal(y, one_by_one)
+    else:
+        np.testing.assert_array_equal(y, x @ w)
+    # float32 rounding of a 96-term dot product, from the magnitudes summed (Higham gamma_n)
+    bound = 96 * np.finfo(np.float32).eps * (np.abs(x) @ np.abs(w))
+    exact = x.astype(np.float64) @ w.astype(np.float64)
+    assert (np.abs(y - exact) <= bound).all()
+
+
+def test_matmul_leaves_other_weights_to_their_own_product() -> None:
+    """A weight that is not a plain ndarray (the int8 reference's matrices) gets ``@``."""
+
+    class Weight:
+        shape = (8, 4)
+        __array_ufunc__ = None  # (as Q8ActMatrix: ndarray @ Weight defers to __rmatmul__)
+
+        def __rmatmul__(self, x: np.ndarray) -> str:
+            return "own"
+
+    assert matmul(np.ones((2, 8), np.float32), Weight()) == "own"
 
 
 def test_registry_finds_numpy_backend() -> None:
