@@ -138,14 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {t} | {a:.2f} | {b:.2f} | {a / b:.2f} | {a / c1[0]:.2f} | {b / c1[kept]:.2f} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.out)
-    return 0
+    from edgespec.bench.timing import emit
+
+    return emit("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -295,14 +295,9 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"Load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
         ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        from edgespec.fileutil import atomic_path
+    from edgespec.bench.timing import emit
 
-        with atomic_path(args.out) as tmp:
-            tmp.write_text(text)
-    return 0
+    return emit("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -93,14 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         pad = next(b for b in PADDED if b >= m)
         a, b = (statistics.median(times[(k, m)]) * 1e6 for k in ("padded", "exact"))
         lines.append(f"| {m} | {pad} | {a:.0f} | {b:.0f} | {a / b:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.out)
-    return 0
+    from edgespec.bench.timing import emit
+
+    return emit("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,12 @@ def atomic_path(final: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def write_text(final: Path, text: str) -> None:
+    """Write ``text`` to ``final`` through :func:`atomic_path` (never half-written)."""
+    with atomic_path(final) as tmp:
+        tmp.write_text(text)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Like :func:`atomic_path` for a folder: build it under a temporary name, then rename."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -17,3 +18,14 @@ def median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, f
             fn()
             times[k].append((time.perf_counter() - t0) * 1e3)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def emit(text: str, out: Path | None) -> int:
+    """A benchmark script's result: ``text`` on stdout and, when ``out`` is given, written
+    there (never half-written); returns the exit status 0."""
+    from edgespec.fileutil import write_text
+
+    print(text)
+    if out is not None:
+        write_text(out, text)
+    return 0
