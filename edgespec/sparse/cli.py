@@ -1,4 +1,5 @@
-"""``edgespec sparsify``: fit training-free neuron sparsity on calibration text (lossy).
+"""``edgespec sparsify``: fit training-free neuron sparsity on calibration text (lossy);
+``edgespec tune``: MetaSchedule on a BlockFFN model's chunk-sparse FFN kernel, for this device.
 
 Keep the top level light: the CLI imports this module to add the command.
 """
@@ -130,8 +131,95 @@ def cmd_sparsify(a: argparse.Namespace) -> int:
     return 0
 
 
+#: the verify chunk sizes ``tune`` tunes by default (plain decoding, and k + 1 for the draft
+#: lengths the controller picks most: docs/speculative.md)
+TUNE_ROWS = (1, 2, 3, 4, 5, 9)
+
+
+def tune(
+    model: str | None,
+    *,
+    rows: tuple[int, ...] = TUNE_ROWS,
+    trials: int = 16,
+    union: float = 0.25,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """MetaSchedule on the ``sparse_ffn:tvm`` kernel of a BlockFFN model's FFN shape, one
+    tuning per chunk size in ``rows``, at a union of ``union`` of the expert blocks (a trained
+    model's chunks keep 0.19-0.33 of them: docs/sparsity.md). Each record lands in this
+    device's records (:func:`edgespec.kernels.tuning.records_dir`), where the kernels the
+    ``blockffn`` backend builds with ``--sparse-kernel tvm`` find it; a record whose schedule
+    was not faster than the untuned one in its own run is not used.
+
+    Returns:
+        one entry per chunk size: rows, key, union rows, untuned and tuned microseconds,
+        whether the tuned schedule will be used, tuning seconds.
+
+    Raises:
+        EdgespecError: not a BlockFFN model, a trial budget below 1, a union outside
+            (0, 1], a chunk size outside 1..16, or TVM missing (one line each).
+    """
+    from edgespec.kernels.sparse_ffn import BUCKETS, FFNShape, tune_sparse
+    from edgespec.runtimes.numpy_weights import read_hf_config
+    from edgespec.sources import resolve
+    from edgespec.sparse.blockffn import BlockFFNConfig, is_blockffn_folder
+
+    if trials < 1:
+        raise EdgespecError(f"--trials must be at least 1; got {trials}")
+    if not 0 < union <= 1:
+        raise EdgespecError(f"--union must be in (0, 1], a fraction of the blocks; got {union}")
+    bad = [m for m in rows if m not in BUCKETS]
+    if bad:
+        raise EdgespecError(f"--rows must lie in 1..{max(BUCKETS)}; got {bad[0]}")
+    src = resolve(model, progress=progress)
+    folder = Path(src.path)
+    if not (folder.is_dir() and is_blockffn_folder(folder)):
+        raise EdgespecError(
+            f"'{src.name}' is not a BlockFFN model; tune tunes the blockffn backend's "
+            "chunk-sparse FFN kernel (the tvm backend runs hand-written kernels that "
+            "MetaSchedule did not beat: docs/tvm.md)"
+        )
+    cfg = BlockFFNConfig.from_dict(read_hf_config(folder), str(folder / "config.json"))
+    size, n = cfg.expert_size, cfg.num_experts
+    n_rows = max(1, round(union * n)) * size
+    out = []
+    for m in rows:
+        shape = FFNShape(
+            m, cfg.hidden_size, n * size, cfg.hidden_act, gated=False, scaled=True, n_rows=n_rows
+        )
+        rec = tune_sparse(shape, block=size, trials=trials, progress=progress)
+        out.append(
+            {
+                "rows": m,
+                "key": shape.key,
+                "union_rows": n_rows,
+                "untuned_us": round(rec.untuned_us, 1),
+                "tuned_us": round(rec.best_us, 1),
+                "used": rec.best_us < rec.untuned_us,
+                "seconds": round(rec.tuning_seconds, 1),
+            }
+        )
+    return out
+
+
+def cmd_tune(a: argparse.Namespace) -> int:
+    res = tune(a.model, rows=tuple(a.rows), trials=a.trials, union=a.union, progress=not a.quiet)
+    if a.json:
+        print(json.dumps(res))
+        return 0
+    print("| chunk rows | untuned us | tuned us | used | tuning s |")
+    print("|---|---|---|---|---|")
+    for r in res:
+        used = "yes" if r["used"] else "no (untuned was faster)"
+        print(
+            f"| {r['rows']} | {r['untuned_us']:.1f} | {r['tuned_us']:.1f} | {used} |"
+            f" {r['seconds']:.1f} |"
+        )
+    return 0
+
+
 def add_commands(sub: Any) -> None:
-    """Add ``sparsify`` to the ``edgespec`` command."""
+    """Add ``sparsify`` and ``tune`` to the ``edgespec`` command."""
     from edgespec.cli import add_model_arg
 
     c = sub.add_parser(
@@ -175,3 +263,30 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--json", action="store_true", help="print the result as JSON")
     c.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     c.set_defaults(func=cmd_sparsify)
+
+    t = sub.add_parser(
+        "tune",
+        help="tune a BlockFFN model's chunk-sparse FFN kernel for this device (MetaSchedule)",
+        description="MetaSchedule on the sparse_ffn:tvm kernel at the model's FFN shape, one "
+        "tuning per chunk size, timed on this device; the records are stored under "
+        "$EDGESPEC_HOME/tvm/<device fingerprint>/, where --backend blockffn --sparse-kernel "
+        "tvm picks them up (a schedule slower than the untuned one is not used).",
+    )
+    add_model_arg(t, "a BlockFFN HF folder or hub id")
+    t.add_argument(
+        "--rows",
+        type=int,
+        nargs="+",
+        default=list(TUNE_ROWS),
+        help="chunk sizes to tune (default: %(default)s)",
+    )
+    t.add_argument("--trials", type=int, default=16, help="candidates per chunk size")
+    t.add_argument(
+        "--union",
+        type=float,
+        default=0.25,
+        help="fraction of the expert blocks a chunk's union holds while timing (default 0.25)",
+    )
+    t.add_argument("--json", action="store_true", help="print the result as JSON")
+    t.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_tune)

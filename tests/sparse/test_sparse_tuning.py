@@ -82,3 +82,68 @@ def test_tuned_record_replays_on_the_dynamic_kernel(tmp_path: Path, monkeypatch)
         exact = reference.sparse_ffn(f64[0], rows, f64[1], f64[2], f64[3])
         assert (np.abs(y - exact) <= ffn_bound(x, rows, gate, up, down_t.T)).all()
     assert applied == ["sparse_ffn-silu-gated-m2-d64-f256"]
+
+
+@pytest.mark.slow
+def test_tune_command_tunes_the_kernel_the_backend_runs(
+    blockffn_dir: Path, tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``edgespec tune`` on a BlockFFN folder writes a record under the key the blockffn
+    backend's TVM kernel looks up: a forward of that chunk size replays it."""
+    pytest.importorskip("tvm")
+    monkeypatch.setenv("EDGESPEC_HOME", str(tmp_path))
+    import json
+
+    from edgespec.cli import main
+    from edgespec.kernels import sparse_ffn, tuning
+    from edgespec.sparse.blockffn import load_blockffn
+
+    rc = main(["tune", "-m", str(blockffn_dir), "--rows", "2", "--trials", "1", "--json", "-q"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    (entry,) = json.loads(out)
+    assert entry["rows"] == 2 and entry["union_rows"] > 0
+    assert entry["used"] == (entry["tuned_us"] < entry["untuned_us"])
+    path = tuning.records_dir() / f"{entry['key']}.json"
+    forced = tuning.TuningRecord.read(path)  # used whatever the one trial measured
+    object.__setattr__(forced, "best_us", 0.0)
+    forced.save(path)
+
+    applied: list[str] = []
+    real_apply = tuning.apply_record
+    monkeypatch.setattr(
+        tuning, "apply_record", lambda f, r: applied.append(r.key) or real_apply(f, r)
+    )
+    monkeypatch.setattr(sparse_ffn, "_DEFAULT", None)  # kernels built afresh in this home
+    model = load_blockffn(blockffn_dir, n_ctx=16, kernel="tvm")
+    model.forward([1, 2], all_logits=True)
+    assert entry["key"] in applied
+
+
+@pytest.mark.parametrize(
+    ("args", "msg"),
+    [
+        (["--trials", "0"], "--trials must be at least 1"),
+        (["--union", "1.5"], "--union must be in"),
+        (["--rows", "17"], "--rows must lie in 1..16"),
+    ],
+)
+def test_tune_command_bad_input_is_one_line(
+    blockffn_dir: Path, capsys: pytest.CaptureFixture[str], args: list[str], msg: str
+) -> None:
+    from edgespec.cli import main
+
+    assert main(["tune", "-m", str(blockffn_dir), *args]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and len(err.strip().splitlines()) == 1
+
+
+def test_tune_command_refuses_a_model_that_is_not_blockffn(
+    tiny_llama_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("tvm")
+    from edgespec.cli import main
+
+    assert main(["tune", "-m", str(tiny_llama_dir), "--rows", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a BlockFFN model" in err and len(err.strip().splitlines()) == 1
