@@ -135,7 +135,7 @@ def curve_table(args: argparse.Namespace, rng: np.random.Generator) -> list[str]
     n_ctx = args.context + 16
     models: dict[tuple[str, str], Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = build_model(args, Path(tmp) / "m")
+        folder = build_model(args, args.save_model or Path(tmp) / "m")
         for kernel in args.kernel:
             for mode in ("sparse", "dense"):
                 m = load_blockffn(folder, n_ctx=n_ctx, kernel=kernel)
@@ -262,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         help="random routers, or ones built to have chunk-level sparsity (ChunkLocalRouter)",
     )
     ap.add_argument("--curve-only", action="store_true", help="skip the FFN kernel table")
+    ap.add_argument(
+        "--save-model",
+        type=Path,
+        help="keep the curve's model folder here (to tune its kernel: edgespec tune -m DIR)",
+    )
     ap.add_argument("--out", type=Path, help="write the tables as Markdown here too")
     args = ap.parse_args(argv)
 
