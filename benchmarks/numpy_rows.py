@@ -1,5 +1,5 @@
-"""The NumPy reference's matrix products at a verify chunk's few rows: one GEMM, or a row at a
-time.
+"""The NumPy reference's matrix products at a verify chunk's few rows: one GEMM as it is, a row
+at a time, or rows padded to a multiple of 4.
 
 OpenBLAS multiplies one row by a matrix-vector product, and 2 rows or more by its GEMM, which
 packs the whole matrix on every call. For each matrix of ``--model`` (its NumPy reference's
@@ -7,11 +7,12 @@ packs the whole matrix on every call. For each matrix of ``--model`` (its NumPy 
 repetitions interleaved, medians:
 
 - ``gemm``: ``x @ W`` as it is;
-- ``rows``: one ``x[t:t+1] @ W`` per row (:func:`edgespec.runtimes.numpy_ref.matmul` below
-  :data:`~edgespec.runtimes.numpy_ref.ROWS_ONE_BY_ONE` rows);
+- ``rows``: one ``x[t:t+1] @ W`` per row;
+- ``pad4``: the rows padded with zero rows to a multiple of 4, one GEMM;
 
-then the NumPy backend's forward of T tokens (after ``--context`` tokens) with
-``ROWS_ONE_BY_ONE`` at 0 (every chunk one GEMM) and at its value, the two models' forwards
+then the NumPy backend's forward of T tokens (after ``--context`` tokens) with every product
+``x @ W`` as it is against :func:`edgespec.runtimes.numpy_ref.matmul` (a row at a time up
+to :data:`~edgespec.runtimes.numpy_ref.ROWS_ONE_BY_ONE` rows, padded beyond), forwards
 interleaved, and checks that their logits agree within float32 rounding.
 
     python benchmarks/numpy_rows.py --model smollm2-135m --out docs/results/numpy-rows/smollm2.md
@@ -33,6 +34,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 
+def pad4(x: np.ndarray) -> np.ndarray:
+    """``x`` with zero rows appended up to a multiple of 4 rows."""
+    padded = np.zeros((-(-len(x) // 4) * 4, x.shape[1]), x.dtype)
+    padded[: len(x)] = x
+    return padded
+
+
 def timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -42,7 +50,7 @@ def timed(fn: Callable[[], object]) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--rows", type=int, nargs="+", default=[1, 2, 3, 4, 5, 8, 9])
+    p.add_argument("--rows", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 7, 8, 9])
     p.add_argument("--repeats", type=int, default=21)
     p.add_argument("--context", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="OpenBLAS threads")
@@ -78,28 +86,30 @@ def main(argv: list[str] | None = None) -> int:
                 ways = {
                     "gemm": lambda x=x, w=w: x @ w,
                     "rows": lambda x=x, w=w: [x[i : i + 1] @ w for i in range(len(x))],
+                    "pad4": lambda x=x, w=w: pad4(x) @ w,
                 }
                 for way, fn in ways.items():
                     times.setdefault((name, way, t), []).append(timed(fn))
 
     context = [1 + (i * 7919) % (model.info.vocab_size - 1) for i in range(args.context)]
     model.forward(context, all_logits=False)
-    kept = numpy_ref.ROWS_ONE_BY_ONE
-    fwd: dict[tuple[int, int], list[float]] = {}
+    shaped = numpy_ref.matmul
+    products = {"gemm": lambda x, w: x @ w, "shaped": shaped}
+    fwd: dict[tuple[str, int], list[float]] = {}
     worst = 0.0
     for _ in tqdm(range(args.repeats), desc="forwards", unit="round"):
         for t in args.rows:
             chunk = [1 + (j * 104729) % (model.info.vocab_size - 1) for j in range(t)]
             outs = []
-            for rows in (0, kept):
-                numpy_ref.ROWS_ONE_BY_ONE = rows
+            for way, product in products.items():
+                numpy_ref.matmul = product  # the forward looks it up at each call
                 t0 = time.perf_counter()
                 outs.append(model.forward(chunk, all_logits=True))
-                fwd.setdefault((rows, t), []).append(time.perf_counter() - t0)
+                fwd.setdefault((way, t), []).append(time.perf_counter() - t0)
                 model.truncate(args.context)
             scale = float(np.abs(outs[0]).max())
             worst = max(worst, float(np.abs(outs[0] - outs[1]).max()) / scale)
-    numpy_ref.ROWS_ONE_BY_ONE = kept
+    numpy_ref.matmul = shaped
 
     def ms(v: list[float]) -> float:
         return statistics.median(v) * 1e3
@@ -112,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         f" {np.__version__}, {args.threads} OpenBLAS thread(s), medians of {args.repeats}"
         f" interleaved rounds; 1-minute load average {load:.1f} at the end)",
         "",
-        "One matrix, ms (gemm / one row at a time):",
+        "One matrix, ms (gemm / one row at a time / padded to a multiple of 4 rows):",
         "",
         "| matrix [K, N] | " + " | ".join(f"T = {t}" for t in args.rows) + " |",
         "|---|" + "---|" * len(args.rows),
@@ -120,23 +130,25 @@ def main(argv: list[str] | None = None) -> int:
     for name, w in mats.items():
         cells = []
         for t in args.rows:
-            g, r = (ms(times[(name, way, t)]) for way in ("gemm", "rows"))
-            cells.append(f"{g:.3f} / {r:.3f}")
+            g, r, p = (ms(times[(name, way, t)]) for way in ("gemm", "rows", "pad4"))
+            cells.append(f"{g:.3f} / {r:.3f} / {p:.3f}")
         lines.append(f"| {name} {list(w.shape)} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Forward of T tokens after {args.context}, ms: every chunk one GEMM against up to"
-        f" {kept} rows one at a time (largest logit difference {worst:.1e} of the largest"
-        " logit):",
+        f"Forward of T tokens after {args.context}, ms: every product one GEMM against"
+        f" numpy_ref.matmul (up to {numpy_ref.ROWS_ONE_BY_ONE} rows one at a time, more padded"
+        f" to a multiple of {numpy_ref.PAD_ROWS}; largest logit difference {worst:.1e} of the"
+        " largest logit):",
         "",
-        "| T | one GEMM | rows one at a time | GEMM / rows | c(T)/c(1) GEMM | c(T)/c(1) rows |",
+        "| T | one GEMM | matmul | GEMM / matmul | c(T)/c(1) GEMM | c(T)/c(1) matmul |",
         "|---|---|---|---|---|---|",
     ]
-    c1 = {rows: ms(fwd[(rows, args.rows[0])]) for rows in (0, kept)}
+    c1 = {way: ms(fwd[(way, args.rows[0])]) for way in products}
     for t in args.rows:
-        a, b = ms(fwd[(0, t)]), ms(fwd[(kept, t)])
+        a, b = ms(fwd[("gemm", t)]), ms(fwd[("shaped", t)])
         lines.append(
-            f"| {t} | {a:.2f} | {b:.2f} | {a / b:.2f} | {a / c1[0]:.2f} | {b / c1[kept]:.2f} |"
+            f"| {t} | {a:.2f} | {b:.2f} | {a / b:.2f} | {a / c1['gemm']:.2f} |"
+            f" {b / c1['shaped']:.2f} |"
         )
     from edgespec.bench.timing import emit
 

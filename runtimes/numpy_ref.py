@@ -57,24 +57,38 @@ SUPPORTED_HF_ARCHS = {
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 #: the most rows :func:`matmul` multiplies one at a time (see there)
 ROWS_ONE_BY_ONE = 3
+#: past ROWS_ONE_BY_ONE, :func:`matmul` pads the rows up to a multiple of this
+PAD_ROWS = 4
 
 
 def matmul(x: np.ndarray, w: Any) -> np.ndarray:
-    """``x [T, K] @ w [K, N]`` -> ``[T, N]``; from 2 to :data:`ROWS_ONE_BY_ONE` rows one row at
-    a time, each exactly the product a one-row forward computes (bit for bit).
+    """``x [T, K] @ w [K, N]`` -> ``[T, N]``, shaped for OpenBLAS: from 2 to
+    :data:`ROWS_ONE_BY_ONE` rows one row at a time (each exactly the product a one-row forward
+    computes, bit for bit); more rows padded with zero rows to a multiple of
+    :data:`PAD_ROWS`.
 
     OpenBLAS multiplies one row by a matrix-vector product and 2 or more by its GEMM, which
-    packs the matrix on every call: a verify chunk of 2 or 3 rows cost 3.5-7x one row
-    (``benchmarks/numpy_rows.py``), one row at a time about 2x and 3x. From 4 rows on the
-    GEMM is as fast or faster. Other weights (:class:`~edgespec.runtimes.numpy_q8act.
-    Q8ActMatrix`) go to ``@`` as they are."""
+    packs the matrix on every call and takes row counts that are not a multiple of 4 through
+    slower remainder code: on SmolLM2's matrices 2 rows cost 1.2-2.4x one row and 3 rows
+    1.7-3.1x (one at a time about 2x and 3x), while 4 rows cost less than either, and 5-7
+    or 9-11 rows more than 8 or 12 (``benchmarks/numpy_rows.py``). A padded row changes
+    which code computes the others, so their last bits may differ from the unpadded GEMM's
+    (as they already differ between row counts). Other weights (:class:`~edgespec.runtimes.
+    numpy_q8act.Q8ActMatrix`) go to ``@`` as they are."""
     T = x.shape[0]
-    if not 1 < T <= ROWS_ONE_BY_ONE or type(w) is not np.ndarray or x.ndim != 2:
+    if T < 2 or type(w) is not np.ndarray or x.ndim != 2:
         return x @ w
-    out = np.empty((T, w.shape[1]), np.result_type(x, w))
-    for t in range(T):
-        np.matmul(x[t : t + 1], w, out=out[t : t + 1])
-    return out
+    if T <= ROWS_ONE_BY_ONE:
+        out = np.empty((T, w.shape[1]), np.result_type(x, w))
+        for t in range(T):
+            np.matmul(x[t : t + 1], w, out=out[t : t + 1])
+        return out
+    pad = -T % PAD_ROWS
+    if pad == 0:
+        return x @ w
+    padded = np.zeros((T + pad, x.shape[1]), x.dtype)
+    padded[:T] = x
+    return (padded @ w)[:T]
 
 
 # --------------------------------------------------------------------------- hyperparameters

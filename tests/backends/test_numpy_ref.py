@@ -107,10 +107,11 @@ def _write_gguf(hf_dir: Path, out: Path, arch: str | None = None) -> Path:
 # --------------------------------------------------------------------------- tiny models
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 9])
-def test_matmul_rows_one_at_a_time_up_to_three(rows: int) -> None:
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9])
+def test_matmul_rows_one_at_a_time_up_to_three_then_padded(rows: int) -> None:
     """2 and 3 rows are each exactly a one-row product (what a one-token forward computes),
-    not the GEMM's rows; every row count agrees with ``x @ w`` to float32 rounding."""
+    not the GEMM's rows; more rows are the GEMM of the rows padded with zero rows to a
+    multiple of 4; every row count agrees with ``x @ w`` to float32 rounding."""
     rng = np.random.default_rng(rows)
     x = rng.standard_normal((rows, 96)).astype(np.float32)
     w = rng.standard_normal((96, 40)).astype(np.float32)
@@ -119,6 +120,10 @@ def test_matmul_rows_one_at_a_time_up_to_three(rows: int) -> None:
     one_by_one = np.concatenate([x[t : t + 1] @ w for t in range(rows)])
     if 1 < rows <= numpy_ref.ROWS_ONE_BY_ONE:
         np.testing.assert_array_equal(y, one_by_one)
+    elif rows > 1:
+        padded = np.zeros((-(-rows // numpy_ref.PAD_ROWS) * numpy_ref.PAD_ROWS, 96), np.float32)
+        padded[:rows] = x
+        np.testing.assert_array_equal(y, (padded @ w)[:rows])
     else:
         np.testing.assert_array_equal(y, x @ w)
     # float32 rounding of a 96-term dot product, from the magnitudes summed (Higham gamma_n)
