@@ -23,7 +23,14 @@ import numpy as np
 
 from edgespec.model import Model
 from edgespec.runtimes.base import LoadOptions, ModelSource
-from edgespec.runtimes.numpy_ref import LayerWeights, NumpyModel, Weights, _gelu_tanh, _silu
+from edgespec.runtimes.numpy_ref import (
+    LayerWeights,
+    NumpyModel,
+    Weights,
+    _gelu_tanh,
+    _silu,
+    matmul,
+)
 from edgespec.sparse.neuron import NeuronThresholds
 from edgespec.sparse.stats import ForwardSparsity
 
@@ -89,7 +96,7 @@ class SparseNumpyModel(NumpyModel):
     def _ffn(self, li: int, L: LayerWeights, h: np.ndarray) -> np.ndarray:
         """``h: [T, D]`` -> ``[T, D]``: the gate in full, up/down over the union only."""
         gate, up = self._gate_up_t[li]
-        g = h @ gate.T  # [T, F]
+        g = matmul(h, gate.T)  # [T, F]
         a = _silu(g) if self.hp.act == "silu" else _gelu_tanh(g)  # as the dense model's mask
         on = np.abs(a) > self.thresholds.thresholds[li]
         self.sparsity.record(h.shape[0], on, li)
