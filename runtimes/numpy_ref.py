@@ -59,13 +59,16 @@ _DTYPES = {"float32": np.float32, "float64": np.float64}
 ROWS_ONE_BY_ONE = 3
 #: past ROWS_ONE_BY_ONE, :func:`matmul` pads the rows up to a multiple of this
 PAD_ROWS = 4
+#: ... up to this many rows (a verify chunk or a tree); a longer product (a prompt) spends
+#: little in OpenBLAS's remainder code, and padding would copy its rows
+PAD_UP_TO = 16
 
 
 def matmul(x: np.ndarray, w: Any) -> np.ndarray:
     """``x [T, K] @ w [K, N]`` -> ``[T, N]``, shaped for OpenBLAS: from 2 to
     :data:`ROWS_ONE_BY_ONE` rows one row at a time (each exactly the product a one-row forward
-    computes, bit for bit); more rows padded with zero rows to a multiple of
-    :data:`PAD_ROWS`.
+    computes, bit for bit); more rows, up to :data:`PAD_UP_TO`, padded with zero rows to a
+    multiple of :data:`PAD_ROWS`.
 
     OpenBLAS multiplies one row by a matrix-vector product and 2 or more by its GEMM, which
     packs the matrix on every call and takes row counts that are not a multiple of 4 through
@@ -84,7 +87,7 @@ def matmul(x: np.ndarray, w: Any) -> np.ndarray:
             np.matmul(x[t : t + 1], w, out=out[t : t + 1])
         return out
     pad = -T % PAD_ROWS
-    if pad == 0:
+    if pad == 0 or T > PAD_UP_TO:
         return x @ w
     padded = np.zeros((T + pad, x.shape[1]), x.dtype)
     padded[:T] = x

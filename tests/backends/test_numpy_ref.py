@@ -107,7 +107,7 @@ def _write_gguf(hf_dir: Path, out: Path, arch: str | None = None) -> Path:
 # --------------------------------------------------------------------------- tiny models
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 17])
 def test_matmul_rows_one_at_a_time_up_to_three_then_padded(rows: int) -> None:
     """2 and 3 rows are each exactly a one-row product (what a one-token forward computes),
     not the GEMM's rows; more rows are the GEMM of the rows padded with zero rows to a
@@ -120,7 +120,7 @@ def test_matmul_rows_one_at_a_time_up_to_three_then_padded(rows: int) -> None:
     one_by_one = np.concatenate([x[t : t + 1] @ w for t in range(rows)])
     if 1 < rows <= numpy_ref.ROWS_ONE_BY_ONE:
         np.testing.assert_array_equal(y, one_by_one)
-    elif rows > 1:
+    elif 1 < rows <= numpy_ref.PAD_UP_TO:
         padded = np.zeros((-(-rows // numpy_ref.PAD_ROWS) * numpy_ref.PAD_ROWS, 96), np.float32)
         padded[:rows] = x
         np.testing.assert_array_equal(y, (padded @ w)[:rows])
