@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 FUNC_NAME = "ffn"
 #: partial-sum lanes of the reductions over d (16 float32 = one AVX-512 register)
 LANES = 16
-#: the row counts M compiled (each on first use, 0.1-0.6 s here): every one up to 16, so that
+#: the row counts M compiled (each on first use, 0.1-0.9 s here): every one up to 16, so that
 #: no chunk is padded. With the other kernels' buckets (1, 2, 4, 8, 16) a 9-row verify chunk
 #: ran the 16-row kernel, 3.2x the time of a 9-row one (5 rows on the 8-row kernel: 1.55x;
 #: BlockFFN-Small's FFN at a union of 16 of 48 blocks, one thread)
