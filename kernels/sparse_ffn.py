@@ -61,8 +61,9 @@ FUNC_NAME = "ffn"
 LANES = 16
 #: the row counts M compiled (each on first use, 0.1-0.9 s here): every one up to 16, so that
 #: no chunk is padded. With the other kernels' buckets (1, 2, 4, 8, 16) a 9-row verify chunk
-#: ran the 16-row kernel, 3.2x the time of a 9-row one (5 rows on the 8-row kernel: 1.55x;
-#: BlockFFN-Small's FFN at a union of 16 of 48 blocks, one thread)
+#: ran the 16-row kernel, 3.0-3.4x the time of a 9-row one (5 rows on the 8-row kernel:
+#: 1.5x; BlockFFN-Small's FFN at a union of 16 of 48 blocks, one thread:
+#: benchmarks/sparse_ffn_rows.py)
 BUCKETS: tuple[int, ...] = tuple(range(1, 17))
 
 
