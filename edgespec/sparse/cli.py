@@ -164,6 +164,8 @@ def tune(
     from edgespec.sources import resolve
     from edgespec.sparse.blockffn import BlockFFNConfig, is_blockffn_folder
 
+    if model is None:
+        raise EdgespecError("tune needs -m: a BlockFFN HF folder or hub id")
     if trials < 1:
         raise EdgespecError(f"--trials must be at least 1; got {trials}")
     if not 0 < union <= 1:

@@ -138,6 +138,16 @@ def test_tune_command_bad_input_is_one_line(
     assert msg in err and len(err.strip().splitlines()) == 1
 
 
+def test_tune_command_needs_a_model(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without -m it does not fall back to the default zoo model (not a BlockFFN)."""
+    from edgespec.cli import main
+
+    assert main(["tune", "--rows", "1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "edgespec: error: tune needs -m: a BlockFFN HF folder or hub id"
+    )
+
+
 def test_tune_command_refuses_a_model_that_is_not_blockffn(
     tiny_llama_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
