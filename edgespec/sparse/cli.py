@@ -274,7 +274,7 @@ def add_commands(sub: Any) -> None:
         "$EDGESPEC_HOME/tvm/<device fingerprint>/, where --backend blockffn --sparse-kernel "
         "tvm picks them up (a schedule slower than the untuned one is not used).",
     )
-    add_model_arg(t, "a BlockFFN HF folder or hub id")
+    add_model_arg(t, "a BlockFFN HF folder or hub id (required)")
     t.add_argument(
         "--rows",
         type=int,
