@@ -27,7 +27,6 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +38,6 @@ def pad4(x: np.ndarray) -> np.ndarray:
     padded = np.zeros((-(-len(x) // 4) * 4, x.shape[1]), x.dtype)
     padded[: len(x)] = x
     return padded
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,19 +70,19 @@ def main(argv: list[str] | None = None) -> int:
         "down": layer.w_down,
         "head": model.w.output,
     }
+    from edgespec.bench.timing import emit, median_ms
+
     rng = np.random.default_rng(0)
-    times: dict[tuple[str, str, int], list[float]] = {}
-    for _ in tqdm(range(args.repeats), desc="matrices", unit="round"):
-        for name, w in mats.items():
-            for t in args.rows:
-                x = rng.standard_normal((t, w.shape[0]), dtype=np.float32)
-                ways = {
-                    "gemm": lambda x=x, w=w: x @ w,
-                    "rows": lambda x=x, w=w: [x[i : i + 1] @ w for i in range(len(x))],
-                    "pad4": lambda x=x, w=w: pad4(x) @ w,
-                }
-                for way, fn in ways.items():
-                    times.setdefault((name, way, t), []).append(timed(fn))
+    cells: dict[tuple[str, int], dict[str, float]] = {}  # the three ways' medians, ms
+    for name, w in tqdm(mats.items(), desc="matrices", unit="matrix"):
+        for t in args.rows:
+            x = rng.standard_normal((t, w.shape[0]), dtype=np.float32)
+            ways = {
+                "gemm": lambda x=x, w=w: x @ w,
+                "rows": lambda x=x, w=w: [x[i : i + 1] @ w for i in range(len(x))],
+                "pad4": lambda x=x, w=w: pad4(x) @ w,
+            }
+            cells[(name, t)] = median_ms(ways, args.repeats)
 
     context = [1 + (i * 7919) % (model.info.vocab_size - 1) for i in range(args.context)]
     model.forward(context, all_logits=False)
@@ -120,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"({platform.machine()}, {args.model} on the NumPy backend (float32), NumPy"
         f" {np.__version__}, {args.threads} OpenBLAS thread(s), medians of {args.repeats}"
-        f" interleaved rounds; 1-minute load average {load:.1f} at the end)",
+        f" interleaved calls a cell; 1-minute load average {load:.1f} at the end)",
         "",
         "One matrix, ms (gemm / one row at a time / padded to a multiple of 4 rows):",
         "",
@@ -128,11 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         "|---|" + "---|" * len(args.rows),
     ]
     for name, w in mats.items():
-        cells = []
+        row = []
         for t in args.rows:
-            g, r, p = (ms(times[(name, way, t)]) for way in ("gemm", "rows", "pad4"))
-            cells.append(f"{g:.3f} / {r:.3f} / {p:.3f}")
-        lines.append(f"| {name} {list(w.shape)} | " + " | ".join(cells) + " |")
+            g, r, p = (cells[(name, t)][way] for way in ("gemm", "rows", "pad4"))
+            row.append(f"{g:.3f} / {r:.3f} / {p:.3f}")
+        lines.append(f"| {name} {list(w.shape)} | " + " | ".join(row) + " |")
     lines += [
         "",
         f"Forward of T tokens after {args.context}, ms: every product one GEMM against"
@@ -150,8 +143,6 @@ def main(argv: list[str] | None = None) -> int:
             f"| {t} | {a:.2f} | {b:.2f} | {a / b:.2f} | {a / c1['gemm']:.2f} |"
             f" {b / c1['shaped']:.2f} |"
         )
-    from edgespec.bench.timing import emit
-
     return emit("\n".join(lines) + "\n", args.out)
 
 

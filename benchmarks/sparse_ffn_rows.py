@@ -18,9 +18,9 @@ import argparse
 import os
 import platform
 import shlex
-import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when TVM's thread pool starts
 
+    from edgespec.bench.timing import emit, median_ms
     from edgespec.kernels import reference
     from edgespec.kernels.sparse_ffn import BUCKETS, FFNKernels, aligned_zeros
 
@@ -59,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     def call(kern: FFNKernels, x: np.ndarray, scale: np.ndarray) -> None:
         kern.run(x, rows, None, up, down_t.T, act="relu", scale=scale)
 
-    times: dict[tuple[str, int], list[float]] = {(k, m): [] for k in kernels for m in args.rows}
     inputs = {}
     first: dict[tuple[str, int], float] = {}
     for m in args.rows:  # compile every kernel before anything is timed
@@ -75,12 +75,13 @@ def main(argv: list[str] | None = None) -> int:
                 call(kern, x, scale)
             ys.append(kern.run(x, rows, None, up, down_t.T, act="relu", scale=scale))
         np.testing.assert_array_equal(ys[0], ys[1])  # padding rows change nothing
-    for _ in tqdm(range(args.repeats), desc="timing", unit="round"):
-        for m in args.rows:
-            for name, kern in kernels.items():
-                t0 = time.perf_counter()
-                call(kern, *inputs[m])
-                times[(name, m)].append(time.perf_counter() - t0)
+    cells = {  # the two ways' medians (ms) at each row count, their calls interleaved
+        m: median_ms(
+            {name: partial(call, kern, *inputs[m]) for name, kern in kernels.items()},
+            args.repeats,
+        )
+        for m in tqdm(args.rows, desc="timing", unit="row count")
+    }
 
     load = os.getloadavg()[0]
     lines = [
@@ -88,20 +89,18 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"({platform.machine()}, d {d}, {args.experts} blocks of {args.block}, union of"
         f" {args.active} ({rows.size} rows), ungated ReLU with per-row scales, float32,"
-        f" {args.threads} thread(s), medians of {args.repeats} interleaved calls; 1-minute load"
-        f" average {load:.1f} at the end)",
+        f" {args.threads} thread(s), medians of {args.repeats} calls each, interleaved;"
+        f" 1-minute load average {load:.1f} at the end)",
         "",
         "| T | padded to | padded us | exact us | padded / exact | exact's first call s |",
         "|---|---|---|---|---|---|",
     ]
     for m in args.rows:
         pad = next(b for b in PADDED if b >= m)
-        a, b = (statistics.median(times[(k, m)]) * 1e6 for k in ("padded", "exact"))
+        a, b = (cells[m][k] * 1e3 for k in ("padded", "exact"))
         lines.append(
             f"| {m} | {pad} | {a:.0f} | {b:.0f} | {a / b:.2f} | {first[('exact', m)]:.2f} |"
         )
-    from edgespec.bench.timing import emit
-
     return emit("\n".join(lines) + "\n", args.out)
 
 

@@ -73,8 +73,8 @@ def matmul(x: np.ndarray, w: Any) -> np.ndarray:
     OpenBLAS multiplies one row by a matrix-vector product and 2 or more by its GEMM, which
     packs the matrix on every call and takes row counts that are not a multiple of 4 through
     slower remainder code: on SmolLM2's matrices 2 rows cost 1.2-2.4x one row and 3 rows
-    1.7-3.1x (one at a time about 2x and 3x), while 4 rows cost less than either, and 5-7
-    or 9-11 rows more than 8 or 12 (``benchmarks/numpy_rows.py``). A padded row changes
+    1.7-3.1x (one at a time about 2x and 3x), while 4 rows cost less than either, 5-7 rows
+    more than 8, and 9 rows more than 12 (``benchmarks/numpy_rows.py``). A padded row changes
     which code computes the others, so their last bits may differ from the unpadded GEMM's
     (as they already differ between row counts). Other weights (:class:`~edgespec.runtimes.
     numpy_q8act.Q8ActMatrix`) go to ``@`` as they are."""
