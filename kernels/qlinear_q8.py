@@ -80,8 +80,17 @@ OFFSET8 = 128
 #: how many blocks of 32 ahead the codes are prefetched (8 to 16 KB: :func:`prefetch_rows`)
 AHEAD = 8
 #: rows of x a pass over a tile's codes serves from T = ROWS on (32-weight blocks: each
-#: block's codes loaded and unpacked once for them, the rows' outputs in registers)
+#: block's codes loaded and unpacked once for them, the rows' outputs in registers), with the
+#: dot products of :data:`BLOCKED`; from T = ROWS on the activations are quantized in a
+#: parallel loop of their own whatever the dot product
 ROWS = 3
+#: the dot products whose kernels run blocks of ROWS rows; the others run every T one row a
+#: pass over each block of 32 (its codes in L1 for the rows after the first). AVX2 (16 ymm
+#: registers, each dot product 4 instructions a half) ran SmolLM2's ffn_up + ffn_gate (Q4_1)
+#: at T = 9 in 278 us warm blocked and 202 one row a pass, T = 4 188 against 101, the 8-bit
+#: head (Q8_0) at T = 9 8.7 against 6.2 ms warm (about even cold), on a Zen 3 core
+#: (``benchmarks/tvm_q8_stream.py``, docs/tvm.md "AVX2"); VNNI's were measured blocked
+BLOCKED = {"vnni": True, "avxvnni": True, "avx2": False, "generic": True}
 #: blocks of 32 a chunk has (the last one fewer) from T = ROWS on: every pass over a tile's
 #: codes (ROWS rows and one vector of 16 features) takes a chunk, the first prefetching the
 #: codes about PREFETCH_BYTES on, before the next chunk (:func:`kernel`)
@@ -725,7 +734,8 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     instead (the first pass streaming the tile while the rest waited), a cold matrix's T = 9
     call cost warm T = 9 plus most of a cold T = 1; chunks of 2 blocks took 0.75-0.86x that
     time (SmolLM2's ffn_up, ffn_down and head: ``benchmarks/tvm_q8_stream.py``, docs/tvm.md
-    "Chunks"), chunks of 3, 4, 6 and 8 less off it (ad hoc)."""
+    "Chunks"), chunks of 3, 4, 6 and 8 less off it (ad hoc). A dot product not in
+    :data:`BLOCKED` (AVX2) runs every T as below T = ROWS."""
     from tvm.script import tirx as T
 
     lay = get_layout(base_format(fmt))
@@ -745,6 +755,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     affine = lay.affine
     ahead = max(1, PREFETCH_BYTES // (CHUNK * rows * 4 * tile))  # chunks
     spread = rows * nvec > SPREAD_LINES
+    blocked = BLOCKED[building_isa()]
 
     def update(
         Df: Any, Mf: Any, XD: Any, XS: Any, jo: Any, b: Any, t: Any, v: Any, acc: Any, y: Any
@@ -844,6 +855,16 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         rows_each(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n // ROWS * ROWS, n, b_lo, b_hi)
 
     @T.macro
+    def one_row_passes(
+        C: Any, Q4: Any, QS: Any, XD: Any, XS: Any, Df: Any, Mf: Any, Yf: Any, n: Any
+    ) -> None:
+        # all n rows of every tile one at a time (rows_each), tiles in parallel
+        for jo in T.parallel(N // tile):
+            for t in range(n):
+                Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
+            rows_each(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, 0, n, 0, nb)
+
+    @T.macro
     def quantize(Xf: Any, Q: Any, QS: Any, XD: Any, XS: Any, t: Any, b: Any) -> None:
         # block b of row t as two vectors of 16: the largest magnitude (a max is exact in any
         # order), the codes and their sum, as the scalar loop computed them (T.let: a plain
@@ -888,20 +909,21 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             for tb in T.parallel(n * nb):
                 quantize(Xf, Q, QS, XD, XS, tb // nb, tb % nb)
         # a kernel (a parallel loop) for fewer than ROWS rows, another for more (as
-        # qlinear_q8k's), so that T = 1 and 2 compile to the one-row loop alone
-        if n < ROWS:
-            for jo in T.parallel(N // tile):
-                for t in range(n):
-                    Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
-                rows_each(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, 0, n, 0, nb)
+        # qlinear_q8k's), so that T = 1 and 2 compile to the one-row loop alone; one kernel,
+        # the one-row loop, where the dot product runs no blocks of rows (BLOCKED)
+        if blocked:
+            if n < ROWS:
+                one_row_passes(C, Q4, QS, XD, XS, Df, Mf, Yf, n)
+            else:
+                for jo in T.parallel(N // tile):
+                    for t in range(n):
+                        Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
+                    for c in range(nb // CHUNK):
+                        chunk(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n, c * CHUNK, c * CHUNK + CHUNK)
+                    if nb % CHUNK != 0:  # the last blocks
+                        chunk(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n, nb - nb % CHUNK, nb)
         else:
-            for jo in T.parallel(N // tile):
-                for t in range(n):
-                    Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
-                for c in range(nb // CHUNK):
-                    chunk(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n, c * CHUNK, c * CHUNK + CHUNK)
-                if nb % CHUNK != 0:  # the last blocks
-                    chunk(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n, nb - nb % CHUNK, nb)
+            one_row_passes(C, Q4, QS, XD, XS, Df, Mf, Yf, n)
 
     if affine:
 
