@@ -284,8 +284,10 @@ def library_dir(spec: Any, arch: str, target: Any) -> Path:
     from edgespec.kernels import expf
     from edgespec.kernels.qlinear_q8 import building_isa
     from edgespec.kernels.tuning import records_dir
+    from edgespec.runtimes.tvm_graph import ATTENTION_PLAN
 
-    choices = [building_isa(), expf.lookup()]  # instructions the target string does not name
+    # instructions the target string does not name
+    choices = [building_isa(), expf.lookup(), ATTENTION_PLAN.current()]
     key = "\n".join([repr(spec), _graph_source_digest(), tvm.__version__, str(target), *choices])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return records_dir() / f"model-{arch}-{digest}"

@@ -49,7 +49,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from edgespec.kernels.compiled import stack_buffer
+from edgespec.kernels.compiled import BuildChoice, stack_buffer
 
 #: slots a block of the key cache holds (``k_cache[L, KV, C / KEY_BLOCK, hd, KEY_BLOCK]``:
 #: a block's keys as hd rows of KEY_BLOCK slots, what one vector of the score loop reads)
@@ -61,6 +61,28 @@ KEY_BLOCK = 16
 #: for waking the pool); the same sums in the same order either way
 LONG_SLOTS = 256
 LONG_ROWS = 16
+#: how the attention's tasks keep their sums in registers, by the CPU's vector registers
+#: (name -> the CPU flag it is for; "" any): "512" (AVX-512, 32 registers of 16 floats) HB x
+#: U score vectors (U = 12 // HB, at most 4) and all HB x hd value sums in flight; "256"
+#: (AVX2, 16 registers of 8 floats) one score vector a head and the value sums in parts of
+#: 16 head dimensions (a slot's weights read again for each part). With the "512" plan on a
+#: Zen 3 core (AVX2), whose sums did not fit its registers, SmolLM2's attention took 3.6-5.3
+#: ms of a one-thread 9-token forward, 2.3-2.5 with "256" (``benchmarks/tvm_profile.py
+#: --against``, docs/tvm.md "AVX2"). The same sums in the same order either way
+ATTENTION_PLANS = {"512": "avx512f", "256": ""}
+
+
+def _plan_for_cpu() -> str:
+    from edgespec.kernels.tuning import cpu_flags
+
+    flags = cpu_flags()
+    return next(k for k, flag in ATTENTION_PLANS.items() if not flag or flag in flags)
+
+
+#: the attention plan graphs built now use: the CPU's, unless a ``building_with(name)``
+#: block overrides it (tests build both: the logits are the same bit for bit)
+ATTENTION_PLAN = BuildChoice("attention register plan", ATTENTION_PLANS, _plan_for_cpu)
+
 #: bump when the graph changes in a way its key would not show (compiled libraries rekey)
 GRAPH_VERSION = 2
 f32 = "float32"
@@ -191,7 +213,8 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
     loop is one row of a block) and the values in ``[L, C, KV, hd]``. One task computes the
     scores, softmax and weighted values of one row and ``HB`` heads of one KV group (the
     group's keys and values loaded once for them, and ``HB x U`` score vectors or ``HB x hd``
-    value sums in flight, independent chains of fused multiply-adds); tasks run in parallel
+    value sums in flight, independent chains of fused multiply-adds, as many as the CPU's
+    vector registers hold: :data:`ATTENTION_PLANS`); tasks run in parallel
     when T > 1 (serially at T = 1: a few tasks of microseconds do not pay for waking the
     pool). From :data:`LONG_SLOTS` visible slots on, a forward of at most :data:`LONG_ROWS`
     rows runs by parts instead (``long_scores``, ``long_exp``, ``long_values``: parts of the
@@ -223,7 +246,10 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
     VEC = KEY_BLOCK
     #: heads a task (of one KV group), and slot vectors a pass of its score loop
     HB = next(b for b in (4, 3, 2, 1) if G % b == 0)
-    U = max(1, min(4, 12 // HB))
+    wide = ATTENTION_PLAN.current() == "512"
+    U = max(1, min(4, 12 // HB)) if wide else 1
+    #: parts of the head dimension a short forward's task sums the values by (ATTENTION_PLANS)
+    VP = 1 if wide or hd % VEC else hd // VEC
     NB = G // HB  # tasks per (row, KV group)
     #: from this many visible slots on, a one-row forward's attention runs on every core, in
     #: three parallel passes (scores and each part's largest, the exps, the values by parts
@@ -337,7 +363,8 @@ def _kernels(spec: GraphSpec) -> dict[str, Any]:
             s[t * H + h0 + i, lanes(jv)] = expf.expf(
                 s[t * H + h0 + i, lanes(jv)] - T.Broadcast(mx[i], VEC), tab, VEC
             )
-        weigh(s, vc, out, layer, m, (t, g, h0), 0, hd)
+        for p in range(VP):
+            weigh(s, vc, out, layer, m, (t, g, h0), p * (hd // VP), hd // VP)
 
     @T.macro
     def long_scores(

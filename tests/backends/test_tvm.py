@@ -158,6 +158,42 @@ def test_head_groups_and_a_capacity_off_the_key_blocks(
         model.forward([3])
 
 
+@pytest.mark.parametrize("heads", [(6, 2, 32), (7, 1, 16), (8, 2, 64)], ids=["G3", "G7", "G4"])
+def test_attention_register_plans_are_the_same_sums(
+    heads: tuple[int, int, int],
+    tiny_llama_with_heads: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The attention built for AVX-512's registers ("512": a task's score vectors several at
+    a time, its value sums over the whole head) and for AVX2's ("256": one score vector at a
+    time, the values by parts of 16 head dimensions) gives the same logits bit for bit, one
+    token at a time and in chunks, and the reference's greedy tokens (the float64
+    reference's logits differ by up to 3.3e-5 at 8 heads of 64, wider than TINY_ATOL's
+    models: printed); each plan builds its own library."""
+    from edgespec.runtimes import tvm_backend
+    from edgespec.runtimes.tvm_graph import ATTENTION_PLAN, ATTENTION_PLANS
+
+    dirs: set[Path] = set()
+    library_dir = tvm_backend.library_dir
+    monkeypatch.setattr(
+        tvm_backend, "library_dir", lambda *a: dirs.add(library_dir(*a)) or library_dir(*a)
+    )
+    path = tiny_llama_with_heads(*heads)
+    src = ModelSource("hf", path, path.name)
+    ids = (IDS * 3)[:21]
+    got = {}
+    for plan in ATTENTION_PLANS:
+        with ATTENTION_PLAN.building_with(plan):
+            model = _tvm(src, n_ctx=32)
+        rows = [model.forward(ids[:1]), model.forward(ids[1:10]), model.forward(ids[10:13])]
+        got[plan] = np.concatenate([*rows, *(model.forward([t]) for t in ids[13:])])
+    assert len(dirs) == len(ATTENTION_PLANS)
+    np.testing.assert_array_equal(got["256"], got["512"])
+    want = _ref(src, n_ctx=32).forward(ids)
+    _close(got["256"], want, 1.0, f"{heads} heads, plans (printed; greedy compared)")
+    assert (got["256"].argmax(-1) == want.argmax(-1)).all()
+
+
 @pytest.mark.parametrize("kv", ["f32", "f16"])
 @pytest.mark.parametrize(
     "heads", [(6, 2, 32), (7, 1, 16), (8, 2, 64)], ids=["G3-hd32", "G7-hd16", "G4-hd64"]
