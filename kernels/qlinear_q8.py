@@ -85,11 +85,12 @@ AHEAD = 8
 #: parallel loop of their own whatever the dot product
 ROWS = 3
 #: the dot products whose kernels run blocks of ROWS rows; the others run every T one row a
-#: pass over each block of 32 (its codes in L1 for the rows after the first). AVX2 (16 ymm
-#: registers, each dot product 4 instructions a half) ran SmolLM2's ffn_up + ffn_gate (Q4_1)
-#: at T = 9 in 278 us warm blocked and 202 one row a pass, T = 4 188 against 101, the 8-bit
-#: head (Q8_0) at T = 9 8.7 against 6.2 ms warm (about even cold), on a Zen 3 core
-#: (``benchmarks/tvm_q8_stream.py``, docs/tvm.md "AVX2"); VNNI's were measured blocked
+#: pass over each block of 32 (its codes in L1 for the rows after the first). On a Zen 3 core
+#: (AVX2, 16 ymm registers) SmolLM2's ffn_up + ffn_gate (Q4_1) took 278 us warm at T = 9
+#: blocked and 202 one row a pass, 188 and 101 at T = 4, its 8-bit head (Q8_0) 8.7 and 6.2 ms
+#: warm at T = 9 (about even cold) (``benchmarks/tvm_q8_stream.py``, docs/tvm.md "A real AVX2
+#: core"). VNNI was measured blocked on AVX-512 cores; AVX-VNNI keeps it, not measured on a
+#: core of its own
 BLOCKED = {"vnni": True, "avxvnni": True, "avx2": False, "generic": True}
 #: blocks of 32 a chunk has (the last one fewer) from T = ROWS on: every pass over a tile's
 #: codes (ROWS rows and one vector of 16 features) takes a chunk, the first prefetching the

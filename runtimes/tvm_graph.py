@@ -68,7 +68,7 @@ LONG_ROWS = 16
 #: 16 head dimensions (a slot's weights read again for each part). With the "512" plan on a
 #: Zen 3 core (AVX2), whose sums did not fit its registers, SmolLM2's attention took 3.6-5.3
 #: ms of a one-thread 9-token forward, 2.3-2.5 with "256" (``benchmarks/tvm_profile.py
-#: --against``, docs/tvm.md "AVX2"). The same sums in the same order either way
+#: --against``, docs/tvm.md "A real AVX2 core"). The same sums in the same order either way
 ATTENTION_PLANS = {"512": "avx512f", "256": ""}
 
 
