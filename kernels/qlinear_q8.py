@@ -611,7 +611,7 @@ def interleaved(bits: int) -> bool:
 
 def dot_rows_each(
     dot: Any, p16: Any, R: int, c: Any, tile: Any, row0: Any, nrows: int, col: Any, q4: Any,
-    ats: list[Any], bits: int,
+    ats: list[Any], bits: int, scales: Any = None,
 ) -> None:  # fmt: skip
     """Emit, into the TVMScript function being parsed, ``dot[r] += `` :func:`dot_rows` ``(...,
     ats[r])`` for the ``R`` rows of activations starting at ``q4[ats[r]]``: ``dot`` a local
@@ -622,13 +622,18 @@ def dot_rows_each(
     With the rows' :func:`dot_rows` one after the other instead, a Q4_K matrix's T = 9 call
     took 1.15x as long (warm; 1.75x cold: ``benchmarks/tvm_q8_stream.py``). Otherwise (VNNI,
     other code widths) the rows' :func:`dot_rows` one after the other, whose identical loads
-    LLVM merges. The same exact sums as :func:`dot_rows` either way."""
+    LLVM merges. The same exact sums as :func:`dot_rows` either way. ``scales`` (interleaved
+    loop only; an ``int16x32``, each feature's multiplier in both halves of its lane): the
+    int16 sums go into ``dot`` times it, in the ``vpmaddwd`` that widens them (instead of
+    times 1), the sub-scale of a K-quant group for free (:mod:`~edgespec.kernels.qlinear_q8k`)."""
     from tvm import tirx
     from tvm.script import tirx as T
 
     def lanes(r: int, w: int) -> Any:
         return T.ramp(r * w, 1, w)
 
+    if scales is not None and not interleaved(bits):
+        raise ValueError("scales are for the interleaved loop")
     if not interleaved(bits):
         for r in range(R):
             T.buffer_store(
@@ -643,8 +648,11 @@ def dot_rows_each(
         for r in range(R):
             halves = [
                 T.call_llvm_pure_intrin(
-                    "int32x8", "llvm.x86.avx2.pmadd.wd", _half16(p16[lanes(r, 32)], h), ones
-                )
+                    "int32x8",
+                    "llvm.x86.avx2.pmadd.wd",
+                    _half16(p16[lanes(r, 32)], h),
+                    ones if scales is None else _half16(scales, h),
+                )  # fmt: skip
                 for h in range(2)
             ]
             wide = tirx.Shuffle(halves, [T.int32(i) for i in range(LANES)])

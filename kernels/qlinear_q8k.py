@@ -47,6 +47,7 @@ from edgespec.kernels.qlinear_q8 import (
     dot_rows,
     dot_rows_each,
     first_at,
+    interleaved,
     madd16,
     paired,
     prefetch_line,
@@ -169,15 +170,37 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
 
     def settled(
         acc: Any, accm: Any, i: Any, SDf: Any, SMf: Any, GP: Any, jo: Any, s: Any, t: Any,
-        v: Any,
+        v: Any, scaled: bool,
     ) -> tuple[Any, Any]:  # fmt: skip
         # (acc, accm) of super-block s at lanes i .., as the module docstring's: centred, the
-        # CENTRE * sd * gsum the group sums were taken less added back, and accm's sm * gsum
+        # CENTRE * sd * gsum the group sums were taken less added back (not when `scaled`:
+        # those were never taken less), and accm's sm * gsum
         a, m = acc[T.ramp(i, 1, LANES)], accm[T.ramp(i, 1, LANES)]
         if not centred:
             return a, m
+        if scaled:
+            return a, pair_sum(SMf, GP, jo, s, t, v)
         corr = pair_sum(SDf, GP, jo, s, t, v)
         return a + corr * T.broadcast(T.int32(CENTRE), LANES), pair_sum(SMf, GP, jo, s, t, v)
+
+    # the blocks of rows' 4-bit groups on AVX2 (Q4_K) multiply their int16 sums by the
+    # sub-scale in the vpmaddwd that widens them (dot_rows_each's scales: each sum of 8
+    # products of codes 0..15 is within 30,480, so no CENTRE is taken off), instead of
+    # widening by ones and then madd16 by the sub-scale: two instructions fewer a group, half
+    # and row. The Qwen 1.5B's ffn_gate at T = 9, one thread, Zen 3: 0.89x warm, 0.88x cold;
+    # its 9-token forward 0.93x at one thread, 0.95x at two (benchmarks/tvm_q8_stream.py,
+    # tvm_profile.py, docs/tvm.md "A real AVX2 core"); the same int32 sums
+    scaled_rows = centred and not six and interleaved(bits)
+
+    def doubled(S: Any, jo: Any, s: Any, gi: Any, v: Any) -> Any:
+        # int16x32: group gi's sub-scale of each feature of vector v in both int16 halves of
+        # its lane (what vpmaddwd multiplies a feature's two int16 sums by)
+        pair = pair_of(S, jo, s, gi // 2, v)
+        one = T.if_then_else(
+            gi % 2 == 0, pair & T.broadcast(T.int32(65535), LANES),
+            pair >> T.broadcast(T.int32(16), LANES),
+        )  # fmt: skip
+        return T.reinterpret("int16x32", one | (one << T.broadcast(T.int32(16), LANES)))
 
     @T.macro
     def accumulate(
@@ -200,7 +223,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
 
     def finish(
         Df: Any, Mf: Any, SDf: Any, SMf: Any, XD: Any, GP: Any, Yf: Any, acc: Any, accm: Any,
-        i: Any, jo: Any, s: Any, t: Any, v: Any,
+        i: Any, jo: Any, s: Any, t: Any, v: Any, scaled: bool = False,
     ) -> None:  # fmt: skip
         # emit y[t, vector v of tile jo] += d * dx * acc[i ..] (+ m * dx * accm[i ..]),
         # super-block s. A function, not a macro: a macro's names (the ramps) became let-bound
@@ -208,7 +231,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         lanes = T.ramp(t * N + jo * tile + v * LANES, 1, LANES)
         xd = T.broadcast(XD[t * ns + s], LANES)
         at = T.ramp((jo * ns + s) * tile + v * LANES, 1, LANES)
-        a, m = settled(acc, accm, i, SDf, SMf, GP, jo, s, t, v)
+        a, m = settled(acc, accm, i, SDf, SMf, GP, jo, s, t, v, scaled)
         y = T.call_llvm_pure_intrin(
             "float32x16", "llvm.fma.v16f32", T.Cast("float32x16", Df[at]) * xd,
             T.Cast("float32x16", a), Yf[lanes],
@@ -228,22 +251,36 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         # group gi of super-block s, vector v of tile jo, for rows t0 .. t0 + ROWS - 1 (the rows
         # unrolled innermost: the group's codes loaded and unpacked once for them)
         for r in T.unroll(ROWS):
-            dot[T.ramp(r * LANES, 1, LANES)] = dot_start(BS, GN, t0 + r, s, gi)
+            if scaled_rows:
+                dot[T.ramp(r * LANES, 1, LANES)] = T.broadcast(T.int32(0), LANES)
+            else:
+                dot[T.ramp(r * LANES, 1, LANES)] = dot_start(BS, GN, t0 + r, s, gi)
             if six:  # rows of 4 weights, unpacked
                 dot[T.ramp(r * LANES, 1, LANES)] = dot_flat(
                     dot[T.ramp(r * LANES, 1, LANES)], U, (gi * g // 4 * nvec + v) * 64,
                     nvec * 64, g // 4, Q4, ((t0 + r) * K + s * SUPER + gi * g) // 4, bits,
                 )  # fmt: skip
-        if not six:
+        if scaled_rows:
+            dot_rows_each(
+                dot, P16, ROWS, C, jo, (s * gps + gi) * rows, rows, v * 64, Q4,
+                [((t0 + r) * K + s * SUPER + gi * g) // 4 for r in range(ROWS)], bits,
+                doubled(SDf, jo, s, gi, v),
+            )  # fmt: skip
+            for r in T.unroll(ROWS):
+                acc[T.ramp((r * nvec + v) * LANES, 1, LANES)] = (
+                    acc[T.ramp((r * nvec + v) * LANES, 1, LANES)] + dot[T.ramp(r * LANES, 1, LANES)]
+                )
+        elif not six:
             dot_rows_each(
                 dot, P16, ROWS, C, jo, (s * gps + gi) * rows, rows, v * 64, Q4,
                 [((t0 + r) * K + s * SUPER + gi * g) // 4 for r in range(ROWS)], bits,
             )  # fmt: skip
         for r in T.unroll(ROWS):
-            accumulate(
-                acc, accm, (r * nvec + v) * LANES, dot, r * LANES, SDf, SMf, jo, s, gi, v,
-                gsum_of(BS, t0 + r, s, gi),
-            )  # fmt: skip
+            if not scaled_rows:
+                accumulate(
+                    acc, accm, (r * nvec + v) * LANES, dot, r * LANES, SDf, SMf, jo, s, gi, v,
+                    gsum_of(BS, t0 + r, s, gi),
+                )  # fmt: skip
 
     @T.macro
     def prefetch_share(C: Any, jo: Any, s: Any, k: Any, parts: Any) -> None:
@@ -310,7 +347,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             for r in T.unroll(ROWS - fresh, ROWS):
                 finish(
                     Df, Mf, SDf, SMf, XD, GP, Yf, acc, accm, (r * nvec + v) * LANES, jo, s,
-                    t0 + r, v,
+                    t0 + r, v, scaled_rows,
                 )  # fmt: skip
 
     @T.macro
