@@ -275,8 +275,8 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                 dot, P16, ROWS, C, jo, (s * gps + gi) * rows, rows, v * 64, Q4,
                 [((t0 + r) * K + s * SUPER + gi * g) // 4 for r in range(ROWS)], bits,
             )  # fmt: skip
-        for r in T.unroll(ROWS):
-            if not scaled_rows:
+        if not scaled_rows:
+            for r in T.unroll(ROWS):
                 accumulate(
                     acc, accm, (r * nvec + v) * LANES, dot, r * LANES, SDf, SMf, jo, s, gi, v,
                     gsum_of(BS, t0 + r, s, gi),
