@@ -178,10 +178,10 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         a, m = acc[T.ramp(i, 1, LANES)], accm[T.ramp(i, 1, LANES)]
         if not centred:
             return a, m
+        m = pair_sum(SMf, GP, jo, s, t, v)
         if scaled:
-            return a, pair_sum(SMf, GP, jo, s, t, v)
-        corr = pair_sum(SDf, GP, jo, s, t, v)
-        return a + corr * T.broadcast(T.int32(CENTRE), LANES), pair_sum(SMf, GP, jo, s, t, v)
+            return a, m
+        return a + pair_sum(SDf, GP, jo, s, t, v) * T.broadcast(T.int32(CENTRE), LANES), m
 
     # the blocks of rows' 4-bit groups on AVX2 (Q4_K) multiply their int16 sums by the
     # sub-scale in the vpmaddwd that widens them (dot_rows_each's scales: each sum of 8
@@ -195,11 +195,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     def doubled(S: Any, jo: Any, s: Any, gi: Any, v: Any) -> Any:
         # int16x32: group gi's sub-scale of each feature of vector v in both int16 halves of
         # its lane (what vpmaddwd multiplies a feature's two int16 sums by)
-        pair = pair_of(S, jo, s, gi // 2, v)
-        one = T.if_then_else(
-            gi % 2 == 0, pair & T.broadcast(T.int32(65535), LANES),
-            pair >> T.broadcast(T.int32(16), LANES),
-        )  # fmt: skip
+        one = sub_scale(S, jo, s, gi, v)
         return T.reinterpret("int16x32", one | (one << T.broadcast(T.int32(16), LANES)))
 
     @T.macro

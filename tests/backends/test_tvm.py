@@ -175,9 +175,13 @@ def test_attention_register_plans_are_the_same_sums(
 
     dirs: set[Path] = set()
     library_dir = tvm_backend.library_dir
-    monkeypatch.setattr(
-        tvm_backend, "library_dir", lambda *a: dirs.add(library_dir(*a)) or library_dir(*a)
-    )
+
+    def recorded(*args: Any) -> Path:
+        folder = library_dir(*args)
+        dirs.add(folder)
+        return folder
+
+    monkeypatch.setattr(tvm_backend, "library_dir", recorded)
     path = tiny_llama_with_heads(*heads)
     src = ModelSource("hf", path, path.name)
     ids = (IDS * 3)[:21]
