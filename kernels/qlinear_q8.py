@@ -92,6 +92,18 @@ ROWS = 3
 #: core"). VNNI was measured blocked on AVX-512 cores; AVX-VNNI keeps it, not measured on a
 #: core of its own
 BLOCKED = {"vnni": True, "avxvnni": True, "avx2": False, "generic": True}
+#: the dot products whose one-row loops run a tile's vectors as a loop below T = ROWS, not
+#: unrolled. Unrolled on 16 vector registers (AVX2), LLVM loads and unpacks all four
+#: vectors' codes of a block (or K-quant group) at once and spills them to the stack: at
+#: T = 1 each code byte went through a load, a store and a load again. On a Zen 3 core the
+#: Qwen 1.5B's ffn_gate (Q4_K) took 0.85x warm, 0.89x cold, its mixed qkv 0.73x warm, and
+#: its one-token forward 0.85x at one thread and 0.87x at two, the same logits bit for bit
+#: (``benchmarks/tvm_q8_stream.py``, ``tvm_profile.py --against-kernels``, docs/tvm.md
+#: "Vectors as a loop"). From T = ROWS on the 32-weight-block loop keeps them unrolled:
+#: the spilled codes then serve every row (SmolLM2's ffn_up + ffn_gate at T = 9: 214 us
+#: unrolled, 275 as a loop). VNNI (32 registers) and AVX-VNNI (16, not measured on a core
+#: of its own) keep the unrolled loops
+ROLLED = frozenset({"avx2"})
 #: blocks of 32 a chunk has (the last one fewer) from T = ROWS on: every pass over a tile's
 #: codes (ROWS rows and one vector of 16 features) takes a chunk, the first prefetching the
 #: codes about PREFETCH_BYTES on, before the next chunk (:func:`kernel`)
@@ -353,6 +365,14 @@ DOTS: dict[str, Callable[[Any, Any, Any], Any]] = {
     "avx2": _dot_avx2,
     "generic": _dot_generic,
 }
+
+
+def vector_loop(n: int, rolled: bool) -> Any:
+    """``T.serial(n)`` where ``rolled``, else ``T.unroll(n)``: the loop over a tile's vectors
+    (:data:`ROLLED`)."""
+    from tvm.script import tirx as T
+
+    return T.serial(n) if rolled else T.unroll(n)
 
 
 def madd16(acc: Any, a: Any, b: Any) -> Any:
@@ -734,7 +754,8 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     """``qlinear(x f32[T, K], c, d[, m], y f32[T, N])`` for symbolic T, private (to be added
     to a Relax module); the loops: rows quantized once (from T = :data:`ROWS` on in a
     parallel loop of their own), then output tiles in parallel; below
-    T = :data:`ROWS` blocks in order, rows, the tile's vectors unrolled (``rows_each``); from
+    T = :data:`ROWS` blocks in order, rows, the tile's vectors (unrolled, or a loop where
+    :data:`ROLLED`: ``rows_each``); from
     it on, chunks of :data:`CHUNK` blocks, and in each, blocks of ROWS rows with the tile's
     vectors outer (``rows_block``), the rows left over as below. The chunks keep a cold
     matrix's streaming beside the arithmetic: each chunk's first pass prefetches the codes
@@ -764,7 +785,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     affine = lay.affine
     ahead = max(1, PREFETCH_BYTES // (CHUNK * rows * 4 * tile))  # chunks
     spread = rows * nvec > SPREAD_LINES
-    blocked = BLOCKED[building_isa()]
+    blocked, rolled = BLOCKED[building_isa()], building_isa() in ROLLED
 
     def update(
         Df: Any, Mf: Any, XD: Any, XS: Any, jo: Any, b: Any, t: Any, v: Any, acc: Any, y: Any
@@ -785,15 +806,16 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     @T.macro
     def rows_each(
         C: Any, Q4: Any, QS: Any, XD: Any, XS: Any, Df: Any, Mf: Any, Yf: Any, jo: Any,
-        t_lo: Any, t_hi: Any, b_lo: Any, b_hi: Any,
+        t_lo: Any, t_hi: Any, b_lo: Any, b_hi: Any, rolled: bool,
     ) -> None:  # fmt: skip
         # rows t_lo .. t_hi - 1 of tile jo one at a time, blocks b_lo .. b_hi - 1: blocks in
-        # order, rows, the tile's vectors unrolled, y summed in place (zeroed before)
+        # order, rows, the tile's vectors (unrolled unless `rolled`: ROLLED), y summed in place
+        # (zeroed before)
         for b in range(b_lo, b_hi):
             if t_lo == 0:
                 prefetch_rows(C, jo, (b + AHEAD) * rows, rows, tile)
             for t in range(t_lo, t_hi):
-                for v in T.unroll(nvec):
+                for v in vector_loop(nvec, rolled):
                     acc = stack_buffer((LANES,), "int32")
                     acc[T.ramp(0, 1, LANES)] = T.broadcast(-z * QS[t * nb + b], LANES)
                     acc[T.ramp(0, 1, LANES)] = dot_rows(
@@ -861,17 +883,18 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         # the rows left over one at a time
         for tb in range(n // ROWS):
             rows_block(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, tb * ROWS, b_lo, b_hi)
-        rows_each(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n // ROWS * ROWS, n, b_lo, b_hi)
+        rows_each(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n // ROWS * ROWS, n, b_lo, b_hi, False)
 
     @T.macro
     def one_row_passes(
-        C: Any, Q4: Any, QS: Any, XD: Any, XS: Any, Df: Any, Mf: Any, Yf: Any, n: Any
-    ) -> None:
+        C: Any, Q4: Any, QS: Any, XD: Any, XS: Any, Df: Any, Mf: Any, Yf: Any, n: Any,
+        rolled: bool,
+    ) -> None:  # fmt: skip
         # all n rows of every tile one at a time (rows_each), tiles in parallel
         for jo in T.parallel(N // tile):
             for t in range(n):
                 Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
-            rows_each(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, 0, n, 0, nb)
+            rows_each(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, 0, n, 0, nb, rolled)
 
     @T.macro
     def quantize(Xf: Any, Q: Any, QS: Any, XD: Any, XS: Any, t: Any, b: Any) -> None:
@@ -918,12 +941,13 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             for tb in T.parallel(n * nb):
                 quantize(Xf, Q, QS, XD, XS, tb // nb, tb % nb)
         # a kernel (a parallel loop) for fewer than ROWS rows, another for more (as
-        # qlinear_q8k's), so that T = 1 and 2 compile to the one-row loop alone; one kernel,
-        # the one-row loop, where the dot product runs no blocks of rows (BLOCKED)
-        if blocked:
-            if n < ROWS:
-                one_row_passes(C, Q4, QS, XD, XS, Df, Mf, Yf, n)
-            else:
+        # qlinear_q8k's), so that T = 1 and 2 compile to the one-row loop alone; where the
+        # dot product runs no blocks of rows (BLOCKED), the one-row loop for more too, its
+        # vectors unrolled (ROLLED)
+        if n < ROWS:
+            one_row_passes(C, Q4, QS, XD, XS, Df, Mf, Yf, n, rolled)
+        else:
+            if blocked:
                 for jo in T.parallel(N // tile):
                     for t in range(n):
                         Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
@@ -931,8 +955,8 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                         chunk(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n, c * CHUNK, c * CHUNK + CHUNK)
                     if nb % CHUNK != 0:  # the last blocks
                         chunk(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n, nb - nb % CHUNK, nb)
-        else:
-            one_row_passes(C, Q4, QS, XD, XS, Df, Mf, Yf, n)
+            else:
+                one_row_passes(C, Q4, QS, XD, XS, Df, Mf, Yf, n, False)
 
     if affine:
 

@@ -38,6 +38,7 @@ from edgespec.kernels.compiled import stack_buffer
 from edgespec.kernels.qlinear import SUPER, get_layout
 from edgespec.kernels.qlinear_q8 import (
     LANES,
+    ROLLED,
     _six,
     amax_of,
     base_format,
@@ -54,6 +55,7 @@ from edgespec.kernels.qlinear_q8 import (
     prefetch_rows,
     stored_bits,
     tile_for,
+    vector_loop,
     zero_of,
 )
 
@@ -127,6 +129,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     # sm * gsum, are added per super-block in madd16 pairs of groups (finish). The int32 sums
     # are the same exactly
     centred = paired(fmt)
+    rolled = building_isa() in ROLLED
     lines = gps * rows * nvec  # the cache lines of a super-block's codes in a tile
     ng, npair = K // g, K // g // 2
     sub_shape = (nt, npair, 2 * tile) if centred else (nt, ng, tile)  # SD's, SM's
@@ -352,8 +355,9 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         SDf: Any, SMf: Any, Yf: Any, jo: Any, s: Any, n: Any, t: Any,
     ) -> None:  # fmt: skip
         # row t of super-block s of tile jo (body's buffers): the groups outer, the tile's
-        # vectors inner, so that each code row's 4 * tile bytes are read in one go (a vector a
-        # pass read one cache line in 4 of each row: benchmarks/tvm_q8_stream.py, docs/tvm.md)
+        # vectors inner (a loop where ROLLED, as qlinear_q8's one-row loop, for every row this
+        # runs), so that each code row's 4 * tile bytes are read in one go (a vector a pass
+        # read one cache line in 4 of each row: benchmarks/tvm_q8_stream.py, docs/tvm.md)
         acc = stack_buffer((nvec * LANES,), "int32")
         accm = stack_buffer((nvec * LANES,), "int32")
         dot = stack_buffer((LANES,), "int32")
@@ -374,7 +378,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                 for r in range(rows):
                     if r % n == t:
                         prefetch_rows(C, jo, (s * gps + gi + AHEAD) * rows + r, 1, tile)
-                for v in T.unroll(nvec):
+                for v in vector_loop(nvec, rolled):
                     dot[T.ramp(0, 1, LANES)] = dot_start(BS, GN, t, s, gi)
                     if six and n > 1:  # rows of 4 weights, unpacked
                         dot[T.ramp(0, 1, LANES)] = dot_flat(
