@@ -95,14 +95,15 @@ BLOCKED = {"vnni": True, "avxvnni": True, "avx2": False, "generic": True}
 #: the dot products whose one-row loops run a tile's vectors as a loop below T = ROWS, not
 #: unrolled. Unrolled on 16 vector registers (AVX2), LLVM loads and unpacks all four
 #: vectors' codes of a block (or K-quant group) at once and spills them to the stack: at
-#: T = 1 each code byte went through a load, a store and a load again. On a Zen 3 core the
-#: Qwen 1.5B's ffn_gate (Q4_K) took 0.85x warm, 0.89x cold, its mixed qkv 0.73x warm, and
-#: its one-token forward 0.85x at one thread and 0.87x at two, the same logits bit for bit
-#: (``benchmarks/tvm_q8_stream.py``, ``tvm_profile.py --against-kernels``, docs/tvm.md
-#: "Vectors as a loop"). From T = ROWS on the 32-weight-block loop keeps them unrolled:
-#: the spilled codes then serve every row (SmolLM2's ffn_up + ffn_gate at T = 9: 214 us
-#: unrolled, 275 as a loop). VNNI (32 registers) and AVX-VNNI (16, not measured on a core
-#: of its own) keep the unrolled loops
+#: T = 1 most code bytes went through a load, a store and a load again. On a Zen 3 core the
+#: Qwen 1.5B's ffn_gate (Q4_K) at T = 1 took 0.81x warm, 0.96x cold, its mixed qkv 0.82x and
+#: 0.85x (its Q6_K ffn_down alone 1.1-1.3x warm, even cold), and its one-token forward
+#: 0.84-0.94x at two threads in four processes, both builds first in turn, the same logits
+#: bit for bit (``benchmarks/tvm_q8_stream.py``, ``tvm_profile.py --against-kernels``,
+#: docs/tvm.md "Vectors as a loop"). From T = ROWS on the 32-weight-block loop keeps them
+#: unrolled: the spilled codes then serve every row (SmolLM2's ffn_up + ffn_gate at T = 9:
+#: 214 us unrolled, 275 as a loop). VNNI (32 registers) and AVX-VNNI (16, not measured on a
+#: core of its own) keep the unrolled loops
 ROLLED = frozenset({"avx2"})
 #: blocks of 32 a chunk has (the last one fewer) from T = ROWS on: every pass over a tile's
 #: codes (ROWS rows and one vector of 16 features) takes a chunk, the first prefetching the
