@@ -947,17 +947,16 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         # vectors unrolled (ROLLED)
         if n < ROWS:
             one_row_passes(C, Q4, QS, XD, XS, Df, Mf, Yf, n, rolled)
+        elif blocked:
+            for jo in T.parallel(N // tile):
+                for t in range(n):
+                    Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
+                for c in range(nb // CHUNK):
+                    chunk(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n, c * CHUNK, c * CHUNK + CHUNK)
+                if nb % CHUNK != 0:  # the last blocks
+                    chunk(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n, nb - nb % CHUNK, nb)
         else:
-            if blocked:
-                for jo in T.parallel(N // tile):
-                    for t in range(n):
-                        Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
-                    for c in range(nb // CHUNK):
-                        chunk(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n, c * CHUNK, c * CHUNK + CHUNK)
-                    if nb % CHUNK != 0:  # the last blocks
-                        chunk(C, Q4, QS, XD, XS, Df, Mf, Yf, jo, n, nb - nb % CHUNK, nb)
-            else:
-                one_row_passes(C, Q4, QS, XD, XS, Df, Mf, Yf, n, False)
+            one_row_passes(C, Q4, QS, XD, XS, Df, Mf, Yf, n, False)
 
     if affine:
 

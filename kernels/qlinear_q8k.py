@@ -195,9 +195,12 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     # tvm_profile.py, docs/tvm.md "A real AVX2 core"); the same int32 sums
     scaled_rows = centred and not six and interleaved(bits)
 
-    def doubled(S: Any, jo: Any, s: Any, gi: Any, v: Any) -> Any:
-        # int16x32: group gi's sub-scale of each feature of vector v in both int16 halves of
-        # its lane (what vpmaddwd multiplies a feature's two int16 sums by)
+    def widening_scales(S: Any, jo: Any, s: Any, gi: Any, v: Any) -> Any:
+        # dot_rows_each's scales: where scaled_rows, an int16x32 holding group gi's sub-scale
+        # of each feature of vector v in both int16 halves of its lane (what vpmaddwd
+        # multiplies a feature's two int16 sums by); else None (widened times 1)
+        if not scaled_rows:
+            return None
         one = sub_scale(S, jo, s, gi, v)
         return T.reinterpret("int16x32", one | (one << T.broadcast(T.int32(16), LANES)))
 
@@ -259,22 +262,18 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                     dot[T.ramp(r * LANES, 1, LANES)], U, (gi * g // 4 * nvec + v) * 64,
                     nvec * 64, g // 4, Q4, ((t0 + r) * K + s * SUPER + gi * g) // 4, bits,
                 )  # fmt: skip
-        if scaled_rows:
+        if not six:
             dot_rows_each(
                 dot, P16, ROWS, C, jo, (s * gps + gi) * rows, rows, v * 64, Q4,
                 [((t0 + r) * K + s * SUPER + gi * g) // 4 for r in range(ROWS)], bits,
-                doubled(SDf, jo, s, gi, v),
+                widening_scales(SDf, jo, s, gi, v),
             )  # fmt: skip
+        if scaled_rows:
             for r in T.unroll(ROWS):
                 acc[T.ramp((r * nvec + v) * LANES, 1, LANES)] = (
                     acc[T.ramp((r * nvec + v) * LANES, 1, LANES)] + dot[T.ramp(r * LANES, 1, LANES)]
                 )
-        elif not six:
-            dot_rows_each(
-                dot, P16, ROWS, C, jo, (s * gps + gi) * rows, rows, v * 64, Q4,
-                [((t0 + r) * K + s * SUPER + gi * g) // 4 for r in range(ROWS)], bits,
-            )  # fmt: skip
-        if not scaled_rows:
+        else:
             for r in T.unroll(ROWS):
                 accumulate(
                     acc, accm, (r * nvec + v) * LANES, dot, r * LANES, SDf, SMf, jo, s, gi, v,
