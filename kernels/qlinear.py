@@ -157,13 +157,26 @@ MIXED_K = "Q4_K_Q6_K"  # an identifier: it names the graph's kernel
 LAYOUTS[MIXED_K] = Layout(0, 16, 8, 0, True, "int8", (), _q6k_scales)
 
 
+#: the GGUF types with one float16 scale per 32 weights and no offset, narrowest codes first.
+#: A fused matrix mixing them (the Qwen2.5 0.5B's Q4_K_M file: Q5_0 q/k rows with Q8_0 v
+#: rows in half its layers) is multiplied in the widest of its types: the narrower codes
+#: widen exactly (Q4_0's 0..15 less 8 and Q5_0's -16..15 are int8 values of the same
+#: weights) and the scales are the file's, so the values are the file's bit for bit
+SYMMETRIC = ("Q4_0", "Q5_0", "Q8_0")
+
+
 def common_format(types: set[str]) -> str | None:
     """The layout a fused matrix whose parts have GGUF ``types`` is multiplied in, or None
-    (float32): their one type, or :data:`MIXED_K` for Q4_K with Q6_K."""
+    (float32): their one type, :data:`MIXED_K` for Q4_K with Q6_K, or the widest of a mix
+    of :data:`SYMMETRIC` types."""
     if len(types) == 1:
         (one,) = types
         return one if one in LAYOUTS and LAYOUTS[one].type_size else None
-    return MIXED_K if types == {"Q4_K", "Q6_K"} else None
+    if types == {"Q4_K", "Q6_K"}:
+        return MIXED_K
+    if types <= set(SYMMETRIC):
+        return max(types, key=SYMMETRIC.index)
+    return None
 
 
 def get_layout(fmt: str) -> Layout:
@@ -241,11 +254,19 @@ class QBlocks:
         return int(self.ops["c"].shape[0])
 
     def to(self, fmt: str) -> QBlocks:
-        """These blocks in layout ``fmt``: themselves, or a Q4_K / Q6_K tensor in
+        """These blocks in layout ``fmt``: themselves, a Q4_K / Q6_K tensor in
         :data:`MIXED_K` (the same values: Q4_K's codes widened to int8 and its 32-weight
-        sub-scales repeated per 16; Q6_K with zero offsets)."""
+        sub-scales repeated per 16; Q6_K with zero offsets), or a :data:`SYMMETRIC` tensor
+        in a wider one of those (its codes as int8, the same scales)."""
         if fmt == self.fmt:
             return self
+        if self.fmt in SYMMETRIC and fmt in SYMMETRIC[SYMMETRIC.index(self.fmt) + 1 :]:
+            c, n = self.ops["c"], self.rows
+            if LAYOUTS[self.fmt].code_bits == 4:  # byte i of a group: weights i, i + 16
+                b = c.reshape(n, -1, 1, 16)
+                wide = np.concatenate([b & 15, b >> 4], axis=2).reshape(n, -1).astype(np.int8)
+                c = wide - np.int8(LAYOUTS[self.fmt].zero)
+            return QBlocks(fmt, {"c": c, "d": self.ops["d"]})
         if fmt != MIXED_K or self.fmt not in ("Q4_K", "Q6_K"):
             raise EdgespecError(f"cannot multiply a {self.fmt} tensor as {fmt}")
         o, n = self.ops, self.rows

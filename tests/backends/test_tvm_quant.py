@@ -86,6 +86,36 @@ def _ref(src: ModelSource, n_ctx: int = 64, kv_cache: str | None = None) -> Any:
     return NumpyBackend.load(src, opts)
 
 
+def test_fused_qkv_of_q5_0_and_q8_0_runs_on_its_blocks(
+    tiny_qwen2_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Qwen2.5 0.5B's Q4_K_M layout: Q5_0 q/k rows and Q8_0 v rows in one fused QKV,
+    multiplied as Q8_0 (kernels/qlinear.py: ``SYMMETRIC``) instead of in float32; the
+    logits as the reference's on the file's values."""
+    from edgespec.runtimes import tvm_backend
+
+    types = TYPES | {"attn_q": "Q5_0", "attn_k": "Q5_0", "attn_v": "Q8_0"}
+
+    def tensor_type(name: str, arr: np.ndarray) -> str | None:
+        return types.get(name.split(".")[-2]) if arr.ndim == 2 else None
+
+    path = write_tiny_gguf(tiny_qwen2_dir, tmp_path / "qkv-mixed.gguf", tensor_type=tensor_type)
+    spec = tvm_backend.gguf_model(path)[2]
+    packed, fallback = tvm_backend.gguf_matrices(path, spec, False)
+    assert fallback == []
+    assert {q.fmt for name, q in packed.items() if "qkv" in name} == {"Q8_0"}
+    src = ModelSource("gguf", path, path.stem)
+    model = _tvm(src, progress=True)
+    assert "no quantized kernel" not in capsys.readouterr().err
+    done, total = model.info.extra["quantized_matrices"].split("/")
+    assert done == total
+    got, want = model.forward(IDS), _ref(src).forward(IDS)
+    diff = float(np.abs(got - want).max())
+    print(f"qkv Q5_0 + Q8_0 gguf-exact chain: max |diff| {diff:.3g}")
+    assert diff <= TINY_ATOL
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
 def test_matches_reference_on_the_dequantized_weights(tiny_q: ModelSource, capsys) -> None:
     model = _tvm(tiny_q, progress=True)
     assert "1 of 13 matrices (F16) have no quantized kernel" in capsys.readouterr().err

@@ -155,6 +155,34 @@ def test_mixed_q4k_q6k_fused_matrix() -> None:
         qlinear.QBlocks.from_gguf(raws["Q4_K"], fmt)
 
 
+@pytest.mark.parametrize(
+    ("parts", "fmt"),
+    [(("Q5_0", "Q8_0"), "Q8_0"), (("Q4_0", "Q5_0"), "Q5_0"), (("Q4_0", "Q8_0"), "Q8_0")],
+)
+def test_mixed_symmetric_fused_matrix(parts: tuple[str, str], fmt: str) -> None:
+    """The Qwen2.5 0.5B's QKV in its Q4_K_M file (Q5_0 q/k rows, Q8_0 v rows) and the other
+    mixes of one-scale 32-blocks: multiplied in the widest type, the file's values bit for
+    bit, the kernel within its bound of the reference, one row as in a batch."""
+    from gguf import GGMLQuantizationType, quants
+
+    rng = np.random.default_rng(8)
+    raws = {t: random_blocks(t, 64, 256, rng) for t in parts}
+    assert qlinear.common_format(set(raws)) == fmt
+    w = qlinear.pack(
+        qlinear.concat([qlinear.QBlocks.from_gguf(r, t).to(fmt) for t, r in raws.items()])
+    )
+    want = np.concatenate([quants.dequantize(r, GGMLQuantizationType[t]) for t, r in raws.items()])
+    np.testing.assert_array_equal(w.dequantize(), want)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    fn = _compile(fmt, 256, 128)
+    got = _run(fn, x, w)
+    ref = np.concatenate([reference.qmatmul(x, r, t) for t, r in raws.items()], axis=1)
+    assert (np.abs(got - ref) <= qlinear.qlinear_bound(x, w)).all()
+    np.testing.assert_array_equal(_run(fn, x[1:2], w), got[1:2])
+    with pytest.raises(EdgespecError, match="cannot multiply"):
+        qlinear.QBlocks.from_gguf(raws[parts[1]], parts[1]).to(parts[0])
+
+
 def test_bound_catches_misplaced_sub_scales() -> None:
     rng = np.random.default_rng(6)
     raw = random_blocks("Q6_K", 64, 512, rng)
