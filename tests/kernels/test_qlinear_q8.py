@@ -205,7 +205,8 @@ def test_k_quant_kernel_equals_reference_bit_for_bit(fmt: str, n: int, isa: str)
 )
 def test_exact_at_the_largest_codes_and_activations(fmt: str, fill: int, isa: str) -> None:
     """Every stored code at its largest (4-bit 15, 6-bit 63; Q8_0's 255 and 0, codes 127 and
-    -128) times activations all +127 (row 0) or all -127 (row 1): the most AVX2's int16 sums
+    -128) times activations all +127 (row 0) or all -127 (rows 1 and 2, so that the K-quant
+    kernel's blocks of rows run as well as its one-row loop): the most AVX2's int16 sums
     of ``vpmaddubsw`` products ever hold (a 4-bit block's 8 products: 30,480; two of 6-bit
     codes: 32,004; one pair of Q8_0's signed codes: 32,512), so a run one product longer, or
     a saturating step, would break the bit-for-bit equality. Q4_K's codes 0 and 15, less
@@ -220,8 +221,8 @@ def test_exact_at_the_largest_codes_and_activations(fmt: str, fill: int, isa: st
     bits = qlinear_q8.stored_bits(w.fmt)
     assert np.unique(w.codes()).size == 1
     assert fmt == "Q4_K" and fill == 0 or np.abs(w.codes()).max() >= (1 << bits) // 2 - 1
-    x = np.ones((2, k), np.float32)
-    x[1] = -1
+    x = np.ones((qlinear_q8k.ROWS, k), np.float32)
+    x[1:] = -1
     lib = _compile(w.fmt, k, n, isa)
     got = _run(lib["main"], x, w)
     code = w.codes()
