@@ -125,17 +125,26 @@ def test_bound_catches_swapped_nibbles() -> None:
     assert (err > qlinear.qlinear_bound(x, qlinear.from_gguf(raw, "Q4_1"))).any()
 
 
-def test_mixed_q4k_q6k_fused_matrix() -> None:
-    """Qwen's QKV in a Q4_K_M file: Q4_K q/k rows and Q6_K v rows in one kernel."""
+@pytest.mark.parametrize(
+    ("parts", "fmt"),
+    [
+        (("Q4_K", "Q6_K"), qlinear.MIXED_K),
+        (("Q5_0", "Q8_0"), "Q8_0"),
+        (("Q4_0", "Q5_0"), "Q5_0"),
+        (("Q4_0", "Q8_0"), "Q8_0"),
+    ],
+)
+def test_mixed_fused_matrix(parts: tuple[str, str], fmt: str) -> None:
+    """A fused QKV whose parts differ in type, as Q4_K_M files make them: the Qwen 1.5B's
+    Q4_K q/k and Q6_K v rows in one kernel (MIXED_K), the Qwen 0.5B's Q5_0 q/k and Q8_0 v
+    rows, and the other mixes of one-scale 32-blocks, in the widest type. The file's values
+    bit for bit, the kernel within its bound of the reference, each row alone as in the
+    batch."""
     from gguf import GGMLQuantizationType, quants
 
     rng = np.random.default_rng(7)
-    raws = {
-        "Q4_K": random_blocks("Q4_K", 64, 512, rng),
-        "Q6_K": random_blocks("Q6_K", 64, 512, rng),
-    }
-    fmt = qlinear.common_format(set(raws))
-    assert fmt == qlinear.MIXED_K and qlinear.common_format({"Q4_K", "Q5_0"}) is None
+    raws = {t: random_blocks(t, 64, 512, rng) for t in parts}
+    assert qlinear.common_format(set(raws)) == fmt
     w = qlinear.pack(
         qlinear.concat([qlinear.QBlocks.from_gguf(r, t).to(fmt) for t, r in raws.items()])
     )
@@ -151,36 +160,18 @@ def test_mixed_q4k_q6k_fused_matrix() -> None:
     assert (err <= bound).all()
     one = np.concatenate([_run(fn, x[i : i + 1], w) for i in range(len(x))])
     np.testing.assert_array_equal(one, got)
+
+
+def test_mixed_formats_that_have_no_layout() -> None:
+    """A mix with no common layout runs in float32 (None); MIXED_K is not a file type; a
+    one-scale type is not narrowed."""
+    rng = np.random.default_rng(9)
+    assert qlinear.common_format({"Q4_K", "Q5_0"}) is None
+    assert qlinear.common_format({"Q4_1", "Q8_0"}) is None
     with pytest.raises(EdgespecError, match="not a GGUF type"):
-        qlinear.QBlocks.from_gguf(raws["Q4_K"], fmt)
-
-
-@pytest.mark.parametrize(
-    ("parts", "fmt"),
-    [(("Q5_0", "Q8_0"), "Q8_0"), (("Q4_0", "Q5_0"), "Q5_0"), (("Q4_0", "Q8_0"), "Q8_0")],
-)
-def test_mixed_symmetric_fused_matrix(parts: tuple[str, str], fmt: str) -> None:
-    """The Qwen2.5 0.5B's QKV in its Q4_K_M file (Q5_0 q/k rows, Q8_0 v rows) and the other
-    mixes of one-scale 32-blocks: multiplied in the widest type, the file's values bit for
-    bit, the kernel within its bound of the reference, one row as in a batch."""
-    from gguf import GGMLQuantizationType, quants
-
-    rng = np.random.default_rng(8)
-    raws = {t: random_blocks(t, 64, 256, rng) for t in parts}
-    assert qlinear.common_format(set(raws)) == fmt
-    w = qlinear.pack(
-        qlinear.concat([qlinear.QBlocks.from_gguf(r, t).to(fmt) for t, r in raws.items()])
-    )
-    want = np.concatenate([quants.dequantize(r, GGMLQuantizationType[t]) for t, r in raws.items()])
-    np.testing.assert_array_equal(w.dequantize(), want)
-    x = rng.standard_normal((3, 256)).astype(np.float32)
-    fn = _compile(fmt, 256, 128)
-    got = _run(fn, x, w)
-    ref = np.concatenate([reference.qmatmul(x, r, t) for t, r in raws.items()], axis=1)
-    assert (np.abs(got - ref) <= qlinear.qlinear_bound(x, w)).all()
-    np.testing.assert_array_equal(_run(fn, x[1:2], w), got[1:2])
+        qlinear.QBlocks.from_gguf(random_blocks("Q4_K", 16, 256, rng), qlinear.MIXED_K)
     with pytest.raises(EdgespecError, match="cannot multiply"):
-        qlinear.QBlocks.from_gguf(raws[parts[1]], parts[1]).to(parts[0])
+        qlinear.QBlocks.from_gguf(random_blocks("Q8_0", 16, 256, rng), "Q8_0").to("Q5_0")
 
 
 def test_bound_catches_misplaced_sub_scales() -> None:
