@@ -69,6 +69,13 @@ def _f16(blocks: np.ndarray, at: int) -> np.ndarray:
     return blocks[:, at : at + 2].copy().view(np.float16)[:, 0]
 
 
+def _unnibble(c: np.ndarray) -> np.ndarray:
+    """``uint8[N, K]``: the 4-bit codes of ``c`` (``uint8[N, K/2]`` in Q4_0's nibble order:
+    byte i of each group of 32 weights holds weights i and i + 16)."""
+    b = c.reshape(c.shape[0], -1, 1, 16)
+    return np.concatenate([b & 15, b >> 4], axis=2).reshape(c.shape[0], -1)
+
+
 Scales = tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]
 
 
@@ -261,21 +268,18 @@ class QBlocks:
         if fmt == self.fmt:
             return self
         if self.fmt in SYMMETRIC and fmt in SYMMETRIC[SYMMETRIC.index(self.fmt) + 1 :]:
-            c, n = self.ops["c"], self.rows
-            if LAYOUTS[self.fmt].code_bits == 4:  # byte i of a group: weights i, i + 16
-                b = c.reshape(n, -1, 1, 16)
-                wide = np.concatenate([b & 15, b >> 4], axis=2).reshape(n, -1).astype(np.int8)
-                c = wide - np.int8(LAYOUTS[self.fmt].zero)
+            c = self.ops["c"]
+            if LAYOUTS[self.fmt].code_bits == 4:
+                c = _unnibble(c).astype(np.int8) - np.int8(LAYOUTS[self.fmt].zero)
             return QBlocks(fmt, {"c": c, "d": self.ops["d"]})
         if fmt != MIXED_K or self.fmt not in ("Q4_K", "Q6_K"):
             raise EdgespecError(f"cannot multiply a {self.fmt} tensor as {fmt}")
-        o, n = self.ops, self.rows
+        o = self.ops
         if self.fmt == "Q6_K":
             zero = np.zeros_like(o["sd"])
             m = np.zeros_like(o["d"])
             return QBlocks(fmt, {"c": o["c"], "d": o["d"], "m": m, "sd": o["sd"], "sm": zero})
-        b = o["c"].reshape(n, -1, 1, 16)
-        c = np.concatenate([b & 15, b >> 4], axis=2).reshape(n, -1).astype(np.int8)
+        c = _unnibble(o["c"]).astype(np.int8)
 
         def per16(a: np.ndarray) -> np.ndarray:
             return np.repeat(a, 2, axis=1).astype(np.int8)  # 6-bit: fits int8
@@ -331,9 +335,8 @@ class PackedQWeight:
         n, k = self.shape
         c = untile(self.ops["c"])
         if lay.code_bits == 4:
-            b = c.reshape(n, -1, 16)
-            c = np.concatenate([b & 15, b >> 4], axis=2).reshape(n, k)
-        return c.astype(np.int32) - lay.zero
+            c = _unnibble(c)
+        return c.reshape(n, k).astype(np.int32) - lay.zero
 
     def parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(code, D, M)``, each ``float32[N, K]`` per weight (``M`` zeros when not affine);
