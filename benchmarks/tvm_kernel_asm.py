@@ -33,7 +33,6 @@ import tempfile
 from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -187,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print_loops(kernel_asm(a.format, a.k, a.n, a.isa), a.top)
     if a.rates:
-        got: Any = rates()
+        got = rates()
         print("\n`benchmarks/tvm_kernel_asm.py --rates` (per ns, 3 rounds, one thread)\n")
         print("| instruction | per ns |")
         print("|---|---|")
