@@ -230,6 +230,8 @@ class Runtime:
         compress_ratio: the bundle's default ``--compress`` ratio (None: none named).
         compressor_backend: the backend the compressor scores on (None: the fastest for
             batched scoring that is installed; see :mod:`edgespec.compress.prompt`).
+        draft_source: where the draft came from (None: no draft, or one passed as a model).
+        draft_backend: the draft's backend name.
     """
 
     tokenizer: Tokenizer
@@ -241,9 +243,15 @@ class Runtime:
     compressor_source: ModelSource | None = None
     compress_ratio: float | None = None
     compressor_backend: str | None = None
+    draft_source: ModelSource | None = None
+    draft_backend: str | None = None
     _compressor: Any = field(default=None, repr=False)  # edgespec.compress.Compressor
     _sessions: dict[tuple[SpecConfig, bool], SpecSession] = field(default_factory=dict, repr=False)
-    _heads: dict[tuple[int, str | None, int], Model] = field(default_factory=dict, repr=False)
+    _heads: dict[tuple[int, str | None, int, str | None], Model] = field(
+        default_factory=dict, repr=False
+    )
+    #: the draft requantized, per type (:meth:`draft_requantized`)
+    _drafts: dict[str, Model] = field(default_factory=dict, repr=False)
     #: probe seconds of sessions built since the last generation started (-> Stats.probe_s)
     _probe_s: float = field(default=0.0, repr=False)
 
@@ -369,10 +377,39 @@ class Runtime:
             self._probe_s += self._sessions[key].probe_s
         return self._sessions[key]
 
-    def draft_with_head(self, size: int, corpus: str | Path | None = None, slots: int = 0) -> Model:
-        """The draft narrowed to a frequent-token head of ``size`` tokens
-        (:mod:`edgespec.draft_head`), sharing the draft's weights; built once per size,
-        corpus and slots.
+    def draft_requantized(self, quant: str) -> Model:
+        """The draft model requantized to ``quant`` by llama.cpp's quantizer
+        (:mod:`edgespec.requant`, cached on disk), loaded once on the draft's backend.
+        Lossless for the output: a draft only proposes, and the target verifies.
+
+        Raises:
+            EdgespecError: no draft, a draft that is not a GGUF file, an unknown ``quant``.
+        """
+        from edgespec.requant import check_quant, requantize
+
+        check_quant(quant)
+        if self.draft is None:
+            raise EdgespecError("draft_quant needs a draft model; pass --draft MODEL")
+        if self.draft_source is None or self.draft_backend is None:
+            raise EdgespecError(
+                "draft_quant needs to know the draft's file; load the draft with "
+                "edgespec.load(..., draft=PATH) or --draft PATH"
+            )
+        if quant not in self._drafts:
+            source = requantize(self.draft_source, quant, progress=self.options.progress)
+            self._drafts[quant], _ = load_tuned(source, self.draft_backend, self.options)
+        return self._drafts[quant]
+
+    def draft_with_head(
+        self,
+        size: int,
+        corpus: str | Path | None = None,
+        slots: int = 0,
+        quant: str | None = None,
+    ) -> Model:
+        """The draft (requantized to ``quant`` when given: :meth:`draft_requantized`)
+        narrowed to a frequent-token head of ``size`` tokens (:mod:`edgespec.draft_head`),
+        sharing that draft's weights; built once per size, corpus, slots and quant.
 
         Args:
             size: tokens kept (rounded up to 64).
@@ -380,24 +417,26 @@ class Runtime:
                 standard library.
             slots: of them, prompt slots that :meth:`Model.fit_head` refills per prompt
                 (rounded down to 64, at most half the head).
+            quant: the draft's weights requantized to this type; None: as loaded.
         Raises:
             EdgespecError: no draft, a backend without heads, a bad size or corpus.
         """
         if self.draft is None:
             raise EdgespecError("draft_head needs a draft model; pass --draft MODEL")
-        key = (int(size), None if corpus is None else str(corpus), int(slots))
+        base = self.draft if quant is None else self.draft_requantized(quant)
+        key = (int(size), None if corpus is None else str(corpus), int(slots), quant)
         if key not in self._heads:
             from edgespec.draft_head import head_with_slots
 
             ids, n_slots = head_with_slots(
                 self.tokenizer,
-                self.draft.info.vocab_size,
+                base.info.vocab_size,
                 size,
                 slots,
                 None if corpus is None else [corpus],
                 progress=self.options.progress,
             )
-            self._heads[key] = self.draft.with_head(ids, n_slots)
+            self._heads[key] = base.with_head(ids, n_slots)
         return self._heads[key]
 
     def close(self) -> None:
@@ -407,6 +446,9 @@ class Runtime:
         for head in self._heads.values():
             head.close()
         self._heads.clear()
+        for d in self._drafts.values():
+            d.close()
+        self._drafts.clear()
         if self._compressor is not None:
             self._compressor.close()
             self._compressor = None
@@ -540,7 +582,7 @@ def load(
     from edgespec.sparse.dense import apply_bundle_sparsity
 
     target = apply_bundle_sparsity(source, target, options)  # a bundle's sparsity (lossy)
-    draft_model = None
+    draft_model = dname = None
     # a bundle's draft role becomes the draft unless the caller names one
     dsource = role_source(source, "draft") if draft is None else resolve(draft, progress=progress)
     if dsource is not None:
@@ -548,7 +590,8 @@ def load(
 
         check_same_vocab(tokenizer, load_tokenizer(dsource), source.name, dsource.name)
         dname = draft_backend or (name if dsource.kind in BACKENDS.get(name).accepts else None)
-        draft_model, _ = load_tuned(dsource, pick_backend(dsource, dname), options)
+        dname = pick_backend(dsource, dname)
+        draft_model, _ = load_tuned(dsource, dname, options)
     from edgespec.compress.prompt import compressor_source_of
 
     csource, ratio, cbackend = compressor_source_of(source, compressor, progress)
@@ -562,4 +605,6 @@ def load(
         csource,
         ratio,
         compressor_backend or cbackend,
+        dsource if draft_model is not None else None,
+        dname,
     )

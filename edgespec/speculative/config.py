@@ -45,6 +45,16 @@ def _text_path(value: Any, name: str) -> str | None:
     raise EdgespecError(f"{name} must be the path of a UTF-8 text file, got {value!r}")
 
 
+def _quant(value: Any, name: str) -> str | None:
+    if value is None or value in ("", "none"):
+        return None
+    from edgespec.requant import QUANTS
+
+    if value not in QUANTS:
+        raise EdgespecError(f"{name} must be one of none, {', '.join(QUANTS)}; got {value!r}")
+    return str(value)
+
+
 def _flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise EdgespecError(f"{name} must be true or false, got {value!r}")
@@ -111,6 +121,9 @@ class SpecConfig(Options):
         draft_head_prompt: rows of the head (its least frequent ones) that each generation
             refills with the prompt's tokens the rest of the head lacks, so that the draft
             can copy rare prompt tokens (rounded down to 64, at most half the head; 0: none).
+        draft_quant: the draft model (``draft`` and ``tree`` proposers) runs on its GGUF
+            file requantized to this type (:mod:`edgespec.requant`, e.g. ``q4_0``); None:
+            the file as it is. Lossless, since the target verifies.
     """
 
     kind = "speculative"
@@ -211,6 +224,14 @@ class SpecConfig(Options):
         "to 64, at most half the head; 0: none)",
         check=at_least(0),
         metavar="N",
+    )
+    draft_quant: str | None = option(
+        None,
+        "the draft model's GGUF weights requantized to this type by llama.cpp's quantizer "
+        "(q4_0, q4_1, q5_0, q8_0, q4_k_m; cached under $EDGESPEC_HOME; default: as the "
+        "file has them). Lossless: the target verifies every token",
+        check=_quant,
+        metavar="TYPE",
     )
 
     def validate(self) -> None:

@@ -62,6 +62,18 @@ def test_unknown_strategy_and_proposer(capsys):
     )
 
 
+def test_unknown_draft_quant_before_loading(capsys, tmp_path):
+    """Checked with the strategy's options, before the (absent) model is looked at."""
+    assert_one_line(
+        *run(
+            capsys,
+            *("generate", "hi", "--model", str(tmp_path / "x.gguf")),
+            *("--strategy", "speculative", "--draft-quant", "q2_k"),
+        ),
+        "draft_quant must be one of none, q4_0",
+    )
+
+
 @pytest.mark.parametrize(
     "args,needle",
     [

@@ -31,18 +31,21 @@ if TYPE_CHECKING:
 
 
 def draft_of(runtime: Runtime, config: SpecConfig) -> Model:
-    """The runtime's draft model, narrowed to a frequent-token head when
+    """The runtime's draft model, requantized when ``config.draft_quant`` names a type
+    (:meth:`Runtime.draft_requantized`), then narrowed to a frequent-token head when
     ``config.draft_head`` asks for one, or by default where
     :func:`~edgespec.draft_head.default_size` says so (:meth:`Runtime.draft_with_head`),
     with ``config.draft_head_prompt`` prompt slots."""
     from edgespec.draft_head import default_size
 
     assert runtime.draft is not None
+    quant = config.draft_quant
+    base = runtime.draft if quant is None else runtime.draft_requantized(quant)
     size = config.draft_head
-    size = default_size(runtime.draft) if size is None else size
+    size = default_size(base) if size is None else size
     if not size:
-        return runtime.draft
-    return runtime.draft_with_head(size, config.draft_head_corpus, config.draft_head_prompt)
+        return base
+    return runtime.draft_with_head(size, config.draft_head_corpus, config.draft_head_prompt, quant)
 
 
 #: tokens a draft model's cache can lag behind after a speculative step (its last drafted
