@@ -8,7 +8,6 @@ section 10. Also checks that the kept logits equal the full head's bit for bit.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
@@ -23,6 +22,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=20, help="one-token forwards per round")
     args = ap.parse_args()
 
+    from edgespec.bench.timing import decode_ms
     from edgespec.draft_head import frequent_tokens
     from edgespec.runtime import load_tokenizer
     from edgespec.runtimes import BACKENDS, LoadOptions
@@ -44,13 +44,7 @@ def main() -> None:
     for r in range(args.rounds):
         med = {}
         for name, m in (("full", full), ("head", head)):
-            m.truncate(len(prompt))
-            ts = []
-            for i in range(args.reps):
-                t = time.perf_counter()
-                m.forward([100 + i], all_logits=False)
-                ts.append(time.perf_counter() - t)
-            med[name] = float(np.median(ts)) * 1000
+            med[name] = decode_ms(m, len(prompt), args.reps)
         ratios.append(med["head"] / med["full"])
         print(f"| {r + 1} | {med['full']:.1f} | {med['head']:.1f} | {ratios[-1]:.3f} |")
     print(f"median head / full over rounds: {np.median(ratios):.3f}")

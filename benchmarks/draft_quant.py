@@ -14,7 +14,6 @@ Both drafts carry the frequent-token head that speculation gives them by default
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
@@ -34,6 +33,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=96, help="target tokens per prompt")
     args = ap.parse_args()
 
+    from edgespec.bench.timing import decode_ms
     from edgespec.bench.workloads import load_workloads
     from edgespec.draft_head import default_size, head_with_slots
     from edgespec.requant import check_quant, requantize
@@ -82,14 +82,7 @@ def main() -> None:
     for r in range(args.rounds):
         med = {}
         for n in names:
-            m = drafts[n]
-            m.truncate(len(prompt))
-            ts = []
-            for i in range(args.reps):
-                t = time.perf_counter()
-                m.forward([100 + i], all_logits=False)
-                ts.append(time.perf_counter() - t)
-            med[n] = float(np.median(ts)) * 1000
+            med[n] = decode_ms(drafts[n], len(prompt), args.reps)
         ratios.append([med[q] / med["file"] for q in quants])
         print(
             f"| {r + 1} | "

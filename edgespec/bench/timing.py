@@ -6,6 +6,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -18,6 +19,20 @@ def median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, f
             fn()
             times[k].append((time.perf_counter() - t0) * 1e3)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def decode_ms(model: Any, context: int, reps: int) -> float:
+    """Median wall time (ms) of ``reps`` one-token forwards of ``model`` (a
+    :class:`~edgespec.model.Model`) after the first ``context`` tokens of its cache: the
+    cache is cut back to them first, and each forward appends one token (ids 100, 101, ...).
+    """
+    model.truncate(context)
+    times = []
+    for i in range(reps):
+        t0 = time.perf_counter()
+        model.forward([100 + i], all_logits=False)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
 
 
 def emit(text: str, out: Path | None) -> int:
