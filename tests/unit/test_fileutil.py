@@ -34,3 +34,20 @@ def test_emit_prints_and_writes(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().out == "| a |\n\n"
     assert out.read_text() == "| a |\n"
     assert emit("| b |\n", None) == 0 and out.read_text() == "| a |\n"
+
+
+def test_decode_ms_times_one_token_forwards_after_the_context() -> None:
+    """The cache is cut back to ``context`` first, then each timed forward appends one
+    token: what a draft's one-token step costs at that context."""
+    from edgespec.bench.timing import decode_ms
+    from edgespec.testing import PrefixModel
+
+    model = PrefixModel(vocab_size=128, scale=3.0)
+    model.forward(list(range(12)))
+    seen: list[list[int]] = []
+    forward = model.forward
+    model.forward = lambda ids, **kw: seen.append(list(ids)) or forward(ids, **kw)  # type: ignore[method-assign]
+    ms = decode_ms(model, 5, 4)
+    assert ms > 0.0
+    assert seen == [[100], [101], [102], [103]]
+    assert model.n_past == 5 + 4
