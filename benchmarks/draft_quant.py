@@ -33,36 +33,33 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=96, help="target tokens per prompt")
     args = ap.parse_args()
 
+    import edgespec
     from edgespec.bench.timing import decode_ms
     from edgespec.bench.workloads import load_workloads
-    from edgespec.draft_head import default_size, head_with_slots
-    from edgespec.requant import check_quant, requantize
-    from edgespec.runtime import load_tokenizer
-    from edgespec.runtimes import BACKENDS, LoadOptions
-    from edgespec.sources import resolve
+    from edgespec.losslessness import plain_reference
+    from edgespec.requant import check_quant
     from edgespec.speculative.config import SpecConfig
+    from edgespec.speculative.proposers.draft_model import draft_of
 
     quants = [check_quant(q) for q in args.quants]
-    tsrc, dsrc = resolve(args.target, progress=False), resolve(args.draft, progress=False)
-    tok = load_tokenizer(tsrc)
-    opts = LoadOptions(n_ctx=1024, n_threads=args.threads, weights=args.weights, progress=False)
-    backend = BACKENDS.get(args.backend)
-    drafts = {}
-    slots = SpecConfig().draft_head_prompt  # speculation's defaults: head size and slots
-    size = 0
-    for name, src in [("file", dsrc)] + [(q, requantize(dsrc, q)) for q in quants]:
-        m = backend.load(src, opts)
-        size = default_size(m)
-        if size:
-            ids, n_slots = head_with_slots(
-                tok, m.info.vocab_size, size, slots, None, progress=False
-            )
-            m = m.with_head(ids, n_slots)
-        drafts[name] = m
+    rt = edgespec.load(
+        args.target,
+        draft=args.draft,
+        backend=args.backend,
+        weights=args.weights,
+        n_threads=args.threads,
+        n_ctx=1024,
+        progress=False,
+    )
+    tok, target = rt.tokenizer, rt.target
+    # what the draft proposer runs: speculation's default head and prompt slots on each
+    drafts = {"file": draft_of(rt, SpecConfig())}
+    drafts.update((q, draft_of(rt, SpecConfig(draft_quant=q))) for q in quants)
+    size = drafts["file"].info.extra.get("head_tokens", "none")
     print(
         f"`benchmarks/draft_quant.py --target {args.target} --draft {args.draft} --quants "
         f"{' '.join(quants)} --threads {args.threads}` ({args.backend} --weights "
-        f"{args.weights}; draft head {size or 'none'}, {slots} prompt slots)\n"
+        f"{args.weights}; draft head {size}, {SpecConfig().draft_head_prompt} prompt slots)\n"
     )
 
     # one-token forwards, the drafts in turn within each round
@@ -98,25 +95,16 @@ def main() -> None:
     )
 
     # teacher-forced top-1 agreement with the target's greedy answers
-    target = backend.load(tsrc, opts)
     hits = {n: 0 for n in names}
     per_kind: dict[str, dict[str, list[int]]] = {}
     total = 0
     for p in load_workloads(args.workloads, per_workload=args.per_workload):
-        if p.chat:
-            ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": p.prompt}]))
-        else:
-            ids = tok.encode(p.prompt)
-        target.truncate(0)
-        nxt = int(np.argmax(target.forward(ids, all_logits=False)[-1]))
-        gen = []
-        for _ in range(args.new_tokens):
-            gen.append(nxt)
-            nxt = int(np.argmax(target.forward([nxt], all_logits=False)[-1]))
+        ids = rt.encode_prompt(p.prompt, chat=p.chat)
+        gen = plain_reference(target, ids, args.new_tokens).tokens
         seq = ids + gen
         kind = per_kind.setdefault(p.kind, {n: [0, 0] for n in names})
         for n, m in drafts.items():
-            m.truncate(0)
+            m.reset()
             m.fit_head(ids)
             pred = np.argmax(m.forward(seq[:-1])[len(ids) - 1 :], axis=1)
             same = int(np.sum(pred == np.array(gen)))

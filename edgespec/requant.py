@@ -22,7 +22,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgespec.errors import EdgespecError
-from edgespec.fileutil import atomic_path
 from edgespec.home import converted_dir
 from edgespec.runtimes.base import ModelSource
 
@@ -65,38 +64,15 @@ def requantize(source: ModelSource, quant: str, *, progress: bool = True) -> Mod
         )
     out = requantized_path(source, quant)
     if not out.exists():
-        _quantize(source.path, out, QUANTS[quant], progress=progress)
+        import sys
+
+        from edgespec.export.gguf_export import llamacpp_quantize
+
+        if progress:
+            print(
+                f"requantizing {source.path.name} to {QUANTS[quant]} (once; cached in "
+                f"{out.parent})",
+                file=sys.stderr,
+            )
+        llamacpp_quantize(source.path, out, QUANTS[quant], requantize=True)
     return ModelSource("gguf", out, f"{source.name}@{quant}")
-
-
-def _quantize(src: Path, out: Path, ftype: str, *, progress: bool) -> None:
-    import ctypes
-    import logging
-    import sys
-
-    try:
-        import llama_cpp
-    except ImportError:
-        raise EdgespecError(
-            "requantizing needs llama.cpp's quantizer: pip install llama-cpp-python (./install.sh)"
-        ) from None
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
-    params.allow_requantize = True
-    if progress:
-        print(f"requantizing {src.name} to {ftype} (once; cached in {out.parent})", file=sys.stderr)
-    # llama-cpp-python prints llama.cpp's log below its logger's level: a line per tensor
-    log = logging.getLogger("llama-cpp-python")
-    level = log.level
-    log.setLevel(logging.CRITICAL)
-    try:
-        with atomic_path(out) as tmp:
-            if llama_cpp.llama_model_quantize(
-                str(src).encode(), str(tmp).encode(), ctypes.byref(params)
-            ):
-                raise EdgespecError(
-                    f"llama.cpp could not requantize {src} to {ftype}; is the file a complete "
-                    "GGUF model? (`edgespec models verify` checks a zoo model)"
-                )
-    finally:
-        log.setLevel(level)

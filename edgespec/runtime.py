@@ -605,6 +605,6 @@ def load(
         csource,
         ratio,
         compressor_backend or cbackend,
-        dsource if draft_model is not None else None,
+        dsource,
         dname,
     )

@@ -182,10 +182,14 @@ def write_gguf(src: Prepared, out: Path, quant: str, *, progress: bool = True) -
     return counts
 
 
-def llamacpp_quantize(src: Path, out: Path, mix: str = "Q4_K_M") -> Path:
-    """Quantize GGUF ``src`` (f32 / f16 matrices) into ``out`` with llama.cpp's own quantizer
+def llamacpp_quantize(
+    src: Path, out: Path, mix: str = "Q4_K_M", *, requantize: bool = False
+) -> Path:
+    """Quantize GGUF ``src`` into ``out`` with llama.cpp's own quantizer
     (``llama_model_quantize``); ``mix`` names a ``LLAMA_FTYPE_MOSTLY_*`` type such as
-    ``Q4_K_M``. Written to ``out.part`` and renamed when complete.
+    ``Q4_K_M``. ``src`` holds f32 / f16 matrices, or with ``requantize`` quantized ones too
+    (each dequantized and quantized again: :mod:`edgespec.requant`). Written to a temporary
+    name and renamed when complete.
 
     Raises:
         EdgespecError: llama-cpp-python missing, an unknown ``mix``, or the quantizer failed.
@@ -193,6 +197,9 @@ def llamacpp_quantize(src: Path, out: Path, mix: str = "Q4_K_M") -> Path:
     import ctypes
     import logging
 
+    from edgespec.fileutil import atomic_path
+
+    verb = "requantize" if requantize else "quantize"
     try:
         import llama_cpp
     except ImportError:
@@ -204,7 +211,7 @@ def llamacpp_quantize(src: Path, out: Path, mix: str = "Q4_K_M") -> Path:
         raise EdgespecError(f"unknown llama.cpp quantization '{mix}' (e.g. Q4_K_M, Q8_0)")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = code
-    tmp = out.with_name(out.name + ".part")
+    params.allow_requantize = requantize
     # llama-cpp-python prints llama.cpp's log to stderr below its logger's level: a line per
     # tensor that falls back to a 32-block type; the caller gets the types, and a failure
     # as one line of ours
@@ -212,15 +219,16 @@ def llamacpp_quantize(src: Path, out: Path, mix: str = "Q4_K_M") -> Path:
     level = log.level
     log.setLevel(logging.CRITICAL)
     try:
-        failed = llama_cpp.llama_model_quantize(
-            str(src).encode(), str(tmp).encode(), ctypes.byref(params)
-        )
-        if failed:
-            raise EdgespecError(f"llama.cpp could not quantize {src} to {mix}")
-        tmp.replace(out)
+        with atomic_path(out) as tmp:
+            if llama_cpp.llama_model_quantize(
+                str(src).encode(), str(tmp).encode(), ctypes.byref(params)
+            ):
+                raise EdgespecError(
+                    f"llama.cpp could not {verb} {src} to {mix}; is the file a complete GGUF "
+                    "model? (`edgespec models verify` checks a zoo model)"
+                )
     finally:
         log.setLevel(level)
-        tmp.unlink(missing_ok=True)
     return out
 
 
