@@ -104,7 +104,9 @@ def add_commands(sub: Any) -> None:
         default=None,
         help="comma list of names from the table below (fp32, fp16, int8, int4, q4_k_m, "
         "gguf-exact; GGUF spellings such as f32 or q8_0 accepted); FORMAT:NAME for one "
-        "format only, e.g. onnx:int4,gguf:int8 (default: fp32 for onnx and tvm, fp16 for gguf)",
+        "format only, e.g. onnx:int4,gguf:int8; ROLE:NAME or ROLE:FORMAT:NAME (target, "
+        "draft, compressor) for one role, in place of the others there, e.g. "
+        "q4_k_m,draft:int4 (default: fp32 for onnx and tvm, fp16 for gguf)",
     )
     e.add_argument("--block-size", type=int, default=32, help="int4 block size (onnx)")
     e.add_argument(

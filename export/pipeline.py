@@ -47,6 +47,11 @@ class ExportOptions:
         quants: quantizations in the one vocabulary (:data:`~edgespec.export.base.QUANTS`,
             aliases such as ``f32`` or ``q8_0`` accepted); each applies to every format that
             offers it, ``FORMAT:NAME`` to one format only (empty: each format's default).
+            ``ROLE:NAME`` or ``ROLE:FORMAT:NAME`` (role ``target``, ``draft`` or
+            ``compressor``) applies to that role only and replaces, in each format it
+            applies to, the names without a role: ``--format gguf --quant q4_k_m,draft:int4``
+            writes a Q4_K_M target and a Q4_0 draft (a cheaper draft loses nothing: the
+            target verifies every token).
         block_size: int4 block size for ONNX MatMulNBits.
         min_agreement: greedy agreement every artifact must reach; None: per quantization.
         verify: run each artifact against its source and record the result.
@@ -73,18 +78,33 @@ class ExportOptions:
 
 @dataclass
 class Plan:
-    """Roles and (format, quantization) pairs to write."""
+    """Roles and the (format, quantization) pairs to write for each.
+
+    Attributes:
+        roles: {role: the model the user named}.
+        artifacts: the pairs of every role that ``ROLE:`` quantizations do not name.
+        role_artifacts: {role: its own pairs}, for the roles that ``ROLE:`` ones name.
+        compressor_backend: the compressor role's scoring backend (None: no compressor, or
+            none of the formats').
+    """
 
     roles: dict[str, str]
     artifacts: list[tuple[str, str]] = field(default_factory=list)
-    #: the compressor role's scoring backend (None: no compressor, or none of the formats')
+    role_artifacts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     compressor_backend: str | None = None
+
+    def for_role(self, role: str) -> list[tuple[str, str]]:
+        """The (format, quantization) pairs written for ``role``."""
+        return self.role_artifacts.get(role, self.artifacts)
 
     def lines(self) -> list[str]:
         out = [f"{role}: {spec}" for role, spec in self.roles.items()]
         if self.compressor_backend:
             out.append(f"  compressor scores on: {self.compressor_backend}")
-        out += [f"  artifact: {fmt} {q}" for fmt, q in self.artifacts]
+        if not self.role_artifacts:
+            return out + [f"  artifact: {fmt} {q}" for fmt, q in self.artifacts]
+        for role in self.roles:
+            out += [f"  {role} artifact: {fmt} {q}" for fmt, q in self.for_role(role)]
         return out
 
 
@@ -108,23 +128,23 @@ def make_plan(o: ExportOptions) -> Plan:
     if o.block_size < 16 or o.block_size & (o.block_size - 1):
         raise EdgespecError(f"--block-size must be a power of two >= 16, got {o.block_size}")
     plan = Plan(roles)
-    wanted = [_parse_quant(q, o.formats) for q in o.quants]
+    wanted = [_parse_quant(q, o.formats, roles) for q in o.quants]
     used: set[int] = set()
+    general = [(i, w) for i, w in enumerate(wanted) if w[0] is None]
     for fmt in o.formats:
-        exp = EXPORTERS.get(fmt)
-        mine: list[str] = []
-        for i, (only, name) in enumerate(wanted):
-            own = format_quant(fmt, name, exp.quants) if only in (None, fmt) else None
-            if own is not None:
-                mine.append(own)
-                used.add(i)
-            elif only == fmt:
-                raise EdgespecError(f"--quant {o.quants[i]}: {fmt} has no {name}; {_offers(fmt)}")
-        if o.quants and not mine:
-            raise EdgespecError(
-                f"none of --quant {','.join(o.quants)} applies to {fmt}; {_offers(fmt)}"
-            )
-        plan.artifacts += [(fmt, q) for q in dict.fromkeys(mine or [exp.quants[0]])]
+        mine = _format_quants(fmt, general, o.quants, used)
+        if general and not mine:
+            named = ",".join(o.quants[i] for i, _ in general)
+            raise EdgespecError(f"none of --quant {named} applies to {fmt}; {_offers(fmt)}")
+        plan.artifacts += [(fmt, q) for q in mine or [EXPORTERS.get(fmt).quants[0]]]
+    for role in dict.fromkeys(w[0] for w in wanted if w[0] is not None):
+        own = [(i, w) for i, w in enumerate(wanted) if w[0] == role]
+        pairs: list[tuple[str, str]] = []
+        for fmt in o.formats:  # a format none of the role's names applies to keeps the rest's
+            mine = _format_quants(fmt, own, o.quants, used)
+            rest = [p for p in plan.artifacts if p[0] == fmt]
+            pairs += [(fmt, q) for q in mine] if mine else rest
+        plan.role_artifacts[role] = pairs
     if o.compressor:
         from edgespec.compress.prompt import bundle_scoring_backend
 
@@ -141,14 +161,52 @@ def make_plan(o: ExportOptions) -> Plan:
     return plan
 
 
-def _parse_quant(text: str, formats: tuple[str, ...]) -> tuple[str | None, str]:
-    """``NAME`` or ``FORMAT:NAME`` -> (the format it is limited to or None, vocabulary name)."""
-    only, _, name = text.rpartition(":")
-    if only and only not in formats:
+#: the roles a bundle holds, which ``--quant ROLE:NAME`` may name
+ROLES = ("target", "draft", "compressor")
+
+
+def _parse_quant(
+    text: str, formats: tuple[str, ...], roles: dict[str, str]
+) -> tuple[str | None, str | None, str]:
+    """``[ROLE:][FORMAT:]NAME`` -> (the role it is limited to or None, the format it is
+    limited to or None, the vocabulary's name)."""
+    *scope, name = text.split(":")
+    role = scope.pop(0) if scope and scope[0] in ROLES else None
+    if len(scope) > 1 or (scope and scope[0] in ROLES):
+        raise EdgespecError(
+            f"--quant {text}: write [ROLE:][FORMAT:]NAME, e.g. draft:gguf:int4 "
+            f"(roles {', '.join(ROLES)})"
+        )
+    only = scope[0] if scope else None
+    if only is not None and only not in formats:
         raise EdgespecError(
             f"--quant {text} names format '{only}', which is not in --format {','.join(formats)}"
+            + (f" (nor is it a role: {', '.join(ROLES)})" if only not in EXPORTERS else "")
         )
-    return only or None, quant_name(name)
+    if role is not None and role not in roles:
+        flag = "--draft" if role == "draft" else f"--{role}"
+        raise EdgespecError(f"--quant {text} names the {role}, but no {flag} MODEL was given")
+    return role, only, quant_name(name)
+
+
+def _format_quants(
+    fmt: str,
+    wanted: list[tuple[int, tuple[str | None, str | None, str]]],
+    texts: tuple[str, ...],
+    used: set[int],
+) -> list[str]:
+    """``fmt``'s own names of the ``wanted`` quantizations that apply to it, in order and
+    once each; marks them ``used``. A name pinned to ``fmt`` that it lacks: one line."""
+    exp = EXPORTERS.get(fmt)
+    mine: list[str] = []
+    for i, (_, only, name) in wanted:
+        own = format_quant(fmt, name, exp.quants) if only in (None, fmt) else None
+        if own is not None:
+            mine.append(own)
+            used.add(i)
+        elif only == fmt:
+            raise EdgespecError(f"--quant {texts[i]}: {fmt} has no {name}; {_offers(fmt)}")
+    return list(dict.fromkeys(mine))
 
 
 def _offers(fmt: str) -> str:
@@ -246,7 +304,8 @@ def run_export(o: ExportOptions) -> dict[str, Any]:
         return {"dry_run": True, "plan": plan.lines(), "out": o.out}
     out = Path(o.out).expanduser().resolve()
     t0 = time.perf_counter()
-    exporters: dict[str, Exporter] = {f: EXPORTERS.get(f)() for f, _ in plan.artifacts}
+    pairs = [p for role in plan.roles for p in plan.for_role(role)]
+    exporters: dict[str, Exporter] = {f: EXPORTERS.get(f)() for f, _ in pairs}
     with (
         tempfile.TemporaryDirectory(prefix=".edgespec-export-", dir=out.parent) as scratch,
         atomic_dir(out) as tmp,
@@ -268,7 +327,7 @@ def run_export(o: ExportOptions) -> dict[str, Any]:
                 _check_vocab(prepared["target"], p, role, tok)
             prepared[role] = p
         roles: dict[str, Any] = {}
-        steps = len(prepared) * len(plan.artifacts)
+        steps = sum(len(plan.for_role(role)) for role in prepared)
         bar = tqdm(
             total=steps,
             desc="export",
@@ -281,7 +340,7 @@ def run_export(o: ExportOptions) -> dict[str, Any]:
             for role, p in prepared.items():
                 ref = ver.reference(p.hf_dir, int(p.config["vocab_size"])) if o.verify else None
                 arts = []
-                for fmt, quant in plan.artifacts:
+                for fmt, quant in plan.for_role(role):
                     bar.set_postfix_str(f"{role} {fmt} {quant}")
                     exp = exporters[fmt]
                     opts = ArtifactOptions(o.block_size, o.progress, work / "scratch" / role)

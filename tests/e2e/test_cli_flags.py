@@ -241,6 +241,49 @@ def test_one_quant_name_for_every_format(tmp_path):
     assert plan(tmp_path, both, ()) == [("onnx", "fp32"), ("gguf", "f16")]
 
 
+def role_plan(tmp_path, formats, quants, **roles):
+    from edgespec.export.pipeline import ExportOptions, make_plan
+
+    o = ExportOptions(target="x", out=str(tmp_path / "b"), formats=formats, quants=quants, **roles)
+    p = make_plan(o)
+    return {role: p.for_role(role) for role in p.roles}
+
+
+def test_role_quant_replaces_the_rest_for_that_role_and_format(tmp_path):
+    both = ("onnx", "gguf")
+    got = role_plan(tmp_path, ("gguf",), ("q4_k_m", "draft:int4"), draft="d")
+    assert got == {"target": [("gguf", "q4_k_m")], "draft": [("gguf", "q4_0")]}
+    # a format the role's names do not reach keeps the names without a role
+    got = role_plan(tmp_path, both, ("int8", "draft:gguf:q4_0"), draft="d")
+    assert got["target"] == [("onnx", "int8"), ("gguf", "q8_0")]
+    assert got["draft"] == [("onnx", "int8"), ("gguf", "q4_0")]
+    # a role's name alone: the other roles take each format's default
+    got = role_plan(tmp_path, both, ("compressor:int8",), draft="d", compressor="c")
+    assert got["target"] == got["draft"] == [("onnx", "fp32"), ("gguf", "f16")]
+    assert got["compressor"] == [("onnx", "int8"), ("gguf", "q8_0")]
+    got = role_plan(tmp_path, both, ("target:fp16",), draft="d")
+    assert got["target"] == [("onnx", "fp32"), ("gguf", "f16")]
+
+
+@pytest.mark.parametrize(
+    "quant,needle",
+    [
+        ("compressor:int8", "--quant compressor:int8 names the compressor, but no --compressor"),
+        ("foo:int4", "names format 'foo', which is not in --format onnx,gguf (nor is it a role"),
+        ("gguf:draft:int4", "--quant gguf:draft:int4: write [ROLE:][FORMAT:]NAME"),
+        ("draft:onnx:fp16", "--quant draft:onnx:fp16: onnx has no fp16"),
+        ("draft:fp16", "--quant draft:fp16 applies to none of the formats onnx"),
+    ],
+)
+def test_wrong_role_quant_is_one_line(capsys, tmp_path, quant, needle):
+    formats = "onnx" if quant == "draft:fp16" else "onnx,gguf"
+    line = one_line_error(
+        capsys, "export", "-m", "x", "-md", "d", "-o", str(tmp_path / "b"),
+        "--format", formats, "--quant", quant, "--dry-run",
+    )  # fmt: skip
+    assert needle in line
+
+
 @pytest.mark.parametrize(
     "formats,quant,needle",
     [
@@ -296,7 +339,10 @@ def test_quant_table_matches_the_exporters():
         ("calibrate", ["--model", "--threads", "--ctx-size"]),
         ("calibrate-switch", ["-md", "--threads", "shipped workload"]),
         ("bench", ["--no-plot", "--threads", "--ctx-size", "-md", "code, summarize"]),
-        ("export", ["-m MODEL, --model MODEL, --target MODEL", "f32", "q8_0", "FORMAT:NAME"]),
+        (
+            "export",
+            ["-m MODEL, --model MODEL, --target MODEL", "f32", "q8_0", "FORMAT:NAME", "ROLE:NAME"],
+        ),
     ],
 )
 def test_help_reads(command, needles, capsys):

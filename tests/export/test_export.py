@@ -224,6 +224,46 @@ def test_gguf_q4_0_and_qwen2(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
     assert arts["q4_0"]["tensor_types"].get("Q4_0", 0) > 0
 
 
+def test_role_quant_gives_the_draft_its_own_bits(tiny_tok_dir: Path, tmp_path: Path) -> None:
+    """``--quant f16,draft:q4_0``: the target's one artifact is f16 and the draft's is Q4_0
+    (nothing else for either); the bundle loads the draft role's Q4_0 file as the draft, and
+    speculation with it equals plain decoding token for token."""
+    import edgespec
+    from edgespec.losslessness import plain_reference
+    from edgespec.speculative.config import SpecConfig
+
+    out = tmp_path / "b"
+    m = _export(
+        target=str(tiny_tok_dir),
+        out=str(out),
+        draft=str(tiny_tok_dir),
+        formats=("gguf",),
+        quants=("f16", "draft:q4_0"),
+        min_agreement=0.2,
+    )
+    kinds = {
+        role: [(a["format"], a["quantization"]) for a in r["artifacts"]]
+        for role, r in m["roles"].items()
+    }
+    assert kinds == {"target": [("gguf", "f16")], "draft": [("gguf", "q4_0")]}
+    (art,) = m["roles"]["draft"]["artifacts"]
+    assert set(art["tensor_types"]) >= {"Q4_0"}
+    assert list(m["export_options"]["quants"]) == ["f16", "draft:q4_0"]
+    prompt = [1, 17, 99, 4, 250, 33, 1, 17, 99, 4]
+    with edgespec.load(str(out), backend="llamacpp", n_ctx=256, progress=False) as rt:
+        assert rt.draft is not None and rt.draft_source is not None
+        assert rt.draft_source.path == (out / art["path"]).resolve()
+        ref = plain_reference(rt.target, prompt, 24).tokens
+        res = rt.generate(
+            prompt,
+            max_new_tokens=24,
+            strategy="speculative",
+            ignore_eos=True,
+            config=SpecConfig(proposers=("draft",), k=3),
+        )
+    assert res.token_ids == ref
+
+
 def test_gguf_q4_k_m_by_llamacpps_quantizer(
     tiny_qwen2_dir: Path, tiny_q4km_gguf: Path, tmp_path: Path
 ) -> None:
