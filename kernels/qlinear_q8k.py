@@ -74,6 +74,14 @@ VECTORS_OUTER = frozenset({"vnni"})
 #: rows of x a pass over the codes serves (each group's codes loaded and unpacked once); 2 and 4
 #: were slower than 3 at T = 9 in an earlier form of the loop (benchmarks/tvm_q8_layout.py)
 ROWS = 3
+#: the dot products whose T = 2 runs one block of two rows (each group's codes loaded,
+#: unpacked and prefetched once for both) instead of the one-row loop twice. The Qwen 1.5B on
+#: a Zen 3, same process against the one-row loop (benchmarks/tvm_q8_stream.py --against,
+#: tvm_profile.py --against-kernels; docs/tvm.md "T = 2 in one block"): ffn_gate (Q4_K) at
+#: T = 2 0.76x warm, 0.69x cold; ffn_down (Q6_K) 0.83-0.87x warm, 0.91-0.99x cold; the
+#: 2-token forward at two threads 0.81x, logits bit for bit the same. Not measured with the
+#: VNNI or AVX-VNNI dot products, which keep the one-row loop
+PAIRED = frozenset({"avx2"})
 #: what the 4-bit K-quant (Q4_K) kernel subtracts from each code before a group's dot product,
 #: so that the group's sum fits int16 and its sub-scale multiplies it in one ``vpdpwssd``
 #: (module docstring). The Qwen 1.5B at 2 threads, against the int32 multiplies in the same
@@ -130,6 +138,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     # are the same exactly
     centred = paired(fmt)
     rolled = building_isa() in ROLLED
+    paired_rows = building_isa() in PAIRED
     lines = gps * rows * nvec  # the cache lines of a super-block's codes in a tile
     ng, npair = K // g, K // g // 2
     sub_shape = (nt, npair, 2 * tile) if centred else (nt, ng, tile)  # SD's, SM's
@@ -248,11 +257,11 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     @T.macro
     def group_rows(
         BS: Any, GN: Any, GP: Any, Q4: Any, U: Any, C: Any, SDf: Any, SMf: Any, acc: Any,
-        accm: Any, dot: Any, P16: Any, jo: Any, s: Any, t0: Any, gi: Any, v: Any,
+        accm: Any, dot: Any, P16: Any, jo: Any, s: Any, t0: Any, gi: Any, v: Any, R: int,
     ) -> None:  # fmt: skip
-        # group gi of super-block s, vector v of tile jo, for rows t0 .. t0 + ROWS - 1 (the rows
+        # group gi of super-block s, vector v of tile jo, for rows t0 .. t0 + R - 1 (the rows
         # unrolled innermost: the group's codes loaded and unpacked once for them)
-        for r in T.unroll(ROWS):
+        for r in T.unroll(R):
             if scaled_rows:
                 dot[T.ramp(r * LANES, 1, LANES)] = T.broadcast(T.int32(0), LANES)
             else:
@@ -264,17 +273,17 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                 )  # fmt: skip
         if not six:
             dot_rows_each(
-                dot, P16, ROWS, C, jo, (s * gps + gi) * rows, rows, v * 64, Q4,
-                [((t0 + r) * K + s * SUPER + gi * g) // 4 for r in range(ROWS)], bits,
+                dot, P16, R, C, jo, (s * gps + gi) * rows, rows, v * 64, Q4,
+                [((t0 + r) * K + s * SUPER + gi * g) // 4 for r in range(R)], bits,
                 widening_scales(SDf, jo, s, gi, v),
             )  # fmt: skip
         if scaled_rows:
-            for r in T.unroll(ROWS):
+            for r in T.unroll(R):
                 acc[T.ramp((r * nvec + v) * LANES, 1, LANES)] = (
                     acc[T.ramp((r * nvec + v) * LANES, 1, LANES)] + dot[T.ramp(r * LANES, 1, LANES)]
                 )
         else:
-            for r in T.unroll(ROWS):
+            for r in T.unroll(R):
                 accumulate(
                     acc, accm, (r * nvec + v) * LANES, dot, r * LANES, SDf, SMf, jo, s, gi, v,
                     gsum_of(BS, t0 + r, s, gi),
@@ -289,14 +298,34 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
             prefetch_line(T.address_of(C[jo, (s + 1) * gps * rows + i // nvec, i % nvec * 64]))
 
     @T.macro
+    def prefetch_own(C: Any, jo: Any, s: Any, gi: Any, v: Any) -> None:
+        # pass (gi, v)'s share of the cache lines of super-block s + 1's codes in tile jo (after
+        # the last, the next tile's first), when one block of rows makes all the passes: the
+        # `rows` lines from line (gi * nvec + v) * rows on, in address order (each code row's
+        # nvec lines, then the next row's), as prefetch_share splits them but without its
+        # divisions by the number of blocks. Measured on the Qwen 1.5B's matrices, one
+        # thread, Zen 3, against the one-row loop (T = 2) and the pair shares (T = 3, 4)
+        # before (benchmarks/tvm_q8_stream.py --against, docs/tvm.md): ffn_gate (Q4_K) cold
+        # at T = 2 0.69x, T = 3 0.74x, T = 4 0.88x; ffn_down (Q6_K) 0.91-0.99x, 0.86x, 0.94x.
+        # Each pass's own column of code rows instead (lines 4 * tile bytes apart): the Q6_K
+        # call at T = 2 1.1x the one-row loop's time; the pair shares of several blocks at
+        # T = 9 (cold 1.17x)
+        for r in T.unroll(rows):
+            i: T.let = (gi * nvec + v) * rows + r
+            prefetch_line(T.address_of(C[jo, (s + 1) * gps * rows + i // nvec, i % nvec * 64]))
+
+    @T.macro
     def rows_at(
         C: Any, Q4: Any, BS: Any, GN: Any, GP: Any, XD: Any, U: Any, Df: Any, Mf: Any,
-        SDf: Any, SMf: Any, Yf: Any, jo: Any, s: Any, t0: Any, n: Any, fresh: int,
+        SDf: Any, SMf: Any, Yf: Any, jo: Any, s: Any, t0: Any, n: Any, fresh: int, R: int,
+        prefetch: bool,
     ) -> None:  # fmt: skip
-        # rows t0 .. t0 + ROWS - 1 of super-block s of tile jo (body's buffers), of which the
-        # last `fresh` are written (fresh < ROWS: the block that ends at row n, over rows that
-        # a block before wrote already, which are computed again, the same bits, and left;
-        # its passes prefetch nothing, the blocks before having prefetched). 4-bit codes:
+        # rows t0 .. t0 + R - 1 of super-block s of tile jo (body's buffers; R = ROWS, or 2
+        # where PAIRED: T = 2, and the two rows left over after blocks of ROWS), of which the
+        # last `fresh` are written (fresh < R: the block that ends at row n, over rows that a
+        # block before wrote already, which are computed again, the same bits, and left).
+        # `prefetch`: whether the passes prefetch (where PAIRED, not the two rows left over:
+        # the blocks of ROWS rows before them prefetched the next super-block). 4-bit codes:
         # the tile's vectors outer (unrolled) and the groups inner, so that a vector's ROWS
         # sums stay in registers over the super-block and each activation broadcast is used
         # once (groups outer, vectors inner, LLVM hoisted the broadcasts out of the vector
@@ -304,11 +333,11 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         # super-block's codes (8 KB a 64-wide tile) stay in L1 between the vectors' passes.
         # Only with the dot products in VECTORS_OUTER; 6-bit codes (unpacked in U before) and
         # the other dot products keep the groups outer, as measured faster or no slower there
-        acc = stack_buffer((ROWS * nvec * LANES,), "int32")
-        accm = stack_buffer((ROWS * nvec * LANES,), "int32")
-        dot = stack_buffer((ROWS * LANES,), "int32")
-        P16 = stack_buffer((ROWS * 32,), "int16")  # dot_rows_each's int16 sums
-        for i in T.unroll(ROWS * nvec):
+        acc = stack_buffer((R * nvec * LANES,), "int32")
+        accm = stack_buffer((R * nvec * LANES,), "int32")
+        dot = stack_buffer((R * LANES,), "int32")
+        P16 = stack_buffer((R * 32,), "int16")  # dot_rows_each's int16 sums
+        for i in T.unroll(R * nvec):
             acc[T.ramp(i * LANES, 1, LANES)] = T.broadcast(0, LANES)
             accm[T.ramp(i * LANES, 1, LANES)] = T.broadcast(0, LANES)
         # each pass's share of the prefetch: this block is number (t0 + ROWS - fresh) // ROWS
@@ -316,33 +345,40 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         # both orders issue it a pair of groups at a time: with a vector's whole share at
         # the start of its pass (32 lines at T = 3, more than the core's outstanding misses),
         # the Qwen 1.5B's ffn_gate (Q4_K) cold at T = 3 took 442 us, its cold T = 1 plus its
-        # warm T = 3; a pair's share (8 lines) 293 (benchmarks/tvm_q8_stream.py, docs/tvm.md)
+        # warm T = 3; a pair's share (8 lines) 293 (benchmarks/tvm_q8_stream.py, docs/tvm.md).
+        # Where PAIRED: one block that prefetches (T < 2 * R) a group and vector's lines a
+        # pass (prefetch_own); several, a pair's share of the n // R whole blocks' passes
         if six or building_isa() not in VECTORS_OUTER:  # the groups outer, vectors inner
             for gp in range(gps // 2):  # groups by pairs (of sub-scales, centred)
-                prefetch_share(
-                    C, jo, s, (t0 + ROWS - fresh) // ROWS * (gps // 2) + gp,
-                    (n + 1) // ROWS * (gps // 2),
-                )  # fmt: skip
+                if not paired_rows:
+                    prefetch_share(
+                        C, jo, s, (t0 + R - fresh) // R * (gps // 2) + gp,
+                        (n + 1) // R * (gps // 2),
+                    )  # fmt: skip
+                elif prefetch and n >= 2 * R:
+                    prefetch_share(C, jo, s, t0 // R * (gps // 2) + gp, n // R * (gps // 2))
                 for h in T.unroll(2):
                     for v in range(nvec):
+                        if paired_rows and prefetch and n < 2 * R:
+                            prefetch_own(C, jo, s, gp * 2 + h, v)
                         group_rows(
                             BS, GN, GP, Q4, U, C, SDf, SMf, acc, accm, dot, P16, jo, s, t0,
-                            gp * 2 + h, v,
+                            gp * 2 + h, v, R,
                         )  # fmt: skip
         else:  # the tile's vectors outer: a vector's sums stay in registers over the groups
             for v in T.unroll(nvec):
                 for gp in range(gps // 2):
                     prefetch_share(
-                        C, jo, s, ((t0 + ROWS - fresh) // ROWS * nvec + v) * (gps // 2) + gp,
-                        (n + 1) // ROWS * nvec * (gps // 2),
+                        C, jo, s, ((t0 + R - fresh) // R * nvec + v) * (gps // 2) + gp,
+                        (n + 1) // R * nvec * (gps // 2),
                     )  # fmt: skip
                     for h in T.unroll(2):
                         group_rows(
                             BS, GN, GP, Q4, U, C, SDf, SMf, acc, accm, dot, P16, jo, s, t0,
-                            gp * 2 + h, v,
+                            gp * 2 + h, v, R,
                         )  # fmt: skip
         for v in T.unroll(nvec):
-            for r in T.unroll(ROWS - fresh, ROWS):
+            for r in T.unroll(R - fresh, R):
                 finish(
                     Df, Mf, SDf, SMf, XD, GP, Yf, acc, accm, (r * nvec + v) * LANES, jo, s,
                     t0 + r, v, scaled_rows,
@@ -396,16 +432,17 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
     @T.macro
     def tile_at(
         C: Any, Q4: Any, BS: Any, GN: Any, GP: Any, XD: Any, Df: Any, Mf: Any, SDf: Any,
-        SMf: Any, Yf: Any, jo: Any, n: Any, blocked: bool,
+        SMf: Any, Yf: Any, jo: Any, n: Any, R: int,
     ) -> None:  # fmt: skip
-        # tile jo's outputs for all n rows; blocked: ROWS rows at a time, then one at a time
+        # tile jo's outputs for all n rows: R = 1, one row at a time; R = 2, the two rows of
+        # T = 2 in one block; R = ROWS, ROWS rows at a time, then one at a time
         for t in range(n):
             Yf[T.ramp(t * N + jo * tile, 1, tile)] = T.broadcast(T.float32(0), tile)
         for s in range(ns):
             U = T.alloc_buffer((SUPER // 4 * 4 * tile,), "uint8", scope="local")
             if six and n > 1:  # the super-block's codes unpacked once for all rows
                 for p in range(SUPER // 16):
-                    if n < ROWS:  # (from ROWS rows on, rows_at's passes prefetch)
+                    if R == 1:  # (in blocks of rows, rows_at's passes prefetch)
                         prefetch_rows(C, jo, ((s + 1) * SUPER // 16 + p) * 3, 3, tile)
                     for v in T.unroll(nvec):
                         base: T.let = (s * SUPER // 16 + p) * 3
@@ -416,15 +453,23 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                         U[T.ramp(((4 * p + 1) * nvec + v) * 64, 1, 64)] = _six(c0, c2, 1)
                         U[T.ramp(((4 * p + 2) * nvec + v) * 64, 1, 64)] = _six(c1, c2, 2)
                         U[T.ramp(((4 * p + 3) * nvec + v) * 64, 1, 64)] = _six(c1, c2, 3)
-            if blocked:
+            if R == 2:
+                rows_at(C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, 0, n, 2, 2, True)
+            elif R == ROWS:
                 for tb in range(n // ROWS):
                     rows_at(
-                        C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, tb * ROWS, n, ROWS
-                    )
-                if n % ROWS == ROWS - 1:  # the last rows in a block that overlaps the one before
+                        C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, tb * ROWS, n, ROWS,
+                        ROWS, True,
+                    )  # fmt: skip
+                if n % ROWS == 2 and paired_rows:  # the last two rows in a block of their own
+                    rows_at(
+                        C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n - 2, n, 2, 2,
+                        False,
+                    )  # fmt: skip
+                elif n % ROWS == 2:  # the last rows in a block that overlaps the one before
                     rows_at(
                         C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n - ROWS, n,
-                        ROWS - 1,
+                        ROWS - 1, ROWS, True,
                     )  # fmt: skip
                 else:
                     for t in range(n // ROWS * ROWS, n):
@@ -487,16 +532,20 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         else:
             for ts in T.parallel(n * ns):
                 quantize(Xf, Q, BS, GN, GP, XD, ts // ns, ts % ns)
-        # a kernel (a parallel loop) for fewer than ROWS rows, another for more, so that T = 1
-        # and 2 compile to the one-row loop alone, as before; an early variant with both in one
-        # timed up to 1.2x slower at T = 1 in single runs, but identical code moved 0.90-1.18x
-        # between runs of that benchmark (benchmarks/tvm_q8_layout.py): not shown either way
-        if n < ROWS:
+        # a kernel (a parallel loop) for one row, one for T = 2 where PAIRED (else the one-row
+        # loop's), another for more, so that T = 1 compiles to the one-row loop alone, as
+        # before; an early variant with both in one timed up to 1.2x slower at T = 1 in single
+        # runs, but identical code moved 0.90-1.18x between runs of that benchmark
+        # (benchmarks/tvm_q8_layout.py): not shown either way
+        if n == 1 or (not paired_rows and n == 2):
             for jo in T.parallel(N // tile):
-                tile_at(C, Q4, BS, GN, GP, XD, Df, Mf, SDf, SMf, Yf, jo, n, False)
+                tile_at(C, Q4, BS, GN, GP, XD, Df, Mf, SDf, SMf, Yf, jo, n, 1)
+        elif n == 2:
+            for jo in T.parallel(N // tile):
+                tile_at(C, Q4, BS, GN, GP, XD, Df, Mf, SDf, SMf, Yf, jo, n, 2)
         else:
             for jo in T.parallel(N // tile):
-                tile_at(C, Q4, BS, GN, GP, XD, Df, Mf, SDf, SMf, Yf, jo, n, True)
+                tile_at(C, Q4, BS, GN, GP, XD, Df, Mf, SDf, SMf, Yf, jo, n, ROWS)
 
     if affine:
 

@@ -63,8 +63,9 @@ def _same_rows_in_any_batch(
     fn: Any, x: np.ndarray, w: qlinear_q8.Q8Weight, got: np.ndarray, rows: int
 ) -> None:
     """Each row of ``x`` gives the bits of ``got`` (``fn`` on all of ``x``, a whole number of
-    the kernel's ``rows``-row blocks) when run alone, in fewer rows than a block, and in one
-    block with one or two rows left over (the one-row loop)."""
+    the kernel's ``rows``-row blocks) when run alone, in fewer rows than a block (the
+    K-quant kernel's block of two at T = 2), and in one block with one or two rows left over
+    (the one-row loop; a last block that overlaps the one before)."""
     assert len(x) % rows == 0 and len(x) >= rows + 3
     for t in range(len(x)):
         np.testing.assert_array_equal(_run(fn, x[t : t + 1], w), got[t : t + 1])
@@ -206,7 +207,7 @@ def test_k_quant_kernel_equals_reference_bit_for_bit(fmt: str, n: int, isa: str)
 def test_exact_at_the_largest_codes_and_activations(fmt: str, fill: int, isa: str) -> None:
     """Every stored code at its largest (4-bit 15, 6-bit 63; Q8_0's 255 and 0, codes 127 and
     -128) times activations all +127 (row 0) or all -127 (rows 1 and 2, so that the K-quant
-    kernel's blocks of rows run as well as its one-row loop): the most AVX2's int16 sums
+    kernel's blocks of rows run, of three and, on rows 0 and 1, of two): the most AVX2's int16 sums
     of ``vpmaddubsw`` products ever hold (a 4-bit block's 8 products: 30,480; two of 6-bit
     codes: 32,004; one pair of Q8_0's signed codes: 32,512), so a run one product longer, or
     a saturating step, would break the bit-for-bit equality. Q4_K's codes 0 and 15, less
@@ -237,6 +238,8 @@ def test_exact_at_the_largest_codes_and_activations(fmt: str, fill: int, isa: st
         d, m = w.scales()
         want = reference.qlinear_q8(x, code, d, m)
     np.testing.assert_array_equal(got, want)
+    # rows 0 and 1 alone: the K-quant kernel's block of two rows at T = 2
+    np.testing.assert_array_equal(_run(lib["main"], x[:2], w), want[:2])
 
 
 @pytest.mark.parametrize("fmt", list(qlinear_q8.FORMATS))
