@@ -78,7 +78,7 @@ ROWS = 3
 #: unpacked and prefetched once for both) instead of the one-row loop twice. The Qwen 1.5B on
 #: a Zen 3, same process against the one-row loop (benchmarks/tvm_q8_stream.py --against,
 #: tvm_profile.py --against-kernels; docs/tvm.md "T = 2 in one block"): ffn_gate (Q4_K) at
-#: T = 2 0.76x warm, 0.69x cold; ffn_down (Q6_K) 0.83-0.87x warm, 0.91-0.99x cold; the
+#: T = 2 0.76x warm, 0.69x cold; ffn_down (Q6_K) 0.74-0.87x warm, 0.91-0.99x cold; the
 #: 2-token forward at two threads 0.81x, logits bit for bit the same. Not measured with the
 #: VNNI or AVX-VNNI dot products, which keep the one-row loop
 PAIRED = frozenset({"avx2"})
@@ -306,7 +306,8 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         # divisions by the number of blocks. Measured on the Qwen 1.5B's matrices, one
         # thread, Zen 3, against the one-row loop (T = 2) and the pair shares (T = 3, 4)
         # before (benchmarks/tvm_q8_stream.py --against, docs/tvm.md): ffn_gate (Q4_K) cold
-        # at T = 2 0.69x, T = 3 0.74x, T = 4 0.88x; ffn_down (Q6_K) 0.91-0.99x, 0.86x, 0.94x.
+        # at T = 2 0.69x, T = 3 0.69-0.74x, T = 4 0.82-0.88x; ffn_down (Q6_K) 0.91-0.99x,
+        # 0.83-0.86x, 0.92-0.94x.
         # Each pass's own column of code rows instead (lines 4 * tile bytes apart): the Q6_K
         # call at T = 2 1.1x the one-row loop's time; the pair shares of several blocks at
         # T = 9 (cold 1.17x)
