@@ -184,8 +184,7 @@ def _parse_quant(
             + (f" (nor is it a role: {', '.join(ROLES)})" if only not in EXPORTERS else "")
         )
     if role is not None and role not in roles:
-        flag = "--draft" if role == "draft" else f"--{role}"
-        raise EdgespecError(f"--quant {text} names the {role}, but no {flag} MODEL was given")
+        raise EdgespecError(f"--quant {text} names the {role}, but no --{role} MODEL was given")
     return role, only, quant_name(name)
 
 

@@ -289,23 +289,27 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                     gsum_of(BS, t0 + r, s, gi),
                 )  # fmt: skip
 
+    def next_line(C: Any, jo: Any, s: Any, i: Any) -> Any:
+        # the address of cache line i (in address order: each code row's nvec lines, then the
+        # next row's) of super-block s + 1's codes in tile jo (after the last, the next tile's
+        # first)
+        return T.address_of(C[jo, (s + 1) * gps * rows + i // nvec, i % nvec * 64])
+
     @T.macro
     def prefetch_share(C: Any, jo: Any, s: Any, k: Any, parts: Any) -> None:
-        # the k-th of `parts` even shares of the cache lines of super-block s + 1's codes in
-        # tile jo (after the last, the next tile's first), one share a pass of rows_at, so
-        # that the next super-block streams while this one's passes run
+        # the k-th of `parts` even shares of the next_line's of super-block s, one share a pass
+        # of rows_at, so that the next super-block streams while this one's passes run
         for i in range(k * lines // parts, (k + 1) * lines // parts):
-            prefetch_line(T.address_of(C[jo, (s + 1) * gps * rows + i // nvec, i % nvec * 64]))
+            prefetch_line(next_line(C, jo, s, i))
 
     @T.macro
     def prefetch_own(C: Any, jo: Any, s: Any, gi: Any, v: Any) -> None:
-        # pass (gi, v)'s share of the cache lines of super-block s + 1's codes in tile jo (after
-        # the last, the next tile's first), when one block of rows makes all the passes: the
-        # `rows` lines from line (gi * nvec + v) * rows on, in address order (each code row's
-        # nvec lines, then the next row's), as prefetch_share splits them but without its
-        # divisions by the number of blocks. Measured on the Qwen 1.5B's matrices, one
-        # thread, Zen 3, against the one-row loop (T = 2) and the pair shares (T = 3, 4)
-        # before (benchmarks/tvm_q8_stream.py --against, docs/tvm.md): ffn_gate (Q4_K) cold
+        # pass (gi, v)'s share of the next_line's of super-block s, when one block of rows
+        # makes all the passes: the `rows` lines from line (gi * nvec + v) * rows on, as
+        # prefetch_share splits them but without its divisions by the number of blocks.
+        # Measured on the Qwen 1.5B's matrices, one thread, Zen 3, against the one-row loop
+        # (T = 2) and the pair shares (T = 3, 4) before (benchmarks/tvm_q8_stream.py
+        # --against, docs/tvm.md): ffn_gate (Q4_K) cold
         # at T = 2 0.69x, T = 3 0.69-0.74x, T = 4 0.82-0.88x; ffn_down (Q6_K) 0.91-0.99x,
         # 0.83-0.86x, 0.92-0.94x.
         # Each pass's own column of code rows instead (lines 4 * tile bytes apart): the Q6_K
@@ -313,7 +317,7 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         # T = 9 (cold 1.17x)
         for r in T.unroll(rows):
             i: T.let = (gi * nvec + v) * rows + r
-            prefetch_line(T.address_of(C[jo, (s + 1) * gps * rows + i // nvec, i % nvec * 64]))
+            prefetch_line(next_line(C, jo, s, i))
 
     @T.macro
     def rows_at(
@@ -462,22 +466,32 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
                         C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, tb * ROWS, n, ROWS,
                         ROWS, True,
                     )  # fmt: skip
-                if n % ROWS == 2 and paired_rows:  # the last two rows in a block of their own
-                    rows_at(
-                        C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n - 2, n, 2, 2,
-                        False,
-                    )  # fmt: skip
-                elif n % ROWS == 2:  # the last rows in a block that overlaps the one before
-                    rows_at(
-                        C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n - ROWS, n,
-                        ROWS - 1, ROWS, True,
-                    )  # fmt: skip
+                if n % ROWS == ROWS - 1:
+                    if paired_rows:  # the last two rows in a block of their own
+                        rows_at(
+                            C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n - 2, n, 2, 2,
+                            False,
+                        )  # fmt: skip
+                    else:  # the last rows in a block that overlaps the one before
+                        rows_at(
+                            C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n - ROWS, n,
+                            ROWS - 1, ROWS, True,
+                        )  # fmt: skip
                 else:
                     for t in range(n // ROWS * ROWS, n):
                         row_at(C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n, t)
             else:
                 for t in range(n):
                     row_at(C, Q4, BS, GN, GP, XD, U, Df, Mf, SDf, SMf, Yf, jo, s, n, t)
+
+    @T.macro
+    def tiles(
+        C: Any, Q4: Any, BS: Any, GN: Any, GP: Any, XD: Any, Df: Any, Mf: Any, SDf: Any,
+        SMf: Any, Yf: Any, n: Any, R: int,
+    ) -> None:  # fmt: skip
+        # every tile's outputs, in a parallel loop (a kernel of its own), with tile_at's R
+        for jo in T.parallel(N // tile):
+            tile_at(C, Q4, BS, GN, GP, XD, Df, Mf, SDf, SMf, Yf, jo, n, R)
 
     @T.macro
     def quantize(Xf: Any, Q: Any, BS: Any, GN: Any, GP: Any, XD: Any, t: Any, s: Any) -> None:
@@ -538,15 +552,19 @@ def kernel(fmt: str, K: int, N: int) -> PrimFunc:
         # before; an early variant with both in one timed up to 1.2x slower at T = 1 in single
         # runs, but identical code moved 0.90-1.18x between runs of that benchmark
         # (benchmarks/tvm_q8_layout.py): not shown either way
-        if n == 1 or (not paired_rows and n == 2):
-            for jo in T.parallel(N // tile):
-                tile_at(C, Q4, BS, GN, GP, XD, Df, Mf, SDf, SMf, Yf, jo, n, 1)
-        elif n == 2:
-            for jo in T.parallel(N // tile):
-                tile_at(C, Q4, BS, GN, GP, XD, Df, Mf, SDf, SMf, Yf, jo, n, 2)
+        # (paired_rows is known when the kernel is built: the other dot products compile
+        # no block of two at all)
+        if paired_rows:
+            if n == 1:
+                tiles(C, Q4, BS, GN, GP, XD, Df, Mf, SDf, SMf, Yf, n, 1)
+            elif n == 2:
+                tiles(C, Q4, BS, GN, GP, XD, Df, Mf, SDf, SMf, Yf, n, 2)
+            else:
+                tiles(C, Q4, BS, GN, GP, XD, Df, Mf, SDf, SMf, Yf, n, ROWS)
+        elif n < ROWS:
+            tiles(C, Q4, BS, GN, GP, XD, Df, Mf, SDf, SMf, Yf, n, 1)
         else:
-            for jo in T.parallel(N // tile):
-                tile_at(C, Q4, BS, GN, GP, XD, Df, Mf, SDf, SMf, Yf, jo, n, ROWS)
+            tiles(C, Q4, BS, GN, GP, XD, Df, Mf, SDf, SMf, Yf, n, ROWS)
 
     if affine:
 
