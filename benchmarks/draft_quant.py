@@ -50,6 +50,7 @@ def main() -> None:
         n_threads=args.threads,
         n_ctx=1024,
         progress=False,
+        draft_quant="file",  # the file's types as the baseline, each copy beside it
     )
     tok, target = rt.tokenizer, rt.target
     # what the draft proposer runs: speculation's default head and prompt slots on each

@@ -247,8 +247,9 @@ def params_from_args(a: argparse.Namespace) -> GenerationParams:
     )
 
 
-def load_from_args(a: argparse.Namespace) -> Runtime:
-    """``edgespec.load`` with the model-loading flags (``_add_load_args``)."""
+def load_from_args(a: argparse.Namespace, draft_quant: str | None = None) -> Runtime:
+    """``edgespec.load`` with the model-loading flags (``_add_load_args``); ``draft_quant``
+    as ``edgespec.load`` takes it (None: "auto")."""
     from edgespec.runtime import load
 
     return load(
@@ -266,6 +267,7 @@ def load_from_args(a: argparse.Namespace) -> Runtime:
         kv_cache=a.kv_cache,
         device=getattr(a, "device", "cpu"),
         sparse_kernel=getattr(a, "sparse_kernel", "numpy"),
+        draft_quant=draft_quant,
     )
 
 
@@ -277,7 +279,12 @@ def cmd_generate(a: argparse.Namespace) -> int:
     STRATEGIES.get(a.strategy)  # fail on a typo before loading anything
     config = config_from_args(a)
     compress_from_args(a)  # bad compression flags fail before any model loads
-    rt = load_from_args(a)
+    # the draft as --draft-quant asks; a lossy strategy's output depends on the small
+    # model's weights, so it keeps the file's unless asked
+    quant = (config or {}).get("draft_quant") or (
+        "file" if STRATEGIES.get(a.strategy).lossy else None
+    )
+    rt = load_from_args(a, draft_quant=quant)
     with rt:
         compress = compress_from_args(a, rt.compress_ratio)
         gen = rt.start(

@@ -35,6 +35,7 @@ def option(
     dump: Callable[[Any], Any] | None = None,
     many: bool = False,
     metavar: str | None = None,
+    text: bool = False,
 ) -> Any:
     """A field of an :class:`Options` class.
 
@@ -50,6 +51,7 @@ def option(
         many: the value is a sequence of names: the flag may repeat and the bench spec joins
             them with ``+``.
         metavar: the value's name in ``--help``.
+        text: the value written as text is kept as text (``none`` is a name, not None).
     """
     meta = {
         "help": help,
@@ -58,6 +60,7 @@ def option(
         "dump": dump,
         "many": many,
         "metavar": metavar,
+        "text": text,
     }
     return field(default=default, metadata=meta)
 
@@ -113,6 +116,8 @@ class Options:
         spec = {f.name: f for f in fields(cls)}.get(name)
         if spec is not None and spec.metadata.get("many"):
             return [v for v in text.split("+") if v]
+        if spec is not None and spec.metadata.get("text"):
+            return text
         return parse_text(text)
 
 

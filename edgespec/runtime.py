@@ -224,7 +224,8 @@ class Runtime:
         backend: the target's backend name.
         source: where the target came from.
         options: how models were loaded (n_ctx, threads).
-        draft: an optional smaller model with the same vocabulary.
+        draft: an optional smaller model with the same vocabulary, as the proposers run it:
+            the draft's file, or its copy in ``draft_quant`` (:func:`load` chose it).
         compressor_source: the context compressor to load on first use (``compressor=`` of
             :func:`load` or a bundle's role); None: the draft, else the target, compresses.
         compress_ratio: the bundle's default ``--compress`` ratio (None: none named).
@@ -232,6 +233,9 @@ class Runtime:
             batched scoring that is installed; see :mod:`edgespec.compress.prompt`).
         draft_source: where the draft came from (None: no draft, or one passed as a model).
         draft_backend: the draft's backend name.
+        draft_quant: the type ``draft`` was requantized to from ``draft_source``
+            (:mod:`edgespec.requant`); None: ``draft`` runs the file's own types. The lossy
+            two-model strategies and the compressor take the file's (:meth:`file_draft`).
     """
 
     tokenizer: Tokenizer
@@ -245,6 +249,7 @@ class Runtime:
     compressor_backend: str | None = None
     draft_source: ModelSource | None = None
     draft_backend: str | None = None
+    draft_quant: str | None = None
     _compressor: Any = field(default=None, repr=False)  # edgespec.compress.Compressor
     _sessions: dict[tuple[SpecConfig, bool], SpecSession] = field(default_factory=dict, repr=False)
     _heads: dict[tuple[int, str | None, int, str | None], Model] = field(
@@ -379,26 +384,47 @@ class Runtime:
 
     def draft_requantized(self, quant: str) -> Model:
         """The draft model requantized to ``quant`` by llama.cpp's quantizer
-        (:mod:`edgespec.requant`, cached on disk), loaded once on the draft's backend.
-        Lossless for the output: a draft only proposes, and the target verifies.
+        (:mod:`edgespec.requant`, cached on disk), loaded once on the draft's backend;
+        ``quant`` "file": the draft in its file's own types. :attr:`draft` itself where it
+        already is that. Lossless for the output: a draft only proposes, and the target
+        verifies.
 
         Raises:
             EdgespecError: no draft, a draft that is not a GGUF file, an unknown ``quant``.
         """
         from edgespec.requant import check_quant, requantize
 
-        check_quant(quant)
+        if quant != "file":
+            check_quant(quant)
         if self.draft is None:
             raise EdgespecError("draft_quant needs a draft model; pass --draft MODEL")
+        if self._draft_key(quant) is None:
+            return self.draft
         if self.draft_source is None or self.draft_backend is None:
             raise EdgespecError(
                 "draft_quant needs to know the draft's file; load the draft with "
                 "edgespec.load(..., draft=PATH) or --draft PATH"
             )
         if quant not in self._drafts:
-            source = requantize(self.draft_source, quant, progress=self.options.progress)
+            source = self.draft_source
+            if quant != "file":
+                source = requantize(source, quant, progress=self.options.progress)
             self._drafts[quant], _ = load_tuned(source, self.draft_backend, self.options)
         return self._drafts[quant]
+
+    def file_draft(self) -> Model | None:
+        """The draft in its file's own types (None: no draft): :attr:`draft`, or, where
+        :func:`load` requantized it, the file loaded on first use. What the lossy two-model
+        strategies and the compressor run, whose output depends on the draft's weights."""
+        if self.draft is None or self.draft_quant is None:
+            return self.draft
+        return self.draft_requantized("file")
+
+    def _draft_key(self, quant: str | None) -> str | None:
+        """``quant`` (a ``draft_quant`` value), or None where it names :attr:`draft` itself."""
+        if quant is None or quant == (self.draft_quant or "file"):
+            return None
+        return quant
 
     def draft_with_head(
         self,
@@ -423,6 +449,7 @@ class Runtime:
         """
         if self.draft is None:
             raise EdgespecError("draft_head needs a draft model; pass --draft MODEL")
+        quant = self._draft_key(quant)
         base = self.draft if quant is None else self.draft_requantized(quant)
         key = (int(size), None if corpus is None else str(corpus), int(slots), quant)
         if key not in self._heads:
@@ -481,6 +508,7 @@ def load(
     kv_cache: str | None = None,
     device: str = "cpu",
     sparse_kernel: str = "numpy",
+    draft_quant: str | None = "auto",
 ) -> Runtime:
     """Load a model (zoo name, .gguf, HF folder or hub id; default ``smollm2-135m``).
 
@@ -516,11 +544,19 @@ def load(
             ``LoadOptions.device``.
         sparse_kernel: the chunk-sparse FFN kernel of sparse models (``blockffn``
             backend, sparsified bundles): "numpy" or "tvm". See ``LoadOptions.sparse_kernel``.
+        draft_quant: the draft's weights for speculation: "auto" (default:
+            :func:`edgespec.requant.auto_quant` requantizes a GGUF draft to Q4_0 where its
+            layers average more than 5 bits a weight and it streams from memory), "file"
+            (also "none": the file's own types) or a type of ``edgespec.requant.QUANTS``.
+            Lossless: the target verifies every token. See ``Runtime.draft_quant``.
     """
     if n_ctx < 16:
         raise EdgespecError(f"n_ctx must be at least 16, got {n_ctx}")
     if compressor_backend is not None:
         BACKENDS.get(compressor_backend)  # a typo fails before any model loads
+    from edgespec.requant import draft_choice
+
+    draft_quant = draft_choice(draft_quant)
     from edgespec.bundle import role_source, select
     from edgespec.sparse.kernel import check_impl
 
@@ -582,7 +618,7 @@ def load(
     from edgespec.sparse.dense import apply_bundle_sparsity
 
     target = apply_bundle_sparsity(source, target, options)  # a bundle's sparsity (lossy)
-    draft_model = dname = None
+    draft_model = dname = quant = None
     # a bundle's draft role becomes the draft unless the caller names one
     dsource = role_source(source, "draft") if draft is None else resolve(draft, progress=progress)
     if dsource is not None:
@@ -591,7 +627,15 @@ def load(
         check_same_vocab(tokenizer, load_tokenizer(dsource), source.name, dsource.name)
         dname = draft_backend or (name if dsource.kind in BACKENDS.get(name).accepts else None)
         dname = pick_backend(dsource, dname)
-        draft_model, _ = load_tuned(dsource, dname, options)
+        quant = _draft_quant(dsource, dname, options, draft_quant)
+        if quant is not None:
+            from edgespec.requant import requantize
+
+            draft_model, _ = load_tuned(
+                requantize(dsource, quant, progress=progress), dname, options
+            )
+        else:
+            draft_model, _ = load_tuned(dsource, dname, options)
     from edgespec.compress.prompt import compressor_source_of
 
     csource, ratio, cbackend = compressor_source_of(source, compressor, progress)
@@ -607,4 +651,30 @@ def load(
         compressor_backend or cbackend,
         dsource,
         dname,
+        quant,
     )
+
+
+def _draft_quant(
+    source: ModelSource, backend: str, options: LoadOptions, choice: str
+) -> str | None:
+    """The type :func:`load` requantizes the draft ``source`` to for ``choice`` (a
+    :func:`edgespec.requant.draft_choice`), or None for the file's own; "auto" says on stderr
+    what it chose and why, unless ``options.progress`` is off."""
+    from edgespec import requant
+
+    if choice == "file":
+        return None
+    if choice != "auto":
+        return choice
+    quant = requant.auto_quant(source, BACKENDS.get(backend), options.weights)
+    if quant is not None and options.progress:
+        import sys
+
+        print(
+            f"draft: {source.name}'s layers average {requant.layer_bits(source):.2f} bits a "
+            f"weight; speculating with a {requant.QUANTS[quant]} copy (lossless; "
+            "--draft-quant file keeps the file's types)",
+            file=sys.stderr,
+        )
+    return quant

@@ -120,6 +120,10 @@ class Backend(ABC):
     #: the reference the others are checked against: never chosen for speed, nor suggested
     #: for measuring by the automatic backend choice
     reference: ClassVar[bool] = False
+    #: whether a GGUF model runs on its file's own quantized blocks (``LoadOptions.weights``
+    #: "auto"), so that fewer bits a weight make a faster forward: where ``edgespec.load``'s
+    #: ``draft_quant="auto"`` may requantize a draft (:func:`edgespec.requant.auto_quant`)
+    streams_blocks: ClassVar[bool] = False
 
     @classmethod
     def available(cls) -> bool:

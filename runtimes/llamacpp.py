@@ -630,6 +630,7 @@ class LlamaCppBackend(Backend):
     requires: ClassVar[tuple[str, ...]] = ("llama_cpp",)
     extra: ClassVar[str] = "llamacpp"
     supports_exact: ClassVar[bool] = True
+    streams_blocks: ClassVar[bool] = True
     kv_cache_types: ClassVar[tuple[str, ...]] = tuple(KV_TYPES)
 
     @classmethod

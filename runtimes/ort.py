@@ -767,6 +767,7 @@ class OnnxBackend(Backend):
     name = "onnx"
     accepts = ("gguf", "hf", "onnx")
     supports_exact = True
+    streams_blocks = True
     requires = ("onnxruntime",)
     extra = "onnx"
     devices = tuple(DEVICE_PROVIDERS)

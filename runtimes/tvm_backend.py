@@ -1223,6 +1223,7 @@ class TvmBackend(Backend):
     #: matmul kernels' loop order, fp32 and quantized; tested bit for bit), so ``--exact``
     #: changes nothing
     supports_exact: ClassVar[bool] = True
+    streams_blocks: ClassVar[bool] = True
     takes_weights: ClassVar[bool] = True  # fp32, the GGUF's blocks, int8 activations
     kv_cache_types: ClassVar[tuple[str, ...]] = tuple(KV_DTYPES)
 

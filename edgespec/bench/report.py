@@ -44,6 +44,17 @@ PLOTS = {
 }
 
 
+def draft_quant_note(settings: dict[str, Any]) -> str:
+    """ ", run as a Q4_0 copy on tvm" where ``edgespec.load`` requantized the draft
+    (``settings["draft_quant"]``: backend -> type or None; absent in older results)."""
+    copies = {b: q for b, q in (settings.get("draft_quant") or {}).items() if q}
+    if not copies or not settings.get("draft"):
+        return ""
+    names = settings.get("resolved_backends") or {}
+    on = ", ".join(f"{q.upper()} copy on {names.get(b, b)}" for b, q in copies.items())
+    return f" (run as its {on}: `draft_quant` auto, docs/speculative.md)"
+
+
 def labels(doc: dict[str, Any]) -> list[str]:
     """The baseline, then every configuration, in the order they were measured."""
     return [BASELINE] + [c["label"] for c in doc["configs"]]
@@ -203,7 +214,8 @@ def render_markdown(doc: dict[str, Any], plots: list[str] | None = None) -> str:
     kinds = sorted({p["kind"] for p in prompts})
     lines += [
         f"- model: `{st['model'] or 'default'}`"
-        + (f", draft `{st['draft']}`" if st["draft"] else ""),
+        + (f", draft `{st['draft']}`" if st["draft"] else "")
+        + draft_quant_note(st),
         f"- baseline: {doc['baseline']['description'] or '-'}",
         *baseline_threads_lines(doc),
         f"- {st['max_new_tokens']} new tokens per generation (EOS ignored); runs: {st['runs']}, "

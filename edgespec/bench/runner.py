@@ -524,6 +524,10 @@ class Bench:
                     self.doc["settings"].setdefault("resolved_backends", {})[str(c.backend)] = (
                         runtimes[c.runtime_key].backend
                     )
+                    # the type `edgespec.load` requantized the draft to (None: the file's)
+                    self.doc["settings"].setdefault("draft_quant", {})[str(c.backend)] = getattr(
+                        runtimes[c.runtime_key], "draft_quant", None
+                    )
             first = runtimes[self.combos[0].runtime_key]
             ids = {p.id: first.encode_prompt(p.prompt, chat=p.chat) for p in self.prompts}
             for p in self.doc["prompts"]:

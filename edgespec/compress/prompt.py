@@ -332,8 +332,10 @@ def compressor_of(rt: Runtime) -> Compressor:
         model, _ = load_tuned(src, backend, options)
         name = f"{src.name or src.path.name}@{backend}"
         rt._compressor = Compressor(model, ctok, name, same, owned=True)
-    elif rt.draft is not None:
-        rt._compressor = Compressor(rt.draft, rt.tokenizer, "draft", True)
+    elif rt.draft is not None:  # in its file's types, not a copy requantized for speculation
+        draft = rt.file_draft()
+        assert draft is not None
+        rt._compressor = Compressor(draft, rt.tokenizer, "draft", True)
     else:
         rt._compressor = Compressor(rt.target, rt.tokenizer, "target", True)
     return rt._compressor

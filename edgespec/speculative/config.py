@@ -46,12 +46,14 @@ def _text_path(value: Any, name: str) -> str | None:
 
 
 def _quant(value: Any, name: str) -> str | None:
-    if value is None or value in ("", "none"):
+    if value is None or value == "":
         return None
+    if value in ("file", "none"):
+        return "file"
     from edgespec.requant import QUANTS
 
     if value not in QUANTS:
-        raise EdgespecError(f"{name} must be one of none, {', '.join(QUANTS)}; got {value!r}")
+        raise EdgespecError(f"{name} must be one of file, none, {', '.join(QUANTS)}; got {value!r}")
     return str(value)
 
 
@@ -122,8 +124,10 @@ class SpecConfig(Options):
             refills with the prompt's tokens the rest of the head lacks, so that the draft
             can copy rare prompt tokens (rounded down to 64, at most half the head; 0: none).
         draft_quant: the draft model (``draft`` and ``tree`` proposers) runs on its GGUF
-            file requantized to this type (:mod:`edgespec.requant`, e.g. ``q4_0``); None:
-            the file as it is. Lossless, since the target verifies.
+            file requantized to this type (:mod:`edgespec.requant`, e.g. ``q4_0``); "file":
+            the file's own types; None: the runtime's draft as loaded (``Runtime.draft``,
+            which ``edgespec.load``'s ``draft_quant`` may have requantized). Lossless, since
+            the target verifies.
     """
 
     kind = "speculative"
@@ -228,10 +232,13 @@ class SpecConfig(Options):
     draft_quant: str | None = option(
         None,
         "the draft model's GGUF weights requantized to this type by llama.cpp's quantizer "
-        "(q4_0, q4_1, q5_0, q8_0, q4_k_m; cached under $EDGESPEC_HOME; default: as the "
-        "file has them). Lossless: the target verifies every token",
+        "(q4_0, q4_1, q5_0, q8_0, q4_k_m; cached under $EDGESPEC_HOME), or file (also none): "
+        "the file's own types; default: the draft as loaded, which requantizes a draft "
+        "above 5 bits a weight to q4_0 (docs/speculative.md). Lossless: the target verifies "
+        "every token",
         check=_quant,
         metavar="TYPE",
+        text=True,
     )
 
     def validate(self) -> None:

@@ -49,9 +49,12 @@ def spec_config(spec_k: int | str) -> SpecConfig | None:
     """The speculative options for ``spec_k`` (None: no speculation)."""
     if spec_k == 0:
         return None
+    # the small model's own weights (Runtime.file_draft): the drafter shares its cache
     if spec_k == AUTO:
-        return SpecConfig(proposers=(PROPOSER,), tree=False)
-    return SpecConfig(proposers=(PROPOSER,), k=int(spec_k), min_confidence=0.0, tree=False)
+        return SpecConfig(proposers=(PROPOSER,), tree=False, draft_quant="file")
+    return SpecConfig(
+        proposers=(PROPOSER,), k=int(spec_k), min_confidence=0.0, tree=False, draft_quant="file"
+    )
 
 
 def session(runtime: Runtime, spec_k: int | str) -> SpecSession | None:

@@ -100,10 +100,13 @@ class Prepared:
         options: the strategy's options (``SwitchConfig``, ``LeadConfig``).
         session: the speculation session the large model uses while in charge (None when
             ``spec_k`` is 0).
+        small: the small model, in its file's own types (``Runtime.file_draft``: the
+            output depends on its weights, so a draft requantized for speculation is not it).
     """
 
     options: Any
     session: SpecSession | None = None
+    small: Model | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The options, JSON-safe."""
@@ -171,7 +174,7 @@ class TwoModelStrategy(Strategy):
         )
         check_pair(runtime, cls.name)
         opts = cls.complete(runtime, opts)
-        return Prepared(opts, composition.session(runtime, opts.spec_k))
+        return Prepared(opts, composition.session(runtime, opts.spec_k), runtime.file_draft())
 
     @classmethod
     def complete(cls, runtime: Runtime, options: Any) -> Any:
@@ -205,14 +208,15 @@ class TwoModelStrategy(Strategy):
 
     def steps(self, prompt_ids: list[int]) -> Iterator[list[int]]:
         ctx, rec = self.ctx, self.ctx.rec
-        assert ctx.draft is not None, "prepare() checks that a draft is loaded"
-        seats = {SMALL: Seat(ctx.draft, SMALL), LARGE: Seat(ctx.target, LARGE)}
         prepared: Prepared = ctx.config
+        small = prepared.small
+        assert small is not None, "prepare() checks that a draft is loaded"
+        seats = {SMALL: Seat(small, SMALL), LARGE: Seat(ctx.target, LARGE)}
         stretch = None
         if prepared.session is not None:
             stretch = composition.Stretch(ctx, prepared.session, seats[SMALL], seats[LARGE])
             stretch.begin(prompt_ids)
-        ctx.draft.reset()
+        small.reset()
         self.begin()
         seq = list(prompt_ids)
         t = time.perf_counter()

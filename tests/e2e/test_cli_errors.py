@@ -70,7 +70,7 @@ def test_unknown_draft_quant_before_loading(capsys, tmp_path):
             *("generate", "hi", "--model", str(tmp_path / "x.gguf")),
             *("--strategy", "speculative", "--draft-quant", "q2_k"),
         ),
-        "draft_quant must be one of none, q4_0",
+        "draft_quant must be one of file, none, q4_0",
     )
 
 

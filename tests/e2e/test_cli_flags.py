@@ -189,7 +189,7 @@ def test_generate_reads_a_piped_prompt_end_to_end(monkeypatch, capsys):
 
     seen = []
 
-    def fake_load(a):
+    def fake_load(a, draft_quant=None):
         rt = Runtime(
             tokenizer=CharTokenizer("abcdefgh"),
             target=PrefixModel(vocab_size=8),
@@ -208,6 +208,31 @@ def test_generate_reads_a_piped_prompt_end_to_end(monkeypatch, capsys):
     assert main(["generate", "-n", "5", "--ignore-eos", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert seen == ["abcabc"] and len(out["token_ids"]) == 5
+
+
+@pytest.mark.parametrize(
+    ("flags", "want"),
+    [
+        ((), None),  # edgespec.load's default: "auto"
+        (("--strategy", "speculative", "--draft-quant", "q4_0"), "q4_0"),
+        (("--strategy", "auto", "--draft-quant", "none"), "none"),
+        (("--strategy", "speculative", "--draft-quant", "file"), "file"),
+        (("--strategy", "entropy-switch", "-md", "small.gguf"), "file"),  # lossy: the file's
+    ],
+)
+def test_generate_loads_the_draft_as_draft_quant_asks(monkeypatch, flags, want):
+    """``--draft-quant`` reaches ``edgespec.load`` (it decides which draft is loaded), and a
+    lossy strategy, whose output depends on the small model, loads the file's types."""
+    seen = []
+
+    def fake_load(a, draft_quant=None):
+        seen.append(draft_quant)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "load_from_args", fake_load)
+    with pytest.raises(SystemExit):
+        main(["generate", "hi", *flags])
+    assert seen == [want]
 
 
 # --------------------------------------------------------------------------- --quant

@@ -106,12 +106,103 @@ def test_what_cannot_be_requantized_is_one_line(
 
 
 def test_draft_quant_option_is_checked_before_loading() -> None:
+    from edgespec.requant import draft_choice
     from edgespec.speculative.config import SpecConfig
 
-    assert SpecConfig(draft_quant="none").draft_quant is None
+    assert SpecConfig().draft_quant is None  # the runtime's draft as loaded
+    assert SpecConfig(draft_quant="none").draft_quant == "file"
+    assert SpecConfig(draft_quant="file").draft_quant == "file"
     assert SpecConfig(draft_quant="q4_0").draft_quant == "q4_0"
-    with pytest.raises(EdgespecError, match="draft_quant must be one of none, q4_0"):
+    # a flag or bench spec's "none" is the name (the file's types), not an absent value
+    assert SpecConfig.parse_value("draft_quant", "none") == "none"
+    with pytest.raises(EdgespecError, match="draft_quant must be one of file, none, q4_0"):
         SpecConfig(draft_quant="q2")
+    assert [draft_choice(v) for v in (None, "auto", "none", "file", "q8_0")] == [
+        "auto",
+        "auto",
+        "file",
+        "file",
+        "q8_0",
+    ]
+    with pytest.raises(EdgespecError, match="unknown draft quantization 'q2'; known: auto, file"):
+        draft_choice("q2")
+
+
+def test_auto_requantizes_a_wide_draft_that_streams_from_memory(
+    tiny_q4km_gguf: Path, tiny_llama_dir: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rule of ``draft_quant="auto"``: a GGUF file above the CPU's largest cache, whose
+    layers average more than 5 bits a weight, on a backend that runs the file's blocks."""
+    from edgespec import requant
+    from edgespec.runtimes import BACKENDS
+
+    assert requant.cache_bytes() >= 1 << 20  # this CPU's, or the 32 MiB assumed
+    tiny = ModelSource("gguf", tiny_q4km_gguf, "tiny")
+    monkeypatch.setattr(requant, "cache_bytes", lambda: 0)
+    # Q4_K_M with more Q4_K than wider types: 4.80 bits (the Qwen 1.5B's file: 4.81)
+    assert 4.5 < requant.layer_bits(tiny) <= 5.0
+    assert requant.auto_quant(tiny, BACKENDS.get("tvm")) is None
+    wide = requant.requantize(tiny, "q8_0", progress=False)
+    assert requant.layer_bits(wide) == 8.5
+    size = wide.path.stat().st_size
+    monkeypatch.setattr(requant, "cache_bytes", lambda: size)  # fits: the file as it is
+    assert requant.auto_quant(wide, BACKENDS.get("tvm")) is None
+    monkeypatch.setattr(requant, "cache_bytes", lambda: size - 1)  # streams from memory
+    for name in ("tvm", "llamacpp", "onnx"):
+        assert requant.auto_quant(wide, BACKENDS.get(name)) == "q4_0", name
+    assert requant.auto_quant(wide, BACKENDS.get("numpy")) is None  # dequantizes: no gain
+    assert requant.auto_quant(wide, BACKENDS.get("tvm"), weights="fp32") is None
+    assert requant.auto_quant(ModelSource("hf", tiny_llama_dir, "hf")) is None
+    narrow = requant.requantize(tiny, "q4_0", progress=False)
+    monkeypatch.setattr(requant, "cache_bytes", lambda: 0)
+    assert requant.layer_bits(narrow) == 4.5  # every layer matrix in Q4_0: nothing to gain
+    assert requant.auto_quant(narrow, BACKENDS.get("tvm")) is None
+
+
+@pytest.mark.backend
+def test_load_drafts_with_a_q4_0_copy_of_a_wide_draft(qwen05b_path: Path) -> None:
+    """``edgespec.load`` with the real Qwen2.5-Coder 0.5B (Q4_K_M, layers 5.52 bits a weight,
+    larger than any CPU cache) as target and draft on llama.cpp: by default the draft runs
+    its Q4_0 copy, and speculation with it equals plain decoding token for token; the
+    strategies whose output depends on the draft get the file's weights; ``file`` keeps
+    them for speculation too."""
+    import edgespec
+    from edgespec.losslessness import plain_reference
+    from edgespec.speculative.config import SpecConfig
+
+    with edgespec.load(
+        qwen05b_path, backend="llamacpp", draft=qwen05b_path, n_ctx=256, progress=False
+    ) as rt:
+        assert rt.draft_quant == "q4_0" and rt.draft_source is not None
+        assert rt.draft_source.path == qwen05b_path
+        assert rt.draft is not None and rt.draft is not rt.target
+        prompt = rt.tokenizer.encode("def fibonacci(n):\n    ")
+        ref = plain_reference(rt.target, prompt, 24).tokens
+        config = SpecConfig(proposers=("draft",), k=3, draft_head=0)
+        res = rt.generate(prompt, max_new_tokens=24, strategy="speculative", config=config)
+        assert res.token_ids == ref[: len(res.token_ids)] and len(res.token_ids) > 0
+        assert sum(n * c for n, c in res.stats.accept_hist.items()) > 0
+        # asking for the type it already runs is the same model, not a second copy
+        assert rt.draft_requantized("q4_0") is rt.draft and not rt._drafts
+        whole = rt.file_draft()
+        assert whole is not None and whole is not rt.draft and rt._drafts.keys() == {"file"}
+        assert rt.file_draft() is whole and rt.draft_requantized("file") is whole
+        # a lossy two-model strategy's small model, and the drafter sharing its cache
+        from edgespec.strategies import STRATEGIES
+
+        prepared = STRATEGIES.get("entropy-switch").prepare(rt, None)
+        assert prepared.small is whole
+        assert prepared.session is not None
+        assert prepared.session.proposers["draft"].model is whole  # llama.cpp: no head
+    with edgespec.load(
+        qwen05b_path,
+        backend="llamacpp",
+        draft=qwen05b_path,
+        n_ctx=64,
+        progress=False,
+        draft_quant="file",
+    ) as rt:
+        assert rt.draft_quant is None and rt.file_draft() is rt.draft
 
 
 @pytest.mark.backend
