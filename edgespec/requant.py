@@ -56,13 +56,13 @@ DEFAULT_CACHE_BYTES = 32 << 20
 def draft_choice(value: str | None) -> str:
     """``value`` as ``edgespec.load``'s ``draft_quant`` takes it: "auto" (also None), "file"
     (also "none") or a name of :data:`QUANTS`; anything else is a one-line error."""
-    if value is None or value == "auto":
+    if value is None:
         return "auto"
-    if value in ("file", "none"):
+    if value == "none":
         return "file"
-    if value not in QUANTS:
+    if value not in (*DRAFT_CHOICES, *QUANTS):
         raise EdgespecError(
-            f"unknown draft quantization '{value}'; known: auto, file, {', '.join(QUANTS)}"
+            f"unknown draft quantization '{value}'; known: {', '.join((*DRAFT_CHOICES, *QUANTS))}"
         )
     return value
 
@@ -82,10 +82,10 @@ def layer_bits(source: ModelSource) -> float:
 
 def cache_bytes() -> int:
     """This CPU's largest cache (Linux ``sysfs``), or :data:`DEFAULT_CACHE_BYTES`."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     sizes = []
     for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
         text = f.read_text().strip()
-        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
         if text[:-1].isdigit() and text[-1] in units:
             sizes.append(int(text[:-1]) * units[text[-1]])
         elif text.isdigit():
