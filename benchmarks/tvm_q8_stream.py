@@ -1,8 +1,8 @@
 """Is an int8-activation kernel waiting on memory? One matrix's call, warm against cold.
 
 For one matrix of ``benchmarks/tvm_q8_layout.py``'s ``MATRICES`` (weights from the file), times
-one call of ``y = x @ W^T`` at each ``--rows`` on one thread, in thread CPU time (min of
-``--reps`` rounds), two ways:
+one call of ``y = x @ W^T`` at each ``--rows`` on one thread, in thread CPU time (``--threads
+N``: on N threads, in wall time; min of ``--reps`` rounds), two ways:
 
 - ``warm``: the same operands call after call (as far as they fit, they stay in the caches);
 - ``cold``: ``--copies`` copies of the operands (default: enough for 256 MB), cycled, so that
@@ -57,10 +57,15 @@ def numpy_stream_gbs(reps: int = 5) -> float:
     return a.nbytes / best / 1e9
 
 
+#: the clock of a timed call: this thread's CPU time on one thread (robust to a loaded
+#: machine), wall time on several (the other threads' work is not this thread's CPU time)
+CLOCK = time.thread_time
+
+
 def _timed(fn: Any, *args: Any) -> float:
-    t0 = time.thread_time()
+    t0 = CLOCK()
     fn(*args)
-    return time.thread_time() - t0
+    return CLOCK() - t0
 
 
 def main() -> int:
@@ -75,19 +80,32 @@ def main() -> int:
     p.add_argument("--rows", type=int, nargs="+", default=[1, 9])
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--copies", type=int, default=0, help="cold copies (0: enough for 256 MB)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="TVM threads (more than 1: wall-clock time)"
+    )
+    p.add_argument(
+        "--pages",
+        choices=["huge", "small"],
+        default="huge",
+        help="the operands on transparent huge pages (as the tvm backend places weights) or not",
+    )
     a = p.parse_args()
+    global CLOCK
+    if a.threads > 1:
+        CLOCK = time.perf_counter
 
     import tvm
 
     from edgespec import zoo
     from edgespec.kernels import qlinear_q8
+    from edgespec.kernels.compiled import HugeArena
     from edgespec.kernels.tuning import host_target
     from edgespec.runtimes.tvm_backend import set_tvm_threads
 
     if qlinear_q8.int8_isa() is None:
         print("this CPU has neither AVX512-VNNI nor AVX2: no int8 kernels to time", file=sys.stderr)
         return 2
-    set_tvm_threads(tvm, 1)
+    set_tvm_threads(tvm, a.threads)
     dev, rng = tvm.cpu(0), np.random.default_rng(0)
     names = a.tensors or MATRICES[a.matrix]
     w = packed(zoo.pull(a.model, progress=False), names)
@@ -102,7 +120,17 @@ def main() -> int:
         fn = tvm.compile(tvm.IRModule({"main": func}), target=host_target())["main"]
         nbytes = sum(o.nbytes for o in q.operands())
         copies = a.copies or max(2, int(256e6 // nbytes))
-        sets = [[tvm.runtime.tensor(np.array(o), dev) for o in q.operands()] for _ in range(copies)]
+        if a.pages == "huge":
+            each = sum(HugeArena.footprint(np.asarray(o)) for o in q.operands())
+            arena = HugeArena(copies * each)
+            sets = [
+                [tvm.runtime.from_dlpack(arena.place(np.asarray(o))) for o in q.operands()]
+                for _ in range(copies)
+            ]
+        else:
+            sets = [
+                [tvm.runtime.tensor(np.array(o), dev) for o in q.operands()] for _ in range(copies)
+            ]
         for t in a.rows:
             x = tvm.runtime.tensor(rng.standard_normal((t, k)).astype(np.float32), dev)
             y = tvm.runtime.empty((t, n), "float32", dev)
@@ -126,8 +154,9 @@ def main() -> int:
     print(f"`benchmarks/tvm_q8_stream.py {' '.join(sys.argv[1:])}`")
     print(
         f"({a.model} {' + '.join(names)} ({w.fmt}), {n} x {k}, {qlinear_q8.int8_isa()} dot "
-        "products, 1 thread, "
-        f"thread CPU time, min of {a.reps}; 1-minute load average {min(load):.1f} to "
+        f"products, {a.threads} thread(s), {a.pages} pages, "
+        f"{'thread CPU' if a.threads == 1 else 'wall'} time, min of {a.reps}; "
+        f"1-minute load average {min(load):.1f} to "
         f"{max(load):.1f}; NumPy's sum over 256 MB on this thread: {gbs:.1f} GB/s)\n"
     )
     print(
