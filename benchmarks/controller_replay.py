@@ -30,7 +30,9 @@ recorded path (recycling learns zeros there).
 
 ``--target-curve`` replays the same text on another backend's verify curve (e.g. llama.cpp's
 from ``benchmarks/tvm_backend.py``), the draft's curve scaled by the same c(1) ratio: how a
-policy fares where verification is expensive.
+policy fares where verification is expensive. ``--draft-curve`` gives the draft its own curve
+on that backend instead (``benchmarks/backend_curves.py``): a backend whose many-token
+forwards are steep makes the draft's catch-ups dear too.
 """
 
 from __future__ import annotations
@@ -345,6 +347,8 @@ def replay(args: argparse.Namespace) -> int:
         scale = parse_curve(args.target_curve)["1"] / doc["target_curve"]["1"]
         doc["target_curve"] = parse_curve(args.target_curve)
         doc["draft_curve"] = {n: s * scale for n, s in doc["draft_curve"].items()}
+    if args.draft_curve:  # the draft's own curve on that backend (its catch-ups' cost)
+        doc["draft_curve"] = parse_curve(args.draft_curve)
     if args.prompts:  # e.g. '[23]$': the held-out prompts of a --per-workload 4 record
         doc["prompts"] = [p for p in doc["prompts"] if re.search(args.prompts, p["id"])]
         if not doc["prompts"]:
@@ -394,6 +398,13 @@ def main() -> int:
         metavar="N:MS,...",
         help="replace the recorded target curve (ms per forward of N tokens, linear between); "
         "the draft's curve is scaled by the same c(1) ratio",
+    )
+    p.add_argument(
+        "--draft-curve",
+        default=None,
+        metavar="N:MS,...",
+        help="replace the draft's curve too (its own on that backend: a catch-up of 13 tokens "
+        "costs what that backend's draft takes, not the recorded curve scaled)",
     )
     a = ap.parse_args()
     return record(a) if a.cmd == "record" else replay(a)

@@ -108,6 +108,20 @@ class SpecConfig(Options):
             FOLLOW_UPS` in a row: one success moves an estimate by 15 % of its gap only, so
             a proposer that turned good (a new prompt) waited one probe interval per step
             of its re-learning.
+        probe_hopeless: also probe a proposer that could not beat plain decoding even if
+            every drafted token were accepted (:meth:`~edgespec.speculative.controller.
+            Controller.could_win`, at the verify and drafting costs learned so far). Off by
+            default: such a probe can only lose time, and a draft model's probe also pays
+            its catch-up over the plain steps since it last drafted. The Qwen 1.5B with the
+            0.5B draft on llama.cpp on a Zen 3 (c(3) 2.2x c(1), the draft 0.38x a token)
+            ran ``auto`` at 0.85x plain decoding with these probes, though the controller
+            chose plain decoding between them (docs/benchmarks.md section 33).
+        probe_budget: a proposer whose probes lose time (a probe step's seconds less what
+            plain decoding takes for the tokens it yielded; an average over its probes
+            that start a round of them, follow-ups not counted) waits at least that loss
+            over ``probe_budget`` times a plain step between probes, so that its probes
+            cost about this fraction of plain decoding's time (0: no limit). The n-gram
+            lookup and recycling cost nothing to draft but a verify of three tokens.
         cost_drift: the controller's verify cost curve is a shape times one drift factor
             that every forward updates, and drafting costs follow the same factor
             (:class:`~edgespec.speculative.controller.CostCurve`); False: each draft
@@ -197,6 +211,18 @@ class SpecConfig(Options):
         "a probe whose whole draft was accepted is followed by another at the next step "
         "(up to 8 in a row), so a proposer that turned good is re-learned in a few steps",
         check=_flag,
+    )
+    probe_hopeless: bool = option(
+        False,
+        "probe proposers that could not beat plain decoding even with every draft token "
+        "accepted, at the costs learned so far (false: skip them)",
+        check=_flag,
+    )
+    probe_budget: float = option(
+        0.02,
+        "a proposer whose probes lose time is probed at most so often that they cost this "
+        "fraction of plain decoding's time (0: no limit)",
+        check=_fraction,
     )
     cost_drift: bool = option(
         True,

@@ -315,6 +315,28 @@ class Controller:
                 best = Choice(name, int(ks[i]), float(rates[i]))
         return best
 
+    def perfect_rate(self, proposer: str, limit: int) -> float:
+        """The best expected tokens per second of ``proposer`` over k = 1 .. min(max_k,
+        ``limit``) were every drafted token accepted (k + 1 tokens a step, at the costs
+        learned so far): the most that probing it could find. 0 when no k fits."""
+        k_max = min(self.max_k, limit, len(self.acceptance[proposer].alpha))
+        if k_max < 1:
+            return 0.0
+        ks = np.arange(1, k_max + 1)
+        drift = self.verify.drift
+        cost = self.verify.table(k_max + 1)[ks + 1] + drift * self.switch_penalty
+        cost = cost + ks * (drift * self.draft_cost.get(proposer, 0.0))
+        return float(np.max((ks + 1) / cost))
+
+    def could_win(self, proposer: str, limit: int) -> bool:
+        """Whether ``proposer`` could beat plain decoding by the margin at all, at perfect
+        acceptance (:meth:`perfect_rate`); always True where plain decoding is not an option.
+        Where it cannot (verifying costs as much as the tokens it could save), a probe can
+        only lose time."""
+        if not self.allow_plain:
+            return True
+        return self.perfect_rate(proposer, limit) > self.expected_rate(None, 0) * (1 + self.margin)
+
     def record_draft(self, proposer: str, k: int, seconds: float, ema: float = 0.2) -> None:
         """Learn a proposer's drafting cost from one call that drafted ``k`` tokens (stored
         at drift 1)."""

@@ -6,6 +6,7 @@ recycling table, cost curve, acceptance estimates) carries over between generati
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -100,6 +101,9 @@ class SpecSession:
             ``probe_interval``).
         untried: {proposer: counted steps since it last drafted or was probed}
             (``probe_each``).
+        probe_loss: {proposer: seconds its probes lose against plain decoding, on average
+            (``probe_budget``; the probes that start a round, not follow-ups)}.
+        follow_up: whether this step's probe is a follow-up (``probe_follow``).
     """
 
     config: SpecConfig
@@ -115,6 +119,8 @@ class SpecSession:
     follow_run: int = 0
     intervals: dict[str, int] = field(default_factory=dict)
     untried: dict[str, int] = field(default_factory=dict)
+    probe_loss: dict[str, float] = field(default_factory=dict)
+    follow_up: bool = False
 
     @classmethod
     def build(cls, runtime: Runtime, config: SpecConfig, *, allow_plain: bool) -> SpecSession:
@@ -166,6 +172,8 @@ class SpecSession:
             self.intervals = dict.fromkeys(self.proposers, self.config.probe_every)
             self.since_probe = 0
             self.untried = dict.fromkeys(self.proposers, 0)
+            for name in self.proposers:
+                self._keep_budget(name)
         for p in self.proposers.values():
             p.begin(prompt_ids, params)
 
@@ -189,15 +197,19 @@ class SpecSession:
         interval, doubled and restarted by its own probes only (:meth:`_probe_due`).
         """
         self.steps += 1
-        self.probing = False
+        self.probing = self.follow_up = False
         if room <= 0 or not self.controller.acceptance:
             return Choice(None, 0, 0.0)
         choice = self.controller.choose(room)
         follow = self.follow
-        if follow in self.controller.acceptance and follow != choice.proposer:
+        if (
+            follow in self.controller.acceptance
+            and follow != choice.proposer
+            and self._hopeful(follow, room)
+        ):
             self.follow = None
             self.follow_run += 1
-            return self._probe(follow, room)
+            return self._probe(follow, room, follow_up=True)
         self.follow, self.follow_run = None, 0
         counts = choice.k == 0 or (self.config.probe_always and self.controller.fixed_k is None)
         if not counts:
@@ -207,12 +219,10 @@ class SpecSession:
         if self.config.probe_each:
             return self._probe_due(choice, room)
         every = self.probe_interval
-        if every and self.since_probe >= every:
+        hopeful = [n for n in self.controller.acceptance if self._hopeful(n, room)]
+        if every and self.since_probe >= every and hopeful:
             rate = self.controller.expected_rate
-            best = min(
-                self.controller.acceptance,
-                key=lambda n: (self.last_tried.get(n, -1), -rate(n, 1)),
-            )
+            best = min(hopeful, key=lambda n: (self.last_tried.get(n, -1), -rate(n, 1)))
             if best != choice.proposer:
                 self.since_probe = 0
                 return self._probe(best, room)
@@ -226,15 +236,24 @@ class SpecSession:
         due = [
             n
             for n in self.controller.acceptance
-            if n != choice.proposer and self.intervals[n] and self.untried[n] >= self.intervals[n]
+            if n != choice.proposer
+            and self.intervals[n]
+            and self.untried[n] >= self.intervals[n]
+            and self._hopeful(n, room)
         ]
         if not due:
             return choice
         rate = self.controller.expected_rate
         return self._probe(min(due, key=lambda n: (self.last_tried.get(n, -1), -rate(n, 1))), room)
 
-    def _probe(self, name: str, room: int) -> Choice:
+    def _hopeful(self, name: str, room: int) -> bool:
+        """Whether a probe of ``name`` could find anything (``probe_hopeless``): could it
+        beat plain decoding at perfect acceptance with a draft of at most ``room``?"""
+        return self.config.probe_hopeless or self.controller.could_win(name, room)
+
+    def _probe(self, name: str, room: int, *, follow_up: bool = False) -> Choice:
         self.probing = True
+        self.follow_up = follow_up
         self.last_tried[name] = self.steps  # also when it has nothing to draft
         self.untried[name] = 0
         return Choice(name, min(PROBE_K, room), 0.0)
@@ -244,6 +263,35 @@ class SpecSession:
         else doubled, up to 32x ``probe_every``."""
         base = self.config.probe_every
         return base if accepted else min(interval * 2, 32 * base)
+
+    def charge_probe(self, draft: Draft, verdict: Verdict, seconds: float) -> None:
+        """``probe_budget``: learn what a probe of ``draft.source`` that took ``seconds``
+        (drafting, a catch-up included, verifying and committing) lost against plain
+        decoding of the same ``1 + n_accepted`` tokens, and space that proposer's probes so
+        that they cost about ``probe_budget`` of plain decoding's time. Follow-ups are not
+        learned from: they come only after a fully accepted probe, with the draft model's
+        cache in step, so they cost less than the probe that starts a round."""
+        if not (self.probing and draft.k) or self.follow_up or not self.config.probe_budget:
+            return
+        name = draft.source
+        loss = seconds - draft.catchup_s - (1 + verdict.n_accepted) * self.controller.verify(1)
+        old = self.probe_loss.get(name)
+        self.probe_loss[name] = loss if old is None else 0.5 * (old + loss)
+        self._keep_budget(name)
+
+    def _keep_budget(self, name: str) -> None:
+        """Raise ``name``'s probe interval (and, without ``probe_each``, the shared one) to
+        what ``probe_budget`` allows for its probes' average loss, at most 32x
+        ``probe_every``."""
+        loss, budget = self.probe_loss.get(name, 0.0), self.config.probe_budget
+        base = self.config.probe_every
+        if loss <= 0 or not budget or not base:
+            return
+        steps = min(math.ceil(loss / (budget * self.controller.verify(1))), 32 * base)
+        if self.config.probe_each:
+            self.intervals[name] = max(self.intervals.get(name, base), steps)
+        else:
+            self.probe_interval = max(self.probe_interval, steps)
 
     def disable(self, name: str) -> None:
         """Stop using a proposer for the rest of the session (it failed)."""

@@ -212,6 +212,7 @@ def speculative_step(
         scorer.commit(verdict)
     session.after_step(draft, verdict, [seq[-1], *draft.tokens], rows)
     _learn_cost(session, scorer, missing, draft, time.perf_counter() - t_step - draft_s)
+    session.charge_probe(draft, verdict, time.perf_counter() - t_step)
     step = StepResult(draft, verdict, rows)
     hook.stepped(step)
     return step

@@ -72,6 +72,32 @@ def test_auto_with_a_useless_draft_stays_plain_but_for_probes(replay, monkeypatc
     assert seconds > 119 * 1.0
 
 
+def test_auto_stops_probing_a_draft_that_could_not_win(replay, monkeypatch):
+    """Verifying is dear (c(n) = 1 + 0.7 (n - 1), as llama.cpp's on a 2-core AVX2 host)
+    and the draft costs 0.38 a token: even with every draft token accepted no k beats plain
+    decoding. The first probe (12 steps in, the draft's cost still unknown) teaches the
+    controller that, and it never probes the draft again; with ``probe_hopeless`` it
+    probes and follows up all along, and pays for it."""
+    doc = _record(120, drafts_right=True)
+    doc["target_curve"] = {str(k): 1.0 + 0.7 * (k - 1) for k in range(1, 10)}
+    doc["draft_curve"] = {str(k): 0.38 + 0.3 * (k - 1) for k in (1, 2, 3, 5, 9, 17, 33)}
+    runs = {}
+    for spec in ("auto:proposers=draft", "auto:proposers=draft:probe_hopeless=true"):
+        clock = replay.Clock()
+        monkeypatch.setattr(time, "perf_counter", clock)
+        session, target, draft = replay.build_session(spec, doc, clock)
+        runs[spec] = (
+            session,
+            *replay.generate(session, target, draft, doc["prompts"][0], 120, clock),
+        )
+    session, seconds, trace = runs["auto:proposers=draft"]
+    assert [i for i, s in enumerate(trace) if s != "."] == [11]  # the first probe alone
+    assert not session.controller.could_win("draft", 8)
+    _, old_seconds, old_trace = runs["auto:proposers=draft:probe_hopeless=true"]
+    assert sum(s != "." for s in old_trace) > 10
+    assert seconds < old_seconds
+
+
 RECORDS = BENCHMARKS.parent / "docs" / "results" / "controller-replay"
 OLD = "auto:probe_every=24:probe_per_prompt=false:probe_each=false"
 

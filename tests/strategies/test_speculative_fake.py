@@ -12,6 +12,7 @@ import pytest
 from edgespec.errors import EdgespecError
 from edgespec.runtime import Runtime
 from edgespec.runtimes.base import LoadOptions, ModelSource
+from edgespec.sampling import GenerationParams
 from edgespec.speculative.base import Proposer
 from edgespec.speculative.config import SpecConfig
 from edgespec.speculative.types import EMPTY_DRAFT
@@ -145,10 +146,15 @@ def test_recycle_tree_drafts_are_verified_as_trees():
     assert max(rt.target.forward_sizes) > 2
 
 
-def test_recycling_drafts_chains_where_trees_are_not_verified():
+def test_recycling_drafts_chains_where_trees_are_not_verified(monkeypatch):
     """On a target without tree forwards, recycling drafts a chain of first candidates (a
     tree cut to its main chain kept one node of three), and the controller models chains;
-    on a tree-capable target it drafts trees and the controller knows their shape."""
+    on a tree-capable target it drafts trees and the controller knows their shape. (The
+    tree / chain cost is a timing, which the fake target's sub-millisecond forwards put
+    above the limit in about one run of fifteen: fixed here at equal cost.)"""
+    from edgespec.speculative import cost_curves
+
+    monkeypatch.setattr(cost_curves, "tree_overhead", lambda *a, **kw: 1.0)
     cfg = SpecConfig(proposers=("recycle",), k=6, tree=True)
     rt = make_rt(vocab=8, scale=1.0)
     shaped = rt.spec_session(cfg, allow_plain=False)
@@ -368,12 +374,15 @@ def test_draft_sampling_seeded_repeat():
 
 
 def test_probe_interval_backs_off_when_probes_fail(monkeypatch):
-    """Plain decoding wins (linear costs); failed probes space out exponentially."""
+    """Plain decoding wins at the prior acceptance (0.7) but would lose to a perfect
+    proposer (c(n) = 0.01 (0.3 + 0.7 n)), so it is worth probing; failed probes space out
+    exponentially."""
     rt = make_rt()
     serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 0))
     cfg = SpecConfig(proposers=("oracle",), probe_every=4)
     session = rt.spec_session(cfg, allow_plain=True)
-    session.controller.verify.points = {n: 0.01 * n for n in range(1, 18)}
+    session.controller.verify.points = {n: 0.01 * (0.3 + 0.7 * n) for n in range(1, 18)}
+    assert session.controller.could_win("oracle", 8)
     monkeypatch.setattr(session.controller.verify, "observe", lambda n, s: None)
     res = rt.generate(PROMPT, max_new_tokens=200, strategy="speculative", config=cfg)
     assert res.token_ids == rt.target.greedy(PROMPT, 200)
@@ -401,7 +410,7 @@ def test_probes_rotate_over_the_proposers(monkeypatch):
 
     serve_proposer(monkeypatch, "cheap", oracle("cheap"))
     serve_proposer(monkeypatch, "slow", oracle("slow"))
-    cfg = SpecConfig(proposers=("cheap", "slow"), probe_every=4)
+    cfg = SpecConfig(proposers=("cheap", "slow"), probe_every=4, probe_hopeless=True)
     session = rt.spec_session(cfg, allow_plain=True)
     ctl = session.controller
     ctl.verify.points = {n: 0.01 * n for n in range(1, 18)}  # plain always wins
@@ -425,7 +434,11 @@ def test_probe_interval_restarts_with_each_prompt(monkeypatch, per_prompt):
     rt = make_rt()
     serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 0))
     cfg = SpecConfig(
-        proposers=("oracle",), probe_every=4, probe_per_prompt=per_prompt, probe_each=False
+        proposers=("oracle",),
+        probe_every=4,
+        probe_per_prompt=per_prompt,
+        probe_each=False,
+        probe_hopeless=True,
     )
     session = rt.spec_session(cfg, allow_plain=True)
     session.controller.verify.points = {n: 0.01 * n for n in range(1, 18)}
@@ -442,11 +455,14 @@ def test_probe_interval_restarts_with_each_prompt(monkeypatch, per_prompt):
     assert per_prompt or 0 < probes[0] < 60  # the carried count comes round in this answer
 
 
-def _follow_session(monkeypatch, rt, follow: bool, draft_cost: float = 0.0):
+def _follow_session(monkeypatch, rt, follow: bool, draft_cost: float = 0.0, hopeless: bool = False):
     """An always-right oracle that the controller starts out believing bad (acceptance
-    0.05), costs where that belief keeps it plain, probes every 4 plain steps."""
+    0.05), costs where that belief keeps it plain, probes every 4 plain steps
+    (``hopeless``: also where it could not win at perfect acceptance)."""
     serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, None))
-    cfg = SpecConfig(proposers=("oracle",), probe_every=4, probe_follow=follow)
+    cfg = SpecConfig(
+        proposers=("oracle",), probe_every=4, probe_follow=follow, probe_hopeless=hopeless
+    )
     session = rt.spec_session(cfg, allow_plain=True)
     ctl = session.controller
     ctl.verify.points = {n: 0.01 * (1 + 0.3 * (n - 1)) for n in range(1, 18)}
@@ -533,7 +549,7 @@ def test_each_proposer_backs_off_on_its_own_failed_probes(monkeypatch, each):
 
     serve_proposer(monkeypatch, "bad", _named("bad", 0))
     serve_proposer(monkeypatch, "half", _named("half", 1))
-    cfg = SpecConfig(proposers=("bad", "half"), probe_every=4, probe_each=each)
+    cfg = SpecConfig(proposers=("bad", "half"), probe_every=4, probe_each=each, probe_hopeless=True)
     rt = make_rt()
     session = rt.spec_session(cfg, allow_plain=True)
     ctl = session.controller
@@ -569,17 +585,79 @@ def test_follow_ups_stop_after_a_few_in_a_row(monkeypatch):
     from edgespec.speculative.session import FOLLOW_UPS
 
     rt = make_rt()
-    cfg = _follow_session(monkeypatch, rt, True, draft_cost=1.0)
+    cfg = _follow_session(monkeypatch, rt, True, draft_cost=1.0, hopeless=True)
     res = rt.generate(PROMPT, max_new_tokens=90, strategy="speculative", config=cfg)
     assert res.token_ids == rt.target.greedy(PROMPT, 90)
     chain = [0, 0, 0] + [2] * (1 + FOLLOW_UPS)
     assert res.stats.k_trace[: 2 * len(chain)] == chain * 2
 
 
+@pytest.mark.parametrize("hopeless", [False, True])
+def test_a_proposer_that_could_not_win_is_not_probed(monkeypatch, hopeless):
+    """Drafting at 1 s a token, even a perfect proposer loses to 10 ms plain steps: by
+    default it is never probed (each probe could only lose time); ``probe_hopeless``
+    probes it anyway, every 4 steps as before."""
+    assert SpecConfig().probe_hopeless is False
+    rt = make_rt()
+    cfg = _follow_session(monkeypatch, rt, True, draft_cost=1.0, hopeless=hopeless)
+    session = rt.spec_session(cfg, allow_plain=True)
+    assert not session.controller.could_win("oracle", 8)
+    res = rt.generate(PROMPT, max_new_tokens=40, strategy="speculative", config=cfg)
+    assert res.token_ids == rt.target.greedy(PROMPT, 40)
+    assert any(res.stats.k_trace) is hopeless
+    # the same proposer drafting for free could win: probed by default
+    session.controller.draft_cost["oracle"] = 0.0
+    assert session.controller.could_win("oracle", 8)
+
+
+def test_probes_that_lose_time_wait_for_the_budget(monkeypatch):
+    """A probe that took longer than plain decoding of its tokens raises its proposer's
+    interval to loss / (probe_budget x c(1)); the draft model's catch-up and follow-ups
+    are not counted, a probe that gained leaves the interval, and each prompt starts from
+    the budget's interval again."""
+    from edgespec.speculative.types import Draft, Verdict
+
+    rt = make_rt()
+    serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 0))
+    cfg = SpecConfig(proposers=("oracle",), probe_every=4, probe_budget=0.02)
+    session = rt.spec_session(cfg, allow_plain=True)
+    ctl = session.controller
+    ctl.verify.points = {n: 0.01 * (0.3 + 0.7 * n) for n in range(1, 18)}  # c(1) = 10 ms
+    session.begin(list(PROMPT), GenerationParams())
+    probe = Draft((5, 6), source="oracle", catchup_s=0.5)
+    kept_one = Verdict(path=(0,), tokens=(5, 7))
+
+    def charge(seconds: float, follow_up: bool = False) -> int:
+        session.probing, session.follow_up = True, follow_up
+        session.charge_probe(probe, kept_one, seconds)
+        return session.intervals["oracle"]
+
+    # 2 tokens for 0.5 s catch-up + 24.5 ms: 4.5 ms lost, / (0.02 x 10 ms) = 22.5 steps
+    assert charge(0.5245) == 23
+    assert session.probe_loss["oracle"] == pytest.approx(0.0045)
+    assert charge(0.9, follow_up=True) == 23  # not learned from
+    session.intervals["oracle"] = 4  # as after_step sets it after an accepted probe
+    assert charge(0.5 + 0.016) == 4  # gained 4 ms: mean loss 0.25 ms, 1.25 steps
+    session.begin(list(PROMPT), GenerationParams())
+    assert session.intervals["oracle"] == 4
+    charge(0.5 + 0.044)  # lost 24 ms: mean 12.125 ms, 60.6 steps
+    session.begin(list(PROMPT), GenerationParams())
+    assert session.intervals["oracle"] == 61
+    ctl.verify.points = {n: 1e-3 * n for n in range(1, 18)}  # at most 32 x probe_every
+    session.begin(list(PROMPT), GenerationParams())
+    assert session.intervals["oracle"] == 128
+    off = rt.spec_session(SpecConfig(proposers=("oracle",), probe_budget=0), allow_plain=True)
+    off.probing = True
+    off.charge_probe(probe, kept_one, 9.0)
+    assert off.probe_loss == {}
+    with pytest.raises(EdgespecError, match="probe_budget"):
+        SpecConfig(probe_budget=1.5)
+
+
 def test_a_follow_up_stops_when_a_token_is_rejected(monkeypatch):
     rt = make_rt()
     serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 1))
-    cfg = SpecConfig(proposers=("oracle",), probe_every=4)
+    cfg = SpecConfig(proposers=("oracle",), probe_every=4, probe_hopeless=True)
     session = rt.spec_session(cfg, allow_plain=True)
     session.controller.verify.points = {n: 0.01 * n for n in range(1, 18)}  # plain wins
     monkeypatch.setattr(session.controller.verify, "observe", lambda n, s: None)
