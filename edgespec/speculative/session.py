@@ -219,8 +219,10 @@ class SpecSession:
         if self.config.probe_each:
             return self._probe_due(choice, room)
         every = self.probe_interval
+        if not (every and self.since_probe >= every):
+            return choice
         hopeful = [n for n in self.controller.acceptance if self._hopeful(n, room)]
-        if every and self.since_probe >= every and hopeful:
+        if hopeful:
             rate = self.controller.expected_rate
             best = min(hopeful, key=lambda n: (self.last_tried.get(n, -1), -rate(n, 1)))
             if best != choice.proposer:
