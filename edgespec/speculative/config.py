@@ -114,11 +114,12 @@ class SpecConfig(Options):
             default: such a probe can only lose time, and a draft model's probe also pays
             its catch-up over the plain steps since it last drafted. The Qwen 1.5B with the
             0.5B draft on llama.cpp on a Zen 3 (c(3) 2.2x c(1), the draft 0.38x a token)
-            ran ``auto`` at 0.85x plain decoding with these probes, though the controller
+            ran ``auto`` at 0.89x plain decoding with these probes, though the controller
             chose plain decoding between them (docs/benchmarks.md section 33).
-        probe_budget: a proposer whose probes lose time (a probe step's seconds less what
-            plain decoding takes for the tokens it yielded; an average over its probes
-            that start a round of them, follow-ups not counted) waits at least that loss
+        probe_budget: a proposer whose probes lose time (a probe step's seconds, less a
+            draft model's catch-up, less what plain decoding takes for the tokens it
+            yielded; an average over its probes that start a round of them, follow-ups not
+            counted) waits at least that loss
             over ``probe_budget`` times a plain step between probes, so that its probes
             cost about this fraction of plain decoding's time (0: no limit). The n-gram
             lookup and recycling cost nothing to draft but a verify of three tokens.

@@ -268,11 +268,14 @@ class SpecSession:
 
     def charge_probe(self, draft: Draft, verdict: Verdict, seconds: float) -> None:
         """``probe_budget``: learn what a probe of ``draft.source`` that took ``seconds``
-        (drafting, a catch-up included, verifying and committing) lost against plain
-        decoding of the same ``1 + n_accepted`` tokens, and space that proposer's probes so
-        that they cost about ``probe_budget`` of plain decoding's time. Follow-ups are not
-        learned from: they come only after a fully accepted probe, with the draft model's
-        cache in step, so they cost less than the probe that starts a round."""
+        (drafting, verifying and committing) lost against plain decoding of the same
+        ``1 + n_accepted`` tokens, and space that proposer's probes so that they cost about
+        ``probe_budget`` of plain decoding's time. A draft model's catch-up
+        (``draft.catchup_s``) is not counted: it is paid once per switch to speculation, and
+        counted it spaced out the draft's probes where the draft pays (tvm: `auto` 8 % slower
+        on code in replays, docs/benchmarks.md section 33); a draft that cannot pay at all is
+        not probed (``probe_hopeless``). Follow-ups are not learned from: they come only after
+        a fully accepted probe, with the draft model's cache in step."""
         if not (self.probing and draft.k) or self.follow_up or not self.config.probe_budget:
             return
         name = draft.source
