@@ -304,9 +304,8 @@ class Controller:
         k_max = min(self.max_k, limit, *(len(a.alpha) for a in self.acceptance.values()))
         if k_max < 1:
             return best
-        ks = np.arange(1, k_max + 1)
+        ks, verify = self._verify_costs(k_max)
         drift = self.verify.drift
-        verify = self.verify.table(k_max + 1)[ks + 1] + drift * self.switch_penalty
         for name in names:  # vectorised expected_rate over k = 1..k_max
             cost = verify + ks * (drift * self.draft_cost.get(name, 0.0))
             rates = self.acceptance[name].expected_tokens_all(k_max)[1:] / cost
@@ -322,11 +321,17 @@ class Controller:
         k_max = min(self.max_k, limit, len(self.acceptance[proposer].alpha))
         if k_max < 1:
             return 0.0
+        ks, verify = self._verify_costs(k_max)
+        cost = verify + ks * (self.verify.drift * self.draft_cost.get(proposer, 0.0))
+        return float(np.max((ks + 1) / cost))
+
+    def _verify_costs(self, k_max: int) -> tuple[np.ndarray, np.ndarray]:
+        """``ks = 1 .. k_max`` and the seconds of verifying each draft of k (``float64
+        [k_max]``: c_verify(k + 1) and the switch penalty, at the current drift), which
+        :meth:`choose` and :meth:`perfect_rate` add their drafting costs to."""
         ks = np.arange(1, k_max + 1)
         drift = self.verify.drift
-        cost = self.verify.table(k_max + 1)[ks + 1] + drift * self.switch_penalty
-        cost = cost + ks * (drift * self.draft_cost.get(proposer, 0.0))
-        return float(np.max((ks + 1) / cost))
+        return ks, self.verify.table(k_max + 1)[ks + 1] + drift * self.switch_penalty
 
     def could_win(self, proposer: str, limit: int) -> bool:
         """Whether ``proposer`` could beat plain decoding by the margin at all, at perfect
