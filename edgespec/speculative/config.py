@@ -39,6 +39,14 @@ def _fraction(value: Any, name: str) -> float:
     return float(value)
 
 
+def _non_negative(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise EdgespecError(f"{name} must be a number >= 0, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise EdgespecError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
 def _text_path(value: Any, name: str) -> str | None:
     if value is None or isinstance(value, str) and value:
         return value
@@ -123,6 +131,19 @@ class SpecConfig(Options):
             over ``probe_budget`` times a plain step between probes, so that its probes
             cost about this fraction of plain decoding's time (0: no limit). The n-gram
             lookup and recycling cost nothing to draft but a verify of three tokens.
+        probe_z: the "could it win" test of ``probe_hopeless`` takes each proposer's
+            acceptance at the upper end of a Wilson interval of this many standard
+            deviations around the rate its verified drafts showed (:meth:`~edgespec.
+            speculative.controller.Acceptance.ceiling`), not at 1: a draft model that
+            every probe shows at 0.7 where it needs 0.92 to pay stops being probed, each
+            probe having cost its catch-up. Perfect acceptance before any verified draft,
+            and with 0. Replayed on the Qwen pair (docs/benchmarks.md section 34) it took
+            ``auto`` on llama.cpp's curves from 0.93-0.98x plain decoding to 0.99x, tvm's
+            unchanged or better; 0.5 to 2 replayed within about 1 % of each other.
+        probe_memory: the counts behind ``probe_z`` halve every this many steps (all steps,
+            plain ones included), so a proposer that looked poor is probed again once what
+            showed it has aged (0: nothing is kept, every proposer is tested at perfect
+            acceptance, as with ``probe_z`` 0).
         cost_drift: the controller's verify cost curve is a shape times one drift factor
             that every forward updates, and drafting costs follow the same factor
             (:class:`~edgespec.speculative.controller.CostCurve`); False: each draft
@@ -224,6 +245,19 @@ class SpecConfig(Options):
         "a proposer whose probes lose time is probed at most so often that they cost this "
         "fraction of plain decoding's time (0: no limit)",
         check=_fraction,
+    )
+    probe_z: float = option(
+        1.0,
+        "probe only proposers that could beat plain decoding at the upper end of this many "
+        "standard deviations' interval around the acceptance verified so far (0: at perfect "
+        "acceptance)",
+        check=_non_negative,
+    )
+    probe_memory: int = option(
+        2048,
+        "the acceptance counts behind probe_z halve every this many steps, so a proposer "
+        "that looked poor is probed again later (0: no memory: probe_z has no effect)",
+        check=at_least(0),
     )
     cost_drift: bool = option(
         True,

@@ -8,6 +8,7 @@ Plain decoding (k = 0) yields 1 token for ``c_verify(1)`` and is always a candid
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,12 +108,19 @@ class Acceptance:
             order it fills them: a draft of j nodes is the first j (-1 = the root).
         siblings: ``float64[max_k, R]``: the rates of the 2nd..(R + 1)-th candidates per
             depth (R = the shape's widest node minus one); empty for chains.
+        hits, trials: the drafted tokens accepted and the tokens put to the test (the
+            accepted ones and the one rejected, where a draft was cut short), over the
+            verified drafts so far, both scaled down by :meth:`forget` at each
+            step: the counts behind :meth:`ceiling`. Unlike ``alpha`` (an EMA that
+            moves 15 % toward each observation) they say how much is known.
     """
 
     alpha: np.ndarray
     rate: float = 0.15
     parents: tuple[int, ...] | None = None
     siblings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    hits: float = 0.0
+    trials: float = 0.0
     _paths: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -176,6 +184,13 @@ class Acceptance:
 
     def learn(self, draft: Draft, verdict: Verdict) -> None:
         """Learn from one verified draft (a chain, or a tree)."""
+        n = verdict.n_accepted
+        if draft.is_tree:
+            cut = bool(draft.children(verdict.path[-1] if verdict.path else -1))
+        else:
+            cut = n < draft.k
+        self.hits += n
+        self.trials += n + cut
         if not draft.is_tree:
             self.update(draft.k, verdict.n_accepted)
         elif self.parents is None:  # a tree of no fixed shape: per depth, like a chain
@@ -205,6 +220,29 @@ class Acceptance:
             if taken is None:
                 return
             parent = taken
+
+    def ceiling(self, z: float) -> float:
+        """The upper end of the Wilson score interval of ``z`` standard deviations around
+        ``hits / trials``: the best per-token acceptance the drafts verified so far leave
+        plausible (1.0 before any; ``z = 0``: 1.0 always, i.e. no limit).
+
+        The interval, not the rate itself, because a new prompt can make a proposer good:
+        few trials (a proposer rarely probed, or counts just scaled down by
+        :meth:`forget`) leave room up to 1, many trials of a poor proposer do not."""
+        if not z or self.trials <= 0:
+            return 1.0
+        n, p = self.trials, self.hits / self.trials
+        z2 = z * z
+        centre = p + z2 / (2 * n)
+        spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+        return min(1.0, (centre + spread) / (1 + z2 / n))
+
+    def forget(self, keep: float) -> None:
+        """Scale the counts behind :meth:`ceiling` by ``keep`` (each step: what earlier
+        text showed weighs less and less, so a proposer that was poor there is probed again
+        on text that may suit it)."""
+        self.hits *= keep
+        self.trials *= keep
 
     def expected_tokens_all(self, k_max: int) -> np.ndarray:
         """``float64[k_max + 1]``: ``E(k)`` for k = 0..k_max in one pass (a draft of k
@@ -267,6 +305,9 @@ class Controller:
             than it costs to switch.
         margin: speculation is chosen over plain decoding only when its expected rate is
             at least this fraction higher (estimates are noisy; plain is the safe default).
+        ceiling_z: :meth:`could_win` tests each proposer at the upper end of this many
+            standard deviations' interval around its verified acceptance
+            (:meth:`Acceptance.ceiling`); 0: at perfect acceptance.
     """
 
     verify: CostCurve
@@ -277,6 +318,7 @@ class Controller:
     draft_cost: dict[str, float] = field(default_factory=dict)
     switch_penalty: float = 0.0
     margin: float = 0.05
+    ceiling_z: float = 0.0
 
     def expected_rate(self, proposer: str | None, k: int) -> float:
         """Expected tokens per second of one step."""
@@ -314,16 +356,18 @@ class Controller:
                 best = Choice(name, int(ks[i]), float(rates[i]))
         return best
 
-    def perfect_rate(self, proposer: str, limit: int) -> float:
+    def perfect_rate(self, proposer: str, limit: int, alpha: float = 1.0) -> float:
         """The best expected tokens per second of ``proposer`` over k = 1 .. min(max_k,
-        ``limit``) were every drafted token accepted (k + 1 tokens a step, at the costs
-        learned so far): the most that probing it could find. 0 when no k fits."""
+        ``limit``) were every drafted token accepted with probability ``alpha``, one
+        after the other (``E(k) = 1 + alpha + ... + alpha^k``; k + 1 tokens a step at 1), at
+        the costs learned so far: the most that probing it could find. 0 when no k fits."""
         k_max = min(self.max_k, limit, len(self.acceptance[proposer].alpha))
         if k_max < 1:
             return 0.0
         ks, verify = self._verify_costs(k_max)
         cost = verify + ks * (self.verify.drift * self.draft_cost.get(proposer, 0.0))
-        return float(np.max((ks + 1) / cost))
+        tokens = np.cumsum(alpha ** np.arange(k_max + 1))[1:]
+        return float(np.max(tokens / cost))
 
     def _verify_costs(self, k_max: int) -> tuple[np.ndarray, np.ndarray]:
         """``ks = 1 .. k_max`` and the seconds of verifying each draft of k (``float64
@@ -334,13 +378,17 @@ class Controller:
         return ks, self.verify.table(k_max + 1)[ks + 1] + drift * self.switch_penalty
 
     def could_win(self, proposer: str, limit: int) -> bool:
-        """Whether ``proposer`` could beat plain decoding by the margin at all, at perfect
-        acceptance (:meth:`perfect_rate`); always True where plain decoding is not an option.
-        Where it cannot (verifying costs as much as the tokens it could save), a probe can
+        """Whether ``proposer`` could beat plain decoding by the margin at all, at the best
+        acceptance its verified drafts leave plausible (:meth:`Acceptance.ceiling` with
+        ``ceiling_z``; perfect acceptance before any, or with ``ceiling_z = 0``); always True
+        where plain decoding is not an option. Where it cannot (verifying costs as much as
+        the tokens it could save, at any acceptance it could plausibly have), a probe can
         only lose time."""
         if not self.allow_plain:
             return True
-        return self.perfect_rate(proposer, limit) > self.expected_rate(None, 0) * (1 + self.margin)
+        alpha = self.acceptance[proposer].ceiling(self.ceiling_z)
+        bar = self.expected_rate(None, 0) * (1 + self.margin)
+        return self.perfect_rate(proposer, limit, alpha) > bar
 
     def record_draft(self, proposer: str, k: int, seconds: float, ema: float = 0.2) -> None:
         """Learn a proposer's drafting cost from one call that drafted ``k`` tokens (stored

@@ -71,6 +71,7 @@ def make_controller(
         max_k=config.max_k,
         fixed_k=config.k,
         allow_plain=allow_plain or config.allow_plain,
+        ceiling_z=config.probe_z,
     )
 
 
@@ -159,6 +160,13 @@ class SpecSession:
         controller = make_controller(config, proposers, points, allow_plain=allow_plain)
         return cls(config, proposers, controller, tree_ok, source, tree_overhead, probe_s)
 
+    @property
+    def memory_keep(self) -> float:
+        """The fraction of the acceptance counts a step keeps (``probe_memory``: their
+        half-life in steps; 0 keeps none)."""
+        half_life = self.config.probe_memory
+        return 0.5 ** (1.0 / half_life) if half_life else 0.0
+
     def begin(self, prompt_ids: Sequence[int], params: GenerationParams) -> None:
         """A new generation: with ``probe_per_prompt`` the intervals and the steps counted
         toward them start again; without it both carry over. (Counting from 0 again with
@@ -198,6 +206,9 @@ class SpecSession:
         """
         self.steps += 1
         self.probing = self.follow_up = False
+        keep = self.memory_keep
+        for acceptance in self.controller.acceptance.values():
+            acceptance.forget(keep)
         if room <= 0 or not self.controller.acceptance:
             return Choice(None, 0, 0.0)
         choice = self.controller.choose(room)

@@ -56,11 +56,12 @@ def test_auto_with_a_useless_draft_stays_plain_but_for_probes(replay, monkeypatc
     """Every draft token is rejected: after the prior's first drafts auto decodes plainly
     but for probes (k = 2) 12 steps after the last drafting step, each failed one doubling
     the interval; the text is the recorded one (generate checks it token for token) and
-    the probes cost time over plain decoding."""
+    the probes cost time over plain decoding. (``probe_z=0``: every probe tests the draft
+    at perfect acceptance; by default the rejections soon stop the probes, next test.)"""
     doc = _record(120, drafts_right=False)
     clock = replay.Clock()
     monkeypatch.setattr(time, "perf_counter", clock)
-    session, target, draft = replay.build_session("auto:proposers=draft", doc, clock)
+    session, target, draft = replay.build_session("auto:proposers=draft:probe_z=0", doc, clock)
     seconds, trace = replay.generate(session, target, draft, doc["prompts"][0], 120, clock)
     assert len(trace) == 119  # nothing accepted: one token a step
     first = trace.index(".")
@@ -70,6 +71,28 @@ def test_auto_with_a_useless_draft_stays_plain_but_for_probes(replay, monkeypatc
     gaps = [b - a for a, b in zip(probes, probes[1:], strict=False)]
     assert gaps == [24 * 2**i for i in range(len(gaps))]
     assert seconds > 119 * 1.0
+
+
+def test_rejected_probes_stop_the_probes_by_default(replay, monkeypatch):
+    """The same useless draft with the default ``probe_z``: once its rejections leave no
+    plausible acceptance at which it could beat plain decoding, it is not probed again in
+    this generation (``probe_memory`` is far longer), and the generation takes less time
+    than with ``probe_z=0``'s probes, which go on doubling their interval."""
+    doc = _record(120, drafts_right=False)
+    runs = {}
+    for spec in ("auto:proposers=draft", "auto:proposers=draft:probe_z=0"):
+        clock = replay.Clock()
+        monkeypatch.setattr(time, "perf_counter", clock)
+        session, target, draft = replay.build_session(spec, doc, clock)
+        seconds, trace = replay.generate(session, target, draft, doc["prompts"][0], 120, clock)
+        runs[spec] = session, seconds, [i for i, s in enumerate(trace) if s != "."]
+    session, seconds, drafted = runs["auto:proposers=draft"]
+    _, z0_seconds, z0_drafted = runs["auto:proposers=draft:probe_z=0"]
+    acceptance = session.controller.acceptance["draft"]
+    assert acceptance.hits == 0 and acceptance.trials > 0
+    assert not session.controller.could_win("draft", 8)
+    assert set(drafted) < set(z0_drafted)  # the same steps, but the last probes not made
+    assert seconds < z0_seconds
 
 
 def test_auto_stops_probing_a_draft_that_could_not_win(replay, monkeypatch):

@@ -376,10 +376,11 @@ def test_draft_sampling_seeded_repeat():
 def test_probe_interval_backs_off_when_probes_fail(monkeypatch):
     """Plain decoding wins at the prior acceptance (0.7) but would lose to a perfect
     proposer (c(n) = 0.01 (0.3 + 0.7 n)), so it is worth probing; failed probes space out
-    exponentially."""
+    exponentially (``probe_z=0``: each probe tests the proposer at perfect acceptance; by
+    default its rejections soon end the probes, ``test_rejections_end_the_probes``)."""
     rt = make_rt()
     serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 0))
-    cfg = SpecConfig(proposers=("oracle",), probe_every=4)
+    cfg = SpecConfig(proposers=("oracle",), probe_every=4, probe_z=0)
     session = rt.spec_session(cfg, allow_plain=True)
     session.controller.verify.points = {n: 0.01 * (0.3 + 0.7 * n) for n in range(1, 18)}
     assert session.controller.could_win("oracle", 8)
@@ -390,6 +391,39 @@ def test_probe_interval_backs_off_when_probes_fail(monkeypatch):
     gaps = [b - a for a, b in zip(probes, probes[1:], strict=False)]
     assert gaps[:4] == [8, 16, 32, 64]  # the probe takes the place of the n-th plain step
     assert session.probe_interval == 128
+
+
+@pytest.mark.parametrize("memory", [2048, 8])
+def test_rejections_end_the_probes(monkeypatch, memory):
+    """The proposer of the test above, every drafted token rejected, needs an acceptance
+    of about 0.79 to beat plain decoding by the margin. By default (``probe_z`` 1) its
+    first rejected probe leaves 0.5 at most plausible (Wilson, one rejection), and it is
+    not probed again (``probe_memory`` 2048 steps). With a memory of 8 steps the rejection
+    is forgotten within a few intervals and the probes resume."""
+    assert SpecConfig().probe_z == 1.0 and SpecConfig().probe_memory == 2048
+    rt = make_rt()
+    serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 0))
+    cfg = SpecConfig(proposers=("oracle",), probe_every=4, probe_memory=memory)
+    session = rt.spec_session(cfg, allow_plain=True)
+    ctl = session.controller
+    ctl.verify.points = {n: 0.01 * (0.3 + 0.7 * n) for n in range(1, 18)}
+    assert ctl.could_win("oracle", 8)  # nothing verified yet: tested at perfect acceptance
+    monkeypatch.setattr(ctl.verify, "observe", lambda n, s: None)
+    res = rt.generate(PROMPT, max_new_tokens=200, strategy="speculative", config=cfg)
+    assert res.token_ids == rt.target.greedy(PROMPT, 200)
+    probes = [i for i, k in enumerate(res.stats.k_trace) if k]
+    acceptance = ctl.acceptance["oracle"]
+    assert acceptance.hits == 0
+    if memory == 2048:
+        assert probes == [3]
+        # Wilson's upper end with no hits at z = 1 is 1 / (1 + trials): one rejection,
+        # a little aged
+        assert 0.9 < acceptance.trials < 1
+        assert acceptance.ceiling(1.0) == pytest.approx(1 / (1 + acceptance.trials))
+        assert not ctl.could_win("oracle", 8)
+    else:
+        assert len(probes) >= 4 and probes[-1] > 100
+        assert acceptance.trials < 0.01 and ctl.could_win("oracle", 8)
 
 
 def test_probes_rotate_over_the_proposers(monkeypatch):

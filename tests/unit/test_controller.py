@@ -290,3 +290,60 @@ def test_controller_does_not_count_siblings_as_a_chain():
     got = Controller(CostCurve(dict(curve)), {"recycle": tree}).choose(8)
     assert (got.proposer, got.k) == ("recycle", 1)
     assert got.expected_rate == pytest.approx(tree.expected_tokens(1) / 1.05)
+
+
+def test_acceptance_counts_tokens_put_to_the_test():
+    """A chain cut short counts its accepted tokens and the one rejected; a chain accepted
+    whole only its tokens. A tree counts its path and one more where the path stopped at a
+    node that had children (a candidate was rejected), none where it reached a leaf."""
+    from edgespec.speculative.types import Draft, Verdict
+
+    a = Acceptance.prior(8, 0.7)
+    a.learn(Draft((1, 2, 3)), Verdict((0,), (1, 9)))  # 1 accepted, the 2nd rejected
+    assert (a.hits, a.trials) == (1, 2)
+    a.learn(Draft((1, 2)), Verdict((0, 1), (1, 2, 9)))  # whole
+    assert (a.hits, a.trials) == (3, 4)
+    tree = Draft((1, 2, 3, 4), parents=(-1, -1, 0, 2))  # 0 -> 2 -> 3, and 1 beside 0
+    a.learn(tree, Verdict((0, 2, 3), (1, 3, 4, 9)))  # to the leaf
+    assert (a.hits, a.trials) == (6, 7)
+    a.learn(tree, Verdict((0,), (1, 9)))  # node 0's child 2 rejected
+    assert (a.hits, a.trials) == (7, 9)
+    a.learn(tree, Verdict((), (9,)))  # both roots rejected
+    assert (a.hits, a.trials) == (7, 10)
+    a.forget(0.5)
+    assert (a.hits, a.trials) == (3.5, 5)
+
+
+@pytest.mark.parametrize("hits, trials", [(0, 1), (7, 10), (30, 40), (99, 100), (5.5, 6.25)])
+@pytest.mark.parametrize("z", [0.5, 1.0, 2.0])
+def test_ceiling_is_the_wilson_interval_upper_end(hits, trials, z):
+    """The upper end u > p of Wilson's interval solves (p - u)^2 = z^2 u (1 - u) / n:
+    checked by that equation, not the closed form the code uses. It shrinks toward p as
+    trials grow, and is 1 with nothing verified or with z = 0."""
+    a = Acceptance(np.full(4, 0.5), hits=hits, trials=trials)
+    u, p, n = a.ceiling(z), hits / trials, trials
+    assert p < u <= 1
+    assert (p - u) ** 2 == pytest.approx(z * z * u * (1 - u) / n)
+    more = Acceptance(np.full(4, 0.5), hits=4 * hits, trials=4 * trials)
+    assert p < more.ceiling(z) < u
+    assert Acceptance(np.full(4, 0.5)).ceiling(z) == 1.0
+    assert a.ceiling(0.0) == 1.0
+
+
+def test_could_win_tests_the_plausible_acceptance():
+    """Verifying 2 tokens costs 1.6 x one, 3 cost 2.1 x (llama.cpp-like): a free drafter
+    beats plain decoding by the 5 % margin only above an acceptance of about 0.70 (k = 1:
+    (1 + a) / 1.6 > 1.05). At perfect acceptance it could win; after 40 verified tokens at
+    0.6 it could not (one sigma reaches 0.67); z = 0 keeps the perfect-acceptance test."""
+    curve = CostCurve({1: 1.0, 2: 1.6, 3: 2.1, 9: 6.0})
+    c = Controller(curve, {"a": Acceptance(np.full(8, 0.6))}, ceiling_z=1.0)
+    assert c.could_win("a", 8)
+    c.acceptance["a"].hits, c.acceptance["a"].trials = 24, 40
+    assert 0.66 < c.acceptance["a"].ceiling(1.0) < 0.70
+    assert not c.could_win("a", 8)
+    c.ceiling_z = 0.0
+    assert c.could_win("a", 8)
+    c.ceiling_z = 1.0
+    c.acceptance["a"].forget(0.05)  # 2 verified tokens left: up to 0.85 plausible
+    assert c.could_win("a", 8)
+    assert c.perfect_rate("a", 8, 0.6) == pytest.approx(1.6 / 1.6)  # k = 1 is its best
