@@ -25,9 +25,14 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=6, help="timed rounds (after one warm-up)")
     ap.add_argument("-n", type=int, default=128, help="new tokens per generation")
     ap.add_argument("--prompt", default="def quicksort(xs):\n    ")
+    ap.add_argument(
+        "--proposers", nargs="+", default=None, help="auto's proposers (default: its own)"
+    )
     a = ap.parse_args()
     rt = edgespec.load(a.model, backend=a.backend, progress=False)
-    configs = {"autoregressive": {}, "auto": {"config": SpecConfig(probe_every=0)}}
+    proposers = tuple(a.proposers) if a.proposers else None
+    auto = SpecConfig(probe_every=0, proposers=proposers)
+    configs = {"autoregressive": {}, "auto": {"config": auto}}
     times: dict[str, list[float]] = {name: [] for name in configs}
     for rep in range(a.reps + 1):
         order = list(configs) if rep % 2 == 0 else list(reversed(configs))
@@ -41,7 +46,8 @@ def main() -> None:
                 raise SystemExit(f"{name} drafted on {a.backend}: not a plain-step comparison")
             if rep:
                 times[name].append(per_token)
-    print(f"{a.model} on {a.backend}, {a.n} tokens, {a.reps} rounds, ms per token:")
+    named = f", auto's proposers {'+'.join(proposers)}" if proposers else ""
+    print(f"{a.model} on {a.backend}, {a.n} tokens, {a.reps} rounds{named}, ms per token:")
     print("| strategy | median | min |")
     print("|---|---|---|")
     for name, v in times.items():
