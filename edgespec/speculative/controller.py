@@ -192,9 +192,9 @@ class Acceptance:
         self.hits += n
         self.trials += n + cut
         if not draft.is_tree:
-            self.update(draft.k, verdict.n_accepted)
+            self.update(draft.k, n)
         elif self.parents is None:  # a tree of no fixed shape: per depth, like a chain
-            self.update(max(draft.depths()), verdict.n_accepted)
+            self.update(max(draft.depths()), n)
         else:
             self._learn_tree(draft, verdict.path)
 

@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -160,10 +161,10 @@ class SpecSession:
         controller = make_controller(config, proposers, points, allow_plain=allow_plain)
         return cls(config, proposers, controller, tree_ok, source, tree_overhead, probe_s)
 
-    @property
+    @cached_property
     def memory_keep(self) -> float:
         """The fraction of the acceptance counts a step keeps (``probe_memory``: their
-        half-life in steps; 0 keeps none)."""
+        half-life in steps; 0 keeps none); the config is frozen, so computed once."""
         half_life = self.config.probe_memory
         return 0.5 ** (1.0 / half_life) if half_life else 0.0
 
