@@ -44,6 +44,9 @@ class CostCurve:
     drift: float = 1.0
     _table: np.ndarray | None = field(default=None, repr=False)
     _table_of: dict[int, float] = field(default_factory=dict, repr=False)
+    _arrays_of: dict[int, float] | None = field(default=None, repr=False)
+    _xs: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    _ys: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     def observe(self, n: int, seconds: float) -> None:
         """Learn from one live forward of ``n`` tokens that took ``seconds``."""
@@ -56,6 +59,9 @@ class CostCurve:
         self.points[n] = shape if old is None else (1 - self.ema) * old + self.ema * shape
 
     def __call__(self, n: int) -> float:
+        shape = self.points.get(n)
+        if shape is not None and n >= 1:  # a measured size (every plain step asks c(1))
+            return self.drift * shape  # what the interpolation gives there, exactly
         return float(self.at(np.array([n], dtype=np.float64))[0])
 
     def at(self, ns: np.ndarray) -> np.ndarray:
@@ -63,12 +69,14 @@ class CostCurve:
         return self.drift * self._shape(ns)
 
     def _shape(self, ns: np.ndarray) -> np.ndarray:
-        points = {x: y for x, y in self.points.items() if x >= 1}
-        if not points:
+        if self._arrays_of != self.points:  # cheaper than rebuilding: most calls reuse them
+            self._arrays_of = dict(self.points)
+            order = sorted(x for x in self.points if x >= 1)
+            self._xs = np.array(order, dtype=np.float64)
+            self._ys = np.array([self.points[x] for x in order], dtype=np.float64)
+        xs, ys = self._xs, self._ys
+        if not len(xs):
             return 1.0 * ns  # no idea yet: assume linear, which discourages speculation
-        order = sorted(points)
-        xs = np.array(order, dtype=np.float64)
-        ys = np.array([points[x] for x in order], dtype=np.float64)
         if len(xs) == 1:
             return np.where(ns > xs[0], ys[0] * ns / xs[0], ys[0])
         slope = max((ys[-1] - ys[-2]) / (xs[-1] - xs[-2]), 0.0)
@@ -78,11 +86,29 @@ class CostCurve:
         """``float64[n_max + 1]``: ``c_verify(n)`` for n = 0..n_max (entry 0 unused); the
         shape is cached while ``points`` is unchanged (every plain step changes them: one
         vectorised pass)."""
-        if self._table is None or len(self._table) <= n_max or self._table_of != self.points:
+        if self._table is None or len(self._table) <= n_max or not self._first_moved_only():
             self._table_of = dict(self.points)
             ns = np.arange(1, n_max + 1, dtype=np.float64)
             self._table = np.concatenate([[0.0], self._shape(ns)])
         return self.drift * self._table[: n_max + 1]
+
+    def _first_moved_only(self) -> bool:
+        """Whether the cached table is still right, once its entry 1 follows ``points[1]``:
+        True when the points are those it was built from, or when only the point at n = 1
+        moved (a plain step's :meth:`observe`) and no other entry depends on it (n = 2 is
+        a point, and so is another size above it, so neither the interpolation nor the
+        slope beyond the last point uses n = 1). Updates the entry then: the interpolation
+        gives ``points[1]`` there, exactly."""
+        old, new = self._table_of, self.points
+        if old == new:
+            return True
+        if old.keys() != new.keys() or 1 not in new or 2 not in new:
+            return False
+        if sum(1 for x in new if x >= 2) < 2 or any(new[x] != old[x] for x in new if x != 1):
+            return False
+        assert self._table is not None
+        self._table[1] = old[1] = new[1]
+        return True
 
 
 @dataclass
@@ -122,6 +148,7 @@ class Acceptance:
     hits: float = 0.0
     trials: float = 0.0
     _paths: np.ndarray | None = field(default=None, repr=False)
+    _expected: tuple[tuple[int, bytes, bytes], np.ndarray] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.parents is None:
@@ -245,16 +272,22 @@ class Acceptance:
         self.trials *= keep
 
     def expected_tokens_all(self, k_max: int) -> np.ndarray:
-        """``float64[k_max + 1]``: ``E(k)`` for k = 0..k_max in one pass (a draft of k
-        nodes; with a tree shape, the first k nodes of it)."""
+        """``float64[k_max + 1]``, read-only: ``E(k)`` for k = 0..k_max in one pass (a draft
+        of k nodes; with a tree shape, the first k nodes of it), cached while the rates
+        are unchanged."""
+        key = (k_max, self.alpha.tobytes(), self.siblings.tobytes())
+        if self._expected is not None and self._expected[0] == key:
+            return self._expected[1]  # the rates move only when a draft is verified
         e = np.ones(k_max + 1)
         if self._paths is None:
             e[1:] += np.cumsum(np.cumprod(self.alpha[:k_max]))
-            return e
-        rates = np.append(np.column_stack([self.alpha, self.siblings]).ravel(), 1.0)
-        nodes = rates[self._paths[:k_max]].prod(axis=1)
-        e[1 : len(nodes) + 1] += np.cumsum(nodes)
-        e[len(nodes) + 1 :] = e[len(nodes)]
+        else:
+            rates = np.append(np.column_stack([self.alpha, self.siblings]).ravel(), 1.0)
+            nodes = rates[self._paths[:k_max]].prod(axis=1)
+            e[1 : len(nodes) + 1] += np.cumsum(nodes)
+            e[len(nodes) + 1 :] = e[len(nodes)]
+        e.flags.writeable = False  # shared by the calls until the rates move
+        self._expected = (key, e)
         return e
 
     def expected_tokens(self, k: int) -> float:
@@ -346,14 +379,22 @@ class Controller:
         k_max = min(self.max_k, limit, *(len(a.alpha) for a in self.acceptance.values()))
         if k_max < 1:
             return best
-        ks, verify = self._verify_costs(k_max)
+        # expected_rate over k = 1..k_max in plain floats: a dozen values per proposer,
+        # where each NumPy call costs more than the arithmetic (this runs every step)
         drift = self.verify.drift
-        for name in names:  # vectorised expected_rate over k = 1..k_max
-            cost = verify + ks * (drift * self.draft_cost.get(name, 0.0))
-            rates = self.acceptance[name].expected_tokens_all(k_max)[1:] / cost
-            i = int(np.argmax(rates))
-            if rates[i] > bar and rates[i] > best.expected_rate:
-                best = Choice(name, int(ks[i]), float(rates[i]))
+        table = self.verify.table(k_max + 1).tolist()
+        switch = drift * self.switch_penalty
+        verify = [table[k + 1] + switch for k in range(1, k_max + 1)]
+        for name in names:
+            per_token = drift * self.draft_cost.get(name, 0.0)
+            tokens = self.acceptance[name].expected_tokens_all(k_max).tolist()
+            k_best, rate_best = 0, -math.inf
+            for k in range(1, k_max + 1):
+                rate = tokens[k] / (verify[k - 1] + k * per_token)
+                if rate > rate_best:  # the first of equal rates, as argmax would
+                    k_best, rate_best = k, rate
+            if rate_best > bar and rate_best > best.expected_rate:
+                best = Choice(name, k_best, rate_best)
         return best
 
     def perfect_rate(self, proposer: str, limit: int, alpha: float = 1.0) -> float:

@@ -61,6 +61,7 @@ def test_plain_wins_when_verification_is_linear_and_margin_holds():
 def test_top_k_rows_matches_argsort_and_restores():
     rng = np.random.default_rng(1)
     rows = rng.standard_normal((3, 1000)).astype(np.float32)
+    rows[2] = np.round(rows[2])  # ties: the first of equal values comes first
     keep = rows.copy()
     got = top_k_rows(rows, 4)
     np.testing.assert_array_equal(got, np.argsort(-keep, axis=1, kind="stable")[:, :4])
@@ -152,6 +153,46 @@ def test_cost_curve_table_equals_its_scalar_definition():
         for n in range(1, 18):
             assert table[n] == pytest.approx(scalar(points, n), rel=1e-12, abs=1e-15)
             assert curve(n) == pytest.approx(scalar(points, n), rel=1e-12, abs=1e-15)
+
+
+def test_cost_curve_caches_follow_the_points():
+    """The shape arrays, the table and ``c(n)`` at a measured size are cached between
+    observations, and the table's entry 1 alone is updated when only ``c(1)`` moved: after
+    every observation (mostly plain steps, some of other sizes, some of new sizes) and after
+    the points are replaced, they equal a fresh curve's over the same points, exactly."""
+    from edgespec.speculative.session import DRIFT_RATE, SHAPE_EMA
+
+    rng = np.random.default_rng(3)
+    starts = [{1: 1.0, 2: 1.2}, {1: 1.0, 3: 1.5, 9: 3.0}, {1: 1.0, 2: 1.1, 5: 2.0, 9: 2.5}]
+    for points in starts:
+        curve = CostCurve(dict(points), ema=SHAPE_EMA, drift_rate=DRIFT_RATE)
+        for step in range(300):
+            n = 1 if rng.random() < 0.8 else int(rng.integers(1, 12))
+            curve.observe(n, float(curve(n) * (0.7 + 0.6 * rng.random())))
+            if step == 150:
+                curve.points = {1: 2.0, 2: 2.5, 4: 3.0}  # as tests set a curve
+            fresh = CostCurve(dict(curve.points), drift=curve.drift)
+            np.testing.assert_array_equal(curve.table(17), fresh.table(17))
+            for m in (1, 2, n, 13):
+                assert curve(m) == float(fresh.at(np.array([m], dtype=np.float64))[0])
+
+
+def test_expected_tokens_follow_rates_changed_in_place():
+    """``expected_tokens_all`` is cached while the rates are unchanged, whoever changes them
+    (learning, or a test writing ``alpha[:]``), and the cached array is read-only."""
+    chain = Acceptance(np.full(8, 0.5))
+    first = chain.expected_tokens_all(8)
+    with pytest.raises(ValueError, match="read-only"):
+        first[0] = 2.0
+    chain.alpha[:] = 0.9
+    np.testing.assert_array_equal(
+        chain.expected_tokens_all(8), Acceptance(np.full(8, 0.9)).expected_tokens_all(8)
+    )
+    assert chain.expected_tokens_all(3).shape == (4,)
+    tree = Acceptance.prior(8, 0.5, RECYCLE_SHAPE)
+    before = tree.expected_tokens_all(8).copy()
+    tree.siblings[0, 0] = 0.4  # the second candidate at depth 1 more often right
+    assert tree.expected_tokens_all(8)[2] == pytest.approx(before[2] - 0.25 + 0.4)
 
 
 SHAPE = {1: 1.0, 2: 1.2, 3: 1.4, 4: 1.6, 5: 1.8}

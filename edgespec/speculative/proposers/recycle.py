@@ -92,18 +92,20 @@ class RecycleProposer(Proposer):
 
 def top_k_rows(rows: np.ndarray, k: int) -> np.ndarray:
     """``int[T, k]``: the k largest entries of each row of ``rows`` (``float[T, V]``), best
-    first. k masked argmax passes (the values are restored afterwards): for small k this is
-    ~25x faster than ``argpartition`` over a large vocabulary, and it runs every step."""
-    ar = np.arange(rows.shape[0])
+    first (the first of equal values first). k masked argmax passes per row, the values
+    restored afterwards: for small k this is ~25x faster than ``argpartition`` over a large
+    vocabulary, and it runs every step; one row at a time, because a plain step has one row
+    and indexing a row by plain integers costs far less than indexing rows by arrays."""
     out = np.empty((rows.shape[0], k), dtype=np.int64)
-    saved = np.empty((rows.shape[0], k), dtype=rows.dtype)
-    try:
-        for i in range(k):
-            idx = rows.argmax(axis=1)
-            out[:, i] = idx
-            saved[:, i] = rows[ar, idx]
-            rows[ar, idx] = -np.inf
-    finally:
-        for i in range(k - 1, -1, -1):
-            rows[ar, out[:, i]] = saved[:, i]
+    for t, row in enumerate(rows):
+        saved: list[tuple[int, Any]] = []
+        try:
+            for i in range(k):
+                j = int(row.argmax())
+                out[t, i] = j
+                saved.append((j, row[j]))
+                row[j] = -np.inf
+        finally:
+            for j, value in reversed(saved):
+                row[j] = value
     return out
