@@ -140,6 +140,10 @@ class SpecConfig(Options):
             and with 0. Replayed on the Qwen pair (docs/benchmarks.md section 34) it took
             ``auto`` on llama.cpp's curves from 0.93-0.98x plain decoding to 0.99x, tvm's
             unchanged or better; 0.5 to 2 replayed within about 1 % of each other.
+        probe_k: the draft length of a probe (0: :meth:`Controller.probe_length`, the
+            length the proposer does best at by the controller's current estimates: short
+            where verifying is steep or the proposer weak, longer where it pays; replayed
+            against a fixed 2 in docs/benchmarks.md section 36).
         probe_memory: the counts behind ``probe_z`` halve every this many steps (all steps,
             plain ones included), so a proposer that looked poor is probed again once what
             showed it has aged (0: nothing is kept, every proposer is tested at perfect
@@ -252,6 +256,12 @@ class SpecConfig(Options):
         "standard deviations' interval around the acceptance verified so far (0: at perfect "
         "acceptance)",
         check=_non_negative,
+    )
+    probe_k: int = option(
+        0,
+        "draft length of a probe (0: the length the controller would give that proposer "
+        "by its current estimates, were plain decoding not a candidate)",
+        check=at_least(0),
     )
     probe_memory: int = option(
         2048,

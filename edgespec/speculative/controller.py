@@ -379,20 +379,12 @@ class Controller:
         k_max = min(self.max_k, limit, *(len(a.alpha) for a in self.acceptance.values()))
         if k_max < 1:
             return best
-        # expected_rate over k = 1..k_max in plain floats: a dozen values per proposer,
-        # where each NumPy call costs more than the arithmetic (this runs every step)
         drift = self.verify.drift
         table = self.verify.table(k_max + 1).tolist()
         switch = drift * self.switch_penalty
         verify = [table[k + 1] + switch for k in range(1, k_max + 1)]
         for name in names:
-            per_token = drift * self.draft_cost.get(name, 0.0)
-            tokens = self.acceptance[name].expected_tokens_all(k_max).tolist()
-            k_best, rate_best = 0, -math.inf
-            for k in range(1, k_max + 1):
-                rate = tokens[k] / (verify[k - 1] + k * per_token)
-                if rate > rate_best:  # the first of equal rates, as argmax would
-                    k_best, rate_best = k, rate
+            k_best, rate_best = self._best_k(name, k_max, verify, drift)
             if rate_best > bar and rate_best > best.expected_rate:
                 best = Choice(name, k_best, rate_best)
         return best
@@ -409,6 +401,36 @@ class Controller:
         cost = verify + ks * (self.verify.drift * self.draft_cost.get(proposer, 0.0))
         tokens = np.cumsum(alpha ** np.arange(k_max + 1))[1:]
         return float(np.max(tokens / cost))
+
+    def probe_length(self, proposer: str, limit: int) -> int:
+        """The draft length ``proposer`` would do best at by its current estimates (its
+        acceptance, its drafting cost, the cost curve), k in 1 .. min(max_k, ``limit``): the
+        length :meth:`choose` would give it were plain decoding not a candidate. A probe of
+        that length pays most if the estimates are right and loses least if they are not.
+        At least 1."""
+        k_max = min(self.max_k, limit, len(self.acceptance[proposer].alpha))
+        if k_max < 1:
+            return 1
+        drift = self.verify.drift
+        table = self.verify.table(k_max + 1).tolist()
+        verify = [table[k + 1] + drift * self.switch_penalty for k in range(1, k_max + 1)]
+        return self._best_k(proposer, k_max, verify, drift)[0]
+
+    def _best_k(
+        self, proposer: str, k_max: int, verify: list[float], drift: float
+    ) -> tuple[int, float]:
+        """(k, rate): the draft length in 1..k_max with the most expected tokens per second
+        (the first of equal rates) and that rate, given ``verify[k - 1]``, the seconds of
+        verifying a draft of k. In plain floats: a dozen values, where each NumPy call
+        costs more than the arithmetic (this runs every step)."""
+        per_token = drift * self.draft_cost.get(proposer, 0.0)
+        tokens = self.acceptance[proposer].expected_tokens_all(k_max).tolist()
+        k_best, rate_best = 0, -math.inf
+        for k in range(1, k_max + 1):
+            rate = tokens[k] / (verify[k - 1] + k * per_token)
+            if rate > rate_best:
+                k_best, rate_best = k, rate
+        return k_best, rate_best
 
     def _verify_costs(self, k_max: int) -> tuple[np.ndarray, np.ndarray]:
         """``ks = 1 .. k_max`` and the seconds of verifying each draft of k (``float64

@@ -32,8 +32,6 @@ PROBE_SIZES = (1, 2, 3, 5, 9)
 TREE_OVERHEAD_LIMIT = 1.25
 #: the most nodes of the tree timed against a chain (:func:`tree_nodes`)
 TREE_NODES = 9
-#: draft length of a probe
-PROBE_K = 2
 #: most follow-up probes in a row (``SpecConfig.probe_follow``)
 FOLLOW_UPS = 8
 #: the cost curve's learning rates with ``SpecConfig.cost_drift``: the drift follows the host
@@ -270,7 +268,8 @@ class SpecSession:
         self.follow_up = follow_up
         self.last_tried[name] = self.steps  # also when it has nothing to draft
         self.untried[name] = 0
-        return Choice(name, min(PROBE_K, room), 0.0)
+        k = self.config.probe_k or self.controller.probe_length(name, room)
+        return Choice(name, min(k, room), 0.0)
 
     def _next_interval(self, interval: int, accepted: bool) -> int:
         """A probe interval after a probe: back to ``probe_every`` when it was accepted,

@@ -54,14 +54,16 @@ def test_fixed_draft_of_four_is_charged_step_by_step(replay, monkeypatch):
 
 def test_auto_with_a_useless_draft_stays_plain_but_for_probes(replay, monkeypatch):
     """Every draft token is rejected: after the prior's first drafts auto decodes plainly
-    but for probes (k = 2) 12 steps after the last drafting step, each failed one doubling
+    but for probes (``probe_k=2``) 12 steps after the last drafting step, each failed one doubling
     the interval; the text is the recorded one (generate checks it token for token) and
     the probes cost time over plain decoding. (``probe_z=0``: every probe tests the draft
     at perfect acceptance; by default the rejections soon stop the probes, next test.)"""
     doc = _record(120, drafts_right=False)
     clock = replay.Clock()
     monkeypatch.setattr(time, "perf_counter", clock)
-    session, target, draft = replay.build_session("auto:proposers=draft:probe_z=0", doc, clock)
+    session, target, draft = replay.build_session(
+        "auto:proposers=draft:probe_z=0:probe_k=2", doc, clock
+    )
     seconds, trace = replay.generate(session, target, draft, doc["prompts"][0], 120, clock)
     assert len(trace) == 119  # nothing accepted: one token a step
     first = trace.index(".")
@@ -98,7 +100,7 @@ def test_rejected_probes_stop_the_probes_by_default(replay, monkeypatch):
 def test_auto_stops_probing_a_draft_that_could_not_win(replay, monkeypatch):
     """Verifying is dear (c(n) = 1 + 0.7 (n - 1), as llama.cpp's on a 2-core AVX2 host)
     and the draft costs 0.38 a token: even with every draft token accepted no k beats plain
-    decoding. The first probe (12 steps in, the draft's cost still unknown) teaches the
+    decoding. The first probes (12 steps in, the draft's cost still unknown) teach the
     controller that, and it never probes the draft again; with ``probe_hopeless`` it
     probes and follows up all along, and pays for it."""
     doc = _record(120, drafts_right=True)
@@ -114,7 +116,10 @@ def test_auto_stops_probing_a_draft_that_could_not_win(replay, monkeypatch):
             *replay.generate(session, target, draft, doc["prompts"][0], 120, clock),
         )
     session, seconds, trace = runs["auto:proposers=draft"]
-    assert [i for i, s in enumerate(trace) if s != "."] == [11]  # the first probe alone
+    # the first probe, one token long where verifying is this steep (``probe_k`` 0), then
+    # its follow-up: a catch-up's draft of one token teaches no drafting cost, the next
+    # does, and then the draft is never probed again
+    assert [(i, s) for i, s in enumerate(trace) if s != "."] == [(11, "d1"), (12, "d1")]
     assert not session.controller.could_win("draft", 8)
     _, old_seconds, old_trace = runs["auto:proposers=draft:probe_hopeless=true"]
     assert sum(s != "." for s in old_trace) > 10

@@ -495,7 +495,11 @@ def _follow_session(monkeypatch, rt, follow: bool, draft_cost: float = 0.0, hope
     (``hopeless``: also where it could not win at perfect acceptance)."""
     serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, None))
     cfg = SpecConfig(
-        proposers=("oracle",), probe_every=4, probe_follow=follow, probe_hopeless=hopeless
+        proposers=("oracle",),
+        probe_every=4,
+        probe_follow=follow,
+        probe_hopeless=hopeless,
+        probe_k=2,  # the mechanics at a fixed length (the default follows the estimate)
     )
     session = rt.spec_session(cfg, allow_plain=True)
     ctl = session.controller
@@ -583,7 +587,9 @@ def test_each_proposer_backs_off_on_its_own_failed_probes(monkeypatch, each):
 
     serve_proposer(monkeypatch, "bad", _named("bad", 0))
     serve_proposer(monkeypatch, "half", _named("half", 1))
-    cfg = SpecConfig(proposers=("bad", "half"), probe_every=4, probe_each=each, probe_hopeless=True)
+    cfg = SpecConfig(
+        proposers=("bad", "half"), probe_every=4, probe_each=each, probe_hopeless=True, probe_k=2
+    )
     rt = make_rt()
     session = rt.spec_session(cfg, allow_plain=True)
     ctl = session.controller
@@ -691,7 +697,7 @@ def test_probes_that_lose_time_wait_for_the_budget(monkeypatch):
 def test_a_follow_up_stops_when_a_token_is_rejected(monkeypatch):
     rt = make_rt()
     serve_proposer(monkeypatch, "oracle", lambda r: OracleProposer(r.target, 1))
-    cfg = SpecConfig(proposers=("oracle",), probe_every=4, probe_hopeless=True)
+    cfg = SpecConfig(proposers=("oracle",), probe_every=4, probe_hopeless=True, probe_k=2)
     session = rt.spec_session(cfg, allow_plain=True)
     session.controller.verify.points = {n: 0.01 * n for n in range(1, 18)}  # plain wins
     monkeypatch.setattr(session.controller.verify, "observe", lambda n, s: None)

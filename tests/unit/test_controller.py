@@ -388,3 +388,30 @@ def test_could_win_tests_the_plausible_acceptance():
     c.acceptance["a"].forget(0.05)  # 2 verified tokens left: up to 0.85 plausible
     assert c.could_win("a", 8)
     assert c.perfect_rate("a", 8, 0.6) == pytest.approx(1.6 / 1.6)  # k = 1 is its best
+
+
+def test_probe_length_is_the_best_k_without_plain_decoding():
+    """``probe_length`` is the k that ``choose`` gives a proposer when plain decoding is no
+    candidate (brute force over ``expected_rate``): short where verifying is steep or the
+    proposer weak, longer where verifying is flat and the proposer good."""
+    rng = np.random.default_rng(4)
+    for _ in range(100):
+        curve = CostCurve(
+            {1: 1.0, 2: 1 + rng.random(), 5: 2 + 3 * rng.random(), 9: 3 + 6 * rng.random()},
+            drift=0.5 + rng.random(),
+        )
+        c = Controller(
+            curve, {"a": Acceptance(rng.random(8))}, switch_penalty=0.1 * rng.random(),
+            draft_cost={"a": 0.05 * rng.random()},
+        )  # fmt: skip
+        limit = int(rng.integers(1, 10))
+        rates = [c.expected_rate("a", k) for k in range(1, min(8, limit) + 1)]
+        assert c.probe_length("a", limit) == 1 + int(np.argmax(rates))
+    steep = CostCurve({n: 1.0 + 0.7 * (n - 1) for n in range(1, 10)})
+    flat = CostCurve({n: 1.0 + 0.05 * (n - 1) for n in range(1, 10)})
+    weak, good = Acceptance(np.full(8, 0.3)), Acceptance(np.full(8, 0.95))
+    assert Controller(steep, {"a": weak}).probe_length("a", 8) == 1
+    assert Controller(steep, {"a": good}).probe_length("a", 8) < 8
+    assert Controller(flat, {"a": good}).probe_length("a", 8) == 8
+    assert Controller(flat, {"a": good}).probe_length("a", 3) == 3
+    assert Controller(flat, {"a": good}).probe_length("a", 0) == 1
