@@ -142,8 +142,9 @@ class SpecConfig(Options):
             unchanged or better; 0.5 to 2 replayed within about 1 % of each other.
         probe_k: the draft length of a probe (0: :meth:`Controller.probe_length`, the
             length the proposer does best at by the controller's current estimates: short
-            where verifying is steep or the proposer weak, longer where it pays; replayed
-            against a fixed 2 in docs/benchmarks.md section 36).
+            where verifying is steep or the proposer weak, longer where it pays; it
+            replays faster than the default 2 but measured slower on tvm in one real run,
+            docs/benchmarks.md section 36).
         probe_memory: the counts behind ``probe_z`` halve every this many steps (all steps,
             plain ones included), so a proposer that looked poor is probed again once what
             showed it has aged (0: nothing is kept, every proposer is tested at perfect
@@ -258,7 +259,7 @@ class SpecConfig(Options):
         check=_non_negative,
     )
     probe_k: int = option(
-        0,
+        2,
         "draft length of a probe (0: the length the controller would give that proposer "
         "by its current estimates, were plain decoding not a candidate)",
         check=at_least(0),

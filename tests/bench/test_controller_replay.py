@@ -100,7 +100,7 @@ def test_rejected_probes_stop_the_probes_by_default(replay, monkeypatch):
 def test_auto_stops_probing_a_draft_that_could_not_win(replay, monkeypatch):
     """Verifying is dear (c(n) = 1 + 0.7 (n - 1), as llama.cpp's on a 2-core AVX2 host)
     and the draft costs 0.38 a token: even with every draft token accepted no k beats plain
-    decoding. The first probes (12 steps in, the draft's cost still unknown) teach the
+    decoding. The first probe (12 steps in, the draft's cost still unknown) teaches the
     controller that, and it never probes the draft again; with ``probe_hopeless`` it
     probes and follows up all along, and pays for it."""
     doc = _record(120, drafts_right=True)
@@ -116,14 +116,27 @@ def test_auto_stops_probing_a_draft_that_could_not_win(replay, monkeypatch):
             *replay.generate(session, target, draft, doc["prompts"][0], 120, clock),
         )
     session, seconds, trace = runs["auto:proposers=draft"]
-    # the first probe, one token long where verifying is this steep (``probe_k`` 0), then
-    # its follow-up: a catch-up's draft of one token teaches no drafting cost, the next
-    # does, and then the draft is never probed again
-    assert [(i, s) for i, s in enumerate(trace) if s != "."] == [(11, "d1"), (12, "d1")]
+    assert [(i, s) for i, s in enumerate(trace) if s != "."] == [(11, "d2")]  # one probe
     assert not session.controller.could_win("draft", 8)
     _, old_seconds, old_trace = runs["auto:proposers=draft:probe_hopeless=true"]
     assert sum(s != "." for s in old_trace) > 10
     assert seconds < old_seconds
+
+
+def test_probes_of_the_estimated_length(replay, monkeypatch):
+    """The same dear verification with ``probe_k=0``: a probe drafts the length the
+    controller would give the draft by its estimates, one token on a curve this steep. A
+    catch-up's draft of one token teaches no drafting cost, so the fully accepted probe is
+    followed up once, which does; then the draft is never probed again."""
+    doc = _record(120, drafts_right=True)
+    doc["target_curve"] = {str(k): 1.0 + 0.7 * (k - 1) for k in range(1, 10)}
+    doc["draft_curve"] = {str(k): 0.38 + 0.3 * (k - 1) for k in (1, 2, 3, 5, 9, 17, 33)}
+    clock = replay.Clock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    session, target, draft = replay.build_session("auto:proposers=draft:probe_k=0", doc, clock)
+    _, trace = replay.generate(session, target, draft, doc["prompts"][0], 120, clock)
+    assert [(i, s) for i, s in enumerate(trace) if s != "."] == [(11, "d1"), (12, "d1")]
+    assert not session.controller.could_win("draft", 8)
 
 
 RECORDS = BENCHMARKS.parent / "docs" / "results" / "controller-replay"
