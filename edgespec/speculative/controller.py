@@ -379,12 +379,9 @@ class Controller:
         k_max = min(self.max_k, limit, *(len(a.alpha) for a in self.acceptance.values()))
         if k_max < 1:
             return best
-        drift = self.verify.drift
-        table = self.verify.table(k_max + 1).tolist()
-        switch = drift * self.switch_penalty
-        verify = [table[k + 1] + switch for k in range(1, k_max + 1)]
+        verify = self._verify_list(k_max)
         for name in names:
-            k_best, rate_best = self._best_k(name, k_max, verify, drift)
+            k_best, rate_best = self._best_k(name, k_max, verify)
             if rate_best > bar and rate_best > best.expected_rate:
                 best = Choice(name, k_best, rate_best)
         return best
@@ -411,19 +408,21 @@ class Controller:
         k_max = min(self.max_k, limit, len(self.acceptance[proposer].alpha))
         if k_max < 1:
             return 1
-        drift = self.verify.drift
-        table = self.verify.table(k_max + 1).tolist()
-        verify = [table[k + 1] + drift * self.switch_penalty for k in range(1, k_max + 1)]
-        return self._best_k(proposer, k_max, verify, drift)[0]
+        return self._best_k(proposer, k_max, self._verify_list(k_max))[0]
 
-    def _best_k(
-        self, proposer: str, k_max: int, verify: list[float], drift: float
-    ) -> tuple[int, float]:
+    def _verify_list(self, k_max: int) -> list[float]:
+        """The seconds of verifying a draft of k = 1..k_max (c_verify(k + 1) and the switch
+        penalty, at the current drift) as plain floats, for :meth:`_best_k`."""
+        table = self.verify.table(k_max + 1).tolist()
+        switch = self.verify.drift * self.switch_penalty
+        return [table[k + 1] + switch for k in range(1, k_max + 1)]
+
+    def _best_k(self, proposer: str, k_max: int, verify: list[float]) -> tuple[int, float]:
         """(k, rate): the draft length in 1..k_max with the most expected tokens per second
         (the first of equal rates) and that rate, given ``verify[k - 1]``, the seconds of
         verifying a draft of k. In plain floats: a dozen values, where each NumPy call
         costs more than the arithmetic (this runs every step)."""
-        per_token = drift * self.draft_cost.get(proposer, 0.0)
+        per_token = self.verify.drift * self.draft_cost.get(proposer, 0.0)
         tokens = self.acceptance[proposer].expected_tokens_all(k_max).tolist()
         k_best, rate_best = 0, -math.inf
         for k in range(1, k_max + 1):
