@@ -143,8 +143,8 @@ class SpecConfig(Options):
         probe_k: the draft length of a probe (0: :meth:`Controller.probe_length`, the
             length the proposer does best at by the controller's current estimates: short
             where verifying is steep or the proposer weak, longer where it pays; it
-            replays faster than the default 2 but measured slower on tvm in one real run,
-            docs/benchmarks.md section 36).
+            replays faster than the default 2, but two real runs on tvm did not resolve a
+            difference, docs/benchmarks.md section 36).
         probe_memory: the counts behind ``probe_z`` halve every this many steps (all steps,
             plain ones included), so a proposer that looked poor is probed again once what
             showed it has aged (0: nothing is kept, every proposer is tested at perfect
