@@ -5,7 +5,8 @@ NEW="--target-curve 1:76.5,2:118.7,3:156.6,4:173.5,5:202.6,6:289.2,7:277.0,8:400
 OLD="--target-curve 1:82.8,2:142.8,3:184.4,4:239.4,5:326.4,6:312.2,7:376.1,8:643.9,9:591.3 --draft-curve 1:31.1,2:51.3,3:75.4,5:99.6,9:151.2,13:208.2,17:255.3,25:358.6,33:444.7"
 M3="--target-curve 1:76.5,2:89.2,3:100.5,4:105.6,5:114.3,6:140.3,7:136.7,8:173.8,9:181.5 --draft-curve 1:28.3,2:52.0,3:74.3,5:95.4,9:137.4,13:183.5,17:208.4,25:302.1,33:360.7"
 M5="--target-curve 1:76.5,2:97.6,3:116.5,4:125.0,5:139.6,6:182.8,7:176.8,8:238.6,9:251.5 --draft-curve 1:28.3,2:52.0,3:74.3,5:95.4,9:137.4,13:183.5,17:208.4,25:302.1,33:360.7"
-CFG="auto:probe_z=0 auto auto:probe_z=0.5 auto:probe_z=2 auto:probe_memory=512 auto:probe_memory=8192 auto:probe_budget=0"
+# CFG and REPLAYS_ONLY=1 (the replays alone) may be set by the caller (session39/replays-probe-k.sh)
+CFG=${CFG:-"auto:probe_z=0 auto auto:probe_z=0.5 auto:probe_z=2 auto:probe_memory=512 auto:probe_memory=8192 auto:probe_budget=0"}
 for r in qwen-pair qwen-pair-4 smollm2-4; do
   for c in NEW OLD M3 M5 TVM; do
     [ $r = smollm2-4 ] && [ $c != TVM ] && continue
@@ -18,6 +19,8 @@ for r in qwen-pair qwen-pair-4 smollm2-4; do
     echo
   done
 done
+
+[ -n "$REPLAYS_ONLY" ] && exit 0
 
 # per-prompt acceptance of the draft in the records, and fixed drafts on llama.cpp's curves
 echo "### The draft's acceptance per prompt (first drafted token; mean accepted of a draft of 4, plus 1)"
