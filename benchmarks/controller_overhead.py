@@ -15,7 +15,7 @@ strategies' order reversed every other round). Per strategy, medians over rounds
 - the time outside the target's forwards, per forward (wall time minus the time inside the
   target's ``forward`` and ``forward_tree``, wrapped on the loaded model whatever its
   backend): the controller's choice, the proposers' bookkeeping, the step's plumbing;
-- one forward's time, and the steps that drafted.
+- the mean time of a forward (the prompts' included), and the steps that drafted.
 
 ``auto:probe_every=0`` never drafts where speculation cannot pay (the ``drafted`` column
 shows it), so beside ``autoregressive`` it times ``auto``'s plain step:
@@ -94,7 +94,13 @@ def engine(a: argparse.Namespace) -> None:
     clock = ForwardClock(rt.target)
     if a.prompt is not None:
         prompts = [
-            Prompt("prompt", "given", a.prompt.encode().decode("unicode_escape"), False, "--prompt")
+            Prompt(
+                "prompt",
+                "given",
+                a.prompt.replace("\\n", "\n").replace("\\t", "\t"),
+                False,
+                "--prompt",
+            )
         ]
     else:
         prompts = load_workloads(a.workloads, per_workload=a.per_workload)
@@ -133,7 +139,7 @@ def engine(a: argparse.Namespace) -> None:
     )
     print(f"{a.model} on {loaded}: {what}, {a.n} tokens each, medians over {a.rounds} rounds\n")
     print(f"| strategy | ms per token | over `{first}` | outside the forwards, ms per forward "
-          "| one forward, ms | steps drafted |")  # fmt: skip
+          "| mean forward (prompts' too), ms | steps drafted |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     for spec, xs in per.items():
         m = {k: statistics.median(x[k] for x in xs) for k in keys}
@@ -150,7 +156,9 @@ if __name__ == "__main__":
     ap.add_argument("--strategies", nargs="+", default=["autoregressive", "auto"])
     ap.add_argument("--workloads", nargs="+", default=["json", "summarize"])
     ap.add_argument("--per-workload", type=int, default=2, help="prompts of each workload")
-    ap.add_argument("--prompt", default=None, help="one prompt instead (\\n escapes allowed)")
+    ap.add_argument(
+        "--prompt", default=None, help="one prompt instead (\\n and \\t escapes allowed)"
+    )
     ap.add_argument("-n", type=int, default=128, help="new tokens per generation")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds, after one warm-up")
     args = ap.parse_args()
