@@ -394,10 +394,10 @@ class Controller:
         k_max = min(self.max_k, limit, len(self.acceptance[proposer].alpha))
         if k_max < 1:
             return 0.0
-        ks, verify = self._verify_costs(k_max)
-        cost = verify + ks * (self.verify.drift * self.draft_cost.get(proposer, 0.0))
-        tokens = np.cumsum(alpha ** np.arange(k_max + 1))[1:]
-        return float(np.max(tokens / cost))
+        verify = self._verify_list(k_max)
+        per_token = self.verify.drift * self.draft_cost.get(proposer, 0.0)
+        tokens = np.cumsum(alpha ** np.arange(k_max + 1)).tolist()
+        return max(tokens[k] / (verify[k - 1] + k * per_token) for k in range(1, k_max + 1))
 
     def probe_length(self, proposer: str, limit: int) -> int:
         """The draft length ``proposer`` would do best at by its current estimates (its
@@ -412,7 +412,8 @@ class Controller:
 
     def _verify_list(self, k_max: int) -> list[float]:
         """The seconds of verifying a draft of k = 1..k_max (c_verify(k + 1) and the switch
-        penalty, at the current drift) as plain floats, for :meth:`_best_k`."""
+        penalty, at the current drift) as plain floats, for :meth:`_best_k` and
+        :meth:`perfect_rate`."""
         table = self.verify.table(k_max + 1).tolist()
         switch = self.verify.drift * self.switch_penalty
         return [table[k + 1] + switch for k in range(1, k_max + 1)]
@@ -430,14 +431,6 @@ class Controller:
             if rate > rate_best:
                 k_best, rate_best = k, rate
         return k_best, rate_best
-
-    def _verify_costs(self, k_max: int) -> tuple[np.ndarray, np.ndarray]:
-        """``ks = 1 .. k_max`` and the seconds of verifying each draft of k (``float64
-        [k_max]``: c_verify(k + 1) and the switch penalty, at the current drift), which
-        :meth:`choose` and :meth:`perfect_rate` add their drafting costs to."""
-        ks = np.arange(1, k_max + 1)
-        drift = self.verify.drift
-        return ks, self.verify.table(k_max + 1)[ks + 1] + drift * self.switch_penalty
 
     def could_win(self, proposer: str, limit: int) -> bool:
         """Whether ``proposer`` could beat plain decoding by the margin at all, at the best
