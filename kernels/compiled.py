@@ -13,6 +13,7 @@ import contextlib
 import functools
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -49,13 +50,36 @@ def use_every_core() -> None:
     os.environ.setdefault("TVM_NUM_THREADS", str(cores or 1))
 
 
+@contextlib.contextmanager
+def torch_kept_out() -> Iterator[None]:
+    """Within: ``import torch`` raises ImportError, unless torch is already imported.
+
+    ``tvm_ffi/__init__.py`` imports torch whenever it can (its comment: a symbol clash seen
+    on Windows with Python 3.12 and torch 2.9), though nothing edgespec runs through TVM
+    touches a torch tensor: on this 2-core VM that is 3.1 of ``import tvm``'s 6.3 s (docs/tvm.md,
+    "Start-up time"). torch imported later, by the export pipeline, works as before; only
+    tvm_ffi's own torch-tensor conversions are then off, and edgespec hands TVM NumPy arrays.
+    """
+    if "torch" in sys.modules or "tvm_ffi" in sys.modules:
+        yield
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]
+
+
 @functools.cache
 def tvm_module() -> Any:
-    """``import tvm``, or the one-line error naming the extra to install (once per process:
-    the kernels' wrappers call this on every call)."""
+    """``import tvm`` (torch kept out: :func:`torch_kept_out`), or the one-line error naming
+    the extra to install (once per process: the kernels' wrappers call this on every call).
+    The backend, tuning and export call it before any other ``import tvm``."""
     use_every_core()
     try:
-        import tvm
+        with torch_kept_out():
+            import tvm
     except ImportError as e:  # pragma: no cover - depends on the install
         raise missing_extra("apache-tvm", "tvm") from e
     return tvm

@@ -76,7 +76,9 @@ class OpenCLKernel:
 
 def generate(weight: QWeight, m_rows: int, threads: int = 64) -> OpenCLKernel:
     """TVM's OpenCL C for ``qmatmul`` of ``weight`` with ``m_rows`` rows."""
-    import tvm
+    from edgespec.kernels.compiled import tvm_module
+
+    tvm = tvm_module()
     from tvm.target import Target
 
     n, k = weight.shape

@@ -195,9 +195,9 @@ class TuningRecord:
 
 
 def _tvm_version() -> str:
-    import tvm
+    from edgespec.kernels.compiled import tvm_module
 
-    return str(tvm.__version__)
+    return str(tvm_module().__version__)
 
 
 def load_record(path: Path) -> TuningRecord | None:
