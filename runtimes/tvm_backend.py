@@ -11,7 +11,9 @@ uses; :data:`WEIGHTS`):
   kernel (Q4_0, Q4_1, Q8_0) is multiplied on the file's own blocks
   (:mod:`edgespec.kernels.qlinear`: the same dequantized values, never materialized, 4-bit
   codes widened to one byte); other types (K-quants, Q5_x, F16) fall back per matrix to
-  float32, said once at load. The embedding table, norms and biases are float32 as in fp32.
+  float32, said once at load. Norms and biases are float32 as in fp32; the embedding table
+  stays as the file stores it, its rows dequantized when a forward needs them
+  (:class:`~edgespec.runtimes.embed_rows.EmbeddingRows`).
 - ``gguf-q8act``: as gguf-exact, but the matrices multiply int8-quantized activations with
   integer dot products (:mod:`edgespec.kernels.qlinear_q8`, AVX512-VNNI, AVX-VNNI or AVX2;
   llama.cpp's arithmetic: Q8_0/Q8_1-style activation blocks for Q4_0 .. Q8_0, Q8_K for the
@@ -32,9 +34,10 @@ where the key hashes the graph's shapes, the graph code, the TVM version and the
 Loading a quantized build reads the GGUF lazily (memory-mapped): the matrices with a kernel
 are unpacked from the file's blocks (:func:`gguf_matrices`, never dequantized) and cached on
 disk as the graph's operands (:func:`packed_matrices`, memory-mapped on the next load); only
-what runs in float32 is dequantized (:func:`gguf_float_weights`: the embedding table, norms,
-biases, matrices without a kernel). The fp32 build dequantizes everything, as the NumPy
-reference does.
+what runs in float32 is dequantized (:func:`gguf_float_weights`: norms, biases, matrices
+without a kernel); the embedding table stays in the file's map (:func:`gguf_embedding`). The
+fp32 build dequantizes everything, as the NumPy reference does; in every build the table
+stays on the host, and the graph takes the rows of a forward's tokens.
 
 Devices (``LoadOptions.device``, ``--device``) come from :data:`DEVICES`: ``cpu`` is the
 llvm target for this CPU. ``opencl`` runs the fp32 and gguf-exact builds as TVM-generated
@@ -67,6 +70,7 @@ from edgespec.model import (
     tree_path_rows,
 )
 from edgespec.runtimes.base import Backend, LoadOptions, ModelSource
+from edgespec.runtimes.embed_rows import EmbeddingRows
 
 #: GGUF architectures the graph implements (no sliding window, no q/k norm, SiLU MLP)
 SUPPORTED_ARCHS = ("llama", "qwen2")
@@ -202,7 +206,9 @@ class Device:
     def check(self) -> None:
         """Raise one line when this TVM build cannot run on the device (a device with its
         own ``loader`` checks its driver when it loads)."""
-        import tvm
+        from edgespec.kernels.compiled import tvm_module
+
+        tvm = tvm_module()
 
         if self.loader is None and not tvm.runtime.enabled(self.runtime):
             raise EdgespecError(
@@ -670,10 +676,10 @@ def gguf_float_weights(
     head_rows: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The graph weights ``names`` of ``spec`` as float32, read from the GGUF file ``path``:
-    what the quantized build runs in float32 (the embedding table ``[V, D]``, norms, biases,
-    and the matrices without a kernel, ``[in, out]``). The values are the NumPy reference's
-    (:func:`graph_weights` of its loader) bit for bit: each tensor dequantized by
-    :func:`~edgespec.runtimes.numpy_weights.dequantize_tensor`, llama's Q/K rows
+    what the quantized build runs in float32 (norms, biases, and the matrices without a
+    kernel, ``[in, out]``; the embedding table is :func:`gguf_embedding`'s). The values are
+    the NumPy reference's (:func:`graph_weights` of its loader) bit for bit: each tensor
+    dequantized by :func:`~edgespec.runtimes.numpy_weights.dequantize_tensor`, llama's Q/K rows
     un-permuted, fused parts concatenated, matrices transposed; a missing Q/K/V bias of a
     layer with the others is zeros, as there. Only these tensors are dequantized.
     ``head_rows``: ``lm_head`` keeps only those outputs (a draft's frequent-token head).
@@ -706,10 +712,7 @@ def gguf_float_weights(
         names, desc="dequantizing float32 weights", unit="tensor", disable=not progress
     ):
         parts = _matrix_parts(name, tensors)
-        if name == "embed":
-            _require(tensors, ["token_embd.weight"], path)
-            out[name] = read("token_embd.weight", shapes[name])
-        elif parts is not None:
+        if parts is not None:
             _require(tensors, parts, path)
             sh = _part_shapes(spec, name, parts)
             mats = [read(p, s) for p, s in zip(parts, sh, strict=True)]
@@ -732,6 +735,22 @@ def gguf_float_weights(
                 _require(tensors, [tensor], path)
                 out[name] = read(tensor, shapes[name])
     return out
+
+
+def gguf_embedding(path: Path, spec: Any) -> EmbeddingRows:
+    """The GGUF file's embedding table ``token_embd.weight`` ``[V, D]`` as the file stores it
+    (:class:`~edgespec.runtimes.embed_rows.EmbeddingRows`: rows dequantized when a forward
+    needs them, the NumPy reference's values bit for bit).
+
+    Raises:
+        ModelLoadError: the file has no such tensor, or not of ``spec``'s shape.
+    """
+    from edgespec.gguf_file import open_gguf
+
+    tensors = {str(t.name): t for t in open_gguf(path).reader.tensors}
+    _require(tensors, ["token_embd.weight"], path)
+    shape = (spec.n_vocab, spec.n_embd)
+    return EmbeddingRows.from_gguf(_checked(tensors["token_embd.weight"], shape, path))
 
 
 def gguf_model(path: Path) -> tuple[Any, Any, Any, np.ndarray | None]:
@@ -906,6 +925,7 @@ class TvmModel(SlotCacheModel):
         vm: Any,
         device: Any,
         weights: list[Any],
+        embed: EmbeddingRows,
         inv_freq: np.ndarray,
         info: ModelInfo,
         n_ctx: int,
@@ -919,6 +939,7 @@ class TvmModel(SlotCacheModel):
         self.vm = vm
         self.device = device
         self.weights = weights
+        self.embed = embed
         from edgespec.runtimes.tvm_graph import KEY_BLOCK
 
         L, KV, hd = cache_shape
@@ -993,7 +1014,8 @@ class TvmModel(SlotCacheModel):
     STAGED_ROWS = 16
 
     def _inputs(self, ids: np.ndarray, pos: Any, mask: np.ndarray) -> list[Any]:
-        """The graph's first four arguments (ids, rope cos and sin at ``pos``, mask).
+        """The graph's first four arguments (the embedding rows of ``ids``, rope cos and sin
+        at ``pos``, mask).
 
         On the CPU, forwards of up to :data:`STAGED_ROWS` tokens write them into host arrays
         kept per size whose memory the device tensors are (64-byte aligned, as TVM asks),
@@ -1003,7 +1025,7 @@ class TvmModel(SlotCacheModel):
         if n > self.STAGED_ROWS or self.device.dlpack_device_type() != 1:  # 1: kDLCPU
             return [
                 tvm.runtime.tensor(a, self.device)
-                for a in (ids.astype(np.int32), self._cos[pos], self._sin[pos], mask)
+                for a in (self.embed.rows(ids), self._cos[pos], self._sin[pos], mask)
             ]
         staged = self.__dict__.setdefault("_staged", {})
         if n not in staged:
@@ -1011,14 +1033,14 @@ class TvmModel(SlotCacheModel):
 
             half = self._cos.shape[1]
             hosts = [
-                aligned_zeros((n,), np.int32),
+                aligned_zeros((n, self.embed.dim), np.float32),
                 aligned_zeros((n, half), np.float32),
                 aligned_zeros((n, half), np.float32),
                 aligned_zeros((n, n), np.float32),
             ]
             staged[n] = hosts, [tvm.runtime.from_dlpack(h) for h in hosts]
         hosts, tensors = staged[n]
-        hosts[0][...] = ids
+        self.embed.rows(ids, out=hosts[0])
         hosts[1][...] = self._cos[pos]
         hosts[2][...] = self._sin[pos]
         hosts[3][...] = mask
@@ -1241,7 +1263,7 @@ class TvmBackend(Backend):
     @classmethod
     def cheap_to_load(cls, source: ModelSource, options: LoadOptions) -> bool:
         """False: the first load compiles and unpacks (or dequantizes) every matrix; a later
-        one still reads the GGUF's metadata and dequantizes the embedding table."""
+        one still reads the GGUF's metadata and places the packed weights."""
         return False
 
     @classmethod
@@ -1297,8 +1319,10 @@ class TvmBackend(Backend):
                 )
             floats = [n for n in spec.weight_names() if n not in packed]
             named = gguf_float_weights(path, spec, floats, llama, options.progress)
+            embed = gguf_embedding(path, spec)
         else:
             hp, info, spec, named, freq_factors = fp32_model(source.kind, path, options.progress)
+            embed = EmbeddingRows(named.pop("embed"))
         spec = replace(spec, kv_dtype=KV_DTYPES[kv])
         target = device.tvm_target(options.n_threads)
         from edgespec.runtimes.tvm_bundle import bundled_library
@@ -1349,6 +1373,7 @@ class TvmBackend(Backend):
             vm,
             dev,
             tensors,
+            embed,
             hp.inv_freq(False, freq_factors),
             info,
             options.n_ctx,

@@ -10,16 +10,18 @@ new keys and values are written into the cache
 in place (``call_tir_inplace``) at slots ``P .. P+T-1``, where ``P`` (the number of cached
 positions) is passed as a shape argument, and attention reads slots ``0 .. P+T-1``.
 
-Every op but the embedding gather and the residual adds is a hand-written kernel
+Every op but the residual adds is a hand-written kernel
 (:func:`_kernels`): per layer RMSNorm, the QKV matmul, rope + cache write, attention, the
 output matmul, residual add, RMSNorm, the gate/up matmul, SiLU * up, the down matmul,
 residual add (11 kernel calls a layer; the Relax ops they replace were about 50 unscheduled
 kernels, each its own VM call and output allocation).
 
-Everything that depends on positions is computed by the caller and passed in, so chains and
-trees share the graph: ``cos, sin: float32[T, hd/2]`` (rope at each node's position) and
-``mask: float32[T, T]`` (0 or -inf among the new tokens: causal for a chain, the ancestor
-mask for a tree; every cached slot is visible).
+The caller gathers the new tokens' embedding rows (``x: float32[T, D]``, from the table as the
+file stores it: :class:`edgespec.runtimes.embed_rows.EmbeddingRows`), so the table is not a
+device weight. Everything that depends on positions is computed by the caller and passed in,
+so chains and trees share the graph: ``cos, sin: float32[T, hd/2]`` (rope at each node's
+position) and ``mask: float32[T, T]`` (0 or -inf among the new tokens: causal for a chain,
+the ancestor mask for a tree; every cached slot is visible).
 
 Weights are parameters, not constants: the compiled library depends only on the
 architecture's shapes and the weights' formats (:class:`GraphSpec`), so it compiles in
@@ -34,7 +36,7 @@ Each matrix is either float32 (packed by :func:`pack_weight`, multiplied by
 
 Parameter order of ``forward``::
 
-    ids int32[T], cos f32[T, hd/2], sin f32[T, hd/2], mask f32[T, T], past Shape[P],
+    x f32[T, D], cos f32[T, hd/2], sin f32[T, hd/2], mask f32[T, T], past Shape[P],
     k_cache f32[L, KV, C/16, hd, 16], v_cache f32[L, C, KV, hd], *weights (see param_names)
 
 It returns ``logits float32[T, V]`` (``forward``) or ``float32[1, V]`` (``forward_last``,
@@ -172,7 +174,7 @@ class GraphSpec:
 
     def weight_names(self) -> list[str]:
         """The weight parameters of ``forward`` in order (matrices ``[in, out]``: ``x @ W``)."""
-        names = ["embed"]
+        names: list[str] = []
         for i in range(self.n_layers):
             names += [f"l{i}.attn_norm", f"l{i}.wqkv"]
             names += [f"l{i}.bqkv"] if self.qkv_bias else []
@@ -196,7 +198,7 @@ class GraphSpec:
         out: dict[str, tuple[int, ...]] = {}
         for name in self.weight_names():
             head, _, tail = name.partition(".")
-            top = {"embed": (V, D), "out_norm": (D,), "lm_head": (D, self.n_out or V)}
+            top = {"out_norm": (D,), "lm_head": (D, self.n_out or V)}
             out[name] = per[tail] if tail else top[head]
         return out
 
@@ -697,9 +699,8 @@ def matmul_kernel(K: int, N: int) -> Any:
 
 
 def is_packed(name: str, shape: tuple[int, ...]) -> bool:
-    """Whether the graph takes weight ``name`` packed by :func:`pack_weight`: every matrix
-    but the embedding (whose rows are gathered)."""
-    return len(shape) == 2 and name != "embed"
+    """Whether the graph takes weight ``name`` packed by :func:`pack_weight`: every matrix."""
+    return len(shape) == 2
 
 
 def packed_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -758,7 +759,7 @@ def build_module(spec: GraphSpec) -> Any:
         return relax.call_tir(g_rms, [x, w], relax.TensorType((rows, spec.n_embd), f32))
 
     for fname, last in (("forward", False), ("forward_last", True)):
-        ids = tensor("ids", (n,), "int32")
+        x_in = tensor("x", (n, spec.n_embd))
         cos_in, sin_in = tensor("cos", (n, half)), tensor("sin", (n, half))
         mask = tensor("mask", (n, n))
         past = relax.Var("past", relax.ShapeType([P]))
@@ -768,10 +769,10 @@ def build_module(spec: GraphSpec) -> Any:
             name: tensor(name.replace(".", "_"), shape, dtype)
             for name, (shape, dtype) in spec.param_shapes().items()
         }
-        params = [ids, cos_in, sin_in, mask, past, kc, vc, *w.values()]
+        params = [x_in, cos_in, sin_in, mask, past, kc, vc, *w.values()]
         with bb.function(fname, params):
             with bb.dataflow():
-                x = bb.emit(R.take(w["embed"], ids, axis=0, mode="clip"))
+                x: Any = x_in
                 k_cache, v_cache = kc, vc
                 for i in range(L):
                     h = bb.emit(rms(x, w[f"l{i}.attn_norm"]))

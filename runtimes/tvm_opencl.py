@@ -27,6 +27,7 @@ import numpy as np
 from edgespec.errors import EdgespecError
 from edgespec.model import ModelInfo, tree_path_rows
 from edgespec.runtimes.base import LoadOptions, ModelSource
+from edgespec.runtimes.embed_rows import EmbeddingRows
 from edgespec.runtimes.tvm_backend import TvmModel
 
 _F32 = 4
@@ -42,7 +43,8 @@ class ClModel(TvmModel):
         program: the compiled kernels (:class:`~edgespec.kernels.opencl_graph.ClProgram`).
         spec: the graph's shapes.
         named: ``{weight name: float32 array}`` (:func:`~edgespec.runtimes.tvm_backend.
-            graph_weights`): matrices ``[K, N]`` uploaded, the embedding kept on the host.
+            graph_weights`): matrices ``[K, N]``, norms, biases, uploaded.
+        embed: the embedding table, kept on the host (its rows gathered and uploaded).
         quant: the matrices that run on the file's blocks (``spec.quant``): ``{name:
             matrix with .fmt and .operands()}`` (kernels/qlinear.py's layout, as
             ``packed_matrices`` gives it; float16 scales widened to float32 here, K-quants'
@@ -57,6 +59,7 @@ class ClModel(TvmModel):
         program: Any,
         spec: Any,
         named: dict[str, np.ndarray],
+        embed: EmbeddingRows,
         inv_freq: np.ndarray,
         info: ModelInfo,
         n_ctx: int,
@@ -66,8 +69,8 @@ class ClModel(TvmModel):
         self.program = program
         self.spec = spec
         self._shapes = spec.weight_shapes()
-        self.embed = np.ascontiguousarray(named["embed"], dtype=np.float32)
-        self._w = {n: program.buffer(a) for n, a in named.items() if n != "embed"}
+        self.embed = embed
+        self._w = {n: program.buffer(a) for n, a in named.items()}
         from edgespec.kernels.opencl_graph import cl_operands
 
         for name, q in (quant or {}).items():  # name.c, name.d, ...: the kernel's operands
@@ -117,7 +120,7 @@ class ClModel(TvmModel):
         n, P = int(ids.size), self._n_past
         D, H, hd, F = spec.n_embd, spec.n_head, spec.head_dim, spec.n_ff
         heads = H + 2 * spec.n_head_kv
-        x = prog.buffer(self.embed[ids])
+        x = prog.buffer(self.embed.rows(ids))
         cos, sin, msk = prog.buffer(self._cos[pos]), prog.buffer(self._sin[pos]), prog.buffer(mask)
         h = prog.buffer(nbytes=n * D * _F32)
         q = prog.buffer(nbytes=n * H * hd * _F32)
@@ -186,6 +189,7 @@ def load_opencl(source: ModelSource, options: LoadOptions, choice: str) -> ClMod
     from edgespec.kernels.opencl_graph import CL_QUANT, ClProgram, graph_kernels
     from edgespec.runtimes.tvm_backend import (
         fp32_model,
+        gguf_embedding,
         gguf_float_weights,
         gguf_model,
         packed_matrices,
@@ -201,6 +205,7 @@ def load_opencl(source: ModelSource, options: LoadOptions, choice: str) -> ClMod
     quant: dict[str, Any] = {}
     if choice == "fp32":
         hp, info, spec, named, freq_factors = fp32_model(source.kind, path, options.progress)
+        embed = EmbeddingRows(named.pop("embed"))
     else:
         hp, info, spec, freq_factors = gguf_model(path)
         llama = hp.arch == "llama"
@@ -209,6 +214,7 @@ def load_opencl(source: ModelSource, options: LoadOptions, choice: str) -> ClMod
         spec = replace(spec, quant=tuple((name, q.fmt) for name, q in quant.items()))
         floats = [n for n in spec.weight_names() if n not in quant]
         named = gguf_float_weights(path, spec, floats, llama, options.progress)
+        embed = gguf_embedding(path, spec)
     program = ClProgram(graph_kernels(spec), device)
     extra = {**info.extra, "device": "opencl", "target": "opencl", "weights": choice}
     extra["opencl_device"] = str(device.name).strip()
@@ -217,4 +223,4 @@ def load_opencl(source: ModelSource, options: LoadOptions, choice: str) -> ClMod
         extra["variant"] = f"{choice}-opencl"
     info = replace(info, source=source.name or str(path), extra=extra)
     inv_freq = hp.inv_freq(False, freq_factors)
-    return ClModel(program, spec, named, inv_freq, info, options.n_ctx, quant)
+    return ClModel(program, spec, named, embed, inv_freq, info, options.n_ctx, quant)

@@ -63,8 +63,8 @@ def _load(src: ModelSource, **kw: Any) -> Any:
 
 
 def test_float_weights_are_the_references(tiny_q: ModelSource) -> None:
-    """Norms, biases, the embedding and the F16 fallback read one by one equal the full
-    loader's (every tensor dequantized, then fused) bit for bit."""
+    """Norms, biases, the embedding's rows and the F16 fallback read one by one equal the
+    full loader's (every tensor dequantized, then fused) bit for bit."""
     from edgespec.runtimes import numpy_ref
 
     path = Path(tiny_q.path)
@@ -82,6 +82,9 @@ def test_float_weights_are_the_references(tiny_q: ModelSource) -> None:
         assert got[name].dtype == want[name].dtype == np.float32
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     assert (freq is None) == (weights.freq_factors is None)
+    embed = tvm_backend.gguf_embedding(path, spec)
+    np.testing.assert_array_equal(embed.dense(), want["embed"])
+    np.testing.assert_array_equal(embed.rows(np.array(IDS)), want["embed"][IDS])
 
 
 def test_quantized_matrices_are_never_dequantized(
@@ -99,7 +102,7 @@ def test_quantized_matrices_are_never_dequantized(
     assert model.info.extra["quantized_matrices"] == "12/13"
     n = model.info.n_layers
     quantized = [r for r in read if r.endswith(".weight") and "norm" not in r]
-    assert quantized == ["token_embd.weight", f"blk.{n - 1}.ffn_down.weight"]  # embed, F16
+    assert quantized == [f"blk.{n - 1}.ffn_down.weight"]  # F16; the embedding's rows later
 
 
 def test_second_load_reads_the_cache_bit_for_bit(
