@@ -56,43 +56,83 @@ class GGUFFile:
 
 
 def _fast_reader() -> type:
-    """``gguf.GGUFReader`` with metadata arrays of strings and numbers parsed in bulk.
+    """``gguf.GGUFReader`` with metadata arrays of strings and numbers read lazily.
 
     gguf-py reads every array element through its generic per-value path (memmap slices
     with byte-order views): a 151,936-token vocabulary and its merges took 27 s to open
-    (Qwen2.5 1.5B, load average 9). This subclass builds the same fields (the same parts,
-    indices and types; :func:`open_gguf` callers only use ``contents()``) with plain
-    ``ndarray`` views and a Python loop over the string lengths; nested arrays and files of
-    the other byte order go through gguf-py's own code.
+    (Qwen2.5 1.5B, load average 9); building even one ``ndarray`` view per string, as this
+    class once did, still took 1.3 s of every tvm load on the 2-core VM (docs/tvm.md,
+    "Start-up time"), for arrays the tvm backend never reads (its tokenizer is llama.cpp's).
+    Here an array of strings is one walk over its length prefixes, and an array of numbers one
+    view; their field (:class:`_ArrayField`) keeps no per-element ``parts`` and decodes its
+    ``contents()`` on first use, the values gguf-py gives. Nested arrays and files of the
+    other byte order go through gguf-py's own code.
     """
-    from gguf import GGUFReader, GGUFValueType
+    from gguf import GGUFReader, GGUFValueType, ReaderField
+
+    class _ArrayField(ReaderField):  # type: ignore[misc]
+        """A metadata array whose ``contents()`` are decoded on first use; ``data`` is
+        ``range(n)`` and ``parts`` holds only the element type and count."""
+
+        def contents(self, index_or_slice: int | slice = slice(None)) -> Any:
+            values = self.__dict__.get("_values")
+            if values is None:
+                kind, *src = self.__dict__["_source"]
+                if kind == "str":
+                    u8, starts, sizes = src
+                    mem = memoryview(u8)  # type: ignore[arg-type]
+                    values = [
+                        str(mem[a : a + n], encoding="utf-8")
+                        for a, n in zip(starts, sizes, strict=True)
+                    ]
+                else:
+                    values = src[0].tolist()
+                self.__dict__["_values"] = values
+            return values[index_or_slice]
 
     class FastReader(GGUFReader):  # type: ignore[misc]
+        _pending: tuple[Any, ...] | None = None
+        _nested = False
+
         def _get_field_parts(self, orig_offs: int, raw_type: int) -> Any:
-            if GGUFValueType(raw_type) != GGUFValueType.ARRAY or self.byte_order != "I":
+            if (
+                self._nested
+                or GGUFValueType(raw_type) != GGUFValueType.ARRAY
+                or self.byte_order != "I"
+            ):
                 return super()._get_field_parts(orig_offs, raw_type)
             raw_itype = self._get(orig_offs, np.uint32)
             alen = self._get(orig_offs + 4, np.uint64)
             itype = GGUFValueType(int(raw_itype[0]))
-            nptype = self.gguf_scalar_to_np.get(itype)
-            if itype == GGUFValueType.ARRAY:  # arrays of arrays
-                return super()._get_field_parts(orig_offs, raw_type)
+            if itype == GGUFValueType.ARRAY:  # arrays of arrays: gguf-py's parts, all the way
+                self._nested = True
+                try:
+                    return super()._get_field_parts(orig_offs, raw_type)
+                finally:
+                    self._nested = False
             n, offs = int(alen[0]), orig_offs + 12
             u8 = self.data.view(np.ndarray)
-            parts: list[Any] = [raw_itype, alen]
             types = [GGUFValueType.ARRAY] + ([itype] if n else [])
             if itype == GGUFValueType.STRING:
                 mem = memoryview(u8)  # type: ignore[arg-type]
-                for _ in range(n):
+                starts, sizes = [0] * n, [0] * n
+                for i in range(n):
                     size = int.from_bytes(mem[offs : offs + 8], sys.byteorder)
-                    parts += [u8[offs : offs + 8].view(np.uint64), u8[offs + 8 : offs + 8 + size]]
+                    starts[i], sizes[i] = offs + 8, size
                     offs += 8 + size
-                return offs - orig_offs, parts, list(range(3, 2 + 2 * n, 2)), types
-            dtype = np.dtype(nptype)
-            width = dtype.itemsize
-            values = u8[offs : offs + n * width].view(dtype).reshape(n, 1)
-            parts += list(values)
-            return 12 + n * width, parts, list(range(2, 2 + n)), types
+                self._pending = ("str", u8, starts, sizes)
+                return offs - orig_offs, [raw_itype, alen], [], types
+            dtype = np.dtype(self.gguf_scalar_to_np[itype])
+            self._pending = ("num", u8[offs : offs + n * dtype.itemsize].view(dtype))
+            return 12 + n * dtype.itemsize, [raw_itype, alen], [], types
+
+        def _push_field(self, field: Any, skip_sum: bool = False) -> int:
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                n = int(field.parts[-1][0])  # the array's count, the field's last part
+                field = _ArrayField(field.offset, field.name, field.parts, range(n), field.types)
+                field.__dict__["_source"] = pending
+            return int(super()._push_field(field, skip_sum))
 
     return FastReader
 
