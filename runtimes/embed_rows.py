@@ -69,6 +69,9 @@ class EmbeddingRows:
             return out
         cache = self._rows
         keys = ids.tolist()
+        if len(keys) == 1 and keys[0] in cache:  # a plain step's token, seen before
+            out[0] = cache[keys[0]]
+            return out
         missing = sorted({i for i in keys if i not in cache})
         if missing:
             from edgespec.gguf_file import dequantize
