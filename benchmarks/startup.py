@@ -2,8 +2,8 @@
 
 Each sample is one fresh ``python -m edgespec generate PROMPT -m MODEL --backend B -n 1
 --json --quiet`` process: its wall time from spawn to exit (interpreter, imports, model
-load, the prompt's forward, one token, exit), its peak resident memory (``ru_maxrss`` of
-that child, from ``os.wait4``) and the time to first token that it reports. Configurations
+load, the prompt's forward, one token, exit), its peak resident memory (``VmHWM``, which the
+child writes at exit: :data:`PEAK`) and the time to first token that it reports. Configurations
 run in turn within every round, so a drift of the host lands on all of them; the table gives
 medians and each configuration's ratio to the first one's median.
 
@@ -52,8 +52,24 @@ IMPORTS = {
 #: for a ``--tree``: ``python -c`` puts the working directory (this tree) first on the path,
 #: ahead of ``PYTHONPATH``; take it off before anything imports edgespec
 UNEDITABLE = "import sys\nsys.path[:] = [p for p in sys.path if p != '']\n"
-#: ``python -m edgespec`` through :data:`UNEDITABLE`
-MAIN = UNEDITABLE + "import runpy\nrunpy.run_module('edgespec', run_name='__main__')\n"
+#: ``python -m edgespec``, as ``-c`` code
+MAIN = "import runpy\nrunpy.run_module('edgespec', run_name='__main__')\n"
+#: run first in every timed child: at exit it writes its own peak RSS in kB (``VmHWM``, the
+#: high-water mark of this process image) to ``$STARTUP_PEAK_FILE``. ``wait4``'s
+#: ``ru_maxrss`` cannot tell it: Linux carries the parent's peak into the child at exec
+#: (measured: 2.7 GB for a 200 MB child of the test suite's process).
+PEAK = (
+    "import atexit, os\n"
+    "def _peak():\n"
+    "    try:\n"
+    "        with open('/proc/self/status') as f:\n"
+    "            kb = next(line.split()[1] for line in f if line.startswith('VmHWM:'))\n"
+    "        with open(os.environ['STARTUP_PEAK_FILE'], 'w') as f:\n"
+    "            f.write(kb)\n"
+    "    except (OSError, KeyError, StopIteration):\n"
+    "        pass\n"
+    "atexit.register(_peak)\n"
+)
 
 
 def tree_home(label: str) -> Path:
@@ -83,8 +99,19 @@ def _env(pythonpath: str | None, home: Path | None = None) -> dict[str, str]:
     return env
 
 
+def python_cmd(code: str, tree: bool = False) -> list[str]:
+    """``python -c`` of ``code`` after :data:`PEAK` (and :data:`UNEDITABLE` for a tree)."""
+    return [sys.executable, "-c", PEAK + (UNEDITABLE if tree else "") + code]
+
+
 def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """``(wall seconds, peak RSS in MB, stdout)`` of one fresh process (``os.wait4``)."""
+    """``(wall seconds, peak RSS in MB, stdout)`` of one fresh process: the peak that a
+    :func:`python_cmd` child wrote, else ``wait4``'s (which includes the parent's)."""
+    import tempfile
+
+    fd, peak_file = tempfile.mkstemp(prefix="startup-peak-")
+    os.close(fd)
+    env = {**env, "STARTUP_PEAK_FILE": peak_file}
     r, w = os.pipe()
     t = time.perf_counter()
     pid = os.posix_spawn(
@@ -103,9 +130,12 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str
         chunks.append(f.read())
     _, status, usage = os.wait4(pid, 0)
     wall = time.perf_counter() - t
+    peak = Path(peak_file).read_text().strip()
+    os.unlink(peak_file)
     if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"{' '.join(cmd[:8])} ... exited {os.waitstatus_to_exitcode(status)}")
-    return wall, usage.ru_maxrss / 1024, b"".join(chunks).decode()
+        raise SystemExit(f"{' '.join(cmd[:3])} ... exited {os.waitstatus_to_exitcode(status)}")
+    rss = int(peak) if peak else usage.ru_maxrss
+    return wall, rss / 1024, b"".join(chunks).decode()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     for rnd in range(a.warmup + a.rounds):
         for label, path, backend in configs:
-            how = ["-c", MAIN] if path else ["-m", "edgespec"]
-            cmd = [sys.executable, *how, "generate", a.prompt, "-m", a.model]
+            cmd = [*python_cmd(MAIN, bool(path)), "generate", a.prompt, "-m", a.model]
             cmd += ["--backend", backend, "-n", "1", "--json", "--quiet"]
             wall, rss, out = run_measured(cmd, _env(path, homes[label]))
             ttft = float(json.loads(out)["stats"]["ttft_s"])
@@ -137,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(a.rounds):
             for label, path in trees:
                 for what, code in IMPORTS.items():
-                    code = (UNEDITABLE if path else "") + code
-                    cmd = [sys.executable, "-c", code + "\nprint(time.perf_counter() - t)"]
+                    cmd = python_cmd(code + "\nprint(time.perf_counter() - t)", bool(path))
                     _, _, out = run_measured(cmd, _env(path))
                     imports.setdefault((label, what), []).append(float(out.strip()))
 

@@ -18,15 +18,21 @@ def script():
 
 
 def test_run_measured_gives_the_child_s_own_time_memory_and_output(script) -> None:
-    """A child that holds 200 MB and sleeps 0.3 s is timed at least that and its peak RSS
-    is its own (not the test process's)."""
-    code = "import time; b = bytearray(200 << 20); b[::4096] = b'x' * len(b[::4096]); "
-    code += "time.sleep(0.3); print('done')"
-    wall, rss, out = script.run_measured([sys.executable, "-c", code], dict(os.environ))
+    """A child that holds 200 MB and sleeps 0.3 s is timed at least that, and its peak RSS
+    is its own, not the larger parent's (which wait4 would have reported: the test holds
+    600 MB while it runs)."""
+    parent = bytearray(600 << 20)
+    parent[::4096] = b"x" * len(parent[::4096])
+    code = "import time\nb = bytearray(200 << 20)\nb[::4096] = b'x' * len(b[::4096])\n"
+    code += "time.sleep(0.3)\nprint('done')"
+    wall, rss, out = script.run_measured(script.python_cmd(code), dict(os.environ))
     assert out.strip() == "done" and wall >= 0.3
     assert 200 <= rss < 400
+    _, inherited, _ = script.run_measured([sys.executable, "-c", code], dict(os.environ))
+    assert inherited >= 600  # without PEAK: wait4's figure, the parent's peak at least
+    del parent
     with pytest.raises(SystemExit, match="exited 3"):
-        script.run_measured([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ))
+        script.run_measured(script.python_cmd("raise SystemExit(3)"), dict(os.environ))
 
 
 def test_a_tree_s_home_links_all_but_its_own_tvm(
