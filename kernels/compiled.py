@@ -184,14 +184,40 @@ class HugeArena:
         return out
 
     def place(self, a: np.ndarray) -> np.ndarray:
-        """A C-contiguous copy of ``a`` in the arena.
+        """A C-contiguous copy of ``a`` in the arena; read from its file when ``a`` is a
+        whole memory-mapped file's array (:func:`mapped_file`: one ``readinto`` instead of a
+        page fault per 4 KiB of the map, 0.30 s against 2.06 s for the Qwen 1.5B's 1 GB of
+        packed weights here, docs/tvm.md "Start-up time").
 
         Raises:
             EdgespecError: the arena is full (more placed than reserved).
         """
         out = self.zeros(a.shape, a.dtype)
+        src = mapped_file(a)
+        if src is not None and out.nbytes:
+            path, offset = src
+            with contextlib.suppress(OSError), open(path, "rb") as f:
+                f.seek(offset)
+                if f.readinto(memoryview(out.reshape(-1).view(np.uint8))) == out.nbytes:
+                    return out
         out[...] = a
         return out
+
+
+def mapped_file(a: np.ndarray) -> tuple[str, int] | None:
+    """``(path, byte offset)`` of the file whose mapping ``a`` is, whole and C-contiguous
+    (``np.load(..., mmap_mode="r")``'s array, or a view of all of it); else None."""
+    import mmap
+
+    if not a.flags.c_contiguous:
+        return None
+    b: Any = a
+    while isinstance(b, np.ndarray):
+        if isinstance(b, np.memmap) and isinstance(b.base, mmap.mmap):
+            whole = address(b) == address(a) and b.nbytes == a.nbytes and b.flags.c_contiguous
+            return (str(b.filename), int(b.offset)) if whole and b.filename else None
+        b = b.base
+    return None
 
 
 def address(a: np.ndarray) -> int:

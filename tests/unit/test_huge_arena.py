@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from edgespec.errors import EdgespecError
-from edgespec.kernels.compiled import HUGE_PAGE, HugeArena, address
+from edgespec.kernels.compiled import HUGE_PAGE, HugeArena, address, mapped_file
 
 
 def test_places_copies_on_page_boundaries() -> None:
@@ -56,3 +58,33 @@ def test_zeros_are_zero_and_follow_each_other() -> None:
     assert address(b) - address(a) == 4096 and address(c) - address(b) == 8192
     b[:] = 1.0
     assert not a.any() and not c.any()  # disjoint
+
+
+def test_a_whole_mapped_file_is_read_not_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An array that is a whole .npy file's map (as the packed-weights cache loads them), or
+    a contiguous view of all of it, is read from the file; a part of one, or a transposed
+    view, is copied from memory. Both give the array's values."""
+    rng = np.random.default_rng(1)
+    want = rng.integers(0, 255, (64, 300), dtype=np.uint8)
+    np.save(tmp_path / "w.npy", want)
+    m = np.load(tmp_path / "w.npy", mmap_mode="r")
+    path = (str(tmp_path / "w.npy"), int(m.offset))
+    assert mapped_file(m) == path and m.offset > 0  # after the .npy header
+    assert mapped_file(np.ascontiguousarray(m)) == path  # a view of all of it
+    assert mapped_file(m[1:]) is None and mapped_file(m.T) is None
+    assert mapped_file(want) is None
+    reads: list[str] = []
+    real_open = open
+
+    def spy(file: str, *a: object, **k: object) -> object:
+        reads.append(str(file))
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr("builtins.open", spy)
+    parts = [m, m[1:], m.T, np.ascontiguousarray(m)]
+    arena = HugeArena(sum(HugeArena.footprint(np.ascontiguousarray(a)) for a in parts))
+    for a in parts:
+        np.testing.assert_array_equal(arena.place(a), a)
+    assert reads == [path[0], path[0]]  # the whole map and its view: read from the file
