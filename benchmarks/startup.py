@@ -51,13 +51,14 @@ IMPORTS = {
 
 #: for a ``--tree``: ``python -c`` puts the working directory (this tree) first on the path,
 #: ahead of ``PYTHONPATH``; take it off before anything imports edgespec
-UNEDITABLE = "import sys\nsys.path[:] = [p for p in sys.path if p != '']\n"
+NO_CWD = "import sys\nsys.path[:] = [p for p in sys.path if p != '']\n"
 #: ``python -m edgespec``, as ``-c`` code
 MAIN = "import runpy\nrunpy.run_module('edgespec', run_name='__main__')\n"
 #: run first in every timed child: at exit it writes its own peak RSS in kB (``VmHWM``, the
 #: high-water mark of this process image) to ``$STARTUP_PEAK_FILE``. ``wait4``'s
 #: ``ru_maxrss`` cannot tell it: Linux carries the parent's peak into the child at exec
-#: (measured: 2.7 GB for a 200 MB child of the test suite's process).
+#: (measured: 2.7 GB for a 200 MB child of the test suite's process). Written out rather
+#: than ``edgespec.bench.metrics.peak_rss_mb``: importing edgespec would be timed too.
 PEAK = (
     "import atexit, os\n"
     "def _peak():\n"
@@ -100,8 +101,8 @@ def _env(pythonpath: str | None, home: Path | None = None) -> dict[str, str]:
 
 
 def python_cmd(code: str, tree: bool = False) -> list[str]:
-    """``python -c`` of ``code`` after :data:`PEAK` (and :data:`UNEDITABLE` for a tree)."""
-    return [sys.executable, "-c", PEAK + (UNEDITABLE if tree else "") + code]
+    """``python -c`` of ``code`` after :data:`PEAK` (and :data:`NO_CWD` for a tree)."""
+    return [sys.executable, "-c", PEAK + (NO_CWD if tree else "") + code]
 
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
