@@ -2,8 +2,8 @@
 
 Each load runs in a fresh process (``python -c``, the checkout in ``--src`` first on the
 path), timed from before ``load`` to after one one-token forward; its peak resident memory is
-the child's own ``ru_maxrss`` (what ``/usr/bin/time -v`` reports as its maximum resident set
-size). Several
+the child's own ``VmHWM`` (``edgespec.bench.metrics.peak_rss_mb``; ``ru_maxrss`` would start
+from the parent's peak, which Linux carries into a child at exec). Several
 ``--src`` checkouts (e.g. a ``git worktree`` of an older commit, and ``.``) run interleaved,
 ``--reps`` rounds, so that load on a shared machine hits them alike; each line says the
 1-minute load average when the load started. ``--twice`` loads twice in one process (the
@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
+from edgespec.bench.metrics import peak_rss_mb
 from edgespec.runtimes.base import LoadOptions, ModelSource
 from edgespec.runtimes.tvm_backend import TvmBackend
 from edgespec.zoo import verify
@@ -47,7 +48,7 @@ for _ in range(int(sys.argv[3])):
     times.append(time.perf_counter() - t)
     model.close()
     del model
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+rss = peak_rss_mb() / 1024  # MiB -> GiB
 print("RESULT " + json.dumps({"loads": times, "maxrss_gb": rss}))
 """
 
