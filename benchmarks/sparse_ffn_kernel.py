@@ -16,7 +16,14 @@ float32, weights 64-byte aligned in the kernels' layout (``down_t [F, d]``), blo
 "max err / bound" is the TVM sparse kernel's largest error against the float64 reference
 as a fraction of :func:`edgespec.kernels.sparse_ffn.ffn_bound` (the tests' tolerance).
 
+``--weights q8_0`` times the Q8_0 pair instead (``sparse_ffn:tvm-q8`` / ``dense_ffn:tvm-q8``,
+the weights quantized once to GGML's Q8_0 blocks) with the float32 TVM pair beside it: "vs
+ideal" against the Q8_0 dense kernel (equal precision), "q8 / f32" the Q8_0 sparse time over
+the float32 sparse time, and the error against the float64 reference on gguf-py's
+dequantization of the same weights.
+
     python benchmarks/sparse_ffn_kernel.py --threads 1 --out docs/results/sparse_ffn_kernel.md
+    python benchmarks/sparse_ffn_kernel.py --threads 1 --weights q8_0
 """
 
 from __future__ import annotations
@@ -102,6 +109,74 @@ def table(
     return out + [""]
 
 
+def q8_table(
+    name: str, d: int, f: int, block: int, repeats: int, rounds: int, rng: np.random.Generator
+) -> list[str]:
+    """The Q8_0 kernel pair side by side with the float32 pair (see the module docstring)."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+
+    from edgespec.kernels import reference
+    from edgespec.kernels.sparse_ffn import FFNKernels, aligned_zeros, ffn_bound
+
+    kerns = {"q8": FFNKernels(quant="q8_0"), "f32": FFNKernels()}
+    w, deq = {}, {}
+    for key, fan_in in (("gate", d), ("up", d), ("down_t", f)):
+        a = aligned_zeros((f, d), np.float32)
+        a[...] = rng.standard_normal((f, d), dtype=np.float32) * np.float32(fan_in**-0.5)
+        w[key] = a
+        q8 = GGMLQuantizationType.Q8_0
+        deq[key] = dequantize(quantize(a, q8), q8).astype(np.float32)
+    gate, up, down = w["gate"], w["up"], w["down_t"].T
+    n_blocks = f // block
+    mb = {"q8": f * d * 3 * 34 / 32 / 1e6, "f32": f * d * 3 * 4 / 1e6}
+    out = [
+        f"#### {name}: d={d}, F={f} ({n_blocks} blocks of {block}), SwiGLU, Q8_0 weights"
+        f" ({mb['q8']:.1f} MB; float32 {mb['f32']:.1f} MB)",
+        "",
+        "| s | T | q8 dense ms | q8 sparse ms | q8 vs ideal | f32 dense ms | f32 sparse ms"
+        " | q8 / f32 sparse | max err / bound |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    cells = [(s, t) for s in (0.5, 0.7, 0.9) for t in (1, 2, 4, 8)]
+    for s, t in tqdm(cells, desc=f"{name} q8_0", unit="cell"):
+        x = rng.standard_normal((t, d), dtype=np.float32)
+        n_on = round(n_blocks * (1 - s))
+        med: dict[str, list[float]] = {}
+        worst = 0.0
+        for _ in range(rounds):
+            blocks = np.sort(rng.choice(n_blocks, n_on, replace=False))
+            rows = reference.block_rows(blocks, block)
+            fns: dict[str, Callable[[], object]] = {
+                f"{k} {mode}": partial(kern.run, x, r, gate, up, down, act="silu", scale=None)
+                for k, kern in kerns.items()
+                for mode, r in (("dense", None), ("sparse", rows))
+            }
+            for fn in fns.values():  # compile, quantize and warm the caches
+                fn()
+            for k, v in median_ms(fns, repeats).items():
+                med.setdefault(k, []).append(v)
+            y = kerns["q8"].run(x, rows, gate, up, down, act="silu", scale=None)
+            exact = reference.sparse_ffn(
+                x.astype(np.float64),
+                rows,
+                deq["gate"].astype(np.float64),
+                deq["up"].astype(np.float64),
+                deq["down_t"].T.astype(np.float64),
+            )
+            bound = ffn_bound(x, rows, deq["gate"], deq["up"], deq["down_t"].T)
+            worst = max(worst, float((np.abs(y - exact) / bound).max()))
+        m = {k: statistics.median(v) for k, v in med.items()}
+        frac = n_on / n_blocks
+        out.append(
+            f"| {s} | {t} | {m['q8 dense']:.3f} | {m['q8 sparse']:.3f}"
+            f" | {m['q8 sparse'] / (m['q8 dense'] * frac):.2f}"
+            f" | {m['f32 dense']:.3f} | {m['f32 sparse']:.3f}"
+            f" | {m['q8 sparse'] / m['f32 sparse']:.2f} | {worst:.1e} |"
+        )
+    return out + [""]
+
+
 def tune_table(name: str, d: int, f: int, block: int, trials: int, threads: int) -> list[str]:
     """MetaSchedule (``trials`` candidates) on the sparse kernel at a fixed union of 20 % of
     the blocks (chunk sparsity 0.8), T = 1 and 8: untuned and tuned times of the same run."""
@@ -138,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="write the tables as Markdown here too")
     p.add_argument(
+        "--weights",
+        choices=("f32", "q8_0"),
+        default="f32",
+        help="f32: the float32 TVM pair and the NumPy references; q8_0: the Q8_0 TVM pair "
+        "beside the float32 one",
+    )
+    p.add_argument(
         "--tune",
         type=int,
         metavar="TRIALS",
@@ -165,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.tune:
             lines += tune_table(name, d, f, args.block, args.tune, args.threads)
         else:
-            lines += table(name, d, f, args.block, args.repeats, args.rounds, rng)
+            make = q8_table if args.weights == "q8_0" else table
+            lines += make(name, d, f, args.block, args.repeats, args.rounds, rng)
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -126,7 +126,8 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         default="numpy",
         metavar="IMPL",
         help="chunk-sparse FFN kernel of sparse models (--backend blockffn, sparsified "
-        "bundles): numpy or tvm (default numpy; docs/sparsity.md)",
+        "bundles): numpy, tvm, or tvm-q8 (tvm on the weights quantized to Q8_0, lossy; "
+        "default numpy; docs/sparsity.md)",
     )
     p.add_argument(
         "--device",

@@ -80,6 +80,8 @@ class FFNShape:
         scaled: with a per-token weight ``scale[M, A]`` of each row.
         sparse: rows through the ``rows`` list (True) or all F rows in order (dense).
         n_rows: a fixed A (tuning), or None for a dynamic A (the kernels that run).
+        quant: the weights' form: "f32", or "q8_0" (GGML's Q8_0 blocks along d: int8 codes
+            ``[F, d]`` and one float16 scale per 32 of them, ``[F, d / 32]``).
     """
 
     m_rows: int
@@ -90,14 +92,17 @@ class FFNShape:
     scaled: bool = False
     sparse: bool = True
     n_rows: int | None = None
+    quant: str = "f32"
 
     @property
     def key(self) -> str:
         """The kernel-and-shape key, as tuning records name them (A excluded: one kernel
-        serves every A): ``sparse_ffn-silu-gated-m4-d576-f1536``."""
+        serves every A): ``sparse_ffn-silu-gated-m4-d576-f1536`` (``...-q8_0`` for Q8_0
+        weights)."""
         op = "sparse_ffn" if self.sparse else "dense_ffn"
         kind = ("gated" if self.gated else "plain") + ("-scaled" if self.scaled else "")
-        return f"{op}-{self.act}-{kind}-m{self.m_rows}-d{self.d}-f{self.f}"
+        tail = "" if self.quant == "f32" else f"-{self.quant}"
+        return f"{op}-{self.act}-{kind}-m{self.m_rows}-d{self.d}-f{self.f}{tail}"
 
 
 def _act_expr(name: str, v: Any) -> Any:
@@ -115,39 +120,88 @@ def _act_expr(name: str, v: Any) -> Any:
     raise EdgespecError(f"unknown activation '{name}'; known: silu, relu, gelu_tanh")
 
 
+#: the quantized weight forms :class:`FFNShape` takes, and the values one scale covers
+QUANTS: dict[str, int] = {"f32": 1, "q8_0": 32}
+#: the registered implementations (``KERNELS["sparse_ffn:<impl>"]``) and their weight form
+IMPL_QUANT: dict[str, str] = {"tvm": "f32", "tvm-q8": "q8_0"}
+
+
+class _Operand:
+    """One weight matrix ``[F, d]`` of :func:`ffn_func` as placeholders and its element
+    expression: float32 ``w[r, k]``, or Q8_0 ``float32(codes[r, k]) * float32(scales[r, k //
+    32])`` (GGML's dequantization, exact in float32)."""
+
+    def __init__(self, name: str, f: int, d: int, quant: str) -> None:
+        from tvm import te
+
+        if quant == "f32":
+            self.tensors = [te.placeholder((f, d), "float32", name=name)]
+        else:
+            per = QUANTS[quant]
+            self.tensors = [
+                te.placeholder((f, d), "int8", name=f"{name}_q"),
+                te.placeholder((f, d // per), "float16", name=f"{name}_s"),
+            ]
+
+    def __call__(self, r: Any, k: Any) -> Any:
+        if len(self.tensors) == 1:
+            return self.tensors[0][r, k]
+        codes, scales = self.tensors
+        per = codes.shape[1] // scales.shape[1]
+        return codes[r, k].astype("float32") * scales[r, k // per].astype("float32")
+
+
 def ffn_func(shape: FFNShape) -> PrimFunc:
     """The unscheduled TensorIR function ``ffn(x, [rows], [gate], up, down_t, [scale], y)``.
 
     Blocks: ``u`` (and ``g``) the reductions over d, ``h`` the activation, ``y`` the
     reduction over the A rows. Operands: ``x f32[M, d]``, ``rows int64[A]`` (sparse),
-    ``gate/up/down_t f32[F, d]``, ``scale f32[M, A]`` (scaled), ``y f32[M, d]``; A is
-    ``shape.n_rows`` or a variable (F for the dense function).
+    ``gate/up/down_t f32[F, d]`` (Q8_0: each as ``int8[F, d]`` codes then ``f16[F, d / 32]``
+    scales), ``scale f32[M, A]`` (scaled), ``y f32[M, d]``; A is ``shape.n_rows`` or a
+    variable (F for the dense function).
     """
     _tvm()
     from tvm import te
 
     m, d, f = shape.m_rows, shape.d, shape.f
+    if shape.quant not in QUANTS:
+        raise EdgespecError(f"unknown FFN weight form '{shape.quant}'; known: {', '.join(QUANTS)}")
+    if d % QUANTS[shape.quant]:
+        raise EdgespecError(
+            f"{shape.quant} weights need d a multiple of {QUANTS[shape.quant]}; got d = {d}"
+        )
     if shape.sparse:
         n_rows: Any = shape.n_rows if shape.n_rows is not None else te.var("n_rows", "int64")
     else:
         n_rows = f
     x = te.placeholder((m, d), "float32", name="x")
     rows = te.placeholder((n_rows,), "int64", name="rows") if shape.sparse else None
-    gate = te.placeholder((f, d), "float32", name="gate") if shape.gated else None
-    up = te.placeholder((f, d), "float32", name="up")
-    down_t = te.placeholder((f, d), "float32", name="down_t")
+    gate = _Operand("gate", f, d, shape.quant) if shape.gated else None
+    up = _Operand("up", f, d, shape.quant)
+    down_t = _Operand("down_t", f, d, shape.quant)
     scale = te.placeholder((m, n_rows), "float32", name="scale") if shape.scaled else None
 
     def row(a: Any) -> Any:
         return rows[a] if rows is not None else a
 
+    def rows_of(w: _Operand, name: str) -> Callable[[Any, Any], Any]:
+        """``w``'s listed rows, ``[A, d]``: read in place (float32), or a dequantizing
+        stage ``<name>_w`` that the schedule computes one row at a time, so that the M token
+        rows share one dequantization (quantized)."""
+        if shape.quant == "f32":
+            return lambda a, k: w(row(a), k)
+        stage = te.compute((n_rows, d), lambda a, k: w(row(a), k), name=f"{name}_w")
+        return lambda a, k: stage[a, k]
+
+    up_r = rows_of(up, "up")
     k = te.reduce_axis((0, d), name="k")
-    u = te.compute((m, n_rows), lambda i, a: te.sum(x[i, k] * up[row(a), k], axis=k), name="u")
+    u = te.compute((m, n_rows), lambda i, a: te.sum(x[i, k] * up_r(a, k), axis=k), name="u")
     g = None
     if gate is not None:
+        gate_r = rows_of(gate, "gate")
         kg = te.reduce_axis((0, d), name="kg")
         g = te.compute(
-            (m, n_rows), lambda i, a: te.sum(x[i, kg] * gate[row(a), kg], axis=kg), name="g"
+            (m, n_rows), lambda i, a: te.sum(x[i, kg] * gate_r(a, kg), axis=kg), name="g"
         )
 
     def hidden(i: Any, a: Any) -> Any:
@@ -159,9 +213,12 @@ def ffn_func(shape: FFNShape) -> PrimFunc:
         return v * scale[i, a] if scale is not None else v
 
     h = te.compute((m, n_rows), hidden, name="h")
+    down_r = rows_of(down_t, "down")
     r = te.reduce_axis((0, n_rows), name="r")
-    y = te.compute((m, d), lambda i, j: te.sum(h[i, r] * down_t[row(r), j], axis=r), name="y")
-    args = [x] + [t for t in (rows, gate) if t is not None] + [up, down_t]
+    y = te.compute((m, d), lambda i, j: te.sum(h[i, r] * down_r(r, j), axis=r), name="y")
+    args = [x] + ([rows] if rows is not None else [])
+    for w in (gate, up, down_t):
+        args += w.tensors if w is not None else []
     args += ([scale] if scale is not None else []) + [y]
     return te.create_prim_func(args).with_attr("global_symbol", FUNC_NAME)
 
@@ -186,6 +243,7 @@ def schedule_cpu(func: PrimFunc, row_tile: int = 8, parts: int = 2) -> IRModule:
 
 def _schedule(sch: Any, row_tile: Any, parts: Any, lanes: Any) -> None:
     """:func:`schedule_cpu`'s steps on ``sch``; the knobs are ints or sampled variables."""
+    m_rows = int(sch.get(sch.get_loops(sch.get_sblock("u"))[0]).extent)
     for name in ("u", "g"):
         try:
             blk = sch.get_sblock(name)
@@ -201,6 +259,7 @@ def _schedule(sch: Any, row_tile: Any, parts: Any, lanes: Any) -> None:
         sch.decompose_reduction(rf, ko2)
         sch.reverse_compute_at(sch.get_sblock(name), ai)
         sch.set_scope(rf, 0, "local")
+        _dequantize_at(sch, "up" if name == "u" else "gate", ai, m_rows)
     blk = sch.get_sblock("y")
     i, j, r = sch.get_loops(blk)
     # the active rows split into `parts` contiguous ranges, one partial y per range: each task
@@ -212,6 +271,31 @@ def _schedule(sch: Any, row_tile: Any, parts: Any, lanes: Any) -> None:
     sch.parallel(ro2)
     sch.decompose_reduction(rf, ri2)
     sch.unroll(i2)
+    _dequantize_at(sch, "down", ri2, m_rows)
+
+
+#: token rows up to which a quantized kernel dequantizes each weight inside the dot
+#: product instead of into a row buffer first (the buffer pays once rows share it)
+INLINE_ROWS = 1
+
+
+def _dequantize_at(sch: Any, name: str, loop: Any, m_rows: int) -> None:
+    """Quantized weights: compute the dequantizing stage ``<name>_w`` (if any) one listed
+    row at a time under ``loop`` (the loop over rows), in a row buffer that the M token
+    rows then read, its 32-value groups (one scale each) vectorized; for M up to
+    :data:`INLINE_ROWS`, inside the dot product instead."""
+    try:
+        blk = sch.get_sblock(f"{name}_w")
+    except Exception:  # float32 weights: read in place
+        return
+    if m_rows <= INLINE_ROWS:
+        sch.compute_inline(blk)
+        return
+    sch.compute_at(blk, loop)
+    per = QUANTS["q8_0"]
+    _, k = sch.get_loops(blk)[-2:]
+    _, kv = sch.split(k, [None, per])
+    sch.vectorize(kv)
 
 
 #: the knobs MetaSchedule samples in :func:`schedule_space`
@@ -295,6 +379,30 @@ def ffn_bound(
     return gamma(max(rows.size, 1)) * (h @ np.abs(down_r)) + e_h @ np.abs(down_r)
 
 
+def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``w float[F, d]`` in GGML's Q8_0 blocks along each row, by gguf-py's quantizer: int8
+    codes ``[F, d]`` and float16 scales ``[F, d / 32]``, both 64-byte aligned, so that
+    ``codes * scales`` (each scale over its 32 codes) is exactly ``gguf.quants.dequantize``
+    of the Q8_0 bytes.
+
+    Raises:
+        EdgespecError: d is not a multiple of 32.
+    """
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    f, d = w.shape
+    if d % QUANTS["q8_0"]:
+        raise EdgespecError(f"q8_0 weights need rows a multiple of 32 long; got [{f}, {d}]")
+    raw = quantize(np.ascontiguousarray(w, dtype=np.float32), GGMLQuantizationType.Q8_0)
+    blocks = raw.reshape(f, d // 32, 34)  # per block: float16 scale, then 32 int8 codes
+    codes = aligned_zeros((f, d), np.int8)
+    codes[...] = blocks[:, :, 2:].view(np.int8).reshape(f, d)
+    scales = aligned_zeros((f, d // 32), np.float16)
+    scales[...] = blocks[:, :, :2].copy().view(np.float16).reshape(f, d // 32)
+    return codes, scales
+
+
 #: arrays :meth:`FFNKernels.weight` recognises by object (a model's weight matrices; views
 #: made per call cycle through)
 OBJECTS = 1024
@@ -307,6 +415,9 @@ class FFNKernels(CompiledKernels[FFNShape]):
         target: default :func:`edgespec.kernels.tuning.host_target`.
         scheduler: the scheduled module of each shape (default :func:`cpu_scheduler`).
         buckets: the row counts compiled (lazily, on first use).
+        quant: the form the kernels read the weights in (:data:`QUANTS`): "f32", or "q8_0",
+            each float weight quantized once, on first sight, to GGML's Q8_0 blocks along
+            its rows (:func:`quantize_rows`; lossy: 8-bit codes, one float16 scale per 32).
     """
 
     def __init__(
@@ -315,24 +426,31 @@ class FFNKernels(CompiledKernels[FFNShape]):
         target: Target | None = None,
         scheduler: Scheduler | None = None,
         buckets: Sequence[int] = BUCKETS,
+        quant: str = "f32",
     ) -> None:
         super().__init__(
             ffn_func, FUNC_NAME, scheduler or cpu_scheduler, target=target, buckets=buckets
         )
-        self._weights: dict[tuple[Any, ...], tuple[np.ndarray, Any, np.ndarray]] = {}
+        if quant not in QUANTS:
+            raise EdgespecError(f"unknown FFN weight form '{quant}'; known: {', '.join(QUANTS)}")
+        self.quant = quant
+        # {source key: (the source array, its operand tensors, the arrays they view)}
+        self._weights: dict[tuple[Any, ...], tuple[np.ndarray, tuple[Any, ...], Any]] = {}
         # the last OBJECTS arrays weight() was given:
-        # {(id, transposed): (the array, layout, its tensor)}
+        # {(id, transposed): (the array, layout, its operand tensors)}
         self._by_object: dict[tuple[int, bool], tuple[np.ndarray, tuple[Any, ...], Any]] = {}
         self._scratch = threading.local()
         self._functions: dict[tuple[Any, ...], Any] = {}
         # the bucket of each row count up to the largest (index m_rows)
         self._bucket_of = [bucket_for(max(m, 1), self.buckets) for m in range(self.buckets[-1] + 1)]
 
-    def weight(self, a: np.ndarray, transposed: bool = False) -> Any:
-        """``a`` (``a.T`` when ``transposed``) as a float32 C-contiguous TVM tensor: in place
-        (DLPack) when it already is one, else converted once and cached by the source's
-        address, shape and strides (the cache keeps the source alive, so the address cannot
-        be reused).
+    def weight(self, a: np.ndarray, transposed: bool = False) -> tuple[Any, ...]:
+        """The kernel's operands of the weight ``a`` (``a.T`` when ``transposed``), ``[F, d]``:
+        ``(float32 tensor,)``, in place (DLPack) when ``a`` already is a float32 C-contiguous
+        aligned array, else converted once; for "q8_0" ``(int8 codes [F, d], float16 scales
+        [F, d / 32])``, quantized once. Conversions are cached by the source's address,
+        shape and strides (the cache keeps the source alive, so the address cannot be
+        reused).
 
         A later call with the same array object is a dictionary lookup by object, without
         reading the address (about 0.8 us in NumPy, a call's largest bookkeeping). The entry
@@ -345,23 +463,36 @@ class FFNKernels(CompiledKernels[FFNShape]):
         if hit is not None and hit[0] is a and hit[1] == layout:  # (shape can be assigned)
             return hit[2]
         src = a.T if transposed else a
-        tvm = _tvm()
+        from_dlpack = _tvm().runtime.from_dlpack
         at = address(src)
-        in_place = src.dtype == np.float32 and is_aligned(src, at)
+        in_place = self.quant == "f32" and src.dtype == np.float32 and is_aligned(src, at)
         key = (in_place, at, src.shape, src.strides, src.dtype.str)
         got = self._weights.get(key)
         if got is None:
-            if not in_place:
-                copy = aligned_zeros(src.shape, np.float32)
-                copy[...] = src
-                src = copy
-            got = (a, tvm.runtime.from_dlpack(src), src)
+            if self.quant == "q8_0":
+                held: Any = quantize_rows(src)
+            elif in_place:
+                held = (src,)
+            else:
+                held = (aligned_zeros(src.shape, np.float32),)
+                held[0][...] = src
+            got = (a, tuple(from_dlpack(h) for h in held), held)
             self._weights[key] = got
         with self._lock:
             if len(self._by_object) >= OBJECTS:  # the oldest entry out (dicts keep order)
                 del self._by_object[next(iter(self._by_object))]
             self._by_object[(id(a), transposed)] = (a, layout, got[1])
         return got[1]
+
+    def held(self, a: np.ndarray, transposed: bool = False) -> tuple[np.ndarray, ...]:
+        """The NumPy arrays behind :meth:`weight`'s operands of ``a`` (converted if not yet):
+        ``(float32 [F, d],)`` or ``(codes, scales)``; writing to them changes what the
+        kernels read (the tests poison rows this way)."""
+        self.weight(a, transposed)
+        src = a.T if transposed else a
+        at = address(src)
+        in_place = self.quant == "f32" and src.dtype == np.float32 and is_aligned(src, at)
+        return self._weights[(in_place, at, src.shape, src.strides, src.dtype.str)][2]
 
     def _buffers(self, bucket: int, d: int, f: int) -> _Scratch:
         """This thread's reusable operands for ``bucket`` rows of ``d`` and up to ``f``
@@ -403,7 +534,10 @@ class FFNKernels(CompiledKernels[FFNShape]):
             else bucket_for(m_rows, self.buckets)  # (its error)
         )
         # FFNShape's fields in order (a tuple hashes faster than the dataclass)
-        fkey = (bucket, d, f, act, gate is not None, scale is not None, rows is not None)
+        fkey = (
+            bucket, d, f, act, gate is not None, scale is not None, rows is not None, None,
+            self.quant,
+        )  # fmt: skip
         fn = self._functions.get(fkey)
         if fn is None:
             fn = self._functions[fkey] = self.function(FFNShape(*fkey))
@@ -419,8 +553,9 @@ class FFNKernels(CompiledKernels[FFNShape]):
         if m_rows < bucket:
             own.x[m_rows:] = 0
         if gate is not None:
-            args.append(self.weight(gate))
-        args += [self.weight(up), self.weight(down, transposed=True)]
+            args += self.weight(gate)
+        args += self.weight(up)
+        args += self.weight(down, transposed=True)
         if scale is not None:
             if scale.shape != (m_rows, n_rows):
                 raise EdgespecError(
@@ -499,7 +634,7 @@ def block_rows_maker(f: int, block: int) -> Callable[[Any, np.random.Generator, 
 
     def make(info: Any, rng: np.random.Generator, dev: Any) -> Any:
         _, dtype, shape = info
-        if "int" not in str(dtype):
+        if str(dtype) != "int64" or len(shape) != 1:  # (Q8_0 codes are int8 [F, d])
             return tuning._random_arg(info, rng, dev)
         n_rows = int(shape[0])
         blocks = np.sort(rng.choice(f // block, -(-n_rows // block), replace=False))
@@ -553,19 +688,21 @@ def tune_sparse(
     return rec
 
 
-_DEFAULT: FFNKernels | None = None
+_DEFAULT: dict[str, FFNKernels] = {}
 
 
-def default_kernels() -> FFNKernels:
-    """The process-wide :class:`FFNKernels` of the registry entries: this CPU's target, this
-    device's MetaSchedule record of each shape when :func:`tune_sparse` made one that beat
-    the untuned schedule, else the untuned schedule."""
+def default_kernels(quant: str = "f32") -> FFNKernels:
+    """The process-wide :class:`FFNKernels` of the registry entries for weights in the form
+    ``quant``: this CPU's target, this device's MetaSchedule record of each shape when
+    :func:`tune_sparse` made one that beat the untuned schedule, else the untuned schedule."""
     from edgespec.kernels import tuning
 
-    global _DEFAULT
-    if _DEFAULT is None:
-        _DEFAULT = FFNKernels(scheduler=tuning.tuned_scheduler(cpu_scheduler))
-    return _DEFAULT
+    got = _DEFAULT.get(quant)
+    if got is None:
+        got = _DEFAULT[quant] = FFNKernels(
+            scheduler=tuning.tuned_scheduler(cpu_scheduler), quant=quant
+        )
+    return got
 
 
 def sparse_ffn(
@@ -611,5 +748,45 @@ def dense_ffn(
     return default_kernels().run(x, None, gate, up, down, act=act, scale=scale)
 
 
+def sparse_ffn_q8(
+    x: np.ndarray,
+    rows: np.ndarray,
+    gate: np.ndarray | None,
+    up: np.ndarray,
+    down: np.ndarray,
+    *,
+    act: str = "silu",
+    scale: np.ndarray | None = None,
+) -> np.ndarray:
+    """``KERNELS["sparse_ffn:tvm-q8"]``: :func:`sparse_ffn` on the weights in GGML's Q8_0
+    blocks (lossy): each float weight is quantized once, on first sight, along its rows of
+    d (``down`` along ``down_t``'s rows), and the kernel dequantizes each listed row once
+    for the chunk's M tokens. About a quarter of the float32 bytes a call (1.0625 bytes a
+    weight), so it pays where the weights stream from memory; arguments as
+    :func:`sparse_ffn`, d a multiple of 32."""
+    return default_kernels("q8_0").run(x, rows, gate, up, down, act=act, scale=scale)
+
+
+def dense_ffn_q8(
+    x: np.ndarray,
+    gate: np.ndarray | None,
+    up: np.ndarray,
+    down: np.ndarray,
+    *,
+    act: str = "silu",
+    scale: np.ndarray | None = None,
+) -> np.ndarray:
+    """``KERNELS["dense_ffn:tvm-q8"]``: :func:`dense_ffn` on Q8_0 weights, the same-precision
+    baseline of :func:`sparse_ffn_q8`."""
+    return default_kernels("q8_0").run(x, None, gate, up, down, act=act, scale=scale)
+
+
+sparse_ffn_q8.lossy = dense_ffn_q8.lossy = True  # type: ignore[attr-defined]
+
 #: the registered entry points, for tests that want them side by side
-ENTRY_POINTS: dict[str, Callable[..., np.ndarray]] = {"sparse": sparse_ffn, "dense": dense_ffn}
+ENTRY_POINTS: dict[str, Callable[..., np.ndarray]] = {
+    "sparse": sparse_ffn,
+    "dense": dense_ffn,
+    "sparse-q8": sparse_ffn_q8,
+    "dense-q8": dense_ffn_q8,
+}

@@ -491,7 +491,7 @@ class BlockFFNModel(KVCacheModel):
         kernel: Any = None,
         dense: Any = None,
     ) -> None:
-        from edgespec.sparse.kernel import dense_kernel, max_rows, sparse_kernel
+        from edgespec.sparse.kernel import dense_kernel, is_lossy, max_rows, sparse_kernel
 
         self.cfg, self.w, self.info = cfg, w, info
         self.n_ctx = int(n_ctx)
@@ -508,13 +508,16 @@ class BlockFFNModel(KVCacheModel):
         self.kernel = kernel if kernel is not None else sparse_kernel("numpy")
         self.dense = dense if dense is not None else dense_kernel("numpy")
         self.max_rows = max_rows(self.kernel)
-        self.sparsity = ForwardSparsity(cfg.num_experts, L)
+        # a kernel that quantizes the weights (tvm-q8) changes the output: labelled lossy
+        self.sparsity = ForwardSparsity(cfg.num_experts, L, lossy=is_lossy(self.kernel))
         self.trace: list[tuple[int, np.ndarray, np.ndarray]] | None = None
 
     def fork(self) -> BlockFFNModel:
         """A model sharing the weights with a copy of the cache and its own sparsity counts."""
         other = super().fork()
-        other.sparsity = ForwardSparsity(self.cfg.num_experts, self.cfg.num_hidden_layers)
+        other.sparsity = ForwardSparsity(
+            self.cfg.num_experts, self.cfg.num_hidden_layers, lossy=self.sparsity.lossy
+        )
         return other
 
     def forward(self, tokens: Sequence[int], *, all_logits: bool = True) -> np.ndarray:
@@ -630,7 +633,8 @@ def load_blockffn(
         folder: the HF folder (e.g. a download of a SparseLLM BlockFFN model).
         n_ctx: KV cache positions.
         dtype: "float32" or "float64" (tests use float64 to compare evaluations exactly).
-        kernel: the ``sparse_ffn`` implementation ("numpy" or "tvm").
+        kernel: the ``sparse_ffn`` implementation ("numpy", "tvm", or "tvm-q8", which
+            quantizes the FFN weights to Q8_0: lossy).
 
     Raises:
         ModelLoadError: a missing/invalid config or checkpoint, unknown config keys, or

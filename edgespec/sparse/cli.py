@@ -142,13 +142,15 @@ def tune(
     rows: tuple[int, ...] = TUNE_ROWS,
     trials: int = 16,
     union: float = 0.25,
+    impl: str = "tvm",
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """MetaSchedule on the ``sparse_ffn:tvm`` kernel of a BlockFFN model's FFN shape, one
+    """MetaSchedule on the ``sparse_ffn:<impl>`` kernel (``tvm``, or ``tvm-q8`` on Q8_0
+    weights) of a BlockFFN model's FFN shape, one
     tuning per chunk size in ``rows``, at a union of ``union`` of the expert blocks (a trained
     model's chunks keep 0.19-0.33 of them: docs/sparsity.md). Each record lands in this
     device's records (:func:`edgespec.kernels.tuning.records_dir`), where the kernels the
-    ``blockffn`` backend builds with ``--sparse-kernel tvm`` find it; a record whose schedule
+    ``blockffn`` backend builds with ``--sparse-kernel <impl>`` find it; a record whose schedule
     was not faster than the untuned one in its own run is not used.
 
     Returns:
@@ -157,15 +159,20 @@ def tune(
 
     Raises:
         EdgespecError: not a BlockFFN model, a trial budget below 1, a union outside
-            (0, 1], a chunk size outside 1..16, or TVM missing (one line each).
+            (0, 1], a chunk size outside 1..16, an implementation MetaSchedule does not
+            tune, or TVM missing (one line each).
     """
-    from edgespec.kernels.sparse_ffn import BUCKETS, FFNShape, tune_sparse
+    from edgespec.kernels.sparse_ffn import BUCKETS, IMPL_QUANT, FFNShape, tune_sparse
     from edgespec.runtimes.numpy_weights import read_hf_config
     from edgespec.sources import resolve
     from edgespec.sparse.blockffn import BlockFFNConfig, is_blockffn_folder
 
     if model is None:
         raise EdgespecError("tune needs -m: a BlockFFN HF folder or hub id")
+    if impl not in IMPL_QUANT:
+        raise EdgespecError(
+            f"--sparse-kernel {impl} is not tuned here; tune tunes {', '.join(IMPL_QUANT)}"
+        )
     if trials < 1:
         raise EdgespecError(f"--trials must be at least 1; got {trials}")
     if not 0 < union <= 1:
@@ -187,8 +194,9 @@ def tune(
     out = []
     for m in rows:
         shape = FFNShape(
-            m, cfg.hidden_size, n * size, cfg.hidden_act, gated=False, scaled=True, n_rows=n_rows
-        )
+            m, cfg.hidden_size, n * size, cfg.hidden_act, gated=False, scaled=True,
+            n_rows=n_rows, quant=IMPL_QUANT[impl],
+        )  # fmt: skip
         rec = tune_sparse(shape, block=size, trials=trials, progress=progress)
         out.append(
             {
@@ -205,7 +213,14 @@ def tune(
 
 
 def cmd_tune(a: argparse.Namespace) -> int:
-    res = tune(a.model, rows=tuple(a.rows), trials=a.trials, union=a.union, progress=not a.quiet)
+    res = tune(
+        a.model,
+        rows=tuple(a.rows),
+        trials=a.trials,
+        union=a.union,
+        impl=a.sparse_kernel,
+        progress=not a.quiet,
+    )
     if a.json:
         print(json.dumps(res))
         return 0
@@ -269,10 +284,11 @@ def add_commands(sub: Any) -> None:
     t = sub.add_parser(
         "tune",
         help="tune a BlockFFN model's chunk-sparse FFN kernel for this device (MetaSchedule)",
-        description="MetaSchedule on the sparse_ffn:tvm kernel at the model's FFN shape, one "
+        description="MetaSchedule on the sparse_ffn:tvm (or tvm-q8) kernel at the model's FFN "
+        "shape, one "
         "tuning per chunk size, timed on this device; the records are stored under "
         "$EDGESPEC_HOME/tvm/<device fingerprint>/, where --backend blockffn --sparse-kernel "
-        "tvm picks them up (a schedule slower than the untuned one is not used).",
+        "tvm (tvm-q8) picks them up (a schedule slower than the untuned one is not used).",
     )
     add_model_arg(t, "a BlockFFN HF folder or hub id (required)")
     t.add_argument(
@@ -288,6 +304,12 @@ def add_commands(sub: Any) -> None:
         type=float,
         default=0.25,
         help="fraction of the expert blocks a chunk's union holds while timing (default 0.25)",
+    )
+    t.add_argument(
+        "--sparse-kernel",
+        default="tvm",
+        metavar="IMPL",
+        help="the kernel to tune: tvm (float32 weights) or tvm-q8 (Q8_0; default tvm)",
     )
     t.add_argument("--json", action="store_true", help="print the result as JSON")
     t.add_argument("--quiet", "-q", action="store_true", help="no progress bars")

@@ -11,7 +11,8 @@ A registry entry that is a class (a builder, as ``qmatmul:tvm`` is) is instantia
 without arguments and the instance is called with that signature. A kernel compiled for at
 most R rows says so with an attribute ``max_rows`` (or its module's ``BUCKETS``); longer
 forwards (a prompt) are then computed in groups of R rows, each over its own union
-(:func:`max_rows`).
+(:func:`max_rows`). A kernel that computes on weights it changed (quantized) has an
+attribute ``lossy`` True (:func:`is_lossy`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ def dense_kernel(impl: str = "numpy") -> SparseKernel:
     from edgespec.kernels import KERNELS
 
     return sparse_kernel(impl if f"dense_ffn:{impl}" in KERNELS else "numpy", "dense_ffn")
+
+
+def is_lossy(kernel: SparseKernel) -> bool:
+    """Whether ``kernel`` computes on weights it changed (its attribute ``lossy``: the
+    ``tvm-q8`` kernels quantize them to Q8_0), so the model's output differs from its own
+    float evaluation beyond rounding."""
+    return bool(getattr(kernel, "lossy", False))
 
 
 def max_rows(kernel: SparseKernel) -> int | None:

@@ -63,8 +63,9 @@ class ForwardSparsity:
         union_active: per T, ``int64[L]``: summed chunk-union unit counts of each layer (over
             forwards): the units actually computed.
         unit: what a unit is, for messages ("block" or "neuron").
-        lossy: the sparsity changes the model's output (training-free thresholds on a
-            dense model); False for BlockFFN, whose routers are the model's own.
+        lossy: the sparse path changes the model's output (training-free thresholds on a
+            dense model, or a kernel that quantizes the weights, ``tvm-q8``); False for
+            BlockFFN on float weights, whose routers are the model's own.
         trace: None, or a list that every :meth:`record` appends ``(layer, active)`` to
             (:func:`sparsity_curve` reads whole sequences this way).
     """

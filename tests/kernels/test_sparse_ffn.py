@@ -25,8 +25,11 @@ from edgespec.kernels.sparse_ffn import (  # noqa: E402
     aligned_zeros,
     bucket_for,
     dense_ffn,
+    dense_ffn_q8,
     ffn_bound,
+    quantize_rows,
     sparse_ffn,
+    sparse_ffn_q8,
 )
 
 D, F, S = 64, 256, 16  # width, FFN width, neurons per block (16 blocks)
@@ -226,6 +229,7 @@ def test_bad_input_is_one_line(kern: FFNKernels) -> None:
 
 def test_record_keys_name_the_shape() -> None:
     assert FFNShape(4, 576, 1536).key == "sparse_ffn-silu-gated-m4-d576-f1536"
+    assert FFNShape(4, 576, 1536, quant="q8_0").key == "sparse_ffn-silu-gated-m4-d576-f1536-q8_0"
     assert (
         FFNShape(1, 8, 16, "relu", False, True, False).key
         == "dense_ffn-relu-plain-scaled-m1-d8-f16"
@@ -250,18 +254,18 @@ def test_reused_buffers_and_weights_by_object(kern: FFNKernels) -> None:
     w["up"][rows] *= 2  # in place: the cached tensor views the same memory
     check_bound(run(kern, w, x1, rows), w, x1, rows, gated=True, act="silu", scale=None)
     up = w["up"]
-    flat = kern.weight(up)
+    (flat,) = kern.weight(up)
     up.shape = (F // 2, 2 * D)  # the same object, another layout: not the cached tensor
-    assert tuple(kern.weight(up).shape) == (F // 2, 2 * D)
+    assert tuple(kern.weight(up)[0].shape) == (F // 2, 2 * D)
     up.shape = (F, D)
-    assert tuple(kern.weight(up).shape) == tuple(flat.shape) == (F, D)
+    assert tuple(kern.weight(up)[0].shape) == tuple(flat.shape) == (F, D)
     before = len(kern._weights)
     for _ in range(3 * OBJECTS // 2):  # a new transposed view on every call
         kern.weight(w["down_t"].T.T)
     assert len(kern._by_object) <= OBJECTS
     assert len(kern._weights) <= before + 1  # one address, one tensor
     down = w["down_t"].T  # a caller's stable [d, F] view: known by object, transposed
-    assert kern.weight(down, transposed=True) is kern.weight(w["down_t"])
+    assert kern.weight(down, transposed=True)[0] is kern.weight(w["down_t"])[0]
     assert kern._by_object[(id(down), True)][0] is down
 
 
@@ -293,3 +297,94 @@ def test_reused_row_lists_and_scales(kern: FFNKernels) -> None:
         )
         bound = ffn_bound(x, rows, None, w["up"], w["down_t"].T, act="relu", scale=scale)
         assert (np.abs(y - exact) <= bound).all(), (m_rows, len(rows))
+
+
+# --- Q8_0 weights (``sparse_ffn:tvm-q8``) ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kern_q8() -> FFNKernels:
+    return FFNKernels(quant="q8_0")
+
+
+def dequantized(w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each weight through gguf-py's own Q8_0 quantizer and dequantizer (rows of d): the
+    float32 weights the Q8_0 kernel computes with, found independently of it."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+
+    q8 = GGMLQuantizationType.Q8_0
+    out = {}
+    for name, a in w.items():
+        b = aligned_zeros(a.shape, np.float32)
+        b[...] = dequantize(quantize(a, q8), q8)
+        out[name] = b
+    return out
+
+
+def test_quantize_rows_is_gguf_q8_0() -> None:
+    """codes x scales is exactly gguf-py's dequantization of its Q8_0 bytes; a row length
+    that is not a multiple of 32 is one line."""
+    w = weights(np.random.default_rng(20))
+    codes, scales = quantize_rows(w["up"])
+    assert codes.dtype == np.int8 and codes.shape == (F, D)
+    assert scales.dtype == np.float16 and scales.shape == (F, D // 32)
+    mine = codes.astype(np.float32) * np.repeat(scales.astype(np.float32), 32, axis=1)
+    np.testing.assert_array_equal(mine, dequantized({"up": w["up"]})["up"])
+    with pytest.raises(EdgespecError, match="multiple of 32"):
+        quantize_rows(np.ones((4, 48), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("m_rows", "act", "gated", "scaled"),
+    [(1, "silu", True, False), (5, "relu", False, True), (16, "gelu_tanh", True, True)],
+)
+def test_q8_matches_the_reference_on_dequantized_weights(
+    kern_q8: FFNKernels, m_rows: int, act: str, gated: bool, scaled: bool
+) -> None:
+    """The Q8_0 kernel, given float weights, computes the masked FFN of their Q8_0
+    dequantization (gguf-py's) within the float32 bound of that evaluation."""
+    rng = np.random.default_rng(21 + m_rows)
+    w = weights(rng)
+    x = rng.standard_normal((m_rows, D)).astype(np.float32)
+    rows = reference.block_rows(np.array([0, 4, 5, 13]), S)
+    scale = rng.uniform(0.5, 1.5, (m_rows, len(rows))).astype(np.float32) if scaled else None
+    y = run(kern_q8, w, x, rows, gated=gated, act=act, scale=scale)
+    check_bound(y, dequantized(w), x, rows, gated=gated, act=act, scale=scale)
+    # and it is not the float32 weights' result: the quantization shows
+    assert not np.allclose(y, run(FFNKernels(), w, x, rows, gated=gated, act=act, scale=scale))
+
+
+def test_q8_all_rows_equal_dense_and_unlisted_rows_are_never_read(kern_q8: FFNKernels) -> None:
+    """Every row listed gives the Q8_0 dense twin bit for bit; NaN in the scales of every
+    row outside the list (the kernel's own quantized copy) changes nothing."""
+    rng = np.random.default_rng(30)
+    w = weights(rng)
+    x = rng.standard_normal((3, D)).astype(np.float32)
+    down = w["down_t"].T
+    dense = kern_q8.run(x, None, w["gate"], w["up"], down, act="silu", scale=None)
+    every = kern_q8.run(x, np.arange(F), w["gate"], w["up"], down, act="silu", scale=None)
+    np.testing.assert_array_equal(every, dense)
+    rows = reference.block_rows(np.array([2, 3, 11]), S)
+    clean = kern_q8.run(x, rows, w["gate"], w["up"], down, act="silu", scale=None)
+    off = np.setdiff1d(np.arange(F), rows)
+    for name in ("gate", "up"):
+        kern_q8.held(w[name])[1][off] = np.nan
+    kern_q8.held(down, transposed=True)[1][off] = np.nan
+    poisoned = kern_q8.run(x, rows, w["gate"], w["up"], down, act="silu", scale=None)
+    np.testing.assert_array_equal(poisoned, clean)
+    assert np.isnan(kern_q8.run(x, None, w["gate"], w["up"], down, act="silu", scale=None)).all()
+
+
+def test_q8_registry_entries_are_lossy() -> None:
+    """``sparse_ffn:tvm-q8`` and its dense twin are registered and say they are lossy (the
+    model labels its output so); the float32 ones do not."""
+    from edgespec.sparse.kernel import dense_kernel, is_lossy, sparse_kernel
+
+    assert KERNELS.get("sparse_ffn:tvm-q8") is sparse_ffn_q8
+    assert KERNELS.get("dense_ffn:tvm-q8") is dense_ffn_q8
+    assert dense_kernel("tvm-q8") is dense_ffn_q8
+    assert is_lossy(sparse_kernel("tvm-q8")) and is_lossy(dense_ffn_q8)
+    assert not is_lossy(sparse_kernel("tvm")) and not is_lossy(sparse_kernel("numpy"))
+    with pytest.raises(EdgespecError, match="unknown FFN weight form 'q4'"):
+        FFNKernels(quant="q4")

@@ -184,3 +184,45 @@ def test_tvm_kernel_runs_the_model_like_the_numpy_one(blockffn_dir):
     err = {k: float(np.abs(out[k] - out["f64"]).max()) for k in ("np32", "tvm")}
     assert err["tvm"] <= 4 * err["np32"]  # float32 rounding of the same sums, either kernel
     np.testing.assert_array_equal(out["tvm"].argmax(-1), out["f64"].argmax(-1))
+
+
+@pytest.mark.slow
+def test_q8_kernel_runs_the_model_on_its_quantized_weights(blockffn_dir):
+    """--sparse-kernel tvm-q8: the whole model equals the model whose expert weights are
+    gguf-py's Q8_0 round trip (float64), as closely as the float32 NumPy reference of that
+    same model does (the measured errors are printed with ``-s``), greedy tokens the same;
+    its output is labelled lossy, the float32 kernel's is not."""
+    pytest.importorskip("tvm")
+    pytest.importorskip("gguf")
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+
+    from edgespec.sparse.blockffn import load_blockffn
+
+    q8 = GGMLQuantizationType.Q8_0
+
+    def round_trip(model):
+        for layer in model.w.layers:
+            f = layer.ffn
+            for name in ("up", "down_t"):
+                a = getattr(f, name)
+                setattr(f, name, dequantize(quantize(a.astype(np.float32), q8), q8).astype(a.dtype))
+        return model
+
+    ids = np.random.default_rng(6).integers(0, 256, 21).tolist()
+    models = {
+        "f64": round_trip(load_blockffn(blockffn_dir, dtype="float64")),
+        "np32": round_trip(load_blockffn(blockffn_dir)),
+        "tvm-q8": load_blockffn(blockffn_dir, kernel="tvm-q8"),
+    }
+    out = {}
+    for name, m in models.items():
+        logits = np.concatenate([m.forward(ids[:20]), m.forward(ids[20:])])
+        out[name] = logits.astype(np.float64)
+    err = {k: float(np.abs(out[k] - out["f64"]).max()) for k in ("np32", "tvm-q8")}
+    print("max |logit error| against float64:", err)
+    assert err["tvm-q8"] <= 4 * err["np32"]  # float32 rounding of the same sums
+    np.testing.assert_array_equal(out["tvm-q8"].argmax(-1), out["f64"].argmax(-1))
+    assert models["tvm-q8"].sparsity.lossy and models["tvm-q8"].sparsity.to_dict()["lossy"]
+    assert not models["np32"].sparsity.lossy
+    assert models["tvm-q8"].fork().sparsity.lossy

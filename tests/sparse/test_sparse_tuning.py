@@ -114,7 +114,7 @@ def test_tune_command_tunes_the_kernel_the_backend_runs(
     monkeypatch.setattr(
         tuning, "apply_record", lambda f, r: applied.append(r.key) or real_apply(f, r)
     )
-    monkeypatch.setattr(sparse_ffn, "_DEFAULT", None)  # kernels built afresh in this home
+    monkeypatch.setattr(sparse_ffn, "_DEFAULT", {})  # kernels built afresh in this home
     model = load_blockffn(blockffn_dir, n_ctx=16, kernel="tvm")
     model.forward([1, 2], all_logits=True)
     assert entry["key"] in applied
@@ -126,6 +126,7 @@ def test_tune_command_tunes_the_kernel_the_backend_runs(
         (["--trials", "0"], "--trials must be at least 1"),
         (["--union", "1.5"], "--union must be in"),
         (["--rows", "17"], "--rows must lie in 1..16"),
+        (["--sparse-kernel", "numpy"], "--sparse-kernel numpy is not tuned here"),
     ],
 )
 def test_tune_command_bad_input_is_one_line(
