@@ -223,42 +223,83 @@ def ffn_func(shape: FFNShape) -> PrimFunc:
     return te.create_prim_func(args).with_attr("global_symbol", FUNC_NAME)
 
 
-def schedule_cpu(func: PrimFunc, row_tile: int = 8, parts: int = 2) -> IRModule:
+#: token rows up to which a quantized kernel dequantizes each weight inside the dot
+#: product instead of into a row buffer first (the buffer pays once rows share it)
+INLINE_ROWS = 1
+#: partial-sum lanes of a quantized kernel's dot products past :data:`INLINE_ROWS` tokens,
+#: where each token keeps its own accumulator (8 float32: one AVX2 register, so that 8
+#: tokens' sums stay in AVX2's 16 registers). Against the float32 kernel's order (each
+#: token a whole row in turn), 1.0-1.3x faster at M = 2-8 on the Qwen-sized FFN (Zen 3,
+#: one thread, a quarter of the rows; docs/sparsity.md)
+TILE_LANES = 8
+#: partial-sum lanes of a quantized kernel's one-token dot products: four AVX2 registers,
+#: four independent sums (16 lanes, two sums, ran 1.28x slower: bound by the adds' latency)
+ONE_ROW_LANES = 32
+
+
+def _has_block(sch: Any, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+    except Exception:
+        return False
+    return True
+
+
+def schedule_cpu(
+    func: PrimFunc, row_tile: int = 8, parts: int = 2, lanes: int | None = None
+) -> IRModule:
     """The untuned CPU schedule.
 
     ``u``/``g``: d split into :data:`LANES` partial sums (``rfactor``), so the inner loop runs
     over consecutive weights of one row and vectorizes; parallel over tiles of ``row_tile``
     active rows, the M token rows inside (a weight row is read from memory once, then from
-    L1 for the other tokens). ``y``: the active rows split into ``parts`` ranges (``rfactor``,
-    parallel), each streaming whole rows of ``down_t`` into its own ``[M, d]`` partial sum
-    (column tiles instead, parallel over the output, read every row strided and ran 2-4x
-    slower once ``down_t`` left L2: 6 ms for M = 8, d = 576, F = 1536), then the parts summed.
+    L1 for the other tokens). Quantized weights: each listed row dequantized once into a
+    row buffer, and its vectors of :data:`TILE_LANES` each meet the M tokens in turn (at one
+    token, dequantized inside the dot product, :data:`ONE_ROW_LANES` lanes).
+    ``y``: the active rows split into ``parts`` ranges (``rfactor``, parallel), each
+    streaming whole rows of ``down_t`` into its own ``[M, d]`` partial sum (column tiles
+    instead, parallel over the output, read every row strided and ran 2-4x slower once
+    ``down_t`` left L2: 6 ms for M = 8, d = 576, F = 1536), then the parts summed.
     """
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
-    _schedule(sch, row_tile, parts, LANES)
+    _schedule(sch, row_tile, parts, lanes)
     return sch.mod
 
 
-def _schedule(sch: Any, row_tile: Any, parts: Any, lanes: Any) -> None:
-    """:func:`schedule_cpu`'s steps on ``sch``; the knobs are ints or sampled variables."""
+def _schedule(sch: Any, row_tile: Any, parts: Any, lanes: Any = None) -> None:
+    """:func:`schedule_cpu`'s steps on ``sch``; the knobs are ints or sampled variables
+    (``lanes`` None: :data:`LANES`, or :data:`ONE_ROW_LANES` for quantized weights at one
+    token; quantized weights past one token always take :data:`TILE_LANES`)."""
     m_rows = int(sch.get(sch.get_loops(sch.get_sblock("u"))[0]).extent)
+    quantized = _has_block(sch, "up_w")
+    # quantized weights, several tokens: each weight vector (dequantized once, into the row
+    # buffer) meets the M tokens in M accumulators of TILE_LANES, the tokens the inner loop
+    tile = quantized and m_rows > INLINE_ROWS
+    if tile:
+        lanes = TILE_LANES  # (a sampled knob has no effect here)
+    elif lanes is None:
+        lanes = ONE_ROW_LANES if quantized else LANES
     for name in ("u", "g"):
-        try:
-            blk = sch.get_sblock(name)
-        except Exception:  # no gate: an ungated FFN
+        if not _has_block(sch, name):  # no gate: an ungated FFN
             continue
+        blk = sch.get_sblock(name)
         i, a, k = sch.get_loops(blk)
         _, kv = sch.split(k, [None, lanes])
         rf = sch.rfactor(kv, factor_axis=2)  # <name>_rf[i, a, lane]
         i2, a2, ko2, kv2 = sch.get_loops(rf)
         ao, ai = sch.split(a2, [None, row_tile])
-        sch.reorder(ao, ai, i2, ko2, kv2)
+        if tile:
+            sch.reorder(ao, ai, ko2, i2, kv2)
+        else:
+            sch.reorder(ao, ai, i2, ko2, kv2)
         sch.parallel(ao)
         sch.decompose_reduction(rf, ko2)
         sch.reverse_compute_at(sch.get_sblock(name), ai)
         sch.set_scope(rf, 0, "local")
+        if tile:
+            sch.unroll(i2)
         _dequantize_at(sch, "up" if name == "u" else "gate", ai, m_rows)
     blk = sch.get_sblock("y")
     i, j, r = sch.get_loops(blk)
@@ -274,20 +315,14 @@ def _schedule(sch: Any, row_tile: Any, parts: Any, lanes: Any) -> None:
     _dequantize_at(sch, "down", ri2, m_rows)
 
 
-#: token rows up to which a quantized kernel dequantizes each weight inside the dot
-#: product instead of into a row buffer first (the buffer pays once rows share it)
-INLINE_ROWS = 1
-
-
 def _dequantize_at(sch: Any, name: str, loop: Any, m_rows: int) -> None:
     """Quantized weights: compute the dequantizing stage ``<name>_w`` (if any) one listed
     row at a time under ``loop`` (the loop over rows), in a row buffer that the M token
     rows then read, its 32-value groups (one scale each) vectorized; for M up to
     :data:`INLINE_ROWS`, inside the dot product instead."""
-    try:
-        blk = sch.get_sblock(f"{name}_w")
-    except Exception:  # float32 weights: read in place
+    if not _has_block(sch, f"{name}_w"):  # float32 weights: read in place
         return
+    blk = sch.get_sblock(f"{name}_w")
     if m_rows <= INLINE_ROWS:
         sch.compute_inline(blk)
         return
