@@ -34,7 +34,7 @@ import platform
 import shlex
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -47,18 +47,64 @@ from edgespec.bench.timing import median_ms
 SIZES = {"smollm2": (576, 1536), "qwen1.5b": (1536, 8960)}
 
 
-def table(
-    name: str, d: int, f: int, block: int, repeats: int, rounds: int, rng: np.random.Generator
-) -> list[str]:
-    from edgespec.kernels import reference
-    from edgespec.kernels.sparse_ffn import FFNKernels, aligned_zeros, ffn_bound
+#: (chunk sparsity s, chunk rows T) of every table
+CELLS = [(s, t) for s in (0.5, 0.7, 0.9) for t in (1, 2, 4, 8)]
 
-    kern = FFNKernels()
+
+def random_weights(rng: np.random.Generator, d: int, f: int) -> dict[str, np.ndarray]:
+    """gate, up and down_t ``float32[F, d]``, 64-byte aligned, scaled by 1/sqrt(fan-in)."""
+    from edgespec.kernels.sparse_ffn import aligned_zeros
+
     w = {}
     for key, fan_in in (("gate", d), ("up", d), ("down_t", f)):
         a = aligned_zeros((f, d), np.float32)
         a[...] = rng.standard_normal((f, d), dtype=np.float32) * np.float32(fan_in**-0.5)
         w[key] = a
+    return w
+
+
+def measure_cells(
+    desc: str,
+    d: int,
+    n_blocks: int,
+    block: int,
+    repeats: int,
+    rounds: int,
+    rng: np.random.Generator,
+    calls: Callable[[np.ndarray, np.ndarray], dict[str, Callable[[], object]]],
+    error: Callable[[np.ndarray, np.ndarray], float],
+) -> Iterator[tuple[float, int, float, dict[str, float], float]]:
+    """For each of :data:`CELLS`: ``rounds`` random unions of whole blocks, the ``calls(x,
+    rows)`` timed side by side (interleaved medians, warmed first), the median over rounds
+    of each, and the worst ``error(x, rows)``; yields ``(s, T, active fraction, medians ms,
+    worst error)``."""
+    from edgespec.kernels import reference
+
+    for s, t in tqdm(CELLS, desc=desc, unit="cell"):
+        x = rng.standard_normal((t, d), dtype=np.float32)
+        n_on = round(n_blocks * (1 - s))
+        med: dict[str, list[float]] = {}
+        worst = 0.0
+        for _ in range(rounds):
+            blocks = np.sort(rng.choice(n_blocks, n_on, replace=False))
+            rows = reference.block_rows(blocks, block)
+            fns = calls(x, rows)
+            for fn in fns.values():  # compile (and quantize) and warm the caches
+                fn()
+            for k, v in median_ms(fns, repeats).items():
+                med.setdefault(k, []).append(v)
+            worst = max(worst, error(x, rows))
+        yield s, t, n_on / n_blocks, {k: statistics.median(v) for k, v in med.items()}, worst
+
+
+def table(
+    name: str, d: int, f: int, block: int, repeats: int, rounds: int, rng: np.random.Generator
+) -> list[str]:
+    from edgespec.kernels import reference
+    from edgespec.kernels.sparse_ffn import FFNKernels, ffn_bound
+
+    kern = FFNKernels()
+    w = random_weights(rng, d, f)
     gate, up, down = w["gate"], w["up"], w["down_t"].T
     n_blocks = f // block
     out = [
@@ -68,37 +114,24 @@ def table(
         " | np vs ideal | tvm sparse / np sparse | max err / bound |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    cells = [(s, t) for s in (0.5, 0.7, 0.9) for t in (1, 2, 4, 8)]
-    for s, t in tqdm(cells, desc=name, unit="cell"):
-        x = rng.standard_normal((t, d), dtype=np.float32)
-        n_on = round(n_blocks * (1 - s))
-        med: dict[str, list[float]] = {}
-        worst = 0.0
-        for _ in range(rounds):
-            blocks = np.sort(rng.choice(n_blocks, n_on, replace=False))
-            rows = reference.block_rows(blocks, block)
-            fns: dict[str, Callable[[], object]] = {
-                "tvm dense": partial(kern.run, x, None, gate, up, down, act="silu", scale=None),
-                "tvm sparse": partial(kern.run, x, rows, gate, up, down, act="silu", scale=None),
-                "np dense": partial(reference.dense_ffn, x, gate, up, down),
-                "np sparse": partial(reference.sparse_ffn, x, rows, gate, up, down),
-            }
-            for fn in fns.values():  # compile and warm the caches
-                fn()
-            for k, v in median_ms(fns, repeats).items():
-                med.setdefault(k, []).append(v)
-            y = kern.run(x, rows, gate, up, down, act="silu", scale=None)
-            exact = reference.sparse_ffn(
-                x.astype(np.float64),
-                rows,
-                gate.astype(np.float64),
-                up.astype(np.float64),
-                down.astype(np.float64),
-            )
-            bound = ffn_bound(x, rows, gate, up, down)
-            worst = max(worst, float((np.abs(y - exact) / bound).max()))
-        m = {k: statistics.median(v) for k, v in med.items()}
-        frac = n_on / n_blocks
+
+    def calls(x: np.ndarray, rows: np.ndarray) -> dict[str, Callable[[], object]]:
+        return {
+            "tvm dense": partial(kern.run, x, None, gate, up, down, act="silu", scale=None),
+            "tvm sparse": partial(kern.run, x, rows, gate, up, down, act="silu", scale=None),
+            "np dense": partial(reference.dense_ffn, x, gate, up, down),
+            "np sparse": partial(reference.sparse_ffn, x, rows, gate, up, down),
+        }
+
+    def error(x: np.ndarray, rows: np.ndarray) -> float:
+        y = kern.run(x, rows, gate, up, down, act="silu", scale=None)
+        f64 = [a.astype(np.float64) for a in (gate, up, down)]
+        exact = reference.sparse_ffn(x.astype(np.float64), rows, *f64)
+        return float((np.abs(y - exact) / ffn_bound(x, rows, gate, up, down)).max())
+
+    for s, t, frac, m, worst in measure_cells(
+        name, d, n_blocks, block, repeats, rounds, rng, calls, error
+    ):
         out.append(
             f"| {s} | {t} | {m['tvm dense']:.3f} | {m['tvm sparse']:.3f}"
             f" | {m['tvm sparse'] / (m['tvm dense'] * frac):.2f}"
@@ -117,16 +150,12 @@ def q8_table(
     from gguf.quants import dequantize, quantize
 
     from edgespec.kernels import reference
-    from edgespec.kernels.sparse_ffn import FFNKernels, aligned_zeros, ffn_bound
+    from edgespec.kernels.sparse_ffn import FFNKernels, ffn_bound
 
     kerns = {"q8": FFNKernels(quant="q8_0"), "f32": FFNKernels()}
-    w, deq = {}, {}
-    for key, fan_in in (("gate", d), ("up", d), ("down_t", f)):
-        a = aligned_zeros((f, d), np.float32)
-        a[...] = rng.standard_normal((f, d), dtype=np.float32) * np.float32(fan_in**-0.5)
-        w[key] = a
-        q8 = GGMLQuantizationType.Q8_0
-        deq[key] = dequantize(quantize(a, q8), q8).astype(np.float32)
+    w = random_weights(rng, d, f)
+    q8 = GGMLQuantizationType.Q8_0
+    deq = {k: dequantize(quantize(a, q8), q8).astype(np.float32) for k, a in w.items()}
     gate, up, down = w["gate"], w["up"], w["down_t"].T
     n_blocks = f // block
     mb = {"q8": f * d * 3 * 34 / 32 / 1e6, "f32": f * d * 3 * 4 / 1e6}
@@ -138,36 +167,24 @@ def q8_table(
         " | q8 / f32 sparse | max err / bound |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    cells = [(s, t) for s in (0.5, 0.7, 0.9) for t in (1, 2, 4, 8)]
-    for s, t in tqdm(cells, desc=f"{name} q8_0", unit="cell"):
-        x = rng.standard_normal((t, d), dtype=np.float32)
-        n_on = round(n_blocks * (1 - s))
-        med: dict[str, list[float]] = {}
-        worst = 0.0
-        for _ in range(rounds):
-            blocks = np.sort(rng.choice(n_blocks, n_on, replace=False))
-            rows = reference.block_rows(blocks, block)
-            fns: dict[str, Callable[[], object]] = {
-                f"{k} {mode}": partial(kern.run, x, r, gate, up, down, act="silu", scale=None)
-                for k, kern in kerns.items()
-                for mode, r in (("dense", None), ("sparse", rows))
-            }
-            for fn in fns.values():  # compile, quantize and warm the caches
-                fn()
-            for k, v in median_ms(fns, repeats).items():
-                med.setdefault(k, []).append(v)
-            y = kerns["q8"].run(x, rows, gate, up, down, act="silu", scale=None)
-            exact = reference.sparse_ffn(
-                x.astype(np.float64),
-                rows,
-                deq["gate"].astype(np.float64),
-                deq["up"].astype(np.float64),
-                deq["down_t"].T.astype(np.float64),
-            )
-            bound = ffn_bound(x, rows, deq["gate"], deq["up"], deq["down_t"].T)
-            worst = max(worst, float((np.abs(y - exact) / bound).max()))
-        m = {k: statistics.median(v) for k, v in med.items()}
-        frac = n_on / n_blocks
+
+    def calls(x: np.ndarray, rows: np.ndarray) -> dict[str, Callable[[], object]]:
+        return {
+            f"{k} {mode}": partial(kern.run, x, r, gate, up, down, act="silu", scale=None)
+            for k, kern in kerns.items()
+            for mode, r in (("dense", None), ("sparse", rows))
+        }
+
+    def error(x: np.ndarray, rows: np.ndarray) -> float:
+        y = kerns["q8"].run(x, rows, gate, up, down, act="silu", scale=None)
+        g, u, dn = deq["gate"], deq["up"], deq["down_t"].T
+        f64 = [a.astype(np.float64) for a in (g, u, dn)]
+        exact = reference.sparse_ffn(x.astype(np.float64), rows, *f64)
+        return float((np.abs(y - exact) / ffn_bound(x, rows, g, u, dn)).max())
+
+    for s, t, frac, m, worst in measure_cells(
+        f"{name} q8_0", d, n_blocks, block, repeats, rounds, rng, calls, error
+    ):
         out.append(
             f"| {s} | {t} | {m['q8 dense']:.3f} | {m['q8 sparse']:.3f}"
             f" | {m['q8 sparse'] / (m['q8 dense'] * frac):.2f}"
