@@ -438,6 +438,49 @@ def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, scales
 
 
+@dataclass(frozen=True, eq=False)
+class QuantizedWeight:
+    """A weight ``[F, d]`` held only in the quantized form the kernels read, without its
+    float values: GGML's Q8_0 blocks along its rows (:func:`quantize_rows`). A model that
+    runs on ``sparse_ffn:tvm-q8`` keeps these instead of float32 arrays (a quarter of the
+    memory). ``.T`` is the same weight marked transposed (``[d, F]``), as models pass
+    ``down = down_t.T``.
+
+    Attributes:
+        codes: ``int8[F, d]``.
+        scales: ``float16[F, d / 32]``, one per 32 codes.
+        quant: the form (:data:`QUANTS`).
+        transposed: this is the ``[d, F]`` view of the rows.
+    """
+
+    codes: np.ndarray
+    scales: np.ndarray
+    quant: str = "q8_0"
+    transposed: bool = False
+
+    @classmethod
+    def of(cls, w: np.ndarray, quant: str = "q8_0") -> QuantizedWeight:
+        """``w float[F, d]`` quantized (:func:`quantize_rows`; "q8_0" is the one form)."""
+        if quant != "q8_0":
+            raise EdgespecError(f"no quantizer for FFN weights in '{quant}'; known: q8_0")
+        return cls(*quantize_rows(w), quant=quant)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        f, d = self.codes.shape
+        return (d, f) if self.transposed else (f, d)
+
+    @property
+    def T(self) -> QuantizedWeight:  # noqa: N802 (NumPy's name)
+        return replace(self, transposed=not self.transposed)
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 values the kernels compute with, in this view's shape."""
+        per = self.codes.shape[1] // self.scales.shape[1]
+        w = self.codes.astype(np.float32) * np.repeat(self.scales.astype(np.float32), per, 1)
+        return w.T if self.transposed else w
+
+
 #: arrays :meth:`FFNKernels.weight` recognises by object (a model's weight matrices; views
 #: made per call cycle through)
 OBJECTS = 1024
@@ -493,6 +536,8 @@ class FFNKernels(CompiledKernels[FFNShape]):
         :data:`OBJECTS` objects seen (views made anew on every call pass through it; the
         weights that come back stay or come back). ``transposed`` lets a caller that keeps
         ``down = down_t.T`` hit by object too: ``down.T`` would be a new view each call."""
+        if isinstance(a, QuantizedWeight):
+            return self._quantized(a, transposed)[1]
         layout = (a.shape, a.strides)
         hit = self._by_object.get((id(a), transposed))
         if hit is not None and hit[0] is a and hit[1] == layout:  # (shape can be assigned)
@@ -523,11 +568,38 @@ class FFNKernels(CompiledKernels[FFNShape]):
         """The NumPy arrays behind :meth:`weight`'s operands of ``a`` (converted if not yet):
         ``(float32 [F, d],)`` or ``(codes, scales)``; writing to them changes what the
         kernels read (the tests poison rows this way)."""
+        if isinstance(a, QuantizedWeight):
+            return self._quantized(a, transposed)[2]
         self.weight(a, transposed)
         src = a.T if transposed else a
         at = address(src)
         in_place = self.quant == "f32" and src.dtype == np.float32 and is_aligned(src, at)
         return self._weights[(in_place, at, src.shape, src.strides, src.dtype.str)][2]
+
+    def _quantized(
+        self, a: QuantizedWeight, transposed: bool
+    ) -> tuple[QuantizedWeight, tuple[Any, ...], tuple[np.ndarray, ...]]:
+        """The cache entry of a weight given already quantized: its codes and scales as
+        TVM tensors, made once per codes array (views share them).
+
+        Raises:
+            EdgespecError: a form these kernels do not read, or ``a`` not in the orientation
+                the call wants (``down`` must come as the rows' ``.T``).
+        """
+        if a.quant != self.quant:
+            raise EdgespecError(
+                f"weights quantized to {a.quant} need a kernel on {a.quant} weights "
+                f"(--sparse-kernel tvm-q8); these kernels read {self.quant}"
+            )
+        if a.transposed != transposed:
+            raise EdgespecError("a quantized down must be passed as down_t.T ([d, F])")
+        key = ("quantized", address(a.codes))
+        got = self._weights.get(key)
+        if got is None:
+            from_dlpack = _tvm().runtime.from_dlpack
+            held = (a.codes, a.scales)
+            got = self._weights[key] = (a, tuple(from_dlpack(h) for h in held), held)
+        return got
 
     def _buffers(self, bucket: int, d: int, f: int) -> _Scratch:
         """This thread's reusable operands for ``bucket`` rows of ``d`` and up to ``f``
@@ -817,6 +889,8 @@ def dense_ffn_q8(
 
 
 sparse_ffn_q8.lossy = dense_ffn_q8.lossy = True  # type: ignore[attr-defined]
+# the form a model may keep its FFN weights in for these kernels (QuantizedWeight)
+sparse_ffn_q8.weight_form = dense_ffn_q8.weight_form = "q8_0"  # type: ignore[attr-defined]
 
 #: the registered entry points, for tests that want them side by side
 ENTRY_POINTS: dict[str, Callable[..., np.ndarray]] = {

@@ -669,6 +669,10 @@ def load_blockffn(
             "variant": f"sparse-{kernel}",
         },
     )
-    from edgespec.sparse.kernel import dense_kernel, sparse_kernel
+    from edgespec.sparse.kernel import dense_kernel, sparse_kernel, stored_weight
 
-    return BlockFFNModel(cfg, w, info, n_ctx, np_dtype, sparse_kernel(kernel), dense_kernel(kernel))
+    sk, dk = sparse_kernel(kernel), dense_kernel(kernel)
+    for layer in w.layers:  # quantized kernels (tvm-q8): only the quantized form is kept
+        f = layer.ffn
+        f.up, f.down_t = stored_weight(sk, dk, f.up), stored_weight(sk, dk, f.down_t)
+    return BlockFFNModel(cfg, w, info, n_ctx, np_dtype, sk, dk)

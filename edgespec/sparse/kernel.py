@@ -79,6 +79,19 @@ def is_lossy(kernel: SparseKernel) -> bool:
     return bool(getattr(kernel, "lossy", False))
 
 
+def stored_weight(kernel: SparseKernel, dense: SparseKernel, w: np.ndarray) -> Any:
+    """``w [F, d]`` as a model should keep it for ``kernel`` and its dense twin: in the
+    quantized form both read (their attribute ``weight_form``, e.g. "q8_0": a
+    :class:`~edgespec.kernels.sparse_ffn.QuantizedWeight`, the float values dropped), else
+    ``w`` itself."""
+    form = getattr(kernel, "weight_form", None)
+    if form is None or getattr(dense, "weight_form", None) != form:
+        return w
+    from edgespec.kernels.sparse_ffn import QuantizedWeight
+
+    return QuantizedWeight.of(w, form)
+
+
 def max_rows(kernel: SparseKernel) -> int | None:
     """The most token rows ``kernel`` takes in one call (None: any number): its attribute
     ``max_rows``, else the largest of its module's ``BUCKETS`` (compiled row buckets)."""

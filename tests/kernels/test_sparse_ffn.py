@@ -22,6 +22,7 @@ from edgespec.kernels.sparse_ffn import (  # noqa: E402
     OBJECTS,
     FFNKernels,
     FFNShape,
+    QuantizedWeight,
     aligned_zeros,
     bucket_for,
     dense_ffn,
@@ -388,3 +389,26 @@ def test_q8_registry_entries_are_lossy() -> None:
     assert not is_lossy(sparse_kernel("tvm")) and not is_lossy(sparse_kernel("numpy"))
     with pytest.raises(EdgespecError, match="unknown FFN weight form 'q4'"):
         FFNKernels(quant="q4")
+
+
+def test_q8_weights_given_quantized(kern_q8: FFNKernels) -> None:
+    """Weights given as QuantizedWeight (a model that dropped its floats) compute what the
+    same weights given as floats do, bit for bit; a float32 kernel, another form or a down
+    in the wrong orientation is one line."""
+    rng = np.random.default_rng(40)
+    w = weights(rng)
+    x = rng.standard_normal((4, D)).astype(np.float32)
+    rows = reference.block_rows(np.array([1, 6, 7]), S)
+    floats = kern_q8.run(x, rows, w["gate"], w["up"], w["down_t"].T, act="silu", scale=None)
+    q = {k: QuantizedWeight.of(v) for k, v in w.items()}
+    down = q["down_t"].T
+    assert down.shape == (D, F) and q["up"].shape == (F, D)
+    given = kern_q8.run(x, rows, q["gate"], q["up"], down, act="silu", scale=None)
+    np.testing.assert_array_equal(given, floats)
+    np.testing.assert_array_equal(q["up"].dequantize(), dequantized({"up": w["up"]})["up"])
+    with pytest.raises(EdgespecError, match="need a kernel on q8_0 weights"):
+        FFNKernels().run(x, rows, q["gate"], q["up"], down, act="silu", scale=None)
+    with pytest.raises(EdgespecError, match=r"passed as down_t\.T"):
+        kern_q8.weight(q["down_t"], transposed=True)
+    with pytest.raises(EdgespecError, match="no quantizer for FFN weights in 'q4_0'"):
+        QuantizedWeight.of(w["up"], "q4_0")

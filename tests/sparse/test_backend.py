@@ -197,6 +197,7 @@ def test_q8_kernel_runs_the_model_on_its_quantized_weights(blockffn_dir):
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize, quantize
 
+    from edgespec.kernels.sparse_ffn import QuantizedWeight
     from edgespec.sparse.blockffn import load_blockffn
 
     q8 = GGMLQuantizationType.Q8_0
@@ -226,3 +227,10 @@ def test_q8_kernel_runs_the_model_on_its_quantized_weights(blockffn_dir):
     assert models["tvm-q8"].sparsity.lossy and models["tvm-q8"].sparsity.to_dict()["lossy"]
     assert not models["np32"].sparsity.lossy
     assert models["tvm-q8"].fork().sparsity.lossy
+    # the model keeps only the quantized expert weights, exactly gguf-py's round trip
+    f64 = models["f64"].w.layers[0].ffn
+    held = models["tvm-q8"].w.layers[0].ffn
+    assert isinstance(held.up, QuantizedWeight) and isinstance(held.down_t, QuantizedWeight)
+    np.testing.assert_array_equal(held.up.dequantize(), f64.up)
+    np.testing.assert_array_equal(held.down.dequantize(), f64.down)
+    assert held.down is held.down  # one view object: the kernel finds it by object
