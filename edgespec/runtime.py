@@ -543,7 +543,8 @@ def load(
         device: where the model runs: cpu, opencl or vulkan (the tvm backend). See
             ``LoadOptions.device``.
         sparse_kernel: the chunk-sparse FFN kernel of sparse models (``blockffn``
-            backend, sparsified bundles): "numpy" or "tvm". See ``LoadOptions.sparse_kernel``.
+            backend, sparsified bundles): "numpy", "tvm" or "tvm-q8" (Q8_0 weights,
+            lossy). See ``LoadOptions.sparse_kernel``.
         draft_quant: the draft's weights for speculation: "auto" (default:
             :func:`edgespec.requant.auto_quant` requantizes a GGUF draft to Q4_0 where its
             layers average more than 5 bits a weight and it streams from memory), "file"

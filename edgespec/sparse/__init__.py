@@ -10,7 +10,7 @@
   chunk-level sparsity (``ChunkLocalRouter``) (tests and benchmarks).
 - :mod:`~edgespec.sparse.backend`: the ``blockffn`` backend (``--backend blockffn``).
 - :mod:`~edgespec.sparse.kernel`: the ``sparse_ffn`` / ``dense_ffn`` kernel chosen by name
-  (``--sparse-kernel numpy|tvm``).
+  (``--sparse-kernel numpy|tvm|tvm-q8``).
 - :mod:`~edgespec.sparse.neuron`, :mod:`~edgespec.sparse.layout`, :mod:`~edgespec.sparse.cli`:
   training-free neuron thresholds for dense models (``edgespec sparsify``, lossy) and their
   place in a bundle; :mod:`~edgespec.sparse.methods` is the registry of what is thresholded

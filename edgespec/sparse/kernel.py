@@ -1,6 +1,6 @@
 """The chunk-sparse FFN kernel a model runs, chosen by name from :data:`edgespec.kernels.KERNELS`.
 
-``LoadOptions.sparse_kernel`` (``--sparse-kernel numpy|tvm``) names the implementation;
+``LoadOptions.sparse_kernel`` (``--sparse-kernel numpy|tvm|tvm-q8``) names the implementation;
 ``KERNELS["sparse_ffn:<impl>"]`` provides it. The contract is the NumPy reference's
 signature (:func:`edgespec.kernels.reference.sparse_ffn`)::
 
