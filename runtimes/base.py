@@ -78,8 +78,9 @@ class LoadOptions:
             that list them in ``devices`` (the tvm backend, when its TVM build has
             that runtime). Backends refuse devices not in their ``devices``.
         sparse_kernel: the implementation of the chunk-sparse FFN kernel, run by models
-            with a sparse FFN (the ``blockffn`` backend, sparsified bundles): ``numpy`` or
-            ``tvm``, i.e. ``KERNELS["sparse_ffn:<impl>"]`` (:mod:`edgespec.kernels`).
+            with a sparse FFN (the ``blockffn`` backend, sparsified bundles): ``numpy``,
+            ``tvm`` or ``tvm-q8`` (Q8_0 weights, lossy), i.e. ``KERNELS["sparse_ffn:<impl>"]``
+            (:mod:`edgespec.kernels`).
     """
 
     n_ctx: int = 2048
