@@ -62,6 +62,9 @@ class ForwardSparsity:
         token_active: per T, ``int64[L]``: summed per-token active unit counts of each layer.
         union_active: per T, ``int64[L]``: summed chunk-union unit counts of each layer (over
             forwards): the units actually computed.
+        unions: per T, ``int64[L]``: the unions summed in ``union_active``, one per
+            :meth:`record` (a forward longer than a compiled kernel's rows is computed in
+            groups, each over its own union: several per forward).
         unit: what a unit is, for messages ("block" or "neuron").
         lossy: the sparse path changes the model's output (training-free thresholds on a
             dense model, or a kernel that quantizes the weights, ``tvm-q8``); False for
@@ -75,6 +78,7 @@ class ForwardSparsity:
     forwards: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     token_active: dict[int, np.ndarray] = field(default_factory=dict)
     union_active: dict[int, np.ndarray] = field(default_factory=dict)
+    unions: dict[int, np.ndarray] = field(default_factory=dict)
     unit: str = "block"
     lossy: bool = False
     trace: list[tuple[int, np.ndarray]] | None = None
@@ -85,9 +89,11 @@ class ForwardSparsity:
         return table[T]
 
     def record(self, T: int, active: np.ndarray, layer: int) -> None:
-        """Add one layer of one forward: ``active: bool[T, E]`` of layer ``layer``."""
+        """Add one layer of one forward of T tokens: ``active: bool[T', E]`` of layer
+        ``layer``, the T' <= T rows computed over one union (all T, or one group of them)."""
         self._row(self.token_active, T)[layer] += int(active.sum())
         self._row(self.union_active, T)[layer] += int(active.any(axis=0).sum())
+        self._row(self.unions, T)[layer] += 1
         if self.trace is not None:
             self.trace.append((layer, np.array(active, dtype=bool)))
 
@@ -100,25 +106,30 @@ class ForwardSparsity:
         self.forwards.clear()
         self.token_active.clear()
         self.union_active.clear()
+        self.unions.clear()
 
     def to_dict(self) -> dict[str, Any]:
         """``{"n_blocks", "n_layers", "unit", "by_chunk": {"T": {forwards, token_sparsity,
         chunk_sparsity, blocks_per_forward, token_sparsity_per_layer,
-        chunk_sparsity_per_layer}}}``. Sparsities are inactive fractions; blocks_per_forward
-        is the units computed by one forward of T tokens, summed over layers."""
+        chunk_sparsity_per_layer}}}``. Sparsities are inactive fractions (chunk sparsity per
+        union: a forward computed in groups counts each group's union against all units);
+        blocks_per_forward is the units computed by one forward of T tokens, summed over
+        layers."""
         by_chunk = {}
         for T in sorted(self.forwards):
             f = self.forwards[T]
             cells = f * self.n_blocks  # per layer
             tok = self._row(self.token_active, T)
             union = self._row(self.union_active, T)
+            # each union against all units (one per forward unless computed in groups)
+            union_cells = np.maximum(self._row(self.unions, T), 1) * self.n_blocks
             by_chunk[str(T)] = {
                 "forwards": f,
                 "token_sparsity": 1.0 - float(tok.sum()) / (cells * T * self.n_layers),
-                "chunk_sparsity": 1.0 - float(union.sum()) / (cells * self.n_layers),
+                "chunk_sparsity": 1.0 - float(union.sum()) / float(union_cells.sum()),
                 "blocks_per_forward": float(union.sum()) / f,
                 "token_sparsity_per_layer": (1.0 - tok / (cells * T)).round(4).tolist(),
-                "chunk_sparsity_per_layer": (1.0 - union / cells).round(4).tolist(),
+                "chunk_sparsity_per_layer": (1.0 - union / union_cells).round(4).tolist(),
             }
         return {
             "n_blocks": self.n_blocks,

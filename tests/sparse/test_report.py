@@ -104,3 +104,21 @@ def test_bench_rows_carry_the_sparsity(tmp_path):
     n1 = sum(r["sparsity"]["by_chunk"]["1"]["forwards"] for r in rows)
     assert table[0] == f"| autoregressive | 1 | {n1} | 0.875 | 0.875 | 2.0 / 16 blocks |"
     assert table[1] == "| autoregressive | 5 | 1 | 0.875 | 0.375 | 10.0 / 16 blocks |"
+
+
+def test_chunk_sparsity_of_a_forward_computed_in_groups() -> None:
+    """A forward longer than a compiled kernel's rows is computed in groups, each over its
+    own union: its chunk sparsity counts every union against all blocks (it stays in [0,
+    1]; summing two unions against one forward's blocks gave -0.10 and -6.26 for 17- and
+    128-token forwards), and blocks per forward are what the groups computed."""
+    s = ForwardSparsity(4, 1)
+    group_a = np.array([[True, True, False, False]] * 16)  # blocks 0, 1
+    group_b = np.array([[False, True, True, True]] * 4)  # blocks 1, 2, 3
+    s.record(20, group_a, 0)
+    s.record(20, group_b, 0)
+    s.end_forward(20)
+    row = s.to_dict()["by_chunk"]["20"]
+    assert row["chunk_sparsity"] == pytest.approx(1 - 5 / 8)
+    assert row["chunk_sparsity_per_layer"] == [pytest.approx(1 - 5 / 8)]
+    assert row["blocks_per_forward"] == 5
+    assert row["token_sparsity"] == pytest.approx(1 - (16 * 2 + 4 * 3) / (20 * 4))
