@@ -10,11 +10,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgespec.errors import EdgespecError
+
+if TYPE_CHECKING:
+    from edgespec.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,11 @@ class Model(ABC):
     #: ``int64[N]`` whose logits ``forward`` computes, in output-row order; every other
     #: logit is ``-inf``. None: the full vocabulary.
     head_ids: np.ndarray | None = None
+
+    def own_tokenizer(self) -> Tokenizer | None:
+        """A tokenizer reading the vocabulary this model already loaded (the llamacpp
+        backend's, shared rather than built twice), or None: the source's own is loaded."""
+        return None
 
     @property
     def takes_head(self) -> bool:

@@ -607,8 +607,12 @@ def load(
         raise EdgespecError(
             f"backend '{name}' has no exact mode; drop --exact or use --backend {exact_ok}"
         )
-    tokenizer = load_tokenizer(source)
+    # the source's tokenizer first (a bad one fails before a long load), unless the
+    # backend's model builds the same vocabulary itself: then its own, built once
+    tokenizer = None if BACKENDS.get(name).reads_own_vocab else load_tokenizer(source)
     target, choice = load_tuned(source, name, options)  # n_threads None: the fastest measured
+    if tokenizer is None:
+        tokenizer = target.own_tokenizer() or load_tokenizer(source)
     if backend is None and progress and device == "cpu" and choice.source == "probe":
         # a first use (its thread probe ran now): the backends the choice could not time
         note = untimed_note(source, options)

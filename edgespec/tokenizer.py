@@ -1,8 +1,8 @@
 """Tokenizers: llama.cpp's own for GGUF models, HF ``tokenizers`` for HF folders.
 
 For GGUF files the token ids must equal llama.cpp's (stack.md: transformers' GGUF tokenizer
-adds a BOS for SmolLM2 and splits Gemma 3 words wrongly), so we load the file with
-``llama_cpp.Llama(vocab_only=True)``, which reads only the vocabulary.
+adds a BOS for SmolLM2 and splits Gemma 3 words wrongly), so we load the file's vocabulary
+alone in llama.cpp (``vocab_only``), or read that of a llama.cpp model already loaded from it.
 """
 
 from __future__ import annotations
@@ -87,39 +87,52 @@ class Tokenizer(ABC):
 
 
 class LlamaCppTokenizer(Tokenizer):
-    """llama.cpp's tokenizer for a GGUF file (vocabulary only, no weights loaded)."""
+    """llama.cpp's tokenizer for a GGUF file: its vocabulary alone (no weights loaded), or
+    the vocabulary of a model already loaded from the file (``model``: a
+    :class:`~edgespec.runtimes.llamacpp.ModelRef`, shared with that model, so the
+    vocabulary is not built twice: 0.4-0.6 s for the Qwen2.5 models' 151,936 tokens).
 
-    def __init__(self, path: Path) -> None:
-        from edgespec.gguf_file import quick_check
+    Raises:
+        ModelLoadError: the file is missing, not a GGUF, truncated or not a language model.
+    """
 
-        quick_check(path)
-        try:
-            import llama_cpp
-        except ImportError:
-            raise missing_extra("llama-cpp-python", "llamacpp") from None
-        try:
-            with quiet_stderr():
-                self._llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"llama.cpp could not read the vocabulary of '{path}' ({exc}); "
-                "the file is corrupt or not a language model: re-download it"
-            ) from None
-        self._vocab_ptr = self._llm._model.vocab
-        self.vocab_size = int(self._llm.n_vocab())
-        bos = int(self._llm.token_bos())
+    def __init__(self, path: Path, *, model: Any = None) -> None:
+        from edgespec.runtimes.llamacpp import ModelRef, _lib, _LogCapture, _model_params
+
+        lib = _lib()
+        if model is None:
+            from edgespec.gguf_file import quick_check
+
+            quick_check(path)
+            log = _LogCapture(lib)
+            params = _model_params(lib)
+            params.vocab_only = True
+            with log.active(), quiet_stderr():
+                ptr = lib.llama_model_load_from_file(str(path).encode("utf-8"), params)
+            if not ptr:
+                why = log.last_error() or "no vocabulary"
+                raise ModelLoadError(
+                    f"llama.cpp could not read the vocabulary of '{path}' ({why}); "
+                    "the file is corrupt or not a language model: re-download it"
+                )
+            model = ModelRef(lib, ptr)
+        self._model = model  # held: the vocabulary lives in the model
+        self._vocab_ptr = lib.llama_model_get_vocab(model.ptr)
+        self.vocab_size = int(lib.llama_vocab_n_tokens(self._vocab_ptr))
+        self._n_ctx_train = int(lib.llama_model_n_ctx_train(model.ptr))
+        bos = int(lib.llama_vocab_bos(self._vocab_ptr))
         self.bos_id = bos if bos >= 0 else None
         self.eos_ids = frozenset(
-            i for i in self._special_ids() if llama_cpp.llama_vocab_is_eog(self._vocab_ptr, i)
+            i for i in self._special_ids() if lib.llama_vocab_is_eog(self._vocab_ptr, i)
         )
-        self.chat_template = self._llm.metadata.get("tokenizer.chat_template")
+        self.chat_template = model.meta("tokenizer.chat_template")
         self._tokens: list[str] | None = None
         self._pieces: dict[int, bytes] = {}
 
     def _special_ids(self) -> list[int]:
         import llama_cpp
 
-        eos = int(self._llm.token_eos())
+        eos = int(llama_cpp.llama_vocab_eos(self._vocab_ptr))
         ids = {eos} if eos >= 0 else set()
         # end-of-generation tokens are control tokens; scan the (cheap) token-type table
         for i in range(self.vocab_size):
@@ -129,7 +142,20 @@ class LlamaCppTokenizer(Tokenizer):
         return sorted(ids)
 
     def encode(self, text: str) -> list[int]:
-        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+        """llama.cpp's ``llama_tokenize`` with the vocabulary's own BOS rule and special
+        tokens parsed (as ``llama_cpp.Llama.tokenize(add_bos=True, special=True)``)."""
+        import llama_cpp
+
+        data = text.encode("utf-8")
+        size = self._n_ctx_train
+        while True:
+            out = (llama_cpp.llama_token * size)()
+            n = llama_cpp.llama_tokenize(self._vocab_ptr, data, len(data), out, size, True, True)
+            if n >= 0:
+                return list(out[:n])
+            if -n <= size:
+                raise EdgespecError(f"llama.cpp could not tokenize the text (code {n})")
+            size = -n  # llama.cpp says how many tokens the text needs
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token (special tokens rendered), as llama.cpp writes them;

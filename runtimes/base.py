@@ -125,6 +125,10 @@ class Backend(ABC):
     #: "auto"), so that fewer bits a weight make a faster forward: where ``edgespec.load``'s
     #: ``draft_quant="auto"`` may requantize a draft (:func:`edgespec.requant.auto_quant`)
     streams_blocks: ClassVar[bool] = False
+    #: whether its models build the tokenizer's vocabulary themselves
+    #: (:meth:`~edgespec.model.Model.own_tokenizer`), so ``edgespec.load`` loads the model
+    #: first and takes its tokenizer rather than building the vocabulary a second time
+    reads_own_vocab: ClassVar[bool] = False
 
     @classmethod
     def available(cls) -> bool:

@@ -40,7 +40,7 @@ import ctypes
 import multiprocessing
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from edgespec.errors import EdgespecError, ModelLoadError, missing_extra
 from edgespec.gguf_file import quick_check
 from edgespec.model import Model, ModelInfo, check_truncate
 from edgespec.runtimes.base import Backend, LoadOptions, ModelSource
+
+if TYPE_CHECKING:
+    from edgespec.tokenizer import Tokenizer
 
 #: llama-cpp-python's default ``n_batch`` and ``n_ubatch`` (``Llama(n_batch=512, n_ubatch=512)``).
 DEFAULT_N_BATCH = 512
@@ -113,6 +116,35 @@ class _LogCapture:
         errors = [t.strip() for lvl, t in self.lines if lvl == _GGML_LOG_LEVEL_ERROR]
         self.lines.clear()
         return "; ".join(t for t in errors[-3:] if t)
+
+
+class ModelRef:
+    """A loaded ``llama_model`` pointer, freed when the last holder lets go: a
+    :class:`LlamaCppModel` and the :class:`~edgespec.tokenizer.LlamaCppTokenizer` that reads
+    its vocabulary share one, so either may outlive the other."""
+
+    def __init__(self, lib: Any, ptr: Any) -> None:
+        self.lib, self.ptr = lib, ptr
+
+    def meta(self, key: str) -> str | None:
+        """The GGUF metadata value ``key`` as llama.cpp prints it, or None."""
+        size = 4096
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = self.lib.llama_model_meta_val_str(self.ptr, key.encode("utf-8"), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8")
+            size = n + 1
+
+    def __del__(self) -> None:
+        ptr, self.ptr = self.ptr, None
+        if ptr:
+            try:
+                self.lib.llama_model_free(ptr)
+            except Exception:  # interpreter shutdown: the library may already be gone
+                pass
 
 
 def _model_params(lib: Any) -> Any:
@@ -231,6 +263,7 @@ class LlamaCppModel(Model):
         kv = kv_cache or "f16"
         self._ctx: Any = None
         self._model: Any = None
+        self._ref: ModelRef | None = None
         self._batch: Any = None
         gguf_path = quick_check(path)  # a clean ModelLoadError for missing or non-GGUF files
         lib = _lib()
@@ -244,6 +277,8 @@ class LlamaCppModel(Model):
             self._model = lib.llama_model_load_from_file(
                 str(gguf_path).encode("utf-8"), _model_params(lib)
             )
+        self._ref = ModelRef(lib, self._model) if self._model else None  # frees it
+        self._path = gguf_path
         if not self._model:
             self._model = None
             why = self._log.last_error() or "truncated or corrupt file"
@@ -304,6 +339,14 @@ class LlamaCppModel(Model):
         self._linear_seq_ids()
         self._n_past = 0
         self._tree: _Tree | None = None
+
+    def own_tokenizer(self) -> Tokenizer:
+        """The tokenizer of this model's file reading the vocabulary this model loaded
+        (not a second copy); it keeps the loaded model alive while it lives."""
+        from edgespec.tokenizer import LlamaCppTokenizer
+
+        self._require_open()
+        return LlamaCppTokenizer(self._path, model=self._ref)
 
     def set_threads(self, n: int) -> bool:
         """Use ``n`` threads for one-token and batched decodes alike, on the live context
@@ -406,9 +449,9 @@ class LlamaCppModel(Model):
             if self._ctx is not None:
                 lib.llama_free(self._ctx)
                 self._ctx = None
-            if self._model is not None:
-                lib.llama_model_free(self._model)
-                self._model = None
+            # the model itself goes with the last holder of its ModelRef: now, unless a
+            # tokenizer still reads its vocabulary (own_tokenizer)
+            self._model = self._ref = None
 
     def __del__(self) -> None:
         try:
@@ -631,6 +674,7 @@ class LlamaCppBackend(Backend):
     extra: ClassVar[str] = "llamacpp"
     supports_exact: ClassVar[bool] = True
     streams_blocks: ClassVar[bool] = True
+    reads_own_vocab: ClassVar[bool] = True
     kv_cache_types: ClassVar[tuple[str, ...]] = tuple(KV_TYPES)
 
     @classmethod

@@ -503,3 +503,68 @@ print("ok")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
     assert r.stderr == ""
+
+
+# -- the tokenizer reading the model's own vocabulary ---------------------------------------------
+
+TOKENIZER_TEXT = (
+    "def f(x):\n    return x * 2  # naïve 🐍 €\n<|im_start|>user\nhi<|im_end|>\n" + " " * 33 + "x"
+)
+
+
+@pytest.mark.parametrize("name", ["smollm2_path", "qwen05b_path"])
+def test_own_tokenizer_equals_llama_cpp_python(name: str, request: pytest.FixtureRequest):
+    """The tokenizer a loaded model shares (no second vocabulary) and the one loading the
+    vocabulary alone give llama-cpp-python's own ``Llama(vocab_only=True).tokenize`` ids, BOS,
+    end-of-generation set, chat template and vocabulary, on two vocabularies (49,152 and
+    151,936 tokens)."""
+    from edgespec.tokenizer import LlamaCppTokenizer
+
+    path = request.getfixturevalue(name)
+    m = LlamaCppModel(path, n_ctx=64)
+    shared, alone = m.own_tokenizer(), LlamaCppTokenizer(path)
+    assert shared._model is m._ref and alone._model is not m._ref
+    ref = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    want = ref.tokenize(TOKENIZER_TEXT.encode(), add_bos=True, special=True)
+    for tk in (shared, alone):
+        assert tk.encode(TOKENIZER_TEXT) == want
+        assert tk.encode("") == ref.tokenize(b"", add_bos=True, special=True)
+        assert tk.bos_id == (ref.token_bos() if ref.token_bos() >= 0 else None)
+        assert ref.token_eos() in tk.eos_ids
+        assert tk.chat_template == ref.metadata.get("tokenizer.chat_template")
+        assert tk.vocab_size == ref.n_vocab()
+    assert shared.eos_ids == alone.eos_ids and shared.vocab() == alone.vocab()
+    m.close()
+
+
+def test_own_tokenizer_outlives_its_model(smollm2_path: Path):
+    """A tokenizer taken from a model keeps the loaded vocabulary alive after the model is
+    closed and dropped (the model is freed with the last holder): it still encodes, decodes
+    the same, and a closed model gives none."""
+    m = LlamaCppModel(smollm2_path, n_ctx=64)
+    tk = m.own_tokenizer()
+    ids = tk.encode(TOKENIZER_TEXT)
+    text = tk.decode(ids)
+    assert TOKENIZER_TEXT in text  # (a BOS, where the vocabulary adds one, renders too)
+    m.close()
+    del m
+    import gc
+
+    gc.collect()
+    assert tk.encode(TOKENIZER_TEXT) == ids
+    assert tk.decode(ids) == text
+    closed = LlamaCppModel(smollm2_path, n_ctx=64)
+    closed.close()
+    with pytest.raises(ValueError, match="closed"):
+        closed.own_tokenizer()
+
+
+def test_load_takes_the_models_own_tokenizer(smollm2_path: Path):
+    """``edgespec.load`` on llamacpp builds the vocabulary once: the runtime's tokenizer
+    reads the target model's."""
+    import edgespec
+
+    rt = edgespec.load(str(smollm2_path), backend="llamacpp", n_ctx=64)
+    assert rt.tokenizer._model is rt.target._ref
+    out = rt.generate("Hello", max_new_tokens=3)
+    assert out.token_ids and rt.tokenizer.decode(out.token_ids) == out.text
