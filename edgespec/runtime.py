@@ -629,9 +629,13 @@ def load(
     if dsource is not None:
         from edgespec.vocab import check_same_vocab
 
-        check_same_vocab(tokenizer, load_tokenizer(dsource), source.name, dsource.name)
         dname = draft_backend or (name if dsource.kind in BACKENDS.get(name).accepts else None)
         dname = pick_backend(dsource, dname)
+        # the vocabularies compared before the draft loads, unless its model builds the
+        # draft's vocabulary itself: then after, with that one (built once)
+        own_vocab = BACKENDS.get(dname).reads_own_vocab
+        if not own_vocab:
+            check_same_vocab(tokenizer, load_tokenizer(dsource), source.name, dsource.name)
         quant = _draft_quant(dsource, dname, options, draft_quant)
         if quant is not None:
             from edgespec.requant import requantize
@@ -641,6 +645,9 @@ def load(
             )
         else:
             draft_model, _ = load_tuned(dsource, dname, options)
+        if own_vocab:
+            dtok = draft_model.own_tokenizer() or load_tokenizer(dsource)
+            check_same_vocab(tokenizer, dtok, source.name, dsource.name)
     from edgespec.compress.prompt import compressor_source_of
 
     csource, ratio, cbackend = compressor_source_of(source, compressor, progress)

@@ -568,3 +568,14 @@ def test_load_takes_the_models_own_tokenizer(smollm2_path: Path):
     assert rt.tokenizer._model is rt.target._ref
     out = rt.generate("Hello", max_new_tokens=3)
     assert out.token_ids and rt.tokenizer.decode(out.token_ids) == out.text
+
+
+def test_draft_of_another_vocabulary_is_one_line_after_its_own_load(
+    smollm2_path: Path, qwen05b_path: Path
+):
+    """On llamacpp the draft's vocabulary is compared with the one its model loaded (not a
+    second copy): a draft of another family is still one line naming both sizes."""
+    import edgespec
+
+    with pytest.raises(EdgespecError, match="has 151936 tokens but target .* has 49152"):
+        edgespec.load(str(smollm2_path), draft=str(qwen05b_path), backend="llamacpp", n_ctx=64)
