@@ -122,6 +122,15 @@ def _act_expr(name: str, v: Any) -> Any:
 
 #: the quantized weight forms :class:`FFNShape` takes, and the values one scale covers
 QUANTS: dict[str, int] = {"f32": 1, "q8_0": 32}
+
+
+def check_quant(quant: str) -> str:
+    """``quant`` when :data:`QUANTS` has it, else a one-line error naming the known forms."""
+    if quant not in QUANTS:
+        raise EdgespecError(f"unknown FFN weight form '{quant}'; known: {', '.join(QUANTS)}")
+    return quant
+
+
 #: the registered implementations (``KERNELS["sparse_ffn:<impl>"]``) and their weight form
 IMPL_QUANT: dict[str, str] = {"tvm": "f32", "tvm-q8": "q8_0"}
 
@@ -164,9 +173,7 @@ def ffn_func(shape: FFNShape) -> PrimFunc:
     from tvm import te
 
     m, d, f = shape.m_rows, shape.d, shape.f
-    if shape.quant not in QUANTS:
-        raise EdgespecError(f"unknown FFN weight form '{shape.quant}'; known: {', '.join(QUANTS)}")
-    if d % QUANTS[shape.quant]:
+    if d % QUANTS[check_quant(shape.quant)]:
         raise EdgespecError(
             f"{shape.quant} weights need d a multiple of {QUANTS[shape.quant]}; got d = {d}"
         )
@@ -509,9 +516,7 @@ class FFNKernels(CompiledKernels[FFNShape]):
         super().__init__(
             ffn_func, FUNC_NAME, scheduler or cpu_scheduler, target=target, buckets=buckets
         )
-        if quant not in QUANTS:
-            raise EdgespecError(f"unknown FFN weight form '{quant}'; known: {', '.join(QUANTS)}")
-        self.quant = quant
+        self.quant = check_quant(quant)
         # {source key: (the source array, its operand tensors, the arrays they view)}
         self._weights: dict[tuple[Any, ...], tuple[np.ndarray, tuple[Any, ...], Any]] = {}
         # the last OBJECTS arrays weight() was given:
@@ -543,12 +548,11 @@ class FFNKernels(CompiledKernels[FFNShape]):
         if hit is not None and hit[0] is a and hit[1] == layout:  # (shape can be assigned)
             return hit[2]
         src = a.T if transposed else a
-        from_dlpack = _tvm().runtime.from_dlpack
-        at = address(src)
-        in_place = self.quant == "f32" and src.dtype == np.float32 and is_aligned(src, at)
-        key = (in_place, at, src.shape, src.strides, src.dtype.str)
+        key = self._source_key(src)
         got = self._weights.get(key)
         if got is None:
+            from_dlpack = _tvm().runtime.from_dlpack
+            in_place = key[0]
             if self.quant == "q8_0":
                 held: Any = quantize_rows(src)
             elif in_place:
@@ -571,10 +575,14 @@ class FFNKernels(CompiledKernels[FFNShape]):
         if isinstance(a, QuantizedWeight):
             return self._quantized(a, transposed)[2]
         self.weight(a, transposed)
-        src = a.T if transposed else a
+        return self._weights[self._source_key(a.T if transposed else a)][2]
+
+    def _source_key(self, src: np.ndarray) -> tuple[Any, ...]:
+        """The conversion cache's key of the ``[F, d]`` array ``src``: whether it is read in
+        place (float32 kernels, float32 aligned data), its address, shape, strides, dtype."""
         at = address(src)
         in_place = self.quant == "f32" and src.dtype == np.float32 and is_aligned(src, at)
-        return self._weights[(in_place, at, src.shape, src.strides, src.dtype.str)][2]
+        return (in_place, at, src.shape, src.strides, src.dtype.str)
 
     def _quantized(
         self, a: QuantizedWeight, transposed: bool

@@ -562,11 +562,9 @@ class LlamaCppModel(Model):
         """Architecture facts from llama.cpp itself (cheap; the gguf package's reader parses
         every vocabulary string in Python, which takes seconds)."""
         lib, m = self._lib, self._model
-        buf = ctypes.create_string_buffer(256)
-        n = lib.llama_model_meta_val_str(m, b"general.architecture", buf, len(buf))
-        arch = buf.value.decode() if n > 0 else "unknown"
+        assert self._ref is not None  # (loaded: the caller checked)
         return ModelInfo(
-            arch=arch,
+            arch=self._ref.meta("general.architecture") or "unknown",
             n_layers=int(lib.llama_model_n_layer(m)),
             hidden_size=int(lib.llama_model_n_embd(m)),
             vocab_size=int(lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(m))),
